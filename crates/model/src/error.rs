@@ -1,0 +1,56 @@
+//! Error codes shared by every layer, and the model's own typed errors.
+
+use std::fmt;
+
+use crate::state::{Op, State};
+
+/// The small set of outcomes a caller can act on; every crate's error maps
+/// onto exactly one of these, and the API layer maps these onto gRPC codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    InvalidArgument,
+    NotFound,
+    AlreadyExists,
+    FailedPrecondition,
+    DeadlineExceeded,
+    Unavailable,
+    Internal,
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Code::InvalidArgument => "invalid argument",
+            Code::NotFound => "not found",
+            Code::AlreadyExists => "already exists",
+            Code::FailedPrecondition => "failed precondition",
+            Code::DeadlineExceeded => "deadline exceeded",
+            Code::Unavailable => "unavailable",
+            Code::Internal => "internal",
+        };
+        f.write_str(s)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelError {
+    #[error("invalid {what} {value:?}: {reason}")]
+    InvalidId {
+        what: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("cannot {op} a container that is {from}")]
+    BadTransition { from: State, op: Op },
+    #[error("unknown state {0:?}")]
+    UnknownState(String),
+}
+
+impl ModelError {
+    pub fn code(&self) -> Code {
+        match self {
+            ModelError::InvalidId { .. } | ModelError::UnknownState(_) => Code::InvalidArgument,
+            ModelError::BadTransition { .. } => Code::FailedPrecondition,
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! Exit statuses as recorded by shims and reported to callers.
+
+use serde::{Deserialize, Serialize};
+
+/// The code reported when a shim died without recording an exit (SPEC B19).
+pub const UNKNOWN_EXIT_CODE: u32 = 255;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Exit code; a death by signal N is 128+N.
+    pub code: u32,
+    /// Nanoseconds since the Unix epoch.
+    pub exited_at_ns: u64,
+}
+
+impl ExitStatus {
+    /// Encodes a raw wait status the way shells and containerd do.
+    pub fn from_wait(exited_code: Option<i32>, signal: Option<i32>, exited_at_ns: u64) -> Self {
+        let code = match (exited_code, signal) {
+            (Some(c), _) => c as u32,
+            (None, Some(s)) => 128 + s as u32,
+            (None, None) => UNKNOWN_EXIT_CODE,
+        };
+        ExitStatus { code, exited_at_ns }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_becomes_128_plus_n() {
+        assert_eq!(ExitStatus::from_wait(None, Some(9), 1).code, 137);
+        assert_eq!(ExitStatus::from_wait(Some(3), None, 1).code, 3);
+    }
+}

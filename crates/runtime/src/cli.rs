@@ -1,0 +1,146 @@
+//! runc-compatible CLI runtimes (runc, crun). Errors come from the runtime's
+//! JSON log, so callers see the runtime's own message (SPEC B3).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio as ProcStdio};
+
+use crate::{Runtime, RuntimeError, Stdio};
+
+pub struct CliRuntime {
+    binary: &'static str,
+    root: PathBuf,
+}
+
+impl CliRuntime {
+    pub fn new(binary: &'static str, root: &Path) -> Result<Self, RuntimeError> {
+        if binary == "crun" {
+            check_crun_cgroups()?;
+        }
+        Ok(CliRuntime { binary, root: root.to_path_buf() })
+    }
+
+    fn log_path(&self, id: &str) -> PathBuf {
+        self.root.join(format!("{id}.log.json"))
+    }
+
+    fn command(&self, id: &str) -> Command {
+        let mut cmd = Command::new(self.binary);
+        cmd.arg("--root")
+            .arg(&self.root)
+            .arg("--log")
+            .arg(self.log_path(id))
+            .arg("--log-format")
+            .arg("json");
+        cmd
+    }
+
+    fn run(&self, op: &'static str, id: &str, mut cmd: Command) -> Result<(), RuntimeError> {
+        let out = cmd.stderr(ProcStdio::piped()).output().map_err(|e| RuntimeError::Unavailable {
+            runtime: self.binary,
+            reason: format!("cannot run {}: {e}", self.binary),
+        })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let message = last_error(&self.log_path(id))
+            .or_else(|| stderr.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_string))
+            .unwrap_or_else(|| format!("{} {op} exited with {}", self.binary, out.status));
+        Err(RuntimeError::Failed { runtime: self.binary, op, message })
+    }
+}
+
+/// The message of the last error line of a runc/crun JSON log.
+fn last_error(log: &Path) -> Option<String> {
+    let text = fs::read_to_string(log).ok()?;
+    text.lines().rev().find_map(|line| {
+        let v: serde_json::Value = serde_json::from_str(line).ok()?;
+        if v.get("level")?.as_str()? == "error" {
+            v.get("msg")?.as_str().map(str::to_string)
+        } else {
+            None
+        }
+    })
+}
+
+/// crun 1.8 refuses a hybrid layout whose cgroup2 mount holds controllers.
+fn check_crun_cgroups() -> Result<(), RuntimeError> {
+    let unified = Path::new("/sys/fs/cgroup/unified/cgroup.controllers");
+    if let Ok(ctrls) = fs::read_to_string(unified)
+        && !ctrls.trim().is_empty()
+    {
+        return Err(RuntimeError::Unavailable {
+            runtime: "crun",
+            reason: format!(
+                "cgroup hybrid layout with controllers in cgroup2 ({}) is not supported by crun",
+                ctrls.trim()
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl Runtime for CliRuntime {
+    fn name(&self) -> &'static str {
+        self.binary
+    }
+
+    fn create(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<u32, RuntimeError> {
+        let pid_file = self.root.join(format!("{id}.pid"));
+        let mut cmd = self.command(id);
+        cmd.arg("create").arg("--bundle").arg(bundle).arg("--pid-file").arg(&pid_file).arg(id);
+        cmd.stdin(stdio.stdin.map(ProcStdio::from).unwrap_or_else(ProcStdio::null));
+        cmd.stdout(stdio.stdout.map(ProcStdio::from).unwrap_or_else(ProcStdio::null));
+        // runc reports its own errors through the JSON log, so fd 2 can be
+        // the container's stderr.
+        if let Some(fd) = stdio.stderr {
+            cmd.stderr(ProcStdio::from(fd));
+        }
+        let result = self.run("create", id, cmd).and_then(|()| {
+            let text = fs::read_to_string(&pid_file).map_err(|e| RuntimeError::io("read runc pid file", e))?;
+            text.trim().parse::<u32>().map_err(|e| RuntimeError::Failed {
+                runtime: self.binary,
+                op: "create",
+                message: format!("bad pid file: {e}"),
+            })
+        });
+        let _ = fs::remove_file(&pid_file);
+        if result.is_err() {
+            let _ = self.delete(id, true);
+        }
+        result
+    }
+
+    fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut cmd = self.command(id);
+        cmd.arg("start").arg(id);
+        self.run("start", id, cmd)
+    }
+
+    fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), RuntimeError> {
+        let mut cmd = self.command(id);
+        cmd.arg("kill");
+        if all {
+            cmd.arg("--all");
+        }
+        cmd.arg(id).arg(signal.to_string());
+        self.run("kill", id, cmd)
+    }
+
+    fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
+        if !self.root.join(id).exists() {
+            let _ = fs::remove_file(self.log_path(id));
+            return Ok(());
+        }
+        let mut cmd = self.command(id);
+        cmd.arg("delete");
+        if force {
+            cmd.arg("--force");
+        }
+        cmd.arg(id);
+        self.run("delete", id, cmd)?;
+        let _ = fs::remove_file(self.log_path(id));
+        Ok(())
+    }
+}

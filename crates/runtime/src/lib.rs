@@ -1,0 +1,58 @@
+//! The OCI runtime layer (SPEC B25): one [`Runtime`] trait with an embedded
+//! backend (youki's libcontainer, the default, no external binary) and CLI
+//! backends for runc and crun. Shims call it; the daemon never does.
+
+mod cli;
+mod embedded;
+mod error;
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+pub use error::RuntimeError;
+
+/// Names accepted by [`open`].
+pub const RUNTIMES: &[&str] = &["embedded", "runc", "crun"];
+pub const DEFAULT_RUNTIME: &str = "embedded";
+
+/// The stdio a container's init process gets. `None` means /dev/null.
+#[derive(Default)]
+pub struct Stdio {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+/// A low-level OCI runtime: creates, starts, signals and deletes one
+/// container of a bundle. Implementations keep their own state under the
+/// root directory they were opened with.
+pub trait Runtime: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// Creates the container (init waiting to exec) and returns init's pid.
+    fn create(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<u32, RuntimeError>;
+    fn start(&self, id: &str) -> Result<(), RuntimeError>;
+    fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), RuntimeError>;
+    /// Removes the container's runtime state and cgroup. Deleting a
+    /// container the runtime does not know is not an error.
+    fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError>;
+}
+
+/// Checks a runtime name without opening it.
+pub fn validate_name(name: &str) -> Result<(), RuntimeError> {
+    if RUNTIMES.contains(&name) {
+        Ok(())
+    } else {
+        Err(RuntimeError::UnknownRuntime(name.to_string()))
+    }
+}
+
+/// Opens the runtime `name`, keeping its state under `root`.
+pub fn open(name: &str, root: &Path) -> Result<Box<dyn Runtime>, RuntimeError> {
+    validate_name(name)?;
+    std::fs::create_dir_all(root).map_err(|e| RuntimeError::io("create runtime root", e))?;
+    match name {
+        "embedded" => Ok(Box::new(embedded::Embedded::new(root))),
+        "runc" => Ok(Box::new(cli::CliRuntime::new("runc", root)?)),
+        _ => Ok(Box::new(cli::CliRuntime::new("crun", root)?)),
+    }
+}

@@ -1,0 +1,84 @@
+//! The contract between berthd and berth-shim that the containerd shim v2
+//! protocol leaves open: how a shim is started, and the one mapping between
+//! berth's error codes and ttrpc status codes, used by both sides.
+
+use berth_model::Code;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::ttrpc;
+
+/// berthd binds the shim's socket and hands the listener over as this fd, so
+/// the daemon can connect the moment the shim is spawned.
+pub const LISTEN_FD: i32 = 3;
+
+/// Runtime name of berth's own shim (SPEC B23).
+pub const SHIM_RUNTIME_NAME: &str = "io.containerd.berth.v1";
+
+pub fn to_ttrpc(code: Code, message: impl ToString) -> ttrpc::Error {
+    use ttrpc::Code as T;
+    let c = match code {
+        Code::InvalidArgument => T::INVALID_ARGUMENT,
+        Code::NotFound => T::NOT_FOUND,
+        Code::AlreadyExists => T::ALREADY_EXISTS,
+        Code::FailedPrecondition => T::FAILED_PRECONDITION,
+        Code::DeadlineExceeded => T::DEADLINE_EXCEEDED,
+        Code::Unavailable => T::UNAVAILABLE,
+        Code::Internal => T::INTERNAL,
+    };
+    ttrpc::Error::RpcStatus(ttrpc::get_status(c, message))
+}
+
+/// Splits a ttrpc error into berth's code and the server's message.
+pub fn from_ttrpc(err: &ttrpc::Error) -> (Code, String) {
+    use ttrpc::Code as T;
+    match err {
+        ttrpc::Error::RpcStatus(s) => {
+            let code = match s.code() {
+                T::INVALID_ARGUMENT => Code::InvalidArgument,
+                T::NOT_FOUND => Code::NotFound,
+                T::ALREADY_EXISTS => Code::AlreadyExists,
+                T::FAILED_PRECONDITION => Code::FailedPrecondition,
+                T::DEADLINE_EXCEEDED => Code::DeadlineExceeded,
+                T::UNAVAILABLE => Code::Unavailable,
+                _ => Code::Internal,
+            };
+            (code, s.message().to_string())
+        }
+        other => (Code::Unavailable, other.to_string()),
+    }
+}
+
+pub fn timestamp(ns: u64) -> Timestamp {
+    let mut t = Timestamp::new();
+    t.seconds = (ns / 1_000_000_000) as i64;
+    t.nanos = (ns % 1_000_000_000) as i32;
+    t
+}
+
+pub fn from_timestamp(t: &Timestamp) -> u64 {
+    t.seconds.max(0) as u64 * 1_000_000_000 + t.nanos.max(0) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for c in [
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::AlreadyExists,
+            Code::FailedPrecondition,
+            Code::DeadlineExceeded,
+            Code::Unavailable,
+            Code::Internal,
+        ] {
+            assert_eq!(from_ttrpc(&to_ttrpc(c, "m")), (c, "m".to_string()));
+        }
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        assert_eq!(from_timestamp(&timestamp(1_700_000_000_123_456_789)), 1_700_000_000_123_456_789);
+    }
+}

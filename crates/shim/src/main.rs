@@ -1,0 +1,93 @@
+//! berth-shim: holds one container's processes, reaps them, records their
+//! exits durably and serves the containerd shim v2 Task API over ttrpc.
+//! It runs in its own session so berthd can die and restart around it.
+//!
+//! Usage (started by berthd, listener on fd 3):
+//!   berth-shim --namespace NS --id ID --runtime NAME --runtime-root DIR
+
+mod process;
+mod reaper;
+mod service;
+
+use std::os::fd::FromRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use berth_shim::LISTEN_FD;
+use containerd_shim_protos::shim_async::create_task;
+use containerd_shim_protos::ttrpc::asynchronous::Server;
+use containerd_shim_protos::ttrpc::asynchronous::transport::Listener;
+
+struct Args {
+    namespace: String,
+    id: String,
+    runtime: String,
+    runtime_root: PathBuf,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let (mut namespace, mut id, mut runtime, mut root) = (None, None, None, None);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--namespace" => namespace = Some(value),
+            "--id" => id = Some(value),
+            "--runtime" => runtime = Some(value),
+            "--runtime-root" => root = Some(PathBuf::from(value)),
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    Ok(Args {
+        namespace: namespace.ok_or("--namespace is required")?,
+        id: id.ok_or("--id is required")?,
+        runtime: runtime.ok_or("--runtime is required")?,
+        runtime_root: root.ok_or("--runtime-root is required")?,
+    })
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("berth-shim: {e}");
+            std::process::exit(2);
+        }
+    };
+    // Orphaned container processes are re-parented to us, so we can reap them.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        eprintln!("berth-shim: cannot become a child subreaper: {e}");
+        std::process::exit(1);
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth-shim: cannot start runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(serve(args)) {
+        eprintln!("berth-shim: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn serve(args: Args) -> Result<(), String> {
+    // SAFETY: berthd passes a bound, listening unix socket as LISTEN_FD and
+    // nothing else in this process owns that descriptor.
+    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTEN_FD) };
+    std_listener.set_nonblocking(true).map_err(|e| format!("listener: {e}"))?;
+    let listener = tokio::net::UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
+
+    let runtime = berth_runtime::open(&args.runtime, &args.runtime_root).map_err(|e| e.to_string())?;
+    let shim = Arc::new(service::Shim::new(args.namespace, args.id, runtime));
+    reaper::spawn(shim.processes()).map_err(|e| format!("reaper: {e}"))?;
+
+    let mut server = Server::new()
+        .register_service(create_task(shim.clone()))
+        .add_listener(Listener::from(listener));
+    server.start().await.map_err(|e| format!("ttrpc: {e}"))?;
+    shim.shutdown_requested().await;
+    let _ = server.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,312 @@
+//! The shim v2 Task service for one container (the sandbox's only one for
+//! now). Each handler checks the request against the task's state, calls the
+//! runtime, and answers; exits come from the watcher in `process.rs`.
+
+use std::fs::OpenOptions;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use berth_cgroups::Hierarchies;
+use berth_model::{Code, ExitStatus};
+use berth_runtime::{Runtime, Stdio};
+use berth_shim::{timestamp, to_ttrpc};
+use containerd_shim_protos::api::{self, Status};
+use containerd_shim_protos::protobuf::MessageField;
+use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
+use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim_protos::shim_async::Task;
+use containerd_shim_protos::ttrpc::{self, r#async::TtrpcContext};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::sync::{Notify, watch};
+
+use crate::process;
+use crate::reaper::Tracked;
+
+type TtrpcResult<T> = ttrpc::Result<T>;
+
+struct InitTask {
+    bundle: PathBuf,
+    pid: u32,
+    started: bool,
+    stdout: String,
+    stderr: String,
+    cgroup: Option<String>,
+    exit: watch::Receiver<Option<ExitStatus>>,
+}
+
+impl InitTask {
+    fn exited(&self) -> Option<ExitStatus> {
+        *self.exit.borrow()
+    }
+}
+
+pub struct Shim {
+    namespace: String,
+    id: String,
+    runtime: Arc<dyn Runtime>,
+    tracked: Tracked,
+    task: Mutex<Option<InitTask>>,
+    shutdown: Notify,
+}
+
+impl Shim {
+    pub fn new(namespace: String, id: String, runtime: Box<dyn Runtime>) -> Shim {
+        Shim {
+            namespace,
+            id,
+            runtime: Arc::from(runtime),
+            tracked: Tracked::default(),
+            task: Mutex::new(None),
+            shutdown: Notify::new(),
+        }
+    }
+
+    pub fn processes(&self) -> Tracked {
+        self.tracked.clone()
+    }
+
+    pub async fn shutdown_requested(&self) {
+        self.shutdown.notified().await
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Option<InitTask>> {
+        self.task.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Checks the ids of a request: the container must be ours and, until
+    /// execs exist, the exec id empty.
+    fn check(&self, id: &str, exec_id: &str) -> TtrpcResult<()> {
+        if id != self.id {
+            return Err(to_ttrpc(Code::NotFound, format!("container {id} is not served by this shim")));
+        }
+        if !exec_id.is_empty() {
+            return Err(to_ttrpc(Code::NotFound, format!("exec {exec_id} not found in container {id}")));
+        }
+        Ok(())
+    }
+
+    fn with_task<T>(&self, f: impl FnOnce(&mut InitTask) -> TtrpcResult<T>) -> TtrpcResult<T> {
+        let mut guard = self.lock();
+        match guard.as_mut() {
+            Some(t) => f(t),
+            None => Err(to_ttrpc(Code::NotFound, format!("container {} has no task", self.id))),
+        }
+    }
+
+    fn exit_rx(&self) -> TtrpcResult<watch::Receiver<Option<ExitStatus>>> {
+        self.with_task(|t| Ok(t.exit.clone()))
+    }
+}
+
+fn open_stdio(path: &str, write: bool) -> TtrpcResult<Option<OwnedFd>> {
+    if path.is_empty() {
+        return Ok(None);
+    }
+    let f = OpenOptions::new()
+        .read(!write)
+        .append(write)
+        .create(write)
+        .open(path)
+        .map_err(|e| to_ttrpc(Code::InvalidArgument, format!("open {path}: {e}")))?;
+    Ok(Some(f.into()))
+}
+
+/// The container's cgroup, from the bundle's config.json.
+fn cgroup_of(bundle: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(bundle.join("config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.pointer("/linux/cgroupsPath")?.as_str().map(str::to_string)
+}
+
+/// Kills whatever is left in the container's cgroup (SPEC B4).
+fn kill_leftovers(cgroup: Option<&str>) {
+    let (Some(cg), Ok(h)) = (cgroup, Hierarchies::detect()) else { return };
+    for pid in h.procs(cg).unwrap_or_default() {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    }
+}
+
+fn exit_fields(status: Option<ExitStatus>) -> (u32, MessageField<Timestamp>) {
+    match status {
+        Some(s) => (s.code, Some(timestamp(s.exited_at_ns)).into()),
+        None => (0, None.into()),
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> ttrpc::Error {
+    to_ttrpc(Code::Internal, e)
+}
+
+#[async_trait]
+impl Task for Shim {
+    async fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
+        self.check(&req.id, "")?;
+        if req.terminal {
+            return Err(to_ttrpc(Code::InvalidArgument, "terminal stdio is not supported yet"));
+        }
+        if self.lock().is_some() {
+            return Err(to_ttrpc(Code::AlreadyExists, format!("container {} already has a task", req.id)));
+        }
+        let bundle = PathBuf::from(&req.bundle);
+        let stdio = Stdio {
+            stdin: open_stdio(&req.stdin, false)?,
+            stdout: open_stdio(&req.stdout, true)?,
+            stderr: open_stdio(&req.stderr, true)?,
+        };
+        let pid = self.runtime.create(&req.id, &bundle, stdio).map_err(|e| to_ttrpc(e.code(), e))?;
+        let cgroup = cgroup_of(&bundle);
+        let leftover_cgroup = cgroup.clone();
+        let exit = process::watch(pid, bundle.join("exit.json"), self.tracked.clone(), move || {
+            kill_leftovers(leftover_cgroup.as_deref())
+        });
+        let exit = match exit {
+            Ok(rx) => rx,
+            Err(e) => {
+                let _ = self.runtime.delete(&req.id, true);
+                return Err(internal(format!("watch init {pid}: {e}")));
+            }
+        };
+        *self.lock() = Some(InitTask {
+            bundle,
+            pid,
+            started: false,
+            stdout: req.stdout,
+            stderr: req.stderr,
+            cgroup,
+            exit,
+        });
+        Ok(api::CreateTaskResponse { pid, ..Default::default() })
+    }
+
+    async fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+        self.check(&req.id, &req.exec_id)?;
+        let pid = self.with_task(|t| {
+            if t.started || t.exited().is_some() {
+                return Err(to_ttrpc(Code::FailedPrecondition, format!("container {} was already started", req.id)));
+            }
+            Ok(t.pid)
+        })?;
+        self.runtime.start(&req.id).map_err(|e| to_ttrpc(e.code(), e))?;
+        self.with_task(|t| {
+            t.started = true;
+            Ok(())
+        })?;
+        Ok(api::StartResponse { pid, ..Default::default() })
+    }
+
+    async fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+        self.check(&req.id, &req.exec_id)?;
+        self.with_task(|t| {
+            let exited = t.exited();
+            let status = match (exited, t.started) {
+                (Some(_), _) => Status::STOPPED,
+                (None, true) => Status::RUNNING,
+                (None, false) => Status::CREATED,
+            };
+            let (exit_status, exited_at) = exit_fields(exited);
+            Ok(api::StateResponse {
+                id: req.id.clone(),
+                bundle: t.bundle.to_string_lossy().into_owned(),
+                pid: t.pid,
+                status: status.into(),
+                stdout: t.stdout.clone(),
+                stderr: t.stderr.clone(),
+                exit_status,
+                exited_at,
+                ..Default::default()
+            })
+        })
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {
+        self.check(&req.id, &req.exec_id)?;
+        let pid = self.with_task(|t| match t.exited() {
+            Some(_) => Err(to_ttrpc(Code::NotFound, format!("process of container {} already finished", req.id))),
+            None => Ok(t.pid),
+        })?;
+        let signal = i32::try_from(req.signal).map_err(|_| to_ttrpc(Code::InvalidArgument, "bad signal"))?;
+        if req.all {
+            self.runtime.kill(&req.id, signal, true).map_err(|e| to_ttrpc(e.code(), e))?;
+        } else {
+            let sig = Signal::try_from(signal)
+                .map_err(|_| to_ttrpc(Code::InvalidArgument, format!("invalid signal {signal}")))?;
+            kill(Pid::from_raw(pid as i32), sig).map_err(|e| match e {
+                nix::errno::Errno::ESRCH => to_ttrpc(Code::NotFound, "process already finished"),
+                e => internal(format!("kill {pid}: {e}")),
+            })?;
+        }
+        Ok(Empty::new())
+    }
+
+    async fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        self.check(&req.id, &req.exec_id)?;
+        let status = process::wait(self.exit_rx()?).await;
+        let (exit_status, exited_at) = exit_fields(status);
+        Ok(api::WaitResponse { exit_status, exited_at, ..Default::default() })
+    }
+
+    async fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
+        self.check(&req.id, &req.exec_id)?;
+        let (pid, started, rx) = self.with_task(|t| Ok((t.pid, t.started, t.exit.clone())))?;
+        let exited = *rx.borrow();
+        if exited.is_none() && started {
+            return Err(to_ttrpc(
+                Code::FailedPrecondition,
+                format!("container {} is running; stop it first", req.id),
+            ));
+        }
+        // A created container is killed by the runtime's delete.
+        self.runtime.delete(&req.id, exited.is_none()).map_err(|e| to_ttrpc(e.code(), e))?;
+        let status = match tokio::time::timeout(Duration::from_secs(10), process::wait(rx)).await {
+            Ok(s) => s,
+            Err(_) => return Err(to_ttrpc(Code::DeadlineExceeded, format!("init {pid} did not exit"))),
+        };
+        let (exit_status, exited_at) = exit_fields(status);
+        *self.lock() = None;
+        // The last (only) container is gone: the shim's job is done.
+        self.shutdown.notify_one();
+        Ok(api::DeleteResponse { pid, exit_status, exited_at, ..Default::default() })
+    }
+
+    async fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        self.check(&req.id, "")?;
+        let (pid, cgroup, exited) = self.with_task(|t| Ok((t.pid, t.cgroup.clone(), t.exited())))?;
+        let mut pids = match (cgroup, Hierarchies::detect()) {
+            (Some(cg), Ok(h)) => h.procs(&cg).map_err(internal)?,
+            _ => Vec::new(),
+        };
+        if pids.is_empty() && exited.is_none() {
+            pids.push(pid);
+        }
+        let processes = pids
+            .into_iter()
+            .map(|pid| api::ProcessInfo { pid, ..Default::default() })
+            .collect();
+        Ok(api::PidsResponse { processes, ..Default::default() })
+    }
+
+    async fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
+        self.check(&req.id, "")?;
+        let task_pid = self.lock().as_ref().map(|t| t.pid).unwrap_or(0);
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: format!("berth-shim {} ({})", env!("CARGO_PKG_VERSION"), self.namespace),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(&self, _ctx: &TtrpcContext, req: api::ShutdownRequest) -> TtrpcResult<Empty> {
+        self.check(&req.id, "")?;
+        let live = self.lock().as_ref().is_some_and(|t| t.exited().is_none());
+        if live && !req.now {
+            return Err(to_ttrpc(Code::FailedPrecondition, format!("container {} still has a live task", req.id)));
+        }
+        self.shutdown.notify_one();
+        Ok(Empty::new())
+    }
+}
