@@ -58,19 +58,19 @@ impl Hierarchies {
         Ok(Vec::new())
     }
 
-    /// Removes the cgroup in every hierarchy, then each parent up to (not
-    /// including) `keep_depth` path components, as long as they are empty.
-    /// A leaf that still holds processes is an error; busy parents are left.
-    pub fn remove(&self, cgroup: &str, keep_depth: usize) -> io::Result<()> {
+    /// Removes the cgroup in every hierarchy. A cgroup that still holds
+    /// processes is an error; one that is already gone is not.
+    pub fn remove(&self, cgroup: &str) -> io::Result<()> {
         for dir in self.existing(cgroup) {
             remove_dir(&dir)?;
         }
-        let parts: Vec<&str> = cgroup.trim_matches('/').split('/').collect();
-        for depth in (keep_depth.max(1)..parts.len()).rev() {
-            let parent = parts[..depth].join("/");
-            for dir in self.existing(&parent) {
-                let _ = remove_dir(&dir);
-            }
+        Ok(())
+    }
+
+    /// Removes the cgroup and every cgroup below it, deepest first.
+    pub fn remove_tree(&self, cgroup: &str) -> io::Result<()> {
+        for dir in self.existing(cgroup) {
+            remove_tree(&dir)?;
         }
         Ok(())
     }
@@ -81,6 +81,16 @@ fn remove_dir(dir: &Path) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other,
     }
+}
+
+fn remove_tree(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            remove_tree(&entry.path())?;
+        }
+    }
+    remove_dir(dir)
 }
 
 fn unescape(s: &str) -> String {

@@ -35,13 +35,11 @@ impl fmt::Display for Code {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ModelError {
     #[error("invalid {what} {value:?}: {reason}")]
-    InvalidId {
-        what: &'static str,
-        value: String,
-        reason: &'static str,
-    },
+    InvalidId { what: &'static str, value: String, reason: &'static str },
     #[error("cannot {op} a container that is {from}")]
     BadTransition { from: State, op: Op },
+    #[error("unknown runtime {0:?} (known: embedded, runc, crun)")]
+    UnknownRuntime(String),
     #[error("unknown state {0:?}")]
     UnknownState(String),
 }
@@ -49,7 +47,9 @@ pub enum ModelError {
 impl ModelError {
     pub fn code(&self) -> Code {
         match self {
-            ModelError::InvalidId { .. } | ModelError::UnknownState(_) => Code::InvalidArgument,
+            ModelError::InvalidId { .. } | ModelError::UnknownState(_) | ModelError::UnknownRuntime(_) => {
+                Code::InvalidArgument
+            }
             ModelError::BadTransition { .. } => Code::FailedPrecondition,
         }
     }

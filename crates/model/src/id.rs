@@ -10,13 +10,7 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 const MAX_LEN: usize = 128;
 
 fn validate(what: &'static str, value: &str) -> Result<(), ModelError> {
-    let err = |reason| {
-        Err(ModelError::InvalidId {
-            what,
-            value: value.chars().take(64).collect(),
-            reason,
-        })
-    };
+    let err = |reason| Err(ModelError::InvalidId { what, value: value.chars().take(64).collect(), reason });
     let mut chars = value.chars();
     match chars.next() {
         None => return err("must not be empty"),

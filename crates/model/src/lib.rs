@@ -4,9 +4,11 @@
 mod error;
 mod exit;
 mod id;
+mod runtime;
 mod state;
 
 pub use error::{Code, ModelError};
 pub use exit::{ExitStatus, UNKNOWN_EXIT_CODE};
-pub use id::{ContainerId, ExecId, Namespace, DEFAULT_NAMESPACE};
+pub use id::{ContainerId, DEFAULT_NAMESPACE, ExecId, Namespace};
+pub use runtime::{DEFAULT_RUNTIME, RUNTIMES, runtime_name};
 pub use state::{Op, State};

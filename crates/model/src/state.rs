@@ -85,17 +85,10 @@ impl fmt::Display for State {
 impl FromStr for State {
     type Err = ModelError;
     fn from_str(s: &str) -> Result<Self, ModelError> {
-        [
-            State::Created,
-            State::Running,
-            State::Paused,
-            State::Stopped,
-            State::Deleted,
-            State::Unknown,
-        ]
-        .into_iter()
-        .find(|st| st.as_str() == s)
-        .ok_or_else(|| ModelError::UnknownState(s.to_string()))
+        [State::Created, State::Running, State::Paused, State::Stopped, State::Deleted, State::Unknown]
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| ModelError::UnknownState(s.to_string()))
     }
 }
 

@@ -26,27 +26,31 @@ impl CliRuntime {
 
     fn command(&self, id: &str) -> Command {
         let mut cmd = Command::new(self.binary);
-        cmd.arg("--root")
-            .arg(&self.root)
-            .arg("--log")
-            .arg(self.log_path(id))
-            .arg("--log-format")
-            .arg("json");
+        cmd.arg("--root").arg(&self.root).arg("--log").arg(self.log_path(id)).arg("--log-format").arg("json");
         cmd
     }
 
-    fn run(&self, op: &'static str, id: &str, mut cmd: Command) -> Result<(), RuntimeError> {
-        let out = cmd.stderr(ProcStdio::piped()).output().map_err(|e| RuntimeError::Unavailable {
+    /// Runs one runtime command. With `capture`, its stdout/stderr are read
+    /// for error messages; without, they stay as the caller set them (for
+    /// create, they become the container's stdio).
+    fn run(&self, op: &'static str, id: &str, mut cmd: Command, capture: bool) -> Result<(), RuntimeError> {
+        let unavailable = |e: std::io::Error| RuntimeError::Unavailable {
             runtime: self.binary,
             reason: format!("cannot run {}: {e}", self.binary),
-        })?;
-        if out.status.success() {
+        };
+        let (status, stderr) = if capture {
+            let out = cmd.stdin(ProcStdio::null()).stdout(ProcStdio::null()).stderr(ProcStdio::piped());
+            let out = out.output().map_err(unavailable)?;
+            (out.status, String::from_utf8_lossy(&out.stderr).into_owned())
+        } else {
+            (cmd.status().map_err(unavailable)?, String::new())
+        };
+        if status.success() {
             return Ok(());
         }
-        let stderr = String::from_utf8_lossy(&out.stderr);
         let message = last_error(&self.log_path(id))
             .or_else(|| stderr.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_string))
-            .unwrap_or_else(|| format!("{} {op} exited with {}", self.binary, out.status));
+            .unwrap_or_else(|| format!("{} {op} exited with {status}", self.binary));
         Err(RuntimeError::Failed { runtime: self.binary, op, message })
     }
 }
@@ -56,11 +60,7 @@ fn last_error(log: &Path) -> Option<String> {
     let text = fs::read_to_string(log).ok()?;
     text.lines().rev().find_map(|line| {
         let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        if v.get("level")?.as_str()? == "error" {
-            v.get("msg")?.as_str().map(str::to_string)
-        } else {
-            None
-        }
+        if v.get("level")?.as_str()? == "error" { v.get("msg")?.as_str().map(str::to_string) } else { None }
     })
 }
 
@@ -94,10 +94,8 @@ impl Runtime for CliRuntime {
         cmd.stdout(stdio.stdout.map(ProcStdio::from).unwrap_or_else(ProcStdio::null));
         // runc reports its own errors through the JSON log, so fd 2 can be
         // the container's stderr.
-        if let Some(fd) = stdio.stderr {
-            cmd.stderr(ProcStdio::from(fd));
-        }
-        let result = self.run("create", id, cmd).and_then(|()| {
+        cmd.stderr(stdio.stderr.map(ProcStdio::from).unwrap_or_else(ProcStdio::null));
+        let result = self.run("create", id, cmd, false).and_then(|()| {
             let text = fs::read_to_string(&pid_file).map_err(|e| RuntimeError::io("read runc pid file", e))?;
             text.trim().parse::<u32>().map_err(|e| RuntimeError::Failed {
                 runtime: self.binary,
@@ -115,7 +113,7 @@ impl Runtime for CliRuntime {
     fn start(&self, id: &str) -> Result<(), RuntimeError> {
         let mut cmd = self.command(id);
         cmd.arg("start").arg(id);
-        self.run("start", id, cmd)
+        self.run("start", id, cmd, true)
     }
 
     fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), RuntimeError> {
@@ -125,7 +123,7 @@ impl Runtime for CliRuntime {
             cmd.arg("--all");
         }
         cmd.arg(id).arg(signal.to_string());
-        self.run("kill", id, cmd)
+        self.run("kill", id, cmd, true)
     }
 
     fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
@@ -139,7 +137,7 @@ impl Runtime for CliRuntime {
             cmd.arg("--force");
         }
         cmd.arg(id);
-        self.run("delete", id, cmd)?;
+        self.run("delete", id, cmd, true)?;
         let _ = fs::remove_file(self.log_path(id));
         Ok(())
     }

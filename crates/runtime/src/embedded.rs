@@ -60,18 +60,14 @@ impl Runtime for Embedded {
         if let Some(fd) = stdio.stderr {
             builder = builder.with_stderr(fd);
         }
-        let result = builder
-            .validate_id()
-            .and_then(|b| b.as_init(bundle).with_systemd(false).with_detach(true).build());
+        let result =
+            builder.validate_id().and_then(|b| b.as_init(bundle).with_systemd(false).with_detach(true).build());
         match result {
-            Ok(container) => container
-                .pid()
-                .map(|p| p.as_raw() as u32)
-                .ok_or_else(|| RuntimeError::Failed {
-                    runtime: "embedded",
-                    op: "create",
-                    message: "container has no init pid".into(),
-                }),
+            Ok(container) => container.pid().map(|p| p.as_raw() as u32).ok_or_else(|| RuntimeError::Failed {
+                runtime: "embedded",
+                op: "create",
+                message: "container has no init pid".into(),
+            }),
             Err(e) => {
                 let err = failed("create", e);
                 // libcontainer may leave its state directory behind.
@@ -108,8 +104,9 @@ impl Runtime for Embedded {
             Ok(None) => Ok(()),
             // A state directory without a readable state file: creation died
             // half way. Nothing runs from it; remove it.
-            Err(_) => std::fs::remove_dir_all(self.root.join(id))
-                .map_err(|e| RuntimeError::io("remove runtime state", e)),
+            Err(_) => {
+                std::fs::remove_dir_all(self.root.join(id)).map_err(|e| RuntimeError::io("remove runtime state", e))
+            }
         }
     }
 }

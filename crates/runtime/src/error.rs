@@ -4,16 +4,12 @@ use berth_model::Code;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("unknown runtime {0:?} (known: embedded, runc, crun)")]
+    #[error("{0}")]
     UnknownRuntime(String),
     #[error("runtime {runtime} is not usable on this host: {reason}")]
     Unavailable { runtime: &'static str, reason: String },
     #[error("{runtime} {op} failed: {message}")]
-    Failed {
-        runtime: &'static str,
-        op: &'static str,
-        message: String,
-    },
+    Failed { runtime: &'static str, op: &'static str, message: String },
     #[error("{what}: {source}")]
     Io {
         what: &'static str,

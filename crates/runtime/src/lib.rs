@@ -11,10 +11,6 @@ use std::path::Path;
 
 pub use error::RuntimeError;
 
-/// Names accepted by [`open`].
-pub const RUNTIMES: &[&str] = &["embedded", "runc", "crun"];
-pub const DEFAULT_RUNTIME: &str = "embedded";
-
 /// The stdio a container's init process gets. `None` means /dev/null.
 #[derive(Default)]
 pub struct Stdio {
@@ -37,18 +33,9 @@ pub trait Runtime: Send + Sync {
     fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError>;
 }
 
-/// Checks a runtime name without opening it.
-pub fn validate_name(name: &str) -> Result<(), RuntimeError> {
-    if RUNTIMES.contains(&name) {
-        Ok(())
-    } else {
-        Err(RuntimeError::UnknownRuntime(name.to_string()))
-    }
-}
-
 /// Opens the runtime `name`, keeping its state under `root`.
 pub fn open(name: &str, root: &Path) -> Result<Box<dyn Runtime>, RuntimeError> {
-    validate_name(name)?;
+    let name = berth_model::runtime_name(name).map_err(|e| RuntimeError::UnknownRuntime(e.to_string()))?;
     std::fs::create_dir_all(root).map_err(|e| RuntimeError::io("create runtime root", e))?;
     match name {
         "embedded" => Ok(Box::new(embedded::Embedded::new(root))),

@@ -2,6 +2,8 @@
 //! protocol leaves open: how a shim is started, and the one mapping between
 //! berth's error codes and ttrpc status codes, used by both sides.
 
+use std::os::fd::{FromRawFd, OwnedFd};
+
 use berth_model::Code;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::ttrpc;
@@ -45,6 +47,18 @@ pub fn from_ttrpc(err: &ttrpc::Error) -> (Code, String) {
         }
         other => (Code::Unavailable, other.to_string()),
     }
+}
+
+/// Opens a pidfd: a handle that becomes readable when the process exits and
+/// never refers to a recycled pid.
+pub fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this new descriptor; we own it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 pub fn timestamp(ns: u64) -> Timestamp {

@@ -83,9 +83,7 @@ async fn serve(args: Args) -> Result<(), String> {
     let shim = Arc::new(service::Shim::new(args.namespace, args.id, runtime));
     reaper::spawn(shim.processes()).map_err(|e| format!("reaper: {e}"))?;
 
-    let mut server = Server::new()
-        .register_service(create_task(shim.clone()))
-        .add_listener(Listener::from(listener));
+    let mut server = Server::new().register_service(create_task(shim.clone())).add_listener(Listener::from(listener));
     server.start().await.map_err(|e| format!("ttrpc: {e}"))?;
     shim.shutdown_requested().await;
     let _ = server.shutdown().await;

@@ -1,11 +1,12 @@
 //! One watched process: its pid, a pidfd-driven exit watcher, and the exit
 //! status that every waiter receives (SPEC B4, B5).
 
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_model::ExitStatus;
+use berth_shim::pidfd_open;
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
@@ -14,16 +15,6 @@ use crate::reaper::Tracked;
 
 pub fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
-
-fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
-    // SAFETY: plain syscall with integer arguments; the returned fd is owned by us.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this new descriptor.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Watches `pid` (a child of this shim) until it exits. The exit is written
@@ -63,7 +54,7 @@ pub fn watch(
         record(&exit_file, &status);
         after_exit();
         // Published exactly once: the sender is dropped right after.
-        let _ = tx.send(Some(status));
+        tx.send_replace(Some(status));
     });
     Ok(rx)
 }

@@ -170,15 +170,8 @@ impl Task for Shim {
                 return Err(internal(format!("watch init {pid}: {e}")));
             }
         };
-        *self.lock() = Some(InitTask {
-            bundle,
-            pid,
-            started: false,
-            stdout: req.stdout,
-            stderr: req.stderr,
-            cgroup,
-            exit,
-        });
+        *self.lock() =
+            Some(InitTask { bundle, pid, started: false, stdout: req.stdout, stderr: req.stderr, cgroup, exit });
         Ok(api::CreateTaskResponse { pid, ..Default::default() })
     }
 
@@ -254,10 +247,7 @@ impl Task for Shim {
         let (pid, started, rx) = self.with_task(|t| Ok((t.pid, t.started, t.exit.clone())))?;
         let exited = *rx.borrow();
         if exited.is_none() && started {
-            return Err(to_ttrpc(
-                Code::FailedPrecondition,
-                format!("container {} is running; stop it first", req.id),
-            ));
+            return Err(to_ttrpc(Code::FailedPrecondition, format!("container {} is running; stop it first", req.id)));
         }
         // A created container is killed by the runtime's delete.
         self.runtime.delete(&req.id, exited.is_none()).map_err(|e| to_ttrpc(e.code(), e))?;
@@ -282,10 +272,7 @@ impl Task for Shim {
         if pids.is_empty() && exited.is_none() {
             pids.push(pid);
         }
-        let processes = pids
-            .into_iter()
-            .map(|pid| api::ProcessInfo { pid, ..Default::default() })
-            .collect();
+        let processes = pids.into_iter().map(|pid| api::ProcessInfo { pid, ..Default::default() }).collect();
         Ok(api::PidsResponse { processes, ..Default::default() })
     }
 

@@ -150,10 +150,7 @@ impl Store {
 }
 
 fn decode(key: &str, bytes: &[u8]) -> Result<ContainerRecord, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        key: key.to_string(),
-        reason: e.to_string(),
-    })
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { key: key.to_string(), reason: e.to_string() })
 }
 
 #[cfg(test)]

@@ -1,0 +1,239 @@
+//! One function per CLI verb; each translates arguments into API calls.
+
+use std::io::Write;
+use std::str::FromStr;
+
+use berth_api::v1 as pb;
+use nix::sys::signal::Signal;
+use tokio_stream::StreamExt;
+
+use crate::CreateArgs;
+use crate::client::{Client, Failure};
+use crate::output;
+
+/// Exit code of `run` when berth itself (not the container) failed.
+const RUN_FAILED: i32 = 125;
+
+fn cref(c: &Client, id: &str) -> pb::ContainerRef {
+    pb::ContainerRef { namespace: c.namespace.clone(), id: id.to_string() }
+}
+
+fn random_id() -> String {
+    let mut buf = [0u8; 6];
+    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf));
+    if ok.is_err() {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        buf.copy_from_slice(&(t.as_nanos() as u64 ^ std::process::id() as u64).to_le_bytes()[..6]);
+    }
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn parse_signal(s: &str) -> Result<u32, Failure> {
+    if let Ok(n) = s.parse::<u32>() {
+        return Ok(n);
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    Signal::from_str(&name).map(|sig| sig as u32).map_err(|_| Failure::new(format!("unknown signal {s:?}")))
+}
+
+async fn do_create(c: &mut Client, a: CreateArgs) -> Result<pb::Container, Failure> {
+    let path =
+        std::path::absolute(&a.rootfs).map_err(|e| Failure::new(format!("bad path {}: {e}", a.rootfs.display())))?;
+    let mut labels = std::collections::HashMap::new();
+    for l in &a.labels {
+        let (k, v) = l.split_once('=').ok_or_else(|| Failure::new(format!("label {l:?} is not KEY=VALUE")))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let req = pb::CreateRequest {
+        namespace: c.namespace.clone(),
+        id: a.name.unwrap_or_else(random_id),
+        path: path.to_string_lossy().into_owned(),
+        args: a.cmd,
+        env: a.env,
+        cwd: a.workdir.unwrap_or_default(),
+        runtime: a.runtime,
+        labels,
+    };
+    Ok(c.containers.create(req).await?.into_inner())
+}
+
+pub async fn create(c: &mut Client, a: CreateArgs) -> Result<i32, Failure> {
+    let ctr = do_create(c, a).await?;
+    println!("{}", ctr.id);
+    Ok(0)
+}
+
+pub async fn start(c: &mut Client, ids: Vec<String>) -> Result<i32, Failure> {
+    for id in ids {
+        c.containers.start(cref(c, &id)).await?;
+        println!("{id}");
+    }
+    Ok(0)
+}
+
+pub async fn run(c: &mut Client, a: CreateArgs, rm: bool, detach: bool) -> Result<i32, Failure> {
+    let ctr = do_create(c, a).await.map_err(|f| Failure { exit_code: RUN_FAILED, ..f })?;
+    let id = ctr.id;
+    if let Err(status) = c.containers.start(cref(c, &id)).await {
+        if rm {
+            let _ = c.containers.delete(pb::DeleteRequest { namespace: c.namespace.clone(), id, force: true }).await;
+        }
+        return Err(Failure { exit_code: RUN_FAILED, ..Failure::from(status) });
+    }
+    if detach {
+        println!("{id}");
+        return Ok(0);
+    }
+    let logs = c
+        .containers
+        .logs(pb::LogsRequest { namespace: c.namespace.clone(), id: id.clone(), follow: true })
+        .await?
+        .into_inner();
+    let printer = tokio::spawn(copy_logs(logs));
+    let forwarder = tokio::spawn(forward_signals(c.containers.clone(), cref(c, &id)));
+    let exit = c.containers.wait(cref(c, &id)).await;
+    forwarder.abort();
+    let _ = printer.await;
+    let exit = exit?.into_inner();
+    if rm {
+        c.containers.delete(pb::DeleteRequest { namespace: c.namespace.clone(), id, force: false }).await?;
+    }
+    Ok(exit.code as i32)
+}
+
+/// Ctrl-C and SIGTERM to `berth run` go to the container.
+async fn forward_signals(
+    mut api: berth_api::v1::containers_client::ContainersClient<tonic::transport::Channel>,
+    r: pb::ContainerRef,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+        return;
+    };
+    loop {
+        let sig = tokio::select! {
+            _ = int.recv() => Signal::SIGINT as u32,
+            _ = term.recv() => Signal::SIGTERM as u32,
+        };
+        let req = pb::KillRequest { namespace: r.namespace.clone(), id: r.id.clone(), signal: sig, all: false };
+        let _ = api.kill(req).await;
+    }
+}
+
+async fn copy_logs(mut logs: tonic::Streaming<pb::LogChunk>) -> Result<(), Failure> {
+    while let Some(chunk) = logs.next().await {
+        let chunk = chunk?;
+        let r = if chunk.stream == pb::Stream::Stderr as i32 {
+            let mut e = std::io::stderr().lock();
+            e.write_all(&chunk.data).and_then(|_| e.flush())
+        } else {
+            let mut o = std::io::stdout().lock();
+            o.write_all(&chunk.data).and_then(|_| o.flush())
+        };
+        if r.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+pub async fn ps(c: &mut Client, all: bool, all_namespaces: bool, json: bool) -> Result<i32, Failure> {
+    let req = pb::ListRequest { namespace: c.namespace.clone(), all_namespaces };
+    let mut cs = c.containers.list(req).await?.into_inner().containers;
+    if !all {
+        cs.retain(|x| x.state != "stopped");
+    }
+    cs.sort_by(|a, b| (&a.namespace, a.created_at_ns, &a.id).cmp(&(&b.namespace, b.created_at_ns, &b.id)));
+    if json {
+        let v: Vec<_> = cs.iter().map(output::container_json).collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        print!("{}", output::table(&cs, all_namespaces));
+    }
+    Ok(0)
+}
+
+pub async fn inspect(c: &mut Client, id: String, json: bool) -> Result<i32, Failure> {
+    let ctr = c.containers.get(cref(c, &id)).await?.into_inner();
+    if json {
+        let text =
+            serde_json::to_string_pretty(&output::container_json(&ctr)).map_err(|e| Failure::new(e.to_string()))?;
+        println!("{text}");
+    } else {
+        print!("{}", output::inspect_text(&ctr));
+    }
+    Ok(0)
+}
+
+pub async fn kill(c: &mut Client, id: String, signal: &str, all: bool) -> Result<i32, Failure> {
+    let signal = parse_signal(signal)?;
+    c.containers.kill(pb::KillRequest { namespace: c.namespace.clone(), id, signal, all }).await?;
+    Ok(0)
+}
+
+pub async fn wait(c: &mut Client, id: String) -> Result<i32, Failure> {
+    let exit = c.containers.wait(cref(c, &id)).await?.into_inner();
+    println!("{}", exit.code);
+    Ok(exit.code as i32)
+}
+
+pub async fn rm(c: &mut Client, ids: Vec<String>, force: bool) -> Result<i32, Failure> {
+    let mut failed = None;
+    for id in ids {
+        let req = pb::DeleteRequest { namespace: c.namespace.clone(), id: id.clone(), force };
+        match c.containers.delete(req).await {
+            Ok(_) => println!("{id}"),
+            Err(s) => {
+                let f = Failure::from(s);
+                eprintln!("berth: {}", f.message);
+                failed = Some(f);
+            }
+        }
+    }
+    match failed {
+        Some(_) => Ok(1),
+        None => Ok(0),
+    }
+}
+
+pub async fn logs(c: &mut Client, id: String, follow: bool) -> Result<i32, Failure> {
+    let stream = c.containers.logs(pb::LogsRequest { namespace: c.namespace.clone(), id, follow }).await?.into_inner();
+    copy_logs(stream).await?;
+    Ok(0)
+}
+
+pub async fn events(c: &mut Client, json: bool, types: Vec<String>, id: Option<String>) -> Result<i32, Failure> {
+    let req = pb::SubscribeRequest { namespace: c.namespace.clone(), types, id: id.unwrap_or_default() };
+    let mut stream = c.events.subscribe(req).await?.into_inner();
+    let mut out = std::io::stdout();
+    while let Some(ev) = stream.next().await {
+        let ev = ev?;
+        let line = if json { output::event_json(&ev).to_string() } else { output::event_line(&ev) };
+        if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+            break;
+        }
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_by_name_and_number() {
+        assert_eq!(parse_signal("9").ok(), Some(9));
+        assert_eq!(parse_signal("KILL").ok(), Some(9));
+        assert_eq!(parse_signal("sigterm").ok(), Some(15));
+        assert!(parse_signal("NOPE").is_err());
+    }
+
+    #[test]
+    fn random_ids_are_valid_and_distinct() {
+        let (a, b) = (random_id(), random_id());
+        assert_eq!(a.len(), 12);
+        assert_ne!(a, b);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}

@@ -1,0 +1,159 @@
+//! berth: the command-line client of berthd. Tables for people, `--json`
+//! for scripts; on failure one line on stderr and a non-zero exit.
+
+mod client;
+mod commands;
+mod output;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "Run and supervise containers with berthd")]
+pub struct Cli {
+    /// berthd's API socket.
+    #[arg(long, global = true, env = "BERTH_SOCKET", default_value = "/run/berth/berth.sock")]
+    socket: PathBuf,
+    /// Namespace (tenant) to work in.
+    #[arg(long, short = 'n', global = true, env = "BERTH_NAMESPACE", default_value = "default")]
+    namespace: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct CreateArgs {
+    /// Container id (default: a random one).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// OCI runtime: embedded, runc or crun.
+    #[arg(long, default_value = "embedded")]
+    pub runtime: String,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir")]
+    pub workdir: Option<String>,
+    /// Label KEY=VALUE (repeatable).
+    #[arg(short = 'l', long = "label")]
+    pub labels: Vec<String>,
+    /// A root filesystem directory, or an OCI bundle (a directory with config.json).
+    pub rootfs: PathBuf,
+    /// Command and arguments (default: the bundle's, or /bin/sh).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub cmd: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create and start a container; attached, stream its output and exit with its code.
+    Run {
+        /// Remove the container when it exits.
+        #[arg(long)]
+        rm: bool,
+        /// Detach: print the id and return.
+        #[arg(short = 'd', long)]
+        detach: bool,
+        #[command(flatten)]
+        create: CreateArgs,
+    },
+    /// Create a container without starting it.
+    Create {
+        #[command(flatten)]
+        create: CreateArgs,
+    },
+    /// Start created containers.
+    Start { ids: Vec<String> },
+    /// List containers.
+    Ps {
+        /// Include stopped containers.
+        #[arg(short = 'a', long)]
+        all: bool,
+        /// Every namespace.
+        #[arg(long)]
+        all_namespaces: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one container in detail.
+    Inspect {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a signal to a container's init (or, with --all, every process).
+    Kill {
+        /// Signal name or number.
+        #[arg(short = 's', long, default_value = "SIGTERM")]
+        signal: String,
+        #[arg(long)]
+        all: bool,
+        id: String,
+    },
+    /// Wait for a container to exit; print its exit code and exit with it.
+    Wait { id: String },
+    /// Remove containers.
+    Rm {
+        /// Kill running containers first.
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Print a container's output.
+    Logs {
+        /// Keep streaming until the container exits.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        id: String,
+    },
+    /// Stream events.
+    Events {
+        #[arg(long)]
+        json: bool,
+        /// Only these types (create, start, exit, delete); repeatable.
+        #[arg(long = "type")]
+        types: Vec<String>,
+        /// Only this container.
+        #[arg(long)]
+        id: Option<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berth: cannot start runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("berth: {}", f.message);
+            f.exit_code
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn dispatch(cli: Cli) -> Result<i32, client::Failure> {
+    let mut c = client::connect(cli.socket, cli.namespace).await?;
+    use commands as cmd;
+    match cli.command {
+        Command::Run { rm, detach, create } => cmd::run(&mut c, create, rm, detach).await,
+        Command::Create { create } => cmd::create(&mut c, create).await,
+        Command::Start { ids } => cmd::start(&mut c, ids).await,
+        Command::Ps { all, all_namespaces, json } => cmd::ps(&mut c, all, all_namespaces, json).await,
+        Command::Inspect { id, json } => cmd::inspect(&mut c, id, json).await,
+        Command::Kill { signal, all, id } => cmd::kill(&mut c, id, &signal, all).await,
+        Command::Wait { id } => cmd::wait(&mut c, id).await,
+        Command::Rm { force, ids } => cmd::rm(&mut c, ids, force).await,
+        Command::Logs { follow, id } => cmd::logs(&mut c, id, follow).await,
+        Command::Events { json, types, id } => cmd::events(&mut c, json, types, id).await,
+    }
+}

@@ -1,0 +1,192 @@
+//! The gRPC front (berth.v1): translates requests into manager calls and
+//! errors into statuses, in this one place. No behaviour lives here.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use berth_api::v1 as pb;
+use berth_model::{Code, ContainerId, ExitStatus, Namespace};
+use berth_store::ContainerRecord;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::create::CreateParams;
+use crate::error::Error;
+use crate::events::Event;
+use crate::logs;
+use crate::manager::Manager;
+
+pub struct Api {
+    pub mgr: Arc<Manager>,
+}
+
+/// The one mapping from berth errors to gRPC statuses.
+pub fn status(e: Error) -> Status {
+    let msg = e.to_string();
+    match e.code() {
+        Code::InvalidArgument => Status::invalid_argument(msg),
+        Code::NotFound => Status::not_found(msg),
+        Code::AlreadyExists => Status::already_exists(msg),
+        Code::FailedPrecondition => Status::failed_precondition(msg),
+        Code::DeadlineExceeded => Status::deadline_exceeded(msg),
+        Code::Unavailable => Status::unavailable(msg),
+        Code::Internal => Status::internal(msg),
+    }
+}
+
+fn ns(s: &str) -> Result<Namespace, Status> {
+    if s.is_empty() {
+        return Ok(Namespace::default());
+    }
+    Namespace::new(s).map_err(|e| status(e.into()))
+}
+
+fn key(ns_: &str, id: &str) -> Result<(Namespace, ContainerId), Status> {
+    Ok((ns(ns_)?, ContainerId::new(id).map_err(|e| status(e.into()))?))
+}
+
+fn exit_pb(e: ExitStatus) -> pb::ExitStatus {
+    pb::ExitStatus { code: e.code, exited_at_ns: e.exited_at_ns }
+}
+
+fn container_pb(r: ContainerRecord) -> pb::Container {
+    pb::Container {
+        namespace: r.namespace.to_string(),
+        id: r.id.to_string(),
+        state: r.state.to_string(),
+        pid: r.pid,
+        runtime: r.runtime,
+        bundle: r.bundle.to_string_lossy().into_owned(),
+        rootfs: r.rootfs.to_string_lossy().into_owned(),
+        command: r.command,
+        created_at_ns: r.created_at_ns,
+        exit: r.exit.map(exit_pb),
+        labels: r.labels.into_iter().collect(),
+        shim_pid: r.shim.pid,
+        cgroup: r.cgroup,
+    }
+}
+
+fn event_pb(e: Event) -> pb::Event {
+    pb::Event {
+        seq: e.seq,
+        r#type: e.kind.as_str().to_string(),
+        namespace: e.namespace.to_string(),
+        id: e.id.to_string(),
+        timestamp_ns: e.timestamp_ns,
+        pid: e.pid,
+        exit: e.exit.map(exit_pb),
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::containers_server::Containers for Api {
+    async fn create(&self, req: Request<pb::CreateRequest>) -> Result<Response<pb::Container>, Status> {
+        let r = req.into_inner();
+        let (namespace, id) = key(&r.namespace, &r.id)?;
+        let params = CreateParams {
+            namespace,
+            id,
+            path: r.path,
+            args: r.args,
+            env: r.env,
+            cwd: r.cwd,
+            runtime: r.runtime,
+            labels: r.labels.into_iter().collect(),
+        };
+        let rec = self.mgr.create(params).await.map_err(status)?;
+        Ok(Response::new(container_pb(rec)))
+    }
+
+    async fn start(&self, req: Request<pb::ContainerRef>) -> Result<Response<pb::Container>, Status> {
+        let r = req.into_inner();
+        let (ns, id) = key(&r.namespace, &r.id)?;
+        let rec = self.mgr.start(&ns, &id).await.map_err(status)?;
+        Ok(Response::new(container_pb(rec)))
+    }
+
+    async fn get(&self, req: Request<pb::ContainerRef>) -> Result<Response<pb::Container>, Status> {
+        let r = req.into_inner();
+        let (ns, id) = key(&r.namespace, &r.id)?;
+        Ok(Response::new(container_pb(self.mgr.get(&ns, &id).map_err(status)?)))
+    }
+
+    async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
+        let r = req.into_inner();
+        let filter = if r.all_namespaces { None } else { Some(ns(&r.namespace)?) };
+        let recs = self.mgr.list(filter.as_ref()).map_err(status)?;
+        Ok(Response::new(pb::ListResponse { containers: recs.into_iter().map(container_pb).collect() }))
+    }
+
+    async fn kill(&self, req: Request<pb::KillRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = req.into_inner();
+        let (ns, id) = key(&r.namespace, &r.id)?;
+        self.mgr.kill(&ns, &id, r.signal, r.all).await.map_err(status)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
+    async fn wait(&self, req: Request<pb::ContainerRef>) -> Result<Response<pb::ExitStatus>, Status> {
+        let r = req.into_inner();
+        let (ns, id) = key(&r.namespace, &r.id)?;
+        Ok(Response::new(exit_pb(self.mgr.wait(&ns, &id).await.map_err(status)?)))
+    }
+
+    async fn delete(&self, req: Request<pb::DeleteRequest>) -> Result<Response<pb::ExitStatus>, Status> {
+        let r = req.into_inner();
+        let (ns, id) = key(&r.namespace, &r.id)?;
+        Ok(Response::new(exit_pb(self.mgr.delete(&ns, &id, r.force).await.map_err(status)?)))
+    }
+
+    type LogsStream = BoxStream<pb::LogChunk>;
+
+    async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let r = req.into_inner();
+        let (ns, id) = key(&r.namespace, &r.id)?;
+        let rec = self.mgr.get(&ns, &id).map_err(status)?;
+        let exit = if r.follow { self.mgr.entry(&ns, &id).ok().map(|e| e.exit.subscribe()) } else { None };
+        let rx = logs::stream(rec.stdout, rec.stderr, exit);
+        let out = tokio_stream::StreamExt::map(ReceiverStream::new(rx), |(s, data)| {
+            let stream = match s {
+                logs::Stream::Stdout => pb::Stream::Stdout,
+                logs::Stream::Stderr => pb::Stream::Stderr,
+            };
+            Ok(pb::LogChunk { stream: stream as i32, data })
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::events_server::Events for Api {
+    type SubscribeStream = BoxStream<pb::Event>;
+
+    async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
+        let r = req.into_inner();
+        let ns_filter = if r.namespace.is_empty() { None } else { Some(ns(&r.namespace)?) };
+        let mut rx = self.mgr.events.subscribe();
+        let (tx, out) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                let ev = match rx.recv().await {
+                    Ok(ev) => ev,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let _ =
+                            tx.send(Err(Status::data_loss(format!("subscriber too slow: {n} events dropped")))).await;
+                        return;
+                    }
+                    Err(_) => return,
+                };
+                let wanted = ns_filter.as_ref().is_none_or(|n| *n == ev.namespace)
+                    && (r.types.is_empty() || r.types.iter().any(|t| t == ev.kind.as_str()))
+                    && (r.id.is_empty() || r.id == ev.id.as_str());
+                if wanted && tx.send(Ok(event_pb(ev))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+    }
+}

@@ -1,0 +1,191 @@
+//! Create (SPEC B2): validate everything, then allocate in order — log
+//! files, bundle, shim, runtime container (and its cgroup) — undoing every
+//! completed step newest-first if a later one fails. A failed create leaves
+//! no trace and says which step failed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_model::{ContainerId, Namespace, State, runtime_name};
+use berth_store::{ContainerRecord, ShimInfo, write_atomic};
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::events::Kind;
+use crate::manager::{Entry, Key, Manager};
+use crate::shim::{self, ShimClient, SpawnArgs};
+use crate::spec::{self, Overrides};
+
+const MAX_LABELS: usize = 64;
+const MAX_LABEL_KEY: usize = 256;
+const MAX_LABEL_VALUE: usize = 4096;
+
+pub struct CreateParams {
+    pub namespace: Namespace,
+    pub id: ContainerId,
+    pub path: String,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub runtime: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Completed allocation steps, released newest-first on failure.
+enum Step {
+    Logs(PathBuf),
+    Bundle(PathBuf),
+    Cgroup(String),
+    Shim(ShimClient),
+    Task(ShimClient),
+}
+
+/// Releases the reservation of an id when create ends, however it ends.
+struct Reservation<'a> {
+    mgr: &'a Manager,
+    key: Key,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.mgr.creating.lock() {
+            c.remove(&self.key);
+        }
+    }
+}
+
+fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
+    if labels.len() > MAX_LABELS {
+        return Err(Error::InvalidArgument(format!("at most {MAX_LABELS} labels are allowed")));
+    }
+    for (k, v) in labels {
+        if k.is_empty() || k.len() > MAX_LABEL_KEY || v.len() > MAX_LABEL_VALUE {
+            return Err(Error::InvalidArgument(format!(
+                "label {:?} must have a key of 1..={MAX_LABEL_KEY} bytes and a value of at most {MAX_LABEL_VALUE}",
+                k.chars().take(32).collect::<String>()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn mkdir(dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))
+}
+
+impl Manager {
+    pub async fn create(self: &Arc<Self>, p: CreateParams) -> Result<ContainerRecord> {
+        let runtime = runtime_name(&p.runtime)?;
+        check_labels(&p.labels)?;
+        let key = (p.namespace.clone(), p.id.clone());
+        if !self.creating.lock().map(|mut c| c.insert(key.clone())).unwrap_or(false) {
+            return Err(Error::AlreadyExists(p.id.to_string()));
+        }
+        let _reservation = Reservation { mgr: self, key: key.clone() };
+        if self.store.get(&p.namespace, &p.id)?.is_some() {
+            return Err(Error::AlreadyExists(p.id.to_string()));
+        }
+        let cgroup = self.cfg.cgroup_path(&p.namespace, &p.id);
+        let overrides = Overrides { args: &p.args, env: &p.env, cwd: &p.cwd };
+        let prepared = spec::prepare(&p.path, p.id.as_str(), &cgroup, &overrides)?;
+
+        let mut done = Vec::new();
+        match self.allocate(&p, runtime, prepared, cgroup, &mut done).await {
+            Ok((rec, client)) => {
+                let entry = Arc::new(Entry { shim: client, op: Default::default(), exit: watch::channel(None).0 });
+                self.insert_entry(key.clone(), entry.clone());
+                self.spawn_monitor(key, entry);
+                self.events.publish(Kind::Create, &p.namespace, &p.id, rec.pid, None);
+                Ok(rec)
+            }
+            Err(e) => {
+                self.release(&p.id, done).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn allocate(
+        &self,
+        p: &CreateParams,
+        runtime: &str,
+        prepared: spec::Prepared,
+        cgroup: String,
+        done: &mut Vec<Step>,
+    ) -> Result<(ContainerRecord, ShimClient)> {
+        let (ns, id) = (&p.namespace, &p.id);
+        let logs = self.cfg.log_dir(ns, id);
+        mkdir(&logs).map_err(|e| e.at("logs"))?;
+        done.push(Step::Logs(logs.clone()));
+        let (stdout, stderr) = (logs.join("stdout.log"), logs.join("stderr.log"));
+
+        let bundle = self.cfg.bundle_dir(ns, id);
+        mkdir(&bundle).map_err(|e| e.at("bundle"))?;
+        done.push(Step::Bundle(bundle.clone()));
+        let json = serde_json::to_vec_pretty(&prepared.spec)
+            .map_err(|e| Error::InvalidArgument(format!("spec: {e}")).at("bundle"))?;
+        write_atomic(&bundle.join("config.json"), &json).map_err(|e| Error::io("write config.json", e).at("bundle"))?;
+
+        let runtime_root = self.cfg.runtime_root(runtime, ns);
+        let socket = self.cfg.shim_socket(ns, id);
+        let client = shim::spawn(SpawnArgs {
+            binary: &self.cfg.shim_binary,
+            namespace: ns,
+            id,
+            runtime,
+            runtime_root: &runtime_root,
+            socket: &socket,
+        })
+        .await
+        .map_err(|e| e.at("shim"))?;
+        done.push(Step::Shim(client.clone()));
+
+        done.push(Step::Cgroup(cgroup.clone()));
+        let pid = client.create(id, &bundle, &stdout, &stderr).await.map_err(|e| e.at("runtime create"))?;
+        done.push(Step::Task(client.clone()));
+
+        let rec = ContainerRecord {
+            namespace: ns.clone(),
+            id: id.clone(),
+            runtime: runtime.to_string(),
+            bundle,
+            rootfs: prepared.rootfs,
+            command: prepared.command,
+            labels: p.labels.clone(),
+            created_at_ns: crate::now_ns(),
+            state: State::Created,
+            pid,
+            exit: None,
+            shim: ShimInfo { pid: client.pid, socket },
+            stdout,
+            stderr,
+            cgroup,
+        };
+        self.store.put(&rec).map_err(|e| Error::from(e).at("record"))?;
+        Ok((rec, client))
+    }
+
+    /// Undoes completed create steps, newest first; failures are logged and
+    /// the remaining steps still run.
+    async fn release(&self, id: &ContainerId, done: Vec<Step>) {
+        for step in done.into_iter().rev() {
+            let result = match step {
+                Step::Task(c) => c.delete(id).await.map(drop),
+                Step::Shim(c) => {
+                    let _ = c.shutdown(id).await;
+                    c.reap(Duration::from_secs(5)).await;
+                    std::fs::remove_file(&c.socket).map_err(|e| Error::io("remove shim socket", e))
+                }
+                Step::Cgroup(cg) => self.cgroups.remove(&cg).map_err(|e| Error::io("remove cgroup", e)),
+                Step::Bundle(dir) | Step::Logs(dir) => {
+                    std::fs::remove_dir_all(&dir).map_err(|e| Error::io(format!("remove {}", dir.display()), e))
+                }
+            };
+            if let Err(e) = result {
+                tracing::warn!(%id, "rollback of failed create: {e}");
+            }
+        }
+    }
+}

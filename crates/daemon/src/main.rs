@@ -1,0 +1,136 @@
+//! berthd: the berth daemon. Serves the berth.v1 gRPC API on a unix socket
+//! (mode 0600), keeps container metadata in redb, and drives one berth-shim
+//! per container. Stopping berthd leaves containers running.
+
+mod api;
+mod config;
+mod create;
+mod delete;
+mod error;
+mod events;
+mod logs;
+mod manager;
+mod shim;
+mod spec;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use berth_api::v1::containers_server::ContainersServer;
+use berth_api::v1::events_server::EventsServer;
+use clap::Parser;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+use crate::manager::Manager;
+
+#[derive(Parser)]
+#[command(name = "berthd", version, about = "berth container supervisor daemon")]
+struct Args {
+    /// Durable data: metadata store, container logs.
+    #[arg(long, default_value = "/var/lib/berth")]
+    root: PathBuf,
+    /// Runtime data: bundles, shim sockets, runtime state.
+    #[arg(long, default_value = "/run/berth")]
+    state: PathBuf,
+    /// API socket.
+    #[arg(long, default_value = "/run/berth/berth.sock")]
+    socket: PathBuf,
+    /// Parent cgroup of all containers.
+    #[arg(long, default_value = "/berth")]
+    cgroup_parent: String,
+    /// berth-shim binary (default: next to berthd).
+    #[arg(long)]
+    shim: Option<PathBuf>,
+    /// Seconds a start may take before the container is killed.
+    #[arg(long, default_value_t = 30)]
+    start_timeout: u64,
+}
+
+pub fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("berthd: cannot start runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(args)) {
+        eprintln!("berthd: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn shim_binary(arg: Option<PathBuf>) -> Result<PathBuf, String> {
+    if let Some(p) = arg {
+        return Ok(p);
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot locate berthd: {e}"))?;
+    let candidate = exe.with_file_name("berth-shim");
+    if candidate.exists() {
+        Ok(candidate)
+    } else {
+        Err(format!("berth-shim not found next to {}; pass --shim", exe.display()))
+    }
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let cfg = Config {
+        root: args.root,
+        state: args.state,
+        socket: args.socket,
+        cgroup_parent: args.cgroup_parent,
+        shim_binary: shim_binary(args.shim)?,
+        start_timeout: Duration::from_secs(args.start_timeout),
+    };
+    for dir in [&cfg.root, &cfg.state] {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+    }
+    let store = berth_store::Store::open(&cfg.db_path()).map_err(|e| e.to_string())?;
+    let cgroups = berth_cgroups::Hierarchies::detect().map_err(|e| format!("read cgroup mounts: {e}"))?;
+    let socket = cfg.socket.clone();
+    let mgr = Arc::new(Manager::new(cfg, store, cgroups));
+    mgr.reload().await.map_err(|e| format!("reload containers: {e}"))?;
+
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&socket);
+    let listener = tokio::net::UnixListener::bind(&socket).map_err(|e| format!("bind {}: {e}", socket.display()))?;
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("chmod {}: {e}", socket.display()))?;
+    tracing::info!(socket = %socket.display(), "berthd serving");
+
+    let api = api::Api { mgr: mgr.clone() };
+    let events = api::Api { mgr };
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let shutdown = async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("berthd stopping; containers keep running");
+    };
+    let result = tonic::transport::Server::builder()
+        .add_service(ContainersServer::new(api))
+        .add_service(EventsServer::new(events))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    let _ = std::fs::remove_file(&socket);
+    result.map_err(|e| format!("serve: {e}"))
+}

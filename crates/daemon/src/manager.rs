@@ -1,0 +1,209 @@
+//! The container manager: owns the records, the shim connections and the
+//! exit monitors. Every state change goes through [`Manager::update`], which
+//! applies the model's transition table and commits to the store before
+//! anyone is told (SPEC B1, B18). Create is in `create.rs`, delete in
+//! `delete.rs`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use berth_cgroups::Hierarchies;
+use berth_model::{ContainerId, ExitStatus, Namespace, Op, State};
+use berth_store::{ContainerRecord, Store};
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::events::{Bus, Kind};
+use crate::shim::{self, ShimClient};
+
+pub type Key = (Namespace, ContainerId);
+
+/// A live container's runtime handles.
+pub struct Entry {
+    pub shim: ShimClient,
+    /// Serialises user operations on this container.
+    pub op: tokio::sync::Mutex<()>,
+    pub exit: watch::Sender<Option<ExitStatus>>,
+}
+
+pub struct Manager {
+    pub cfg: Config,
+    pub store: Store,
+    pub events: Bus,
+    pub cgroups: Hierarchies,
+    pub(crate) entries: Mutex<HashMap<Key, Arc<Entry>>>,
+    /// Ids being created right now (reserved against duplicates).
+    pub(crate) creating: Mutex<HashSet<Key>>,
+    /// Guards read-modify-write of records.
+    records: Mutex<()>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Manager {
+    pub fn new(cfg: Config, store: Store, cgroups: Hierarchies) -> Manager {
+        Manager {
+            cfg,
+            store,
+            events: Bus::default(),
+            cgroups,
+            entries: Mutex::default(),
+            creating: Mutex::default(),
+            records: Mutex::default(),
+        }
+    }
+
+    pub fn get(&self, ns: &Namespace, id: &ContainerId) -> Result<ContainerRecord> {
+        self.store.get(ns, id)?.ok_or_else(|| Error::NotFound(id.to_string()))
+    }
+
+    pub fn list(&self, ns: Option<&Namespace>) -> Result<Vec<ContainerRecord>> {
+        Ok(self.store.list(ns)?)
+    }
+
+    pub(crate) fn entry(&self, ns: &Namespace, id: &ContainerId) -> Result<Arc<Entry>> {
+        lock(&self.entries)
+            .get(&(ns.clone(), id.clone()))
+            .cloned()
+            .ok_or_else(|| Error::FailedPrecondition(format!("container {id} has no live shim")))
+    }
+
+    pub(crate) fn insert_entry(&self, key: Key, entry: Arc<Entry>) {
+        lock(&self.entries).insert(key, entry);
+    }
+
+    pub(crate) fn remove_entry(&self, key: &Key) {
+        lock(&self.entries).remove(key);
+    }
+
+    /// Read-modify-write of one record, committed before it returns.
+    pub(crate) fn update(
+        &self,
+        ns: &Namespace,
+        id: &ContainerId,
+        f: impl FnOnce(&mut ContainerRecord) -> Result<()>,
+    ) -> Result<ContainerRecord> {
+        let _g = lock(&self.records);
+        let mut rec = self.get(ns, id)?;
+        f(&mut rec)?;
+        self.store.put(&rec)?;
+        Ok(rec)
+    }
+
+    pub async fn start(&self, ns: &Namespace, id: &ContainerId) -> Result<ContainerRecord> {
+        self.get(ns, id)?;
+        let entry = self.entry(ns, id)?;
+        let _op = entry.op.lock().await;
+        self.get(ns, id)?.state.apply(Op::Start)?;
+        let started = tokio::time::timeout(self.cfg.start_timeout, entry.shim.start(id)).await;
+        let pid = match started {
+            Ok(r) => r?,
+            Err(_) => {
+                let _ = entry.shim.kill(id, libc::SIGKILL as u32, true).await;
+                return Err(Error::DeadlineExceeded(format!(
+                    "start of {id} did not complete within {:?}; it was killed",
+                    self.cfg.start_timeout
+                )));
+            }
+        };
+        let rec = self.update(ns, id, |r| {
+            // The exit monitor may already have recorded a very fast exit.
+            if r.state == State::Created {
+                r.state = r.state.apply(Op::Start)?;
+            }
+            r.pid = pid;
+            Ok(())
+        })?;
+        self.events.publish(Kind::Start, ns, id, pid, None);
+        Ok(rec)
+    }
+
+    pub async fn kill(&self, ns: &Namespace, id: &ContainerId, signal: u32, all: bool) -> Result<()> {
+        if signal == 0 || signal > 64 {
+            return Err(Error::InvalidArgument(format!("invalid signal {signal}")));
+        }
+        let rec = self.get(ns, id)?;
+        if matches!(rec.state, State::Stopped | State::Deleted) {
+            return Err(Error::Finished(id.to_string()));
+        }
+        self.entry(ns, id)?.shim.kill(id, signal, all).await
+    }
+
+    /// Waits for init to exit; every caller gets the same status (SPEC B5).
+    pub async fn wait(&self, ns: &Namespace, id: &ContainerId) -> Result<ExitStatus> {
+        let rec = self.get(ns, id)?;
+        if let Some(exit) = rec.exit {
+            return Ok(exit);
+        }
+        let mut rx = self.entry(ns, id)?.exit.subscribe();
+        let status = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Error::FailedPrecondition(format!("container {id} was removed while waiting")))?;
+        Ok(status.unwrap_or(berth_model::ExitStatus { code: berth_model::UNKNOWN_EXIT_CODE, exited_at_ns: 0 }))
+    }
+
+    /// Watches a container's init through its shim and records the exit
+    /// exactly once: store first, then event, then waiters (SPEC B4).
+    pub(crate) fn spawn_monitor(self: &Arc<Self>, key: Key, entry: Arc<Entry>) {
+        let mgr = self.clone();
+        tokio::spawn(async move {
+            let (ns, id) = &key;
+            let status = match entry.shim.wait(id).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(%ns, %id, "lost shim while waiting: {e}");
+                    let _ = mgr.update(ns, id, |r| {
+                        r.state = r.state.apply(Op::LoseShim)?;
+                        Ok(())
+                    });
+                    return;
+                }
+            };
+            let recorded = mgr.update(ns, id, |r| {
+                r.state = r.state.apply(Op::Exit)?;
+                r.exit = Some(status);
+                Ok(())
+            });
+            match recorded {
+                Ok(rec) => mgr.events.publish(Kind::Exit, ns, id, rec.pid, Some(status)),
+                Err(e) => tracing::warn!(%ns, %id, "cannot record exit: {e}"),
+            }
+            entry.exit.send_replace(Some(status));
+        });
+    }
+
+    /// Rebuilds in-memory state after a daemon start: reconnects to the
+    /// shim of every container that still has one. Containers whose shim is
+    /// gone while they ran become `unknown` (full recovery comes with the
+    /// recovery work).
+    pub async fn reload(self: &Arc<Self>) -> Result<()> {
+        for rec in self.store.list(None)? {
+            let key = (rec.namespace.clone(), rec.id.clone());
+            match shim::connect(&rec.shim.socket, rec.shim.pid).await {
+                Ok(client) => {
+                    let entry =
+                        Arc::new(Entry { shim: client, op: Default::default(), exit: watch::channel(rec.exit).0 });
+                    self.insert_entry(key.clone(), entry.clone());
+                    if rec.exit.is_none() {
+                        self.spawn_monitor(key, entry);
+                    }
+                }
+                Err(e) if rec.state != State::Stopped => {
+                    tracing::warn!(ns = %rec.namespace, id = %rec.id, "shim unreachable: {e}");
+                    self.update(&rec.namespace, &rec.id, |r| {
+                        if r.state != State::Unknown {
+                            r.state = r.state.apply(Op::LoseShim)?;
+                        }
+                        Ok(())
+                    })?;
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(())
+    }
+}

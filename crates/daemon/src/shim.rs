@@ -1,0 +1,170 @@
+//! berthd's side of a shim: spawning berth-shim in its own session with a
+//! pre-bound socket, and a typed client for the shim v2 Task API.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_model::{ContainerId, ExitStatus, Namespace};
+use berth_shim::{LISTEN_FD, from_timestamp, from_ttrpc, pidfd_open};
+use containerd_shim_protos::api;
+use containerd_shim_protos::shim_async::TaskClient;
+use containerd_shim_protos::ttrpc::{self, asynchronous::Client, asynchronous::transport::Socket, context};
+use tokio::io::unix::AsyncFd;
+
+use crate::error::{Error, Result};
+
+/// Calls that should answer promptly get this deadline; Wait gets none.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct ShimClient {
+    task: TaskClient,
+    pub pid: u32,
+    pub socket: PathBuf,
+    /// Readable once the shim process has exited.
+    pidfd: Option<Arc<AsyncFd<OwnedFd>>>,
+}
+
+fn shim_err(e: ttrpc::Error) -> Error {
+    let (code, message) = from_ttrpc(&e);
+    Error::Shim { code, message }
+}
+
+fn ctx() -> context::Context {
+    context::with_timeout(CALL_TIMEOUT.as_nanos() as i64)
+}
+
+fn exit_of(
+    code: u32,
+    at: Option<&containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp>,
+) -> ExitStatus {
+    ExitStatus { code, exited_at_ns: at.map(from_timestamp).unwrap_or(0) }
+}
+
+pub struct SpawnArgs<'a> {
+    pub binary: &'a Path,
+    pub namespace: &'a Namespace,
+    pub id: &'a ContainerId,
+    pub runtime: &'a str,
+    pub runtime_root: &'a Path,
+    pub socket: &'a Path,
+}
+
+/// Starts berth-shim for one container and connects to it.
+pub async fn spawn(a: SpawnArgs<'_>) -> Result<ShimClient> {
+    if let Some(dir) = a.socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create shim socket dir", e))?;
+    }
+    let _ = std::fs::remove_file(a.socket);
+    let listener = std::os::unix::net::UnixListener::bind(a.socket)
+        .map_err(|e| Error::io(format!("bind {}", a.socket.display()), e))?;
+    let fd = listener.as_raw_fd();
+    let mut cmd = tokio::process::Command::new(a.binary);
+    cmd.arg("--namespace")
+        .arg(a.namespace.as_str())
+        .arg("--id")
+        .arg(a.id.as_str())
+        .arg("--runtime")
+        .arg(a.runtime)
+        .arg("--runtime-root")
+        .arg(a.runtime_root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(false);
+    // SAFETY: only async-signal-safe calls (setsid, dup2) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Own session and process group: the shim outlives berthd (SPEC B19).
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            if libc::dup2(fd, LISTEN_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| {
+        let _ = std::fs::remove_file(a.socket);
+        Error::io(format!("spawn {}", a.binary.display()), e)
+    })?;
+    drop(listener);
+    let pid = child.id().unwrap_or(0);
+    // Reap the shim when it exits; berthd is its parent until berthd dies.
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    connect(a.socket, pid).await
+}
+
+/// Connects to a running shim's socket.
+pub async fn connect(socket: &Path, pid: u32) -> Result<ShimClient> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| Error::io(format!("connect to shim at {}", socket.display()), e))?;
+    let task = TaskClient::new(Client::new(Socket::from(stream)));
+    let pidfd = pidfd_open(pid)
+        .ok()
+        // SAFETY: the AsyncFd owns the pidfd for its whole life.
+        .and_then(|fd| unsafe { AsyncFd::register(fd) }.ok())
+        .map(Arc::new);
+    Ok(ShimClient { task, pid, socket: socket.to_path_buf(), pidfd })
+}
+
+impl ShimClient {
+    pub async fn create(&self, id: &ContainerId, bundle: &Path, stdout: &Path, stderr: &Path) -> Result<u32> {
+        let req = api::CreateTaskRequest {
+            id: id.to_string(),
+            bundle: bundle.to_string_lossy().into_owned(),
+            stdout: stdout.to_string_lossy().into_owned(),
+            stderr: stderr.to_string_lossy().into_owned(),
+            ..Default::default()
+        };
+        Ok(self.task.create(ctx(), &req).await.map_err(shim_err)?.pid)
+    }
+
+    pub async fn start(&self, id: &ContainerId) -> Result<u32> {
+        let req = api::StartRequest { id: id.to_string(), ..Default::default() };
+        Ok(self.task.start(ctx(), &req).await.map_err(shim_err)?.pid)
+    }
+
+    pub async fn kill(&self, id: &ContainerId, signal: u32, all: bool) -> Result<()> {
+        let req = api::KillRequest { id: id.to_string(), signal, all, ..Default::default() };
+        self.task.kill(ctx(), &req).await.map_err(shim_err)?;
+        Ok(())
+    }
+
+    /// Blocks until init exits.
+    pub async fn wait(&self, id: &ContainerId) -> Result<ExitStatus> {
+        let req = api::WaitRequest { id: id.to_string(), ..Default::default() };
+        let r = self.task.wait(context::with_timeout(0), &req).await.map_err(shim_err)?;
+        Ok(exit_of(r.exit_status, r.exited_at.as_ref()))
+    }
+
+    pub async fn delete(&self, id: &ContainerId) -> Result<ExitStatus> {
+        let req = api::DeleteRequest { id: id.to_string(), ..Default::default() };
+        let r = self.task.delete(ctx(), &req).await.map_err(shim_err)?;
+        Ok(exit_of(r.exit_status, r.exited_at.as_ref()))
+    }
+
+    pub async fn shutdown(&self, id: &ContainerId) -> Result<()> {
+        let req = api::ShutdownRequest { id: id.to_string(), now: true, ..Default::default() };
+        self.task.shutdown(ctx(), &req).await.map_err(shim_err)?;
+        Ok(())
+    }
+
+    /// Waits (bounded) for the shim process to exit; kills it if it lingers.
+    pub async fn reap(&self, within: Duration) {
+        let Some(fd) = &self.pidfd else { return };
+        if tokio::time::timeout(within, fd.readable()).await.is_err() {
+            // Signal through the pidfd: never hits a recycled pid.
+            // SAFETY: pidfd_send_signal with a valid pidfd and no siginfo.
+            unsafe {
+                libc::syscall(libc::SYS_pidfd_send_signal, fd.as_raw_fd(), libc::SIGKILL, 0usize, 0u32);
+            }
+            let _ = tokio::time::timeout(within, fd.readable()).await;
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! An isolated berthd for one test: its own temporary root, state dir,
+//! socket and cgroup parent. Dropping it removes everything it made — shims,
+//! container processes, cgroups, files — whether the test passed or not.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use berth_cgroups::Hierarchies;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::rootfs::{bin_path, busybox_rootfs};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// The result of one CLI call.
+#[derive(Debug)]
+pub struct Output {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// Asserts success and returns stdout.
+    #[track_caller]
+    pub fn ok(&self) -> &str {
+        assert_eq!(self.code, 0, "berth failed: {self:?}");
+        &self.stdout
+    }
+
+    /// Asserts failure with the given error kind (e.g. "not found") and
+    /// returns stderr.
+    #[track_caller]
+    pub fn fails_with(&self, kind: &str) -> String {
+        assert_ne!(self.code, 0, "expected failure ({kind}), got success: {self:?}");
+        assert!(self.stderr.contains(&format!("berth: {kind}: ")), "expected {kind:?}, got {self:?}");
+        assert_eq!(self.stderr.trim_end().lines().count(), 1, "error must be one line: {self:?}");
+        self.stderr.clone()
+    }
+}
+
+pub struct Daemon {
+    dir: tempfile::TempDir,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub socket: PathBuf,
+    pub cgroup_parent: String,
+    pub rootfs: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Builds a busybox rootfs and starts berthd under a fresh temp root.
+    pub fn start() -> Daemon {
+        let dir = tempfile::Builder::new().prefix("berth-test-").tempdir().expect("tempdir");
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let rootfs = busybox_rootfs(dir.path());
+        let mut d = Daemon {
+            root: dir.path().join("root"),
+            state: dir.path().join("state"),
+            socket: dir.path().join("berth.sock"),
+            cgroup_parent: format!("/berth-test-{}-{n}", std::process::id()),
+            rootfs,
+            log: dir.path().join("berthd.log"),
+            dir,
+            child: None,
+        };
+        d.spawn();
+        d
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts berthd and waits until its socket accepts connections.
+    pub fn spawn(&mut self) {
+        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
+        let child = Command::new(bin_path("berthd"))
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--state")
+            .arg(&self.state)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--cgroup-parent")
+            .arg(&self.cgroup_parent)
+            .env("BERTH_LOG", "debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn berthd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            assert!(Instant::now() < deadline, "berthd did not start: {}", self.log());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Kills berthd with SIGKILL (containers and shims keep running).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart_after_kill9(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn cli(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin_path("berth"));
+        c.env("BERTH_SOCKET", &self.socket).env_remove("BERTH_NAMESPACE").args(args);
+        c
+    }
+
+    /// Runs the CLI to completion.
+    pub fn berth(&self, args: &[&str]) -> Output {
+        let out = self.cli(args).stdin(Stdio::null()).output().expect("run berth");
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Starts the CLI without waiting (e.g. for concurrent waiters).
+    pub fn berth_spawn(&self, args: &[&str]) -> Child {
+        self.cli(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn berth")
+    }
+
+    /// `berth run -d` with the busybox rootfs; returns the id.
+    pub fn run_detached(&self, id: &str, cmd: &[&str]) -> String {
+        let rootfs = self.rootfs.to_string_lossy().into_owned();
+        let mut args = vec!["run", "-d", "--name", id, rootfs.as_str()];
+        args.extend_from_slice(cmd);
+        self.berth(&args).ok().trim().to_string()
+    }
+
+    /// Pids of berth-shim processes serving this daemon.
+    pub fn shim_pids(&self) -> Vec<u32> {
+        let marker = self.state.to_string_lossy().into_owned();
+        let mut pids = Vec::new();
+        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
+            let args: Vec<String> =
+                cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            let is_shim = args.first().is_some_and(|a| a.ends_with("berth-shim"));
+            if is_shim && args.iter().any(|a| a.starts_with(&marker)) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Directories of a container's cgroup that exist in any hierarchy.
+    pub fn cgroup_dirs(&self, ns: &str, id: &str) -> Vec<PathBuf> {
+        let h = Hierarchies::detect().expect("cgroups");
+        h.existing(&format!("{}/{ns}/{id}", self.cgroup_parent))
+    }
+
+    /// Processes in a container's cgroup.
+    pub fn cgroup_procs(&self, ns: &str, id: &str) -> Vec<u32> {
+        let h = Hierarchies::detect().expect("cgroups");
+        h.procs(&format!("{}/{ns}/{id}", self.cgroup_parent)).unwrap_or_default()
+    }
+
+    /// Every file or directory this daemon keeps for one container.
+    pub fn container_paths(&self, ns: &str, id: &str) -> Vec<PathBuf> {
+        [
+            self.state.join("bundles").join(ns).join(id),
+            self.root.join("logs").join(ns).join(id),
+            self.state.join("runtime/embedded").join(ns).join(id),
+            self.state.join("runtime/runc").join(ns).join(id),
+        ]
+        .into_iter()
+        .filter(|p| p.exists())
+        .collect()
+    }
+
+    fn sweep_cgroups(&self) {
+        let Ok(h) = Hierarchies::detect() else { return };
+        for _ in 0..50 {
+            let mut busy = false;
+            for dir in h.existing(&self.cgroup_parent) {
+                for pid in procs_below(&dir) {
+                    busy = true;
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+                }
+            }
+            // A frozen cgroup would keep killed processes alive.
+            for dir in h.existing(&self.cgroup_parent) {
+                thaw_below(&dir);
+            }
+            if !busy && h.remove_tree(&self.cgroup_parent).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("warning: could not remove cgroup {}", self.cgroup_parent);
+    }
+}
+
+fn procs_below(dir: &Path) -> Vec<u32> {
+    let mut out: Vec<u32> = fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            out.extend(procs_below(&e.path()));
+        }
+    }
+    out
+}
+
+fn thaw_below(dir: &Path) {
+    let _ = fs::write(dir.join("freezer.state"), "THAWED");
+    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            thaw_below(&e.path());
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        for pid in self.shim_pids() {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        self.sweep_cgroups();
+    }
+}

@@ -1,0 +1,10 @@
+//! Test fixtures, used by the end-to-end tests and the benchmarks:
+//! a busybox root filesystem built from Debian's busybox-static, and an
+//! isolated berthd (temporary root, state, socket and cgroup parent) that
+//! cleans up after itself — shims, cgroups, files — even when a test fails.
+
+mod daemon;
+mod rootfs;
+
+pub use daemon::{Daemon, Output};
+pub use rootfs::{bin_path, busybox_rootfs};

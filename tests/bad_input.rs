@@ -1,0 +1,117 @@
+//! Bad input gets a typed, one-line error and changes nothing (SPEC B2, B3,
+//! B31): no shim, cgroup, state directory or record is left behind.
+
+use berth_testing::Daemon;
+
+/// Asserts that no trace of container `id` is left anywhere.
+#[track_caller]
+fn assert_no_trace(d: &Daemon, id: &str) {
+    assert!(d.shim_pids().is_empty(), "shim left behind");
+    assert!(d.cgroup_dirs("default", id).is_empty(), "cgroup left behind");
+    assert!(d.container_paths("default", id).is_empty(), "state left: {:?}", d.container_paths("default", id));
+    d.berth(&["inspect", id]).fails_with("not found");
+    let sockets = std::fs::read_dir(d.state.join("shims")).map(|r| r.count()).unwrap_or(0);
+    assert_eq!(sockets, 0, "shim socket left behind");
+}
+
+#[test]
+fn invalid_ids_and_names() {
+    let d = Daemon::start();
+    let rootfs = d.rootfs.to_str().unwrap();
+    let long = "a".repeat(200);
+    for id in ["../x", "a/b", ".hidden", long.as_str(), "-dash"] {
+        let name = format!("--name={id}");
+        let e = d.berth(&["create", &name, rootfs, "true"]).fails_with("invalid argument");
+        assert!(e.contains("container id"), "{e}");
+    }
+    d.berth(&["-n", "bad/ns", "create", "--name", "ok", rootfs, "true"]).fails_with("invalid argument");
+    for verb in ["inspect", "wait", "start", "rm"] {
+        d.berth(&[verb, "../etc"]).fails_with("invalid argument");
+    }
+    assert_eq!(d.berth(&["ps", "-a", "--all-namespaces", "--json"]).ok().trim(), "[]");
+    assert_no_trace(&d, "ok");
+}
+
+#[test]
+fn bad_rootfs_spec_env_runtime() {
+    let d = Daemon::start();
+    let rootfs = d.rootfs.to_str().unwrap();
+    let e = d.berth(&["create", "--name", "r1", "/no/such/rootfs", "true"]).fails_with("invalid argument");
+    assert!(e.contains("/no/such/rootfs"), "{e}");
+    assert_no_trace(&d, "r1");
+
+    let bundle = d.dir().join("badbundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(bundle.join("config.json"), b"{\"ociVersion\": 12").unwrap();
+    let e = d.berth(&["create", "--name", "r2", bundle.to_str().unwrap()]).fails_with("invalid argument");
+    assert!(e.contains("bad spec"), "{e}");
+    assert_no_trace(&d, "r2");
+
+    d.berth(&["create", "--name", "r3", "-e", "NOEQUALS", rootfs, "true"]).fails_with("invalid argument");
+    d.berth(&["create", "--name", "r3", "-w", "relative", rootfs, "true"]).fails_with("invalid argument");
+    let e = d.berth(&["create", "--name", "r3", "--runtime", "kata", rootfs, "true"]).fails_with("invalid argument");
+    assert!(e.contains("unknown runtime"), "{e}");
+    assert_no_trace(&d, "r3");
+}
+
+fn runtime_failure_leaves_nothing(runtime: &str, expected: &str) {
+    let d = Daemon::start();
+    let rootfs = d.rootfs.to_str().unwrap();
+    let out = d.berth(&["run", "--runtime", runtime, "--name", "nocmd", rootfs, "/no/such/binary"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    // The error names the failed step and carries the runtime's own message (B3).
+    assert!(out.stderr.contains("runtime create"), "{out:?}");
+    assert!(out.stderr.contains(expected), "{out:?}");
+    assert_eq!(out.stderr.trim_end().lines().count(), 1, "{out:?}");
+    assert_no_trace(&d, "nocmd");
+    // The id is free again.
+    d.berth(&["run", "--rm", "--runtime", runtime, "--name", "nocmd", rootfs, "true"]).ok();
+}
+
+#[test]
+fn runtime_failure_embedded() {
+    runtime_failure_leaves_nothing("embedded", "/no/such/binary");
+}
+
+#[test]
+fn runtime_failure_runc() {
+    runtime_failure_leaves_nothing("runc", "/no/such/binary");
+}
+
+#[test]
+fn duplicate_id_is_refused_and_original_untouched() {
+    let d = Daemon::start();
+    d.run_detached("dup", &["sleep", "1000"]);
+    let before = d.berth(&["inspect", "--json", "dup"]).ok().to_string();
+    let rootfs = d.rootfs.to_str().unwrap();
+    d.berth(&["create", "--name", "dup", rootfs, "true"]).fails_with("already exists");
+    assert_eq!(d.berth(&["inspect", "--json", "dup"]).ok(), before);
+    assert_eq!(d.shim_pids().len(), 1);
+    d.berth(&["rm", "-f", "dup"]).ok();
+    assert_no_trace(&d, "dup");
+}
+
+#[test]
+fn unknown_containers_and_signals() {
+    let d = Daemon::start();
+    for args in
+        [&["kill", "ghost"][..], &["wait", "ghost"], &["start", "ghost"], &["logs", "ghost"], &["inspect", "ghost"]]
+    {
+        d.berth(args).fails_with("not found");
+    }
+    d.run_detached("sig", &["sleep", "1000"]);
+    d.berth(&["kill", "-s", "99", "sig"]).fails_with("invalid argument");
+    let out = d.berth(&["kill", "-s", "NOPE", "sig"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("unknown signal"), "{out:?}");
+    d.berth(&["rm", "-f", "sig"]).ok();
+}
+
+#[test]
+fn unreachable_daemon_is_one_clear_line() {
+    let d = Daemon::start();
+    let out = d.berth(&["--socket", "/nonexistent/berth.sock", "ps"]);
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.starts_with("berth: cannot reach berthd at /nonexistent/berth.sock"), "{out:?}");
+    assert_eq!(out.stderr.trim_end().lines().count(), 1);
+}

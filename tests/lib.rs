@@ -1,0 +1,1 @@
+//! End-to-end tests of berth, run for real as root: see the test files.

@@ -1,0 +1,230 @@
+//! Container lifecycle through the CLI, daemon and shim (SPEC B1–B5, B7, B8,
+//! B17, B22), on the embedded runtime and on runc.
+
+use std::time::Duration;
+
+use berth_testing::Daemon;
+use serde_json::Value;
+
+fn inspect(d: &Daemon, id: &str) -> Value {
+    serde_json::from_str(d.berth(&["inspect", "--json", id]).ok()).expect("inspect json")
+}
+
+fn run_attached_prints_output_and_propagates_exit(runtime: &str) {
+    let d = Daemon::start();
+    let rootfs = d.rootfs.to_str().unwrap();
+    let out = d.berth(&["run", "--rm", "--runtime", runtime, rootfs, "sh", "-c", "echo out; echo err >&2; exit 3"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert_eq!(out.stdout, "out\n");
+    assert_eq!(out.stderr, "err\n");
+    let out = d.berth(&[
+        "run",
+        "--rm",
+        "--runtime",
+        runtime,
+        "-e",
+        "GREETING=hi",
+        "-w",
+        "/tmp",
+        rootfs,
+        "sh",
+        "-c",
+        "echo $GREETING $(pwd) $(hostname)",
+    ]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.starts_with("hi /tmp "), "{out:?}");
+    // Death by signal is 128+N (init of a pid namespace can only be killed from outside).
+    d.berth(&["run", "-d", "--name", "victim", "--runtime", runtime, rootfs, "sleep", "1000"]).ok();
+    d.berth(&["kill", "-s", "KILL", "victim"]).ok();
+    assert_eq!(d.berth(&["wait", "victim"]).code, 137);
+    d.berth(&["rm", "victim"]).ok();
+    // --rm left nothing behind.
+    assert_eq!(d.berth(&["ps", "-a", "--json"]).ok().trim(), "[]");
+    assert!(d.shim_pids().is_empty());
+}
+
+#[test]
+fn run_attached_embedded() {
+    run_attached_prints_output_and_propagates_exit("embedded");
+}
+
+#[test]
+fn run_attached_runc() {
+    run_attached_prints_output_and_propagates_exit("runc");
+}
+
+fn detached_ps_kill_wait_rm(runtime: &str) {
+    let d = Daemon::start();
+    let rootfs = d.rootfs.to_str().unwrap();
+    let id = d
+        .berth(&[
+            "run",
+            "-d",
+            "--runtime",
+            runtime,
+            "--name",
+            "web",
+            rootfs,
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; echo ready; while true; do sleep 0.05; done",
+        ])
+        .ok()
+        .trim()
+        .to_string();
+    assert_eq!(id, "web");
+    let ps: Value = serde_json::from_str(d.berth(&["ps", "--json"]).ok()).unwrap();
+    assert_eq!(ps[0]["id"], "web");
+    assert_eq!(ps[0]["state"], "running");
+    assert_eq!(ps[0]["runtime"], runtime);
+    let pid = ps[0]["pid"].as_u64().unwrap();
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    assert!(!d.cgroup_procs("default", "web").is_empty(), "container runs in its cgroup");
+    // Wait for the trap to be installed before signalling.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !d.berth(&["logs", "web"]).stdout.contains("ready") {
+        assert!(std::time::Instant::now() < deadline, "container never became ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.berth(&["kill", "web"]).ok();
+    let w = d.berth(&["wait", "web"]);
+    assert_eq!(w.code, 42, "{w:?}");
+    assert_eq!(w.stdout.trim(), "42");
+    let c = inspect(&d, "web");
+    assert_eq!(c["state"], "stopped");
+    assert_eq!(c["exit"]["code"], 42);
+    assert!(c["exit"]["exited_at_ns"].as_u64().unwrap() > 0);
+    // Detached logs stay readable after exit (B17).
+    assert_eq!(d.berth(&["logs", "web"]).ok(), "ready\n");
+    // Stopped containers are hidden from ps without -a.
+    assert_eq!(d.berth(&["ps", "--json"]).ok().trim(), "[]");
+    d.berth(&["rm", "web"]).ok();
+    d.berth(&["inspect", "web"]).fails_with("not found");
+    assert!(d.shim_pids().is_empty(), "shim exits once its container is deleted");
+    assert!(d.cgroup_dirs("default", "web").is_empty());
+    assert!(d.container_paths("default", "web").is_empty());
+}
+
+#[test]
+fn detached_lifecycle_embedded() {
+    detached_ps_kill_wait_rm("embedded");
+}
+
+#[test]
+fn detached_lifecycle_runc() {
+    detached_ps_kill_wait_rm("runc");
+}
+
+#[test]
+fn many_waiters_get_the_same_exit() {
+    let d = Daemon::start();
+    d.run_detached("w", &["sh", "-c", "sleep 0.5; exit 5"]);
+    let before: Vec<_> = (0..16).map(|_| d.berth_spawn(&["wait", "w"])).collect();
+    for child in before {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(5));
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "5");
+    }
+    // Waiting after the exit gives the same code and time.
+    let t1 = inspect(&d, "w")["exit"]["exited_at_ns"].as_u64().unwrap();
+    for _ in 0..4 {
+        assert_eq!(d.berth(&["wait", "w"]).code, 5);
+    }
+    assert_eq!(inspect(&d, "w")["exit"]["exited_at_ns"].as_u64().unwrap(), t1);
+    d.berth(&["rm", "w"]).ok();
+}
+
+#[test]
+fn kill_of_finished_process_is_not_found() {
+    let d = Daemon::start();
+    d.run_detached("done", &["true"]);
+    assert_eq!(d.berth(&["wait", "done"]).code, 0);
+    d.berth(&["kill", "done"]).fails_with("not found");
+    d.berth(&["kill", "-s", "KILL", "--all", "done"]).fails_with("not found");
+    d.berth(&["rm", "done"]).ok();
+}
+
+#[test]
+fn kill_all_and_force_remove() {
+    let d = Daemon::start();
+    d.run_detached("multi", &["sh", "-c", "sleep 1000 & sleep 1000 & wait"]);
+    // rm of a running container needs -f.
+    d.berth(&["rm", "multi"]).fails_with("failed precondition");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while d.cgroup_procs("default", "multi").len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "children never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.berth(&["kill", "-s", "KILL", "--all", "multi"]).ok();
+    assert_eq!(d.berth(&["wait", "multi"]).code, 137);
+    assert!(d.cgroup_procs("default", "multi").is_empty());
+    d.berth(&["rm", "multi"]).ok();
+
+    d.run_detached("forced", &["sleep", "1000"]);
+    d.berth(&["rm", "-f", "forced"]).ok();
+    assert!(d.shim_pids().is_empty());
+    assert!(d.cgroup_dirs("default", "forced").is_empty());
+}
+
+#[test]
+fn create_then_start_and_kill_before_start() {
+    let d = Daemon::start();
+    let rootfs = d.rootfs.to_str().unwrap();
+    d.berth(&["create", "--name", "c1", rootfs, "sh", "-c", "exit 9"]).ok();
+    assert_eq!(inspect(&d, "c1")["state"], "created");
+    d.berth(&["start", "c1"]).ok();
+    assert_eq!(d.berth(&["wait", "c1"]).code, 9);
+    d.berth(&["start", "c1"]).fails_with("failed precondition");
+    d.berth(&["rm", "c1"]).ok();
+
+    // created → stopped when killed before start (B1).
+    d.berth(&["create", "--name", "c2", rootfs, "true"]).ok();
+    d.berth(&["kill", "-s", "KILL", "c2"]).ok();
+    assert_eq!(d.berth(&["wait", "c2"]).code, 137);
+    assert_eq!(inspect(&d, "c2")["state"], "stopped");
+    d.berth(&["rm", "c2"]).ok();
+
+    // A created container can be removed with -f.
+    d.berth(&["create", "--name", "c3", rootfs, "true"]).ok();
+    d.berth(&["rm", "-f", "c3"]).ok();
+    assert!(d.shim_pids().is_empty());
+}
+
+#[test]
+fn namespaces_are_separate() {
+    let d = Daemon::start();
+    let rootfs = d.rootfs.to_str().unwrap();
+    d.berth(&["-n", "a", "run", "-d", "--name", "same", rootfs, "true"]).ok();
+    d.berth(&["-n", "b", "run", "-d", "--name", "same", rootfs, "true"]).ok();
+    let all: Value = serde_json::from_str(d.berth(&["ps", "-a", "--all-namespaces", "--json"]).ok()).unwrap();
+    assert_eq!(all.as_array().unwrap().len(), 2);
+    let a: Value = serde_json::from_str(d.berth(&["-n", "a", "ps", "-a", "--json"]).ok()).unwrap();
+    assert_eq!(a.as_array().unwrap().len(), 1);
+    for ns in ["a", "b"] {
+        d.berth(&["-n", ns, "wait", "same"]).ok();
+        d.berth(&["-n", ns, "rm", "same"]).ok();
+    }
+}
+
+#[test]
+fn events_report_each_transition_once() {
+    let d = Daemon::start();
+    let mut sub = d.berth_spawn(&["events", "--json"]);
+    // Give the subscription a moment to attach.
+    std::thread::sleep(Duration::from_millis(300));
+    let rootfs = d.rootfs.to_str().unwrap();
+    assert_eq!(d.berth(&["run", "--rm", "--name", "ev", rootfs, "sh", "-c", "exit 4"]).code, 4);
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = sub.kill();
+    let out = sub.wait_with_output().unwrap();
+    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|e: &Value| e["id"] == "ev")
+        .collect();
+    let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["create", "start", "exit", "delete"], "{events:?}");
+    assert_eq!(events[2]["exit"]["code"], 4);
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+}

@@ -1,0 +1,36 @@
+//! berthd can die and come back without losing containers: shims run in
+//! their own session, records are durable, and the restarted daemon
+//! reconnects to live shims (SPEC B18, B19 — the part issue 3 covers).
+
+use berth_testing::Daemon;
+use serde_json::Value;
+
+#[test]
+fn kill9_daemon_keeps_running_containers_and_records() {
+    let mut d = Daemon::start();
+    d.run_detached("survivor", &["sh", "-c", "trap 'exit 3' TERM; while true; do sleep 0.05; done"]);
+    d.run_detached("finished", &["sh", "-c", "exit 6"]);
+    assert_eq!(d.berth(&["wait", "finished"]).code, 6);
+    let before: Value = serde_json::from_str(d.berth(&["inspect", "--json", "survivor"]).ok()).unwrap();
+    let shims = d.shim_pids();
+    assert_eq!(shims.len(), 2, "a finished container's shim stays until rm");
+
+    d.restart_after_kill9();
+
+    let after: Value = serde_json::from_str(d.berth(&["inspect", "--json", "survivor"]).ok()).unwrap();
+    assert_eq!(after["state"], "running");
+    assert_eq!(after["pid"], before["pid"]);
+    assert_eq!(d.shim_pids(), shims, "the same shims are still serving");
+    let finished: Value = serde_json::from_str(d.berth(&["inspect", "--json", "finished"]).ok()).unwrap();
+    assert_eq!(finished["state"], "stopped");
+    assert_eq!(finished["exit"]["code"], 6);
+
+    // The reconnected shim still obeys: kill, wait, rm.
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    d.berth(&["kill", "survivor"]).ok();
+    assert_eq!(d.berth(&["wait", "survivor"]).code, 3);
+    d.berth(&["rm", "survivor"]).ok();
+    d.berth(&["rm", "finished"]).ok();
+    assert!(d.shim_pids().is_empty());
+    assert!(d.cgroup_dirs("default", "survivor").is_empty());
+}
