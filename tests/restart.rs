@@ -34,3 +34,24 @@ fn kill9_daemon_keeps_running_containers_and_records() {
     assert!(d.shim_pids().is_empty());
     assert!(d.cgroup_dirs("default", "survivor").is_empty());
 }
+
+#[test]
+fn sigterm_stops_daemon_promptly_and_leaves_containers_running() {
+    let mut d = Daemon::start();
+    d.run_detached("stay", &["sleep", "1000"]);
+    // A follower holds a stream open; it must not keep berthd alive.
+    let mut follower = d.berth_spawn(&["logs", "-f", "stay"]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let took = d.terminate();
+    assert!(took < std::time::Duration::from_secs(10), "berthd took {took:?} to stop");
+    let _ = follower.kill();
+    let _ = follower.wait();
+    assert!(!d.socket.exists(), "socket removed on shutdown");
+    assert_eq!(d.shim_pids().len(), 1, "the shim outlives berthd");
+    assert!(!d.cgroup_procs("default", "stay").is_empty(), "the container outlives berthd");
+    d.spawn();
+    let c: Value = serde_json::from_str(d.berth(&["inspect", "--json", "stay"]).ok()).unwrap();
+    assert_eq!(c["state"], "running");
+    d.berth(&["rm", "-f", "stay"]).ok();
+    assert!(d.shim_pids().is_empty());
+}

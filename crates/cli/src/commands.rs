@@ -37,7 +37,7 @@ pub fn parse_signal(s: &str) -> Result<u32, Failure> {
     Signal::from_str(&name).map(|sig| sig as u32).map_err(|_| Failure::new(format!("unknown signal {s:?}")))
 }
 
-async fn do_create(c: &mut Client, a: CreateArgs) -> Result<pb::Container, Failure> {
+async fn do_create(c: &mut Client, a: CreateArgs, start: bool) -> Result<pb::Container, Failure> {
     let path =
         std::path::absolute(&a.rootfs).map_err(|e| Failure::new(format!("bad path {}: {e}", a.rootfs.display())))?;
     let mut labels = std::collections::HashMap::new();
@@ -54,12 +54,13 @@ async fn do_create(c: &mut Client, a: CreateArgs) -> Result<pb::Container, Failu
         cwd: a.workdir.unwrap_or_default(),
         runtime: a.runtime,
         labels,
+        start,
     };
     Ok(c.containers.create(req).await?.into_inner())
 }
 
 pub async fn create(c: &mut Client, a: CreateArgs) -> Result<i32, Failure> {
-    let ctr = do_create(c, a).await?;
+    let ctr = do_create(c, a, false).await?;
     println!("{}", ctr.id);
     Ok(0)
 }
@@ -73,13 +74,14 @@ pub async fn start(c: &mut Client, ids: Vec<String>) -> Result<i32, Failure> {
 }
 
 pub async fn run(c: &mut Client, a: CreateArgs, rm: bool, detach: bool) -> Result<i32, Failure> {
-    let ctr = do_create(c, a).await.map_err(|f| Failure { exit_code: RUN_FAILED, ..f })?;
-    let id = ctr.id;
-    if let Err(status) = c.containers.start(cref(c, &id)).await {
+    let id = a.name.clone().unwrap_or_else(random_id);
+    let a = CreateArgs { name: Some(id.clone()), ..a };
+    if let Err(f) = do_create(c, a, true).await {
+        // A failed start leaves the container created: --rm still removes it.
         if rm {
             let _ = c.containers.delete(pb::DeleteRequest { namespace: c.namespace.clone(), id, force: true }).await;
         }
-        return Err(Failure { exit_code: RUN_FAILED, ..Failure::from(status) });
+        return Err(Failure { exit_code: RUN_FAILED, ..f });
     }
     if detach {
         println!("{id}");

@@ -96,6 +96,7 @@ impl pb::containers_server::Containers for Api {
             cwd: r.cwd,
             runtime: r.runtime,
             labels: r.labels.into_iter().collect(),
+            start: r.start,
         };
         let rec = self.mgr.create(params).await.map_err(status)?;
         Ok(Response::new(container_pb(rec)))

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_model::{ContainerId, Namespace, State, runtime_name};
-use berth_store::{ContainerRecord, ShimInfo, write_atomic};
+use berth_store::{ContainerRecord, ShimInfo};
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
@@ -31,6 +31,8 @@ pub struct CreateParams {
     pub cwd: String,
     pub runtime: String,
     pub labels: BTreeMap<String, String>,
+    /// Start right after a successful create.
+    pub start: bool,
 }
 
 /// Completed allocation steps, released newest-first on failure.
@@ -98,6 +100,9 @@ impl Manager {
                 self.insert_entry(key.clone(), entry.clone());
                 self.spawn_monitor(key, entry);
                 self.events.publish(Kind::Create, &p.namespace, &p.id, rec.pid, None);
+                if p.start {
+                    return self.start(&p.namespace, &p.id).await;
+                }
                 Ok(rec)
             }
             Err(e) => {
@@ -116,6 +121,7 @@ impl Manager {
         done: &mut Vec<Step>,
     ) -> Result<(ContainerRecord, ShimClient)> {
         let (ns, id) = (&p.namespace, &p.id);
+        let t0 = std::time::Instant::now();
         let logs = self.cfg.log_dir(ns, id);
         mkdir(&logs).map_err(|e| e.at("logs"))?;
         done.push(Step::Logs(logs.clone()));
@@ -126,8 +132,12 @@ impl Manager {
         done.push(Step::Bundle(bundle.clone()));
         let json = serde_json::to_vec_pretty(&prepared.spec)
             .map_err(|e| Error::InvalidArgument(format!("spec: {e}")).at("bundle"))?;
-        write_atomic(&bundle.join("config.json"), &json).map_err(|e| Error::io("write config.json", e).at("bundle"))?;
+        // The bundle is runtime state (under --state): it needs no fsync, as
+        // nothing that uses it survives the machine going down.
+        std::fs::write(bundle.join("config.json"), &json)
+            .map_err(|e| Error::io("write config.json", e).at("bundle"))?;
 
+        tracing::debug!(%id, us = t0.elapsed().as_micros() as u64, "create: bundle written");
         let runtime_root = self.cfg.runtime_root(runtime, ns);
         let socket = self.cfg.shim_socket(ns, id);
         let client = shim::spawn(SpawnArgs {
@@ -137,14 +147,17 @@ impl Manager {
             runtime,
             runtime_root: &runtime_root,
             socket: &socket,
+            log: &bundle.join("shim.log"),
         })
         .await
         .map_err(|e| e.at("shim"))?;
         done.push(Step::Shim(client.clone()));
+        tracing::debug!(%id, us = t0.elapsed().as_micros() as u64, "create: shim connected");
 
         done.push(Step::Cgroup(cgroup.clone()));
         let pid = client.create(id, &bundle, &stdout, &stderr).await.map_err(|e| e.at("runtime create"))?;
         done.push(Step::Task(client.clone()));
+        tracing::debug!(%id, us = t0.elapsed().as_micros() as u64, "create: runtime container created");
 
         let rec = ContainerRecord {
             namespace: ns.clone(),
@@ -164,6 +177,7 @@ impl Manager {
             cgroup,
         };
         self.store.put(&rec).map_err(|e| Error::from(e).at("record"))?;
+        tracing::debug!(%id, us = t0.elapsed().as_micros() as u64, "create: recorded");
         Ok((rec, client))
     }
 

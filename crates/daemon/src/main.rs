@@ -50,6 +50,9 @@ struct Args {
     start_timeout: u64,
 }
 
+/// How long in-flight requests may run after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
 pub fn now_ns() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
@@ -119,18 +122,27 @@ async fn run(args: Args) -> Result<(), String> {
     let events = api::Api { mgr };
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
-    let shutdown = async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        tracing::info!("berthd stopping; containers keep running");
-    };
-    let result = tonic::transport::Server::builder()
-        .add_service(ContainersServer::new(api))
-        .add_service(EventsServer::new(events))
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await;
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let stopped = stop.clone();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(ContainersServer::new(api))
+            .add_service(EventsServer::new(events))
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move { stopped.notified().await }),
+    );
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("berthd stopping; containers keep running");
+    stop.notify_one();
+    // In-flight calls get a moment to finish; followers of logs and events
+    // would otherwise hold the daemon forever.
+    let result = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
     let _ = std::fs::remove_file(&socket);
-    result.map_err(|e| format!("serve: {e}"))
+    match result {
+        Ok(Ok(r)) => r.map_err(|e| format!("serve: {e}")),
+        Ok(Err(e)) => Err(format!("server task: {e}")),
+        Err(_) => Ok(()),
+    }
 }

@@ -51,6 +51,8 @@ pub struct SpawnArgs<'a> {
     pub runtime: &'a str,
     pub runtime_root: &'a Path,
     pub socket: &'a Path,
+    /// The shim's own log (its stderr).
+    pub log: &'a Path,
 }
 
 /// Starts berth-shim for one container and connects to it.
@@ -62,6 +64,11 @@ pub async fn spawn(a: SpawnArgs<'_>) -> Result<ShimClient> {
     let listener = std::os::unix::net::UnixListener::bind(a.socket)
         .map_err(|e| Error::io(format!("bind {}", a.socket.display()), e))?;
     let fd = listener.as_raw_fd();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(a.log)
+        .map_err(|e| Error::io(format!("open {}", a.log.display()), e))?;
     let mut cmd = tokio::process::Command::new(a.binary);
     cmd.arg("--namespace")
         .arg(a.namespace.as_str())
@@ -73,7 +80,7 @@ pub async fn spawn(a: SpawnArgs<'_>) -> Result<ShimClient> {
         .arg(a.runtime_root)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .kill_on_drop(false);
     // SAFETY: only async-signal-safe calls (setsid, dup2) between fork and exec.
     unsafe {

@@ -6,7 +6,7 @@ use crate::state::{Op, State};
 
 /// The small set of outcomes a caller can act on; every crate's error maps
 /// onto exactly one of these, and the API layer maps these onto gRPC codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Code {
     InvalidArgument,
     NotFound,

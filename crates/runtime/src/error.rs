@@ -10,6 +10,9 @@ pub enum RuntimeError {
     Unavailable { runtime: &'static str, reason: String },
     #[error("{runtime} {op} failed: {message}")]
     Failed { runtime: &'static str, op: &'static str, message: String },
+    /// An error reported by a runtime running in a forked helper.
+    #[error("{message}")]
+    Isolated { code: Code, message: String },
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -27,6 +30,7 @@ impl RuntimeError {
         match self {
             RuntimeError::UnknownRuntime(_) => Code::InvalidArgument,
             RuntimeError::Unavailable { .. } => Code::FailedPrecondition,
+            RuntimeError::Isolated { code, .. } => *code,
             RuntimeError::Failed { .. } | RuntimeError::Io { .. } => Code::Internal,
         }
     }

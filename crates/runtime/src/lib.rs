@@ -5,11 +5,13 @@
 mod cli;
 mod embedded;
 mod error;
+mod isolate;
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
 pub use error::RuntimeError;
+pub use isolate::Isolated;
 
 /// The stdio a container's init process gets. `None` means /dev/null.
 #[derive(Default)]

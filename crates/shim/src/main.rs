@@ -47,6 +47,10 @@ fn parse_args() -> Result<Args, String> {
 }
 
 fn main() {
+    // Logs go to stderr, which berthd points at the bundle's shim.log.
+    // A plain level (not an env filter) keeps the shim's code and memory small.
+    let level = std::env::var("BERTH_SHIM_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(tracing::Level::WARN);
+    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_ansi(false).init();
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
@@ -80,6 +84,8 @@ async fn serve(args: Args) -> Result<(), String> {
     let listener = tokio::net::UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
 
     let runtime = berth_runtime::open(&args.runtime, &args.runtime_root).map_err(|e| e.to_string())?;
+    // The shim stays single-threaded, so runtime work can run in forked helpers.
+    let runtime = Box::new(berth_runtime::Isolated::new(runtime));
     let shim = Arc::new(service::Shim::new(args.namespace, args.id, runtime));
     reaper::spawn(shim.processes()).map_err(|e| format!("reaper: {e}"))?;
 

@@ -157,7 +157,9 @@ impl Task for Shim {
             stdout: open_stdio(&req.stdout, true)?,
             stderr: open_stdio(&req.stderr, true)?,
         };
+        let t0 = std::time::Instant::now();
         let pid = self.runtime.create(&req.id, &bundle, stdio).map_err(|e| to_ttrpc(e.code(), e))?;
+        tracing::debug!(id = %req.id, pid, us = t0.elapsed().as_micros() as u64, "runtime create");
         let cgroup = cgroup_of(&bundle);
         let leftover_cgroup = cgroup.clone();
         let exit = process::watch(pid, bundle.join("exit.json"), self.tracked.clone(), move || {

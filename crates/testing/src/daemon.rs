@@ -112,6 +112,16 @@ impl Daemon {
         }
     }
 
+    /// Stops berthd with SIGTERM and returns how long it took to exit.
+    pub fn terminate(&mut self) -> Duration {
+        let start = Instant::now();
+        if let Some(mut c) = self.child.take() {
+            let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
+            let _ = c.wait();
+        }
+        start.elapsed()
+    }
+
     pub fn restart_after_kill9(&mut self) {
         self.kill9();
         self.spawn();

@@ -1,0 +1,41 @@
+# berth — two entry points: `make demo` and `make test` (see README.md).
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+CARGO ?= cargo
+# System packages berth needs to build, run and be tested against peers.
+APT_PACKAGES := busybox-static runc containerd protobuf-compiler libseccomp-dev pkg-config iproute2
+
+.PHONY: deps build release demo test lint unit e2e bench clean
+
+deps:
+	@command -v $(CARGO) >/dev/null || { echo "cargo (Rust >= 1.95) is required: https://rustup.rs"; exit 1; }
+	@if ! dpkg -s $(APT_PACKAGES) >/dev/null 2>&1; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(APT_PACKAGES); \
+	fi
+
+build: deps
+	$(CARGO) build --workspace --bins --locked
+
+release: deps
+	$(CARGO) build --workspace --bins --release --locked
+
+demo: release
+	bash scripts/demo.sh
+
+lint: deps
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+unit: build
+	$(CARGO) test --workspace --locked --exclude berth-e2e
+
+e2e: build
+	$(CARGO) test --locked -p berth-e2e
+
+test: lint unit e2e
+
+bench: release
+	$(CARGO) run --release --locked -p berth-bench -- $(BENCH_ARGS)
+
+clean:
+	$(CARGO) clean

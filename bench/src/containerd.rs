@@ -1,0 +1,117 @@
+//! A private containerd 1.6 (Debian's package) for comparison: its own root,
+//! state and socket under the benchmark's temp dir, CRI disabled, driven
+//! through `ctr`. Dropping it removes its containers and stops it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const NAMESPACE: &str = "berth-bench";
+
+pub struct Containerd {
+    child: Child,
+    address: PathBuf,
+    ids: std::cell::RefCell<Vec<String>>,
+}
+
+impl Containerd {
+    /// Starts containerd, or returns None (with a note) if it is missing.
+    pub fn start(dir: &Path) -> Option<Containerd> {
+        let base = dir.join("containerd");
+        std::fs::create_dir_all(&base).ok()?;
+        let address = base.join("containerd.sock");
+        let config = base.join("config.toml");
+        let toml = format!(
+            "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{}\"\n",
+            base.join("root").display(),
+            base.join("state").display(),
+            address.display()
+        );
+        std::fs::write(&config, toml).ok()?;
+        let child = match Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(base.join("containerd.log")).ok()?)
+            .spawn()
+        {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("containerd not available ({e}); skipping its figures");
+                return None;
+            }
+        };
+        let c = Containerd { child, address, ids: Default::default() };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !c.ctr(&["version"]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success()) {
+            if Instant::now() > deadline {
+                eprintln!("containerd did not come up; skipping its figures");
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(c)
+    }
+
+    fn ctr(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ctr");
+        c.arg("--address").arg(&self.address).arg("--namespace").arg(NAMESPACE).args(args);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    pub fn run_rm(&self, rootfs: &Path, id: &str) -> bool {
+        let rootfs = rootfs.to_string_lossy();
+        self.ctr(&["run", "--rm", "--rootfs", &rootfs, id, "/bin/true"]).status().is_ok_and(|s| s.success())
+    }
+
+    /// Runs `n` detached sleep containers; returns their shims' pids.
+    pub fn run_detached(&self, rootfs: &Path, n: usize) -> Vec<u32> {
+        let rootfs = rootfs.to_string_lossy();
+        let mut shims = Vec::new();
+        for i in 0..n {
+            let id = format!("cm{i}");
+            let ok = self.ctr(&["run", "-d", "--rootfs", &rootfs, &id, "/bin/sleep", "1000"]).status();
+            if !ok.is_ok_and(|s| s.success()) {
+                continue;
+            }
+            self.ids.borrow_mut().push(id.clone());
+            let out = self.ctr(&["task", "ls"]).output().ok();
+            let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+            let pid = text
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(id.as_str()))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if let Some(ppid) = pid.and_then(parent_of) {
+                shims.push(ppid);
+            }
+        }
+        shims
+    }
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name (which may contain spaces).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        for id in self.ids.borrow().iter() {
+            let _ = self.ctr(&["task", "kill", "-s", "KILL", id]).status();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        for id in self.ids.borrow().iter() {
+            let _ = self.ctr(&["task", "rm", "-f", id]).stderr(Stdio::null()).status();
+            let _ = self.ctr(&["container", "rm", id]).stderr(Stdio::null()).status();
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for h in ["cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio", "pids", "systemd", "unified"] {
+            let _ = std::fs::remove_dir(format!("/sys/fs/cgroup/{h}/{NAMESPACE}"));
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! berth-bench: berth against its peers on this machine, in one run, printed
+//! as one table. Measures the median wall time of running /bin/true to
+//! completion (berth run --rm, runc run, ctr run --rm) on the same bundle,
+//! and the mean RSS/PSS of a shim per detached container (berth-shim vs
+//! containerd-shim-runc-v2).
+//!
+//! Usage: berth-bench [--runs N] [--containers M]   (as root; see `make bench`)
+
+mod containerd;
+mod measure;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use berth_testing::Daemon;
+
+use crate::measure::{Mem, Runner, shim_memory, time_interleaved};
+
+/// Cgroup parent of the runc containers (removed at the end).
+const RUNC_CGROUP_PARENT: &str = "/berth-bench-runc";
+
+struct Opts {
+    runs: usize,
+    containers: usize,
+}
+
+fn parse_opts() -> Opts {
+    let mut o = Opts { runs: 30, containers: 10 };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for pair in args.chunks(2) {
+        let value = pair.get(1).and_then(|v| v.parse().ok());
+        match (pair[0].as_str(), value) {
+            ("--runs", Some(v)) => o.runs = v,
+            ("--containers", Some(v)) => o.containers = v,
+            _ => {
+                eprintln!("usage: berth-bench [--runs N] [--containers M]");
+                std::process::exit(2);
+            }
+        }
+    }
+    o
+}
+
+/// An OCI bundle for /bin/true from `runc spec`, with no terminal.
+fn make_bundle(dir: &Path, rootfs: &Path) -> PathBuf {
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(&bundle).expect("bundle dir");
+    let ok = Command::new("runc").arg("spec").current_dir(&bundle).status().expect("runc spec").success();
+    assert!(ok, "runc spec failed");
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("read spec")).expect("spec");
+    spec["process"]["terminal"] = false.into();
+    spec["process"]["args"] = serde_json::json!(["/bin/true"]);
+    spec["root"]["path"] = rootfs.to_string_lossy().into_owned().into();
+    spec["linux"]["cgroupsPath"] = format!("{RUNC_CGROUP_PARENT}/true").into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec).expect("encode")).expect("write spec");
+    bundle
+}
+
+fn fmt_ms(d: Option<Duration>) -> String {
+    d.map(|d| format!("{:.1} ms", d.as_secs_f64() * 1e3)).unwrap_or_else(|| "n/a".into())
+}
+
+fn ratio(a: Option<Duration>, b: Option<Duration>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if !b.is_zero() => format!("{:.2}×", a.as_secs_f64() / b.as_secs_f64()),
+        _ => "n/a".into(),
+    }
+}
+
+fn fmt_mem(m: Option<Mem>, f: fn(&Mem) -> f64) -> String {
+    m.map(|m| format!("{:.2} MB", f(&m))).unwrap_or_else(|| "n/a".into())
+}
+
+fn main() {
+    let o = parse_opts();
+    let d = Daemon::start();
+    let bundle = make_bundle(d.dir(), &d.rootfs);
+    let bundle_s = bundle.to_string_lossy().into_owned();
+
+    let runc_root = d.dir().join("runc-root");
+    let ctr = containerd::Containerd::start(d.dir());
+    eprintln!("berth run --rm, runc run, ctr run --rm: {} rounds …", o.runs);
+    let mut runners: Vec<Runner<'_>> = vec![
+        Box::new(|i| d.berth(&["run", "--rm", "--name", &format!("b{i}"), &bundle_s]).code == 0),
+        Box::new(|i| {
+            Command::new("runc")
+                .arg("--root")
+                .arg(&runc_root)
+                .args(["run", "--bundle", &bundle_s, &format!("r{i}")])
+                .stdin(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        }),
+    ];
+    if let Some(c) = &ctr {
+        runners.push(Box::new(|i| c.run_rm(&d.rootfs, &format!("c{i}"))));
+    }
+    let times = time_interleaved(o.runs, &mut runners);
+    drop(runners);
+    let (berth, runc, ctr_time) = (times[0], times[1], times.get(2).copied().flatten());
+
+    eprintln!("{} detached sleep containers each …", o.containers);
+    let rootfs_s = d.rootfs.to_string_lossy().into_owned();
+    let mut berth_shims = Vec::new();
+    for i in 0..o.containers {
+        let id = format!("m{i}");
+        d.berth(&["run", "-d", "--name", &id, &rootfs_s, "sleep", "1000"]).ok();
+        let c: serde_json::Value = serde_json::from_str(d.berth(&["inspect", "--json", &id]).ok()).expect("inspect");
+        berth_shims.push(c["shim_pid"].as_u64().unwrap_or(0) as u32);
+    }
+    let berth_mem = shim_memory(&berth_shims);
+    let ctr_mem = ctr.as_ref().and_then(|c| shim_memory(&c.run_detached(&d.rootfs, o.containers)));
+    for i in 0..o.containers {
+        d.berth(&["rm", "-f", &format!("m{i}")]);
+    }
+    drop(ctr);
+    if let Ok(h) = berth_cgroups::Hierarchies::detect() {
+        let _ = h.remove_tree(RUNC_CGROUP_PARENT);
+    }
+
+    println!();
+    println!("berth-bench: {} runs per command (median), {} detached containers for memory", o.runs, o.containers);
+    println!();
+    println!("| run /bin/true to completion | wall time |");
+    println!("|---|---|");
+    println!("| berth run --rm (embedded runtime) | {} |", fmt_ms(berth));
+    println!("| runc run (same bundle) | {} |", fmt_ms(runc));
+    println!("| ctr run --rm --rootfs (containerd 1.6) | {} |", fmt_ms(ctr_time));
+    println!("| ratio berth / runc | {} |", ratio(berth, runc));
+    println!("| ratio berth / ctr | {} |", ratio(berth, ctr_time));
+    println!();
+    println!("| shim memory per running container (mean) | RSS | PSS |");
+    println!("|---|---|---|");
+    println!("| berth-shim | {} | {} |", fmt_mem(berth_mem, |m| m.rss_mb), fmt_mem(berth_mem, |m| m.pss_mb));
+    println!("| containerd-shim-runc-v2 | {} | {} |", fmt_mem(ctr_mem, |m| m.rss_mb), fmt_mem(ctr_mem, |m| m.pss_mb));
+}

@@ -1,0 +1,62 @@
+//! Timing and memory measurement helpers.
+
+use std::time::{Duration, Instant};
+
+/// A command to time, by name.
+pub type Runner<'a> = Box<dyn FnMut(usize) -> bool + 'a>;
+
+/// Times several commands interleaved (one run of each per round, so drift
+/// in machine load hits all alike), after one warm-up run each. Returns the
+/// median wall time per command, None for a command that failed.
+pub fn time_interleaved(rounds: usize, runners: &mut [Runner<'_>]) -> Vec<Option<Duration>> {
+    let mut times: Vec<Option<Vec<Duration>>> =
+        runners.iter_mut().map(|f| if f(usize::MAX) { Some(Vec::with_capacity(rounds)) } else { None }).collect();
+    for i in 0..rounds {
+        for (f, t) in runners.iter_mut().zip(times.iter_mut()) {
+            let Some(v) = t else { continue };
+            let start = Instant::now();
+            if f(i) {
+                v.push(start.elapsed());
+            } else {
+                eprintln!("  run {i} failed; dropping this command's figures");
+                *t = None;
+            }
+        }
+    }
+    times.into_iter().map(|t| t.and_then(|mut v| median(&mut v))).collect()
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Mem {
+    pub rss_mb: f64,
+    pub pss_mb: f64,
+}
+
+/// Mean RSS and PSS (from /proc/PID/smaps_rollup) over the given pids.
+pub fn shim_memory(pids: &[u32]) -> Option<Mem> {
+    let mut rss = 0u64;
+    let mut pss = 0u64;
+    let mut n = 0u64;
+    for pid in pids {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else { continue };
+        let field = |name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        rss += field("Rss:");
+        pss += field("Pss:");
+        n += 1;
+    }
+    (n > 0).then(|| Mem { rss_mb: rss as f64 / n as f64 / 1024.0, pss_mb: pss as f64 / n as f64 / 1024.0 })
+}
+
+fn median(v: &mut [Duration]) -> Option<Duration> {
+    if v.is_empty() {
+        return None;
+    }
+    v.sort();
+    Some(v[v.len() / 2])
+}
