@@ -55,3 +55,44 @@ fn sigterm_stops_daemon_promptly_and_leaves_containers_running() {
     d.berth(&["rm", "-f", "stay"]).ok();
     assert!(d.shim_pids().is_empty());
 }
+
+#[test]
+fn container_of_a_killed_shim_is_unknown_and_force_removable() {
+    let d = Daemon::start();
+    d.run_detached("orphan", &["sleep", "1000"]);
+    let c: Value = serde_json::from_str(d.berth(&["inspect", "--json", "orphan"]).ok()).unwrap();
+    let (shim, init) = (c["shim_pid"].as_i64().unwrap(), c["pid"].as_i64().unwrap());
+    let mut events = d.berth_spawn(&["events", "--json", "--id", "orphan"]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    unsafe { libc_kill(shim as i32, 9) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let c: Value = serde_json::from_str(d.berth(&["inspect", "--json", "orphan"]).ok()).unwrap();
+        if c["state"] == "unknown" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never became unknown: {c}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    d.berth(&["rm", "orphan"]).fails_with("failed precondition");
+    d.berth(&["rm", "-f", "orphan"]).ok();
+    // Gone, or a zombie waiting for whoever inherited it from the dead shim.
+    let stat = std::fs::read_to_string(format!("/proc/{init}/stat")).unwrap_or_default();
+    assert!(stat.is_empty() || stat.contains(") Z "), "init was killed: {stat}");
+    assert!(d.shim_pids().is_empty());
+    assert!(d.cgroup_dirs("default", "orphan").is_empty());
+    assert!(d.container_paths("default", "orphan").is_empty(), "{:?}", d.container_paths("default", "orphan"));
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let _ = events.kill();
+    let out = events.wait_with_output().unwrap();
+    let evs: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let types: Vec<&str> = evs.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["exit", "delete"], "{evs:?}");
+    assert_eq!(evs[0]["exit"]["code"], 255, "no exit was recorded: unknown exit");
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use crate::error::{Error, Result};
 use crate::events::Kind;
 use crate::manager::{Entry, Key, Manager};
-use crate::shim::{self, ShimClient, SpawnArgs};
+use crate::shim::{self, ShimArgs, ShimClient};
 use crate::spec::{self, Overrides};
 
 const MAX_LABELS: usize = 64;
@@ -140,17 +140,8 @@ impl Manager {
         tracing::debug!(%id, us = t0.elapsed().as_micros() as u64, "create: bundle written");
         let runtime_root = self.cfg.runtime_root(runtime, ns);
         let socket = self.cfg.shim_socket(ns, id);
-        let client = shim::spawn(SpawnArgs {
-            binary: &self.cfg.shim_binary,
-            namespace: ns,
-            id,
-            runtime,
-            runtime_root: &runtime_root,
-            socket: &socket,
-            log: &bundle.join("shim.log"),
-        })
-        .await
-        .map_err(|e| e.at("shim"))?;
+        let args = ShimArgs { binary: &self.cfg.shim_binary, namespace: ns, id, runtime, runtime_root: &runtime_root };
+        let client = shim::spawn(&args, &socket, &bundle.join("shim.log")).await.map_err(|e| e.at("shim"))?;
         done.push(Step::Shim(client.clone()));
         tracing::debug!(%id, us = t0.elapsed().as_micros() as u64, "create: shim connected");
 

@@ -1,15 +1,18 @@
 //! Delete (SPEC B8, B9): allowed once the container has stopped (or, with
 //! force, after killing it). Teardown releases newest-first — runtime
 //! container, shim, socket, bundle, cgroup, logs — and the record goes last,
-//! so a failed delete can simply be retried.
+//! so a failed delete can simply be retried. A container whose shim is gone
+//! is cleaned up by `berth-shim --cleanup` instead.
 
 use std::time::Duration;
 
 use berth_model::{Code, ContainerId, ExitStatus, Namespace, Op, State, UNKNOWN_EXIT_CODE};
+use berth_store::ContainerRecord;
 
 use crate::error::{Error, Result};
 use crate::events::Kind;
 use crate::manager::{Entry, Manager};
+use crate::shim::{self, ShimArgs};
 
 /// How long delete waits for a killed container to finish tearing down.
 const TEARDOWN_WAIT: Duration = Duration::from_secs(30);
@@ -39,25 +42,17 @@ impl Manager {
             None => None,
         };
         let rec = self.get(ns, id)?;
-        let live = matches!(rec.state, State::Created | State::Running | State::Paused);
+        // An unknown container may still have processes: it needs force too.
+        let live = matches!(rec.state, State::Created | State::Running | State::Paused | State::Unknown);
         if live && !force {
             rec.state.apply(Op::Delete)?;
         }
-        if let Some(e) = &entry {
-            if live && rec.state != State::Created {
-                match e.shim.kill(id, libc::SIGKILL as u32, true).await {
-                    Err(err) if err.code() != Code::NotFound => return Err(err),
-                    _ => wait_exit(e, id).await?,
-                }
-            }
-            match e.shim.delete(id).await {
-                Ok(_) => {}
-                // Already deleted by an earlier, interrupted attempt, or the shim is gone.
-                Err(err) if matches!(err.code(), Code::NotFound | Code::Unavailable) => {}
-                Err(err) => return Err(err),
-            }
-            wait_exit(e, id).await?;
-            e.shim.reap(Duration::from_secs(5)).await;
+        let by_shim = match &entry {
+            Some(e) => teardown_with_shim(e, id, live && rec.state != State::Created).await?,
+            None => false,
+        };
+        if !by_shim {
+            self.teardown_without_shim(&rec).await?;
         }
         remove_path(&rec.shim.socket)?;
         remove_path(&rec.bundle)?;
@@ -71,4 +66,52 @@ impl Manager {
         self.events.publish(Kind::Delete, ns, id, rec.pid, rec.exit);
         Ok(rec.exit.unwrap_or(ExitStatus { code: UNKNOWN_EXIT_CODE, exited_at_ns: 0 }))
     }
+
+    /// The shim is gone: `berth-shim --cleanup` kills what is left and
+    /// deletes the runtime state; the exit the shim recorded (or "unknown
+    /// exit", 255) is recorded and published once (SPEC B19).
+    async fn teardown_without_shim(&self, rec: &ContainerRecord) -> Result<()> {
+        let (ns, id) = (&rec.namespace, &rec.id);
+        let runtime_root = self.cfg.runtime_root(&rec.runtime, ns);
+        let args = ShimArgs {
+            binary: &self.cfg.shim_binary,
+            namespace: ns,
+            id,
+            runtime: &rec.runtime,
+            runtime_root: &runtime_root,
+        };
+        let recorded = shim::cleanup(&args, &rec.bundle).await?;
+        if rec.exit.is_none() {
+            let status = recorded.unwrap_or(ExitStatus { code: UNKNOWN_EXIT_CODE, exited_at_ns: crate::now_ns() });
+            self.update(ns, id, |r| {
+                r.state = r.state.apply(Op::Exit)?;
+                r.exit = Some(status);
+                Ok(())
+            })?;
+            self.events.publish(Kind::Exit, ns, id, rec.pid, Some(status));
+        }
+        Ok(())
+    }
+}
+
+/// Tears the container down through its shim: kill (if `kill`), runtime
+/// delete, shim exit. Returns false if the shim turned out to be gone.
+async fn teardown_with_shim(e: &Entry, id: &ContainerId, kill: bool) -> Result<bool> {
+    let gone = |err: &Error| err.code() == Code::Unavailable;
+    if kill {
+        match e.shim.kill(id, libc::SIGKILL as u32, true).await {
+            Err(err) if gone(&err) => return Ok(false),
+            Err(err) if err.code() != Code::NotFound => return Err(err),
+            _ => wait_exit(e, id).await?,
+        }
+    }
+    match e.shim.delete(id).await {
+        Ok(_) => wait_exit(e, id).await?,
+        Err(err) if gone(&err) => return Ok(false),
+        // Already deleted by an earlier, interrupted attempt.
+        Err(err) if err.code() == Code::NotFound => {}
+        Err(err) => return Err(err),
+    }
+    e.shim.reap(Duration::from_secs(5)).await;
+    Ok(true)
 }

@@ -44,44 +44,72 @@ fn exit_of(
     ExitStatus { code, exited_at_ns: at.map(from_timestamp).unwrap_or(0) }
 }
 
-pub struct SpawnArgs<'a> {
+/// Who a shim serves and how it runs containers.
+pub struct ShimArgs<'a> {
     pub binary: &'a Path,
     pub namespace: &'a Namespace,
     pub id: &'a ContainerId,
     pub runtime: &'a str,
     pub runtime_root: &'a Path,
-    pub socket: &'a Path,
-    /// The shim's own log (its stderr).
-    pub log: &'a Path,
 }
 
-/// Starts berth-shim for one container and connects to it.
-pub async fn spawn(a: SpawnArgs<'_>) -> Result<ShimClient> {
-    if let Some(dir) = a.socket.parent() {
+impl ShimArgs<'_> {
+    fn command(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(self.binary);
+        cmd.arg("--namespace")
+            .arg(self.namespace.as_str())
+            .arg("--id")
+            .arg(self.id.as_str())
+            .arg("--runtime")
+            .arg(self.runtime)
+            .arg("--runtime-root")
+            .arg(self.runtime_root)
+            .stdin(Stdio::null());
+        cmd
+    }
+}
+
+/// How long a cleanup of a dead shim's container may take.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Cleans up a container whose shim is gone (SPEC B19): runs
+/// `berth-shim --cleanup BUNDLE`, which kills what is left in the
+/// container's cgroup and deletes the runtime's state. Returns the exit the
+/// shim had recorded, if any.
+pub async fn cleanup(a: &ShimArgs<'_>, bundle: &Path) -> Result<Option<ExitStatus>> {
+    let mut cmd = a.command();
+    cmd.arg("--cleanup").arg(bundle).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    let out = tokio::time::timeout(CLEANUP_TIMEOUT, cmd.output())
+        .await
+        .map_err(|_| Error::DeadlineExceeded(format!("cleanup of {} took longer than {CLEANUP_TIMEOUT:?}", a.id)))?
+        .map_err(|e| Error::io(format!("run {}", a.binary.display()), e))?;
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(Error::Shim { code: berth_model::Code::Internal, message: msg });
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| Error::Shim {
+        code: berth_model::Code::Internal,
+        message: format!("cleanup of {} answered badly: {e}", a.id),
+    })
+}
+
+/// Starts berth-shim for one container (logging to `log`, serving on
+/// `socket`) and connects to it.
+pub async fn spawn(a: &ShimArgs<'_>, socket: &Path, log: &Path) -> Result<ShimClient> {
+    if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create shim socket dir", e))?;
     }
-    let _ = std::fs::remove_file(a.socket);
-    let listener = std::os::unix::net::UnixListener::bind(a.socket)
-        .map_err(|e| Error::io(format!("bind {}", a.socket.display()), e))?;
+    let _ = std::fs::remove_file(socket);
+    let listener = std::os::unix::net::UnixListener::bind(socket)
+        .map_err(|e| Error::io(format!("bind {}", socket.display()), e))?;
     let fd = listener.as_raw_fd();
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(a.log)
-        .map_err(|e| Error::io(format!("open {}", a.log.display()), e))?;
-    let mut cmd = tokio::process::Command::new(a.binary);
-    cmd.arg("--namespace")
-        .arg(a.namespace.as_str())
-        .arg("--id")
-        .arg(a.id.as_str())
-        .arg("--runtime")
-        .arg(a.runtime)
-        .arg("--runtime-root")
-        .arg(a.runtime_root)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .kill_on_drop(false);
+        .open(log)
+        .map_err(|e| Error::io(format!("open {}", log.display()), e))?;
+    let mut cmd = a.command();
+    cmd.stdout(Stdio::null()).stderr(log).kill_on_drop(false);
     // SAFETY: only async-signal-safe calls (setsid, dup2) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -94,7 +122,7 @@ pub async fn spawn(a: SpawnArgs<'_>) -> Result<ShimClient> {
         });
     }
     let mut child = cmd.spawn().map_err(|e| {
-        let _ = std::fs::remove_file(a.socket);
+        let _ = std::fs::remove_file(socket);
         Error::io(format!("spawn {}", a.binary.display()), e)
     })?;
     drop(listener);
@@ -103,7 +131,7 @@ pub async fn spawn(a: SpawnArgs<'_>) -> Result<ShimClient> {
     tokio::spawn(async move {
         let _ = child.wait().await;
     });
-    connect(a.socket, pid).await
+    connect(socket, pid).await
 }
 
 /// Connects to a running shim's socket.

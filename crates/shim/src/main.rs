@@ -4,7 +4,10 @@
 //!
 //! Usage (started by berthd, listener on fd 3):
 //!   berth-shim --namespace NS --id ID --runtime NAME --runtime-root DIR
+//! After a shim died, berthd cleans up with the same flags plus
+//! `--cleanup BUNDLE` (no listener; prints the recorded exit as JSON).
 
+mod cleanup;
 mod process;
 mod reaper;
 mod service;
@@ -23,11 +26,12 @@ struct Args {
     id: String,
     runtime: String,
     runtime_root: PathBuf,
+    cleanup: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
-    let (mut namespace, mut id, mut runtime, mut root) = (None, None, None, None);
+    let (mut namespace, mut id, mut runtime, mut root, mut cleanup) = (None, None, None, None, None);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
@@ -35,6 +39,7 @@ fn parse_args() -> Result<Args, String> {
             "--id" => id = Some(value),
             "--runtime" => runtime = Some(value),
             "--runtime-root" => root = Some(PathBuf::from(value)),
+            "--cleanup" => cleanup = Some(PathBuf::from(value)),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -43,6 +48,7 @@ fn parse_args() -> Result<Args, String> {
         id: id.ok_or("--id is required")?,
         runtime: runtime.ok_or("--runtime is required")?,
         runtime_root: root.ok_or("--runtime-root is required")?,
+        cleanup,
     })
 }
 
@@ -58,6 +64,16 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if let Some(bundle) = &args.cleanup {
+        let result = berth_runtime::open(&args.runtime, &args.runtime_root)
+            .map_err(|e| e.to_string())
+            .and_then(|rt| cleanup::run(&args.id, bundle, rt.as_ref()));
+        if let Err(e) = result {
+            eprintln!("berth-shim: cleanup of {}: {e}", args.id);
+            std::process::exit(1);
+        }
+        return;
+    }
     // Orphaned container processes are re-parented to us, so we can reap them.
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         eprintln!("berth-shim: cannot become a child subreaper: {e}");

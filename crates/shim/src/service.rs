@@ -4,7 +4,7 @@
 
 use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -23,6 +23,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::sync::{Notify, watch};
 
+use crate::cleanup::{cgroup_of, kill_leftovers};
 use crate::process;
 use crate::reaper::Tracked;
 
@@ -115,21 +116,6 @@ fn open_stdio(path: &str, write: bool) -> TtrpcResult<Option<OwnedFd>> {
     Ok(Some(f.into()))
 }
 
-/// The container's cgroup, from the bundle's config.json.
-fn cgroup_of(bundle: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(bundle.join("config.json")).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v.pointer("/linux/cgroupsPath")?.as_str().map(str::to_string)
-}
-
-/// Kills whatever is left in the container's cgroup (SPEC B4).
-fn kill_leftovers(cgroup: Option<&str>) {
-    let (Some(cg), Ok(h)) = (cgroup, Hierarchies::detect()) else { return };
-    for pid in h.procs(cg).unwrap_or_default() {
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-    }
-}
-
 fn exit_fields(status: Option<ExitStatus>) -> (u32, MessageField<Timestamp>) {
     match status {
         Some(s) => (s.code, Some(timestamp(s.exited_at_ns)).into()),
@@ -163,7 +149,7 @@ impl Task for Shim {
         let cgroup = cgroup_of(&bundle);
         let leftover_cgroup = cgroup.clone();
         let exit = process::watch(pid, bundle.join("exit.json"), self.tracked.clone(), move || {
-            kill_leftovers(leftover_cgroup.as_deref())
+            kill_leftovers(leftover_cgroup.as_deref());
         });
         let exit = match exit {
             Ok(rx) => rx,

@@ -1,0 +1,56 @@
+//! What is left of a container when its init is gone or its shim died:
+//! stray processes in its cgroup, and the runtime's state. Used by the
+//! exit watcher (SPEC B4) and by `berth-shim --cleanup BUNDLE`, which
+//! berthd runs for a container whose shim is gone (SPEC B19).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth_cgroups::Hierarchies;
+use berth_model::ExitStatus;
+use berth_runtime::Runtime;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// How long cleanup waits for killed processes to leave the cgroup.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// The container's cgroup, from the bundle's config.json.
+pub fn cgroup_of(bundle: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(bundle.join("config.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v.pointer("/linux/cgroupsPath")?.as_str().map(str::to_string)
+}
+
+/// SIGKILLs every process in the cgroup; returns how many there were.
+pub fn kill_leftovers(cgroup: Option<&str>) -> usize {
+    let (Some(cg), Ok(h)) = (cgroup, Hierarchies::detect()) else { return 0 };
+    let pids = h.procs(cg).unwrap_or_default();
+    for pid in &pids {
+        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+    }
+    pids.len()
+}
+
+/// The exit recorded by the shim, if it got that far.
+pub fn recorded_exit(bundle: &Path) -> Option<ExitStatus> {
+    serde_json::from_slice(&std::fs::read(bundle.join("exit.json")).ok()?).ok()
+}
+
+/// Cleans up after a dead shim: kills what is left in the container's
+/// cgroup, waits for it to drain, and deletes the runtime's state. Prints
+/// the recorded exit as JSON (`null` if none) on success.
+pub fn run(id: &str, bundle: &Path, runtime: &dyn Runtime) -> Result<(), String> {
+    let cgroup = cgroup_of(bundle);
+    let deadline = Instant::now() + DRAIN;
+    while kill_leftovers(cgroup.as_deref()) > 0 {
+        if Instant::now() > deadline {
+            return Err(format!("processes of {id} did not die within {DRAIN:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    runtime.delete(id, true).map_err(|e| e.to_string())?;
+    let exit = recorded_exit(bundle);
+    println!("{}", serde_json::to_string(&exit).map_err(|e| e.to_string())?);
+    Ok(())
+}
