@@ -12,7 +12,7 @@ mod process;
 mod reaper;
 mod service;
 
-use std::os::fd::FromRawFd;
+use std::os::fd::{AsFd, FromRawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -54,9 +54,15 @@ fn parse_args() -> Result<Args, String> {
 
 fn main() {
     // Logs go to stderr, which berthd points at the bundle's shim.log.
-    // A plain level (not an env filter) keeps the shim's code and memory small.
+    // A plain level (not an env filter) keeps the shim's code and memory
+    // small. Logs go to a close-on-exec duplicate of stderr (the bundle's
+    // shim.log), not to fd 2: container processes log between fork and exec
+    // too, after fd 2 has become the container's own stderr.
     let level = std::env::var("BERTH_SHIM_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(tracing::Level::WARN);
-    tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).with_ansi(false).init();
+    if let Ok(log) = std::io::stderr().as_fd().try_clone_to_owned() {
+        let log = std::sync::Arc::new(std::fs::File::from(log));
+        tracing_subscriber::fmt().with_max_level(level).with_writer(log).with_ansi(false).init();
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
