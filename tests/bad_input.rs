@@ -12,6 +12,9 @@ fn assert_no_trace(d: &Daemon, id: &str) {
     d.berth(&["inspect", id]).fails_with("not found");
     let sockets = std::fs::read_dir(d.state.join("shims")).map(|r| r.count()).unwrap_or(0);
     assert_eq!(sockets, 0, "shim socket left behind");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = d.dir().to_string_lossy().into_owned();
+    assert!(!mounts.contains(&dir), "mount left behind under {dir}");
 }
 
 #[test]
@@ -48,6 +51,8 @@ fn bad_rootfs_spec_env_runtime() {
     assert_no_trace(&d, "r2");
 
     d.berth(&["create", "--name", "r3", "-e", "NOEQUALS", rootfs, "true"]).fails_with("invalid argument");
+    let huge_label = format!("big={}", "x".repeat(5000));
+    d.berth(&["create", "--name", "r3", "-l", &huge_label, rootfs, "true"]).fails_with("invalid argument");
     d.berth(&["create", "--name", "r3", "-w", "relative", rootfs, "true"]).fails_with("invalid argument");
     let e = d.berth(&["create", "--name", "r3", "--runtime", "kata", rootfs, "true"]).fails_with("invalid argument");
     assert!(e.contains("unknown runtime"), "{e}");
@@ -114,4 +119,16 @@ fn unreachable_daemon_is_one_clear_line() {
     assert_ne!(out.code, 0);
     assert!(out.stderr.starts_with("berth: cannot reach berthd at /nonexistent/berth.sock"), "{out:?}");
     assert_eq!(out.stderr.trim_end().lines().count(), 1);
+}
+
+#[test]
+fn start_that_times_out_is_killed_and_reported() {
+    let d = Daemon::start_with(&["--start-timeout", "0"]);
+    let rootfs = d.rootfs.to_str().unwrap();
+    let out = d.berth(&["run", "-d", "--name", "slow", rootfs, "sleep", "1000"]);
+    assert_eq!(out.code, 125, "{out:?}");
+    assert!(out.stderr.contains("deadline exceeded") && out.stderr.contains("was killed"), "{out:?}");
+    assert_eq!(d.berth(&["wait", "slow"]).code, 137);
+    d.berth(&["rm", "slow"]).ok();
+    assert_no_trace(&d, "slow");
 }

@@ -52,11 +52,17 @@ pub struct Daemon {
     pub rootfs: PathBuf,
     child: Option<Child>,
     log: PathBuf,
+    extra_args: Vec<String>,
 }
 
 impl Daemon {
     /// Builds a busybox rootfs and starts berthd under a fresh temp root.
     pub fn start() -> Daemon {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Daemon::start`], with extra berthd flags.
+    pub fn start_with(extra_args: &[&str]) -> Daemon {
         let dir = tempfile::Builder::new().prefix("berth-test-").tempdir().expect("tempdir");
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let rootfs = busybox_rootfs(dir.path());
@@ -69,6 +75,7 @@ impl Daemon {
             log: dir.path().join("berthd.log"),
             dir,
             child: None,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
         d.spawn();
         d
@@ -90,6 +97,7 @@ impl Daemon {
             .arg(&self.socket)
             .arg("--cgroup-parent")
             .arg(&self.cgroup_parent)
+            .args(&self.extra_args)
             .env("BERTH_LOG", "debug")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
