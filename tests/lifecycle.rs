@@ -228,3 +228,94 @@ fn events_report_each_transition_once() {
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 }
+
+fn log_lines(d: &Daemon, id: &str) -> usize {
+    d.berth(&["logs", id]).stdout.lines().count()
+}
+
+fn pause_freezes_and_resume_thaws(runtime: &str) {
+    let d = Daemon::start();
+    let rootfs = d.rootfs.to_str().unwrap();
+    d.berth(&[
+        "run",
+        "-d",
+        "--runtime",
+        runtime,
+        "--name",
+        "counter",
+        rootfs,
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo $i; sleep 0.02; done",
+    ])
+    .ok();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(log_lines(&d, "counter") > 0);
+    let mut events = d.berth_spawn(&["events", "--json", "--id", "counter"]);
+    std::thread::sleep(Duration::from_millis(200));
+    d.berth(&["pause", "counter"]).ok();
+    assert_eq!(inspect(&d, "counter")["state"], "paused");
+    let frozen = log_lines(&d, "counter");
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(log_lines(&d, "counter"), frozen, "a paused container makes no progress");
+    d.berth(&["pause", "counter"]).fails_with("failed precondition");
+    d.berth(&["resume", "counter"]).ok();
+    assert_eq!(inspect(&d, "counter")["state"], "running");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(log_lines(&d, "counter") > frozen, "resumed container continues");
+    d.berth(&["resume", "counter"]).fails_with("failed precondition");
+    // A paused container can be force-removed.
+    d.berth(&["pause", "counter"]).ok();
+    d.berth(&["rm", "-f", "counter"]).ok();
+    assert!(d.shim_pids().is_empty());
+    assert!(d.cgroup_dirs("default", "counter").is_empty());
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = events.kill();
+    let out = events.wait_with_output().unwrap();
+    let types: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(types, ["pause", "resume", "pause", "exit", "delete"]);
+}
+
+#[test]
+fn pause_resume_embedded() {
+    pause_freezes_and_resume_thaws("embedded");
+}
+
+#[test]
+fn pause_resume_runc() {
+    pause_freezes_and_resume_thaws("runc");
+}
+
+#[test]
+fn top_lists_every_process() {
+    let d = Daemon::start();
+    d.run_detached("tree", &["sh", "-c", "sleep 1000 & sleep 1001 & wait"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let procs = loop {
+        let procs: Value = serde_json::from_str(d.berth(&["top", "--json", "tree"]).ok()).unwrap();
+        if procs.as_array().unwrap().len() == 3 {
+            break procs;
+        }
+        assert!(std::time::Instant::now() < deadline, "{procs}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let commands: Vec<String> = procs.as_array().unwrap().iter().map(|p| p["command"].to_string()).collect();
+    assert!(commands.iter().any(|c| c.contains("1001")), "{commands:?}");
+    let table = d.berth(&["top", "tree"]).ok().to_string();
+    assert!(table.starts_with("PID") && table.contains("sleep 1000"), "{table}");
+    d.berth(&["kill", "-s", "KILL", "tree"]).ok();
+    d.berth(&["wait", "tree"]);
+    d.berth(&["top", "tree"]).fails_with("failed precondition");
+    d.berth(&["pause", "tree"]).fails_with("failed precondition");
+    d.berth(&["rm", "tree"]).ok();
+
+    // SIGKILL reaches a paused container (it is thawed for it).
+    d.run_detached("frozen", &["sleep", "1000"]);
+    d.berth(&["pause", "frozen"]).ok();
+    d.berth(&["kill", "-s", "KILL", "frozen"]).ok();
+    assert_eq!(d.berth(&["wait", "frozen"]).code, 137);
+    d.berth(&["rm", "frozen"]).ok();
+}

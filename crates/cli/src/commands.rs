@@ -199,6 +199,34 @@ pub async fn rm(c: &mut Client, ids: Vec<String>, force: bool) -> Result<i32, Fa
     }
 }
 
+/// Pauses (or resumes) each container in turn.
+pub async fn pause(c: &mut Client, ids: Vec<String>, pause: bool) -> Result<i32, Failure> {
+    for id in ids {
+        let r = cref(c, &id);
+        if pause {
+            c.containers.pause(r).await?;
+        } else {
+            c.containers.resume(r).await?;
+        }
+        println!("{id}");
+    }
+    Ok(0)
+}
+
+pub async fn top(c: &mut Client, id: String, json: bool) -> Result<i32, Failure> {
+    let procs = c.containers.top(cref(c, &id)).await?.into_inner().processes;
+    if json {
+        let v: Vec<_> = procs
+            .iter()
+            .map(|p| serde_json::json!({"pid": p.pid, "exec_id": p.exec_id, "command": p.command}))
+            .collect();
+        println!("{}", serde_json::Value::Array(v));
+    } else {
+        print!("{}", output::top_table(&procs));
+    }
+    Ok(0)
+}
+
 pub async fn logs(c: &mut Client, id: String, follow: bool) -> Result<i32, Failure> {
     let stream = c.containers.logs(pb::LogsRequest { namespace: c.namespace.clone(), id, follow }).await?.into_inner();
     copy_logs(stream).await?;

@@ -102,6 +102,22 @@ enum Command {
         #[arg(required = true)]
         ids: Vec<String>,
     },
+    /// Freeze every process of running containers.
+    Pause {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Thaw paused containers.
+    Resume {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// List a container's processes.
+    Top {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a container's output.
     Logs {
         /// Keep streaming until the container exits.
@@ -154,6 +170,9 @@ async fn dispatch(cli: Cli) -> Result<i32, client::Failure> {
         Command::Wait { id } => cmd::wait(&mut c, id).await,
         Command::Rm { force, ids } => cmd::rm(&mut c, ids, force).await,
         Command::Logs { follow, id } => cmd::logs(&mut c, id, follow).await,
+        Command::Pause { ids } => cmd::pause(&mut c, ids, true).await,
+        Command::Resume { ids } => cmd::pause(&mut c, ids, false).await,
+        Command::Top { id, json } => cmd::top(&mut c, id, json).await,
         Command::Events { json, types, id } => cmd::events(&mut c, json, types, id).await,
     }
 }

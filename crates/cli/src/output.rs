@@ -65,6 +65,15 @@ fn truncate(s: &str, n: usize) -> String {
     if s.chars().count() <= n { s.to_string() } else { format!("{}…", s.chars().take(n - 1).collect::<String>()) }
 }
 
+pub fn top_table(ps: &[pb::Process]) -> String {
+    let mut rows = vec![vec!["PID".to_string(), "EXEC".into(), "COMMAND".into()]];
+    for p in ps {
+        let exec = if p.exec_id.is_empty() { "-".to_string() } else { p.exec_id.clone() };
+        rows.push(vec![p.pid.to_string(), exec, p.command.join(" ")]);
+    }
+    render(rows)
+}
+
 pub fn table(cs: &[pb::Container], all_ns: bool) -> String {
     let mut rows = vec![vec![
         "ID".to_string(),
@@ -93,6 +102,11 @@ pub fn table(cs: &[pb::Container], all_ns: bool) -> String {
         }
         rows.push(row);
     }
+    render(rows)
+}
+
+/// Aligns rows into columns; the first row is the header.
+fn render(rows: Vec<Vec<String>>) -> String {
     let widths: Vec<usize> =
         (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();

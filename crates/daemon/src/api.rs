@@ -141,6 +141,27 @@ impl pb::containers_server::Containers for Api {
         Ok(Response::new(exit_pb(self.mgr.delete(&ns, &id, r.force).await.map_err(status)?)))
     }
 
+    async fn pause(&self, req: Request<pb::ContainerRef>) -> Result<Response<pb::Container>, Status> {
+        let r = req.into_inner();
+        let (ns, id) = key(&r.namespace, &r.id)?;
+        Ok(Response::new(container_pb(self.mgr.pause(&ns, &id).await.map_err(status)?)))
+    }
+
+    async fn resume(&self, req: Request<pb::ContainerRef>) -> Result<Response<pb::Container>, Status> {
+        let r = req.into_inner();
+        let (ns, id) = key(&r.namespace, &r.id)?;
+        Ok(Response::new(container_pb(self.mgr.resume(&ns, &id).await.map_err(status)?)))
+    }
+
+    async fn top(&self, req: Request<pb::ContainerRef>) -> Result<Response<pb::TopResponse>, Status> {
+        let r = req.into_inner();
+        let (ns, id) = key(&r.namespace, &r.id)?;
+        let procs = self.mgr.top(&ns, &id).await.map_err(status)?;
+        let processes =
+            procs.into_iter().map(|p| pb::Process { pid: p.pid, exec_id: p.exec_id, command: p.command }).collect();
+        Ok(Response::new(pb::TopResponse { processes }))
+    }
+
     type LogsStream = BoxStream<pb::LogChunk>;
 
     async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {

@@ -11,6 +11,8 @@ pub enum Kind {
     Create,
     Start,
     Exit,
+    Pause,
+    Resume,
     Delete,
 }
 
@@ -20,6 +22,8 @@ impl Kind {
             Kind::Create => "create",
             Kind::Start => "start",
             Kind::Exit => "exit",
+            Kind::Pause => "pause",
+            Kind::Resume => "resume",
             Kind::Delete => "delete",
         }
     }

@@ -4,6 +4,7 @@
 
 mod api;
 mod config;
+mod control;
 mod create;
 mod delete;
 mod error;

@@ -184,6 +184,24 @@ impl ShimClient {
         Ok(exit_of(r.exit_status, r.exited_at.as_ref()))
     }
 
+    pub async fn pause(&self, id: &ContainerId) -> Result<()> {
+        let req = api::PauseRequest { id: id.to_string(), ..Default::default() };
+        self.task.pause(ctx(), &req).await.map_err(shim_err)?;
+        Ok(())
+    }
+
+    pub async fn resume(&self, id: &ContainerId) -> Result<()> {
+        let req = api::ResumeRequest { id: id.to_string(), ..Default::default() };
+        self.task.resume(ctx(), &req).await.map_err(shim_err)?;
+        Ok(())
+    }
+
+    pub async fn pids(&self, id: &ContainerId) -> Result<Vec<u32>> {
+        let req = api::PidsRequest { id: id.to_string(), ..Default::default() };
+        let r = self.task.pids(ctx(), &req).await.map_err(shim_err)?;
+        Ok(r.processes.iter().map(|p| p.pid).collect())
+    }
+
     pub async fn shutdown(&self, id: &ContainerId) -> Result<()> {
         let req = api::ShutdownRequest { id: id.to_string(), now: true, ..Default::default() };
         self.task.shutdown(ctx(), &req).await.map_err(shim_err)?;

@@ -30,6 +30,13 @@ impl CliRuntime {
         cmd
     }
 
+    /// `<runtime> <op> <id>`.
+    fn simple(&self, op: &'static str, id: &str) -> Result<(), RuntimeError> {
+        let mut cmd = self.command(id);
+        cmd.arg(op).arg(id);
+        self.run(op, id, cmd, true)
+    }
+
     /// Runs one runtime command. With `capture`, its stdout/stderr are read
     /// for error messages; without, they stay as the caller set them (for
     /// create, they become the container's stdio).
@@ -111,9 +118,15 @@ impl Runtime for CliRuntime {
     }
 
     fn start(&self, id: &str) -> Result<(), RuntimeError> {
-        let mut cmd = self.command(id);
-        cmd.arg("start").arg(id);
-        self.run("start", id, cmd, true)
+        self.simple("start", id)
+    }
+
+    fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        self.simple("pause", id)
+    }
+
+    fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        self.simple("resume", id)
     }
 
     fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), RuntimeError> {

@@ -25,6 +25,14 @@ impl Embedded {
         }
         Container::load(dir).map(Some).map_err(|e| failed(op, e))
     }
+
+    fn existing(&self, id: &str, op: &'static str) -> Result<Container, RuntimeError> {
+        self.load(id, op)?.ok_or_else(|| RuntimeError::Failed {
+            runtime: "embedded",
+            op,
+            message: format!("container {id} does not exist"),
+        })
+    }
 }
 
 /// Flattens libcontainer's error chain into one line.
@@ -78,24 +86,21 @@ impl Runtime for Embedded {
     }
 
     fn start(&self, id: &str) -> Result<(), RuntimeError> {
-        let mut c = self.load(id, "start")?.ok_or_else(|| RuntimeError::Failed {
-            runtime: "embedded",
-            op: "start",
-            message: format!("container {id} does not exist"),
-        })?;
-        c.start().map_err(|e| failed("start", e))
+        self.existing(id, "start")?.start().map_err(|e| failed("start", e))
     }
 
     fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), RuntimeError> {
-        let Some(mut c) = self.load(id, "kill")? else {
-            return Err(RuntimeError::Failed {
-                runtime: "embedded",
-                op: "kill",
-                message: format!("container {id} does not exist"),
-            });
-        };
+        let mut c = self.existing(id, "kill")?;
         let sig = Signal::try_from(signal).map_err(|e| failed("kill", e))?;
         c.kill(sig, all).map_err(|e| failed("kill", e))
+    }
+
+    fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        self.existing(id, "pause")?.pause().map_err(|e| failed("pause", e))
+    }
+
+    fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        self.existing(id, "resume")?.resume().map_err(|e| failed("resume", e))
     }
 
     fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError> {

@@ -1,4 +1,4 @@
-//! Runs the runtime operations (create, start, kill) in a forked child of
+//! Runs the runtime operations (all but delete) in a forked child of
 //! the caller. The caller (a shim) then never executes most of the
 //! runtime's code itself, so its resident memory stays small while its
 //! container runs, and a crash inside container creation cannot take the
@@ -113,6 +113,14 @@ impl Runtime for Isolated {
 
     fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), RuntimeError> {
         in_child("kill", || unit(self.inner.kill(id, signal, all))).map(drop)
+    }
+
+    fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        in_child("pause", || unit(self.inner.pause(id))).map(drop)
+    }
+
+    fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        in_child("resume", || unit(self.inner.resume(id))).map(drop)
     }
 
     // Delete is the shim's last act before it exits: its memory no longer

@@ -30,6 +30,10 @@ pub trait Runtime: Send + Sync {
     fn create(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<u32, RuntimeError>;
     fn start(&self, id: &str) -> Result<(), RuntimeError>;
     fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), RuntimeError>;
+    /// Freezes every process of the container (SPEC B11).
+    fn pause(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Thaws a paused container.
+    fn resume(&self, id: &str) -> Result<(), RuntimeError>;
     /// Removes the container's runtime state and cgroup. Deleting a
     /// container the runtime does not know is not an error.
     fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError>;

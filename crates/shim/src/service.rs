@@ -33,6 +33,7 @@ struct InitTask {
     bundle: PathBuf,
     pid: u32,
     started: bool,
+    paused: bool,
     stdout: String,
     stderr: String,
     cgroup: Option<String>,
@@ -158,8 +159,16 @@ impl Task for Shim {
                 return Err(internal(format!("watch init {pid}: {e}")));
             }
         };
-        *self.lock() =
-            Some(InitTask { bundle, pid, started: false, stdout: req.stdout, stderr: req.stderr, cgroup, exit });
+        *self.lock() = Some(InitTask {
+            bundle,
+            pid,
+            started: false,
+            paused: false,
+            stdout: req.stdout,
+            stderr: req.stderr,
+            cgroup,
+            exit,
+        });
         Ok(api::CreateTaskResponse { pid, ..Default::default() })
     }
 
@@ -183,10 +192,11 @@ impl Task for Shim {
         self.check(&req.id, &req.exec_id)?;
         self.with_task(|t| {
             let exited = t.exited();
-            let status = match (exited, t.started) {
-                (Some(_), _) => Status::STOPPED,
-                (None, true) => Status::RUNNING,
-                (None, false) => Status::CREATED,
+            let status = match (exited, t.started, t.paused) {
+                (Some(_), _, _) => Status::STOPPED,
+                (None, true, true) => Status::PAUSED,
+                (None, true, false) => Status::RUNNING,
+                (None, false, _) => Status::CREATED,
             };
             let (exit_status, exited_at) = exit_fields(exited);
             Ok(api::StateResponse {
@@ -205,9 +215,9 @@ impl Task for Shim {
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {
         self.check(&req.id, &req.exec_id)?;
-        let pid = self.with_task(|t| match t.exited() {
+        let (pid, paused) = self.with_task(|t| match t.exited() {
             Some(_) => Err(to_ttrpc(Code::NotFound, format!("process of container {} already finished", req.id))),
-            None => Ok(t.pid),
+            None => Ok((t.pid, t.paused)),
         })?;
         let signal = i32::try_from(req.signal).map_err(|_| to_ttrpc(Code::InvalidArgument, "bad signal"))?;
         if req.all {
@@ -220,6 +230,46 @@ impl Task for Shim {
                 e => internal(format!("kill {pid}: {e}")),
             })?;
         }
+        // Frozen processes on cgroup v1 only die once thawed. runc and
+        // libcontainer thaw by themselves when killing all with SIGKILL, so
+        // an "already thawed" answer is fine.
+        if paused && signal == libc::SIGKILL {
+            if let Err(e) = self.runtime.resume(&req.id) {
+                tracing::debug!(id = %req.id, "thaw after SIGKILL: {e}");
+            }
+            self.with_task(|t| {
+                t.paused = false;
+                Ok(())
+            })?;
+        }
+        Ok(Empty::new())
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
+        self.check(&req.id, "")?;
+        self.with_task(|t| match (t.started, t.paused, t.exited()) {
+            (true, false, None) => Ok(()),
+            _ => Err(to_ttrpc(Code::FailedPrecondition, format!("container {} is not running", req.id))),
+        })?;
+        self.runtime.pause(&req.id).map_err(|e| to_ttrpc(e.code(), e))?;
+        self.with_task(|t| {
+            t.paused = true;
+            Ok(())
+        })?;
+        Ok(Empty::new())
+    }
+
+    async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
+        self.check(&req.id, "")?;
+        self.with_task(|t| match (t.paused, t.exited()) {
+            (true, None) => Ok(()),
+            _ => Err(to_ttrpc(Code::FailedPrecondition, format!("container {} is not paused", req.id))),
+        })?;
+        self.runtime.resume(&req.id).map_err(|e| to_ttrpc(e.code(), e))?;
+        self.with_task(|t| {
+            t.paused = false;
+            Ok(())
+        })?;
         Ok(Empty::new())
     }
 

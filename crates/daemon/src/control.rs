@@ -1,0 +1,61 @@
+//! Control of a running container through its shim: pause and resume
+//! (SPEC B11) and the process list (SPEC B13).
+
+use berth_model::{ContainerId, Namespace, Op, State};
+use berth_store::ContainerRecord;
+
+use crate::error::{Error, Result};
+use crate::events::Kind;
+use crate::manager::Manager;
+
+/// One process of a container.
+pub struct Process {
+    pub pid: u32,
+    pub exec_id: String,
+    pub command: Vec<String>,
+}
+
+fn cmdline(pid: u32) -> Vec<String> {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+        })
+        .unwrap_or_default()
+}
+
+impl Manager {
+    pub async fn pause(&self, ns: &Namespace, id: &ContainerId) -> Result<ContainerRecord> {
+        self.shim_transition(ns, id, Op::Pause, Kind::Pause).await
+    }
+
+    pub async fn resume(&self, ns: &Namespace, id: &ContainerId) -> Result<ContainerRecord> {
+        self.shim_transition(ns, id, Op::Resume, Kind::Resume).await
+    }
+
+    /// Checks the transition, has the shim carry it out, then records it.
+    async fn shim_transition(&self, ns: &Namespace, id: &ContainerId, op: Op, kind: Kind) -> Result<ContainerRecord> {
+        self.get(ns, id)?.state.apply(op)?;
+        let entry = self.entry(ns, id)?;
+        let _op = entry.op.lock().await;
+        self.get(ns, id)?.state.apply(op)?;
+        match op {
+            Op::Pause => entry.shim.pause(id).await?,
+            _ => entry.shim.resume(id).await?,
+        }
+        let rec = self.update(ns, id, |r| {
+            r.state = r.state.apply(op)?;
+            Ok(())
+        })?;
+        self.events.publish(kind, ns, id, rec.pid, None);
+        Ok(rec)
+    }
+
+    pub async fn top(&self, ns: &Namespace, id: &ContainerId) -> Result<Vec<Process>> {
+        let rec = self.get(ns, id)?;
+        if !matches!(rec.state, State::Created | State::Running | State::Paused) {
+            return Err(Error::FailedPrecondition(format!("container {id} is {}: it has no processes", rec.state)));
+        }
+        let pids = self.entry(ns, id)?.shim.pids(id).await?;
+        Ok(pids.into_iter().map(|pid| Process { pid, exec_id: String::new(), command: cmdline(pid) }).collect())
+    }
+}
