@@ -89,11 +89,12 @@ pub async fn run(c: &mut Client, a: CreateArgs, rm: bool, detach: bool) -> Resul
     }
     let logs = c
         .containers
-        .logs(pb::LogsRequest { namespace: c.namespace.clone(), id: id.clone(), follow: true })
+        .logs(pb::LogsRequest { namespace: c.namespace.clone(), id: id.clone(), follow: true, exec_id: String::new() })
         .await?
         .into_inner();
     let printer = tokio::spawn(copy_logs(logs));
-    let forwarder = tokio::spawn(forward_signals(c.containers.clone(), cref(c, &id)));
+    let target = KillTarget { namespace: c.namespace.clone(), id: id.clone(), exec_id: String::new() };
+    let forwarder = tokio::spawn(forward_signals(c.containers.clone(), target));
     let exit = c.containers.wait(cref(c, &id)).await;
     forwarder.abort();
     let _ = printer.await;
@@ -104,10 +105,18 @@ pub async fn run(c: &mut Client, a: CreateArgs, rm: bool, detach: bool) -> Resul
     Ok(exit.code as i32)
 }
 
-/// Ctrl-C and SIGTERM to `berth run` go to the container.
+/// The process signals are forwarded to.
+struct KillTarget {
+    namespace: String,
+    id: String,
+    exec_id: String,
+}
+
+/// Ctrl-C and SIGTERM to `berth run` / `berth exec` go to the container's
+/// process.
 async fn forward_signals(
     mut api: berth_api::v1::containers_client::ContainersClient<tonic::transport::Channel>,
-    r: pb::ContainerRef,
+    r: KillTarget,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
@@ -118,7 +127,13 @@ async fn forward_signals(
             _ = int.recv() => Signal::SIGINT as u32,
             _ = term.recv() => Signal::SIGTERM as u32,
         };
-        let req = pb::KillRequest { namespace: r.namespace.clone(), id: r.id.clone(), signal: sig, all: false };
+        let req = pb::KillRequest {
+            namespace: r.namespace.clone(),
+            id: r.id.clone(),
+            signal: sig,
+            all: false,
+            exec_id: r.exec_id.clone(),
+        };
         let _ = api.kill(req).await;
     }
 }
@@ -168,10 +183,64 @@ pub async fn inspect(c: &mut Client, id: String, json: bool) -> Result<i32, Fail
     Ok(0)
 }
 
-pub async fn kill(c: &mut Client, id: String, signal: &str, all: bool) -> Result<i32, Failure> {
+pub async fn kill(
+    c: &mut Client,
+    id: String,
+    exec_id: Option<String>,
+    signal: &str,
+    all: bool,
+) -> Result<i32, Failure> {
     let signal = parse_signal(signal)?;
-    c.containers.kill(pb::KillRequest { namespace: c.namespace.clone(), id, signal, all }).await?;
+    let exec_id = exec_id.unwrap_or_default();
+    c.containers.kill(pb::KillRequest { namespace: c.namespace.clone(), id, signal, all, exec_id }).await?;
     Ok(0)
+}
+
+pub struct ExecArgs {
+    pub exec_id: Option<String>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub container: String,
+    pub cmd: Vec<String>,
+}
+
+fn parse_user(u: &str) -> Result<(u32, Option<u32>), Failure> {
+    let bad = || Failure::new(format!("user {u:?} is not UID[:GID] (numeric)"));
+    let (uid, gid) = match u.split_once(':') {
+        Some((a, b)) => (a, Some(b)),
+        None => (u, None),
+    };
+    let uid = uid.parse().map_err(|_| bad())?;
+    let gid = gid.map(|g| g.parse().map_err(|_| bad())).transpose()?;
+    Ok((uid, gid))
+}
+
+pub async fn exec(c: &mut Client, a: ExecArgs) -> Result<i32, Failure> {
+    let user = a.user.as_deref().map(parse_user).transpose()?;
+    let exec_id = a.exec_id.unwrap_or_else(random_id);
+    let req = pb::ExecRequest {
+        namespace: c.namespace.clone(),
+        id: a.container.clone(),
+        exec_id: exec_id.clone(),
+        args: a.cmd,
+        env: a.env,
+        cwd: a.workdir.unwrap_or_default(),
+        uid: user.map(|u| u.0),
+        gid: user.and_then(|u| u.1),
+    };
+    c.containers.exec(req).await?;
+    let r = pb::ExecRef { namespace: c.namespace.clone(), id: a.container.clone(), exec_id: exec_id.clone() };
+    let logs = pb::LogsRequest { namespace: c.namespace.clone(), id: a.container.clone(), follow: true, exec_id };
+    let printer = tokio::spawn(copy_logs(c.containers.logs(logs).await?.into_inner()));
+    let target = KillTarget { namespace: r.namespace.clone(), id: r.id.clone(), exec_id: r.exec_id.clone() };
+    let forwarder = tokio::spawn(forward_signals(c.containers.clone(), target));
+    let exit = c.containers.exec_wait(r.clone()).await;
+    forwarder.abort();
+    let _ = printer.await;
+    let exit = exit?.into_inner();
+    c.containers.exec_delete(r).await?;
+    Ok(exit.code as i32)
 }
 
 pub async fn wait(c: &mut Client, id: String) -> Result<i32, Failure> {
@@ -228,7 +297,8 @@ pub async fn top(c: &mut Client, id: String, json: bool) -> Result<i32, Failure>
 }
 
 pub async fn logs(c: &mut Client, id: String, follow: bool) -> Result<i32, Failure> {
-    let stream = c.containers.logs(pb::LogsRequest { namespace: c.namespace.clone(), id, follow }).await?.into_inner();
+    let req = pb::LogsRequest { namespace: c.namespace.clone(), id, follow, exec_id: String::new() };
+    let stream = c.containers.logs(req).await?.into_inner();
     copy_logs(stream).await?;
     Ok(0)
 }

@@ -90,6 +90,9 @@ enum Command {
         signal: String,
         #[arg(long)]
         all: bool,
+        /// Signal this exec instead of init.
+        #[arg(long)]
+        exec_id: Option<String>,
         id: String,
     },
     /// Wait for a container to exit; print its exit code and exit with it.
@@ -101,6 +104,25 @@ enum Command {
         force: bool,
         #[arg(required = true)]
         ids: Vec<String>,
+    },
+    /// Run an extra command in a running container; stream its output and
+    /// exit with its code.
+    Exec {
+        /// Exec id, unique within the container (default: a random one).
+        #[arg(long)]
+        exec_id: Option<String>,
+        /// Environment variable KEY=VALUE (repeatable).
+        #[arg(short = 'e', long = "env")]
+        env: Vec<String>,
+        /// Working directory inside the container.
+        #[arg(short = 'w', long = "workdir")]
+        workdir: Option<String>,
+        /// User: UID[:GID].
+        #[arg(short = 'u', long)]
+        user: Option<String>,
+        container: String,
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
     },
     /// Freeze every process of running containers.
     Pause {
@@ -166,7 +188,11 @@ async fn dispatch(cli: Cli) -> Result<i32, client::Failure> {
         Command::Start { ids } => cmd::start(&mut c, ids).await,
         Command::Ps { all, all_namespaces, json } => cmd::ps(&mut c, all, all_namespaces, json).await,
         Command::Inspect { id, json } => cmd::inspect(&mut c, id, json).await,
-        Command::Kill { signal, all, id } => cmd::kill(&mut c, id, &signal, all).await,
+        Command::Kill { signal, all, exec_id, id } => cmd::kill(&mut c, id, exec_id, &signal, all).await,
+        Command::Exec { exec_id, env, workdir, user, container, cmd: argv } => {
+            let e = cmd::ExecArgs { exec_id, env, workdir, user, container, cmd: argv };
+            cmd::exec(&mut c, e).await
+        }
         Command::Wait { id } => cmd::wait(&mut c, id).await,
         Command::Rm { force, ids } => cmd::rm(&mut c, ids, force).await,
         Command::Logs { follow, id } => cmd::logs(&mut c, id, follow).await,

@@ -53,12 +53,14 @@ pub fn event_json(e: &pb::Event) -> Value {
         "timestamp_ns": e.timestamp_ns,
         "pid": e.pid,
         "exit": exit_json(&e.exit),
+        "exec_id": e.exec_id,
     })
 }
 
 pub fn event_line(e: &pb::Event) -> String {
     let exit = e.exit.as_ref().map(|x| format!(" exit={}", x.code)).unwrap_or_default();
-    format!("{:>6} {:<7} {}/{} pid={}{exit}", e.seq, e.r#type, e.namespace, e.id, e.pid)
+    let exec = if e.exec_id.is_empty() { String::new() } else { format!(" exec={}", e.exec_id) };
+    format!("{:>6} {:<12} {}/{}{exec} pid={}{exit}", e.seq, e.r#type, e.namespace, e.id, e.pid)
 }
 
 fn truncate(s: &str, n: usize) -> String {

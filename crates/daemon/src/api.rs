@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::create::CreateParams;
 use crate::error::Error;
 use crate::events::Event;
+use crate::exec::ExecParams;
 use crate::logs;
 use crate::manager::Manager;
 
@@ -77,6 +78,7 @@ fn event_pb(e: Event) -> pb::Event {
         timestamp_ns: e.timestamp_ns,
         pid: e.pid,
         exit: e.exit.map(exit_pb),
+        exec_id: e.exec_id,
     }
 }
 
@@ -125,7 +127,7 @@ impl pb::containers_server::Containers for Api {
     async fn kill(&self, req: Request<pb::KillRequest>) -> Result<Response<pb::Empty>, Status> {
         let r = req.into_inner();
         let (ns, id) = key(&r.namespace, &r.id)?;
-        self.mgr.kill(&ns, &id, r.signal, r.all).await.map_err(status)?;
+        self.mgr.kill(&ns, &id, &r.exec_id, r.signal, r.all).await.map_err(status)?;
         Ok(Response::new(pb::Empty {}))
     }
 
@@ -162,14 +164,41 @@ impl pb::containers_server::Containers for Api {
         Ok(Response::new(pb::TopResponse { processes }))
     }
 
+    async fn exec(&self, req: Request<pb::ExecRequest>) -> Result<Response<pb::ExecResponse>, Status> {
+        let r = req.into_inner();
+        let (ns, id) = key(&r.namespace, &r.id)?;
+        let params = ExecParams { exec_id: r.exec_id, args: r.args, env: r.env, cwd: r.cwd, uid: r.uid, gid: r.gid };
+        let pid = self.mgr.exec(&ns, &id, params).await.map_err(status)?;
+        Ok(Response::new(pb::ExecResponse { pid }))
+    }
+
+    async fn exec_wait(&self, req: Request<pb::ExecRef>) -> Result<Response<pb::ExitStatus>, Status> {
+        let r = req.into_inner();
+        let (ns, id) = key(&r.namespace, &r.id)?;
+        Ok(Response::new(exit_pb(self.mgr.exec_wait(&ns, &id, &r.exec_id).await.map_err(status)?)))
+    }
+
+    async fn exec_delete(&self, req: Request<pb::ExecRef>) -> Result<Response<pb::ExitStatus>, Status> {
+        let r = req.into_inner();
+        let (ns, id) = key(&r.namespace, &r.id)?;
+        Ok(Response::new(exit_pb(self.mgr.exec_delete(&ns, &id, &r.exec_id).await.map_err(status)?)))
+    }
+
     type LogsStream = BoxStream<pb::LogChunk>;
 
     async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
         let r = req.into_inner();
         let (ns, id) = key(&r.namespace, &r.id)?;
         let rec = self.mgr.get(&ns, &id).map_err(status)?;
-        let exit = if r.follow { self.mgr.entry(&ns, &id).ok().map(|e| e.exit.subscribe()) } else { None };
-        let rx = logs::stream(rec.stdout, rec.stderr, exit);
+        let rx = if r.exec_id.is_empty() {
+            let exit = if r.follow { self.mgr.entry(&ns, &id).ok().map(|e| e.exit.subscribe()) } else { None };
+            logs::stream(rec.stdout, rec.stderr, exit)
+        } else {
+            let entry = self.mgr.entry(&ns, &id).map_err(status)?;
+            let info = self.mgr.exec_info(&entry, &r.exec_id).map_err(status)?;
+            let exit = r.follow.then(|| info.exit.subscribe());
+            logs::stream(info.stdout.clone(), info.stderr.clone(), exit)
+        };
         let out = tokio_stream::StreamExt::map(ReceiverStream::new(rx), |(s, data)| {
             let stream = match s {
                 logs::Stream::Stdout => pb::Stream::Stdout,

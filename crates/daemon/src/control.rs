@@ -55,7 +55,15 @@ impl Manager {
         if !matches!(rec.state, State::Created | State::Running | State::Paused) {
             return Err(Error::FailedPrecondition(format!("container {id} is {}: it has no processes", rec.state)));
         }
-        let pids = self.entry(ns, id)?.shim.pids(id).await?;
-        Ok(pids.into_iter().map(|pid| Process { pid, exec_id: String::new(), command: cmdline(pid) }).collect())
+        let entry = self.entry(ns, id)?;
+        let pids = entry.shim.pids(id).await?;
+        let execs = self.exec_pids(&entry);
+        Ok(pids
+            .into_iter()
+            .map(|pid| {
+                let exec_id = execs.iter().find(|(p, _)| *p == pid).map(|(_, e)| e.clone()).unwrap_or_default();
+                Process { pid, exec_id, command: cmdline(pid) }
+            })
+            .collect())
     }
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use berth_model::{ContainerId, Namespace, State, runtime_name};
 use berth_store::{ContainerRecord, ShimInfo};
-use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 use crate::events::Kind;
@@ -96,7 +95,7 @@ impl Manager {
         let mut done = Vec::new();
         match self.allocate(&p, runtime, prepared, cgroup, &mut done).await {
             Ok((rec, client)) => {
-                let entry = Arc::new(Entry { shim: client, op: Default::default(), exit: watch::channel(None).0 });
+                let entry = Arc::new(Entry::new(client, None));
                 self.insert_entry(key.clone(), entry.clone());
                 self.spawn_monitor(key, entry);
                 self.events.publish(Kind::Create, &p.namespace, &p.id, rec.pid, None);
@@ -177,7 +176,7 @@ impl Manager {
     async fn release(&self, id: &ContainerId, done: Vec<Step>) {
         for step in done.into_iter().rev() {
             let result = match step {
-                Step::Task(c) => c.delete(id).await.map(drop),
+                Step::Task(c) => c.delete(id, "").await.map(drop),
                 Step::Shim(c) => {
                     let _ = c.shutdown(id).await;
                     c.reap(Duration::from_secs(5)).await;

@@ -99,13 +99,13 @@ impl Manager {
 async fn teardown_with_shim(e: &Entry, id: &ContainerId, kill: bool) -> Result<bool> {
     let gone = |err: &Error| err.code() == Code::Unavailable;
     if kill {
-        match e.shim.kill(id, libc::SIGKILL as u32, true).await {
+        match e.shim.kill(id, "", libc::SIGKILL as u32, true).await {
             Err(err) if gone(&err) => return Ok(false),
             Err(err) if err.code() != Code::NotFound => return Err(err),
             _ => wait_exit(e, id).await?,
         }
     }
-    match e.shim.delete(id).await {
+    match e.shim.delete(id, "").await {
         Ok(_) => wait_exit(e, id).await?,
         Err(err) if gone(&err) => return Ok(false),
         // Already deleted by an earlier, interrupted attempt.

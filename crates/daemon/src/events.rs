@@ -1,6 +1,7 @@
 //! The event bus (SPEC B22): typed, timestamped, sequence-numbered records of
 //! every state change, fanned out to subscribers.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use berth_model::{ContainerId, ExitStatus, Namespace};
@@ -13,6 +14,8 @@ pub enum Kind {
     Exit,
     Pause,
     Resume,
+    ExecAdded,
+    ExecStarted,
     Delete,
 }
 
@@ -24,6 +27,8 @@ impl Kind {
             Kind::Exit => "exit",
             Kind::Pause => "pause",
             Kind::Resume => "resume",
+            Kind::ExecAdded => "exec-added",
+            Kind::ExecStarted => "exec-started",
             Kind::Delete => "delete",
         }
     }
@@ -35,29 +40,46 @@ pub struct Event {
     pub kind: Kind,
     pub namespace: Namespace,
     pub id: ContainerId,
+    /// Empty unless the event is about an exec.
+    pub exec_id: String,
     pub timestamp_ns: u64,
     pub pid: u32,
     pub exit: Option<ExitStatus>,
 }
 
+/// Cheap to clone: clones publish into the same stream and sequence.
+#[derive(Clone)]
 pub struct Bus {
     tx: broadcast::Sender<Event>,
-    seq: AtomicU64,
+    seq: Arc<AtomicU64>,
 }
 
 impl Default for Bus {
     fn default() -> Self {
-        Bus { tx: broadcast::channel(4096).0, seq: AtomicU64::new(0) }
+        Bus { tx: broadcast::channel(4096).0, seq: Arc::new(AtomicU64::new(0)) }
     }
 }
 
 impl Bus {
     pub fn publish(&self, kind: Kind, namespace: &Namespace, id: &ContainerId, pid: u32, exit: Option<ExitStatus>) {
+        self.publish_exec(kind, namespace, id, "", pid, exit)
+    }
+
+    pub fn publish_exec(
+        &self,
+        kind: Kind,
+        namespace: &Namespace,
+        id: &ContainerId,
+        exec_id: &str,
+        pid: u32,
+        exit: Option<ExitStatus>,
+    ) {
         let ev = Event {
             seq: self.seq.fetch_add(1, Ordering::SeqCst) + 1,
             kind,
             namespace: namespace.clone(),
             id: id.clone(),
+            exec_id: exec_id.to_string(),
             timestamp_ns: crate::now_ns(),
             pid,
             exit,

@@ -9,6 +9,7 @@ mod create;
 mod delete;
 mod error;
 mod events;
+mod exec;
 mod logs;
 mod manager;
 mod shim;

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::events::{Bus, Kind};
+use crate::exec::ExecInfo;
 use crate::shim::{self, ShimClient};
 
 pub type Key = (Namespace, ContainerId);
@@ -25,6 +26,14 @@ pub struct Entry {
     /// Serialises user operations on this container.
     pub op: tokio::sync::Mutex<()>,
     pub exit: watch::Sender<Option<ExitStatus>>,
+    /// Exec processes by exec id (kept in memory, like the shim's).
+    pub execs: Mutex<HashMap<String, Arc<ExecInfo>>>,
+}
+
+impl Entry {
+    pub fn new(shim: ShimClient, exit: Option<ExitStatus>) -> Entry {
+        Entry { shim, op: Default::default(), exit: watch::channel(exit).0, execs: Mutex::default() }
+    }
 }
 
 pub struct Manager {
@@ -39,7 +48,7 @@ pub struct Manager {
     records: Mutex<()>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -98,11 +107,11 @@ impl Manager {
         let entry = self.entry(ns, id)?;
         let _op = entry.op.lock().await;
         self.get(ns, id)?.state.apply(Op::Start)?;
-        let started = tokio::time::timeout(self.cfg.start_timeout, entry.shim.start(id)).await;
+        let started = tokio::time::timeout(self.cfg.start_timeout, entry.shim.start(id, "")).await;
         let pid = match started {
             Ok(r) => r?,
             Err(_) => {
-                let _ = entry.shim.kill(id, libc::SIGKILL as u32, true).await;
+                let _ = entry.shim.kill(id, "", libc::SIGKILL as u32, true).await;
                 return Err(Error::DeadlineExceeded(format!(
                     "start of {id} did not complete within {:?}; it was killed",
                     self.cfg.start_timeout
@@ -121,15 +130,21 @@ impl Manager {
         Ok(rec)
     }
 
-    pub async fn kill(&self, ns: &Namespace, id: &ContainerId, signal: u32, all: bool) -> Result<()> {
+    /// Signals init, or the exec `exec_id` when it is not empty (SPEC B7).
+    pub async fn kill(&self, ns: &Namespace, id: &ContainerId, exec_id: &str, signal: u32, all: bool) -> Result<()> {
         if signal == 0 || signal > 64 {
             return Err(Error::InvalidArgument(format!("invalid signal {signal}")));
         }
         let rec = self.get(ns, id)?;
+        if !exec_id.is_empty() {
+            let entry = self.entry(ns, id)?;
+            self.exec_info(&entry, exec_id)?;
+            return entry.shim.kill(id, exec_id, signal, all).await;
+        }
         if matches!(rec.state, State::Stopped | State::Deleted) {
             return Err(Error::Finished(id.to_string()));
         }
-        self.entry(ns, id)?.shim.kill(id, signal, all).await
+        self.entry(ns, id)?.shim.kill(id, "", signal, all).await
     }
 
     /// Waits for init to exit; every caller gets the same status (SPEC B5).
@@ -152,7 +167,7 @@ impl Manager {
         let mgr = self.clone();
         tokio::spawn(async move {
             let (ns, id) = &key;
-            let status = match entry.shim.wait(id).await {
+            let status = match entry.shim.wait(id, "").await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(%ns, %id, "lost shim while waiting: {e}");
@@ -185,8 +200,7 @@ impl Manager {
             let key = (rec.namespace.clone(), rec.id.clone());
             match shim::connect(&rec.shim.socket, rec.shim.pid).await {
                 Ok(client) => {
-                    let entry =
-                        Arc::new(Entry { shim: client, op: Default::default(), exit: watch::channel(rec.exit).0 });
+                    let entry = Arc::new(Entry::new(client, rec.exit));
                     self.insert_entry(key.clone(), entry.clone());
                     if rec.exit.is_none() {
                         self.spawn_monitor(key, entry);

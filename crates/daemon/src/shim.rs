@@ -160,26 +160,52 @@ impl ShimClient {
         Ok(self.task.create(ctx(), &req).await.map_err(shim_err)?.pid)
     }
 
-    pub async fn start(&self, id: &ContainerId) -> Result<u32> {
-        let req = api::StartRequest { id: id.to_string(), ..Default::default() };
+    /// Registers an exec from an OCI process JSON; `start` runs it.
+    pub async fn exec(
+        &self,
+        id: &ContainerId,
+        exec_id: &str,
+        stdout: &Path,
+        stderr: &Path,
+        spec: Vec<u8>,
+    ) -> Result<()> {
+        let mut any = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
+        any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".to_string();
+        any.value = spec;
+        let req = api::ExecProcessRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            stdout: stdout.to_string_lossy().into_owned(),
+            stderr: stderr.to_string_lossy().into_owned(),
+            spec: Some(any).into(),
+            ..Default::default()
+        };
+        self.task.exec(ctx(), &req).await.map_err(shim_err)?;
+        Ok(())
+    }
+
+    /// Starts init (`exec_id` empty) or an exec.
+    pub async fn start(&self, id: &ContainerId, exec_id: &str) -> Result<u32> {
+        let req = api::StartRequest { id: id.to_string(), exec_id: exec_id.to_string(), ..Default::default() };
         Ok(self.task.start(ctx(), &req).await.map_err(shim_err)?.pid)
     }
 
-    pub async fn kill(&self, id: &ContainerId, signal: u32, all: bool) -> Result<()> {
-        let req = api::KillRequest { id: id.to_string(), signal, all, ..Default::default() };
+    pub async fn kill(&self, id: &ContainerId, exec_id: &str, signal: u32, all: bool) -> Result<()> {
+        let req =
+            api::KillRequest { id: id.to_string(), exec_id: exec_id.to_string(), signal, all, ..Default::default() };
         self.task.kill(ctx(), &req).await.map_err(shim_err)?;
         Ok(())
     }
 
-    /// Blocks until init exits.
-    pub async fn wait(&self, id: &ContainerId) -> Result<ExitStatus> {
-        let req = api::WaitRequest { id: id.to_string(), ..Default::default() };
+    /// Blocks until init (or an exec) exits.
+    pub async fn wait(&self, id: &ContainerId, exec_id: &str) -> Result<ExitStatus> {
+        let req = api::WaitRequest { id: id.to_string(), exec_id: exec_id.to_string(), ..Default::default() };
         let r = self.task.wait(context::with_timeout(0), &req).await.map_err(shim_err)?;
         Ok(exit_of(r.exit_status, r.exited_at.as_ref()))
     }
 
-    pub async fn delete(&self, id: &ContainerId) -> Result<ExitStatus> {
-        let req = api::DeleteRequest { id: id.to_string(), ..Default::default() };
+    pub async fn delete(&self, id: &ContainerId, exec_id: &str) -> Result<ExitStatus> {
+        let req = api::DeleteRequest { id: id.to_string(), exec_id: exec_id.to_string(), ..Default::default() };
         let r = self.task.delete(ctx(), &req).await.map_err(shim_err)?;
         Ok(exit_of(r.exit_status, r.exited_at.as_ref()))
     }

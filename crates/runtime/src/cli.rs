@@ -30,6 +30,25 @@ impl CliRuntime {
         cmd
     }
 
+    /// Runs a command whose stdio the container process inherits. runc
+    /// reports its own errors through the JSON log, so fd 2 can be the
+    /// container's stderr.
+    fn run_with_stdio(&self, op: &'static str, id: &str, mut cmd: Command, stdio: Stdio) -> Result<(), RuntimeError> {
+        cmd.stdin(stdio.stdin.map(ProcStdio::from).unwrap_or_else(ProcStdio::null));
+        cmd.stdout(stdio.stdout.map(ProcStdio::from).unwrap_or_else(ProcStdio::null));
+        cmd.stderr(stdio.stderr.map(ProcStdio::from).unwrap_or_else(ProcStdio::null));
+        self.run(op, id, cmd, false)
+    }
+
+    fn read_pid(&self, pid_file: &Path, op: &'static str) -> Result<u32, RuntimeError> {
+        let text = fs::read_to_string(pid_file).map_err(|e| RuntimeError::io("read pid file", e))?;
+        text.trim().parse::<u32>().map_err(|e| RuntimeError::Failed {
+            runtime: self.binary,
+            op,
+            message: format!("bad pid file: {e}"),
+        })
+    }
+
     /// `<runtime> <op> <id>`.
     fn simple(&self, op: &'static str, id: &str) -> Result<(), RuntimeError> {
         let mut cmd = self.command(id);
@@ -97,23 +116,20 @@ impl Runtime for CliRuntime {
         let pid_file = self.root.join(format!("{id}.pid"));
         let mut cmd = self.command(id);
         cmd.arg("create").arg("--bundle").arg(bundle).arg("--pid-file").arg(&pid_file).arg(id);
-        cmd.stdin(stdio.stdin.map(ProcStdio::from).unwrap_or_else(ProcStdio::null));
-        cmd.stdout(stdio.stdout.map(ProcStdio::from).unwrap_or_else(ProcStdio::null));
-        // runc reports its own errors through the JSON log, so fd 2 can be
-        // the container's stderr.
-        cmd.stderr(stdio.stderr.map(ProcStdio::from).unwrap_or_else(ProcStdio::null));
-        let result = self.run("create", id, cmd, false).and_then(|()| {
-            let text = fs::read_to_string(&pid_file).map_err(|e| RuntimeError::io("read runc pid file", e))?;
-            text.trim().parse::<u32>().map_err(|e| RuntimeError::Failed {
-                runtime: self.binary,
-                op: "create",
-                message: format!("bad pid file: {e}"),
-            })
-        });
+        let result = self.run_with_stdio("create", id, cmd, stdio).and_then(|()| self.read_pid(&pid_file, "create"));
         let _ = fs::remove_file(&pid_file);
         if result.is_err() {
             let _ = self.delete(id, true);
         }
+        result
+    }
+
+    fn exec(&self, id: &str, process: &Path, stdio: Stdio) -> Result<u32, RuntimeError> {
+        let pid_file = process.with_extension("pid");
+        let mut cmd = self.command(id);
+        cmd.arg("exec").arg("--detach").arg("--pid-file").arg(&pid_file).arg("--process").arg(process).arg(id);
+        let result = self.run_with_stdio("exec", id, cmd, stdio).and_then(|()| self.read_pid(&pid_file, "exec"));
+        let _ = fs::remove_file(&pid_file);
         result
     }
 

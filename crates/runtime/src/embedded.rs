@@ -26,6 +26,22 @@ impl Embedded {
         Container::load(dir).map(Some).map_err(|e| failed(op, e))
     }
 
+    fn builder(&self, id: &str, stdio: Stdio) -> Result<ContainerBuilder, RuntimeError> {
+        let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
+            .with_root_path(&self.root)
+            .map_err(|e| failed("create", e))?;
+        if let Some(fd) = stdio.stdin {
+            builder = builder.with_stdin(fd);
+        }
+        if let Some(fd) = stdio.stdout {
+            builder = builder.with_stdout(fd);
+        }
+        if let Some(fd) = stdio.stderr {
+            builder = builder.with_stderr(fd);
+        }
+        Ok(builder)
+    }
+
     fn existing(&self, id: &str, op: &'static str) -> Result<Container, RuntimeError> {
         self.load(id, op)?.ok_or_else(|| RuntimeError::Failed {
             runtime: "embedded",
@@ -83,6 +99,17 @@ impl Runtime for Embedded {
                 Err(err)
             }
         }
+    }
+
+    fn exec(&self, id: &str, process: &Path, stdio: Stdio) -> Result<u32, RuntimeError> {
+        let pid = self
+            .builder(id, stdio)?
+            .as_tenant()
+            .with_process(Some(process))
+            .with_detach(true)
+            .build()
+            .map_err(|e| failed("exec", e))?;
+        Ok(pid.as_raw() as u32)
     }
 
     fn start(&self, id: &str) -> Result<(), RuntimeError> {

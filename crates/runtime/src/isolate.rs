@@ -107,6 +107,10 @@ impl Runtime for Isolated {
         in_child("create", || self.inner.create(id, bundle, Stdio { stdin, stdout, stderr }))
     }
 
+    fn exec(&self, id: &str, process: &Path, stdio: Stdio) -> Result<u32, RuntimeError> {
+        in_child("exec", || self.inner.exec(id, process, stdio))
+    }
+
     fn start(&self, id: &str) -> Result<(), RuntimeError> {
         in_child("start", || unit(self.inner.start(id))).map(drop)
     }

@@ -29,6 +29,9 @@ pub trait Runtime: Send + Sync {
     /// Creates the container (init waiting to exec) and returns init's pid.
     fn create(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<u32, RuntimeError>;
     fn start(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Starts an extra process in the running container, described by an
+    /// OCI process JSON file (SPEC B6), and returns its pid.
+    fn exec(&self, id: &str, process: &Path, stdio: Stdio) -> Result<u32, RuntimeError>;
     fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), RuntimeError>;
     /// Freezes every process of the container (SPEC B11).
     fn pause(&self, id: &str) -> Result<(), RuntimeError>;

@@ -8,6 +8,7 @@
 //! `--cleanup BUNDLE` (no listener; prints the recorded exit as JSON).
 
 mod cleanup;
+mod exec;
 mod process;
 mod reaper;
 mod service;

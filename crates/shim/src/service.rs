@@ -2,6 +2,7 @@
 //! now). Each handler checks the request against the task's state, calls the
 //! runtime, and answers; exits come from the watcher in `process.rs`.
 
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -24,13 +25,14 @@ use nix::unistd::Pid;
 use tokio::sync::{Notify, watch};
 
 use crate::cleanup::{cgroup_of, kill_leftovers};
+use crate::exec::ExecProc;
 use crate::process;
 use crate::reaper::Tracked;
 
 type TtrpcResult<T> = ttrpc::Result<T>;
 
-struct InitTask {
-    bundle: PathBuf,
+pub(crate) struct InitTask {
+    pub(crate) bundle: PathBuf,
     pid: u32,
     started: bool,
     paused: bool,
@@ -38,19 +40,25 @@ struct InitTask {
     stderr: String,
     cgroup: Option<String>,
     exit: watch::Receiver<Option<ExitStatus>>,
+    pub(crate) execs: HashMap<String, ExecProc>,
 }
 
 impl InitTask {
-    fn exited(&self) -> Option<ExitStatus> {
+    pub(crate) fn exited(&self) -> Option<ExitStatus> {
         *self.exit.borrow()
+    }
+
+    /// Running: started, not paused, not exited.
+    pub(crate) fn running(&self) -> bool {
+        self.started && !self.paused && self.exited().is_none()
     }
 }
 
 pub struct Shim {
     namespace: String,
     id: String,
-    runtime: Arc<dyn Runtime>,
-    tracked: Tracked,
+    pub(crate) runtime: Arc<dyn Runtime>,
+    pub(crate) tracked: Tracked,
     task: Mutex<Option<InitTask>>,
     shutdown: Notify,
 }
@@ -67,6 +75,10 @@ impl Shim {
         }
     }
 
+    pub(crate) fn container_id(&self) -> &str {
+        &self.id
+    }
+
     pub fn processes(&self) -> Tracked {
         self.tracked.clone()
     }
@@ -79,19 +91,15 @@ impl Shim {
         self.task.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Checks the ids of a request: the container must be ours and, until
-    /// execs exist, the exec id empty.
-    fn check(&self, id: &str, exec_id: &str) -> TtrpcResult<()> {
+    /// Checks that a request names our container.
+    fn check(&self, id: &str) -> TtrpcResult<()> {
         if id != self.id {
             return Err(to_ttrpc(Code::NotFound, format!("container {id} is not served by this shim")));
-        }
-        if !exec_id.is_empty() {
-            return Err(to_ttrpc(Code::NotFound, format!("exec {exec_id} not found in container {id}")));
         }
         Ok(())
     }
 
-    fn with_task<T>(&self, f: impl FnOnce(&mut InitTask) -> TtrpcResult<T>) -> TtrpcResult<T> {
+    pub(crate) fn with_task<T>(&self, f: impl FnOnce(&mut InitTask) -> TtrpcResult<T>) -> TtrpcResult<T> {
         let mut guard = self.lock();
         match guard.as_mut() {
             Some(t) => f(t),
@@ -104,7 +112,7 @@ impl Shim {
     }
 }
 
-fn open_stdio(path: &str, write: bool) -> TtrpcResult<Option<OwnedFd>> {
+pub(crate) fn open_stdio(path: &str, write: bool) -> TtrpcResult<Option<OwnedFd>> {
     if path.is_empty() {
         return Ok(None);
     }
@@ -117,21 +125,21 @@ fn open_stdio(path: &str, write: bool) -> TtrpcResult<Option<OwnedFd>> {
     Ok(Some(f.into()))
 }
 
-fn exit_fields(status: Option<ExitStatus>) -> (u32, MessageField<Timestamp>) {
+pub(crate) fn exit_fields(status: Option<ExitStatus>) -> (u32, MessageField<Timestamp>) {
     match status {
         Some(s) => (s.code, Some(timestamp(s.exited_at_ns)).into()),
         None => (0, None.into()),
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> ttrpc::Error {
+pub(crate) fn internal(e: impl std::fmt::Display) -> ttrpc::Error {
     to_ttrpc(Code::Internal, e)
 }
 
 #[async_trait]
 impl Task for Shim {
     async fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
-        self.check(&req.id, "")?;
+        self.check(&req.id)?;
         if req.terminal {
             return Err(to_ttrpc(Code::InvalidArgument, "terminal stdio is not supported yet"));
         }
@@ -168,12 +176,17 @@ impl Task for Shim {
             stderr: req.stderr,
             cgroup,
             exit,
+            execs: HashMap::new(),
         });
         Ok(api::CreateTaskResponse { pid, ..Default::default() })
     }
 
     async fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
-        self.check(&req.id, &req.exec_id)?;
+        self.check(&req.id)?;
+        if !req.exec_id.is_empty() {
+            let pid = self.exec_start(&req.exec_id)?;
+            return Ok(api::StartResponse { pid, ..Default::default() });
+        }
         let pid = self.with_task(|t| {
             if t.started || t.exited().is_some() {
                 return Err(to_ttrpc(Code::FailedPrecondition, format!("container {} was already started", req.id)));
@@ -189,7 +202,10 @@ impl Task for Shim {
     }
 
     async fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
-        self.check(&req.id, &req.exec_id)?;
+        self.check(&req.id)?;
+        if !req.exec_id.is_empty() {
+            return self.exec_state(&req.id, &req.exec_id);
+        }
         self.with_task(|t| {
             let exited = t.exited();
             let status = match (exited, t.started, t.paused) {
@@ -214,7 +230,11 @@ impl Task for Shim {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {
-        self.check(&req.id, &req.exec_id)?;
+        self.check(&req.id)?;
+        if !req.exec_id.is_empty() {
+            self.exec_kill(&req.exec_id, req.signal, req.all)?;
+            return Ok(Empty::new());
+        }
         let (pid, paused) = self.with_task(|t| match t.exited() {
             Some(_) => Err(to_ttrpc(Code::NotFound, format!("process of container {} already finished", req.id))),
             None => Ok((t.pid, t.paused)),
@@ -245,11 +265,17 @@ impl Task for Shim {
         Ok(Empty::new())
     }
 
+    async fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
+        self.check(&req.id)?;
+        self.exec_add(req)?;
+        Ok(Empty::new())
+    }
+
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
-        self.check(&req.id, "")?;
-        self.with_task(|t| match (t.started, t.paused, t.exited()) {
-            (true, false, None) => Ok(()),
-            _ => Err(to_ttrpc(Code::FailedPrecondition, format!("container {} is not running", req.id))),
+        self.check(&req.id)?;
+        self.with_task(|t| match t.running() {
+            true => Ok(()),
+            false => Err(to_ttrpc(Code::FailedPrecondition, format!("container {} is not running", req.id))),
         })?;
         self.runtime.pause(&req.id).map_err(|e| to_ttrpc(e.code(), e))?;
         self.with_task(|t| {
@@ -260,7 +286,7 @@ impl Task for Shim {
     }
 
     async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
-        self.check(&req.id, "")?;
+        self.check(&req.id)?;
         self.with_task(|t| match (t.paused, t.exited()) {
             (true, None) => Ok(()),
             _ => Err(to_ttrpc(Code::FailedPrecondition, format!("container {} is not paused", req.id))),
@@ -274,14 +300,20 @@ impl Task for Shim {
     }
 
     async fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        self.check(&req.id, &req.exec_id)?;
-        let status = process::wait(self.exit_rx()?).await;
+        self.check(&req.id)?;
+        let rx = if req.exec_id.is_empty() { self.exit_rx()? } else { self.exec_exit_rx(&req.exec_id)? };
+        let status = process::wait(rx).await;
         let (exit_status, exited_at) = exit_fields(status);
         Ok(api::WaitResponse { exit_status, exited_at, ..Default::default() })
     }
 
     async fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
-        self.check(&req.id, &req.exec_id)?;
+        self.check(&req.id)?;
+        if !req.exec_id.is_empty() {
+            let (pid, status) = self.exec_delete(&req.exec_id)?;
+            let (exit_status, exited_at) = exit_fields(status);
+            return Ok(api::DeleteResponse { pid, exit_status, exited_at, ..Default::default() });
+        }
         let (pid, started, rx) = self.with_task(|t| Ok((t.pid, t.started, t.exit.clone())))?;
         let exited = *rx.borrow();
         if exited.is_none() && started {
@@ -301,7 +333,7 @@ impl Task for Shim {
     }
 
     async fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
-        self.check(&req.id, "")?;
+        self.check(&req.id)?;
         let (pid, cgroup, exited) = self.with_task(|t| Ok((t.pid, t.cgroup.clone(), t.exited())))?;
         let mut pids = match (cgroup, Hierarchies::detect()) {
             (Some(cg), Ok(h)) => h.procs(&cg).map_err(internal)?,
@@ -315,7 +347,7 @@ impl Task for Shim {
     }
 
     async fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
-        self.check(&req.id, "")?;
+        self.check(&req.id)?;
         let task_pid = self.lock().as_ref().map(|t| t.pid).unwrap_or(0);
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
@@ -326,7 +358,7 @@ impl Task for Shim {
     }
 
     async fn shutdown(&self, _ctx: &TtrpcContext, req: api::ShutdownRequest) -> TtrpcResult<Empty> {
-        self.check(&req.id, "")?;
+        self.check(&req.id)?;
         let live = self.lock().as_ref().is_some_and(|t| t.exited().is_none());
         if live && !req.now {
             return Err(to_ttrpc(Code::FailedPrecondition, format!("container {} still has a live task", req.id)));

@@ -1,0 +1,163 @@
+//! Exec (SPEC B6): extra processes in a running container, each with its
+//! own id, output files, exit watch and events (exec-added, exec-started,
+//! exit with the exec id). Execs live as long as their container and are
+//! not persisted, as in containerd.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use berth_model::{ContainerId, ExecId, ExitStatus, Namespace, State};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::events::Kind;
+use crate::manager::{Entry, Manager, lock};
+
+/// What to run.
+pub struct ExecParams {
+    pub exec_id: String,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+pub struct ExecInfo {
+    pub pid: u32,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    pub exit: watch::Sender<Option<ExitStatus>>,
+}
+
+fn invalid(msg: String) -> Error {
+    Error::InvalidArgument(msg)
+}
+
+/// The exec's OCI process: the container's own, with the request's args,
+/// env (merged by key), cwd and user.
+fn process_spec(bundle: &std::path::Path, p: &ExecParams) -> Result<Vec<u8>> {
+    let path = bundle.join("config.json");
+    let text = std::fs::read(&path).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+    let spec: Value = serde_json::from_slice(&text).map_err(|e| invalid(format!("container spec: {e}")))?;
+    let mut process = spec.get("process").cloned().unwrap_or_else(|| serde_json::json!({}));
+    process["args"] = serde_json::json!(p.args);
+    process["terminal"] = Value::Bool(false);
+    let mut env: Vec<String> = process["env"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    for kv in &p.env {
+        let Some((k, _)) = kv.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+            return Err(invalid(format!("env entry {kv:?} is not KEY=VALUE")));
+        };
+        env.retain(|e| e.split_once('=').map(|(ek, _)| ek) != Some(k));
+        env.push(kv.clone());
+    }
+    process["env"] = serde_json::json!(env);
+    if !p.cwd.is_empty() {
+        if !p.cwd.starts_with('/') {
+            return Err(invalid(format!("working directory {:?} must be absolute", p.cwd)));
+        }
+        process["cwd"] = Value::String(p.cwd.clone());
+    }
+    if let Some(uid) = p.uid {
+        process["user"]["uid"] = uid.into();
+        process["user"]["gid"] = p.gid.unwrap_or(uid).into();
+    }
+    serde_json::to_vec(&process).map_err(|e| invalid(format!("exec spec: {e}")))
+}
+
+impl Manager {
+    pub(crate) fn exec_info(&self, entry: &Entry, exec_id: &str) -> Result<Arc<ExecInfo>> {
+        lock(&entry.execs).get(exec_id).cloned().ok_or_else(|| Error::NotFound(format!("exec {exec_id}")))
+    }
+
+    /// Starts an exec and returns its pid.
+    pub async fn exec(&self, ns: &Namespace, id: &ContainerId, p: ExecParams) -> Result<u32> {
+        let exec_id = ExecId::new(p.exec_id.clone())?;
+        if p.args.is_empty() {
+            return Err(invalid("exec needs a command".into()));
+        }
+        let rec = self.get(ns, id)?;
+        if rec.state != State::Running {
+            return Err(Error::FailedPrecondition(format!("container {id} is {}: exec needs it running", rec.state)));
+        }
+        let spec = process_spec(&rec.bundle, &p)?;
+        let entry = self.entry(ns, id)?;
+        let logs = self.cfg.log_dir(ns, id);
+        let (stdout, stderr) =
+            (logs.join(format!("exec-{exec_id}.stdout.log")), logs.join(format!("exec-{exec_id}.stderr.log")));
+        {
+            let mut execs = lock(&entry.execs);
+            if execs.contains_key(exec_id.as_str()) {
+                return Err(Error::AlreadyExists(format!("exec {exec_id} in container {id}")));
+            }
+            let info =
+                ExecInfo { pid: 0, stdout: stdout.clone(), stderr: stderr.clone(), exit: watch::channel(None).0 };
+            execs.insert(exec_id.to_string(), Arc::new(info));
+        }
+        let started = async {
+            entry.shim.exec(id, exec_id.as_str(), &stdout, &stderr, spec).await?;
+            self.events.publish_exec(Kind::ExecAdded, ns, id, exec_id.as_str(), 0, None);
+            entry.shim.start(id, exec_id.as_str()).await
+        }
+        .await;
+        let pid = match started {
+            Ok(pid) => pid,
+            Err(e) => {
+                let _ = entry.shim.delete(id, exec_id.as_str()).await;
+                self.forget_exec(&entry, exec_id.as_str());
+                return Err(e);
+            }
+        };
+        let info = Arc::new(ExecInfo { pid, stdout, stderr, exit: watch::channel(None).0 });
+        lock(&entry.execs).insert(exec_id.to_string(), info.clone());
+        self.events.publish_exec(Kind::ExecStarted, ns, id, exec_id.as_str(), pid, None);
+        let (bus, shim, ns, id) = (self.events.clone(), entry.shim.clone(), ns.clone(), id.clone());
+        tokio::spawn(async move {
+            let status = shim
+                .wait(&id, exec_id.as_str())
+                .await
+                .unwrap_or(ExitStatus { code: berth_model::UNKNOWN_EXIT_CODE, exited_at_ns: crate::now_ns() });
+            bus.publish_exec(Kind::Exit, &ns, &id, exec_id.as_str(), pid, Some(status));
+            info.exit.send_replace(Some(status));
+        });
+        Ok(pid)
+    }
+
+    pub async fn exec_wait(&self, ns: &Namespace, id: &ContainerId, exec_id: &str) -> Result<ExitStatus> {
+        let info = self.exec_info(&*self.entry(ns, id)?, exec_id)?;
+        let mut rx = info.exit.subscribe();
+        let status = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| Error::FailedPrecondition(format!("exec {exec_id} was removed while waiting")))?;
+        Ok(status.unwrap_or(ExitStatus { code: berth_model::UNKNOWN_EXIT_CODE, exited_at_ns: 0 }))
+    }
+
+    /// Removes a finished exec and its output (SPEC B8).
+    pub async fn exec_delete(&self, ns: &Namespace, id: &ContainerId, exec_id: &str) -> Result<ExitStatus> {
+        let entry = self.entry(ns, id)?;
+        let info = self.exec_info(&entry, exec_id)?;
+        let Some(status) = *info.exit.borrow() else {
+            return Err(Error::FailedPrecondition(format!("exec {exec_id} is still running")));
+        };
+        entry.shim.delete(id, exec_id).await?;
+        self.forget_exec(&entry, exec_id);
+        Ok(status)
+    }
+
+    fn forget_exec(&self, entry: &Entry, exec_id: &str) {
+        if let Some(info) = lock(&entry.execs).remove(exec_id) {
+            let _ = std::fs::remove_file(&info.stdout);
+            let _ = std::fs::remove_file(&info.stderr);
+        }
+    }
+
+    /// Exec id of each exec pid, for `top`.
+    pub(crate) fn exec_pids(&self, entry: &Entry) -> Vec<(u32, String)> {
+        lock(&entry.execs).iter().map(|(k, v)| (v.pid, k.clone())).collect()
+    }
+}

@@ -1,0 +1,165 @@
+//! Exec processes (SPEC B6): extra processes started in a running
+//! container, each with its own exec id, stdio, pidfd watcher and exit file.
+//! The runtime starts them from an OCI process JSON written to the bundle.
+
+use std::path::PathBuf;
+
+use berth_model::{Code, ExecId, ExitStatus};
+use berth_runtime::Stdio;
+use berth_shim::to_ttrpc;
+use containerd_shim_protos::api::{self, Status};
+use containerd_shim_protos::ttrpc;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::sync::watch;
+
+use crate::process;
+use crate::service::{InitTask, Shim, exit_fields, internal, open_stdio};
+
+type TtrpcResult<T> = ttrpc::Result<T>;
+
+pub struct ExecProc {
+    spec: PathBuf,
+    stdout: String,
+    stderr: String,
+    /// 0 until started.
+    pid: u32,
+    exit: Option<watch::Receiver<Option<ExitStatus>>>,
+}
+
+impl ExecProc {
+    fn exited(&self) -> Option<ExitStatus> {
+        self.exit.as_ref().and_then(|rx| *rx.borrow())
+    }
+}
+
+fn not_found(exec_id: &str) -> ttrpc::Error {
+    to_ttrpc(Code::NotFound, format!("exec {exec_id} not found"))
+}
+
+fn get<'a>(t: &'a mut InitTask, exec_id: &str) -> TtrpcResult<&'a mut ExecProc> {
+    t.execs.get_mut(exec_id).ok_or_else(|| not_found(exec_id))
+}
+
+impl Shim {
+    /// Registers an exec; it runs on `Start`.
+    pub(crate) fn exec_add(&self, req: api::ExecProcessRequest) -> TtrpcResult<()> {
+        let exec_id = ExecId::new(req.exec_id.clone()).map_err(|e| to_ttrpc(e.code(), e))?;
+        if req.terminal {
+            return Err(to_ttrpc(Code::InvalidArgument, "terminal stdio is not supported yet"));
+        }
+        let spec = req.spec.as_ref().map(|a| a.value.clone()).unwrap_or_default();
+        serde_json::from_slice::<serde_json::Value>(&spec)
+            .map_err(|e| to_ttrpc(Code::InvalidArgument, format!("exec process spec: {e}")))?;
+        self.with_task(|t| {
+            if !t.running() {
+                return Err(to_ttrpc(Code::FailedPrecondition, format!("container {} is not running", req.id)));
+            }
+            if t.execs.contains_key(exec_id.as_str()) {
+                return Err(to_ttrpc(Code::AlreadyExists, format!("exec {exec_id} already exists")));
+            }
+            let path = t.bundle.join(format!("exec-{exec_id}.json"));
+            std::fs::write(&path, &spec).map_err(|e| internal(format!("write {}: {e}", path.display())))?;
+            let proc_ = ExecProc { spec: path, stdout: req.stdout, stderr: req.stderr, pid: 0, exit: None };
+            t.execs.insert(exec_id.to_string(), proc_);
+            Ok(())
+        })
+    }
+
+    pub(crate) fn exec_start(&self, exec_id: &str) -> TtrpcResult<u32> {
+        let (spec, stdout, stderr, bundle) = self.with_task(|t| {
+            if !t.running() {
+                return Err(to_ttrpc(Code::FailedPrecondition, "container is not running"));
+            }
+            let bundle = t.bundle.clone();
+            let e = get(t, exec_id)?;
+            if e.pid != 0 {
+                return Err(to_ttrpc(Code::FailedPrecondition, format!("exec {exec_id} was already started")));
+            }
+            Ok((e.spec.clone(), e.stdout.clone(), e.stderr.clone(), bundle))
+        })?;
+        let stdio = Stdio { stdin: None, stdout: open_stdio(&stdout, true)?, stderr: open_stdio(&stderr, true)? };
+        let id = self.container_id().to_string();
+        let pid = self.runtime.exec(&id, &spec, stdio).map_err(|e| to_ttrpc(e.code(), e))?;
+        let exit_file = bundle.join(format!("exec-{exec_id}.exit.json"));
+        let rx = process::watch(pid, exit_file, self.tracked.clone(), || {})
+            .map_err(|e| internal(format!("watch exec {pid}: {e}")))?;
+        self.with_task(|t| {
+            let e = get(t, exec_id)?;
+            e.pid = pid;
+            e.exit = Some(rx);
+            Ok(pid)
+        })
+    }
+
+    pub(crate) fn exec_state(&self, id: &str, exec_id: &str) -> TtrpcResult<api::StateResponse> {
+        self.with_task(|t| {
+            let bundle = t.bundle.to_string_lossy().into_owned();
+            let e = get(t, exec_id)?;
+            let exited = e.exited();
+            let status = match (exited, e.pid) {
+                (Some(_), _) => Status::STOPPED,
+                (None, 0) => Status::CREATED,
+                (None, _) => Status::RUNNING,
+            };
+            let (exit_status, exited_at) = exit_fields(exited);
+            Ok(api::StateResponse {
+                id: id.to_string(),
+                exec_id: exec_id.to_string(),
+                bundle,
+                pid: e.pid,
+                status: status.into(),
+                stdout: e.stdout.clone(),
+                stderr: e.stderr.clone(),
+                exit_status,
+                exited_at,
+                ..Default::default()
+            })
+        })
+    }
+
+    /// Signals one exec; `all` is for init only (SPEC B7).
+    pub(crate) fn exec_kill(&self, exec_id: &str, signal: u32, all: bool) -> TtrpcResult<()> {
+        if all {
+            return Err(to_ttrpc(Code::InvalidArgument, "signalling all processes is allowed only for init"));
+        }
+        let pid = self.with_task(|t| {
+            let e = get(t, exec_id)?;
+            match (e.pid, e.exited()) {
+                (_, Some(_)) => Err(to_ttrpc(Code::NotFound, format!("exec {exec_id} already finished"))),
+                (0, None) => Err(to_ttrpc(Code::FailedPrecondition, format!("exec {exec_id} was not started"))),
+                (pid, None) => Ok(pid),
+            }
+        })?;
+        let sig = i32::try_from(signal)
+            .ok()
+            .and_then(|s| Signal::try_from(s).ok())
+            .ok_or_else(|| to_ttrpc(Code::InvalidArgument, format!("invalid signal {signal}")))?;
+        kill(Pid::from_raw(pid as i32), sig).map_err(|e| internal(format!("kill {pid}: {e}")))
+    }
+
+    pub(crate) fn exec_exit_rx(&self, exec_id: &str) -> TtrpcResult<watch::Receiver<Option<ExitStatus>>> {
+        self.with_task(|t| {
+            get(t, exec_id)?
+                .exit
+                .clone()
+                .ok_or_else(|| to_ttrpc(Code::FailedPrecondition, format!("exec {exec_id} was not started")))
+        })
+    }
+
+    /// Forgets a finished (or never started) exec and returns its exit.
+    pub(crate) fn exec_delete(&self, exec_id: &str) -> TtrpcResult<(u32, Option<ExitStatus>)> {
+        self.with_task(|t| {
+            let e = get(t, exec_id)?;
+            let exited = e.exited();
+            if e.pid != 0 && exited.is_none() {
+                return Err(to_ttrpc(Code::FailedPrecondition, format!("exec {exec_id} is still running")));
+            }
+            let pid = e.pid;
+            let _ = std::fs::remove_file(&e.spec);
+            let _ = std::fs::remove_file(e.spec.with_extension("exit.json"));
+            t.execs.remove(exec_id);
+            Ok((pid, exited))
+        })
+    }
+}
