@@ -1,6 +1,14 @@
 //! Finds a container's cgroup in every mounted hierarchy — cgroup v1 (each
 //! controller its own mount, as on this host's hybrid layout), the v2
-//! unified mount, or pure v2 — and lists or removes it there.
+//! unified mount, or pure v2 — and lists or removes it there; reads its
+//! statistics and updates its limits (`resources`).
+
+mod resources;
+
+pub use resources::{
+    BlkioEntry, ContainerStats, CpuStats, HugetlbEntry, Limits, MemoryStats, PidsStats, ResourceError, parse_cpu_list,
+    stats, update,
+};
 
 use std::fs;
 use std::io;

@@ -9,6 +9,7 @@ use tokio_stream::StreamExt;
 
 use crate::CreateArgs;
 use crate::client::{Client, Failure};
+use crate::limits::LimitArgs;
 use crate::output;
 
 /// Exit code of `run` when berth itself (not the container) failed.
@@ -55,6 +56,7 @@ async fn do_create(c: &mut Client, a: CreateArgs, start: bool) -> Result<pb::Con
         runtime: a.runtime,
         labels,
         start,
+        resources: Some(a.limits.to_pb()?),
     };
     Ok(c.containers.create(req).await?.into_inner())
 }
@@ -279,6 +281,13 @@ pub async fn pause(c: &mut Client, ids: Vec<String>, pause: bool) -> Result<i32,
         }
         println!("{id}");
     }
+    Ok(0)
+}
+
+pub async fn update(c: &mut Client, id: String, limits: &LimitArgs) -> Result<i32, Failure> {
+    let req = pb::UpdateRequest { namespace: c.namespace.clone(), id: id.clone(), resources: Some(limits.to_pb()?) };
+    c.containers.update(req).await?;
+    println!("{id}");
     Ok(0)
 }
 

@@ -3,7 +3,9 @@
 
 mod client;
 mod commands;
+mod limits;
 mod output;
+mod stats;
 
 use std::path::PathBuf;
 
@@ -39,6 +41,8 @@ pub struct CreateArgs {
     /// Label KEY=VALUE (repeatable).
     #[arg(short = 'l', long = "label")]
     pub labels: Vec<String>,
+    #[command(flatten)]
+    pub limits: limits::LimitArgs,
     /// A root filesystem directory, or an OCI bundle (a directory with config.json).
     pub rootfs: PathBuf,
     /// Command and arguments (default: the bundle's, or /bin/sh).
@@ -124,6 +128,22 @@ enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
     },
+    /// Show resource usage: a live table, one sample (--no-stream) or JSON.
+    Stats {
+        #[arg(long)]
+        no_stream: bool,
+        /// The full statistics (one sample).
+        #[arg(long)]
+        json: bool,
+        /// Containers (default: all running ones).
+        ids: Vec<String>,
+    },
+    /// Change the limits of a running or paused container.
+    Update {
+        #[command(flatten)]
+        limits: limits::LimitArgs,
+        id: String,
+    },
     /// Freeze every process of running containers.
     Pause {
         #[arg(required = true)]
@@ -199,6 +219,8 @@ async fn dispatch(cli: Cli) -> Result<i32, client::Failure> {
         Command::Pause { ids } => cmd::pause(&mut c, ids, true).await,
         Command::Resume { ids } => cmd::pause(&mut c, ids, false).await,
         Command::Top { id, json } => cmd::top(&mut c, id, json).await,
+        Command::Stats { no_stream, json, ids } => stats::run(&mut c, ids, no_stream, json).await,
+        Command::Update { limits, id } => cmd::update(&mut c, id, &limits).await,
         Command::Events { json, types, id } => cmd::events(&mut c, json, types, id).await,
     }
 }

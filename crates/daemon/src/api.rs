@@ -5,6 +5,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use berth_api::v1 as pb;
+use berth_cgroups::{ContainerStats, Limits};
 use berth_model::{Code, ContainerId, ExitStatus, Namespace};
 use berth_store::ContainerRecord;
 use tokio_stream::Stream;
@@ -69,6 +70,63 @@ fn container_pb(r: ContainerRecord) -> pb::Container {
     }
 }
 
+fn limits_from_pb(r: pb::ResourceLimits) -> Limits {
+    Limits {
+        memory: r.memory,
+        memory_swap: r.memory_swap,
+        cpu_shares: r.cpu_shares,
+        cpu_quota: r.cpu_quota,
+        cpu_period: r.cpu_period,
+        cpuset_cpus: r.cpuset_cpus,
+        pids: r.pids,
+    }
+}
+
+fn stats_pb(ns: &Namespace, id: &ContainerId, s: ContainerStats) -> pb::ContainerStats {
+    let c = s.cpu;
+    let m = s.memory;
+    pb::ContainerStats {
+        namespace: ns.to_string(),
+        id: id.to_string(),
+        timestamp_ns: crate::now_ns(),
+        cpu: Some(pb::CpuStats {
+            usage_total: c.usage_total,
+            usage_user: c.usage_user,
+            usage_kernel: c.usage_kernel,
+            per_cpu: c.per_cpu,
+            throttling_periods: c.throttling_periods,
+            throttled_periods: c.throttled_periods,
+            throttled_time: c.throttled_time,
+        }),
+        memory: Some(pb::MemoryStats {
+            usage: m.usage,
+            limit: m.limit,
+            max_usage: m.max_usage,
+            cache: m.cache,
+            rss: m.rss,
+            swap_usage: m.swap_usage,
+            swap_limit: m.swap_limit,
+            fail_count: m.fail_count,
+        }),
+        pids: Some(pb::PidsStats { current: s.pids.current, limit: s.pids.limit }),
+        blkio: s
+            .blkio
+            .into_iter()
+            .map(|b| pb::BlkioEntry { major: b.major, minor: b.minor, op: b.op, bytes: b.bytes })
+            .collect(),
+        hugetlb: s
+            .hugetlb
+            .into_iter()
+            .map(|h| pb::HugetlbEntry {
+                page_size: h.page_size,
+                usage: h.usage,
+                max_usage: h.max_usage,
+                fail_count: h.fail_count,
+            })
+            .collect(),
+    }
+}
+
 fn event_pb(e: Event) -> pb::Event {
     pb::Event {
         seq: e.seq,
@@ -99,6 +157,7 @@ impl pb::containers_server::Containers for Api {
             runtime: r.runtime,
             labels: r.labels.into_iter().collect(),
             start: r.start,
+            limits: limits_from_pb(r.resources.unwrap_or_default()),
         };
         let rec = self.mgr.create(params).await.map_err(status)?;
         Ok(Response::new(container_pb(rec)))
@@ -182,6 +241,34 @@ impl pb::containers_server::Containers for Api {
         let r = req.into_inner();
         let (ns, id) = key(&r.namespace, &r.id)?;
         Ok(Response::new(exit_pb(self.mgr.exec_delete(&ns, &id, &r.exec_id).await.map_err(status)?)))
+    }
+
+    async fn stats(&self, req: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
+        let r = req.into_inner();
+        let ns = ns(&r.namespace)?;
+        let mut out = Vec::new();
+        if r.ids.is_empty() {
+            // Containers that stop while we ask are simply left out.
+            for id in self.mgr.live_ids(&ns).map_err(status)? {
+                if let Ok(s) = self.mgr.stats(&ns, &id).await {
+                    out.push(stats_pb(&ns, &id, s));
+                }
+            }
+        } else {
+            for id in r.ids {
+                let id = ContainerId::new(id).map_err(|e| status(e.into()))?;
+                let s = self.mgr.stats(&ns, &id).await.map_err(status)?;
+                out.push(stats_pb(&ns, &id, s));
+            }
+        }
+        Ok(Response::new(pb::StatsResponse { stats: out }))
+    }
+
+    async fn update(&self, req: Request<pb::UpdateRequest>) -> Result<Response<pb::Container>, Status> {
+        let r = req.into_inner();
+        let (ns, id) = key(&r.namespace, &r.id)?;
+        let limits = limits_from_pb(r.resources.unwrap_or_default());
+        Ok(Response::new(container_pb(self.mgr.update_limits(&ns, &id, limits).await.map_err(status)?)))
     }
 
     type LogsStream = BoxStream<pb::LogChunk>;

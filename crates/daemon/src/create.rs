@@ -32,6 +32,7 @@ pub struct CreateParams {
     pub labels: BTreeMap<String, String>,
     /// Start right after a successful create.
     pub start: bool,
+    pub limits: berth_cgroups::Limits,
 }
 
 /// Completed allocation steps, released newest-first on failure.
@@ -90,7 +91,8 @@ impl Manager {
         }
         let cgroup = self.cfg.cgroup_path(&p.namespace, &p.id);
         let overrides = Overrides { args: &p.args, env: &p.env, cwd: &p.cwd };
-        let prepared = spec::prepare(&p.path, p.id.as_str(), &cgroup, &overrides)?;
+        let mut prepared = spec::prepare(&p.path, p.id.as_str(), &cgroup, &overrides)?;
+        crate::resources::apply_to_spec(&mut prepared.spec, &p.limits)?;
 
         let mut done = Vec::new();
         match self.allocate(&p, runtime, prepared, cgroup, &mut done).await {

@@ -228,6 +228,26 @@ impl ShimClient {
         Ok(r.processes.iter().map(|p| p.pid).collect())
     }
 
+    pub async fn stats(&self, id: &ContainerId) -> Result<berth_cgroups::ContainerStats> {
+        let req = api::StatsRequest { id: id.to_string(), ..Default::default() };
+        let r = self.task.stats(ctx(), &req).await.map_err(shim_err)?;
+        let bad = |m: String| Error::Shim { code: berth_model::Code::Internal, message: m };
+        let any = r.stats.as_ref().ok_or_else(|| bad("shim sent no statistics".into()))?;
+        if any.type_url != berth_shim::STATS_TYPE_URL {
+            return Err(bad(format!("shim sent statistics of type {}", any.type_url)));
+        }
+        serde_json::from_slice(&any.value).map_err(|e| bad(format!("statistics: {e}")))
+    }
+
+    pub async fn update(&self, id: &ContainerId, limits: &berth_cgroups::Limits) -> Result<()> {
+        let mut any = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
+        any.type_url = berth_shim::LIMITS_TYPE_URL.to_string();
+        any.value = serde_json::to_vec(limits).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let req = api::UpdateTaskRequest { id: id.to_string(), resources: Some(any).into(), ..Default::default() };
+        self.task.update(ctx(), &req).await.map_err(shim_err)?;
+        Ok(())
+    }
+
     pub async fn shutdown(&self, id: &ContainerId) -> Result<()> {
         let req = api::ShutdownRequest { id: id.to_string(), now: true, ..Default::default() };
         self.task.shutdown(ctx(), &req).await.map_err(shim_err)?;

@@ -16,6 +16,7 @@ use berth_model::Code;
 use nix::fcntl::OFlag;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, fork, pipe2};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::{Runtime, RuntimeError, Stdio};
@@ -31,8 +32,8 @@ impl Isolated {
 }
 
 #[derive(Serialize, Deserialize)]
-enum Outcome {
-    Ok(u32),
+enum Outcome<T> {
+    Ok(T),
     Err { code: Code, message: String },
 }
 
@@ -43,8 +44,12 @@ fn single_threaded() -> bool {
         .unwrap_or(false)
 }
 
-/// Runs `f` in a forked child and returns its result.
-fn in_child(op: &'static str, f: impl FnOnce() -> Result<u32, RuntimeError>) -> Result<u32, RuntimeError> {
+/// Runs `f` in a forked child of this (single-threaded) process and returns
+/// its result; a multi-threaded caller runs `f` in place.
+pub fn in_child<T: Serialize + DeserializeOwned>(
+    op: &'static str,
+    f: impl FnOnce() -> Result<T, RuntimeError>,
+) -> Result<T, RuntimeError> {
     if !single_threaded() {
         return f();
     }
@@ -77,7 +82,7 @@ fn in_child(op: &'static str, f: impl FnOnce() -> Result<u32, RuntimeError>) -> 
                 Ok(WaitStatus::Exited(_, 0)) => None,
                 other => Some(format!("{other:?}")),
             };
-            match (read, serde_json::from_str::<Outcome>(&buf)) {
+            match (read, serde_json::from_str::<Outcome<T>>(&buf)) {
                 (Ok(_), Ok(Outcome::Ok(v))) => Ok(v),
                 (Ok(_), Ok(Outcome::Err { code, message })) => Err(RuntimeError::Isolated { code, message }),
                 _ => Err(RuntimeError::Failed {

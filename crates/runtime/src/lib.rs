@@ -11,7 +11,7 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 
 pub use error::RuntimeError;
-pub use isolate::Isolated;
+pub use isolate::{Isolated, in_child};
 
 /// The stdio a container's init process gets. `None` means /dev/null.
 #[derive(Default)]

@@ -12,6 +12,13 @@ use containerd_shim_protos::ttrpc;
 /// the daemon can connect the moment the shim is spawned.
 pub const LISTEN_FD: i32 = 3;
 
+/// Type URL of the JSON-encoded `berth_cgroups::ContainerStats` a shim
+/// returns from Stats.
+pub const STATS_TYPE_URL: &str = "berth.dev/cgroups/v1/ContainerStats";
+/// Type URL of the JSON-encoded `berth_cgroups::Limits` berthd sends with
+/// Update.
+pub const LIMITS_TYPE_URL: &str = "berth.dev/cgroups/v1/Limits";
+
 /// Runtime name of berth's own shim (SPEC B23).
 pub const SHIM_RUNTIME_NAME: &str = "io.containerd.berth.v1";
 

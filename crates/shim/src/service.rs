@@ -11,11 +11,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use berth_cgroups::Hierarchies;
+use berth_cgroups::Limits;
 use berth_model::{Code, ExitStatus};
-use berth_runtime::{Runtime, Stdio};
-use berth_shim::{timestamp, to_ttrpc};
+use berth_runtime::{Runtime, RuntimeError, Stdio, in_child};
+use berth_shim::{LIMITS_TYPE_URL, STATS_TYPE_URL, timestamp, to_ttrpc};
 use containerd_shim_protos::api::{self, Status};
 use containerd_shim_protos::protobuf::MessageField;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::shim_async::Task;
@@ -107,6 +109,15 @@ impl Shim {
         }
     }
 
+    /// The cgroup of a container whose init has not exited.
+    fn live_cgroup(&self) -> TtrpcResult<String> {
+        self.with_task(|t| match (&t.cgroup, t.exited()) {
+            (Some(cg), None) => Ok(cg.clone()),
+            (None, None) => Err(internal("container spec names no cgroup")),
+            (_, Some(_)) => Err(to_ttrpc(Code::FailedPrecondition, format!("container {} has exited", self.id))),
+        })
+    }
+
     fn exit_rx(&self) -> TtrpcResult<watch::Receiver<Option<ExitStatus>>> {
         self.with_task(|t| Ok(t.exit.clone()))
     }
@@ -130,6 +141,11 @@ pub(crate) fn exit_fields(status: Option<ExitStatus>) -> (u32, MessageField<Time
         Some(s) => (s.code, Some(timestamp(s.exited_at_ns)).into()),
         None => (0, None.into()),
     }
+}
+
+/// A resource error as reported by a forked helper.
+fn isolated(e: berth_cgroups::ResourceError) -> RuntimeError {
+    RuntimeError::Isolated { code: e.code(), message: e.to_string() }
 }
 
 pub(crate) fn internal(e: impl std::fmt::Display) -> ttrpc::Error {
@@ -262,6 +278,31 @@ impl Task for Shim {
                 Ok(())
             })?;
         }
+        Ok(Empty::new())
+    }
+
+    async fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+        self.check(&req.id)?;
+        let cgroup = self.live_cgroup()?;
+        let stats =
+            in_child("stats", || berth_cgroups::stats(&cgroup).map_err(isolated)).map_err(|e| to_ttrpc(e.code(), e))?;
+        let mut any = Any::new();
+        any.type_url = STATS_TYPE_URL.to_string();
+        any.value = serde_json::to_vec(&stats).map_err(internal)?;
+        Ok(api::StatsResponse { stats: Some(any).into(), ..Default::default() })
+    }
+
+    async fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
+        self.check(&req.id)?;
+        let cgroup = self.live_cgroup()?;
+        let limits: Limits = match req.resources.as_ref() {
+            Some(a) if a.type_url == LIMITS_TYPE_URL => serde_json::from_slice(&a.value)
+                .map_err(|e| to_ttrpc(Code::InvalidArgument, format!("resources: {e}")))?,
+            _ => return Err(to_ttrpc(Code::InvalidArgument, format!("resources must be {LIMITS_TYPE_URL}"))),
+        };
+        limits.validate().map_err(|e| to_ttrpc(e.code(), e))?;
+        in_child("update", || berth_cgroups::update(&cgroup, &limits).map(|()| 0u32).map_err(isolated))
+            .map_err(|e| to_ttrpc(e.code(), e))?;
         Ok(Empty::new())
     }
 

@@ -41,6 +41,14 @@ impl Output {
         assert_eq!(self.stderr.trim_end().lines().count(), 1, "error must be one line: {self:?}");
         self.stderr.clone()
     }
+
+    /// Asserts a one-line failure of any kind (e.g. the CLI's own checks).
+    #[track_caller]
+    pub fn fails_with_any(&self) -> String {
+        assert_ne!(self.code, 0, "expected failure, got success: {self:?}");
+        assert!(self.stderr.starts_with("berth: ") || self.stderr.starts_with("error: "), "{self:?}");
+        self.stderr.clone()
+    }
 }
 
 pub struct Daemon {

@@ -1,0 +1,77 @@
+//! Statistics and live limit updates (SPEC B12, B14) through the shim, and
+//! the limits a container gets at create.
+
+use berth_cgroups::{ContainerStats, Limits};
+use berth_model::{ContainerId, Namespace, State};
+use berth_store::ContainerRecord;
+use oci_spec::runtime::{LinuxPids, Spec};
+
+use crate::error::{Error, Result};
+use crate::manager::Manager;
+
+/// Checks limits, as a typed InvalidArgument.
+pub fn validate(l: &Limits) -> Result<()> {
+    l.validate().map_err(|e| Error::InvalidArgument(e.to_string()))
+}
+
+/// Writes the limits into a new container's spec.
+pub fn apply_to_spec(spec: &mut Spec, l: &Limits) -> Result<()> {
+    validate(l)?;
+    let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    let res = linux.resources_mut().get_or_insert_with(Default::default);
+    if l.memory.is_some() || l.memory_swap.is_some() {
+        let mut m = res.memory().unwrap_or_default();
+        m.set_limit(l.memory.or(m.limit()));
+        m.set_swap(l.memory_swap.or(m.swap()));
+        res.set_memory(Some(m));
+    }
+    if l.cpu_shares.is_some() || l.cpu_quota.is_some() || l.cpu_period.is_some() || l.cpuset_cpus.is_some() {
+        let mut c = res.cpu().clone().unwrap_or_default();
+        c.set_shares(l.cpu_shares.or(c.shares()));
+        c.set_quota(l.cpu_quota.or(c.quota()));
+        c.set_period(l.cpu_period.or(c.period()));
+        c.set_cpus(l.cpuset_cpus.clone().or(c.cpus().clone()));
+        res.set_cpu(Some(c));
+    }
+    if let Some(p) = l.pids {
+        let mut pids = LinuxPids::default();
+        pids.set_limit(p);
+        res.set_pids(Some(pids));
+    }
+    Ok(())
+}
+
+impl Manager {
+    pub async fn stats(&self, ns: &Namespace, id: &ContainerId) -> Result<ContainerStats> {
+        let rec = self.get(ns, id)?;
+        if !matches!(rec.state, State::Created | State::Running | State::Paused) {
+            return Err(Error::FailedPrecondition(format!("container {id} is {}: no statistics", rec.state)));
+        }
+        self.entry(ns, id)?.shim.stats(id).await
+    }
+
+    /// Ids of the namespace's live containers (for stats of "all").
+    pub fn live_ids(&self, ns: &Namespace) -> Result<Vec<ContainerId>> {
+        Ok(self
+            .list(Some(ns))?
+            .into_iter()
+            .filter(|r| matches!(r.state, State::Running | State::Paused))
+            .map(|r| r.id)
+            .collect())
+    }
+
+    pub async fn update_limits(&self, ns: &Namespace, id: &ContainerId, limits: Limits) -> Result<ContainerRecord> {
+        validate(&limits)?;
+        let rec = self.get(ns, id)?;
+        if !matches!(rec.state, State::Running | State::Paused) {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} is {}: update needs it running or paused",
+                rec.state
+            )));
+        }
+        let entry = self.entry(ns, id)?;
+        let _op = entry.op.lock().await;
+        entry.shim.update(id, &limits).await?;
+        Ok(rec)
+    }
+}
