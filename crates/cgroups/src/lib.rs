@@ -3,7 +3,10 @@
 //! unified mount, or pure v2 — and lists or removes it there; reads its
 //! statistics and updates its limits (`resources`).
 
+mod oom;
 mod resources;
+
+pub use oom::{OomWatch, oom_killed};
 
 pub use resources::{
     BlkioEntry, ContainerStats, CpuStats, HugetlbEntry, Limits, MemoryStats, PidsStats, ResourceError, parse_cpu_list,

@@ -41,6 +41,7 @@ pub fn container_json(c: &pb::Container) -> Value {
         "labels": c.labels,
         "shim_pid": c.shim_pid,
         "cgroup": c.cgroup,
+        "oom_killed": c.oom_killed,
     })
 }
 
@@ -124,11 +125,12 @@ pub fn inspect_text(c: &pb::Container) -> String {
     let exit = c.exit.as_ref().map(|e| format!("{} ({})", e.code, age(e.exited_at_ns))).unwrap_or_else(|| "-".into());
     let labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     format!(
-        "ID:         {}\nNamespace:  {}\nState:      {}\nPid:        {}\nExit:       {exit}\nRuntime:    {}\nCommand:    {}\nRootfs:     {}\nBundle:     {}\nCgroup:     {}\nShim pid:   {}\nCreated:    {}\nLabels:     {}\n",
+        "ID:         {}\nNamespace:  {}\nState:      {}\nPid:        {}\nExit:       {exit}\nOOMKilled:  {}\nRuntime:    {}\nCommand:    {}\nRootfs:     {}\nBundle:     {}\nCgroup:     {}\nShim pid:   {}\nCreated:    {}\nLabels:     {}\n",
         c.id,
         c.namespace,
         c.state,
         c.pid,
+        c.oom_killed,
         c.runtime,
         c.command.join(" "),
         c.rootfs,

@@ -67,6 +67,7 @@ fn container_pb(r: ContainerRecord) -> pb::Container {
         labels: r.labels.into_iter().collect(),
         shim_pid: r.shim.pid,
         cgroup: r.cgroup,
+        oom_killed: r.oom_killed,
     }
 }
 

@@ -99,6 +99,7 @@ impl Manager {
             Ok((rec, client)) => {
                 let entry = Arc::new(Entry::new(client, None));
                 self.insert_entry(key.clone(), entry.clone());
+                self.spawn_oom_watch(key.clone(), entry.clone(), rec.cgroup.clone());
                 self.spawn_monitor(key, entry);
                 self.events.publish(Kind::Create, &p.namespace, &p.id, rec.pid, None);
                 if p.start {
@@ -167,6 +168,7 @@ impl Manager {
             stdout,
             stderr,
             cgroup,
+            oom_killed: false,
         };
         self.store.put(&rec).map_err(|e| Error::from(e).at("record"))?;
         tracing::debug!(%id, us = t0.elapsed().as_micros() as u64, "create: recorded");

@@ -12,6 +12,7 @@ mod events;
 mod exec;
 mod logs;
 mod manager;
+mod oom;
 mod resources;
 mod shim;
 mod spec;

@@ -178,6 +178,9 @@ impl Manager {
                     return;
                 }
             };
+            if let Ok(rec) = mgr.get(ns, id) {
+                mgr.check_oom_at_exit(ns, id, &rec.cgroup, rec.oom_killed);
+            }
             let recorded = mgr.update(ns, id, |r| {
                 r.state = r.state.apply(Op::Exit)?;
                 r.exit = Some(status);
@@ -203,6 +206,7 @@ impl Manager {
                     let entry = Arc::new(Entry::new(client, rec.exit));
                     self.insert_entry(key.clone(), entry.clone());
                     if rec.exit.is_none() {
+                        self.spawn_oom_watch(key.clone(), entry.clone(), rec.cgroup.clone());
                         self.spawn_monitor(key, entry);
                     }
                 }

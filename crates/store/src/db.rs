@@ -59,6 +59,9 @@ pub struct ContainerRecord {
     pub stdout: PathBuf,
     pub stderr: PathBuf,
     pub cgroup: String,
+    /// The kernel's OOM killer killed a process of the container.
+    #[serde(default)]
+    pub oom_killed: bool,
 }
 
 impl ContainerRecord {
@@ -174,6 +177,7 @@ mod tests {
             stdout: "/o".into(),
             stderr: "/e".into(),
             cgroup: "/berth/default/x".into(),
+            oom_killed: false,
         }
     }
 

@@ -1,0 +1,107 @@
+//! OOM notification for one container (SPEC B15): on cgroup v1 an eventfd
+//! registered through `cgroup.event_control` for `memory.oom_control`; on
+//! v2 an inotify watch on `memory.events`, whose `oom_kill` counter is
+//! compared with the last value seen.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+
+use crate::Hierarchies;
+
+/// A watch on one container's memory cgroup.
+pub struct OomWatch {
+    /// eventfd (v1) or inotify (v2) descriptor.
+    fd: File,
+    /// v1 `memory.oom_control` (kept open: closing it would unregister the
+    /// eventfd) or v2 `memory.events`: either holds the `oom_kill` counter.
+    counter: PathBuf,
+    _control: Option<File>,
+    last: u64,
+}
+
+fn oom_kills(events: &Path) -> u64 {
+    fs::read_to_string(events)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
+}
+
+fn owned(fd: i32) -> io::Result<OwnedFd> {
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this new descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+impl OomWatch {
+    /// Starts watching the container's memory cgroup.
+    pub fn new(h: &Hierarchies, cgroup: &str) -> io::Result<OomWatch> {
+        for dir in h.existing(cgroup) {
+            let control = dir.join("memory.oom_control");
+            if control.exists() {
+                // SAFETY: plain syscall; the result is checked by `owned`.
+                let efd = owned(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+                let file = File::open(&control)?;
+                fs::write(dir.join("cgroup.event_control"), format!("{} {}", efd.as_raw_fd(), file.as_raw_fd()))?;
+                let last = oom_kills(&control);
+                return Ok(OomWatch { fd: File::from(efd), counter: control, _control: Some(file), last });
+            }
+            let events = dir.join("memory.events");
+            if events.exists() {
+                // SAFETY: plain syscalls; results are checked by `owned`.
+                let ino = owned(unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) })?;
+                let path = std::ffi::CString::new(events.as_os_str().as_encoded_bytes())
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                // SAFETY: valid inotify fd and NUL-terminated path.
+                if unsafe { libc::inotify_add_watch(ino.as_raw_fd(), path.as_ptr(), libc::IN_MODIFY) } < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let last = oom_kills(&events);
+                return Ok(OomWatch { fd: File::from(ino), counter: events, _control: None, last });
+            }
+        }
+        Err(io::Error::new(io::ErrorKind::NotFound, format!("no memory cgroup for {cgroup}")))
+    }
+
+    /// Drains the descriptor after it became readable and returns how many
+    /// OOM kills happened since the last call, from the kernel's counter
+    /// (so a v1 notification for the cgroup's removal counts as none).
+    /// An error means the cgroup is gone.
+    pub fn read(&mut self) -> io::Result<u64> {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.fd.read(&mut buf) {
+                Ok(0) => break,
+                Ok(_) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if !self.counter.exists() {
+            return Err(io::Error::new(io::ErrorKind::NotFound, "memory cgroup removed"));
+        }
+        let now = oom_kills(&self.counter);
+        let new = now.saturating_sub(self.last);
+        self.last = now;
+        Ok(new)
+    }
+}
+
+/// The descriptor that becomes readable on news.
+impl AsRawFd for OomWatch {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+/// Whether the kernel's OOM killer killed anything in the cgroup (the
+/// `oom_kill` counter of v1 `memory.oom_control` or v2 `memory.events`).
+pub fn oom_killed(h: &Hierarchies, cgroup: &str) -> bool {
+    h.existing(cgroup)
+        .iter()
+        .any(|dir| oom_kills(&dir.join("memory.oom_control")) > 0 || oom_kills(&dir.join("memory.events")) > 0)
+}
