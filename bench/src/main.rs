@@ -8,6 +8,7 @@
 
 mod containerd;
 mod measure;
+mod scenarios;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,23 +19,25 @@ use berth_testing::Daemon;
 use crate::measure::{Mem, Runner, shim_memory, time_interleaved};
 
 /// Cgroup parent of the runc containers (removed at the end).
-const RUNC_CGROUP_PARENT: &str = "/berth-bench-runc";
+pub const RUNC_CGROUP_PARENT: &str = "/berth-bench-runc";
 
 struct Opts {
     runs: usize,
     containers: usize,
+    stats_containers: usize,
 }
 
 fn parse_opts() -> Opts {
-    let mut o = Opts { runs: 30, containers: 10 };
+    let mut o = Opts { runs: 30, containers: 10, stats_containers: 100 };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
         let value = pair.get(1).and_then(|v| v.parse().ok());
         match (pair[0].as_str(), value) {
             ("--runs", Some(v)) => o.runs = v,
             ("--containers", Some(v)) => o.containers = v,
+            ("--stats-containers", Some(v)) => o.stats_containers = v,
             _ => {
-                eprintln!("usage: berth-bench [--runs N] [--containers M]");
+                eprintln!("usage: berth-bench [--runs N] [--containers M] [--stats-containers K]");
                 std::process::exit(2);
             }
         }
@@ -42,18 +45,18 @@ fn parse_opts() -> Opts {
     o
 }
 
-/// An OCI bundle for /bin/true from `runc spec`, with no terminal.
-fn make_bundle(dir: &Path, rootfs: &Path) -> PathBuf {
-    let bundle = dir.join("bundle");
+/// An OCI bundle from `runc spec` running `args`, with no terminal.
+pub fn make_bundle(dir: &Path, rootfs: &Path, name: &str, args: &[&str]) -> PathBuf {
+    let bundle = dir.join(name);
     std::fs::create_dir_all(&bundle).expect("bundle dir");
     let ok = Command::new("runc").arg("spec").current_dir(&bundle).status().expect("runc spec").success();
     assert!(ok, "runc spec failed");
     let path = bundle.join("config.json");
     let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("read spec")).expect("spec");
     spec["process"]["terminal"] = false.into();
-    spec["process"]["args"] = serde_json::json!(["/bin/true"]);
+    spec["process"]["args"] = serde_json::json!(args);
     spec["root"]["path"] = rootfs.to_string_lossy().into_owned().into();
-    spec["linux"]["cgroupsPath"] = format!("{RUNC_CGROUP_PARENT}/true").into();
+    spec["linux"]["cgroupsPath"] = format!("{RUNC_CGROUP_PARENT}/{name}").into();
     std::fs::write(&path, serde_json::to_vec_pretty(&spec).expect("encode")).expect("write spec");
     bundle
 }
@@ -76,7 +79,7 @@ fn fmt_mem(m: Option<Mem>, f: fn(&Mem) -> f64) -> String {
 fn main() {
     let o = parse_opts();
     let d = Daemon::start();
-    let bundle = make_bundle(d.dir(), &d.rootfs);
+    let bundle = make_bundle(d.dir(), &d.rootfs, "true", &["/bin/true"]);
     let bundle_s = bundle.to_string_lossy().into_owned();
 
     let runc_root = d.dir().join("runc-root");
@@ -100,6 +103,9 @@ fn main() {
     let times = time_interleaved(o.runs, &mut runners);
     drop(runners);
     let (berth, runc, ctr_time) = (times[0], times[1], times.get(2).copied().flatten());
+
+    let exec = scenarios::exec(&d, o.runs);
+    let stats = scenarios::stats(&d, o.stats_containers);
 
     eprintln!("{} detached sleep containers each …", o.containers);
     let rootfs_s = d.rootfs.to_string_lossy().into_owned();
@@ -130,6 +136,15 @@ fn main() {
     println!("| ctr run --rm --rootfs (containerd 1.6) | {} |", fmt_ms(ctr_time));
     println!("| ratio berth / runc | {} |", ratio(berth, runc));
     println!("| ratio berth / ctr | {} |", ratio(berth, ctr_time));
+    println!();
+    println!("| exec /bin/true in a running container | wall time |");
+    println!("|---|---|");
+    println!("| berth exec | {} |", fmt_ms(exec.berth));
+    println!("| runc exec | {} |", fmt_ms(exec.runc));
+    println!("| ratio berth / runc | {} |", ratio(exec.berth, exec.runc));
+    println!();
+    println!("| berth stats --no-stream --json over {} running containers | {} |", o.stats_containers, fmt_ms(stats));
+    println!("|---|---|");
     println!();
     println!("| shim memory per running container (mean) | RSS | PSS |");
     println!("|---|---|---|");

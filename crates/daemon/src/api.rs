@@ -249,12 +249,18 @@ impl pb::containers_server::Containers for Api {
         let ns = ns(&r.namespace)?;
         let mut out = Vec::new();
         if r.ids.is_empty() {
-            // Containers that stop while we ask are simply left out.
+            // Ask every shim at once; containers that stop meanwhile are left out.
+            let mut tasks = tokio::task::JoinSet::new();
             for id in self.mgr.live_ids(&ns).map_err(status)? {
-                if let Ok(s) = self.mgr.stats(&ns, &id).await {
-                    out.push(stats_pb(&ns, &id, s));
+                let (mgr, ns) = (self.mgr.clone(), ns.clone());
+                tasks.spawn(async move { mgr.stats(&ns, &id).await.map(|s| stats_pb(&ns, &id, s)) });
+            }
+            while let Some(done) = tasks.join_next().await {
+                if let Ok(Ok(s)) = done {
+                    out.push(s);
                 }
             }
+            out.sort_by(|a, b| a.id.cmp(&b.id));
         } else {
             for id in r.ids {
                 let id = ContainerId::new(id).map_err(|e| status(e.into()))?;

@@ -1,0 +1,72 @@
+//! Scenarios beyond `run`: exec into a running container (berth vs runc)
+//! and statistics over many containers.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_testing::Daemon;
+
+use crate::make_bundle;
+use crate::measure::{Runner, time_interleaved};
+
+pub struct ExecTimes {
+    pub berth: Option<Duration>,
+    pub runc: Option<Duration>,
+}
+
+fn runc(d: &Daemon, args: &[&str]) -> bool {
+    Command::new("runc")
+        .arg("--root")
+        .arg(d.dir().join("runc-root"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Median of `berth exec ID /bin/true` and `runc exec ID /bin/true` against
+/// a running sleep container of each.
+pub fn exec(d: &Daemon, rounds: usize) -> ExecTimes {
+    eprintln!("berth exec, runc exec: {rounds} rounds …");
+    let rootfs = d.rootfs.to_string_lossy().into_owned();
+    let sleeper = make_bundle(d.dir(), &d.rootfs, "sleeper", &["sleep", "100000"]);
+    let berth_ok = d.berth(&["run", "-d", "--name", "exec-target", &rootfs, "sleep", "100000"]).code == 0;
+    let runc_ok = runc(d, &["run", "-d", "--bundle", &sleeper.to_string_lossy(), "exec-target"]);
+    let mut runners: Vec<Runner<'_>> = vec![
+        Box::new(|_| berth_ok && d.berth(&["exec", "exec-target", "/bin/true"]).code == 0),
+        Box::new(|_| runc_ok && runc(d, &["exec", "exec-target", "/bin/true"])),
+    ];
+    let t = time_interleaved(rounds, &mut runners);
+    drop(runners);
+    d.berth(&["rm", "-f", "exec-target"]);
+    runc(d, &["delete", "--force", "exec-target"]);
+    ExecTimes { berth: t[0], runc: t[1] }
+}
+
+/// Median wall time of `berth stats --no-stream --json` with `n` running
+/// containers (5 samples).
+pub fn stats(d: &Daemon, n: usize) -> Option<Duration> {
+    eprintln!("starting {n} containers for stats …");
+    let rootfs = d.rootfs.to_string_lossy().into_owned();
+    let ids: Vec<String> = (0..n).map(|i| format!("st{i}")).collect();
+    let started = ids.iter().all(|id| d.berth(&["run", "-d", "--name", id, &rootfs, "sleep", "100000"]).code == 0);
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let out = d.berth(&["stats", "--no-stream", "--json"]);
+        let counted = serde_json::from_str::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().map(|a| a.len()))
+            .unwrap_or(0);
+        if out.code == 0 && counted == n {
+            times.push(t.elapsed());
+        }
+    }
+    for id in &ids {
+        d.berth(&["rm", "-f", id]);
+    }
+    times.sort();
+    (started && times.len() == 5).then(|| times[2])
+}
