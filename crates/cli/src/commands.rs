@@ -11,6 +11,7 @@ use crate::CreateArgs;
 use crate::client::{Client, Failure};
 use crate::limits::LimitArgs;
 use crate::output;
+use crate::terminal;
 
 /// Exit code of `run` when berth itself (not the container) failed.
 const RUN_FAILED: i32 = 125;
@@ -39,6 +40,7 @@ pub fn parse_signal(s: &str) -> Result<u32, Failure> {
 }
 
 async fn do_create(c: &mut Client, a: CreateArgs, start: bool) -> Result<pb::Container, Failure> {
+    let size = a.tty.then(terminal::window_size).flatten().unwrap_or((0, 0));
     let path =
         std::path::absolute(&a.rootfs).map_err(|e| Failure::new(format!("bad path {}: {e}", a.rootfs.display())))?;
     let mut labels = std::collections::HashMap::new();
@@ -57,6 +59,9 @@ async fn do_create(c: &mut Client, a: CreateArgs, start: bool) -> Result<pb::Con
         labels,
         start,
         resources: Some(a.limits.to_pb()?),
+        tty: a.tty,
+        tty_width: size.0,
+        tty_height: size.1,
     };
     Ok(c.containers.create(req).await?.into_inner())
 }
@@ -76,6 +81,8 @@ pub async fn start(c: &mut Client, ids: Vec<String>) -> Result<i32, Failure> {
 }
 
 pub async fn run(c: &mut Client, a: CreateArgs, rm: bool, detach: bool) -> Result<i32, Failure> {
+    check_interactive(a.tty, a.interactive)?;
+    let (tty, interactive) = (a.tty, a.interactive);
     let id = a.name.clone().unwrap_or_else(random_id);
     let a = CreateArgs { name: Some(id.clone()), ..a };
     if let Err(f) = do_create(c, a, true).await {
@@ -88,6 +95,14 @@ pub async fn run(c: &mut Client, a: CreateArgs, rm: bool, detach: bool) -> Resul
     if detach {
         println!("{id}");
         return Ok(0);
+    }
+    if tty {
+        terminal::attach(c, &id, "", interactive).await?;
+        let exit = c.containers.wait(cref(c, &id)).await?.into_inner();
+        if rm {
+            c.containers.delete(pb::DeleteRequest { namespace: c.namespace.clone(), id, force: false }).await?;
+        }
+        return Ok(exit.code as i32);
     }
     let logs = c
         .containers
@@ -203,6 +218,8 @@ pub struct ExecArgs {
     pub env: Vec<String>,
     pub workdir: Option<String>,
     pub user: Option<String>,
+    pub tty: bool,
+    pub interactive: bool,
     pub container: String,
     pub cmd: Vec<String>,
 }
@@ -218,8 +235,18 @@ fn parse_user(u: &str) -> Result<(u32, Option<u32>), Failure> {
     Ok((uid, gid))
 }
 
+/// Interactive stdin goes through a terminal; plain pipes are not there yet.
+fn check_interactive(tty: bool, interactive: bool) -> Result<(), Failure> {
+    if interactive && !tty {
+        return Err(Failure::new("-i needs -t (stdin without a terminal is not supported yet)"));
+    }
+    Ok(())
+}
+
 pub async fn exec(c: &mut Client, a: ExecArgs) -> Result<i32, Failure> {
+    check_interactive(a.tty, a.interactive)?;
     let user = a.user.as_deref().map(parse_user).transpose()?;
+    let size = a.tty.then(terminal::window_size).flatten().unwrap_or((0, 0));
     let exec_id = a.exec_id.unwrap_or_else(random_id);
     let req = pb::ExecRequest {
         namespace: c.namespace.clone(),
@@ -230,9 +257,18 @@ pub async fn exec(c: &mut Client, a: ExecArgs) -> Result<i32, Failure> {
         cwd: a.workdir.unwrap_or_default(),
         uid: user.map(|u| u.0),
         gid: user.and_then(|u| u.1),
+        tty: a.tty,
+        tty_width: size.0,
+        tty_height: size.1,
     };
     c.containers.exec(req).await?;
     let r = pb::ExecRef { namespace: c.namespace.clone(), id: a.container.clone(), exec_id: exec_id.clone() };
+    if a.tty {
+        terminal::attach(c, &a.container, &exec_id, a.interactive).await?;
+        let exit = c.containers.exec_wait(r.clone()).await?.into_inner();
+        c.containers.exec_delete(r).await?;
+        return Ok(exit.code as i32);
+    }
     let logs = pb::LogsRequest { namespace: c.namespace.clone(), id: a.container.clone(), follow: true, exec_id };
     let printer = tokio::spawn(copy_logs(c.containers.logs(logs).await?.into_inner()));
     let target = KillTarget { namespace: r.namespace.clone(), id: r.id.clone(), exec_id: r.exec_id.clone() };

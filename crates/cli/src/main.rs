@@ -6,6 +6,7 @@ mod commands;
 mod limits;
 mod output;
 mod stats;
+mod terminal;
 
 use std::path::PathBuf;
 
@@ -43,6 +44,12 @@ pub struct CreateArgs {
     pub labels: Vec<String>,
     #[command(flatten)]
     pub limits: limits::LimitArgs,
+    /// Give the container a terminal (for `run`: attached to ours).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Keep our stdin connected to the container's terminal (needs -t).
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
     /// A root filesystem directory, or an OCI bundle (a directory with config.json).
     pub rootfs: PathBuf,
     /// Command and arguments (default: the bundle's, or /bin/sh).
@@ -124,6 +131,12 @@ enum Command {
         /// User: UID[:GID].
         #[arg(short = 'u', long)]
         user: Option<String>,
+        /// Give the exec a terminal attached to ours.
+        #[arg(short = 't', long)]
+        tty: bool,
+        /// Keep our stdin connected to it (needs -t).
+        #[arg(short = 'i', long)]
+        interactive: bool,
         container: String,
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
@@ -209,8 +222,8 @@ async fn dispatch(cli: Cli) -> Result<i32, client::Failure> {
         Command::Ps { all, all_namespaces, json } => cmd::ps(&mut c, all, all_namespaces, json).await,
         Command::Inspect { id, json } => cmd::inspect(&mut c, id, json).await,
         Command::Kill { signal, all, exec_id, id } => cmd::kill(&mut c, id, exec_id, &signal, all).await,
-        Command::Exec { exec_id, env, workdir, user, container, cmd: argv } => {
-            let e = cmd::ExecArgs { exec_id, env, workdir, user, container, cmd: argv };
+        Command::Exec { exec_id, env, workdir, user, tty, interactive, container, cmd: argv } => {
+            let e = cmd::ExecArgs { exec_id, env, workdir, user, tty, interactive, container, cmd: argv };
             cmd::exec(&mut c, e).await
         }
         Command::Wait { id } => cmd::wait(&mut c, id).await,

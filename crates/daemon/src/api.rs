@@ -8,6 +8,7 @@ use berth_api::v1 as pb;
 use berth_cgroups::{ContainerStats, Limits};
 use berth_model::{Code, ContainerId, ExitStatus, Namespace};
 use berth_store::ContainerRecord;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -69,6 +70,11 @@ fn container_pb(r: ContainerRecord) -> pb::Container {
         cgroup: r.cgroup,
         oom_killed: r.oom_killed,
     }
+}
+
+/// A terminal size, if both sides are given and plausible.
+fn size(width: u32, height: u32) -> Option<(u32, u32)> {
+    (width > 0 && height > 0 && width <= u16::MAX as u32 && height <= u16::MAX as u32).then_some((width, height))
 }
 
 fn limits_from_pb(r: pb::ResourceLimits) -> Limits {
@@ -159,6 +165,8 @@ impl pb::containers_server::Containers for Api {
             labels: r.labels.into_iter().collect(),
             start: r.start,
             limits: limits_from_pb(r.resources.unwrap_or_default()),
+            tty: r.tty,
+            tty_size: size(r.tty_width, r.tty_height),
         };
         let rec = self.mgr.create(params).await.map_err(status)?;
         Ok(Response::new(container_pb(rec)))
@@ -227,7 +235,16 @@ impl pb::containers_server::Containers for Api {
     async fn exec(&self, req: Request<pb::ExecRequest>) -> Result<Response<pb::ExecResponse>, Status> {
         let r = req.into_inner();
         let (ns, id) = key(&r.namespace, &r.id)?;
-        let params = ExecParams { exec_id: r.exec_id, args: r.args, env: r.env, cwd: r.cwd, uid: r.uid, gid: r.gid };
+        let params = ExecParams {
+            exec_id: r.exec_id,
+            args: r.args,
+            env: r.env,
+            cwd: r.cwd,
+            uid: r.uid,
+            gid: r.gid,
+            tty: r.tty,
+            tty_size: size(r.tty_width, r.tty_height),
+        };
         let pid = self.mgr.exec(&ns, &id, params).await.map_err(status)?;
         Ok(Response::new(pb::ExecResponse { pid }))
     }
@@ -276,6 +293,54 @@ impl pb::containers_server::Containers for Api {
         let (ns, id) = key(&r.namespace, &r.id)?;
         let limits = limits_from_pb(r.resources.unwrap_or_default());
         Ok(Response::new(container_pb(self.mgr.update_limits(&ns, &id, limits).await.map_err(status)?)))
+    }
+
+    type AttachStream = BoxStream<pb::AttachOutput>;
+
+    async fn attach(
+        &self,
+        req: Request<tonic::Streaming<pb::AttachRequest>>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        let mut input = req.into_inner();
+        let first = input
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("attach needs a first message naming the process"))?;
+        let (ns, id) = key(&first.namespace, &first.id)?;
+        let conn = self.mgr.attach(&ns, &id, &first.exec_id).await.map_err(status)?;
+        let (mut from_tty, mut to_tty) = conn.into_split();
+        if !first.input.is_empty() {
+            to_tty.write_all(&first.input).await.map_err(|e| Status::unavailable(e.to_string()))?;
+        }
+        tokio::spawn(async move {
+            while let Ok(Some(msg)) = input.message().await {
+                if to_tty.write_all(&msg.input).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match from_tty.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if tx.send(Ok(pb::AttachOutput { data: buf[..n].to_vec() })).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn resize(&self, req: Request<pb::ResizeRequest>) -> Result<Response<pb::Empty>, Status> {
+        let r = req.into_inner();
+        let (ns, id) = key(&r.namespace, &r.id)?;
+        self.mgr.resize(&ns, &id, &r.exec_id, r.width, r.height).await.map_err(status)?;
+        Ok(Response::new(pb::Empty {}))
     }
 
     type LogsStream = BoxStream<pb::LogChunk>;

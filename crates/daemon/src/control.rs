@@ -1,5 +1,5 @@
 //! Control of a running container through its shim: pause and resume
-//! (SPEC B11) and the process list (SPEC B13).
+//! (SPEC B11), the process list (SPEC B13), and terminals (attach, resize).
 
 use berth_model::{ContainerId, Namespace, Op, State};
 use berth_store::ContainerRecord;
@@ -48,6 +48,28 @@ impl Manager {
         })?;
         self.events.publish(kind, ns, id, rec.pid, None);
         Ok(rec)
+    }
+
+    /// Connects to the terminal of init (`exec_id` empty) or an exec.
+    pub async fn attach(&self, ns: &Namespace, id: &ContainerId, exec_id: &str) -> Result<tokio::net::UnixStream> {
+        let rec = self.get(ns, id)?;
+        if !exec_id.is_empty() {
+            self.exec_info(&*self.entry(ns, id)?, exec_id)?;
+        }
+        let path = berth_shim::tty_socket(&rec.shim.socket, exec_id);
+        tokio::net::UnixStream::connect(&path).await.map_err(|e| {
+            Error::FailedPrecondition(format!(
+                "no terminal to attach to ({e}): the process was not started with one or has ended"
+            ))
+        })
+    }
+
+    pub async fn resize(&self, ns: &Namespace, id: &ContainerId, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        if width == 0 || height == 0 || width > u16::MAX as u32 || height > u16::MAX as u32 {
+            return Err(Error::InvalidArgument(format!("invalid window size {width}x{height}")));
+        }
+        self.get(ns, id)?;
+        self.entry(ns, id)?.shim.resize(id, exec_id, width, height).await
     }
 
     pub async fn top(&self, ns: &Namespace, id: &ContainerId) -> Result<Vec<Process>> {

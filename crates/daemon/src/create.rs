@@ -33,6 +33,9 @@ pub struct CreateParams {
     /// Start right after a successful create.
     pub start: bool,
     pub limits: berth_cgroups::Limits,
+    /// Give init a terminal (attach with `Attach`), of this size.
+    pub tty: bool,
+    pub tty_size: Option<(u32, u32)>,
 }
 
 /// Completed allocation steps, released newest-first on failure.
@@ -90,7 +93,7 @@ impl Manager {
             return Err(Error::AlreadyExists(p.id.to_string()));
         }
         let cgroup = self.cfg.cgroup_path(&p.namespace, &p.id);
-        let overrides = Overrides { args: &p.args, env: &p.env, cwd: &p.cwd };
+        let overrides = Overrides { args: &p.args, env: &p.env, cwd: &p.cwd, tty: p.tty, tty_size: p.tty_size };
         let mut prepared = spec::prepare(&p.path, p.id.as_str(), &cgroup, &overrides)?;
         crate::resources::apply_to_spec(&mut prepared.spec, &p.limits)?;
 
@@ -148,7 +151,7 @@ impl Manager {
         tracing::debug!(%id, us = t0.elapsed().as_micros() as u64, "create: shim connected");
 
         done.push(Step::Cgroup(cgroup.clone()));
-        let pid = client.create(id, &bundle, &stdout, &stderr).await.map_err(|e| e.at("runtime create"))?;
+        let pid = client.create(id, &bundle, &stdout, &stderr, p.tty).await.map_err(|e| e.at("runtime create"))?;
         done.push(Step::Task(client.clone()));
         tracing::debug!(%id, us = t0.elapsed().as_micros() as u64, "create: runtime container created");
 

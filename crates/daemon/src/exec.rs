@@ -22,6 +22,9 @@ pub struct ExecParams {
     pub cwd: String,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+    /// Give the exec a terminal (attach with `Attach`), of this size.
+    pub tty: bool,
+    pub tty_size: Option<(u32, u32)>,
 }
 
 pub struct ExecInfo {
@@ -43,7 +46,10 @@ fn process_spec(bundle: &std::path::Path, p: &ExecParams) -> Result<Vec<u8>> {
     let spec: Value = serde_json::from_slice(&text).map_err(|e| invalid(format!("container spec: {e}")))?;
     let mut process = spec.get("process").cloned().unwrap_or_else(|| serde_json::json!({}));
     process["args"] = serde_json::json!(p.args);
-    process["terminal"] = Value::Bool(false);
+    process["terminal"] = Value::Bool(p.tty);
+    if let (true, Some((width, height))) = (p.tty, p.tty_size) {
+        process["consoleSize"] = serde_json::json!({"width": width, "height": height});
+    }
     let mut env: Vec<String> = process["env"]
         .as_array()
         .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
@@ -99,7 +105,7 @@ impl Manager {
             execs.insert(exec_id.to_string(), Arc::new(info));
         }
         let started = async {
-            entry.shim.exec(id, exec_id.as_str(), &stdout, &stderr, spec).await?;
+            entry.shim.exec(id, exec_id.as_str(), (&stdout, &stderr), p.tty, spec).await?;
             self.events.publish_exec(Kind::ExecAdded, ns, id, exec_id.as_str(), 0, None);
             entry.shim.start(id, exec_id.as_str()).await
         }

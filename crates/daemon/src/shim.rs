@@ -149,12 +149,20 @@ pub async fn connect(socket: &Path, pid: u32) -> Result<ShimClient> {
 }
 
 impl ShimClient {
-    pub async fn create(&self, id: &ContainerId, bundle: &Path, stdout: &Path, stderr: &Path) -> Result<u32> {
+    pub async fn create(
+        &self,
+        id: &ContainerId,
+        bundle: &Path,
+        stdout: &Path,
+        stderr: &Path,
+        terminal: bool,
+    ) -> Result<u32> {
         let req = api::CreateTaskRequest {
             id: id.to_string(),
             bundle: bundle.to_string_lossy().into_owned(),
             stdout: stdout.to_string_lossy().into_owned(),
             stderr: stderr.to_string_lossy().into_owned(),
+            terminal,
             ..Default::default()
         };
         Ok(self.task.create(ctx(), &req).await.map_err(shim_err)?.pid)
@@ -165,8 +173,8 @@ impl ShimClient {
         &self,
         id: &ContainerId,
         exec_id: &str,
-        stdout: &Path,
-        stderr: &Path,
+        (stdout, stderr): (&Path, &Path),
+        terminal: bool,
         spec: Vec<u8>,
     ) -> Result<()> {
         let mut any = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
@@ -177,6 +185,7 @@ impl ShimClient {
             exec_id: exec_id.to_string(),
             stdout: stdout.to_string_lossy().into_owned(),
             stderr: stderr.to_string_lossy().into_owned(),
+            terminal,
             spec: Some(any).into(),
             ..Default::default()
         };
@@ -226,6 +235,18 @@ impl ShimClient {
         let req = api::PidsRequest { id: id.to_string(), ..Default::default() };
         let r = self.task.pids(ctx(), &req).await.map_err(shim_err)?;
         Ok(r.processes.iter().map(|p| p.pid).collect())
+    }
+
+    pub async fn resize(&self, id: &ContainerId, exec_id: &str, width: u32, height: u32) -> Result<()> {
+        let req = api::ResizePtyRequest {
+            id: id.to_string(),
+            exec_id: exec_id.to_string(),
+            width,
+            height,
+            ..Default::default()
+        };
+        self.task.resize_pty(ctx(), &req).await.map_err(shim_err)?;
+        Ok(())
     }
 
     pub async fn stats(&self, id: &ContainerId) -> Result<berth_cgroups::ContainerStats> {

@@ -25,6 +25,9 @@ pub struct Overrides<'a> {
     pub args: &'a [String],
     pub env: &'a [String],
     pub cwd: &'a str,
+    /// Give init a terminal, of this size (columns, rows) if known.
+    pub tty: bool,
+    pub tty_size: Option<(u32, u32)>,
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -78,6 +81,15 @@ fn apply_overrides(spec: &mut Spec, o: &Overrides<'_>) -> Result<()> {
         return Err(invalid(format!("too many or too long env entries (max {MAX_ENV})")));
     }
     let process = spec.process_mut().get_or_insert_with(Default::default);
+    process.set_terminal(Some(o.tty));
+    if let (true, Some((width, height))) = (o.tty, o.tty_size) {
+        let size = oci_spec::runtime::BoxBuilder::default()
+            .width(width as u64)
+            .height(height as u64)
+            .build()
+            .map_err(|e| invalid(format!("terminal size: {e}")))?;
+        process.set_console_size(Some(size));
+    }
     if !o.args.is_empty() {
         process.set_args(Some(o.args.to_vec()));
     }
@@ -142,7 +154,7 @@ mod tests {
     use super::*;
 
     fn none() -> Overrides<'static> {
-        Overrides { args: &[], env: &[], cwd: "" }
+        Overrides { args: &[], env: &[], cwd: "", tty: false, tty_size: None }
     }
 
     #[test]
@@ -150,7 +162,7 @@ mod tests {
         let dir = std::env::temp_dir();
         let env = vec!["A=1".to_string(), "PATH=/x".to_string()];
         let args = vec!["echo".to_string(), "hi".to_string()];
-        let o = Overrides { args: &args, env: &env, cwd: "/tmp" };
+        let o = Overrides { args: &args, env: &env, cwd: "/tmp", tty: false, tty_size: None };
         let p = prepare(dir.to_str().unwrap(), "web", "/berth/default/web", &o).unwrap();
         assert_eq!(p.command, args);
         let process = p.spec.process().as_ref().unwrap();
@@ -169,8 +181,8 @@ mod tests {
             ("", none()),
             ("relative/dir", none()),
             ("/no/such/dir/at/all", none()),
-            ("/tmp", Overrides { args: &[], env: &["NOEQUALS".to_string()], cwd: "" }),
-            ("/tmp", Overrides { args: &[], env: &[], cwd: "relative" }),
+            ("/tmp", Overrides { args: &[], env: &["NOEQUALS".to_string()], cwd: "", tty: false, tty_size: None }),
+            ("/tmp", Overrides { args: &[], env: &[], cwd: "relative", tty: false, tty_size: None }),
         ];
         for (path, o) in cases {
             let err = prepare(path, "x", "/c", &o).err().expect(path);

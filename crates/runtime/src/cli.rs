@@ -30,6 +30,16 @@ impl CliRuntime {
         cmd
     }
 
+    /// `<runtime> <global flags> <op> [--console-socket PATH]`.
+    fn with_console(&self, id: &str, op: &str, stdio: &Stdio) -> Command {
+        let mut cmd = self.command(id);
+        cmd.arg(op);
+        if let Some(sock) = &stdio.console_socket {
+            cmd.arg("--console-socket").arg(sock);
+        }
+        cmd
+    }
+
     /// Runs a command whose stdio the container process inherits. runc
     /// reports its own errors through the JSON log, so fd 2 can be the
     /// container's stderr.
@@ -114,8 +124,8 @@ impl Runtime for CliRuntime {
 
     fn create(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<u32, RuntimeError> {
         let pid_file = self.root.join(format!("{id}.pid"));
-        let mut cmd = self.command(id);
-        cmd.arg("create").arg("--bundle").arg(bundle).arg("--pid-file").arg(&pid_file).arg(id);
+        let mut cmd = self.with_console(id, "create", &stdio);
+        cmd.arg("--bundle").arg(bundle).arg("--pid-file").arg(&pid_file).arg(id);
         let result = self.run_with_stdio("create", id, cmd, stdio).and_then(|()| self.read_pid(&pid_file, "create"));
         let _ = fs::remove_file(&pid_file);
         if result.is_err() {
@@ -126,8 +136,8 @@ impl Runtime for CliRuntime {
 
     fn exec(&self, id: &str, process: &Path, stdio: Stdio) -> Result<u32, RuntimeError> {
         let pid_file = process.with_extension("pid");
-        let mut cmd = self.command(id);
-        cmd.arg("exec").arg("--detach").arg("--pid-file").arg(&pid_file).arg("--process").arg(process).arg(id);
+        let mut cmd = self.with_console(id, "exec", &stdio);
+        cmd.arg("--detach").arg("--pid-file").arg(&pid_file).arg("--process").arg(process).arg(id);
         let result = self.run_with_stdio("exec", id, cmd, stdio).and_then(|()| self.read_pid(&pid_file, "exec"));
         let _ = fs::remove_file(&pid_file);
         result

@@ -39,7 +39,7 @@ impl Embedded {
         if let Some(fd) = stdio.stderr {
             builder = builder.with_stderr(fd);
         }
-        Ok(builder)
+        Ok(builder.with_console_socket(stdio.console_socket))
     }
 
     fn existing(&self, id: &str, op: &'static str) -> Result<Container, RuntimeError> {
@@ -72,20 +72,10 @@ impl Runtime for Embedded {
     }
 
     fn create(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<u32, RuntimeError> {
-        let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::default())
-            .with_root_path(&self.root)
-            .map_err(|e| failed("create", e))?;
-        if let Some(fd) = stdio.stdin {
-            builder = builder.with_stdin(fd);
-        }
-        if let Some(fd) = stdio.stdout {
-            builder = builder.with_stdout(fd);
-        }
-        if let Some(fd) = stdio.stderr {
-            builder = builder.with_stderr(fd);
-        }
-        let result =
-            builder.validate_id().and_then(|b| b.as_init(bundle).with_systemd(false).with_detach(true).build());
+        let result = self
+            .builder(id, stdio)?
+            .validate_id()
+            .and_then(|b| b.as_init(bundle).with_systemd(false).with_detach(true).build());
         match result {
             Ok(container) => container.pid().map(|p| p.as_raw() as u32).ok_or_else(|| RuntimeError::Failed {
                 runtime: "embedded",

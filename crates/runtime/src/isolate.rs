@@ -9,7 +9,6 @@
 //! child behind our back.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use berth_model::Code;
@@ -104,12 +103,10 @@ impl Runtime for Isolated {
         self.inner.name()
     }
 
+    // The child gets the stdio descriptors; the parent's copies close when
+    // the closure is dropped.
     fn create(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<u32, RuntimeError> {
-        let fds: [Option<OwnedFd>; 3] = [stdio.stdin, stdio.stdout, stdio.stderr];
-        let [stdin, stdout, stderr] = fds;
-        // The child gets the descriptors; the parent's copies close when
-        // this frame ends.
-        in_child("create", || self.inner.create(id, bundle, Stdio { stdin, stdout, stderr }))
+        in_child("create", || self.inner.create(id, bundle, stdio))
     }
 
     fn exec(&self, id: &str, process: &Path, stdio: Stdio) -> Result<u32, RuntimeError> {

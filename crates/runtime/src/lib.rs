@@ -13,12 +13,15 @@ use std::path::Path;
 pub use error::RuntimeError;
 pub use isolate::{Isolated, in_child};
 
-/// The stdio a container's init process gets. `None` means /dev/null.
+/// The stdio a container process gets. `None` means /dev/null. With a
+/// console socket the process gets a terminal instead, whose master the
+/// runtime sends to that socket.
 #[derive(Default)]
 pub struct Stdio {
     pub stdin: Option<OwnedFd>,
     pub stdout: Option<OwnedFd>,
     pub stderr: Option<OwnedFd>,
+    pub console_socket: Option<std::path::PathBuf>,
 }
 
 /// A low-level OCI runtime: creates, starts, signals and deletes one

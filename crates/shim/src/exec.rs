@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 
 use berth_model::{Code, ExecId, ExitStatus};
-use berth_runtime::Stdio;
 use berth_shim::to_ttrpc;
 use containerd_shim_protos::api::{self, Status};
 use containerd_shim_protos::ttrpc;
@@ -14,12 +13,15 @@ use nix::unistd::Pid;
 use tokio::sync::watch;
 
 use crate::process;
-use crate::service::{InitTask, Shim, exit_fields, internal, open_stdio};
+use crate::service::{InitTask, Shim, console_size, exit_fields, internal};
+use crate::tty::Pty;
 
 type TtrpcResult<T> = ttrpc::Result<T>;
 
 pub struct ExecProc {
     spec: PathBuf,
+    terminal: bool,
+    pty: Option<Pty>,
     stdout: String,
     stderr: String,
     /// 0 until started.
@@ -37,6 +39,11 @@ fn not_found(exec_id: &str) -> ttrpc::Error {
     to_ttrpc(Code::NotFound, format!("exec {exec_id} not found"))
 }
 
+/// The terminal of an exec, if it has one.
+pub(crate) fn exec_pty<'a>(t: &'a InitTask, exec_id: &str) -> TtrpcResult<Option<&'a Pty>> {
+    t.execs.get(exec_id).map(|e| e.pty.as_ref()).ok_or_else(|| not_found(exec_id))
+}
+
 fn get<'a>(t: &'a mut InitTask, exec_id: &str) -> TtrpcResult<&'a mut ExecProc> {
     t.execs.get_mut(exec_id).ok_or_else(|| not_found(exec_id))
 }
@@ -45,9 +52,6 @@ impl Shim {
     /// Registers an exec; it runs on `Start`.
     pub(crate) fn exec_add(&self, req: api::ExecProcessRequest) -> TtrpcResult<()> {
         let exec_id = ExecId::new(req.exec_id.clone()).map_err(|e| to_ttrpc(e.code(), e))?;
-        if req.terminal {
-            return Err(to_ttrpc(Code::InvalidArgument, "terminal stdio is not supported yet"));
-        }
         let spec = req.spec.as_ref().map(|a| a.value.clone()).unwrap_or_default();
         serde_json::from_slice::<serde_json::Value>(&spec)
             .map_err(|e| to_ttrpc(Code::InvalidArgument, format!("exec process spec: {e}")))?;
@@ -60,14 +64,22 @@ impl Shim {
             }
             let path = t.bundle.join(format!("exec-{exec_id}.json"));
             std::fs::write(&path, &spec).map_err(|e| internal(format!("write {}: {e}", path.display())))?;
-            let proc_ = ExecProc { spec: path, stdout: req.stdout, stderr: req.stderr, pid: 0, exit: None };
+            let proc_ = ExecProc {
+                spec: path,
+                terminal: req.terminal,
+                pty: None,
+                stdout: req.stdout,
+                stderr: req.stderr,
+                pid: 0,
+                exit: None,
+            };
             t.execs.insert(exec_id.to_string(), proc_);
             Ok(())
         })
     }
 
     pub(crate) fn exec_start(&self, exec_id: &str) -> TtrpcResult<u32> {
-        let (spec, stdout, stderr, bundle) = self.with_task(|t| {
+        let (spec, terminal, stdout, stderr, bundle) = self.with_task(|t| {
             if !t.running() {
                 return Err(to_ttrpc(Code::FailedPrecondition, "container is not running"));
             }
@@ -76,11 +88,16 @@ impl Shim {
             if e.pid != 0 {
                 return Err(to_ttrpc(Code::FailedPrecondition, format!("exec {exec_id} was already started")));
             }
-            Ok((e.spec.clone(), e.stdout.clone(), e.stderr.clone(), bundle))
+            Ok((e.spec.clone(), e.terminal, e.stdout.clone(), e.stderr.clone(), bundle))
         })?;
-        let stdio = Stdio { stdin: None, stdout: open_stdio(&stdout, true)?, stderr: open_stdio(&stderr, true)? };
+        let (stdio, console) = self.stdio(terminal, exec_id, "", &stdout, &stderr)?;
         let id = self.container_id().to_string();
         let pid = self.runtime.exec(&id, &spec, stdio).map_err(|e| to_ttrpc(e.code(), e))?;
+        // On failure the process runs on without a terminal reader; kill it.
+        let size = console_size(&std::fs::read(&spec).unwrap_or_default(), "/consoleSize");
+        let pty = self.serve_terminal(console, exec_id, &stdout, size).inspect_err(|_| {
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        })?;
         let exit_file = bundle.join(format!("exec-{exec_id}.exit.json"));
         let rx = process::watch(pid, exit_file, self.tracked.clone(), || {})
             .map_err(|e| internal(format!("watch exec {pid}: {e}")))?;
@@ -88,6 +105,7 @@ impl Shim {
             let e = get(t, exec_id)?;
             e.pid = pid;
             e.exit = Some(rx);
+            e.pty = pty;
             Ok(pid)
         })
     }

@@ -68,6 +68,28 @@ pub fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// A short, stable tag of a process for file names: FNV-1a of its exec id
+/// ("" for init).
+fn process_tag(exec_id: &str) -> String {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in exec_id.bytes() {
+        h = (h ^ b as u32).wrapping_mul(0x0100_0193);
+    }
+    format!("{h:08x}")
+}
+
+/// The socket on which a shim serves the terminal of one of its processes:
+/// next to the shim's own socket, with a short name (unix socket paths are
+/// limited to 107 bytes).
+pub fn tty_socket(shim_socket: &std::path::Path, exec_id: &str) -> std::path::PathBuf {
+    shim_socket.with_extension(format!("{}.tty", process_tag(exec_id)))
+}
+
+/// Where the runtime hands the shim a process's pty master.
+pub fn console_socket(shim_socket: &std::path::Path, exec_id: &str) -> std::path::PathBuf {
+    shim_socket.with_extension(format!("{}.console", process_tag(exec_id)))
+}
+
 pub fn timestamp(ns: u64) -> Timestamp {
     let mut t = Timestamp::new();
     t.seconds = (ns / 1_000_000_000) as i64;
@@ -96,6 +118,17 @@ mod tests {
         ] {
             assert_eq!(from_ttrpc(&to_ttrpc(c, "m")), (c, "m".to_string()));
         }
+    }
+
+    #[test]
+    fn tty_sockets_are_short_and_distinct() {
+        let shim = std::path::Path::new("/run/berth/shims/0123456789abcdef.sock");
+        let init = tty_socket(shim, "");
+        let exec = tty_socket(shim, &"e".repeat(128));
+        assert_ne!(init, exec);
+        assert_eq!(exec.parent(), shim.parent());
+        assert!(exec.as_os_str().len() < 64, "{exec:?}");
+        assert!(console_socket(shim, "").to_string_lossy().ends_with(".console"));
     }
 
     #[test]

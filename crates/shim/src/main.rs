@@ -12,6 +12,7 @@ mod exec;
 mod process;
 mod reaper;
 mod service;
+mod tty;
 
 use std::os::fd::{AsFd, FromRawFd};
 use std::path::PathBuf;
@@ -104,12 +105,17 @@ async fn serve(args: Args) -> Result<(), String> {
     // nothing else in this process owns that descriptor.
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTEN_FD) };
     std_listener.set_nonblocking(true).map_err(|e| format!("listener: {e}"))?;
+    let socket = std_listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(PathBuf::from))
+        .ok_or("listener on fd 3 has no path")?;
     let listener = tokio::net::UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
 
     let runtime = berth_runtime::open(&args.runtime, &args.runtime_root).map_err(|e| e.to_string())?;
     // The shim stays single-threaded, so runtime work can run in forked helpers.
     let runtime = Box::new(berth_runtime::Isolated::new(runtime));
-    let shim = Arc::new(service::Shim::new(args.namespace, args.id, runtime));
+    let shim = Arc::new(service::Shim::new(args.namespace, args.id, socket, runtime));
     reaper::spawn(shim.processes()).map_err(|e| format!("reaper: {e}"))?;
 
     let mut server = Server::new().register_service(create_task(shim.clone())).add_listener(Listener::from(listener));

@@ -14,7 +14,7 @@ use berth_cgroups::Hierarchies;
 use berth_cgroups::Limits;
 use berth_model::{Code, ExitStatus};
 use berth_runtime::{Runtime, RuntimeError, Stdio, in_child};
-use berth_shim::{LIMITS_TYPE_URL, STATS_TYPE_URL, timestamp, to_ttrpc};
+use berth_shim::{LIMITS_TYPE_URL, STATS_TYPE_URL, console_socket, timestamp, to_ttrpc, tty_socket};
 use containerd_shim_protos::api::{self, Status};
 use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
@@ -27,9 +27,10 @@ use nix::unistd::Pid;
 use tokio::sync::{Notify, watch};
 
 use crate::cleanup::{cgroup_of, kill_leftovers};
-use crate::exec::ExecProc;
+use crate::exec::{ExecProc, exec_pty};
 use crate::process;
 use crate::reaper::Tracked;
+use crate::tty::{self, ConsoleSocket, Pty};
 
 type TtrpcResult<T> = ttrpc::Result<T>;
 
@@ -42,6 +43,7 @@ pub(crate) struct InitTask {
     stderr: String,
     cgroup: Option<String>,
     exit: watch::Receiver<Option<ExitStatus>>,
+    pty: Option<Pty>,
     pub(crate) execs: HashMap<String, ExecProc>,
 }
 
@@ -59,6 +61,8 @@ impl InitTask {
 pub struct Shim {
     namespace: String,
     id: String,
+    /// The shim's own socket: terminal sockets are named after it.
+    pub(crate) socket: PathBuf,
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) tracked: Tracked,
     task: Mutex<Option<InitTask>>,
@@ -66,10 +70,11 @@ pub struct Shim {
 }
 
 impl Shim {
-    pub fn new(namespace: String, id: String, runtime: Box<dyn Runtime>) -> Shim {
+    pub fn new(namespace: String, id: String, socket: PathBuf, runtime: Box<dyn Runtime>) -> Shim {
         Shim {
             namespace,
             id,
+            socket,
             runtime: Arc::from(runtime),
             tracked: Tracked::default(),
             task: Mutex::new(None),
@@ -109,6 +114,50 @@ impl Shim {
         }
     }
 
+    /// The stdio of a new process: files, or a terminal whose master will
+    /// arrive on the returned console socket.
+    pub(crate) fn stdio(
+        &self,
+        terminal: bool,
+        exec_id: &str,
+        stdin: &str,
+        stdout: &str,
+        stderr: &str,
+    ) -> TtrpcResult<(Stdio, Option<ConsoleSocket>)> {
+        if terminal {
+            let console = ConsoleSocket::bind(&console_socket(&self.socket, exec_id)).map_err(internal)?;
+            let stdio = Stdio { console_socket: Some(console.path().to_path_buf()), ..Default::default() };
+            return Ok((stdio, Some(console)));
+        }
+        let stdio = Stdio {
+            stdin: open_stdio(stdin, false)?,
+            stdout: open_stdio(stdout, true)?,
+            stderr: open_stdio(stderr, true)?,
+            console_socket: None,
+        };
+        Ok((stdio, None))
+    }
+
+    /// Takes the pty master from the console socket and serves it.
+    /// Takes the pty master from the console socket, gives the terminal its
+    /// initial size (the spec's consoleSize) and serves it.
+    pub(crate) fn serve_terminal(
+        &self,
+        console: Option<ConsoleSocket>,
+        exec_id: &str,
+        log: &str,
+        size: Option<(u32, u32)>,
+    ) -> TtrpcResult<Option<Pty>> {
+        let Some(console) = console else { return Ok(None) };
+        let terminal_err = |e: std::io::Error| internal(format!("terminal: {e}"));
+        let master = console.receive_master().map_err(terminal_err)?;
+        let pty = tty::serve(master, log, tty_socket(&self.socket, exec_id)).map_err(terminal_err)?;
+        if let Some((width, height)) = size {
+            pty.resize(width, height).map_err(terminal_err)?;
+        }
+        Ok(Some(pty))
+    }
+
     /// The cgroup of a container whose init has not exited.
     fn live_cgroup(&self) -> TtrpcResult<String> {
         self.with_task(|t| match (&t.cgroup, t.exited()) {
@@ -143,6 +192,13 @@ pub(crate) fn exit_fields(status: Option<ExitStatus>) -> (u32, MessageField<Time
     }
 }
 
+/// The `{width, height}` at `pointer` of a JSON spec or process.
+pub(crate) fn console_size(json: &[u8], pointer: &str) -> Option<(u32, u32)> {
+    let v: serde_json::Value = serde_json::from_slice(json).ok()?;
+    let size = v.pointer(pointer)?;
+    Some((size.get("width")?.as_u64()? as u32, size.get("height")?.as_u64()? as u32))
+}
+
 /// A resource error as reported by a forked helper.
 fn isolated(e: berth_cgroups::ResourceError) -> RuntimeError {
     RuntimeError::Isolated { code: e.code(), message: e.to_string() }
@@ -156,21 +212,22 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> ttrpc::Error {
 impl Task for Shim {
     async fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
         self.check(&req.id)?;
-        if req.terminal {
-            return Err(to_ttrpc(Code::InvalidArgument, "terminal stdio is not supported yet"));
-        }
         if self.lock().is_some() {
             return Err(to_ttrpc(Code::AlreadyExists, format!("container {} already has a task", req.id)));
         }
         let bundle = PathBuf::from(&req.bundle);
-        let stdio = Stdio {
-            stdin: open_stdio(&req.stdin, false)?,
-            stdout: open_stdio(&req.stdout, true)?,
-            stderr: open_stdio(&req.stderr, true)?,
-        };
+        let (stdio, console) = self.stdio(req.terminal, "", &req.stdin, &req.stdout, &req.stderr)?;
         let t0 = std::time::Instant::now();
         let pid = self.runtime.create(&req.id, &bundle, stdio).map_err(|e| to_ttrpc(e.code(), e))?;
-        tracing::debug!(id = %req.id, pid, us = t0.elapsed().as_micros() as u64, "runtime create");
+        tracing::debug!(id = %req.id, pid, terminal = req.terminal, us = t0.elapsed().as_micros() as u64, "runtime create");
+        let size = console_size(&std::fs::read(bundle.join("config.json")).unwrap_or_default(), "/process/consoleSize");
+        let pty = match self.serve_terminal(console, "", &req.stdout, size) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = self.runtime.delete(&req.id, true);
+                return Err(e);
+            }
+        };
         let cgroup = cgroup_of(&bundle);
         let leftover_cgroup = cgroup.clone();
         let exit = process::watch(pid, bundle.join("exit.json"), self.tracked.clone(), move || {
@@ -192,6 +249,7 @@ impl Task for Shim {
             stderr: req.stderr,
             cgroup,
             exit,
+            pty,
             execs: HashMap::new(),
         });
         Ok(api::CreateTaskResponse { pid, ..Default::default() })
@@ -304,6 +362,16 @@ impl Task for Shim {
         in_child("update", || berth_cgroups::update(&cgroup, &limits).map(|()| 0u32).map_err(isolated))
             .map_err(|e| to_ttrpc(e.code(), e))?;
         Ok(Empty::new())
+    }
+
+    async fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<Empty> {
+        self.check(&req.id)?;
+        let resized = self.with_task(|t| {
+            let pty = if req.exec_id.is_empty() { t.pty.as_ref() } else { exec_pty(t, &req.exec_id)? };
+            let pty = pty.ok_or_else(|| to_ttrpc(Code::FailedPrecondition, "the process has no terminal"))?;
+            pty.resize(req.width, req.height).map_err(internal)
+        });
+        resized.map(|()| Empty::new())
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
