@@ -1,6 +1,7 @@
-//! Terminals (SPEC B6, B17): `run -t`, `exec -t`, `-it` with input, window
-//! size at start and on SIGWINCH. The CLI runs inside `script`, which gives
-//! it a real pty, as a person's terminal would.
+//! Terminals and stdin (SPEC B6, B17): `run -t`, `exec -t`, `-it` with
+//! input, window size at start and on SIGWINCH, `-i` without a terminal.
+//! For terminals the CLI runs inside `script`, which gives it a real pty,
+//! as a person's terminal would.
 
 use std::process::{Command, Stdio};
 
@@ -72,9 +73,24 @@ fn interactive_input_reaches_the_process() {
     let (code, out) = in_pty(&d, &format!("berth run --rm -it {rootfs} sh"), "echo in-run-$((2+2))\nexit 4\n");
     assert_eq!(code, 4, "{out}");
     assert!(out.contains("in-run-4"), "{out}");
-    // -i alone is refused with one line.
-    let out = d.berth(&["exec", "-i", "shell", "true"]);
-    assert_ne!(out.code, 0);
-    assert!(out.stderr.starts_with("berth: -i needs -t"), "{out:?}");
     d.berth(&["rm", "-f", "shell"]).ok();
+}
+
+#[test]
+fn stdin_without_a_terminal() {
+    let d = Daemon::start();
+    d.run_detached("pipe", &["sleep", "1000"]);
+    let out = d.berth_with_input(&["exec", "-i", "pipe", "cat"], "hello\nworld\n");
+    assert_eq!((out.code, out.stdout.as_str()), (0, "hello\nworld\n"), "{out:?}");
+    // The end of our input is the end of the process's.
+    let out = d.berth_with_input(&["exec", "-i", "pipe", "sh", "-c", "read x; read y || echo eof-after-$x"], "one\n");
+    assert_eq!(out.stdout, "eof-after-one\n", "{out:?}");
+    // Without -i the process reads nothing.
+    let out = d.berth_with_input(&["exec", "pipe", "sh", "-c", "read x || echo nothing"], "ignored\n");
+    assert_eq!(out.stdout, "nothing\n", "{out:?}");
+    let rootfs = d.rootfs.to_str().unwrap();
+    let out = d.berth_with_input(&["run", "--rm", "-i", rootfs, "wc", "-l"], "a\nb\nc\n");
+    assert_eq!((out.code, out.stdout.trim()), (0, "3"), "{out:?}");
+    d.berth(&["rm", "-f", "pipe"]).ok();
+    assert!(d.shim_pids().is_empty());
 }

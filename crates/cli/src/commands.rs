@@ -62,6 +62,7 @@ async fn do_create(c: &mut Client, a: CreateArgs, start: bool) -> Result<pb::Con
         tty: a.tty,
         tty_width: size.0,
         tty_height: size.1,
+        stdin: a.interactive && !a.tty,
     };
     Ok(c.containers.create(req).await?.into_inner())
 }
@@ -81,7 +82,6 @@ pub async fn start(c: &mut Client, ids: Vec<String>) -> Result<i32, Failure> {
 }
 
 pub async fn run(c: &mut Client, a: CreateArgs, rm: bool, detach: bool) -> Result<i32, Failure> {
-    check_interactive(a.tty, a.interactive)?;
     let (tty, interactive) = (a.tty, a.interactive);
     let id = a.name.clone().unwrap_or_else(random_id);
     let a = CreateArgs { name: Some(id.clone()), ..a };
@@ -104,6 +104,7 @@ pub async fn run(c: &mut Client, a: CreateArgs, rm: bool, detach: bool) -> Resul
         }
         return Ok(exit.code as i32);
     }
+    let pump = if interactive { Some(terminal::pump_stdin(c, &id, "").await?) } else { None };
     let logs = c
         .containers
         .logs(pb::LogsRequest { namespace: c.namespace.clone(), id: id.clone(), follow: true, exec_id: String::new() })
@@ -114,6 +115,9 @@ pub async fn run(c: &mut Client, a: CreateArgs, rm: bool, detach: bool) -> Resul
     let forwarder = tokio::spawn(forward_signals(c.containers.clone(), target));
     let exit = c.containers.wait(cref(c, &id)).await;
     forwarder.abort();
+    if let Some(p) = pump {
+        p.abort();
+    }
     let _ = printer.await;
     let exit = exit?.into_inner();
     if rm {
@@ -235,16 +239,7 @@ fn parse_user(u: &str) -> Result<(u32, Option<u32>), Failure> {
     Ok((uid, gid))
 }
 
-/// Interactive stdin goes through a terminal; plain pipes are not there yet.
-fn check_interactive(tty: bool, interactive: bool) -> Result<(), Failure> {
-    if interactive && !tty {
-        return Err(Failure::new("-i needs -t (stdin without a terminal is not supported yet)"));
-    }
-    Ok(())
-}
-
 pub async fn exec(c: &mut Client, a: ExecArgs) -> Result<i32, Failure> {
-    check_interactive(a.tty, a.interactive)?;
     let user = a.user.as_deref().map(parse_user).transpose()?;
     let size = a.tty.then(terminal::window_size).flatten().unwrap_or((0, 0));
     let exec_id = a.exec_id.unwrap_or_else(random_id);
@@ -260,6 +255,7 @@ pub async fn exec(c: &mut Client, a: ExecArgs) -> Result<i32, Failure> {
         tty: a.tty,
         tty_width: size.0,
         tty_height: size.1,
+        stdin: a.interactive && !a.tty,
     };
     c.containers.exec(req).await?;
     let r = pb::ExecRef { namespace: c.namespace.clone(), id: a.container.clone(), exec_id: exec_id.clone() };
@@ -269,12 +265,16 @@ pub async fn exec(c: &mut Client, a: ExecArgs) -> Result<i32, Failure> {
         c.containers.exec_delete(r).await?;
         return Ok(exit.code as i32);
     }
+    let pump = if a.interactive { Some(terminal::pump_stdin(c, &a.container, &exec_id).await?) } else { None };
     let logs = pb::LogsRequest { namespace: c.namespace.clone(), id: a.container.clone(), follow: true, exec_id };
     let printer = tokio::spawn(copy_logs(c.containers.logs(logs).await?.into_inner()));
     let target = KillTarget { namespace: r.namespace.clone(), id: r.id.clone(), exec_id: r.exec_id.clone() };
     let forwarder = tokio::spawn(forward_signals(c.containers.clone(), target));
     let exit = c.containers.exec_wait(r.clone()).await;
     forwarder.abort();
+    if let Some(p) = pump {
+        p.abort();
+    }
     let _ = printer.await;
     let exit = exit?.into_inner();
     c.containers.exec_delete(r).await?;

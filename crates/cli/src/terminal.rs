@@ -47,9 +47,14 @@ pub fn window_size() -> Option<(u32, u32)> {
     None
 }
 
-/// Streams the terminal of init (`exec_id` empty) or an exec until its
-/// output ends; sends our input with `stdin`.
-pub async fn attach(c: &mut Client, id: &str, exec_id: &str, stdin: bool) -> Result<(), Failure> {
+/// Opens an Attach stream for init (`exec_id` empty) or an exec; our stdin
+/// is sent on it when `stdin` is set.
+async fn open(
+    c: &mut Client,
+    id: &str,
+    exec_id: &str,
+    stdin: bool,
+) -> Result<tonic::Streaming<pb::AttachOutput>, Failure> {
     let (tx, rx) = tokio::sync::mpsc::channel::<pb::AttachRequest>(16);
     let first = pb::AttachRequest {
         namespace: c.namespace.clone(),
@@ -58,7 +63,35 @@ pub async fn attach(c: &mut Client, id: &str, exec_id: &str, stdin: bool) -> Res
         input: Vec::new(),
     };
     let _ = tx.send(first).await;
-    let mut output = c.containers.attach(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    let output = c.containers.attach(tokio_stream::wrappers::ReceiverStream::new(rx)).await?.into_inner();
+    if stdin {
+        // A plain thread: reading a terminal or pipe cannot be cancelled;
+        // the end of our stdin ends the process's.
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            let mut input = std::io::stdin();
+            while let Ok(n) = input.read(&mut buf) {
+                let msg = pb::AttachRequest { input: buf[..n].to_vec(), ..Default::default() };
+                if n == 0 || tx.blocking_send(msg).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(output)
+}
+
+/// Sends our stdin to the process's (no terminal) until it ends; output is
+/// read from the logs meanwhile.
+pub async fn pump_stdin(c: &mut Client, id: &str, exec_id: &str) -> Result<tokio::task::JoinHandle<()>, Failure> {
+    let mut done = open(c, id, exec_id, true).await?;
+    Ok(tokio::spawn(async move { while let Some(Ok(_)) = done.next().await {} }))
+}
+
+/// Streams the terminal of init (`exec_id` empty) or an exec until its
+/// output ends; sends our input with `stdin`.
+pub async fn attach(c: &mut Client, id: &str, exec_id: &str, stdin: bool) -> Result<(), Failure> {
+    let mut output = open(c, id, exec_id, stdin).await?;
     let _raw = RawMode::enter();
     let resize_req = |(width, height)| pb::ResizeRequest {
         namespace: c.namespace.clone(),
@@ -82,20 +115,6 @@ pub async fn attach(c: &mut Client, id: &str, exec_id: &str, stdin: bool) -> Res
             }
         }
     });
-    if stdin {
-        // A plain thread: reading a terminal cannot be cancelled; the
-        // process exits when the output ends.
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            let mut input = std::io::stdin();
-            while let Ok(n) = input.read(&mut buf) {
-                let msg = pb::AttachRequest { input: buf[..n].to_vec(), ..Default::default() };
-                if n == 0 || tx.blocking_send(msg).is_err() {
-                    break;
-                }
-            }
-        });
-    }
     let mut out = std::io::stdout();
     while let Some(chunk) = output.next().await {
         let Ok(chunk) = chunk else { break };

@@ -13,6 +13,7 @@ use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use crate::control::Attached;
 use crate::create::CreateParams;
 use crate::error::Error;
 use crate::events::Event;
@@ -167,6 +168,7 @@ impl pb::containers_server::Containers for Api {
             limits: limits_from_pb(r.resources.unwrap_or_default()),
             tty: r.tty,
             tty_size: size(r.tty_width, r.tty_height),
+            stdin: r.stdin,
         };
         let rec = self.mgr.create(params).await.map_err(status)?;
         Ok(Response::new(container_pb(rec)))
@@ -244,6 +246,7 @@ impl pb::containers_server::Containers for Api {
             gid: r.gid,
             tty: r.tty,
             tty_size: size(r.tty_width, r.tty_height),
+            stdin: r.stdin,
         };
         let pid = self.mgr.exec(&ns, &id, params).await.map_err(status)?;
         Ok(Response::new(pb::ExecResponse { pid }))
@@ -307,32 +310,45 @@ impl pb::containers_server::Containers for Api {
             .await?
             .ok_or_else(|| Status::invalid_argument("attach needs a first message naming the process"))?;
         let (ns, id) = key(&first.namespace, &first.id)?;
-        let conn = self.mgr.attach(&ns, &id, &first.exec_id).await.map_err(status)?;
-        let (mut from_tty, mut to_tty) = conn.into_split();
-        if !first.input.is_empty() {
-            to_tty.write_all(&first.input).await.map_err(|e| Status::unavailable(e.to_string()))?;
-        }
-        tokio::spawn(async move {
-            while let Ok(Some(msg)) = input.message().await {
-                if to_tty.write_all(&msg.input).await.is_err() {
-                    break;
-                }
-            }
-        });
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                match from_tty.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => {
-                        if tx.send(Ok(pb::AttachOutput { data: buf[..n].to_vec() })).await.is_err() {
+        match self.mgr.attach(&ns, &id, &first.exec_id).await.map_err(status)? {
+            Attached::Terminal(conn) => {
+                let (mut from_tty, mut to_tty) = conn.into_split();
+                tokio::spawn(async move {
+                    let _ = to_tty.write_all(&first.input).await;
+                    while let Ok(Some(msg)) = input.message().await {
+                        if to_tty.write_all(&msg.input).await.is_err() {
                             break;
                         }
                     }
-                }
+                });
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = from_tty.read(&mut buf).await {
+                        if n == 0 || tx.send(Ok(pb::AttachOutput { data: buf[..n].to_vec() })).await.is_err() {
+                            break;
+                        }
+                    }
+                });
             }
-        });
+            Attached::Stdin(mut fifo) => {
+                // Output goes to the logs; this stream ends with the input.
+                let mgr = self.mgr.clone();
+                tokio::spawn(async move {
+                    let _ = fifo.write_all(&first.input).await;
+                    while let Ok(Some(msg)) = input.message().await {
+                        if fifo.write_all(&msg.input).await.is_err() {
+                            break;
+                        }
+                    }
+                    drop(fifo);
+                    if let Err(e) = mgr.close_stdin(&ns, &id, &first.exec_id).await {
+                        tracing::debug!(%ns, %id, "close stdin: {e}");
+                    }
+                    drop(tx);
+                });
+            }
+        }
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

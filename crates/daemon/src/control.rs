@@ -4,9 +4,20 @@
 use berth_model::{ContainerId, Namespace, Op, State};
 use berth_store::ContainerRecord;
 
+use tokio::net::unix::pipe;
+
 use crate::error::{Error, Result};
 use crate::events::Kind;
+use crate::exec::stdin_fifo;
 use crate::manager::Manager;
+
+/// What an attach connects to.
+pub enum Attached {
+    /// The shim's terminal socket: output and input.
+    Terminal(tokio::net::UnixStream),
+    /// The process's stdin FIFO: input only.
+    Stdin(pipe::Sender),
+}
 
 /// One process of a container.
 pub struct Process {
@@ -50,18 +61,28 @@ impl Manager {
         Ok(rec)
     }
 
-    /// Connects to the terminal of init (`exec_id` empty) or an exec.
-    pub async fn attach(&self, ns: &Namespace, id: &ContainerId, exec_id: &str) -> Result<tokio::net::UnixStream> {
+    /// Connects to the terminal, or else the interactive stdin, of init
+    /// (`exec_id` empty) or an exec.
+    pub async fn attach(&self, ns: &Namespace, id: &ContainerId, exec_id: &str) -> Result<Attached> {
         let rec = self.get(ns, id)?;
         if !exec_id.is_empty() {
             self.exec_info(&*self.entry(ns, id)?, exec_id)?;
         }
-        let path = berth_shim::tty_socket(&rec.shim.socket, exec_id);
-        tokio::net::UnixStream::connect(&path).await.map_err(|e| {
-            Error::FailedPrecondition(format!(
-                "no terminal to attach to ({e}): the process was not started with one or has ended"
-            ))
-        })
+        let tty = berth_shim::tty_socket(&rec.shim.socket, exec_id);
+        if let Ok(conn) = tokio::net::UnixStream::connect(&tty).await {
+            return Ok(Attached::Terminal(conn));
+        }
+        let fifo = rec.stdout.parent().map(|logs| stdin_fifo(logs, exec_id));
+        match fifo.map(|f| pipe::OpenOptions::new().open_sender(f)) {
+            Some(Ok(sender)) => Ok(Attached::Stdin(sender)),
+            _ => Err(Error::FailedPrecondition(
+                "nothing to attach to: the process has neither a terminal nor interactive stdin, or has ended".into(),
+            )),
+        }
+    }
+
+    pub async fn close_stdin(&self, ns: &Namespace, id: &ContainerId, exec_id: &str) -> Result<()> {
+        self.entry(ns, id)?.shim.close_stdin(id, exec_id).await
     }
 
     pub async fn resize(&self, ns: &Namespace, id: &ContainerId, exec_id: &str, width: u32, height: u32) -> Result<()> {

@@ -14,7 +14,7 @@ use berth_store::{ContainerRecord, ShimInfo};
 use crate::error::{Error, Result};
 use crate::events::Kind;
 use crate::manager::{Entry, Key, Manager};
-use crate::shim::{self, ShimArgs, ShimClient};
+use crate::shim::{self, ProcessIo, ShimArgs, ShimClient};
 use crate::spec::{self, Overrides};
 
 const MAX_LABELS: usize = 64;
@@ -36,6 +36,8 @@ pub struct CreateParams {
     /// Give init a terminal (attach with `Attach`), of this size.
     pub tty: bool,
     pub tty_size: Option<(u32, u32)>,
+    /// Without tty: interactive stdin through a FIFO.
+    pub stdin: bool,
 }
 
 /// Completed allocation steps, released newest-first on failure.
@@ -74,6 +76,13 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A FIFO for interactive stdin.
+pub(crate) fn make_fifo(path: &std::path::Path) -> Result<()> {
+    let _ = std::fs::remove_file(path);
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600))
+        .map_err(|e| Error::io(format!("mkfifo {}", path.display()), e.into()))
 }
 
 fn mkdir(dir: &std::path::Path) -> Result<()> {
@@ -151,7 +160,12 @@ impl Manager {
         tracing::debug!(%id, us = t0.elapsed().as_micros() as u64, "create: shim connected");
 
         done.push(Step::Cgroup(cgroup.clone()));
-        let pid = client.create(id, &bundle, &stdout, &stderr, p.tty).await.map_err(|e| e.at("runtime create"))?;
+        let stdin = (p.stdin && !p.tty).then(|| logs.join("stdin"));
+        if let Some(fifo) = &stdin {
+            make_fifo(fifo).map_err(|e| e.at("logs"))?;
+        }
+        let io = ProcessIo { stdin: stdin.as_deref(), stdout: &stdout, stderr: &stderr, terminal: p.tty };
+        let pid = client.create(id, &bundle, &io).await.map_err(|e| e.at("runtime create"))?;
         done.push(Step::Task(client.clone()));
         tracing::debug!(%id, us = t0.elapsed().as_micros() as u64, "create: runtime container created");
 

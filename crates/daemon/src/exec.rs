@@ -10,9 +10,11 @@ use berth_model::{ContainerId, ExecId, ExitStatus, Namespace, State};
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::create::make_fifo;
 use crate::error::{Error, Result};
 use crate::events::Kind;
 use crate::manager::{Entry, Manager, lock};
+use crate::shim::ProcessIo;
 
 /// What to run.
 pub struct ExecParams {
@@ -25,6 +27,8 @@ pub struct ExecParams {
     /// Give the exec a terminal (attach with `Attach`), of this size.
     pub tty: bool,
     pub tty_size: Option<(u32, u32)>,
+    /// Without tty: interactive stdin through a FIFO.
+    pub stdin: bool,
 }
 
 pub struct ExecInfo {
@@ -36,6 +40,15 @@ pub struct ExecInfo {
 
 fn invalid(msg: String) -> Error {
     Error::InvalidArgument(msg)
+}
+
+/// Where the interactive stdin FIFO of a process lives in the log dir
+/// (`exec_id` empty: init).
+pub fn stdin_fifo(logs: &std::path::Path, exec_id: &str) -> PathBuf {
+    match exec_id {
+        "" => logs.join("stdin"),
+        e => logs.join(format!("exec-{e}.stdin")),
+    }
 }
 
 /// The exec's OCI process: the container's own, with the request's args,
@@ -105,7 +118,12 @@ impl Manager {
             execs.insert(exec_id.to_string(), Arc::new(info));
         }
         let started = async {
-            entry.shim.exec(id, exec_id.as_str(), (&stdout, &stderr), p.tty, spec).await?;
+            let stdin = (p.stdin && !p.tty).then(|| stdin_fifo(&logs, exec_id.as_str()));
+            if let Some(fifo) = &stdin {
+                make_fifo(fifo)?;
+            }
+            let io = ProcessIo { stdin: stdin.as_deref(), stdout: &stdout, stderr: &stderr, terminal: p.tty };
+            entry.shim.exec(id, exec_id.as_str(), &io, spec).await?;
             self.events.publish_exec(Kind::ExecAdded, ns, id, exec_id.as_str(), 0, None);
             entry.shim.start(id, exec_id.as_str()).await
         }
@@ -159,6 +177,9 @@ impl Manager {
         if let Some(info) = lock(&entry.execs).remove(exec_id) {
             let _ = std::fs::remove_file(&info.stdout);
             let _ = std::fs::remove_file(&info.stderr);
+            if let Some(logs) = info.stdout.parent() {
+                let _ = std::fs::remove_file(stdin_fifo(logs, exec_id));
+            }
         }
     }
 

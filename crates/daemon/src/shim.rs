@@ -44,6 +44,21 @@ fn exit_of(
     ExitStatus { code, exited_at_ns: at.map(from_timestamp).unwrap_or(0) }
 }
 
+/// The stdio of a new process as the shim sees it.
+pub struct ProcessIo<'a> {
+    /// A FIFO for interactive stdin, if any.
+    pub stdin: Option<&'a Path>,
+    pub stdout: &'a Path,
+    pub stderr: &'a Path,
+    pub terminal: bool,
+}
+
+impl ProcessIo<'_> {
+    fn stdin(&self) -> String {
+        self.stdin.map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+}
+
 /// Who a shim serves and how it runs containers.
 pub struct ShimArgs<'a> {
     pub binary: &'a Path,
@@ -149,43 +164,31 @@ pub async fn connect(socket: &Path, pid: u32) -> Result<ShimClient> {
 }
 
 impl ShimClient {
-    pub async fn create(
-        &self,
-        id: &ContainerId,
-        bundle: &Path,
-        stdout: &Path,
-        stderr: &Path,
-        terminal: bool,
-    ) -> Result<u32> {
+    pub async fn create(&self, id: &ContainerId, bundle: &Path, io: &ProcessIo<'_>) -> Result<u32> {
         let req = api::CreateTaskRequest {
             id: id.to_string(),
             bundle: bundle.to_string_lossy().into_owned(),
-            stdout: stdout.to_string_lossy().into_owned(),
-            stderr: stderr.to_string_lossy().into_owned(),
-            terminal,
+            stdin: io.stdin(),
+            stdout: io.stdout.to_string_lossy().into_owned(),
+            stderr: io.stderr.to_string_lossy().into_owned(),
+            terminal: io.terminal,
             ..Default::default()
         };
         Ok(self.task.create(ctx(), &req).await.map_err(shim_err)?.pid)
     }
 
     /// Registers an exec from an OCI process JSON; `start` runs it.
-    pub async fn exec(
-        &self,
-        id: &ContainerId,
-        exec_id: &str,
-        (stdout, stderr): (&Path, &Path),
-        terminal: bool,
-        spec: Vec<u8>,
-    ) -> Result<()> {
+    pub async fn exec(&self, id: &ContainerId, exec_id: &str, io: &ProcessIo<'_>, spec: Vec<u8>) -> Result<()> {
         let mut any = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
         any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".to_string();
         any.value = spec;
         let req = api::ExecProcessRequest {
             id: id.to_string(),
             exec_id: exec_id.to_string(),
-            stdout: stdout.to_string_lossy().into_owned(),
-            stderr: stderr.to_string_lossy().into_owned(),
-            terminal,
+            stdin: io.stdin(),
+            stdout: io.stdout.to_string_lossy().into_owned(),
+            stderr: io.stderr.to_string_lossy().into_owned(),
+            terminal: io.terminal,
             spec: Some(any).into(),
             ..Default::default()
         };
@@ -235,6 +238,14 @@ impl ShimClient {
         let req = api::PidsRequest { id: id.to_string(), ..Default::default() };
         let r = self.task.pids(ctx(), &req).await.map_err(shim_err)?;
         Ok(r.processes.iter().map(|p| p.pid).collect())
+    }
+
+    /// Ends the interactive stdin of init (`exec_id` empty) or an exec.
+    pub async fn close_stdin(&self, id: &ContainerId, exec_id: &str) -> Result<()> {
+        let req =
+            api::CloseIORequest { id: id.to_string(), exec_id: exec_id.to_string(), stdin: true, ..Default::default() };
+        self.task.close_io(ctx(), &req).await.map_err(shim_err)?;
+        Ok(())
     }
 
     pub async fn resize(&self, id: &ContainerId, exec_id: &str, width: u32, height: u32) -> Result<()> {

@@ -22,6 +22,8 @@ pub struct ExecProc {
     spec: PathBuf,
     terminal: bool,
     pty: Option<Pty>,
+    stdin: String,
+    stdin_keeper: Option<std::fs::File>,
     stdout: String,
     stderr: String,
     /// 0 until started.
@@ -37,6 +39,12 @@ impl ExecProc {
 
 fn not_found(exec_id: &str) -> ttrpc::Error {
     to_ttrpc(Code::NotFound, format!("exec {exec_id} not found"))
+}
+
+/// Lets an exec's interactive stdin end (CloseIO).
+pub(crate) fn close_exec_stdin(t: &mut InitTask, exec_id: &str) -> TtrpcResult<()> {
+    get(t, exec_id)?.stdin_keeper = None;
+    Ok(())
 }
 
 /// The terminal of an exec, if it has one.
@@ -68,6 +76,8 @@ impl Shim {
                 spec: path,
                 terminal: req.terminal,
                 pty: None,
+                stdin: req.stdin,
+                stdin_keeper: None,
                 stdout: req.stdout,
                 stderr: req.stderr,
                 pid: 0,
@@ -79,7 +89,7 @@ impl Shim {
     }
 
     pub(crate) fn exec_start(&self, exec_id: &str) -> TtrpcResult<u32> {
-        let (spec, terminal, stdout, stderr, bundle) = self.with_task(|t| {
+        let (spec, terminal, stdin, stdout, stderr, bundle) = self.with_task(|t| {
             if !t.running() {
                 return Err(to_ttrpc(Code::FailedPrecondition, "container is not running"));
             }
@@ -88,9 +98,9 @@ impl Shim {
             if e.pid != 0 {
                 return Err(to_ttrpc(Code::FailedPrecondition, format!("exec {exec_id} was already started")));
             }
-            Ok((e.spec.clone(), e.terminal, e.stdout.clone(), e.stderr.clone(), bundle))
+            Ok((e.spec.clone(), e.terminal, e.stdin.clone(), e.stdout.clone(), e.stderr.clone(), bundle))
         })?;
-        let (stdio, console) = self.stdio(terminal, exec_id, "", &stdout, &stderr)?;
+        let (stdio, console, stdin_keeper) = self.stdio(terminal, exec_id, &stdin, &stdout, &stderr)?;
         let id = self.container_id().to_string();
         let pid = self.runtime.exec(&id, &spec, stdio).map_err(|e| to_ttrpc(e.code(), e))?;
         // On failure the process runs on without a terminal reader; kill it.
@@ -106,6 +116,7 @@ impl Shim {
             e.pid = pid;
             e.exit = Some(rx);
             e.pty = pty;
+            e.stdin_keeper = stdin_keeper;
             Ok(pid)
         })
     }

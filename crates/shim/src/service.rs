@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -27,7 +27,7 @@ use nix::unistd::Pid;
 use tokio::sync::{Notify, watch};
 
 use crate::cleanup::{cgroup_of, kill_leftovers};
-use crate::exec::{ExecProc, exec_pty};
+use crate::exec::{ExecProc, close_exec_stdin, exec_pty};
 use crate::process;
 use crate::reaper::Tracked;
 use crate::tty::{self, ConsoleSocket, Pty};
@@ -44,6 +44,8 @@ pub(crate) struct InitTask {
     cgroup: Option<String>,
     exit: watch::Receiver<Option<ExitStatus>>,
     pty: Option<Pty>,
+    /// Held open until CloseIO so interactive stdin does not end early.
+    stdin_keeper: Option<std::fs::File>,
     pub(crate) execs: HashMap<String, ExecProc>,
 }
 
@@ -123,19 +125,16 @@ impl Shim {
         stdin: &str,
         stdout: &str,
         stderr: &str,
-    ) -> TtrpcResult<(Stdio, Option<ConsoleSocket>)> {
+    ) -> TtrpcResult<(Stdio, Option<ConsoleSocket>, Option<std::fs::File>)> {
         if terminal {
             let console = ConsoleSocket::bind(&console_socket(&self.socket, exec_id)).map_err(internal)?;
             let stdio = Stdio { console_socket: Some(console.path().to_path_buf()), ..Default::default() };
-            return Ok((stdio, Some(console)));
+            return Ok((stdio, Some(console), None));
         }
-        let stdio = Stdio {
-            stdin: open_stdio(stdin, false)?,
-            stdout: open_stdio(stdout, true)?,
-            stderr: open_stdio(stderr, true)?,
-            console_socket: None,
-        };
-        Ok((stdio, None))
+        let (stdin, keeper) = open_stdin(stdin)?;
+        let stdio =
+            Stdio { stdin, stdout: open_stdio(stdout, true)?, stderr: open_stdio(stderr, true)?, console_socket: None };
+        Ok((stdio, None, keeper))
     }
 
     /// Takes the pty master from the console socket and serves it.
@@ -170,6 +169,24 @@ impl Shim {
     fn exit_rx(&self) -> TtrpcResult<watch::Receiver<Option<ExitStatus>>> {
         self.with_task(|t| Ok(t.exit.clone()))
     }
+}
+
+/// Opens a process's stdin. A FIFO (interactive stdin from berthd) is
+/// opened without blocking, and the shim keeps a writer open (returned) so
+/// the process sees no end of input until `CloseIO`.
+pub(crate) fn open_stdin(path: &str) -> TtrpcResult<(Option<OwnedFd>, Option<std::fs::File>)> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let is_fifo = !path.is_empty() && std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo());
+    if !is_fifo {
+        return Ok((open_stdio(path, false)?, None));
+    }
+    let open_err = |e: std::io::Error| to_ttrpc(Code::InvalidArgument, format!("open {path}: {e}"));
+    let reader = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(open_err)?;
+    let keeper = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(open_err)?;
+    let fd = OwnedFd::from(reader);
+    // The process gets an ordinary blocking stdin.
+    nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty())).map_err(internal)?;
+    Ok((Some(fd), Some(keeper)))
 }
 
 pub(crate) fn open_stdio(path: &str, write: bool) -> TtrpcResult<Option<OwnedFd>> {
@@ -216,7 +233,7 @@ impl Task for Shim {
             return Err(to_ttrpc(Code::AlreadyExists, format!("container {} already has a task", req.id)));
         }
         let bundle = PathBuf::from(&req.bundle);
-        let (stdio, console) = self.stdio(req.terminal, "", &req.stdin, &req.stdout, &req.stderr)?;
+        let (stdio, console, stdin_keeper) = self.stdio(req.terminal, "", &req.stdin, &req.stdout, &req.stderr)?;
         let t0 = std::time::Instant::now();
         let pid = self.runtime.create(&req.id, &bundle, stdio).map_err(|e| to_ttrpc(e.code(), e))?;
         tracing::debug!(id = %req.id, pid, terminal = req.terminal, us = t0.elapsed().as_micros() as u64, "runtime create");
@@ -250,6 +267,7 @@ impl Task for Shim {
             cgroup,
             exit,
             pty,
+            stdin_keeper,
             execs: HashMap::new(),
         });
         Ok(api::CreateTaskResponse { pid, ..Default::default() })
@@ -361,6 +379,21 @@ impl Task for Shim {
         limits.validate().map_err(|e| to_ttrpc(e.code(), e))?;
         in_child("update", || berth_cgroups::update(&cgroup, &limits).map(|()| 0u32).map_err(isolated))
             .map_err(|e| to_ttrpc(e.code(), e))?;
+        Ok(Empty::new())
+    }
+
+    async fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<Empty> {
+        self.check(&req.id)?;
+        if req.stdin {
+            self.with_task(|t| {
+                if req.exec_id.is_empty() {
+                    t.stdin_keeper = None;
+                } else {
+                    close_exec_stdin(t, &req.exec_id)?;
+                }
+                Ok(())
+            })?;
+        }
         Ok(Empty::new())
     }
 

@@ -120,6 +120,8 @@ pub fn serve(master: OwnedFd, log: &str, attach: PathBuf) -> io::Result<Pty> {
     tokio::spawn(async move {
         let mut early = Vec::new();
         let mut client: Option<tokio::net::UnixStream> = None;
+        // A client that half-closed (no more input) still gets output.
+        let mut client_input = false;
         let mut closed = false;
         let mut buf = vec![0u8; 16 * 1024];
         let mut input = vec![0u8; 16 * 1024];
@@ -157,11 +159,13 @@ pub fn serve(master: OwnedFd, log: &str, attach: PathBuf) -> io::Result<Pty> {
                     let Ok((mut c, _)) = conn else { continue };
                     if c.write_all(&std::mem::take(&mut early)).await.is_ok() && !closed {
                         client = Some(c);
+                        client_input = true;
                     }
                 }
-                read = async { client.as_mut().expect("guarded").read(&mut input).await }, if client.is_some() && !closed => {
+                read = async { client.as_mut().expect("guarded").read(&mut input).await }, if client.is_some() && client_input && !closed => {
                     match read {
-                        Ok(0) | Err(_) => client = None,
+                        Ok(0) => client_input = false,
+                        Err(_) => client = None,
                         Ok(n) => {
                             let mut rest = &input[..n];
                             while !rest.is_empty() {
