@@ -56,12 +56,14 @@ fn parse_args() -> Result<Args, String> {
 
 fn main() {
     // Logs go to stderr, which berthd points at the bundle's shim.log.
-    // A plain level (not an env filter) keeps the shim's code and memory
-    // small. Logs go to a close-on-exec duplicate of stderr (the bundle's
+    // Logging is off unless BERTH_SHIM_LOG names a level: every shim lives
+    // as long as its container, and an idle logger still costs resident
+    // memory. Logs go to a close-on-exec duplicate of stderr (the bundle's
     // shim.log), not to fd 2: container processes log between fork and exec
-    // too, after fd 2 has become the container's own stderr.
-    let level = std::env::var("BERTH_SHIM_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(tracing::Level::WARN);
-    if let Ok(log) = std::io::stderr().as_fd().try_clone_to_owned() {
+    // too, after fd 2 has become the container's own stderr. The shim's own
+    // errors always reach stderr.
+    let level: Option<tracing::Level> = std::env::var("BERTH_SHIM_LOG").ok().and_then(|l| l.parse().ok());
+    if let (Some(level), Ok(log)) = (level, std::io::stderr().as_fd().try_clone_to_owned()) {
         let log = std::sync::Arc::new(std::fs::File::from(log));
         tracing_subscriber::fmt().with_max_level(level).with_writer(log).with_ansi(false).init();
     }
