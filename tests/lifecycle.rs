@@ -319,3 +319,49 @@ fn top_lists_every_process() {
     assert_eq!(d.berth(&["wait", "frozen"]).code, 137);
     d.berth(&["rm", "frozen"]).ok();
 }
+
+#[test]
+fn stop_is_graceful_then_forceful() {
+    let d = Daemon::start();
+    let rootfs = d.rootfs.to_str().unwrap();
+    // Handles SIGTERM: exits with its own code, well before the timeout.
+    d.run_detached("polite", &["sh", "-c", "trap 'exit 42' TERM; echo ready; while true; do sleep 0.05; done"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !d.berth(&["logs", "polite"]).stdout.contains("ready") {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t = std::time::Instant::now();
+    d.berth(&["stop", "-t", "5", "polite"]).ok();
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    assert_eq!(inspect(&d, "polite")["exit"]["code"], 42);
+    // Ignores SIGTERM (pid 1 without a handler): killed after the timeout.
+    d.run_detached("stubborn", &["sleep", "1000"]);
+    let t = std::time::Instant::now();
+    d.berth(&["stop", "-t", "1", "stubborn"]).ok();
+    assert!(t.elapsed() >= Duration::from_secs(1) && t.elapsed() < Duration::from_secs(8), "{:?}", t.elapsed());
+    assert_eq!(inspect(&d, "stubborn")["exit"]["code"], 137);
+    // The label picks the first signal.
+    d.berth(&[
+        "run",
+        "-d",
+        "--name",
+        "quit",
+        "-l",
+        "berth.stop-signal=QUIT",
+        rootfs,
+        "sh",
+        "-c",
+        "trap 'exit 3' QUIT; while true; do sleep 0.05; done",
+    ])
+    .ok();
+    std::thread::sleep(Duration::from_millis(300));
+    d.berth(&["stop", "quit"]).ok();
+    assert_eq!(inspect(&d, "quit")["exit"]["code"], 3);
+    // Stopping a stopped container just reports its exit; unknown ids are not found.
+    d.berth(&["stop", "quit"]).ok();
+    d.berth(&["stop", "ghost"]).fails_with("not found");
+    for id in ["polite", "stubborn", "quit"] {
+        d.berth(&["rm", id]).ok();
+    }
+}

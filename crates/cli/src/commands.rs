@@ -281,6 +281,18 @@ pub async fn exec(c: &mut Client, a: ExecArgs) -> Result<i32, Failure> {
     Ok(exit.code as i32)
 }
 
+pub async fn stop(c: &mut Client, ids: Vec<String>, time: u32) -> Result<i32, Failure> {
+    if time == 0 {
+        return Err(Failure::new("stop timeout must be at least 1 second"));
+    }
+    for id in ids {
+        let req = pb::StopRequest { namespace: c.namespace.clone(), id: id.clone(), timeout_seconds: time };
+        c.containers.stop(req).await?;
+        println!("{id}");
+    }
+    Ok(0)
+}
+
 pub async fn wait(c: &mut Client, id: String) -> Result<i32, Failure> {
     let exit = c.containers.wait(cref(c, &id)).await?.into_inner();
     println!("{}", exit.code);

@@ -106,6 +106,15 @@ enum Command {
         exec_id: Option<String>,
         id: String,
     },
+    /// Stop containers gracefully: their stop signal (label berth.stop-signal,
+    /// else SIGTERM), then SIGKILL after the timeout.
+    Stop {
+        /// Seconds to wait before SIGKILL.
+        #[arg(short = 't', long, default_value_t = 10)]
+        time: u32,
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
     /// Wait for a container to exit; print its exit code and exit with it.
     Wait { id: String },
     /// Remove containers.
@@ -227,6 +236,7 @@ async fn dispatch(cli: Cli) -> Result<i32, client::Failure> {
             cmd::exec(&mut c, e).await
         }
         Command::Wait { id } => cmd::wait(&mut c, id).await,
+        Command::Stop { time, ids } => cmd::stop(&mut c, ids, time).await,
         Command::Rm { force, ids } => cmd::rm(&mut c, ids, force).await,
         Command::Logs { follow, id } => cmd::logs(&mut c, id, follow).await,
         Command::Pause { ids } => cmd::pause(&mut c, ids, true).await,

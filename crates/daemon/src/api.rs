@@ -201,6 +201,16 @@ impl pb::containers_server::Containers for Api {
         Ok(Response::new(pb::Empty {}))
     }
 
+    async fn stop(&self, req: Request<pb::StopRequest>) -> Result<Response<pb::ExitStatus>, Status> {
+        let r = req.into_inner();
+        let (ns, id) = key(&r.namespace, &r.id)?;
+        let timeout = match r.timeout_seconds {
+            0 => crate::stop::DEFAULT_STOP_TIMEOUT,
+            s => std::time::Duration::from_secs(s.into()),
+        };
+        Ok(Response::new(exit_pb(self.mgr.stop(&ns, &id, timeout).await.map_err(status)?)))
+    }
+
     async fn wait(&self, req: Request<pb::ContainerRef>) -> Result<Response<pb::ExitStatus>, Status> {
         let r = req.into_inner();
         let (ns, id) = key(&r.namespace, &r.id)?;

@@ -16,6 +16,7 @@ mod oom;
 mod resources;
 mod shim;
 mod spec;
+mod stop;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;

@@ -1,0 +1,57 @@
+//! Graceful stop (SPEC B10): the container's stop signal, a grace period,
+//! then SIGKILL to every process. A paused container is killed at once (its
+//! processes could not handle the signal).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use berth_model::{Code, ContainerId, ExitStatus, Namespace, State};
+
+use crate::error::{Error, Result};
+use crate::manager::Manager;
+
+/// Label naming the signal `stop` sends first, e.g. `SIGQUIT`.
+pub const STOP_SIGNAL_LABEL: &str = "berth.stop-signal";
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(3600);
+
+fn stop_signal(labels: &std::collections::BTreeMap<String, String>) -> Result<u32> {
+    let Some(name) = labels.get(STOP_SIGNAL_LABEL) else { return Ok(libc::SIGTERM as u32) };
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    nix::sys::signal::Signal::from_str(&full)
+        .map(|s| s as u32)
+        .map_err(|_| Error::InvalidArgument(format!("label {STOP_SIGNAL_LABEL}={name} is not a signal")))
+}
+
+impl Manager {
+    pub async fn stop(&self, ns: &Namespace, id: &ContainerId, timeout: Duration) -> Result<ExitStatus> {
+        if timeout > MAX_STOP_TIMEOUT {
+            return Err(Error::InvalidArgument(format!("stop timeout must be at most {MAX_STOP_TIMEOUT:?}")));
+        }
+        let rec = self.get(ns, id)?;
+        if let Some(exit) = rec.exit {
+            return Ok(exit);
+        }
+        if !matches!(rec.state, State::Created | State::Running | State::Paused) {
+            return Err(Error::FailedPrecondition(format!("container {id} is {}: nothing to stop", rec.state)));
+        }
+        let gentle = rec.state == State::Running;
+        if gentle {
+            match self.kill(ns, id, "", stop_signal(&rec.labels)?, false).await {
+                Err(e) if e.code() != Code::NotFound => return Err(e),
+                _ => {}
+            }
+            if let Ok(exit) = tokio::time::timeout(timeout, self.wait(ns, id)).await {
+                return exit;
+            }
+        }
+        match self.kill(ns, id, "", libc::SIGKILL as u32, true).await {
+            Err(e) if e.code() != Code::NotFound => return Err(e),
+            _ => {}
+        }
+        tokio::time::timeout(Duration::from_secs(30), self.wait(ns, id))
+            .await
+            .map_err(|_| Error::DeadlineExceeded(format!("container {id} did not die after SIGKILL")))?
+    }
+}
