@@ -96,3 +96,21 @@ unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+#[test]
+fn shutdown_containers_flag_stops_them() {
+    let mut d = Daemon::start_with(&["--shutdown-containers"]);
+    d.run_detached("a", &["sh", "-c", "trap 'exit 7' TERM; while true; do sleep 0.05; done"]);
+    d.run_detached("b", &["sleep", "1000"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    d.terminate();
+    // The containers are gone (their shims stay, holding the exits, until rm).
+    assert!(d.cgroup_procs("default", "a").is_empty() && d.cgroup_procs("default", "b").is_empty());
+    d.spawn();
+    let a: Value = serde_json::from_str(d.berth(&["inspect", "--json", "a"]).ok()).unwrap();
+    assert_eq!((a["state"].as_str(), a["exit"]["code"].as_u64()), (Some("stopped"), Some(7)));
+    let b: Value = serde_json::from_str(d.berth(&["inspect", "--json", "b"]).ok()).unwrap();
+    assert_eq!(b["state"], "stopped");
+    d.berth(&["rm", "a", "b"]).ok();
+    assert!(d.shim_pids().is_empty());
+}

@@ -53,6 +53,10 @@ struct Args {
     /// Seconds a start may take before the container is killed.
     #[arg(long, default_value_t = 30)]
     start_timeout: u64,
+    /// On SIGTERM/SIGINT, stop every container (gracefully) before exiting;
+    /// by default they keep running.
+    #[arg(long)]
+    shutdown_containers: bool,
 }
 
 /// How long in-flight requests may run after SIGTERM.
@@ -96,11 +100,11 @@ fn shim_binary(arg: Option<PathBuf>) -> Result<PathBuf, String> {
 
 async fn run(args: Args) -> Result<(), String> {
     let cfg = Config {
-        root: args.root,
-        state: args.state,
-        socket: args.socket,
-        cgroup_parent: args.cgroup_parent,
-        shim_binary: shim_binary(args.shim)?,
+        root: args.root.clone(),
+        state: args.state.clone(),
+        socket: args.socket.clone(),
+        cgroup_parent: args.cgroup_parent.clone(),
+        shim_binary: shim_binary(args.shim.clone())?,
         start_timeout: Duration::from_secs(args.start_timeout),
     };
     for dir in [&cfg.root, &cfg.state] {
@@ -124,7 +128,7 @@ async fn run(args: Args) -> Result<(), String> {
     tracing::info!(socket = %socket.display(), "berthd serving");
 
     let api = api::Api { mgr: mgr.clone() };
-    let events = api::Api { mgr };
+    let events = api::Api { mgr: mgr.clone() };
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -139,7 +143,12 @@ async fn run(args: Args) -> Result<(), String> {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    tracing::info!("berthd stopping; containers keep running");
+    if args.shutdown_containers {
+        tracing::info!("berthd stopping its containers");
+        mgr.stop_all(crate::stop::DEFAULT_STOP_TIMEOUT).await;
+    } else {
+        tracing::info!("berthd stopping; containers keep running");
+    }
     stop.notify_one();
     // In-flight calls get a moment to finish; followers of logs and events
     // would otherwise hold the daemon forever.

@@ -55,3 +55,21 @@ impl Manager {
             .map_err(|_| Error::DeadlineExceeded(format!("container {id} did not die after SIGKILL")))?
     }
 }
+
+impl Manager {
+    /// Stops every live container of every namespace, concurrently
+    /// (`berthd --shutdown-containers`).
+    pub async fn stop_all(self: &std::sync::Arc<Self>, timeout: Duration) {
+        let Ok(recs) = self.list(None) else { return };
+        let mut tasks = tokio::task::JoinSet::new();
+        for rec in recs.into_iter().filter(|r| matches!(r.state, State::Created | State::Running | State::Paused)) {
+            let mgr = self.clone();
+            tasks.spawn(async move {
+                if let Err(e) = mgr.stop(&rec.namespace, &rec.id, timeout).await {
+                    tracing::warn!(ns = %rec.namespace, id = %rec.id, "stop at shutdown: {e}");
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+}
