@@ -191,6 +191,17 @@ fn create_then_start_and_kill_before_start() {
 }
 
 #[test]
+fn longest_ids_work() {
+    let d = Daemon::start();
+    // 128 characters: longer than a host name may be.
+    let id = "x".repeat(128);
+    let rootfs = d.rootfs.to_str().unwrap();
+    let out = d.berth(&["run", "--rm", "--name", &id, rootfs, "hostname"]);
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), "x".repeat(64));
+}
+
+#[test]
 fn namespaces_are_separate() {
     let d = Daemon::start();
     let rootfs = d.rootfs.to_str().unwrap();

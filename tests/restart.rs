@@ -82,6 +82,8 @@ fn container_of_a_killed_shim_is_unknown_and_force_removable() {
     assert!(d.shim_pids().is_empty());
     assert!(d.cgroup_dirs("default", "orphan").is_empty());
     assert!(d.container_paths("default", "orphan").is_empty(), "{:?}", d.container_paths("default", "orphan"));
+    let sockets: Vec<_> = std::fs::read_dir(d.state.join("shims")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(sockets.is_empty(), "shim sockets left: {sockets:?}");
     std::thread::sleep(std::time::Duration::from_millis(200));
     let _ = events.kill();
     let out = events.wait_with_output().unwrap();

@@ -6,7 +6,7 @@
 mod oom;
 mod resources;
 
-pub use oom::{OomWatch, oom_killed};
+pub use oom::OomWatch;
 
 pub use resources::{
     BlkioEntry, ContainerStats, CpuStats, HugetlbEntry, Limits, MemoryStats, PidsStats, ResourceError, parse_cpu_list,

@@ -97,11 +97,3 @@ impl AsRawFd for OomWatch {
         self.fd.as_raw_fd()
     }
 }
-
-/// Whether the kernel's OOM killer killed anything in the cgroup (the
-/// `oom_kill` counter of v1 `memory.oom_control` or v2 `memory.events`).
-pub fn oom_killed(h: &Hierarchies, cgroup: &str) -> bool {
-    h.existing(cgroup)
-        .iter()
-        .any(|dir| oom_kills(&dir.join("memory.oom_control")) > 0 || oom_kills(&dir.join("memory.events")) > 0)
-}

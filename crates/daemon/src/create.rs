@@ -45,7 +45,7 @@ enum Step {
     Logs(PathBuf),
     Bundle(PathBuf),
     Cgroup(String),
-    Shim(ShimClient),
+    Shim { client: ShimClient, runtime: String, bundle: PathBuf },
     Task(ShimClient),
 }
 
@@ -120,7 +120,7 @@ impl Manager {
                 Ok(rec)
             }
             Err(e) => {
-                self.release(&p.id, done).await;
+                self.release(&p.namespace, &p.id, done).await;
                 Err(e)
             }
         }
@@ -155,11 +155,13 @@ impl Manager {
         let runtime_root = self.cfg.runtime_root(runtime, ns);
         let socket = self.cfg.shim_socket(ns, id);
         let args = ShimArgs { binary: &self.cfg.shim_binary, namespace: ns, id, runtime, runtime_root: &runtime_root };
+        // The cgroup may appear as soon as the runtime starts working; it is
+        // released after the shim (and what it may have started) is gone.
+        done.push(Step::Cgroup(cgroup.clone()));
         let client = shim::spawn(&args, &socket, &bundle.join("shim.log")).await.map_err(|e| e.at("shim"))?;
-        done.push(Step::Shim(client.clone()));
+        done.push(Step::Shim { client: client.clone(), runtime: runtime.to_string(), bundle: bundle.clone() });
         tracing::debug!(%id, us = t0.elapsed().as_micros() as u64, "create: shim connected");
 
-        done.push(Step::Cgroup(cgroup.clone()));
         let stdin = (p.stdin && !p.tty).then(|| logs.join("stdin"));
         if let Some(fifo) = &stdin {
             make_fifo(fifo).map_err(|e| e.at("logs"))?;
@@ -194,14 +196,31 @@ impl Manager {
 
     /// Undoes completed create steps, newest first; failures are logged and
     /// the remaining steps still run.
-    async fn release(&self, id: &ContainerId, done: Vec<Step>) {
+    async fn release(&self, ns: &Namespace, id: &ContainerId, done: Vec<Step>) {
+        let task_created = done.iter().any(|s| matches!(s, Step::Task(_)));
         for step in done.into_iter().rev() {
             let result = match step {
                 Step::Task(c) => c.delete(id, "").await.map(drop),
-                Step::Shim(c) => {
-                    let _ = c.shutdown(id).await;
-                    c.reap(Duration::from_secs(5)).await;
-                    std::fs::remove_file(&c.socket).map_err(|e| Error::io("remove shim socket", e))
+                Step::Shim { client, runtime, bundle } => {
+                    if !task_created {
+                        // The runtime create failed or was cut short (a
+                        // timeout, a crashed helper): whatever it started
+                        // must not outlive the rollback.
+                        let runtime_root = self.cfg.runtime_root(&runtime, ns);
+                        let args = ShimArgs {
+                            binary: &self.cfg.shim_binary,
+                            namespace: ns,
+                            id,
+                            runtime: &runtime,
+                            runtime_root: &runtime_root,
+                        };
+                        if let Err(e) = shim::cleanup(&args, &bundle).await {
+                            tracing::warn!(%id, "cleanup after failed create: {e}");
+                        }
+                    }
+                    let _ = client.shutdown(id).await;
+                    client.reap(Duration::from_secs(5)).await;
+                    crate::delete::remove_shim_sockets(&client.socket)
                 }
                 Step::Cgroup(cg) => self.cgroups.remove(&cg).map_err(|e| Error::io("remove cgroup", e)),
                 Step::Bundle(dir) | Step::Logs(dir) => {

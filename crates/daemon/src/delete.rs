@@ -25,6 +25,20 @@ fn remove_path(path: &std::path::Path) -> Result<()> {
     }
 }
 
+/// The shim's socket and its terminal/console sockets (`<stem>.*`), which
+/// a shim that died could not remove itself.
+pub(crate) fn remove_shim_sockets(socket: &std::path::Path) -> Result<()> {
+    remove_path(socket)?;
+    let (Some(dir), Some(stem)) = (socket.parent(), socket.file_stem()) else { return Ok(()) };
+    let prefix = format!("{}.", stem.to_string_lossy());
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+            remove_path(&entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 async fn wait_exit(entry: &Entry, id: &ContainerId) -> Result<()> {
     let mut rx = entry.exit.subscribe();
     match tokio::time::timeout(TEARDOWN_WAIT, rx.wait_for(Option::is_some)).await {
@@ -52,9 +66,13 @@ impl Manager {
             None => false,
         };
         if !by_shim {
-            self.teardown_without_shim(&rec).await?;
+            let status = self.teardown_without_shim(&rec).await?;
+            // Waiters on the lost shim get the exit too.
+            if let Some(e) = &entry {
+                e.exit.send_replace(Some(status));
+            }
         }
-        remove_path(&rec.shim.socket)?;
+        remove_shim_sockets(&rec.shim.socket)?;
         remove_path(&rec.bundle)?;
         self.cgroups.remove(&rec.cgroup).map_err(|e| Error::io(format!("remove cgroup {}", rec.cgroup), e))?;
         if let Some(logs) = rec.stdout.parent() {
@@ -70,7 +88,7 @@ impl Manager {
     /// The shim is gone: `berth-shim --cleanup` kills what is left and
     /// deletes the runtime state; the exit the shim recorded (or "unknown
     /// exit", 255) is recorded and published once (SPEC B19).
-    async fn teardown_without_shim(&self, rec: &ContainerRecord) -> Result<()> {
+    async fn teardown_without_shim(&self, rec: &ContainerRecord) -> Result<ExitStatus> {
         let (ns, id) = (&rec.namespace, &rec.id);
         let runtime_root = self.cfg.runtime_root(&rec.runtime, ns);
         let args = ShimArgs {
@@ -81,23 +99,26 @@ impl Manager {
             runtime_root: &runtime_root,
         };
         let recorded = shim::cleanup(&args, &rec.bundle).await?;
-        if rec.exit.is_none() {
-            let status = recorded.unwrap_or(ExitStatus { code: UNKNOWN_EXIT_CODE, exited_at_ns: crate::now_ns() });
-            self.update(ns, id, |r| {
-                r.state = r.state.apply(Op::Exit)?;
-                r.exit = Some(status);
-                Ok(())
-            })?;
-            self.events.publish(Kind::Exit, ns, id, rec.pid, Some(status));
+        if let Some(exit) = rec.exit {
+            return Ok(exit);
         }
-        Ok(())
+        let status = recorded.unwrap_or(ExitStatus { code: UNKNOWN_EXIT_CODE, exited_at_ns: crate::now_ns() });
+        self.update(ns, id, |r| {
+            r.state = r.state.apply(Op::Exit)?;
+            r.exit = Some(status);
+            Ok(())
+        })?;
+        self.events.publish(Kind::Exit, ns, id, rec.pid, Some(status));
+        Ok(status)
     }
 }
 
 /// Tears the container down through its shim: kill (if `kill`), runtime
 /// delete, shim exit. Returns false if the shim turned out to be gone.
 async fn teardown_with_shim(e: &Entry, id: &ContainerId, kill: bool) -> Result<bool> {
-    let gone = |err: &Error| err.code() == Code::Unavailable;
+    // Unreachable is not enough: only a shim whose process is gone is
+    // treated as dead (a slow one must not be cleaned up under its feet).
+    let gone = |err: &Error| err.code() == Code::Unavailable && e.shim.is_gone();
     if kill {
         match e.shim.kill(id, "", libc::SIGKILL as u32, true).await {
             Err(err) if gone(&err) => return Ok(false),

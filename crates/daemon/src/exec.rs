@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use berth_model::{ContainerId, ExecId, ExitStatus, Namespace, State};
 use serde_json::Value;
@@ -32,7 +33,8 @@ pub struct ExecParams {
 }
 
 pub struct ExecInfo {
-    pub pid: u32,
+    /// 0 until started.
+    pub pid: AtomicU32,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
     pub exit: watch::Sender<Option<ExitStatus>>,
@@ -108,14 +110,20 @@ impl Manager {
         let logs = self.cfg.log_dir(ns, id);
         let (stdout, stderr) =
             (logs.join(format!("exec-{exec_id}.stdout.log")), logs.join(format!("exec-{exec_id}.stderr.log")));
+        // One record for the exec's whole life: waiters and followers that
+        // subscribe early keep the same exit channel.
+        let info = Arc::new(ExecInfo {
+            pid: AtomicU32::new(0),
+            stdout: stdout.clone(),
+            stderr: stderr.clone(),
+            exit: watch::channel(None).0,
+        });
         {
             let mut execs = lock(&entry.execs);
             if execs.contains_key(exec_id.as_str()) {
                 return Err(Error::AlreadyExists(format!("exec {exec_id} in container {id}")));
             }
-            let info =
-                ExecInfo { pid: 0, stdout: stdout.clone(), stderr: stderr.clone(), exit: watch::channel(None).0 };
-            execs.insert(exec_id.to_string(), Arc::new(info));
+            execs.insert(exec_id.to_string(), info.clone());
         }
         let started = async {
             let stdin = (p.stdin && !p.tty).then(|| stdin_fifo(&logs, exec_id.as_str()));
@@ -136,8 +144,7 @@ impl Manager {
                 return Err(e);
             }
         };
-        let info = Arc::new(ExecInfo { pid, stdout, stderr, exit: watch::channel(None).0 });
-        lock(&entry.execs).insert(exec_id.to_string(), info.clone());
+        info.pid.store(pid, Ordering::SeqCst);
         self.events.publish_exec(Kind::ExecStarted, ns, id, exec_id.as_str(), pid, None);
         let (bus, shim, ns, id) = (self.events.clone(), entry.shim.clone(), ns.clone(), id.clone());
         tokio::spawn(async move {
@@ -185,6 +192,6 @@ impl Manager {
 
     /// Exec id of each exec pid, for `top`.
     pub(crate) fn exec_pids(&self, entry: &Entry) -> Vec<(u32, String)> {
-        lock(&entry.execs).iter().map(|(k, v)| (v.pid, k.clone())).collect()
+        lock(&entry.execs).iter().map(|(k, v)| (v.pid.load(Ordering::SeqCst), k.clone())).collect()
     }
 }

@@ -26,13 +26,25 @@ pub struct Entry {
     /// Serialises user operations on this container.
     pub op: tokio::sync::Mutex<()>,
     pub exit: watch::Sender<Option<ExitStatus>>,
+    /// Held while a start is being recorded, so an exit is never recorded
+    /// (or published) before the start it follows.
+    pub starting: tokio::sync::Mutex<()>,
+    /// Asks the OOM watcher for its final count (see `oom.rs`).
+    pub oom_drain: Mutex<Option<crate::oom::Drain>>,
     /// Exec processes by exec id (kept in memory, like the shim's).
     pub execs: Mutex<HashMap<String, Arc<ExecInfo>>>,
 }
 
 impl Entry {
     pub fn new(shim: ShimClient, exit: Option<ExitStatus>) -> Entry {
-        Entry { shim, op: Default::default(), exit: watch::channel(exit).0, execs: Mutex::default() }
+        Entry {
+            shim,
+            op: Default::default(),
+            exit: watch::channel(exit).0,
+            starting: Default::default(),
+            oom_drain: Mutex::default(),
+            execs: Mutex::default(),
+        }
     }
 }
 
@@ -107,11 +119,17 @@ impl Manager {
         let entry = self.entry(ns, id)?;
         let _op = entry.op.lock().await;
         self.get(ns, id)?.state.apply(Op::Start)?;
+        let _starting = entry.starting.lock().await;
         let started = tokio::time::timeout(self.cfg.start_timeout, entry.shim.start(id, "")).await;
         let pid = match started {
             Ok(r) => r?,
             Err(_) => {
-                let _ = entry.shim.kill(id, "", libc::SIGKILL as u32, true).await;
+                // The shim may be stuck in the very start that timed out:
+                // kill the container's processes directly.
+                let cgroup = self.get(ns, id)?.cgroup;
+                for pid in self.cgroups.procs(&cgroup).unwrap_or_default() {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+                }
                 return Err(Error::DeadlineExceeded(format!(
                     "start of {id} did not complete within {:?}; it was killed",
                     self.cfg.start_timeout
@@ -119,10 +137,7 @@ impl Manager {
             }
         };
         let rec = self.update(ns, id, |r| {
-            // The exit monitor may already have recorded a very fast exit.
-            if r.state == State::Created {
-                r.state = r.state.apply(Op::Start)?;
-            }
+            r.state = r.state.apply(Op::Start)?;
             r.pid = pid;
             Ok(())
         })?;
@@ -132,7 +147,8 @@ impl Manager {
 
     /// Signals init, or the exec `exec_id` when it is not empty (SPEC B7).
     pub async fn kill(&self, ns: &Namespace, id: &ContainerId, exec_id: &str, signal: u32, all: bool) -> Result<()> {
-        if signal == 0 || signal > 64 {
+        // Standard signals only: the runtimes cannot send real-time ones yet.
+        if signal == 0 || signal > 31 {
             return Err(Error::InvalidArgument(format!("invalid signal {signal}")));
         }
         let rec = self.get(ns, id)?;
@@ -154,11 +170,17 @@ impl Manager {
             return Ok(exit);
         }
         let mut rx = self.entry(ns, id)?.exit.subscribe();
-        let status = rx
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| Error::FailedPrecondition(format!("container {id} was removed while waiting")))?;
-        Ok(status.unwrap_or(berth_model::ExitStatus { code: berth_model::UNKNOWN_EXIT_CODE, exited_at_ns: 0 }))
+        if let Ok(status) = rx.wait_for(Option::is_some).await
+            && let Some(status) = *status
+        {
+            return Ok(status);
+        }
+        // The entry went away (e.g. cleaned up after its shim died): the
+        // record has the exit if one was recorded.
+        self.store
+            .get(ns, id)?
+            .and_then(|r| r.exit)
+            .ok_or_else(|| Error::FailedPrecondition(format!("container {id} was removed while waiting")))
     }
 
     /// Watches a container's init through its shim and records the exit
@@ -178,9 +200,9 @@ impl Manager {
                     return;
                 }
             };
-            if let Ok(rec) = mgr.get(ns, id) {
-                mgr.check_oom_at_exit(ns, id, &rec.cgroup, rec.oom_killed);
-            }
+            // A start still being recorded goes first.
+            let _started = entry.starting.lock().await;
+            mgr.drain_oom(&entry).await;
             let recorded = mgr.update(ns, id, |r| {
                 r.state = r.state.apply(Op::Exit)?;
                 r.exit = Some(status);

@@ -1,15 +1,22 @@
 //! OOM events (SPEC B15): one watcher per live container on its memory
-//! cgroup; every OOM kill is published as an `oom` event and marks the
-//! record `oom_killed`. The watcher ends when the container exits.
+//! cgroup; every OOM kill the kernel counts is published once as an `oom`
+//! event and marks the record `oom_killed`. When init exits, the exit
+//! monitor first asks the watcher for a final count, so the OOM kill that
+//! ended init is reported before the exit.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use berth_cgroups::{OomWatch, oom_killed};
+use berth_cgroups::OomWatch;
 use berth_model::{ContainerId, Namespace};
 use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::events::Kind;
-use crate::manager::{Entry, Key, Manager};
+use crate::manager::{Entry, Key, Manager, lock};
+
+/// A request for the watcher's last count; answered when it is published.
+pub type Drain = mpsc::Sender<oneshot::Sender<()>>;
 
 impl Manager {
     pub(crate) fn spawn_oom_watch(self: &Arc<Self>, key: Key, entry: Arc<Entry>, cgroup: String) {
@@ -28,9 +35,11 @@ impl Manager {
                 return;
             }
         };
+        let (drain_tx, mut drain) = mpsc::channel::<oneshot::Sender<()>>(1);
+        *lock(&entry.oom_drain) = Some(drain_tx);
         let mgr = self.clone();
         tokio::spawn(async move {
-            let mut exit = entry.exit.subscribe();
+            let (ns, id) = &key;
             loop {
                 tokio::select! {
                     ready = afd.readable_mut() => {
@@ -39,18 +48,28 @@ impl Manager {
                         guard.clear_ready();
                         match read {
                             Ok(0) => {}
-                            Ok(n) => mgr.record_oom(&key.0, &key.1, n),
+                            Ok(n) => mgr.record_oom(ns, id, n),
                             Err(_) => return,
                         }
                     }
-                    _ = exit.wait_for(Option::is_some) => return,
+                    reply = drain.recv() => {
+                        if let Ok(n) = afd.get_mut().read()
+                            && n > 0
+                        {
+                            mgr.record_oom(ns, id, n);
+                        }
+                        if let Some(reply) = reply {
+                            let _ = reply.send(());
+                        }
+                        return;
+                    }
                 }
             }
         });
     }
 
     /// Publishes `n` OOM kills and marks the record.
-    pub(crate) fn record_oom(&self, ns: &Namespace, id: &ContainerId, n: u64) {
+    fn record_oom(&self, ns: &Namespace, id: &ContainerId, n: u64) {
         let rec = self.update(ns, id, |r| {
             r.oom_killed = true;
             Ok(())
@@ -62,11 +81,12 @@ impl Manager {
         }
     }
 
-    /// At exit: an OOM kill the watcher has not reported yet (e.g. the one
-    /// that killed init) is reported now, before the exit.
-    pub(crate) fn check_oom_at_exit(&self, ns: &Namespace, id: &ContainerId, cgroup: &str, reported: bool) {
-        if !reported && oom_killed(&self.cgroups, cgroup) {
-            self.record_oom(ns, id, 1);
+    /// At exit: has the OOM watcher publish its last count and stop.
+    pub(crate) async fn drain_oom(&self, entry: &Entry) {
+        let Some(drain) = lock(&entry.oom_drain).take() else { return };
+        let (reply, done) = oneshot::channel();
+        if drain.send(reply).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), done).await;
         }
     }
 }

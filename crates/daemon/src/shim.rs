@@ -114,15 +114,15 @@ pub async fn spawn(a: &ShimArgs<'_>, socket: &Path, log: &Path) -> Result<ShimCl
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create shim socket dir", e))?;
     }
-    let _ = std::fs::remove_file(socket);
-    let listener = std::os::unix::net::UnixListener::bind(socket)
-        .map_err(|e| Error::io(format!("bind {}", socket.display()), e))?;
-    let fd = listener.as_raw_fd();
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .map_err(|e| Error::io(format!("open {}", log.display()), e))?;
+    let _ = std::fs::remove_file(socket);
+    let listener = std::os::unix::net::UnixListener::bind(socket)
+        .map_err(|e| Error::io(format!("bind {}", socket.display()), e))?;
+    let fd = listener.as_raw_fd();
     let mut cmd = a.command();
     cmd.stdout(Stdio::null()).stderr(log).kill_on_drop(false);
     // SAFETY: only async-signal-safe calls (setsid, dup2) between fork and exec.
@@ -142,24 +142,32 @@ pub async fn spawn(a: &ShimArgs<'_>, socket: &Path, log: &Path) -> Result<ShimCl
     })?;
     drop(listener);
     let pid = child.id().unwrap_or(0);
+    // The pidfd is taken while the shim is still our unreaped child, so it
+    // can never name a recycled pid.
+    let pidfd = pidfd_open(pid).ok();
     // Reap the shim when it exits; berthd is its parent until berthd dies.
     tokio::spawn(async move {
         let _ = child.wait().await;
     });
-    connect(socket, pid).await
+    let client = connect_with(socket, pid, pidfd).await;
+    if client.is_err() {
+        let _ = std::fs::remove_file(socket);
+    }
+    client
 }
 
 /// Connects to a running shim's socket.
 pub async fn connect(socket: &Path, pid: u32) -> Result<ShimClient> {
+    connect_with(socket, pid, pidfd_open(pid).ok()).await
+}
+
+async fn connect_with(socket: &Path, pid: u32, pidfd: Option<OwnedFd>) -> Result<ShimClient> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|e| Error::io(format!("connect to shim at {}", socket.display()), e))?;
     let task = TaskClient::new(Client::new(Socket::from(stream)));
-    let pidfd = pidfd_open(pid)
-        .ok()
-        // SAFETY: the AsyncFd owns the pidfd for its whole life.
-        .and_then(|fd| unsafe { AsyncFd::register(fd) }.ok())
-        .map(Arc::new);
+    // SAFETY: the AsyncFd owns the pidfd for its whole life.
+    let pidfd = pidfd.and_then(|fd| unsafe { AsyncFd::register(fd) }.ok()).map(Arc::new);
     Ok(ShimClient { task, pid, socket: socket.to_path_buf(), pidfd })
 }
 
@@ -196,10 +204,11 @@ impl ShimClient {
         Ok(())
     }
 
-    /// Starts init (`exec_id` empty) or an exec.
+    /// Starts init (`exec_id` empty) or an exec. No deadline of its own:
+    /// the caller bounds it (berthd's start timeout).
     pub async fn start(&self, id: &ContainerId, exec_id: &str) -> Result<u32> {
         let req = api::StartRequest { id: id.to_string(), exec_id: exec_id.to_string(), ..Default::default() };
-        Ok(self.task.start(ctx(), &req).await.map_err(shim_err)?.pid)
+        Ok(self.task.start(context::with_timeout(0), &req).await.map_err(shim_err)?.pid)
     }
 
     pub async fn kill(&self, id: &ContainerId, exec_id: &str, signal: u32, all: bool) -> Result<()> {
@@ -284,6 +293,18 @@ impl ShimClient {
         let req = api::ShutdownRequest { id: id.to_string(), now: true, ..Default::default() };
         self.task.shutdown(ctx(), &req).await.map_err(shim_err)?;
         Ok(())
+    }
+
+    /// Whether the shim process has exited (its pidfd is readable).
+    pub fn is_gone(&self) -> bool {
+        match &self.pidfd {
+            Some(fd) => {
+                let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                // SAFETY: poll on one valid descriptor with no timeout.
+                unsafe { libc::poll(&mut p, 1, 0) > 0 }
+            }
+            None => nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), None).is_err(),
+        }
     }
 
     /// Waits (bounded) for the shim process to exit; kills it if it lingers.

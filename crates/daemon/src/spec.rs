@@ -132,9 +132,14 @@ const DEFAULT_CAPS: &[Capability] = &[
     Capability::AuditWrite,
 ];
 
+/// The kernel's limit on host names (HOST_NAME_MAX).
+const MAX_HOSTNAME: usize = 64;
+
 fn default_spec(hostname: &str) -> Spec {
     let mut spec = Spec::default();
-    spec.set_hostname(Some(hostname.to_string()));
+    // Ids may be longer than a host name can be; ids are ASCII, so this
+    // cut is on a character boundary.
+    spec.set_hostname(Some(hostname[..hostname.len().min(MAX_HOSTNAME)].to_string()));
     let caps: HashSet<Capability> = DEFAULT_CAPS.iter().copied().collect();
     let mut lc = LinuxCapabilities::default();
     lc.set_bounding(Some(caps.clone()));

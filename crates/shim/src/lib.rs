@@ -52,6 +52,11 @@ pub fn from_ttrpc(err: &ttrpc::Error) -> (Code, String) {
             };
             (code, s.message().to_string())
         }
+        // The client-side "Request deadline elapsed": the shim is alive but
+        // slow, which must not be mistaken for a dead shim.
+        ttrpc::Error::Others(m) if m.contains("deadline") => (Code::DeadlineExceeded, err.to_string()),
+        // Connection trouble: the shim is unreachable (callers check whether
+        // it is actually gone before acting on that).
         other => (Code::Unavailable, other.to_string()),
     }
 }
