@@ -64,8 +64,7 @@ fn wait_for_top(d: &Daemon, id: &str, exec_id: &str) -> Vec<Value> {
 fn exec_ids_signals_top_and_events() {
     let d = Daemon::start();
     d.run_detached("host", &["sleep", "1000"]);
-    let mut events = d.berth_spawn(&["events", "--json", "--id", "host"]);
-    std::thread::sleep(Duration::from_millis(200));
+    let events = d.record_events(Some("host"));
     let mut long = d.berth_spawn(&["exec", "--exec-id", "long", "host", "sleep", "1000"]);
     let procs = wait_for_top(&d, "host", "long");
     let init = procs.iter().find(|p| p["exec_id"] == "").expect("init listed");
@@ -94,11 +93,7 @@ fn exec_ids_signals_top_and_events() {
     d.berth(&["exec", "ghost", "true"]).fails_with("not found");
     d.berth(&["rm", "host"]).ok();
 
-    std::thread::sleep(Duration::from_millis(200));
-    let _ = events.kill();
-    let out = events.wait_with_output().unwrap();
-    let evs: Vec<Value> =
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let evs = events.finish();
     let of_long: Vec<&str> =
         evs.iter().filter(|e| e["exec_id"] == "long").map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(of_long, ["exec-added", "exec-started", "exit"], "{evs:?}");

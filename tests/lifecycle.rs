@@ -220,19 +220,10 @@ fn namespaces_are_separate() {
 #[test]
 fn events_report_each_transition_once() {
     let d = Daemon::start();
-    let mut sub = d.berth_spawn(&["events", "--json"]);
-    // Give the subscription a moment to attach.
-    std::thread::sleep(Duration::from_millis(300));
+    let sub = d.record_events(None);
     let rootfs = d.rootfs.to_str().unwrap();
     assert_eq!(d.berth(&["run", "--rm", "--name", "ev", rootfs, "sh", "-c", "exit 4"]).code, 4);
-    std::thread::sleep(Duration::from_millis(200));
-    let _ = sub.kill();
-    let out = sub.wait_with_output().unwrap();
-    let events: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .filter(|e: &Value| e["id"] == "ev")
-        .collect();
+    let events: Vec<Value> = sub.finish().into_iter().filter(|e| e["id"] == "ev").collect();
     let types: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["create", "start", "exit", "delete"], "{events:?}");
     assert_eq!(events[2]["exit"]["code"], 4);
@@ -262,8 +253,7 @@ fn pause_freezes_and_resume_thaws(runtime: &str) {
     .ok();
     std::thread::sleep(Duration::from_millis(300));
     assert!(log_lines(&d, "counter") > 0);
-    let mut events = d.berth_spawn(&["events", "--json", "--id", "counter"]);
-    std::thread::sleep(Duration::from_millis(200));
+    let events = d.record_events(Some("counter"));
     d.berth(&["pause", "counter"]).ok();
     assert_eq!(inspect(&d, "counter")["state"], "paused");
     let frozen = log_lines(&d, "counter");
@@ -280,14 +270,7 @@ fn pause_freezes_and_resume_thaws(runtime: &str) {
     d.berth(&["rm", "-f", "counter"]).ok();
     assert!(d.shim_pids().is_empty());
     assert!(d.cgroup_dirs("default", "counter").is_empty());
-    std::thread::sleep(Duration::from_millis(200));
-    let _ = events.kill();
-    let out = events.wait_with_output().unwrap();
-    let types: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["type"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(types, ["pause", "resume", "pause", "exit", "delete"]);
+    assert_eq!(events.types(), ["pause", "resume", "pause", "exit", "delete"]);
 }
 
 #[test]

@@ -145,21 +145,14 @@ fn statistics_move() {
 fn oom_kill_is_an_event_and_shows_in_inspect() {
     let d = Daemon::start();
     let rootfs = d.rootfs.to_str().unwrap();
-    let mut events = d.berth_spawn(&["events", "--json", "--id", "hog"]);
-    std::thread::sleep(Duration::from_millis(200));
+    let events = d.record_events(Some("hog"));
     let hog = "sleep 0.2; x=$(head -c 60000000 /dev/zero | tr '\\0' a); sleep 1000";
     d.berth(&["run", "-d", "--name", "hog", "--memory", "16m", "--memory-swap", "16m", rootfs, "sh", "-c", hog]).ok();
     assert_eq!(d.berth(&["wait", "hog"]).code, 137, "the shell holding the string is OOM-killed");
     let c: Value = serde_json::from_str(d.berth(&["inspect", "--json", "hog"]).ok()).unwrap();
     assert_eq!(c["oom_killed"], true, "{c}");
     assert!(d.berth(&["inspect", "hog"]).ok().contains("OOMKilled:  true"));
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = events.kill();
-    let out = events.wait_with_output().unwrap();
-    let types: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["type"].as_str().unwrap().to_string())
-        .collect();
+    let types = events.types();
     let oom = types.iter().position(|t| t == "oom").unwrap_or_else(|| panic!("no oom event: {types:?}"));
     let exit = types.iter().position(|t| t == "exit").unwrap();
     assert!(oom < exit, "oom reported before the exit: {types:?}");

@@ -62,8 +62,7 @@ fn container_of_a_killed_shim_is_unknown_and_force_removable() {
     d.run_detached("orphan", &["sleep", "1000"]);
     let c: Value = serde_json::from_str(d.berth(&["inspect", "--json", "orphan"]).ok()).unwrap();
     let (shim, init) = (c["shim_pid"].as_i64().unwrap(), c["pid"].as_i64().unwrap());
-    let mut events = d.berth_spawn(&["events", "--json", "--id", "orphan"]);
-    std::thread::sleep(std::time::Duration::from_millis(200));
+    let events = d.record_events(Some("orphan"));
     unsafe { libc_kill(shim as i32, 9) };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -84,11 +83,7 @@ fn container_of_a_killed_shim_is_unknown_and_force_removable() {
     assert!(d.container_paths("default", "orphan").is_empty(), "{:?}", d.container_paths("default", "orphan"));
     let sockets: Vec<_> = std::fs::read_dir(d.state.join("shims")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(sockets.is_empty(), "shim sockets left: {sockets:?}");
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    let _ = events.kill();
-    let out = events.wait_with_output().unwrap();
-    let evs: Vec<Value> =
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let evs = events.finish();
     let types: Vec<&str> = evs.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(types, ["exit", "delete"], "{evs:?}");
     assert_eq!(evs[0]["exit"]["code"], 255, "no exit was recorded: unknown exit");

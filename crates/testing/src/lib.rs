@@ -4,7 +4,9 @@
 //! cleans up after itself — shims, cgroups, files — even when a test fails.
 
 mod daemon;
+mod events;
 mod rootfs;
 
 pub use daemon::{Daemon, Output};
+pub use events::EventLog;
 pub use rootfs::{bin_path, busybox_rootfs};
