@@ -111,3 +111,47 @@ fn shutdown_containers_flag_stops_them() {
     d.berth(&["rm", "a", "b"]).ok();
     assert!(d.shim_pids().is_empty());
 }
+
+/// containerd#6771: a container exits while the daemon is down.
+#[test]
+fn exit_while_daemon_is_down_is_recorded_once() {
+    let mut d = Daemon::start();
+    d.run_detached("brief", &["sh", "-c", "sleep 0.5; exit 9"]);
+    d.kill9();
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    d.spawn();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let c = loop {
+        let c: Value = serde_json::from_str(d.berth(&["inspect", "--json", "brief"]).ok()).unwrap();
+        if c["state"] == "stopped" {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "{c}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(c["exit"]["code"], 9);
+    assert_eq!(d.berth(&["wait", "brief"]).code, 9);
+    d.berth(&["rm", "brief"]).ok();
+    assert!(d.shim_pids().is_empty());
+}
+
+/// B19: the shim dies while the daemon is down; the restarted daemon cleans
+/// up (no process, cgroup or runtime state left) and reports "unknown exit".
+#[test]
+fn dead_shim_found_at_startup_is_cleaned_up() {
+    let mut d = Daemon::start();
+    d.run_detached("lost", &["sleep", "1000"]);
+    let c: Value = serde_json::from_str(d.berth(&["inspect", "--json", "lost"]).ok()).unwrap();
+    let shim = c["shim_pid"].as_i64().unwrap() as i32;
+    d.kill9();
+    unsafe { libc_kill(shim, 9) };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    d.spawn();
+    let c: Value = serde_json::from_str(d.berth(&["inspect", "--json", "lost"]).ok()).unwrap();
+    assert_eq!(c["state"], "stopped", "{c}");
+    assert_eq!(c["exit"]["code"], 255);
+    assert!(d.cgroup_procs("default", "lost").is_empty(), "leftover processes killed");
+    d.berth(&["rm", "lost"]).ok();
+    assert!(d.cgroup_dirs("default", "lost").is_empty());
+    assert!(d.container_paths("default", "lost").is_empty());
+}

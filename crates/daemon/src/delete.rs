@@ -88,7 +88,7 @@ impl Manager {
     /// The shim is gone: `berth-shim --cleanup` kills what is left and
     /// deletes the runtime state; the exit the shim recorded (or "unknown
     /// exit", 255) is recorded and published once (SPEC B19).
-    async fn teardown_without_shim(&self, rec: &ContainerRecord) -> Result<ExitStatus> {
+    pub(crate) async fn teardown_without_shim(&self, rec: &ContainerRecord) -> Result<ExitStatus> {
         let (ns, id) = (&rec.namespace, &rec.id);
         let runtime_root = self.cfg.runtime_root(&rec.runtime, ns);
         let args = ShimArgs {

@@ -60,6 +60,15 @@ pub struct Manager {
     records: Mutex<()>,
 }
 
+/// Whether the record's shim process still exists (the same binary serving
+/// the same container, not a recycled pid).
+fn shim_alive(rec: &ContainerRecord) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{}/cmdline", rec.shim.pid)) else { return false };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    let is_shim = args.first().is_some_and(|a| a.ends_with(b"berth-shim"));
+    is_shim && args.windows(2).any(|w| w[0] == b"--id" && w[1] == rec.id.as_str().as_bytes())
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -232,14 +241,26 @@ impl Manager {
                         self.spawn_monitor(key, entry);
                     }
                 }
-                Err(e) if rec.state != State::Stopped => {
-                    tracing::warn!(ns = %rec.namespace, id = %rec.id, "shim unreachable: {e}");
+                Err(e) if rec.state != State::Stopped && shim_alive(&rec) => {
+                    // Alive but not answering: never clean up under a live
+                    // shim (containerd#13784); it stays `unknown` until it
+                    // answers again or is removed with force.
+                    tracing::warn!(ns = %rec.namespace, id = %rec.id, "shim alive but unreachable: {e}");
                     self.update(&rec.namespace, &rec.id, |r| {
                         if r.state != State::Unknown {
                             r.state = r.state.apply(Op::LoseShim)?;
                         }
                         Ok(())
                     })?;
+                }
+                Err(_) if rec.state != State::Stopped => {
+                    // The shim died while berthd was down (SPEC B19): kill
+                    // what is left, delete the runtime state, and record the
+                    // exit the shim wrote — or "unknown exit" (255).
+                    tracing::warn!(ns = %rec.namespace, id = %rec.id, "shim gone; cleaning up");
+                    if let Err(e) = self.teardown_without_shim(&rec).await {
+                        tracing::warn!(ns = %rec.namespace, id = %rec.id, "cleanup of a dead shim: {e}");
+                    }
                 }
                 Err(_) => {}
             }
