@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use berth_model::{ContainerId, ExecId, ExitStatus, Namespace, State};
-use serde_json::Value;
+use oci_spec::runtime::Spec;
 use tokio::sync::watch;
 
 use crate::create::make_fifo;
@@ -16,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::events::Kind;
 use crate::manager::{Entry, Manager, lock};
 use crate::shim::ProcessIo;
+use crate::spec::{Overrides, apply_overrides};
 
 /// What to run.
 pub struct ExecParams {
@@ -54,38 +55,16 @@ pub fn stdin_fifo(logs: &std::path::Path, exec_id: &str) -> PathBuf {
 }
 
 /// The exec's OCI process: the container's own, with the request's args,
-/// env (merged by key), cwd and user.
+/// env (merged by key), cwd, terminal and user.
 fn process_spec(bundle: &std::path::Path, p: &ExecParams) -> Result<Vec<u8>> {
     let path = bundle.join("config.json");
-    let text = std::fs::read(&path).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
-    let spec: Value = serde_json::from_slice(&text).map_err(|e| invalid(format!("container spec: {e}")))?;
-    let mut process = spec.get("process").cloned().unwrap_or_else(|| serde_json::json!({}));
-    process["args"] = serde_json::json!(p.args);
-    process["terminal"] = Value::Bool(p.tty);
-    if let (true, Some((width, height))) = (p.tty, p.tty_size) {
-        process["consoleSize"] = serde_json::json!({"width": width, "height": height});
-    }
-    let mut env: Vec<String> = process["env"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
-        .unwrap_or_default();
-    for kv in &p.env {
-        let Some((k, _)) = kv.split_once('=').filter(|(k, _)| !k.is_empty()) else {
-            return Err(invalid(format!("env entry {kv:?} is not KEY=VALUE")));
-        };
-        env.retain(|e| e.split_once('=').map(|(ek, _)| ek) != Some(k));
-        env.push(kv.clone());
-    }
-    process["env"] = serde_json::json!(env);
-    if !p.cwd.is_empty() {
-        if !p.cwd.starts_with('/') {
-            return Err(invalid(format!("working directory {:?} must be absolute", p.cwd)));
-        }
-        process["cwd"] = Value::String(p.cwd.clone());
-    }
+    let spec = Spec::load(&path).map_err(|e| invalid(format!("container spec {}: {e}", path.display())))?;
+    let mut process = spec.process().clone().unwrap_or_default();
+    let overrides = Overrides { args: &p.args, env: &p.env, cwd: &p.cwd, tty: p.tty, tty_size: p.tty_size };
+    apply_overrides(&mut process, &overrides)?;
     if let Some(uid) = p.uid {
-        process["user"]["uid"] = uid.into();
-        process["user"]["gid"] = p.gid.unwrap_or(uid).into();
+        process.user_mut().set_uid(uid);
+        process.user_mut().set_gid(p.gid.unwrap_or(uid));
     }
     serde_json::to_vec(&process).map_err(|e| invalid(format!("exec spec: {e}")))
 }

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{Capability, LinuxCapabilities, Root, Spec};
+use oci_spec::runtime::{Capability, LinuxCapabilities, Process, Root, Spec};
 
 use crate::error::{Error, Result};
 
@@ -63,7 +63,7 @@ pub fn prepare(path: &str, hostname: &str, cgroup: &str, o: &Overrides<'_>) -> R
     root.set_path(rootfs.clone());
     root.set_readonly(spec.root().as_ref().and_then(|r| r.readonly()));
     spec.set_root(Some(root));
-    apply_overrides(&mut spec, o)?;
+    apply_overrides(spec.process_mut().get_or_insert_with(Default::default), o)?;
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
     linux.set_cgroups_path(Some(PathBuf::from(cgroup)));
     let command = spec.process().as_ref().and_then(|p| p.args().clone()).unwrap_or_default();
@@ -73,14 +73,15 @@ pub fn prepare(path: &str, hostname: &str, cgroup: &str, o: &Overrides<'_>) -> R
     Ok(Prepared { spec, rootfs, command })
 }
 
-fn apply_overrides(spec: &mut Spec, o: &Overrides<'_>) -> Result<()> {
+/// Applies a request's args, env (merged by key), cwd and terminal to a
+/// process: init's at create, or an exec's copy of init's.
+pub fn apply_overrides(process: &mut Process, o: &Overrides<'_>) -> Result<()> {
     if o.args.len() > MAX_ARGS || o.args.iter().any(|a| a.len() > MAX_ARG_LEN) {
         return Err(invalid(format!("too many or too long args (max {MAX_ARGS} of {MAX_ARG_LEN} bytes)")));
     }
     if o.env.len() > MAX_ENV || o.env.iter().any(|a| a.len() > MAX_ARG_LEN) {
         return Err(invalid(format!("too many or too long env entries (max {MAX_ENV})")));
     }
-    let process = spec.process_mut().get_or_insert_with(Default::default);
     process.set_terminal(Some(o.tty));
     if let (true, Some((width, height))) = (o.tty, o.tty_size) {
         let size = oci_spec::runtime::BoxBuilder::default()
