@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use berth_model::{Code, ContainerId, ExitStatus, Namespace, Op, State, UNKNOWN_EXIT_CODE};
+use berth_model::{Code, ContainerId, ExitStatus, Namespace, Op, State};
 use berth_store::ContainerRecord;
 
 use crate::error::{Error, Result};
@@ -82,7 +82,7 @@ impl Manager {
         self.store.remove(ns, id)?;
         self.remove_entry(&(ns.clone(), id.clone()));
         self.events.publish(Kind::Delete, ns, id, rec.pid, rec.exit);
-        Ok(rec.exit.unwrap_or(ExitStatus { code: UNKNOWN_EXIT_CODE, exited_at_ns: 0 }))
+        Ok(rec.exit.unwrap_or(ExitStatus::unknown(0)))
     }
 
     /// The shim is gone: `berth-shim --cleanup` kills what is left and
@@ -102,13 +102,8 @@ impl Manager {
         if let Some(exit) = rec.exit {
             return Ok(exit);
         }
-        let status = recorded.unwrap_or(ExitStatus { code: UNKNOWN_EXIT_CODE, exited_at_ns: crate::now_ns() });
-        self.update(ns, id, |r| {
-            r.state = r.state.apply(Op::Exit)?;
-            r.exit = Some(status);
-            Ok(())
-        })?;
-        self.events.publish(Kind::Exit, ns, id, rec.pid, Some(status));
+        let status = recorded.unwrap_or(ExitStatus::unknown(crate::now_ns()));
+        self.record_exit(ns, id, status)?;
         Ok(status)
     }
 }

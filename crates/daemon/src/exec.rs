@@ -127,10 +127,7 @@ impl Manager {
         self.events.publish_exec(Kind::ExecStarted, ns, id, exec_id.as_str(), pid, None);
         let (bus, shim, ns, id) = (self.events.clone(), entry.shim.clone(), ns.clone(), id.clone());
         tokio::spawn(async move {
-            let status = shim
-                .wait(&id, exec_id.as_str())
-                .await
-                .unwrap_or(ExitStatus { code: berth_model::UNKNOWN_EXIT_CODE, exited_at_ns: crate::now_ns() });
+            let status = shim.wait(&id, exec_id.as_str()).await.unwrap_or(ExitStatus::unknown(crate::now_ns()));
             bus.publish_exec(Kind::Exit, &ns, &id, exec_id.as_str(), pid, Some(status));
             info.exit.send_replace(Some(status));
         });
@@ -144,7 +141,7 @@ impl Manager {
             .wait_for(Option::is_some)
             .await
             .map_err(|_| Error::FailedPrecondition(format!("exec {exec_id} was removed while waiting")))?;
-        Ok(status.unwrap_or(ExitStatus { code: berth_model::UNKNOWN_EXIT_CODE, exited_at_ns: 0 }))
+        Ok(status.unwrap_or(ExitStatus::unknown(0)))
     }
 
     /// Removes a finished exec and its output (SPEC B8).

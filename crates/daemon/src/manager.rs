@@ -192,6 +192,17 @@ impl Manager {
             .ok_or_else(|| Error::FailedPrecondition(format!("container {id} was removed while waiting")))
     }
 
+    /// Records init's exit — store first, then the event (SPEC B4, B18).
+    pub(crate) fn record_exit(&self, ns: &Namespace, id: &ContainerId, status: ExitStatus) -> Result<()> {
+        let rec = self.update(ns, id, |r| {
+            r.state = r.state.apply(Op::Exit)?;
+            r.exit = Some(status);
+            Ok(())
+        })?;
+        self.events.publish(Kind::Exit, ns, id, rec.pid, Some(status));
+        Ok(())
+    }
+
     /// Watches a container's init through its shim and records the exit
     /// exactly once: store first, then event, then waiters (SPEC B4).
     pub(crate) fn spawn_monitor(self: &Arc<Self>, key: Key, entry: Arc<Entry>) {
@@ -212,14 +223,8 @@ impl Manager {
             // A start still being recorded goes first.
             let _started = entry.starting.lock().await;
             mgr.drain_oom(&entry).await;
-            let recorded = mgr.update(ns, id, |r| {
-                r.state = r.state.apply(Op::Exit)?;
-                r.exit = Some(status);
-                Ok(())
-            });
-            match recorded {
-                Ok(rec) => mgr.events.publish(Kind::Exit, ns, id, rec.pid, Some(status)),
-                Err(e) => tracing::warn!(%ns, %id, "cannot record exit: {e}"),
+            if let Err(e) = mgr.record_exit(ns, id, status) {
+                tracing::warn!(%ns, %id, "cannot record exit: {e}");
             }
             entry.exit.send_replace(Some(status));
         });

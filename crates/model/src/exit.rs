@@ -14,12 +14,17 @@ pub struct ExitStatus {
 }
 
 impl ExitStatus {
+    /// "Unknown exit" (SPEC B19): the process ended but nobody recorded how.
+    pub fn unknown(exited_at_ns: u64) -> Self {
+        ExitStatus { code: UNKNOWN_EXIT_CODE, exited_at_ns }
+    }
+
     /// Encodes a raw wait status the way shells and containerd do.
     pub fn from_wait(exited_code: Option<i32>, signal: Option<i32>, exited_at_ns: u64) -> Self {
         let code = match (exited_code, signal) {
             (Some(c), _) => c as u32,
             (None, Some(s)) => 128 + s as u32,
-            (None, None) => UNKNOWN_EXIT_CODE,
+            (None, None) => return Self::unknown(exited_at_ns),
         };
         ExitStatus { code, exited_at_ns }
     }
