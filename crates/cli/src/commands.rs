@@ -96,48 +96,68 @@ pub async fn run(c: &mut Client, a: CreateArgs, rm: bool, detach: bool) -> Resul
         println!("{id}");
         return Ok(0);
     }
-    if tty {
-        terminal::attach(c, &id, "", interactive).await?;
-        let exit = c.containers.wait(cref(c, &id)).await?.into_inner();
-        if rm {
-            c.containers.delete(pb::DeleteRequest { namespace: c.namespace.clone(), id, force: false }).await?;
-        }
-        return Ok(exit.code as i32);
-    }
-    let pump = if interactive { Some(terminal::pump_stdin(c, &id, "").await?) } else { None };
-    let logs = c
-        .containers
-        .logs(pb::LogsRequest { namespace: c.namespace.clone(), id: id.clone(), follow: true, exec_id: String::new() })
-        .await?
-        .into_inner();
-    let printer = tokio::spawn(copy_logs(logs));
-    let target = KillTarget { namespace: c.namespace.clone(), id: id.clone(), exec_id: String::new() };
-    let forwarder = tokio::spawn(forward_signals(c.containers.clone(), target));
-    let exit = c.containers.wait(cref(c, &id)).await;
-    forwarder.abort();
-    if let Some(p) = pump {
-        p.abort();
-    }
-    let _ = printer.await;
-    let exit = exit?.into_inner();
+    let exit = attend(c, &id, "", tty, interactive).await?;
     if rm {
         c.containers.delete(pb::DeleteRequest { namespace: c.namespace.clone(), id, force: false }).await?;
     }
     Ok(exit.code as i32)
 }
 
-/// The process signals are forwarded to.
-struct KillTarget {
-    namespace: String,
-    id: String,
-    exec_id: String,
+/// Stays with a started process (init when `exec_id` is empty) until it
+/// exits: its terminal, or its output with Ctrl-C/SIGTERM forwarded; our
+/// stdin with `interactive`. Returns its exit.
+async fn attend(
+    c: &mut Client,
+    id: &str,
+    exec_id: &str,
+    tty: bool,
+    interactive: bool,
+) -> Result<pb::ExitStatus, Failure> {
+    if tty {
+        terminal::attach(c, id, exec_id, interactive).await?;
+        return wait_process(c, id, exec_id).await;
+    }
+    let pump = if interactive { Some(terminal::pump_stdin(c, id, exec_id).await?) } else { None };
+    let logs = pb::LogsRequest {
+        namespace: c.namespace.clone(),
+        id: id.to_string(),
+        follow: true,
+        exec_id: exec_id.to_string(),
+    };
+    let printer = tokio::spawn(copy_logs(c.containers.logs(logs).await?.into_inner()));
+    let target = pb::KillRequest {
+        namespace: c.namespace.clone(),
+        id: id.to_string(),
+        exec_id: exec_id.to_string(),
+        signal: 0,
+        all: false,
+    };
+    let forwarder = tokio::spawn(forward_signals(c.containers.clone(), target));
+    let exit = wait_process(c, id, exec_id).await;
+    forwarder.abort();
+    if let Some(p) = pump {
+        p.abort();
+    }
+    let _ = printer.await;
+    exit
+}
+
+/// Waits for init (`exec_id` empty) or an exec to exit.
+async fn wait_process(c: &mut Client, id: &str, exec_id: &str) -> Result<pb::ExitStatus, Failure> {
+    let (namespace, id) = (c.namespace.clone(), id.to_string());
+    let exit = if exec_id.is_empty() {
+        c.containers.wait(pb::ContainerRef { namespace, id }).await?
+    } else {
+        c.containers.exec_wait(pb::ExecRef { namespace, id, exec_id: exec_id.to_string() }).await?
+    };
+    Ok(exit.into_inner())
 }
 
 /// Ctrl-C and SIGTERM to `berth run` / `berth exec` go to the container's
-/// process.
+/// process (`target` names it).
 async fn forward_signals(
     mut api: berth_api::v1::containers_client::ContainersClient<tonic::transport::Channel>,
-    r: KillTarget,
+    target: pb::KillRequest,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
@@ -148,13 +168,7 @@ async fn forward_signals(
             _ = int.recv() => Signal::SIGINT as u32,
             _ = term.recv() => Signal::SIGTERM as u32,
         };
-        let req = pb::KillRequest {
-            namespace: r.namespace.clone(),
-            id: r.id.clone(),
-            signal: sig,
-            all: false,
-            exec_id: r.exec_id.clone(),
-        };
+        let req = pb::KillRequest { signal: sig, ..target.clone() };
         let _ = api.kill(req).await;
     }
 }
@@ -258,25 +272,8 @@ pub async fn exec(c: &mut Client, a: ExecArgs) -> Result<i32, Failure> {
         stdin: a.interactive && !a.tty,
     };
     c.containers.exec(req).await?;
-    let r = pb::ExecRef { namespace: c.namespace.clone(), id: a.container.clone(), exec_id: exec_id.clone() };
-    if a.tty {
-        terminal::attach(c, &a.container, &exec_id, a.interactive).await?;
-        let exit = c.containers.exec_wait(r.clone()).await?.into_inner();
-        c.containers.exec_delete(r).await?;
-        return Ok(exit.code as i32);
-    }
-    let pump = if a.interactive { Some(terminal::pump_stdin(c, &a.container, &exec_id).await?) } else { None };
-    let logs = pb::LogsRequest { namespace: c.namespace.clone(), id: a.container.clone(), follow: true, exec_id };
-    let printer = tokio::spawn(copy_logs(c.containers.logs(logs).await?.into_inner()));
-    let target = KillTarget { namespace: r.namespace.clone(), id: r.id.clone(), exec_id: r.exec_id.clone() };
-    let forwarder = tokio::spawn(forward_signals(c.containers.clone(), target));
-    let exit = c.containers.exec_wait(r.clone()).await;
-    forwarder.abort();
-    if let Some(p) = pump {
-        p.abort();
-    }
-    let _ = printer.await;
-    let exit = exit?.into_inner();
+    let exit = attend(c, &a.container, &exec_id, a.tty, a.interactive).await?;
+    let r = pb::ExecRef { namespace: c.namespace.clone(), id: a.container, exec_id };
     c.containers.exec_delete(r).await?;
     Ok(exit.code as i32)
 }

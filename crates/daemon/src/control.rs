@@ -26,7 +26,8 @@ pub struct Process {
     pub command: Vec<String>,
 }
 
-fn cmdline(pid: u32) -> Vec<String> {
+/// A process's command line, empty if it is gone.
+pub(crate) fn cmdline(pid: u32) -> Vec<String> {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| {
             b.split(|c| *c == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()

@@ -223,9 +223,7 @@ impl Manager {
                     crate::delete::remove_shim_sockets(&client.socket)
                 }
                 Step::Cgroup(cg) => self.cgroups.remove(&cg).map_err(|e| Error::io("remove cgroup", e)),
-                Step::Bundle(dir) | Step::Logs(dir) => {
-                    std::fs::remove_dir_all(&dir).map_err(|e| Error::io(format!("remove {}", dir.display()), e))
-                }
+                Step::Bundle(dir) | Step::Logs(dir) => crate::delete::remove_path(&dir),
             };
             if let Err(e) = result {
                 tracing::warn!(%id, "rollback of failed create: {e}");

@@ -17,7 +17,8 @@ use crate::shim::{self, ShimArgs};
 /// How long delete waits for a killed container to finish tearing down.
 const TEARDOWN_WAIT: Duration = Duration::from_secs(30);
 
-fn remove_path(path: &std::path::Path) -> Result<()> {
+/// Removes a file or directory tree; one that is already gone is fine.
+pub(crate) fn remove_path(path: &std::path::Path) -> Result<()> {
     let r = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
     match r {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(format!("remove {}", path.display()), e)),

@@ -63,10 +63,9 @@ pub struct Manager {
 /// Whether the record's shim process still exists (the same binary serving
 /// the same container, not a recycled pid).
 fn shim_alive(rec: &ContainerRecord) -> bool {
-    let Ok(cmdline) = std::fs::read(format!("/proc/{}/cmdline", rec.shim.pid)) else { return false };
-    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    let is_shim = args.first().is_some_and(|a| a.ends_with(b"berth-shim"));
-    is_shim && args.windows(2).any(|w| w[0] == b"--id" && w[1] == rec.id.as_str().as_bytes())
+    let args = crate::control::cmdline(rec.shim.pid);
+    let is_shim = args.first().is_some_and(|a| a.ends_with("berth-shim"));
+    is_shim && args.windows(2).any(|w| w[0] == "--id" && w[1] == rec.id.as_str())
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
