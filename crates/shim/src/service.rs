@@ -157,6 +157,21 @@ impl Shim {
         Ok(Some(pty))
     }
 
+    /// Freezes (a running) or thaws (a paused) container (SPEC B11).
+    fn freeze(&self, id: &str, frozen: bool) -> TtrpcResult<()> {
+        let allowed = self.with_task(|t| Ok(if frozen { t.running() } else { t.paused && t.exited().is_none() }))?;
+        if !allowed {
+            let want = if frozen { "running" } else { "paused" };
+            return Err(to_ttrpc(Code::FailedPrecondition, format!("container {id} is not {want}")));
+        }
+        let done = if frozen { self.runtime.pause(id) } else { self.runtime.resume(id) };
+        done.map_err(|e| to_ttrpc(e.code(), e))?;
+        self.with_task(|t| {
+            t.paused = frozen;
+            Ok(())
+        })
+    }
+
     /// The cgroup of a container whose init has not exited.
     fn live_cgroup(&self) -> TtrpcResult<String> {
         self.with_task(|t| match (&t.cgroup, t.exited()) {
@@ -415,30 +430,12 @@ impl Task for Shim {
 
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
         self.check(&req.id)?;
-        self.with_task(|t| match t.running() {
-            true => Ok(()),
-            false => Err(to_ttrpc(Code::FailedPrecondition, format!("container {} is not running", req.id))),
-        })?;
-        self.runtime.pause(&req.id).map_err(|e| to_ttrpc(e.code(), e))?;
-        self.with_task(|t| {
-            t.paused = true;
-            Ok(())
-        })?;
-        Ok(Empty::new())
+        self.freeze(&req.id, true).map(|()| Empty::new())
     }
 
     async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
         self.check(&req.id)?;
-        self.with_task(|t| match (t.paused, t.exited()) {
-            (true, None) => Ok(()),
-            _ => Err(to_ttrpc(Code::FailedPrecondition, format!("container {} is not paused", req.id))),
-        })?;
-        self.runtime.resume(&req.id).map_err(|e| to_ttrpc(e.code(), e))?;
-        self.with_task(|t| {
-            t.paused = false;
-            Ok(())
-        })?;
-        Ok(Empty::new())
+        self.freeze(&req.id, false).map(|()| Empty::new())
     }
 
     async fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
