@@ -1,7 +1,6 @@
 //! One function per CLI verb; each translates arguments into API calls.
 
 use std::io::Write;
-use std::str::FromStr;
 
 use berth_api::v1 as pb;
 use nix::sys::signal::Signal;
@@ -31,12 +30,7 @@ fn random_id() -> String {
 }
 
 pub fn parse_signal(s: &str) -> Result<u32, Failure> {
-    if let Ok(n) = s.parse::<u32>() {
-        return Ok(n);
-    }
-    let upper = s.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
-    Signal::from_str(&name).map(|sig| sig as u32).map_err(|_| Failure::new(format!("unknown signal {s:?}")))
+    berth_model::signal_number(s).ok_or_else(|| Failure::new(format!("unknown signal {s:?}")))
 }
 
 async fn do_create(c: &mut Client, a: CreateArgs, start: bool) -> Result<pb::Container, Failure> {

@@ -2,7 +2,6 @@
 //! then SIGKILL to every process. A paused container is killed at once (its
 //! processes could not handle the signal).
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use berth_model::{Code, ContainerId, ExitStatus, Namespace, State};
@@ -17,11 +16,8 @@ const MAX_STOP_TIMEOUT: Duration = Duration::from_secs(3600);
 
 fn stop_signal(labels: &std::collections::BTreeMap<String, String>) -> Result<u32> {
     let Some(name) = labels.get(STOP_SIGNAL_LABEL) else { return Ok(libc::SIGTERM as u32) };
-    let upper = name.to_ascii_uppercase();
-    let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
-    nix::sys::signal::Signal::from_str(&full)
-        .map(|s| s as u32)
-        .map_err(|_| Error::InvalidArgument(format!("label {STOP_SIGNAL_LABEL}={name} is not a signal")))
+    berth_model::signal_number(name)
+        .ok_or_else(|| Error::InvalidArgument(format!("label {STOP_SIGNAL_LABEL}={name} is not a signal")))
 }
 
 impl Manager {

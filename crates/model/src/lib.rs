@@ -5,10 +5,12 @@ mod error;
 mod exit;
 mod id;
 mod runtime;
+mod signal;
 mod state;
 
 pub use error::{Code, ModelError};
 pub use exit::{ExitStatus, UNKNOWN_EXIT_CODE};
 pub use id::{ContainerId, DEFAULT_NAMESPACE, ExecId, Namespace};
 pub use runtime::{DEFAULT_RUNTIME, RUNTIMES, runtime_name};
+pub use signal::signal_number;
 pub use state::{Op, State};
