@@ -23,8 +23,8 @@ pub fn cgroup_of(bundle: &Path) -> Option<String> {
 }
 
 /// SIGKILLs every process in the cgroup; returns how many there were.
-pub fn kill_leftovers(cgroup: Option<&str>) -> usize {
-    let (Some(cg), Ok(h)) = (cgroup, Hierarchies::detect()) else { return 0 };
+pub fn kill_leftovers(h: Option<&Hierarchies>, cgroup: Option<&str>) -> usize {
+    let (Some(cg), Some(h)) = (cgroup, h) else { return 0 };
     let pids = h.procs(cg).unwrap_or_default();
     for pid in &pids {
         let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
@@ -42,8 +42,9 @@ pub fn recorded_exit(bundle: &Path) -> Option<ExitStatus> {
 /// the recorded exit as JSON (`null` if none) on success.
 pub fn run(id: &str, bundle: &Path, runtime: &dyn Runtime) -> Result<(), String> {
     let cgroup = cgroup_of(bundle);
+    let hierarchies = Hierarchies::detect().ok();
     let deadline = Instant::now() + DRAIN;
-    while kill_leftovers(cgroup.as_deref()) > 0 {
+    while kill_leftovers(hierarchies.as_ref(), cgroup.as_deref()) > 0 {
         if Instant::now() > deadline {
             return Err(format!("processes of {id} did not die within {DRAIN:?}"));
         }

@@ -65,6 +65,8 @@ pub struct Shim {
     id: String,
     /// The shim's own socket: terminal sockets are named after it.
     pub(crate) socket: PathBuf,
+    /// The host's cgroup mounts, read once.
+    cgroups: Option<Hierarchies>,
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) tracked: Tracked,
     task: Mutex<Option<InitTask>>,
@@ -77,6 +79,7 @@ impl Shim {
             namespace,
             id,
             socket,
+            cgroups: Hierarchies::detect().ok(),
             runtime: Arc::from(runtime),
             tracked: Tracked::default(),
             task: Mutex::new(None),
@@ -261,9 +264,9 @@ impl Task for Shim {
             }
         };
         let cgroup = cgroup_of(&bundle);
-        let leftover_cgroup = cgroup.clone();
+        let (leftover_cgroup, hierarchies) = (cgroup.clone(), self.cgroups.clone());
         let exit = process::watch(pid, bundle.join("exit.json"), self.tracked.clone(), move || {
-            kill_leftovers(leftover_cgroup.as_deref());
+            kill_leftovers(hierarchies.as_ref(), leftover_cgroup.as_deref());
         });
         let exit = match exit {
             Ok(rx) => rx,
@@ -474,8 +477,8 @@ impl Task for Shim {
     async fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
         self.check(&req.id)?;
         let (pid, cgroup, exited) = self.with_task(|t| Ok((t.pid, t.cgroup.clone(), t.exited())))?;
-        let mut pids = match (cgroup, Hierarchies::detect()) {
-            (Some(cg), Ok(h)) => h.procs(&cg).map_err(internal)?,
+        let mut pids = match (cgroup, &self.cgroups) {
+            (Some(cg), Some(h)) => h.procs(&cg).map_err(internal)?,
             _ => Vec::new(),
         };
         if pids.is_empty() && exited.is_none() {
