@@ -56,28 +56,27 @@ fn sigterm_stops_daemon_promptly_and_leaves_containers_running() {
     assert!(d.shim_pids().is_empty());
 }
 
+/// A shim killed while berthd runs: its container is cleaned up at once
+/// (leftovers killed, runtime state deleted) and reports "unknown exit"
+/// (255) to waiters and subscribers, exactly once (SPEC B19).
 #[test]
-fn container_of_a_killed_shim_is_unknown_and_force_removable() {
+fn container_of_a_killed_shim_is_cleaned_up_with_unknown_exit() {
     let d = Daemon::start();
     d.run_detached("orphan", &["sleep", "1000"]);
-    let c: Value = serde_json::from_str(d.berth(&["inspect", "--json", "orphan"]).ok()).unwrap();
+    let c = d.inspect("orphan");
     let (shim, init) = (c["shim_pid"].as_i64().unwrap(), c["pid"].as_i64().unwrap());
     let events = d.record_events(Some("orphan"));
+    let waiter = d.berth_spawn(&["wait", "orphan"]);
+    std::thread::sleep(std::time::Duration::from_millis(200));
     unsafe { libc_kill(shim as i32, 9) };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let c: Value = serde_json::from_str(d.berth(&["inspect", "--json", "orphan"]).ok()).unwrap();
-        if c["state"] == "unknown" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never became unknown: {c}");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    d.berth(&["rm", "orphan"]).fails_with("failed precondition");
-    d.berth(&["rm", "-f", "orphan"]).ok();
+    let c = d.inspect_until("orphan", |c| c["state"] == "stopped");
+    assert_eq!(c["exit"]["code"], 255, "{c}");
+    assert_eq!(waiter.wait_with_output().unwrap().status.code(), Some(255), "the waiter got the unknown exit");
     // Gone, or a zombie waiting for whoever inherited it from the dead shim.
     let stat = std::fs::read_to_string(format!("/proc/{init}/stat")).unwrap_or_default();
     assert!(stat.is_empty() || stat.contains(") Z "), "init was killed: {stat}");
+    assert!(d.cgroup_procs("default", "orphan").is_empty());
+    d.berth(&["rm", "orphan"]).ok();
     assert!(d.shim_pids().is_empty());
     assert!(d.cgroup_dirs("default", "orphan").is_empty());
     assert!(d.container_paths("default", "orphan").is_empty(), "{:?}", d.container_paths("default", "orphan"));

@@ -57,6 +57,7 @@ async fn do_create(c: &mut Client, a: CreateArgs, start: bool) -> Result<pb::Con
         tty_width: size.0,
         tty_height: size.1,
         stdin: a.interactive && !a.tty,
+        restart_policy: a.restart,
     };
     Ok(c.containers.create(req).await?.into_inner())
 }
@@ -351,8 +352,23 @@ pub async fn logs(c: &mut Client, id: String, follow: bool) -> Result<i32, Failu
     Ok(0)
 }
 
-pub async fn events(c: &mut Client, json: bool, types: Vec<String>, id: Option<String>) -> Result<i32, Failure> {
-    let req = pb::SubscribeRequest { namespace: c.namespace.clone(), types, id: id.unwrap_or_default() };
+pub struct EventsArgs {
+    pub json: bool,
+    pub types: Vec<String>,
+    pub id: Option<String>,
+    pub since: Option<u64>,
+    pub no_follow: bool,
+}
+
+pub async fn events(c: &mut Client, a: EventsArgs) -> Result<i32, Failure> {
+    let json = a.json;
+    let req = pb::SubscribeRequest {
+        namespace: c.namespace.clone(),
+        types: a.types,
+        id: a.id.unwrap_or_default(),
+        since: a.since,
+        no_follow: a.no_follow,
+    };
     let mut stream = c.events.subscribe(req).await?.into_inner();
     let mut out = std::io::stdout();
     while let Some(ev) = stream.next().await {

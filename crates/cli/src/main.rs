@@ -50,6 +50,9 @@ pub struct CreateArgs {
     /// Keep our stdin connected to the container's terminal (needs -t).
     #[arg(short = 'i', long)]
     pub interactive: bool,
+    /// Restart policy: no, always, on-failure[:N], unless-stopped.
+    #[arg(long, default_value = "no")]
+    pub restart: String,
     /// A root filesystem directory, or an OCI bundle (a directory with config.json).
     pub rootfs: PathBuf,
     /// Command and arguments (default: the bundle's, or /bin/sh).
@@ -189,16 +192,24 @@ enum Command {
         follow: bool,
         id: String,
     },
-    /// Stream events.
+    /// Stream events (every namespace unless -n is given).
     Events {
         #[arg(long)]
         json: bool,
-        /// Only these types (create, start, exit, delete); repeatable.
+        /// Only these types (create, start, exit, oom, pause, resume,
+        /// exec-added, exec-started, restart, delete); repeatable.
         #[arg(long = "type")]
         types: Vec<String>,
         /// Only this container.
         #[arg(long)]
         id: Option<String>,
+        /// First replay the recorded events after this sequence number
+        /// (0: all kept), then follow without a gap.
+        #[arg(long)]
+        since: Option<u64>,
+        /// With --since: stop after the replay.
+        #[arg(long, requires = "since")]
+        no_follow: bool,
     },
 }
 
@@ -244,6 +255,8 @@ async fn dispatch(cli: Cli) -> Result<i32, client::Failure> {
         Command::Top { id, json } => cmd::top(&mut c, id, json).await,
         Command::Stats { no_stream, json, ids } => stats::run(&mut c, ids, no_stream, json).await,
         Command::Update { limits, id } => cmd::update(&mut c, id, &limits).await,
-        Command::Events { json, types, id } => cmd::events(&mut c, json, types, id).await,
+        Command::Events { json, types, id, since, no_follow } => {
+            cmd::events(&mut c, cmd::EventsArgs { json, types, id, since, no_follow }).await
+        }
     }
 }

@@ -42,6 +42,9 @@ pub fn container_json(c: &pb::Container) -> Value {
         "shim_pid": c.shim_pid,
         "cgroup": c.cgroup,
         "oom_killed": c.oom_killed,
+        "restart_policy": c.restart_policy,
+        "restart_count": c.restart_count,
+        "stopped_by_user": c.stopped_by_user,
     })
 }
 
@@ -125,12 +128,14 @@ pub fn inspect_text(c: &pb::Container) -> String {
     let exit = c.exit.as_ref().map(|e| format!("{} ({})", e.code, age(e.exited_at_ns))).unwrap_or_else(|| "-".into());
     let labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
     format!(
-        "ID:         {}\nNamespace:  {}\nState:      {}\nPid:        {}\nExit:       {exit}\nOOMKilled:  {}\nRuntime:    {}\nCommand:    {}\nRootfs:     {}\nBundle:     {}\nCgroup:     {}\nShim pid:   {}\nCreated:    {}\nLabels:     {}\n",
+        "ID:         {}\nNamespace:  {}\nState:      {}\nPid:        {}\nExit:       {exit}\nOOMKilled:  {}\nRestart:    {} (restarted {} times)\nRuntime:    {}\nCommand:    {}\nRootfs:     {}\nBundle:     {}\nCgroup:     {}\nShim pid:   {}\nCreated:    {}\nLabels:     {}\n",
         c.id,
         c.namespace,
         c.state,
         c.pid,
         c.oom_killed,
+        c.restart_policy,
+        c.restart_count,
         c.runtime,
         c.command.join(" "),
         c.rootfs,

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::control::Attached;
 use crate::create::CreateParams;
 use crate::error::Error;
-use crate::events::Event;
+use crate::events::{Event, Filter};
 use crate::exec::ExecParams;
 use crate::logs;
 use crate::manager::Manager;
@@ -70,6 +70,9 @@ fn container_pb(r: ContainerRecord) -> pb::Container {
         shim_pid: r.shim.pid,
         cgroup: r.cgroup,
         oom_killed: r.oom_killed,
+        restart_policy: r.restart_policy.to_string(),
+        restart_count: r.restart_count,
+        stopped_by_user: r.stopped_by_user,
     }
 }
 
@@ -169,6 +172,7 @@ impl pb::containers_server::Containers for Api {
             tty: r.tty,
             tty_size: size(r.tty_width, r.tty_height),
             stdin: r.stdin,
+            restart: r.restart_policy.parse().map_err(|e: berth_model::ModelError| status(e.into()))?,
         };
         let rec = self.mgr.create(params).await.map_err(status)?;
         Ok(Response::new(container_pb(rec)))
@@ -401,28 +405,17 @@ impl pb::events_server::Events for Api {
 
     async fn subscribe(&self, req: Request<pb::SubscribeRequest>) -> Result<Response<Self::SubscribeStream>, Status> {
         let r = req.into_inner();
-        let ns_filter = if r.namespace.is_empty() { None } else { Some(ns(&r.namespace)?) };
-        let mut rx = self.mgr.events.subscribe();
-        let (tx, out) = tokio::sync::mpsc::channel(256);
-        tokio::spawn(async move {
-            loop {
-                let ev = match rx.recv().await {
-                    Ok(ev) => ev,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let _ =
-                            tx.send(Err(Status::data_loss(format!("subscriber too slow: {n} events dropped")))).await;
-                        return;
-                    }
-                    Err(_) => return,
-                };
-                let wanted = ns_filter.as_ref().is_none_or(|n| *n == ev.namespace)
-                    && (r.types.is_empty() || r.types.iter().any(|t| t == ev.kind.as_str()))
-                    && (r.id.is_empty() || r.id == ev.id.as_str());
-                if wanted && tx.send(Ok(event_pb(ev))).await.is_err() {
-                    return;
-                }
-            }
-        });
-        Ok(Response::new(Box::pin(ReceiverStream::new(out))))
+        let parse = |e: berth_model::ModelError| status(e.into());
+        let filter = Filter {
+            namespace: if r.namespace.is_empty() { None } else { Some(ns(&r.namespace)?) },
+            kinds: r.types.iter().map(|t| t.parse()).collect::<Result<_, _>>().map_err(parse)?,
+            id: if r.id.is_empty() { None } else { Some(ContainerId::new(&r.id).map_err(parse)?) },
+        };
+        if r.no_follow && r.since.is_none() {
+            return Err(Status::invalid_argument("no_follow needs since: there is nothing to replay"));
+        }
+        let rx = crate::events::stream(&self.mgr, filter, r.since, !r.no_follow);
+        let out = tokio_stream::StreamExt::map(ReceiverStream::new(rx), |item| item.map(event_pb).map_err(status));
+        Ok(Response::new(Box::pin(out)))
     }
 }

@@ -47,19 +47,17 @@ impl Manager {
     /// Checks the transition, has the shim carry it out, then records it.
     async fn shim_transition(&self, ns: &Namespace, id: &ContainerId, op: Op, kind: Kind) -> Result<ContainerRecord> {
         self.get(ns, id)?.state.apply(op)?;
+        let _op = self.entry(ns, id)?.op.clone().lock_owned().await;
         let entry = self.entry(ns, id)?;
-        let _op = entry.op.lock().await;
         self.get(ns, id)?.state.apply(op)?;
         match op {
             Op::Pause => entry.shim.pause(id).await?,
             _ => entry.shim.resume(id).await?,
         }
-        let rec = self.update(ns, id, |r| {
+        self.change(ns, id, Some(kind), |r| {
             r.state = r.state.apply(op)?;
             Ok(())
-        })?;
-        self.events.publish(kind, ns, id, rec.pid, None);
-        Ok(rec)
+        })
     }
 
     /// Connects to the terminal, or else the interactive stdin, of init

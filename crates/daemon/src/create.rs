@@ -1,20 +1,23 @@
-//! Create (SPEC B2): validate everything, then allocate in order — log
-//! files, bundle, shim, runtime container (and its cgroup) — undoing every
-//! completed step newest-first if a later one fails. A failed create leaves
-//! no trace and says which step failed.
+//! Create (SPEC B2): validate everything, then allocate in order — intent
+//! record, log files, bundle, shim, runtime container (and its cgroup) —
+//! undoing every completed step newest-first if a later one fails. A failed
+//! create leaves no trace and says which step failed. The intent is
+//! committed first and replaced by the record in one transaction, so a
+//! berthd that dies in between finds what to release when it starts
+//! (SPEC B20, `recovery.rs`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_model::{ContainerId, Namespace, State, runtime_name};
-use berth_store::{ContainerRecord, ShimInfo};
+use berth_model::{ContainerId, Namespace, RestartPolicy, State, runtime_name};
+use berth_store::{ContainerRecord, Intent, ShimInfo, Write};
 
 use crate::error::{Error, Result};
-use crate::events::Kind;
-use crate::manager::{Entry, Key, Manager};
-use crate::shim::{self, ProcessIo, ShimArgs, ShimClient};
+use crate::events::{Kind, event};
+use crate::manager::{Entry, Key, Manager, crash_point};
+use crate::shim::{self, ProcessIo, ShimClient};
 use crate::spec::{self, Overrides};
 
 const MAX_LABELS: usize = 64;
@@ -38,10 +41,12 @@ pub struct CreateParams {
     pub tty_size: Option<(u32, u32)>,
     /// Without tty: interactive stdin through a FIFO.
     pub stdin: bool,
+    pub restart: RestartPolicy,
 }
 
 /// Completed allocation steps, released newest-first on failure.
-enum Step {
+pub(crate) enum Step {
+    Intent,
     Logs(PathBuf),
     Bundle(PathBuf),
     Cgroup(String),
@@ -109,11 +114,8 @@ impl Manager {
         let mut done = Vec::new();
         match self.allocate(&p, runtime, prepared, cgroup, &mut done).await {
             Ok((rec, client)) => {
-                let entry = Arc::new(Entry::new(client, None));
-                self.insert_entry(key.clone(), entry.clone());
-                self.spawn_oom_watch(key.clone(), entry.clone(), rec.cgroup.clone());
-                self.spawn_monitor(key, entry);
-                self.events.publish(Kind::Create, &p.namespace, &p.id, rec.pid, None);
+                let entry = Arc::new(Entry::new(client, None, Default::default()));
+                self.watch(key, entry, &rec.cgroup);
                 if p.start {
                     return self.start(&p.namespace, &p.id).await;
                 }
@@ -136,9 +138,19 @@ impl Manager {
     ) -> Result<(ContainerRecord, ShimClient)> {
         let (ns, id) = (&p.namespace, &p.id);
         let t0 = std::time::Instant::now();
+        let intent = Intent {
+            namespace: ns.clone(),
+            id: id.clone(),
+            runtime: runtime.to_string(),
+            created_at_ns: crate::now_ns(),
+        };
+        self.write(Write { intent: Some(&intent), ..Default::default() }).map_err(|e| e.at("intent"))?;
+        done.push(Step::Intent);
+        crash_point("intent");
         let logs = self.cfg.log_dir(ns, id);
         mkdir(&logs).map_err(|e| e.at("logs"))?;
         done.push(Step::Logs(logs.clone()));
+        crash_point("logs");
         let (stdout, stderr) = (logs.join("stdout.log"), logs.join("stderr.log"));
 
         let bundle = self.cfg.bundle_dir(ns, id);
@@ -150,25 +162,17 @@ impl Manager {
         // nothing that uses it survives the machine going down.
         std::fs::write(bundle.join("config.json"), &json)
             .map_err(|e| Error::io("write config.json", e).at("bundle"))?;
+        crash_point("bundle");
 
         tracing::debug!(%id, us = t0.elapsed().as_micros() as u64, "create: bundle written");
-        let runtime_root = self.cfg.runtime_root(runtime, ns);
         let socket = self.cfg.shim_socket(ns, id);
-        let args = ShimArgs { binary: &self.cfg.shim_binary, namespace: ns, id, runtime, runtime_root: &runtime_root };
         // The cgroup may appear as soon as the runtime starts working; it is
         // released after the shim (and what it may have started) is gone.
         done.push(Step::Cgroup(cgroup.clone()));
-        let client = shim::spawn(&args, &socket, &bundle.join("shim.log")).await.map_err(|e| e.at("shim"))?;
-        done.push(Step::Shim { client: client.clone(), runtime: runtime.to_string(), bundle: bundle.clone() });
-        tracing::debug!(%id, us = t0.elapsed().as_micros() as u64, "create: shim connected");
-
         let stdin = (p.stdin && !p.tty).then(|| logs.join("stdin"));
-        if let Some(fifo) = &stdin {
-            make_fifo(fifo).map_err(|e| e.at("logs"))?;
-        }
         let io = ProcessIo { stdin: stdin.as_deref(), stdout: &stdout, stderr: &stderr, terminal: p.tty };
-        let pid = client.create(id, &bundle, &io).await.map_err(|e| e.at("runtime create"))?;
-        done.push(Step::Task(client.clone()));
+        let (client, pid) = self.spawn_task(ns, id, runtime, &bundle, &socket, &io, done).await?;
+        crash_point("runtime create");
         tracing::debug!(%id, us = t0.elapsed().as_micros() as u64, "create: runtime container created");
 
         let rec = ContainerRecord {
@@ -188,15 +192,57 @@ impl Manager {
             stderr,
             cgroup,
             oom_killed: false,
+            stdin,
+            terminal: p.tty,
+            restart_policy: p.restart,
+            restart_count: 0,
+            restart_streak: 0,
+            started_at_ns: 0,
+            stopped_by_user: false,
         };
-        self.store.put(&rec).map_err(|e| Error::from(e).at("record"))?;
+        let created = event(Kind::Create, ns, id, "", pid, None);
+        let w = Write { put: Some(&rec), clear_intent: Some((ns, id)), event: Some(created), ..Default::default() };
+        self.write(w).map_err(|e| e.at("record"))?;
         tracing::debug!(%id, us = t0.elapsed().as_micros() as u64, "create: recorded");
         Ok((rec, client))
     }
 
+    /// Starts a shim for the container and has it create the runtime
+    /// container from `bundle` (create, and a restart: `restart.rs`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn spawn_task(
+        &self,
+        ns: &Namespace,
+        id: &ContainerId,
+        runtime: &str,
+        bundle: &std::path::Path,
+        socket: &std::path::Path,
+        io: &ProcessIo<'_>,
+        done: &mut Vec<Step>,
+    ) -> Result<(ShimClient, u32)> {
+        let args = self.shim_args(ns, id, runtime);
+        let client = shim::spawn(&args, socket, &bundle.join("shim.log")).await.map_err(|e| e.at("shim"))?;
+        done.push(Step::Shim { client: client.clone(), runtime: runtime.to_string(), bundle: bundle.to_path_buf() });
+        crash_point("shim");
+        tracing::debug!(%id, "shim connected");
+        if let Some(fifo) = io.stdin {
+            make_fifo(fifo).map_err(|e| e.at("logs"))?;
+        }
+        let pid = client.create(id, bundle, io).await.map_err(|e| e.at("runtime create"))?;
+        done.push(Step::Task(client.clone()));
+        Ok((client, pid))
+    }
+
+    /// Serves a container's new entry: exit monitor and OOM watcher.
+    pub(crate) fn watch(self: &Arc<Self>, key: Key, entry: Arc<Entry>, cgroup: &str) {
+        self.insert_entry(key.clone(), entry.clone());
+        self.spawn_oom_watch(key.clone(), entry.clone(), cgroup.to_string());
+        self.spawn_monitor(key, entry);
+    }
+
     /// Undoes completed create steps, newest first; failures are logged and
     /// the remaining steps still run.
-    async fn release(&self, ns: &Namespace, id: &ContainerId, done: Vec<Step>) {
+    pub(crate) async fn release(&self, ns: &Namespace, id: &ContainerId, done: Vec<Step>) {
         let task_created = done.iter().any(|s| matches!(s, Step::Task(_)));
         for step in done.into_iter().rev() {
             let result = match step {
@@ -206,14 +252,7 @@ impl Manager {
                         // The runtime create failed or was cut short (a
                         // timeout, a crashed helper): whatever it started
                         // must not outlive the rollback.
-                        let runtime_root = self.cfg.runtime_root(&runtime, ns);
-                        let args = ShimArgs {
-                            binary: &self.cfg.shim_binary,
-                            namespace: ns,
-                            id,
-                            runtime: &runtime,
-                            runtime_root: &runtime_root,
-                        };
+                        let args = self.shim_args(ns, id, &runtime);
                         if let Err(e) = shim::cleanup(&args, &bundle).await {
                             tracing::warn!(%id, "cleanup after failed create: {e}");
                         }
@@ -224,6 +263,7 @@ impl Manager {
                 }
                 Step::Cgroup(cg) => self.cgroups.remove(&cg).map_err(|e| Error::io("remove cgroup", e)),
                 Step::Bundle(dir) | Step::Logs(dir) => crate::delete::remove_path(&dir),
+                Step::Intent => self.write(Write { clear_intent: Some((ns, id)), ..Default::default() }),
             };
             if let Err(e) = result {
                 tracing::warn!(%id, "rollback of failed create: {e}");

@@ -7,12 +7,12 @@
 use std::time::Duration;
 
 use berth_model::{Code, ContainerId, ExitStatus, Namespace, Op, State};
-use berth_store::ContainerRecord;
+use berth_store::{ContainerRecord, Write};
 
 use crate::error::{Error, Result};
-use crate::events::Kind;
+use crate::events::{Kind, event};
 use crate::manager::{Entry, Manager};
-use crate::shim::{self, ShimArgs};
+use crate::shim;
 
 /// How long delete waits for a killed container to finish tearing down.
 const TEARDOWN_WAIT: Duration = Duration::from_secs(30);
@@ -51,16 +51,22 @@ async fn wait_exit(entry: &Entry, id: &ContainerId) -> Result<()> {
 impl Manager {
     pub async fn delete(&self, ns: &Namespace, id: &ContainerId, force: bool) -> Result<ExitStatus> {
         self.get(ns, id)?;
-        let entry = self.entry(ns, id).ok();
-        let _op = match &entry {
-            Some(e) => Some(e.op.lock().await),
+        let op = self.entry(ns, id).ok().map(|e| e.op.clone());
+        let _op = match op {
+            Some(op) => Some(op.lock_owned().await),
             None => None,
         };
+        // A restart may have replaced the entry while we waited.
+        let entry = self.entry(ns, id).ok();
         let rec = self.get(ns, id)?;
         // An unknown container may still have processes: it needs force too.
         let live = matches!(rec.state, State::Created | State::Running | State::Paused | State::Unknown);
         if live && !force {
             rec.state.apply(Op::Delete)?;
+        }
+        if live {
+            // No restart policy brings back what is being removed.
+            self.mark_stopped_by_user(ns, id)?;
         }
         let by_shim = match &entry {
             Some(e) => teardown_with_shim(e, id, live && rec.state != State::Created).await?,
@@ -80,9 +86,9 @@ impl Manager {
             remove_path(logs)?;
         }
         let rec = self.get(ns, id)?;
-        self.store.remove(ns, id)?;
+        let deleted = event(Kind::Delete, ns, id, "", rec.pid, rec.exit);
+        self.write(Write { remove: Some((ns, id)), event: Some(deleted), ..Default::default() })?;
         self.remove_entry(&(ns.clone(), id.clone()));
-        self.events.publish(Kind::Delete, ns, id, rec.pid, rec.exit);
         Ok(rec.exit.unwrap_or(ExitStatus::unknown(0)))
     }
 
@@ -91,14 +97,7 @@ impl Manager {
     /// exit", 255) is recorded and published once (SPEC B19).
     pub(crate) async fn teardown_without_shim(&self, rec: &ContainerRecord) -> Result<ExitStatus> {
         let (ns, id) = (&rec.namespace, &rec.id);
-        let runtime_root = self.cfg.runtime_root(&rec.runtime, ns);
-        let args = ShimArgs {
-            binary: &self.cfg.shim_binary,
-            namespace: ns,
-            id,
-            runtime: &rec.runtime,
-            runtime_root: &runtime_root,
-        };
+        let args = self.shim_args(ns, id, &rec.runtime);
         let recorded = shim::cleanup(&args, &rec.bundle).await?;
         if let Some(exit) = rec.exit {
             return Ok(exit);
@@ -111,7 +110,7 @@ impl Manager {
 
 /// Tears the container down through its shim: kill (if `kill`), runtime
 /// delete, shim exit. Returns false if the shim turned out to be gone.
-async fn teardown_with_shim(e: &Entry, id: &ContainerId, kill: bool) -> Result<bool> {
+pub(crate) async fn teardown_with_shim(e: &Entry, id: &ContainerId, kill: bool) -> Result<bool> {
     // Unreachable is not enough: only a shim whose process is gone is
     // treated as dead (a slow one must not be cleaned up under its feet).
     let gone = |err: &Error| err.code() == Code::Unavailable && e.shim.is_gone();

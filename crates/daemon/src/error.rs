@@ -32,6 +32,8 @@ pub enum Error {
     },
     #[error("{0}")]
     DeadlineExceeded(String),
+    #[error("subscriber too slow: events after {0} were dropped; resume with since={0}")]
+    Lagged(u64),
 }
 
 impl Error {
@@ -47,6 +49,7 @@ impl Error {
             Error::CreateStep { cause, .. } => cause.code(),
             Error::Io { .. } => Code::Internal,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            Error::Lagged(_) => Code::Unavailable,
         }
     }
 

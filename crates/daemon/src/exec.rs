@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::create::make_fifo;
 use crate::error::{Error, Result};
-use crate::events::Kind;
+use crate::events::{Kind, event};
 use crate::manager::{Entry, Manager, lock};
 use crate::shim::ProcessIo;
 use crate::spec::{Overrides, apply_overrides};
@@ -75,7 +75,7 @@ impl Manager {
     }
 
     /// Starts an exec and returns its pid.
-    pub async fn exec(&self, ns: &Namespace, id: &ContainerId, p: ExecParams) -> Result<u32> {
+    pub async fn exec(self: &Arc<Self>, ns: &Namespace, id: &ContainerId, p: ExecParams) -> Result<u32> {
         let exec_id = ExecId::new(p.exec_id.clone())?;
         if p.args.is_empty() {
             return Err(invalid("exec needs a command".into()));
@@ -111,7 +111,7 @@ impl Manager {
             }
             let io = ProcessIo { stdin: stdin.as_deref(), stdout: &stdout, stderr: &stderr, terminal: p.tty };
             entry.shim.exec(id, exec_id.as_str(), &io, spec).await?;
-            self.events.publish_exec(Kind::ExecAdded, ns, id, exec_id.as_str(), 0, None);
+            self.publish(event(Kind::ExecAdded, ns, id, exec_id.as_str(), 0, None))?;
             entry.shim.start(id, exec_id.as_str()).await
         }
         .await;
@@ -124,11 +124,13 @@ impl Manager {
             }
         };
         info.pid.store(pid, Ordering::SeqCst);
-        self.events.publish_exec(Kind::ExecStarted, ns, id, exec_id.as_str(), pid, None);
-        let (bus, shim, ns, id) = (self.events.clone(), entry.shim.clone(), ns.clone(), id.clone());
+        self.publish(event(Kind::ExecStarted, ns, id, exec_id.as_str(), pid, None))?;
+        let (mgr, shim, ns, id) = (self.clone(), entry.shim.clone(), ns.clone(), id.clone());
         tokio::spawn(async move {
             let status = shim.wait(&id, exec_id.as_str()).await.unwrap_or(ExitStatus::unknown(crate::now_ns()));
-            bus.publish_exec(Kind::Exit, &ns, &id, exec_id.as_str(), pid, Some(status));
+            if let Err(e) = mgr.publish(event(Kind::Exit, &ns, &id, exec_id.as_str(), pid, Some(status))) {
+                tracing::warn!(%ns, %id, %exec_id, "cannot record the exec's exit: {e}");
+            }
             info.exit.send_replace(Some(status));
         });
         Ok(pid)

@@ -1,30 +1,33 @@
 //! The container manager: owns the records, the shim connections and the
-//! exit monitors. Every state change goes through [`Manager::update`], which
-//! applies the model's transition table and commits to the store before
-//! anyone is told (SPEC B1, B18). Create is in `create.rs`, delete in
-//! `delete.rs`.
+//! exit monitors. Every state change goes through [`Manager::change`], which
+//! applies the model's transition table and commits the record together
+//! with its event before anyone is told (SPEC B1, B18, B22). Create is in
+//! `create.rs`, delete in `delete.rs`, restarts in `restart.rs`, startup
+//! recovery in `recovery.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use berth_cgroups::Hierarchies;
 use berth_model::{ContainerId, ExitStatus, Namespace, Op, State};
-use berth_store::{ContainerRecord, Store};
+use berth_store::{ContainerRecord, Store, Write};
 use tokio::sync::watch;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::events::{Bus, Kind};
+use crate::events::{Bus, Event, Kind, event};
 use crate::exec::ExecInfo;
-use crate::shim::{self, ShimClient};
+use crate::shim::{ShimArgs, ShimClient};
 
 pub type Key = (Namespace, ContainerId);
 
 /// A live container's runtime handles.
 pub struct Entry {
     pub shim: ShimClient,
-    /// Serialises user operations on this container.
-    pub op: tokio::sync::Mutex<()>,
+    /// Serialises user operations on this container; a restart hands it on
+    /// to the container's next entry, so whoever waited on it must look the
+    /// entry up again once it holds the lock.
+    pub op: Arc<tokio::sync::Mutex<()>>,
     pub exit: watch::Sender<Option<ExitStatus>>,
     /// Held while a start is being recorded, so an exit is never recorded
     /// (or published) before the start it follows.
@@ -36,10 +39,10 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn new(shim: ShimClient, exit: Option<ExitStatus>) -> Entry {
+    pub fn new(shim: ShimClient, exit: Option<ExitStatus>, op: Arc<tokio::sync::Mutex<()>>) -> Entry {
         Entry {
             shim,
-            op: Default::default(),
+            op,
             exit: watch::channel(exit).0,
             starting: Default::default(),
             oom_drain: Mutex::default(),
@@ -60,12 +63,25 @@ pub struct Manager {
     records: Mutex<()>,
 }
 
-/// Whether the record's shim process still exists (the same binary serving
-/// the same container, not a recycled pid).
-fn shim_alive(rec: &ContainerRecord) -> bool {
-    let args = crate::control::cmdline(rec.shim.pid);
-    let is_shim = args.first().is_some_and(|a| a.ends_with("berth-shim"));
-    is_shim && args.windows(2).any(|w| w[0] == "--id" && w[1] == rec.id.as_str())
+/// How long a shim whose connection broke may take to be seen exiting
+/// before it is taken for alive but unreachable.
+const SHIM_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The event about a record's change: exits and deletes carry the exit.
+fn record_event(kind: Kind, rec: &ContainerRecord) -> Event {
+    let exit = if matches!(kind, Kind::Exit | Kind::Delete) { rec.exit } else { None };
+    event(kind, &rec.namespace, &rec.id, "", rec.pid, exit)
+}
+
+/// Test hook for SPEC B20: with `BERTH_TEST_CRASH_AT=<step>` in its
+/// environment, berthd SIGKILLs itself right after that create step
+/// (intent, logs, bundle, shim, runtime create) or after the shim started
+/// init but before the start is recorded (start), as a crash would.
+pub(crate) fn crash_point(step: &str) {
+    if std::env::var("BERTH_TEST_CRASH_AT").is_ok_and(|s| s == step) {
+        tracing::warn!("BERTH_TEST_CRASH_AT={step}: dying");
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -108,6 +124,37 @@ impl Manager {
         lock(&self.entries).remove(key);
     }
 
+    /// How this daemon runs the shim of one container.
+    pub(crate) fn shim_args(&self, ns: &Namespace, id: &ContainerId, runtime: &str) -> ShimArgs {
+        ShimArgs {
+            binary: self.cfg.shim_binary.clone(),
+            namespace: ns.clone(),
+            id: id.clone(),
+            runtime: runtime.to_string(),
+            runtime_root: self.cfg.runtime_root(runtime, ns),
+        }
+    }
+
+    /// Commits `w` in one transaction, then sends its event to subscribers.
+    /// One lock covers both, so subscribers see events in sequence order.
+    pub(crate) fn write(&self, w: Write<'_>) -> Result<()> {
+        let held = lock(&self.records);
+        self.commit(&held, w)
+    }
+
+    /// `write` for a caller that already holds `records`.
+    fn commit(&self, _held: &std::sync::MutexGuard<'_, ()>, w: Write<'_>) -> Result<()> {
+        if let Some(ev) = self.store.write(w)? {
+            self.events.send(ev);
+        }
+        Ok(())
+    }
+
+    /// Commits an event that changes no record (exec and OOM events).
+    pub(crate) fn publish(&self, ev: Event) -> Result<()> {
+        self.write(Write { event: Some(ev), ..Default::default() })
+    }
+
     /// Read-modify-write of one record, committed before it returns.
     pub(crate) fn update(
         &self,
@@ -115,10 +162,23 @@ impl Manager {
         id: &ContainerId,
         f: impl FnOnce(&mut ContainerRecord) -> Result<()>,
     ) -> Result<ContainerRecord> {
-        let _g = lock(&self.records);
+        self.change(ns, id, None, f)
+    }
+
+    /// Read-modify-write of one record, committed together with an event
+    /// of `kind` about the changed record, if given.
+    pub(crate) fn change(
+        &self,
+        ns: &Namespace,
+        id: &ContainerId,
+        kind: Option<Kind>,
+        f: impl FnOnce(&mut ContainerRecord) -> Result<()>,
+    ) -> Result<ContainerRecord> {
+        let held = lock(&self.records);
         let mut rec = self.get(ns, id)?;
         f(&mut rec)?;
-        self.store.put(&rec)?;
+        let event = kind.map(|k| record_event(k, &rec));
+        self.commit(&held, Write { put: Some(&rec), event, ..Default::default() })?;
         Ok(rec)
     }
 
@@ -144,13 +204,13 @@ impl Manager {
                 )));
             }
         };
-        let rec = self.update(ns, id, |r| {
+        crash_point("start");
+        self.change(ns, id, Some(Kind::Start), |r| {
             r.state = r.state.apply(Op::Start)?;
             r.pid = pid;
+            r.started_at_ns = crate::now_ns();
             Ok(())
-        })?;
-        self.events.publish(Kind::Start, ns, id, pid, None);
-        Ok(rec)
+        })
     }
 
     /// Signals init, or the exec `exec_id` when it is not empty (SPEC B7).
@@ -193,82 +253,57 @@ impl Manager {
 
     /// Records init's exit — store first, then the event (SPEC B4, B18).
     pub(crate) fn record_exit(&self, ns: &Namespace, id: &ContainerId, status: ExitStatus) -> Result<()> {
-        let rec = self.update(ns, id, |r| {
+        self.change(ns, id, Some(Kind::Exit), |r| {
             r.state = r.state.apply(Op::Exit)?;
             r.exit = Some(status);
             Ok(())
-        })?;
-        self.events.publish(Kind::Exit, ns, id, rec.pid, Some(status));
-        Ok(())
+        })
+        .map(drop)
     }
 
     /// Watches a container's init through its shim and records the exit
-    /// exactly once: store first, then event, then waiters (SPEC B4).
+    /// exactly once: store and event first, then waiters (SPEC B4), then
+    /// the restart policy (SPEC B21). A shim that dies is cleaned up at
+    /// once and its container reports the exit the shim recorded, or 255;
+    /// one that only stops answering leaves the container `unknown`.
     pub(crate) fn spawn_monitor(self: &Arc<Self>, key: Key, entry: Arc<Entry>) {
         let mgr = self.clone();
         tokio::spawn(async move {
             let (ns, id) = &key;
             let status = match entry.shim.wait(id, "").await {
                 Ok(s) => s,
+                Err(e) if entry.shim.exited_within(SHIM_EXIT_GRACE).await => {
+                    tracing::warn!(%ns, %id, "shim died: {e}; cleaning up");
+                    let _started = entry.starting.lock().await;
+                    match mgr.teardown_without_shim(&mgr.get(ns, id).ok()?).await {
+                        Ok(status) => status,
+                        Err(e) => {
+                            tracing::warn!(%ns, %id, "cleanup after a dead shim: {e}");
+                            return None;
+                        }
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(%ns, %id, "lost shim while waiting: {e}");
                     let _ = mgr.update(ns, id, |r| {
                         r.state = r.state.apply(Op::LoseShim)?;
                         Ok(())
                     });
-                    return;
+                    return None;
                 }
             };
-            // A start still being recorded goes first.
-            let _started = entry.starting.lock().await;
-            mgr.drain_oom(&entry).await;
-            if let Err(e) = mgr.record_exit(ns, id, status) {
-                tracing::warn!(%ns, %id, "cannot record exit: {e}");
+            {
+                // A start still being recorded goes first.
+                let _started = entry.starting.lock().await;
+                mgr.drain_oom(&entry).await;
+                let exited = mgr.get(ns, id).is_ok_and(|r| r.exit.is_some());
+                if !exited && let Err(e) = mgr.record_exit(ns, id, status) {
+                    tracing::warn!(%ns, %id, "cannot record exit: {e}");
+                }
             }
             entry.exit.send_replace(Some(status));
+            mgr.consider_restart(ns, id);
+            Some(())
         });
-    }
-
-    /// Rebuilds in-memory state after a daemon start: reconnects to the
-    /// shim of every container that still has one. Containers whose shim is
-    /// gone while they ran become `unknown` (full recovery comes with the
-    /// recovery work).
-    pub async fn reload(self: &Arc<Self>) -> Result<()> {
-        for rec in self.store.list(None)? {
-            let key = (rec.namespace.clone(), rec.id.clone());
-            match shim::connect(&rec.shim.socket, rec.shim.pid).await {
-                Ok(client) => {
-                    let entry = Arc::new(Entry::new(client, rec.exit));
-                    self.insert_entry(key.clone(), entry.clone());
-                    if rec.exit.is_none() {
-                        self.spawn_oom_watch(key.clone(), entry.clone(), rec.cgroup.clone());
-                        self.spawn_monitor(key, entry);
-                    }
-                }
-                Err(e) if rec.state != State::Stopped && shim_alive(&rec) => {
-                    // Alive but not answering: never clean up under a live
-                    // shim (containerd#13784); it stays `unknown` until it
-                    // answers again or is removed with force.
-                    tracing::warn!(ns = %rec.namespace, id = %rec.id, "shim alive but unreachable: {e}");
-                    self.update(&rec.namespace, &rec.id, |r| {
-                        if r.state != State::Unknown {
-                            r.state = r.state.apply(Op::LoseShim)?;
-                        }
-                        Ok(())
-                    })?;
-                }
-                Err(_) if rec.state != State::Stopped => {
-                    // The shim died while berthd was down (SPEC B19): kill
-                    // what is left, delete the runtime state, and record the
-                    // exit the shim wrote — or "unknown exit" (255).
-                    tracing::warn!(ns = %rec.namespace, id = %rec.id, "shim gone; cleaning up");
-                    if let Err(e) = self.teardown_without_shim(&rec).await {
-                        tracing::warn!(ns = %rec.namespace, id = %rec.id, "cleanup of a dead shim: {e}");
-                    }
-                }
-                Err(_) => {}
-            }
-        }
-        Ok(())
     }
 }

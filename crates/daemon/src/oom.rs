@@ -12,7 +12,7 @@ use berth_model::{ContainerId, Namespace};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::events::Kind;
+use crate::events::{Kind, event};
 use crate::manager::{Entry, Key, Manager, lock};
 
 /// A request for the watcher's last count; answered when it is published.
@@ -76,7 +76,9 @@ impl Manager {
         });
         if let Ok(rec) = rec {
             for _ in 0..n {
-                self.events.publish(Kind::Oom, ns, id, rec.pid, None);
+                if let Err(e) = self.publish(event(Kind::Oom, ns, id, "", rec.pid, None)) {
+                    tracing::warn!(%ns, %id, "cannot record an OOM event: {e}");
+                }
             }
         }
     }

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_model::{ContainerId, ExitStatus, Namespace};
+use berth_model::{ContainerId, ExitStatus, Namespace, State};
 use berth_shim::{LISTEN_FD, from_timestamp, from_ttrpc, pidfd_open};
 use containerd_shim_protos::api;
 use containerd_shim_protos::shim_async::TaskClient;
@@ -59,26 +59,37 @@ impl ProcessIo<'_> {
     }
 }
 
-/// Who a shim serves and how it runs containers.
-pub struct ShimArgs<'a> {
-    pub binary: &'a Path,
-    pub namespace: &'a Namespace,
-    pub id: &'a ContainerId,
-    pub runtime: &'a str,
-    pub runtime_root: &'a Path,
+/// Who a shim serves and how it runs containers (see `Manager::shim_args`).
+pub struct ShimArgs {
+    pub binary: PathBuf,
+    pub namespace: Namespace,
+    pub id: ContainerId,
+    pub runtime: String,
+    pub runtime_root: PathBuf,
 }
 
-impl ShimArgs<'_> {
+impl ShimArgs {
+    /// Whether process `pid` is a berth-shim started with these arguments
+    /// (so a recycled pid is never taken for a shim).
+    pub fn matches(&self, pid: u32) -> bool {
+        let args = crate::control::cmdline(pid);
+        let has = |flag: &str, value: &str| args.windows(2).any(|w| w[0] == flag && w[1] == value);
+        args.first().is_some_and(|a| a.ends_with("berth-shim"))
+            && has("--namespace", self.namespace.as_str())
+            && has("--id", self.id.as_str())
+            && has("--runtime-root", &self.runtime_root.to_string_lossy())
+    }
+
     fn command(&self) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(self.binary);
+        let mut cmd = tokio::process::Command::new(&self.binary);
         cmd.arg("--namespace")
             .arg(self.namespace.as_str())
             .arg("--id")
             .arg(self.id.as_str())
             .arg("--runtime")
-            .arg(self.runtime)
+            .arg(&self.runtime)
             .arg("--runtime-root")
-            .arg(self.runtime_root)
+            .arg(&self.runtime_root)
             .stdin(Stdio::null());
         cmd
     }
@@ -91,7 +102,7 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// `berth-shim --cleanup BUNDLE`, which kills what is left in the
 /// container's cgroup and deletes the runtime's state. Returns the exit the
 /// shim had recorded, if any.
-pub async fn cleanup(a: &ShimArgs<'_>, bundle: &Path) -> Result<Option<ExitStatus>> {
+pub async fn cleanup(a: &ShimArgs, bundle: &Path) -> Result<Option<ExitStatus>> {
     let mut cmd = a.command();
     cmd.arg("--cleanup").arg(bundle).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let out = tokio::time::timeout(CLEANUP_TIMEOUT, cmd.output())
@@ -110,7 +121,7 @@ pub async fn cleanup(a: &ShimArgs<'_>, bundle: &Path) -> Result<Option<ExitStatu
 
 /// Starts berth-shim for one container (logging to `log`, serving on
 /// `socket`) and connects to it.
-pub async fn spawn(a: &ShimArgs<'_>, socket: &Path, log: &Path) -> Result<ShimClient> {
+pub async fn spawn(a: &ShimArgs, socket: &Path, log: &Path) -> Result<ShimClient> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create shim socket dir", e))?;
     }
@@ -231,6 +242,21 @@ impl ShimClient {
         Ok(exit_of(r.exit_status, r.exited_at.as_ref()))
     }
 
+    /// Init's state as the shim sees it, and its pid.
+    pub async fn state(&self, id: &ContainerId) -> Result<(State, u32)> {
+        use api::Status;
+        let req = api::StateRequest { id: id.to_string(), ..Default::default() };
+        let r = self.task.state(ctx(), &req).await.map_err(shim_err)?;
+        let state = match r.status.enum_value_or_default() {
+            Status::CREATED => State::Created,
+            Status::RUNNING => State::Running,
+            Status::PAUSED | Status::PAUSING => State::Paused,
+            Status::STOPPED => State::Stopped,
+            Status::UNKNOWN => State::Unknown,
+        };
+        Ok((state, r.pid))
+    }
+
     pub async fn pause(&self, id: &ContainerId) -> Result<()> {
         let req = api::PauseRequest { id: id.to_string(), ..Default::default() };
         self.task.pause(ctx(), &req).await.map_err(shim_err)?;
@@ -304,6 +330,15 @@ impl ShimClient {
                 unsafe { libc::poll(&mut p, 1, 0) > 0 }
             }
             None => nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), None).is_err(),
+        }
+    }
+
+    /// Whether the shim process exits within `within` (a shim whose pid
+    /// cannot be watched counts as gone once the pid is).
+    pub async fn exited_within(&self, within: Duration) -> bool {
+        match &self.pidfd {
+            Some(fd) => tokio::time::timeout(within, fd.readable()).await.is_ok(),
+            None => self.is_gone(),
         }
     }
 

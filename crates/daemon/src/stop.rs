@@ -26,6 +26,9 @@ impl Manager {
             return Err(Error::InvalidArgument(format!("stop timeout must be at most {MAX_STOP_TIMEOUT:?}")));
         }
         let rec = self.get(ns, id)?;
+        // Recorded first: no restart policy brings the container back, even
+        // if berthd dies before the stop completes (SPEC B21).
+        self.mark_stopped_by_user(ns, id)?;
         if let Some(exit) = rec.exit {
             return Ok(exit);
         }
@@ -53,6 +56,14 @@ impl Manager {
 }
 
 impl Manager {
+    pub(crate) fn mark_stopped_by_user(&self, ns: &Namespace, id: &ContainerId) -> Result<()> {
+        self.update(ns, id, |r| {
+            r.stopped_by_user = true;
+            Ok(())
+        })
+        .map(drop)
+    }
+
     /// Stops every live container of every namespace, concurrently
     /// (`berthd --shutdown-containers`).
     pub async fn stop_all(self: &std::sync::Arc<Self>, timeout: Duration) {

@@ -42,14 +42,22 @@ pub enum ModelError {
     UnknownRuntime(String),
     #[error("unknown state {0:?}")]
     UnknownState(String),
+    #[error(
+        "unknown event type {0:?} (known: create, start, exit, oom, pause, resume, exec-added, exec-started, restart, delete)"
+    )]
+    UnknownEventKind(String),
+    #[error("invalid restart policy {0:?} (no, always, on-failure[:N] with N > 0, unless-stopped)")]
+    BadRestartPolicy(String),
 }
 
 impl ModelError {
     pub fn code(&self) -> Code {
         match self {
-            ModelError::InvalidId { .. } | ModelError::UnknownState(_) | ModelError::UnknownRuntime(_) => {
-                Code::InvalidArgument
-            }
+            ModelError::InvalidId { .. }
+            | ModelError::UnknownState(_)
+            | ModelError::UnknownRuntime(_)
+            | ModelError::UnknownEventKind(_)
+            | ModelError::BadRestartPolicy(_) => Code::InvalidArgument,
             ModelError::BadTransition { .. } => Code::FailedPrecondition,
         }
     }

@@ -2,15 +2,19 @@
 //! transition table (SPEC B1), exit statuses and error codes. No I/O here.
 
 mod error;
+mod event;
 mod exit;
 mod id;
+mod restart;
 mod runtime;
 mod signal;
 mod state;
 
 pub use error::{Code, ModelError};
+pub use event::EventKind;
 pub use exit::{ExitStatus, UNKNOWN_EXIT_CODE};
 pub use id::{ContainerId, DEFAULT_NAMESPACE, ExecId, Namespace};
+pub use restart::{BACKOFF_RESET, RestartPolicy, backoff};
 pub use runtime::{DEFAULT_RUNTIME, RUNTIMES, runtime_name};
 pub use signal::signal_number;
 pub use state::{Op, State};

@@ -30,6 +30,8 @@ pub enum Op {
     Delete,
     /// The shim that owns the container was lost.
     LoseShim,
+    /// A restart policy brings a stopped container back (SPEC B21).
+    Restart,
 }
 
 impl fmt::Display for Op {
@@ -41,6 +43,7 @@ impl fmt::Display for Op {
             Op::Exit => "record the exit of",
             Op::Delete => "delete",
             Op::LoseShim => "lose the shim of",
+            Op::Restart => "restart",
         })
     }
 }
@@ -59,6 +62,7 @@ impl State {
             (Stopped, Delete) => Deleted,
             (Created | Running | Paused, LoseShim) => Unknown,
             (Unknown, Exit) => Stopped,
+            (Stopped, Restart) => Created,
             _ => return Err(ModelError::BadTransition { from: self, op }),
         };
         Ok(next)
@@ -112,6 +116,7 @@ mod tests {
             (Running, LoseShim, Unknown),
             (Paused, LoseShim, Unknown),
             (Unknown, Exit, Stopped),
+            (Stopped, Restart, Created),
         ];
         for (from, op, to) in ok {
             assert_eq!(from.apply(op).unwrap(), to, "{from} --{op}-->");
@@ -121,7 +126,7 @@ mod tests {
     #[test]
     fn everything_else_is_refused_with_the_current_state() {
         let states = [Created, Running, Paused, Stopped, Deleted, Unknown];
-        let ops = [Start, Pause, Resume, Exit, Delete, LoseShim];
+        let ops = [Start, Pause, Resume, Exit, Delete, LoseShim, Restart];
         let mut refused = 0;
         for from in states {
             for op in ops {
@@ -132,8 +137,8 @@ mod tests {
                 }
             }
         }
-        // 36 pairs, 11 allowed.
-        assert_eq!(refused, 36 - 11);
+        // 42 pairs, 12 allowed.
+        assert_eq!(refused, 42 - 12);
     }
 
     #[test]

@@ -1,18 +1,25 @@
 //! The metadata store: one redb database holding every container record of
-//! every namespace, plus the schema version. Each call is one transaction.
+//! every namespace, the event log (`events.rs`), create intents and the
+//! schema version. Each call is one transaction; [`Store::write`] commits a
+//! record change together with its event and intent, so a crash never
+//! separates a state change from its report (SPEC B18, B22).
 
 use std::path::{Path, PathBuf};
 
-use berth_model::{Code, ContainerId, ExitStatus, Namespace, State};
+use berth_model::{Code, ContainerId, ExitStatus, Namespace, RestartPolicy, State};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 /// Version of the on-disk layout. Bump it and add a migration when a record
 /// changes shape.
-pub const SCHEMA_VERSION: u64 = 1;
+/// - 1: containers.
+/// - 2: adds the `events` and `intents` tables and the record fields for
+///   restart policies, all defaulted: a version-1 store is read as is.
+pub const SCHEMA_VERSION: u64 = 2;
 
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
+const INTENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("intents");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -30,7 +37,7 @@ impl StoreError {
     }
 }
 
-fn db_err(e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
@@ -62,6 +69,48 @@ pub struct ContainerRecord {
     /// The kernel's OOM killer killed a process of the container.
     #[serde(default)]
     pub oom_killed: bool,
+    /// Interactive stdin FIFO and terminal, as created (a restart reuses them).
+    #[serde(default)]
+    pub stdin: Option<PathBuf>,
+    #[serde(default)]
+    pub terminal: bool,
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    /// Restarts so far (SPEC B21).
+    #[serde(default)]
+    pub restart_count: u32,
+    /// Restarts in a row without a run long enough to reset the backoff.
+    #[serde(default)]
+    pub restart_streak: u32,
+    /// When init last started (0: never).
+    #[serde(default)]
+    pub started_at_ns: u64,
+    /// `berth stop` (or a forced delete) ended it: no policy restarts it.
+    #[serde(default)]
+    pub stopped_by_user: bool,
+}
+
+/// A create in progress, written before anything is allocated and removed
+/// in the same transaction as the record it becomes (or after a rollback).
+/// Everything create allocates derives from these fields, so a berthd that
+/// died mid-create can find and release it (SPEC B20).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Intent {
+    pub namespace: Namespace,
+    pub id: ContainerId,
+    pub runtime: String,
+    pub created_at_ns: u64,
+}
+
+/// One transaction: any of a record to put, a record to remove, an intent
+/// to put or clear, and an event to append.
+#[derive(Default)]
+pub struct Write<'a> {
+    pub put: Option<&'a ContainerRecord>,
+    pub remove: Option<(&'a Namespace, &'a ContainerId)>,
+    pub intent: Option<&'a Intent>,
+    pub clear_intent: Option<(&'a Namespace, &'a ContainerId)>,
+    pub event: Option<crate::Event>,
 }
 
 impl ContainerRecord {
@@ -70,7 +119,7 @@ impl ContainerRecord {
     }
 }
 
-fn key(ns: &Namespace, id: &ContainerId) -> String {
+pub(crate) fn key(ns: &Namespace, id: &ContainerId) -> String {
     // '/' never appears in a valid id, so the key is unambiguous.
     format!("{ns}/{id}")
 }
@@ -95,26 +144,69 @@ impl Store {
             let found = meta.get("schema_version").map_err(db_err)?.map(|v| v.value());
             match found {
                 Some(v) if v > SCHEMA_VERSION => return Err(StoreError::TooNew { found: v }),
-                // Older versions would be migrated here, one step at a time.
-                Some(_) => {}
-                None => {
+                Some(SCHEMA_VERSION) => {}
+                // Older versions are migrated here, one step at a time;
+                // 1 → 2 only adds tables and defaulted fields.
+                Some(_) | None => {
                     meta.insert("schema_version", SCHEMA_VERSION).map_err(db_err)?;
                 }
             }
             tx.open_table(CONTAINERS).map_err(db_err)?;
+            tx.open_table(INTENTS).map_err(db_err)?;
+            tx.open_table(crate::events::EVENTS).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
     }
 
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+
     /// Inserts or replaces a record; durable when this returns.
     pub fn put(&self, rec: &ContainerRecord) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(rec).map_err(db_err)?;
+        self.write(Write { put: Some(rec), ..Default::default() }).map(drop)
+    }
+
+    /// Commits everything `w` names in one transaction, durable when this
+    /// returns. The event, if any, comes back with its sequence number.
+    pub fn write(&self, w: Write<'_>) -> Result<Option<crate::Event>, StoreError> {
         let tx = self.db.begin_write().map_err(db_err)?;
         {
             let mut t = tx.open_table(CONTAINERS).map_err(db_err)?;
-            t.insert(rec.key().as_str(), bytes.as_slice()).map_err(db_err)?;
+            if let Some(rec) = w.put {
+                let bytes = serde_json::to_vec(rec).map_err(db_err)?;
+                t.insert(rec.key().as_str(), bytes.as_slice()).map_err(db_err)?;
+            }
+            if let Some((ns, id)) = w.remove {
+                t.remove(key(ns, id).as_str()).map_err(db_err)?;
+            }
+            let mut intents = tx.open_table(INTENTS).map_err(db_err)?;
+            if let Some(intent) = w.intent {
+                let bytes = serde_json::to_vec(intent).map_err(db_err)?;
+                intents.insert(key(&intent.namespace, &intent.id).as_str(), bytes.as_slice()).map_err(db_err)?;
+            }
+            if let Some((ns, id)) = w.clear_intent {
+                intents.remove(key(ns, id).as_str()).map_err(db_err)?;
+            }
         }
-        tx.commit().map_err(db_err)
+        let event = match w.event {
+            Some(ev) => Some(crate::events::append(&tx, ev)?),
+            None => None,
+        };
+        tx.commit().map_err(db_err)?;
+        Ok(event)
+    }
+
+    /// Creates that were in progress when berthd stopped.
+    pub fn intents(&self) -> Result<Vec<Intent>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(INTENTS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for item in t.iter().map_err(db_err)? {
+            let (k, v) = item.map_err(db_err)?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok(out)
     }
 
     pub fn get(&self, ns: &Namespace, id: &ContainerId) -> Result<Option<ContainerRecord>, StoreError> {
@@ -128,12 +220,7 @@ impl Store {
     }
 
     pub fn remove(&self, ns: &Namespace, id: &ContainerId) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
-        {
-            let mut t = tx.open_table(CONTAINERS).map_err(db_err)?;
-            t.remove(key(ns, id).as_str()).map_err(db_err)?;
-        }
-        tx.commit().map_err(db_err)
+        self.write(Write { remove: Some((ns, id)), ..Default::default() }).map(drop)
     }
 
     /// All records, of one namespace or of all.
@@ -143,7 +230,7 @@ impl Store {
         let mut out = Vec::new();
         for item in t.iter().map_err(db_err)? {
             let (k, v) = item.map_err(db_err)?;
-            let rec = decode(k.value(), v.value())?;
+            let rec: ContainerRecord = decode(k.value(), v.value())?;
             if ns.is_none_or(|n| *n == rec.namespace) {
                 out.push(rec);
             }
@@ -152,7 +239,7 @@ impl Store {
     }
 }
 
-fn decode(key: &str, bytes: &[u8]) -> Result<ContainerRecord, StoreError> {
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { key: key.to_string(), reason: e.to_string() })
 }
 
@@ -178,6 +265,13 @@ mod tests {
             stderr: "/e".into(),
             cgroup: "/berth/default/x".into(),
             oom_killed: false,
+            stdin: None,
+            terminal: false,
+            restart_policy: RestartPolicy::OnFailure { max: 3 },
+            restart_count: 1,
+            restart_streak: 1,
+            started_at_ns: 5,
+            stopped_by_user: false,
         }
     }
 
@@ -199,6 +293,53 @@ mod tests {
         s.remove(&ns, &id).unwrap();
         assert!(s.get(&ns, &id).unwrap().is_none());
         assert_eq!(s.list(None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_intent_becomes_a_record_in_one_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("meta.redb")).unwrap();
+        let rec = record("default", "a");
+        let intent = Intent {
+            namespace: rec.namespace.clone(),
+            id: rec.id.clone(),
+            runtime: "embedded".into(),
+            created_at_ns: 1,
+        };
+        s.write(Write { intent: Some(&intent), ..Default::default() }).unwrap();
+        assert_eq!(s.intents().unwrap(), std::slice::from_ref(&intent));
+        assert!(s.list(None).unwrap().is_empty());
+        s.write(Write { put: Some(&rec), clear_intent: Some((&rec.namespace, &rec.id)), ..Default::default() })
+            .unwrap();
+        assert!(s.intents().unwrap().is_empty());
+        assert_eq!(s.list(None).unwrap(), [rec]);
+    }
+
+    #[test]
+    fn upgrades_a_version_1_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("meta.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let tx = db.begin_write().unwrap();
+            tx.open_table(META).unwrap().insert("schema_version", 1).unwrap();
+            // A version-1 record: none of the restart fields.
+            let mut v = serde_json::to_value(record("default", "old")).unwrap();
+            for f in ["stdin", "terminal", "restart_policy", "restart_count", "restart_streak", "started_at_ns"] {
+                v.as_object_mut().unwrap().remove(f);
+            }
+            let bytes = serde_json::to_vec(&v).unwrap();
+            tx.open_table(CONTAINERS).unwrap().insert("default/old", bytes.as_slice()).unwrap();
+            tx.commit().unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let rec = s.list(None).unwrap().remove(0);
+        assert_eq!((rec.restart_policy, rec.restart_count), (RestartPolicy::No, 0));
+        assert_eq!(s.last_seq().unwrap(), 0);
+        drop(s);
+        let db = Database::create(&path).unwrap();
+        let tx = db.begin_read().unwrap();
+        assert_eq!(tx.open_table(META).unwrap().get("schema_version").unwrap().unwrap().value(), SCHEMA_VERSION);
     }
 
     #[test]

@@ -95,6 +95,12 @@ impl Daemon {
 
     /// Starts berthd and waits until its socket accepts connections.
     pub fn spawn(&mut self) {
+        self.spawn_with_env(&[]);
+        self.wait_serving();
+    }
+
+    /// Starts berthd with extra environment, without waiting for it.
+    pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let child = Command::new(bin_path("berthd"))
             .arg("--root")
@@ -107,17 +113,32 @@ impl Daemon {
             .arg(&self.cgroup_parent)
             .args(&self.extra_args)
             .env("BERTH_LOG", "debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn berthd");
         self.child = Some(child);
+    }
+
+    /// Waits until berthd's socket accepts connections.
+    pub fn wait_serving(&self) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
             assert!(Instant::now() < deadline, "berthd did not start: {}", self.log());
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Whether the berthd this harness started last has exited (e.g. by a
+    /// crash hook); reaps it if so.
+    pub fn daemon_exited(&mut self) -> bool {
+        let exited = self.child.as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some());
+        if exited {
+            self.child = None;
+        }
+        exited
     }
 
     /// Kills berthd with SIGKILL (containers and shims keep running).

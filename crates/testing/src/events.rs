@@ -26,6 +26,35 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Every recorded event after sequence number `since`, from the
+    /// daemon's durable log (`berth events --since N --no-follow`).
+    pub fn events_since(&self, since: u64) -> Vec<Value> {
+        let since = since.to_string();
+        let out = self.berth(&["events", "--json", "--since", &since, "--no-follow"]);
+        out.ok().lines().map(|l| serde_json::from_str(l).expect("event JSON")).collect()
+    }
+
+    /// `berth inspect --json ID`.
+    pub fn inspect(&self, id: &str) -> Value {
+        serde_json::from_str(self.berth(&["inspect", "--json", id]).ok()).expect("inspect JSON")
+    }
+
+    /// Polls `inspect` until `done` holds (10 s at most) and returns it.
+    #[track_caller]
+    pub fn inspect_until(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let c = self.inspect(id);
+            if done(&c) {
+                return c;
+            }
+            assert!(std::time::Instant::now() < deadline, "condition never held: {c}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl EventLog {
     /// Stops recording (after a moment for the last events) and returns
     /// them in order.

@@ -1,0 +1,173 @@
+//! Startup recovery (SPEC B19, B20): before berthd serves, it releases
+//! what creates cut short by a crash left behind (from their intent
+//! records), reconnects to every live shim and brings records up to date
+//! with what the shims did while berthd was down, cleans up after shims
+//! that died, and resumes restart policies. It never touches a shim that
+//! is alive, answering or not (containerd#13784).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_model::{Op, State};
+use berth_store::{ContainerRecord, Intent, Write};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+use crate::delete::{remove_path, remove_shim_sockets};
+use crate::error::{Error, Result};
+use crate::events::Kind;
+use crate::manager::{Entry, Manager};
+use crate::shim::{self, ShimArgs};
+
+/// How long a live shim may take to say what happened while berthd was down.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a killed leftover shim may take to go away.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// Pids of the berth-shim processes started with `args`.
+fn shims_of(args: &ShimArgs) -> Vec<u32> {
+    let pids = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    pids.filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok()).filter(|pid| args.matches(*pid)).collect()
+}
+
+/// SIGKILLs a leftover shim's whole process group (the shim and its
+/// runtime helpers) and waits until the shim is gone.
+fn kill_group(args: &ShimArgs, pid: u32) {
+    let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
+    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+    let deadline = Instant::now() + KILL_WAIT;
+    // A zombie still matches until whoever inherited it reaps it.
+    while args.matches(pid) && !is_zombie(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.starts_with(" Z")))
+}
+
+impl Manager {
+    /// Rebuilds in-memory state after a daemon start (see the module docs).
+    pub async fn reload(self: &Arc<Self>) -> Result<()> {
+        for intent in self.store.intents()? {
+            if let Err(e) = self.release_intent(&intent).await {
+                tracing::warn!(ns = %intent.namespace, id = %intent.id, "cannot release an interrupted create: {e}");
+            }
+        }
+        // Containers are independent: recover them all at once, so one slow
+        // shim does not hold up the rest.
+        let mut tasks = tokio::task::JoinSet::new();
+        for rec in self.store.list(None)? {
+            let mgr = self.clone();
+            tasks.spawn(async move {
+                if let Err(e) = mgr.recover(rec.clone()).await {
+                    tracing::warn!(ns = %rec.namespace, id = %rec.id, "recovery: {e}");
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    /// Releases everything an interrupted create may have allocated: its
+    /// shim (and helpers), processes, runtime state, sockets, bundle,
+    /// cgroup and logs; then the intent itself (SPEC B20).
+    async fn release_intent(&self, intent: &Intent) -> Result<()> {
+        let (ns, id) = (&intent.namespace, &intent.id);
+        tracing::warn!(%ns, %id, "releasing a create cut short by a crash");
+        if self.store.get(ns, id)?.is_none() {
+            let args = self.shim_args(ns, id, &intent.runtime);
+            for pid in shims_of(&args) {
+                kill_group(&args, pid);
+            }
+            let bundle = self.cfg.bundle_dir(ns, id);
+            if bundle.exists() {
+                shim::cleanup(&args, &bundle).await?;
+            }
+            let cgroup = self.cfg.cgroup_path(ns, id);
+            for pid in self.cgroups.procs(&cgroup).unwrap_or_default() {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+            remove_shim_sockets(&self.cfg.shim_socket(ns, id))?;
+            remove_path(&bundle)?;
+            self.cgroups.remove(&cgroup).map_err(|e| Error::io(format!("remove cgroup {cgroup}"), e))?;
+            remove_path(&self.cfg.log_dir(ns, id))?;
+        }
+        self.write(Write { clear_intent: Some((ns, id)), ..Default::default() })
+    }
+
+    /// Reconnects one container to its shim, or cleans up after the shim.
+    async fn recover(self: &Arc<Self>, rec: ContainerRecord) -> Result<()> {
+        let key = (rec.namespace.clone(), rec.id.clone());
+        match shim::connect(&rec.shim.socket, rec.shim.pid).await {
+            Ok(client) => {
+                let entry = Arc::new(Entry::new(client, rec.exit, Default::default()));
+                if rec.exit.is_some() {
+                    self.insert_entry(key, entry);
+                    self.resume_policy(&rec);
+                    return Ok(());
+                }
+                // A shim that is alive but slow to answer (stopped, say)
+                // is watched all the same; it answers the monitor later.
+                match tokio::time::timeout(CATCH_UP_TIMEOUT, self.catch_up(&rec, &entry)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::warn!(ns = %rec.namespace, id = %rec.id, "catching up: {e}"),
+                    Err(_) => tracing::warn!(ns = %rec.namespace, id = %rec.id, "shim slow to answer; watching it"),
+                }
+                self.watch(key, entry, &rec.cgroup);
+            }
+            Err(e)
+                if rec.state != State::Stopped
+                    && self.shim_args(&key.0, &key.1, &rec.runtime).matches(rec.shim.pid) =>
+            {
+                // Alive but not answering: never clean up under a live
+                // shim; it stays `unknown` until removed with force.
+                tracing::warn!(ns = %rec.namespace, id = %rec.id, "shim alive but unreachable: {e}");
+                self.update(&rec.namespace, &rec.id, |r| {
+                    if r.state != State::Unknown {
+                        r.state = r.state.apply(Op::LoseShim)?;
+                    }
+                    Ok(())
+                })?;
+            }
+            Err(_) if rec.state != State::Stopped => {
+                // The shim died while berthd was down: kill what is left,
+                // delete the runtime state, and record the exit the shim
+                // wrote — or "unknown exit" (255).
+                tracing::warn!(ns = %rec.namespace, id = %rec.id, "shim gone; cleaning up");
+                self.teardown_without_shim(&rec).await?;
+                self.resume_policy(&self.get(&rec.namespace, &rec.id)?);
+            }
+            Err(_) => self.resume_policy(&rec),
+        }
+        Ok(())
+    }
+
+    /// Records what a live shim did while berthd was down: a start or a
+    /// pause/resume that completed after berthd died, each reported once.
+    /// (An exit is picked up by the monitor.)
+    async fn catch_up(&self, rec: &ContainerRecord, entry: &Entry) -> Result<()> {
+        let (ns, id) = (&rec.namespace, &rec.id);
+        let (actual, pid) = entry.shim.state(id).await?;
+        let steps: &[(Op, Kind)] = match (rec.state, actual) {
+            (State::Created, State::Running) => &[(Op::Start, Kind::Start)],
+            (State::Created, State::Paused) => &[(Op::Start, Kind::Start), (Op::Pause, Kind::Pause)],
+            (State::Running, State::Paused) => &[(Op::Pause, Kind::Pause)],
+            (State::Paused, State::Running) => &[(Op::Resume, Kind::Resume)],
+            _ => &[],
+        };
+        for (op, kind) in steps {
+            tracing::info!(%ns, %id, "recording a {kind} that happened while berthd was down");
+            self.change(ns, id, Some(*kind), |r| {
+                r.state = r.state.apply(*op)?;
+                if *op == Op::Start {
+                    r.pid = pid;
+                    r.started_at_ns = crate::now_ns();
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,172 @@
+//! Restart policies (SPEC B21). After init's exit is recorded, the policy
+//! decides; a restart waits out its backoff, then releases the old runtime
+//! container and shim and brings the container back from its bundle in a
+//! new shim, keeping its id, logs and cgroup. A user stop is recorded
+//! before the stop signal, so a stopped container is never brought back.
+
+use std::sync::Arc;
+
+use berth_model::{BACKOFF_RESET, ContainerId, Namespace, Op, State, backoff};
+use berth_store::{ContainerRecord, ShimInfo};
+
+use crate::create::Step;
+use crate::delete::{remove_path, remove_shim_sockets, teardown_with_shim};
+use crate::error::Result;
+use crate::events::Kind;
+use crate::manager::{Entry, Manager};
+use crate::shim::ProcessIo;
+
+/// The restarts in a row so far, counting a run of at least
+/// [`BACKOFF_RESET`] as the end of a streak.
+fn streak(rec: &ContainerRecord) -> u32 {
+    let ran = rec.exit.map(|e| e.exited_at_ns.saturating_sub(rec.started_at_ns)).unwrap_or(0);
+    if rec.started_at_ns > 0 && ran >= BACKOFF_RESET.as_nanos() as u64 { 0 } else { rec.restart_streak }
+}
+
+fn wants_restart(rec: &ContainerRecord) -> bool {
+    let code = rec.exit.map(|e| e.code).unwrap_or(0);
+    rec.state == State::Stopped && rec.restart_policy.wants_restart(code, rec.restart_count, rec.stopped_by_user)
+}
+
+impl Manager {
+    /// After an exit: schedules a restart if the container's policy wants
+    /// one, after the backoff.
+    pub(crate) fn consider_restart(self: &Arc<Self>, ns: &Namespace, id: &ContainerId) {
+        let Ok(rec) = self.get(ns, id) else { return };
+        if !wants_restart(&rec) {
+            return;
+        }
+        let delay = backoff(streak(&rec));
+        tracing::info!(%ns, %id, ?delay, policy = %rec.restart_policy, "restart scheduled");
+        let (mgr, ns, id) = (self.clone(), ns.clone(), id.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Err(e) = mgr.restart(&ns, &id).await {
+                tracing::warn!(%ns, %id, "restart failed: {e}");
+            }
+        });
+    }
+
+    /// At berthd start, for a stopped container: `always` comes back even
+    /// after a user stop; every policy resumes where it was.
+    pub(crate) fn resume_policy(self: &Arc<Self>, rec: &ContainerRecord) {
+        let code = rec.exit.map(|e| e.code).unwrap_or(0);
+        let policy = rec.restart_policy;
+        if rec.stopped_by_user && policy.at_daemon_start(code, rec.restart_count, true) {
+            let cleared = self.update(&rec.namespace, &rec.id, |r| {
+                r.stopped_by_user = false;
+                Ok(())
+            });
+            if let Err(e) = cleared {
+                tracing::warn!(ns = %rec.namespace, id = %rec.id, "cannot resume the restart policy: {e}");
+                return;
+            }
+        }
+        self.consider_restart(&rec.namespace, &rec.id);
+    }
+
+    /// Brings a stopped container back (SPEC B21), if its policy still
+    /// wants that once the backoff is over and no user stop came between.
+    async fn restart(self: &Arc<Self>, ns: &Namespace, id: &ContainerId) -> Result<()> {
+        let old = self.entry(ns, id).ok();
+        let op = old.as_ref().map(|e| e.op.clone()).unwrap_or_default();
+        let _op = op.clone().lock_owned().await;
+        let old = self.entry(ns, id).ok();
+        let Ok(rec) = self.get(ns, id) else { return Ok(()) };
+        if !wants_restart(&rec) {
+            return Ok(());
+        }
+        // The old runtime container and shim go first.
+        let by_shim = match &old {
+            Some(e) => teardown_with_shim(e, id, false).await?,
+            None => false,
+        };
+        if !by_shim {
+            self.teardown_without_shim(&rec).await?;
+        }
+        remove_shim_sockets(&rec.shim.socket)?;
+        // A later cleanup must not find the last run's exit.
+        remove_path(&rec.bundle.join("exit.json"))?;
+
+        let io =
+            ProcessIo { stdin: rec.stdin.as_deref(), stdout: &rec.stdout, stderr: &rec.stderr, terminal: rec.terminal };
+        let mut done = Vec::new();
+        let spawned = self.spawn_task(ns, id, &rec.runtime, &rec.bundle, &rec.shim.socket, &io, &mut done).await;
+        let streak = streak(&rec);
+        let recorded = spawned.and_then(|(client, pid)| {
+            let rec = self.change(ns, id, Some(Kind::Restart), |r| {
+                r.state = r.state.apply(Op::Restart)?;
+                r.pid = pid;
+                r.exit = None;
+                r.shim = ShimInfo { pid: client.pid, socket: r.shim.socket.clone() };
+                r.restart_count += 1;
+                r.restart_streak = streak + 1;
+                Ok(())
+            })?;
+            Ok((rec, client))
+        });
+        let (rec, client) = match recorded {
+            Ok(r) => r,
+            Err(e) => {
+                // Keep nothing of the failed attempt; the record stays
+                // stopped with its exit, and the shim-less container is
+                // cleaned up like any other.
+                self.release_restart(ns, id, done).await;
+                self.remove_entry(&(ns.clone(), id.clone()));
+                return Err(e);
+            }
+        };
+        tracing::info!(%ns, %id, count = rec.restart_count, "restarted");
+        let entry = Arc::new(Entry::new(client, None, op));
+        self.watch((ns.clone(), id.clone()), entry, &rec.cgroup);
+        drop(_op);
+        self.start(ns, id).await.map(drop)
+    }
+
+    /// Rolls back a failed restart: its shim and runtime container only
+    /// (the bundle, logs and cgroup belong to the container).
+    async fn release_restart(&self, ns: &Namespace, id: &ContainerId, done: Vec<Step>) {
+        let only_runtime = done.into_iter().filter(|s| matches!(s, Step::Shim { .. } | Step::Task(_))).collect();
+        self.release(ns, id, only_runtime).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_model::{ExitStatus, RestartPolicy};
+
+    fn record(policy: RestartPolicy, code: u32, ran_ns: u64, streak: u32, user: bool) -> ContainerRecord {
+        let mut r: ContainerRecord = serde_json::from_value(serde_json::json!({
+            "namespace": "default", "id": "c", "runtime": "embedded", "bundle": "/b", "rootfs": "/r",
+            "command": [], "labels": {}, "created_at_ns": 1, "state": "stopped", "pid": 1, "exit": null,
+            "shim": {"pid": 1, "socket": "/s"}, "stdout": "/o", "stderr": "/e", "cgroup": "/c"
+        }))
+        .unwrap();
+        r.restart_policy = policy;
+        r.started_at_ns = 1_000;
+        r.exit = Some(ExitStatus { code, exited_at_ns: 1_000 + ran_ns });
+        r.restart_streak = streak;
+        r.stopped_by_user = user;
+        r
+    }
+
+    #[test]
+    fn a_long_run_resets_the_streak() {
+        let short = record(RestartPolicy::Always, 1, 1_000_000, 4, false);
+        assert_eq!(backoff(streak(&short)).as_millis(), 1600);
+        let long = record(RestartPolicy::Always, 1, BACKOFF_RESET.as_nanos() as u64, 4, false);
+        assert_eq!(backoff(streak(&long)).as_millis(), 100);
+    }
+
+    #[test]
+    fn user_stops_and_policies_decide() {
+        assert!(wants_restart(&record(RestartPolicy::Always, 0, 1, 0, false)));
+        assert!(!wants_restart(&record(RestartPolicy::Always, 0, 1, 0, true)));
+        assert!(!wants_restart(&record(RestartPolicy::No, 1, 1, 0, false)));
+        assert!(!wants_restart(&record(RestartPolicy::OnFailure { max: 0 }, 0, 1, 0, false)));
+        let mut running = record(RestartPolicy::Always, 0, 1, 0, false);
+        running.state = State::Running;
+        assert!(!wants_restart(&running), "only a stopped container restarts");
+    }
+}

@@ -1,0 +1,216 @@
+//! Crash safety (SPEC B18–B20, B22): the failures peers are known for,
+//! each as a named scenario, plus a berthd killed at every step of create.
+
+use std::time::Duration;
+
+use berth_testing::Daemon;
+use serde_json::Value;
+
+fn exits_of<'a>(events: &'a [Value], id: &str) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == "exit" && e["id"] == id && e["exec_id"] == "").collect()
+}
+
+/// Sequence numbers run 1, 2, 3 … with no gap or repeat.
+fn assert_gapless(events: &[Value]) {
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    let expected: Vec<u64> = (1..=seqs.len() as u64).collect();
+    assert_eq!(seqs, expected, "{events:?}");
+}
+
+/// Everything berthd made for its containers is gone.
+fn assert_no_leftovers(d: &Daemon, ids: &[&str]) {
+    assert!(d.shim_pids().is_empty(), "shims left: {:?}", d.shim_pids());
+    for id in ids {
+        assert!(d.cgroup_dirs("default", id).is_empty(), "cgroup of {id} left");
+        assert!(d.container_paths("default", id).is_empty(), "{:?}", d.container_paths("default", id));
+    }
+    let sockets: Vec<_> =
+        std::fs::read_dir(d.state.join("shims")).into_iter().flatten().flatten().map(|e| e.file_name()).collect();
+    assert!(sockets.is_empty(), "shim sockets left: {sockets:?}");
+}
+
+/// containerd#6771: a container exits while the daemon is down; the shim
+/// must not leak and the task must not stay stuck.
+#[test]
+fn containerd_6771_exit_during_downtime_leaks_no_shim() {
+    let mut d = Daemon::start();
+    d.run_detached("brief", &["sh", "-c", "sleep 0.3; exit 9"]);
+    d.kill9();
+    std::thread::sleep(Duration::from_millis(800));
+    d.spawn();
+    let c = d.inspect_until("brief", |c| c["state"] == "stopped");
+    assert_eq!(c["exit"]["code"], 9);
+    assert_eq!(exits_of(&d.events_since(0), "brief").len(), 1);
+    d.berth(&["rm", "brief"]).ok();
+    assert_no_leftovers(&d, &["brief"]);
+}
+
+/// containerd#10390 and #11579: exit events lost across daemon restarts.
+/// Exits before, during and after a daemon outage each appear exactly once
+/// in the durable log, whose sequence has no gap.
+#[test]
+fn containerd_10390_11579_no_exit_event_lost_or_repeated_across_restarts() {
+    let mut d = Daemon::start();
+    d.run_detached("before", &["sh", "-c", "exit 3"]);
+    assert_eq!(d.berth(&["wait", "before"]).code, 3);
+    d.run_detached("during", &["sh", "-c", "sleep 0.4; exit 4"]);
+    d.run_detached("after", &["sh", "-c", "sleep 2; exit 5"]);
+    d.kill9();
+    std::thread::sleep(Duration::from_millis(800));
+    d.spawn();
+    // A subscriber that saw events up to `mark` resumes with no gap.
+    let mark = d.events_since(0).last().unwrap()["seq"].as_u64().unwrap();
+    assert_eq!(d.berth(&["wait", "after"]).code, 5);
+    d.restart_after_kill9();
+    let all = d.events_since(0);
+    assert_gapless(&all);
+    for (id, code) in [("before", 3), ("during", 4), ("after", 5)] {
+        let exits = exits_of(&all, id);
+        assert_eq!(exits.len(), 1, "{id}: {all:?}");
+        assert_eq!(exits[0]["exit"]["code"], code);
+    }
+    let resumed = d.events_since(mark);
+    assert_eq!(resumed.first().unwrap()["seq"].as_u64(), Some(mark + 1));
+    assert_eq!(resumed, all[mark as usize..]);
+    d.berth(&["rm", "before", "during", "after"]).ok();
+    assert_no_leftovers(&d, &["before", "during", "after"]);
+}
+
+/// containerd#12600: the daemon restarts in the middle of a stop. The stop
+/// can be retried, nothing leaks, and the container is not restarted.
+#[test]
+fn containerd_12600_daemon_killed_during_stop() {
+    let mut d = Daemon::start();
+    let rootfs = d.rootfs.to_string_lossy().into_owned();
+    let cmd = ["sh", "-c", "trap '' TERM; while true; do sleep 0.05; done"];
+    let mut args = vec!["run", "-d", "--restart", "always", "--name", "stubborn", rootfs.as_str()];
+    args.extend(cmd);
+    d.berth(&args).ok();
+    let mut stop = d.berth_spawn(&["stop", "-t", "30", "stubborn"]);
+    std::thread::sleep(Duration::from_millis(400));
+    d.kill9();
+    let _ = stop.wait();
+    d.spawn();
+    let c = d.inspect("stubborn");
+    assert_eq!(c["state"], "running", "SIGTERM is ignored and SIGKILL never came: {c}");
+    assert_eq!(c["stopped_by_user"], true, "the stop was recorded before its signal");
+    assert_eq!(d.berth(&["stop", "-t", "1", "stubborn"]).ok().trim(), "stubborn");
+    std::thread::sleep(Duration::from_millis(500));
+    let c = d.inspect("stubborn");
+    assert_eq!((c["state"].as_str(), c["exit"]["code"].as_u64()), (Some("stopped"), Some(137)), "{c}");
+    assert_eq!(c["restart_count"], 0, "a user stop is never undone by the policy");
+    d.berth(&["rm", "stubborn"]).ok();
+    assert_no_leftovers(&d, &["stubborn"]);
+}
+
+/// containerd#13784: a live shim wrongly classified as leaked on restart.
+/// A shim that cannot answer while berthd starts (here: stopped) keeps its
+/// container, which is neither killed nor forgotten.
+#[test]
+fn containerd_13784_unresponsive_live_shim_is_not_taken_for_leaked() {
+    let mut d = Daemon::start();
+    d.run_detached("alive", &["sh", "-c", "trap 'exit 8' TERM; while true; do sleep 0.05; done"]);
+    let c = d.inspect("alive");
+    let shim = nix::unistd::Pid::from_raw(c["shim_pid"].as_i64().unwrap() as i32);
+    d.kill9();
+    nix::sys::signal::kill(shim, nix::sys::signal::SIGSTOP).unwrap();
+    d.spawn();
+    let during = d.inspect("alive");
+    nix::sys::signal::kill(shim, nix::sys::signal::SIGCONT).unwrap();
+    assert_eq!(during["state"], "running", "{during}");
+    assert_eq!(during["pid"], c["pid"]);
+    assert!(!d.cgroup_procs("default", "alive").is_empty(), "the container was not killed");
+    assert_eq!(d.shim_pids(), [shim.as_raw() as u32]);
+    std::thread::sleep(Duration::from_millis(300));
+    d.berth(&["kill", "alive"]).ok();
+    assert_eq!(d.berth(&["wait", "alive"]).code, 8, "the shim still serves its container");
+    d.berth(&["rm", "alive"]).ok();
+    assert_no_leftovers(&d, &["alive"]);
+}
+
+/// Kills berthd's running process (by a crash hook) and waits until it is gone.
+fn await_crash(d: &mut Daemon, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !d.daemon_exited() {
+        assert!(std::time::Instant::now() < deadline, "{what}: berthd did not die");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A start that the shim completed after berthd died is recorded (once)
+/// when berthd comes back, so the record matches the running container.
+#[test]
+fn start_completed_while_daemon_was_down_is_recorded_once() {
+    let mut d = Daemon::start();
+    let rootfs = d.rootfs.to_string_lossy().into_owned();
+    d.kill9();
+    d.spawn_with_env(&[("BERTH_TEST_CRASH_AT", "start")]);
+    d.wait_serving();
+    d.berth(&["create", "--name", "late", &rootfs, "sleep", "1000"]).ok();
+    assert_ne!(d.berth(&["start", "late"]).code, 0, "berthd died in the middle of the start");
+    await_crash(&mut d, "start");
+    d.spawn();
+    let c = d.inspect("late");
+    assert_eq!(c["state"], "running", "{c}");
+    assert!(d.cgroup_procs("default", "late").contains(&(c["pid"].as_u64().unwrap() as u32)));
+    let types: Vec<String> = d.events_since(0).iter().map(|e| e["type"].as_str().unwrap().to_string()).collect();
+    assert_eq!(types, ["create", "start"]);
+    d.berth(&["rm", "-f", "late"]).ok();
+    assert_no_leftovers(&d, &["late"]);
+}
+
+/// SPEC B20: berthd killed right after each step of create leaves nothing
+/// behind once it is back: no shim, process, mount, cgroup, file or record.
+#[test]
+fn daemon_killed_at_each_create_step_leaves_no_trace() {
+    let mut d = Daemon::start();
+    let rootfs = d.rootfs.to_string_lossy().into_owned();
+    for step in ["intent", "logs", "bundle", "shim", "runtime create"] {
+        d.kill9();
+        d.spawn_with_env(&[("BERTH_TEST_CRASH_AT", step)]);
+        d.wait_serving();
+        let out = d.berth(&["run", "-d", "--name", "cut", &rootfs, "sleep", "1000"]);
+        assert_ne!(out.code, 0, "{step}: create survived its crash point: {out:?}");
+        await_crash(&mut d, step);
+        d.spawn();
+        d.berth(&["inspect", "cut"]).fails_with("not found");
+        assert!(d.berth(&["ps", "-a", "--json"]).ok().trim() == "[]", "{step}: a record was left");
+        assert!(d.cgroup_procs("default", "cut").is_empty(), "{step}: processes left");
+        assert_no_leftovers(&d, &["cut"]);
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(!mounts.contains(d.dir().to_str().unwrap()), "{step}: mounts left");
+        // The id is free again.
+        d.run_detached("cut", &["true"]);
+        assert_eq!(d.berth(&["wait", "cut"]).code, 0);
+        d.berth(&["rm", "cut"]).ok();
+    }
+}
+
+/// `berth events --since` resumes from the log, then follows live events
+/// with no gap or duplicate; bad filters are refused (SPEC B22, B31).
+#[test]
+fn events_since_replays_then_follows() {
+    let d = Daemon::start();
+    d.run_detached("one", &["true"]);
+    assert_eq!(d.berth(&["wait", "one"]).code, 0);
+    let logged = d.events_since(0);
+    let types: Vec<&str> = logged.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["create", "start", "exit"]);
+    assert_gapless(&logged);
+    let follower = d.berth_spawn(&["events", "--json", "--since", "1"]);
+    std::thread::sleep(Duration::from_millis(300));
+    d.berth(&["rm", "one"]).ok();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut follower = follower;
+    let _ = follower.kill();
+    let out = follower.wait_with_output().unwrap();
+    let seen: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let seqs: Vec<u64> = seen.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [2, 3, 4], "replayed 2 and 3, then the live delete: {seen:?}");
+    assert_eq!(seen[2]["type"], "delete");
+    let only_exits = d.berth(&["events", "--json", "--since", "0", "--no-follow", "--type", "exit"]);
+    assert_eq!(only_exits.ok().lines().count(), 1);
+    d.berth(&["events", "--type", "exited"]).fails_with("invalid argument");
+    d.berth(&["events", "--id", "../x"]).fails_with("invalid argument");
+}
