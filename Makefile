@@ -5,7 +5,7 @@ CARGO ?= cargo
 # System packages berth needs to build, run and be tested against peers.
 APT_PACKAGES := busybox-static runc containerd protobuf-compiler libseccomp-dev pkg-config bsdutils
 
-.PHONY: deps build release demo test lint unit e2e bench clean
+.PHONY: deps build release demo test lint unit e2e chaos bench clean
 
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "cargo (Rust >= 1.95) is required: https://rustup.rs"; exit 1; }
@@ -33,6 +33,10 @@ e2e: build
 	$(CARGO) test --locked -p berth-e2e
 
 test: lint unit e2e
+
+# The long chaos run: 500 containers, 10 berthd kills (the short one is in e2e).
+chaos: build
+	BERTH_CHAOS=long $(CARGO) test --locked -p berth-e2e --test chaos -- --nocapture
 
 bench: release
 	$(CARGO) run --release --locked -p berth-bench -- $(BENCH_ARGS)

@@ -78,7 +78,7 @@ fn a_user_stop_is_never_undone_while_berthd_runs() {
 
 #[test]
 fn policies_survive_berthd_restarts() {
-    let mut d = Daemon::start();
+    let d = Daemon::start();
     run_with_policy(&d, "always", "always", "sleep 1000");
     run_with_policy(&d, "unless", "unless-stopped", "sleep 1000");
     d.berth(&["stop", "-t", "1", "always", "unless"]).ok();

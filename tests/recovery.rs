@@ -33,7 +33,7 @@ fn assert_no_leftovers(d: &Daemon, ids: &[&str]) {
 /// must not leak and the task must not stay stuck.
 #[test]
 fn containerd_6771_exit_during_downtime_leaks_no_shim() {
-    let mut d = Daemon::start();
+    let d = Daemon::start();
     d.run_detached("brief", &["sh", "-c", "sleep 0.3; exit 9"]);
     d.kill9();
     std::thread::sleep(Duration::from_millis(800));
@@ -50,7 +50,7 @@ fn containerd_6771_exit_during_downtime_leaks_no_shim() {
 /// in the durable log, whose sequence has no gap.
 #[test]
 fn containerd_10390_11579_no_exit_event_lost_or_repeated_across_restarts() {
-    let mut d = Daemon::start();
+    let d = Daemon::start();
     d.run_detached("before", &["sh", "-c", "exit 3"]);
     assert_eq!(d.berth(&["wait", "before"]).code, 3);
     d.run_detached("during", &["sh", "-c", "sleep 0.4; exit 4"]);
@@ -80,7 +80,7 @@ fn containerd_10390_11579_no_exit_event_lost_or_repeated_across_restarts() {
 /// can be retried, nothing leaks, and the container is not restarted.
 #[test]
 fn containerd_12600_daemon_killed_during_stop() {
-    let mut d = Daemon::start();
+    let d = Daemon::start();
     let rootfs = d.rootfs.to_string_lossy().into_owned();
     let cmd = ["sh", "-c", "trap '' TERM; while true; do sleep 0.05; done"];
     let mut args = vec!["run", "-d", "--restart", "always", "--name", "stubborn", rootfs.as_str()];
@@ -108,7 +108,7 @@ fn containerd_12600_daemon_killed_during_stop() {
 /// container, which is neither killed nor forgotten.
 #[test]
 fn containerd_13784_unresponsive_live_shim_is_not_taken_for_leaked() {
-    let mut d = Daemon::start();
+    let d = Daemon::start();
     d.run_detached("alive", &["sh", "-c", "trap 'exit 8' TERM; while true; do sleep 0.05; done"]);
     let c = d.inspect("alive");
     let shim = nix::unistd::Pid::from_raw(c["shim_pid"].as_i64().unwrap() as i32);
@@ -129,7 +129,7 @@ fn containerd_13784_unresponsive_live_shim_is_not_taken_for_leaked() {
 }
 
 /// Kills berthd's running process (by a crash hook) and waits until it is gone.
-fn await_crash(d: &mut Daemon, what: &str) {
+fn await_crash(d: &Daemon, what: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while !d.daemon_exited() {
         assert!(std::time::Instant::now() < deadline, "{what}: berthd did not die");
@@ -141,14 +141,14 @@ fn await_crash(d: &mut Daemon, what: &str) {
 /// when berthd comes back, so the record matches the running container.
 #[test]
 fn start_completed_while_daemon_was_down_is_recorded_once() {
-    let mut d = Daemon::start();
+    let d = Daemon::start();
     let rootfs = d.rootfs.to_string_lossy().into_owned();
     d.kill9();
     d.spawn_with_env(&[("BERTH_TEST_CRASH_AT", "start")]);
     d.wait_serving();
     d.berth(&["create", "--name", "late", &rootfs, "sleep", "1000"]).ok();
     assert_ne!(d.berth(&["start", "late"]).code, 0, "berthd died in the middle of the start");
-    await_crash(&mut d, "start");
+    await_crash(&d, "start");
     d.spawn();
     let c = d.inspect("late");
     assert_eq!(c["state"], "running", "{c}");
@@ -163,7 +163,7 @@ fn start_completed_while_daemon_was_down_is_recorded_once() {
 /// behind once it is back: no shim, process, mount, cgroup, file or record.
 #[test]
 fn daemon_killed_at_each_create_step_leaves_no_trace() {
-    let mut d = Daemon::start();
+    let d = Daemon::start();
     let rootfs = d.rootfs.to_string_lossy().into_owned();
     for step in ["intent", "logs", "bundle", "shim", "runtime create"] {
         d.kill9();
@@ -171,7 +171,7 @@ fn daemon_killed_at_each_create_step_leaves_no_trace() {
         d.wait_serving();
         let out = d.berth(&["run", "-d", "--name", "cut", &rootfs, "sleep", "1000"]);
         assert_ne!(out.code, 0, "{step}: create survived its crash point: {out:?}");
-        await_crash(&mut d, step);
+        await_crash(&d, step);
         d.spawn();
         d.berth(&["inspect", "cut"]).fails_with("not found");
         assert!(d.berth(&["ps", "-a", "--json"]).ok().trim() == "[]", "{step}: a record was left");

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 #[test]
 fn kill9_daemon_keeps_running_containers_and_records() {
-    let mut d = Daemon::start();
+    let d = Daemon::start();
     d.run_detached("survivor", &["sh", "-c", "trap 'exit 3' TERM; while true; do sleep 0.05; done"]);
     d.run_detached("finished", &["sh", "-c", "exit 6"]);
     assert_eq!(d.berth(&["wait", "finished"]).code, 6);
@@ -37,7 +37,7 @@ fn kill9_daemon_keeps_running_containers_and_records() {
 
 #[test]
 fn sigterm_stops_daemon_promptly_and_leaves_containers_running() {
-    let mut d = Daemon::start();
+    let d = Daemon::start();
     d.run_detached("stay", &["sleep", "1000"]);
     // A follower holds a stream open; it must not keep berthd alive.
     let mut follower = d.berth_spawn(&["logs", "-f", "stay"]);
@@ -95,7 +95,7 @@ unsafe extern "C" {
 
 #[test]
 fn shutdown_containers_flag_stops_them() {
-    let mut d = Daemon::start_with(&["--shutdown-containers"]);
+    let d = Daemon::start_with(&["--shutdown-containers"]);
     d.run_detached("a", &["sh", "-c", "trap 'exit 7' TERM; while true; do sleep 0.05; done"]);
     d.run_detached("b", &["sleep", "1000"]);
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -114,7 +114,7 @@ fn shutdown_containers_flag_stops_them() {
 /// containerd#6771: a container exits while the daemon is down.
 #[test]
 fn exit_while_daemon_is_down_is_recorded_once() {
-    let mut d = Daemon::start();
+    let d = Daemon::start();
     d.run_detached("brief", &["sh", "-c", "sleep 0.5; exit 9"]);
     d.kill9();
     std::thread::sleep(std::time::Duration::from_millis(1200));
@@ -138,7 +138,7 @@ fn exit_while_daemon_is_down_is_recorded_once() {
 /// up (no process, cgroup or runtime state left) and reports "unknown exit".
 #[test]
 fn dead_shim_found_at_startup_is_cleaned_up() {
-    let mut d = Daemon::start();
+    let d = Daemon::start();
     d.run_detached("lost", &["sleep", "1000"]);
     let c: Value = serde_json::from_str(d.berth(&["inspect", "--json", "lost"]).ok()).unwrap();
     let shim = c["shim_pid"].as_i64().unwrap() as i32;

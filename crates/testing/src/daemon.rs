@@ -58,7 +58,9 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub cgroup_parent: String,
     pub rootfs: PathBuf,
-    child: Option<Child>,
+    /// The running berthd; behind a lock so threads of one test can share
+    /// the harness (the chaos test kills and restarts it from another thread).
+    child: std::sync::Mutex<Option<Child>>,
     log: PathBuf,
     extra_args: Vec<String>,
 }
@@ -74,7 +76,7 @@ impl Daemon {
         let dir = tempfile::Builder::new().prefix("berth-test-").tempdir().expect("tempdir");
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let rootfs = busybox_rootfs(dir.path());
-        let mut d = Daemon {
+        let d = Daemon {
             root: dir.path().join("root"),
             state: dir.path().join("state"),
             socket: dir.path().join("berth.sock"),
@@ -82,7 +84,7 @@ impl Daemon {
             rootfs,
             log: dir.path().join("berthd.log"),
             dir,
-            child: None,
+            child: Default::default(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
         };
         d.spawn();
@@ -94,13 +96,13 @@ impl Daemon {
     }
 
     /// Starts berthd and waits until its socket accepts connections.
-    pub fn spawn(&mut self) {
+    pub fn spawn(&self) {
         self.spawn_with_env(&[]);
         self.wait_serving();
     }
 
     /// Starts berthd with extra environment, without waiting for it.
-    pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
+    pub fn spawn_with_env(&self, env: &[(&str, &str)]) {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let child = Command::new(bin_path("berthd"))
             .arg("--root")
@@ -119,7 +121,7 @@ impl Daemon {
             .stderr(log)
             .spawn()
             .expect("spawn berthd");
-        self.child = Some(child);
+        *self.child() = Some(child);
     }
 
     /// Waits until berthd's socket accepts connections.
@@ -133,33 +135,38 @@ impl Daemon {
 
     /// Whether the berthd this harness started last has exited (e.g. by a
     /// crash hook); reaps it if so.
-    pub fn daemon_exited(&mut self) -> bool {
-        let exited = self.child.as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some());
+    pub fn daemon_exited(&self) -> bool {
+        let mut child = self.child();
+        let exited = child.as_mut().is_none_or(|c| c.try_wait().ok().flatten().is_some());
         if exited {
-            self.child = None;
+            *child = None;
         }
         exited
     }
 
+    fn child(&self) -> std::sync::MutexGuard<'_, Option<Child>> {
+        self.child.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Kills berthd with SIGKILL (containers and shims keep running).
-    pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
+    pub fn kill9(&self) {
+        if let Some(mut c) = self.child().take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
     /// Stops berthd with SIGTERM and returns how long it took to exit.
-    pub fn terminate(&mut self) -> Duration {
+    pub fn terminate(&self) -> Duration {
         let start = Instant::now();
-        if let Some(mut c) = self.child.take() {
+        if let Some(mut c) = self.child().take() {
             let _ = kill(Pid::from_raw(c.id() as i32), Signal::SIGTERM);
             let _ = c.wait();
         }
         start.elapsed()
     }
 
-    pub fn restart_after_kill9(&mut self) {
+    pub fn restart_after_kill9(&self) {
         self.kill9();
         self.spawn();
     }
