@@ -10,8 +10,19 @@ const NAMESPACE: &str = "berth-bench";
 
 pub struct Containerd {
     child: Child,
+    config: PathBuf,
+    log: PathBuf,
     address: PathBuf,
     ids: std::cell::RefCell<Vec<String>>,
+}
+
+fn spawn(config: &Path, log: &Path) -> std::io::Result<Child> {
+    Command::new("containerd")
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log)?)
+        .spawn()
 }
 
 impl Containerd {
@@ -28,20 +39,15 @@ impl Containerd {
             address.display()
         );
         std::fs::write(&config, toml).ok()?;
-        let child = match Command::new("containerd")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(base.join("containerd.log")).ok()?)
-            .spawn()
-        {
+        let log = base.join("containerd.log");
+        let child = match spawn(&config, &log) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("containerd not available ({e}); skipping its figures");
                 return None;
             }
         };
-        let c = Containerd { child, address, ids: Default::default() };
+        let c = Containerd { child, config, log, address, ids: Default::default() };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !c.ctr(&["version"]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success()) {
             if Instant::now() > deadline {
@@ -51,6 +57,36 @@ impl Containerd {
             std::thread::sleep(Duration::from_millis(50));
         }
         Some(c)
+    }
+
+    /// SIGKILLs containerd and starts it again (its shims keep running);
+    /// returns when the new one is started, not when it serves.
+    pub fn restart_after_kill9(&mut self) -> bool {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        match spawn(&self.config, &self.log) {
+            Ok(c) => {
+                self.child = c;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Pid and status of every task, by container id (`ctr task ls`);
+    /// None while containerd does not answer.
+    pub fn tasks(&self) -> Option<Vec<(String, String, String)>> {
+        let out = self.ctr(&["task", "ls"]).stderr(Stdio::null()).output().ok()?;
+        out.status.success().then(|| {
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    (f.len() >= 3).then(|| (f[0].to_string(), f[1].to_string(), f[2].to_string()))
+                })
+                .collect()
+        })
     }
 
     fn ctr(&self, args: &[&str]) -> Command {
@@ -65,12 +101,13 @@ impl Containerd {
         self.ctr(&["run", "--rm", "--rootfs", &rootfs, id, "/bin/true"]).status().is_ok_and(|s| s.success())
     }
 
-    /// Runs `n` detached sleep containers; returns their shims' pids.
-    pub fn run_detached(&self, rootfs: &Path, n: usize) -> Vec<u32> {
+    /// Runs `n` detached sleep containers named `<prefix><i>`; returns
+    /// their shims' pids.
+    pub fn run_detached(&self, rootfs: &Path, prefix: &str, n: usize) -> Vec<u32> {
         let rootfs = rootfs.to_string_lossy();
         let mut shims = Vec::new();
         for i in 0..n {
-            let id = format!("cm{i}");
+            let id = format!("{prefix}{i}");
             let ok = self.ctr(&["run", "-d", "--rootfs", &rootfs, &id, "/bin/sleep", "1000"]).status();
             if !ok.is_ok_and(|s| s.success()) {
                 continue;

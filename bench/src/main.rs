@@ -4,10 +4,15 @@
 //! and the mean RSS/PSS of a shim per detached container (berth-shim vs
 //! containerd-shim-runc-v2).
 //!
-//! Usage: berth-bench [--runs N] [--containers M]   (as root; see `make bench`)
+//! and the time a daemon takes to list every running container again after
+//! a SIGKILL and restart (berthd vs containerd).
+//!
+//! Usage: berth-bench [--runs N] [--containers M] [--stats-containers K]
+//!        [--recovery-containers R] [--recovery-rounds Q]   (as root; see `make bench`)
 
 mod containerd;
 mod measure;
+mod recovery;
 mod scenarios;
 
 use std::path::{Path, PathBuf};
@@ -25,10 +30,12 @@ struct Opts {
     runs: usize,
     containers: usize,
     stats_containers: usize,
+    recovery_containers: usize,
+    recovery_rounds: usize,
 }
 
 fn parse_opts() -> Opts {
-    let mut o = Opts { runs: 30, containers: 10, stats_containers: 100 };
+    let mut o = Opts { runs: 30, containers: 10, stats_containers: 100, recovery_containers: 500, recovery_rounds: 3 };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
         let value = pair.get(1).and_then(|v| v.parse().ok());
@@ -36,8 +43,13 @@ fn parse_opts() -> Opts {
             ("--runs", Some(v)) => o.runs = v,
             ("--containers", Some(v)) => o.containers = v,
             ("--stats-containers", Some(v)) => o.stats_containers = v,
+            ("--recovery-containers", Some(v)) => o.recovery_containers = v,
+            ("--recovery-rounds", Some(v)) => o.recovery_rounds = v,
             _ => {
-                eprintln!("usage: berth-bench [--runs N] [--containers M] [--stats-containers K]");
+                eprintln!(
+                    "usage: berth-bench [--runs N] [--containers M] [--stats-containers K] \
+                     [--recovery-containers R] [--recovery-rounds Q]"
+                );
                 std::process::exit(2);
             }
         }
@@ -83,7 +95,7 @@ fn main() {
     let bundle_s = bundle.to_string_lossy().into_owned();
 
     let runc_root = d.dir().join("runc-root");
-    let ctr = containerd::Containerd::start(d.dir());
+    let mut ctr = containerd::Containerd::start(d.dir());
     eprintln!("berth run --rm, runc run, ctr run --rm: {} rounds …", o.runs);
     let mut runners: Vec<Runner<'_>> = vec![
         Box::new(|i| d.berth(&["run", "--rm", "--name", &format!("b{i}"), &bundle_s]).code == 0),
@@ -106,6 +118,7 @@ fn main() {
 
     let exec = scenarios::exec(&d, o.runs);
     let stats = scenarios::stats(&d, o.stats_containers);
+    let recovery = recovery::run(&d, ctr.as_mut(), o.recovery_containers, o.recovery_rounds);
 
     eprintln!("{} detached sleep containers each …", o.containers);
     let rootfs_s = d.rootfs.to_string_lossy().into_owned();
@@ -117,7 +130,7 @@ fn main() {
         berth_shims.push(c["shim_pid"].as_u64().unwrap_or(0) as u32);
     }
     let berth_mem = shim_memory(&berth_shims);
-    let ctr_mem = ctr.as_ref().and_then(|c| shim_memory(&c.run_detached(&d.rootfs, o.containers)));
+    let ctr_mem = ctr.as_ref().and_then(|c| shim_memory(&c.run_detached(&d.rootfs, "cm", o.containers)));
     for i in 0..o.containers {
         d.berth(&["rm", "-f", &format!("m{i}")]);
     }
@@ -145,6 +158,15 @@ fn main() {
     println!();
     println!("| berth stats --no-stream --json over {} running containers | {} |", o.stats_containers, fmt_ms(stats));
     println!("|---|---|");
+    println!();
+    println!(
+        "| recovery: kill -9 the daemon, restart, until all {} containers are listed running (median of {}) | time |",
+        recovery.containers, o.recovery_rounds
+    );
+    println!("|---|---|");
+    println!("| berthd | {} |", fmt_ms(recovery.berth));
+    println!("| containerd 1.6 | {} |", fmt_ms(recovery.containerd));
+    println!("| ratio berthd / containerd | {} |", ratio(recovery.berth, recovery.containerd));
     println!();
     println!("| shim memory per running container (mean) | RSS | PSS |");
     println!("|---|---|---|");
