@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The berth tour: start berthd under a temporary root, run a few busybox
-# containers (attached, detached, killed), show them, clean everything up.
+# containers (attached, detached, killed, restarted by policy), crash and
+# restart berthd under them, show them, clean everything up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-target/release}
@@ -26,10 +27,14 @@ step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 berth() { "$BIN/berth" "$@"; }
 
 ROOTFS=$("$BIN/berth-rootfs" "$DEMO")
-"$BIN/berthd" --root "$DEMO/root" --state "$DEMO/state" --socket "$BERTH_SOCKET" \
-    --cgroup-parent /berth-demo >"$DEMO/berthd.log" 2>&1 &
-DAEMON_PID=$!
-for _ in $(seq 100); do [ -S "$BERTH_SOCKET" ] && break; sleep 0.05; done
+start_daemon() {
+    rm -f "$BERTH_SOCKET"
+    "$BIN/berthd" --root "$DEMO/root" --state "$DEMO/state" --socket "$BERTH_SOCKET" \
+        --cgroup-parent /berth-demo >>"$DEMO/berthd.log" 2>&1 &
+    DAEMON_PID=$!
+    for _ in $(seq 100); do [ -S "$BERTH_SOCKET" ] && break; sleep 0.05; done
+}
+start_daemon
 echo "berthd running (pid $DAEMON_PID), root $DEMO, busybox rootfs $ROOTFS"
 
 step berth run --rm ROOTFS sh -c 'echo hello from $(hostname); exit 3'
@@ -52,10 +57,23 @@ berth kill -s KILL sleeper
 berth wait sleeper || true
 step berth inspect quick
 berth inspect quick
+
+step berth run -d --name flaky --restart on-failure:3 ROOTFS sh -c 'echo attempt; exit 1'
+berth run -d --name flaky --restart on-failure:3 "$ROOTFS" sh -c 'echo attempt; exit 1'
+sleep 1.5
+step berth inspect flaky "   # restarted 3 times, 100/200/400 ms apart"
+berth inspect flaky
+
+step "kill -9 berthd; sleep 1; start berthd again   # containers keep running"
+kill -9 "$DAEMON_PID"; wait "$DAEMON_PID" 2>/dev/null || true
+sleep 1
+start_daemon
 step berth ps -a
 berth ps -a
-step berth rm -f ticker sleeper quick
-berth rm -f ticker sleeper quick
+step berth events --since 0 --no-follow --type exit "   # every exit exactly once, across the crash"
+berth events --since 0 --no-follow --type exit
+step berth rm -f ticker sleeper quick flaky
+berth rm -f ticker sleeper quick flaky
 step berth ps -a
 berth ps -a
 echo
