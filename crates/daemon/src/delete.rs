@@ -102,9 +102,7 @@ impl Manager {
         if let Some(exit) = rec.exit {
             return Ok(exit);
         }
-        let status = recorded.unwrap_or(ExitStatus::unknown(crate::now_ns()));
-        self.record_exit(ns, id, status)?;
-        Ok(status)
+        self.record_exit(ns, id, recorded.unwrap_or(ExitStatus::unknown(crate::now_ns())))
     }
 }
 

@@ -251,14 +251,20 @@ impl Manager {
             .ok_or_else(|| Error::FailedPrecondition(format!("container {id} was removed while waiting")))
     }
 
-    /// Records init's exit — store first, then the event (SPEC B4, B18).
-    pub(crate) fn record_exit(&self, ns: &Namespace, id: &ContainerId, status: ExitStatus) -> Result<()> {
-        self.change(ns, id, Some(Kind::Exit), |r| {
-            r.state = r.state.apply(Op::Exit)?;
-            r.exit = Some(status);
-            Ok(())
-        })
-        .map(drop)
+    /// Records init's exit — store and event together (SPEC B4, B18) —
+    /// unless an exit is recorded already (a dead shim's cleanup and the
+    /// monitor may race); returns the exit that stands.
+    pub(crate) fn record_exit(&self, ns: &Namespace, id: &ContainerId, status: ExitStatus) -> Result<ExitStatus> {
+        let held = lock(&self.records);
+        let mut rec = self.get(ns, id)?;
+        if let Some(exit) = rec.exit {
+            return Ok(exit);
+        }
+        rec.state = rec.state.apply(Op::Exit)?;
+        rec.exit = Some(status);
+        let event = Some(record_event(Kind::Exit, &rec));
+        self.commit(&held, Write { put: Some(&rec), event, ..Default::default() })?;
+        Ok(status)
     }
 
     /// Watches a container's init through its shim and records the exit
@@ -292,15 +298,15 @@ impl Manager {
                     return None;
                 }
             };
-            {
+            let status = {
                 // A start still being recorded goes first.
                 let _started = entry.starting.lock().await;
                 mgr.drain_oom(&entry).await;
-                let exited = mgr.get(ns, id).is_ok_and(|r| r.exit.is_some());
-                if !exited && let Err(e) = mgr.record_exit(ns, id, status) {
+                mgr.record_exit(ns, id, status).unwrap_or_else(|e| {
                     tracing::warn!(%ns, %id, "cannot record exit: {e}");
-                }
-            }
+                    status
+                })
+            };
             entry.exit.send_replace(Some(status));
             mgr.consider_restart(ns, id);
             Some(())
