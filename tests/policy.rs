@@ -108,6 +108,8 @@ fn bad_policies_are_refused_and_change_nothing() {
         let out = d.berth(&["run", "-d", "--restart", bad, "--name", "x", &rootfs, "true"]);
         assert!(out.fails_with("invalid argument").contains("restart policy"), "{out:?}");
     }
+    let out = d.berth(&["run", "--rm", "--restart", "always", "--name", "x", &rootfs, "true"]);
+    assert!(out.fails_with_any().contains("--rm cannot be combined"), "{out:?}");
     assert_eq!(d.berth(&["ps", "-a", "--json"]).ok().trim(), "[]");
     assert!(d.events_since(0).is_empty());
     assert!(d.shim_pids().is_empty());

@@ -76,6 +76,7 @@ fn container_of_a_killed_shim_is_cleaned_up_with_unknown_exit() {
     let stat = std::fs::read_to_string(format!("/proc/{init}/stat")).unwrap_or_default();
     assert!(stat.is_empty() || stat.contains(") Z "), "init was killed: {stat}");
     assert!(d.cgroup_procs("default", "orphan").is_empty());
+    assert!(d.cgroup_dirs("default", "orphan").is_empty(), "the cleanup removed the cgroup");
     d.berth(&["rm", "orphan"]).ok();
     assert!(d.shim_pids().is_empty());
     assert!(d.cgroup_dirs("default", "orphan").is_empty());
@@ -150,6 +151,7 @@ fn dead_shim_found_at_startup_is_cleaned_up() {
     assert_eq!(c["state"], "stopped", "{c}");
     assert_eq!(c["exit"]["code"], 255);
     assert!(d.cgroup_procs("default", "lost").is_empty(), "leftover processes killed");
+    assert!(d.cgroup_dirs("default", "lost").is_empty(), "the cleanup removed the cgroup");
     d.berth(&["rm", "lost"]).ok();
     assert!(d.cgroup_dirs("default", "lost").is_empty());
     assert!(d.container_paths("default", "lost").is_empty());

@@ -77,6 +77,9 @@ pub async fn start(c: &mut Client, ids: Vec<String>) -> Result<i32, Failure> {
 }
 
 pub async fn run(c: &mut Client, a: CreateArgs, rm: bool, detach: bool) -> Result<i32, Failure> {
+    if rm && a.restart != "no" {
+        return Err(Failure { exit_code: RUN_FAILED, ..Failure::new("--rm cannot be combined with a restart policy") });
+    }
     let (tty, interactive) = (a.tty, a.interactive);
     let id = a.name.clone().unwrap_or_else(random_id);
     let a = CreateArgs { name: Some(id.clone()), ..a };

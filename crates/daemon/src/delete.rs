@@ -99,6 +99,9 @@ impl Manager {
         let (ns, id) = (&rec.namespace, &rec.id);
         let args = self.shim_args(ns, id, &rec.runtime);
         let recorded = shim::cleanup(&args, &rec.bundle).await?;
+        // The cgroup is empty now; a restart or `rm` finds it gone, which
+        // is fine for both. The bundle stays for a restart policy.
+        self.cgroups.remove(&rec.cgroup).map_err(|e| Error::io(format!("remove cgroup {}", rec.cgroup), e))?;
         if let Some(exit) = rec.exit {
             return Ok(exit);
         }
