@@ -105,6 +105,23 @@ fn shim_container(pid: u32) -> Option<String> {
     args.windows(2).find(|w| w[0] == "--id").map(|w| w[1].clone())
 }
 
+/// Follows `berth events --since N` through every berthd kill, resuming
+/// after the last event it got, until `stop` is set.
+fn follow_events(d: &Daemon, seen: &Mutex<Vec<Value>>, stop: &AtomicBool, current: &std::sync::atomic::AtomicU32) {
+    use std::io::BufRead;
+    while !stop.load(Ordering::SeqCst) {
+        let since = seen.lock().unwrap().last().map(|e| e["seq"].as_u64().unwrap()).unwrap_or(0).to_string();
+        let mut child = d.berth_spawn(&["events", "--json", "--since", &since]);
+        current.store(child.id(), Ordering::SeqCst);
+        let out = child.stdout.take().expect("stdout");
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            seen.lock().unwrap().push(serde_json::from_str(&line).expect("event JSON"));
+        }
+        let _ = child.wait();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn ps(d: &Daemon) -> Option<Vec<Value>> {
     let out = d.berth(&["ps", "-a", "--json"]);
     (out.code == 0).then(|| serde_json::from_str(&out.stdout).expect("ps JSON"))
@@ -127,10 +144,14 @@ fn chaos_churn_with_daemon_and_shim_kills() {
     let next = AtomicUsize::new(0);
     let churning = AtomicBool::new(true);
     let shim_killed: Mutex<HashSet<String>> = Mutex::default();
+    let mut final_state = BTreeMap::new();
     let rng = Mutex::new(rng);
     let pause = |lo: u64, hi: u64| Duration::from_millis(lo + rng.lock().unwrap().below(hi - lo));
+    let followed: Mutex<Vec<Value>> = Mutex::default();
+    let (stop_following, follower) = (AtomicBool::new(false), std::sync::atomic::AtomicU32::new(0));
 
     std::thread::scope(|s| {
+        s.spawn(|| follow_events(&d, &followed, &stop_following, &follower));
         let workers: Vec<_> = (0..WORKERS)
             .map(|_| {
                 s.spawn(|| {
@@ -179,17 +200,27 @@ fn chaos_churn_with_daemon_and_shim_kills() {
         for w in workers {
             w.join().expect("worker");
         }
+        while churning.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Every container ends stopped.
+        retry("all stopped", || {
+            let Some(list) = ps(&d) else { return false };
+            final_state = list.into_iter().map(|c| (c["id"].as_str().unwrap().to_string(), c)).collect();
+            final_state.len() == n && final_state.values().all(|c| c["state"] == "stopped")
+        });
+        // The follower, resumed after each kill, has every logged event.
+        let last = d.events_since(0).last().map(|e| e["seq"].as_u64().unwrap()).unwrap_or(0);
+        retry("follower caught up", || {
+            followed.lock().unwrap().last().is_some_and(|e| e["seq"].as_u64().unwrap() >= last)
+        });
+        stop_following.store(true, Ordering::SeqCst);
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(follower.load(Ordering::SeqCst) as i32),
+            nix::sys::signal::SIGKILL,
+        );
     });
-    assert!(!churning.load(Ordering::SeqCst));
     let churned = started.elapsed();
-
-    // Every container ends stopped.
-    let mut final_state = BTreeMap::new();
-    retry("all stopped", || {
-        let Some(list) = ps(&d) else { return false };
-        final_state = list.into_iter().map(|c| (c["id"].as_str().unwrap().to_string(), c)).collect();
-        final_state.len() == n && final_state.values().all(|c| c["state"] == "stopped")
-    });
     let killed = shim_killed.lock().unwrap().clone();
     let mut unknown = 0;
     for (i, plan) in plans.iter().enumerate() {
@@ -206,6 +237,8 @@ fn chaos_churn_with_daemon_and_shim_kills() {
     let events = d.events_since(0);
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>(), "sequence numbers have no gap");
+    let followed = followed.into_inner().unwrap();
+    assert_eq!(followed, events, "a follower resumed with --since after every kill saw exactly the log");
     let exits: Vec<&Value> = events.iter().filter(|e| e["type"] == "exit" && e["exec_id"] == "").collect();
     for i in 0..n {
         let mine: Vec<_> = exits.iter().filter(|e| e["id"] == id(i).as_str()).collect();
@@ -237,12 +270,13 @@ fn chaos_churn_with_daemon_and_shim_kills() {
     println!(
         "chaos: {n} containers ({} short, {} long) churned in {churned:.1?} through {daemon_kills} daemon kills and {} shim kills; \
          {} creates cut short and released, {} dead shims cleaned up; {unknown} unknown exits (255), {} exit events, \
-         each exactly once; nothing left after removal",
+         each exactly once; a follower resumed with --since after each kill saw all {} events; nothing left after removal",
         plans.iter().filter(|p| matches!(p, Plan::Short(_))).count(),
         plans.iter().filter(|p| matches!(p, Plan::Long)).count(),
         killed.len(),
         log.matches("releasing a create cut short").count(),
         log.matches("shim died").count() + log.matches("shim gone; cleaning up").count(),
         exits.len(),
+        events.len(),
     );
 }

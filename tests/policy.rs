@@ -77,7 +77,7 @@ fn a_user_stop_is_never_undone_while_berthd_runs() {
 }
 
 #[test]
-fn policies_survive_berthd_restarts() {
+fn policies_survive_berthd_restarts_and_user_stops_hold() {
     let d = Daemon::start();
     run_with_policy(&d, "always", "always", "sleep 1000");
     run_with_policy(&d, "unless", "unless-stopped", "sleep 1000");
@@ -89,15 +89,85 @@ fn policies_survive_berthd_restarts() {
     d.spawn();
     let crashy = d.inspect_until("crashy", |c| c["restart_count"] == 1);
     assert_eq!(crashy["restart_policy"], "on-failure:1");
-    // `always` comes back when berthd starts, even after a user stop;
-    // `unless-stopped` stays stopped.
-    let always = d.inspect_until("always", |c| c["state"] == "running");
-    assert_eq!(always["restart_count"], 1);
-    let unless = d.inspect("unless");
-    assert_eq!((unless["state"].as_str(), unless["restart_count"].as_u64()), (Some("stopped"), Some(0)));
     d.inspect_until("crashy", |c| c["state"] == "stopped" && c["exit"]["code"] == 2);
+    // A user stop holds across berthd restarts, for every policy.
+    std::thread::sleep(Duration::from_millis(300));
+    for id in ["always", "unless"] {
+        let c = d.inspect(id);
+        assert_eq!((c["state"].as_str(), c["restart_count"].as_u64()), (Some("stopped"), Some(0)), "{c}");
+    }
     d.berth(&["rm", "-f", "always", "unless", "crashy"]).ok();
     assert!(d.shim_pids().is_empty());
+}
+
+/// A stop that lands between an exit and its restart (in the backoff or
+/// while the new shim starts) is final.
+#[test]
+fn a_stop_during_a_restart_is_final() {
+    let d = Daemon::start();
+    run_with_policy(&d, "busy", "always", "exit 1");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while events_of(&d, "busy", "exit").is_empty() {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    d.berth(&["stop", "-t", "1", "busy"]).ok();
+    let count = d.inspect("busy")["restart_count"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let c = d.inspect("busy");
+    assert_eq!((c["state"].as_str(), c["restart_count"].as_u64()), (Some("stopped"), Some(count)), "{c}");
+    assert_eq!(c["stopped_by_user"], true);
+    d.berth(&["rm", "busy"]).ok();
+    assert!(d.shim_pids().is_empty());
+}
+
+/// `berthd --shutdown-containers` is no user stop: the policies bring the
+/// containers back when berthd starts again, and none acts during the
+/// shutdown itself.
+#[test]
+fn containers_stopped_by_a_daemon_shutdown_come_back_by_policy() {
+    let d = Daemon::start_with(&["--shutdown-containers"]);
+    run_with_policy(&d, "svc", "unless-stopped", "sleep 1000");
+    run_with_policy(&d, "plain", "no", "sleep 1000");
+    d.terminate();
+    assert!(d.cgroup_procs("default", "svc").is_empty(), "stopped at shutdown, not restarted meanwhile");
+    d.spawn();
+    let svc = d.inspect_until("svc", |c| c["state"] == "running");
+    assert_eq!((svc["restart_count"].as_u64(), &svc["stopped_by_user"]), (Some(1), &Value::Bool(false)));
+    assert_eq!(d.inspect("plain")["state"], "stopped");
+    d.berth(&["rm", "-f", "svc", "plain"]).ok();
+    assert!(d.shim_pids().is_empty());
+}
+
+/// berthd dies in a restart — after the new shim created the container, or
+/// after the restart was recorded but before its start — and the restart
+/// completes once (one `restart` event), leaking no shim.
+#[test]
+fn a_restart_cut_short_by_a_crash_completes_once() {
+    let d = Daemon::start();
+    for (id, step) in [("a", "restart shim"), ("b", "start")] {
+        run_with_policy(&d, id, "on-failure:1", "sleep 0.5; exit 1");
+        d.kill9();
+        d.spawn_with_env(&[("BERTH_TEST_CRASH_AT", step)]);
+        d.wait_serving();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !d.daemon_exited() {
+            assert!(std::time::Instant::now() < deadline, "{step}: berthd did not die");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        d.spawn();
+        let c = d.inspect_until(id, |c| c["state"] == "stopped" && c["restart_count"] == 1);
+        assert_eq!(c["exit"]["code"], 1, "{step}: {c}");
+        assert_eq!(events_of(&d, id, "restart").len(), 1, "{step}");
+        assert_eq!(events_of(&d, id, "exit").len(), 2, "{step}");
+        assert_eq!(d.shim_pids().len(), 1, "{step}: only the last run's shim");
+        if step == "restart shim" {
+            assert!(d.log().contains("releasing the shim of a restart cut short"), "{step}: recovery path not taken");
+        }
+        d.berth(&["rm", id]).ok();
+        assert!(d.shim_pids().is_empty(), "{step}");
+        assert!(d.container_paths("default", id).is_empty(), "{step}");
+    }
 }
 
 #[test]

@@ -137,6 +137,31 @@ fn await_crash(d: &Daemon, what: &str) {
     }
 }
 
+/// The other half of containerd#13784: a shim that is alive but cannot be
+/// reached at all (its socket is gone) is never cleaned up under its feet:
+/// its container shows `unknown`, keeps running, and `rm -f` ends it.
+#[test]
+fn unreachable_live_shim_is_unknown_not_killed() {
+    let d = Daemon::start();
+    d.run_detached("cut-off", &["sleep", "1000"]);
+    let c = d.inspect("cut-off");
+    d.kill9();
+    let socket = std::fs::read_dir(d.state.join("shims")).unwrap().flatten().next().unwrap().path();
+    std::fs::remove_file(&socket).unwrap();
+    d.spawn();
+    let during = d.inspect("cut-off");
+    assert_eq!(during["state"], "unknown", "{during}");
+    assert!(d.cgroup_procs("default", "cut-off").contains(&(c["pid"].as_u64().unwrap() as u32)), "still running");
+    assert_eq!(d.shim_pids().len(), 1);
+    assert!(exits_of(&d.events_since(0), "cut-off").is_empty(), "no exit invented");
+    d.berth(&["rm", "cut-off"]).fails_with("failed precondition");
+    d.berth(&["rm", "-f", "cut-off"]).ok();
+    assert!(d.cgroup_procs("default", "cut-off").is_empty());
+    assert_eq!(exits_of(&d.events_since(0), "cut-off").len(), 1);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_no_leftovers(&d, &["cut-off"]);
+}
+
 /// A start that the shim completed after berthd died is recorded (once)
 /// when berthd comes back, so the record matches the running container.
 #[test]

@@ -414,7 +414,7 @@ impl pb::events_server::Events for Api {
         if r.no_follow && r.since.is_none() {
             return Err(Status::invalid_argument("no_follow needs since: there is nothing to replay"));
         }
-        let rx = crate::events::stream(&self.mgr, filter, r.since, !r.no_follow);
+        let rx = crate::events::stream(&self.mgr, filter, r.since, !r.no_follow).map_err(status)?;
         let out = tokio_stream::StreamExt::map(ReceiverStream::new(rx), |item| item.map(event_pb).map_err(status));
         Ok(Response::new(Box::pin(out)))
     }

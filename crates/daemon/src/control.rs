@@ -47,7 +47,7 @@ impl Manager {
     /// Checks the transition, has the shim carry it out, then records it.
     async fn shim_transition(&self, ns: &Namespace, id: &ContainerId, op: Op, kind: Kind) -> Result<ContainerRecord> {
         self.get(ns, id)?.state.apply(op)?;
-        let _op = self.entry(ns, id)?.op.clone().lock_owned().await;
+        let _op = self.lock_op(ns, id).await;
         let entry = self.entry(ns, id)?;
         self.get(ns, id)?.state.apply(op)?;
         match op {

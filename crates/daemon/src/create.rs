@@ -114,7 +114,7 @@ impl Manager {
         let mut done = Vec::new();
         match self.allocate(&p, runtime, prepared, cgroup, &mut done).await {
             Ok((rec, client)) => {
-                let entry = Arc::new(Entry::new(client, None, Default::default()));
+                let entry = Arc::new(Entry::new(client, None));
                 self.watch(key, entry, &rec.cgroup);
                 if p.start {
                     return self.start(&p.namespace, &p.id).await;

@@ -51,11 +51,7 @@ async fn wait_exit(entry: &Entry, id: &ContainerId) -> Result<()> {
 impl Manager {
     pub async fn delete(&self, ns: &Namespace, id: &ContainerId, force: bool) -> Result<ExitStatus> {
         self.get(ns, id)?;
-        let op = self.entry(ns, id).ok().map(|e| e.op.clone());
-        let _op = match op {
-            Some(op) => Some(op.lock_owned().await),
-            None => None,
-        };
+        let _op = self.lock_op(ns, id).await;
         // A restart may have replaced the entry while we waited.
         let entry = self.entry(ns, id).ok();
         let rec = self.get(ns, id)?;
@@ -88,7 +84,9 @@ impl Manager {
         let rec = self.get(ns, id)?;
         let deleted = event(Kind::Delete, ns, id, "", rec.pid, rec.exit);
         self.write(Write { remove: Some((ns, id)), event: Some(deleted), ..Default::default() })?;
-        self.remove_entry(&(ns.clone(), id.clone()));
+        let key = (ns.clone(), id.clone());
+        self.remove_entry(&key);
+        self.forget_op(&key);
         Ok(rec.exit.unwrap_or(ExitStatus::unknown(0)))
     }
 
@@ -99,13 +97,21 @@ impl Manager {
         let (ns, id) = (&rec.namespace, &rec.id);
         let args = self.shim_args(ns, id, &rec.runtime);
         let recorded = shim::cleanup(&args, &rec.bundle).await?;
-        // The cgroup is empty now; a restart or `rm` finds it gone, which
-        // is fine for both. The bundle stays for a restart policy.
-        self.cgroups.remove(&rec.cgroup).map_err(|e| Error::io(format!("remove cgroup {}", rec.cgroup), e))?;
-        if let Some(exit) = rec.exit {
-            return Ok(exit);
+        // A shim still alive here is one given up on (unreachable): it must
+        // not outlive its container (SPEC B10).
+        if args.matches(rec.shim.pid) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(rec.shim.pid as i32), nix::sys::signal::SIGKILL);
         }
-        self.record_exit(ns, id, recorded.unwrap_or(ExitStatus::unknown(crate::now_ns())))
+        let status = match rec.exit {
+            Some(exit) => exit,
+            None => self.record_exit(ns, id, recorded.unwrap_or(ExitStatus::unknown(crate::now_ns())))?,
+        };
+        // The cgroup is empty now; whatever keeps it (a zombie not yet
+        // reaped) is retried by `rm`. The bundle stays for a restart policy.
+        if let Err(e) = self.cgroups.remove(&rec.cgroup) {
+            tracing::info!(%ns, %id, "cgroup {} stays until rm: {e}", rec.cgroup);
+        }
+        Ok(status)
     }
 }
 

@@ -4,8 +4,10 @@
 //! who resume after a gap from the log by sequence number.
 
 pub use berth_model::EventKind as Kind;
+use std::sync::Arc;
+
 use berth_model::{ContainerId, ExitStatus, Namespace};
-pub use berth_store::Event;
+pub use berth_store::{Event, RETAINED_EVENTS};
 use tokio::sync::{broadcast, mpsc};
 
 use crate::error::{Error, Result};
@@ -78,42 +80,49 @@ impl Filter {
 /// A subscription: the logged events after `since` (if given), then, if
 /// `follow`, live ones. The live feed is joined before the log is read and
 /// everything up to the last replayed sequence number is skipped, so
-/// nothing is missed or sent twice in between.
-pub fn stream(mgr: &Manager, filter: Filter, since: Option<u64>, follow: bool) -> mpsc::Receiver<Result<Event>> {
+/// nothing is missed or sent twice in between. Asking for events that were
+/// pruned is refused rather than answered with a gap.
+pub fn stream(
+    mgr: &Arc<Manager>,
+    filter: Filter,
+    since: Option<u64>,
+    follow: bool,
+) -> Result<mpsc::Receiver<Result<Event>>> {
     let (tx, out) = mpsc::channel(256);
-    let mut live = follow.then(|| mgr.events.subscribe());
-    let store_events = since.map(|after| {
-        let mut last = after;
-        let mut page = Vec::new();
-        // Read synchronously now (the log is local and paged), so the
-        // replay is consistent with the moment of subscription.
-        loop {
-            match mgr.store.events_since(last, REPLAY_PAGE) {
-                Ok(evs) if evs.is_empty() => break Ok((page, last)),
-                Ok(evs) => {
-                    last = evs.last().map(|e| e.seq).unwrap_or(last);
-                    page.extend(evs.into_iter().filter(|e| filter.wants(e)));
-                }
-                Err(e) => break Err(Error::from(e)),
+    // Live only: after the newest event committed before joining the feed
+    // (read first, so no event joined afterwards is skipped).
+    let mut last = match since {
+        Some(after) => {
+            let oldest = mgr.store.events_since(0, 1)?.first().map(|e| e.seq);
+            if let Some(oldest) = oldest.filter(|o| after.saturating_add(1) < *o) {
+                return Err(Error::FailedPrecondition(format!(
+                    "events before {oldest} were pruned (the newest {RETAINED_EVENTS} are kept); resume with since={}",
+                    oldest - 1
+                )));
             }
+            after
         }
-    });
+        None => mgr.store.last_seq()?,
+    };
+    let mut live = follow.then(|| mgr.events.subscribe());
+    let mgr = mgr.clone();
     tokio::spawn(async move {
-        let mut last = 0;
-        match store_events {
-            Some(Ok((replay, upto))) => {
-                last = upto;
-                for ev in replay {
-                    if tx.send(Ok(ev)).await.is_err() {
-                        return;
-                    }
+        // The replay, page by page.
+        while since.is_some() {
+            let page = match mgr.store.events_since(last, REPLAY_PAGE) {
+                Ok(page) if page.is_empty() => break,
+                Ok(page) => page,
+                Err(e) => {
+                    let _ = tx.send(Err(e.into())).await;
+                    return;
+                }
+            };
+            for ev in page {
+                last = ev.seq;
+                if filter.wants(&ev) && tx.send(Ok(ev)).await.is_err() {
+                    return;
                 }
             }
-            Some(Err(e)) => {
-                let _ = tx.send(Err(e)).await;
-                return;
-            }
-            None => {}
         }
         let Some(live) = live.as_mut() else { return };
         loop {
@@ -134,5 +143,5 @@ pub fn stream(mgr: &Manager, filter: Filter, since: Option<u64>, follow: bool) -
             }
         }
     });
-    out
+    Ok(out)
 }

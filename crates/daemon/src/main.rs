@@ -145,6 +145,8 @@ async fn run(args: Args) -> Result<(), String> {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+    // No restart policy acts from here on.
+    mgr.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
     if args.shutdown_containers {
         tracing::info!("berthd stopping its containers");
         mgr.stop_all(crate::stop::DEFAULT_STOP_TIMEOUT).await;

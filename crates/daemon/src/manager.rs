@@ -24,10 +24,6 @@ pub type Key = (Namespace, ContainerId);
 /// A live container's runtime handles.
 pub struct Entry {
     pub shim: ShimClient,
-    /// Serialises user operations on this container; a restart hands it on
-    /// to the container's next entry, so whoever waited on it must look the
-    /// entry up again once it holds the lock.
-    pub op: Arc<tokio::sync::Mutex<()>>,
     pub exit: watch::Sender<Option<ExitStatus>>,
     /// Held while a start is being recorded, so an exit is never recorded
     /// (or published) before the start it follows.
@@ -39,10 +35,9 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn new(shim: ShimClient, exit: Option<ExitStatus>, op: Arc<tokio::sync::Mutex<()>>) -> Entry {
+    pub fn new(shim: ShimClient, exit: Option<ExitStatus>) -> Entry {
         Entry {
             shim,
-            op,
             exit: watch::channel(exit).0,
             starting: Default::default(),
             oom_drain: Mutex::default(),
@@ -59,6 +54,12 @@ pub struct Manager {
     pub(crate) entries: Mutex<HashMap<Key, Arc<Entry>>>,
     /// Ids being created right now (reserved against duplicates).
     pub(crate) creating: Mutex<HashSet<Key>>,
+    /// Serialise the operations on one container (start, pause, update,
+    /// delete, restart), whether or not it has a live entry. A restart
+    /// replaces the entry, so a holder looks the entry up after locking.
+    ops: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+    /// Set when berthd shuts down: no restart policy acts any more.
+    pub(crate) shutting_down: std::sync::atomic::AtomicBool,
     /// Guards read-modify-write of records.
     records: Mutex<()>,
 }
@@ -75,8 +76,10 @@ fn record_event(kind: Kind, rec: &ContainerRecord) -> Event {
 
 /// Test hook for SPEC B20: with `BERTH_TEST_CRASH_AT=<step>` in its
 /// environment, berthd SIGKILLs itself right after that create step
-/// (intent, logs, bundle, shim, runtime create) or after the shim started
-/// init but before the start is recorded (start), as a crash would.
+/// (intent, logs, bundle, shim, runtime create), after the shim started
+/// init but before the start is recorded (start), or after a restart's new
+/// shim created the container but before the restart is recorded (restart
+/// shim), as a crash would.
 pub(crate) fn crash_point(step: &str) {
     if std::env::var("BERTH_TEST_CRASH_AT").is_ok_and(|s| s == step) {
         tracing::warn!("BERTH_TEST_CRASH_AT={step}: dying");
@@ -97,6 +100,8 @@ impl Manager {
             cgroups,
             entries: Mutex::default(),
             creating: Mutex::default(),
+            ops: Mutex::default(),
+            shutting_down: Default::default(),
             records: Mutex::default(),
         }
     }
@@ -114,6 +119,17 @@ impl Manager {
             .get(&(ns.clone(), id.clone()))
             .cloned()
             .ok_or_else(|| Error::FailedPrecondition(format!("container {id} has no live shim")))
+    }
+
+    /// Takes the operation lock of one container (see `ops`).
+    pub(crate) async fn lock_op(&self, ns: &Namespace, id: &ContainerId) -> tokio::sync::OwnedMutexGuard<()> {
+        let op = lock(&self.ops).entry((ns.clone(), id.clone())).or_default().clone();
+        op.lock_owned().await
+    }
+
+    /// Forgets a removed container's operation lock.
+    pub(crate) fn forget_op(&self, key: &Key) {
+        lock(&self.ops).remove(key);
     }
 
     pub(crate) fn insert_entry(&self, key: Key, entry: Arc<Entry>) {
@@ -184,8 +200,8 @@ impl Manager {
 
     pub async fn start(&self, ns: &Namespace, id: &ContainerId) -> Result<ContainerRecord> {
         self.get(ns, id)?;
+        let _op = self.lock_op(ns, id).await;
         let entry = self.entry(ns, id)?;
-        let _op = entry.op.lock().await;
         self.get(ns, id)?.state.apply(Op::Start)?;
         let _starting = entry.starting.lock().await;
         let started = tokio::time::timeout(self.cfg.start_timeout, entry.shim.start(id, "")).await;
@@ -267,6 +283,19 @@ impl Manager {
         Ok(status)
     }
 
+    /// The container's shim is lost (SPEC B1: `* → unknown`).
+    pub(crate) fn mark_unknown(&self, ns: &Namespace, id: &ContainerId) {
+        let marked = self.update(ns, id, |r| {
+            if r.state != State::Unknown {
+                r.state = r.state.apply(Op::LoseShim)?;
+            }
+            Ok(())
+        });
+        if let Err(e) = marked {
+            tracing::warn!(%ns, %id, "cannot mark the container unknown: {e}");
+        }
+    }
+
     /// Watches a container's init through its shim and records the exit
     /// exactly once: store and event first, then waiters (SPEC B4), then
     /// the restart policy (SPEC B21). A shim that dies is cleaned up at
@@ -284,17 +313,17 @@ impl Manager {
                     match mgr.teardown_without_shim(&mgr.get(ns, id).ok()?).await {
                         Ok(status) => status,
                         Err(e) => {
+                            // Processes may be left: `unknown` until `rm -f`
+                            // cleans up again.
                             tracing::warn!(%ns, %id, "cleanup after a dead shim: {e}");
+                            mgr.mark_unknown(ns, id);
                             return None;
                         }
                     }
                 }
                 Err(e) => {
                     tracing::warn!(%ns, %id, "lost shim while waiting: {e}");
-                    let _ = mgr.update(ns, id, |r| {
-                        r.state = r.state.apply(Op::LoseShim)?;
-                        Ok(())
-                    });
+                    mgr.mark_unknown(ns, id);
                     return None;
                 }
             };

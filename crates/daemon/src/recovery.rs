@@ -32,13 +32,26 @@ fn shims_of(args: &ShimArgs) -> Vec<u32> {
 
 /// SIGKILLs a leftover shim's whole process group (the shim and its
 /// runtime helpers) and waits until the shim is gone.
-fn kill_group(args: &ShimArgs, pid: u32) {
+async fn kill_group(args: &ShimArgs, pid: u32) {
     let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
     let deadline = Instant::now() + KILL_WAIT;
     // A zombie still matches until whoever inherited it reaps it.
     while args.matches(pid) && !is_zombie(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Removes a cgroup whose processes were just killed: it stays busy until
+/// they are reaped.
+async fn remove_cgroup(mgr: &Manager, cgroup: &str) -> Result<()> {
+    let deadline = Instant::now() + KILL_WAIT;
+    loop {
+        match mgr.cgroups.remove(cgroup) {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(Error::io(format!("remove cgroup {cgroup}"), e)),
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
     }
 }
 
@@ -79,7 +92,7 @@ impl Manager {
         if self.store.get(ns, id)?.is_none() {
             let args = self.shim_args(ns, id, &intent.runtime);
             for pid in shims_of(&args) {
-                kill_group(&args, pid);
+                kill_group(&args, pid).await;
             }
             let bundle = self.cfg.bundle_dir(ns, id);
             if bundle.exists() {
@@ -91,7 +104,7 @@ impl Manager {
             }
             remove_shim_sockets(&self.cfg.shim_socket(ns, id))?;
             remove_path(&bundle)?;
-            self.cgroups.remove(&cgroup).map_err(|e| Error::io(format!("remove cgroup {cgroup}"), e))?;
+            remove_cgroup(self, &cgroup).await?;
             remove_path(&self.cfg.log_dir(ns, id))?;
         }
         self.write(Write { clear_intent: Some((ns, id)), ..Default::default() })
@@ -100,9 +113,20 @@ impl Manager {
     /// Reconnects one container to its shim, or cleans up after the shim.
     async fn recover(self: &Arc<Self>, rec: ContainerRecord) -> Result<()> {
         let key = (rec.namespace.clone(), rec.id.clone());
-        match shim::connect(&rec.shim.socket, rec.shim.pid).await {
+        match shim::connect(&rec.shim.socket, &rec.id, rec.shim.pid).await {
+            Ok(client) if rec.exit.is_some() && client.pid != rec.shim.pid => {
+                // berthd died in a restart, after the new shim started and
+                // before the restart was recorded: release that shim and
+                // let the policy try again.
+                tracing::warn!(ns = %rec.namespace, id = %rec.id, "releasing the shim of a restart cut short");
+                let _ = client.shutdown(&rec.id).await;
+                client.reap(KILL_WAIT).await;
+                self.teardown_without_shim(&rec).await?;
+                remove_shim_sockets(&rec.shim.socket)?;
+                self.resume_policy(&rec);
+            }
             Ok(client) => {
-                let entry = Arc::new(Entry::new(client, rec.exit, Default::default()));
+                let entry = Arc::new(Entry::new(client, rec.exit));
                 if rec.exit.is_some() {
                     self.insert_entry(key, entry);
                     self.resume_policy(&rec);
@@ -116,6 +140,9 @@ impl Manager {
                     Err(_) => tracing::warn!(ns = %rec.namespace, id = %rec.id, "shim slow to answer; watching it"),
                 }
                 self.watch(key, entry, &rec.cgroup);
+                // A restart recorded just before berthd died still needs
+                // its start.
+                self.resume_policy(&self.get(&rec.namespace, &rec.id)?);
             }
             Err(e)
                 if rec.state != State::Stopped
@@ -124,12 +151,7 @@ impl Manager {
                 // Alive but not answering: never clean up under a live
                 // shim; it stays `unknown` until removed with force.
                 tracing::warn!(ns = %rec.namespace, id = %rec.id, "shim alive but unreachable: {e}");
-                self.update(&rec.namespace, &rec.id, |r| {
-                    if r.state != State::Unknown {
-                        r.state = r.state.apply(Op::LoseShim)?;
-                    }
-                    Ok(())
-                })?;
+                self.mark_unknown(&rec.namespace, &rec.id);
             }
             Err(_) if rec.state != State::Stopped => {
                 // The shim died while berthd was down: kill what is left,

@@ -69,8 +69,8 @@ impl Manager {
                 rec.state
             )));
         }
+        let _op = self.lock_op(ns, id).await;
         let entry = self.entry(ns, id)?;
-        let _op = entry.op.lock().await;
         entry.shim.update(id, &limits).await?;
         Ok(rec)
     }

@@ -2,18 +2,22 @@
 //! decides; a restart waits out its backoff, then releases the old runtime
 //! container and shim and brings the container back from its bundle in a
 //! new shim, keeping its id, logs and cgroup. A user stop is recorded
-//! before the stop signal, so a stopped container is never brought back.
+//! before the stop signal and checked again in the transaction that
+//! records the restart, so a stopped container is never brought back. A
+//! failed attempt is retried after the next backoff.
 
 use std::sync::Arc;
+
+use std::sync::atomic::Ordering;
 
 use berth_model::{BACKOFF_RESET, ContainerId, Namespace, Op, State, backoff};
 use berth_store::{ContainerRecord, ShimInfo};
 
 use crate::create::Step;
 use crate::delete::{remove_path, remove_shim_sockets, teardown_with_shim};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::events::Kind;
-use crate::manager::{Entry, Manager};
+use crate::manager::{Entry, Manager, crash_point};
 use crate::shim::ProcessIo;
 
 /// The restarts in a row so far, counting a run of at least
@@ -33,7 +37,7 @@ impl Manager {
     /// one, after the backoff.
     pub(crate) fn consider_restart(self: &Arc<Self>, ns: &Namespace, id: &ContainerId) {
         let Ok(rec) = self.get(ns, id) else { return };
-        if !wants_restart(&rec) {
+        if !wants_restart(&rec) || self.shutting_down.load(Ordering::SeqCst) {
             return;
         }
         let delay = backoff(streak(&rec));
@@ -41,40 +45,56 @@ impl Manager {
         let (mgr, ns, id) = (self.clone(), ns.clone(), id.clone());
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            if let Err(e) = mgr.restart(&ns, &id).await {
-                tracing::warn!(%ns, %id, "restart failed: {e}");
+            match mgr.restart(&ns, &id).await {
+                Ok(()) => {}
+                Err(Error::FailedPrecondition(why)) => tracing::info!(%ns, %id, "restart called off: {why}"),
+                Err(e) => {
+                    tracing::warn!(%ns, %id, "restart failed: {e}; trying again after the next backoff");
+                    let longer = mgr.update(&ns, &id, |r| {
+                        r.restart_streak = r.restart_streak.saturating_add(1);
+                        Ok(())
+                    });
+                    if longer.is_ok() {
+                        mgr.consider_restart(&ns, &id);
+                    }
+                }
             }
         });
     }
 
-    /// At berthd start, for a stopped container: `always` comes back even
-    /// after a user stop; every policy resumes where it was.
+    /// At berthd start: a stopped container's policy resumes where it was;
+    /// a container left `created` by a restart that berthd died in the
+    /// middle of (it had run before) is started.
     pub(crate) fn resume_policy(self: &Arc<Self>, rec: &ContainerRecord) {
-        let code = rec.exit.map(|e| e.code).unwrap_or(0);
-        let policy = rec.restart_policy;
-        if rec.stopped_by_user && policy.at_daemon_start(code, rec.restart_count, true) {
-            let cleared = self.update(&rec.namespace, &rec.id, |r| {
-                r.stopped_by_user = false;
-                Ok(())
-            });
-            if let Err(e) = cleared {
-                tracing::warn!(ns = %rec.namespace, id = %rec.id, "cannot resume the restart policy: {e}");
-                return;
-            }
+        if rec.state == State::Created && rec.started_at_ns > 0 {
+            let (mgr, ns, id) = (self.clone(), rec.namespace.clone(), rec.id.clone());
+            tokio::spawn(async move { mgr.start_restarted(&ns, &id).await });
+            return;
         }
         self.consider_restart(&rec.namespace, &rec.id);
+    }
+
+    /// Starts a restarted container. If the start fails, init is killed so
+    /// that its exit is recorded and the policy decides again.
+    async fn start_restarted(&self, ns: &Namespace, id: &ContainerId) {
+        if let Err(e) = self.start(ns, id).await {
+            tracing::warn!(%ns, %id, "start after a restart failed: {e}");
+            let _ = self.kill(ns, id, "", libc::SIGKILL as u32, true).await;
+        }
     }
 
     /// Brings a stopped container back (SPEC B21), if its policy still
     /// wants that once the backoff is over and no user stop came between.
     async fn restart(self: &Arc<Self>, ns: &Namespace, id: &ContainerId) -> Result<()> {
+        let op = self.lock_op(ns, id).await;
+        let called_off = |why: &str| Err(Error::FailedPrecondition(why.to_string()));
+        if self.shutting_down.load(Ordering::SeqCst) {
+            return called_off("berthd is shutting down");
+        }
         let old = self.entry(ns, id).ok();
-        let op = old.as_ref().map(|e| e.op.clone()).unwrap_or_default();
-        let _op = op.clone().lock_owned().await;
-        let old = self.entry(ns, id).ok();
-        let Ok(rec) = self.get(ns, id) else { return Ok(()) };
+        let Ok(rec) = self.get(ns, id) else { return called_off("the container was removed") };
         if !wants_restart(&rec) {
-            return Ok(());
+            return called_off("the policy no longer wants it (stopped by the user?)");
         }
         // The old runtime container and shim go first.
         let by_shim = match &old {
@@ -92,9 +112,14 @@ impl Manager {
             ProcessIo { stdin: rec.stdin.as_deref(), stdout: &rec.stdout, stderr: &rec.stderr, terminal: rec.terminal };
         let mut done = Vec::new();
         let spawned = self.spawn_task(ns, id, &rec.runtime, &rec.bundle, &rec.shim.socket, &io, &mut done).await;
+        crash_point("restart shim");
         let streak = streak(&rec);
         let recorded = spawned.and_then(|(client, pid)| {
             let rec = self.change(ns, id, Some(Kind::Restart), |r| {
+                // Checked again here: a stop may have come during the work.
+                if !wants_restart(r) {
+                    return Err(Error::FailedPrecondition("stopped by the user during the restart".into()));
+                }
                 r.state = r.state.apply(Op::Restart)?;
                 r.pid = pid;
                 r.exit = None;
@@ -117,10 +142,10 @@ impl Manager {
             }
         };
         tracing::info!(%ns, %id, count = rec.restart_count, "restarted");
-        let entry = Arc::new(Entry::new(client, None, op));
-        self.watch((ns.clone(), id.clone()), entry, &rec.cgroup);
-        drop(_op);
-        self.start(ns, id).await.map(drop)
+        self.watch((ns.clone(), id.clone()), Arc::new(Entry::new(client, None)), &rec.cgroup);
+        drop(op);
+        self.start_restarted(ns, id).await;
+        Ok(())
     }
 
     /// Rolls back a failed restart: its shim and runtime container only

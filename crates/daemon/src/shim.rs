@@ -167,9 +167,22 @@ pub async fn spawn(a: &ShimArgs, socket: &Path, log: &Path) -> Result<ShimClient
     client
 }
 
-/// Connects to a running shim's socket.
-pub async fn connect(socket: &Path, pid: u32) -> Result<ShimClient> {
-    connect_with(socket, pid, pidfd_open(pid).ok()).await
+/// How long a reconnected shim may take to say who it is.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connects to a running shim's socket. The shim's own answer (Connect)
+/// says which process serves it, which is not `pid` if berthd died while a
+/// restart replaced the shim; a shim too slow to answer is taken to be
+/// `pid`.
+pub async fn connect(socket: &Path, id: &ContainerId, pid: u32) -> Result<ShimClient> {
+    let mut client = connect_with(socket, pid, None).await?;
+    let req = api::ConnectRequest { id: id.to_string(), ..Default::default() };
+    let asked = client.task.connect(context::with_timeout(CONNECT_TIMEOUT.as_nanos() as i64), &req).await;
+    let serving = asked.map(|r| r.shim_pid).unwrap_or(pid);
+    client.pid = serving;
+    // SAFETY: the AsyncFd owns the pidfd for its whole life.
+    client.pidfd = pidfd_open(serving).ok().and_then(|fd| unsafe { AsyncFd::register(fd) }.ok()).map(Arc::new);
+    Ok(client)
 }
 
 async fn connect_with(socket: &Path, pid: u32, pidfd: Option<OwnedFd>) -> Result<ShimClient> {

@@ -21,23 +21,31 @@ fn stop_signal(labels: &std::collections::BTreeMap<String, String>) -> Result<u3
 }
 
 impl Manager {
+    /// `berth stop`: the user's stop is recorded first (after validation),
+    /// so no restart policy brings the container back, even if berthd dies
+    /// before the stop completes (SPEC B21).
     pub async fn stop(&self, ns: &Namespace, id: &ContainerId, timeout: Duration) -> Result<ExitStatus> {
+        self.stop_as(ns, id, timeout, true).await
+    }
+
+    async fn stop_as(&self, ns: &Namespace, id: &ContainerId, timeout: Duration, by_user: bool) -> Result<ExitStatus> {
         if timeout > MAX_STOP_TIMEOUT {
             return Err(Error::InvalidArgument(format!("stop timeout must be at most {MAX_STOP_TIMEOUT:?}")));
         }
         let rec = self.get(ns, id)?;
-        // Recorded first: no restart policy brings the container back, even
-        // if berthd dies before the stop completes (SPEC B21).
-        self.mark_stopped_by_user(ns, id)?;
+        let signal = stop_signal(&rec.labels)?;
+        if rec.exit.is_none() && !matches!(rec.state, State::Created | State::Running | State::Paused) {
+            return Err(Error::FailedPrecondition(format!("container {id} is {}: nothing to stop", rec.state)));
+        }
+        if by_user {
+            self.mark_stopped_by_user(ns, id)?;
+        }
         if let Some(exit) = rec.exit {
             return Ok(exit);
         }
-        if !matches!(rec.state, State::Created | State::Running | State::Paused) {
-            return Err(Error::FailedPrecondition(format!("container {id} is {}: nothing to stop", rec.state)));
-        }
         let gentle = rec.state == State::Running;
         if gentle {
-            match self.kill(ns, id, "", stop_signal(&rec.labels)?, false).await {
+            match self.kill(ns, id, "", signal, false).await {
                 Err(e) if e.code() != Code::NotFound => return Err(e),
                 _ => {}
             }
@@ -65,14 +73,16 @@ impl Manager {
     }
 
     /// Stops every live container of every namespace, concurrently
-    /// (`berthd --shutdown-containers`).
+    /// (`berthd --shutdown-containers`). That is no user stop: restart
+    /// policies hold when berthd starts again (none acts meanwhile: berthd
+    /// sets `shutting_down` first).
     pub async fn stop_all(self: &std::sync::Arc<Self>, timeout: Duration) {
         let Ok(recs) = self.list(None) else { return };
         let mut tasks = tokio::task::JoinSet::new();
         for rec in recs.into_iter().filter(|r| matches!(r.state, State::Created | State::Running | State::Paused)) {
             let mgr = self.clone();
             tasks.spawn(async move {
-                if let Err(e) = mgr.stop(&rec.namespace, &rec.id, timeout).await {
+                if let Err(e) = mgr.stop_as(&rec.namespace, &rec.id, timeout, false).await {
                     tracing::warn!(ns = %rec.namespace, id = %rec.id, "stop at shutdown: {e}");
                 }
             });

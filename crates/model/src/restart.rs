@@ -21,18 +21,18 @@ pub enum RestartPolicy {
     /// Never restart.
     #[default]
     No,
-    /// Restart after every exit; after a user stop, only when berthd starts.
+    /// Restart after every exit, but never after a user stop.
     Always,
     /// Restart after a non-zero exit, at most `max` times (0: no limit).
     OnFailure { max: u32 },
-    /// Like `always`, but a user stop holds across berthd restarts.
+    /// The same as `always` in berth, where a user stop is final even
+    /// across berthd restarts (SPEC B21); accepted for Docker users.
     UnlessStopped,
 }
 
 impl RestartPolicy {
     /// Whether an exit with `code` after `restarts` earlier restarts brings
-    /// the container back. A container the user stopped never comes back
-    /// (except `always` when berthd starts: see [`RestartPolicy::at_daemon_start`]).
+    /// the container back. A container the user stopped never comes back.
     pub fn wants_restart(self, code: u32, restarts: u32, stopped_by_user: bool) -> bool {
         if stopped_by_user {
             return false;
@@ -42,11 +42,6 @@ impl RestartPolicy {
             RestartPolicy::Always | RestartPolicy::UnlessStopped => true,
             RestartPolicy::OnFailure { max } => code != 0 && (max == 0 || restarts < max),
         }
-    }
-
-    /// Whether a stopped container comes back when berthd starts.
-    pub fn at_daemon_start(self, code: u32, restarts: u32, stopped_by_user: bool) -> bool {
-        (self == RestartPolicy::Always && stopped_by_user) || self.wants_restart(code, restarts, stopped_by_user)
     }
 }
 
@@ -106,9 +101,8 @@ mod tests {
     fn decides_restarts() {
         assert!(!No.wants_restart(1, 0, false));
         assert!(Always.wants_restart(0, 100, false));
-        assert!(!Always.wants_restart(1, 0, true), "a user stop is final while berthd runs");
-        assert!(Always.at_daemon_start(0, 0, true), "always comes back when berthd starts");
-        assert!(!UnlessStopped.at_daemon_start(0, 0, true));
+        assert!(!Always.wants_restart(1, 0, true), "a user stop is final");
+        assert!(!UnlessStopped.wants_restart(1, 0, true));
         assert!(UnlessStopped.wants_restart(0, 0, false));
         assert!(!OnFailure { max: 0 }.wants_restart(0, 0, false), "success is not a failure");
         assert!(OnFailure { max: 0 }.wants_restart(1, 1000, false));
