@@ -139,16 +139,26 @@ fn await_crash(d: &Daemon, what: &str) {
 
 /// The other half of containerd#13784: a shim that is alive but cannot be
 /// reached at all (its socket is gone) is never cleaned up under its feet:
-/// its container shows `unknown`, keeps running, and `rm -f` ends it.
+/// its container shows `unknown`, keeps running, and `rm -f` ends it. If
+/// that shim dies later, its container is cleaned up and gets its exit.
 #[test]
 fn unreachable_live_shim_is_unknown_not_killed() {
     let d = Daemon::start();
     d.run_detached("cut-off", &["sleep", "1000"]);
+    d.run_detached("lost-later", &["sleep", "1000"]);
     let c = d.inspect("cut-off");
+    let later_shim = d.inspect("lost-later")["shim_pid"].as_i64().unwrap() as i32;
     d.kill9();
-    let socket = std::fs::read_dir(d.state.join("shims")).unwrap().flatten().next().unwrap().path();
-    std::fs::remove_file(&socket).unwrap();
+    for entry in std::fs::read_dir(d.state.join("shims")).unwrap().flatten() {
+        std::fs::remove_file(entry.path()).unwrap();
+    }
     d.spawn();
+    assert_eq!(d.inspect("lost-later")["state"], "unknown");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(later_shim), nix::sys::signal::SIGKILL).unwrap();
+    let later = d.inspect_until("lost-later", |c| c["state"] == "stopped");
+    assert_eq!(later["exit"]["code"], 255, "{later}");
+    assert!(d.cgroup_procs("default", "lost-later").is_empty(), "its processes were killed");
+    d.berth(&["rm", "lost-later"]).ok();
     let during = d.inspect("cut-off");
     assert_eq!(during["state"], "unknown", "{during}");
     assert!(d.cgroup_procs("default", "cut-off").contains(&(c["pid"].as_u64().unwrap() as u32)), "still running");

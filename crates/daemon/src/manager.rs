@@ -283,17 +283,44 @@ impl Manager {
         Ok(status)
     }
 
-    /// The container's shim is lost (SPEC B1: `* → unknown`).
-    pub(crate) fn mark_unknown(&self, ns: &Namespace, id: &ContainerId) {
+    /// The container's shim is lost (SPEC B1: `* → unknown`): alive but
+    /// unreachable, or a cleanup after it failed. When its process ends,
+    /// the dead-shim cleanup runs (again) and records the exit, so the
+    /// container does not stay `unknown` for good.
+    pub(crate) fn mark_unknown(self: &Arc<Self>, ns: &Namespace, id: &ContainerId) {
         let marked = self.update(ns, id, |r| {
             if r.state != State::Unknown {
                 r.state = r.state.apply(Op::LoseShim)?;
             }
             Ok(())
         });
-        if let Err(e) = marked {
-            tracing::warn!(%ns, %id, "cannot mark the container unknown: {e}");
-        }
+        let rec = match marked {
+            Ok(rec) => rec,
+            Err(e) => return tracing::warn!(%ns, %id, "cannot mark the container unknown: {e}"),
+        };
+        // The pidfd is taken before the check, so it names that shim.
+        let pidfd = berth_shim::pidfd_open(rec.shim.pid).ok();
+        let alive = self.shim_args(ns, id, &rec.runtime).matches(rec.shim.pid);
+        let mgr = self.clone();
+        tokio::spawn(async move {
+            if let Some(fd) = pidfd.filter(|_| alive) {
+                // SAFETY: the AsyncFd owns the pidfd for its whole life.
+                let Ok(fd) = (unsafe { tokio::io::unix::AsyncFd::register(fd) }) else { return };
+                let _ = fd.readable().await;
+            }
+            let Ok(rec) = mgr.get(&rec.namespace, &rec.id) else { return };
+            if rec.exit.is_none() && rec.state == State::Unknown {
+                tracing::warn!(ns = %rec.namespace, id = %rec.id, "the unreachable shim is gone; cleaning up");
+                match mgr.teardown_without_shim(&rec).await {
+                    Ok(status) => {
+                        if let Ok(entry) = mgr.entry(&rec.namespace, &rec.id) {
+                            entry.exit.send_replace(Some(status));
+                        }
+                    }
+                    Err(e) => tracing::warn!(ns = %rec.namespace, id = %rec.id, "cleanup after a lost shim: {e}"),
+                }
+            }
+        });
     }
 
     /// Watches a container's init through its shim and records the exit
