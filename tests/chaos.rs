@@ -103,14 +103,10 @@ fn cmdline(pid: u32) -> Vec<String> {
     cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
 }
 
-/// The `--id` a shim process serves; None for a shim's forked runtime
-/// helper (same command line, but its parent is the shim).
+/// The `--id` a shim process serves. The victims include shims' forked
+/// runtime helpers (same command line): a helper killed half way must not
+/// stall its shim either.
 fn shim_container(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let ppid: u32 = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
-    if cmdline(ppid).first().is_some_and(|a| a.ends_with("berth-shim")) {
-        return None;
-    }
     let args = cmdline(pid);
     args.windows(2).find(|w| w[0] == "--id").map(|w| w[1].clone())
 }

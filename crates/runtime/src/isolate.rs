@@ -8,7 +8,8 @@
 //! the calling thread, and a single-threaded caller also cannot reap the
 //! child behind our back.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use berth_model::Code;
@@ -74,14 +75,14 @@ pub fn in_child<T: Serialize + DeserializeOwned>(
         }
         ForkResult::Parent { child } => {
             drop(tx);
-            let mut buf = String::new();
-            let read = BufReader::new(std::fs::File::from(rx)).read_line(&mut buf);
+            let read = read_answer(rx, child.as_raw() as u32);
+            let buf = read.as_deref().unwrap_or_default();
             let status = waitpid(child, None);
             let died = match status {
                 Ok(WaitStatus::Exited(_, 0)) => None,
                 other => Some(format!("{other:?}")),
             };
-            match (read, serde_json::from_str::<Outcome<T>>(&buf)) {
+            match (&read, serde_json::from_str::<Outcome<T>>(buf)) {
                 (Ok(_), Ok(Outcome::Ok(v))) => Ok(v),
                 (Ok(_), Ok(Outcome::Err { code, message })) => Err(RuntimeError::Isolated { code, message }),
                 _ => Err(RuntimeError::Failed {
@@ -90,6 +91,49 @@ pub fn in_child<T: Serialize + DeserializeOwned>(
                     message: format!("runtime helper died without an answer ({})", died.unwrap_or_default()),
                 }),
             }
+        }
+    }
+}
+
+/// Reads the helper's one-line answer. The container's init holds a copy
+/// of the pipe until it execs, so the end of the pipe says nothing: the
+/// read also ends when the helper itself has exited (a helper killed half
+/// way must not stall the caller until the container's init goes away).
+fn read_answer(rx: OwnedFd, helper: u32) -> std::io::Result<String> {
+    // SAFETY: plain syscall; the helper is our unreaped child, so its pid
+    // cannot have been reused.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, helper as libc::pid_t, 0) };
+    // SAFETY: the kernel just returned this descriptor; we own it.
+    let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd as i32) });
+    nix::fcntl::fcntl(rx.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    let mut pipe = std::fs::File::from(rx);
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let mut fds = [
+            libc::pollfd { fd: pipe.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: pidfd.as_ref().map_or(-1, |f| f.as_raw_fd()), events: libc::POLLIN, revents: 0 },
+        ];
+        // SAFETY: poll on two descriptors we own (-1 is ignored).
+        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let helper_gone = fds[1].revents != 0;
+        loop {
+            match pipe.read(&mut chunk) {
+                Ok(0) => return Ok(String::from_utf8_lossy(&answer).into_owned()),
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if answer.contains(&b'\n') || helper_gone {
+            return Ok(String::from_utf8_lossy(&answer).into_owned());
         }
     }
 }
@@ -133,5 +177,47 @@ impl Runtime for Isolated {
     // matters, so it runs in place and saves a fork.
     fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
         self.inner.delete(id, force)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A helper that dies without answering, while a process it started
+    /// (like a container's init) still holds the pipe, does not stall the
+    /// caller.
+    #[test]
+    fn a_helper_killed_half_way_does_not_stall_the_caller() {
+        let (rx, tx) = pipe2(OFlag::O_CLOEXEC).unwrap();
+        // SAFETY: the children only call async-signal-safe functions.
+        let helper = match unsafe { fork() }.unwrap() {
+            ForkResult::Child => unsafe {
+                if let Ok(ForkResult::Child) = fork() {
+                    // The "init": keeps `tx` open for a while.
+                    libc::sleep(3);
+                }
+                libc::_exit(9)
+            },
+            ForkResult::Parent { child } => child,
+        };
+        drop(tx);
+        let started = std::time::Instant::now();
+        let answer = read_answer(rx, helper.as_raw() as u32).unwrap();
+        assert_eq!(answer, "");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(matches!(waitpid(helper, None), Ok(WaitStatus::Exited(_, 9))));
+    }
+
+    #[test]
+    fn an_answer_is_read_up_to_its_newline() {
+        let (rx, tx) = pipe2(OFlag::O_CLOEXEC).unwrap();
+        let mut w = std::fs::File::from(tx);
+        w.write_all(b"{\"Ok\":7}\n").unwrap();
+        // The writer stays open (as init's copy would): the newline ends it.
+        let me = std::process::id();
+        let got = std::thread::spawn(move || read_answer(rx, me)).join().unwrap().unwrap();
+        assert_eq!(serde_json::from_str::<Outcome<u32>>(&got).ok().map(|o| matches!(o, Outcome::Ok(7))), Some(true));
+        drop(w);
     }
 }
