@@ -1,8 +1,9 @@
-//! Chaos (SPEC B4, B18–B22): churn containers with known exit codes while
-//! berthd is SIGKILLed again and again and random shims are killed, then
-//! check that every container reports what it was meant to (or "unknown
-//! exit", 255, only where its shim was killed), that each exit is in the
-//! event log exactly once, and that nothing is left once all are removed.
+//! Chaos (SPEC B4, B18–B22): churn containers with known exit codes — some
+//! with a restart policy — while berthd is SIGKILLed again and again and
+//! random shims are killed, then check that every container reports what
+//! it was meant to (or "unknown exit", 255, only where its shim was
+//! killed), that each exit is in the event log exactly once (once per run
+//! for restarted ones), and that nothing is left once all are removed.
 //!
 //! Short form (part of `make test`): 50 containers, 3 daemon kills. Long
 //! form: `BERTH_CHAOS=long` (or `make chaos`): 500 containers, 10 kills.
@@ -38,21 +39,31 @@ enum Plan {
     Short(u32),
     /// Runs until the test SIGKILLs it: 137.
     Long,
+    /// Exits with this (non-zero) code, under `on-failure:2`: three runs.
+    Flaky(u32),
 }
 
 impl Plan {
     fn expected(self) -> u32 {
         match self {
-            Plan::Short(code) => code,
+            Plan::Short(code) | Plan::Flaky(code) => code,
             Plan::Long => 137,
         }
     }
 
     fn command(self, i: usize) -> String {
         match self {
-            Plan::Short(code) => format!("sleep 0.{:02}; exit {code}", i % 30),
+            Plan::Short(code) | Plan::Flaky(code) => format!("sleep 0.{:02}; exit {code}", i % 30),
             Plan::Long => "sleep 1000".into(),
         }
+    }
+
+    fn policy(self) -> &'static str {
+        if let Plan::Flaky(_) = self { "on-failure:2" } else { "no" }
+    }
+
+    fn restarts(self) -> u64 {
+        if let Plan::Flaky(_) = self { 2 } else { 0 }
     }
 }
 
@@ -71,10 +82,10 @@ fn retry(what: &str, mut f: impl FnMut() -> bool) {
 
 /// Runs a container, whatever crashes: a create cut short is redone, one
 /// that was recorded but not started is started.
-fn launch(d: &Daemon, id: &str, script: &str) {
+fn launch(d: &Daemon, id: &str, policy: &str, script: &str) {
     let rootfs = d.rootfs.to_string_lossy().into_owned();
     retry(id, || {
-        let run = d.berth(&["run", "-d", "--name", id, &rootfs, "sh", "-c", script]);
+        let run = d.berth(&["run", "-d", "--restart", policy, "--name", id, &rootfs, "sh", "-c", script]);
         if run.code == 0 {
             return true;
         }
@@ -103,10 +114,16 @@ fn cmdline(pid: u32) -> Vec<String> {
     cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
 }
 
-/// The `--id` a shim process serves. The victims include shims' forked
-/// runtime helpers (same command line): a helper killed half way must not
-/// stall its shim either.
+/// The `--id` a shim process serves; None for a shim's forked runtime
+/// helper (same command line, but its parent is the shim): the chaos kills
+/// shims, and a helper's death can end a run with other codes than 255
+/// (e.g. a failed restart's start is answered with SIGKILL).
 fn shim_container(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ppid: u32 = stat.rsplit(')').next()?.split_whitespace().nth(1)?.parse().ok()?;
+    if cmdline(ppid).first().is_some_and(|a| a.ends_with("berth-shim")) {
+        return None;
+    }
     let args = cmdline(pid);
     args.windows(2).find(|w| w[0] == "--id").map(|w| w[1].clone())
 }
@@ -119,12 +136,31 @@ fn follow_events(d: &Daemon, seen: &Mutex<Vec<Value>>, stop: &AtomicBool, curren
         let since = seen.lock().unwrap().last().map(|e| e["seq"].as_u64().unwrap()).unwrap_or(0).to_string();
         let mut child = d.berth_spawn(&["events", "--json", "--since", &since]);
         current.store(child.id(), Ordering::SeqCst);
+        if stop.load(Ordering::SeqCst) {
+            // Told to stop while this one was starting.
+            let _ = child.kill();
+        }
         let out = child.stdout.take().expect("stdout");
         for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
             seen.lock().unwrap().push(serde_json::from_str(&line).expect("event JSON"));
         }
         let _ = child.wait();
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops the follower when dropped — also when the test fails, which would
+/// otherwise wait for it forever.
+struct StopFollowing<'a> {
+    stop: &'a AtomicBool,
+    current: &'a std::sync::atomic::AtomicU32,
+}
+
+impl Drop for StopFollowing<'_> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let pid = nix::unistd::Pid::from_raw(self.current.load(Ordering::SeqCst) as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
     }
 }
 
@@ -142,8 +178,13 @@ fn chaos_churn_with_daemon_and_shim_kills() {
     }) | 1;
     println!("chaos: seed {seed} (BERTH_CHAOS_SEED={seed} replays the plan)");
     let mut rng = Rng(seed);
-    let plans: Vec<Plan> =
-        (0..n).map(|_| if rng.below(3) == 0 { Plan::Long } else { Plan::Short(rng.below(100) as u32) }).collect();
+    let plans: Vec<Plan> = (0..n)
+        .map(|_| match rng.below(6) {
+            0 | 1 => Plan::Long,
+            2 => Plan::Flaky(1 + rng.below(99) as u32),
+            _ => Plan::Short(rng.below(100) as u32),
+        })
+        .collect();
     let id = |i: usize| format!("c{i}");
     let d = Daemon::start();
     let started = Instant::now();
@@ -158,6 +199,7 @@ fn chaos_churn_with_daemon_and_shim_kills() {
 
     std::thread::scope(|s| {
         s.spawn(|| follow_events(&d, &followed, &stop_following, &follower));
+        let _stop_following = StopFollowing { stop: &stop_following, current: &follower };
         let workers: Vec<_> = (0..WORKERS)
             .map(|_| {
                 s.spawn(|| {
@@ -166,7 +208,7 @@ fn chaos_churn_with_daemon_and_shim_kills() {
                         if i >= n {
                             return;
                         }
-                        launch(&d, &id(i), &plans[i].command(i));
+                        launch(&d, &id(i), plans[i].policy(), &plans[i].command(i));
                         if let Plan::Long = plans[i] {
                             std::thread::sleep(pause(0, 150));
                             kill_container(&d, &id(i));
@@ -206,25 +248,32 @@ fn chaos_churn_with_daemon_and_shim_kills() {
         for w in workers {
             w.join().expect("worker");
         }
-        while churning.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(10));
+        retry("daemon kills done", || !churning.load(Ordering::SeqCst));
+        // Every container ends stopped, after all its restarts.
+        let deadline = Instant::now() + STEP_DEADLINE;
+        loop {
+            if let Some(list) = ps(&d) {
+                final_state = list.into_iter().map(|c| (c["id"].as_str().unwrap().to_string(), c)).collect();
+            }
+            let pending: Vec<String> = (0..n)
+                .filter(|i| {
+                    final_state.get(&id(*i)).is_none_or(|c| {
+                        c["state"] != "stopped" || c["restart_count"].as_u64() != Some(plans[*i].restarts())
+                    })
+                })
+                .map(|i| format!("{} {:?}: {}", id(i), plans[i], final_state.get(&id(i)).unwrap_or(&Value::Null)))
+                .collect();
+            if pending.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "not done after {STEP_DEADLINE:?}: {pending:#?}\n{}", d.log());
+            std::thread::sleep(Duration::from_millis(30));
         }
-        // Every container ends stopped.
-        retry("all stopped", || {
-            let Some(list) = ps(&d) else { return false };
-            final_state = list.into_iter().map(|c| (c["id"].as_str().unwrap().to_string(), c)).collect();
-            final_state.len() == n && final_state.values().all(|c| c["state"] == "stopped")
-        });
         // The follower, resumed after each kill, has every logged event.
         let last = d.events_since(0).last().map(|e| e["seq"].as_u64().unwrap()).unwrap_or(0);
         retry("follower caught up", || {
             followed.lock().unwrap().last().is_some_and(|e| e["seq"].as_u64().unwrap() >= last)
         });
-        stop_following.store(true, Ordering::SeqCst);
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(follower.load(Ordering::SeqCst) as i32),
-            nix::sys::signal::SIGKILL,
-        );
     });
     let churned = started.elapsed();
     let killed = shim_killed.lock().unwrap().clone();
@@ -239,17 +288,20 @@ fn chaos_churn_with_daemon_and_shim_kills() {
         assert_eq!(code, plan.expected(), "{}: {plan:?}, shim killed: {}: {c}", id(i), killed.contains(&id(i)));
     }
 
-    // Each exit is in the durable log exactly once, with the final code.
+    // Each exit is in the durable log exactly once (one per run), the last
+    // with the final code.
     let events = d.events_since(0);
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=events.len() as u64).collect::<Vec<_>>(), "sequence numbers have no gap");
     let followed = followed.into_inner().unwrap();
     assert_eq!(followed, events, "a follower resumed with --since after every kill saw exactly the log");
     let exits: Vec<&Value> = events.iter().filter(|e| e["type"] == "exit" && e["exec_id"] == "").collect();
-    for i in 0..n {
+    for (i, plan) in plans.iter().enumerate() {
         let mine: Vec<_> = exits.iter().filter(|e| e["id"] == id(i).as_str()).collect();
-        assert_eq!(mine.len(), 1, "{}: exit events {mine:?}", id(i));
-        assert_eq!(mine[0]["exit"], final_state[&id(i)]["exit"], "{}", id(i));
+        assert_eq!(mine.len() as u64, plan.restarts() + 1, "{}: exit events {mine:?}", id(i));
+        assert_eq!(mine.last().unwrap()["exit"], final_state[&id(i)]["exit"], "{}", id(i));
+        let restarts = events.iter().filter(|e| e["type"] == "restart" && e["id"] == id(i).as_str()).count();
+        assert_eq!(restarts as u64, plan.restarts(), "{}: one restart event per restart", id(i));
     }
 
     // Removing everything leaves nothing.
@@ -274,11 +326,12 @@ fn chaos_churn_with_daemon_and_shim_kills() {
 
     let log = d.log();
     println!(
-        "chaos: {n} containers ({} short, {} long) churned in {churned:.1?} through {daemon_kills} daemon kills and {} shim kills; \
+        "chaos: {n} containers ({} short, {} long, {} restarted twice by policy) churned in {churned:.1?} through {daemon_kills} daemon kills and {} shim kills; \
          {} creates cut short and released, {} dead shims cleaned up; {unknown} unknown exits (255), {} exit events, \
          each exactly once; a follower resumed with --since after each kill saw all {} events; nothing left after removal",
         plans.iter().filter(|p| matches!(p, Plan::Short(_))).count(),
         plans.iter().filter(|p| matches!(p, Plan::Long)).count(),
+        plans.iter().filter(|p| matches!(p, Plan::Flaky(_))).count(),
         killed.len(),
         log.matches("releasing a create cut short").count(),
         log.matches("shim died").count() + log.matches("shim gone; cleaning up").count(),

@@ -114,13 +114,16 @@ impl Manager {
     async fn recover(self: &Arc<Self>, rec: ContainerRecord) -> Result<()> {
         let key = (rec.namespace.clone(), rec.id.clone());
         match shim::connect(&rec.shim.socket, &rec.id, rec.shim.pid).await {
-            Ok(client) if rec.exit.is_some() && client.pid != rec.shim.pid => {
+            Ok(client) if rec.exit.is_some() && !self.is_recorded_shim(&rec, client.pid) => {
                 // berthd died in a restart, after the new shim started and
-                // before the restart was recorded: release that shim and
-                // let the policy try again.
+                // before the restart was recorded: release that shim (and
+                // its helpers, without asking it: it may be stuck in the
+                // runtime) and let the policy try again.
                 tracing::warn!(ns = %rec.namespace, id = %rec.id, "releasing the shim of a restart cut short");
-                let _ = client.shutdown(&rec.id).await;
-                client.reap(KILL_WAIT).await;
+                let args = self.shim_args(&rec.namespace, &rec.id, &rec.runtime);
+                for pid in shims_of(&args) {
+                    kill_group(&args, pid).await;
+                }
                 self.teardown_without_shim(&rec).await?;
                 remove_shim_sockets(&rec.shim.socket)?;
                 self.resume_policy(&rec);
@@ -164,6 +167,14 @@ impl Manager {
             Err(_) => self.resume_policy(&rec),
         }
         Ok(())
+    }
+
+    /// Whether the shim answering on a stopped container's socket is the one
+    /// its record names: it says so (Connect), and the recorded process is
+    /// still that shim. A shim too slow to answer Connect is caught by the
+    /// second test when the recorded one is gone.
+    fn is_recorded_shim(&self, rec: &ContainerRecord, answered: u32) -> bool {
+        answered == rec.shim.pid && self.shim_args(&rec.namespace, &rec.id, &rec.runtime).matches(rec.shim.pid)
     }
 
     /// Records what a live shim did while berthd was down: a start or a
