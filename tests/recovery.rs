@@ -45,6 +45,48 @@ fn containerd_6771_exit_during_downtime_leaks_no_shim() {
     assert_no_leftovers(&d, &["brief"]);
 }
 
+/// An exec that exits while berthd is down is reported once when it comes
+/// back, with its code; one whose shim died meanwhile gets its recorded
+/// exit or 255 (SPEC B22).
+#[test]
+fn exec_exits_during_downtime_are_reported_once() {
+    let d = Daemon::start();
+    d.run_detached("host", &["sleep", "1000"]);
+    d.run_detached("doomed", &["sleep", "1000"]);
+    let mut quick = d.berth_spawn(&["exec", "--exec-id", "quick", "host", "sh", "-c", "sleep 0.5; exit 5"]);
+    let mut lost = d.berth_spawn(&["exec", "--exec-id", "lost", "doomed", "sleep", "1000"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let doomed_shim = d.inspect("doomed")["shim_pid"].as_i64().unwrap() as i32;
+    d.kill9();
+    let _ = (quick.wait(), lost.wait());
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(doomed_shim), nix::sys::signal::SIGKILL).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    d.spawn();
+    d.inspect_until("doomed", |c| c["state"] == "stopped");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let exec_exits = |id: &str| -> Vec<Value> {
+        d.events_since(0).into_iter().filter(|e| e["type"] == "exit" && e["id"] == id && e["exec_id"] != "").collect()
+    };
+    while exec_exits("host").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the exec's exit was never reported");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let host = exec_exits("host");
+    assert_eq!(
+        (host.len(), &host[0]["exec_id"], &host[0]["exit"]["code"]),
+        (1, &Value::from("quick"), &Value::from(5))
+    );
+    let doomed = exec_exits("doomed");
+    assert_eq!(
+        (doomed.len(), &doomed[0]["exec_id"], &doomed[0]["exit"]["code"]),
+        (1, &Value::from("lost"), &Value::from(255))
+    );
+    d.restart_after_kill9();
+    assert_eq!(exec_exits("host").len(), 1, "not reported again");
+    d.berth(&["rm", "-f", "host", "doomed"]).ok();
+    assert_no_leftovers(&d, &["host", "doomed"]);
+}
+
 /// containerd#10390 and #11579: exit events lost across daemon restarts.
 /// Exits before, during and after a daemon outage each appear exactly once
 /// in the durable log, whose sequence has no gap.

@@ -199,6 +199,7 @@ impl Manager {
             restart_streak: 0,
             started_at_ns: 0,
             stopped_by_user: false,
+            execs: Default::default(),
         };
         let created = event(Kind::Create, ns, id, "", pid, None);
         let w = Write { put: Some(&rec), clear_intent: Some((ns, id)), event: Some(created), ..Default::default() };

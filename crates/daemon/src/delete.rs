@@ -102,6 +102,13 @@ impl Manager {
         if args.matches(rec.shim.pid) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(rec.shim.pid as i32), nix::sys::signal::SIGKILL);
         }
+        // Execs whose exits were not reported: from the shim's exit files,
+        // or "unknown exit".
+        for exec_id in self.get(ns, id)?.execs.keys() {
+            let file = rec.bundle.join(format!("exec-{exec_id}.exit.json"));
+            let exit = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            self.exec_exited(ns, id, exec_id, exit.unwrap_or(ExitStatus::unknown(crate::now_ns())))?;
+        }
         let status = match rec.exit {
             Some(exit) => exit,
             None => self.record_exit(ns, id, recorded.unwrap_or(ExitStatus::unknown(crate::now_ns())))?,

@@ -1,13 +1,15 @@
 //! Exec (SPEC B6): extra processes in a running container, each with its
 //! own id, output files, exit watch and events (exec-added, exec-started,
-//! exit with the exec id). Execs live as long as their container and are
-//! not persisted, as in containerd.
+//! exit with the exec id). The record lists the execs whose exit is not
+//! reported yet, so a restarted berthd still reports each exit once
+//! (SPEC B22); the rest of an exec lives in memory, as in containerd.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use berth_model::{ContainerId, ExecId, ExitStatus, Namespace, State};
+use berth_store::ContainerRecord;
 use oci_spec::runtime::Spec;
 use tokio::sync::watch;
 
@@ -43,6 +45,17 @@ pub struct ExecInfo {
 
 fn invalid(msg: String) -> Error {
     Error::InvalidArgument(msg)
+}
+
+/// An exec's output files in the container's log dir.
+fn exec_logs(logs: &std::path::Path, exec_id: &str) -> (PathBuf, PathBuf) {
+    (logs.join(format!("exec-{exec_id}.stdout.log")), logs.join(format!("exec-{exec_id}.stderr.log")))
+}
+
+impl ExecInfo {
+    fn new(pid: u32, (stdout, stderr): (PathBuf, PathBuf)) -> Arc<ExecInfo> {
+        Arc::new(ExecInfo { pid: AtomicU32::new(pid), stdout, stderr, exit: watch::channel(None).0 })
+    }
 }
 
 /// Where the interactive stdin FIFO of a process lives in the log dir
@@ -87,16 +100,10 @@ impl Manager {
         let spec = process_spec(&rec.bundle, &p)?;
         let entry = self.entry(ns, id)?;
         let logs = self.cfg.log_dir(ns, id);
-        let (stdout, stderr) =
-            (logs.join(format!("exec-{exec_id}.stdout.log")), logs.join(format!("exec-{exec_id}.stderr.log")));
         // One record for the exec's whole life: waiters and followers that
         // subscribe early keep the same exit channel.
-        let info = Arc::new(ExecInfo {
-            pid: AtomicU32::new(0),
-            stdout: stdout.clone(),
-            stderr: stderr.clone(),
-            exit: watch::channel(None).0,
-        });
+        let info = ExecInfo::new(0, exec_logs(&logs, exec_id.as_str()));
+        let (stdout, stderr) = (info.stdout.clone(), info.stderr.clone());
         {
             let mut execs = lock(&entry.execs);
             if execs.contains_key(exec_id.as_str()) {
@@ -124,16 +131,58 @@ impl Manager {
             }
         };
         info.pid.store(pid, Ordering::SeqCst);
-        self.publish(event(Kind::ExecStarted, ns, id, exec_id.as_str(), pid, None))?;
-        let (mgr, shim, ns, id) = (self.clone(), entry.shim.clone(), ns.clone(), id.clone());
+        self.change_with(ns, id, |r| {
+            r.execs.insert(exec_id.to_string(), pid);
+            Ok(Some(event(Kind::ExecStarted, ns, id, exec_id.as_str(), pid, None)))
+        })?;
+        self.spawn_exec_monitor(&entry, ns, id, exec_id.as_str(), info);
+        Ok(pid)
+    }
+
+    /// Waits for an exec's exit through the shim and reports it once.
+    fn spawn_exec_monitor(
+        self: &Arc<Self>,
+        entry: &Entry,
+        ns: &Namespace,
+        id: &ContainerId,
+        exec_id: &str,
+        info: Arc<ExecInfo>,
+    ) {
+        let (mgr, shim, ns, id, exec_id) =
+            (self.clone(), entry.shim.clone(), ns.clone(), id.clone(), exec_id.to_string());
         tokio::spawn(async move {
-            let status = shim.wait(&id, exec_id.as_str()).await.unwrap_or(ExitStatus::unknown(crate::now_ns()));
-            if let Err(e) = mgr.publish(event(Kind::Exit, &ns, &id, exec_id.as_str(), pid, Some(status))) {
+            let status = shim.wait(&id, &exec_id).await.unwrap_or(ExitStatus::unknown(crate::now_ns()));
+            if let Err(e) = mgr.exec_exited(&ns, &id, &exec_id, status) {
                 tracing::warn!(%ns, %id, %exec_id, "cannot record the exec's exit: {e}");
             }
             info.exit.send_replace(Some(status));
         });
-        Ok(pid)
+    }
+
+    /// Records an exec's exit event — once: the exec leaves the record's
+    /// list in the same transaction.
+    pub(crate) fn exec_exited(
+        &self,
+        ns: &Namespace,
+        id: &ContainerId,
+        exec_id: &str,
+        status: ExitStatus,
+    ) -> Result<()> {
+        self.change_with(ns, id, |r| {
+            Ok(r.execs.remove(exec_id).map(|pid| event(Kind::Exit, ns, id, exec_id, pid, Some(status))))
+        })
+        .map(drop)
+    }
+
+    /// After berthd restarts: watches again the execs of a reconnected
+    /// container whose exits were not reported yet.
+    pub(crate) fn resume_execs(self: &Arc<Self>, rec: &ContainerRecord, entry: &Entry) {
+        let logs = self.cfg.log_dir(&rec.namespace, &rec.id);
+        for (exec_id, pid) in &rec.execs {
+            let info = ExecInfo::new(*pid, exec_logs(&logs, exec_id));
+            lock(&entry.execs).insert(exec_id.clone(), info.clone());
+            self.spawn_exec_monitor(entry, &rec.namespace, &rec.id, exec_id, info);
+        }
     }
 
     pub async fn exec_wait(&self, ns: &Namespace, id: &ContainerId, exec_id: &str) -> Result<ExitStatus> {

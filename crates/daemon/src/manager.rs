@@ -190,10 +190,23 @@ impl Manager {
         kind: Option<Kind>,
         f: impl FnOnce(&mut ContainerRecord) -> Result<()>,
     ) -> Result<ContainerRecord> {
+        self.change_with(ns, id, |r| {
+            f(r)?;
+            Ok(kind.map(|k| record_event(k, r)))
+        })
+    }
+
+    /// Read-modify-write of one record, committed together with the event
+    /// that `f` returns, if any.
+    pub(crate) fn change_with(
+        &self,
+        ns: &Namespace,
+        id: &ContainerId,
+        f: impl FnOnce(&mut ContainerRecord) -> Result<Option<Event>>,
+    ) -> Result<ContainerRecord> {
         let held = lock(&self.records);
         let mut rec = self.get(ns, id)?;
-        f(&mut rec)?;
-        let event = kind.map(|k| record_event(k, &rec));
+        let event = f(&mut rec)?;
         self.commit(&held, Write { put: Some(&rec), event, ..Default::default() })?;
         Ok(rec)
     }

@@ -130,6 +130,7 @@ impl Manager {
             }
             Ok(client) => {
                 let entry = Arc::new(Entry::new(client, rec.exit));
+                self.resume_execs(&rec, &entry);
                 if rec.exit.is_some() {
                     self.insert_entry(key, entry);
                     self.resume_policy(&rec);

@@ -88,6 +88,10 @@ pub struct ContainerRecord {
     /// `berth stop` (or a forced delete) ended it: no policy restarts it.
     #[serde(default)]
     pub stopped_by_user: bool,
+    /// Execs started whose exit is not reported yet: exec id → pid. Each
+    /// leaves in the transaction that records its exit event.
+    #[serde(default)]
+    pub execs: std::collections::BTreeMap<String, u32>,
 }
 
 /// A create in progress, written before anything is allocated and removed
@@ -272,6 +276,7 @@ mod tests {
             restart_streak: 1,
             started_at_ns: 5,
             stopped_by_user: false,
+            execs: [("e1".to_string(), 43)].into(),
         }
     }
 
@@ -325,7 +330,9 @@ mod tests {
             tx.open_table(META).unwrap().insert("schema_version", 1).unwrap();
             // A version-1 record: none of the restart fields.
             let mut v = serde_json::to_value(record("default", "old")).unwrap();
-            for f in ["stdin", "terminal", "restart_policy", "restart_count", "restart_streak", "started_at_ns"] {
+            for f in
+                ["stdin", "terminal", "restart_policy", "restart_count", "restart_streak", "started_at_ns", "execs"]
+            {
                 v.as_object_mut().unwrap().remove(f);
             }
             let bytes = serde_json::to_vec(&v).unwrap();
