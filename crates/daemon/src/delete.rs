@@ -60,10 +60,9 @@ impl Manager {
         if live && !force {
             rec.state.apply(Op::Delete)?;
         }
-        if live {
-            // No restart policy brings back what is being removed.
-            self.mark_stopped_by_user(ns, id)?;
-        }
+        // No restart policy brings back what is being removed, even if this
+        // delete fails half way.
+        self.mark_stopped_by_user(ns, id)?;
         let by_shim = match &entry {
             Some(e) => teardown_with_shim(e, id, live && rec.state != State::Created).await?,
             None => false,
@@ -75,6 +74,8 @@ impl Manager {
                 e.exit.send_replace(Some(status));
             }
         }
+        // Execs whose shim went away with the container.
+        self.report_pending_execs(ns, id, &rec.bundle)?;
         remove_shim_sockets(&rec.shim.socket)?;
         remove_path(&rec.bundle)?;
         self.cgroups.remove(&rec.cgroup).map_err(|e| Error::io(format!("remove cgroup {}", rec.cgroup), e))?;
@@ -102,13 +103,7 @@ impl Manager {
         if args.matches(rec.shim.pid) {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(rec.shim.pid as i32), nix::sys::signal::SIGKILL);
         }
-        // Execs whose exits were not reported: from the shim's exit files,
-        // or "unknown exit".
-        for exec_id in self.get(ns, id)?.execs.keys() {
-            let file = rec.bundle.join(format!("exec-{exec_id}.exit.json"));
-            let exit = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok());
-            self.exec_exited(ns, id, exec_id, exit.unwrap_or(ExitStatus::unknown(crate::now_ns())))?;
-        }
+        self.report_pending_execs(ns, id, &rec.bundle)?;
         let status = match rec.exit {
             Some(exit) => exit,
             None => self.record_exit(ns, id, recorded.unwrap_or(ExitStatus::unknown(crate::now_ns())))?,

@@ -117,6 +117,14 @@ pub fn stream(
                     return;
                 }
             };
+            // Sequence numbers are contiguous: a jump means the log was
+            // pruned under a slow reader.
+            if page[0].seq != last + 1 && last > 0 {
+                let _ = tx
+                    .send(Err(Error::FailedPrecondition(format!("events after {last} were pruned during the replay"))))
+                    .await;
+                return;
+            }
             for ev in page {
                 last = ev.seq;
                 if filter.wants(&ev) && tx.send(Ok(ev)).await.is_err() {

@@ -151,12 +151,37 @@ impl Manager {
         let (mgr, shim, ns, id, exec_id) =
             (self.clone(), entry.shim.clone(), ns.clone(), id.clone(), exec_id.to_string());
         tokio::spawn(async move {
-            let status = shim.wait(&id, &exec_id).await.unwrap_or(ExitStatus::unknown(crate::now_ns()));
+            // A lost shim: the container's cleanup reports the exec's exit
+            // (from the shim's exit file, or 255) and wakes its waiters.
+            let Ok(status) = shim.wait(&id, &exec_id).await else { return };
             if let Err(e) = mgr.exec_exited(&ns, &id, &exec_id, status) {
                 tracing::warn!(%ns, %id, %exec_id, "cannot record the exec's exit: {e}");
             }
             info.exit.send_replace(Some(status));
         });
+    }
+
+    /// Reports the exit of every exec whose exit is still pending, once its
+    /// shim is gone: the exit file the shim wrote, or "unknown exit"; and
+    /// wakes the exec's waiters.
+    pub(crate) fn report_pending_execs(
+        &self,
+        ns: &Namespace,
+        id: &ContainerId,
+        bundle: &std::path::Path,
+    ) -> Result<()> {
+        for exec_id in self.get(ns, id)?.execs.keys() {
+            let file = bundle.join(format!("exec-{exec_id}.exit.json"));
+            let recorded = std::fs::read(&file).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let status = recorded.unwrap_or(ExitStatus::unknown(crate::now_ns()));
+            self.exec_exited(ns, id, exec_id, status)?;
+            if let Ok(entry) = self.entry(ns, id)
+                && let Ok(info) = self.exec_info(&entry, exec_id)
+            {
+                info.exit.send_replace(Some(status));
+            }
+        }
+        Ok(())
     }
 
     /// Records an exec's exit event — once: the exec leaves the record's

@@ -321,14 +321,17 @@ impl Manager {
                 let Ok(fd) = (unsafe { tokio::io::unix::AsyncFd::register(fd) }) else { return };
                 let _ = fd.readable().await;
             }
-            let Ok(rec) = mgr.get(&rec.namespace, &rec.id) else { return };
+            let (ns, id) = (&rec.namespace, &rec.id);
+            let _op = mgr.lock_op(ns, id).await;
+            let Ok(rec) = mgr.get(ns, id) else { return };
             if rec.exit.is_none() && rec.state == State::Unknown {
                 tracing::warn!(ns = %rec.namespace, id = %rec.id, "the unreachable shim is gone; cleaning up");
                 match mgr.teardown_without_shim(&rec).await {
                     Ok(status) => {
-                        if let Ok(entry) = mgr.entry(&rec.namespace, &rec.id) {
+                        if let Ok(entry) = mgr.entry(ns, id) {
                             entry.exit.send_replace(Some(status));
                         }
+                        mgr.consider_restart(ns, id);
                     }
                     Err(e) => tracing::warn!(ns = %rec.namespace, id = %rec.id, "cleanup after a lost shim: {e}"),
                 }

@@ -138,15 +138,23 @@ impl Manager {
                 }
                 // A shim that is alive but slow to answer (stopped, say)
                 // is watched all the same; it answers the monitor later.
-                match tokio::time::timeout(CATCH_UP_TIMEOUT, self.catch_up(&rec, &entry)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::warn!(ns = %rec.namespace, id = %rec.id, "catching up: {e}"),
-                    Err(_) => tracing::warn!(ns = %rec.namespace, id = %rec.id, "shim slow to answer; watching it"),
-                }
+                let caught_up = match tokio::time::timeout(CATCH_UP_TIMEOUT, self.catch_up(&rec, &entry)).await {
+                    Ok(Ok(())) => true,
+                    Ok(Err(e)) => {
+                        tracing::warn!(ns = %rec.namespace, id = %rec.id, "catching up: {e}");
+                        false
+                    }
+                    Err(_) => {
+                        tracing::warn!(ns = %rec.namespace, id = %rec.id, "shim slow to answer; watching it");
+                        false
+                    }
+                };
                 self.watch(key, entry, &rec.cgroup);
                 // A restart recorded just before berthd died still needs
-                // its start.
-                self.resume_policy(&self.get(&rec.namespace, &rec.id)?);
+                // its start — if the shim says it has not started.
+                if caught_up {
+                    self.resume_policy(&self.get(&rec.namespace, &rec.id)?);
+                }
             }
             Err(e)
                 if rec.state != State::Stopped

@@ -21,7 +21,9 @@ use crate::manager::{Entry, Manager, crash_point};
 use crate::shim::ProcessIo;
 
 /// The restarts in a row so far, counting a run of at least
-/// [`BACKOFF_RESET`] as the end of a streak.
+/// [`BACKOFF_RESET`] as the end of a streak (`started_at_ns` is 0 from a
+/// restart until its start succeeds, so failed attempts never count as a
+/// long run).
 fn streak(rec: &ContainerRecord) -> u32 {
     let ran = rec.exit.map(|e| e.exited_at_ns.saturating_sub(rec.started_at_ns)).unwrap_or(0);
     if rec.started_at_ns > 0 && ran >= BACKOFF_RESET.as_nanos() as u64 { 0 } else { rec.restart_streak }
@@ -52,6 +54,7 @@ impl Manager {
                     tracing::warn!(%ns, %id, "restart failed: {e}; trying again after the next backoff");
                     let longer = mgr.update(&ns, &id, |r| {
                         r.restart_streak = r.restart_streak.saturating_add(1);
+                        r.started_at_ns = 0;
                         Ok(())
                     });
                     if longer.is_ok() {
@@ -64,9 +67,9 @@ impl Manager {
 
     /// At berthd start: a stopped container's policy resumes where it was;
     /// a container left `created` by a restart that berthd died in the
-    /// middle of (it had run before) is started.
+    /// middle of (a created container that was restarted) is started.
     pub(crate) fn resume_policy(self: &Arc<Self>, rec: &ContainerRecord) {
-        if rec.state == State::Created && rec.started_at_ns > 0 {
+        if rec.state == State::Created && rec.restart_count > 0 {
             let (mgr, ns, id) = (self.clone(), rec.namespace.clone(), rec.id.clone());
             tokio::spawn(async move { mgr.start_restarted(&ns, &id).await });
             return;
@@ -74,10 +77,17 @@ impl Manager {
         self.consider_restart(&rec.namespace, &rec.id);
     }
 
-    /// Starts a restarted container. If the start fails, init is killed so
-    /// that its exit is recorded and the policy decides again.
+    /// Starts a restarted container — unless the user stopped it or berthd
+    /// is shutting down meanwhile. If the start fails (or is called off),
+    /// init is killed so that its exit is recorded and the policy decides.
     async fn start_restarted(&self, ns: &Namespace, id: &ContainerId) {
-        if let Err(e) = self.start(ns, id).await {
+        let called_off = self.shutting_down.load(Ordering::SeqCst) || self.get(ns, id).is_ok_and(|r| r.stopped_by_user);
+        let started = if called_off {
+            Err(Error::FailedPrecondition("stopped before its restart started".into()))
+        } else {
+            self.start(ns, id).await.map(drop)
+        };
+        if let Err(e) = started {
             tracing::warn!(%ns, %id, "start after a restart failed: {e}");
             let _ = self.kill(ns, id, "", libc::SIGKILL as u32, true).await;
         }
@@ -105,8 +115,12 @@ impl Manager {
             self.teardown_without_shim(&rec).await?;
         }
         remove_shim_sockets(&rec.shim.socket)?;
-        // A later cleanup must not find the last run's exit.
-        remove_path(&rec.bundle.join("exit.json"))?;
+        // A later cleanup must not find the last run's exits.
+        for entry in std::fs::read_dir(&rec.bundle).into_iter().flatten().flatten() {
+            if entry.file_name().to_string_lossy().ends_with("exit.json") {
+                remove_path(&entry.path())?;
+            }
+        }
 
         let io =
             ProcessIo { stdin: rec.stdin.as_deref(), stdout: &rec.stdout, stderr: &rec.stderr, terminal: rec.terminal };
@@ -117,12 +131,14 @@ impl Manager {
         let recorded = spawned.and_then(|(client, pid)| {
             let rec = self.change(ns, id, Some(Kind::Restart), |r| {
                 // Checked again here: a stop may have come during the work.
-                if !wants_restart(r) {
-                    return Err(Error::FailedPrecondition("stopped by the user during the restart".into()));
+                if !wants_restart(r) || self.shutting_down.load(Ordering::SeqCst) {
+                    return Err(Error::FailedPrecondition("stopped during the restart".into()));
                 }
                 r.state = r.state.apply(Op::Restart)?;
                 r.pid = pid;
                 r.exit = None;
+                // Not started yet (see `streak`).
+                r.started_at_ns = 0;
                 r.shim = ShimInfo { pid: client.pid, socket: r.shim.socket.clone() };
                 r.restart_count += 1;
                 r.restart_streak = streak + 1;

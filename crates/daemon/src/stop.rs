@@ -37,9 +37,9 @@ impl Manager {
         if rec.exit.is_none() && !matches!(rec.state, State::Created | State::Running | State::Paused) {
             return Err(Error::FailedPrecondition(format!("container {id} is {}: nothing to stop", rec.state)));
         }
-        if by_user {
-            self.mark_stopped_by_user(ns, id)?;
-        }
+        // Decided from the record as marked: a restart that committed just
+        // before the mark is stopped like any live container.
+        let rec = if by_user { self.mark_stopped_by_user(ns, id)? } else { rec };
         if let Some(exit) = rec.exit {
             return Ok(exit);
         }
@@ -64,12 +64,16 @@ impl Manager {
 }
 
 impl Manager {
-    pub(crate) fn mark_stopped_by_user(&self, ns: &Namespace, id: &ContainerId) -> Result<()> {
+    /// Records the user's stop; returns the record as it now stands.
+    pub(crate) fn mark_stopped_by_user(
+        &self,
+        ns: &Namespace,
+        id: &ContainerId,
+    ) -> Result<berth_store::ContainerRecord> {
         self.update(ns, id, |r| {
             r.stopped_by_user = true;
             Ok(())
         })
-        .map(drop)
     }
 
     /// Stops every live container of every namespace, concurrently
