@@ -2,8 +2,10 @@
 //! what creates cut short by a crash left behind (from their intent
 //! records), reconnects to every live shim and brings records up to date
 //! with what the shims did while berthd was down, cleans up after shims
-//! that died, and resumes restart policies. It never touches a shim that
-//! is alive, answering or not (containerd#13784).
+//! that died, and resumes restart policies. It never touches the live shim
+//! of a recorded container, answering or not (containerd#13784); the only
+//! live shims it kills are ones no record names (an interrupted create or
+//! restart).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
