@@ -284,16 +284,15 @@ impl Manager {
     /// unless an exit is recorded already (a dead shim's cleanup and the
     /// monitor may race); returns the exit that stands.
     pub(crate) fn record_exit(&self, ns: &Namespace, id: &ContainerId, status: ExitStatus) -> Result<ExitStatus> {
-        let held = lock(&self.records);
-        let mut rec = self.get(ns, id)?;
-        if let Some(exit) = rec.exit {
-            return Ok(exit);
-        }
-        rec.state = rec.state.apply(Op::Exit)?;
-        rec.exit = Some(status);
-        let event = Some(record_event(Kind::Exit, &rec));
-        self.commit(&held, Write { put: Some(&rec), event, ..Default::default() })?;
-        Ok(status)
+        let rec = self.change_with(ns, id, |r| {
+            if r.exit.is_some() {
+                return Ok(None);
+            }
+            r.state = r.state.apply(Op::Exit)?;
+            r.exit = Some(status);
+            Ok(Some(record_event(Kind::Exit, r)))
+        })?;
+        Ok(rec.exit.unwrap_or(status))
     }
 
     /// The container's shim is lost (SPEC B1: `* → unknown`): alive but
@@ -312,13 +311,11 @@ impl Manager {
             Err(e) => return tracing::warn!(%ns, %id, "cannot mark the container unknown: {e}"),
         };
         // The pidfd is taken before the check, so it names that shim.
-        let pidfd = berth_shim::pidfd_open(rec.shim.pid).ok();
+        let pidfd = crate::shim::watch_pidfd(berth_shim::pidfd_open(rec.shim.pid).ok());
         let alive = self.shim_args(ns, id, &rec.runtime).matches(rec.shim.pid);
         let mgr = self.clone();
         tokio::spawn(async move {
             if let Some(fd) = pidfd.filter(|_| alive) {
-                // SAFETY: the AsyncFd owns the pidfd for its whole life.
-                let Ok(fd) = (unsafe { tokio::io::unix::AsyncFd::register(fd) }) else { return };
                 let _ = fd.readable().await;
             }
             let (ns, id) = (&rec.namespace, &rec.id);

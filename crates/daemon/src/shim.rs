@@ -180,9 +180,14 @@ pub async fn connect(socket: &Path, id: &ContainerId, pid: u32) -> Result<ShimCl
     let asked = client.task.connect(context::with_timeout(CONNECT_TIMEOUT.as_nanos() as i64), &req).await;
     let serving = asked.map(|r| r.shim_pid).unwrap_or(pid);
     client.pid = serving;
-    // SAFETY: the AsyncFd owns the pidfd for its whole life.
-    client.pidfd = pidfd_open(serving).ok().and_then(|fd| unsafe { AsyncFd::register(fd) }.ok()).map(Arc::new);
+    client.pidfd = watch_pidfd(pidfd_open(serving).ok());
     Ok(client)
+}
+
+/// A pidfd made awaitable: readable once its process has exited.
+pub fn watch_pidfd(pidfd: Option<OwnedFd>) -> Option<Arc<AsyncFd<OwnedFd>>> {
+    // SAFETY: the AsyncFd owns the pidfd for its whole life.
+    pidfd.and_then(|fd| unsafe { AsyncFd::register(fd) }.ok()).map(Arc::new)
 }
 
 async fn connect_with(socket: &Path, pid: u32, pidfd: Option<OwnedFd>) -> Result<ShimClient> {
@@ -190,9 +195,7 @@ async fn connect_with(socket: &Path, pid: u32, pidfd: Option<OwnedFd>) -> Result
         .await
         .map_err(|e| Error::io(format!("connect to shim at {}", socket.display()), e))?;
     let task = TaskClient::new(Client::new(Socket::from(stream)));
-    // SAFETY: the AsyncFd owns the pidfd for its whole life.
-    let pidfd = pidfd.and_then(|fd| unsafe { AsyncFd::register(fd) }.ok()).map(Arc::new);
-    Ok(ShimClient { task, pid, socket: socket.to_path_buf(), pidfd })
+    Ok(ShimClient { task, pid, socket: socket.to_path_buf(), pidfd: watch_pidfd(pidfd) })
 }
 
 impl ShimClient {
