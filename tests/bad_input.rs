@@ -117,7 +117,7 @@ fn unreachable_daemon_is_one_clear_line() {
     let d = Daemon::start();
     let out = d.berth(&["--socket", "/nonexistent/berth.sock", "ps"]);
     assert_ne!(out.code, 0);
-    assert!(out.stderr.starts_with("berth: cannot reach berthd at /nonexistent/berth.sock"), "{out:?}");
+    assert!(out.stderr.starts_with("berth: berthd is not answering at /nonexistent/berth.sock"), "{out:?}");
     assert_eq!(out.stderr.trim_end().lines().count(), 1);
 }
 

@@ -1,1 +1,20 @@
 //! End-to-end tests of berth, run for real as root: see the test files.
+//! This library holds what several of them share.
+
+use berth_api::v1::containers_client::ContainersClient;
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+/// A raw API client on berthd's socket, for requests the CLI cannot make
+/// (bytes no command line can carry, such as NUL).
+pub async fn api(socket: &std::path::Path) -> ContainersClient<Channel> {
+    let path = socket.to_path_buf();
+    let channel = Endpoint::from_static("http://berthd")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+        }))
+        .await
+        .expect("connect to berthd");
+    ContainersClient::new(channel)
+}

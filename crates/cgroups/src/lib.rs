@@ -59,23 +59,61 @@ impl Hierarchies {
         self.mounts.iter().map(move |m| m.join(rel))
     }
 
-    /// Processes in the cgroup (from the first hierarchy that has it).
+    /// The mount points of the hierarchies (v1 controllers, v2).
+    pub fn mount_points(&self) -> &[PathBuf] {
+        &self.mounts
+    }
+
+    /// Processes in the cgroup and the cgroups a container made below it
+    /// (from the first hierarchy that has it).
     pub fn procs(&self, cgroup: &str) -> io::Result<Vec<u32>> {
         for dir in self.existing(cgroup) {
-            if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
-                return Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect());
+            if fs::metadata(dir.join("cgroup.procs")).is_ok() {
+                let mut pids = Vec::new();
+                procs_below(&dir, &mut pids);
+                return Ok(pids);
             }
         }
         Ok(Vec::new())
     }
 
-    /// Removes the cgroup in every hierarchy. A cgroup that still holds
-    /// processes is an error; one that is already gone is not.
+    /// Removes the cgroup in every hierarchy, and the cgroups a container
+    /// made below it, deepest first. A cgroup that still holds processes is
+    /// an error; one that is already gone is not.
     pub fn remove(&self, cgroup: &str) -> io::Result<()> {
+        self.remove_tree(cgroup)
+    }
+
+    /// Removes the cgroups below the cgroup (made by the container), deepest
+    /// first, keeping the cgroup itself (for a runtime that removes it).
+    pub fn remove_children(&self, cgroup: &str) -> io::Result<()> {
         for dir in self.existing(cgroup) {
-            remove_dir(&dir)?;
+            for entry in fs::read_dir(&dir)? {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    remove_tree(&entry.path())?;
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Removes the cgroup in every hierarchy where it is empty (no
+    /// processes, no child cgroups) and keeps it where it is not: for a
+    /// parent that others may still use. Only `rmdir`, which the kernel
+    /// refuses for a cgroup in use, so this never races with a creator.
+    pub fn remove_if_empty(&self, cgroup: &str) -> io::Result<()> {
+        let mut first_err = None;
+        for dir in self.existing(cgroup) {
+            match remove_dir(&dir) {
+                Err(e) if in_use(&e) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+                Ok(()) => {}
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     /// Removes the cgroup and every cgroup below it, deepest first.
@@ -91,6 +129,23 @@ fn remove_dir(dir: &Path) -> io::Result<()> {
     match fs::remove_dir(dir) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         other => other,
+    }
+}
+
+/// A directory that `rmdir` refused because something is in it.
+pub fn in_use(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::ENOTEMPTY) | Some(libc::EEXIST))
+}
+
+/// Collects the pids of `dir` and every cgroup below it.
+fn procs_below(dir: &Path, pids: &mut Vec<u32>) {
+    if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
+        pids.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+    }
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            procs_below(&entry.path(), pids);
+        }
     }
 }
 
@@ -137,6 +192,25 @@ mod tests {
     fn pure_v2() {
         let h = Hierarchies::parse("25 1 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw");
         assert_eq!(h.candidates("/a").collect::<Vec<_>>(), vec![PathBuf::from("/sys/fs/cgroup/a")]);
+    }
+
+    #[test]
+    fn remove_if_empty_keeps_a_parent_in_use() {
+        // A fake hierarchy: rmdir of a non-empty directory fails as a
+        // cgroup with a child would.
+        let tmp = std::env::temp_dir().join(format!("berth-cgroups-test-{}", std::process::id()));
+        let h = Hierarchies { mounts: vec![tmp.join("cpu"), tmp.join("memory")] };
+        fs::create_dir_all(tmp.join("cpu/berth/ns/id")).unwrap();
+        fs::create_dir_all(tmp.join("memory/berth/ns")).unwrap();
+        h.remove_if_empty("/berth/ns").unwrap();
+        assert!(tmp.join("cpu/berth/ns/id").is_dir(), "a parent in use stays");
+        assert!(!tmp.join("memory/berth/ns").exists(), "an empty one goes");
+        h.remove_if_empty("/berth/ns/id").unwrap();
+        h.remove_if_empty("/berth/ns").unwrap();
+        assert_eq!(h.existing("/berth/ns"), Vec::<PathBuf>::new());
+        assert!(tmp.join("cpu/berth").is_dir(), "only the named level goes");
+        h.remove_if_empty("/berth/gone").unwrap();
+        fs::remove_dir_all(&tmp).unwrap();
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Connection to berthd over its unix socket, and error display.
 
 use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use berth_api::v1::containers_client::ContainersClient;
 use berth_api::v1::events_client::EventsClient;
@@ -19,8 +20,38 @@ pub struct Failure {
     pub exit_code: i32,
 }
 
+/// The socket this CLI talks to, for errors that lose the connection.
+static SOCKET: OnceLock<PathBuf> = OnceLock::new();
+
+/// "berthd is not answering at PATH: CAUSE" — the daemon is down, or
+/// restarting, or hung up mid-call.
+fn not_answering(cause: &str) -> String {
+    match SOCKET.get() {
+        Some(path) => format!("berthd is not answering at {}: {cause}", path.display()),
+        None => format!("berthd is not answering: {cause}"),
+    }
+}
+
+/// The innermost cause of a call that failed on the client's side of the
+/// connection (berthd's own statuses carry no source), if it is one.
+fn transport_cause(s: &tonic::Status) -> Option<String> {
+    let mut cause: &(dyn std::error::Error + 'static) = std::error::Error::source(s)?;
+    let mut transport = false;
+    loop {
+        transport |= cause.is::<tonic::transport::Error>() || cause.is::<std::io::Error>();
+        match cause.source() {
+            Some(inner) => cause = inner,
+            None => break,
+        }
+    }
+    transport.then(|| cause.to_string())
+}
+
 impl From<tonic::Status> for Failure {
     fn from(s: tonic::Status) -> Failure {
+        if let Some(cause) = transport_cause(&s) {
+            return Failure::new(not_answering(&cause));
+        }
         let code = match s.code() {
             tonic::Code::InvalidArgument => "invalid argument",
             tonic::Code::NotFound => "not found",
@@ -40,7 +71,18 @@ impl Failure {
     }
 }
 
+/// Checks the token of the page after the one asked for with `asked`,
+/// which brought `got` items: a next page must progress, or a broken
+/// server would keep a listing going forever. Empty: that was the last.
+pub fn next_page(asked: &str, next: String, got: usize) -> Result<String, Failure> {
+    if !next.is_empty() && (next == asked || got == 0) {
+        return Err(Failure::new(format!("berthd sent a page token that does not progress ({next:?})")));
+    }
+    Ok(next)
+}
+
 pub async fn connect(socket: PathBuf, namespace: String) -> Result<Client, Failure> {
+    let _ = SOCKET.set(socket.clone());
     let path = socket.clone();
     // The URI is required by the API but unused: the connector dials the socket.
     let channel = Endpoint::from_static("http://berthd")
@@ -51,7 +93,14 @@ pub async fn connect(socket: PathBuf, namespace: String) -> Result<Client, Failu
         .await
         .map_err(|e| {
             let cause = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
-            Failure::new(format!("cannot reach berthd at {}: {cause}", socket.display()))
+            let denied = std::error::Error::source(&e)
+                .and_then(|s| s.downcast_ref::<std::io::Error>())
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied);
+            // berthd may well be answering, just not to us.
+            if denied {
+                return Failure::new(format!("cannot reach berthd at {}: {cause}", socket.display()));
+            }
+            Failure::new(not_answering(&cause))
         })?;
     Ok(Client { containers: ContainersClient::new(channel.clone()), events: EventsClient::new(channel), namespace })
 }

@@ -33,10 +33,32 @@ pub fn parse_signal(s: &str) -> Result<u32, Failure> {
     berth_model::signal_number(s).ok_or_else(|| Failure::new(format!("unknown signal {s:?}")))
 }
 
-async fn do_create(c: &mut Client, a: CreateArgs, start: bool) -> Result<pb::Container, Failure> {
+/// `--security-opt` values: the seccomp choice (a profile file is read
+/// here, on the client's side) and no-new-privileges.
+fn security_opts(opts: &[String]) -> Result<(String, bool), Failure> {
+    let (mut seccomp, mut nnp) = (String::new(), false);
+    for o in opts {
+        let (key, value) = o.split_once(['=', ':']).unwrap_or((o.as_str(), ""));
+        match (key, value) {
+            ("seccomp", "unconfined") => seccomp = "unconfined".into(),
+            ("seccomp", "") => return Err(Failure::new("--security-opt seccomp needs =unconfined or =PROFILE.json")),
+            ("seccomp", file) => {
+                seccomp =
+                    std::fs::read_to_string(file).map_err(|e| Failure::new(format!("seccomp profile {file}: {e}")))?;
+            }
+            ("no-new-privileges", "" | "true") => nnp = true,
+            ("no-new-privileges", "false") => nnp = false,
+            _ => return Err(Failure::new(format!("unknown --security-opt {o:?}"))),
+        }
+    }
+    Ok((seccomp, nnp))
+}
+
+async fn do_create(c: &mut Client, a: CreateArgs, start: bool, auto_remove: bool) -> Result<pb::Container, Failure> {
     let size = a.tty.then(terminal::window_size).flatten().unwrap_or((0, 0));
     let path =
         std::path::absolute(&a.rootfs).map_err(|e| Failure::new(format!("bad path {}: {e}", a.rootfs.display())))?;
+    let (seccomp, no_new_privileges) = security_opts(&a.security_opt)?;
     let mut labels = std::collections::HashMap::new();
     for l in &a.labels {
         let (k, v) = l.split_once('=').ok_or_else(|| Failure::new(format!("label {l:?} is not KEY=VALUE")))?;
@@ -58,12 +80,19 @@ async fn do_create(c: &mut Client, a: CreateArgs, start: bool) -> Result<pb::Con
         tty_height: size.1,
         stdin: a.interactive && !a.tty,
         restart_policy: a.restart,
+        privileged: a.privileged,
+        cap_add: a.cap_add,
+        cap_drop: a.cap_drop,
+        devices: a.devices,
+        seccomp,
+        no_new_privileges,
+        auto_remove,
     };
     Ok(c.containers.create(req).await?.into_inner())
 }
 
 pub async fn create(c: &mut Client, a: CreateArgs) -> Result<i32, Failure> {
-    let ctr = do_create(c, a, false).await?;
+    let ctr = do_create(c, a, false, false).await?;
     println!("{}", ctr.id);
     Ok(0)
 }
@@ -76,6 +105,10 @@ pub async fn start(c: &mut Client, ids: Vec<String>) -> Result<i32, Failure> {
     Ok(0)
 }
 
+/// `run`: create, then start. With `--rm` berthd removes the container
+/// once it has exited, whatever happens to this client. Attached, the
+/// output stream (or terminal) is opened before the start, so berthd's
+/// removal waits for it to drain, and signals are forwarded meanwhile.
 pub async fn run(c: &mut Client, a: CreateArgs, rm: bool, detach: bool) -> Result<i32, Failure> {
     if rm && a.restart != "no" {
         return Err(Failure { exit_code: RUN_FAILED, ..Failure::new("--rm cannot be combined with a restart policy") });
@@ -83,46 +116,50 @@ pub async fn run(c: &mut Client, a: CreateArgs, rm: bool, detach: bool) -> Resul
     let (tty, interactive) = (a.tty, a.interactive);
     let id = a.name.clone().unwrap_or_else(random_id);
     let a = CreateArgs { name: Some(id.clone()), ..a };
-    if let Err(f) = do_create(c, a, true).await {
-        // A failed start leaves the container created: --rm still removes it.
-        if rm {
-            let _ = c.containers.delete(pb::DeleteRequest { namespace: c.namespace.clone(), id, force: true }).await;
-        }
-        return Err(Failure { exit_code: RUN_FAILED, ..f });
-    }
+    // A failed create leaves nothing (and never touches an existing
+    // container of that name): there is nothing to clean up here.
+    let failed = |f: Failure| Failure { exit_code: RUN_FAILED, ..f };
+    do_create(c, a, detach, rm).await.map_err(failed)?;
     if detach {
         println!("{id}");
         return Ok(0);
     }
-    let exit = attend(c, &id, "", tty, interactive).await?;
-    if rm {
-        c.containers.delete(pb::DeleteRequest { namespace: c.namespace.clone(), id, force: false }).await?;
+    let attached = attend(c, &id, "", tty, interactive, true).await;
+    if rm && matches!(attached, Err(Failure { exit_code: RUN_FAILED, .. })) {
+        // We created it and it never started: remove it.
+        let _ = c.containers.delete(pb::DeleteRequest { namespace: c.namespace.clone(), id, force: true }).await;
     }
-    Ok(exit.code as i32)
+    Ok(attached?.code as i32)
 }
 
-/// Stays with a started process (init when `exec_id` is empty) until it
-/// exits: its terminal, or its output with Ctrl-C/SIGTERM forwarded; our
-/// stdin with `interactive`. Returns its exit.
+/// Stays with a process (init when `exec_id` is empty) until it exits:
+/// its terminal, or its output with signals forwarded; our stdin with
+/// `interactive`. With `start`, the container is started once its output
+/// is open (a failed start is a `RUN_FAILED`). Returns its exit.
 async fn attend(
     c: &mut Client,
     id: &str,
     exec_id: &str,
     tty: bool,
     interactive: bool,
+    start: bool,
 ) -> Result<pb::ExitStatus, Failure> {
-    if tty {
-        terminal::attach(c, id, exec_id, interactive).await?;
-        return wait_process(c, id, exec_id).await;
-    }
-    let pump = if interactive { Some(terminal::pump_stdin(c, id, exec_id).await?) } else { None };
-    let logs = pb::LogsRequest {
-        namespace: c.namespace.clone(),
-        id: id.to_string(),
-        follow: true,
-        exec_id: exec_id.to_string(),
+    let terminal = if tty { Some(terminal::open(c, id, exec_id, interactive).await?) } else { None };
+    let pump = if interactive && !tty { Some(terminal::pump_stdin(c, id, exec_id).await?) } else { None };
+    let printer = if tty {
+        None
+    } else {
+        let logs = pb::LogsRequest {
+            namespace: c.namespace.clone(),
+            id: id.to_string(),
+            follow: true,
+            exec_id: exec_id.to_string(),
+        };
+        Some(tokio::spawn(copy_logs(c.containers.logs(logs).await?.into_inner())))
     };
-    let printer = tokio::spawn(copy_logs(c.containers.logs(logs).await?.into_inner()));
+    if start {
+        c.containers.start(cref(c, id)).await.map_err(|s| Failure { exit_code: RUN_FAILED, ..Failure::from(s) })?;
+    }
     let target = pb::KillRequest {
         namespace: c.namespace.clone(),
         id: id.to_string(),
@@ -131,12 +168,17 @@ async fn attend(
         all: false,
     };
     let forwarder = tokio::spawn(forward_signals(c.containers.clone(), target));
+    if let Some(output) = terminal {
+        terminal::attach(c, id, exec_id, output).await?;
+    }
     let exit = wait_process(c, id, exec_id).await;
     forwarder.abort();
     if let Some(p) = pump {
         p.abort();
     }
-    let _ = printer.await;
+    if let Some(p) = printer {
+        let _ = p.await;
+    }
     exit
 }
 
@@ -151,22 +193,29 @@ async fn wait_process(c: &mut Client, id: &str, exec_id: &str) -> Result<pb::Exi
     Ok(exit.into_inner())
 }
 
-/// Ctrl-C and SIGTERM to `berth run` / `berth exec` go to the container's
-/// process (`target` names it).
+/// SIGINT, SIGTERM, SIGHUP and SIGQUIT to `berth run` / `berth exec` go to
+/// the container's process (`target` names it), like docker's sig-proxy.
 async fn forward_signals(
     mut api: berth_api::v1::containers_client::ContainersClient<tonic::transport::Channel>,
     target: pb::KillRequest,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term), Ok(mut hup), Ok(mut quit)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+        signal(SignalKind::quit()),
+    ) else {
         return;
     };
     loop {
         let sig = tokio::select! {
-            _ = int.recv() => Signal::SIGINT as u32,
-            _ = term.recv() => Signal::SIGTERM as u32,
+            _ = int.recv() => Signal::SIGINT,
+            _ = term.recv() => Signal::SIGTERM,
+            _ = hup.recv() => Signal::SIGHUP,
+            _ = quit.recv() => Signal::SIGQUIT,
         };
-        let req = pb::KillRequest { signal: sig, ..target.clone() };
+        let req = pb::KillRequest { signal: sig as u32, ..target.clone() };
         let _ = api.kill(req).await;
     }
 }
@@ -188,9 +237,24 @@ async fn copy_logs(mut logs: tonic::Streaming<pb::LogChunk>) -> Result<(), Failu
     Ok(())
 }
 
+/// Every container, following List's pages (each ends before the gRPC
+/// message limit) until the last.
+async fn list_all(c: &mut Client, all_namespaces: bool) -> Result<Vec<pb::Container>, Failure> {
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let req = pb::ListRequest { namespace: c.namespace.clone(), all_namespaces, page_token, page_size: 0 };
+        let page = c.containers.list(req.clone()).await?.into_inner();
+        page_token = crate::client::next_page(&req.page_token, page.next_page_token, page.containers.len())?;
+        out.extend(page.containers);
+        if page_token.is_empty() {
+            return Ok(out);
+        }
+    }
+}
+
 pub async fn ps(c: &mut Client, all: bool, all_namespaces: bool, json: bool) -> Result<i32, Failure> {
-    let req = pb::ListRequest { namespace: c.namespace.clone(), all_namespaces };
-    let mut cs = c.containers.list(req).await?.into_inner().containers;
+    let mut cs = list_all(c, all_namespaces).await?;
     if !all {
         cs.retain(|x| x.state != "stopped");
     }
@@ -270,7 +334,7 @@ pub async fn exec(c: &mut Client, a: ExecArgs) -> Result<i32, Failure> {
         stdin: a.interactive && !a.tty,
     };
     c.containers.exec(req).await?;
-    let exit = attend(c, &a.container, &exec_id, a.tty, a.interactive).await?;
+    let exit = attend(c, &a.container, &exec_id, a.tty, a.interactive, false).await?;
     let r = pb::ExecRef { namespace: c.namespace.clone(), id: a.container, exec_id };
     c.containers.exec_delete(r).await?;
     Ok(exit.code as i32)

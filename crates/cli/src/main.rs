@@ -53,6 +53,22 @@ pub struct CreateArgs {
     /// Restart policy: no, always, on-failure[:N], unless-stopped.
     #[arg(long, default_value = "no")]
     pub restart: String,
+    /// Give the container every capability, the host's devices, writable
+    /// /sys and no seccomp filter.
+    #[arg(long)]
+    pub privileged: bool,
+    /// Add a capability (NET_ADMIN, CAP_SYS_PTRACE, ALL; repeatable).
+    #[arg(long = "cap-add")]
+    pub cap_add: Vec<String>,
+    /// Drop a capability (repeatable; ALL drops every one).
+    #[arg(long = "cap-drop")]
+    pub cap_drop: Vec<String>,
+    /// Give a host device: HOST[:CONTAINER[:PERMISSIONS]] (permissions: rwm).
+    #[arg(long = "device")]
+    pub devices: Vec<String>,
+    /// seccomp=unconfined, seccomp=PROFILE.json, no-new-privileges (repeatable).
+    #[arg(long = "security-opt")]
+    pub security_opt: Vec<String>,
     /// A root filesystem directory, or an OCI bundle (a directory with config.json).
     pub rootfs: PathBuf,
     /// Command and arguments (default: the bundle's, or /bin/sh).

@@ -1,5 +1,10 @@
 //! How containers and events look to people (tables) and scripts (JSON).
+//! Text for people never carries control characters from the data: labels,
+//! commands and paths are the caller's, and a raw ESC would drive the
+//! reader's terminal, so [`escape`] shows them as `\x1b`, `\n`, `\u{9b}`.
+//! JSON carries every string exactly.
 
+use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_api::v1 as pb;
@@ -17,6 +22,28 @@ pub fn age(ns: u64) -> String {
         3600..86400 => format!("{}h ago", secs / 3600),
         _ => format!("{}d ago", secs / 86400),
     }
+}
+
+/// Shows the control characters of `s` — C0 (ESC among them), DEL and
+/// C1 — as escapes, so printing it cannot drive a terminal. Everything
+/// else, backslashes included, is left as it is.
+pub fn escape(s: &str) -> Cow<'_, str> {
+    let control = |c: char| c.is_control();
+    if !s.contains(control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x80 && c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
 fn exit_json(e: &Option<pb::ExitStatus>) -> Value {
@@ -64,7 +91,8 @@ pub fn event_json(e: &pb::Event) -> Value {
 pub fn event_line(e: &pb::Event) -> String {
     let exit = e.exit.as_ref().map(|x| format!(" exit={}", x.code)).unwrap_or_default();
     let exec = if e.exec_id.is_empty() { String::new() } else { format!(" exec={}", e.exec_id) };
-    format!("{:>6} {:<12} {}/{}{exec} pid={}{exit}", e.seq, e.r#type, e.namespace, e.id, e.pid)
+    let line = format!("{:>6} {:<12} {}/{}{exec} pid={}{exit}", e.seq, e.r#type, e.namespace, e.id, e.pid);
+    escape(&line).into_owned()
 }
 
 fn truncate(s: &str, n: usize) -> String {
@@ -101,7 +129,7 @@ pub fn table(cs: &[pb::Container], all_ns: bool) -> String {
             c.exit.as_ref().map(|e| e.code.to_string()).unwrap_or_else(|| "-".into()),
             c.runtime.clone(),
             age(c.created_at_ns),
-            truncate(&c.command.join(" "), 40),
+            truncate(&escape(&c.command.join(" ")), 40),
         ];
         if all_ns {
             row.insert(0, c.namespace.clone());
@@ -111,8 +139,11 @@ pub fn table(cs: &[pb::Container], all_ns: bool) -> String {
     render(rows)
 }
 
-/// Aligns rows into columns; the first row is the header.
+/// Aligns rows into columns, control characters escaped; the first row is
+/// the header.
 fn render(rows: Vec<Vec<String>>) -> String {
+    let rows: Vec<Vec<String>> =
+        rows.into_iter().map(|r| r.into_iter().map(|c| escape(&c).into_owned()).collect()).collect();
     let widths: Vec<usize> =
         (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
@@ -126,23 +157,82 @@ fn render(rows: Vec<Vec<String>>) -> String {
 
 pub fn inspect_text(c: &pb::Container) -> String {
     let exit = c.exit.as_ref().map(|e| format!("{} ({})", e.code, age(e.exited_at_ns))).unwrap_or_else(|| "-".into());
-    let labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{}={}", escape(k), escape(v))).collect();
+    labels.sort();
     format!(
         "ID:         {}\nNamespace:  {}\nState:      {}\nPid:        {}\nExit:       {exit}\nOOMKilled:  {}\nRestart:    {} (restarted {} times)\nRuntime:    {}\nCommand:    {}\nRootfs:     {}\nBundle:     {}\nCgroup:     {}\nShim pid:   {}\nCreated:    {}\nLabels:     {}\n",
-        c.id,
-        c.namespace,
-        c.state,
+        escape(&c.id),
+        escape(&c.namespace),
+        escape(&c.state),
         c.pid,
         c.oom_killed,
-        c.restart_policy,
+        escape(&c.restart_policy),
         c.restart_count,
-        c.runtime,
-        c.command.join(" "),
-        c.rootfs,
-        c.bundle,
-        c.cgroup,
+        escape(&c.runtime),
+        escape(&c.command.join(" ")),
+        escape(&c.rootfs),
+        escape(&c.bundle),
+        escape(&c.cgroup),
         c.shim_pid,
         age(c.created_at_ns),
         labels.join(", "),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No byte of the text would be taken by a terminal as a control.
+    fn inert(s: &str) -> bool {
+        !s.chars().any(|c| c.is_control() && c != '\n')
+    }
+
+    #[test]
+    fn escapes_c0_del_c1_and_nothing_else() {
+        assert_eq!(escape("\x1b[2J"), "\\x1b[2J");
+        assert_eq!(escape("a\nb\rc\td\0e\x7f"), "a\\nb\\rc\\td\\x00e\\x7f");
+        assert_eq!(escape("\u{9b}31m\u{85}"), "\\u{9b}31m\\u{85}");
+        assert!(matches!(escape("plain é ✓ \\x1b"), Cow::Borrowed("plain é ✓ \\x1b")));
+        // Escaping twice changes nothing more.
+        assert_eq!(escape(&escape("\x1b\u{9b}")), escape("\x1b\u{9b}"));
+    }
+
+    fn evil() -> pb::Container {
+        pb::Container {
+            id: "c1".into(),
+            namespace: "default".into(),
+            state: "running".into(),
+            command: vec!["sh".into(), "-c".into(), "echo \x1b[2J\u{9b}0m".into()],
+            labels: [("k\x1b]0;t\x07".to_string(), "v\x1b[2J\n".to_string())].into(),
+            rootfs: "/r\x1b".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn tables_and_inspect_show_controls_escaped() {
+        let c = evil();
+        let t = table(std::slice::from_ref(&c), true);
+        assert!(inert(&t), "{t:?}");
+        assert!(t.contains("echo \\x1b[2J\\u{9b}0m"), "{t:?}");
+        let i = inspect_text(&c);
+        assert!(inert(&i), "{i:?}");
+        assert!(i.contains("k\\x1b]0;t\\x07=v\\x1b[2J\\n"), "{i:?}");
+        assert!(i.contains("Rootfs:     /r\\x1b\n"), "{i:?}");
+        let procs = [pb::Process { pid: 1, exec_id: "e\x1b".into(), command: c.command.clone() }];
+        let top = top_table(&procs);
+        assert!(inert(&top) && top.contains("e\\x1b") && top.contains("\\x1b[2J"), "{top:?}");
+        let ev = pb::Event { r#type: "exit".into(), id: "c1".into(), exec_id: "x\x1b[2J".into(), ..Default::default() };
+        assert!(inert(&event_line(&ev)), "{:?}", event_line(&ev));
+    }
+
+    #[test]
+    fn json_stays_exact() {
+        let c = evil();
+        let v = container_json(&c);
+        assert_eq!(v["command"][2], "echo \x1b[2J\u{9b}0m");
+        assert_eq!(v["labels"]["k\x1b]0;t\x07"], "v\x1b[2J\n");
+        assert_eq!(v["rootfs"], "/r\x1b");
+    }
 }

@@ -13,9 +13,19 @@ const REFRESH: Duration = Duration::from_secs(1);
 /// Gap between the two samples of `--no-stream` (CPU % needs two).
 const SAMPLE_GAP: Duration = Duration::from_millis(250);
 
+/// One sample of every container asked for, following Stats' pages.
 async fn sample(c: &mut Client, ids: &[String]) -> Result<Vec<pb::ContainerStats>, Failure> {
-    let req = pb::StatsRequest { namespace: c.namespace.clone(), ids: ids.to_vec() };
-    Ok(c.containers.stats(req).await?.into_inner().stats)
+    let mut out = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let req = pb::StatsRequest { namespace: c.namespace.clone(), ids: ids.to_vec(), page_token, page_size: 0 };
+        let page = c.containers.stats(req.clone()).await?.into_inner();
+        page_token = crate::client::next_page(&req.page_token, page.next_page_token, page.stats.len())?;
+        out.extend(page.stats);
+        if page_token.is_empty() {
+            return Ok(out);
+        }
+    }
 }
 
 fn json_of(s: &pb::ContainerStats) -> serde_json::Value {

@@ -49,7 +49,7 @@ pub fn window_size() -> Option<(u32, u32)> {
 
 /// Opens an Attach stream for init (`exec_id` empty) or an exec; our stdin
 /// is sent on it when `stdin` is set.
-async fn open(
+pub async fn open(
     c: &mut Client,
     id: &str,
     exec_id: &str,
@@ -90,8 +90,14 @@ pub async fn pump_stdin(c: &mut Client, id: &str, exec_id: &str) -> Result<tokio
 
 /// Streams the terminal of init (`exec_id` empty) or an exec until its
 /// output ends; sends our input with `stdin`.
-pub async fn attach(c: &mut Client, id: &str, exec_id: &str, stdin: bool) -> Result<(), Failure> {
-    let mut output = open(c, id, exec_id, stdin).await?;
+/// `output` comes from [`open`], called first so that nothing the process
+/// writes is missed (a `run` opens it before the start).
+pub async fn attach(
+    c: &mut Client,
+    id: &str,
+    exec_id: &str,
+    mut output: tonic::Streaming<pb::AttachOutput>,
+) -> Result<(), Failure> {
     let _raw = RawMode::enter();
     let resize_req = |(width, height)| pb::ResizeRequest {
         namespace: c.namespace.clone(),

@@ -20,6 +20,7 @@ use crate::events::{Event, Filter};
 use crate::exec::ExecParams;
 use crate::logs;
 use crate::manager::Manager;
+use crate::paging;
 
 pub struct Api {
     pub mgr: Arc<Manager>,
@@ -73,6 +74,7 @@ fn container_pb(r: ContainerRecord) -> pb::Container {
         restart_policy: r.restart_policy.to_string(),
         restart_count: r.restart_count,
         stopped_by_user: r.stopped_by_user,
+        auto_remove: r.auto_remove,
     }
 }
 
@@ -173,6 +175,15 @@ impl pb::containers_server::Containers for Api {
             tty_size: size(r.tty_width, r.tty_height),
             stdin: r.stdin,
             restart: r.restart_policy.parse().map_err(|e: berth_model::ModelError| status(e.into()))?,
+            security: crate::confine::Security {
+                privileged: r.privileged,
+                cap_add: r.cap_add,
+                cap_drop: r.cap_drop,
+                devices: r.devices,
+                seccomp: r.seccomp,
+                no_new_privileges: r.no_new_privileges,
+            },
+            auto_remove: r.auto_remove,
         };
         let rec = self.mgr.create(params).await.map_err(status)?;
         Ok(Response::new(container_pb(rec)))
@@ -194,8 +205,19 @@ impl pb::containers_server::Containers for Api {
     async fn list(&self, req: Request<pb::ListRequest>) -> Result<Response<pb::ListResponse>, Status> {
         let r = req.into_inner();
         let filter = if r.all_namespaces { None } else { Some(ns(&r.namespace)?) };
-        let recs = self.mgr.list(filter.as_ref()).map_err(status)?;
-        Ok(Response::new(pb::ListResponse { containers: recs.into_iter().map(container_pb).collect() }))
+        let after = paging::parse_token(&r.page_token).map_err(status)?;
+        let recs = self.mgr.list_after(filter.as_ref(), after.as_ref()).map_err(status)?;
+        let mut page = paging::Pager::new(r.page_size);
+        for rec in recs {
+            let key = (rec.namespace.clone(), rec.id.clone());
+            let c = container_pb(rec);
+            let size = paging::item_len(&c);
+            if !page.push(key, c, size) {
+                break;
+            }
+        }
+        let (containers, next_page_token) = page.finish();
+        Ok(Response::new(pb::ListResponse { containers, next_page_token }))
     }
 
     async fn kill(&self, req: Request<pb::KillRequest>) -> Result<Response<pb::Empty>, Status> {
@@ -281,28 +303,18 @@ impl pb::containers_server::Containers for Api {
     async fn stats(&self, req: Request<pb::StatsRequest>) -> Result<Response<pb::StatsResponse>, Status> {
         let r = req.into_inner();
         let ns = ns(&r.namespace)?;
-        let mut out = Vec::new();
-        if r.ids.is_empty() {
-            // Ask every shim at once; containers that stop meanwhile are left out.
-            let mut tasks = tokio::task::JoinSet::new();
-            for id in self.mgr.live_ids(&ns).map_err(status)? {
-                let (mgr, ns) = (self.mgr.clone(), ns.clone());
-                tasks.spawn(async move { mgr.stats(&ns, &id).await.map(|s| stats_pb(&ns, &id, s)) });
-            }
-            while let Some(done) = tasks.join_next().await {
-                if let Ok(Ok(s)) = done {
-                    out.push(s);
-                }
-            }
-            out.sort_by(|a, b| a.id.cmp(&b.id));
-        } else {
-            for id in r.ids {
-                let id = ContainerId::new(id).map_err(|e| status(e.into()))?;
-                let s = self.mgr.stats(&ns, &id).await.map_err(status)?;
-                out.push(stats_pb(&ns, &id, s));
-            }
-        }
-        Ok(Response::new(pb::StatsResponse { stats: out }))
+        let ids =
+            r.ids.into_iter().map(ContainerId::new).collect::<Result<Vec<_>, _>>().map_err(|e| status(e.into()))?;
+        let after = paging::parse_token(&r.page_token).map_err(status)?.map(|(_, id)| id);
+        let mut page = paging::Pager::new(r.page_size);
+        let add = |id: ContainerId, s: ContainerStats| {
+            let item = stats_pb(&ns, &id, s);
+            let size = paging::item_len(&item);
+            page.push((ns.clone(), id), item, size)
+        };
+        self.mgr.stats_page(&ns, ids, after.as_ref(), add).await.map_err(status)?;
+        let (stats, next_page_token) = page.finish();
+        Ok(Response::new(pb::StatsResponse { stats, next_page_token }))
     }
 
     async fn update(&self, req: Request<pb::UpdateRequest>) -> Result<Response<pb::Container>, Status> {
@@ -325,6 +337,7 @@ impl pb::containers_server::Containers for Api {
             .ok_or_else(|| Status::invalid_argument("attach needs a first message naming the process"))?;
         let (ns, id) = key(&first.namespace, &first.id)?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let follower = first.exec_id.is_empty().then(|| self.mgr.follow_guard(&ns, &id)).flatten();
         match self.mgr.attach(&ns, &id, &first.exec_id).await.map_err(status)? {
             Attached::Terminal(conn) => {
                 let (mut from_tty, mut to_tty) = conn.into_split();
@@ -337,6 +350,7 @@ impl pb::containers_server::Containers for Api {
                     }
                 });
                 tokio::spawn(async move {
+                    let _follower = follower;
                     let mut buf = vec![0u8; 16 * 1024];
                     while let Ok(n) = from_tty.read(&mut buf).await {
                         if n == 0 || tx.send(Ok(pb::AttachOutput { data: buf[..n].to_vec() })).await.is_err() {
@@ -349,6 +363,7 @@ impl pb::containers_server::Containers for Api {
                 // Output goes to the logs; this stream ends with the input.
                 let mgr = self.mgr.clone();
                 tokio::spawn(async move {
+                    let _follower = follower;
                     let _ = fifo.write_all(&first.input).await;
                     while let Ok(Some(msg)) = input.message().await {
                         if fifo.write_all(&msg.input).await.is_err() {
@@ -379,8 +394,10 @@ impl pb::containers_server::Containers for Api {
         let r = req.into_inner();
         let (ns, id) = key(&r.namespace, &r.id)?;
         let rec = self.mgr.get(&ns, &id).map_err(status)?;
+        let mut follower = None;
         let rx = if r.exec_id.is_empty() {
             let exit = if r.follow { self.mgr.entry(&ns, &id).ok().map(|e| e.exit.subscribe()) } else { None };
+            follower = r.follow.then(|| self.mgr.follow_guard(&ns, &id)).flatten();
             logs::stream(rec.stdout, rec.stderr, exit)
         } else {
             let entry = self.mgr.entry(&ns, &id).map_err(status)?;
@@ -388,7 +405,9 @@ impl pb::containers_server::Containers for Api {
             let exit = r.follow.then(|| info.exit.subscribe());
             logs::stream(info.stdout.clone(), info.stderr.clone(), exit)
         };
-        let out = tokio_stream::StreamExt::map(ReceiverStream::new(rx), |(s, data)| {
+        let out = tokio_stream::StreamExt::map(ReceiverStream::new(rx), move |(s, data)| {
+            // Released when the client is done with the stream.
+            let _ = &follower;
             let stream = match s {
                 logs::Stream::Stdout => pb::Stream::Stdout,
                 logs::Stream::Stderr => pb::Stream::Stderr,

@@ -45,6 +45,35 @@ impl Config {
     }
 
     pub fn cgroup_path(&self, ns: &Namespace, id: &ContainerId) -> String {
-        format!("{}/{ns}/{id}", self.cgroup_parent.trim_end_matches('/'))
+        format!("{}/{id}", self.namespace_cgroup(ns))
+    }
+
+    /// The cgroup that holds a namespace's container cgroups.
+    pub fn namespace_cgroup(&self, ns: &Namespace) -> String {
+        format!("{}/{ns}", self.cgroup_parent.trim_end_matches('/'))
+    }
+
+    /// The directories that hold one namespace's containers: logs,
+    /// bundles, and the state of each runtime that has been used.
+    pub fn namespace_dirs(&self, ns: &Namespace) -> Vec<PathBuf> {
+        let mut dirs = vec![self.root.join("logs").join(ns.as_str()), self.state.join("bundles").join(ns.as_str())];
+        let runtimes = std::fs::read_dir(self.state.join("runtime")).into_iter().flatten().flatten();
+        dirs.extend(runtimes.map(|r| r.path().join(ns.as_str())));
+        dirs
+    }
+
+    /// Namespaces that have a directory (see [`Config::namespace_dirs`]).
+    pub fn namespaces_on_disk(&self) -> Vec<Namespace> {
+        let mut parents = vec![self.root.join("logs"), self.state.join("bundles")];
+        let runtimes = std::fs::read_dir(self.state.join("runtime")).into_iter().flatten().flatten();
+        parents.extend(runtimes.map(|r| r.path()));
+        let mut found: Vec<Namespace> = parents
+            .iter()
+            .flat_map(|p| std::fs::read_dir(p).into_iter().flatten().flatten())
+            .filter_map(|e| Namespace::new(e.file_name().to_string_lossy()).ok())
+            .collect();
+        found.sort();
+        found.dedup();
+        found
     }
 }

@@ -7,6 +7,7 @@
 //! (SPEC B20, `recovery.rs`).
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,8 @@ use crate::spec::{self, Overrides};
 const MAX_LABELS: usize = 64;
 const MAX_LABEL_KEY: usize = 256;
 const MAX_LABEL_VALUE: usize = 4096;
+/// How long reading and checking a create's spec may take.
+const SPEC_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct CreateParams {
     pub namespace: Namespace,
@@ -42,6 +45,9 @@ pub struct CreateParams {
     /// Without tty: interactive stdin through a FIFO.
     pub stdin: bool,
     pub restart: RestartPolicy,
+    pub security: crate::confine::Security,
+    /// Remove the container once its exit is recorded.
+    pub auto_remove: bool,
 }
 
 /// Completed allocation steps, released newest-first on failure.
@@ -73,6 +79,8 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
         return Err(Error::InvalidArgument(format!("at most {MAX_LABELS} labels are allowed")));
     }
     for (k, v) in labels {
+        spec::no_nul("a label", k)?;
+        spec::no_nul("a label", v)?;
         if k.is_empty() || k.len() > MAX_LABEL_KEY || v.len() > MAX_LABEL_VALUE {
             return Err(Error::InvalidArgument(format!(
                 "label {:?} must have a key of 1..={MAX_LABEL_KEY} bytes and a value of at most {MAX_LABEL_VALUE}",
@@ -81,6 +89,22 @@ fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A runtime that runs an external binary must find it on PATH (berthd's
+/// and its shims' PATH are the same).
+fn check_installed(runtime: &str) -> Result<()> {
+    if runtime == "embedded" {
+        return Ok(());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join(runtime)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    });
+    if found {
+        return Ok(());
+    }
+    Err(Error::FailedPrecondition(format!("runtime {runtime} is not installed (no {runtime} binary on berthd's PATH)")))
 }
 
 /// A FIFO for interactive stdin.
@@ -97,7 +121,11 @@ fn mkdir(dir: &std::path::Path) -> Result<()> {
 impl Manager {
     pub async fn create(self: &Arc<Self>, p: CreateParams) -> Result<ContainerRecord> {
         let runtime = runtime_name(&p.runtime)?;
+        check_installed(runtime)?;
         check_labels(&p.labels)?;
+        if p.auto_remove && p.restart != RestartPolicy::No {
+            return Err(Error::InvalidArgument("auto-remove cannot be combined with a restart policy".into()));
+        }
         let key = (p.namespace.clone(), p.id.clone());
         if !self.creating.lock().map(|mut c| c.insert(key.clone())).unwrap_or(false) {
             return Err(Error::AlreadyExists(p.id.to_string()));
@@ -106,9 +134,9 @@ impl Manager {
         if self.store.get(&p.namespace, &p.id)?.is_some() {
             return Err(Error::AlreadyExists(p.id.to_string()));
         }
+        crate::manager::lock(&self.removed).forget(&p.namespace, &p.id);
         let cgroup = self.cfg.cgroup_path(&p.namespace, &p.id);
-        let overrides = Overrides { args: &p.args, env: &p.env, cwd: &p.cwd, tty: p.tty, tty_size: p.tty_size };
-        let mut prepared = spec::prepare(&p.path, p.id.as_str(), &cgroup, &overrides)?;
+        let mut prepared = self.prepare_spec(&p, &cgroup).await?;
         crate::resources::apply_to_spec(&mut prepared.spec, &p.limits)?;
 
         let mut done = Vec::new();
@@ -125,6 +153,25 @@ impl Manager {
                 self.release(&p.namespace, &p.id, done).await;
                 Err(e)
             }
+        }
+    }
+
+    /// Reads and checks the spec off the async workers, with a deadline: a
+    /// user-supplied path may sit on a hung filesystem.
+    async fn prepare_spec(&self, p: &CreateParams, cgroup: &str) -> Result<spec::Prepared> {
+        let (path, id, cgroup, security) = (p.path.clone(), p.id.to_string(), cgroup.to_string(), p.security.clone());
+        let (args, env, cwd, tty, tty_size) = (p.args.clone(), p.env.clone(), p.cwd.clone(), p.tty, p.tty_size);
+        let work = tokio::task::spawn_blocking(move || {
+            let overrides = Overrides { args: &args, env: &env, cwd: &cwd, tty, tty_size };
+            spec::prepare(&path, &id, &cgroup, &overrides, &security)
+        });
+        match tokio::time::timeout(SPEC_TIMEOUT, work).await {
+            Ok(Ok(prepared)) => prepared,
+            Ok(Err(e)) => Err(Error::io("prepare spec", std::io::Error::other(e))),
+            Err(_) => Err(Error::DeadlineExceeded(format!(
+                "reading the spec under {} took longer than {SPEC_TIMEOUT:?}",
+                p.path
+            ))),
         }
     }
 
@@ -200,6 +247,7 @@ impl Manager {
             started_at_ns: 0,
             stopped_by_user: false,
             execs: Default::default(),
+            auto_remove: p.auto_remove,
         };
         let created = event(Kind::Create, ns, id, "", pid, None);
         let w = Write { put: Some(&rec), clear_intent: Some((ns, id)), event: Some(created), ..Default::default() };

@@ -11,7 +11,7 @@ use berth_store::{ContainerRecord, Write};
 
 use crate::error::{Error, Result};
 use crate::events::{Kind, event};
-use crate::manager::{Entry, Manager};
+use crate::manager::{Entry, Manager, lock};
 use crate::shim;
 
 /// How long delete waits for a killed container to finish tearing down.
@@ -88,7 +88,49 @@ impl Manager {
         let key = (ns.clone(), id.clone());
         self.remove_entry(&key);
         self.forget_op(&key);
+        self.remove_namespace_if_unused(ns);
         Ok(rec.exit.unwrap_or(ExitStatus::unknown(0)))
+    }
+
+    /// Once the last container of `ns` is gone, its namespace-level
+    /// directories (logs, bundles, runtime state) and its cgroup in every
+    /// hierarchy go too. Only empty ones, by `rmdir`, which fails for
+    /// anything in use. Holding `creating` keeps a create in `ns` from
+    /// starting meanwhile; a later one makes them again (`create_dir_all`,
+    /// the runtime root, the runtime's cgroup path). Failures only cost an
+    /// empty directory, so they are logged, not returned.
+    pub(crate) fn remove_namespace_if_unused(&self, ns: &Namespace) {
+        let creating = lock(&self.creating);
+        if creating.iter().any(|(n, _)| n == ns) {
+            return;
+        }
+        match self.store.any_in(ns) {
+            Ok(false) => {}
+            Ok(true) => return,
+            Err(e) => return tracing::warn!(%ns, "namespace cleanup: {e}"),
+        }
+        for dir in self.cfg.namespace_dirs(ns) {
+            match std::fs::remove_dir(&dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound || berth_cgroups::in_use(&e) => {}
+                Err(e) => tracing::warn!(%ns, "remove {}: {e}", dir.display()),
+                Ok(()) => tracing::debug!(%ns, "removed {}", dir.display()),
+            }
+        }
+        let cgroup = self.cfg.namespace_cgroup(ns);
+        if let Err(e) = self.cgroups.remove_if_empty(&cgroup) {
+            tracing::warn!(%ns, "remove cgroup {cgroup}: {e}");
+        }
+        drop(creating);
+    }
+
+    /// At startup: the namespace directories and cgroups that no container
+    /// uses any more (left by a berthd that stopped between a delete and
+    /// its cleanup, or by an older berthd). Namespaces are found by their
+    /// directories only: children of the cgroup parent may not be ours.
+    pub fn remove_unused_namespaces(&self) {
+        for ns in self.cfg.namespaces_on_disk() {
+            self.remove_namespace_if_unused(&ns);
+        }
     }
 
     /// The shim is gone: `berth-shim --cleanup` kills what is left and

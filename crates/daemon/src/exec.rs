@@ -79,7 +79,56 @@ fn process_spec(bundle: &std::path::Path, p: &ExecParams) -> Result<Vec<u8>> {
         process.user_mut().set_uid(uid);
         process.user_mut().set_gid(p.gid.unwrap_or(uid));
     }
+    crate::spec::check_process(&process)?;
     serde_json::to_vec(&process).map_err(|e| invalid(format!("exec spec: {e}")))
+}
+
+/// The runtime says only "failed to unix syscall" for a working directory
+/// that does not exist: name the path when that is the likely cause (looked
+/// up through the container's root, symlinks resolved inside it).
+fn explain_exec_failure(e: Error, rec: &ContainerRecord, cwd: &str) -> Error {
+    if cwd.is_empty() || in_root_exists(&rec.rootfs, cwd) {
+        return e;
+    }
+    Error::InvalidArgument(format!("working directory {cwd:?} does not exist in container {}", rec.id))
+}
+
+/// Whether `path` exists inside `root`, following symlinks as the
+/// container would see them (absolute targets are relative to `root`).
+fn in_root_exists(root: &std::path::Path, path: &str) -> bool {
+    let mut current = root.to_path_buf();
+    let mut todo: Vec<String> = path.split('/').filter(|c| !c.is_empty()).rev().map(String::from).collect();
+    let mut hops = 0;
+    while let Some(c) = todo.pop() {
+        match c.as_str() {
+            "." => continue,
+            ".." => {
+                if current != root {
+                    current.pop();
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let next = current.join(&c);
+        match std::fs::symlink_metadata(&next) {
+            Ok(m) if m.file_type().is_symlink() => {
+                hops += 1;
+                let Ok(target) = std::fs::read_link(&next) else { return false };
+                if hops > 40 {
+                    return false;
+                }
+                let target = target.to_string_lossy().into_owned();
+                if target.starts_with('/') {
+                    current = root.to_path_buf();
+                }
+                todo.extend(target.split('/').filter(|c| !c.is_empty()).rev().map(String::from));
+            }
+            Ok(_) => current = next,
+            Err(_) => return false,
+        }
+    }
+    true
 }
 
 impl Manager {
@@ -127,7 +176,7 @@ impl Manager {
             Err(e) => {
                 let _ = entry.shim.delete(id, exec_id.as_str()).await;
                 self.forget_exec(&entry, exec_id.as_str());
-                return Err(e);
+                return Err(explain_exec_failure(e, &rec, &p.cwd));
             }
         };
         info.pid.store(pid, Ordering::SeqCst);

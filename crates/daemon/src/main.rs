@@ -4,18 +4,22 @@
 
 mod api;
 mod config;
+mod confine;
 mod control;
 mod create;
 mod delete;
 mod error;
 mod events;
 mod exec;
+mod guard;
 mod logs;
 mod manager;
 mod oom;
+mod paging;
 mod recovery;
 mod resources;
 mod restart;
+mod seccomp;
 mod shim;
 mod spec;
 mod stop;
@@ -114,19 +118,21 @@ async fn run(args: Args) -> Result<(), String> {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
     }
-    let store = berth_store::Store::open(&cfg.db_path()).map_err(|e| e.to_string())?;
+    // Before anything else changes: refuse another daemon's directories or
+    // socket, and a damaged or lost store (guard.rs).
+    let _locks = guard::lock_dirs(&[&cfg.root, &cfg.state]).map_err(|e| e.to_string())?;
+    guard::check_socket(&cfg.socket).await.map_err(|e| e.to_string())?;
+    let store = guard::open_store(&cfg).map_err(|e| e.to_string())?;
     let cgroups = berth_cgroups::Hierarchies::detect().map_err(|e| format!("read cgroup mounts: {e}"))?;
     let socket = cfg.socket.clone();
     let mgr = Arc::new(Manager::new(cfg, store, cgroups));
     mgr.reload().await.map_err(|e| format!("reload containers: {e}"))?;
+    mgr.remove_unused_namespaces();
 
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     }
-    let _ = std::fs::remove_file(&socket);
-    let listener = tokio::net::UnixListener::bind(&socket).map_err(|e| format!("bind {}: {e}", socket.display()))?;
-    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("chmod {}: {e}", socket.display()))?;
+    let (listener, bound) = guard::bind_socket(&socket).await.map_err(|e| e.to_string())?;
     tracing::info!(socket = %socket.display(), "berthd serving");
 
     let api = api::Api { mgr: mgr.clone() };
@@ -157,7 +163,7 @@ async fn run(args: Args) -> Result<(), String> {
     // In-flight calls get a moment to finish; followers of logs and events
     // would otherwise hold the daemon forever.
     let result = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
-    let _ = std::fs::remove_file(&socket);
+    bound.remove();
     match result {
         Ok(Ok(r)) => r.map_err(|e| format!("serve: {e}")),
         Ok(Err(e)) => Err(format!("server task: {e}")),

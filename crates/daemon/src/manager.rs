@@ -32,6 +32,9 @@ pub struct Entry {
     pub oom_drain: Mutex<Option<crate::oom::Drain>>,
     /// Exec processes by exec id (kept in memory, like the shim's).
     pub execs: Mutex<HashMap<String, Arc<ExecInfo>>>,
+    /// Read-held by clients following init's output (logs -f, attach); an
+    /// auto-removal takes it for writing, so it waits for them to drain.
+    pub followers: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl Entry {
@@ -42,6 +45,7 @@ impl Entry {
             starting: Default::default(),
             oom_drain: Mutex::default(),
             execs: Mutex::default(),
+            followers: Default::default(),
         }
     }
 }
@@ -62,6 +66,9 @@ pub struct Manager {
     pub(crate) shutting_down: std::sync::atomic::AtomicBool,
     /// Guards read-modify-write of records.
     records: Mutex<()>,
+    /// Exits of auto-removed containers, for a Wait that arrives after the
+    /// removal (`restart.rs`).
+    pub(crate) removed: Mutex<crate::restart::Removed>,
 }
 
 /// How long a shim whose connection broke may take to be seen exiting
@@ -103,6 +110,7 @@ impl Manager {
             ops: Mutex::default(),
             shutting_down: Default::default(),
             records: Mutex::default(),
+            removed: Mutex::default(),
         }
     }
 
@@ -114,6 +122,13 @@ impl Manager {
         Ok(self.store.list(ns)?)
     }
 
+    /// Records ordered by (namespace, id), after `after` if given: the
+    /// stable order that List pages through (`paging.rs`).
+    pub fn list_after(&self, ns: Option<&Namespace>, after: Option<&Key>) -> Result<Vec<ContainerRecord>> {
+        let recs = self.list(ns)?;
+        Ok(crate::paging::sorted_after(recs, |r| (r.namespace.clone(), r.id.clone()), after))
+    }
+
     pub(crate) fn entry(&self, ns: &Namespace, id: &ContainerId) -> Result<Arc<Entry>> {
         lock(&self.entries)
             .get(&(ns.clone(), id.clone()))
@@ -122,6 +137,12 @@ impl Manager {
     }
 
     /// Takes the operation lock of one container (see `ops`).
+    /// Held by a client following init's output: an auto-removal waits
+    /// for it (`restart.rs`).
+    pub fn follow_guard(&self, ns: &Namespace, id: &ContainerId) -> Option<tokio::sync::OwnedRwLockReadGuard<()>> {
+        self.entry(ns, id).ok().and_then(|e| e.followers.clone().try_read_owned().ok())
+    }
+
     pub(crate) async fn lock_op(&self, ns: &Namespace, id: &ContainerId) -> tokio::sync::OwnedMutexGuard<()> {
         let op = lock(&self.ops).entry((ns.clone(), id.clone())).or_default().clone();
         op.lock_owned().await
@@ -262,7 +283,10 @@ impl Manager {
 
     /// Waits for init to exit; every caller gets the same status (SPEC B5).
     pub async fn wait(&self, ns: &Namespace, id: &ContainerId) -> Result<ExitStatus> {
-        let rec = self.get(ns, id)?;
+        let rec = match self.get(ns, id) {
+            Err(Error::NotFound(_)) if let Some(exit) = lock(&self.removed).exit(ns, id) => return Ok(exit),
+            other => other?,
+        };
         if let Some(exit) = rec.exit {
             return Ok(exit);
         }

@@ -1,6 +1,8 @@
 //! Statistics and live limit updates (SPEC B12, B14) through the shim, and
 //! the limits a container gets at create.
 
+use std::sync::Arc;
+
 use berth_cgroups::{ContainerStats, Limits};
 use berth_model::{ContainerId, Namespace, State};
 use berth_store::ContainerRecord;
@@ -8,6 +10,10 @@ use oci_spec::runtime::{LinuxPids, Spec};
 
 use crate::error::{Error, Result};
 use crate::manager::Manager;
+use crate::paging;
+
+/// Shims a Stats call asks at once.
+const STATS_BATCH: usize = 32;
 
 /// Checks limits, as a typed InvalidArgument.
 pub fn validate(l: &Limits) -> Result<()> {
@@ -23,6 +29,9 @@ pub fn apply_to_spec(spec: &mut Spec, l: &Limits) -> Result<()> {
         let mut m = res.memory().unwrap_or_default();
         m.set_limit(l.memory.or(m.limit()));
         m.set_swap(l.memory_swap.or(m.swap()));
+        if m.swap().is_some() && m.limit().is_none() {
+            return Err(Error::InvalidArgument("a memory+swap limit needs a memory limit (--memory)".into()));
+        }
         res.set_memory(Some(m));
     }
     if l.cpu_shares.is_some() || l.cpu_quota.is_some() || l.cpu_period.is_some() || l.cpuset_cpus.is_some() {
@@ -48,6 +57,58 @@ impl Manager {
             return Err(Error::FailedPrecondition(format!("container {id} is {}: no statistics", rec.state)));
         }
         self.entry(ns, id)?.shim.stats(id).await
+    }
+
+    /// Statistics for one page of a Stats call (`paging.rs`): the named
+    /// containers in the order given, each once, or else every live
+    /// container of the namespace by id; those after `after`. Asks up to
+    /// [`STATS_BATCH`] shims at once and hands the results to `add` in
+    /// order until it returns false (the page is full). A live container
+    /// that stops meanwhile is left out; a named one that cannot answer is
+    /// an error.
+    pub async fn stats_page(
+        self: &Arc<Self>,
+        ns: &Namespace,
+        ids: Vec<ContainerId>,
+        after: Option<&ContainerId>,
+        mut add: impl FnMut(ContainerId, ContainerStats) -> bool,
+    ) -> Result<()> {
+        let named = !ids.is_empty();
+        let todo = if named {
+            paging::ids_after(ids, after)?
+        } else {
+            let after = after.map(|a| (ns.clone(), a.clone()));
+            paging::sorted_after(self.live_ids(ns)?, |id| (ns.clone(), id.clone()), after.as_ref())
+        };
+        for batch in todo.chunks(STATS_BATCH) {
+            let mut tasks = tokio::task::JoinSet::new();
+            for (i, id) in batch.iter().enumerate() {
+                let (mgr, ns, id) = (self.clone(), ns.clone(), id.clone());
+                tasks.spawn(async move { (i, mgr.stats(&ns, &id).await) });
+            }
+            let mut results: Vec<Option<Result<ContainerStats>>> = batch.iter().map(|_| None).collect();
+            while let Some(done) = tasks.join_next().await {
+                if let Ok((i, r)) = done {
+                    results[i] = Some(r);
+                }
+            }
+            for (id, r) in batch.iter().zip(results) {
+                let stats = match r {
+                    Some(Ok(s)) => s,
+                    Some(Err(e)) if named => return Err(e),
+                    None if named => {
+                        let message = format!("statistics of {id} failed");
+                        return Err(Error::Shim { code: berth_model::Code::Internal, message });
+                    }
+                    // Stopped meanwhile.
+                    _ => continue,
+                };
+                if !add(id.clone(), stats) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Ids of the namespace's live containers (for stats of "all").

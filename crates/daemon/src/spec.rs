@@ -1,19 +1,59 @@
 //! Turns a create request into an OCI spec: either the bundle's own
 //! config.json, or a default spec generated for a plain root filesystem
-//! (own namespaces incl. network, /proc, /dev, /sys, Docker's default
-//! capabilities). Validation happens here, before anything is created.
+//! (own namespaces incl. network, /proc, /dev, /sys, and the confinement
+//! of `confine.rs`). Validation happens here, before anything is created.
 
-use std::collections::HashSet;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{Capability, LinuxCapabilities, Process, Root, Spec};
+use oci_spec::runtime::{Process, Root, Spec};
 
+use crate::confine::{self, Security};
 use crate::error::{Error, Result};
 
 /// Limits on request fields (SPEC B31: oversized fields are refused).
 const MAX_ARGS: usize = 1024;
 const MAX_ARG_LEN: usize = 128 * 1024;
 const MAX_ENV: usize = 1024;
+/// Args and env together: the kernel's own limit for execve is about this.
+const MAX_PROCESS_BYTES: usize = 1024 * 1024;
+/// A bundle's config.json larger than this is refused.
+const MAX_SPEC_BYTES: u64 = 4 * 1024 * 1024;
+/// The largest uid/gid runc accepts (2^31 - 1); larger ones wrap to root.
+pub const MAX_ID: u32 = i32::MAX as u32;
+/// Host directories that must never be a container's root filesystem: the
+/// runtime would create mount points (proc, dev, sys) in them.
+const SYSTEM_DIRS: &[&str] = &[
+    "/",
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/home",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/opt",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/srv",
+    "/sys",
+    "/tmp",
+    "/usr",
+    "/usr/bin",
+    "/usr/lib",
+    "/usr/local",
+    "/usr/sbin",
+    "/usr/share",
+    "/var",
+    "/var/lib",
+    "/var/log",
+    "/var/run",
+    "/var/tmp",
+];
 
 pub struct Prepared {
     pub spec: Spec,
@@ -34,8 +74,64 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::InvalidArgument(msg.into())
 }
 
-/// Loads or generates the spec for `path` and applies the overrides.
-pub fn prepare(path: &str, hostname: &str, cgroup: &str, o: &Overrides<'_>) -> Result<Prepared> {
+/// Refuses a string that cannot reach a process: the kernel cuts C strings
+/// at the first NUL.
+pub fn no_nul(what: &str, value: &str) -> Result<()> {
+    if value.contains('\0') {
+        return Err(invalid(format!("{what} contains a NUL byte")));
+    }
+    Ok(())
+}
+
+/// Reads a bundle's config.json: a regular file of bounded size (a FIFO or
+/// a device would block or never end), parsed with the field and line of
+/// any error.
+fn load_spec(path: &Path) -> Result<Spec> {
+    let bad = |why: String| invalid(format!("bad spec {}: {why}", path.display()));
+    // O_NONBLOCK: opening a FIFO must not wait for a writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| bad(e.to_string()))?;
+    let meta = file.metadata().map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    if meta.len() > MAX_SPEC_BYTES {
+        return Err(bad(format!("larger than {MAX_SPEC_BYTES} bytes")));
+    }
+    let mut text = Vec::new();
+    file.take(MAX_SPEC_BYTES + 1).read_to_end(&mut text).map_err(|e| bad(e.to_string()))?;
+    serde_json::from_slice(&text).map_err(|e| bad(e.to_string()))
+}
+
+/// Checks what the runtime would get wrong or wrap: NUL bytes in any
+/// string of the process, uids/gids beyond runc's range, and args plus env
+/// beyond what a record (and execve) can carry.
+pub fn check_process(process: &Process) -> Result<()> {
+    let strings = process.args().iter().flatten().chain(process.env().iter().flatten());
+    if strings.map(String::len).sum::<usize>() > MAX_PROCESS_BYTES {
+        return Err(invalid(format!("args and env together exceed {MAX_PROCESS_BYTES} bytes")));
+    }
+    for a in process.args().iter().flatten() {
+        no_nul("an argument", a)?;
+    }
+    for e in process.env().iter().flatten() {
+        no_nul("an environment entry", e)?;
+    }
+    no_nul("the working directory", &process.cwd().to_string_lossy())?;
+    let user = process.user();
+    let ids = std::iter::once(user.uid()).chain(std::iter::once(user.gid()));
+    if let Some(bad) = ids.chain(user.additional_gids().iter().flatten().copied()).find(|&i| i > MAX_ID) {
+        return Err(invalid(format!("user or group id {bad} is out of range (0..={MAX_ID})")));
+    }
+    Ok(())
+}
+
+/// Loads or generates the spec for `path` and applies the overrides (and,
+/// for a generated spec, the confinement).
+pub fn prepare(path: &str, hostname: &str, cgroup: &str, o: &Overrides<'_>, security: &Security) -> Result<Prepared> {
     if path.is_empty() {
         return Err(invalid("a root filesystem or bundle directory is required"));
     }
@@ -48,22 +144,42 @@ pub fn prepare(path: &str, hostname: &str, cgroup: &str, o: &Overrides<'_>) -> R
         return Err(invalid(format!("root filesystem {path:?} is not a directory")));
     }
     let config = dir.join("config.json");
-    let (mut spec, rootfs) = if config.exists() {
-        let spec = Spec::load(&config).map_err(|e| invalid(format!("bad spec {}: {e}", config.display())))?;
+    let (mut spec, rootfs) = if config.symlink_metadata().is_ok() {
+        if !security.is_default() {
+            return Err(invalid(
+                "security options apply to a root filesystem; a bundle's config.json is used as written",
+            ));
+        }
+        let spec = load_spec(&config)?;
         let root = spec.root().as_ref().ok_or_else(|| invalid("spec has no root"))?.path().clone();
         let rootfs = if root.is_absolute() { root } else { dir.join(root) };
         (spec, rootfs)
     } else {
-        (default_spec(hostname), dir.clone())
+        let mut spec = default_spec(hostname);
+        confine::apply(&mut spec, security)?;
+        (spec, dir.clone())
     };
-    if !rootfs.is_dir() {
-        return Err(invalid(format!("root filesystem {} does not exist", rootfs.display())));
+    let rootfs = rootfs
+        .canonicalize()
+        .ok()
+        .filter(|r| r.is_dir())
+        .ok_or_else(|| invalid(format!("root filesystem {} does not exist", rootfs.display())))?;
+    if SYSTEM_DIRS.iter().any(|d| rootfs == Path::new(d)) {
+        return Err(invalid(format!(
+            "root filesystem {} is a system directory of the host; give a container its own directory",
+            rootfs.display()
+        )));
     }
     let mut root = Root::default();
     root.set_path(rootfs.clone());
     root.set_readonly(spec.root().as_ref().and_then(|r| r.readonly()));
     spec.set_root(Some(root));
-    apply_overrides(spec.process_mut().get_or_insert_with(Default::default), o)?;
+    let process = spec.process_mut().get_or_insert_with(Default::default);
+    apply_overrides(process, o)?;
+    check_process(process)?;
+    if let Some(h) = spec.hostname() {
+        no_nul("the host name", h)?;
+    }
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
     linux.set_cgroups_path(Some(PathBuf::from(cgroup)));
     let command = spec.process().as_ref().and_then(|p| p.args().clone()).unwrap_or_default();
@@ -114,25 +230,6 @@ pub fn apply_overrides(process: &mut Process, o: &Overrides<'_>) -> Result<()> {
     Ok(())
 }
 
-/// Docker's default capability set: enough for ordinary programs, nothing
-/// that reaches outside the container.
-const DEFAULT_CAPS: &[Capability] = &[
-    Capability::Chown,
-    Capability::DacOverride,
-    Capability::Fsetid,
-    Capability::Fowner,
-    Capability::Mknod,
-    Capability::NetRaw,
-    Capability::Setgid,
-    Capability::Setuid,
-    Capability::Setfcap,
-    Capability::Setpcap,
-    Capability::NetBindService,
-    Capability::SysChroot,
-    Capability::Kill,
-    Capability::AuditWrite,
-];
-
 /// The kernel's limit on host names (HOST_NAME_MAX).
 const MAX_HOSTNAME: usize = 64;
 
@@ -141,15 +238,7 @@ fn default_spec(hostname: &str) -> Spec {
     // Ids may be longer than a host name can be; ids are ASCII, so this
     // cut is on a character boundary.
     spec.set_hostname(Some(hostname[..hostname.len().min(MAX_HOSTNAME)].to_string()));
-    let caps: HashSet<Capability> = DEFAULT_CAPS.iter().copied().collect();
-    let mut lc = LinuxCapabilities::default();
-    lc.set_bounding(Some(caps.clone()));
-    lc.set_effective(Some(caps.clone()));
-    lc.set_permitted(Some(caps));
-    lc.set_inheritable(None);
-    lc.set_ambient(None);
     if let Some(p) = spec.process_mut() {
-        p.set_capabilities(Some(lc));
         p.set_args(Some(vec!["/bin/sh".to_string()]));
     }
     spec
@@ -163,13 +252,38 @@ mod tests {
         Overrides { args: &[], env: &[], cwd: "", tty: false, tty_size: None }
     }
 
+    /// A scratch directory, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let dir = std::env::temp_dir().join(format!("berth-spec-{tag}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+
+        fn path(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn prep(path: &str, o: &Overrides<'_>) -> Result<Prepared> {
+        prepare(path, "x", "/c", o, &Security::default())
+    }
+
     #[test]
     fn default_spec_for_plain_rootfs() {
-        let dir = std::env::temp_dir();
+        let dir = Scratch::new("plain");
         let env = vec!["A=1".to_string(), "PATH=/x".to_string()];
         let args = vec!["echo".to_string(), "hi".to_string()];
         let o = Overrides { args: &args, env: &env, cwd: "/tmp", tty: false, tty_size: None };
-        let p = prepare(dir.to_str().unwrap(), "web", "/berth/default/web", &o).unwrap();
+        let p = prepare(dir.path(), "web", "/berth/default/web", &o, &Security::default()).unwrap();
         assert_eq!(p.command, args);
         let process = p.spec.process().as_ref().unwrap();
         let e = process.env().as_ref().unwrap();
@@ -179,30 +293,61 @@ mod tests {
         let linux = p.spec.linux().as_ref().unwrap();
         assert_eq!(linux.cgroups_path().as_deref(), Some(Path::new("/berth/default/web")));
         assert_eq!(p.spec.hostname().as_deref(), Some("web"));
+        assert!(linux.seccomp().is_some(), "generated specs are confined");
     }
 
     #[test]
     fn bad_inputs_are_invalid_arguments() {
+        let dir = Scratch::new("bad");
+        let d = dir.path();
+        let nul_arg = ["true".to_string(), "a\0b".to_string()];
+        let nul_env = ["A=\0".to_string()];
+        let big = vec!["x".repeat(100 * 1024); 11];
         let cases = [
             ("", none()),
             ("relative/dir", none()),
             ("/no/such/dir/at/all", none()),
-            ("/tmp", Overrides { args: &[], env: &["NOEQUALS".to_string()], cwd: "", tty: false, tty_size: None }),
-            ("/tmp", Overrides { args: &[], env: &[], cwd: "relative", tty: false, tty_size: None }),
+            ("/etc", none()),
+            ("/", none()),
+            (d, Overrides { args: &[], env: &["NOEQUALS".to_string()], cwd: "", tty: false, tty_size: None }),
+            (d, Overrides { args: &[], env: &[], cwd: "relative", tty: false, tty_size: None }),
+            (d, Overrides { args: &nul_arg, env: &[], cwd: "", tty: false, tty_size: None }),
+            (d, Overrides { args: &[], env: &nul_env, cwd: "", tty: false, tty_size: None }),
+            (d, Overrides { args: &[], env: &[], cwd: "/a\0", tty: false, tty_size: None }),
+            (d, Overrides { args: &big, env: &[], cwd: "", tty: false, tty_size: None }),
         ];
         for (path, o) in cases {
-            let err = prepare(path, "x", "/c", &o).err().expect(path);
+            let err = prep(path, &o).err().expect(path);
             assert_eq!(err.code(), berth_model::Code::InvalidArgument, "{path}: {err}");
         }
     }
 
     #[test]
-    fn bad_bundle_spec_is_refused() {
-        let dir = std::env::temp_dir().join(format!("berth-spec-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("config.json"), b"{not json").unwrap();
-        let err = prepare(dir.to_str().unwrap(), "x", "/c", &none()).err().unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-        assert!(err.to_string().contains("bad spec"), "{err}");
+    fn bad_bundle_specs_are_refused_with_reasons() {
+        let dir = Scratch::new("bundle");
+        let config = dir.0.join("config.json");
+        std::fs::write(&config, b"{not json").unwrap();
+        let err = prep(dir.path(), &none()).err().unwrap();
+        assert!(err.to_string().contains("bad spec") && err.to_string().contains("line 1"), "{err}");
+        // A spec with a missing field names it.
+        std::fs::write(&config, br#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"cwd":"/"}}"#).unwrap();
+        let err = prep(dir.path(), &none()).err().unwrap().to_string();
+        assert!(err.contains("user") || err.contains("args"), "{err}");
+        // A uid that would wrap to root.
+        std::fs::create_dir_all(dir.0.join("rootfs")).unwrap();
+        let spec = r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+            "process":{"cwd":"/","args":["true"],"user":{"uid":4294967295,"gid":0}}}"#;
+        std::fs::write(&config, spec).unwrap();
+        let err = prep(dir.path(), &none()).err().unwrap().to_string();
+        assert!(err.contains("out of range"), "{err}");
+        // A FIFO instead of a file: refused at once, nothing blocks.
+        std::fs::remove_file(&config).unwrap();
+        nix::unistd::mkfifo(&config, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let err = prep(dir.path(), &none()).err().unwrap().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+        // Security options do not apply to a bundle.
+        let s = Security { privileged: true, ..Default::default() };
+        let err = prepare(dir.path(), "x", "/c", &none(), &s).err().unwrap();
+        assert_eq!(err.code(), berth_model::Code::InvalidArgument, "{err}");
     }
 }

@@ -42,6 +42,20 @@ impl Embedded {
         Ok(builder.with_console_socket(stdio.console_socket))
     }
 
+    /// libcontainer leaves the sockets it used to start an exec (notify,
+    /// console) in the container's state directory; once the exec has
+    /// started they serve nothing. Runtime calls of a shim never overlap.
+    fn remove_tenant_sockets(&self, id: &str) {
+        let Ok(entries) = std::fs::read_dir(self.root.join(id)) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with("tenant-notify-") || name.starts_with("tenant-tty-") {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+
     fn existing(&self, id: &str, op: &'static str) -> Result<Container, RuntimeError> {
         self.load(id, op)?.ok_or_else(|| RuntimeError::Failed {
             runtime: "embedded",
@@ -66,12 +80,107 @@ fn failed(op: &'static str, err: impl std::error::Error) -> RuntimeError {
     RuntimeError::Failed { runtime: "embedded", op, message }
 }
 
+/// Adapts a bundle's config.json to what libcontainer 0.7 gets wrong,
+/// before it reads it:
+/// - it mounts each cgroup v1 controller `rw` even when the spec's cgroup
+///   mount says `ro`, so a container could lift its own limits (runc
+///   remounts them read-only): the cgroup mount and each controller mounted
+///   below it become read-only paths;
+/// - it reads seccomp's `SCMP_CMP_MASKED_EQ` the other way round from runc
+///   (mask in `valueTwo`, not `value`), which turns the default profile's
+///   clone-flags filter into "allow": value and valueTwo are swapped.
+const ADAPTED_KEY: &str = "io.berth.embedded.adapted";
+const ADAPTED: &str = "/annotations/io.berth.embedded.adapted";
+
+fn adapt_spec(bundle: &Path) -> Result<(), RuntimeError> {
+    let path = bundle.join("config.json");
+    let io = |e: std::io::Error| RuntimeError::io("read config.json", e);
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).map_err(io)?)
+        .map_err(|e| RuntimeError::io("parse config.json", std::io::Error::other(e)))?;
+    // A restart creates from the same bundle: adapt once.
+    if spec.pointer(ADAPTED).is_some() {
+        return Ok(());
+    }
+    let readonly = readonly_cgroup_paths(&spec).map_err(io)?;
+    let mut changed = swap_masked_eq(&mut spec);
+    if let Some(list) = spec
+        .get_mut("linux")
+        .and_then(|l| l.as_object_mut())
+        .map(|l| l.entry("readonlyPaths").or_insert_with(|| serde_json::json!([])))
+        .and_then(|l| l.as_array_mut())
+    {
+        for p in readonly {
+            if !list.iter().any(|v| v.as_str() == Some(p.as_str())) {
+                list.push(p.into());
+                changed = true;
+            }
+        }
+    }
+    if !changed {
+        return Ok(());
+    }
+    if let Some(obj) = spec.as_object_mut() {
+        let notes = obj.entry("annotations").or_insert_with(|| serde_json::json!({}));
+        if let Some(notes) = notes.as_object_mut() {
+            notes.insert(ADAPTED_KEY.into(), "true".into());
+        }
+    }
+    let text =
+        serde_json::to_vec(&spec).map_err(|e| RuntimeError::io("write config.json", std::io::Error::other(e)))?;
+    std::fs::write(&path, text).map_err(|e| RuntimeError::io("write config.json", e))
+}
+
+/// The cgroup mount and each controller below it, if the spec's cgroup
+/// mount is read-only.
+fn readonly_cgroup_paths(spec: &serde_json::Value) -> std::io::Result<Vec<String>> {
+    let Some(dest) = readonly_cgroup_mount(spec) else { return Ok(Vec::new()) };
+    let controllers = berth_cgroups::Hierarchies::detect()?;
+    let mut paths = vec![dest.clone()];
+    for mp in controllers.mount_points() {
+        if let Some(name) = mp.strip_prefix("/sys/fs/cgroup").ok().and_then(|n| n.to_str()).filter(|n| !n.is_empty()) {
+            paths.push(format!("{}/{name}", dest.trim_end_matches('/')));
+        }
+    }
+    Ok(paths)
+}
+
+/// Swaps value and valueTwo of every masked-equal seccomp argument filter;
+/// returns whether there was one.
+fn swap_masked_eq(spec: &mut serde_json::Value) -> bool {
+    let Some(syscalls) = spec.pointer_mut("/linux/seccomp/syscalls").and_then(|s| s.as_array_mut()) else {
+        return false;
+    };
+    let mut changed = false;
+    for arg in syscalls.iter_mut().filter_map(|s| s.get_mut("args")?.as_array_mut()).flatten() {
+        let Some(a) =
+            arg.as_object_mut().filter(|a| a.get("op").and_then(|o| o.as_str()) == Some("SCMP_CMP_MASKED_EQ"))
+        else {
+            continue;
+        };
+        let mask = a.get("value").cloned().unwrap_or(serde_json::json!(0));
+        let datum = a.get("valueTwo").cloned().unwrap_or(serde_json::json!(0));
+        a.insert("value".into(), datum);
+        a.insert("valueTwo".into(), mask);
+        changed = true;
+    }
+    changed
+}
+
+/// The destination of the spec's cgroup mount, if it asks for read-only.
+fn readonly_cgroup_mount(spec: &serde_json::Value) -> Option<String> {
+    spec.get("mounts")?.as_array()?.iter().find_map(|m| {
+        let ro = m.get("options")?.as_array()?.iter().any(|o| o.as_str() == Some("ro"));
+        (m.get("type")?.as_str()? == "cgroup" && ro).then(|| m.get("destination")?.as_str().map(str::to_string))?
+    })
+}
+
 impl Runtime for Embedded {
     fn name(&self) -> &'static str {
         "embedded"
     }
 
     fn create(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<u32, RuntimeError> {
+        adapt_spec(bundle)?;
         let result = self
             .builder(id, stdio)?
             .validate_id()
@@ -92,14 +201,9 @@ impl Runtime for Embedded {
     }
 
     fn exec(&self, id: &str, process: &Path, stdio: Stdio) -> Result<u32, RuntimeError> {
-        let pid = self
-            .builder(id, stdio)?
-            .as_tenant()
-            .with_process(Some(process))
-            .with_detach(true)
-            .build()
-            .map_err(|e| failed("exec", e))?;
-        Ok(pid.as_raw() as u32)
+        let pid = self.builder(id, stdio)?.as_tenant().with_process(Some(process)).with_detach(true).build();
+        self.remove_tenant_sockets(id);
+        Ok(pid.map_err(|e| failed("exec", e))?.as_raw() as u32)
     }
 
     fn start(&self, id: &str) -> Result<(), RuntimeError> {

@@ -62,9 +62,21 @@ pub fn in_child<T: Serialize + DeserializeOwned>(
     match unsafe { fork() }.map_err(io)? {
         ForkResult::Child => {
             drop(rx);
-            let outcome = match f() {
-                Ok(v) => Outcome::Ok(v),
-                Err(e) => Outcome::Err { code: e.code(), message: e.to_string() },
+            let helper = std::process::id();
+            // The helper never returns into the caller, whatever `f` does:
+            // a panic (in the helper, or in a process the runtime cloned
+            // from it on the same stack) ends here too, so no copy of the
+            // shim ever serves its connection.
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+            if std::process::id() != helper {
+                // A runtime's clone of the helper that came back here.
+                // SAFETY: leave at once, without destructors.
+                unsafe { libc::_exit(127) }
+            }
+            let outcome = match result {
+                Ok(Ok(v)) => Outcome::Ok(v),
+                Ok(Err(e)) => Outcome::Err { code: e.code(), message: e.to_string() },
+                Err(_) => Outcome::Err { code: Code::Internal, message: format!("the runtime panicked during {op}") },
             };
             let mut w = std::fs::File::from(tx);
             // One line: the parent reads up to the newline, not to EOF, as

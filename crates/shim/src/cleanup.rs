@@ -50,6 +50,9 @@ pub fn run(id: &str, bundle: &Path, runtime: &dyn Runtime) -> Result<(), String>
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    if let (Some(h), Some(cg)) = (&hierarchies, &cgroup) {
+        h.remove_children(cg).map_err(|e| format!("remove the sub-cgroups of {cg}: {e}"))?;
+    }
     runtime.delete(id, true).map_err(|e| e.to_string())?;
     let exit = recorded_exit(bundle);
     println!("{}", serde_json::to_string(&exit).map_err(|e| e.to_string())?);

@@ -107,6 +107,10 @@ async fn serve(args: Args) -> Result<(), String> {
     // nothing else in this process owns that descriptor.
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTEN_FD) };
     std_listener.set_nonblocking(true).map_err(|e| format!("listener: {e}"))?;
+    // Inherited without close-on-exec: no runtime helper or container
+    // process may keep the shim's listener.
+    nix::fcntl::fcntl(LISTEN_FD, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+        .map_err(|e| format!("listener: {e}"))?;
     let socket = std_listener
         .local_addr()
         .ok()

@@ -461,6 +461,14 @@ impl Task for Shim {
         if exited.is_none() && started {
             return Err(to_ttrpc(Code::FailedPrecondition, format!("container {} is running; stop it first", req.id)));
         }
+        // Cgroups the container made below its own would make the
+        // runtime's removal of its cgroup fail for good.
+        let cgroup = self.with_task(|t| Ok(t.cgroup.clone()))?;
+        if let (Some(cg), Some(h)) = (cgroup, &self.cgroups)
+            && let Err(e) = h.remove_children(&cg)
+        {
+            tracing::warn!(id = %req.id, "remove the container's sub-cgroups: {e}");
+        }
         // A created container is killed by the runtime's delete.
         self.runtime.delete(&req.id, exited.is_none()).map_err(|e| to_ttrpc(e.code(), e))?;
         let status = match tokio::time::timeout(Duration::from_secs(10), process::wait(rx)).await {

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use berth_model::{Code, ContainerId, ExitStatus, Namespace, RestartPolicy, State};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 /// Version of the on-disk layout. Bump it and add a migration when a record
@@ -29,6 +29,10 @@ pub enum StoreError {
     TooNew { found: u64 },
     #[error("corrupt record {key}: {reason}")]
     Corrupt { key: String, reason: String },
+    /// The file is not a store berthd could have written (empty, not redb,
+    /// failing its checksums); it is left as it is.
+    #[error("metadata store {} is damaged: {reason}", path.display())]
+    Damaged { path: PathBuf, reason: String },
 }
 
 impl StoreError {
@@ -92,6 +96,9 @@ pub struct ContainerRecord {
     /// leaves in the transaction that records its exit event.
     #[serde(default)]
     pub execs: std::collections::BTreeMap<String, u32>,
+    /// Remove the container once its exit is recorded (`run --rm`).
+    #[serde(default)]
+    pub auto_remove: bool,
 }
 
 /// A create in progress, written before anything is allocated and removed
@@ -134,11 +141,21 @@ pub struct Store {
 
 impl Store {
     /// Opens (or creates) the store at `path` and checks the schema version.
+    /// A damaged file is [`StoreError::Damaged`], never a panic (`open.rs`).
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path).map_err(db_err)?;
-        let store = Store { db };
-        store.check_schema()?;
-        Ok(store)
+        crate::open::guarded(path, || {
+            let store = Store { db: crate::open::database(path)? };
+            store.check_schema()?;
+            Ok(store)
+        })
+    }
+
+    /// Whether the store holds no container record and no create intent.
+    pub fn is_empty(&self) -> Result<bool, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let containers = tx.open_table(CONTAINERS).map_err(db_err)?.len().map_err(db_err)?;
+        let intents = tx.open_table(INTENTS).map_err(db_err)?.len().map_err(db_err)?;
+        Ok(containers == 0 && intents == 0)
     }
 
     fn check_schema(&self) -> Result<(), StoreError> {
@@ -241,6 +258,16 @@ impl Store {
         }
         Ok(out)
     }
+
+    /// Whether any container record lives in `ns` (without reading them:
+    /// the keys `<ns>/…` are one range, ending before `<ns>0`).
+    pub fn any_in(&self, ns: &Namespace) -> Result<bool, StoreError> {
+        let (from, to) = (format!("{ns}/"), format!("{ns}0"));
+        let tx = self.db.begin_read().map_err(db_err)?;
+        let t = tx.open_table(CONTAINERS).map_err(db_err)?;
+        let mut range = t.range(from.as_str()..to.as_str()).map_err(db_err)?;
+        Ok(range.next().transpose().map_err(db_err)?.is_some())
+    }
 }
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {
@@ -277,6 +304,7 @@ mod tests {
             started_at_ns: 5,
             stopped_by_user: false,
             execs: [("e1".to_string(), 43)].into(),
+            auto_remove: false,
         }
     }
 
@@ -298,6 +326,24 @@ mod tests {
         s.remove(&ns, &id).unwrap();
         assert!(s.get(&ns, &id).unwrap().is_none());
         assert_eq!(s.list(None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn any_in_sees_only_its_own_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("meta.redb")).unwrap();
+        let ns = |n: &str| Namespace::new(n).unwrap();
+        // Keys of neighbouring namespaces sort right around "a/…".
+        s.put(&record("a-b", "x")).unwrap();
+        s.put(&record("a0", "x")).unwrap();
+        s.put(&record("a.b", "x")).unwrap();
+        assert!(!s.any_in(&ns("a")).unwrap());
+        s.put(&record("a", "x")).unwrap();
+        assert!(s.any_in(&ns("a")).unwrap());
+        assert!(!s.any_in(&ns("b")).unwrap());
+        s.remove(&ns("a"), &ContainerId::new("x").unwrap()).unwrap();
+        assert!(!s.any_in(&ns("a")).unwrap());
+        assert!(s.any_in(&ns("a-b")).unwrap());
     }
 
     #[test]

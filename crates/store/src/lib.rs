@@ -5,6 +5,7 @@
 mod atomic;
 mod db;
 mod events;
+mod open;
 
 pub use atomic::{fsync_dir, write_atomic};
 pub use db::{ContainerRecord, Intent, SCHEMA_VERSION, ShimInfo, Store, StoreError, Write};

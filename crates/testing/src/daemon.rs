@@ -248,6 +248,23 @@ impl Daemon {
         h.existing(&format!("{}/{ns}/{id}", self.cgroup_parent))
     }
 
+    /// Directories of a namespace's cgroup (parent of its containers'
+    /// cgroups) that exist in any hierarchy.
+    pub fn namespace_cgroup_dirs(&self, ns: &str) -> Vec<PathBuf> {
+        let h = Hierarchies::detect().expect("cgroups");
+        h.existing(&format!("{}/{ns}", self.cgroup_parent))
+    }
+
+    /// Every directory this daemon keeps for one namespace (logs, bundles,
+    /// each runtime's state) that exists.
+    pub fn namespace_paths(&self, ns: &str) -> Vec<PathBuf> {
+        let mut dirs = vec![self.root.join("logs").join(ns), self.state.join("bundles").join(ns)];
+        for r in fs::read_dir(self.state.join("runtime")).into_iter().flatten().flatten() {
+            dirs.push(r.path().join(ns));
+        }
+        dirs.into_iter().filter(|p| p.exists()).collect()
+    }
+
     /// Processes in a container's cgroup.
     pub fn cgroup_procs(&self, ns: &str, id: &str) -> Vec<u32> {
         let h = Hierarchies::detect().expect("cgroups");
