@@ -55,6 +55,12 @@ fn run_rm_returns_the_exit_code_and_removes() {
     let out = d.berth(&["run", "--rm", "--name", "r", rootfs, "sh", "-c", "echo out; exit 3"]);
     assert_eq!((out.code, out.stdout.as_str()), (3, "out\n"), "{out:?}");
     assert_removed_within(&d, "r", Duration::from_secs(10));
+    // All of a big output arrives before the removal, through the shim's pipe.
+    let big = "head -c 3000000 /dev/zero | tr '\\0' x";
+    let out = d.berth(&["run", "--rm", "--name", "big", rootfs, "sh", "-c", big]);
+    assert_eq!((out.code, out.stdout.len()), (0, 3_000_000), "{}", out.stderr);
+    assert!(out.stdout.bytes().all(|b| b == b'x'));
+    assert_removed_within(&d, "big", Duration::from_secs(10));
     // Detached: berthd removes it after it exits.
     d.berth(&["run", "--rm", "-d", "--name", "rd", rootfs, "sleep", "0.3"]).ok();
     assert_removed_within(&d, "rd", Duration::from_secs(10));

@@ -47,6 +47,7 @@ unshare -U -r -m mount -t tmpfs none /tmp 2>/dev/null && echo MOUNT-OK
 head -c 4 /dev/urandom | wc -c
 echo x > /dev/null && echo DEVNULL-OK
 grep -E 'CapEff|Seccomp:|NoNewPrivs' /proc/self/status
+echo "stdout=$(readlink /proc/1/fd/1) stderr=$(readlink /proc/1/fd/2)"
 "#;
 
 const ESCAPES: [&str; 11] = [
@@ -74,6 +75,9 @@ fn default_confinement_is_at_least_dockers() {
         assert!(out.contains("DEVNULL-OK") && out.lines().any(|l| l == "4"), "{rt}: standard devices work: {out}");
         assert!(out.contains("Seccomp:\t2"), "{rt}: seccomp filter: {out}");
         assert_eq!(cap_eff(&out), DOCKER_CAPS, "{rt}: {out}");
+        // Output goes through pipes to the shim: no host path to read.
+        assert!(out.contains("stdout=pipe:[") && out.contains("stderr=pipe:["), "{rt}: {out}");
+        assert!(!out.contains(d.dir().to_str().unwrap()), "{rt}: a host path leaked: {out}");
     }
 }
 

@@ -100,7 +100,7 @@ impl Shim {
             }
             Ok((e.spec.clone(), e.terminal, e.stdin.clone(), e.stdout.clone(), e.stderr.clone(), bundle))
         })?;
-        let (stdio, console, stdin_keeper) = self.stdio(terminal, exec_id, &stdin, &stdout, &stderr)?;
+        let (stdio, console, stdin_keeper, drained) = self.stdio(terminal, exec_id, &stdin, &stdout, &stderr)?;
         let id = self.container_id().to_string();
         let pid = self.runtime.exec(&id, &spec, stdio).map_err(|e| to_ttrpc(e.code(), e))?;
         // On failure the process runs on without a terminal reader; kill it.
@@ -109,7 +109,7 @@ impl Shim {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         })?;
         let exit_file = bundle.join(format!("exec-{exec_id}.exit.json"));
-        let rx = process::watch(pid, exit_file, self.tracked.clone(), || {})
+        let rx = process::watch(pid, exit_file, self.tracked.clone(), drained, || {})
             .map_err(|e| internal(format!("watch exec {pid}: {e}")))?;
         self.with_task(|t| {
             let e = get(t, exec_id)?;

@@ -9,6 +9,7 @@
 
 mod cleanup;
 mod exec;
+mod output;
 mod process;
 mod reaper;
 mod service;

@@ -11,6 +11,7 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
+use crate::output::Drained;
 use crate::reaper::Tracked;
 
 pub fn now_ns() -> u64 {
@@ -19,11 +20,14 @@ pub fn now_ns() -> u64 {
 
 /// Watches `pid` (a child of this shim) until it exits. The exit is written
 /// to `exit_file` atomically *before* it is published on the returned
-/// channel; `after_exit` then runs (e.g. to kill what is left).
+/// channel; `after_exit` then runs (e.g. to kill what is left), and the
+/// process's output is drained into its logs, so whoever sees the exit
+/// finds all of it there.
 pub fn watch(
     pid: u32,
     exit_file: PathBuf,
     tracked: Tracked,
+    output: Drained,
     after_exit: impl FnOnce() + Send + 'static,
 ) -> std::io::Result<watch::Receiver<Option<ExitStatus>>> {
     let pidfd = pidfd_open(pid)?;
@@ -53,6 +57,7 @@ pub fn watch(
         }
         record(&exit_file, &status);
         after_exit();
+        output.wait().await;
         // Published exactly once: the sender is dropped right after.
         tx.send_replace(Some(status));
     });

@@ -28,6 +28,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::cleanup::{cgroup_of, kill_leftovers};
 use crate::exec::{ExecProc, close_exec_stdin, exec_pty};
+use crate::output::{Drained, pipe_to_log};
 use crate::process;
 use crate::reaper::Tracked;
 use crate::tty::{self, ConsoleSocket, Pty};
@@ -128,16 +129,20 @@ impl Shim {
         stdin: &str,
         stdout: &str,
         stderr: &str,
-    ) -> TtrpcResult<(Stdio, Option<ConsoleSocket>, Option<std::fs::File>)> {
+    ) -> TtrpcResult<(Stdio, Option<ConsoleSocket>, Option<std::fs::File>, Drained)> {
+        let mut drained = Drained::default();
         if terminal {
             let console = ConsoleSocket::bind(&console_socket(&self.socket, exec_id)).map_err(internal)?;
             let stdio = Stdio { console_socket: Some(console.path().to_path_buf()), ..Default::default() };
-            return Ok((stdio, Some(console), None));
+            return Ok((stdio, Some(console), None, drained));
         }
         let (stdin, keeper) = open_stdin(stdin)?;
-        let stdio =
-            Stdio { stdin, stdout: open_stdio(stdout, true)?, stderr: open_stdio(stderr, true)?, console_socket: None };
-        Ok((stdio, None, keeper))
+        let open = |path: &str, drained: &mut Drained| {
+            pipe_to_log(path, drained).map_err(|e| to_ttrpc(Code::InvalidArgument, format!("open {path}: {e}")))
+        };
+        let stdout = open(stdout, &mut drained)?;
+        let stderr = open(stderr, &mut drained)?;
+        Ok((Stdio { stdin, stdout, stderr, console_socket: None }, None, keeper, drained))
     }
 
     /// Takes the pty master from the console socket and serves it.
@@ -196,7 +201,7 @@ pub(crate) fn open_stdin(path: &str) -> TtrpcResult<(Option<OwnedFd>, Option<std
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let is_fifo = !path.is_empty() && std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo());
     if !is_fifo {
-        return Ok((open_stdio(path, false)?, None));
+        return Ok((open_input(path)?, None));
     }
     let open_err = |e: std::io::Error| to_ttrpc(Code::InvalidArgument, format!("open {path}: {e}"));
     let reader = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(open_err)?;
@@ -207,14 +212,12 @@ pub(crate) fn open_stdin(path: &str) -> TtrpcResult<(Option<OwnedFd>, Option<std
     Ok((Some(fd), Some(keeper)))
 }
 
-pub(crate) fn open_stdio(path: &str, write: bool) -> TtrpcResult<Option<OwnedFd>> {
+fn open_input(path: &str) -> TtrpcResult<Option<OwnedFd>> {
     if path.is_empty() {
         return Ok(None);
     }
     let f = OpenOptions::new()
-        .read(!write)
-        .append(write)
-        .create(write)
+        .read(true)
         .open(path)
         .map_err(|e| to_ttrpc(Code::InvalidArgument, format!("open {path}: {e}")))?;
     Ok(Some(f.into()))
@@ -251,7 +254,8 @@ impl Task for Shim {
             return Err(to_ttrpc(Code::AlreadyExists, format!("container {} already has a task", req.id)));
         }
         let bundle = PathBuf::from(&req.bundle);
-        let (stdio, console, stdin_keeper) = self.stdio(req.terminal, "", &req.stdin, &req.stdout, &req.stderr)?;
+        let (stdio, console, stdin_keeper, drained) =
+            self.stdio(req.terminal, "", &req.stdin, &req.stdout, &req.stderr)?;
         let t0 = std::time::Instant::now();
         let pid = self.runtime.create(&req.id, &bundle, stdio).map_err(|e| to_ttrpc(e.code(), e))?;
         tracing::debug!(id = %req.id, pid, terminal = req.terminal, us = t0.elapsed().as_micros() as u64, "runtime create");
@@ -265,7 +269,7 @@ impl Task for Shim {
         };
         let cgroup = cgroup_of(&bundle);
         let (leftover_cgroup, hierarchies) = (cgroup.clone(), self.cgroups.clone());
-        let exit = process::watch(pid, bundle.join("exit.json"), self.tracked.clone(), move || {
+        let exit = process::watch(pid, bundle.join("exit.json"), self.tracked.clone(), drained, move || {
             kill_leftovers(hierarchies.as_ref(), leftover_cgroup.as_deref());
         });
         let exit = match exit {
