@@ -220,6 +220,9 @@ fn device(arg: &str) -> Result<(LinuxDevice, LinuxDeviceCgroup)> {
     if !host.starts_with('/') || !ctr.starts_with('/') {
         return Err(bad("paths must be absolute (HOST[:CONTAINER[:PERMISSIONS]])"));
     }
+    if ctr.split('/').any(|c| c == "..") || ctr.contains('\0') {
+        return Err(bad("the container path must not leave the container's /"));
+    }
     if perms.is_empty() || !perms.chars().all(|c| "rwm".contains(c)) {
         return Err(bad("permissions must be a subset of rwm"));
     }
@@ -402,6 +405,7 @@ mod tests {
             Security { devices: vec!["/etc/passwd".into()], ..Default::default() },
             Security { devices: vec!["/dev/null:/dev/x:rwx".into()], ..Default::default() },
             Security { devices: vec!["relative".into()], ..Default::default() },
+            Security { devices: vec!["/dev/null:/dev/../../etc/x".into()], ..Default::default() },
             Security { seccomp: "{not json".into(), ..Default::default() },
         ] {
             let err = apply(&mut Spec::default(), &s).expect_err("must fail");
