@@ -40,6 +40,10 @@ echo "berthd running (pid $DAEMON_PID), root $DEMO, busybox rootfs $ROOTFS"
 step berth run --rm ROOTFS sh -c 'echo hello from $(hostname); exit 3'
 berth run --rm --name hello "$ROOTFS" sh -c 'echo hello from $(hostname); exit 3' || echo "(exit code $?)"
 
+step "berth run --rm ROOTFS sh -c '…escape attempts…'   # refused by the default confinement"
+berth run --rm "$ROOTFS" sh -c 'mknod /dev/k c 1 11; echo x > /dev/k; echo -1 > /sys/fs/cgroup/pids/pids.max;
+    unshare -U -r true; grep -E "CapEff|Seccomp:" /proc/self/status' || true
+
 step berth run -d --name ticker ROOTFS sh -c 'while true; do date; sleep 1; done'
 berth run -d --name ticker "$ROOTFS" sh -c 'while true; do date; sleep 1; done'
 step berth run -d --name sleeper --runtime runc ROOTFS sleep 600
