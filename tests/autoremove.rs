@@ -107,3 +107,72 @@ fn signals_to_the_client_reach_the_container() {
         assert_removed_within(&d, &id, Duration::from_secs(10));
     }
 }
+
+/// Runs `f` with a raw API client on a current-thread runtime.
+fn with_api<T>(d: &Daemon, f: impl AsyncFnOnce(&mut ApiClient) -> T) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let mut api = berth_e2e::api(&d.socket).await;
+        f(&mut api).await
+    })
+}
+
+type ApiClient = berth_api::v1::containers_client::ContainersClient<tonic::transport::Channel>;
+
+fn follow(id: &str) -> pb::LogsRequest {
+    pb::LogsRequest { id: id.into(), follow: true, ..Default::default() }
+}
+
+use berth_api::v1 as pb;
+
+#[test]
+fn a_client_that_leaves_before_the_start_leaves_nothing() {
+    let d = Daemon::start();
+    let create = |id: &str| pb::CreateRequest {
+        id: id.into(),
+        path: d.rootfs.to_string_lossy().into_owned(),
+        args: vec!["sleep".into(), "100".into()],
+        auto_remove: true,
+        ..Default::default()
+    };
+    with_api(&d, async |api| {
+        // The `run` client's steps: create, follow the output … then it dies.
+        api.create(create("gone")).await.unwrap();
+        let stream = api.logs(follow("gone")).await.unwrap();
+        drop(stream);
+        // Created without a follower: it waits for its start.
+        api.create(create("later")).await.unwrap();
+    });
+    assert_removed_within(&d, "gone", Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(d.berth(&["inspect", "--json", "later"]).ok().contains("\"created\""));
+    d.berth(&["rm", "-f", "later"]).ok();
+}
+
+#[test]
+fn a_pending_removal_never_takes_a_newer_container_of_the_same_name() {
+    let d = Daemon::start();
+    let rootfs = d.rootfs.to_str().unwrap();
+    with_api(&d, async |api| {
+        let noisy = "head -c 20000000 /dev/zero";
+        d.berth(&["run", "--rm", "-d", "--name", "g", rootfs, "sh", "-c", noisy]).ok();
+        // A follower that reads nothing of a big output keeps the removal
+        // waiting (the server cannot finish sending it).
+        let stream = api.logs(follow("g")).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !d.berth(&["inspect", "--json", "g"]).stdout.contains("\"stopped\"") {
+            assert!(Instant::now() < deadline, "g did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The user removes it and makes a new one of the same name.
+        d.berth(&["rm", "g"]).ok();
+        d.run_detached("g", &["sleep", "100"]);
+        drop(stream);
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let new = d.berth(&["inspect", "--json", "g"]).ok().to_string();
+    assert!(new.contains("\"running\""), "the new g was touched: {new}");
+    let events = d.berth(&["events", "--since", "0", "--no-follow", "--id", "g", "--json"]).ok().to_string();
+    assert_eq!(events.matches("\"delete\"").count(), 1, "{events}");
+    d.berth(&["rm", "-f", "g"]).ok();
+}

@@ -82,6 +82,16 @@ fn default_confinement_is_at_least_dockers() {
 }
 
 #[test]
+fn interactive_stdin_is_a_pipe_too() {
+    let d = Daemon::start();
+    let rootfs = d.rootfs.to_str().unwrap();
+    let script = "readlink /proc/self/fd/0; cat";
+    let out = d.berth_with_input(&["run", "--rm", "-i", rootfs, "sh", "-c", script], "typed\n");
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(out.stdout.starts_with("pipe:[") && out.stdout.ends_with("typed\n"), "{out:?}");
+}
+
+#[test]
 fn opt_outs_are_explicit() {
     let d = Daemon::start();
     for rt in RUNTIMES {
@@ -157,13 +167,23 @@ fn bundle_with(d: &Daemon, name: &str, process_extra: &str) -> std::path::PathBu
 
 #[test]
 fn sub_cgroups_are_listed_and_removed() {
+    // The script uses the cgroup v1 pids and freezer controllers.
+    if !std::path::Path::new("/sys/fs/cgroup/freezer").is_dir() {
+        eprintln!("skipped: no cgroup v1 freezer on this host");
+        return;
+    }
     let d = Daemon::start();
     let rootfs = d.rootfs.to_str().unwrap();
     for rt in RUNTIMES {
         let id = format!("sub-{rt}");
-        // Privileged: the container may write its cgroup and makes a child.
-        let script = "mkdir -p /sys/fs/cgroup/pids/child && echo $$ > /sys/fs/cgroup/pids/child/cgroup.procs && \
-                      sleep 1000 & sleep 1000";
+        // Privileged: the container may write its cgroup; it makes children,
+        // one of them frozen (a frozen process could never be killed).
+        let script = "mkdir -p /sys/fs/cgroup/pids/child /sys/fs/cgroup/freezer/child
+                      echo $$ > /sys/fs/cgroup/pids/child/cgroup.procs
+                      sleep 1000 &
+                      echo $! > /sys/fs/cgroup/freezer/child/cgroup.procs
+                      echo FROZEN > /sys/fs/cgroup/freezer/child/freezer.state
+                      exec sleep 1000";
         d.berth(&["run", "-d", "--name", &id, "--runtime", rt, "--privileged", rootfs, "sh", "-c", script]).ok();
         let deadline = Instant::now() + Duration::from_secs(10);
         let top = loop {
@@ -315,8 +335,16 @@ fn clone_cannot_make_namespaces_without_sys_admin() {
         assert!(out.contains("clone-newuser: Operation not permitted"), "{rt}: {out}");
         let out = sh(&d, rt, &["--security-opt", "seccomp=unconfined"], "cloneprobe");
         assert!(out.contains("CLONE-NEWUSER-OK"), "{rt}: {out}");
-        // A restart creates from the same bundle: the filter still holds.
+        // Execs get the container's filter too.
         let rootfs = d.rootfs.to_str().unwrap();
+        let ex = format!("exec-{rt}");
+        d.berth(&["run", "-d", "--name", &ex, "--runtime", rt, rootfs, "sleep", "100"]).ok();
+        let out = d.berth(&["exec", &ex, "cloneprobe"]).ok().to_string();
+        assert!(out.contains("clone-newuser: Operation not permitted"), "{rt} exec: {out}");
+        let out = d.berth(&["exec", &ex, "grep", "Seccomp:", "/proc/self/status"]).ok().to_string();
+        assert!(out.contains("Seccomp:\t2"), "{rt} exec: {out}");
+        d.berth(&["rm", "-f", &ex]).ok();
+        // A restart creates from the same bundle: the filter still holds.
         let id = format!("again-{rt}");
         let args = ["run", "-d", "--name", &id, "--runtime", rt, "--restart", "on-failure:1", rootfs];
         d.berth(&[&args[..], &["sh", "-c", "cloneprobe; exit 1"]].concat()).ok();

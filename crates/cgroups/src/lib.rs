@@ -84,6 +84,30 @@ impl Hierarchies {
         self.remove_tree(cgroup)
     }
 
+    /// SIGKILLs every process in the cgroup and the cgroups below it, then
+    /// thaws them all (a frozen process would never die); returns how many
+    /// there were.
+    pub fn kill_all(&self, cgroup: &str) -> usize {
+        let pids = self.procs(cgroup).unwrap_or_default();
+        for &pid in &pids {
+            // SAFETY: plain syscall on a pid read from the cgroup.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+        if !pids.is_empty() {
+            self.thaw_tree(cgroup);
+        }
+        pids.len()
+    }
+
+    /// Thaws the cgroup and every cgroup below it (v1 freezer, v2
+    /// cgroup.freeze): a frozen process can neither die nor leave, so
+    /// killing what is left of a container thaws it too.
+    pub fn thaw_tree(&self, cgroup: &str) {
+        for dir in self.existing(cgroup) {
+            thaw_below(&dir);
+        }
+    }
+
     /// Removes the cgroups below the cgroup (made by the container), deepest
     /// first, keeping the cgroup itself (for a runtime that removes it).
     pub fn remove_children(&self, cgroup: &str) -> io::Result<()> {
@@ -145,6 +169,20 @@ fn procs_below(dir: &Path, pids: &mut Vec<u32>) {
     for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
         if entry.file_type().is_ok_and(|t| t.is_dir()) {
             procs_below(&entry.path(), pids);
+        }
+    }
+}
+
+fn thaw_below(dir: &Path) {
+    for (file, thawed) in [("freezer.state", "THAWED"), ("cgroup.freeze", "0")] {
+        let path = dir.join(file);
+        if path.exists() {
+            let _ = fs::write(path, thawed);
+        }
+    }
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            thaw_below(&entry.path());
         }
     }
 }

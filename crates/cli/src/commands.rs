@@ -144,8 +144,12 @@ async fn attend(
     interactive: bool,
     start: bool,
 ) -> Result<pb::ExitStatus, Failure> {
-    let terminal = if tty { Some(terminal::open(c, id, exec_id, interactive).await?) } else { None };
-    let pump = if interactive && !tty { Some(terminal::pump_stdin(c, id, exec_id).await?) } else { None };
+    // Until the start, a failure is berth's own (`run` exits 125).
+    let before_start = |f: Failure| if start { Failure { exit_code: RUN_FAILED, ..f } } else { f };
+    let terminal = match tty {
+        true => Some(terminal::open(c, id, exec_id, interactive).await.map_err(before_start)?),
+        false => None,
+    };
     let printer = if tty {
         None
     } else {
@@ -155,10 +159,15 @@ async fn attend(
             follow: true,
             exec_id: exec_id.to_string(),
         };
-        Some(tokio::spawn(copy_logs(c.containers.logs(logs).await?.into_inner())))
+        let stream = c.containers.logs(logs).await.map_err(|s| before_start(s.into()))?;
+        Some(tokio::spawn(copy_logs(stream.into_inner())))
+    };
+    let pump = match interactive && !tty {
+        true => Some(terminal::pump_stdin(c, id, exec_id).await.map_err(before_start)?),
+        false => None,
     };
     if start {
-        c.containers.start(cref(c, id)).await.map_err(|s| Failure { exit_code: RUN_FAILED, ..Failure::from(s) })?;
+        c.containers.start(cref(c, id)).await.map_err(|s| before_start(s.into()))?;
     }
     let target = pb::KillRequest {
         namespace: c.namespace.clone(),

@@ -337,9 +337,10 @@ impl pb::containers_server::Containers for Api {
             .ok_or_else(|| Status::invalid_argument("attach needs a first message naming the process"))?;
         let (ns, id) = key(&first.namespace, &first.id)?;
         let (tx, rx) = tokio::sync::mpsc::channel(16);
-        let follower = first.exec_id.is_empty().then(|| self.mgr.follow_guard(&ns, &id)).flatten();
         match self.mgr.attach(&ns, &id, &first.exec_id).await.map_err(status)? {
             Attached::Terminal(conn) => {
+                // Init's terminal output: an auto-removal waits for it.
+                let follower = first.exec_id.is_empty().then(|| self.mgr.follow(&ns, &id)).flatten();
                 let (mut from_tty, mut to_tty) = conn.into_split();
                 tokio::spawn(async move {
                     let _ = to_tty.write_all(&first.input).await;
@@ -363,7 +364,6 @@ impl pb::containers_server::Containers for Api {
                 // Output goes to the logs; this stream ends with the input.
                 let mgr = self.mgr.clone();
                 tokio::spawn(async move {
-                    let _follower = follower;
                     let _ = fifo.write_all(&first.input).await;
                     while let Ok(Some(msg)) = input.message().await {
                         if fifo.write_all(&msg.input).await.is_err() {
@@ -397,7 +397,7 @@ impl pb::containers_server::Containers for Api {
         let mut follower = None;
         let rx = if r.exec_id.is_empty() {
             let exit = if r.follow { self.mgr.entry(&ns, &id).ok().map(|e| e.exit.subscribe()) } else { None };
-            follower = r.follow.then(|| self.mgr.follow_guard(&ns, &id)).flatten();
+            follower = r.follow.then(|| self.mgr.follow(&ns, &id)).flatten();
             logs::stream(rec.stdout, rec.stderr, exit)
         } else {
             let entry = self.mgr.entry(&ns, &id).map_err(status)?;

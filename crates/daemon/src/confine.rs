@@ -277,8 +277,37 @@ fn seccomp(s: &Security, caps: &HashSet<Capability>) -> Result<Option<LinuxSecco
         _ if s.privileged => Ok(None),
         "unconfined" => Ok(None),
         "" => Ok(Some(crate::seccomp::default_profile(caps))),
-        json => serde_json::from_str(json).map(Some).map_err(|e| invalid(format!("seccomp profile: {e}"))),
+        json => parse_profile(json).map(Some),
     }
+}
+
+/// The fields of the OCI spec's seccomp profile, per level. Anything else
+/// (Docker's `archMap`, `includes`, `excludes` …) would be dropped by the
+/// parser, silently loosening the profile: it is refused instead.
+const PROFILE_FIELDS: [&[&str]; 3] = [
+    &["defaultAction", "defaultErrnoRet", "architectures", "flags", "listenerPath", "listenerMetadata", "syscalls"],
+    &["names", "action", "errnoRet", "args"],
+    &["index", "value", "valueTwo", "op"],
+];
+
+fn parse_profile(json: &str) -> Result<LinuxSeccomp> {
+    let bad = |why: String| invalid(format!("seccomp profile: {why}"));
+    let v: serde_json::Value = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+    let unknown = |obj: &serde_json::Value, level: usize| {
+        obj.as_object().and_then(|o| o.keys().find(|k| !PROFILE_FIELDS[level].contains(&k.as_str())).cloned())
+    };
+    let syscalls = v.get("syscalls").and_then(|s| s.as_array()).into_iter().flatten();
+    let args = syscalls.clone().filter_map(|s| s.get("args")?.as_array()).flatten();
+    let found = unknown(&v, 0)
+        .or_else(|| syscalls.clone().find_map(|s| unknown(s, 1)))
+        .or_else(|| args.clone().find_map(|a| unknown(a, 2)));
+    if let Some(field) = found {
+        return Err(bad(format!(
+            "unknown field {field:?}: give the OCI runtime spec's linux.seccomp form (Docker's profile format with \
+             archMap/includes/excludes is not supported)"
+        )));
+    }
+    serde_json::from_value(v).map_err(|e| bad(e.to_string()))
 }
 
 /// Applies the confinement to a generated spec.
@@ -386,6 +415,14 @@ mod tests {
     }
 
     #[test]
+    fn an_oci_profile_is_taken_as_given() {
+        let caps = DEFAULT_CAPS.iter().copied().collect();
+        let profile = crate::seccomp::default_profile(&caps);
+        let json = serde_json::to_string(&profile).unwrap();
+        assert_eq!(parse_profile(&json).unwrap(), profile);
+    }
+
+    #[test]
     fn privileged_gets_everything() {
         let mut spec = Spec::default();
         apply(&mut spec, &Security { privileged: true, ..Default::default() }).unwrap();
@@ -407,6 +444,16 @@ mod tests {
             Security { devices: vec!["relative".into()], ..Default::default() },
             Security { devices: vec!["/dev/null:/dev/../../etc/x".into()], ..Default::default() },
             Security { seccomp: "{not json".into(), ..Default::default() },
+            Security {
+                seccomp: r#"{"defaultAction":"SCMP_ACT_ERRNO","archMap":[],"syscalls":[]}"#.into(),
+                ..Default::default()
+            },
+            Security {
+                seccomp: r#"{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[{"names":["unshare"],
+                    "action":"SCMP_ACT_ALLOW","includes":{"caps":["CAP_SYS_ADMIN"]}}]}"#
+                    .into(),
+                ..Default::default()
+            },
         ] {
             let err = apply(&mut Spec::default(), &s).expect_err("must fail");
             assert_eq!(err.code(), berth_model::Code::InvalidArgument, "{err}");

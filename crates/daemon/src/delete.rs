@@ -50,11 +50,27 @@ async fn wait_exit(entry: &Entry, id: &ContainerId) -> Result<()> {
 
 impl Manager {
     pub async fn delete(&self, ns: &Namespace, id: &ContainerId, force: bool) -> Result<ExitStatus> {
+        self.delete_created_at(ns, id, force, None).await
+    }
+
+    /// Deletes the container — only the one created at `created_at_ns` when
+    /// that is given (an auto-removal must not take a newer container that
+    /// reuses the id): another one is NotFound.
+    pub(crate) async fn delete_created_at(
+        &self,
+        ns: &Namespace,
+        id: &ContainerId,
+        force: bool,
+        created_at_ns: Option<u64>,
+    ) -> Result<ExitStatus> {
         self.get(ns, id)?;
         let _op = self.lock_op(ns, id).await;
         // A restart may have replaced the entry while we waited.
         let entry = self.entry(ns, id).ok();
         let rec = self.get(ns, id)?;
+        if created_at_ns.is_some_and(|at| at != rec.created_at_ns) {
+            return Err(Error::NotFound(format!("{id} (created at {})", rec.created_at_ns)));
+        }
         // An unknown container may still have processes: it needs force too.
         let live = matches!(rec.state, State::Created | State::Running | State::Paused | State::Unknown);
         if live && !force {

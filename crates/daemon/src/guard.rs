@@ -81,14 +81,20 @@ pub fn lock_dirs(dirs: &[&Path]) -> Result<Locks, GuardError> {
 fn lock(path: &Path) -> Result<File, GuardError> {
     let err = |source| GuardError::Lock { path: path.to_path_buf(), source };
     // std opens with O_CLOEXEC: no shim or helper inherits the lock.
+    // No symlink is followed: a planted link must not make us truncate
+    // another file.
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(err)?;
+    if !file.metadata().map_err(err)?.is_file() {
+        return Err(err(std::io::Error::other("not a regular file")));
+    }
     match file.try_lock() {
         Ok(()) => {}
         Err(std::fs::TryLockError::WouldBlock) => {
@@ -145,11 +151,21 @@ pub struct BoundSocket {
     /// Keeps the socket's inode alive until [`BoundSocket::remove`], so no
     /// later socket at the path can reuse its number.
     _keep: OwnedFd,
+    /// The lock on `<socket>.lock`.
+    _lock: File,
 }
 
-/// Binds the API socket (mode 0600), replacing only a stale socket.
+/// Binds the API socket (mode 0600), replacing only a stale socket. A lock
+/// on `<socket>.lock`, held for berthd's life, keeps two daemons starting
+/// at once (with different roots) from both taking a stale socket.
 pub async fn bind_socket(path: &Path) -> Result<(tokio::net::UnixListener, BoundSocket), GuardError> {
     let err = |source| GuardError::Socket { path: path.to_path_buf(), source };
+    if std::fs::symlink_metadata(path).is_ok_and(|m| !m.file_type().is_socket()) {
+        return Err(GuardError::NotASocket { path: path.to_path_buf() });
+    }
+    let mut lock_path = path.as_os_str().to_owned();
+    lock_path.push(".lock");
+    let socket_lock = lock(Path::new(&lock_path))?;
     if let AtPath::StaleSocket = probe(path).await? {
         match std::fs::remove_file(path) {
             Err(e) if e.kind() != ErrorKind::NotFound => return Err(err(e)),
@@ -160,7 +176,9 @@ pub async fn bind_socket(path: &Path) -> Result<(tokio::net::UnixListener, Bound
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
     let meta = std::fs::symlink_metadata(path).map_err(err)?;
     let keep = listener.as_fd().try_clone_to_owned().map_err(err)?;
-    Ok((listener, BoundSocket { path: path.to_path_buf(), dev: meta.dev(), ino: meta.ino(), _keep: keep }))
+    let bound =
+        BoundSocket { path: path.to_path_buf(), dev: meta.dev(), ino: meta.ino(), _keep: keep, _lock: socket_lock };
+    Ok((listener, bound))
 }
 
 impl BoundSocket {
@@ -320,6 +338,16 @@ mod tests {
         lock_dirs(&[dir.path()]).expect("free again once released");
     }
 
+    #[test]
+    fn a_planted_lock_symlink_is_not_followed() {
+        let dir = Scratch::new("symlink");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join(LOCK_FILE)).unwrap();
+        assert!(lock_dirs(&[dir.path()]).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    }
+
     fn config(dir: &Path) -> Config {
         Config {
             root: dir.join("root"),
@@ -361,8 +389,8 @@ mod tests {
         let sock = dir.path().join("s.sock");
         drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
         let (_live, ours) = bind_socket(&sock).await.unwrap();
-        // A live one is not.
-        assert!(matches!(bind_socket(&sock).await, Err(GuardError::SocketInUse { .. })));
+        // A live one is not: its daemon holds the socket's lock, and answers.
+        assert!(matches!(bind_socket(&sock).await, Err(GuardError::Locked { .. })));
         assert!(matches!(check_socket(&sock).await, Err(GuardError::SocketInUse { .. })));
 
         // Someone else's socket now at the path survives our exit.

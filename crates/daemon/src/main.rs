@@ -3,6 +3,7 @@
 //! per container. Stopping berthd leaves containers running.
 
 mod api;
+mod autoremove;
 mod config;
 mod confine;
 mod control;

@@ -68,7 +68,7 @@ pub struct Manager {
     records: Mutex<()>,
     /// Exits of auto-removed containers, for a Wait that arrives after the
     /// removal (`restart.rs`).
-    pub(crate) removed: Mutex<crate::restart::Removed>,
+    pub(crate) removed: Mutex<crate::autoremove::Removed>,
 }
 
 /// How long a shim whose connection broke may take to be seen exiting
@@ -137,12 +137,6 @@ impl Manager {
     }
 
     /// Takes the operation lock of one container (see `ops`).
-    /// Held by a client following init's output: an auto-removal waits
-    /// for it (`restart.rs`).
-    pub fn follow_guard(&self, ns: &Namespace, id: &ContainerId) -> Option<tokio::sync::OwnedRwLockReadGuard<()>> {
-        self.entry(ns, id).ok().and_then(|e| e.followers.clone().try_read_owned().ok())
-    }
-
     pub(crate) async fn lock_op(&self, ns: &Namespace, id: &ContainerId) -> tokio::sync::OwnedMutexGuard<()> {
         let op = lock(&self.ops).entry((ns.clone(), id.clone())).or_default().clone();
         op.lock_owned().await
@@ -244,10 +238,7 @@ impl Manager {
             Err(_) => {
                 // The shim may be stuck in the very start that timed out:
                 // kill the container's processes directly.
-                let cgroup = self.get(ns, id)?.cgroup;
-                for pid in self.cgroups.procs(&cgroup).unwrap_or_default() {
-                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
-                }
+                self.cgroups.kill_all(&self.get(ns, id)?.cgroup);
                 return Err(Error::DeadlineExceeded(format!(
                     "start of {id} did not complete within {:?}; it was killed",
                     self.cfg.start_timeout

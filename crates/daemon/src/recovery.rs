@@ -101,9 +101,7 @@ impl Manager {
                 shim::cleanup(&args, &bundle).await?;
             }
             let cgroup = self.cfg.cgroup_path(ns, id);
-            for pid in self.cgroups.procs(&cgroup).unwrap_or_default() {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            }
+            self.cgroups.kill_all(&cgroup);
             remove_shim_sockets(&self.cfg.shim_socket(ns, id))?;
             remove_path(&bundle)?;
             remove_cgroup(self, &cgroup).await?;

@@ -5,16 +5,13 @@
 //! before the stop signal and checked again in the transaction that
 //! records the restart, so a stopped container is never brought back. A
 //! failed attempt is retried after the next backoff. A container created
-//! with auto-remove is removed instead, once the clients following its
-//! output have drained it.
+//! with auto-remove is removed instead (`autoremove.rs`).
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
 
 use std::sync::atomic::Ordering;
 
-use berth_model::{BACKOFF_RESET, ContainerId, ExitStatus, Namespace, Op, State, backoff};
+use berth_model::{BACKOFF_RESET, ContainerId, Namespace, Op, State, backoff};
 use berth_store::{ContainerRecord, ShimInfo};
 
 use crate::create::Step;
@@ -36,45 +33,6 @@ fn streak(rec: &ContainerRecord) -> u32 {
 fn wants_restart(rec: &ContainerRecord) -> bool {
     let code = rec.exit.map(|e| e.code).unwrap_or(0);
     rec.state == State::Stopped && rec.restart_policy.wants_restart(code, rec.restart_count, rec.stopped_by_user)
-}
-
-/// How long an auto-removal waits for followers of the container's output.
-const FOLLOWER_GRACE: Duration = Duration::from_secs(30);
-/// Exits of auto-removed containers kept for late waiters.
-const REMOVED_KEPT: usize = 1024;
-
-/// The exits of the last auto-removed containers: a client that waits
-/// after the removal (a `run --rm` of a short command) still gets its code.
-#[derive(Default)]
-pub(crate) struct Removed {
-    exits: HashMap<(Namespace, ContainerId), ExitStatus>,
-    order: VecDeque<(Namespace, ContainerId)>,
-}
-
-impl Removed {
-    fn insert(&mut self, ns: &Namespace, id: &ContainerId, exit: ExitStatus) {
-        let key = (ns.clone(), id.clone());
-        if self.exits.insert(key.clone(), exit).is_none() {
-            self.order.push_back(key);
-        }
-        while self.order.len() > REMOVED_KEPT {
-            if let Some(old) = self.order.pop_front() {
-                self.exits.remove(&old);
-            }
-        }
-    }
-
-    pub(crate) fn exit(&self, ns: &Namespace, id: &ContainerId) -> Option<ExitStatus> {
-        self.exits.get(&(ns.clone(), id.clone())).copied()
-    }
-
-    /// A new container of that id: the old exit no longer answers for it.
-    pub(crate) fn forget(&mut self, ns: &Namespace, id: &ContainerId) {
-        let key = (ns.clone(), id.clone());
-        if self.exits.remove(&key).is_some() {
-            self.order.retain(|k| k != &key);
-        }
-    }
 }
 
 impl Manager {
@@ -107,26 +65,6 @@ impl Manager {
                         mgr.consider_restart(&ns, &id);
                     }
                 }
-            }
-        });
-    }
-
-    /// Removes a stopped auto-remove container once the clients following
-    /// its output are done (at most [`FOLLOWER_GRACE`]), keeping its exit
-    /// for late waiters.
-    fn auto_remove(self: &Arc<Self>, rec: ContainerRecord) {
-        let mgr = self.clone();
-        tokio::spawn(async move {
-            let (ns, id) = (&rec.namespace, &rec.id);
-            if let Ok(entry) = mgr.entry(ns, id) {
-                let _ = tokio::time::timeout(FOLLOWER_GRACE, entry.followers.write()).await;
-            }
-            let exit = rec.exit.unwrap_or_else(|| ExitStatus::unknown(crate::now_ns()));
-            crate::manager::lock(&mgr.removed).insert(ns, id, exit);
-            match mgr.delete(ns, id, true).await {
-                Ok(_) => tracing::info!(%ns, %id, "auto-removed"),
-                Err(Error::NotFound(_)) => {}
-                Err(e) => tracing::warn!(%ns, %id, "auto-remove failed: {e}; `berth rm` retries it"),
             }
         });
     }

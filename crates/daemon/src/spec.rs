@@ -23,36 +23,50 @@ const MAX_SPEC_BYTES: u64 = 4 * 1024 * 1024;
 /// The largest uid/gid runc accepts (2^31 - 1); larger ones wrap to root.
 pub const MAX_ID: u32 = i32::MAX as u32;
 /// Host directories that must never be a container's root filesystem: the
-/// runtime would create mount points (proc, dev, sys) in them.
+/// runtime would create mount points (proc, dev, sys) in them. These exact
+/// directories …
 const SYSTEM_DIRS: &[&str] = &[
     "/",
-    "/bin",
-    "/boot",
-    "/dev",
-    "/etc",
     "/home",
-    "/lib",
-    "/lib32",
-    "/lib64",
+    "/media",
+    "/mnt",
     "/opt",
-    "/proc",
     "/root",
     "/run",
-    "/sbin",
     "/srv",
-    "/sys",
     "/tmp",
     "/usr",
-    "/usr/bin",
-    "/usr/lib",
     "/usr/local",
-    "/usr/sbin",
-    "/usr/share",
     "/var",
     "/var/lib",
     "/var/log",
     "/var/run",
     "/var/tmp",
+];
+/// … and these with everything below them.
+const SYSTEM_TREES: &[&str] = &[
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/proc",
+    "/sbin",
+    "/sys",
+    "/usr/bin",
+    "/usr/include",
+    "/usr/lib",
+    "/usr/lib32",
+    "/usr/lib64",
+    "/usr/libexec",
+    "/usr/local/bin",
+    "/usr/local/lib",
+    "/usr/local/sbin",
+    "/usr/sbin",
+    "/usr/share",
 ];
 
 pub struct Prepared {
@@ -164,7 +178,7 @@ pub fn prepare(path: &str, hostname: &str, cgroup: &str, o: &Overrides<'_>, secu
         .ok()
         .filter(|r| r.is_dir())
         .ok_or_else(|| invalid(format!("root filesystem {} does not exist", rootfs.display())))?;
-    if SYSTEM_DIRS.iter().any(|d| rootfs == Path::new(d)) {
+    if SYSTEM_DIRS.iter().any(|d| rootfs == Path::new(d)) || SYSTEM_TREES.iter().any(|d| rootfs.starts_with(d)) {
         return Err(invalid(format!(
             "root filesystem {} is a system directory of the host; give a container its own directory",
             rootfs.display()
@@ -309,6 +323,8 @@ mod tests {
             ("/no/such/dir/at/all", none()),
             ("/etc", none()),
             ("/", none()),
+            ("/usr/share/doc", none()),
+            ("/mnt", none()),
             (d, Overrides { args: &[], env: &["NOEQUALS".to_string()], cwd: "", tty: false, tty_size: None }),
             (d, Overrides { args: &[], env: &[], cwd: "relative", tty: false, tty_size: None }),
             (d, Overrides { args: &nul_arg, env: &[], cwd: "", tty: false, tty_size: None }),

@@ -4,8 +4,11 @@ use std::path::{Path, PathBuf};
 
 use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::oci_spec::runtime::{LinuxSeccomp, Spec};
 use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::default::DefaultExecutor;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 
 use crate::{Runtime, RuntimeError, Stdio};
 
@@ -63,6 +66,40 @@ impl Embedded {
             message: format!("container {id} does not exist"),
         })
     }
+}
+
+/// libcontainer 0.7 rebuilds an exec's `linux` section without the
+/// container's seccomp profile, so an exec would run unfiltered. This
+/// executor installs the container's filter as the exec's last step before
+/// its execve. Capabilities are already dropped there, so the kernel needs
+/// no_new_privs for the filter: embedded execs of a filtered container run
+/// with it (setuid binaries gain nothing in them).
+#[derive(Clone)]
+struct SeccompExecutor {
+    seccomp: Option<LinuxSeccomp>,
+}
+
+impl Executor for SeccompExecutor {
+    fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        if let Some(seccomp) = &self.seccomp {
+            let fail = |what: &str, e: &dyn std::fmt::Display| ExecutorError::Other(format!("{what}: {e}"));
+            nix::sys::prctl::set_no_new_privs().map_err(|e| fail("set no_new_privs", &e))?;
+            libcontainer::seccomp::initialize_seccomp(seccomp).map_err(|e| fail("install the seccomp filter", &e))?;
+        }
+        DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        DefaultExecutor {}.validate(spec)
+    }
+}
+
+/// The seccomp profile of the container whose bundle this is (as adapted
+/// by [`adapt_spec`] at create).
+fn container_seccomp(bundle: &Path) -> Result<Option<LinuxSeccomp>, RuntimeError> {
+    let spec = Spec::load(bundle.join("config.json"))
+        .map_err(|e| RuntimeError::io("read the container's spec", std::io::Error::other(e)))?;
+    Ok(spec.linux().as_ref().and_then(|l| l.seccomp().clone()))
 }
 
 /// Flattens libcontainer's error chain into one line.
@@ -201,7 +238,15 @@ impl Runtime for Embedded {
     }
 
     fn exec(&self, id: &str, process: &Path, stdio: Stdio) -> Result<u32, RuntimeError> {
-        let pid = self.builder(id, stdio)?.as_tenant().with_process(Some(process)).with_detach(true).build();
+        // The process JSON lies in the container's bundle, next to its spec.
+        let seccomp = container_seccomp(process.parent().unwrap_or(Path::new("/")))?;
+        let pid = self
+            .builder(id, stdio)?
+            .with_executor(SeccompExecutor { seccomp })
+            .as_tenant()
+            .with_process(Some(process))
+            .with_detach(true)
+            .build();
         self.remove_tenant_sockets(id);
         Ok(pid.map_err(|e| failed("exec", e))?.as_raw() as u32)
     }

@@ -9,8 +9,6 @@ use std::time::{Duration, Instant};
 use berth_cgroups::Hierarchies;
 use berth_model::ExitStatus;
 use berth_runtime::Runtime;
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 /// How long cleanup waits for killed processes to leave the cgroup.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -22,14 +20,11 @@ pub fn cgroup_of(bundle: &Path) -> Option<String> {
     v.pointer("/linux/cgroupsPath")?.as_str().map(str::to_string)
 }
 
-/// SIGKILLs every process in the cgroup; returns how many there were.
+/// SIGKILLs (and thaws) every process in the cgroup and the cgroups below
+/// it; returns how many there were.
 pub fn kill_leftovers(h: Option<&Hierarchies>, cgroup: Option<&str>) -> usize {
     let (Some(cg), Some(h)) = (cgroup, h) else { return 0 };
-    let pids = h.procs(cg).unwrap_or_default();
-    for pid in &pids {
-        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
-    }
-    pids.len()
+    h.kill_all(cg)
 }
 
 /// The exit recorded by the shim, if it got that far.

@@ -1,8 +1,8 @@
-//! A process's stdout or stderr: a pipe whose write end the process gets
-//! and whose read end the shim copies into the log file. The process never
-//! holds the host's log file, so `/proc/self/fd/1` names a pipe, not a host
-//! path (as with containerd's and CRI-O's shims). [`Drained`] tells when
-//! every writer has closed the pipe and the copy has reached the file.
+//! A process's stdio as pipes the shim copies: stdout and stderr into the
+//! log files, interactive stdin from berthd's FIFO. The process never holds
+//! a host file, so `/proc/self/fd/{0,1,2}` name pipes, not host paths (as
+//! with containerd's and CRI-O's shims). [`Drained`] tells when every
+//! writer of an output pipe has closed it and the copy reached the file.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -50,25 +50,63 @@ pub fn pipe_to_log(path: &str, drained: &mut Drained) -> std::io::Result<Option<
     // The process gets an ordinary blocking pipe.
     nix::fcntl::fcntl(write.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()))
         .map_err(std::io::Error::from)?;
-    // SAFETY: the AsyncFd owns the read end for its whole life.
-    let read = unsafe { AsyncFd::register(read) }.map_err(std::io::Error::from)?;
+    let read = register(read)?;
     let (done, rx) = oneshot::channel();
     drained.0.push(rx);
     tokio::spawn(async move {
         let mut buf = [0u8; CHUNK];
-        loop {
-            let Ok(mut ready) = read.readable().await else { break };
-            let n = match ready.try_io(|fd| nix::unistd::read(fd.as_raw_fd(), &mut buf).map_err(Into::into)) {
-                Ok(Ok(0)) => break,
-                Ok(Ok(n)) => n,
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Ok(Err(_)) => break,
-                Err(_would_block) => continue,
-            };
+        while let Some(n) = read_some(&read, &mut buf).await {
             // A full disk loses output, not the process: keep draining.
             let _ = log.write_all(&buf[..n]);
         }
         let _ = done.send(());
     });
     Ok(Some(write))
+}
+
+/// Feeds a process's stdin from `source` (berthd's FIFO, opened without
+/// blocking) through a pipe and returns the pipe's read end for the
+/// process. The pipe ends when `source` does, or when the process closes
+/// its stdin.
+pub fn pipe_from(source: OwnedFd) -> std::io::Result<OwnedFd> {
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(std::io::Error::from)?;
+    // The process gets an ordinary blocking pipe.
+    nix::fcntl::fcntl(read.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(OFlag::empty())).map_err(std::io::Error::from)?;
+    let (source, sink) = (register(source)?, register(write)?);
+    tokio::spawn(async move {
+        let mut buf = [0u8; CHUNK];
+        'copy: while let Some(n) = read_some(&source, &mut buf).await {
+            let mut done = 0;
+            while done < n {
+                let Ok(mut ready) = sink.writable().await else { break 'copy };
+                match ready.try_io(|fd| nix::unistd::write(fd.get_ref(), &buf[done..n]).map_err(Into::into)) {
+                    Ok(Ok(w)) => done += w,
+                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    // The process closed its stdin.
+                    Ok(Err(_)) => break 'copy,
+                    Err(_would_block) => {}
+                }
+            }
+        }
+    });
+    Ok(read)
+}
+
+fn register(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: the AsyncFd owns the descriptor for its whole life.
+    unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)
+}
+
+/// Reads what is there; `None` at the end (or on an error).
+async fn read_some(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> Option<usize> {
+    loop {
+        let mut ready = fd.readable().await.ok()?;
+        match ready.try_io(|fd| nix::unistd::read(fd.as_raw_fd(), buf).map_err(Into::into)) {
+            Ok(Ok(0)) => return None,
+            Ok(Ok(n)) => return Some(n),
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Ok(Err(_)) => return None,
+            Err(_would_block) => {}
+        }
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -28,7 +28,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::cleanup::{cgroup_of, kill_leftovers};
 use crate::exec::{ExecProc, close_exec_stdin, exec_pty};
-use crate::output::{Drained, pipe_to_log};
+use crate::output::{Drained, pipe_from, pipe_to_log};
 use crate::process;
 use crate::reaper::Tracked;
 use crate::tty::{self, ConsoleSocket, Pty};
@@ -195,8 +195,9 @@ impl Shim {
 }
 
 /// Opens a process's stdin. A FIFO (interactive stdin from berthd) is
-/// opened without blocking, and the shim keeps a writer open (returned) so
-/// the process sees no end of input until `CloseIO`.
+/// opened without blocking and fed to the process through a pipe, and the
+/// shim keeps a writer open (returned) so the process sees no end of input
+/// until `CloseIO`.
 pub(crate) fn open_stdin(path: &str) -> TtrpcResult<(Option<OwnedFd>, Option<std::fs::File>)> {
     use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let is_fifo = !path.is_empty() && std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo());
@@ -206,9 +207,8 @@ pub(crate) fn open_stdin(path: &str) -> TtrpcResult<(Option<OwnedFd>, Option<std
     let open_err = |e: std::io::Error| to_ttrpc(Code::InvalidArgument, format!("open {path}: {e}"));
     let reader = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(open_err)?;
     let keeper = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(open_err)?;
-    let fd = OwnedFd::from(reader);
-    // The process gets an ordinary blocking stdin.
-    nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty())).map_err(internal)?;
+    // The process reads a pipe the shim feeds from the FIFO.
+    let fd = pipe_from(OwnedFd::from(reader)).map_err(internal)?;
     Ok((Some(fd), Some(keeper)))
 }
 
@@ -375,6 +375,14 @@ impl Task for Shim {
                 t.paused = false;
                 Ok(())
             })?;
+        }
+        // Cgroups the container froze below its own would keep their
+        // processes (and so the pid namespace's init) from ever dying.
+        if signal == libc::SIGKILL {
+            let cgroup = self.with_task(|t| Ok(t.cgroup.clone()))?;
+            if let (Some(cg), Some(h)) = (cgroup, &self.cgroups) {
+                h.thaw_tree(&cg);
+            }
         }
         Ok(Empty::new())
     }

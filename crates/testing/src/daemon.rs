@@ -288,45 +288,18 @@ impl Daemon {
         let Ok(h) = Hierarchies::detect() else { return };
         for _ in 0..50 {
             let mut busy = false;
-            for dir in h.existing(&self.cgroup_parent) {
-                for pid in procs_below(&dir) {
-                    busy = true;
-                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-                }
+            for pid in h.procs(&self.cgroup_parent).unwrap_or_default() {
+                busy = true;
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
             }
             // A frozen cgroup would keep killed processes alive.
-            for dir in h.existing(&self.cgroup_parent) {
-                thaw_below(&dir);
-            }
+            h.thaw_tree(&self.cgroup_parent);
             if !busy && h.remove_tree(&self.cgroup_parent).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         eprintln!("warning: could not remove cgroup {}", self.cgroup_parent);
-    }
-}
-
-fn procs_below(dir: &Path) -> Vec<u32> {
-    let mut out: Vec<u32> = fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect();
-    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            out.extend(procs_below(&e.path()));
-        }
-    }
-    out
-}
-
-fn thaw_below(dir: &Path) {
-    let _ = fs::write(dir.join("freezer.state"), "THAWED");
-    for e in fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            thaw_below(&e.path());
-        }
     }
 }
 
