@@ -1,0 +1,18 @@
+//! The image side of a node (issue 10): a content store addressed by
+//! digest, layer unpacking into overlayfs snapshots keyed by chain id, and
+//! registry pulls. Depends on the model and the store, never on the daemon.
+
+mod content;
+mod error;
+pub mod pull;
+pub mod snapshot;
+mod unpack;
+
+pub use content::{BlobWriter, ContentStore, Digest, StoredBlob};
+pub use error::ImageError;
+pub use pull::{Auth, BlobInfo, BlobKind, BlobSink, BlobStream, LayerProgress, Platform, Pulled, Puller};
+pub use snapshot::{CommitOutcome, Keep, Mounts, Prepared, Snapshotter};
+pub use unpack::{
+    Compression, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_TOTAL_SIZE, MAX_NAME_LEN, UnpackOptions, Unpacked, Whiteouts,
+    unpack_layer,
+};
