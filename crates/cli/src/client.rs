@@ -5,12 +5,14 @@ use std::sync::OnceLock;
 
 use berth_api::v1::containers_client::ContainersClient;
 use berth_api::v1::events_client::EventsClient;
+use berth_api::v1::images_client::ImagesClient;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 pub struct Client {
     pub containers: ContainersClient<Channel>,
     pub events: EventsClient<Channel>,
+    pub images: ImagesClient<Channel>,
     pub namespace: String,
 }
 
@@ -102,5 +104,10 @@ pub async fn connect(socket: PathBuf, namespace: String) -> Result<Client, Failu
             }
             Failure::new(not_answering(&cause))
         })?;
-    Ok(Client { containers: ContainersClient::new(channel.clone()), events: EventsClient::new(channel), namespace })
+    Ok(Client {
+        containers: ContainersClient::new(channel.clone()),
+        events: EventsClient::new(channel.clone()),
+        images: ImagesClient::new(channel),
+        namespace,
+    })
 }

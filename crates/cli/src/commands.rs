@@ -56,8 +56,15 @@ fn security_opts(opts: &[String]) -> Result<(String, bool), Failure> {
 
 async fn do_create(c: &mut Client, a: CreateArgs, start: bool, auto_remove: bool) -> Result<pb::Container, Failure> {
     let size = a.tty.then(terminal::window_size).flatten().unwrap_or((0, 0));
-    let path =
-        std::path::absolute(&a.rootfs).map_err(|e| Failure::new(format!("bad path {}: {e}", a.rootfs.display())))?;
+    // An existing directory is a rootfs or bundle; anything else an image.
+    let (path, image) = if a.rootfs.is_dir() {
+        let path = std::path::absolute(&a.rootfs)
+            .map_err(|e| Failure::new(format!("bad path {}: {e}", a.rootfs.display())))?;
+        (path.to_string_lossy().into_owned(), String::new())
+    } else {
+        let reference = a.rootfs.to_string_lossy().into_owned();
+        (String::new(), crate::images::ensure(c, &reference, a.pull, a.insecure).await?)
+    };
     let (seccomp, no_new_privileges) = security_opts(&a.security_opt)?;
     let mut labels = std::collections::HashMap::new();
     for l in &a.labels {
@@ -67,7 +74,7 @@ async fn do_create(c: &mut Client, a: CreateArgs, start: bool, auto_remove: bool
     let req = pb::CreateRequest {
         namespace: c.namespace.clone(),
         id: a.name.unwrap_or_else(random_id),
-        path: path.to_string_lossy().into_owned(),
+        path,
         args: a.cmd,
         env: a.env,
         cwd: a.workdir.unwrap_or_default(),
@@ -87,6 +94,8 @@ async fn do_create(c: &mut Client, a: CreateArgs, start: bool, auto_remove: bool
         seccomp,
         no_new_privileges,
         auto_remove,
+        image,
+        entrypoint: a.entrypoint,
     };
     Ok(c.containers.create(req).await?.into_inner())
 }

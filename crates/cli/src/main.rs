@@ -3,6 +3,7 @@
 
 mod client;
 mod commands;
+mod images;
 mod limits;
 mod output;
 mod stats;
@@ -69,7 +70,18 @@ pub struct CreateArgs {
     /// seccomp=unconfined, seccomp=PROFILE.json, no-new-privileges (repeatable).
     #[arg(long = "security-opt")]
     pub security_opt: Vec<String>,
-    /// A root filesystem directory, or an OCI bundle (a directory with config.json).
+    /// Pull the image first: missing (when absent), always, never.
+    #[arg(long, value_enum, default_value = "missing")]
+    pub pull: images::PullPolicy,
+    /// With an image: run this instead of its entrypoint (and without its
+    /// cmd); "" for none.
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// When pulling: plain HTTP to the image's registry (loopback registries).
+    #[arg(long)]
+    pub insecure: bool,
+    /// A root filesystem directory, an OCI bundle (a directory with
+    /// config.json), or else an image reference (registry/repo:tag).
     pub rootfs: PathBuf,
     /// Command and arguments (default: the bundle's, or /bin/sh).
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -208,6 +220,38 @@ enum Command {
         follow: bool,
         id: String,
     },
+    /// Pull an image from a registry, one line per layer event.
+    Pull {
+        /// os/arch[/variant] (default linux/amd64).
+        #[arg(long, default_value = "")]
+        platform: String,
+        /// Plain HTTP (for a registry on loopback).
+        #[arg(long)]
+        insecure: bool,
+        /// Registry user (basic auth); the password comes from stdin.
+        #[arg(short = 'u', long)]
+        user: Option<String>,
+        /// Read the password from stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Print only the image name.
+        #[arg(short = 'q', long)]
+        quiet: bool,
+        reference: String,
+    },
+    /// List images.
+    Images {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove image names (content and snapshots stay while containers use them).
+    Rmi {
+        /// Accepted for compatibility; removing a name is never refused.
+        #[arg(short = 'f', long)]
+        force: bool,
+        #[arg(required = true)]
+        refs: Vec<String>,
+    },
     /// Stream events (every namespace unless -n is given).
     Events {
         #[arg(long)]
@@ -271,6 +315,15 @@ async fn dispatch(cli: Cli) -> Result<i32, client::Failure> {
         Command::Top { id, json } => cmd::top(&mut c, id, json).await,
         Command::Stats { no_stream, json, ids } => stats::run(&mut c, ids, no_stream, json).await,
         Command::Update { limits, id } => cmd::update(&mut c, id, &limits).await,
+        Command::Pull { platform, insecure, user, password_stdin, quiet, reference } => {
+            images::pull(
+                &mut c,
+                images::PullArgs { reference, platform, insecure, user, password_stdin, quiet, to_stderr: false },
+            )
+            .await
+        }
+        Command::Images { json } => images::images(&mut c, json).await,
+        Command::Rmi { force, refs } => images::rmi(&mut c, refs, force).await,
         Command::Events { json, types, id, since, no_follow } => {
             cmd::events(&mut c, cmd::EventsArgs { json, types, id, since, no_follow }).await
         }

@@ -72,6 +72,7 @@ pub fn container_json(c: &pb::Container) -> Value {
         "restart_policy": c.restart_policy,
         "restart_count": c.restart_count,
         "stopped_by_user": c.stopped_by_user,
+        "image": c.image,
     })
 }
 
@@ -141,7 +142,7 @@ pub fn table(cs: &[pb::Container], all_ns: bool) -> String {
 
 /// Aligns rows into columns, control characters escaped; the first row is
 /// the header.
-fn render(rows: Vec<Vec<String>>) -> String {
+pub fn render(rows: Vec<Vec<String>>) -> String {
     let rows: Vec<Vec<String>> =
         rows.into_iter().map(|r| r.into_iter().map(|c| escape(&c).into_owned()).collect()).collect();
     let widths: Vec<usize> =
@@ -160,7 +161,7 @@ pub fn inspect_text(c: &pb::Container) -> String {
     let mut labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{}={}", escape(k), escape(v))).collect();
     labels.sort();
     format!(
-        "ID:         {}\nNamespace:  {}\nState:      {}\nPid:        {}\nExit:       {exit}\nOOMKilled:  {}\nRestart:    {} (restarted {} times)\nRuntime:    {}\nCommand:    {}\nRootfs:     {}\nBundle:     {}\nCgroup:     {}\nShim pid:   {}\nCreated:    {}\nLabels:     {}\n",
+        "ID:         {}\nNamespace:  {}\nState:      {}\nPid:        {}\nExit:       {exit}\nOOMKilled:  {}\nRestart:    {} (restarted {} times)\nRuntime:    {}\nCommand:    {}\nImage:      {}\nRootfs:     {}\nBundle:     {}\nCgroup:     {}\nShim pid:   {}\nCreated:    {}\nLabels:     {}\n",
         escape(&c.id),
         escape(&c.namespace),
         escape(&c.state),
@@ -170,6 +171,7 @@ pub fn inspect_text(c: &pb::Container) -> String {
         c.restart_count,
         escape(&c.runtime),
         escape(&c.command.join(" ")),
+        if c.image.is_empty() { "-".into() } else { escape(&c.image) },
         escape(&c.rootfs),
         escape(&c.bundle),
         escape(&c.cgroup),

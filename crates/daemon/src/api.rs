@@ -75,6 +75,7 @@ fn container_pb(r: ContainerRecord) -> pb::Container {
         restart_count: r.restart_count,
         stopped_by_user: r.stopped_by_user,
         auto_remove: r.auto_remove,
+        image: r.image,
     }
 }
 
@@ -153,7 +154,7 @@ fn event_pb(e: Event) -> pb::Event {
     }
 }
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::containers_server::Containers for Api {
@@ -184,6 +185,8 @@ impl pb::containers_server::Containers for Api {
                 no_new_privileges: r.no_new_privileges,
             },
             auto_remove: r.auto_remove,
+            image: r.image,
+            entrypoint: r.entrypoint,
         };
         let rec = self.mgr.create(params).await.map_err(status)?;
         Ok(Response::new(container_pb(rec)))

@@ -48,6 +48,16 @@ pub struct CreateParams {
     pub security: crate::confine::Security,
     /// Remove the container once its exit is recorded.
     pub auto_remove: bool,
+    /// An image reference to run (then `path` is empty).
+    pub image: String,
+    /// Replaces the image's entrypoint (and drops its cmd).
+    pub entrypoint: Option<String>,
+}
+
+/// A create from an image: what it resolved to.
+struct FromImage {
+    name: String,
+    chain_id: String,
 }
 
 /// Completed allocation steps, released newest-first on failure.
@@ -56,7 +66,16 @@ pub(crate) enum Step {
     Logs(PathBuf),
     Bundle(PathBuf),
     Cgroup(String),
-    Shim { client: ShimClient, runtime: String, bundle: PathBuf },
+    /// The container's active snapshot, mounted at `target`.
+    Snapshot {
+        key: String,
+        target: PathBuf,
+    },
+    Shim {
+        client: ShimClient,
+        runtime: String,
+        bundle: PathBuf,
+    },
     Task(ShimClient),
 }
 
@@ -136,11 +155,19 @@ impl Manager {
         }
         crate::manager::lock(&self.removed).forget(&p.namespace, &p.id);
         let cgroup = self.cfg.cgroup_path(&p.namespace, &p.id);
-        let mut prepared = self.prepare_spec(&p, &cgroup).await?;
+        let mut p = p;
+        let (mut prepared, image) = if p.image.is_empty() {
+            if p.entrypoint.is_some() {
+                return Err(Error::InvalidArgument("an entrypoint applies to an image only".into()));
+            }
+            (self.prepare_spec(&p, &cgroup).await?, None)
+        } else {
+            self.prepare_image_spec(&mut p, &cgroup)?
+        };
         crate::resources::apply_to_spec(&mut prepared.spec, &p.limits)?;
 
         let mut done = Vec::new();
-        match self.allocate(&p, runtime, prepared, cgroup, &mut done).await {
+        match self.allocate(&p, runtime, prepared, image, cgroup, &mut done).await {
             Ok((rec, client)) => {
                 let entry = Arc::new(Entry::new(client, None));
                 self.watch(key, entry, &rec.cgroup);
@@ -175,11 +202,43 @@ impl Manager {
         }
     }
 
+    /// Resolves the image (it must be present) and builds the spec from its
+    /// config; the image's stop signal becomes the stop-signal label unless
+    /// the request set one.
+    fn prepare_image_spec(&self, p: &mut CreateParams, cgroup: &str) -> Result<(spec::Prepared, Option<FromImage>)> {
+        if !p.path.is_empty() {
+            return Err(Error::InvalidArgument("give either a path or an image, not both".into()));
+        }
+        let (image, mut run) = self.images.resolve(&p.image)?;
+        if let Some(entrypoint) = &p.entrypoint {
+            run.entrypoint = if entrypoint.is_empty() { Vec::new() } else { vec![entrypoint.clone()] };
+            run.cmd.clear();
+        }
+        let defaults = spec::ImageDefaults {
+            entrypoint: &run.entrypoint,
+            cmd: &run.cmd,
+            env: &run.env,
+            working_dir: &run.working_dir,
+            user: &run.user,
+        };
+        let o = Overrides { args: &p.args, env: &p.env, cwd: &p.cwd, tty: p.tty, tty_size: p.tty_size };
+        let rootfs = self.image_rootfs(&p.namespace, &p.id);
+        let prepared = spec::prepare_image(&rootfs, p.id.as_str(), cgroup, &defaults, &o, &p.security)?;
+        if !run.stop_signal.is_empty()
+            && !p.labels.contains_key(crate::stop::STOP_SIGNAL_LABEL)
+            && berth_model::signal_number(&run.stop_signal).is_some()
+        {
+            p.labels.insert(crate::stop::STOP_SIGNAL_LABEL.to_string(), run.stop_signal.clone());
+        }
+        Ok((prepared, Some(FromImage { name: image.name, chain_id: image.chain_id })))
+    }
+
     async fn allocate(
         &self,
         p: &CreateParams,
         runtime: &str,
         prepared: spec::Prepared,
+        image: Option<FromImage>,
         cgroup: String,
         done: &mut Vec<Step>,
     ) -> Result<(ContainerRecord, ShimClient)> {
@@ -203,6 +262,13 @@ impl Manager {
         let bundle = self.cfg.bundle_dir(ns, id);
         mkdir(&bundle).map_err(|e| e.at("bundle"))?;
         done.push(Step::Bundle(bundle.clone()));
+        if let Some(image) = &image {
+            let key = crate::images::snapshot_key(ns, id);
+            let target = prepared.rootfs.clone();
+            self.images.mount_rootfs(&key, &image.chain_id, &target).map_err(|e| e.at("snapshot"))?;
+            done.push(Step::Snapshot { key, target });
+            crash_point("snapshot");
+        }
         let json = serde_json::to_vec_pretty(&prepared.spec)
             .map_err(|e| Error::InvalidArgument(format!("spec: {e}")).at("bundle"))?;
         // The bundle is runtime state (under --state): it needs no fsync, as
@@ -248,6 +314,7 @@ impl Manager {
             stopped_by_user: false,
             execs: Default::default(),
             auto_remove: p.auto_remove,
+            image: image.map(|i| i.name).unwrap_or_default(),
         };
         let created = event(Kind::Create, ns, id, "", pid, None);
         let w = Write { put: Some(&rec), clear_intent: Some((ns, id)), event: Some(created), ..Default::default() };
@@ -311,6 +378,7 @@ impl Manager {
                     crate::delete::remove_shim_sockets(&client.socket)
                 }
                 Step::Cgroup(cg) => self.cgroups.remove(&cg).map_err(|e| Error::io("remove cgroup", e)),
+                Step::Snapshot { key, target } => self.images.release_rootfs(&key, &target),
                 Step::Bundle(dir) | Step::Logs(dir) => crate::delete::remove_path(&dir),
                 Step::Intent => self.write(Write { clear_intent: Some((ns, id)), ..Default::default() }),
             };

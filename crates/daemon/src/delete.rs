@@ -1,8 +1,8 @@
 //! Delete (SPEC B8, B9): allowed once the container has stopped (or, with
 //! force, after killing it). Teardown releases newest-first — runtime
-//! container, shim, socket, bundle, cgroup, logs — and the record goes last,
-//! so a failed delete can simply be retried. A container whose shim is gone
-//! is cleaned up by `berth-shim --cleanup` instead.
+//! container, shim, socket, rootfs snapshot, bundle, cgroup, logs — and the
+//! record goes last, so a failed delete can simply be retried. A container
+//! whose shim is gone is cleaned up by `berth-shim --cleanup` instead.
 
 use std::time::Duration;
 
@@ -93,6 +93,11 @@ impl Manager {
         // Execs whose shim went away with the container.
         self.report_pending_execs(ns, id, &rec.bundle)?;
         remove_shim_sockets(&rec.shim.socket)?;
+        // The runtime container is gone: its rootfs snapshot goes, before
+        // the bundle that holds its mount point.
+        if !rec.image.is_empty() {
+            self.images.release_rootfs(&crate::images::snapshot_key(ns, id), &rec.rootfs)?;
+        }
         remove_path(&rec.bundle)?;
         self.cgroups.remove(&rec.cgroup).map_err(|e| Error::io(format!("remove cgroup {}", rec.cgroup), e))?;
         if let Some(logs) = rec.stdout.parent() {

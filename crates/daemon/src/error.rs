@@ -1,6 +1,7 @@
 //! berthd's typed errors. Each maps to one [`Code`]; `api.rs` maps codes to
 //! gRPC statuses in one place.
 
+use berth_images::ImageError;
 use berth_model::{Code, ModelError};
 use berth_store::StoreError;
 
@@ -10,6 +11,8 @@ pub enum Error {
     Model(#[from] ModelError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Image(#[from] ImageError),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("container {0} not found")]
@@ -41,6 +44,7 @@ impl Error {
         match self {
             Error::Model(e) => e.code(),
             Error::Store(e) => e.code(),
+            Error::Image(e) => e.code(),
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) | Error::Finished(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,

@@ -13,6 +13,8 @@ mod error;
 mod events;
 mod exec;
 mod guard;
+mod image_api;
+mod images;
 mod logs;
 mod manager;
 mod oom;
@@ -32,6 +34,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use berth_api::v1::containers_server::ContainersServer;
 use berth_api::v1::events_server::EventsServer;
+use berth_api::v1::images_server::ImagesServer;
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -126,7 +129,8 @@ async fn run(args: Args) -> Result<(), String> {
     let store = guard::open_store(&cfg).map_err(|e| e.to_string())?;
     let cgroups = berth_cgroups::Hierarchies::detect().map_err(|e| format!("read cgroup mounts: {e}"))?;
     let socket = cfg.socket.clone();
-    let mgr = Arc::new(Manager::new(cfg, store, cgroups));
+    let images = Arc::new(crate::images::Images::open(&cfg.root).map_err(|e| format!("open image storage: {e}"))?);
+    let mgr = Arc::new(Manager::new(cfg, store, cgroups, images));
     mgr.reload().await.map_err(|e| format!("reload containers: {e}"))?;
     mgr.remove_unused_namespaces();
 
@@ -138,6 +142,7 @@ async fn run(args: Args) -> Result<(), String> {
 
     let api = api::Api { mgr: mgr.clone() };
     let events = api::Api { mgr: mgr.clone() };
+    let images = api::Api { mgr: mgr.clone() };
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -146,6 +151,7 @@ async fn run(args: Args) -> Result<(), String> {
         tonic::transport::Server::builder()
             .add_service(ContainersServer::new(api))
             .add_service(EventsServer::new(events))
+            .add_service(ImagesServer::new(images))
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move { stopped.notified().await }),
     );
     tokio::select! {

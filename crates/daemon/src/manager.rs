@@ -55,6 +55,8 @@ pub struct Manager {
     pub store: Store,
     pub events: Bus,
     pub cgroups: Hierarchies,
+    /// Content, snapshots and image names (`images.rs`).
+    pub images: Arc<crate::images::Images>,
     pub(crate) entries: Mutex<HashMap<Key, Arc<Entry>>>,
     /// Ids being created right now (reserved against duplicates).
     pub(crate) creating: Mutex<HashSet<Key>>,
@@ -83,7 +85,7 @@ fn record_event(kind: Kind, rec: &ContainerRecord) -> Event {
 
 /// Test hook for SPEC B20: with `BERTH_TEST_CRASH_AT=<step>` in its
 /// environment, berthd SIGKILLs itself right after that create step
-/// (intent, logs, bundle, shim, runtime create), after the shim started
+/// (intent, logs, snapshot, bundle, shim, runtime create), after the shim started
 /// init but before the start is recorded (start), or after a restart's new
 /// shim created the container but before the restart is recorded (restart
 /// shim), as a crash would.
@@ -99,12 +101,13 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Manager {
-    pub fn new(cfg: Config, store: Store, cgroups: Hierarchies) -> Manager {
+    pub fn new(cfg: Config, store: Store, cgroups: Hierarchies, images: Arc<crate::images::Images>) -> Manager {
         Manager {
             cfg,
             store,
             events: Bus::default(),
             cgroups,
+            images,
             entries: Mutex::default(),
             creating: Mutex::default(),
             ops: Mutex::default(),

@@ -65,6 +65,11 @@ fn is_zombie(pid: u32) -> bool {
 impl Manager {
     /// Rebuilds in-memory state after a daemon start (see the module docs).
     pub async fn reload(self: &Arc<Self>) -> Result<()> {
+        // A failure here is retried piecewise: an intent's snapshot is
+        // released with the intent, a record's with its delete.
+        if let Err(e) = self.recover_images() {
+            tracing::warn!("recovering image storage: {e}");
+        }
         for intent in self.store.intents()? {
             if let Err(e) = self.release_intent(&intent).await {
                 tracing::warn!(ns = %intent.namespace, id = %intent.id, "cannot release an interrupted create: {e}");
@@ -103,6 +108,10 @@ impl Manager {
             let cgroup = self.cfg.cgroup_path(ns, id);
             self.cgroups.kill_all(&cgroup);
             remove_shim_sockets(&self.cfg.shim_socket(ns, id))?;
+            // The rootfs snapshot (if the create was from an image) before
+            // the bundle that holds its mount point.
+            let key = crate::images::snapshot_key(ns, id);
+            self.images.release_rootfs(&key, &self.image_rootfs(ns, id))?;
             remove_path(&bundle)?;
             remove_cgroup(self, &cgroup).await?;
             remove_path(&self.cfg.log_dir(ns, id))?;

@@ -126,6 +126,10 @@ impl Manager {
             }
         }
 
+        // A stopped container's snapshot may have been unmounted at startup.
+        if !rec.image.is_empty() {
+            self.images.ensure_mounted(&crate::images::snapshot_key(ns, id), &rec.rootfs)?;
+        }
         let io =
             ProcessIo { stdin: rec.stdin.as_deref(), stdout: &rec.stdout, stderr: &rec.stderr, terminal: rec.terminal };
         let mut done = Vec::new();

@@ -203,6 +203,81 @@ pub fn prepare(path: &str, hostname: &str, cgroup: &str, o: &Overrides<'_>, secu
     Ok(Prepared { spec, rootfs, command })
 }
 
+/// What a container created from an image takes from the image's config
+/// (`berth_images::RunConfig`), in spec terms.
+pub struct ImageDefaults<'a> {
+    pub entrypoint: &'a [String],
+    pub cmd: &'a [String],
+    pub env: &'a [String],
+    pub working_dir: &'a str,
+    pub user: &'a str,
+}
+
+/// Parses an image's `User`: numeric `uid[:gid]` (gid defaults to 0);
+/// empty is root. Names need the image's /etc/passwd (not yet).
+fn numeric_user(user: &str) -> Result<(u32, u32)> {
+    if user.is_empty() {
+        return Ok((0, 0));
+    }
+    let (u, g) = user.split_once(':').unwrap_or((user, "0"));
+    match (u.parse::<u32>(), g.parse::<u32>()) {
+        (Ok(uid), Ok(gid)) if uid <= MAX_ID && gid <= MAX_ID => Ok((uid, gid)),
+        _ => Err(invalid(format!("image user {user:?}: only numeric uid[:gid] is supported for now"))),
+    }
+}
+
+/// The spec of a container created from an image: the default spec with
+/// its confinement, the rootfs at `rootfs` (the snapshot's mount point,
+/// made later by create), and the image's entrypoint + cmd (request args
+/// replace cmd), env (request env merged over it), working directory and
+/// user; then the request's overrides.
+pub fn prepare_image(
+    rootfs: &Path,
+    hostname: &str,
+    cgroup: &str,
+    image: &ImageDefaults<'_>,
+    o: &Overrides<'_>,
+    security: &Security,
+) -> Result<Prepared> {
+    let mut spec = default_spec(hostname);
+    confine::apply(&mut spec, security)?;
+    let mut root = Root::default();
+    root.set_path(rootfs.to_path_buf());
+    root.set_readonly(Some(false));
+    spec.set_root(Some(root));
+    let process = spec.process_mut().get_or_insert_with(Default::default);
+    let cmd = if o.args.is_empty() { image.cmd } else { o.args };
+    let args: Vec<String> = image.entrypoint.iter().chain(cmd).cloned().collect();
+    if args.is_empty() {
+        return Err(invalid("the image has no entrypoint or cmd: give a command"));
+    }
+    process.set_args(Some(args));
+    let mut env = process.env().clone().unwrap_or_default();
+    for kv in image.env {
+        let key = kv.split_once('=').map_or(kv.as_str(), |(k, _)| k);
+        env.retain(|e| e.split_once('=').map(|(k, _)| k) != Some(key));
+        env.push(kv.clone());
+    }
+    process.set_env(Some(env));
+    if !image.working_dir.is_empty() {
+        if !image.working_dir.starts_with('/') {
+            return Err(invalid(format!("image working directory {:?} must be absolute", image.working_dir)));
+        }
+        process.set_cwd(PathBuf::from(image.working_dir));
+    }
+    let (uid, gid) = numeric_user(image.user)?;
+    let mut user = process.user().clone();
+    user.set_uid(uid);
+    user.set_gid(gid);
+    process.set_user(user);
+    apply_overrides(process, &Overrides { args: &[], ..*o })?;
+    check_process(process)?;
+    let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    linux.set_cgroups_path(Some(PathBuf::from(cgroup)));
+    let command = spec.process().as_ref().and_then(|p| p.args().clone()).unwrap_or_default();
+    Ok(Prepared { spec, rootfs: rootfs.to_path_buf(), command })
+}
+
 /// Applies a request's args, env (merged by key), cwd and terminal to a
 /// process: init's at create, or an exec's copy of init's.
 pub fn apply_overrides(process: &mut Process, o: &Overrides<'_>) -> Result<()> {
@@ -335,6 +410,41 @@ mod tests {
         for (path, o) in cases {
             let err = prep(path, &o).err().expect(path);
             assert_eq!(err.code(), berth_model::Code::InvalidArgument, "{path}: {err}");
+        }
+    }
+
+    #[test]
+    fn image_defaults_apply_under_the_request() {
+        let image = ImageDefaults {
+            entrypoint: &["/bin/ep".to_string()],
+            cmd: &["default".to_string()],
+            env: &["PATH=/img/bin".to_string(), "A=image".to_string()],
+            working_dir: "/work",
+            user: "1000:100",
+        };
+        let p = prepare_image(Path::new("/b/rootfs"), "h", "/c", &image, &none(), &Security::default()).unwrap();
+        assert_eq!(p.command, ["/bin/ep", "default"]);
+        let process = p.spec.process().as_ref().unwrap();
+        let env = process.env().clone().unwrap();
+        assert!(env.contains(&"PATH=/img/bin".to_string()) && env.contains(&"A=image".to_string()), "{env:?}");
+        assert_eq!(env.iter().filter(|e| e.starts_with("PATH=")).count(), 1);
+        assert_eq!(process.cwd(), Path::new("/work"));
+        assert_eq!((process.user().uid(), process.user().gid()), (1000, 100));
+        assert_eq!(p.spec.root().as_ref().unwrap().path(), Path::new("/b/rootfs"));
+        // The request's args replace cmd (not the entrypoint); env and cwd override.
+        let args = ["x".to_string()];
+        let env = ["A=request".to_string()];
+        let o = Overrides { args: &args, env: &env, cwd: "/tmp", tty: false, tty_size: None };
+        let p = prepare_image(Path::new("/r"), "h", "/c", &image, &o, &Security::default()).unwrap();
+        assert_eq!(p.command, ["/bin/ep", "x"]);
+        let process = p.spec.process().as_ref().unwrap();
+        let env = process.env().clone().unwrap();
+        assert!(env.contains(&"A=request".to_string()) && !env.contains(&"A=image".to_string()), "{env:?}");
+        assert_eq!(process.cwd(), Path::new("/tmp"));
+        // Names and a missing command are refused.
+        for bad in [ImageDefaults { user: "nobody", ..image }, ImageDefaults { entrypoint: &[], cmd: &[], ..image }] {
+            let err = prepare_image(Path::new("/r"), "h", "/c", &bad, &none(), &Security::default()).err().unwrap();
+            assert_eq!(err.code(), berth_model::Code::InvalidArgument, "{err}");
         }
     }
 

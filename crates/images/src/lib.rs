@@ -2,14 +2,22 @@
 //! digest, layer unpacking into overlayfs snapshots keyed by chain id, and
 //! registry pulls. Depends on the model and the store, never on the daemon.
 
+mod apply;
 mod content;
 mod error;
+pub mod gc;
+mod image_store;
+pub mod layout;
 pub mod pull;
+mod sink;
 pub mod snapshot;
 mod unpack;
 
+pub use apply::unpack_image;
 pub use content::{BlobWriter, ContentStore, Digest, StoredBlob};
 pub use error::ImageError;
+pub use image_store::{ImageRecord, ImageStore, RunConfig, normalize_reference, read_config};
+pub use layout::{Exported, ImportedImage, export, import};
 pub use pull::{Auth, BlobInfo, BlobKind, BlobSink, BlobStream, LayerProgress, Platform, Pulled, Puller};
 pub use snapshot::{CommitOutcome, Keep, Mounts, Prepared, Snapshotter};
 pub use unpack::{

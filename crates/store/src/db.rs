@@ -99,6 +99,11 @@ pub struct ContainerRecord {
     /// Remove the container once its exit is recorded (`run --rm`).
     #[serde(default)]
     pub auto_remove: bool,
+    /// The image the container was created from (normalised reference;
+    /// empty for a directory). Its rootfs is then the container's active
+    /// snapshot, mounted at `rootfs`.
+    #[serde(default)]
+    pub image: String,
 }
 
 /// A create in progress, written before anything is allocated and removed
@@ -305,6 +310,7 @@ mod tests {
             stopped_by_user: false,
             execs: [("e1".to_string(), 43)].into(),
             auto_remove: false,
+            image: String::new(),
         }
     }
 
