@@ -251,11 +251,15 @@ fn pull_list_run_and_remove_leave_no_mount() {
     assert_eq!(c["image"], reference.as_str());
     assert_eq!(c["labels"]["berth.stop-signal"], "SIGQUIT");
     assert!(d.berth(&["inspect", "keep"]).ok().contains(&format!("Image:      {reference}")));
-    d.berth(&["rmi", &reference]).ok();
+    // rmi refuses an image a container uses; -f removes the name and GC
+    // frees the blobs, while the container keeps its snapshot chain.
+    d.berth(&["rmi", &reference]).fails_with("failed precondition");
+    d.berth(&["rmi", "-f", &reference]).ok();
     assert!(!d.berth(&["images"]).ok().contains(repo));
     d.berth(&["rmi", &reference]).fails_with("not found");
     let blobs = std::fs::read_dir(d.root.join("content/blobs/sha256")).expect("blobs").count();
-    assert_eq!(blobs, 4, "layers, config and manifest stay");
+    assert_eq!(blobs, 0, "nothing names the blobs any more");
+    assert_eq!(std::fs::read_dir(d.root.join("snapshots/committed")).expect("committed").count(), 2);
     assert_eq!(active_snapshots(&d).len(), 1);
     let upper = d.root.join("snapshots/active").join(&active_snapshots(&d)[0]).join("fs/written");
     assert_eq!(std::fs::read_to_string(upper).expect("the container's write"), "kept\n");

@@ -101,6 +101,24 @@ impl Containerd {
         self.ctr(&["run", "--rm", "--rootfs", &rootfs, id, "/bin/true"]).status().is_ok_and(|s| s.success())
     }
 
+    /// `ctr image pull --plain-http` (fetch and unpack), output discarded.
+    pub fn pull(&self, reference: &str) -> bool {
+        self.ctr(&["image", "pull", "--plain-http", reference])
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// Removes the image and, synchronously, its content and snapshots.
+    pub fn image_forget(&self, reference: &str) -> bool {
+        self.ctr(&["image", "rm", "--sync", reference]).stdout(Stdio::null()).status().is_ok_and(|s| s.success())
+    }
+
+    /// `ctr run --rm IMAGE ID /bin/true`.
+    pub fn run_image_rm(&self, reference: &str, id: &str) -> bool {
+        self.ctr(&["run", "--rm", reference, id, "/bin/true"]).status().is_ok_and(|s| s.success())
+    }
+
     /// Runs `n` detached sleep containers named `<prefix><i>`; returns
     /// their shims' pids.
     pub fn run_detached(&self, rootfs: &Path, prefix: &str, n: usize) -> Vec<u32> {

@@ -4,13 +4,15 @@
 //! and the mean RSS/PSS of a shim per detached container (berth-shim vs
 //! containerd-shim-runc-v2).
 //!
-//! and the time a daemon takes to list every running container again after
-//! a SIGKILL and restart (berthd vs containerd).
+//! Also the time a daemon takes to list every running container again after
+//! a SIGKILL and restart (berthd vs containerd), and cold-cache image
+//! pulls and runs from a loopback registry (berth vs ctr; bench/src/image.rs).
 //!
 //! Usage: berth-bench [--runs N] [--containers M] [--stats-containers K]
 //!        [--recovery-containers R] [--recovery-rounds Q]   (as root; see `make bench`)
 
 mod containerd;
+mod image;
 mod measure;
 mod recovery;
 mod scenarios;
@@ -118,6 +120,7 @@ fn main() {
 
     let exec = scenarios::exec(&d, o.runs);
     let stats = scenarios::stats(&d, o.stats_containers);
+    let image = image::run(&d, ctr.as_ref(), o.runs);
     let recovery = recovery::run(&d, ctr.as_mut(), o.recovery_containers, o.recovery_rounds);
 
     eprintln!("{} detached sleep containers each …", o.containers);
@@ -158,6 +161,24 @@ fn main() {
     println!();
     println!("| berth stats --no-stream --json over {} running containers | {} |", o.stats_containers, fmt_ms(stats));
     println!("|---|---|");
+    println!();
+    println!(
+        "| image of 3 random layers, {:.1} MB gzip, loopback registry (median of {}) | berth | ctr (containerd 1.6) | ratio berth / ctr |",
+        image.image_mb, o.runs
+    );
+    println!("|---|---|---|---|");
+    println!(
+        "| cold pull (berth pull --insecure / ctr image pull --plain-http) | {} | {} | {} |",
+        fmt_ms(image.pull_berth),
+        fmt_ms(image.pull_ctr),
+        ratio(image.pull_berth, image.pull_ctr)
+    );
+    println!(
+        "| run --rm IMAGE /bin/true | {} | {} | {} |",
+        fmt_ms(image.run_berth),
+        fmt_ms(image.run_ctr),
+        ratio(image.run_berth, image.run_ctr)
+    );
     println!();
     println!(
         "| recovery: kill -9 the daemon, restart, until all {} containers are listed running (median of {}) | time |",

@@ -53,7 +53,7 @@ pub fn shim_memory(pids: &[u32]) -> Option<Mem> {
     (n > 0).then(|| Mem { rss_mb: rss as f64 / n as f64 / 1024.0, pss_mb: pss as f64 / n as f64 / 1024.0 })
 }
 
-fn median(v: &mut [Duration]) -> Option<Duration> {
+pub fn median(v: &mut [Duration]) -> Option<Duration> {
     if v.is_empty() {
         return None;
     }

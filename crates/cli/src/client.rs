@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 use berth_api::v1::containers_client::ContainersClient;
 use berth_api::v1::events_client::EventsClient;
 use berth_api::v1::images_client::ImagesClient;
+use berth_api::v1::volumes_client::VolumesClient;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
@@ -13,6 +14,7 @@ pub struct Client {
     pub containers: ContainersClient<Channel>,
     pub events: EventsClient<Channel>,
     pub images: ImagesClient<Channel>,
+    pub volumes: VolumesClient<Channel>,
     pub namespace: String,
 }
 
@@ -107,7 +109,8 @@ pub async fn connect(socket: PathBuf, namespace: String) -> Result<Client, Failu
     Ok(Client {
         containers: ContainersClient::new(channel.clone()),
         events: EventsClient::new(channel.clone()),
-        images: ImagesClient::new(channel),
+        images: ImagesClient::new(channel.clone()),
+        volumes: VolumesClient::new(channel),
         namespace,
     })
 }

@@ -96,6 +96,11 @@ async fn do_create(c: &mut Client, a: CreateArgs, start: bool, auto_remove: bool
         auto_remove,
         image,
         entrypoint: a.entrypoint,
+        user: a.user.unwrap_or_default(),
+        volumes: a.volumes,
+        tmpfs: a.tmpfs,
+        read_only: a.read_only,
+        hostname: a.hostname.unwrap_or_default(),
     };
     Ok(c.containers.create(req).await?.into_inner())
 }

@@ -1,4 +1,5 @@
-//! Image verbs: `pull` (one line per layer event), `images`, `rmi`, and
+//! Image verbs: `pull` (a live display on a terminal, else one line per
+//! layer event), `images`, `rmi`, and
 //! the image resolution of `run`/`create` (`--pull missing|always|never`).
 
 use std::io::{IsTerminal, Read};
@@ -31,7 +32,7 @@ pub enum PullPolicy {
     Never,
 }
 
-fn short(digest: &str) -> &str {
+pub fn short(digest: &str) -> &str {
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
     &hex[..hex.len().min(12)]
 }
@@ -65,31 +66,56 @@ fn progress_line(p: &pb::PullProgress) -> String {
     }
 }
 
-/// Pulls and prints progress (unless quiet); returns the image.
+fn read_password(a: &PullArgs) -> Result<String, Failure> {
+    if !a.password_stdin {
+        return Ok(String::new());
+    }
+    if a.user.is_none() {
+        return Err(Failure::new("--password-stdin needs --user"));
+    }
+    let mut s = String::new();
+    std::io::stdin().read_to_string(&mut s).map_err(|e| Failure::new(format!("read password: {e}")))?;
+    Ok(s.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// Pulls and prints progress (unless quiet); returns the image. Without
+/// `--user`, the credentials `berth login` stored for the registry go.
 pub async fn do_pull(c: &mut Client, a: PullArgs) -> Result<pb::Image, Failure> {
-    let password = if a.password_stdin {
-        if a.user.is_none() {
-            return Err(Failure::new("--password-stdin needs --user"));
+    let (user, password) = if a.user.is_none() && !a.password_stdin {
+        match crate::auth::lookup(&crate::auth::registry_of(&a.reference))? {
+            Some(c) => (Some(c.username), c.password),
+            None => (None, String::new()),
         }
-        let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).map_err(|e| Failure::new(format!("read password: {e}")))?;
-        s.trim_end_matches(['\n', '\r']).to_string()
     } else {
-        String::new()
+        (a.user.clone(), read_password(&a)?)
     };
     let req = pb::PullRequest {
         reference: a.reference,
         platform: a.platform,
         insecure: a.insecure,
-        username: a.user.unwrap_or_default(),
+        username: user.unwrap_or_default(),
         password,
     };
     let mut stream = c.images.pull(req).await?.into_inner();
     let mut image = None;
-    // A live display on a terminal can come later: lines work everywhere.
-    let _terminal = std::io::stdout().is_terminal();
+    // A live display on a terminal; plain lines everywhere else.
+    let terminal =
+        !a.quiet && if a.to_stderr { std::io::stderr().is_terminal() } else { std::io::stdout().is_terminal() };
+    let mut display = crate::progress::Display::default();
     while let Some(event) = stream.next().await {
         let event = event?;
+        if terminal {
+            let drawn = if a.to_stderr {
+                display.event(&mut std::io::stderr().lock(), &event)
+            } else {
+                display.event(&mut std::io::stdout().lock(), &event)
+            };
+            drawn.map_err(|e| Failure::new(format!("write progress: {e}")))?;
+            if let Some(i) = event.image {
+                image = Some(i);
+            }
+            continue;
+        }
         let line = match (&event.image, a.quiet) {
             (_, false) => Some(progress_line(&event)),
             (Some(i), true) => Some(i.name.clone()),
@@ -161,7 +187,12 @@ pub async fn rmi(c: &mut Client, refs: Vec<String>, force: bool) -> Result<i32, 
     let mut failed = None;
     for r in refs {
         match c.images.remove(pb::ImageRemoveRequest { reference: r.clone(), force }).await {
-            Ok(_) => println!("{}", output::escape(&r)),
+            Ok(resp) => {
+                println!("untagged {}", output::escape(&r));
+                if let Some(f) = resp.into_inner().freed {
+                    println!("{}", crate::image_admin::freed_line(&f));
+                }
+            }
             Err(e) => failed = Some(Failure::from(e)),
         }
     }

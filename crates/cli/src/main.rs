@@ -1,13 +1,17 @@
 //! berth: the command-line client of berthd. Tables for people, `--json`
 //! for scripts; on failure one line on stderr and a non-zero exit.
 
+mod auth;
 mod client;
 mod commands;
+mod image_admin;
 mod images;
 mod limits;
 mod output;
+mod progress;
 mod stats;
 mod terminal;
+mod volumes;
 
 use std::path::PathBuf;
 
@@ -77,9 +81,27 @@ pub struct CreateArgs {
     /// cmd); "" for none.
     #[arg(long)]
     pub entrypoint: Option<String>,
+    /// With an image: USER[:GROUP], names from the image's /etc/passwd and
+    /// /etc/group (default: the image's User).
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
     /// When pulling: plain HTTP to the image's registry (loopback registries).
     #[arg(long)]
     pub insecure: bool,
+    /// Mount HOST:CTR[:ro|rw] (an absolute host path) or NAME:CTR[:ro|rw]
+    /// (a named volume, created on first use); repeatable.
+    #[arg(short = 'v', long = "volume")]
+    pub volumes: Vec<String>,
+    /// Mount a tmpfs at PATH[:OPTIONS] (default rw,nosuid,nodev,noexec,relatime;
+    /// e.g. /run:size=64m,exec); repeatable.
+    #[arg(long)]
+    pub tmpfs: Vec<String>,
+    /// Mount the root filesystem read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// The container's host name (default: its id).
+    #[arg(long)]
+    pub hostname: Option<String>,
     /// A root filesystem directory, an OCI bundle (a directory with
     /// config.json), or else an image reference (registry/repo:tag).
     pub rootfs: PathBuf,
@@ -220,7 +242,7 @@ enum Command {
         follow: bool,
         id: String,
     },
-    /// Pull an image from a registry, one line per layer event.
+    /// Pull an image from a registry (live progress on a terminal).
     Pull {
         /// os/arch[/variant] (default linux/amd64).
         #[arg(long, default_value = "")]
@@ -244,13 +266,38 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Remove image names (content and snapshots stay while containers use them).
+    /// Remove image names, then free what nothing uses (refused while a
+    /// container uses the image, unless -f).
     Rmi {
-        /// Accepted for compatibility; removing a name is never refused.
+        /// Remove even when a container uses the image (its snapshot stays).
         #[arg(short = 'f', long)]
         force: bool,
         #[arg(required = true)]
         refs: Vec<String>,
+    },
+    /// Image administration: import, export, inspect, prune.
+    Image {
+        #[command(subcommand)]
+        cmd: image_admin::ImageCmd,
+    },
+    /// Name an image again: DST points at SRC's content.
+    Tag { source: String, target: String },
+    /// Store registry credentials in $HOME/.config/berth/auth.json (0600).
+    Login {
+        #[arg(short = 'u', long)]
+        username: Option<String>,
+        /// Read the password from stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        /// host[:port]
+        registry: String,
+    },
+    /// Forget a registry's stored credentials.
+    Logout { registry: String },
+    /// Named volumes: create, ls, inspect, rm.
+    Volume {
+        #[command(subcommand)]
+        cmd: volumes::VolumeCommand,
     },
     /// Stream events (every namespace unless -n is given).
     Events {
@@ -293,6 +340,13 @@ fn main() {
 }
 
 async fn dispatch(cli: Cli) -> Result<i32, client::Failure> {
+    match cli.command {
+        Command::Login { username, password_stdin, registry } => {
+            return auth::login(username, password_stdin, registry);
+        }
+        Command::Logout { registry } => return auth::logout(registry),
+        _ => {}
+    }
     let mut c = client::connect(cli.socket, cli.namespace).await?;
     use commands as cmd;
     match cli.command {
@@ -324,6 +378,10 @@ async fn dispatch(cli: Cli) -> Result<i32, client::Failure> {
         }
         Command::Images { json } => images::images(&mut c, json).await,
         Command::Rmi { force, refs } => images::rmi(&mut c, refs, force).await,
+        Command::Image { cmd } => image_admin::run(&mut c, cmd).await,
+        Command::Tag { source, target } => image_admin::tag(&mut c, source, target).await,
+        Command::Login { .. } | Command::Logout { .. } => Ok(0),
+        Command::Volume { cmd } => volumes::run(&mut c, cmd).await,
         Command::Events { json, types, id, since, no_follow } => {
             cmd::events(&mut c, cmd::EventsArgs { json, types, id, since, no_follow }).await
         }

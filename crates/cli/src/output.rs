@@ -73,6 +73,7 @@ pub fn container_json(c: &pb::Container) -> Value {
         "restart_count": c.restart_count,
         "stopped_by_user": c.stopped_by_user,
         "image": c.image,
+        "volumes": c.volumes,
     })
 }
 

@@ -76,6 +76,7 @@ fn container_pb(r: ContainerRecord) -> pb::Container {
         stopped_by_user: r.stopped_by_user,
         auto_remove: r.auto_remove,
         image: r.image,
+        volumes: r.volumes,
     }
 }
 
@@ -187,6 +188,13 @@ impl pb::containers_server::Containers for Api {
             auto_remove: r.auto_remove,
             image: r.image,
             entrypoint: r.entrypoint,
+            user: r.user,
+            run: crate::mounts::RunOptions {
+                volumes: r.volumes,
+                tmpfs: r.tmpfs,
+                read_only: r.read_only,
+                hostname: r.hostname,
+            },
         };
         let rec = self.mgr.create(params).await.map_err(status)?;
         Ok(Response::new(container_pb(rec)))

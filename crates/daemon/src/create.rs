@@ -52,6 +52,11 @@ pub struct CreateParams {
     pub image: String,
     /// Replaces the image's entrypoint (and drops its cmd).
     pub entrypoint: Option<String>,
+    /// Replaces the image's User: USER[:GROUP], names resolved through the
+    /// image's /etc/passwd and /etc/group (`berth_images::resolve_user`).
+    pub user: String,
+    /// Volumes, tmpfs mounts, read-only root, host name (`mounts.rs`).
+    pub run: crate::mounts::RunOptions,
 }
 
 /// A create from an image: what it resolved to.
@@ -77,6 +82,8 @@ pub(crate) enum Step {
         bundle: PathBuf,
     },
     Task(ShimClient),
+    /// A named volume this create made (removed unless used by then).
+    Volume(String),
 }
 
 /// Releases the reservation of an id when create ends, however it ends.
@@ -137,6 +144,16 @@ fn mkdir(dir: &std::path::Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))
 }
 
+/// Awaits blocking work on a user-supplied path (it may sit on a hung
+/// filesystem) for at most [`SPEC_TIMEOUT`].
+async fn with_deadline<T>(what: &str, doing: &str, work: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
+    match tokio::time::timeout(SPEC_TIMEOUT, work).await {
+        Ok(Ok(done)) => done,
+        Ok(Err(e)) => Err(Error::io(what, std::io::Error::other(e))),
+        Err(_) => Err(Error::DeadlineExceeded(format!("{doing} took longer than {SPEC_TIMEOUT:?}"))),
+    }
+}
+
 impl Manager {
     pub async fn create(self: &Arc<Self>, p: CreateParams) -> Result<ContainerRecord> {
         let runtime = runtime_name(&p.runtime)?;
@@ -145,6 +162,7 @@ impl Manager {
         if p.auto_remove && p.restart != RestartPolicy::No {
             return Err(Error::InvalidArgument("auto-remove cannot be combined with a restart policy".into()));
         }
+        let run = self.check_run_options(&p).await?;
         let key = (p.namespace.clone(), p.id.clone());
         if !self.creating.lock().map(|mut c| c.insert(key.clone())).unwrap_or(false) {
             return Err(Error::AlreadyExists(p.id.to_string()));
@@ -160,13 +178,18 @@ impl Manager {
             if p.entrypoint.is_some() {
                 return Err(Error::InvalidArgument("an entrypoint applies to an image only".into()));
             }
+            if !p.user.is_empty() {
+                return Err(Error::InvalidArgument("a user applies to an image only".into()));
+            }
             (self.prepare_spec(&p, &cgroup).await?, None)
         } else {
             self.prepare_image_spec(&mut p, &cgroup)?
         };
         crate::resources::apply_to_spec(&mut prepared.spec, &p.limits)?;
+        crate::mounts::apply(&mut prepared.spec, &run, |n| self.volumes.data_dir(n))?;
 
         let mut done = Vec::new();
+        let _hold = self.volumes.hold(&p.run.volume_names());
         match self.allocate(&p, runtime, prepared, image, cgroup, &mut done).await {
             Ok((rec, client)) => {
                 let entry = Arc::new(Entry::new(client, None));
@@ -183,6 +206,26 @@ impl Manager {
         }
     }
 
+    /// Checks the run options (`mounts.rs`) off the async workers, with a
+    /// deadline (host paths may sit on a hung filesystem); refused for a
+    /// bundle, whose config.json is used as written.
+    async fn check_run_options(&self, p: &CreateParams) -> Result<crate::mounts::Checked> {
+        if p.run.is_default() {
+            return Ok(Default::default());
+        }
+        let (path, run) = (p.path.clone(), p.run.clone());
+        let work = tokio::task::spawn_blocking(move || {
+            if !path.is_empty() && std::path::Path::new(&path).join("config.json").symlink_metadata().is_ok() {
+                return Err(Error::InvalidArgument(
+                    "volumes, tmpfs, read-only and hostname apply to a root filesystem or an image; a bundle's config.json is used as written"
+                        .into(),
+                ));
+            }
+            crate::mounts::check(&run)
+        });
+        with_deadline("check run options", "checking the volumes", work).await
+    }
+
     /// Reads and checks the spec off the async workers, with a deadline: a
     /// user-supplied path may sit on a hung filesystem.
     async fn prepare_spec(&self, p: &CreateParams, cgroup: &str) -> Result<spec::Prepared> {
@@ -192,14 +235,7 @@ impl Manager {
             let overrides = Overrides { args: &args, env: &env, cwd: &cwd, tty, tty_size };
             spec::prepare(&path, &id, &cgroup, &overrides, &security)
         });
-        match tokio::time::timeout(SPEC_TIMEOUT, work).await {
-            Ok(Ok(prepared)) => prepared,
-            Ok(Err(e)) => Err(Error::io("prepare spec", std::io::Error::other(e))),
-            Err(_) => Err(Error::DeadlineExceeded(format!(
-                "reading the spec under {} took longer than {SPEC_TIMEOUT:?}",
-                p.path
-            ))),
-        }
+        with_deadline("prepare spec", &format!("reading the spec under {}", p.path), work).await
     }
 
     /// Resolves the image (it must be present) and builds the spec from its
@@ -214,6 +250,11 @@ impl Manager {
             run.entrypoint = if entrypoint.is_empty() { Vec::new() } else { vec![entrypoint.clone()] };
             run.cmd.clear();
         }
+        if !p.user.is_empty() {
+            run.user = p.user.clone();
+        }
+        let ids = berth_images::resolve_user(&self.images.snapshots, &image.chain_id, &run.user)?;
+        run.user = format!("{}:{}", ids.uid, ids.gid);
         let defaults = spec::ImageDefaults {
             entrypoint: &run.entrypoint,
             cmd: &run.cmd,
@@ -244,15 +285,25 @@ impl Manager {
     ) -> Result<(ContainerRecord, ShimClient)> {
         let (ns, id) = (&p.namespace, &p.id);
         let t0 = std::time::Instant::now();
+        let volumes = p.run.volume_names();
         let intent = Intent {
             namespace: ns.clone(),
             id: id.clone(),
             runtime: runtime.to_string(),
             created_at_ns: crate::now_ns(),
+            new_volumes: volumes.iter().filter(|n| !self.volumes.exists(n)).cloned().collect(),
         };
         self.write(Write { intent: Some(&intent), ..Default::default() }).map_err(|e| e.at("intent"))?;
         done.push(Step::Intent);
         crash_point("intent");
+        for name in &volumes {
+            if self.volumes.ensure(name).map_err(|e| e.at("volumes"))? {
+                done.push(Step::Volume(name.clone()));
+            }
+        }
+        if !volumes.is_empty() {
+            crash_point("volumes");
+        }
         let logs = self.cfg.log_dir(ns, id);
         mkdir(&logs).map_err(|e| e.at("logs"))?;
         done.push(Step::Logs(logs.clone()));
@@ -315,6 +366,7 @@ impl Manager {
             execs: Default::default(),
             auto_remove: p.auto_remove,
             image: image.map(|i| i.name).unwrap_or_default(),
+            volumes: p.run.volume_names(),
         };
         let created = event(Kind::Create, ns, id, "", pid, None);
         let w = Write { put: Some(&rec), clear_intent: Some((ns, id)), event: Some(created), ..Default::default() };
@@ -380,6 +432,7 @@ impl Manager {
                 Step::Cgroup(cg) => self.cgroups.remove(&cg).map_err(|e| Error::io("remove cgroup", e)),
                 Step::Snapshot { key, target } => self.images.release_rootfs(&key, &target),
                 Step::Bundle(dir) | Step::Logs(dir) => crate::delete::remove_path(&dir),
+                Step::Volume(name) => self.volume_release_new(&name),
                 Step::Intent => self.write(Write { clear_intent: Some((ns, id)), ..Default::default() }),
             };
             if let Err(e) = result {

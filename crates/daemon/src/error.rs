@@ -35,6 +35,8 @@ pub enum Error {
     },
     #[error("{0}")]
     DeadlineExceeded(String),
+    #[error("volume {0} not found")]
+    VolumeNotFound(String),
     #[error("subscriber too slow: events after {0} were dropped; resume with since={0}")]
     Lagged(u64),
 }
@@ -46,7 +48,7 @@ impl Error {
             Error::Store(e) => e.code(),
             Error::Image(e) => e.code(),
             Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::NotFound(_) | Error::Finished(_) => Code::NotFound,
+            Error::NotFound(_) | Error::Finished(_) | Error::VolumeNotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Shim { code, .. } => *code,

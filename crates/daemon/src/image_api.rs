@@ -3,11 +3,13 @@
 //! mapping. No behaviour lives here.
 
 use berth_api::v1 as pb;
+use berth_images::gc::Collected;
 use berth_images::{Auth, ImageRecord};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status};
 
 use crate::api::{Api, BoxStream, status};
+use crate::image_admin::{Imported, Inspected};
 use crate::images::{PullEvent, PullParams};
 
 pub fn image_pb(r: ImageRecord) -> pb::Image {
@@ -20,6 +22,53 @@ pub fn image_pb(r: ImageRecord) -> pb::Image {
         chain_id: r.chain_id,
         size: r.size,
         created: r.created,
+    }
+}
+
+fn freed_pb(c: Collected) -> pb::ImagePruneResponse {
+    pb::ImagePruneResponse {
+        blobs_removed: c.blobs_removed as u64,
+        blob_bytes: c.blob_bytes,
+        snapshots_removed: c.snapshots_removed as u64,
+        snapshot_bytes: c.snapshot_bytes,
+    }
+}
+
+fn imported_pb(i: Imported) -> pb::ImportedImage {
+    pb::ImportedImage {
+        name: i.record.as_ref().map(|r| r.name.clone()).unwrap_or_default(),
+        digest: i.digest,
+        image: i.record.map(image_pb),
+        manifest_digest: i.manifest_digest,
+    }
+}
+
+fn inspect_pb(i: Inspected) -> pb::ImageInspect {
+    let platform = i.platform();
+    let diff_ids = i.record.diff_ids.clone();
+    let layers = i
+        .resolved
+        .manifest
+        .layers()
+        .iter()
+        .enumerate()
+        .map(|(n, l)| pb::ImageLayer {
+            digest: l.digest().to_string(),
+            diff_id: diff_ids.get(n).cloned().unwrap_or_default(),
+            size: l.size(),
+            media_type: l.media_type().to_string(),
+        })
+        .collect();
+    pb::ImageInspect {
+        image: Some(image_pb(i.record)),
+        layers,
+        entrypoint: i.run.entrypoint,
+        cmd: i.run.cmd,
+        env: i.run.env,
+        working_dir: i.run.working_dir,
+        user: i.run.user,
+        stop_signal: i.run.stop_signal,
+        platform,
     }
 }
 
@@ -64,9 +113,35 @@ impl pb::images_server::Images for Api {
         Ok(Response::new(image_pb(self.mgr.images.get(&r.reference).map_err(status)?)))
     }
 
-    async fn remove(&self, req: Request<pb::ImageRemoveRequest>) -> Result<Response<pb::Empty>, Status> {
+    async fn remove(&self, req: Request<pb::ImageRemoveRequest>) -> Result<Response<pb::ImageRemoveResponse>, Status> {
         let r = req.into_inner();
-        self.mgr.images.remove(&r.reference).map_err(status)?;
-        Ok(Response::new(pb::Empty {}))
+        let freed = self.mgr.remove_image(&r.reference, r.force).await.map_err(status)?;
+        Ok(Response::new(pb::ImageRemoveResponse { freed: Some(freed_pb(freed)) }))
+    }
+
+    async fn import(&self, req: Request<pb::ImageImportRequest>) -> Result<Response<pb::ImageImportResponse>, Status> {
+        let r = req.into_inner();
+        let images = self.mgr.images.import(&r.path, &r.platform).await.map_err(status)?;
+        Ok(Response::new(pb::ImageImportResponse { images: images.into_iter().map(imported_pb).collect() }))
+    }
+
+    async fn export(&self, req: Request<pb::ImageExportRequest>) -> Result<Response<pb::ImageExportResponse>, Status> {
+        let r = req.into_inner();
+        let e = self.mgr.images.export(&r.references, &r.path).await.map_err(status)?;
+        Ok(Response::new(pb::ImageExportResponse { blobs: e.blobs as u64, bytes: e.bytes }))
+    }
+
+    async fn tag(&self, req: Request<pb::ImageTagRequest>) -> Result<Response<pb::Image>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(image_pb(self.mgr.images.tag(&r.source, &r.target).map_err(status)?)))
+    }
+
+    async fn inspect(&self, req: Request<pb::ImageRef>) -> Result<Response<pb::ImageInspect>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(inspect_pb(self.mgr.images.inspect(&r.reference).map_err(status)?)))
+    }
+
+    async fn prune(&self, _req: Request<pb::ImagePruneRequest>) -> Result<Response<pb::ImagePruneResponse>, Status> {
+        Ok(Response::new(freed_pb(self.mgr.images.collect().await.map_err(status)?)))
     }
 }

@@ -47,6 +47,9 @@ pub struct Images {
     pub snapshots: Snapshotter,
     pub names: ImageStore,
     puller: Puller,
+    /// Pulls and imports hold it shared, garbage collection exclusively:
+    /// a collection never sweeps what a pull or import is writing.
+    pub(crate) gc_lock: tokio::sync::RwLock<()>,
 }
 
 /// The active snapshot key of a container: derived from namespace and id
@@ -65,6 +68,7 @@ impl Images {
             snapshots: Snapshotter::new(&root.join("snapshots"))?,
             names: ImageStore::open(root.join("images"))?,
             puller: Puller::new(),
+            gc_lock: tokio::sync::RwLock::new(()),
         })
     }
 
@@ -99,6 +103,7 @@ impl Images {
         let (tx, rx) = mpsc::unbounded_channel();
         let me = self.clone();
         tokio::spawn(async move {
+            let _lease = me.gc_lock.read().await;
             let result = me.pull_inner(p, &tx).await;
             let _ =
                 tx.send(result.map(|image| PullEvent { status: "pulled", image: Some(image), ..Default::default() }));
@@ -137,7 +142,10 @@ impl Images {
                 image: None,
             }));
         });
-        let pulled = self.puller.pull(&p.reference, &platform, &p.auth, p.insecure, &self.content, progress).await?;
+        // Layers unpack into snapshots as they stream; unpack_image below
+        // only fills in what the stream could not (and records the chain).
+        let sink = berth_images::StreamingUnpack::new(&self.content, &self.snapshots);
+        let pulled = self.puller.pull(&p.reference, &platform, &p.auth, p.insecure, &sink, progress).await?;
         let _ = tx.send(Ok(PullEvent { status: "unpacking", ..Default::default() }));
         let me = self.clone();
         let (manifest, config) = (pulled.manifest.clone(), pulled.config.clone());

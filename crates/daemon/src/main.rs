@@ -13,10 +13,12 @@ mod error;
 mod events;
 mod exec;
 mod guard;
+mod image_admin;
 mod image_api;
 mod images;
 mod logs;
 mod manager;
+mod mounts;
 mod oom;
 mod paging;
 mod recovery;
@@ -26,6 +28,8 @@ mod seccomp;
 mod shim;
 mod spec;
 mod stop;
+mod volume_api;
+mod volumes;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -35,6 +39,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use berth_api::v1::containers_server::ContainersServer;
 use berth_api::v1::events_server::EventsServer;
 use berth_api::v1::images_server::ImagesServer;
+use berth_api::v1::volumes_server::VolumesServer;
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -143,6 +148,7 @@ async fn run(args: Args) -> Result<(), String> {
     let api = api::Api { mgr: mgr.clone() };
     let events = api::Api { mgr: mgr.clone() };
     let images = api::Api { mgr: mgr.clone() };
+    let volumes = api::Api { mgr: mgr.clone() };
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -152,6 +158,7 @@ async fn run(args: Args) -> Result<(), String> {
             .add_service(ContainersServer::new(api))
             .add_service(EventsServer::new(events))
             .add_service(ImagesServer::new(images))
+            .add_service(VolumesServer::new(volumes))
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move { stopped.notified().await }),
     );
     tokio::select! {

@@ -57,6 +57,8 @@ pub struct Manager {
     pub cgroups: Hierarchies,
     /// Content, snapshots and image names (`images.rs`).
     pub images: Arc<crate::images::Images>,
+    /// Named volumes (`volumes.rs`).
+    pub volumes: crate::volumes::Volumes,
     pub(crate) entries: Mutex<HashMap<Key, Arc<Entry>>>,
     /// Ids being created right now (reserved against duplicates).
     pub(crate) creating: Mutex<HashSet<Key>>,
@@ -102,7 +104,9 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Manager {
     pub fn new(cfg: Config, store: Store, cgroups: Hierarchies, images: Arc<crate::images::Images>) -> Manager {
+        let volumes = crate::volumes::Volumes::new(&cfg.root);
         Manager {
+            volumes,
             cfg,
             store,
             events: Bus::default(),

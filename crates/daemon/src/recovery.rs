@@ -115,6 +115,9 @@ impl Manager {
             remove_path(&bundle)?;
             remove_cgroup(self, &cgroup).await?;
             remove_path(&self.cfg.log_dir(ns, id))?;
+            for name in &intent.new_volumes {
+                self.volume_release_new(name)?;
+            }
         }
         self.write(Write { clear_intent: Some((ns, id)), ..Default::default() })
     }

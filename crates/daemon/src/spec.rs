@@ -320,7 +320,7 @@ pub fn apply_overrides(process: &mut Process, o: &Overrides<'_>) -> Result<()> {
 }
 
 /// The kernel's limit on host names (HOST_NAME_MAX).
-const MAX_HOSTNAME: usize = 64;
+pub(crate) const MAX_HOSTNAME: usize = 64;
 
 fn default_spec(hostname: &str) -> Spec {
     let mut spec = Spec::default();

@@ -287,6 +287,12 @@ impl BlobWriter {
         &self.expected
     }
 
+    /// The temp file being written (unbuffered: another handle reads what
+    /// was written so far); gone after commit or drop.
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
     /// Verifies size and digest, fsyncs and renames the blob into place.
     /// On a mismatch (InvalidArgument) nothing is stored and the temp file
     /// is removed. A blob already present is fine: this copy is discarded.

@@ -9,9 +9,12 @@ pub mod gc;
 mod image_store;
 pub mod layout;
 pub mod pull;
+mod resolve;
 mod sink;
 pub mod snapshot;
+mod stream_unpack;
 mod unpack;
+mod userdb;
 
 pub use apply::unpack_image;
 pub use content::{BlobWriter, ContentStore, Digest, StoredBlob};
@@ -19,8 +22,11 @@ pub use error::ImageError;
 pub use image_store::{ImageRecord, ImageStore, RunConfig, normalize_reference, read_config};
 pub use layout::{Exported, ImportedImage, export, import};
 pub use pull::{Auth, BlobInfo, BlobKind, BlobSink, BlobStream, LayerProgress, Platform, Pulled, Puller};
+pub use resolve::{Resolved, resolve};
 pub use snapshot::{CommitOutcome, Keep, Mounts, Prepared, Snapshotter};
+pub use stream_unpack::StreamingUnpack;
 pub use unpack::{
     Compression, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_TOTAL_SIZE, MAX_NAME_LEN, UnpackOptions, Unpacked, Whiteouts,
     unpack_layer,
 };
+pub use userdb::{UserIds, resolve_user};

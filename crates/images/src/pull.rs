@@ -99,6 +99,12 @@ pub trait BlobSink: Send + Sync {
     fn has(&self, digest: &str) -> bool;
     /// Consumes `content` to its end and commits it under `blob.digest`.
     fn write<'a>(&'a self, blob: &'a BlobInfo, content: BlobStream) -> SinkFuture<'a>;
+    /// The image's manifest and (verified) config, known before any layer
+    /// is fetched or `has` is asked about one (a streaming unpacker plans
+    /// its snapshots here). An error aborts the pull.
+    fn image_ready(&self, _manifest: &ImageManifest, _config: &ImageConfiguration) -> Result<(), ImageError> {
+        Ok(())
+    }
 }
 
 /// One progress report for a layer.
@@ -168,7 +174,8 @@ impl Puller {
 
     /// Pulls `reference` (`registry/repo:tag` or `registry/repo@sha256:…`;
     /// Docker Hub defaults as oci-client applies them) for `platform`,
-    /// writing layers, config, manifest and index (in that order, so a
+    /// fetching the manifest, then the config (handed to the sink's
+    /// `image_ready`), then writing layers, config, manifest and index (in that order, so a
     /// present manifest implies its blobs) into `sink`, skipping what it
     /// has. `insecure` allows plain HTTP to this reference's registry.
     pub async fn pull<S: BlobSink + ?Sized>(
@@ -218,6 +225,7 @@ impl Puller {
         let config = ImageConfiguration::from_reader(&config_bytes[..])
             .map_err(|e| ImageError::InvalidArgument(format!("image config {}: {e}", config_info.digest)))?;
 
+        sink.image_ready(manifest, &config)?;
         let (fetched, skipped) = self.pull_layers(&client, &reference, manifest, sink, &progress).await?;
 
         write_bytes(sink, &config_info, &config_bytes).await?;

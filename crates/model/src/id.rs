@@ -68,6 +68,7 @@ macro_rules! id_type {
 id_type!(ContainerId, "container id");
 id_type!(Namespace, "namespace");
 id_type!(ExecId, "exec id");
+id_type!(VolumeName, "volume name");
 
 impl Default for Namespace {
     fn default() -> Self {

@@ -13,7 +13,7 @@ mod state;
 pub use error::{Code, ModelError};
 pub use event::EventKind;
 pub use exit::{ExitStatus, UNKNOWN_EXIT_CODE};
-pub use id::{ContainerId, DEFAULT_NAMESPACE, ExecId, Namespace};
+pub use id::{ContainerId, DEFAULT_NAMESPACE, ExecId, Namespace, VolumeName};
 pub use restart::{BACKOFF_RESET, RestartPolicy, backoff};
 pub use runtime::{DEFAULT_RUNTIME, RUNTIMES, runtime_name};
 pub use signal::signal_number;

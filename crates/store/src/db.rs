@@ -104,6 +104,10 @@ pub struct ContainerRecord {
     /// snapshot, mounted at `rootfs`.
     #[serde(default)]
     pub image: String,
+    /// Named volumes the container mounts: `volume rm` refuses them while
+    /// the record exists.
+    #[serde(default)]
+    pub volumes: Vec<String>,
 }
 
 /// A create in progress, written before anything is allocated and removed
@@ -116,6 +120,10 @@ pub struct Intent {
     pub id: ContainerId,
     pub runtime: String,
     pub created_at_ns: u64,
+    /// Named volumes that did not exist when the create began: the ones it
+    /// may make, removed with the rest unless a container uses them.
+    #[serde(default)]
+    pub new_volumes: Vec<String>,
 }
 
 /// One transaction: any of a record to put, a record to remove, an intent
@@ -311,6 +319,7 @@ mod tests {
             execs: [("e1".to_string(), 43)].into(),
             auto_remove: false,
             image: String::new(),
+            volumes: Vec::new(),
         }
     }
 
@@ -362,6 +371,7 @@ mod tests {
             id: rec.id.clone(),
             runtime: "embedded".into(),
             created_at_ns: 1,
+            new_volumes: Vec::new(),
         };
         s.write(Write { intent: Some(&intent), ..Default::default() }).unwrap();
         assert_eq!(s.intents().unwrap(), std::slice::from_ref(&intent));

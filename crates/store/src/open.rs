@@ -78,6 +78,7 @@ mod tests {
             id: ContainerId::new(id).unwrap(),
             runtime: "embedded".into(),
             created_at_ns: 1,
+            new_volumes: Vec::new(),
         }
     }
 

@@ -23,8 +23,8 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::ImageError;
 use meta::{Kind, Meta};
@@ -123,14 +123,15 @@ pub enum Keep {
     Nothing,
 }
 
-/// An overlayfs snapshotter rooted at one directory.
-#[derive(Debug)]
+/// An overlayfs snapshotter rooted at one directory. Clones share the
+/// lock and sequence (a streaming unpack hands one to blocking threads).
+#[derive(Debug, Clone)]
 pub struct Snapshotter {
     root: PathBuf,
     /// Serialises changes of the snapshot graph (commit against remove …);
     /// unpacking itself runs outside it.
-    lock: Mutex<()>,
-    seq: AtomicU64,
+    lock: Arc<Mutex<()>>,
+    seq: Arc<AtomicU64>,
 }
 
 impl Snapshotter {
@@ -146,7 +147,7 @@ impl Snapshotter {
         if text.contains([',', ':', '\\']) {
             return Err(ImageError::InvalidArgument(format!("snapshot root {text} contains one of , : \\")));
         }
-        Ok(Snapshotter { root, lock: Mutex::new(()), seq: AtomicU64::new(0) })
+        Ok(Snapshotter { root, lock: Arc::new(Mutex::new(())), seq: Arc::new(AtomicU64::new(0)) })
     }
 
     pub fn root(&self) -> &Path {

@@ -1,0 +1,471 @@
+//! Image administration end to end (issue 10; SPEC B29, B31, B32): import
+//! and export round trip exact by digest, tag and inspect, `rmi` refusing
+//! an image a container uses (unless -f) and collecting garbage after it,
+//! `image prune` never freeing what a running container's snapshot needs,
+//! and `berth login` credentials for a registry behind htpasswd basic
+//! auth. A loopback Debian `docker-registry` serves a two-layer image
+//! built here; every registry, daemon and mount is released on drop.
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_images::Digest;
+use berth_testing::{Daemon, Output, bin_path};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Reference, RegistryOperation};
+
+const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+
+/// A docker-registry on 127.0.0.1 (with `user`: behind htpasswd basic
+/// auth), killed by its PID when dropped.
+struct Registry {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start(user: Option<(&str, &str)>) -> Registry {
+        assert!(Path::new(REGISTRY_BIN).exists(), "{REGISTRY_BIN} missing: apt-get install docker-registry");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+             http:\n  addr: {addr}\n  secret: berth-test-secret\n",
+            dir.path().join("storage").display()
+        );
+        if let Some((name, password)) = user {
+            let hash = bcrypt::hash(password, 4).expect("bcrypt");
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, format!("{name}:{hash}\n")).expect("htpasswd");
+            config.push_str(&format!("auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n", htpasswd.display()));
+        }
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).expect("registry config");
+        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log");
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn docker-registry");
+        let mut reg = Registry { child, addr, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(&reg.addr).is_err() {
+            assert!(reg.child.try_wait().ok().flatten().is_none(), "docker-registry exited");
+            assert!(Instant::now() < deadline, "docker-registry not ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        reg
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Detaches every mount under a directory when dropped.
+struct Unmounter(PathBuf);
+
+impl Drop for Unmounter {
+    fn drop(&mut self) {
+        for at in mounts_under(&self.0) {
+            let _ = nix::mount::umount2(at.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let dir = dir.to_string_lossy().into_owned();
+    text.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir)).map(str::to_string).collect()
+}
+
+fn count(dir: PathBuf) -> usize {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().count()
+}
+
+fn blobs(d: &Daemon) -> usize {
+    count(d.root.join("content/blobs/sha256"))
+}
+
+fn committed(d: &Daemon) -> usize {
+    count(d.root.join("snapshots/committed"))
+}
+
+fn sha256(data: &[u8]) -> String {
+    Digest::of(data).to_string()
+}
+
+fn tar_of(files: &[(&str, &[u8])], rootfs: Option<&Path>) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    if let Some(rootfs) = rootfs {
+        tar.append_dir_all(".", rootfs).expect("tar rootfs");
+    }
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        tar.append_data(&mut h, name, *data).expect("tar entry");
+    }
+    tar.into_inner().expect("tar")
+}
+
+/// Builds and pushes a two-layer image (busybox + /work, then /new,
+/// gzip) to `reference`, with `auth`.
+fn push_image(reference: &str, rootfs: &Path, auth: &RegistryAuth) {
+    push_custom(reference, rootfs, auth, tar_of(&[("new", b"new\n")], None), "0:0");
+}
+
+/// Like `push_image` with the top layer `top` and the config's `User`.
+fn push_custom(reference: &str, rootfs: &Path, auth: &RegistryAuth, top: Vec<u8>, user: &str) {
+    let base = tar_of(&[("work/.keep", b"")], Some(rootfs));
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&top).expect("gzip");
+    let top_gz = gz.finish().expect("gzip");
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux", "created": "2024-05-01T12:00:00Z",
+        "config": {"Env": ["PATH=/bin", "GREETING=hi"], "Cmd": ["sh", "-c", "echo $GREETING"],
+                   "Entrypoint": ["/bin/env"], "WorkingDir": "/work", "User": user},
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&base), sha256(&top)]},
+    }))
+    .expect("config");
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config),
+                   "size": config.len()},
+        "layers": [
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(&base), "size": base.len()},
+            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256(&top_gz),
+             "size": top_gz.len()},
+        ],
+    }))
+    .expect("manifest");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let config_ = ClientConfig { protocol: ClientProtocol::Http, use_monolithic_push: true, ..Default::default() };
+        let client = oci_client::Client::try_from(config_).expect("push client");
+        let r: Reference = reference.parse().expect("reference");
+        client.auth(&r, auth, RegistryOperation::Push).await.expect("push auth");
+        for blob in [base, top_gz, config] {
+            let digest = sha256(&blob);
+            client.push_blob(&r, blob, &digest).await.expect("push blob");
+        }
+        let content_type = http::HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json");
+        client.push_manifest_raw(&r, manifest, content_type).await.expect("push manifest");
+    });
+}
+
+/// A daemon and a registry holding the test image, pulled.
+fn setup() -> (Daemon, Unmounter, Registry, String) {
+    let d = Daemon::start();
+    let guard = Unmounter(d.dir().to_path_buf());
+    let reg = Registry::start(None);
+    let reference = format!("{}/admin:1", reg.addr);
+    push_image(&reference, &d.rootfs, &RegistryAuth::Anonymous);
+    d.berth(&["pull", "--insecure", &reference]).ok();
+    (d, guard, reg, reference)
+}
+
+fn images_json(d: &Daemon) -> serde_json::Value {
+    serde_json::from_str(d.berth(&["images", "--json"]).ok()).expect("images json")
+}
+
+#[test]
+fn export_import_round_trip_tag_and_inspect() {
+    let (d, _guard, reg, reference) = setup();
+    let v: serde_json::Value =
+        serde_json::from_str(d.berth(&["image", "inspect", "--json", &reference]).ok()).expect("inspect json");
+    assert_eq!(v["name"], reference.as_str());
+    assert_eq!(v["platform"], "linux/amd64");
+    assert_eq!(v["created"], "2024-05-01T12:00:00Z");
+    assert_eq!(v["layers"].as_array().map(Vec::len), Some(2));
+    assert!(v["layers"][1]["diff_id"].as_str().is_some_and(|s| s.starts_with("sha256:")), "{v}");
+    assert_eq!(v["config"]["entrypoint"], serde_json::json!(["/bin/env"]));
+    assert_eq!(v["config"]["cmd"], serde_json::json!(["sh", "-c", "echo $GREETING"]));
+    assert_eq!(v["config"]["env"], serde_json::json!(["PATH=/bin", "GREETING=hi"]));
+    assert_eq!(v["config"]["working_dir"], "/work");
+    assert_eq!(v["config"]["user"], "0:0");
+    let table = d.berth(&["image", "inspect", &reference]).ok().to_string();
+    assert!(table.contains("WorkingDir:") && table.contains("/work"), "{table}");
+    d.berth(&["image", "inspect", "nosuch:1"]).fails_with("not found");
+
+    // A tag is a second name for the same content.
+    let copy = format!("{}/copy:2", reg.addr);
+    assert_eq!(d.berth(&["tag", &reference, &copy]).ok().trim(), copy);
+    let before = images_json(&d);
+    let digests: Vec<&serde_json::Value> = before.as_array().expect("list").iter().map(|i| &i["digest"]).collect();
+    assert_eq!(digests.len(), 2);
+    assert_eq!(digests[0], digests[1]);
+    d.berth(&["tag", "nosuch:1", &copy]).fails_with("not found");
+    d.berth(&["tag", &reference, "Not A Ref!"]).fails_with("invalid argument");
+
+    // Export both names; written atomically, nothing else left beside it.
+    let out_dir = tempfile::tempdir().expect("tempdir");
+    let archive = out_dir.path().join("images.tar");
+    let archive_s = archive.to_string_lossy().into_owned();
+    let out = d.berth(&["image", "export", &reference, &copy, &archive_s]).ok().to_string();
+    assert!(out.starts_with("exported 4 blobs"), "{out}");
+    assert_eq!(count(out_dir.path().to_path_buf()), 1, "only the archive");
+    d.berth(&["image", "export", "nosuch:1", &archive_s]).fails_with("not found");
+    assert!(archive.exists(), "a failed export leaves the old archive");
+
+    // Remove both names: the last rmi frees everything.
+    d.berth(&["rmi", &copy]).ok();
+    let out = d.berth(&["rmi", &reference]).ok().to_string();
+    assert!(out.contains("freed 4 blobs"), "{out}");
+    assert_eq!(blobs(&d), 0);
+    assert_eq!(committed(&d), 0);
+    assert_eq!(images_json(&d), serde_json::json!([]));
+
+    // Import restores the same digests and a runnable image.
+    let out = d.berth(&["image", "import", &archive_s]).ok().to_string();
+    assert!(out.contains(&format!("imported {reference} (")), "{out}");
+    assert!(out.contains(&format!("imported {copy} (")), "{out}");
+    assert_eq!(images_json(&d), before, "same names, same digests");
+    assert_eq!(blobs(&d), 4);
+    assert_eq!(d.berth(&["run", "--rm", &reference, "cat", "/new"]).ok(), "new\n");
+
+    // Bad archives change nothing.
+    d.berth(&["image", "import", "/no/such.tar"]).fails_with("not found");
+    let junk = out_dir.path().join("junk.tar");
+    std::fs::write(&junk, b"not a tar at all").expect("junk");
+    d.berth(&["image", "import", &junk.to_string_lossy()]).fails_with("invalid argument");
+    assert_eq!(images_json(&d).as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn rmi_and_prune_keep_what_a_running_container_uses() {
+    let (d, _guard, _reg, reference) = setup();
+    d.berth(&["run", "-d", "--name", "live", &reference, "sleep", "1000"]).ok();
+    let err = d.berth(&["rmi", &reference]).fails_with("failed precondition");
+    assert!(err.contains("default/live"), "{err}");
+    assert_eq!(blobs(&d), 4, "a refused rmi changes nothing");
+
+    // -f: the name goes, the blobs are freed, the container's chain stays.
+    let out = d.berth(&["rmi", "-f", &reference]).ok().to_string();
+    assert!(out.contains("freed 4 blobs") && out.contains("0 snapshots"), "{out}");
+    assert_eq!(blobs(&d), 0);
+    assert_eq!(committed(&d), 2, "both layers stay under the running container");
+    assert_eq!(d.berth(&["exec", "live", "cat", "/new"]).ok(), "new\n");
+    let out = d.berth(&["image", "prune"]).ok().to_string();
+    assert_eq!(out.trim(), "freed 0 blobs (0 B), 0 snapshots (0 B)");
+    assert_eq!(d.berth(&["exec", "live", "cat", "/new"]).ok(), "new\n");
+
+    // With the container gone, prune frees the rest.
+    d.berth(&["rm", "-f", "live"]).ok();
+    let v: serde_json::Value = serde_json::from_str(d.berth(&["image", "prune", "--json"]).ok()).expect("prune json");
+    assert_eq!(v["snapshots_removed"], 2, "{v}");
+    assert!(v["snapshot_bytes"].as_u64().is_some_and(|b| b > 0), "{v}");
+    assert_eq!(committed(&d), 0);
+    assert!(mounts_under(d.dir()).is_empty(), "mounts left: {:?}", mounts_under(d.dir()));
+}
+
+/// Runs the CLI with `HOME` set (for `login`), `input` on stdin.
+fn berth_home(d: &Daemon, home: &Path, args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(bin_path("berth"))
+        .env("BERTH_SOCKET", &d.socket)
+        .env("HOME", home)
+        .env_remove("BERTH_NAMESPACE")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn berth");
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    let out = child.wait_with_output().expect("wait for berth");
+    Output {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn login_stores_credentials_that_pull_uses() {
+    let d = Daemon::start();
+    let _guard = Unmounter(d.dir().to_path_buf());
+    let reg = Registry::start(Some(("berth", "s3cret")));
+    let reference = format!("{}/private:1", reg.addr);
+    let auth = RegistryAuth::Basic("berth".into(), "s3cret".into());
+    push_image(&reference, &d.rootfs, &auth);
+    let home = tempfile::tempdir().expect("home");
+
+    let err = berth_home(&d, home.path(), &["pull", "--insecure", &reference], "").fails_with("failed precondition");
+    assert!(err.contains("authentication"), "{err}");
+    assert_eq!(blobs(&d), 0);
+
+    let wrong = berth_home(&d, home.path(), &["login", "-u", "berth", "--password-stdin", &reg.addr], "nope\n");
+    wrong.ok();
+    berth_home(&d, home.path(), &["pull", "--insecure", &reference], "").fails_with("failed precondition");
+
+    berth_home(&d, home.path(), &["login", "-u", "berth", "--password-stdin", &reg.addr], "s3cret\n").ok();
+    let file = home.path().join(".config/berth/auth.json");
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(mode(file.parent().expect("dir")), 0o700);
+    let out = berth_home(&d, home.path(), &["pull", "--insecure", &reference], "").ok().to_string();
+    assert!(out.contains(&format!("pulled {reference}")), "{out}");
+    assert_eq!(berth_home(&d, home.path(), &["run", "--rm", &reference, "cat", "/new"], "").ok(), "new\n");
+
+    berth_home(&d, home.path(), &["logout", &reg.addr], "").ok();
+    berth_home(&d, home.path(), &["logout", &reg.addr], "").fails_with_any();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.berth(&["ps", "-a", "--json"]).ok().trim() != "[]" {
+        assert!(Instant::now() < deadline, "run --rm left its container");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    berth_home(&d, home.path(), &["rmi", &reference], "").ok();
+    berth_home(&d, home.path(), &["pull", "--insecure", &reference], "").fails_with("failed precondition");
+}
+
+/// Not a terminal: one plain line per event; `-q`: the name only; on a
+/// terminal (`script` gives one): a display redrawn in place that ends
+/// and shows every layer.
+#[test]
+fn pull_progress_plain_quiet_and_on_a_terminal() {
+    let (d, _guard, _reg, reference) = setup();
+    let v: serde_json::Value =
+        serde_json::from_str(d.berth(&["image", "inspect", "--json", &reference]).ok()).expect("inspect");
+    let shorts: Vec<String> = v["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["digest"].as_str().expect("digest")[7..19].to_string())
+        .collect();
+    assert_eq!(shorts.len(), 2);
+
+    let out = d.berth(&["pull", "--insecure", &reference]).ok().to_string();
+    assert!(!out.contains('\x1b'), "no escapes when not a terminal: {out:?}");
+    for line in out.lines() {
+        let layer = line.split_once(": ").is_some_and(|(digest, rest)| {
+            digest.len() == 12
+                && digest.chars().all(|c| c.is_ascii_hexdigit())
+                && (rest.starts_with("downloading ") || rest.starts_with("downloaded ") || rest == "already present")
+        });
+        assert!(layer || line == "unpacking..." || line.starts_with("pulled "), "{line:?} in {out}");
+    }
+    assert_eq!(out.lines().filter(|l| l.ends_with("already present")).count(), 2, "each layer once: {out}");
+    assert_eq!(d.berth(&["pull", "-q", "--insecure", &reference]).ok(), format!("{reference}\n"));
+
+    // A cold pull on a terminal.
+    d.berth(&["rmi", &reference]).ok();
+    assert_eq!(blobs(&d), 0);
+    let command = format!("{} pull --insecure {reference}", bin_path("berth").display());
+    let out = Command::new("timeout")
+        .args(["60", "script", "-qec", &command, "/dev/null"])
+        .env("BERTH_SOCKET", &d.socket)
+        .env_remove("BERTH_NAMESPACE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    assert!(text.contains("\x1b[2K"), "redrawn in place: {text:?}");
+    for s in &shorts {
+        assert!(text.contains(&format!("{s}: downloaded ")), "{s} in {text:?}");
+    }
+    assert!(text.contains(&format!("pulled {reference} (sha256:")), "{text:?}");
+    assert_eq!(blobs(&d), 4);
+}
+
+/// A top layer with /new, an /etc/passwd and /etc/group naming `app`
+/// (1234, primary group 2345) and `staff` (3456), or, with `escape`, an
+/// /etc/passwd that is a symlink out of the image.
+fn users_layer(rootfs: &Path, escape: bool) -> Vec<u8> {
+    let base_passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
+    let passwd = format!("{base_passwd}app:x:1234:2345:app:/:/bin/sh\n");
+    let group = "root:x:0:\nstaff:x:3456:app\n";
+    let mut tar = tar::Builder::new(Vec::new());
+    let files: Vec<(&str, &[u8])> = if escape {
+        vec![("new", b"new\n"), ("etc/group", group.as_bytes())]
+    } else {
+        vec![("new", b"new\n"), ("etc/passwd", passwd.as_bytes()), ("etc/group", group.as_bytes())]
+    };
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        tar.append_data(&mut h, name, data).expect("tar entry");
+    }
+    if escape {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        tar.append_link(&mut h, "etc/passwd", "../../../../../../../etc/passwd").expect("symlink");
+    }
+    tar.into_inner().expect("tar")
+}
+
+/// The image's `User` and `-u` resolve names through the image's own
+/// /etc/passwd and /etc/group; a missing name, or one only the host knows
+/// (a symlink out of the image), is `invalid argument` and creates nothing.
+#[test]
+fn user_names_resolve_through_the_image() {
+    let d = Daemon::start();
+    let _guard = Unmounter(d.dir().to_path_buf());
+    let reg = Registry::start(None);
+    let named = format!("{}/users:1", reg.addr);
+    push_custom(&named, &d.rootfs, &RegistryAuth::Anonymous, users_layer(&d.rootfs, false), "app");
+    let ids = |args: &[&str]| d.berth(args).ok().trim().to_string();
+    let idcmd = ["sh", "-c", "echo $(id -u):$(id -g)"];
+    let mut args = vec!["run", "--rm", "--insecure", &named];
+    args.extend(idcmd);
+    assert_eq!(ids(&args), "1234:2345", "the image's User by name");
+    for (u, want) in
+        [("app:staff", "1234:3456"), ("root", "0:0"), ("1234", "1234:2345"), ("77:staff", "77:3456"), ("5:6", "5:6")]
+    {
+        let mut args = vec!["run", "--rm", "-u", u, &named];
+        args.extend(idcmd);
+        assert_eq!(ids(&args), want, "-u {u}");
+    }
+    for bad in ["nobody-here", "app:nogroup", ":staff"] {
+        let err = d.berth(&["run", "--rm", "--name", "bad", "-u", bad, &named, "true"]).fails_with("invalid argument");
+        assert!(err.contains("passwd") || err.contains("group") || err.contains("USER"), "{bad}: {err}");
+        d.berth(&["inspect", "bad"]).fails_with("not found");
+    }
+    let rootfs = d.rootfs.to_string_lossy().into_owned();
+    d.berth(&["run", "--rm", "-u", "app", &rootfs, "true"]).fails_with("invalid argument");
+
+    // /etc/passwd a symlink to the host's: resolved inside the image (where
+    // it points at itself), never the host's, so names are refused.
+    let escaping = format!("{}/escape:1", reg.addr);
+    push_custom(&escaping, &d.rootfs, &RegistryAuth::Anonymous, users_layer(&d.rootfs, true), "");
+    d.berth(&["pull", "-q", "--insecure", &escaping]).ok();
+    d.berth(&["run", "--rm", "-u", "root", &escaping, "true"]).fails_with("invalid argument");
+    assert_eq!(d.berth(&["run", "--rm", "-u", "0:0", &escaping, "id", "-u"]).ok(), "0\n");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while d.berth(&["ps", "-a", "--json"]).ok().trim() != "[]" {
+        assert!(Instant::now() < deadline, "containers left");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(mounts_under(d.dir()).is_empty(), "mounts left: {:?}", mounts_under(d.dir()));
+}
