@@ -7,93 +7,19 @@
 //! built here; every registry, daemon and mount is released on drop.
 
 use std::io::Write;
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-use berth_images::Digest;
+use berth_e2e::registry::{
+    LAYER_TAR, LAYER_TAR_GZIP, Registry, Unmounter, append_file, await_no_containers, entries, gzip, mounts_under,
+    push_image, sha256, tar_of,
+};
 use berth_testing::{Daemon, Output, bin_path};
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Reference, RegistryOperation};
-
-const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
-
-/// A docker-registry on 127.0.0.1 (with `user`: behind htpasswd basic
-/// auth), killed by its PID when dropped.
-struct Registry {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start(user: Option<(&str, &str)>) -> Registry {
-        assert!(Path::new(REGISTRY_BIN).exists(), "{REGISTRY_BIN} missing: apt-get install docker-registry");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: {addr}\n  secret: berth-test-secret\n",
-            dir.path().join("storage").display()
-        );
-        if let Some((name, password)) = user {
-            let hash = bcrypt::hash(password, 4).expect("bcrypt");
-            let htpasswd = dir.path().join("htpasswd");
-            std::fs::write(&htpasswd, format!("{name}:{hash}\n")).expect("htpasswd");
-            config.push_str(&format!("auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n", htpasswd.display()));
-        }
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).expect("registry config");
-        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log");
-        let child = Command::new(REGISTRY_BIN)
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn docker-registry");
-        let mut reg = Registry { child, addr, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(&reg.addr).is_err() {
-            assert!(reg.child.try_wait().ok().flatten().is_none(), "docker-registry exited");
-            assert!(Instant::now() < deadline, "docker-registry not ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        reg
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Detaches every mount under a directory when dropped.
-struct Unmounter(PathBuf);
-
-impl Drop for Unmounter {
-    fn drop(&mut self) {
-        for at in mounts_under(&self.0) {
-            let _ = nix::mount::umount2(at.as_str(), nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-}
-
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    let dir = dir.to_string_lossy().into_owned();
-    text.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir)).map(str::to_string).collect()
-}
 
 fn count(dir: PathBuf) -> usize {
-    std::fs::read_dir(dir).into_iter().flatten().flatten().count()
+    entries(&dir).len()
 }
 
 fn blobs(d: &Daemon) -> usize {
@@ -104,41 +30,16 @@ fn committed(d: &Daemon) -> usize {
     count(d.root.join("snapshots/committed"))
 }
 
-fn sha256(data: &[u8]) -> String {
-    Digest::of(data).to_string()
-}
-
-fn tar_of(files: &[(&str, &[u8])], rootfs: Option<&Path>) -> Vec<u8> {
-    let mut tar = tar::Builder::new(Vec::new());
-    tar.follow_symlinks(false);
-    if let Some(rootfs) = rootfs {
-        tar.append_dir_all(".", rootfs).expect("tar rootfs");
-    }
-    for (name, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_cksum();
-        tar.append_data(&mut h, name, *data).expect("tar entry");
-    }
-    tar.into_inner().expect("tar")
-}
-
 /// Builds and pushes a two-layer image (busybox + /work, then /new,
 /// gzip) to `reference`, with `auth`.
-fn push_image(reference: &str, rootfs: &Path, auth: &RegistryAuth) {
+fn push_test_image(reference: &str, rootfs: &Path, auth: &RegistryAuth) {
     push_custom(reference, rootfs, auth, tar_of(&[("new", b"new\n")], None), "0:0");
 }
 
-/// Like `push_image` with the top layer `top` and the config's `User`.
+/// Like `push_test_image` with the top layer `top` and the config's `User`.
 fn push_custom(reference: &str, rootfs: &Path, auth: &RegistryAuth, top: Vec<u8>, user: &str) {
     let base = tar_of(&[("work/.keep", b"")], Some(rootfs));
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(&top).expect("gzip");
-    let top_gz = gz.finish().expect("gzip");
+    let top_gz = gzip(&top, flate2::Compression::fast());
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux", "created": "2024-05-01T12:00:00Z",
         "config": {"Env": ["PATH=/bin", "GREETING=hi"], "Cmd": ["sh", "-c", "echo $GREETING"],
@@ -146,40 +47,16 @@ fn push_custom(reference: &str, rootfs: &Path, auth: &RegistryAuth, top: Vec<u8>
         "rootfs": {"type": "layers", "diff_ids": [sha256(&base), sha256(&top)]},
     }))
     .expect("config");
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config),
-                   "size": config.len()},
-        "layers": [
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(&base), "size": base.len()},
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256(&top_gz),
-             "size": top_gz.len()},
-        ],
-    }))
-    .expect("manifest");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    rt.block_on(async {
-        let config_ = ClientConfig { protocol: ClientProtocol::Http, use_monolithic_push: true, ..Default::default() };
-        let client = oci_client::Client::try_from(config_).expect("push client");
-        let r: Reference = reference.parse().expect("reference");
-        client.auth(&r, auth, RegistryOperation::Push).await.expect("push auth");
-        for blob in [base, top_gz, config] {
-            let digest = sha256(&blob);
-            client.push_blob(&r, blob, &digest).await.expect("push blob");
-        }
-        let content_type = http::HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json");
-        client.push_manifest_raw(&r, manifest, content_type).await.expect("push manifest");
-    });
+    push_image(reference, auth, &[(LAYER_TAR, &base), (LAYER_TAR_GZIP, &top_gz)], &config);
 }
 
 /// A daemon and a registry holding the test image, pulled.
 fn setup() -> (Daemon, Unmounter, Registry, String) {
     let d = Daemon::start();
     let guard = Unmounter(d.dir().to_path_buf());
-    let reg = Registry::start(None);
+    let reg = Registry::start();
     let reference = format!("{}/admin:1", reg.addr);
-    push_image(&reference, &d.rootfs, &RegistryAuth::Anonymous);
+    push_test_image(&reference, &d.rootfs, &RegistryAuth::Anonymous);
     d.berth(&["pull", "--insecure", &reference]).ok();
     (d, guard, reg, reference)
 }
@@ -305,10 +182,10 @@ fn berth_home(d: &Daemon, home: &Path, args: &[&str], input: &str) -> Output {
 fn login_stores_credentials_that_pull_uses() {
     let d = Daemon::start();
     let _guard = Unmounter(d.dir().to_path_buf());
-    let reg = Registry::start(Some(("berth", "s3cret")));
+    let reg = Registry::start_with(Some(("berth", "s3cret")), "warn");
     let reference = format!("{}/private:1", reg.addr);
     let auth = RegistryAuth::Basic("berth".into(), "s3cret".into());
-    push_image(&reference, &d.rootfs, &auth);
+    push_test_image(&reference, &d.rootfs, &auth);
     let home = tempfile::tempdir().expect("home");
 
     let err = berth_home(&d, home.path(), &["pull", "--insecure", &reference], "").fails_with("failed precondition");
@@ -330,11 +207,7 @@ fn login_stores_credentials_that_pull_uses() {
 
     berth_home(&d, home.path(), &["logout", &reg.addr], "").ok();
     berth_home(&d, home.path(), &["logout", &reg.addr], "").fails_with_any();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while d.berth(&["ps", "-a", "--json"]).ok().trim() != "[]" {
-        assert!(Instant::now() < deadline, "run --rm left its container");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    await_no_containers(&d, "run --rm left its container");
     berth_home(&d, home.path(), &["rmi", &reference], "").ok();
     berth_home(&d, home.path(), &["pull", "--insecure", &reference], "").fails_with("failed precondition");
 }
@@ -403,14 +276,7 @@ fn users_layer(rootfs: &Path, escape: bool) -> Vec<u8> {
         vec![("new", b"new\n"), ("etc/passwd", passwd.as_bytes()), ("etc/group", group.as_bytes())]
     };
     for (name, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_cksum();
-        tar.append_data(&mut h, name, data).expect("tar entry");
+        append_file(&mut tar, name, data);
     }
     if escape {
         let mut h = tar::Header::new_gnu();
@@ -432,7 +298,7 @@ fn users_layer(rootfs: &Path, escape: bool) -> Vec<u8> {
 fn user_names_resolve_through_the_image() {
     let d = Daemon::start();
     let _guard = Unmounter(d.dir().to_path_buf());
-    let reg = Registry::start(None);
+    let reg = Registry::start();
     let named = format!("{}/users:1", reg.addr);
     push_custom(&named, &d.rootfs, &RegistryAuth::Anonymous, users_layer(&d.rootfs, false), "app");
     let ids = |args: &[&str]| d.berth(args).ok().trim().to_string();
@@ -462,10 +328,6 @@ fn user_names_resolve_through_the_image() {
     d.berth(&["pull", "-q", "--insecure", &escaping]).ok();
     d.berth(&["run", "--rm", "-u", "root", &escaping, "true"]).fails_with("invalid argument");
     assert_eq!(d.berth(&["run", "--rm", "-u", "0:0", &escaping, "id", "-u"]).ok(), "0\n");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while d.berth(&["ps", "-a", "--json"]).ok().trim() != "[]" {
-        assert!(Instant::now() < deadline, "containers left");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    await_no_containers(&d, "containers left");
     assert!(mounts_under(d.dir()).is_empty(), "mounts left: {:?}", mounts_under(d.dir()));
 }

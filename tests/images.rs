@@ -5,141 +5,27 @@
 //! honoured, and no mount or active snapshot outlives a container — through
 //! rm, a failed create and a berthd killed mid-create.
 
-use std::io::Write;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use berth_images::Digest;
+use berth_e2e::registry::{
+    LAYER_TAR, LAYER_TAR_GZIP, Registry, Unmounter, await_no_containers, entries, gzip, mounts_under, push_image,
+    sha256, tar_of,
+};
 use berth_testing::Daemon;
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Reference, RegistryOperation};
-
-const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
-
-/// A docker-registry on 127.0.0.1, killed (by its PID) when dropped.
-struct Registry {
-    child: Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        assert!(Path::new(REGISTRY_BIN).exists(), "{REGISTRY_BIN} missing: apt-get install docker-registry");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: {addr}\n  secret: berth-test-secret\n",
-            dir.path().join("storage").display()
-        );
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).expect("registry config");
-        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log");
-        let child = Command::new(REGISTRY_BIN)
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn docker-registry");
-        let mut reg = Registry { child, addr, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(&reg.addr).is_err() {
-            assert!(reg.child.try_wait().ok().flatten().is_none(), "docker-registry exited");
-            assert!(Instant::now() < deadline, "docker-registry not ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        reg
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Detaches every mount under a directory when dropped (declared after
-/// the daemon, so it runs before the daemon's temp dir is removed), so a
-/// failing test leaves no mount behind.
-struct Unmounter(PathBuf);
-
-impl Drop for Unmounter {
-    fn drop(&mut self) {
-        for at in mounts_under(&self.0) {
-            let _ = nix::mount::umount2(at.as_str(), nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-}
-
-/// Mount points under `dir`, from /proc/self/mountinfo.
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    let dir = dir.to_string_lossy().into_owned();
-    text.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir)).map(str::to_string).collect()
-}
 
 fn active_snapshots(d: &Daemon) -> Vec<String> {
-    let dir = d.root.join("snapshots/active");
-    std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into()).collect()
+    entries(&d.root.join("snapshots/active"))
 }
 
-fn sha256(data: &[u8]) -> String {
-    Digest::of(data).to_string()
-}
-
-/// Layer 1: the busybox rootfs, plus /whited and /work; uncompressed.
-fn base_layer(rootfs: &Path) -> Vec<u8> {
-    let mut tar = tar::Builder::new(Vec::new());
-    tar.follow_symlinks(false);
-    tar.append_dir_all(".", rootfs).expect("tar rootfs");
-    for (name, data) in [("whited", &b"to be whited out\n"[..]), ("work/.keep", b"")] {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_cksum();
-        tar.append_data(&mut h, name, data).expect("tar entry");
-    }
-    tar.into_inner().expect("tar")
-}
-
-/// Layer 2: a whiteout of /whited and a new file /new.
-fn top_layer() -> Vec<u8> {
-    let mut tar = tar::Builder::new(Vec::new());
-    for (name, data) in [(".wh.whited", &b""[..]), ("new", b"new\n")] {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_cksum();
-        tar.append_data(&mut h, name, data).expect("tar entry");
-    }
-    tar.into_inner().expect("tar")
-}
-
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    gz.write_all(data).expect("gzip");
-    gz.finish().expect("gzip")
-}
-
-/// Builds and pushes the test image to `reference`.
-fn push_image(reference: &str, rootfs: &Path) {
-    let base = base_layer(rootfs);
-    let top = top_layer();
-    let top_gz = gzip(&top);
+/// Builds and pushes the test image to `reference`: layer 1 the busybox
+/// rootfs plus /whited and /work, uncompressed; layer 2 a whiteout of
+/// /whited and a new file /new, gzip.
+fn push_test_image(reference: &str, rootfs: &Path) {
+    let base = tar_of(&[("whited", b"to be whited out\n"), ("work/.keep", b"")], Some(rootfs));
+    let top = tar_of(&[(".wh.whited", b""), ("new", b"new\n")], None);
+    let top_gz = gzip(&top, flate2::Compression::fast());
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
@@ -153,31 +39,7 @@ fn push_image(reference: &str, rootfs: &Path) {
         "rootfs": {"type": "layers", "diff_ids": [sha256(&base), sha256(&top)]},
     }))
     .expect("config");
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config),
-                   "size": config.len()},
-        "layers": [
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(&base), "size": base.len()},
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": sha256(&top_gz),
-             "size": top_gz.len()},
-        ],
-    }))
-    .expect("manifest");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    rt.block_on(async {
-        let config_ = ClientConfig { protocol: ClientProtocol::Http, use_monolithic_push: true, ..Default::default() };
-        let client = oci_client::Client::try_from(config_).expect("push client");
-        let r: Reference = reference.parse().expect("reference");
-        client.auth(&r, &RegistryAuth::Anonymous, RegistryOperation::Push).await.expect("push auth");
-        for blob in [base.clone(), top_gz.clone(), config.clone()] {
-            let digest = sha256(&blob);
-            client.push_blob(&r, blob, &digest).await.expect("push blob");
-        }
-        let content_type = http::HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json");
-        client.push_manifest_raw(&r, manifest, content_type).await.expect("push manifest");
-    });
+    push_image(reference, &RegistryAuth::Anonymous, &[(LAYER_TAR, &base), (LAYER_TAR_GZIP, &top_gz)], &config);
 }
 
 /// A daemon, a registry with the test image, and the image pulled.
@@ -186,7 +48,7 @@ fn setup() -> (Daemon, Unmounter, Registry, String) {
     let guard = Unmounter(d.dir().to_path_buf());
     let reg = Registry::start();
     let reference = format!("{}/test:1", reg.addr);
-    push_image(&reference, &d.rootfs);
+    push_test_image(&reference, &d.rootfs);
     let out = d.berth(&["pull", "--insecure", &reference]);
     let text = out.ok();
     assert!(text.lines().count() >= 3, "a line per layer event: {text}");
@@ -235,11 +97,7 @@ fn pull_list_run_and_remove_leave_no_mount() {
     let rootfs = d.rootfs.to_string_lossy().into_owned();
     d.berth(&["create", "--entrypoint", "sh", &rootfs]).fails_with("invalid argument");
     std::thread::sleep(Duration::from_millis(200));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while d.berth(&["ps", "-a", "--json"]).ok().trim() != "[]" {
-        assert!(Instant::now() < deadline, "run --rm containers left");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    await_no_containers(&d, "run --rm containers left");
     assert!(mounts_under(d.dir()).is_empty(), "mounts left: {:?}", mounts_under(d.dir()));
     assert!(active_snapshots(&d).is_empty(), "active snapshots left: {:?}", active_snapshots(&d));
 

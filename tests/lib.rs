@@ -1,6 +1,8 @@
 //! End-to-end tests of berth, run for real as root: see the test files.
 //! This library holds what several of them share.
 
+pub mod registry;
+
 use berth_api::v1::containers_client::ContainersClient;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};

@@ -7,92 +7,20 @@
 //! made, and a second pull completes without fetching again the layers
 //! that were already verified and unpacked.
 
-use std::io::Write;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
+use berth_e2e::registry::{
+    LAYER_TAR_GZIP, Registry, Unmounter, entries, gzip, mounts_under, push_image, sha256, tar_of,
+};
 use berth_images::Digest;
 use berth_images::snapshot::{chain_hex, chain_id};
 use berth_testing::Daemon;
-use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Reference, RegistryOperation};
 
-const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 /// Size of each random layer.
 const RANDOM_LAYER: usize = 32 * 1024 * 1024;
-
-/// A docker-registry on 127.0.0.1 with its access log, killed (by its PID)
-/// when dropped.
-struct Registry {
-    child: Child,
-    addr: String,
-    dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        assert!(Path::new(REGISTRY_BIN).exists(), "{REGISTRY_BIN} missing: apt-get install docker-registry");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = format!(
-            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: {addr}\n  secret: berth-test-secret\n",
-            dir.path().join("storage").display()
-        );
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).expect("registry config");
-        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log");
-        let child = Command::new(REGISTRY_BIN)
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn docker-registry");
-        let mut reg = Registry { child, addr, dir };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(&reg.addr).is_err() {
-            assert!(reg.child.try_wait().ok().flatten().is_none(), "docker-registry exited");
-            assert!(Instant::now() < deadline, "docker-registry not ready");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        reg
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
-    }
-
-    /// Access-log lines of GETs of the blob `digest` so far.
-    fn blob_gets(&self, digest: &str) -> usize {
-        let needle = format!("blobs/{digest}");
-        self.log().lines().filter(|l| l.contains("\"GET ") && l.contains(&needle)).count()
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Detaches every mount under a directory when dropped (declared after
-/// the daemon, so it runs before the daemon's temp dir is removed).
-struct Unmounter(PathBuf);
-
-impl Drop for Unmounter {
-    fn drop(&mut self) {
-        for at in mounts_under(&self.0) {
-            let _ = nix::mount::umount2(at.as_str(), nix::mount::MntFlags::MNT_DETACH);
-        }
-    }
-}
 
 /// A CLI child killed (by its PID) and reaped when dropped.
 struct CliChild(Child);
@@ -102,41 +30,6 @@ impl Drop for CliChild {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// Mount points under `dir`, from /proc/self/mountinfo.
-fn mounts_under(dir: &Path) -> Vec<String> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    let dir = dir.to_string_lossy().into_owned();
-    text.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir)).map(str::to_string).collect()
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into()).collect()
-}
-
-fn sha256(data: &[u8]) -> String {
-    Digest::of(data).to_string()
-}
-
-/// A tar of `files` (mode 0644, root-owned), after the tree `rootfs` if any.
-fn tar_of(files: &[(&str, &[u8])], rootfs: Option<&Path>) -> Vec<u8> {
-    let mut tar = tar::Builder::new(Vec::new());
-    tar.follow_symlinks(false);
-    if let Some(rootfs) = rootfs {
-        tar.append_dir_all(".", rootfs).expect("tar rootfs");
-    }
-    for (name, data) in files {
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_cksum();
-        tar.append_data(&mut h, name, *data).expect("tar entry");
-    }
-    tar.into_inner().expect("tar")
 }
 
 /// `len` bytes of incompressible data (xorshift64 from `seed`).
@@ -153,28 +46,22 @@ fn random(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
-/// Gzip framing with stored blocks: a real gzip stream, cheap to build
-/// (the data is random, so compression would not shrink it anyway).
-fn gzip(data: &[u8]) -> Vec<u8> {
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::none());
-    gz.write_all(data).expect("gzip");
-    gz.finish().expect("gzip")
-}
-
 /// The pushed image: its layer digests and their chain ids, in order.
 struct Pushed {
     layers: Vec<(String, String)>,
 }
 
 /// Builds and pushes the test image to `reference`.
-fn push_image(reference: &str, rootfs: &Path) -> Pushed {
+fn push_test_image(reference: &str, rootfs: &Path) -> Pushed {
     let mut tars = vec![tar_of(&[], Some(rootfs))];
     for n in 1..=3u64 {
         let name = format!("data/{n}.bin");
         tars.push(tar_of(&[(&name, &random(RANDOM_LAYER, n.wrapping_mul(0x9e37_79b9_7f4a_7c15)))], None));
     }
     let diff_ids: Vec<String> = tars.iter().map(|t| sha256(t)).collect();
-    let blobs: Vec<Vec<u8>> = tars.iter().map(|t| gzip(t)).collect();
+    // Gzip framing with stored blocks: a real gzip stream, cheap to build
+    // (the data is random, so compression would not shrink it anyway).
+    let blobs: Vec<Vec<u8>> = tars.iter().map(|t| gzip(t, flate2::Compression::none())).collect();
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
@@ -182,34 +69,8 @@ fn push_image(reference: &str, rootfs: &Path) -> Pushed {
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }))
     .expect("config");
-    let layers: Vec<serde_json::Value> = blobs
-        .iter()
-        .map(|b| {
-            serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                               "digest": sha256(b), "size": b.len()})
-        })
-        .collect();
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config),
-                   "size": config.len()},
-        "layers": layers,
-    }))
-    .expect("manifest");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    rt.block_on(async {
-        let config_ = ClientConfig { protocol: ClientProtocol::Http, use_monolithic_push: true, ..Default::default() };
-        let client = oci_client::Client::try_from(config_).expect("push client");
-        let r: Reference = reference.parse().expect("reference");
-        client.auth(&r, &RegistryAuth::Anonymous, RegistryOperation::Push).await.expect("push auth");
-        for blob in blobs.iter().chain([&config]) {
-            let digest = sha256(blob);
-            client.push_blob(&r, blob.clone(), &digest).await.expect("push blob");
-        }
-        let content_type = http::HeaderValue::from_static("application/vnd.oci.image.manifest.v1+json");
-        client.push_manifest_raw(&r, manifest, content_type).await.expect("push manifest");
-    });
+    let layers: Vec<(&str, &[u8])> = blobs.iter().map(|b| (LAYER_TAR_GZIP, b.as_slice())).collect();
+    push_image(reference, &RegistryAuth::Anonymous, &layers, &config);
     let mut parent: Option<String> = None;
     let mut out = Vec::new();
     for (blob, diff_id) in blobs.iter().zip(&diff_ids) {
@@ -232,9 +93,9 @@ struct Caught {
 fn pull_killed_midway_resumes_cleanly_and_leaves_nothing_half() {
     let d = Daemon::start();
     let _guard = Unmounter(d.dir().to_path_buf());
-    let reg = Registry::start();
+    let reg = Registry::start_with(None, "info");
     let reference = format!("{}/big:1", reg.addr);
-    let pushed = push_image(&reference, &d.rootfs);
+    let pushed = push_test_image(&reference, &d.rootfs);
     let ingest = d.root.join("content/ingest");
     let tmp = d.root.join("snapshots/tmp");
     let committed_dir = d.root.join("snapshots/committed");
