@@ -6,7 +6,6 @@
 //! auth. A loopback Debian `docker-registry` serves a two-layer image
 //! built here; every registry, daemon and mount is released on drop.
 
-use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -157,25 +156,7 @@ fn rmi_and_prune_keep_what_a_running_container_uses() {
 
 /// Runs the CLI with `HOME` set (for `login`), `input` on stdin.
 fn berth_home(d: &Daemon, home: &Path, args: &[&str], input: &str) -> Output {
-    let mut child = Command::new(bin_path("berth"))
-        .env("BERTH_SOCKET", &d.socket)
-        .env("HOME", home)
-        .env_remove("BERTH_NAMESPACE")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn berth");
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(input.as_bytes());
-    }
-    let out = child.wait_with_output().expect("wait for berth");
-    Output {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    d.berth_with_env_input(&[("HOME", home)], args, input)
 }
 
 #[test]

@@ -215,7 +215,7 @@ impl Manager {
         }
         let (path, run) = (p.path.clone(), p.run.clone());
         let work = tokio::task::spawn_blocking(move || {
-            if !path.is_empty() && std::path::Path::new(&path).join("config.json").symlink_metadata().is_ok() {
+            if !path.is_empty() && spec::is_bundle(std::path::Path::new(&path)) {
                 return Err(Error::InvalidArgument(
                     "volumes, tmpfs, read-only and hostname apply to a root filesystem or an image; a bundle's config.json is used as written"
                         .into(),

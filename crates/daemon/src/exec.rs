@@ -93,42 +93,17 @@ fn explain_exec_failure(e: Error, rec: &ContainerRecord, cwd: &str) -> Error {
     Error::InvalidArgument(format!("working directory {cwd:?} does not exist in container {}", rec.id))
 }
 
-/// Whether `path` exists inside `root`, following symlinks as the
-/// container would see them (absolute targets are relative to `root`).
+/// Whether `path` exists inside `root`, resolved by the kernel as the
+/// container would see it (`RESOLVE_IN_ROOT`: symlinks and `..` stay in it).
 fn in_root_exists(root: &std::path::Path, path: &str) -> bool {
-    let mut current = root.to_path_buf();
-    let mut todo: Vec<String> = path.split('/').filter(|c| !c.is_empty()).rev().map(String::from).collect();
-    let mut hops = 0;
-    while let Some(c) = todo.pop() {
-        match c.as_str() {
-            "." => continue,
-            ".." => {
-                if current != root {
-                    current.pop();
-                }
-                continue;
-            }
-            _ => {}
-        }
-        let next = current.join(&c);
-        match std::fs::symlink_metadata(&next) {
-            Ok(m) if m.file_type().is_symlink() => {
-                hops += 1;
-                let Ok(target) = std::fs::read_link(&next) else { return false };
-                if hops > 40 {
-                    return false;
-                }
-                let target = target.to_string_lossy().into_owned();
-                if target.starts_with('/') {
-                    current = root.to_path_buf();
-                }
-                todo.extend(target.split('/').filter(|c| !c.is_empty()).rev().map(String::from));
-            }
-            Ok(_) => current = next,
-            Err(_) => return false,
-        }
-    }
-    true
+    use nix::fcntl::{OFlag, OpenHow, ResolveFlag, openat2};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let Ok(dir) = std::fs::File::open(root) else { return false };
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    // SAFETY: a successful openat2 returns a new descriptor no one else owns.
+    openat2(dir.as_raw_fd(), path, how).map(|fd| drop(unsafe { OwnedFd::from_raw_fd(fd) })).is_ok()
 }
 
 impl Manager {

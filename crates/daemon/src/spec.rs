@@ -143,6 +143,12 @@ pub fn check_process(process: &Process) -> Result<()> {
     Ok(())
 }
 
+/// Whether `dir` is an OCI bundle (holds a config.json, even a broken
+/// link: that is a bad bundle, not a root filesystem).
+pub fn is_bundle(dir: &Path) -> bool {
+    dir.join("config.json").symlink_metadata().is_ok()
+}
+
 /// Loads or generates the spec for `path` and applies the overrides (and,
 /// for a generated spec, the confinement).
 pub fn prepare(path: &str, hostname: &str, cgroup: &str, o: &Overrides<'_>, security: &Security) -> Result<Prepared> {
@@ -158,7 +164,7 @@ pub fn prepare(path: &str, hostname: &str, cgroup: &str, o: &Overrides<'_>, secu
         return Err(invalid(format!("root filesystem {path:?} is not a directory")));
     }
     let config = dir.join("config.json");
-    let (mut spec, rootfs) = if config.symlink_metadata().is_ok() {
+    let (mut spec, rootfs) = if is_bundle(&dir) {
         if !security.is_default() {
             return Err(invalid(
                 "security options apply to a root filesystem; a bundle's config.json is used as written",

@@ -14,10 +14,28 @@ use crate::{BlobInfo, BlobSink, BlobStream, ContentStore, Digest, ImageError};
 /// Chunks in flight between the pulling task and the writing thread.
 const CHANNEL_DEPTH: usize = 16;
 
-enum Chunk {
+/// What a blob's writing thread receives from the pulling task.
+pub(crate) enum Chunk {
     Data(Bytes),
-    /// The stream ended cleanly: verify and publish.
+    /// The stream ended cleanly (digest and size verified): commit.
     End,
+}
+
+/// Sends a verified blob stream to a writing thread, then `End` if the
+/// stream ended cleanly. `Ok(false)`: the thread stopped taking chunks
+/// (its own error says why); `Err`: the stream failed.
+pub(crate) async fn feed(
+    content: &mut BlobStream,
+    tx: &tokio::sync::mpsc::Sender<Chunk>,
+    digest: &str,
+) -> Result<bool, ImageError> {
+    while let Some(item) = content.next().await {
+        let data = item.map_err(|e| ImageError::io(format!("read blob {digest}"), e))?;
+        if tx.send(Chunk::Data(data)).await.is_err() {
+            return Ok(false);
+        }
+    }
+    Ok(tx.send(Chunk::End).await.is_ok())
 }
 
 impl BlobSink for ContentStore {
@@ -43,16 +61,7 @@ impl BlobSink for ContentStore {
                 // The sender went away before the end: drop (remove) the temp file.
                 Err(ImageError::FailedPrecondition(format!("blob {} ended early", writer.expected())))
             });
-            let fed = async {
-                while let Some(item) = content.next().await {
-                    let data = item.map_err(|e| ImageError::io(format!("read blob {}", blob.digest), e))?;
-                    if tx.send(Chunk::Data(data)).await.is_err() {
-                        return Ok(false);
-                    }
-                }
-                Ok::<bool, ImageError>(tx.send(Chunk::End).await.is_ok())
-            }
-            .await;
+            let fed = feed(&mut content, &tx, &blob.digest).await;
             drop(tx);
             let written = task.await.map_err(|e| ImageError::io("blob writer", std::io::Error::other(e)))?;
             // A stream error wins over the writer's view of the short blob.

@@ -27,10 +27,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use bytes::{Buf, Bytes};
-use futures_util::StreamExt;
 use oci_spec::image::{ImageConfiguration, ImageManifest};
 
 use crate::pull::SinkFuture;
+use crate::sink::{Chunk, feed};
 use crate::snapshot::chain_id;
 use crate::{
     BlobInfo, BlobKind, BlobSink, BlobStream, BlobWriter, Compression, ContentStore, Digest, ImageError, Snapshotter,
@@ -41,12 +41,6 @@ use crate::{
 const CHANNEL_DEPTH: usize = 64;
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
-
-enum Chunk {
-    Data(Bytes),
-    /// The stream ended cleanly (digest and size verified).
-    End,
-}
 
 /// One manifest layer as the plan sees it.
 #[derive(Debug, Clone)]
@@ -186,16 +180,7 @@ impl BlobSink for StreamingUnpack {
             let (tx, rx) = tokio::sync::mpsc::channel::<Chunk>(CHANNEL_DEPTH);
             let job = Job { snapshots: self.snapshots.clone(), shared: self.shared.clone(), index, layer };
             let task = tokio::task::spawn_blocking(move || job.run(writer, rx));
-            let fed = async {
-                while let Some(item) = content.next().await {
-                    let data = item.map_err(|e| ImageError::io(format!("read blob {}", blob.digest), e))?;
-                    if tx.send(Chunk::Data(data)).await.is_err() {
-                        return Ok(false);
-                    }
-                }
-                Ok::<bool, ImageError>(tx.send(Chunk::End).await.is_ok())
-            }
-            .await;
+            let fed = feed(&mut content, &tx, &blob.digest).await;
             drop(tx);
             if fed.is_err() {
                 // Release layers waiting on this one before joining.

@@ -193,9 +193,16 @@ impl Daemon {
 
     /// Runs the CLI with `input` on its stdin.
     pub fn berth_with_input(&self, args: &[&str], input: &str) -> Output {
+        self.berth_with_env_input(&[], args, input)
+    }
+
+    /// Runs the CLI with extra environment (e.g. `HOME` for `login`) and
+    /// `input` on its stdin.
+    pub fn berth_with_env_input(&self, env: &[(&str, &Path)], args: &[&str], input: &str) -> Output {
         use std::io::Write;
         let mut child = self
             .cli(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
