@@ -12,9 +12,8 @@ fn assert_no_trace(d: &Daemon, id: &str) {
     d.berth(&["inspect", id]).fails_with("not found");
     let sockets = std::fs::read_dir(d.state.join("shims")).map(|r| r.count()).unwrap_or(0);
     assert_eq!(sockets, 0, "shim socket left behind");
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let dir = d.dir().to_string_lossy().into_owned();
-    assert!(!mounts.contains(&dir), "mount left behind under {dir}");
+    assert!(d.leftover_mounts().is_empty(), "mounts left behind: {:?}", d.leftover_mounts());
+    assert!(d.network_leftovers().is_empty(), "network left behind: {:?}", d.network_leftovers());
 }
 
 #[test]

@@ -321,8 +321,8 @@ fn chaos_churn_with_daemon_and_shim_kills() {
         leftovers.extend(std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.path()));
     }
     assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(d.dir().to_str().unwrap()), "mounts left");
+    assert!(d.leftover_mounts().is_empty(), "mounts left: {:?}", d.leftover_mounts());
+    assert!(d.network_leftovers().is_empty(), "network left: {:?}", d.network_leftovers());
 
     let log = d.log();
     println!(

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use berth_e2e::registry::{
-    LAYER_TAR, LAYER_TAR_GZIP, Registry, Unmounter, append_file, await_no_containers, entries, gzip, mounts_under,
-    push_image, sha256, tar_of,
+    LAYER_TAR, LAYER_TAR_GZIP, Registry, Unmounter, append_file, await_no_containers, entries, gzip, push_image,
+    sha256, tar_of,
 };
 use berth_testing::{Daemon, Output, bin_path};
 use oci_client::secrets::RegistryAuth;
@@ -151,7 +151,7 @@ fn rmi_and_prune_keep_what_a_running_container_uses() {
     assert_eq!(v["snapshots_removed"], 2, "{v}");
     assert!(v["snapshot_bytes"].as_u64().is_some_and(|b| b > 0), "{v}");
     assert_eq!(committed(&d), 0);
-    assert!(mounts_under(d.dir()).is_empty(), "mounts left: {:?}", mounts_under(d.dir()));
+    assert!(d.leftover_mounts().is_empty(), "mounts left: {:?}", d.leftover_mounts());
 }
 
 /// Runs the CLI with `HOME` set (for `login`), `input` on stdin.
@@ -310,5 +310,5 @@ fn user_names_resolve_through_the_image() {
     d.berth(&["run", "--rm", "-u", "root", &escaping, "true"]).fails_with("invalid argument");
     assert_eq!(d.berth(&["run", "--rm", "-u", "0:0", &escaping, "id", "-u"]).ok(), "0\n");
     await_no_containers(&d, "containers left");
-    assert!(mounts_under(d.dir()).is_empty(), "mounts left: {:?}", mounts_under(d.dir()));
+    assert!(d.leftover_mounts().is_empty(), "mounts left: {:?}", d.leftover_mounts());
 }

@@ -9,8 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth_e2e::registry::{
-    LAYER_TAR, LAYER_TAR_GZIP, Registry, Unmounter, await_no_containers, entries, gzip, mounts_under, push_image,
-    sha256, tar_of,
+    LAYER_TAR, LAYER_TAR_GZIP, Registry, Unmounter, await_no_containers, entries, gzip, push_image, sha256, tar_of,
 };
 use berth_testing::Daemon;
 use oci_client::secrets::RegistryAuth;
@@ -98,7 +97,7 @@ fn pull_list_run_and_remove_leave_no_mount() {
     d.berth(&["create", "--entrypoint", "sh", &rootfs]).fails_with("invalid argument");
     std::thread::sleep(Duration::from_millis(200));
     await_no_containers(&d, "run --rm containers left");
-    assert!(mounts_under(d.dir()).is_empty(), "mounts left: {:?}", mounts_under(d.dir()));
+    assert!(d.leftover_mounts().is_empty(), "mounts left: {:?}", d.leftover_mounts());
     assert!(active_snapshots(&d).is_empty(), "active snapshots left: {:?}", active_snapshots(&d));
 
     // A stopped container keeps its snapshot and the content, whatever
@@ -124,7 +123,7 @@ fn pull_list_run_and_remove_leave_no_mount() {
     // Without the name, a new create from it is refused (pull first).
     d.berth(&["create", "--pull", "never", "--name", "gone", &reference]).fails_with_any();
     d.berth(&["rm", "keep"]).ok();
-    assert!(mounts_under(d.dir()).is_empty(), "mounts left: {:?}", mounts_under(d.dir()));
+    assert!(d.leftover_mounts().is_empty(), "mounts left: {:?}", d.leftover_mounts());
     assert!(active_snapshots(&d).is_empty());
 }
 
@@ -136,7 +135,7 @@ fn failed_create_and_crash_mid_create_release_the_snapshot() {
     assert_eq!(out.code, 125, "{out:?}");
     assert!(out.stderr.contains("runtime create"), "{out:?}");
     d.berth(&["inspect", "nocmd"]).fails_with("not found");
-    assert!(mounts_under(d.dir()).is_empty(), "mounts left: {:?}", mounts_under(d.dir()));
+    assert!(d.leftover_mounts().is_empty(), "mounts left: {:?}", d.leftover_mounts());
     assert!(active_snapshots(&d).is_empty(), "{:?}", active_snapshots(&d));
 
     // berthd killed right after the snapshot, the bundle and the shim.
@@ -154,7 +153,7 @@ fn failed_create_and_crash_mid_create_release_the_snapshot() {
         assert!(!active_snapshots(&d).is_empty(), "{step}: the crash came after the snapshot");
         d.spawn();
         d.berth(&["inspect", "cut"]).fails_with("not found");
-        assert!(mounts_under(d.dir()).is_empty(), "{step}: mounts left: {:?}", mounts_under(d.dir()));
+        assert!(d.leftover_mounts().is_empty(), "{step}: mounts left: {:?}", d.leftover_mounts());
         assert!(active_snapshots(&d).is_empty(), "{step}: {:?}", active_snapshots(&d));
         assert!(d.shim_pids().is_empty(), "{step}: shims left");
     }
@@ -174,7 +173,7 @@ fn restart_of_berthd_and_policies_keep_what_containers_use() {
     d.kill9();
     d.spawn();
     let live_root = d.state.join("bundles/default/live/rootfs").to_string_lossy().into_owned();
-    let mounts = mounts_under(d.dir());
+    let mounts = d.leftover_mounts();
     assert_eq!(mounts, vec![live_root], "only the running container's rootfs stays mounted");
     assert_eq!(active_snapshots(&d).len(), 2, "the stopped container keeps its snapshot");
     let out = d.berth(&["exec", "live", "sh", "-c", "cat /new; test ! -e /whited"]);
@@ -200,6 +199,6 @@ fn restart_of_berthd_and_policies_keep_what_containers_use() {
     for id in ["live", "done", "flappy"] {
         d.berth(&["rm", "-f", id]).ok();
     }
-    assert!(mounts_under(d.dir()).is_empty(), "mounts left: {:?}", mounts_under(d.dir()));
+    assert!(d.leftover_mounts().is_empty(), "mounts left: {:?}", d.leftover_mounts());
     assert!(active_snapshots(&d).is_empty(), "{:?}", active_snapshots(&d));
 }

@@ -11,9 +11,7 @@ use std::path::Path;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use berth_e2e::registry::{
-    LAYER_TAR_GZIP, Registry, Unmounter, entries, gzip, mounts_under, push_image, sha256, tar_of,
-};
+use berth_e2e::registry::{LAYER_TAR_GZIP, Registry, Unmounter, entries, gzip, push_image, sha256, tar_of};
 use berth_images::Digest;
 use berth_images::snapshot::{chain_hex, chain_id};
 use berth_testing::Daemon;
@@ -146,7 +144,7 @@ fn pull_killed_midway_resumes_cleanly_and_leaves_nothing_half() {
     assert!(entries(&ingest).is_empty(), "temp files left in ingest: {:?}", entries(&ingest));
     assert!(entries(&tmp).is_empty(), "half snapshots left: {:?}", entries(&tmp));
     assert!(entries(&d.root.join("snapshots/active")).is_empty());
-    assert!(mounts_under(d.dir()).is_empty(), "mounts left: {:?}", mounts_under(d.dir()));
+    assert!(d.leftover_mounts().is_empty(), "mounts left: {:?}", d.leftover_mounts());
     // Every blob left is whole, every snapshot left is a layer of the image.
     for hex in entries(&blobs_dir) {
         let data = std::fs::read(blobs_dir.join(&hex)).expect("blob");
@@ -179,14 +177,14 @@ fn pull_killed_midway_resumes_cleanly_and_leaves_nothing_half() {
     d.berth(&["run", "--rm", &reference, "true"]).ok();
     let out = d.berth(&["run", "--rm", &reference, "sh", "-c", "wc -c < /data/3.bin"]);
     assert_eq!(out.ok().trim(), RANDOM_LAYER.to_string());
-    assert!(mounts_under(d.dir()).is_empty() || wait_unmounted(&d), "mounts left: {:?}", mounts_under(d.dir()));
+    assert!(d.leftover_mounts().is_empty() || wait_unmounted(&d), "mounts left: {:?}", d.leftover_mounts());
     eprintln!("killed after {:?}: {caught:?}; {} of {} layers kept", caught.after, kept.len(), pushed.layers.len());
 }
 
 /// Waits for `run --rm` removals to finish unmounting.
 fn wait_unmounted(d: &Daemon) -> bool {
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !mounts_under(d.dir()).is_empty() {
+    while !d.leftover_mounts().is_empty() {
         if Instant::now() > deadline {
             return false;
         }

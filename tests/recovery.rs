@@ -242,7 +242,7 @@ fn start_completed_while_daemon_was_down_is_recorded_once() {
 fn daemon_killed_at_each_create_step_leaves_no_trace() {
     let d = Daemon::start();
     let rootfs = d.rootfs.to_string_lossy().into_owned();
-    for step in ["intent", "logs", "bundle", "shim", "runtime create"] {
+    for step in ["intent", "logs", "network", "bundle", "shim", "runtime create"] {
         d.kill9();
         d.spawn_with_env(&[("BERTH_TEST_CRASH_AT", step)]);
         d.wait_serving();
@@ -254,8 +254,8 @@ fn daemon_killed_at_each_create_step_leaves_no_trace() {
         assert!(d.berth(&["ps", "-a", "--json"]).ok().trim() == "[]", "{step}: a record was left");
         assert!(d.cgroup_procs("default", "cut").is_empty(), "{step}: processes left");
         assert_no_leftovers(&d, &["cut"]);
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        assert!(!mounts.contains(d.dir().to_str().unwrap()), "{step}: mounts left");
+        assert!(d.leftover_mounts().is_empty(), "{step}: mounts left: {:?}", d.leftover_mounts());
+        assert!(d.network_leftovers().is_empty(), "{step}: network left: {:?}", d.network_leftovers());
         // The id is free again.
         d.run_detached("cut", &["true"]);
         assert_eq!(d.berth(&["wait", "cut"]).code, 0);

@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 use berth_api::v1::containers_client::ContainersClient;
 use berth_api::v1::events_client::EventsClient;
 use berth_api::v1::images_client::ImagesClient;
+use berth_api::v1::networks_client::NetworksClient;
 use berth_api::v1::volumes_client::VolumesClient;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -15,6 +16,7 @@ pub struct Client {
     pub events: EventsClient<Channel>,
     pub images: ImagesClient<Channel>,
     pub volumes: VolumesClient<Channel>,
+    pub networks: NetworksClient<Channel>,
     pub namespace: String,
 }
 
@@ -75,6 +77,26 @@ impl Failure {
     }
 }
 
+/// Runs `remove` for each name, printing the ones removed and one line
+/// per failure; the exit code is the last failure's (0 if none).
+pub async fn remove_each(
+    names: Vec<String>,
+    mut remove: impl AsyncFnMut(String) -> Result<(), tonic::Status>,
+) -> Result<i32, Failure> {
+    let mut exit_code = 0;
+    for name in names {
+        match remove(name.clone()).await {
+            Ok(()) => println!("{name}"),
+            Err(e) => {
+                let f = Failure::from(e);
+                eprintln!("berth: {}", f.message);
+                exit_code = f.exit_code;
+            }
+        }
+    }
+    Ok(exit_code)
+}
+
 /// Checks the token of the page after the one asked for with `asked`,
 /// which brought `got` items: a next page must progress, or a broken
 /// server would keep a listing going forever. Empty: that was the last.
@@ -110,7 +132,8 @@ pub async fn connect(socket: PathBuf, namespace: String) -> Result<Client, Failu
         containers: ContainersClient::new(channel.clone()),
         events: EventsClient::new(channel.clone()),
         images: ImagesClient::new(channel.clone()),
-        volumes: VolumesClient::new(channel),
+        volumes: VolumesClient::new(channel.clone()),
+        networks: NetworksClient::new(channel),
         namespace,
     })
 }

@@ -101,6 +101,10 @@ async fn do_create(c: &mut Client, a: CreateArgs, start: bool, auto_remove: bool
         tmpfs: a.tmpfs,
         read_only: a.read_only,
         hostname: a.hostname.unwrap_or_default(),
+        network: a.network.unwrap_or_default(),
+        publish: a.publish,
+        dns: a.dns,
+        add_hosts: a.add_hosts,
     };
     Ok(c.containers.create(req).await?.into_inner())
 }

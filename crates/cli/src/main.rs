@@ -7,6 +7,7 @@ mod commands;
 mod image_admin;
 mod images;
 mod limits;
+mod networks;
 mod output;
 mod progress;
 mod stats;
@@ -102,6 +103,20 @@ pub struct CreateArgs {
     /// The container's host name (default: its id).
     #[arg(long)]
     pub hostname: Option<String>,
+    /// Network: a network name (default berthd's, normally `berth`), none
+    /// (loopback only), host, or container:ID (share its namespace).
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Publish a port: [HOSTIP:]HOSTPORT:CTRPORT[/tcp|udp] (repeatable).
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
+    /// A nameserver for the container's /etc/resolv.conf (repeatable;
+    /// default: the host's, without loopback ones).
+    #[arg(long)]
+    pub dns: Vec<String>,
+    /// An /etc/hosts entry NAME:IP (repeatable).
+    #[arg(long = "add-host")]
+    pub add_hosts: Vec<String>,
     /// A root filesystem directory, an OCI bundle (a directory with
     /// config.json), or else an image reference (registry/repo:tag).
     pub rootfs: PathBuf,
@@ -294,6 +309,11 @@ enum Command {
     },
     /// Forget a registry's stored credentials.
     Logout { registry: String },
+    /// Networks: create, ls, inspect, rm.
+    Network {
+        #[command(subcommand)]
+        cmd: networks::NetworkCommand,
+    },
     /// Named volumes: create, ls, inspect, rm.
     Volume {
         #[command(subcommand)]
@@ -382,6 +402,7 @@ async fn dispatch(cli: Cli) -> Result<i32, client::Failure> {
         Command::Tag { source, target } => image_admin::tag(&mut c, source, target).await,
         Command::Login { .. } | Command::Logout { .. } => Ok(0),
         Command::Volume { cmd } => volumes::run(&mut c, cmd).await,
+        Command::Network { cmd } => networks::run(&mut c, cmd).await,
         Command::Events { json, types, id, since, no_follow } => {
             cmd::events(&mut c, cmd::EventsArgs { json, types, id, since, no_follow }).await
         }

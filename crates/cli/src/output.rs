@@ -74,7 +74,48 @@ pub fn container_json(c: &pb::Container) -> Value {
         "stopped_by_user": c.stopped_by_user,
         "image": c.image,
         "volumes": c.volumes,
+        "network": c.network.as_ref().map(|n| json!({
+            "mode": n.mode,
+            "netns": n.netns,
+            "interface": n.interface,
+            "ips": n.ips,
+            "gateway": n.gateway,
+            "mac": n.mac,
+            "ports": n.ports,
+        })),
     })
+}
+
+/// Published ports for the table: `8080->80/tcp`, host address first if
+/// one was given.
+fn ports(c: &pb::Container) -> String {
+    let ports = c.network.as_ref().map(|n| n.ports.as_slice()).unwrap_or_default();
+    if ports.is_empty() {
+        return "-".into();
+    }
+    ports
+        .iter()
+        .map(|p| match p.rsplit_once(':') {
+            Some((host, ctr)) => format!("{host}->{ctr}"),
+            None => p.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The network lines of `inspect`.
+fn network_text(c: &pb::Container) -> String {
+    let Some(n) = &c.network else { return "Network:    - (as the bundle says)\n".into() };
+    let or_dash = |s: String| if s.is_empty() { "-".to_string() } else { escape(&s).into_owned() };
+    format!(
+        "Network:    {}\nIPs:        {}\nGateway:    {}\nMAC:        {}\nPorts:      {}\nNetns:      {}\n",
+        escape(&n.mode),
+        or_dash(n.ips.join(", ")),
+        or_dash(n.gateway.clone()),
+        or_dash(n.mac.clone()),
+        or_dash(n.ports.join(", ")),
+        or_dash(n.netns.clone()),
+    )
 }
 
 pub fn event_json(e: &pb::Event) -> Value {
@@ -118,6 +159,7 @@ pub fn table(cs: &[pb::Container], all_ns: bool) -> String {
         "EXIT".into(),
         "RUNTIME".into(),
         "CREATED".into(),
+        "PORTS".into(),
         "COMMAND".into(),
     ]];
     if all_ns {
@@ -131,6 +173,7 @@ pub fn table(cs: &[pb::Container], all_ns: bool) -> String {
             c.exit.as_ref().map(|e| e.code.to_string()).unwrap_or_else(|| "-".into()),
             c.runtime.clone(),
             age(c.created_at_ns),
+            ports(c),
             truncate(&escape(&c.command.join(" ")), 40),
         ];
         if all_ns {
@@ -162,7 +205,7 @@ pub fn inspect_text(c: &pb::Container) -> String {
     let mut labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{}={}", escape(k), escape(v))).collect();
     labels.sort();
     format!(
-        "ID:         {}\nNamespace:  {}\nState:      {}\nPid:        {}\nExit:       {exit}\nOOMKilled:  {}\nRestart:    {} (restarted {} times)\nRuntime:    {}\nCommand:    {}\nImage:      {}\nRootfs:     {}\nBundle:     {}\nCgroup:     {}\nShim pid:   {}\nCreated:    {}\nLabels:     {}\n",
+        "ID:         {}\nNamespace:  {}\nState:      {}\nPid:        {}\nExit:       {exit}\nOOMKilled:  {}\nRestart:    {} (restarted {} times)\nRuntime:    {}\nCommand:    {}\nImage:      {}\nRootfs:     {}\nBundle:     {}\nCgroup:     {}\nShim pid:   {}\nCreated:    {}\nLabels:     {}\n{}",
         escape(&c.id),
         escape(&c.namespace),
         escape(&c.state),
@@ -179,6 +222,7 @@ pub fn inspect_text(c: &pb::Container) -> String {
         c.shim_pid,
         age(c.created_at_ns),
         labels.join(", "),
+        network_text(c),
     )
 }
 

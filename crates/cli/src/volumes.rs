@@ -61,20 +61,7 @@ pub async fn run(c: &mut Client, cmd: VolumeCommand) -> Result<i32, Failure> {
             println!("{}", volume_json(&v));
         }
         VolumeCommand::Rm { names } => {
-            let mut failure = None;
-            for name in names {
-                match c.volumes.remove(vref(name.clone())).await {
-                    Ok(_) => println!("{name}"),
-                    Err(e) => {
-                        let f = Failure::from(e);
-                        eprintln!("berth: {}", f.message);
-                        failure = Some(f);
-                    }
-                }
-            }
-            if let Some(f) = failure {
-                return Ok(f.exit_code);
-            }
+            return crate::client::remove_each(names, async |name| c.volumes.remove(vref(name)).await.map(drop)).await;
         }
     }
     Ok(0)

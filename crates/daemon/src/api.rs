@@ -77,6 +77,15 @@ fn container_pb(r: ContainerRecord) -> pb::Container {
         auto_remove: r.auto_remove,
         image: r.image,
         volumes: r.volumes,
+        network: r.network.map(|a| pb::NetworkAttachment {
+            mode: a.mode,
+            netns: a.netns,
+            interface: a.interface,
+            ips: a.ips,
+            gateway: a.gateway,
+            mac: a.mac,
+            ports: a.ports.iter().map(ToString::to_string).collect(),
+        }),
     }
 }
 
@@ -195,6 +204,7 @@ impl pb::containers_server::Containers for Api {
                 read_only: r.read_only,
                 hostname: r.hostname,
             },
+            net: crate::network::NetOptions { mode: r.network, publish: r.publish, dns: r.dns, add_hosts: r.add_hosts },
         };
         let rec = self.mgr.create(params).await.map_err(status)?;
         Ok(Response::new(container_pb(rec)))

@@ -57,6 +57,8 @@ pub struct CreateParams {
     pub user: String,
     /// Volumes, tmpfs mounts, read-only root, host name (`mounts.rs`).
     pub run: crate::mounts::RunOptions,
+    /// Network mode, published ports, resolver options (`network.rs`).
+    pub net: crate::network::NetOptions,
 }
 
 /// A create from an image: what it resolved to.
@@ -84,6 +86,8 @@ pub(crate) enum Step {
     Task(ShimClient),
     /// A named volume this create made (removed unless used by then).
     Volume(String),
+    /// The network attachment (namespace, CNI ADD, resolver files).
+    Network,
 }
 
 /// Releases the reservation of an id when create ends, however it ends.
@@ -162,7 +166,7 @@ impl Manager {
         if p.auto_remove && p.restart != RestartPolicy::No {
             return Err(Error::InvalidArgument("auto-remove cannot be combined with a restart policy".into()));
         }
-        let run = self.check_run_options(&p).await?;
+        let (run, is_bundle) = self.check_run_options(&p).await?;
         let key = (p.namespace.clone(), p.id.clone());
         if !self.creating.lock().map(|mut c| c.insert(key.clone())).unwrap_or(false) {
             return Err(Error::AlreadyExists(p.id.to_string()));
@@ -171,6 +175,7 @@ impl Manager {
         if self.store.get(&p.namespace, &p.id)?.is_some() {
             return Err(Error::AlreadyExists(p.id.to_string()));
         }
+        let network = self.plan_network(&p.namespace, &p.id, &p.net, is_bundle)?;
         crate::manager::lock(&self.removed).forget(&p.namespace, &p.id);
         let cgroup = self.cfg.cgroup_path(&p.namespace, &p.id);
         let mut p = p;
@@ -190,7 +195,8 @@ impl Manager {
 
         let mut done = Vec::new();
         let _hold = self.volumes.hold(&p.run.volume_names());
-        match self.allocate(&p, runtime, prepared, image, cgroup, &mut done).await {
+        let plan = network.as_ref().map(|(plan, _claim)| plan);
+        match self.allocate(&p, runtime, prepared, image, plan, cgroup, &mut done).await {
             Ok((rec, client)) => {
                 let entry = Arc::new(Entry::new(client, None));
                 self.watch(key, entry, &rec.cgroup);
@@ -208,20 +214,25 @@ impl Manager {
 
     /// Checks the run options (`mounts.rs`) off the async workers, with a
     /// deadline (host paths may sit on a hung filesystem); refused for a
-    /// bundle, whose config.json is used as written.
-    async fn check_run_options(&self, p: &CreateParams) -> Result<crate::mounts::Checked> {
-        if p.run.is_default() {
+    /// bundle, whose config.json is used as written. Also says whether the
+    /// path is a bundle.
+    async fn check_run_options(&self, p: &CreateParams) -> Result<(crate::mounts::Checked, bool)> {
+        if p.path.is_empty() && p.run.is_default() {
             return Ok(Default::default());
         }
         let (path, run) = (p.path.clone(), p.run.clone());
         let work = tokio::task::spawn_blocking(move || {
-            if !path.is_empty() && spec::is_bundle(std::path::Path::new(&path)) {
+            let bundle = !path.is_empty() && spec::is_bundle(std::path::Path::new(&path));
+            if run.is_default() {
+                return Ok((Default::default(), bundle));
+            }
+            if bundle {
                 return Err(Error::InvalidArgument(
                     "volumes, tmpfs, read-only and hostname apply to a root filesystem or an image; a bundle's config.json is used as written"
                         .into(),
                 ));
             }
-            crate::mounts::check(&run)
+            Ok((crate::mounts::check(&run)?, false))
         });
         with_deadline("check run options", "checking the volumes", work).await
     }
@@ -274,12 +285,14 @@ impl Manager {
         Ok((prepared, Some(FromImage { name: image.name, chain_id: image.chain_id })))
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn allocate(
         &self,
         p: &CreateParams,
         runtime: &str,
-        prepared: spec::Prepared,
+        mut prepared: spec::Prepared,
         image: Option<FromImage>,
+        network: Option<&crate::network::Plan>,
         cgroup: String,
         done: &mut Vec<Step>,
     ) -> Result<(ContainerRecord, ShimClient)> {
@@ -320,6 +333,15 @@ impl Manager {
             done.push(Step::Snapshot { key, target });
             crash_point("snapshot");
         }
+        let attachment = match network {
+            Some(plan) => {
+                let a = self.attach_network(plan, &bundle, &mut prepared.spec).await.map_err(|e| e.at("network"))?;
+                done.push(Step::Network);
+                crash_point("network");
+                Some(a)
+            }
+            None => None,
+        };
         let json = serde_json::to_vec_pretty(&prepared.spec)
             .map_err(|e| Error::InvalidArgument(format!("spec: {e}")).at("bundle"))?;
         // The bundle is runtime state (under --state): it needs no fsync, as
@@ -367,6 +389,7 @@ impl Manager {
             auto_remove: p.auto_remove,
             image: image.map(|i| i.name).unwrap_or_default(),
             volumes: p.run.volume_names(),
+            network: attachment,
         };
         let created = event(Kind::Create, ns, id, "", pid, None);
         let w = Write { put: Some(&rec), clear_intent: Some((ns, id)), event: Some(created), ..Default::default() };
@@ -433,6 +456,7 @@ impl Manager {
                 Step::Snapshot { key, target } => self.images.release_rootfs(&key, &target),
                 Step::Bundle(dir) | Step::Logs(dir) => crate::delete::remove_path(&dir),
                 Step::Volume(name) => self.volume_release_new(&name),
+                Step::Network => self.detach_network(ns, id).await,
                 Step::Intent => self.write(Write { clear_intent: Some((ns, id)), ..Default::default() }),
             };
             if let Err(e) = result {

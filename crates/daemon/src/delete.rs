@@ -1,8 +1,10 @@
 //! Delete (SPEC B8, B9): allowed once the container has stopped (or, with
-//! force, after killing it). Teardown releases newest-first — runtime
-//! container, shim, socket, rootfs snapshot, bundle, cgroup, logs — and the
-//! record goes last, so a failed delete can simply be retried. A container
-//! whose shim is gone is cleaned up by `berth-shim --cleanup` instead.
+//! force, after killing it), and not while another container shares its
+//! network namespace. Teardown releases newest-first — runtime container,
+//! shim, socket, rootfs snapshot, network attachment, bundle, cgroup, logs
+//! — and the record goes last, so a failed delete can simply be retried. A
+//! container whose shim is gone is cleaned up by `berth-shim --cleanup`
+//! instead.
 
 use std::time::Duration;
 
@@ -71,6 +73,7 @@ impl Manager {
         if created_at_ns.is_some_and(|at| at != rec.created_at_ns) {
             return Err(Error::NotFound(format!("{id} (created at {})", rec.created_at_ns)));
         }
+        self.check_no_joiners(ns, id)?;
         // An unknown container may still have processes: it needs force too.
         let live = matches!(rec.state, State::Created | State::Running | State::Paused | State::Unknown);
         if live && !force {
@@ -97,6 +100,9 @@ impl Manager {
         // the bundle that holds its mount point.
         if !rec.image.is_empty() {
             self.images.release_rootfs(&crate::images::snapshot_key(ns, id), &rec.rootfs)?;
+        }
+        if rec.network.is_some() {
+            self.detach_network(ns, id).await?;
         }
         remove_path(&rec.bundle)?;
         self.cgroups.remove(&rec.cgroup).map_err(|e| Error::io(format!("remove cgroup {}", rec.cgroup), e))?;

@@ -13,6 +13,8 @@ pub enum Error {
     Store(#[from] StoreError),
     #[error(transparent)]
     Image(#[from] ImageError),
+    #[error(transparent)]
+    Network(#[from] berth_network::Error),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("container {0} not found")]
@@ -47,6 +49,7 @@ impl Error {
             Error::Model(e) => e.code(),
             Error::Store(e) => e.code(),
             Error::Image(e) => e.code(),
+            Error::Network(e) => e.code(),
             Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NotFound(_) | Error::Finished(_) | Error::VolumeNotFound(_) => Code::NotFound,
             Error::AlreadyExists(_) => Code::AlreadyExists,

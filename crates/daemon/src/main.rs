@@ -19,6 +19,8 @@ mod images;
 mod logs;
 mod manager;
 mod mounts;
+mod network;
+mod network_api;
 mod oom;
 mod paging;
 mod recovery;
@@ -39,6 +41,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use berth_api::v1::containers_server::ContainersServer;
 use berth_api::v1::events_server::EventsServer;
 use berth_api::v1::images_server::ImagesServer;
+use berth_api::v1::networks_server::NetworksServer;
 use berth_api::v1::volumes_server::VolumesServer;
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
@@ -72,6 +75,24 @@ struct Args {
     /// by default they keep running.
     #[arg(long)]
     shutdown_containers: bool,
+    /// Directories holding CNI plugins, ':'-separated.
+    #[arg(long, default_value = "/usr/lib/cni:/opt/cni/bin")]
+    cni_bin_dir: String,
+    /// CNI config lists written by an administrator (usable, never changed).
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// Seconds a CNI plugin may run before it is killed.
+    #[arg(long, default_value_t = 30)]
+    cni_timeout: u64,
+    /// The network of containers that name none: a network name, none or host.
+    #[arg(long, default_value = berth_model::DEFAULT_NETWORK)]
+    default_network: String,
+    /// Bridge device of the default network `berth`.
+    #[arg(long, default_value = "berth0")]
+    network_bridge: String,
+    /// Subnet of the default network `berth`.
+    #[arg(long, default_value = "10.87.0.0/16")]
+    network_subnet: String,
 }
 
 /// How long in-flight requests may run after SIGTERM.
@@ -113,6 +134,22 @@ fn shim_binary(arg: Option<PathBuf>) -> Result<PathBuf, String> {
     }
 }
 
+/// berthd's networks, from its flags; the default mode must parse.
+fn network(args: &Args, cfg: &Config) -> Result<crate::network::Net, String> {
+    berth_model::NetworkMode::parse(&args.default_network).map_err(|e| format!("--default-network: {e}"))?;
+    let ncfg = berth_network::Config {
+        bin_dirs: std::env::split_paths(&args.cni_bin_dir).collect(),
+        conf_dir: args.cni_conf_dir.clone(),
+        root: cfg.root.clone(),
+        state: cfg.state.clone(),
+        default_bridge: args.network_bridge.clone(),
+        default_subnet: args.network_subnet.clone(),
+        plugin_timeout: Duration::from_secs(args.cni_timeout),
+    };
+    let networks = berth_network::Networks::new(ncfg).map_err(|e| format!("networks: {e}"))?;
+    Ok(crate::network::Net::new(networks, args.default_network.clone()))
+}
+
 async fn run(args: Args) -> Result<(), String> {
     let cfg = Config {
         root: args.root.clone(),
@@ -135,7 +172,8 @@ async fn run(args: Args) -> Result<(), String> {
     let cgroups = berth_cgroups::Hierarchies::detect().map_err(|e| format!("read cgroup mounts: {e}"))?;
     let socket = cfg.socket.clone();
     let images = Arc::new(crate::images::Images::open(&cfg.root).map_err(|e| format!("open image storage: {e}"))?);
-    let mgr = Arc::new(Manager::new(cfg, store, cgroups, images));
+    let net = network(&args, &cfg)?;
+    let mgr = Arc::new(Manager::new(cfg, store, cgroups, images, net));
     mgr.reload().await.map_err(|e| format!("reload containers: {e}"))?;
     mgr.remove_unused_namespaces();
 
@@ -149,6 +187,7 @@ async fn run(args: Args) -> Result<(), String> {
     let events = api::Api { mgr: mgr.clone() };
     let images = api::Api { mgr: mgr.clone() };
     let volumes = api::Api { mgr: mgr.clone() };
+    let networks = api::Api { mgr: mgr.clone() };
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -159,6 +198,7 @@ async fn run(args: Args) -> Result<(), String> {
             .add_service(EventsServer::new(events))
             .add_service(ImagesServer::new(images))
             .add_service(VolumesServer::new(volumes))
+            .add_service(NetworksServer::new(networks))
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move { stopped.notified().await }),
     );
     tokio::select! {

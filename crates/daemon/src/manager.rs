@@ -59,6 +59,8 @@ pub struct Manager {
     pub images: Arc<crate::images::Images>,
     /// Named volumes (`volumes.rs`).
     pub volumes: crate::volumes::Volumes,
+    /// Networks and the ports creates in flight claimed (`network.rs`).
+    pub net: crate::network::Net,
     pub(crate) entries: Mutex<HashMap<Key, Arc<Entry>>>,
     /// Ids being created right now (reserved against duplicates).
     pub(crate) creating: Mutex<HashSet<Key>>,
@@ -87,7 +89,7 @@ fn record_event(kind: Kind, rec: &ContainerRecord) -> Event {
 
 /// Test hook for SPEC B20: with `BERTH_TEST_CRASH_AT=<step>` in its
 /// environment, berthd SIGKILLs itself right after that create step
-/// (intent, logs, snapshot, bundle, shim, runtime create), after the shim started
+/// (intent, logs, snapshot, network, bundle, shim, runtime create), after the shim started
 /// init but before the start is recorded (start), or after a restart's new
 /// shim created the container but before the restart is recorded (restart
 /// shim), as a crash would.
@@ -103,10 +105,17 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Manager {
-    pub fn new(cfg: Config, store: Store, cgroups: Hierarchies, images: Arc<crate::images::Images>) -> Manager {
+    pub fn new(
+        cfg: Config,
+        store: Store,
+        cgroups: Hierarchies,
+        images: Arc<crate::images::Images>,
+        net: crate::network::Net,
+    ) -> Manager {
         let volumes = crate::volumes::Volumes::new(&cfg.root);
         Manager {
             volumes,
+            net,
             cfg,
             store,
             events: Bus::default(),

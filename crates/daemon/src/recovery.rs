@@ -70,10 +70,18 @@ impl Manager {
         if let Err(e) = self.recover_images() {
             tracing::warn!("recovering image storage: {e}");
         }
+        // Before any teardown: plugins a killed berthd left in the middle
+        // of an ADD would otherwise finish it afterwards.
+        if let Err(e) = self.net.networks.stop_orphan_plugins() {
+            tracing::warn!("stopping leftover CNI plugins: {e}");
+        }
         for intent in self.store.intents()? {
             if let Err(e) = self.release_intent(&intent).await {
                 tracing::warn!(ns = %intent.namespace, id = %intent.id, "cannot release an interrupted create: {e}");
             }
+        }
+        if let Err(e) = self.release_orphan_attachments().await {
+            tracing::warn!("releasing network attachments: {e}");
         }
         // Containers are independent: recover them all at once, so one slow
         // shim does not hold up the rest.
@@ -112,6 +120,7 @@ impl Manager {
             // the bundle that holds its mount point.
             let key = crate::images::snapshot_key(ns, id);
             self.images.release_rootfs(&key, &self.image_rootfs(ns, id))?;
+            self.detach_network(ns, id).await?;
             remove_path(&bundle)?;
             remove_cgroup(self, &cgroup).await?;
             remove_path(&self.cfg.log_dir(ns, id))?;

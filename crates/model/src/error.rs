@@ -48,6 +48,8 @@ pub enum ModelError {
     UnknownEventKind(String),
     #[error("invalid restart policy {0:?} (no, always, on-failure[:N] with N > 0, unless-stopped)")]
     BadRestartPolicy(String),
+    #[error("invalid port mapping {value:?}: {reason}")]
+    InvalidPort { value: String, reason: String },
 }
 
 impl ModelError {
@@ -57,7 +59,8 @@ impl ModelError {
             | ModelError::UnknownState(_)
             | ModelError::UnknownRuntime(_)
             | ModelError::UnknownEventKind(_)
-            | ModelError::BadRestartPolicy(_) => Code::InvalidArgument,
+            | ModelError::BadRestartPolicy(_)
+            | ModelError::InvalidPort { .. } => Code::InvalidArgument,
             ModelError::BadTransition { .. } => Code::FailedPrecondition,
         }
     }

@@ -69,6 +69,7 @@ id_type!(ContainerId, "container id");
 id_type!(Namespace, "namespace");
 id_type!(ExecId, "exec id");
 id_type!(VolumeName, "volume name");
+id_type!(NetworkName, "network name");
 
 impl Default for Namespace {
     fn default() -> Self {

@@ -108,6 +108,10 @@ pub struct ContainerRecord {
     /// the record exists.
     #[serde(default)]
     pub volumes: Vec<String>,
+    /// Its network attachment (SPEC B33); `None` for a bundle, networked
+    /// as its config.json says.
+    #[serde(default)]
+    pub network: Option<berth_model::NetworkAttachment>,
 }
 
 /// A create in progress, written before anything is allocated and removed
@@ -320,6 +324,7 @@ mod tests {
             auto_remove: false,
             image: String::new(),
             volumes: Vec::new(),
+            network: None,
         }
     }
 

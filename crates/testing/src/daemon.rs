@@ -113,6 +113,7 @@ impl Daemon {
             .arg(&self.socket)
             .arg("--cgroup-parent")
             .arg(&self.cgroup_parent)
+            .args(self.network_defaults())
             .args(&self.extra_args)
             .env("BERTH_LOG", "debug")
             .envs(env.iter().copied())
@@ -122,6 +123,24 @@ impl Daemon {
             .spawn()
             .expect("spawn berthd");
         *self.child() = Some(child);
+    }
+
+    /// Unless a test names them: containers get only loopback (many test
+    /// daemons at once must not share the default bridge and subnet), and
+    /// no administrator's CNI configs are read.
+    fn network_defaults(&self) -> Vec<String> {
+        let given = |flag: &str| self.extra_args.iter().any(|a| a == flag);
+        let mut args = Vec::new();
+        if !given("--default-network") {
+            args.extend(["--default-network".to_string(), "none".to_string()]);
+        }
+        if !given("--cni-conf-dir") {
+            args.extend([
+                "--cni-conf-dir".to_string(),
+                self.dir.path().join("cni-conf").to_string_lossy().into_owned(),
+            ]);
+        }
+        args
     }
 
     /// Waits until berthd's socket accepts connections.
@@ -291,6 +310,43 @@ impl Daemon {
         .collect()
     }
 
+    /// Mount points under the test's directory, but for berthd's network
+    /// namespaces (`<state>/netns`: a bind mount of itself that berthd
+    /// keeps, as iproute2 keeps /run/netns, and one namespace per
+    /// container; see [`Daemon::network_leftovers`]): what a container or a
+    /// create left behind.
+    pub fn leftover_mounts(&self) -> Vec<String> {
+        let text = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        let (dir, netns) = (self.dir().to_string_lossy().into_owned(), self.state.join("netns"));
+        let netns = netns.to_string_lossy();
+        text.lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&dir) && !m.starts_with(netns.as_ref()))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Network namespaces and attachment records berthd holds: none once
+    /// every container is gone.
+    pub fn network_leftovers(&self) -> Vec<PathBuf> {
+        [self.state.join("netns"), self.state.join("network/attachments")]
+            .iter()
+            .flat_map(|d| fs::read_dir(d).into_iter().flatten().flatten())
+            .map(|e| e.path())
+            .collect()
+    }
+
+    /// The network namespaces berthd held (bind mounts under
+    /// `<state>/netns`) and that directory's own bind mount, so the temp
+    /// dir can go.
+    fn unmount_netns(&self) {
+        let dir = self.state.join("netns");
+        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+    }
+
     fn sweep_cgroups(&self) {
         let Ok(h) = Hierarchies::detect() else { return };
         for _ in 0..50 {
@@ -317,5 +373,6 @@ impl Drop for Daemon {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
         self.sweep_cgroups();
+        self.unmount_netns();
     }
 }

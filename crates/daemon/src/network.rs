@@ -1,0 +1,278 @@
+//! Container networking in the create and delete paths (SPEC B33): the
+//! `--network` mode, ports and resolver options checked before anything is
+//! allocated; the attachment (berth's own network namespace + CNI ADD, in
+//! `berth-network`) as one step of create's rollback list; the resolver
+//! files bind-mounted from the bundle; CNI DEL at delete and recovery.
+//! Network definitions themselves are served in `network_api.rs`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use berth_model::{ContainerId, Namespace, NetworkAttachment, NetworkMode, PortMapping};
+use berth_network::{AttachKey, AttachRequest, DnsOptions, Networks};
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+
+use crate::error::{Error, Result};
+use crate::manager::{Key, Manager, lock};
+
+/// `run` options about the network (CreateRequest.network, publish, dns,
+/// add_hosts).
+#[derive(Debug, Clone, Default)]
+pub struct NetOptions {
+    pub mode: String,
+    pub publish: Vec<String>,
+    pub dns: Vec<String>,
+    pub add_hosts: Vec<String>,
+}
+
+impl NetOptions {
+    fn is_default(&self) -> bool {
+        self.mode.is_empty() && self.publish.is_empty() && self.dns.is_empty() && self.add_hosts.is_empty()
+    }
+}
+
+/// berthd's networks and what creates in flight have claimed.
+pub struct Net {
+    pub networks: Networks,
+    /// `--network` of a container that names none (`berthd --default-network`).
+    pub default_mode: String,
+    /// Ports claimed by creates not recorded yet (a record's ports are in
+    /// the store): two concurrent creates cannot publish the same one.
+    claimed: Mutex<Vec<(Key, PortMapping)>>,
+}
+
+impl Net {
+    pub fn new(networks: Networks, default_mode: String) -> Net {
+        Net { networks, default_mode, claimed: Mutex::default() }
+    }
+}
+
+/// A checked network request: everything create needs.
+pub(crate) struct Plan {
+    key: Key,
+    mode: NetworkMode,
+    ports: Vec<PortMapping>,
+    dns: Vec<String>,
+    add_hosts: Vec<String>,
+}
+
+/// Gives back the ports a create claimed, however the create ends.
+pub(crate) struct Claim<'a> {
+    net: &'a Net,
+    key: Key,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        lock(&self.net.claimed).retain(|(k, _)| k != &self.key);
+    }
+}
+
+pub(crate) fn attach_key(ns: &Namespace, id: &ContainerId) -> AttachKey {
+    AttachKey { namespace: ns.to_string(), id: id.to_string() }
+}
+
+fn invalid(msg: impl Into<String>) -> Error {
+    Error::InvalidArgument(msg.into())
+}
+
+/// The container's own files for its resolver, bind-mounted over the
+/// rootfs's (created by the runtime if missing).
+fn etc_mount(source: &Path, target: &str) -> Mount {
+    let mut m = Mount::default();
+    m.set_destination(PathBuf::from(target));
+    m.set_typ(Some("bind".to_string()));
+    m.set_source(Some(source.to_path_buf()));
+    m.set_options(Some(vec!["rbind".to_string(), "rprivate".to_string()]));
+    m
+}
+
+/// Points the spec's network namespace at `netns`, or drops it (host).
+fn set_netns(spec: &mut Spec, netns: Option<&str>) -> Result<()> {
+    let linux = spec.linux_mut().as_mut().ok_or_else(|| invalid("spec has no linux section"))?;
+    let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+    namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
+    if let Some(path) = netns {
+        let mut n = oci_spec::runtime::LinuxNamespace::default();
+        n.set_typ(LinuxNamespaceType::Network);
+        n.set_path(Some(PathBuf::from(path)));
+        namespaces.push(n);
+    }
+    linux.set_namespaces(Some(namespaces));
+    Ok(())
+}
+
+impl Manager {
+    /// Checks the network options before anything is created; `None` for
+    /// a bundle (networked as its config.json says), which takes no
+    /// network options. Claims the ports until `Claim` drops.
+    pub(crate) fn plan_network(
+        &self,
+        ns: &Namespace,
+        id: &ContainerId,
+        o: &NetOptions,
+        bundle: bool,
+    ) -> Result<Option<(Plan, Claim<'_>)>> {
+        if bundle {
+            if !o.is_default() {
+                return Err(invalid(
+                    "network options apply to a root filesystem or an image; a bundle's config.json is used as written",
+                ));
+            }
+            return Ok(None);
+        }
+        let given = if o.mode.is_empty() { self.net.default_mode.as_str() } else { o.mode.as_str() };
+        let mode = NetworkMode::parse(given)?;
+        let ports = o.publish.iter().map(|p| p.parse::<PortMapping>()).collect::<Result<Vec<_>, _>>()?;
+        berth_network::check_dns_options(&o.dns, &o.add_hosts)?;
+        match &mode {
+            NetworkMode::Network(name) => {
+                self.net.networks.get(name)?;
+            }
+            _ if !ports.is_empty() => {
+                return Err(invalid(format!("publishing ports needs a network, not --network {mode}")));
+            }
+            NetworkMode::Container(other) => {
+                self.joined_netns(ns, other)?;
+            }
+            NetworkMode::Host | NetworkMode::None => {}
+        }
+        let key = (ns.clone(), id.clone());
+        let mut claimed = lock(&self.net.claimed);
+        if !ports.is_empty() {
+            let mut in_use: Vec<(String, PortMapping)> =
+                claimed.iter().map(|((n, i), p)| (format!("{n}/{i}"), p.clone())).collect();
+            for rec in self.store.list(None)? {
+                let owner = format!("{}/{}", rec.namespace, rec.id);
+                in_use.extend(rec.network.iter().flat_map(|a| a.ports.iter()).map(|p| (owner.clone(), p.clone())));
+            }
+            berth_network::check_ports(&ports, &in_use)?;
+            claimed.extend(ports.iter().map(|p| (key.clone(), p.clone())));
+        }
+        drop(claimed);
+        let plan = Plan { key: key.clone(), mode, ports, dns: o.dns.clone(), add_hosts: o.add_hosts.clone() };
+        Ok(Some((plan, Claim { net: &self.net, key })))
+    }
+
+    /// The namespace of the container that `container:ID` names.
+    fn joined_netns(&self, ns: &Namespace, other: &ContainerId) -> Result<String> {
+        let rec = self
+            .store
+            .get(ns, other)?
+            .ok_or_else(|| invalid(format!("--network container:{other}: no such container")))?;
+        match rec.network {
+            Some(a) if !a.netns.is_empty() => Ok(a.netns),
+            _ => Err(invalid(format!("--network container:{other}: it has no network namespace of berth's to join"))),
+        }
+    }
+
+    /// The create step: attach (CNI ADD into berth's namespace), write the
+    /// resolver files under the bundle, and point the spec at both. On an
+    /// error nothing is left (the attachment undoes itself); once it
+    /// succeeded, `detach_network` is its release.
+    pub(crate) async fn attach_network(
+        &self,
+        plan: &Plan,
+        bundle: &Path,
+        spec: &mut Spec,
+    ) -> Result<NetworkAttachment> {
+        let (ns, id) = (&plan.key.0, &plan.key.1);
+        let mode = plan.mode.to_string();
+        let attachment = match &plan.mode {
+            NetworkMode::Host => NetworkAttachment { mode, ..Default::default() },
+            NetworkMode::Container(other) => {
+                NetworkAttachment { mode, netns: self.joined_netns(ns, other)?, ..Default::default() }
+            }
+            NetworkMode::None | NetworkMode::Network(_) => {
+                let network = match &plan.mode {
+                    NetworkMode::Network(n) => Some(n.as_str()),
+                    _ => None,
+                };
+                let req = AttachRequest { key: attach_key(ns, id), network, ports: &plan.ports };
+                let mut a = self.net.networks.attach(req).await?;
+                a.mode = mode;
+                a
+            }
+        };
+        if let Err(e) = self.finish_attach(plan, &attachment, bundle, spec) {
+            let _ = self.net.networks.detach(&attach_key(ns, id)).await;
+            return Err(e);
+        }
+        Ok(attachment)
+    }
+
+    fn finish_attach(&self, plan: &Plan, a: &NetworkAttachment, bundle: &Path, spec: &mut Spec) -> Result<()> {
+        let hostname = spec.hostname().clone().unwrap_or_else(|| plan.key.1.to_string());
+        let host_network = plan.mode == NetworkMode::Host;
+        let o =
+            DnsOptions { hostname: &hostname, dns: &plan.dns, add_hosts: &plan.add_hosts, ips: &a.ips, host_network };
+        let files = berth_network::write_etc_files(bundle, &o)?;
+        set_netns(spec, (!host_network).then_some(a.netns.as_str()))?;
+        let mut mounts = spec.mounts().clone().unwrap_or_default();
+        mounts.push(etc_mount(&files.hosts, "/etc/hosts"));
+        mounts.push(etc_mount(&files.resolv, "/etc/resolv.conf"));
+        mounts.push(etc_mount(&files.hostname, "/etc/hostname"));
+        spec.set_mounts(Some(mounts));
+        Ok(())
+    }
+
+    /// Releases a container's attachment: CNI DEL and its namespace.
+    /// Idempotent; nothing to do for host and container:ID modes.
+    pub(crate) async fn detach_network(&self, ns: &Namespace, id: &ContainerId) -> Result<()> {
+        Ok(self.net.networks.detach(&attach_key(ns, id)).await?)
+    }
+
+    /// Containers that joined `id`'s namespace (`--network container:ID`):
+    /// it cannot go while they exist.
+    pub(crate) fn check_no_joiners(&self, ns: &Namespace, id: &ContainerId) -> Result<()> {
+        let mode = NetworkMode::Container(id.clone()).to_string();
+        let joiners: Vec<String> = self
+            .store
+            .list(Some(ns))?
+            .into_iter()
+            .filter(|r| r.network.as_ref().is_some_and(|a| a.mode == mode))
+            .map(|r| r.id.to_string())
+            .collect();
+        if joiners.is_empty() {
+            return Ok(());
+        }
+        Err(Error::FailedPrecondition(format!(
+            "container {id} shares its network namespace with {}: remove them first",
+            joiners.join(", ")
+        )))
+    }
+
+    /// At startup, after interrupted creates are released: attachments no
+    /// container record owns (a berthd killed between ADD and the record).
+    pub(crate) async fn release_orphan_attachments(&self) -> Result<()> {
+        for key in self.net.networks.attached()? {
+            let (Ok(ns), Ok(id)) = (Namespace::new(&key.namespace), ContainerId::new(&key.id)) else {
+                continue;
+            };
+            if self.store.get(&ns, &id)?.is_none() {
+                tracing::warn!(%ns, %id, "releasing a network attachment no container owns");
+                self.net.networks.detach(&key).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Containers (namespace/id) attached to the network `name`.
+    pub(crate) fn network_users(&self, name: &str) -> Result<Vec<String>> {
+        Ok(self
+            .store
+            .list(None)?
+            .into_iter()
+            .filter(|r| r.network.as_ref().is_some_and(|a| a.mode == name))
+            .map(|r| format!("{}/{}", r.namespace, r.id))
+            .collect())
+    }
+
+    pub async fn network_remove(&self, name: &str) -> Result<()> {
+        let users = self.network_users(name)?;
+        if !users.is_empty() {
+            return Err(Error::FailedPrecondition(format!("network {name} is in use by {}", users.join(", "))));
+        }
+        Ok(self.net.networks.remove(name).await?)
+    }
+}
