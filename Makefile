@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 # System packages berth needs to build, run and be tested against peers.
-APT_PACKAGES := busybox-static runc containerd protobuf-compiler libseccomp-dev pkg-config bsdutils gcc libc6-dev docker-registry containernetworking-plugins iptables iproute2
+APT_PACKAGES := busybox-static runc containerd protobuf-compiler libseccomp-dev pkg-config bsdutils gcc libc6-dev docker-registry containernetworking-plugins iptables
 
 .PHONY: deps build release demo test lint unit e2e chaos bench clean
 

@@ -73,6 +73,11 @@ impl Net {
     #[track_caller]
     fn assert_clean(&self) {
         assert!(self.reservations().is_empty(), "addresses still reserved: {:?}", self.reservations());
+        // The kernel removes a dropped namespace's veth in the background.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !bridge_ports(&self.bridge).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let ports = bridge_ports(&self.bridge);
         assert!(ports.is_empty(), "veths left on {}: {ports:?}", self.bridge);
         assert!(self.d.network_leftovers().is_empty(), "left: {:?}", self.d.network_leftovers());

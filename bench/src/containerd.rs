@@ -101,6 +101,18 @@ impl Containerd {
         self.ctr(&["run", "--rm", "--rootfs", &rootfs, id, "/bin/true"]).status().is_ok_and(|s| s.success())
     }
 
+    /// `ctr run --rm --cni --rootfs ROOTFS ID CMD...`, its stdout if it
+    /// succeeded: ctr itself runs CNI ADD (on the task's /proc/PID/ns/net)
+    /// and DEL, with go-cni's configs from /etc/cni/net.d
+    /// (bench/src/cnihost.rs).
+    pub fn run_rm_cni(&self, rootfs: &Path, id: &str, cmd: &[&str]) -> Option<String> {
+        let rootfs = rootfs.to_string_lossy();
+        let mut args = vec!["run", "--rm", "--cni", "--rootfs", &rootfs, id];
+        args.extend_from_slice(cmd);
+        let out = self.ctr(&args).stderr(Stdio::inherit()).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// `ctr image pull --plain-http` (fetch and unpack), output discarded.
     pub fn pull(&self, reference: &str) -> bool {
         self.ctr(&["image", "pull", "--plain-http", reference])

@@ -6,14 +6,19 @@
 //!
 //! Also the time a daemon takes to list every running container again after
 //! a SIGKILL and restart (berthd vs containerd), and cold-cache image
-//! pulls and runs from a loopback registry (berth vs ctr; bench/src/image.rs).
+//! pulls and runs from a loopback registry (berth vs ctr; bench/src/image.rs),
+//! and what a network costs a run (berth --network none vs the default
+//! bridge network vs ctr --cni; bench/src/network.rs).
 //!
 //! Usage: berth-bench [--runs N] [--containers M] [--stats-containers K]
-//!        [--recovery-containers R] [--recovery-rounds Q]   (as root; see `make bench`)
+//!        [--recovery-containers R] [--recovery-rounds Q] [--only network]
+//!        (as root; see `make bench`)
 
+mod cnihost;
 mod containerd;
 mod image;
 mod measure;
+mod network;
 mod recovery;
 mod scenarios;
 
@@ -34,12 +39,28 @@ struct Opts {
     stats_containers: usize,
     recovery_containers: usize,
     recovery_rounds: usize,
+    /// `--only network`: that scenario alone.
+    only_network: bool,
 }
 
+const USAGE: &str = "usage: berth-bench [--runs N] [--containers M] [--stats-containers K] \
+                     [--recovery-containers R] [--recovery-rounds Q] [--only network]";
+
 fn parse_opts() -> Opts {
-    let mut o = Opts { runs: 30, containers: 10, stats_containers: 100, recovery_containers: 500, recovery_rounds: 3 };
+    let mut o = Opts {
+        runs: 30,
+        containers: 10,
+        stats_containers: 100,
+        recovery_containers: 500,
+        recovery_rounds: 3,
+        only_network: false,
+    };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
+        if pair[0] == "--only" && pair.get(1).map(String::as_str) == Some("network") {
+            o.only_network = true;
+            continue;
+        }
         let value = pair.get(1).and_then(|v| v.parse().ok());
         match (pair[0].as_str(), value) {
             ("--runs", Some(v)) => o.runs = v,
@@ -48,10 +69,7 @@ fn parse_opts() -> Opts {
             ("--recovery-containers", Some(v)) => o.recovery_containers = v,
             ("--recovery-rounds", Some(v)) => o.recovery_rounds = v,
             _ => {
-                eprintln!(
-                    "usage: berth-bench [--runs N] [--containers M] [--stats-containers K] \
-                     [--recovery-containers R] [--recovery-rounds Q]"
-                );
+                eprintln!("{USAGE}");
                 std::process::exit(2);
             }
         }
@@ -90,8 +108,40 @@ fn fmt_mem(m: Option<Mem>, f: fn(&Mem) -> f64) -> String {
     m.map(|m| format!("{:.2} MB", f(&m))).unwrap_or_else(|| "n/a".into())
 }
 
+/// `a - b` in ms, signed.
+fn fmt_diff(a: Option<Duration>, b: Option<Duration>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) => format!("{:+.1} ms", (a.as_secs_f64() - b.as_secs_f64()) * 1e3),
+        _ => "n/a".into(),
+    }
+}
+
+/// The network table: medians, the network's added time and the ratios
+/// the issue sets targets for.
+fn print_network(runs: usize, n: &network::NetworkTimes) {
+    println!();
+    println!("| run /bin/true to completion, networked (median of {runs}, interleaved) | wall time |");
+    println!("|---|---|");
+    println!("| berth run --rm --network none | {} |", fmt_ms(n.berth_none));
+    println!("| berth run --rm --network berth (bridge, host-local, portmap) | {} |", fmt_ms(n.berth_net));
+    println!("| berth run --network none; berth rm (teardown included) | {} |", fmt_ms(n.berth_none_rm));
+    println!("| berth run --network berth; berth rm (CNI DEL included) | {} |", fmt_ms(n.berth_net_rm));
+    println!("| ctr run --rm --rootfs (containerd 1.6) | {} |", fmt_ms(n.ctr));
+    println!("| ctr run --rm --cni --rootfs (same plugins) | {} |", fmt_ms(n.ctr_cni));
+    println!("| network added, berth run --rm (target ≤ 15 ms) | {} |", fmt_diff(n.berth_net, n.berth_none));
+    println!("| network added, berth run + rm | {} |", fmt_diff(n.berth_net_rm, n.berth_none_rm));
+    println!("| CNI added, ctr run --rm | {} |", fmt_diff(n.ctr_cni, n.ctr));
+    println!("| ratio berth run --rm, network / ctr --cni (target ≤ 0.3×) | {} |", ratio(n.berth_net, n.ctr_cni));
+    println!("| ratio berth run + rm, network / ctr --cni | {} |", ratio(n.berth_net_rm, n.ctr_cni));
+}
+
 fn main() {
     let o = parse_opts();
+    if o.only_network {
+        let n = network::run(o.runs);
+        print_network(o.runs, &n);
+        return;
+    }
     let d = Daemon::start();
     let bundle = make_bundle(d.dir(), &d.rootfs, "true", &["/bin/true"]);
     let bundle_s = bundle.to_string_lossy().into_owned();
@@ -141,6 +191,7 @@ fn main() {
     if let Ok(h) = berth_cgroups::Hierarchies::detect() {
         let _ = h.remove_tree(RUNC_CGROUP_PARENT);
     }
+    let net = network::run(o.runs);
 
     println!();
     println!("berth-bench: {} runs per command (median), {} detached containers for memory", o.runs, o.containers);
@@ -193,4 +244,5 @@ fn main() {
     println!("|---|---|---|");
     println!("| berth-shim | {} | {} |", fmt_mem(berth_mem, |m| m.rss_mb), fmt_mem(berth_mem, |m| m.pss_mb));
     println!("| containerd-shim-runc-v2 | {} | {} |", fmt_mem(ctr_mem, |m| m.rss_mb), fmt_mem(ctr_mem, |m| m.pss_mb));
+    print_network(o.runs, &net);
 }

@@ -218,6 +218,9 @@ async fn run(args: Args) -> Result<(), String> {
     // would otherwise hold the daemon forever.
     let result = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
     bound.remove();
+    if let Err(e) = mgr.net.networks.release() {
+        tracing::warn!("releasing the network namespace directory: {e}");
+    }
     match result {
         Ok(Ok(r)) => r.map_err(|e| format!("serve: {e}")),
         Ok(Err(e)) => Err(format!("server task: {e}")),

@@ -205,7 +205,7 @@ impl Networks {
         self.netns_dir().join(key.digest())
     }
 
-    fn netns_dir(&self) -> PathBuf {
+    pub(crate) fn netns_dir(&self) -> PathBuf {
         self.cfg.state.join("netns")
     }
 
@@ -223,7 +223,18 @@ impl Networks {
         if let Some(list) = cache.conflist {
             let list = ConfList::from_value(list, cache_path)?;
             let netns_path = cache.runtime.netns.clone();
-            blocking(move || netns::ensure(&netns_path)).await?;
+            // Deleting a veth inside a namespace waits for the kernel (20-40
+            // ms); dropping the namespace lets the kernel remove it in the
+            // background. Only when no plugin needs the namespace's addresses
+            // to find its rules (the bridge plugin's ipMasq does).
+            let needs_addresses = list.plugins.iter().any(|p| p.get("ipMasq") == Some(&Value::Bool(true)));
+            blocking(move || {
+                if !needs_addresses {
+                    netns::remove(&netns_path)?;
+                }
+                netns::ensure(&netns_path)
+            })
+            .await?;
             cni::del(&self.cfg, &list, &cache.runtime, cache.result.as_ref()).await?;
         }
         let (cache_path, netns_path) = (cache_path.to_path_buf(), cache.runtime.netns);

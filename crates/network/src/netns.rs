@@ -166,6 +166,22 @@ pub(crate) fn in_netns<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + S
     .unwrap()
 }
 
+/// Undoes `prepare_dir` once no namespace is left under `dir` (berthd's
+/// clean exit); true if it did.
+pub(crate) fn release_dir(dir: &Path) -> Result<bool> {
+    let _serial = DIR_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    match fs::read_dir(dir).map(|mut entries| entries.next().is_none()) {
+        Ok(true) => {}
+        Ok(false) => return Ok(false),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(Error::io(format!("read {}", dir.display()), e)),
+    }
+    match umount2(dir, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(Errno::EINVAL) => Ok(true),
+        Err(e) => Err(Error::io(format!("unmount {}", dir.display()), e.into())),
+    }
+}
+
 /// Undoes `prepare_dir` when a test ends, however it ends.
 #[cfg(test)]
 pub(crate) struct DirMount(pub std::path::PathBuf);

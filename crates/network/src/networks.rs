@@ -90,11 +90,20 @@ impl Definition {
 impl Networks {
     /// Opens the networks of `cfg`, making berth's directories.
     pub fn new(cfg: Config) -> Result<Networks> {
+        check_bridge_name(&cfg.default_bridge)?;
+        Subnet::parse(&cfg.default_subnet)
+            .map_err(|e| Error::InvalidArgument(format!("default network subnet: {e}")))?;
         let networks = Networks { cfg, masqueraded: Default::default() };
         for dir in [networks.own_dir(), networks.ipam_dir()] {
             fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
         }
         Ok(networks)
+    }
+
+    /// At a clean exit: the namespace directory's own mount goes once no
+    /// container holds a namespace there (it is made again on first use).
+    pub fn release(&self) -> Result<()> {
+        crate::netns::release_dir(&self.netns_dir()).map(drop)
     }
 
     pub fn config(&self) -> &Config {
@@ -344,6 +353,18 @@ impl Networks {
         let hash = hex::encode(Sha256::digest(name.as_bytes()));
         format!("br-{}", &hash[..12])
     }
+}
+
+/// A bridge device name the kernel takes: 1 to 15 bytes, no '/', ':' or
+/// whitespace.
+fn check_bridge_name(name: &str) -> Result<()> {
+    let bad = name.is_empty() || name.len() > 15 || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace());
+    if bad {
+        return Err(Error::InvalidArgument(format!(
+            "bridge name {name:?} must be 1 to 15 characters without '/', ':' or spaces"
+        )));
+    }
+    Ok(())
 }
 
 fn write_lock() -> MutexGuard<'static, ()> {

@@ -21,10 +21,12 @@ struct Fixture {
 impl Fixture {
     /// A fresh root whose default network has the bridge `btB<pid><tag>`.
     fn new(tag: char) -> Fixture {
-        Fixture::with_default_subnet(tag, "10.213.0.0/24")
+        Fixture::try_with(&test_bridge(tag), "10.213.0.0/24").unwrap()
     }
 
-    fn with_default_subnet(tag: char, subnet: &str) -> Fixture {
+    /// A fixture whose default network is `bridge` on `subnet`, if
+    /// `Networks::new` takes them.
+    fn try_with(bridge: &str, subnet: &str) -> Result<Fixture> {
         let dir = tempfile::tempdir().unwrap();
         let conf_dir = dir.path().join("conf");
         fs::create_dir(&conf_dir).unwrap();
@@ -33,11 +35,11 @@ impl Fixture {
             conf_dir,
             root: dir.path().join("root"),
             state: dir.path().join("state"),
-            default_bridge: test_bridge(tag),
+            default_bridge: bridge.to_string(),
             default_subnet: subnet.to_string(),
             plugin_timeout: Duration::from_secs(5),
         };
-        Fixture { networks: Networks::new(cfg).unwrap(), dir }
+        Ok(Fixture { networks: Networks::new(cfg)?, dir })
     }
 
     fn conf(&self, file: &str, text: &str) -> PathBuf {
@@ -177,10 +179,11 @@ fn default_network_is_made_on_first_get() {
     let e = message(fresh.networks.create(DEFAULT_NETWORK, Some("10.95.0.0/24")));
     assert!(e.contains("--network-subnet"), "{e}");
 
-    let bad = Fixture::with_default_subnet('f', "10.213.0.1/24");
-    let e = message(bad.networks.get(DEFAULT_NETWORK));
-    assert!(e.starts_with("default network berth: invalid subnet") && e.contains("10.213.0.0/24"), "{e}");
-    assert!(bad.own_files().is_empty());
+    // A bad default subnet or bridge name stops berthd at startup.
+    let e = message(Fixture::try_with(&test_bridge('f'), "10.213.0.1/24").map(drop));
+    assert!(e.starts_with("default network subnet: invalid subnet") && e.contains("10.213.0.0/24"), "{e}");
+    let e = message(Fixture::try_with("a-bridge-name-too-long", "10.213.0.0/24").map(drop));
+    assert!(e.contains("1 to 15 characters"), "{e}");
 }
 
 #[test]
