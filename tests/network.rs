@@ -204,11 +204,23 @@ fn none_host_and_container_modes() {
     let ip = net.ip("a");
     assert!(net.sh(&["--network", "container:a"], "ip -4 addr show eth0").contains(&ip));
 
+    // CHECK on demand: intact, then broken from inside (a container may
+    // break its own network only with NET_ADMIN), then not applicable.
+    net.berth(&["network", "check", "a"]).ok();
+    net.berth(&["run", "-d", "--name", "admin", "--cap-add", "NET_ADMIN", &net.rootfs, "sleep", "1000"]).ok();
+    net.berth(&["network", "check", "admin"]).ok();
+    net.berth(&["exec", "admin", "ip", "addr", "flush", "dev", "eth0"]).ok();
+    let e = net.berth(&["network", "check", "admin"]).fails_with_any();
+    assert!(e.contains("CHECK failed"), "{e}");
+    net.berth(&["rm", "-f", "admin"]).ok();
+
     // A container that shares a's namespace keeps a from going.
     net.berth(&["run", "-d", "--name", "b", "--network", "container:a", &net.rootfs, "sleep", "1000"]).ok();
     let e = net.berth(&["rm", "-f", "a"]).fails_with("failed precondition");
     assert!(e.contains("shares its network namespace with b"), "{e}");
     assert_eq!(net.berth(&["exec", "b", "readlink", "/proc/self/ns/net"]).ok().trim(), a_ns);
+    let e = net.berth(&["network", "check", "b"]).fails_with("failed precondition");
+    assert!(e.contains("--network container:a"), "{e}");
     net.berth(&["rm", "-f", "b"]).ok();
     net.berth(&["rm", "-f", "a"]).ok();
     await_no_containers(&net.d);

@@ -15,7 +15,7 @@ use crate::terminal;
 /// Exit code of `run` when berth itself (not the container) failed.
 const RUN_FAILED: i32 = 125;
 
-fn cref(c: &Client, id: &str) -> pb::ContainerRef {
+pub(crate) fn cref(c: &Client, id: &str) -> pb::ContainerRef {
     pb::ContainerRef { namespace: c.namespace.clone(), id: id.to_string() }
 }
 

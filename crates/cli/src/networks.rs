@@ -27,6 +27,9 @@ pub enum NetworkCommand {
     },
     /// Show a network (as JSON): bridge, subnet, plugins, containers.
     Inspect { name: String },
+    /// Ask a container's network plugins whether its attachment is intact
+    /// (CNI CHECK): interface, addresses, routes, rules.
+    Check { container: String },
     /// Remove networks berth made (and their bridges); refused while a
     /// container, running or stopped, is attached.
     #[command(alias = "remove")]
@@ -83,6 +86,10 @@ pub async fn run(c: &mut Client, cmd: NetworkCommand) -> Result<i32, Failure> {
         NetworkCommand::Inspect { name } => {
             let n = c.networks.get(nref(name)).await?.into_inner();
             println!("{}", network_json(&n));
+        }
+        NetworkCommand::Check { container } => {
+            c.networks.check(crate::commands::cref(c, &container)).await?;
+            println!("{container}: network ok");
         }
         NetworkCommand::Rm { names } => {
             return crate::client::remove_each(names, async |name| c.networks.remove(nref(name)).await.map(drop)).await;

@@ -47,7 +47,7 @@ fn ns(s: &str) -> Result<Namespace, Status> {
     Namespace::new(s).map_err(|e| status(e.into()))
 }
 
-fn key(ns_: &str, id: &str) -> Result<(Namespace, ContainerId), Status> {
+pub(crate) fn key(ns_: &str, id: &str) -> Result<(Namespace, ContainerId), Status> {
     Ok((ns(ns_)?, ContainerId::new(id).map_err(|e| status(e.into()))?))
 }
 

@@ -222,6 +222,18 @@ impl Manager {
         Ok(self.net.networks.detach(&attach_key(ns, id)).await?)
     }
 
+    /// CNI CHECK of the container's attachment (on demand: `berth network
+    /// check`); only a container attached to a CNI network has one.
+    pub async fn check_network(&self, ns: &Namespace, id: &ContainerId) -> Result<()> {
+        let rec = self.get(ns, id)?;
+        let mode = rec.network.as_ref().map(|a| NetworkMode::parse(&a.mode)).transpose()?;
+        if !matches!(mode, Some(NetworkMode::Network(_))) {
+            let how = rec.network.map(|a| format!("--network {}", a.mode)).unwrap_or_else(|| "a bundle".into());
+            return Err(Error::FailedPrecondition(format!("container {id} has no CNI network to check ({how})")));
+        }
+        Ok(self.net.networks.check(&attach_key(ns, id)).await?)
+    }
+
     /// Containers that joined `id`'s namespace (`--network container:ID`):
     /// it cannot go while they exist.
     pub(crate) fn check_no_joiners(&self, ns: &Namespace, id: &ContainerId) -> Result<()> {

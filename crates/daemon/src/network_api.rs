@@ -50,6 +50,13 @@ impl pb::networks_server::Networks for Api {
         Ok(Response::new(self.network_pb(n)?))
     }
 
+    async fn check(&self, req: Request<pb::ContainerRef>) -> Result<Response<pb::Empty>, Status> {
+        let r = req.into_inner();
+        let (ns, id) = crate::api::key(&r.namespace, &r.id)?;
+        self.mgr.check_network(&ns, &id).await.map_err(status)?;
+        Ok(Response::new(pb::Empty {}))
+    }
+
     async fn remove(&self, req: Request<pb::NetworkRef>) -> Result<Response<pb::Empty>, Status> {
         self.mgr.network_remove(&req.into_inner().name).await.map_err(status)?;
         Ok(Response::new(pb::Empty {}))
