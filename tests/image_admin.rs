@@ -244,12 +244,13 @@ fn pull_progress_plain_quiet_and_on_a_terminal() {
 }
 
 /// A top layer with /new, an /etc/passwd and /etc/group naming `app`
-/// (1234, primary group 2345) and `staff` (3456), or, with `escape`, an
-/// /etc/passwd that is a symlink out of the image.
+/// (1234, primary group 2345), `staff` (3456) and `audio` (63) with `app`
+/// among their members, and `wheel` (10) without it; or, with `escape`,
+/// an /etc/passwd that is a symlink out of the image.
 fn users_layer(rootfs: &Path, escape: bool) -> Vec<u8> {
     let base_passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).unwrap_or_default();
     let passwd = format!("{base_passwd}app:x:1234:2345:app:/:/bin/sh\n");
-    let group = "root:x:0:\nstaff:x:3456:app\n";
+    let group = "root:x:0:\nstaff:x:3456:app\nwheel:x:10:apple,bob\naudio:x:63:bob,app\n";
     let mut tar = tar::Builder::new(Vec::new());
     let files: Vec<(&str, &[u8])> = if escape {
         vec![("new", b"new\n"), ("etc/group", group.as_bytes())]
@@ -273,8 +274,10 @@ fn users_layer(rootfs: &Path, escape: bool) -> Vec<u8> {
 }
 
 /// The image's `User` and `-u` resolve names through the image's own
-/// /etc/passwd and /etc/group; a missing name, or one only the host knows
-/// (a symlink out of the image), is `invalid argument` and creates nothing.
+/// /etc/passwd and /etc/group, with the user's supplementary groups when
+/// no group is given and the image knows the user (as runc and Docker);
+/// a missing name, or one only the host knows (a symlink out of the
+/// image), is `invalid argument` and creates nothing.
 #[test]
 fn user_names_resolve_through_the_image() {
     let d = Daemon::start();
@@ -283,17 +286,33 @@ fn user_names_resolve_through_the_image() {
     let named = format!("{}/users:1", reg.addr);
     push_custom(&named, &d.rootfs, &RegistryAuth::Anonymous, users_layer(&d.rootfs, false), "app");
     let ids = |args: &[&str]| d.berth(args).ok().trim().to_string();
-    let idcmd = ["sh", "-c", "echo $(id -u):$(id -g)"];
+    // `id -G`: the primary group, then the supplementary ones as the kernel
+    // sorts them.
+    let idcmd = ["sh", "-c", "echo $(id -u):$(id -g):$(id -G)"];
     let mut args = vec!["run", "--rm", "--insecure", &named];
     args.extend(idcmd);
-    assert_eq!(ids(&args), "1234:2345", "the image's User by name");
-    for (u, want) in
-        [("app:staff", "1234:3456"), ("root", "0:0"), ("1234", "1234:2345"), ("77:staff", "77:3456"), ("5:6", "5:6")]
-    {
+    assert_eq!(ids(&args), "1234:2345:2345 63 3456", "the image's User by name");
+    let cases = [
+        ("app", "1234:2345:2345 63 3456"),
+        ("1234", "1234:2345:2345 63 3456"),
+        ("app:staff", "1234:3456:3456"),
+        ("root", "0:0:0"),
+        ("77:staff", "77:3456:3456"),
+        ("5:6", "5:6:6"),
+        ("4242", "4242:0:0"),
+    ];
+    for (u, want) in cases {
         let mut args = vec!["run", "--rm", "-u", u, &named];
         args.extend(idcmd);
         assert_eq!(ids(&args), want, "-u {u}");
     }
+    let mut args = vec!["run", "--rm", "--runtime", "runc", &named];
+    args.extend(idcmd);
+    assert_eq!(ids(&args), "1234:2345:2345 63 3456", "runc sets the same groups");
+    // An exec runs with init's groups.
+    d.berth(&["run", "-d", "--name", "grp", &named, "sleep", "100"]).ok();
+    assert_eq!(d.berth(&["exec", "grp", "id", "-G"]).ok(), "2345 63 3456\n");
+    d.berth(&["rm", "-f", "grp"]).ok();
     for bad in ["nobody-here", "app:nogroup", ":staff"] {
         let err = d.berth(&["run", "--rm", "--name", "bad", "-u", bad, &named, "true"]).fails_with("invalid argument");
         assert!(err.contains("passwd") || err.contains("group") || err.contains("USER"), "{bad}: {err}");

@@ -1,12 +1,14 @@
 //! Run options real images need (issue 10, item 7; SPEC B2, B9, B31, B32):
 //! bind mounts, named volumes that outlive their containers and cannot be
 //! removed while a container (even a stopped one) uses them, tmpfs mounts,
-//! a read-only root and the host name — for both runtimes — and bad input
-//! refused before anything (a container, a volume) exists.
+//! a read-only root and the host name — for both runtimes — named volumes
+//! pre-filled from an image, and bad input refused before anything (a
+//! container, a volume) exists.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use berth_e2e::registry::{Unmounter, await_no_containers, sha256, tar_of};
 use berth_testing::Daemon;
 
 const RUNTIMES: [&str; 2] = ["embedded", "runc"];
@@ -153,21 +155,13 @@ fn tmpfs_read_only_root_and_hostname() {
     d.berth(&["volume", "rm", "scratchvol"]).ok();
 }
 
-fn sha256(data: &[u8]) -> String {
-    berth_images::Digest::of(data).to_string()
-}
-
-/// Writes an OCI image layout archive of one layer (the busybox rootfs)
-/// named `name`, for `berth image import`.
-fn image_archive(rootfs: &Path, name: &str, at: &Path) {
-    let mut layer = tar::Builder::new(Vec::new());
-    layer.follow_symlinks(false);
-    layer.append_dir_all(".", rootfs).expect("tar rootfs");
-    let layer = layer.into_inner().expect("layer");
+/// Writes an OCI image layout archive of one uncompressed `layer` named
+/// `name`, for `berth image import`.
+fn image_archive(layer: &[u8], name: &str, at: &Path) {
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux",
         "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]},
-        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]},
+        "rootfs": {"type": "layers", "diff_ids": [sha256(layer)]},
     }))
     .expect("config");
     let manifest = serde_json::to_vec(&serde_json::json!({
@@ -175,7 +169,7 @@ fn image_archive(rootfs: &Path, name: &str, at: &Path) {
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": sha256(&config),
                    "size": config.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(&layer),
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": sha256(layer),
                     "size": layer.len()}],
     }))
     .expect("manifest");
@@ -195,11 +189,118 @@ fn image_archive(rootfs: &Path, name: &str, at: &Path) {
     };
     add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
     add("index.json", &index);
-    for blob in [&layer, &config, &manifest] {
+    for blob in [layer, config.as_slice(), manifest.as_slice()] {
         let digest = sha256(blob);
         add(&format!("blobs/sha256/{}", digest.trim_start_matches("sha256:")), blob);
     }
     out.finish().expect("finish archive");
+}
+
+/// The busybox rootfs plus /data (uid 1000, 0750) holding `seed` (0640),
+/// `sub/` and the link `link -> seed`; /escape, a symlink to `host` (a
+/// host directory, absolute), and at that same path in the image a
+/// directory holding `inside`.
+fn seeded_layer(rootfs: &Path, host: &Path) -> Vec<u8> {
+    let mut tar = tar::Builder::new(Vec::new());
+    tar.follow_symlinks(false);
+    tar.append_dir_all(".", rootfs).expect("tar rootfs");
+    let host = host.to_str().expect("utf-8");
+    let inside = format!("{}/inside", host.trim_start_matches('/'));
+    let entries: [(&str, tar::EntryType, u32, &str); 6] = [
+        ("data", tar::EntryType::Directory, 0o750, ""),
+        ("data/seed", tar::EntryType::Regular, 0o640, "seed\n"),
+        ("data/sub", tar::EntryType::Directory, 0o755, ""),
+        ("data/link", tar::EntryType::Symlink, 0o777, "seed"),
+        ("escape", tar::EntryType::Symlink, 0o777, host),
+        (&inside, tar::EntryType::Regular, 0o644, "image\n"),
+    ];
+    for (path, kind, mode, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        let owner = if path.starts_with("data") { 1000 } else { 0 };
+        h.set_uid(owner);
+        h.set_gid(owner);
+        h.set_mtime(1_700_000_000);
+        if kind == tar::EntryType::Symlink {
+            h.set_size(0);
+            tar.append_link(&mut h, path, data).expect("symlink entry");
+        } else {
+            let body = if kind == tar::EntryType::Regular { data.as_bytes() } else { b"" };
+            h.set_size(body.len() as u64);
+            h.set_cksum();
+            tar.append_data(&mut h, path, body).expect("tar entry");
+        }
+    }
+    tar.into_inner().expect("tar")
+}
+
+/// Issue 10 item 7, as Docker: a named volume that is empty when a
+/// container from an image mounts it gets the image's content at the
+/// mount point (owners, modes, links; the volume root takes the
+/// directory's), once; bind mounts never; an image path that is a symlink
+/// out of the rootfs resolves inside it and copies nothing from the host;
+/// a create that fails after the fill leaves the volume as it was (SPEC
+/// B2, B9).
+#[test]
+fn named_volumes_are_filled_from_the_image_when_empty() {
+    use std::os::unix::fs::MetadataExt;
+    let d = Daemon::start();
+    let _guard = Unmounter(d.dir().to_path_buf());
+    let host = d.dir().join("host-secret");
+    std::fs::create_dir(&host).expect("host dir");
+    std::fs::write(host.join("secret"), "host\n").expect("host file");
+    let archive = d.dir().join("seeded.tar");
+    let name = "127.0.0.1:5999/seeded:1";
+    image_archive(&seeded_layer(&d.rootfs, &host), name, &archive);
+    d.berth(&["image", "import", archive.to_str().expect("utf-8")]).ok();
+    let run = |args: &[&str]| {
+        let mut all = vec!["run", "--rm", "--pull", "never"];
+        all.extend_from_slice(args);
+        d.berth(&all).ok().to_string()
+    };
+    let data = |vol: &str| d.root.join("volumes").join(vol).join("_data");
+    let ids = |p: &Path| std::fs::symlink_metadata(p).map(|m| (m.uid(), m.gid(), m.mode() & 0o7777)).expect("stat");
+
+    assert_eq!(run(&["-v", "seeded:/data", name, "cat", "/data/seed"]), "seed\n");
+    assert_eq!(ids(&data("seeded")), (1000, 1000, 0o750), "the volume root takes the image dir's owner and mode");
+    assert_eq!(ids(&data("seeded").join("seed")), (1000, 1000, 0o640));
+    assert!(data("seeded").join("sub").is_dir());
+    assert_eq!(std::fs::read_link(data("seeded").join("link")).expect("a link"), Path::new("seed"));
+    // Once filled, the volume keeps what containers make of it.
+    run(&["-v", "seeded:/data", name, "sh", "-c", "echo changed > /data/seed; rm /data/link"]);
+    assert_eq!(run(&["-v", "seeded:/data", name, "sh", "-c", "cat /data/seed; ls /data"]), "changed\nseed\nsub\n");
+    // An existing empty volume is filled as well; a bind mount never is.
+    d.berth(&["volume", "create", "made-before"]).ok();
+    assert_eq!(run(&["-v", "made-before:/data", name, "ls", "/data"]), "link\nseed\nsub\n");
+    let bind = d.dir().join("bind");
+    std::fs::create_dir(&bind).expect("bind dir");
+    let bind_arg = format!("{}:/data", bind.display());
+    assert_eq!(run(&["-v", &bind_arg, name, "ls", "-A", "/data"]), "");
+    assert_eq!(std::fs::read_dir(&bind).expect("bind dir").count(), 0, "a bind mount was filled");
+    // /escape points at the host directory: resolved inside the image (as
+    // the runtime resolves the mount point), so the image's directory at
+    // that path is copied, never the host's.
+    assert_eq!(run(&["-v", "esc:/escape", name, "ls", "-A", "/escape"]), "inside\n");
+    assert_eq!(std::fs::read_to_string(data("esc").join("inside")).expect("from the image"), "image\n");
+    assert!(!data("esc").join("secret").exists(), "a host file was copied");
+
+    // A create failing after the fill (no such command): a volume it made
+    // is gone, an empty one it filled is empty again.
+    d.berth(&["volume", "create", "was-empty"]).ok();
+    for (vol, existed) in [("fresh", false), ("was-empty", true)] {
+        let mount = format!("{vol}:/data");
+        let out = d.berth(&["run", "--name", "fails", "--pull", "never", "-v", &mount, name, "/no/such/binary"]);
+        assert!(out.code != 0 && out.stderr.contains("runtime create"), "{out:?}");
+        assert_eq!(data(vol).is_dir(), existed, "{vol}");
+        if existed {
+            assert_eq!(std::fs::read_dir(data(vol)).expect("volume").count(), 0, "{vol} was not emptied");
+            assert_eq!(ids(&data(vol)), (0, 0, 0o755), "{vol}: the owner and mode of a new volume");
+        }
+        d.berth(&["inspect", "fails"]).fails_with("not found");
+    }
+    await_no_containers(&d, "run --rm containers left");
+    assert!(d.leftover_mounts().is_empty(), "mounts left: {:?}", d.leftover_mounts());
 }
 
 #[test]
@@ -207,7 +308,7 @@ fn read_only_image_snapshot_keeps_volumes_and_tmpfs_writable() {
     let d = Daemon::start();
     let archive = d.dir().join("image.tar");
     let name = "127.0.0.1:5999/volumes-test:1";
-    image_archive(&d.rootfs, name, &archive);
+    image_archive(&tar_of(&[], Some(&d.rootfs)), name, &archive);
     let out = d.berth(&["image", "import", archive.to_str().expect("utf-8")]).ok().to_string();
     assert!(out.contains(name), "{out}");
     for rt in RUNTIMES {

@@ -65,6 +65,9 @@ pub struct CreateParams {
 struct FromImage {
     name: String,
     chain_id: String,
+    /// Named volumes and where they are mounted: pre-filled from the
+    /// image when empty (`volume_fill.rs`).
+    volumes: Vec<(String, PathBuf)>,
 }
 
 /// Completed allocation steps, released newest-first on failure.
@@ -86,6 +89,9 @@ pub(crate) enum Step {
     Task(ShimClient),
     /// A named volume this create made (removed unless used by then).
     Volume(String),
+    /// A named volume this create pre-filled from the image (emptied
+    /// again unless used by then).
+    VolumeFill(String),
     /// The network attachment (namespace, CNI ADD, resolver files).
     Network,
 }
@@ -179,7 +185,7 @@ impl Manager {
         crate::manager::lock(&self.removed).forget(&p.namespace, &p.id);
         let cgroup = self.cfg.cgroup_path(&p.namespace, &p.id);
         let mut p = p;
-        let (mut prepared, image) = if p.image.is_empty() {
+        let (mut prepared, mut image) = if p.image.is_empty() {
             if p.entrypoint.is_some() {
                 return Err(Error::InvalidArgument("an entrypoint applies to an image only".into()));
             }
@@ -192,6 +198,16 @@ impl Manager {
         };
         crate::resources::apply_to_spec(&mut prepared.spec, &p.limits)?;
         crate::mounts::apply(&mut prepared.spec, &run, |n| self.volumes.data_dir(n))?;
+        if let Some(image) = image.as_mut() {
+            image.volumes = run
+                .binds
+                .iter()
+                .filter_map(|b| match &b.source {
+                    crate::mounts::Source::Volume(name) => Some((name.clone(), b.target.clone())),
+                    crate::mounts::Source::Host(_) => None,
+                })
+                .collect();
+        }
 
         let mut done = Vec::new();
         let _hold = self.volumes.hold(&p.run.volume_names());
@@ -272,6 +288,7 @@ impl Manager {
             env: &run.env,
             working_dir: &run.working_dir,
             user: &run.user,
+            additional_gids: &ids.additional_gids,
         };
         let o = Overrides { args: &p.args, env: &p.env, cwd: &p.cwd, tty: p.tty, tty_size: p.tty_size };
         let rootfs = self.image_rootfs(&p.namespace, &p.id);
@@ -282,7 +299,7 @@ impl Manager {
         {
             p.labels.insert(crate::stop::STOP_SIGNAL_LABEL.to_string(), run.stop_signal.clone());
         }
-        Ok((prepared, Some(FromImage { name: image.name, chain_id: image.chain_id })))
+        Ok((prepared, Some(FromImage { name: image.name, chain_id: image.chain_id, volumes: Vec::new() })))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -332,6 +349,11 @@ impl Manager {
             self.images.mount_rootfs(&key, &image.chain_id, &target).map_err(|e| e.at("snapshot"))?;
             done.push(Step::Snapshot { key, target });
             crash_point("snapshot");
+            for (name, at) in &image.volumes {
+                if self.volume_fill(name, &prepared.rootfs, at).await.map_err(|e| e.at("volume fill"))? {
+                    done.push(Step::VolumeFill(name.clone()));
+                }
+            }
         }
         let attachment = match network {
             Some(plan) => {
@@ -456,6 +478,7 @@ impl Manager {
                 Step::Snapshot { key, target } => self.images.release_rootfs(&key, &target),
                 Step::Bundle(dir) | Step::Logs(dir) => crate::delete::remove_path(&dir),
                 Step::Volume(name) => self.volume_release_new(&name),
+                Step::VolumeFill(name) => self.volume_unfill(&name),
                 Step::Network => self.detach_network(ns, id).await,
                 Step::Intent => self.write(Write { clear_intent: Some((ns, id)), ..Default::default() }),
             };

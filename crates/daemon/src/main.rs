@@ -31,6 +31,7 @@ mod shim;
 mod spec;
 mod stop;
 mod volume_api;
+mod volume_fill;
 mod volumes;
 
 use std::os::unix::fs::PermissionsExt;

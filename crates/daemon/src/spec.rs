@@ -216,7 +216,10 @@ pub struct ImageDefaults<'a> {
     pub cmd: &'a [String],
     pub env: &'a [String],
     pub working_dir: &'a str,
+    /// Numeric `uid[:gid]` (names resolved by `berth_images::resolve_user`).
     pub user: &'a str,
+    /// The user's supplementary groups (`process.user.additionalGids`).
+    pub additional_gids: &'a [u32],
 }
 
 /// Parses an image's `User`: numeric `uid[:gid]` (gid defaults to 0);
@@ -275,6 +278,7 @@ pub fn prepare_image(
     let mut user = process.user().clone();
     user.set_uid(uid);
     user.set_gid(gid);
+    user.set_additional_gids((!image.additional_gids.is_empty()).then(|| image.additional_gids.to_vec()));
     process.set_user(user);
     apply_overrides(process, &Overrides { args: &[], ..*o })?;
     check_process(process)?;
@@ -427,6 +431,7 @@ mod tests {
             env: &["PATH=/img/bin".to_string(), "A=image".to_string()],
             working_dir: "/work",
             user: "1000:100",
+            additional_gids: &[50, 63],
         };
         let p = prepare_image(Path::new("/b/rootfs"), "h", "/c", &image, &none(), &Security::default()).unwrap();
         assert_eq!(p.command, ["/bin/ep", "default"]);
@@ -436,6 +441,7 @@ mod tests {
         assert_eq!(env.iter().filter(|e| e.starts_with("PATH=")).count(), 1);
         assert_eq!(process.cwd(), Path::new("/work"));
         assert_eq!((process.user().uid(), process.user().gid()), (1000, 100));
+        assert_eq!(process.user().additional_gids().as_deref(), Some(&[50, 63][..]));
         assert_eq!(p.spec.root().as_ref().unwrap().path(), Path::new("/b/rootfs"));
         // The request's args replace cmd (not the entrypoint); env and cwd override.
         let args = ["x".to_string()];
@@ -447,8 +453,13 @@ mod tests {
         let env = process.env().clone().unwrap();
         assert!(env.contains(&"A=request".to_string()) && !env.contains(&"A=image".to_string()), "{env:?}");
         assert_eq!(process.cwd(), Path::new("/tmp"));
-        // Names and a missing command are refused.
-        for bad in [ImageDefaults { user: "nobody", ..image }, ImageDefaults { entrypoint: &[], cmd: &[], ..image }] {
+        // Names, a group id beyond runc's range and a missing command are refused.
+        let bad = [
+            ImageDefaults { user: "nobody", ..image },
+            ImageDefaults { additional_gids: &[u32::MAX], ..image },
+            ImageDefaults { entrypoint: &[], cmd: &[], ..image },
+        ];
+        for bad in bad {
             let err = prepare_image(Path::new("/r"), "h", "/c", &bad, &none(), &Security::default()).err().unwrap();
             assert_eq!(err.code(), berth_model::Code::InvalidArgument, "{err}");
         }

@@ -39,6 +39,8 @@ pub struct Volumes {
     /// Volumes used by creates in flight (name → count); guarded together
     /// with the in-use check of a removal.
     busy: Mutex<HashMap<String, usize>>,
+    /// Held while a create pre-fills a volume from its image.
+    pub(crate) filling: tokio::sync::Mutex<()>,
 }
 
 /// Releases a create's hold on its volumes, however the create ends.
@@ -80,7 +82,7 @@ impl Volumes {
                 }
             }
         }
-        Volumes { dir, busy: Mutex::default() }
+        Volumes { dir, busy: Mutex::default(), filling: tokio::sync::Mutex::new(()) }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
@@ -234,6 +236,18 @@ impl Manager {
     /// short): removes a volume that create made, unless something else
     /// uses it by now.
     pub(crate) fn volume_release_new(&self, name: &str) -> Result<()> {
+        self.volume_undo(name, || self.volumes.remove_dir(name))
+    }
+
+    /// Rollback of a pre-fill from the image (`volume_fill.rs`): empties
+    /// the volume again, unless something else uses it by now.
+    pub(crate) fn volume_unfill(&self, name: &str) -> Result<()> {
+        self.volume_undo(name, || crate::volume_fill::empty(&self.volumes.data_dir(name)))
+    }
+
+    /// Runs `undo` on an existing volume that nothing but the failed
+    /// create uses, holding the in-use lock.
+    fn volume_undo(&self, name: &str, undo: impl FnOnce() -> Result<()>) -> Result<()> {
         let busy = self.volumes.lock();
         // The failed create still holds it once.
         if busy.get(name).copied().unwrap_or(0) > 1 || !self.volume_users(name)?.is_empty() {
@@ -242,7 +256,7 @@ impl Manager {
         if !self.volumes.exists(name) {
             return Ok(());
         }
-        self.volumes.remove_dir(name)
+        undo()
     }
 }
 

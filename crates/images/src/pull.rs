@@ -2,7 +2,8 @@
 //! manifest (through an index or manifest list for the wanted platform),
 //! and stream the config and every layer into a caller's `BlobSink`,
 //! verifying digest and size as bytes pass (SPEC B32). Protocol, tokens
-//! and basic auth come from `oci-client`; plain HTTP only when asked.
+//! and basic auth come from `oci-client` (a refused token is renewed once
+//! here); plain HTTP only when asked.
 
 mod manifest;
 mod platform;
@@ -178,6 +179,7 @@ impl Puller {
     /// `image_ready`), then writing layers, config, manifest and index (in that order, so a
     /// present manifest implies its blobs) into `sink`, skipping what it
     /// has. `insecure` allows plain HTTP to this reference's registry.
+    /// A bearer token the registry refuses mid-pull is renewed once.
     pub async fn pull<S: BlobSink + ?Sized>(
         &self,
         reference: &str,
@@ -190,23 +192,57 @@ impl Puller {
         let reference: Reference = reference
             .parse()
             .map_err(|e| ImageError::InvalidArgument(format!("invalid image reference {reference:?}: {e}")))?;
-        let client = self.client(&reference, insecure)?;
         let auth = match auth {
             Auth::Anonymous => RegistryAuth::Anonymous,
             Auth::Basic { username, password } => RegistryAuth::Basic(username.clone(), password.clone()),
         };
-        client
-            .auth(&reference, &auth, RegistryOperation::Pull)
+        let (client, bearer) = self.connect(&reference, &auth, insecure).await?;
+        match self.pull_with(&client, &reference, &auth, platform, sink, &progress).await {
+            // A registry may refuse a bearer token it issued (rotated,
+            // revoked, expired early), and oci-client does not ask for a
+            // new one: one more try with a fresh client and token. What
+            // the first try committed is skipped; a second refusal stands.
+            Err(ImageError::Unauthorized(_)) if bearer => {
+                let (client, _) = self.connect(&reference, &auth, insecure).await?;
+                self.pull_with(&client, &reference, &auth, platform, sink, &progress).await
+            }
+            other => other,
+        }
+    }
+
+    /// A client for the reference's registry, authenticated for pulls;
+    /// true when the registry handed out a bearer token.
+    async fn connect(
+        &self,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        insecure: bool,
+    ) -> Result<(oci_client::Client, bool), ImageError> {
+        let client = self.client(reference, insecure)?;
+        let token = client
+            .auth(reference, auth, RegistryOperation::Pull)
             .await
             .map_err(|e| registry_error(&format!("authenticating to {}", reference.resolve_registry()), e))?;
+        Ok((client, token.is_some()))
+    }
 
-        let top = manifest::fetch(&client, &reference, &auth, None).await?;
+    /// One pull of `reference` through an authenticated client.
+    async fn pull_with<S: BlobSink + ?Sized>(
+        &self,
+        client: &oci_client::Client,
+        reference: &Reference,
+        auth: &RegistryAuth,
+        platform: &Platform,
+        sink: &S,
+        progress: &ProgressFn,
+    ) -> Result<Pulled, ImageError> {
+        let top = manifest::fetch(client, reference, auth, None).await?;
         let (index, image) = match top.parsed {
             Parsed::Manifest(_) => (None, top),
             Parsed::Index(ref idx) => {
                 let entry = descriptor_info(platform.select(idx)?, BlobKind::Manifest)?;
                 let child = reference.clone_with_digest(entry.digest.clone());
-                let image = manifest::fetch(&client, &child, &auth, Some(&entry)).await?;
+                let image = manifest::fetch(client, &child, auth, Some(&entry)).await?;
                 if !matches!(image.parsed, Parsed::Manifest(_)) {
                     return Err(ImageError::FailedPrecondition(format!(
                         "index entry {} for {platform} is not an image manifest",
@@ -221,12 +257,12 @@ impl Puller {
         };
 
         let config_info = descriptor_info(manifest.config(), BlobKind::Config)?;
-        let config_bytes = fetch_config(&client, &reference, &config_info).await?;
+        let config_bytes = fetch_config(client, reference, &config_info).await?;
         let config = ImageConfiguration::from_reader(&config_bytes[..])
             .map_err(|e| ImageError::InvalidArgument(format!("image config {}: {e}", config_info.digest)))?;
 
         sink.image_ready(manifest, &config)?;
-        let (fetched, skipped) = self.pull_layers(&client, &reference, manifest, sink, &progress).await?;
+        let (fetched, skipped) = self.pull_layers(client, reference, manifest, sink, progress).await?;
 
         write_bytes(sink, &config_info, &config_bytes).await?;
         write_bytes(sink, &image.blob, &image.bytes).await?;

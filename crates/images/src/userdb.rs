@@ -6,7 +6,9 @@
 //! opaque `/etc` hides lower layers), each opened with
 //! `openat2(RESOLVE_IN_ROOT)` inside its layer so a symlink can never
 //! lead out of the image (SPEC B31). A name the files do not hold is
-//! InvalidArgument.
+//! InvalidArgument. A user without an explicit group also gets its
+//! supplementary groups (the /etc/group entries listing its name), as
+//! runc and Docker give them.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -24,21 +26,31 @@ use crate::{ImageError, Snapshotter};
 
 /// /etc/passwd or /etc/group larger than this is refused.
 const MAX_FILE: u64 = 4 << 20;
+/// Supplementary groups a process may have: the kernel's NGROUPS_MAX,
+/// beyond which runc's setgroups would fail at start. Refused at create
+/// instead of cut short (a silently dropped group changes permissions).
+const MAX_GROUPS: usize = 65536;
 const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
 /// Numeric ids of a process user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserIds {
     pub uid: u32,
     pub gid: u32,
+    /// Supplementary groups: every group of /etc/group that lists the
+    /// user's name as a member, in file order, each once.
+    pub additional_gids: Vec<u32>,
 }
 
 /// Resolves `user` (`NAME|UID[:GROUP|GID]`, empty: root) for the image
 /// whose top layer is `chain_id`. Without a group, the user's primary
-/// group from /etc/passwd (0 for a uid the file does not list).
+/// group from /etc/passwd (0 for a uid the file does not list) and, like
+/// runc and Docker, its supplementary groups — when the user has a
+/// passwd entry (by name, or the first entry with that uid); an explicit
+/// group gives none. More than [`MAX_GROUPS`] is refused.
 pub fn resolve_user(snapshots: &Snapshotter, chain_id: &str, user: &str) -> Result<UserIds, ImageError> {
     if user.is_empty() {
-        return Ok(UserIds { uid: 0, gid: 0 });
+        return Ok(UserIds { uid: 0, gid: 0, additional_gids: Vec::new() });
     }
     let (u, g) = match user.split_once(':') {
         Some((u, g)) => (u, Some(g)),
@@ -47,53 +59,90 @@ pub fn resolve_user(snapshots: &Snapshotter, chain_id: &str, user: &str) -> Resu
     if u.is_empty() || g.is_some_and(str::is_empty) {
         return Err(ImageError::InvalidArgument(format!("user {user:?} is not USER[:GROUP]")));
     }
-    let numeric = |s: &str| s.parse::<u32>().ok();
-    let passwd = if numeric(u).is_some() && g.is_some_and(|g| numeric(g).is_some()) {
+    let passwd = if number(u).is_some() && g.is_some_and(|g| number(g).is_some()) {
         String::new()
     } else {
         read_layered(snapshots, chain_id, "etc/passwd")?.unwrap_or_default()
     };
-    let users = parse(&passwd, 4);
-    let (uid, primary) = match numeric(u) {
-        Some(uid) => (uid, users.values().find(|f| f[0] == uid).map_or(0, |f| f[1])),
-        None => match users.get(u) {
-            Some(f) => (f[0], f[1]),
-            None => return Err(ImageError::InvalidArgument(format!("user {u:?} is not in the image's /etc/passwd"))),
-        },
+    let users = records(&passwd, 4);
+    let entry = match number(u) {
+        Some(uid) => users.iter().find(|r| r.id == uid),
+        None => users.iter().find(|r| r.name == u),
     };
-    let gid = match g {
-        None => primary,
-        Some(g) => match numeric(g) {
-            Some(gid) => gid,
-            None => {
-                let group = read_layered(snapshots, chain_id, "etc/group")?.unwrap_or_default();
-                match parse(&group, 3).get(g) {
-                    Some(f) => f[0],
-                    None => {
-                        return Err(ImageError::InvalidArgument(format!(
-                            "group {g:?} is not in the image's /etc/group"
-                        )));
-                    }
-                }
-            }
-        },
+    let (uid, primary, name) = match (number(u), entry) {
+        (_, Some(r)) => (r.id, r.gid, Some(r.name)),
+        (Some(uid), None) => (uid, 0, None),
+        (None, None) => {
+            return Err(ImageError::InvalidArgument(format!("user {u:?} is not in the image's /etc/passwd")));
+        }
     };
-    Ok(UserIds { uid, gid })
+    let group = match (g, name) {
+        (Some(g), _) if number(g).is_some() => String::new(),
+        (None, None) => String::new(),
+        _ => read_layered(snapshots, chain_id, "etc/group")?.unwrap_or_default(),
+    };
+    let groups = records(&group, 3);
+    let Some(g) = g else {
+        let additional_gids = name.map(|n| supplementary(&groups, n)).transpose()?.unwrap_or_default();
+        return Ok(UserIds { uid, gid: primary, additional_gids });
+    };
+    let gid = match (number(g), groups.iter().find(|r| r.name == g)) {
+        (Some(gid), _) => gid,
+        (None, Some(r)) => r.id,
+        (None, None) => {
+            return Err(ImageError::InvalidArgument(format!("group {g:?} is not in the image's /etc/group")));
+        }
+    };
+    Ok(UserIds { uid, gid, additional_gids: Vec::new() })
 }
 
-/// `name → [id, primary gid]` of passwd (`fields` 4) or `name → [gid]` of
-/// group (`fields` 3) lines; malformed lines are skipped.
-fn parse(text: &str, fields: usize) -> HashMap<&str, Vec<u32>> {
-    let mut out = HashMap::new();
-    for line in text.lines() {
+/// The groups listing `name` as a member, each gid once, in file order.
+fn supplementary(groups: &[Record<'_>], name: &str) -> Result<Vec<u32>, ImageError> {
+    let mut seen = std::collections::HashSet::new();
+    let members = groups.iter().filter(|r| r.members.split(',').any(|m| m.trim() == name));
+    let gids: Vec<u32> = members.map(|r| r.id).filter(|gid| seen.insert(*gid)).collect();
+    if gids.len() > MAX_GROUPS {
+        return Err(ImageError::InvalidArgument(format!(
+            "user {name:?} is in {} groups of the image's /etc/group, more than the kernel's limit of {MAX_GROUPS}",
+            gids.len()
+        )));
+    }
+    Ok(gids)
+}
+
+fn number(s: &str) -> Option<u32> {
+    s.trim().parse().ok()
+}
+
+/// A line of /etc/passwd (name, uid, primary gid) or /etc/group (name,
+/// gid, members).
+#[derive(Debug, PartialEq, Eq)]
+struct Record<'a> {
+    name: &'a str,
+    id: u32,
+    /// passwd: the primary gid; group: unused (0).
+    gid: u32,
+    /// group: the comma-separated member names; passwd: empty.
+    members: &'a str,
+}
+
+/// The lines of passwd (`fields` 4: name, password, uid, gid) or group
+/// (`fields` 3: name, password, gid, then members) in file order;
+/// comments and malformed lines are skipped.
+fn records(text: &str, fields: usize) -> Vec<Record<'_>> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
         let f: Vec<&str> = line.split(':').collect();
-        if f.len() < fields || f[0].is_empty() || line.starts_with('#') {
+        if f.len() < fields || f[0].is_empty() {
             continue;
         }
-        let ids: Option<Vec<u32>> = f[2..fields.min(4)].iter().map(|s| s.trim().parse().ok()).collect();
-        if let Some(ids) = ids {
-            out.entry(f[0]).or_insert(ids);
-        }
+        let (Some(id), gid) = (number(f[2]), f.get(3).map(|s| number(s))) else { continue };
+        let record = match (fields, gid) {
+            (4, Some(Some(gid))) => Record { name: f[0], id, gid, members: "" },
+            (3, _) => Record { name: f[0], id, gid: 0, members: f.get(3).copied().unwrap_or("") },
+            _ => continue,
+        };
+        out.push(record);
     }
     out
 }
@@ -229,10 +278,11 @@ mod tests {
             fs::write(d.join("etc/group"), "root:x:0:\nstaff:x:50:app\n").expect("group");
         });
         let ids = |chain: &str, user: &str| resolve_user(&s, chain, user);
-        assert_eq!(ids(&base, "app").expect("app"), UserIds { uid: 1000, gid: 100 });
-        assert_eq!(ids(&base, "app:staff").expect("app:staff"), UserIds { uid: 1000, gid: 50 });
-        assert_eq!(ids(&base, "42").expect("42"), UserIds { uid: 42, gid: 0 });
-        assert_eq!(ids(&base, "").expect("root"), UserIds { uid: 0, gid: 0 });
+        let plain = |uid, gid| UserIds { uid, gid, additional_gids: Vec::new() };
+        assert_eq!(ids(&base, "app").expect("app"), UserIds { uid: 1000, gid: 100, additional_gids: vec![50] });
+        assert_eq!(ids(&base, "app:staff").expect("app:staff"), plain(1000, 50));
+        assert_eq!(ids(&base, "42").expect("42"), plain(42, 0));
+        assert_eq!(ids(&base, "").expect("root"), plain(0, 0));
         for bad in ["nobody", "app:none", ":50", "app:"] {
             assert!(matches!(ids(&base, bad), Err(ImageError::InvalidArgument(_))), "{bad}");
         }
@@ -256,7 +306,7 @@ mod tests {
         let replaced = layer(&s, 5, Some(1), |d| {
             fs::write(d.join("etc/passwd"), "app:x:7:8::/:/bin/sh\n").expect("passwd");
         });
-        assert_eq!(ids(&replaced, "app").expect("app"), UserIds { uid: 7, gid: 8 });
+        assert_eq!(ids(&replaced, "app").expect("app"), UserIds { uid: 7, gid: 8, additional_gids: vec![50] });
         // A symlink out of the layer resolves inside it.
         let escape = layer(&s, 6, None, |d| {
             std::os::unix::fs::symlink("/../../../../etc/shadow", d.join("etc/passwd")).expect("symlink");
@@ -266,14 +316,54 @@ mod tests {
     }
 
     #[test]
+    fn supplementary_groups_like_runc() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Snapshotter::new(&dir.path().join("snapshots")).expect("snapshotter");
+        let passwd = "root:x:0:0::/:/bin/sh\napp:x:1000:100::/:/bin/sh\nalias:x:1000:7::/:/bin/sh\n";
+        let group = "root:x:0:\nusers:x:100:app\nstaff:x:50:other, app\nwheel:x:10:apple,bob\n\
+                     dup:x:50:app\naudio:x:63:bob,app\nrootish:x:5:root\n";
+        let image = layer(&s, 1, None, |d| {
+            fs::write(d.join("etc/passwd"), passwd).expect("passwd");
+            fs::write(d.join("etc/group"), group).expect("group");
+        });
+        let ids = |user: &str| resolve_user(&s, &image, user).expect(user);
+        // By name: every group listing the name, each gid once, file order;
+        // the primary group too when it lists the user (harmless, as runc).
+        assert_eq!(ids("app").additional_gids, [100, 50, 63]);
+        // A numeric uid with a passwd entry is that (first) entry's user.
+        assert_eq!(ids("1000"), UserIds { uid: 1000, gid: 100, additional_gids: vec![100, 50, 63] });
+        assert_eq!(ids("0").additional_gids, [5]);
+        // A uid the image does not know, or an explicit group: none.
+        assert_eq!(ids("4242").additional_gids, Vec::<u32>::new());
+        assert_eq!(ids("app:staff").additional_gids, Vec::<u32>::new());
+        assert_eq!(ids("app:10").additional_gids, Vec::<u32>::new());
+    }
+
+    #[test]
+    fn more_groups_than_the_kernel_allows_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Snapshotter::new(&dir.path().join("snapshots")).expect("snapshotter");
+        let lines = |n: usize| (0..n).map(|i| format!("g{i}:x:{}:app\n", i + 1000)).collect::<String>();
+        let at_limit = layer(&s, 1, None, |d| {
+            fs::write(d.join("etc/passwd"), "app:x:1000:1000::/:/bin/sh\n").expect("passwd");
+            fs::write(d.join("etc/group"), lines(MAX_GROUPS)).expect("group");
+        });
+        assert_eq!(resolve_user(&s, &at_limit, "app").expect("at the limit").additional_gids.len(), MAX_GROUPS);
+        let over = layer(&s, 2, Some(1), |d| {
+            fs::write(d.join("etc/group"), lines(MAX_GROUPS + 1)).expect("group");
+        });
+        let err = resolve_user(&s, &over, "app").expect_err("over the limit");
+        assert!(matches!(err, ImageError::InvalidArgument(_)), "{err:?}");
+        assert!(err.to_string().contains("65537 groups"), "{err}");
+    }
+
+    #[test]
     fn parses_passwd_and_group_lines() {
         let passwd = "root:x:0:0:root:/root:/bin/sh\n# comment\nbad line\napp:x:1000:100::/home/app:/bin/sh\n";
-        let users = parse(passwd, 4);
-        assert_eq!(users.get("root"), Some(&vec![0, 0]));
-        assert_eq!(users.get("app"), Some(&vec![1000, 100]));
-        assert_eq!(users.len(), 2);
-        let groups = parse("root:x:0:\nstaff:x:50:app\nbroken:x:notanumber:\n", 3);
-        assert_eq!(groups.get("staff"), Some(&vec![50]));
-        assert!(!groups.contains_key("broken"));
+        let users = records(passwd, 4);
+        let rec = |name, id, gid, members| Record { name, id, gid, members };
+        assert_eq!(users, [rec("root", 0, 0, ""), rec("app", 1000, 100, "")]);
+        let groups = records("root:x:0:\nstaff:x:50:app,bob\nbroken:x:notanumber:\nbare:x:7\n", 3);
+        assert_eq!(groups, [rec("root", 0, 0, ""), rec("staff", 50, 0, "app,bob"), rec("bare", 7, 0, "")]);
     }
 }

@@ -2,285 +2,19 @@
 //! starts Debian's `docker-registry` on loopback in a temp dir, pushes
 //! images it builds itself with oci-client's push API, pulls them with
 //! `Puller` into an in-memory sink, and checks what was fetched, verified
-//! and committed. Needs the `docker-registry` package installed.
+//! and committed; the token tests put a Docker token server
+//! (`fixtures/token_proxy.rs`) in front of it. Needs the `docker-registry`
+//! package installed.
 
-use std::collections::HashMap;
-use std::io::Write;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod fixtures;
 
-use berth_images::pull::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, ProgressFn, SinkFuture};
-use berth_images::{Auth, BlobInfo, BlobSink, BlobStream, ImageError, LayerProgress, Platform, Puller};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use berth_images::pull::{DOCKER_MANIFEST, OCI_MANIFEST};
+use berth_images::{Auth, BlobSink, ImageError, Platform, Puller};
 use berth_model::Code;
-use futures_util::StreamExt;
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Reference, RegistryOperation};
-use sha2::Digest as _;
-
-const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
-
-/// A docker-registry process on 127.0.0.1, killed by PID when dropped.
-struct Registry {
-    child: Child,
-    addr: String,
-    log: PathBuf,
-    dir: tempfile::TempDir,
-}
-
-impl Registry {
-    /// Starts a registry; with `user`, behind htpasswd basic auth.
-    fn start(user: Option<(&str, &str)>) -> Registry {
-        assert!(Path::new(REGISTRY_BIN).exists(), "{REGISTRY_BIN} missing: apt-get install docker-registry");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
-             storage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: {addr}\n  secret: berth-test-secret\n",
-            dir.path().join("storage").display()
-        );
-        if let Some((name, password)) = user {
-            let hash = bcrypt::hash(password, 4).expect("bcrypt");
-            let htpasswd = dir.path().join("htpasswd");
-            std::fs::write(&htpasswd, format!("{name}:{hash}\n")).expect("htpasswd");
-            config.push_str(&format!("auth:\n  htpasswd:\n    realm: berth-test\n    path: {}\n", htpasswd.display()));
-        }
-        let config_path = dir.path().join("config.yml");
-        std::fs::write(&config_path, config).expect("registry config");
-        let log = dir.path().join("registry.log");
-        let out = std::fs::File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let child = Command::new(REGISTRY_BIN)
-            .arg("serve")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn docker-registry");
-        let mut registry = Registry { child, addr, log, dir };
-        registry.wait_ready();
-        registry
-    }
-
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(&self.addr).is_err() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("docker-registry exited ({status}): {}", self.log_text());
-            }
-            assert!(Instant::now() < deadline, "docker-registry not ready: {}", self.log_text());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// GET requests for `digest` in `repo`, from the access log.
-    fn blob_gets(&self, repo: &str, digest: &str) -> usize {
-        let needle = format!("\"GET /v2/{repo}/blobs/{digest} HTTP");
-        self.log_text().lines().filter(|l| l.contains(&needle)).count()
-    }
-
-    /// Waits (briefly) until the access log shows `n` GETs of `digest`.
-    fn wait_blob_gets(&self, repo: &str, digest: &str, n: usize) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(3);
-        loop {
-            let seen = self.blob_gets(repo, digest);
-            if seen >= n || Instant::now() > deadline {
-                return seen;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Where the registry's filesystem driver keeps a blob's bytes.
-    fn blob_path(&self, digest: &str) -> PathBuf {
-        let hex = digest.trim_start_matches("sha256:");
-        self.dir.path().join(format!("storage/docker/registry/v2/blobs/sha256/{}/{hex}/data", &hex[..2]))
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)))
-}
-
-/// An in-memory sink: commits a blob only when its stream ended cleanly,
-/// and records every write attempt.
-#[derive(Default)]
-struct MemSink {
-    committed: Mutex<HashMap<String, Vec<u8>>>,
-    attempts: Mutex<Vec<String>>,
-}
-
-impl MemSink {
-    fn get(&self, digest: &str) -> Option<Vec<u8>> {
-        self.committed.lock().expect("lock").get(digest).cloned()
-    }
-    fn attempts_of(&self, digest: &str) -> usize {
-        self.attempts.lock().expect("lock").iter().filter(|d| *d == digest).count()
-    }
-    fn len(&self) -> usize {
-        self.committed.lock().expect("lock").len()
-    }
-}
-
-impl BlobSink for MemSink {
-    fn has(&self, digest: &str) -> bool {
-        self.committed.lock().expect("lock").contains_key(digest)
-    }
-
-    fn write<'a>(&'a self, blob: &'a BlobInfo, mut content: BlobStream) -> SinkFuture<'a> {
-        Box::pin(async move {
-            self.attempts.lock().expect("lock").push(blob.digest.clone());
-            let mut data = Vec::new();
-            while let Some(chunk) = content.next().await {
-                let chunk = chunk.map_err(|e| ImageError::io("reading blob", e))?;
-                data.extend_from_slice(&chunk);
-            }
-            self.committed.lock().expect("lock").insert(blob.digest.clone(), data);
-            Ok(())
-        })
-    }
-}
-
-/// A progress report as recorded: (digest, current, total, done, skipped).
-type Seen = Arc<Mutex<Vec<(String, u64, u64, bool, bool)>>>;
-
-/// Collects progress reports.
-fn recorder() -> (ProgressFn, Seen) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    let f: ProgressFn = Arc::new(move |p: &LayerProgress<'_>| {
-        let entry = (p.digest.to_string(), p.current, p.total, p.done, p.skipped);
-        sink.lock().expect("lock").push(entry);
-    });
-    (f, seen)
-}
-
-fn quiet() -> ProgressFn {
-    Arc::new(|_: &LayerProgress<'_>| {})
-}
-
-/// A gzip-compressed tar layer holding `files`, and its diff id.
-fn layer(files: &[(&str, &str)]) -> (Vec<u8>, String) {
-    let mut tar = tar::Builder::new(Vec::new());
-    for (name, content) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(content.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        tar.append_data(&mut header, name, content.as_bytes()).expect("tar entry");
-    }
-    let tar = tar.into_inner().expect("tar");
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    gz.write_all(&tar).expect("gzip");
-    (gz.finish().expect("gzip"), sha256(&tar))
-}
-
-/// What a pushed image consists of.
-struct Pushed {
-    manifest: String,
-    manifest_len: usize,
-    config: Vec<u8>,
-    layers: Vec<(String, Vec<u8>)>,
-}
-
-fn push_client() -> oci_client::Client {
-    let config = ClientConfig { protocol: ClientProtocol::Http, use_monolithic_push: true, ..Default::default() };
-    oci_client::Client::try_from(config).expect("push client")
-}
-
-fn registry_auth(auth: &Auth) -> RegistryAuth {
-    match auth {
-        Auth::Anonymous => RegistryAuth::Anonymous,
-        Auth::Basic { username, password } => RegistryAuth::Basic(username.clone(), password.clone()),
-    }
-}
-
-/// Pushes an image of `layers` for `linux/arch` to `reference` (a tag),
-/// as an OCI manifest or, with `docker`, a Docker schema-2 manifest.
-async fn push_image(reference: &str, layers: &[(Vec<u8>, String)], arch: &str, docker: bool, auth: &Auth) -> Pushed {
-    let client = push_client();
-    let r: Reference = reference.parse().expect("reference");
-    client.auth(&r, &registry_auth(auth), RegistryOperation::Push).await.expect("push auth");
-    let diff_ids: Vec<&str> = layers.iter().map(|(_, d)| d.as_str()).collect();
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": arch,
-        "os": "linux",
-        "config": {"Env": [format!("ARCH={arch}")], "Cmd": ["/bin/sh"]},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    }))
-    .expect("config json");
-    let (manifest_type, config_type, layer_type) = if docker {
-        (
-            DOCKER_MANIFEST,
-            "application/vnd.docker.container.image.v1+json",
-            "application/vnd.docker.image.rootfs.diff.tar.gzip",
-        )
-    } else {
-        (OCI_MANIFEST, "application/vnd.oci.image.config.v1+json", "application/vnd.oci.image.layer.v1.tar+gzip")
-    };
-    let mut pushed_layers = Vec::new();
-    let mut descs = Vec::new();
-    for (blob, _) in layers {
-        let digest = sha256(blob);
-        client.push_blob(&r, blob.clone(), &digest).await.expect("push layer");
-        descs.push(serde_json::json!({"mediaType": layer_type, "digest": digest, "size": blob.len()}));
-        pushed_layers.push((digest, blob.clone()));
-    }
-    let config_digest = sha256(&config);
-    client.push_blob(&r, config.clone(), &config_digest).await.expect("push config");
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": manifest_type,
-        "config": {"mediaType": config_type, "digest": config_digest, "size": config.len()},
-        "layers": descs,
-    }))
-    .expect("manifest json");
-    let content_type = http::HeaderValue::from_static(manifest_type);
-    client.push_manifest_raw(&r, manifest.clone(), content_type).await.expect("push manifest");
-    Pushed { manifest: sha256(&manifest), manifest_len: manifest.len(), config, layers: pushed_layers }
-}
-
-/// Pushes an index (or Docker manifest list) over `entries` to `reference`.
-async fn push_index(reference: &str, entries: &[(&Pushed, &str)], docker: bool) -> String {
-    let client = push_client();
-    let r: Reference = reference.parse().expect("reference");
-    client.auth(&r, &RegistryAuth::Anonymous, RegistryOperation::Push).await.expect("push auth");
-    let (index_type, entry_type) = if docker { (DOCKER_LIST, DOCKER_MANIFEST) } else { (OCI_INDEX, OCI_MANIFEST) };
-    let manifests: Vec<serde_json::Value> = entries
-        .iter()
-        .map(|(p, arch)| {
-            serde_json::json!({"mediaType": entry_type, "digest": p.manifest, "size": p.manifest_len,
-                               "platform": {"os": "linux", "architecture": arch}})
-        })
-        .collect();
-    let index =
-        serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": index_type, "manifests": manifests}))
-            .expect("index json");
-    let content_type = http::HeaderValue::from_static(index_type);
-    client.push_manifest_raw(&r, index.clone(), content_type).await.expect("push index");
-    sha256(&index)
-}
-
-fn two_layers(tag: &str) -> Vec<(Vec<u8>, String)> {
-    vec![layer(&[("etc/base", "base layer\n")]), layer(&[("app/run", &format!("#!/bin/sh\necho {tag}\n"))])]
-}
+use fixtures::token_proxy::{Lifetime, SERVICE, TokenProxy};
+use fixtures::{MemSink, Pushed, Registry, layer, push_image, push_index, quiet, recorder, sha256, two_layers};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pulls_by_tag_and_by_digest_verifying_every_blob() {
@@ -529,4 +263,77 @@ fn the_pull_future_is_send() {
     assert_send(puller.pull("127.0.0.1:1/x:y", &platform, &Auth::Anonymous, true, &sink, quiet()));
     let dyn_sink: &dyn BlobSink = &sink;
     assert_send(puller.pull("127.0.0.1:1/x:y", &platform, &Auth::Anonymous, true, dyn_sink, quiet()));
+}
+
+/// Pushes `repo:v1` to the registry and starts a token proxy in front of
+/// it whose n-th token serves `lifetime(n)` requests.
+async fn behind_tokens(reg: &Registry, repo: &str, lifetime: Lifetime) -> (Pushed, TokenProxy) {
+    let pushed =
+        push_image(&format!("{}/{repo}:v1", reg.addr), &two_layers(repo), "amd64", false, &Auth::Anonymous).await;
+    (pushed, TokenProxy::start(&reg.addr, lifetime).await)
+}
+
+fn count(c: &AtomicUsize) -> usize {
+    c.load(Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_bearer_tokens_are_fetched_and_used() {
+    let reg = Registry::start(None);
+    let (pushed, proxy) = behind_tokens(&reg, "tok", Box::new(|_| None)).await;
+    let sink = MemSink::default();
+    let reference = format!("{}/tok:v1", proxy.addr);
+    let pulled = Puller::new()
+        .pull(&reference, &Platform::default(), &Auth::Anonymous, true, &sink, quiet())
+        .await
+        .expect("pull through the token flow");
+    assert_eq!(pulled.digest, pushed.manifest);
+    assert_eq!(sink.len(), 4, "layers, config and manifest committed");
+    let c = proxy.counts();
+    assert_eq!(count(&c.tokens), 1, "one token for the whole pull");
+    assert!(count(&c.anonymous) >= 1, "the first request came without a token and was refused");
+    assert_eq!(count(&c.stale), 0);
+    assert!(count(&c.forwarded) >= 4, "manifest, config and both layers went through with the token");
+    let query = proxy.token_queries().join("&");
+    assert!(query.contains(&format!("service={SERVICE}")), "{query}");
+    assert!(query.contains("scope=repository%3Atok%3Apull"), "{query}");
+    // Without the token, or with another one, the registry stays closed.
+    assert_eq!(proxy.status_of("/v2/tok/manifests/v1", None).await, 401);
+    assert_eq!(proxy.status_of("/v2/tok/manifests/v1", Some("forged")).await, 401);
+    assert_eq!(proxy.status_of("/v2/", Some("berth-token-1")).await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_mid_pull_is_renewed_once() {
+    let reg = Registry::start(None);
+    // The first token serves the manifest only; the config request is refused.
+    let (pushed, proxy) = behind_tokens(&reg, "rot", Box::new(|n| (n == 1).then_some(1))).await;
+    let sink = MemSink::default();
+    let reference = format!("{}/rot:v1", proxy.addr);
+    let pulled = Puller::new()
+        .pull(&reference, &Platform::default(), &Auth::Anonymous, true, &sink, quiet())
+        .await
+        .expect("the pull renews the token");
+    assert_eq!(pulled.digest, pushed.manifest);
+    assert_eq!(sink.len(), 4);
+    let c = proxy.counts();
+    assert_eq!(count(&c.stale), 1, "the revoked token was refused once");
+    assert_eq!(count(&c.tokens), 2, "and renewed once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_refusing_every_token_fails_typed_after_one_renewal() {
+    let reg = Registry::start(None);
+    let (_pushed, proxy) = behind_tokens(&reg, "deny", Box::new(|_| Some(1))).await;
+    let sink = MemSink::default();
+    let reference = format!("{}/deny:v1", proxy.addr);
+    let err = Puller::new()
+        .pull(&reference, &Platform::default(), &Auth::Anonymous, true, &sink, quiet())
+        .await
+        .expect_err("every token is revoked after one request");
+    assert!(matches!(err, ImageError::Unauthorized(_)), "{err:?}");
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    let c = proxy.counts();
+    assert_eq!((count(&c.tokens), count(&c.stale)), (2, 2), "one renewal, no loop");
+    assert_eq!(sink.len(), 0, "nothing committed");
 }
