@@ -5,7 +5,7 @@ CARGO ?= cargo
 # System packages berth needs to build, run and be tested against peers.
 APT_PACKAGES := busybox-static runc containerd protobuf-compiler libseccomp-dev pkg-config bsdutils gcc libc6-dev docker-registry containernetworking-plugins iptables
 
-.PHONY: deps build release demo test lint unit e2e chaos bench clean
+.PHONY: deps build release demo test lint unit e2e chaos bench clean criu
 
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "cargo (Rust >= 1.95) is required: https://rustup.rs"; exit 1; }
@@ -39,6 +39,12 @@ test: lint unit e2e
 # The long chaos run: 500 containers, 10 berthd kills (the short one is in e2e).
 chaos: build
 	BERTH_CHAOS=long $(CARGO) test --locked -p berth-e2e --test chaos -- --nocapture
+
+# CRIU for checkpoint/restore: Debian trixie's criu in a private prefix (/opt/berth/criu,
+# wrapper /opt/berth/criu/bin/criu); a no-op when already installed. Needs root.
+# `make criu CRIU_ARGS=--check` also runs the smoke check (docs/operations.md, "CRIU").
+criu:
+	bash scripts/install-criu.sh $(CRIU_ARGS)
 
 bench: release
 	$(CARGO) run --release --locked -p berth-bench -- $(BENCH_ARGS)
