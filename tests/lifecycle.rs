@@ -359,3 +359,40 @@ fn stop_is_graceful_then_forceful() {
         d.berth(&["rm", id]).ok();
     }
 }
+
+/// Issue 14: berthd records every phase of create, start, exit and delete
+/// (`berth system phases`), and forgets them on --reset.
+#[test]
+fn phases_of_the_lifecycle_are_recorded() {
+    let d = Daemon::start();
+    let rootfs = d.rootfs.to_str().unwrap();
+    d.berth(&["system", "phases", "--reset"]).ok();
+    for i in 0..3 {
+        d.berth(&["run", "--rm", "--name", &format!("ph{i}"), rootfs, "true"]).ok();
+    }
+    berth_e2e::registry::await_no_containers(&d, "run --rm removals");
+    let phases: Value = serde_json::from_str(d.berth(&["system", "phases", "--json", "--reset"]).ok()).unwrap();
+    let names: Vec<&str> = phases.as_array().unwrap().iter().map(|p| p["phase"].as_str().unwrap()).collect();
+    for want in [
+        "create.check",
+        "create.intent",
+        "create.logs",
+        "create.network",
+        "create.bundle",
+        "shim.spawn",
+        "runtime.create",
+        "create.record",
+        "start.runtime",
+        "start.record",
+        "exit.record",
+        "delete.runtime",
+        "delete.files",
+        "delete.record",
+    ] {
+        let p = phases.as_array().unwrap().iter().find(|p| p["phase"] == want);
+        let p = p.unwrap_or_else(|| panic!("{want} not recorded: {names:?}"));
+        assert_eq!(p["count"], 3, "{p}");
+        assert!(p["median_us"].as_u64().unwrap() <= p["max_us"].as_u64().unwrap(), "{p}");
+    }
+    assert!(d.berth(&["system", "phases"]).ok().lines().count() == 1, "reset forgets them");
+}

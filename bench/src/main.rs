@@ -12,8 +12,12 @@
 //!
 //! Usage: berth-bench [--runs N] [--containers M] [--stats-containers K]
 //!        [--recovery-containers R] [--recovery-rounds Q] [--only network]
-//!        (as root; see `make bench`)
+//!        [--breakdown]   (as root; see `make bench`)
+//!
+//! `--breakdown` prints only the phases of berth run --rm (as berthd
+//! records them) next to runc's create/start/delete (bench/src/breakdown.rs).
 
+mod breakdown;
 mod cnihost;
 mod containerd;
 mod image;
@@ -41,10 +45,12 @@ struct Opts {
     recovery_rounds: usize,
     /// `--only network`: that scenario alone.
     only_network: bool,
+    /// `--breakdown`: the phases of berth run --rm next to runc's steps, alone.
+    breakdown: bool,
 }
 
 const USAGE: &str = "usage: berth-bench [--runs N] [--containers M] [--stats-containers K] \
-                     [--recovery-containers R] [--recovery-rounds Q] [--only network]";
+                     [--recovery-containers R] [--recovery-rounds Q] [--only network] [--breakdown]";
 
 fn parse_opts() -> Opts {
     let mut o = Opts {
@@ -54,8 +60,13 @@ fn parse_opts() -> Opts {
         recovery_containers: 500,
         recovery_rounds: 3,
         only_network: false,
+        breakdown: false,
     };
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(at) = args.iter().position(|a| a == "--breakdown") {
+        args.remove(at);
+        o.breakdown = true;
+    }
     for pair in args.chunks(2) {
         if pair[0] == "--only" && pair.get(1).map(String::as_str) == Some("network") {
             o.only_network = true;
@@ -144,6 +155,13 @@ fn main() {
     }
     let d = Daemon::start();
     let bundle = make_bundle(d.dir(), &d.rootfs, "true", &["/bin/true"]);
+    if o.breakdown {
+        breakdown::run(&d, &bundle, o.runs);
+        if let Ok(h) = berth_cgroups::Hierarchies::detect() {
+            let _ = h.remove_tree(RUNC_CGROUP_PARENT);
+        }
+        return;
+    }
     let bundle_s = bundle.to_string_lossy().into_owned();
 
     let runc_root = d.dir().join("runc-root");

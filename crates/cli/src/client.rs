@@ -7,6 +7,7 @@ use berth_api::v1::containers_client::ContainersClient;
 use berth_api::v1::events_client::EventsClient;
 use berth_api::v1::images_client::ImagesClient;
 use berth_api::v1::networks_client::NetworksClient;
+use berth_api::v1::system_client::SystemClient;
 use berth_api::v1::volumes_client::VolumesClient;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -17,6 +18,7 @@ pub struct Client {
     pub images: ImagesClient<Channel>,
     pub volumes: VolumesClient<Channel>,
     pub networks: NetworksClient<Channel>,
+    pub system: SystemClient<Channel>,
     pub namespace: String,
 }
 
@@ -133,7 +135,8 @@ pub async fn connect(socket: PathBuf, namespace: String) -> Result<Client, Failu
         events: EventsClient::new(channel.clone()),
         images: ImagesClient::new(channel.clone()),
         volumes: VolumesClient::new(channel.clone()),
-        networks: NetworksClient::new(channel),
+        networks: NetworksClient::new(channel.clone()),
+        system: SystemClient::new(channel),
         namespace,
     })
 }

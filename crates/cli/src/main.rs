@@ -11,6 +11,7 @@ mod networks;
 mod output;
 mod progress;
 mod stats;
+mod system;
 mod terminal;
 mod volumes;
 
@@ -309,6 +310,11 @@ enum Command {
     },
     /// Forget a registry's stored credentials.
     Logout { registry: String },
+    /// berthd's own figures: phases.
+    System {
+        #[command(subcommand)]
+        cmd: system::SystemCommand,
+    },
     /// Networks: create, ls, inspect, rm.
     Network {
         #[command(subcommand)]
@@ -403,6 +409,7 @@ async fn dispatch(cli: Cli) -> Result<i32, client::Failure> {
         Command::Login { .. } | Command::Logout { .. } => Ok(0),
         Command::Volume { cmd } => volumes::run(&mut c, cmd).await,
         Command::Network { cmd } => networks::run(&mut c, cmd).await,
+        Command::System { cmd } => system::run(&mut c, cmd).await,
         Command::Events { json, types, id, since, no_follow } => {
             cmd::events(&mut c, cmd::EventsArgs { json, types, id, since, no_follow }).await
         }

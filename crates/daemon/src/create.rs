@@ -166,6 +166,7 @@ async fn with_deadline<T>(what: &str, doing: &str, work: tokio::task::JoinHandle
 
 impl Manager {
     pub async fn create(self: &Arc<Self>, p: CreateParams) -> Result<ContainerRecord> {
+        let t0 = std::time::Instant::now();
         let runtime = runtime_name(&p.runtime)?;
         check_installed(runtime)?;
         check_labels(&p.labels)?;
@@ -212,6 +213,7 @@ impl Manager {
         let mut done = Vec::new();
         let _hold = self.volumes.hold(&p.run.volume_names());
         let plan = network.as_ref().map(|(plan, _claim)| plan);
+        self.phases.end("create.check", t0);
         match self.allocate(&p, runtime, prepared, image, plan, cgroup, &mut done).await {
             Ok((rec, client)) => {
                 let entry = Arc::new(Entry::new(client, None));
@@ -314,7 +316,7 @@ impl Manager {
         done: &mut Vec<Step>,
     ) -> Result<(ContainerRecord, ShimClient)> {
         let (ns, id) = (&p.namespace, &p.id);
-        let t0 = std::time::Instant::now();
+        let t = std::time::Instant::now();
         let volumes = p.run.volume_names();
         let intent = Intent {
             namespace: ns.clone(),
@@ -326,6 +328,7 @@ impl Manager {
         self.write(Write { intent: Some(&intent), ..Default::default() }).map_err(|e| e.at("intent"))?;
         done.push(Step::Intent);
         crash_point("intent");
+        let t = self.phases.end("create.intent", t);
         for name in &volumes {
             if self.volumes.ensure(name).map_err(|e| e.at("volumes"))? {
                 done.push(Step::Volume(name.clone()));
@@ -339,6 +342,7 @@ impl Manager {
         done.push(Step::Logs(logs.clone()));
         crash_point("logs");
         let (stdout, stderr) = (logs.join("stdout.log"), logs.join("stderr.log"));
+        let mut t = self.phases.end("create.logs", t);
 
         let bundle = self.cfg.bundle_dir(ns, id);
         mkdir(&bundle).map_err(|e| e.at("bundle"))?;
@@ -354,12 +358,14 @@ impl Manager {
                     done.push(Step::VolumeFill(name.clone()));
                 }
             }
+            t = self.phases.end("create.snapshot", t);
         }
         let attachment = match network {
             Some(plan) => {
                 let a = self.attach_network(plan, &bundle, &mut prepared.spec).await.map_err(|e| e.at("network"))?;
                 done.push(Step::Network);
                 crash_point("network");
+                t = self.phases.end("create.network", t);
                 Some(a)
             }
             None => None,
@@ -371,8 +377,7 @@ impl Manager {
         std::fs::write(bundle.join("config.json"), &json)
             .map_err(|e| Error::io("write config.json", e).at("bundle"))?;
         crash_point("bundle");
-
-        tracing::debug!(%id, us = t0.elapsed().as_micros() as u64, "create: bundle written");
+        self.phases.end("create.bundle", t);
         let socket = self.cfg.shim_socket(ns, id);
         // The cgroup may appear as soon as the runtime starts working; it is
         // released after the shim (and what it may have started) is gone.
@@ -381,7 +386,7 @@ impl Manager {
         let io = ProcessIo { stdin: stdin.as_deref(), stdout: &stdout, stderr: &stderr, terminal: p.tty };
         let (client, pid) = self.spawn_task(ns, id, runtime, &bundle, &socket, &io, done).await?;
         crash_point("runtime create");
-        tracing::debug!(%id, us = t0.elapsed().as_micros() as u64, "create: runtime container created");
+        let t = std::time::Instant::now();
 
         let rec = ContainerRecord {
             namespace: ns.clone(),
@@ -416,7 +421,7 @@ impl Manager {
         let created = event(Kind::Create, ns, id, "", pid, None);
         let w = Write { put: Some(&rec), clear_intent: Some((ns, id)), event: Some(created), ..Default::default() };
         self.write(w).map_err(|e| e.at("record"))?;
-        tracing::debug!(%id, us = t0.elapsed().as_micros() as u64, "create: recorded");
+        self.phases.end("create.record", t);
         Ok((rec, client))
     }
 
@@ -433,15 +438,17 @@ impl Manager {
         io: &ProcessIo<'_>,
         done: &mut Vec<Step>,
     ) -> Result<(ShimClient, u32)> {
+        let t = std::time::Instant::now();
         let args = self.shim_args(ns, id, runtime);
         let client = shim::spawn(&args, socket, &bundle.join("shim.log")).await.map_err(|e| e.at("shim"))?;
         done.push(Step::Shim { client: client.clone(), runtime: runtime.to_string(), bundle: bundle.to_path_buf() });
         crash_point("shim");
-        tracing::debug!(%id, "shim connected");
         if let Some(fifo) = io.stdin {
             make_fifo(fifo).map_err(|e| e.at("logs"))?;
         }
+        let t = self.phases.end("shim.spawn", t);
         let pid = client.create(id, bundle, io).await.map_err(|e| e.at("runtime create"))?;
+        self.phases.end("runtime.create", t);
         done.push(Step::Task(client.clone()));
         Ok((client, pid))
     }

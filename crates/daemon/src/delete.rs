@@ -82,6 +82,7 @@ impl Manager {
         // No restart policy brings back what is being removed, even if this
         // delete fails half way.
         self.mark_stopped_by_user(ns, id)?;
+        let t = std::time::Instant::now();
         let by_shim = match &entry {
             Some(e) => teardown_with_shim(e, id, live && rec.state != State::Created).await?,
             None => false,
@@ -96,6 +97,7 @@ impl Manager {
         // Execs whose shim went away with the container.
         self.report_pending_execs(ns, id, &rec.bundle)?;
         remove_shim_sockets(&rec.shim.socket)?;
+        let t = self.phases.end("delete.runtime", t);
         // The runtime container is gone: its rootfs snapshot goes, before
         // the bundle that holds its mount point.
         if !rec.image.is_empty() {
@@ -104,14 +106,17 @@ impl Manager {
         if rec.network.is_some() {
             self.detach_network(ns, id).await?;
         }
+        let t = self.phases.end("delete.rootfs+network", t);
         remove_path(&rec.bundle)?;
         self.cgroups.remove(&rec.cgroup).map_err(|e| Error::io(format!("remove cgroup {}", rec.cgroup), e))?;
         if let Some(logs) = rec.stdout.parent() {
             remove_path(logs)?;
         }
+        let t = self.phases.end("delete.files", t);
         let rec = self.get(ns, id)?;
         let deleted = event(Kind::Delete, ns, id, "", rec.pid, rec.exit);
         self.write(Write { remove: Some((ns, id)), event: Some(deleted), ..Default::default() })?;
+        self.phases.end("delete.record", t);
         let key = (ns.clone(), id.clone());
         self.remove_entry(&key);
         self.forget_op(&key);

@@ -23,6 +23,7 @@ mod network;
 mod network_api;
 mod oom;
 mod paging;
+mod phases;
 mod recovery;
 mod resources;
 mod restart;
@@ -30,6 +31,7 @@ mod seccomp;
 mod shim;
 mod spec;
 mod stop;
+mod system_api;
 mod volume_api;
 mod volume_fill;
 mod volumes;
@@ -43,6 +45,7 @@ use berth_api::v1::containers_server::ContainersServer;
 use berth_api::v1::events_server::EventsServer;
 use berth_api::v1::images_server::ImagesServer;
 use berth_api::v1::networks_server::NetworksServer;
+use berth_api::v1::system_server::SystemServer;
 use berth_api::v1::volumes_server::VolumesServer;
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
@@ -189,6 +192,7 @@ async fn run(args: Args) -> Result<(), String> {
     let images = api::Api { mgr: mgr.clone() };
     let volumes = api::Api { mgr: mgr.clone() };
     let networks = api::Api { mgr: mgr.clone() };
+    let system = api::Api { mgr: mgr.clone() };
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -200,6 +204,7 @@ async fn run(args: Args) -> Result<(), String> {
             .add_service(ImagesServer::new(images))
             .add_service(VolumesServer::new(volumes))
             .add_service(NetworksServer::new(networks))
+            .add_service(SystemServer::new(system))
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move { stopped.notified().await }),
     );
     tokio::select! {

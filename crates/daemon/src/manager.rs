@@ -61,6 +61,8 @@ pub struct Manager {
     pub volumes: crate::volumes::Volumes,
     /// Networks and the ports creates in flight claimed (`network.rs`).
     pub net: crate::network::Net,
+    /// Durations of the phases of create, start, exit, delete (`phases.rs`).
+    pub phases: crate::phases::Phases,
     pub(crate) entries: Mutex<HashMap<Key, Arc<Entry>>>,
     /// Ids being created right now (reserved against duplicates).
     pub(crate) creating: Mutex<HashSet<Key>>,
@@ -116,6 +118,7 @@ impl Manager {
         Manager {
             volumes,
             net,
+            phases: Default::default(),
             cfg,
             store,
             events: Bus::default(),
@@ -248,6 +251,7 @@ impl Manager {
         let entry = self.entry(ns, id)?;
         self.get(ns, id)?.state.apply(Op::Start)?;
         let _starting = entry.starting.lock().await;
+        let t = std::time::Instant::now();
         let started = tokio::time::timeout(self.cfg.start_timeout, entry.shim.start(id, "")).await;
         let pid = match started {
             Ok(r) => r?,
@@ -262,12 +266,15 @@ impl Manager {
             }
         };
         crash_point("start");
-        self.change(ns, id, Some(Kind::Start), |r| {
+        let t = self.phases.end("start.runtime", t);
+        let rec = self.change(ns, id, Some(Kind::Start), |r| {
             r.state = r.state.apply(Op::Start)?;
             r.pid = pid;
             r.started_at_ns = crate::now_ns();
             Ok(())
-        })
+        })?;
+        self.phases.end("start.record", t);
+        Ok(rec)
     }
 
     /// Signals init, or the exec `exec_id` when it is not empty (SPEC B7).
@@ -398,6 +405,7 @@ impl Manager {
                     return None;
                 }
             };
+            let t = std::time::Instant::now();
             let status = {
                 // A start still being recorded goes first.
                 let _started = entry.starting.lock().await;
@@ -407,6 +415,7 @@ impl Manager {
                     status
                 })
             };
+            mgr.phases.end("exit.record", t);
             entry.exit.send_replace(Some(status));
             mgr.consider_restart(ns, id);
             Some(())
