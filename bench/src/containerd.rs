@@ -4,25 +4,18 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
+use berth_testing::containerd::Setup;
 use std::time::{Duration, Instant};
 
 const NAMESPACE: &str = "berth-bench";
 
 pub struct Containerd {
     child: Child,
-    config: PathBuf,
+    setup: Setup,
     log: PathBuf,
     address: PathBuf,
     ids: std::cell::RefCell<Vec<String>>,
-}
-
-fn spawn(config: &Path, log: &Path) -> std::io::Result<Child> {
-    Command::new("containerd")
-        .arg("--config")
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(std::fs::OpenOptions::new().create(true).append(true).open(log)?)
-        .spawn()
 }
 
 impl Containerd {
@@ -30,24 +23,17 @@ impl Containerd {
     pub fn start(dir: &Path) -> Option<Containerd> {
         let base = dir.join("containerd");
         std::fs::create_dir_all(&base).ok()?;
-        let address = base.join("containerd.sock");
-        let config = base.join("config.toml");
-        let toml = format!(
-            "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{}\"\n",
-            base.join("root").display(),
-            base.join("state").display(),
-            address.display()
-        );
-        std::fs::write(&config, toml).ok()?;
+        let setup = Setup::write(&base).ok()?;
         let log = base.join("containerd.log");
-        let child = match spawn(&config, &log) {
+        let child = match setup.spawn(&log) {
             Ok(c) => c,
             Err(e) => {
                 eprintln!("containerd not available ({e}); skipping its figures");
                 return None;
             }
         };
-        let c = Containerd { child, config, log, address, ids: Default::default() };
+        let address = setup.address.clone();
+        let c = Containerd { child, setup, log, address, ids: Default::default() };
         let deadline = Instant::now() + Duration::from_secs(20);
         while !c.ctr(&["version"]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success()) {
             if Instant::now() > deadline {
@@ -64,7 +50,7 @@ impl Containerd {
     pub fn restart_after_kill9(&mut self) -> bool {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        match spawn(&self.config, &self.log) {
+        match self.setup.spawn(&self.log) {
             Ok(c) => {
                 self.child = c;
                 true

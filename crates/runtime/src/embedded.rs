@@ -68,18 +68,21 @@ impl Embedded {
     }
 }
 
-/// libcontainer 0.7 rebuilds an exec's `linux` section without the
-/// container's seccomp profile, so an exec would run unfiltered. This
-/// executor installs the container's filter as the exec's last step before
-/// its execve. Capabilities are already dropped there, so the kernel needs
-/// no_new_privs for the filter: embedded execs of a filtered container run
-/// with it (setuid binaries gain nothing in them).
+/// The executor of every embedded process. Like runc, it lets an
+/// executable named by a path run without PATH in the environment
+/// (containerd's default spec sets none). And as libcontainer 0.7 rebuilds
+/// an exec's `linux` section without the container's seccomp profile, so an
+/// exec would run unfiltered, it installs the container's filter (given for
+/// execs; init gets its own from libcontainer) as the exec's last step
+/// before its execve. Capabilities are already dropped there, so the kernel
+/// needs no_new_privs for the filter: embedded execs of a filtered
+/// container run with it (setuid binaries gain nothing in them).
 #[derive(Clone)]
-struct SeccompExecutor {
+struct ProcessExecutor {
     seccomp: Option<LinuxSeccomp>,
 }
 
-impl Executor for SeccompExecutor {
+impl Executor for ProcessExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         if let Some(seccomp) = &self.seccomp {
             let fail = |what: &str, e: &dyn std::fmt::Display| ExecutorError::Other(format!("{what}: {e}"));
@@ -90,6 +93,20 @@ impl Executor for SeccompExecutor {
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
+        // libcontainer's check insists on PATH even for a path.
+        let process = spec.process().as_ref();
+        let env = process.and_then(|p| p.env().as_ref());
+        let named_by_path =
+            process.and_then(|p| p.args().as_ref()).and_then(|a| a.first()).is_some_and(|a| a.contains('/'));
+        if named_by_path && !env.is_some_and(|e| e.iter().any(|v| v.starts_with("PATH="))) {
+            let mut spec = spec.clone();
+            if let Some(p) = spec.process_mut() {
+                let mut env = p.env().clone().unwrap_or_default();
+                env.push("PATH=".to_string());
+                p.set_env(Some(env));
+            }
+            return DefaultExecutor {}.validate(&spec);
+        }
         DefaultExecutor {}.validate(spec)
     }
 }
@@ -220,6 +237,7 @@ impl Runtime for Embedded {
         adapt_spec(bundle)?;
         let result = self
             .builder(id, stdio)?
+            .with_executor(ProcessExecutor { seccomp: None })
             .validate_id()
             .and_then(|b| b.as_init(bundle).with_systemd(false).with_detach(true).build());
         match result {
@@ -242,7 +260,7 @@ impl Runtime for Embedded {
         let seccomp = container_seccomp(process.parent().unwrap_or(Path::new("/")))?;
         let pid = self
             .builder(id, stdio)?
-            .with_executor(SeccompExecutor { seccomp })
+            .with_executor(ProcessExecutor { seccomp })
             .as_tenant()
             .with_process(Some(process))
             .with_detach(true)

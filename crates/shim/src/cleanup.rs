@@ -1,7 +1,8 @@
 //! What is left of a container when its init is gone or its shim died:
 //! stray processes in its cgroup, and the runtime's state. Used by the
-//! exit watcher (SPEC B4) and by `berth-shim --cleanup BUNDLE`, which
-//! berthd runs for a container whose shim is gone (SPEC B19).
+//! exit watcher (SPEC B4), by `berth-shim --cleanup BUNDLE`, which berthd
+//! runs for a container whose shim is gone (SPEC B19), and by containerd's
+//! `delete` action.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -33,9 +34,9 @@ pub fn recorded_exit(bundle: &Path) -> Option<ExitStatus> {
 }
 
 /// Cleans up after a dead shim: kills what is left in the container's
-/// cgroup, waits for it to drain, and deletes the runtime's state. Prints
-/// the recorded exit as JSON (`null` if none) on success.
-pub fn run(id: &str, bundle: &Path, runtime: &dyn Runtime) -> Result<(), String> {
+/// cgroup, waits for it to drain, and deletes the runtime's state. Returns
+/// the exit the shim recorded, if any.
+pub fn run(id: &str, bundle: &Path, runtime: &dyn Runtime) -> Result<Option<ExitStatus>, String> {
     let cgroup = cgroup_of(bundle);
     let hierarchies = Hierarchies::detect().ok();
     let deadline = Instant::now() + DRAIN;
@@ -49,7 +50,5 @@ pub fn run(id: &str, bundle: &Path, runtime: &dyn Runtime) -> Result<(), String>
         h.remove_children(cg).map_err(|e| format!("remove the sub-cgroups of {cg}: {e}"))?;
     }
     runtime.delete(id, true).map_err(|e| e.to_string())?;
-    let exit = recorded_exit(bundle);
-    println!("{}", serde_json::to_string(&exit).map_err(|e| e.to_string())?);
-    Ok(())
+    Ok(recorded_exit(bundle))
 }

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use berth_model::{Code, ExecId, ExitStatus};
 use berth_shim::to_ttrpc;
 use containerd_shim_protos::api::{self, Status};
+use containerd_shim_protos::events::task::{TaskExecAdded, TaskExecStarted};
+use containerd_shim_protos::topics::{TASK_EXEC_ADDED_EVENT_TOPIC, TASK_EXEC_STARTED_EVENT_TOPIC};
 use containerd_shim_protos::ttrpc;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -29,6 +31,9 @@ pub struct ExecProc {
     /// 0 until started.
     pid: u32,
     exit: Option<watch::Receiver<Option<ExitStatus>>>,
+    /// Turns true once started (containerd waits for an exec before it
+    /// starts it).
+    started: watch::Sender<bool>,
 }
 
 impl ExecProc {
@@ -82,10 +87,14 @@ impl Shim {
                 stderr: req.stderr,
                 pid: 0,
                 exit: None,
+                started: watch::Sender::new(false),
             };
             t.execs.insert(exec_id.to_string(), proc_);
             Ok(())
-        })
+        })?;
+        let added = TaskExecAdded { container_id: req.id, exec_id: exec_id.to_string(), ..Default::default() };
+        self.publish(TASK_EXEC_ADDED_EVENT_TOPIC, &added);
+        Ok(())
     }
 
     pub(crate) fn exec_start(&self, exec_id: &str) -> TtrpcResult<u32> {
@@ -109,7 +118,8 @@ impl Shim {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         })?;
         let exit_file = bundle.join(format!("exec-{exec_id}.exit.json"));
-        let rx = process::watch(pid, exit_file, self.tracked.clone(), drained, || {})
+        let published = self.exit_event(exec_id, pid, None);
+        let rx = process::watch(pid, exit_file, self.tracked.clone(), drained, published)
             .map_err(|e| internal(format!("watch exec {pid}: {e}")))?;
         self.with_task(|t| {
             let e = get(t, exec_id)?;
@@ -117,8 +127,12 @@ impl Shim {
             e.exit = Some(rx);
             e.pty = pty;
             e.stdin_keeper = stdin_keeper;
+            e.started.send_replace(true);
             Ok(pid)
-        })
+        })?;
+        let started = TaskExecStarted { container_id: id, exec_id: exec_id.to_string(), pid, ..Default::default() };
+        self.publish(TASK_EXEC_STARTED_EVENT_TOPIC, &started);
+        Ok(pid)
     }
 
     pub(crate) fn exec_state(&self, id: &str, exec_id: &str) -> TtrpcResult<api::StateResponse> {
@@ -167,13 +181,14 @@ impl Shim {
         kill(Pid::from_raw(pid as i32), sig).map_err(|e| internal(format!("kill {pid}: {e}")))
     }
 
-    pub(crate) fn exec_exit_rx(&self, exec_id: &str) -> TtrpcResult<watch::Receiver<Option<ExitStatus>>> {
-        self.with_task(|t| {
-            get(t, exec_id)?
-                .exit
-                .clone()
-                .ok_or_else(|| to_ttrpc(Code::FailedPrecondition, format!("exec {exec_id} was not started")))
-        })
+    /// The exit of an exec, once it was started; an exec deleted before it
+    /// started is not found.
+    pub(crate) async fn exec_exit_rx(&self, exec_id: &str) -> TtrpcResult<watch::Receiver<Option<ExitStatus>>> {
+        let mut started = self.with_task(|t| Ok(get(t, exec_id)?.started.subscribe()))?;
+        if started.wait_for(|s| *s).await.is_err() {
+            return Err(not_found(exec_id));
+        }
+        self.with_task(|t| get(t, exec_id)?.exit.clone().ok_or_else(|| internal(format!("exec {exec_id} has no exit"))))
     }
 
     /// Forgets a finished (or never started) exec and returns its exit.

@@ -5,6 +5,8 @@
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use berth_model::Code;
+use containerd_shim_protos::protobuf::MessageFull;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::ttrpc;
 
@@ -93,6 +95,15 @@ pub fn tty_socket(shim_socket: &std::path::Path, exec_id: &str) -> std::path::Pa
 /// Where the runtime hands the shim a process's pty master.
 pub fn console_socket(shim_socket: &std::path::Path, exec_id: &str) -> std::path::PathBuf {
     shim_socket.with_extension(format!("{}.console", process_tag(exec_id)))
+}
+
+/// A protobuf message packed as containerd packs it: an `Any` whose type
+/// URL is the message's full name (e.g. `containerd.events.TaskExit`).
+pub fn any_of<M: MessageFull>(m: &M) -> containerd_shim_protos::protobuf::Result<Any> {
+    let mut any = Any::new();
+    any.type_url = M::descriptor().full_name().to_string();
+    any.value = m.write_to_bytes()?;
+    Ok(any)
 }
 
 pub fn timestamp(ns: u64) -> Timestamp {

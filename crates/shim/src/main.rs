@@ -6,23 +6,36 @@
 //!   berth-shim --namespace NS --id ID --runtime NAME --runtime-root DIR
 //! After a shim died, berthd cleans up with the same flags plus
 //! `--cleanup BUNDLE` (no listener; prints the recorded exit as JSON).
+//! Run with containerd's flags (`-namespace … start|delete`) it is
+//! containerd's runtime `io.containerd.berth.v1` (see `containerd.rs`).
 
 mod cleanup;
+mod containerd;
+mod events;
 mod exec;
+mod metrics;
 mod output;
 mod process;
 mod reaper;
+mod rootfs;
 mod service;
+mod stdio;
 mod tty;
 
+use std::collections::HashMap;
 use std::os::fd::{AsFd, FromRawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use berth_shim::LISTEN_FD;
 use containerd_shim_protos::shim_async::create_task;
-use containerd_shim_protos::ttrpc::asynchronous::Server;
 use containerd_shim_protos::ttrpc::asynchronous::transport::Listener;
+use containerd_shim_protos::ttrpc::asynchronous::{Server, Service};
+
+/// The Task service's name in containerd-shim-protos (and containerd 2.x).
+const TASK_V3: &str = "containerd.task.v3.Task";
+/// The name containerd 1.6 and 1.7 call: the same messages.
+const TASK_V2: &str = "containerd.task.v2.Task";
 
 struct Args {
     namespace: String,
@@ -30,11 +43,14 @@ struct Args {
     runtime: String,
     runtime_root: PathBuf,
     cleanup: Option<PathBuf>,
+    /// Set when containerd started this shim: its ttrpc socket, for events.
+    ttrpc_address: Option<String>,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut it = std::env::args().skip(1);
+fn parse_args(args: Vec<String>) -> Result<Args, String> {
+    let mut it = args.into_iter();
     let (mut namespace, mut id, mut runtime, mut root, mut cleanup) = (None, None, None, None, None);
+    let mut ttrpc_address = None;
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
@@ -43,6 +59,7 @@ fn parse_args() -> Result<Args, String> {
             "--runtime" => runtime = Some(value),
             "--runtime-root" => root = Some(PathBuf::from(value)),
             "--cleanup" => cleanup = Some(PathBuf::from(value)),
+            "--ttrpc-address" => ttrpc_address = Some(value),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -52,6 +69,7 @@ fn parse_args() -> Result<Args, String> {
         runtime: runtime.ok_or("--runtime is required")?,
         runtime_root: root.ok_or("--runtime-root is required")?,
         cleanup,
+        ttrpc_address,
     })
 }
 
@@ -68,7 +86,15 @@ fn main() {
         let log = std::sync::Arc::new(std::fs::File::from(log));
         tracing_subscriber::fmt().with_max_level(level).with_writer(log).with_ansi(false).init();
     }
-    let args = match parse_args() {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    if containerd::is_containerd_call(&argv) {
+        if let Err(e) = containerd::parse(&argv).and_then(|f| containerd::run(&f)) {
+            eprintln!("berth-shim: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let args = match parse_args(argv) {
         Ok(a) => a,
         Err(e) => {
             eprintln!("berth-shim: {e}");
@@ -78,10 +104,14 @@ fn main() {
     if let Some(bundle) = &args.cleanup {
         let result = berth_runtime::open(&args.runtime, &args.runtime_root)
             .map_err(|e| e.to_string())
-            .and_then(|rt| cleanup::run(&args.id, bundle, rt.as_ref()));
-        if let Err(e) = result {
-            eprintln!("berth-shim: cleanup of {}: {e}", args.id);
-            std::process::exit(1);
+            .and_then(|rt| cleanup::run(&args.id, bundle, rt.as_ref()))
+            .and_then(|exit| serde_json::to_string(&exit).map_err(|e| e.to_string()));
+        match result {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                eprintln!("berth-shim: cleanup of {}: {e}", args.id);
+                std::process::exit(1);
+            }
         }
         return;
     }
@@ -122,12 +152,28 @@ async fn serve(args: Args) -> Result<(), String> {
     let runtime = berth_runtime::open(&args.runtime, &args.runtime_root).map_err(|e| e.to_string())?;
     // The shim stays single-threaded, so runtime work can run in forked helpers.
     let runtime = Box::new(berth_runtime::Isolated::new(runtime));
-    let shim = Arc::new(service::Shim::new(args.namespace, args.id, socket, runtime));
+    let events = args.ttrpc_address.as_deref().map(|a| Arc::new(events::Publisher::spawn(a, args.namespace.clone())));
+    let shim = Arc::new(service::Shim::new(args.namespace, args.id, socket.clone(), runtime, events.clone()));
     reaper::spawn(shim.processes()).map_err(|e| format!("reaper: {e}"))?;
 
-    let mut server = Server::new().register_service(create_task(shim.clone())).add_listener(Listener::from(listener));
+    let mut server = Server::new().register_service(task_services(&shim)).add_listener(Listener::from(listener));
     server.start().await.map_err(|e| format!("ttrpc: {e}"))?;
     shim.shutdown_requested().await;
     let _ = server.shutdown().await;
+    // Under containerd the shim owns its socket and runtime root, and its
+    // last events (the delete) must still go out.
+    if let Some(events) = events {
+        events.flush().await;
+        containerd::forget(&socket, &args.runtime_root);
+    }
     Ok(())
+}
+
+/// The Task service under both names it is called by.
+fn task_services(shim: &Arc<service::Shim>) -> HashMap<String, Service> {
+    let mut services = create_task(shim.clone());
+    if let Some(task) = create_task(shim.clone()).remove(TASK_V3) {
+        services.insert(TASK_V2.to_string(), task);
+    }
+    services
 }

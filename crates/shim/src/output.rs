@@ -1,12 +1,15 @@
 //! A process's stdio as pipes the shim copies: stdout and stderr into the
-//! log files, interactive stdin from berthd's FIFO. The process never holds
+//! log files (berthd) or FIFOs (containerd's clients read those),
+//! interactive stdin from a FIFO. The process never holds
 //! a host file, so `/proc/self/fd/{0,1,2}` name pipes, not host paths (as
 //! with containerd's and CRI-O's shims). [`Drained`] tells when every
 //! writer of an output pipe has closed it and the copy reached the file.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::fcntl::OFlag;
@@ -37,13 +40,46 @@ impl Drained {
     }
 }
 
-/// Makes the pipe for the log file at `path` (empty: no output, /dev/null)
-/// and starts copying; returns the write end for the process.
+/// Where a process's output goes.
+pub enum Sink {
+    /// A log file: appended to, never blocks for long.
+    File(File),
+    /// A FIFO someone reads: written as the reader takes it, and closed at
+    /// the end so the reader sees the end too.
+    Fifo(AsyncFd<OwnedFd>),
+}
+
+impl Sink {
+    /// Writes all of `buf`. A full disk or a reader that went away loses
+    /// output, not the process: errors are dropped.
+    pub async fn write(&mut self, buf: &[u8]) {
+        match self {
+            Sink::File(log) => drop(log.write_all(buf)),
+            Sink::Fifo(fifo) => drop(write_all(fifo, buf).await),
+        }
+    }
+}
+
+/// Opens the output at `path`; `None` for a FIFO nobody reads (then the
+/// output is discarded).
+pub fn open_sink(path: &str) -> std::io::Result<Option<Sink>> {
+    if !std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo()) {
+        return Ok(Some(Sink::File(OpenOptions::new().append(true).create(true).open(path)?)));
+    }
+    match OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path) {
+        Ok(f) => Ok(Some(Sink::Fifo(register(f.into())?))),
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Makes the pipe for the log file or FIFO at `path` (empty: no output,
+/// /dev/null) and starts copying; returns the write end for the process.
 pub fn pipe_to_log(path: &str, drained: &mut Drained) -> std::io::Result<Option<OwnedFd>> {
     if path.is_empty() {
         return Ok(None);
     }
-    let mut log = OpenOptions::new().append(true).create(true).open(path)?;
+    let Some(mut sink) = open_sink(path)? else { return Ok(None) };
     // Close-on-exec: only the process's own copy (dup'ed onto 1 or 2 by the
     // runtime) survives its exec.
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(std::io::Error::from)?;
@@ -56,9 +92,9 @@ pub fn pipe_to_log(path: &str, drained: &mut Drained) -> std::io::Result<Option<
     tokio::spawn(async move {
         let mut buf = [0u8; CHUNK];
         while let Some(n) = read_some(&read, &mut buf).await {
-            // A full disk loses output, not the process: keep draining.
-            let _ = log.write_all(&buf[..n]);
+            sink.write(&buf[..n]).await;
         }
+        drop(sink);
         let _ = done.send(());
     });
     Ok(Some(write))
@@ -72,27 +108,43 @@ pub fn pipe_from(source: OwnedFd) -> std::io::Result<OwnedFd> {
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(std::io::Error::from)?;
     // The process gets an ordinary blocking pipe.
     nix::fcntl::fcntl(read.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(OFlag::empty())).map_err(std::io::Error::from)?;
-    let (source, sink) = (register(source)?, register(write)?);
-    tokio::spawn(async move {
-        let mut buf = [0u8; CHUNK];
-        'copy: while let Some(n) = read_some(&source, &mut buf).await {
-            let mut done = 0;
-            while done < n {
-                let Ok(mut ready) = sink.writable().await else { break 'copy };
-                match ready.try_io(|fd| nix::unistd::write(fd.get_ref(), &buf[done..n]).map_err(Into::into)) {
-                    Ok(Ok(w)) => done += w,
-                    Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    // The process closed its stdin.
-                    Ok(Err(_)) => break 'copy,
-                    Err(_would_block) => {}
-                }
-            }
-        }
-    });
+    feed(source, Arc::new(register(write)?))?;
     Ok(read)
 }
 
-fn register(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
+/// Copies `source` (a FIFO opened without blocking) into `sink` (a
+/// non-blocking descriptor) until either ends.
+pub fn feed<T: AsFd + AsRawFd + Send + Sync + 'static>(source: OwnedFd, sink: Arc<AsyncFd<T>>) -> std::io::Result<()> {
+    let source = register(source)?;
+    tokio::spawn(async move {
+        let mut buf = [0u8; CHUNK];
+        while let Some(n) = read_some(&source, &mut buf).await {
+            // An error: the reading side closed (the process its stdin).
+            if write_all(&sink, &buf[..n]).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Writes all of `buf` to a non-blocking descriptor as it takes it.
+async fn write_all<T: AsFd + AsRawFd>(sink: &AsyncFd<T>, buf: &[u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        let mut ready = sink.writable().await?;
+        match ready.try_io(|fd| nix::unistd::write(fd.get_ref(), &buf[done..]).map_err(Into::into)) {
+            Ok(Ok(w)) => done += w,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Registers a descriptor with the runtime's reactor.
+pub fn register(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: the AsyncFd owns the descriptor for its whole life.
     unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)
 }

@@ -20,7 +20,8 @@ pub fn now_ns() -> u64 {
 
 /// Watches `pid` (a child of this shim) until it exits. The exit is written
 /// to `exit_file` atomically *before* it is published on the returned
-/// channel; `after_exit` then runs (e.g. to kill what is left), and the
+/// channel; `after_exit` then runs (e.g. to kill what is left, or to
+/// publish the exit to containerd), and the
 /// process's output is drained into its logs, so whoever sees the exit
 /// finds all of it there.
 pub fn watch(
@@ -28,7 +29,7 @@ pub fn watch(
     exit_file: PathBuf,
     tracked: Tracked,
     output: Drained,
-    after_exit: impl FnOnce() + Send + 'static,
+    after_exit: impl FnOnce(&ExitStatus) + Send + 'static,
 ) -> std::io::Result<watch::Receiver<Option<ExitStatus>>> {
     let pidfd = pidfd_open(pid)?;
     // SAFETY: the AsyncFd owns the pidfd for its whole life.
@@ -56,7 +57,7 @@ pub fn watch(
             t.remove(&pid);
         }
         record(&exit_file, &status);
-        after_exit();
+        after_exit(&status);
         output.wait().await;
         // Published exactly once: the sender is dropped right after.
         tx.send_replace(Some(status));

@@ -1,10 +1,10 @@
 //! The shim v2 Task service for one container (the sandbox's only one for
 //! now). Each handler checks the request against the task's state, calls the
-//! runtime, and answers; exits come from the watcher in `process.rs`.
+//! runtime, and answers; exits come from the watcher in `process.rs`. Under
+//! containerd it also mounts the task's rootfs, publishes task events and
+//! answers Stats in containerd's types.
 
 use std::collections::HashMap;
-use std::fs::OpenOptions;
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -13,25 +13,29 @@ use async_trait::async_trait;
 use berth_cgroups::Hierarchies;
 use berth_cgroups::Limits;
 use berth_model::{Code, ExitStatus};
-use berth_runtime::{Runtime, RuntimeError, Stdio, in_child};
-use berth_shim::{LIMITS_TYPE_URL, STATS_TYPE_URL, console_socket, timestamp, to_ttrpc, tty_socket};
+use berth_runtime::{Runtime, RuntimeError, in_child};
+use berth_shim::{LIMITS_TYPE_URL, STATS_TYPE_URL, timestamp, to_ttrpc};
 use containerd_shim_protos::api::{self, Status};
+use containerd_shim_protos::events::task::{TaskDelete, TaskPaused, TaskResumed, TaskStart};
 use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim_protos::shim_async::Task;
+use containerd_shim_protos::topics::{
+    TASK_DELETE_EVENT_TOPIC, TASK_PAUSED_EVENT_TOPIC, TASK_RESUMED_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
+};
 use containerd_shim_protos::ttrpc::{self, r#async::TtrpcContext};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::sync::{Notify, watch};
 
 use crate::cleanup::{cgroup_of, kill_leftovers};
+use crate::events::Publisher;
 use crate::exec::{ExecProc, close_exec_stdin, exec_pty};
-use crate::output::{Drained, pipe_from, pipe_to_log};
-use crate::process;
 use crate::reaper::Tracked;
-use crate::tty::{self, ConsoleSocket, Pty};
+use crate::tty::Pty;
+use crate::{metrics, process, rootfs};
 
 type TtrpcResult<T> = ttrpc::Result<T>;
 
@@ -47,6 +51,8 @@ pub(crate) struct InitTask {
     pty: Option<Pty>,
     /// Held open until CloseIO so interactive stdin does not end early.
     stdin_keeper: Option<std::fs::File>,
+    /// Whether the shim mounted the rootfs (containerd's snapshot mounts).
+    rootfs_mounted: bool,
     pub(crate) execs: HashMap<String, ExecProc>,
 }
 
@@ -67,15 +73,24 @@ pub struct Shim {
     /// The shim's own socket: terminal sockets are named after it.
     pub(crate) socket: PathBuf,
     /// The host's cgroup mounts, read once.
-    cgroups: Option<Hierarchies>,
+    pub(crate) cgroups: Option<Hierarchies>,
     pub(crate) runtime: Arc<dyn Runtime>,
     pub(crate) tracked: Tracked,
     task: Mutex<Option<InitTask>>,
     shutdown: Notify,
+    /// Set when containerd started the shim: task events go to it, and
+    /// Stats answers in containerd's Metrics types.
+    pub(crate) events: Option<Arc<Publisher>>,
 }
 
 impl Shim {
-    pub fn new(namespace: String, id: String, socket: PathBuf, runtime: Box<dyn Runtime>) -> Shim {
+    pub fn new(
+        namespace: String,
+        id: String,
+        socket: PathBuf,
+        runtime: Box<dyn Runtime>,
+        events: Option<Arc<Publisher>>,
+    ) -> Shim {
         Shim {
             namespace,
             id,
@@ -85,6 +100,7 @@ impl Shim {
             tracked: Tracked::default(),
             task: Mutex::new(None),
             shutdown: Notify::new(),
+            events,
         }
     }
 
@@ -120,51 +136,6 @@ impl Shim {
         }
     }
 
-    /// The stdio of a new process: files, or a terminal whose master will
-    /// arrive on the returned console socket.
-    pub(crate) fn stdio(
-        &self,
-        terminal: bool,
-        exec_id: &str,
-        stdin: &str,
-        stdout: &str,
-        stderr: &str,
-    ) -> TtrpcResult<(Stdio, Option<ConsoleSocket>, Option<std::fs::File>, Drained)> {
-        let mut drained = Drained::default();
-        if terminal {
-            let console = ConsoleSocket::bind(&console_socket(&self.socket, exec_id)).map_err(internal)?;
-            let stdio = Stdio { console_socket: Some(console.path().to_path_buf()), ..Default::default() };
-            return Ok((stdio, Some(console), None, drained));
-        }
-        let (stdin, keeper) = open_stdin(stdin)?;
-        let open = |path: &str, drained: &mut Drained| {
-            pipe_to_log(path, drained).map_err(|e| to_ttrpc(Code::InvalidArgument, format!("open {path}: {e}")))
-        };
-        let stdout = open(stdout, &mut drained)?;
-        let stderr = open(stderr, &mut drained)?;
-        Ok((Stdio { stdin, stdout, stderr, console_socket: None }, None, keeper, drained))
-    }
-
-    /// Takes the pty master from the console socket and serves it.
-    /// Takes the pty master from the console socket, gives the terminal its
-    /// initial size (the spec's consoleSize) and serves it.
-    pub(crate) fn serve_terminal(
-        &self,
-        console: Option<ConsoleSocket>,
-        exec_id: &str,
-        log: &str,
-        size: Option<(u32, u32)>,
-    ) -> TtrpcResult<Option<Pty>> {
-        let Some(console) = console else { return Ok(None) };
-        let terminal_err = |e: std::io::Error| internal(format!("terminal: {e}"));
-        let master = console.receive_master().map_err(terminal_err)?;
-        let pty = tty::serve(master, log, tty_socket(&self.socket, exec_id)).map_err(terminal_err)?;
-        if let Some((width, height)) = size {
-            pty.resize(width, height).map_err(terminal_err)?;
-        }
-        Ok(Some(pty))
-    }
-
     /// Freezes (a running) or thaws (a paused) container (SPEC B11).
     fn freeze(&self, id: &str, frozen: bool) -> TtrpcResult<()> {
         let allowed = self.with_task(|t| Ok(if frozen { t.running() } else { t.paused && t.exited().is_none() }))?;
@@ -192,35 +163,6 @@ impl Shim {
     fn exit_rx(&self) -> TtrpcResult<watch::Receiver<Option<ExitStatus>>> {
         self.with_task(|t| Ok(t.exit.clone()))
     }
-}
-
-/// Opens a process's stdin. A FIFO (interactive stdin from berthd) is
-/// opened without blocking and fed to the process through a pipe, and the
-/// shim keeps a writer open (returned) so the process sees no end of input
-/// until `CloseIO`.
-pub(crate) fn open_stdin(path: &str) -> TtrpcResult<(Option<OwnedFd>, Option<std::fs::File>)> {
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-    let is_fifo = !path.is_empty() && std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo());
-    if !is_fifo {
-        return Ok((open_input(path)?, None));
-    }
-    let open_err = |e: std::io::Error| to_ttrpc(Code::InvalidArgument, format!("open {path}: {e}"));
-    let reader = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(open_err)?;
-    let keeper = OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(open_err)?;
-    // The process reads a pipe the shim feeds from the FIFO.
-    let fd = pipe_from(OwnedFd::from(reader)).map_err(internal)?;
-    Ok((Some(fd), Some(keeper)))
-}
-
-fn open_input(path: &str) -> TtrpcResult<Option<OwnedFd>> {
-    if path.is_empty() {
-        return Ok(None);
-    }
-    let f = OpenOptions::new()
-        .read(true)
-        .open(path)
-        .map_err(|e| to_ttrpc(Code::InvalidArgument, format!("open {path}: {e}")))?;
-    Ok(Some(f.into()))
 }
 
 pub(crate) fn exit_fields(status: Option<ExitStatus>) -> (u32, MessageField<Timestamp>) {
@@ -256,29 +198,33 @@ impl Task for Shim {
         let bundle = PathBuf::from(&req.bundle);
         let (stdio, console, stdin_keeper, drained) =
             self.stdio(req.terminal, "", &req.stdin, &req.stdout, &req.stderr)?;
+        let rootfs_mounted = rootfs::mount_all(&bundle, &req.rootfs).map_err(internal)?;
         let t0 = std::time::Instant::now();
-        let pid = self.runtime.create(&req.id, &bundle, stdio).map_err(|e| to_ttrpc(e.code(), e))?;
+        let pid = self.runtime.create(&req.id, &bundle, stdio).map_err(|e| {
+            if rootfs_mounted {
+                rootfs::unmount_all(&bundle);
+            }
+            to_ttrpc(e.code(), e)
+        })?;
         tracing::debug!(id = %req.id, pid, terminal = req.terminal, us = t0.elapsed().as_micros() as u64, "runtime create");
         let size = console_size(&std::fs::read(bundle.join("config.json")).unwrap_or_default(), "/process/consoleSize");
-        let pty = match self.serve_terminal(console, "", &req.stdout, size) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = self.runtime.delete(&req.id, true);
-                return Err(e);
+        let undo = |e: ttrpc::Error| {
+            let _ = self.runtime.delete(&req.id, true);
+            if rootfs_mounted {
+                rootfs::unmount_all(&bundle);
             }
+            e
         };
+        let pty = self.serve_terminal(console, "", &req.stdout, size).map_err(undo)?;
         let cgroup = cgroup_of(&bundle);
         let (leftover_cgroup, hierarchies) = (cgroup.clone(), self.cgroups.clone());
-        let exit = process::watch(pid, bundle.join("exit.json"), self.tracked.clone(), drained, move || {
+        let published = self.exit_event("", pid, self.watch_oom(cgroup.as_deref()));
+        let exit = process::watch(pid, bundle.join("exit.json"), self.tracked.clone(), drained, move |status| {
             kill_leftovers(hierarchies.as_ref(), leftover_cgroup.as_deref());
+            published(status);
         });
-        let exit = match exit {
-            Ok(rx) => rx,
-            Err(e) => {
-                let _ = self.runtime.delete(&req.id, true);
-                return Err(internal(format!("watch init {pid}: {e}")));
-            }
-        };
+        let exit = exit.map_err(|e| undo(internal(format!("watch init {pid}: {e}"))))?;
+        self.created(&req, pid);
         *self.lock() = Some(InitTask {
             bundle,
             pid,
@@ -290,6 +236,7 @@ impl Task for Shim {
             exit,
             pty,
             stdin_keeper,
+            rootfs_mounted,
             execs: HashMap::new(),
         });
         Ok(api::CreateTaskResponse { pid, ..Default::default() })
@@ -312,6 +259,7 @@ impl Task for Shim {
             t.started = true;
             Ok(())
         })?;
+        self.publish(TASK_START_EVENT_TOPIC, &TaskStart { container_id: req.id, pid, ..Default::default() });
         Ok(api::StartResponse { pid, ..Default::default() })
     }
 
@@ -392,9 +340,14 @@ impl Task for Shim {
         let cgroup = self.live_cgroup()?;
         let stats =
             in_child("stats", || berth_cgroups::stats(&cgroup).map_err(isolated)).map_err(|e| to_ttrpc(e.code(), e))?;
-        let mut any = Any::new();
-        any.type_url = STATS_TYPE_URL.to_string();
-        any.value = serde_json::to_vec(&stats).map_err(internal)?;
+        let any = if self.events.is_some() {
+            metrics::to_any(&stats).map_err(internal)?
+        } else {
+            let mut any = Any::new();
+            any.type_url = STATS_TYPE_URL.to_string();
+            any.value = serde_json::to_vec(&stats).map_err(internal)?;
+            any
+        };
         Ok(api::StatsResponse { stats: Some(any).into(), ..Default::default() })
     }
 
@@ -445,17 +398,21 @@ impl Task for Shim {
 
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
         self.check(&req.id)?;
-        self.freeze(&req.id, true).map(|()| Empty::new())
+        self.freeze(&req.id, true)?;
+        self.publish(TASK_PAUSED_EVENT_TOPIC, &TaskPaused { container_id: req.id, ..Default::default() });
+        Ok(Empty::new())
     }
 
     async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
         self.check(&req.id)?;
-        self.freeze(&req.id, false).map(|()| Empty::new())
+        self.freeze(&req.id, false)?;
+        self.publish(TASK_RESUMED_EVENT_TOPIC, &TaskResumed { container_id: req.id, ..Default::default() });
+        Ok(Empty::new())
     }
 
     async fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
         self.check(&req.id)?;
-        let rx = if req.exec_id.is_empty() { self.exit_rx()? } else { self.exec_exit_rx(&req.exec_id)? };
+        let rx = if req.exec_id.is_empty() { self.exit_rx()? } else { self.exec_exit_rx(&req.exec_id).await? };
         let status = process::wait(rx).await;
         let (exit_status, exited_at) = exit_fields(status);
         Ok(api::WaitResponse { exit_status, exited_at, ..Default::default() })
@@ -468,7 +425,9 @@ impl Task for Shim {
             let (exit_status, exited_at) = exit_fields(status);
             return Ok(api::DeleteResponse { pid, exit_status, exited_at, ..Default::default() });
         }
-        let (pid, started, rx) = self.with_task(|t| Ok((t.pid, t.started, t.exit.clone())))?;
+        // The rootfs to take off, if the shim mounted it.
+        let (pid, started, rx, mounted) =
+            self.with_task(|t| Ok((t.pid, t.started, t.exit.clone(), t.rootfs_mounted.then(|| t.bundle.clone()))))?;
         let exited = *rx.borrow();
         if exited.is_none() && started {
             return Err(to_ttrpc(Code::FailedPrecondition, format!("container {} is running; stop it first", req.id)));
@@ -487,7 +446,18 @@ impl Task for Shim {
             Ok(s) => s,
             Err(_) => return Err(to_ttrpc(Code::DeadlineExceeded, format!("init {pid} did not exit"))),
         };
+        if let Some(bundle) = mounted {
+            rootfs::unmount_all(&bundle);
+        }
         let (exit_status, exited_at) = exit_fields(status);
+        let deleted = TaskDelete {
+            container_id: req.id.clone(),
+            pid,
+            exit_status,
+            exited_at: exited_at.clone(),
+            ..Default::default()
+        };
+        self.publish(TASK_DELETE_EVENT_TOPIC, &deleted);
         *self.lock() = None;
         // The last (only) container is gone: the shim's job is done.
         self.shutdown.notify_one();

@@ -1,12 +1,13 @@
 //! Terminals (SPEC B6, B17): the runtime hands the pty master of a
 //! terminal process to the shim over a console socket; the shim keeps it,
-//! copies everything the process writes into its log file, and serves one
+//! copies everything the process writes into its log file (or containerd's
+//! stdout FIFO, and containerd's stdin FIFO into it), and serves one
 //! attach connection at a time on a unix socket next to its own (berthd
 //! bridges that to `berth run -t` / `berth exec -t`). Output written before
 //! anyone attached is kept (up to 64 KiB) for the first attach.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, IoSliceMut, Write};
+use std::fs::File;
+use std::io::{self, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixListener as StdListener;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,8 @@ use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
+
+use crate::output::{Sink, feed};
 
 const EARLY_OUTPUT: usize = 64 * 1024;
 
@@ -102,17 +105,17 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Serves `master`: output to `log` and the attached client, client input
+/// Serves `master`: output to `log` (closed when the process side is) and
+/// the attached client, client input and `input` (containerd's stdin FIFO)
 /// to the process. After the process side closes, output nobody has seen
 /// yet is still handed to the first client that attaches.
-pub fn serve(master: OwnedFd, log: &str, attach: PathBuf) -> io::Result<Pty> {
+pub fn serve(master: OwnedFd, mut log: Option<Sink>, input: Option<OwnedFd>, attach: PathBuf) -> io::Result<Pty> {
     set_nonblocking(&master)?;
     // SAFETY: the AsyncFd owns the master for its whole life.
     let master = Arc::new(unsafe { AsyncFd::register(File::from(master)) }.map_err(io::Error::from)?);
-    let mut log = match log {
-        "" => None,
-        path => Some(OpenOptions::new().create(true).append(true).open(path)?),
-    };
+    if let Some(input) = input {
+        feed(input, master.clone())?;
+    }
     let _ = std::fs::remove_file(&attach);
     let listener = UnixListener::bind(&attach)?;
     let pump = master.clone();
@@ -137,10 +140,11 @@ pub fn serve(master: OwnedFd, log: &str, attach: PathBuf) -> io::Result<Pty> {
                         Ok(Ok(0)) | Ok(Err(_)) => {
                             closed = true;
                             client = None;
+                            log = None;
                         }
                         Ok(Ok(n)) => {
-                            if let Some(f) = log.as_mut() {
-                                let _ = f.write_all(&buf[..n]);
+                            if let Some(log) = log.as_mut() {
+                                log.write(&buf[..n]).await;
                             }
                             let sent = match client.as_mut() {
                                 Some(c) => Some(c.write_all(&buf[..n]).await.is_ok()),

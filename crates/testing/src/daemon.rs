@@ -253,19 +253,7 @@ impl Daemon {
 
     /// Pids of berth-shim processes serving this daemon.
     pub fn shim_pids(&self) -> Vec<u32> {
-        let marker = self.state.to_string_lossy().into_owned();
-        let mut pids = Vec::new();
-        for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
-            let args: Vec<String> =
-                cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-            let is_shim = args.first().is_some_and(|a| a.ends_with("berth-shim"));
-            if is_shim && args.iter().any(|a| a.starts_with(&marker)) {
-                pids.push(pid);
-            }
-        }
-        pids
+        shims_with_arg(&self.state.to_string_lossy()).into_iter().map(|(pid, _)| pid).collect()
     }
 
     /// Directories of a container's cgroup that exist in any hierarchy.
@@ -346,24 +334,42 @@ impl Daemon {
         }
         let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
     }
+}
 
-    fn sweep_cgroups(&self) {
-        let Ok(h) = Hierarchies::detect() else { return };
-        for _ in 0..50 {
-            let mut busy = false;
-            for pid in h.procs(&self.cgroup_parent).unwrap_or_default() {
-                busy = true;
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-            }
-            // A frozen cgroup would keep killed processes alive.
-            h.thaw_tree(&self.cgroup_parent);
-            if !busy && h.remove_tree(&self.cgroup_parent).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+/// berth-shim processes with an argument starting with `marker`, with
+/// their arguments.
+pub(crate) fn shims_with_arg(marker: &str) -> Vec<(u32, Vec<String>)> {
+    let mut shims = Vec::new();
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+        let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        let is_shim = args.first().is_some_and(|a| a.ends_with("berth-shim"));
+        if is_shim && args.iter().any(|a| a.starts_with(marker)) {
+            shims.push((pid, args));
         }
-        eprintln!("warning: could not remove cgroup {}", self.cgroup_parent);
     }
+    shims
+}
+
+/// Kills every process in the cgroup `parent` (thawing it) and removes
+/// it with everything below it, in every hierarchy.
+pub(crate) fn sweep_cgroup(parent: &str) {
+    let Ok(h) = Hierarchies::detect() else { return };
+    for _ in 0..50 {
+        let mut busy = false;
+        for pid in h.procs(parent).unwrap_or_default() {
+            busy = true;
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        // A frozen cgroup would keep killed processes alive.
+        h.thaw_tree(parent);
+        if !busy && h.remove_tree(parent).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("warning: could not remove cgroup {parent}");
 }
 
 impl Drop for Daemon {
@@ -372,7 +378,7 @@ impl Drop for Daemon {
         for pid in self.shim_pids() {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
-        self.sweep_cgroups();
+        sweep_cgroup(&self.cgroup_parent);
         self.unmount_netns();
     }
 }
