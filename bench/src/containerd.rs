@@ -9,6 +9,10 @@ use berth_testing::containerd::Setup;
 use std::time::{Duration, Instant};
 
 const NAMESPACE: &str = "berth-bench";
+/// containerd's default runtime (containerd-shim-runc-v2).
+pub const RUNC_V2: &str = "io.containerd.runc.v2";
+/// berth-shim under containerd (`containerd-shim-berth-v1`).
+pub const BERTH_V1: &str = "io.containerd.berth.v1";
 
 pub struct Containerd {
     child: Child,
@@ -82,9 +86,11 @@ impl Containerd {
         c
     }
 
-    pub fn run_rm(&self, rootfs: &Path, id: &str) -> bool {
+    /// `ctr run --rm --runtime RUNTIME --rootfs ROOTFS ID /bin/true`.
+    pub fn run_rm(&self, runtime: &str, rootfs: &Path, id: &str) -> bool {
         let rootfs = rootfs.to_string_lossy();
-        self.ctr(&["run", "--rm", "--rootfs", &rootfs, id, "/bin/true"]).status().is_ok_and(|s| s.success())
+        let args = ["run", "--rm", "--runtime", runtime, "--rootfs", &rootfs, id, "/bin/true"];
+        self.ctr(&args).status().is_ok_and(|s| s.success())
     }
 
     /// `ctr run --rm --cni --rootfs ROOTFS ID CMD...`, its stdout if it
@@ -119,12 +125,13 @@ impl Containerd {
 
     /// Runs `n` detached sleep containers named `<prefix><i>`; returns
     /// their shims' pids.
-    pub fn run_detached(&self, rootfs: &Path, prefix: &str, n: usize) -> Vec<u32> {
+    pub fn run_detached(&self, runtime: &str, rootfs: &Path, prefix: &str, n: usize) -> Vec<u32> {
         let rootfs = rootfs.to_string_lossy();
         let mut shims = Vec::new();
         for i in 0..n {
             let id = format!("{prefix}{i}");
-            let ok = self.ctr(&["run", "-d", "--rootfs", &rootfs, &id, "/bin/sleep", "1000"]).status();
+            let args = ["run", "-d", "--runtime", runtime, "--rootfs", &rootfs, &id, "/bin/sleep", "1000"];
+            let ok = self.ctr(&args).status();
             if !ok.is_ok_and(|s| s.success()) {
                 continue;
             }

@@ -11,7 +11,7 @@
 //! bridge network vs ctr --cni; bench/src/network.rs).
 //!
 //! Usage: berth-bench [--runs N] [--containers M] [--stats-containers K]
-//!        [--recovery-containers R] [--recovery-rounds Q] [--only network]
+//!        [--recovery-containers R] [--recovery-rounds Q] [--only network|shim]
 //!        [--breakdown]   (as root; see `make bench`)
 //!
 //! `--breakdown` prints only the phases of berth run --rm (as berthd
@@ -25,6 +25,7 @@ mod measure;
 mod network;
 mod recovery;
 mod scenarios;
+mod shim;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -45,12 +46,14 @@ struct Opts {
     recovery_rounds: usize,
     /// `--only network`: that scenario alone.
     only_network: bool,
+    /// `--only shim`: containerd through runc-v2 vs berth-shim, alone.
+    only_shim: bool,
     /// `--breakdown`: the phases of berth run --rm next to runc's steps, alone.
     breakdown: bool,
 }
 
 const USAGE: &str = "usage: berth-bench [--runs N] [--containers M] [--stats-containers K] \
-                     [--recovery-containers R] [--recovery-rounds Q] [--only network] [--breakdown]";
+                     [--recovery-containers R] [--recovery-rounds Q] [--only network|shim] [--breakdown]";
 
 fn parse_opts() -> Opts {
     let mut o = Opts {
@@ -60,6 +63,7 @@ fn parse_opts() -> Opts {
         recovery_containers: 500,
         recovery_rounds: 3,
         only_network: false,
+        only_shim: false,
         breakdown: false,
     };
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -70,6 +74,10 @@ fn parse_opts() -> Opts {
     for pair in args.chunks(2) {
         if pair[0] == "--only" && pair.get(1).map(String::as_str) == Some("network") {
             o.only_network = true;
+            continue;
+        }
+        if pair[0] == "--only" && pair.get(1).map(String::as_str) == Some("shim") {
+            o.only_shim = true;
             continue;
         }
         let value = pair.get(1).and_then(|v| v.parse().ok());
@@ -109,8 +117,12 @@ fn fmt_ms(d: Option<Duration>) -> String {
 }
 
 fn ratio(a: Option<Duration>, b: Option<Duration>) -> String {
+    ratio_of(a.map(|a| a.as_secs_f64()), b.map(|b| b.as_secs_f64()))
+}
+
+fn ratio_of(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
-        (Some(a), Some(b)) if !b.is_zero() => format!("{:.2}×", a.as_secs_f64() / b.as_secs_f64()),
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
         _ => "n/a".into(),
     }
 }
@@ -146,6 +158,26 @@ fn print_network(runs: usize, n: &network::NetworkTimes) {
     println!("| ratio berth run + rm, network / ctr --cni | {} |", ratio(n.berth_net_rm, n.ctr_cni));
 }
 
+/// The shim table (issue 12): containerd through runc-v2 vs berth-shim.
+fn print_shim(runs: usize, containers: usize, f: &shim::ShimFigures) {
+    println!();
+    println!("| containerd 1.6, ctr run --rm --rootfs /bin/true (median of {runs}, interleaved) | wall time |");
+    println!("|---|---|");
+    println!("| --runtime io.containerd.runc.v2 | {} |", fmt_ms(f.runc_v2));
+    println!("| --runtime io.containerd.berth.v1 | {} |", fmt_ms(f.berth));
+    println!("| ratio berth-shim / runc-v2 (target ≤ 0.6×) | {} |", ratio(f.berth, f.runc_v2));
+    println!();
+    println!("| shim per container, {containers} detached containers | RSS | PSS |");
+    println!("|---|---|---|");
+    let row = |name: &str, m: Option<Mem>| {
+        println!("| {name} | {} | {} |", fmt_mem(m, |m| m.rss_mb), fmt_mem(m, |m| m.pss_mb));
+    };
+    row("containerd-shim-runc-v2", f.mem_runc_v2);
+    row("berth-shim (io.containerd.berth.v1)", f.mem_berth);
+    let pss = |m: Option<Mem>| m.map(|m| m.pss_mb);
+    println!("| ratio PSS berth / runc-v2 (target ≤ 0.3×) | | {} |", ratio_of(pss(f.mem_berth), pss(f.mem_runc_v2)));
+}
+
 fn main() {
     let o = parse_opts();
     if o.only_network {
@@ -154,6 +186,12 @@ fn main() {
         return;
     }
     let d = Daemon::start();
+    if o.only_shim {
+        if let Some(f) = shim::run(d.dir(), &d.rootfs, o.runs, o.containers) {
+            print_shim(o.runs, o.containers, &f);
+        }
+        return;
+    }
     let bundle = make_bundle(d.dir(), &d.rootfs, "true", &["/bin/true"]);
     if o.breakdown {
         breakdown::run(&d, &bundle, o.runs);
@@ -180,7 +218,7 @@ fn main() {
         }),
     ];
     if let Some(c) = &ctr {
-        runners.push(Box::new(|i| c.run_rm(&d.rootfs, &format!("c{i}"))));
+        runners.push(Box::new(|i| c.run_rm(containerd::RUNC_V2, &d.rootfs, &format!("c{i}"))));
     }
     let times = time_interleaved(o.runs, &mut runners);
     drop(runners);
@@ -201,7 +239,8 @@ fn main() {
         berth_shims.push(c["shim_pid"].as_u64().unwrap_or(0) as u32);
     }
     let berth_mem = shim_memory(&berth_shims);
-    let ctr_mem = ctr.as_ref().and_then(|c| shim_memory(&c.run_detached(&d.rootfs, "cm", o.containers)));
+    let ctr_mem =
+        ctr.as_ref().and_then(|c| shim_memory(&c.run_detached(containerd::RUNC_V2, &d.rootfs, "cm", o.containers)));
     for i in 0..o.containers {
         d.berth(&["rm", "-f", &format!("m{i}")]);
     }
@@ -210,6 +249,7 @@ fn main() {
         let _ = h.remove_tree(RUNC_CGROUP_PARENT);
     }
     let net = network::run(o.runs);
+    let shims = shim::run(d.dir(), &d.rootfs, o.runs, o.containers);
 
     println!();
     println!("berth-bench: {} runs per command (median), {} detached containers for memory", o.runs, o.containers);
@@ -263,4 +303,7 @@ fn main() {
     println!("| berth-shim | {} | {} |", fmt_mem(berth_mem, |m| m.rss_mb), fmt_mem(berth_mem, |m| m.pss_mb));
     println!("| containerd-shim-runc-v2 | {} | {} |", fmt_mem(ctr_mem, |m| m.rss_mb), fmt_mem(ctr_mem, |m| m.pss_mb));
     print_network(o.runs, &net);
+    if let Some(f) = &shims {
+        print_shim(o.runs, o.containers, f);
+    }
 }

@@ -111,7 +111,7 @@ pub fn run(rounds: usize) -> NetworkTimes {
     runners.push(Box::new(|i| run_then_rm("none", format!("mn{i}"))));
     runners.push(Box::new(|i| run_then_rm("berth", format!("mb{i}"))));
     if let Some(c) = &ctr {
-        runners.push(Box::new(|i| c.run_rm(&d.rootfs, &format!("nc{i}"))));
+        runners.push(Box::new(|i| c.run_rm(crate::containerd::RUNC_V2, &d.rootfs, &format!("nc{i}"))));
         if with_cni {
             runners.push(Box::new(|i| c.run_rm_cni(&d.rootfs, &format!("nk{i}"), &["/bin/true"]).is_some()));
         }

@@ -102,7 +102,7 @@ pub fn run(d: &Daemon, ctr: Option<&mut Containerd>, n: usize, rounds: usize) ->
 
     let containerd = ctr.and_then(|c| {
         eprintln!("recovery: starting {n} containerd containers …");
-        c.run_detached(&d.rootfs, "rc", n);
+        c.run_detached(crate::containerd::RUNC_V2, &d.rootfs, "rc", n);
         let mut expected: Vec<_> = c.tasks()?.into_iter().filter(|t| t.0.starts_with("rc")).collect();
         expected.sort();
         if expected.len() != n || expected.iter().any(|t| t.2 != "RUNNING") {
