@@ -47,6 +47,11 @@ fn exec_runc() {
     exec_output_and_exit_code("runc");
 }
 
+#[test]
+fn exec_runc_v2() {
+    exec_output_and_exit_code("io.containerd.runc.v2");
+}
+
 fn wait_for_top(d: &Daemon, id: &str, exec_id: &str) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -60,9 +65,8 @@ fn wait_for_top(d: &Daemon, id: &str, exec_id: &str) -> Vec<Value> {
     }
 }
 
-#[test]
-fn exec_ids_signals_top_and_events() {
-    let d = Daemon::start();
+fn exec_ids_signals_top_and_events(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     d.run_detached("host", &["sleep", "1000"]);
     let events = d.record_events(Some("host"));
     let mut long = d.berth_spawn(&["exec", "--exec-id", "long", "host", "sleep", "1000"]);
@@ -103,9 +107,8 @@ fn exec_ids_signals_top_and_events() {
     assert_eq!(init_exits, 1, "{evs:?}");
 }
 
-#[test]
-fn kill_all_reaches_execs_too() {
-    let d = Daemon::start();
+fn kill_all_reaches_execs_too(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     d.run_detached("all", &["sleep", "1000"]);
     let mut ex = d.berth_spawn(&["exec", "--exec-id", "bg", "all", "sleep", "1000"]);
     wait_for_top(&d, "all", "bg");
@@ -115,3 +118,5 @@ fn kill_all_reaches_execs_too() {
     assert!(d.cgroup_procs("default", "all").is_empty());
     d.berth(&["rm", "all"]).ok();
 }
+
+berth_testing::on_both_shims!(exec_ids_signals_top_and_events, kill_all_reaches_execs_too);

@@ -53,6 +53,11 @@ fn run_attached_runc() {
     run_attached_prints_output_and_propagates_exit("runc");
 }
 
+#[test]
+fn run_attached_runc_v2() {
+    run_attached_prints_output_and_propagates_exit("io.containerd.runc.v2");
+}
+
 fn detached_ps_kill_wait_rm(runtime: &str) {
     let d = Daemon::start();
     let rootfs = d.rootfs.to_str().unwrap();
@@ -116,8 +121,12 @@ fn detached_lifecycle_runc() {
 }
 
 #[test]
-fn many_waiters_get_the_same_exit() {
-    let d = Daemon::start();
+fn detached_lifecycle_runc_v2() {
+    detached_ps_kill_wait_rm("io.containerd.runc.v2");
+}
+
+fn many_waiters_get_the_same_exit(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     d.run_detached("w", &["sh", "-c", "sleep 0.5; exit 5"]);
     let before: Vec<_> = (0..16).map(|_| d.berth_spawn(&["wait", "w"])).collect();
     for child in before {
@@ -144,9 +153,8 @@ fn kill_of_finished_process_is_not_found() {
     d.berth(&["rm", "done"]).ok();
 }
 
-#[test]
-fn kill_all_and_force_remove() {
-    let d = Daemon::start();
+fn kill_all_and_force_remove(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     d.run_detached("multi", &["sh", "-c", "sleep 1000 & sleep 1000 & wait"]);
     // rm of a running container needs -f.
     d.berth(&["rm", "multi"]).fails_with("failed precondition");
@@ -166,9 +174,8 @@ fn kill_all_and_force_remove() {
     assert!(d.cgroup_dirs("default", "forced").is_empty());
 }
 
-#[test]
-fn create_then_start_and_kill_before_start() {
-    let d = Daemon::start();
+fn create_then_start_and_kill_before_start(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     let rootfs = d.rootfs.to_str().unwrap();
     d.berth(&["create", "--name", "c1", rootfs, "sh", "-c", "exit 9"]).ok();
     assert_eq!(inspect(&d, "c1")["state"], "created");
@@ -217,9 +224,8 @@ fn namespaces_are_separate() {
     }
 }
 
-#[test]
-fn events_report_each_transition_once() {
-    let d = Daemon::start();
+fn events_report_each_transition_once(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     let sub = d.record_events(None);
     let rootfs = d.rootfs.to_str().unwrap();
     assert_eq!(d.berth(&["run", "--rm", "--name", "ev", rootfs, "sh", "-c", "exit 4"]).code, 4);
@@ -284,8 +290,12 @@ fn pause_resume_runc() {
 }
 
 #[test]
-fn top_lists_every_process() {
-    let d = Daemon::start();
+fn pause_resume_runc_v2() {
+    pause_freezes_and_resume_thaws("io.containerd.runc.v2");
+}
+
+fn top_lists_every_process(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     d.run_detached("tree", &["sh", "-c", "sleep 1000 & sleep 1001 & wait"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let procs = loop {
@@ -314,9 +324,8 @@ fn top_lists_every_process() {
     d.berth(&["rm", "frozen"]).ok();
 }
 
-#[test]
-fn stop_is_graceful_then_forceful() {
-    let d = Daemon::start();
+fn stop_is_graceful_then_forceful(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     let rootfs = d.rootfs.to_str().unwrap();
     // Handles SIGTERM: exits with its own code, well before the timeout.
     d.run_detached("polite", &["sh", "-c", "trap 'exit 42' TERM; echo ready; while true; do sleep 0.05; done"]);
@@ -396,3 +405,12 @@ fn phases_of_the_lifecycle_are_recorded() {
     }
     assert!(d.berth(&["system", "phases"]).ok().lines().count() == 1, "reset forgets them");
 }
+
+berth_testing::on_both_shims!(
+    many_waiters_get_the_same_exit,
+    kill_all_and_force_remove,
+    create_then_start_and_kill_before_start,
+    events_report_each_transition_once,
+    top_lists_every_process,
+    stop_is_graceful_then_forceful
+);

@@ -16,9 +16,8 @@ fn events_of(d: &Daemon, id: &str, kind: &str) -> Vec<Value> {
     d.events_since(0).into_iter().filter(|e| e["id"] == id && e["type"] == kind).collect()
 }
 
-#[test]
-fn on_failure_restarts_up_to_max_with_doubling_backoff() {
-    let d = Daemon::start();
+fn on_failure_restarts_up_to_max_with_doubling_backoff(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     run_with_policy(&d, "flaky", "on-failure:3", "echo run; exit 3");
     let c = d.inspect_until("flaky", |c| c["restart_count"] == 3 && c["state"] == "stopped");
     assert_eq!(c["exit"]["code"], 3);
@@ -40,9 +39,8 @@ fn on_failure_restarts_up_to_max_with_doubling_backoff() {
     assert!(d.container_paths("default", "flaky").is_empty());
 }
 
-#[test]
-fn on_failure_leaves_a_success_alone_and_no_never_restarts() {
-    let d = Daemon::start();
+fn on_failure_leaves_a_success_alone_and_no_never_restarts(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     run_with_policy(&d, "fine", "on-failure", "exit 0");
     run_with_policy(&d, "never", "no", "exit 1");
     assert_eq!(d.berth(&["wait", "fine"]).code, 0);
@@ -55,9 +53,8 @@ fn on_failure_leaves_a_success_alone_and_no_never_restarts() {
     d.berth(&["rm", "fine", "never"]).ok();
 }
 
-#[test]
-fn a_user_stop_is_never_undone_while_berthd_runs() {
-    let d = Daemon::start();
+fn a_user_stop_is_never_undone_while_berthd_runs(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     run_with_policy(&d, "svc", "always", "sleep 0.2; exit 0");
     d.inspect_until("svc", |c| c["restart_count"].as_u64() >= Some(1) && c["state"] == "running");
     assert_eq!(d.berth(&["stop", "-t", "1", "svc"]).code, 0);
@@ -76,9 +73,8 @@ fn a_user_stop_is_never_undone_while_berthd_runs() {
     d.berth(&["inspect", "killed"]).fails_with("not found");
 }
 
-#[test]
-fn policies_survive_berthd_restarts_and_user_stops_hold() {
-    let d = Daemon::start();
+fn policies_survive_berthd_restarts_and_user_stops_hold(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     run_with_policy(&d, "always", "always", "sleep 1000");
     run_with_policy(&d, "unless", "unless-stopped", "sleep 1000");
     d.berth(&["stop", "-t", "1", "always", "unless"]).ok();
@@ -102,9 +98,8 @@ fn policies_survive_berthd_restarts_and_user_stops_hold() {
 
 /// A stop that lands between an exit and its restart (in the backoff or
 /// while the new shim starts) is final.
-#[test]
-fn a_stop_during_a_restart_is_final() {
-    let d = Daemon::start();
+fn a_stop_during_a_restart_is_final(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     run_with_policy(&d, "busy", "always", "exit 1");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while events_of(&d, "busy", "exit").is_empty() {
@@ -124,9 +119,8 @@ fn a_stop_during_a_restart_is_final() {
 /// `berthd --shutdown-containers` is no user stop: the policies bring the
 /// containers back when berthd starts again, and none acts during the
 /// shutdown itself.
-#[test]
-fn containers_stopped_by_a_daemon_shutdown_come_back_by_policy() {
-    let d = Daemon::start_with(&["--shutdown-containers"]);
+fn containers_stopped_by_a_daemon_shutdown_come_back_by_policy(shim: &[&str]) {
+    let d = Daemon::start_with(&[shim, &["--shutdown-containers"]].concat());
     run_with_policy(&d, "svc", "unless-stopped", "sleep 1000");
     run_with_policy(&d, "plain", "no", "sleep 1000");
     d.terminate();
@@ -142,9 +136,8 @@ fn containers_stopped_by_a_daemon_shutdown_come_back_by_policy() {
 /// berthd dies in a restart — after the new shim created the container, or
 /// after the restart was recorded but before its start — and the restart
 /// completes once (one `restart` event), leaking no shim.
-#[test]
-fn a_restart_cut_short_by_a_crash_completes_once() {
-    let d = Daemon::start();
+fn a_restart_cut_short_by_a_crash_completes_once(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     for (id, step) in [("a", "restart shim"), ("b", "start")] {
         run_with_policy(&d, id, "on-failure:1", "sleep 0.5; exit 1");
         d.kill9();
@@ -184,3 +177,13 @@ fn bad_policies_are_refused_and_change_nothing() {
     assert!(d.events_since(0).is_empty());
     assert!(d.shim_pids().is_empty());
 }
+
+berth_testing::on_both_shims!(
+    on_failure_restarts_up_to_max_with_doubling_backoff,
+    on_failure_leaves_a_success_alone_and_no_never_restarts,
+    a_user_stop_is_never_undone_while_berthd_runs,
+    policies_survive_berthd_restarts_and_user_stops_hold,
+    a_stop_during_a_restart_is_final,
+    containers_stopped_by_a_daemon_shutdown_come_back_by_policy,
+    a_restart_cut_short_by_a_crash_completes_once
+);

@@ -31,9 +31,8 @@ fn assert_no_leftovers(d: &Daemon, ids: &[&str]) {
 
 /// containerd#6771: a container exits while the daemon is down; the shim
 /// must not leak and the task must not stay stuck.
-#[test]
-fn containerd_6771_exit_during_downtime_leaks_no_shim() {
-    let d = Daemon::start();
+fn containerd_6771_exit_during_downtime_leaks_no_shim(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     d.run_detached("brief", &["sh", "-c", "sleep 0.3; exit 9"]);
     d.kill9();
     std::thread::sleep(Duration::from_millis(800));
@@ -48,9 +47,8 @@ fn containerd_6771_exit_during_downtime_leaks_no_shim() {
 /// An exec that exits while berthd is down is reported once when it comes
 /// back, with its code; one whose shim died meanwhile gets its recorded
 /// exit or 255 (SPEC B22).
-#[test]
-fn exec_exits_during_downtime_are_reported_once() {
-    let d = Daemon::start();
+fn exec_exits_during_downtime_are_reported_once(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     d.run_detached("host", &["sleep", "1000"]);
     d.run_detached("doomed", &["sleep", "1000"]);
     let mut quick = d.berth_spawn(&["exec", "--exec-id", "quick", "host", "sh", "-c", "sleep 0.5; exit 5"]);
@@ -90,9 +88,8 @@ fn exec_exits_during_downtime_are_reported_once() {
 /// containerd#10390 and #11579: exit events lost across daemon restarts.
 /// Exits before, during and after a daemon outage each appear exactly once
 /// in the durable log, whose sequence has no gap.
-#[test]
-fn containerd_10390_11579_no_exit_event_lost_or_repeated_across_restarts() {
-    let d = Daemon::start();
+fn containerd_10390_11579_no_exit_event_lost_or_repeated_across_restarts(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     d.run_detached("before", &["sh", "-c", "exit 3"]);
     assert_eq!(d.berth(&["wait", "before"]).code, 3);
     d.run_detached("during", &["sh", "-c", "sleep 0.4; exit 4"]);
@@ -120,9 +117,8 @@ fn containerd_10390_11579_no_exit_event_lost_or_repeated_across_restarts() {
 
 /// containerd#12600: the daemon restarts in the middle of a stop. The stop
 /// can be retried, nothing leaks, and the container is not restarted.
-#[test]
-fn containerd_12600_daemon_killed_during_stop() {
-    let d = Daemon::start();
+fn containerd_12600_daemon_killed_during_stop(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     let rootfs = d.rootfs.to_string_lossy().into_owned();
     let cmd = ["sh", "-c", "trap '' TERM; while true; do sleep 0.05; done"];
     let mut args = vec!["run", "-d", "--restart", "always", "--name", "stubborn", rootfs.as_str()];
@@ -216,9 +212,8 @@ fn unreachable_live_shim_is_unknown_not_killed() {
 
 /// A start that the shim completed after berthd died is recorded (once)
 /// when berthd comes back, so the record matches the running container.
-#[test]
-fn start_completed_while_daemon_was_down_is_recorded_once() {
-    let d = Daemon::start();
+fn start_completed_while_daemon_was_down_is_recorded_once(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     let rootfs = d.rootfs.to_string_lossy().into_owned();
     d.kill9();
     d.spawn_with_env(&[("BERTH_TEST_CRASH_AT", "start")]);
@@ -238,9 +233,8 @@ fn start_completed_while_daemon_was_down_is_recorded_once() {
 
 /// SPEC B20: berthd killed right after each step of create leaves nothing
 /// behind once it is back: no shim, process, mount, cgroup, file or record.
-#[test]
-fn daemon_killed_at_each_create_step_leaves_no_trace() {
-    let d = Daemon::start();
+fn daemon_killed_at_each_create_step_leaves_no_trace(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     let rootfs = d.rootfs.to_string_lossy().into_owned();
     for step in ["intent", "logs", "network", "bundle", "shim", "runtime create"] {
         d.kill9();
@@ -291,3 +285,12 @@ fn events_since_replays_then_follows() {
     d.berth(&["events", "--type", "exited"]).fails_with("invalid argument");
     d.berth(&["events", "--id", "../x"]).fails_with("invalid argument");
 }
+
+berth_testing::on_both_shims!(
+    containerd_6771_exit_during_downtime_leaks_no_shim,
+    exec_exits_during_downtime_are_reported_once,
+    containerd_10390_11579_no_exit_event_lost_or_repeated_across_restarts,
+    containerd_12600_daemon_killed_during_stop,
+    start_completed_while_daemon_was_down_is_recorded_once,
+    daemon_killed_at_each_create_step_leaves_no_trace
+);

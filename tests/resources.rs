@@ -24,9 +24,8 @@ fn stats(d: &Daemon, id: &str) -> Value {
     v[0].clone()
 }
 
-#[test]
-fn limits_at_run_and_live_update() {
-    let d = Daemon::start();
+fn limits_at_run_and_live_update(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     let rootfs = d.rootfs.to_str().unwrap();
     d.berth(&[
         "run",
@@ -99,9 +98,8 @@ fn limits_at_run_and_live_update() {
     d.berth(&["rm", "lim"]).ok();
 }
 
-#[test]
-fn memory_limit_is_enforced() {
-    let d = Daemon::start();
+fn memory_limit_is_enforced(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     d.run_detached("small", &["sleep", "1000"]);
     d.berth(&["update", "--memory", "16m", "small"]).ok();
     // A 40 MB string does not fit in 16 MB: the kernel kills the exec.
@@ -110,9 +108,8 @@ fn memory_limit_is_enforced() {
     d.berth(&["rm", "-f", "small"]).ok();
 }
 
-#[test]
-fn statistics_move() {
-    let d = Daemon::start();
+fn statistics_move(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     d.run_detached("busy", &["sh", "-c", "x=$(head -c 12000000 /dev/zero | tr '\\0' a); while true; do :; done"]);
     let deadline = Instant::now() + Duration::from_secs(20);
     let first = loop {
@@ -141,9 +138,8 @@ fn statistics_move() {
     d.berth(&["rm", "-f", "busy"]).ok();
 }
 
-#[test]
-fn oom_kill_is_an_event_and_shows_in_inspect() {
-    let d = Daemon::start();
+fn oom_kill_is_an_event_and_shows_in_inspect(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     let rootfs = d.rootfs.to_str().unwrap();
     let events = d.record_events(Some("hog"));
     let hog = "sleep 0.2; x=$(head -c 60000000 /dev/zero | tr '\\0' a); sleep 1000";
@@ -165,3 +161,10 @@ fn oom_kill_is_an_event_and_shows_in_inspect() {
     assert_eq!(c["oom_killed"], false);
     d.berth(&["rm", "calm"]).ok();
 }
+
+berth_testing::on_both_shims!(
+    limits_at_run_and_live_update,
+    memory_limit_is_enforced,
+    statistics_move,
+    oom_kill_is_an_event_and_shows_in_inspect
+);

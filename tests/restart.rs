@@ -5,9 +5,8 @@
 use berth_testing::Daemon;
 use serde_json::Value;
 
-#[test]
-fn kill9_daemon_keeps_running_containers_and_records() {
-    let d = Daemon::start();
+fn kill9_daemon_keeps_running_containers_and_records(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     d.run_detached("survivor", &["sh", "-c", "trap 'exit 3' TERM; while true; do sleep 0.05; done"]);
     d.run_detached("finished", &["sh", "-c", "exit 6"]);
     assert_eq!(d.berth(&["wait", "finished"]).code, 6);
@@ -59,9 +58,8 @@ fn sigterm_stops_daemon_promptly_and_leaves_containers_running() {
 /// A shim killed while berthd runs: its container is cleaned up at once
 /// (leftovers killed, runtime state deleted) and reports "unknown exit"
 /// (255) to waiters and subscribers, exactly once (SPEC B19).
-#[test]
-fn container_of_a_killed_shim_is_cleaned_up_with_unknown_exit() {
-    let d = Daemon::start();
+fn container_of_a_killed_shim_is_cleaned_up_with_unknown_exit(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     d.run_detached("orphan", &["sleep", "1000"]);
     let c = d.inspect("orphan");
     let (shim, init) = (c["shim_pid"].as_i64().unwrap(), c["pid"].as_i64().unwrap());
@@ -81,7 +79,8 @@ fn container_of_a_killed_shim_is_cleaned_up_with_unknown_exit() {
     assert!(d.shim_pids().is_empty());
     assert!(d.cgroup_dirs("default", "orphan").is_empty());
     assert!(d.container_paths("default", "orphan").is_empty(), "{:?}", d.container_paths("default", "orphan"));
-    let sockets: Vec<_> = std::fs::read_dir(d.state.join("shims")).unwrap().flatten().map(|e| e.file_name()).collect();
+    let sockets: Vec<_> =
+        std::fs::read_dir(d.state.join("shims")).into_iter().flatten().flatten().map(|e| e.file_name()).collect();
     assert!(sockets.is_empty(), "shim sockets left: {sockets:?}");
     let evs = events.finish();
     let types: Vec<&str> = evs.iter().map(|e| e["type"].as_str().unwrap()).collect();
@@ -94,9 +93,8 @@ unsafe extern "C" {
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
-#[test]
-fn shutdown_containers_flag_stops_them() {
-    let d = Daemon::start_with(&["--shutdown-containers"]);
+fn shutdown_containers_flag_stops_them(shim: &[&str]) {
+    let d = Daemon::start_with(&[shim, &["--shutdown-containers"]].concat());
     d.run_detached("a", &["sh", "-c", "trap 'exit 7' TERM; while true; do sleep 0.05; done"]);
     d.run_detached("b", &["sleep", "1000"]);
     std::thread::sleep(std::time::Duration::from_millis(300));
@@ -113,9 +111,8 @@ fn shutdown_containers_flag_stops_them() {
 }
 
 /// containerd#6771: a container exits while the daemon is down.
-#[test]
-fn exit_while_daemon_is_down_is_recorded_once() {
-    let d = Daemon::start();
+fn exit_while_daemon_is_down_is_recorded_once(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     d.run_detached("brief", &["sh", "-c", "sleep 0.5; exit 9"]);
     d.kill9();
     std::thread::sleep(std::time::Duration::from_millis(1200));
@@ -137,9 +134,8 @@ fn exit_while_daemon_is_down_is_recorded_once() {
 
 /// B19: the shim dies while the daemon is down; the restarted daemon cleans
 /// up (no process, cgroup or runtime state left) and reports "unknown exit".
-#[test]
-fn dead_shim_found_at_startup_is_cleaned_up() {
-    let d = Daemon::start();
+fn dead_shim_found_at_startup_is_cleaned_up(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     d.run_detached("lost", &["sleep", "1000"]);
     let c: Value = serde_json::from_str(d.berth(&["inspect", "--json", "lost"]).ok()).unwrap();
     let shim = c["shim_pid"].as_i64().unwrap() as i32;
@@ -156,3 +152,11 @@ fn dead_shim_found_at_startup_is_cleaned_up() {
     assert!(d.cgroup_dirs("default", "lost").is_empty());
     assert!(d.container_paths("default", "lost").is_empty());
 }
+
+berth_testing::on_both_shims!(
+    kill9_daemon_keeps_running_containers_and_records,
+    container_of_a_killed_shim_is_cleaned_up_with_unknown_exit,
+    shutdown_containers_flag_stops_them,
+    exit_while_daemon_is_down_is_recorded_once,
+    dead_shim_found_at_startup_is_cleaned_up
+);

@@ -29,9 +29,8 @@ fn in_pty(d: &Daemon, shell: &str, input: &str) -> (i32, String) {
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).replace('\r', ""))
 }
 
-#[test]
-fn exec_and_run_get_a_real_terminal() {
-    let d = Daemon::start();
+fn exec_and_run_get_a_real_terminal(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     d.run_detached("term", &["sleep", "1000"]);
     let (code, out) = in_pty(&d, "berth exec -t term sh -c 'tty; exit 6'", "");
     assert_eq!(code, 6, "{out}");
@@ -49,9 +48,8 @@ fn exec_and_run_get_a_real_terminal() {
     assert_eq!(d.berth(&["ps", "-a", "--json"]).ok().trim(), "[]");
 }
 
-#[test]
-fn window_size_follows_resizes() {
-    let d = Daemon::start();
+fn window_size_follows_resizes(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     d.run_detached("win", &["sleep", "1000"]);
     let (_, out) = in_pty(&d, "stty cols 100 rows 30; berth exec -t win sh -c 'sleep 0.5; stty size'", "");
     assert!(out.contains("30 100"), "{out}");
@@ -62,9 +60,8 @@ fn window_size_follows_resizes() {
     d.berth(&["rm", "-f", "win"]).ok();
 }
 
-#[test]
-fn interactive_input_reaches_the_process() {
-    let d = Daemon::start();
+fn interactive_input_reaches_the_process(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     d.run_detached("shell", &["sleep", "1000"]);
     let (code, out) = in_pty(&d, "berth exec -it shell sh", "echo typed-$((6*7))\nexit 3\n");
     assert_eq!(code, 3, "{out}");
@@ -76,9 +73,8 @@ fn interactive_input_reaches_the_process() {
     d.berth(&["rm", "-f", "shell"]).ok();
 }
 
-#[test]
-fn stdin_without_a_terminal() {
-    let d = Daemon::start();
+fn stdin_without_a_terminal(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
     d.run_detached("pipe", &["sleep", "1000"]);
     let out = d.berth_with_input(&["exec", "-i", "pipe", "cat"], "hello\nworld\n");
     assert_eq!((out.code, out.stdout.as_str()), (0, "hello\nworld\n"), "{out:?}");
@@ -94,3 +90,10 @@ fn stdin_without_a_terminal() {
     d.berth(&["rm", "-f", "pipe"]).ok();
     assert!(d.shim_pids().is_empty());
 }
+
+berth_testing::on_both_shims!(
+    exec_and_run_get_a_real_terminal,
+    window_size_follows_resizes,
+    interactive_input_reaches_the_process,
+    stdin_without_a_terminal
+);

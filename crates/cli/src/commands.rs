@@ -78,14 +78,14 @@ async fn do_create(c: &mut Client, a: CreateArgs, start: bool, auto_remove: bool
         args: a.cmd,
         env: a.env,
         cwd: a.workdir.unwrap_or_default(),
-        runtime: a.runtime,
+        runtime: a.runtime.unwrap_or_default(),
         labels,
         start,
         resources: Some(a.limits.to_pb()?),
         tty: a.tty,
         tty_width: size.0,
         tty_height: size.1,
-        stdin: a.interactive && !a.tty,
+        stdin: a.interactive,
         restart_policy: a.restart,
         privileged: a.privileged,
         cap_add: a.cap_add,
@@ -358,7 +358,7 @@ pub async fn exec(c: &mut Client, a: ExecArgs) -> Result<i32, Failure> {
         tty: a.tty,
         tty_width: size.0,
         tty_height: size.1,
-        stdin: a.interactive && !a.tty,
+        stdin: a.interactive,
     };
     c.containers.exec(req).await?;
     let exit = attend(c, &a.container, &exec_id, a.tty, a.interactive, false).await?;

@@ -37,9 +37,11 @@ pub struct CreateArgs {
     /// Container id (default: a random one).
     #[arg(long)]
     pub name: Option<String>,
-    /// OCI runtime: embedded, runc or crun.
-    #[arg(long, default_value = "embedded")]
-    pub runtime: String,
+    /// Runtime: embedded, runc or crun (berth-shim), io.containerd.NAME.vN
+    /// (a containerd v2 shim, e.g. io.containerd.runc.v2) or a shim's
+    /// absolute path [default: berthd's --default-runtime, embedded].
+    #[arg(long)]
+    pub runtime: Option<String>,
     /// Environment variable KEY=VALUE (repeatable).
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,

@@ -17,6 +17,8 @@ pub struct Config {
     pub cgroup_parent: String,
     pub shim_binary: PathBuf,
     pub start_timeout: Duration,
+    /// The runtime of a create that names none (`--default-runtime`).
+    pub default_runtime: String,
 }
 
 impl Config {
@@ -38,6 +40,21 @@ impl Config {
         let mut h = DefaultHasher::new();
         (ns.as_str(), id.as_str()).hash(&mut h);
         self.state.join("shims").join(format!("{:016x}.sock", h.finish()))
+    }
+
+    /// The endpoint containerd v2 shims publish their events to.
+    pub fn shim_events_socket(&self) -> PathBuf {
+        self.state.join("shim-events.sock")
+    }
+
+    /// What a containerd v2 shim is told about this daemon.
+    pub fn v2(&self) -> crate::shim_v2::V2 {
+        crate::shim_v2::V2 {
+            address: self.socket.clone(),
+            events: self.shim_events_socket(),
+            publish: std::env::current_exe().unwrap_or_else(|_| "berthd".into()),
+            logger: self.shim_binary.with_file_name("berth-logger"),
+        }
     }
 
     pub fn runtime_root(&self, runtime: &str, ns: &Namespace) -> PathBuf {

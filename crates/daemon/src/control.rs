@@ -72,6 +72,10 @@ impl Manager {
             return Ok(Attached::Terminal(conn));
         }
         let fifo = rec.stdout.parent().map(|logs| stdin_fifo(logs, exec_id));
+        if let Some(terminal) = self.containerd_terminal(&rec, exec_id)? {
+            let input = fifo.and_then(|f| pipe::OpenOptions::new().open_sender(f).ok());
+            return crate::attach::terminal(input, terminal).map(Attached::Terminal);
+        }
         match fifo.map(|f| pipe::OpenOptions::new().open_sender(f)) {
             Some(Ok(sender)) => Ok(Attached::Stdin(sender)),
             _ => Err(Error::FailedPrecondition(

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_model::{ContainerId, Namespace, RestartPolicy, State, runtime_name};
+use berth_model::{ContainerId, Namespace, RestartPolicy, Runtime, State};
 use berth_store::{ContainerRecord, Intent, ShimInfo, Write};
 
 use crate::error::{Error, Result};
@@ -42,7 +42,7 @@ pub struct CreateParams {
     /// Give init a terminal (attach with `Attach`), of this size.
     pub tty: bool,
     pub tty_size: Option<(u32, u32)>,
-    /// Without tty: interactive stdin through a FIFO.
+    /// Interactive: stdin through a FIFO without tty (see `needs_stdin_fifo`).
     pub stdin: bool,
     pub restart: RestartPolicy,
     pub security: crate::confine::Security,
@@ -165,10 +165,29 @@ async fn with_deadline<T>(what: &str, doing: &str, work: tokio::task::JoinHandle
 }
 
 impl Manager {
+    /// An OCI runtime's binary or a containerd shim (and berth-logger, which
+    /// copies its output) must be installed: checked before anything is made.
+    pub(crate) fn check_runtime(&self, runtime: &Runtime) -> Result<()> {
+        match runtime {
+            Runtime::Builtin(name) => check_installed(name),
+            Runtime::Shim { .. } => {
+                self.shims.resolve(runtime)?;
+                let logger = self.cfg.v2().logger;
+                if !logger.is_file() {
+                    let msg = format!("{} is missing: it copies the output of containerd shims", logger.display());
+                    return Err(Error::FailedPrecondition(msg));
+                }
+                Ok(())
+            }
+        }
+    }
+
     pub async fn create(self: &Arc<Self>, p: CreateParams) -> Result<ContainerRecord> {
         let t0 = std::time::Instant::now();
-        let runtime = runtime_name(&p.runtime)?;
-        check_installed(runtime)?;
+        let named = if p.runtime.is_empty() { &self.cfg.default_runtime } else { &p.runtime };
+        let parsed = Runtime::parse(named)?;
+        self.check_runtime(&parsed)?;
+        let runtime = parsed.name();
         check_labels(&p.labels)?;
         if p.auto_remove && p.restart != RestartPolicy::No {
             return Err(Error::InvalidArgument("auto-remove cannot be combined with a restart policy".into()));
@@ -382,7 +401,8 @@ impl Manager {
         // The cgroup may appear as soon as the runtime starts working; it is
         // released after the shim (and what it may have started) is gone.
         done.push(Step::Cgroup(cgroup.clone()));
-        let stdin = (p.stdin && !p.tty).then(|| logs.join("stdin"));
+        let containerd_shim = matches!(Runtime::parse(runtime), Ok(Runtime::Shim { .. }));
+        let stdin = crate::shim::needs_stdin_fifo(p.stdin, p.tty, containerd_shim).then(|| logs.join("stdin"));
         let io = ProcessIo { stdin: stdin.as_deref(), stdout: &stdout, stderr: &stderr, terminal: p.tty };
         let (client, pid) = self.spawn_task(ns, id, runtime, &bundle, &socket, &io, done).await?;
         crash_point("runtime create");
@@ -400,7 +420,7 @@ impl Manager {
             state: State::Created,
             pid,
             exit: None,
-            shim: ShimInfo { pid: client.pid, socket },
+            shim: ShimInfo { pid: client.pid, socket: client.socket.clone() },
             stdout,
             stderr,
             cgroup,
@@ -440,7 +460,7 @@ impl Manager {
     ) -> Result<(ShimClient, u32)> {
         let t = std::time::Instant::now();
         let args = self.shim_args(ns, id, runtime);
-        let client = shim::spawn(&args, socket, &bundle.join("shim.log")).await.map_err(|e| e.at("shim"))?;
+        let client = shim::spawn(&args, socket, bundle).await.map_err(|e| e.at("shim"))?;
         done.push(Step::Shim { client: client.clone(), runtime: runtime.to_string(), bundle: bundle.to_path_buf() });
         crash_point("shim");
         if let Some(fifo) = io.stdin {

@@ -84,7 +84,10 @@ impl Manager {
         self.mark_stopped_by_user(ns, id)?;
         let t = std::time::Instant::now();
         let by_shim = match &entry {
-            Some(e) => teardown_with_shim(e, id, live && rec.state != State::Created).await?,
+            Some(e) => {
+                let kill = live && (rec.state != State::Created || e.shim.is_containerd_shim());
+                teardown_with_shim(e, id, kill).await?
+            }
             None => false,
         };
         if !by_shim {
@@ -210,6 +213,9 @@ pub(crate) async fn teardown_with_shim(e: &Entry, id: &ContainerId, kill: bool) 
         // Already deleted by an earlier, interrupted attempt.
         Err(err) if err.code() == Code::NotFound => {}
         Err(err) => return Err(err),
+    }
+    if e.shim.is_containerd_shim() {
+        let _ = e.shim.shutdown(id).await;
     }
     e.shim.reap(Duration::from_secs(5)).await;
     Ok(true)

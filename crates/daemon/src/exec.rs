@@ -31,7 +31,7 @@ pub struct ExecParams {
     /// Give the exec a terminal (attach with `Attach`), of this size.
     pub tty: bool,
     pub tty_size: Option<(u32, u32)>,
-    /// Without tty: interactive stdin through a FIFO.
+    /// Interactive: stdin through a FIFO without tty (see `needs_stdin_fifo`).
     pub stdin: bool,
 }
 
@@ -40,6 +40,8 @@ pub struct ExecInfo {
     pub pid: AtomicU32,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
+    /// Runs on a terminal (as far as this daemon run knows).
+    pub terminal: bool,
     pub exit: watch::Sender<Option<ExitStatus>>,
 }
 
@@ -53,8 +55,8 @@ fn exec_logs(logs: &std::path::Path, exec_id: &str) -> (PathBuf, PathBuf) {
 }
 
 impl ExecInfo {
-    fn new(pid: u32, (stdout, stderr): (PathBuf, PathBuf)) -> Arc<ExecInfo> {
-        Arc::new(ExecInfo { pid: AtomicU32::new(pid), stdout, stderr, exit: watch::channel(None).0 })
+    fn new(pid: u32, (stdout, stderr): (PathBuf, PathBuf), terminal: bool) -> Arc<ExecInfo> {
+        Arc::new(ExecInfo { pid: AtomicU32::new(pid), stdout, stderr, terminal, exit: watch::channel(None).0 })
     }
 }
 
@@ -126,7 +128,7 @@ impl Manager {
         let logs = self.cfg.log_dir(ns, id);
         // One record for the exec's whole life: waiters and followers that
         // subscribe early keep the same exit channel.
-        let info = ExecInfo::new(0, exec_logs(&logs, exec_id.as_str()));
+        let info = ExecInfo::new(0, exec_logs(&logs, exec_id.as_str()), p.tty);
         let (stdout, stderr) = (info.stdout.clone(), info.stderr.clone());
         {
             let mut execs = lock(&entry.execs);
@@ -136,7 +138,8 @@ impl Manager {
             execs.insert(exec_id.to_string(), info.clone());
         }
         let started = async {
-            let stdin = (p.stdin && !p.tty).then(|| stdin_fifo(&logs, exec_id.as_str()));
+            let stdin = crate::shim::needs_stdin_fifo(p.stdin, p.tty, entry.shim.is_containerd_shim())
+                .then(|| stdin_fifo(&logs, exec_id.as_str()));
             if let Some(fifo) = &stdin {
                 make_fifo(fifo)?;
             }
@@ -178,6 +181,7 @@ impl Manager {
             // A lost shim: the container's cleanup reports the exec's exit
             // (from the shim's exit file, or 255) and wakes its waiters.
             let Ok(status) = shim.wait(&id, &exec_id).await else { return };
+            shim.drained(&info.stdout, &info.stderr).await;
             if let Err(e) = mgr.exec_exited(&ns, &id, &exec_id, status) {
                 tracing::warn!(%ns, %id, %exec_id, "cannot record the exec's exit: {e}");
             }
@@ -228,7 +232,7 @@ impl Manager {
     pub(crate) fn resume_execs(self: &Arc<Self>, rec: &ContainerRecord, entry: &Entry) {
         let logs = self.cfg.log_dir(&rec.namespace, &rec.id);
         for (exec_id, pid) in &rec.execs {
-            let info = ExecInfo::new(*pid, exec_logs(&logs, exec_id));
+            let info = ExecInfo::new(*pid, exec_logs(&logs, exec_id), false);
             lock(&entry.execs).insert(exec_id.clone(), info.clone());
             self.spawn_exec_monitor(entry, &rec.namespace, &rec.id, exec_id, info);
         }

@@ -356,6 +356,7 @@ mod tests {
             cgroup_parent: "/berth-guard-test".into(),
             shim_binary: "/nonexistent/berth-shim".into(),
             start_timeout: Duration::from_secs(1),
+            default_runtime: "embedded".into(),
         }
     }
 

@@ -3,6 +3,7 @@
 //! per container. Stopping berthd leaves containers running.
 
 mod api;
+mod attach;
 mod autoremove;
 mod config;
 mod confine;
@@ -29,9 +30,11 @@ mod resources;
 mod restart;
 mod seccomp;
 mod shim;
+mod shim_v2;
 mod spec;
 mod stop;
 mod system_api;
+mod task;
 mod volume_api;
 mod volume_fill;
 mod volumes;
@@ -72,6 +75,10 @@ struct Args {
     /// berth-shim binary (default: next to berthd).
     #[arg(long)]
     shim: Option<PathBuf>,
+    /// The runtime of containers that name none: embedded, runc, crun,
+    /// io.containerd.NAME.vN (a containerd v2 shim) or a shim's absolute path.
+    #[arg(long, default_value = berth_model::DEFAULT_RUNTIME)]
+    default_runtime: String,
     /// Seconds a start may take before the container is killed.
     #[arg(long, default_value_t = 30)]
     start_timeout: u64,
@@ -162,6 +169,10 @@ async fn run(args: Args) -> Result<(), String> {
         cgroup_parent: args.cgroup_parent.clone(),
         shim_binary: shim_binary(args.shim.clone())?,
         start_timeout: Duration::from_secs(args.start_timeout),
+        default_runtime: berth_model::Runtime::parse(&args.default_runtime)
+            .map_err(|e| format!("--default-runtime: {e}"))?
+            .name()
+            .to_string(),
     };
     for dir in [&cfg.root, &cfg.state] {
         std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
@@ -177,7 +188,12 @@ async fn run(args: Args) -> Result<(), String> {
     let socket = cfg.socket.clone();
     let images = Arc::new(crate::images::Images::open(&cfg.root).map_err(|e| format!("open image storage: {e}"))?);
     let net = network(&args, &cfg)?;
+    // Before recovery: reconnected containerd v2 shims publish there.
+    let shim_events = cfg.shim_events_socket();
+    let _events_endpoint = shim_v2::serve_events(&shim_events).await.map_err(|e| e.to_string())?;
     let mgr = Arc::new(Manager::new(cfg, store, cgroups, images, net));
+    let default_runtime = berth_model::Runtime::parse(&mgr.cfg.default_runtime).map_err(|e| e.to_string())?;
+    mgr.check_runtime(&default_runtime).map_err(|e| format!("--default-runtime: {e}"))?;
     mgr.reload().await.map_err(|e| format!("reload containers: {e}"))?;
     mgr.remove_unused_namespaces();
 
@@ -224,6 +240,7 @@ async fn run(args: Args) -> Result<(), String> {
     // would otherwise hold the daemon forever.
     let result = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
     bound.remove();
+    let _ = std::fs::remove_file(&shim_events);
     if let Err(e) = mgr.net.networks.release() {
         tracing::warn!("releasing the network namespace directory: {e}");
     }

@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::events::{Bus, Event, Kind, event};
 use crate::exec::ExecInfo;
 use crate::shim::{ShimArgs, ShimClient};
+use berth_model::Runtime;
 
 pub type Key = (Namespace, ContainerId);
 
@@ -63,6 +64,8 @@ pub struct Manager {
     pub net: crate::network::Net,
     /// Durations of the phases of create, start, exit, delete (`phases.rs`).
     pub phases: crate::phases::Phases,
+    /// Shim binaries of containerd runtime names, as found (`shim_v2.rs`).
+    pub(crate) shims: crate::shim_v2::Resolver,
     pub(crate) entries: Mutex<HashMap<Key, Arc<Entry>>>,
     /// Ids being created right now (reserved against duplicates).
     pub(crate) creating: Mutex<HashSet<Key>>,
@@ -119,6 +122,7 @@ impl Manager {
             volumes,
             net,
             phases: Default::default(),
+            shims: crate::shim_v2::Resolver::new(),
             cfg,
             store,
             events: Bus::default(),
@@ -174,14 +178,23 @@ impl Manager {
         lock(&self.entries).remove(key);
     }
 
-    /// How this daemon runs the shim of one container.
+    /// How this daemon runs the shim of one container. A recorded runtime
+    /// whose shim binary is gone keeps its name, so cleanup says what is
+    /// missing.
     pub(crate) fn shim_args(&self, ns: &Namespace, id: &ContainerId, runtime: &str) -> ShimArgs {
+        let parsed = Runtime::parse(runtime).unwrap_or(Runtime::Builtin(berth_model::DEFAULT_RUNTIME));
+        let (binary, v2) = match (&parsed, self.shims.resolve(&parsed)) {
+            (Runtime::Builtin(_), _) => (self.cfg.shim_binary.clone(), None),
+            (_, Ok(Some(found))) => (found, Some(self.cfg.v2())),
+            (Runtime::Shim { binary, .. }, _) => (binary.into(), Some(self.cfg.v2())),
+        };
         ShimArgs {
-            binary: self.cfg.shim_binary.clone(),
+            binary,
             namespace: ns.clone(),
             id: id.clone(),
             runtime: runtime.to_string(),
-            runtime_root: self.cfg.runtime_root(runtime, ns),
+            runtime_root: self.cfg.runtime_root(&parsed.dir_name(), ns),
+            v2,
         }
     }
 
@@ -285,6 +298,11 @@ impl Manager {
         }
         let rec = self.get(ns, id)?;
         if !exec_id.is_empty() {
+            if all {
+                return Err(Error::InvalidArgument(
+                    "--all signals a container's init and all its processes, not an exec".into(),
+                ));
+            }
             let entry = self.entry(ns, id)?;
             self.exec_info(&entry, exec_id)?;
             return entry.shim.kill(id, exec_id, signal, all).await;
@@ -405,6 +423,9 @@ impl Manager {
                     return None;
                 }
             };
+            if let Ok(rec) = mgr.get(ns, id) {
+                entry.shim.drained(&rec.stdout, &rec.stderr).await;
+            }
             let t = std::time::Instant::now();
             let status = {
                 // A start still being recorded goes first.

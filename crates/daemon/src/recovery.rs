@@ -26,12 +26,6 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a killed leftover shim may take to go away.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
-/// Pids of the berth-shim processes started with `args`.
-fn shims_of(args: &ShimArgs) -> Vec<u32> {
-    let pids = std::fs::read_dir("/proc").into_iter().flatten().flatten();
-    pids.filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok()).filter(|pid| args.matches(*pid)).collect()
-}
-
 /// SIGKILLs a leftover shim's whole process group (the shim and its
 /// runtime helpers) and waits until the shim is gone.
 async fn kill_group(args: &ShimArgs, pid: u32) {
@@ -106,7 +100,7 @@ impl Manager {
         tracing::warn!(%ns, %id, "releasing a create cut short by a crash");
         if self.store.get(ns, id)?.is_none() {
             let args = self.shim_args(ns, id, &intent.runtime);
-            for pid in shims_of(&args) {
+            for pid in args.processes() {
                 kill_group(&args, pid).await;
             }
             let bundle = self.cfg.bundle_dir(ns, id);
@@ -134,7 +128,8 @@ impl Manager {
     /// Reconnects one container to its shim, or cleans up after the shim.
     async fn recover(self: &Arc<Self>, rec: ContainerRecord) -> Result<()> {
         let key = (rec.namespace.clone(), rec.id.clone());
-        match shim::connect(&rec.shim.socket, &rec.id, rec.shim.pid).await {
+        let dialect = self.shim_args(&rec.namespace, &rec.id, &rec.runtime).dialect();
+        match shim::connect(&rec.shim.socket, &rec.id, rec.shim.pid, dialect).await {
             Ok(client) if rec.exit.is_some() && !self.is_recorded_shim(&rec, client.pid) => {
                 // berthd died in a restart, after the new shim started and
                 // before the restart was recorded: release that shim (and
@@ -142,7 +137,7 @@ impl Manager {
                 // runtime) and let the policy try again.
                 tracing::warn!(ns = %rec.namespace, id = %rec.id, "releasing the shim of a restart cut short");
                 let args = self.shim_args(&rec.namespace, &rec.id, &rec.runtime);
-                for pid in shims_of(&args) {
+                for pid in args.processes() {
                     kill_group(&args, pid).await;
                 }
                 self.teardown_without_shim(&rec).await?;

@@ -147,7 +147,7 @@ impl Manager {
                 r.exit = None;
                 // Not started yet (see `streak`).
                 r.started_at_ns = 0;
-                r.shim = ShimInfo { pid: client.pid, socket: r.shim.socket.clone() };
+                r.shim = ShimInfo { pid: client.pid, socket: client.socket.clone() };
                 r.restart_count += 1;
                 r.restart_streak = streak + 1;
                 Ok(())

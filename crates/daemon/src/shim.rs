@@ -1,5 +1,6 @@
 //! berthd's side of a shim: spawning berth-shim in its own session with a
-//! pre-bound socket, and a typed client for the shim v2 Task API.
+//! pre-bound socket (or a containerd v2 shim through its `start`, see
+//! `shim_v2.rs`), and a typed client for the shim v2 Task API.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -10,18 +11,32 @@ use std::time::Duration;
 use berth_model::{ContainerId, ExitStatus, Namespace, State};
 use berth_shim::{LISTEN_FD, from_timestamp, from_ttrpc, pidfd_open};
 use containerd_shim_protos::api;
-use containerd_shim_protos::shim_async::TaskClient;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::ttrpc::{self, asynchronous::Client, asynchronous::transport::Socket, context};
 use tokio::io::unix::AsyncFd;
 
 use crate::error::{Error, Result};
+use crate::shim_v2::V2;
+use crate::task::Task;
 
 /// Calls that should answer promptly get this deadline; Wait gets none.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What a shim expects beyond the Task API's messages.
+#[derive(Clone, Default)]
+pub enum Dialect {
+    /// berth-shim: log files as stdio, berth's JSON for stats and limits.
+    #[default]
+    Berth,
+    /// A containerd v2 shim: output through berth-logger (`binary://`),
+    /// options in Create, OCI resources in Update, containerd's metrics.
+    V2 { logger: PathBuf, options: Option<Any> },
+}
+
 #[derive(Clone)]
 pub struct ShimClient {
-    task: TaskClient,
+    task: Task,
+    dialect: Arc<Dialect>,
     pub pid: u32,
     pub socket: PathBuf,
     /// Readable once the shim process has exited.
@@ -44,6 +59,13 @@ fn exit_of(
     ExitStatus { code, exited_at_ns: at.map(from_timestamp).unwrap_or(0) }
 }
 
+/// Whether a process gets a stdin FIFO: an interactive one without a
+/// terminal; with a terminal too under a containerd shim, which takes
+/// terminal input only from a FIFO (berth-shim serves an attach socket).
+pub fn needs_stdin_fifo(interactive: bool, terminal: bool, containerd_shim: bool) -> bool {
+    interactive && (!terminal || containerd_shim)
+}
+
 /// The stdio of a new process as the shim sees it.
 pub struct ProcessIo<'a> {
     /// A FIFO for interactive stdin, if any.
@@ -57,6 +79,24 @@ impl ProcessIo<'_> {
     fn stdin(&self) -> String {
         self.stdin.map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
     }
+
+    /// stdout and stderr as the shim is told them.
+    fn output(&self, dialect: &Dialect) -> (String, String) {
+        match dialect {
+            Dialect::Berth => (self.stdout.to_string_lossy().into_owned(), self.stderr.to_string_lossy().into_owned()),
+            // containerd-shim-runc-v2 feeds stdin to a process without a
+            // terminal only when it copies the output itself (`file://`:
+            // stderr joins stdout); otherwise berth-logger copies it.
+            Dialect::V2 { .. } if self.stdin.is_some() && !self.terminal => {
+                let uri = format!("file://{}", self.stdout.display());
+                (uri.clone(), uri)
+            }
+            Dialect::V2 { logger, .. } => {
+                let uri = berth_shim::logger::logger_uri(logger, self.stdout, self.stderr);
+                (uri.clone(), uri)
+            }
+        }
+    }
 }
 
 /// Who a shim serves and how it runs containers (see `Manager::shim_args`).
@@ -66,18 +106,38 @@ pub struct ShimArgs {
     pub id: ContainerId,
     pub runtime: String,
     pub runtime_root: PathBuf,
+    /// Set for a containerd v2 shim; berth-shim otherwise.
+    pub v2: Option<V2>,
 }
 
 impl ShimArgs {
-    /// Whether process `pid` is a berth-shim started with these arguments
-    /// (so a recycled pid is never taken for a shim).
+    pub fn dialect(&self) -> Dialect {
+        match &self.v2 {
+            None => Dialect::Berth,
+            Some(v2) => Dialect::V2 { logger: v2.logger.clone(), options: v2.options(self) },
+        }
+    }
+
+    /// Whether process `pid` is a shim started with these arguments (so a
+    /// recycled pid is never taken for a shim).
     pub fn matches(&self, pid: u32) -> bool {
         let args = crate::control::cmdline(pid);
+        if let Some(v2) = &self.v2 {
+            return v2.matches(self, &args);
+        }
         let has = |flag: &str, value: &str| args.windows(2).any(|w| w[0] == flag && w[1] == value);
         args.first().is_some_and(|a| a.ends_with("berth-shim"))
             && has("--namespace", self.namespace.as_str())
             && has("--id", self.id.as_str())
             && has("--runtime-root", &self.runtime_root.to_string_lossy())
+    }
+
+    /// Pids of the shim processes started with these arguments.
+    pub fn processes(&self) -> Vec<u32> {
+        let pids = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+        pids.filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+            .filter(|pid| self.matches(*pid))
+            .collect()
     }
 
     fn command(&self) -> tokio::process::Command {
@@ -103,6 +163,9 @@ const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// container's cgroup and deletes the runtime's state. Returns the exit the
 /// shim had recorded, if any.
 pub async fn cleanup(a: &ShimArgs, bundle: &Path) -> Result<Option<ExitStatus>> {
+    if let Some(v2) = &a.v2 {
+        return v2.delete(a, bundle).await;
+    }
     let mut cmd = a.command();
     cmd.arg("--cleanup").arg(bundle).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let out = tokio::time::timeout(CLEANUP_TIMEOUT, cmd.output())
@@ -119,9 +182,28 @@ pub async fn cleanup(a: &ShimArgs, bundle: &Path) -> Result<Option<ExitStatus>> 
     })
 }
 
-/// Starts berth-shim for one container (logging to `log`, serving on
-/// `socket`) and connects to it.
-pub async fn spawn(a: &ShimArgs, socket: &Path, log: &Path) -> Result<ShimClient> {
+/// Starts the shim for one container and connects to it: berth-shim
+/// logging to the bundle's `shim.log` and serving on `socket`, or a
+/// containerd v2 shim wherever its `start` says.
+pub async fn spawn(a: &ShimArgs, socket: &Path, bundle: &Path) -> Result<ShimClient> {
+    if let Some(v2) = &a.v2 {
+        let (socket, v3) = v2.start(a, bundle).await?;
+        let connected = async {
+            let mut client = connect_with(&socket, 0, None, a.dialect(), v3).await?;
+            let pid = client.task.hello(ctx, a.id.as_str()).await.map_err(shim_err)?;
+            Ok(ShimClient { pid, pidfd: watch_pidfd(pidfd_open(pid).ok()), ..client })
+        };
+        let client = connected.await;
+        if client.is_err() {
+            // Started but not ours to talk to: it must not outlive the create.
+            for pid in a.processes() {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+            }
+            let _ = v2.delete(a, bundle).await;
+        }
+        return client;
+    }
+    let log = &bundle.join("shim.log");
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create shim socket dir", e))?;
     }
@@ -160,7 +242,7 @@ pub async fn spawn(a: &ShimArgs, socket: &Path, log: &Path) -> Result<ShimClient
     tokio::spawn(async move {
         let _ = child.wait().await;
     });
-    let client = connect_with(socket, pid, pidfd).await;
+    let client = connect_with(socket, pid, pidfd, Dialect::Berth, true).await;
     if client.is_err() {
         let _ = std::fs::remove_file(socket);
     }
@@ -174,11 +256,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// says which process serves it, which is not `pid` if berthd died while a
 /// restart replaced the shim; a shim too slow to answer is taken to be
 /// `pid`.
-pub async fn connect(socket: &Path, id: &ContainerId, pid: u32) -> Result<ShimClient> {
-    let mut client = connect_with(socket, pid, None).await?;
-    let req = api::ConnectRequest { id: id.to_string(), ..Default::default() };
-    let asked = client.task.connect(context::with_timeout(CONNECT_TIMEOUT.as_nanos() as i64), &req).await;
-    let serving = asked.map(|r| r.shim_pid).unwrap_or(pid);
+pub async fn connect(socket: &Path, id: &ContainerId, pid: u32, dialect: Dialect) -> Result<ShimClient> {
+    let v3 = matches!(dialect, Dialect::Berth);
+    let mut client = connect_with(socket, pid, None, dialect, v3).await?;
+    let asked = client.task.hello(|| context::with_timeout(CONNECT_TIMEOUT.as_nanos() as i64), id.as_str()).await;
+    let serving = asked.unwrap_or(pid);
     client.pid = serving;
     client.pidfd = watch_pidfd(pidfd_open(serving).ok());
     Ok(client)
@@ -190,23 +272,35 @@ pub fn watch_pidfd(pidfd: Option<OwnedFd>) -> Option<Arc<AsyncFd<OwnedFd>>> {
     pidfd.and_then(|fd| unsafe { AsyncFd::register(fd) }.ok()).map(Arc::new)
 }
 
-async fn connect_with(socket: &Path, pid: u32, pidfd: Option<OwnedFd>) -> Result<ShimClient> {
+async fn connect_with(
+    socket: &Path,
+    pid: u32,
+    pidfd: Option<OwnedFd>,
+    dialect: Dialect,
+    v3: bool,
+) -> Result<ShimClient> {
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|e| Error::io(format!("connect to shim at {}", socket.display()), e))?;
-    let task = TaskClient::new(Client::new(Socket::from(stream)));
-    Ok(ShimClient { task, pid, socket: socket.to_path_buf(), pidfd: watch_pidfd(pidfd) })
+    let task = Task::new(Client::new(Socket::from(stream)), v3);
+    Ok(ShimClient { task, dialect: Arc::new(dialect), pid, socket: socket.to_path_buf(), pidfd: watch_pidfd(pidfd) })
 }
 
 impl ShimClient {
     pub async fn create(&self, id: &ContainerId, bundle: &Path, io: &ProcessIo<'_>) -> Result<u32> {
+        let (stdout, stderr) = io.output(&self.dialect);
+        let options = match self.dialect.as_ref() {
+            Dialect::V2 { options, .. } => options.clone(),
+            Dialect::Berth => None,
+        };
         let req = api::CreateTaskRequest {
             id: id.to_string(),
             bundle: bundle.to_string_lossy().into_owned(),
             stdin: io.stdin(),
-            stdout: io.stdout.to_string_lossy().into_owned(),
-            stderr: io.stderr.to_string_lossy().into_owned(),
+            stdout,
+            stderr,
             terminal: io.terminal,
+            options: options.into(),
             ..Default::default()
         };
         Ok(self.task.create(ctx(), &req).await.map_err(shim_err)?.pid)
@@ -214,15 +308,16 @@ impl ShimClient {
 
     /// Registers an exec from an OCI process JSON; `start` runs it.
     pub async fn exec(&self, id: &ContainerId, exec_id: &str, io: &ProcessIo<'_>, spec: Vec<u8>) -> Result<()> {
-        let mut any = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
+        let mut any = Any::new();
         any.type_url = "types.containerd.io/opencontainers/runtime-spec/1/Process".to_string();
         any.value = spec;
+        let (stdout, stderr) = io.output(&self.dialect);
         let req = api::ExecProcessRequest {
             id: id.to_string(),
             exec_id: exec_id.to_string(),
             stdin: io.stdin(),
-            stdout: io.stdout.to_string_lossy().into_owned(),
-            stderr: io.stderr.to_string_lossy().into_owned(),
+            stdout,
+            stderr,
             terminal: io.terminal,
             spec: Some(any).into(),
             ..Default::default()
@@ -316,16 +411,19 @@ impl ShimClient {
         let r = self.task.stats(ctx(), &req).await.map_err(shim_err)?;
         let bad = |m: String| Error::Shim { code: berth_model::Code::Internal, message: m };
         let any = r.stats.as_ref().ok_or_else(|| bad("shim sent no statistics".into()))?;
-        if any.type_url != berth_shim::STATS_TYPE_URL {
-            return Err(bad(format!("shim sent statistics of type {}", any.type_url)));
-        }
-        serde_json::from_slice(&any.value).map_err(|e| bad(format!("statistics: {e}")))
+        berth_shim::metrics::stats_from_any(any).map_err(|e| bad(format!("statistics: {e}")))
     }
 
     pub async fn update(&self, id: &ContainerId, limits: &berth_cgroups::Limits) -> Result<()> {
-        let mut any = containerd_shim_protos::protobuf::well_known_types::any::Any::new();
-        any.type_url = berth_shim::LIMITS_TYPE_URL.to_string();
-        any.value = serde_json::to_vec(limits).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        let any = match self.dialect.as_ref() {
+            Dialect::V2 { .. } => berth_shim::resources::resources_any(limits).map_err(Error::InvalidArgument)?,
+            Dialect::Berth => {
+                let mut any = Any::new();
+                any.type_url = berth_shim::LIMITS_TYPE_URL.to_string();
+                any.value = serde_json::to_vec(limits).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                any
+            }
+        };
         let req = api::UpdateTaskRequest { id: id.to_string(), resources: Some(any).into(), ..Default::default() };
         self.task.update(ctx(), &req).await.map_err(shim_err)?;
         Ok(())
@@ -335,6 +433,26 @@ impl ShimClient {
         let req = api::ShutdownRequest { id: id.to_string(), now: true, ..Default::default() };
         self.task.shutdown(ctx(), &req).await.map_err(shim_err)?;
         Ok(())
+    }
+
+    /// Waits (at most 2 s) until a process's output has reached its log
+    /// files: berth-shim answers Wait only after that; berth-logger, under
+    /// a containerd v2 shim, may still be copying.
+    pub async fn drained(&self, stdout: &Path, stderr: &Path) {
+        if let Dialect::V2 { .. } = self.dialect.as_ref() {
+            let (stdout, stderr) = (stdout.to_path_buf(), stderr.to_path_buf());
+            let wait = move || berth_shim::logger::wait_settled(&[&stdout, &stderr], Duration::from_secs(2));
+            let _ = tokio::task::spawn_blocking(wait).await;
+        }
+    }
+
+    /// Whether this is a containerd v2 shim rather than berth-shim: it must
+    /// be told to exit after its last Delete (berth-shim exits by itself),
+    /// and a created task it deletes never reports an exit to Wait (the
+    /// task is gone from its table before the reaper sees the death), so
+    /// such a task is killed first.
+    pub fn is_containerd_shim(&self) -> bool {
+        matches!(self.dialect.as_ref(), Dialect::V2 { .. })
     }
 
     /// Whether the shim process has exited (its pidfd is readable).

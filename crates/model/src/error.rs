@@ -38,7 +38,7 @@ pub enum ModelError {
     InvalidId { what: &'static str, value: String, reason: &'static str },
     #[error("cannot {op} a container that is {from}")]
     BadTransition { from: State, op: Op },
-    #[error("unknown runtime {0:?} (known: embedded, runc, crun)")]
+    #[error("unknown runtime {0:?} (known: embedded, runc, crun, io.containerd.NAME.vN, or a shim's absolute path)")]
     UnknownRuntime(String),
     #[error("unknown state {0:?}")]
     UnknownState(String),

@@ -17,6 +17,6 @@ pub use exit::{ExitStatus, UNKNOWN_EXIT_CODE};
 pub use id::{ContainerId, DEFAULT_NAMESPACE, ExecId, Namespace, NetworkName, VolumeName};
 pub use network::{DEFAULT_NETWORK, NetworkAttachment, NetworkMode, PortMapping, Protocol};
 pub use restart::{BACKOFF_RESET, RestartPolicy, backoff};
-pub use runtime::{DEFAULT_RUNTIME, RUNTIMES, runtime_name};
+pub use runtime::{BERTH_SHIM_RUNTIME, DEFAULT_RUNTIME, RUNTIMES, Runtime, runtime_name};
 pub use signal::signal_number;
 pub use state::{Op, State};

@@ -1,14 +1,17 @@
-//! Names of the OCI runtimes a container can ask for (SPEC B25).
+//! Names of the runtimes a container can ask for (SPEC B23, B25): berth's
+//! own shim with one of its OCI runtimes, or a containerd v2 shim binary.
 
 use crate::error::ModelError;
 
-/// Runtime names berth knows; `embedded` needs no external binary.
+/// OCI runtimes berth-shim runs; `embedded` needs no external binary.
 pub const RUNTIMES: &[&str] = &["embedded", "runc", "crun"];
 pub const DEFAULT_RUNTIME: &str = "embedded";
+/// berth-shim's own name as a containerd runtime: the embedded runtime.
+pub const BERTH_SHIM_RUNTIME: &str = "io.containerd.berth.v1";
 
-/// Checks a runtime name; empty means the default.
+/// Checks an OCI runtime name for berth-shim; empty means the default.
 pub fn runtime_name(name: &str) -> Result<&'static str, ModelError> {
-    if name.is_empty() {
+    if name.is_empty() || name == BERTH_SHIM_RUNTIME {
         return Ok(DEFAULT_RUNTIME);
     }
     RUNTIMES
@@ -16,6 +19,64 @@ pub fn runtime_name(name: &str) -> Result<&'static str, ModelError> {
         .find(|r| **r == name)
         .copied()
         .ok_or_else(|| ModelError::UnknownRuntime(name.chars().take(64).collect()))
+}
+
+/// What a runtime name stands for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Runtime {
+    /// berth-shim running this OCI runtime.
+    Builtin(&'static str),
+    /// A containerd v2 shim: `name` as given, `binary` the file name to look
+    /// up (`io.containerd.runc.v2` → `containerd-shim-runc-v2`) or an
+    /// absolute path used as is.
+    Shim { name: String, binary: String },
+}
+
+impl Runtime {
+    /// Resolves `name` the way containerd does (SPEC B23); empty means the
+    /// default runtime.
+    pub fn parse(name: &str) -> Result<Runtime, ModelError> {
+        if let Ok(builtin) = runtime_name(name) {
+            return Ok(Runtime::Builtin(builtin));
+        }
+        let unknown = || ModelError::UnknownRuntime(name.chars().take(64).collect());
+        if name.starts_with('/') {
+            let clean = name.len() <= 4096
+                && !name.contains('\0')
+                && !name.ends_with('/')
+                && name.split('/').all(|c| c != ".." && c != ".");
+            return if clean { Ok(Runtime::Shim { name: name.into(), binary: name.into() }) } else { Err(unknown()) };
+        }
+        let parts: Vec<&str> = name.split('.').collect();
+        let good = |p: &&str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+        if name.len() > 255 || parts.len() < 2 || !parts.iter().all(good) {
+            return Err(unknown());
+        }
+        let binary = format!("containerd-shim-{}-{}", parts[parts.len() - 2], parts[parts.len() - 1]);
+        Ok(Runtime::Shim { name: name.into(), binary })
+    }
+
+    /// The name kept in the container's record.
+    pub fn name(&self) -> &str {
+        match self {
+            Runtime::Builtin(n) => n,
+            Runtime::Shim { name, .. } => name,
+        }
+    }
+
+    /// A directory name for the runtime's state (an absolute path is not one).
+    pub fn dir_name(&self) -> String {
+        match self {
+            Runtime::Builtin(n) => n.to_string(),
+            Runtime::Shim { name, .. } if !name.starts_with('/') => name.clone(),
+            Runtime::Shim { name, .. } => {
+                use std::hash::{DefaultHasher, Hash, Hasher};
+                let mut h = DefaultHasher::new();
+                name.hash(&mut h);
+                format!("shim-{:016x}", h.finish())
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -26,6 +87,22 @@ mod tests {
     fn names() {
         assert_eq!(runtime_name("").unwrap(), "embedded");
         assert_eq!(runtime_name("runc").unwrap(), "runc");
+        assert_eq!(runtime_name(BERTH_SHIM_RUNTIME).unwrap(), "embedded");
         assert!(runtime_name("kata").is_err());
+    }
+
+    #[test]
+    fn containerd_names_resolve_to_shim_binaries() {
+        let r = Runtime::parse("io.containerd.runc.v2").unwrap();
+        assert_eq!(r, Runtime::Shim { name: "io.containerd.runc.v2".into(), binary: "containerd-shim-runc-v2".into() });
+        assert_eq!(r.dir_name(), "io.containerd.runc.v2");
+        assert_eq!(Runtime::parse("crun").unwrap(), Runtime::Builtin("crun"));
+        assert_eq!(Runtime::parse("io.containerd.berth.v1").unwrap(), Runtime::Builtin("embedded"));
+        let abs = Runtime::parse("/opt/shims/containerd-shim-x-v1").unwrap();
+        assert!(matches!(&abs, Runtime::Shim { binary, .. } if binary == "/opt/shims/containerd-shim-x-v1"));
+        assert!(abs.dir_name().starts_with("shim-") && !abs.dir_name().contains('/'));
+        for bad in ["kata", "a./b", "../x.v1", "/opt/../x", "/opt/x/", "io.containerd..v2", "x.v1\0", "a b.v1"] {
+            assert!(Runtime::parse(bad).is_err(), "{bad:?}");
+        }
     }
 }

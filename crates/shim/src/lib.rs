@@ -2,6 +2,10 @@
 //! protocol leaves open: how a shim is started, and the one mapping between
 //! berth's error codes and ttrpc status codes, used by both sides.
 
+pub mod logger;
+pub mod metrics;
+pub mod resources;
+
 use std::os::fd::{FromRawFd, OwnedFd};
 
 use berth_model::Code;
@@ -13,6 +17,11 @@ use containerd_shim_protos::ttrpc;
 /// berthd binds the shim's socket and hands the listener over as this fd, so
 /// the daemon can connect the moment the shim is spawned.
 pub const LISTEN_FD: i32 = 3;
+
+/// The Task service's name in containerd-shim-protos (and containerd 2.x).
+pub const TASK_V3: &str = "containerd.task.v3.Task";
+/// The name containerd 1.6 and 1.7 use and their shims serve: the same messages.
+pub const TASK_V2: &str = "containerd.task.v2.Task";
 
 /// Type URL of the JSON-encoded `berth_cgroups::ContainerStats` a shim
 /// returns from Stats.

@@ -13,7 +13,6 @@ mod cleanup;
 mod containerd;
 mod events;
 mod exec;
-mod metrics;
 mod output;
 mod process;
 mod reaper;
@@ -27,15 +26,10 @@ use std::os::fd::{AsFd, FromRawFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use berth_shim::LISTEN_FD;
+use berth_shim::{LISTEN_FD, TASK_V2, TASK_V3, metrics};
 use containerd_shim_protos::shim_async::create_task;
 use containerd_shim_protos::ttrpc::asynchronous::transport::Listener;
 use containerd_shim_protos::ttrpc::asynchronous::{Server, Service};
-
-/// The Task service's name in containerd-shim-protos (and containerd 2.x).
-const TASK_V3: &str = "containerd.task.v3.Task";
-/// The name containerd 1.6 and 1.7 call: the same messages.
-const TASK_V2: &str = "containerd.task.v2.Task";
 
 struct Args {
     namespace: String,

@@ -251,9 +251,11 @@ impl Daemon {
         self.berth(&args).ok().trim().to_string()
     }
 
-    /// Pids of berth-shim processes serving this daemon.
+    /// Pids of the shim processes serving this daemon (berth-shim's
+    /// runtime root is under its state dir, a containerd shim's -address is
+    /// its socket: both are under the test's directory).
     pub fn shim_pids(&self) -> Vec<u32> {
-        shims_with_arg(&self.state.to_string_lossy()).into_iter().map(|(pid, _)| pid).collect()
+        shims_with_arg(&self.dir().to_string_lossy()).into_iter().map(|(pid, _)| pid).collect()
     }
 
     /// Directories of a container's cgroup that exist in any hierarchy.
@@ -292,6 +294,7 @@ impl Daemon {
             self.root.join("logs").join(ns).join(id),
             self.state.join("runtime/embedded").join(ns).join(id),
             self.state.join("runtime/runc").join(ns).join(id),
+            self.state.join("runtime/io.containerd.runc.v2").join(ns).join(id),
         ]
         .into_iter()
         .filter(|p| p.exists())
@@ -344,7 +347,11 @@ pub(crate) fn shims_with_arg(marker: &str) -> Vec<(u32, Vec<String>)> {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(cmdline) = fs::read(entry.path().join("cmdline")) else { continue };
         let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        let is_shim = args.first().is_some_and(|a| a.ends_with("berth-shim"));
+        // berth-shim, or a containerd v2 shim (berthd's --default-runtime).
+        let is_shim = args.first().is_some_and(|a| {
+            a.ends_with("berth-shim")
+                || Path::new(a).file_name().is_some_and(|n| n.to_string_lossy().starts_with("containerd-shim-"))
+        });
         if is_shim && args.iter().any(|a| a.starts_with(marker)) {
             shims.push((pid, args));
         }
@@ -380,5 +387,14 @@ impl Drop for Daemon {
         }
         sweep_cgroup(&self.cgroup_parent);
         self.unmount_netns();
+        // A killed containerd shim leaves its socket outside the test's
+        // directory; its bundle says where (`address`).
+        for ns in fs::read_dir(self.state.join("bundles")).into_iter().flatten().flatten() {
+            for bundle in fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                if let Ok(address) = fs::read_to_string(bundle.path().join("address")) {
+                    let _ = fs::remove_file(address.trim().trim_start_matches("unix://"));
+                }
+            }
+        }
     }
 }

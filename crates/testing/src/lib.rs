@@ -16,3 +16,23 @@ pub use daemon::{Daemon, Output};
 pub use events::EventLog;
 pub use iptables::{PortmapChains, nat_rules};
 pub use rootfs::{bin_path, busybox_rootfs};
+
+/// berthd flags for each shim the shared suites run against (issue 12):
+/// berth's own shim, and Debian's containerd-shim-runc-v2 — a shim nobody
+/// here wrote — as the daemon's default runtime.
+pub const BERTH_SHIM: &[&str] = &[];
+pub const RUNC_V2: &[&str] = &["--default-runtime", "io.containerd.runc.v2"];
+
+/// Runs each named `fn test(shim: &[&str])` once per shim: as
+/// `berth_shim::test` and `runc_v2::test`.
+#[macro_export]
+macro_rules! on_both_shims {
+    ($($test:ident),* $(,)?) => {
+        mod berth_shim {
+            $( #[test] fn $test() { super::$test($crate::BERTH_SHIM) } )*
+        }
+        mod runc_v2 {
+            $( #[test] fn $test() { super::$test($crate::RUNC_V2) } )*
+        }
+    };
+}

@@ -1,0 +1,86 @@
+//! A client of the shim v2 Task API under either of its service names:
+//! containerd 1.6/1.7 shims (Debian's containerd-shim-runc-v2) serve
+//! `containerd.task.v2.Task`, containerd 2.x shims and containerd-shim-protos
+//! `containerd.task.v3.Task` (berth-shim serves both). The messages are the
+//! same; containerd-shim-protos' generated client knows only v3.
+
+use berth_shim::{TASK_V2, TASK_V3};
+use containerd_shim_protos::api;
+use containerd_shim_protos::protobuf::Message;
+use containerd_shim_protos::ttrpc::{self, asynchronous::Client, context::Context};
+
+#[derive(Clone)]
+pub struct Task {
+    client: Client,
+    service: &'static str,
+}
+
+impl Task {
+    /// A client that calls `v3` or, for a containerd 1.x shim, `v2`.
+    pub fn new(client: Client, v3: bool) -> Task {
+        Task { client, service: if v3 { TASK_V3 } else { TASK_V2 } }
+    }
+
+    /// Says hello (Connect) under the chosen name, then under the other
+    /// one if the shim does not serve the first; keeps the name that
+    /// answered. Returns the shim's own pid.
+    pub async fn hello(&mut self, ctx: impl Fn() -> Context, id: &str) -> ttrpc::Result<u32> {
+        let req = api::ConnectRequest { id: id.to_string(), ..Default::default() };
+        match self.connect(ctx(), &req).await {
+            Err(ttrpc::Error::RpcStatus(s))
+                if s.code() == ttrpc::Code::NOT_FOUND && s.message().starts_with("service") =>
+            {
+                self.service = if self.service == TASK_V3 { TASK_V2 } else { TASK_V3 };
+                Ok(self.connect(ctx(), &req).await?.shim_pid)
+            }
+            answer => Ok(answer?.shim_pid),
+        }
+    }
+
+    async fn call<Req: Message, Resp: Message>(&self, method: &str, ctx: Context, req: &Req) -> ttrpc::Result<Resp> {
+        use ttrpc::proto::{Codec, RequestInit};
+        let payload = Codec::encode(req).map_err(|e| ttrpc::Error::Others(format!("encoding request: {e}")))?;
+        let mut creq = RequestInit::init_request(
+            self.service.to_string(),
+            method.to_string(),
+            ctx.timeout_nano,
+            ttrpc::context::to_pb(ctx.metadata),
+        );
+        RequestInit::set_payload(&mut creq, payload);
+        let res = self.client.request(creq).await?;
+        let mut resp = Resp::new();
+        Codec::merge(&mut resp, &res.payload).map_err(|e| ttrpc::Error::Others(format!("decoding answer: {e}")))?;
+        Ok(resp)
+    }
+}
+
+macro_rules! methods {
+    ($($name:ident($req:ty) -> $resp:ty = $method:literal;)*) => {
+        impl Task {
+            $(
+                pub async fn $name(&self, ctx: Context, req: &$req) -> ttrpc::Result<$resp> {
+                    self.call($method, ctx, req).await
+                }
+            )*
+        }
+    };
+}
+
+methods! {
+    connect(api::ConnectRequest) -> api::ConnectResponse = "Connect";
+    create(api::CreateTaskRequest) -> api::CreateTaskResponse = "Create";
+    start(api::StartRequest) -> api::StartResponse = "Start";
+    exec(api::ExecProcessRequest) -> api::Empty = "Exec";
+    kill(api::KillRequest) -> api::Empty = "Kill";
+    wait(api::WaitRequest) -> api::WaitResponse = "Wait";
+    delete(api::DeleteRequest) -> api::DeleteResponse = "Delete";
+    state(api::StateRequest) -> api::StateResponse = "State";
+    pause(api::PauseRequest) -> api::Empty = "Pause";
+    resume(api::ResumeRequest) -> api::Empty = "Resume";
+    pids(api::PidsRequest) -> api::PidsResponse = "Pids";
+    close_io(api::CloseIORequest) -> api::Empty = "CloseIO";
+    resize_pty(api::ResizePtyRequest) -> api::Empty = "ResizePty";
+    stats(api::StatsRequest) -> api::StatsResponse = "Stats";
+    update(api::UpdateTaskRequest) -> api::Empty = "Update";
+    shutdown(api::ShutdownRequest) -> api::Empty = "Shutdown";
+}

@@ -1,0 +1,374 @@
+//! berth's logger for containerd's `binary://` stdio scheme, so a
+//! third-party shim (containerd-shim-runc-v2) writes a container's output
+//! to the log files berthd reads.
+//!
+//! What containerd 1.6 does with `binary:///path?k1=v1&k2=v2`
+//! (pkg/process/io.go `NewBinaryIO` / `newBinaryCmd`; runtime/v2/runc/
+//! platform.go `CopyConsole` for a terminal):
+//! - runs the URI's path with the query flattened to `k1 v1 k2 v2` in Go's
+//!   map order (random), and an environment of only `CONTAINER_ID` and
+//!   `CONTAINER_NAMESPACE`;
+//! - fd 3 is the read end of the process's stdout pipe, fd 4 of its stderr
+//!   pipe, fd 5 the write end of a pipe the shim reads one byte (or EOF)
+//!   from before it starts the container: the logger's "ready";
+//! - with a terminal, the console's output arrives on fd 3 and nothing ever
+//!   arrives on fd 4, whose write end the shim leaks until garbage
+//!   collection;
+//! - without one, the shim closes both write ends only when the process is
+//!   deleted, then sends SIGTERM and kills the logger 12 s later.
+//!
+//! The logger holds an exclusive `flock` on the stdout log for its whole
+//! life, so two loggers of one container (a restart) never interleave;
+//! [`wait_settled`] tells berthd when the copy has caught up.
+
+use std::ffi::OsString;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The fds containerd hands the logger: stdout, stderr, ready.
+const STDOUT_FD: RawFd = 3;
+const STDERR_FD: RawFd = 4;
+const READY_FD: RawFd = 5;
+
+/// How long stderr may stay silent after stdout reached EOF before the
+/// logger gives up on it: with a terminal its write end is never closed.
+const STDERR_GRACE: Duration = Duration::from_millis(500);
+
+/// The `binary://` URI that makes a containerd shim run `logger_binary`
+/// writing to these two files. Everything but unreserved characters and
+/// `/` is percent-encoded, so Go's `url.Parse` and `Query()` give back the
+/// exact paths (`+` would mean a space in a query; `;` makes Go drop the
+/// pair).
+pub fn logger_uri(logger_binary: &Path, stdout: &Path, stderr: &Path) -> String {
+    format!(
+        "binary://{}?stdout={}&stderr={}",
+        escape(logger_binary.as_os_str().as_bytes()),
+        escape(stdout.as_os_str().as_bytes()),
+        escape(stderr.as_os_str().as_bytes())
+    )
+}
+
+fn escape(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// How long the log files must stay unchanged to count as settled.
+const QUIET: Duration = Duration::from_millis(20);
+
+/// Waits (at most `limit`) until `files` have stopped growing for
+/// [`QUIET`]: the logger copies output as it arrives, but under a
+/// containerd shim its pipes end only at the task's Delete, so an exit
+/// cannot wait for the copy's end — only for the copy to catch up.
+pub fn wait_settled(files: &[&Path], limit: Duration) -> bool {
+    let sizes = || files.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).ok()).collect::<Vec<_>>();
+    let deadline = Instant::now() + limit;
+    let mut last = sizes();
+    loop {
+        if Instant::now() + QUIET > deadline {
+            return false;
+        }
+        std::thread::sleep(QUIET);
+        let now = sizes();
+        if now == last {
+            return true;
+        }
+        last = now;
+    }
+}
+
+/// The log files named by the arguments containerd passes.
+#[derive(Debug, PartialEq)]
+struct Targets {
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+fn parse_args(args: &[OsString]) -> Result<Targets, String> {
+    let (mut stdout, mut stderr) = (None, None);
+    let mut it = args.iter();
+    while let Some(key) = it.next() {
+        let value = it.next().ok_or_else(|| format!("no value for {key:?}"))?;
+        let slot = match key.to_str() {
+            Some("stdout") => &mut stdout,
+            Some("stderr") => &mut stderr,
+            _ => return Err(format!("unknown argument {key:?} (want stdout and stderr)")),
+        };
+        let path = PathBuf::from(value);
+        if !path.is_absolute() {
+            return Err(format!("{key:?} must be an absolute path, not {value:?}"));
+        }
+        *slot = Some(path);
+    }
+    match (stdout, stderr) {
+        (Some(stdout), Some(stderr)) => Ok(Targets { stdout, stderr }),
+        _ => Err("both stdout and stderr log paths are required".into()),
+    }
+}
+
+/// Takes one of the inherited descriptors, if it is open.
+fn inherited(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: F_GETFD only queries; an open fd at this number was given to
+    // us by the parent and nothing else in this process owns it yet.
+    (unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The write end of the self-pipe SIGTERM is reported on.
+static TERM_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_term(_: libc::c_int) {
+    let fd = TERM_PIPE.load(Ordering::Relaxed);
+    // SAFETY: write(2) is async-signal-safe.
+    unsafe { libc::write(fd, b"t".as_ptr().cast(), 1) };
+}
+
+/// Reports SIGTERM as a readable pipe, so the copy loop's poll sees it
+/// without races.
+fn term_pipe() -> std::io::Result<OwnedFd> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the array on success.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    TERM_PIPE.store(fds[1], Ordering::Relaxed);
+    // SAFETY: installs a handler that only calls write(2).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_term as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        if libc::sigaction(libc::SIGTERM, &sa, std::ptr::null_mut()) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fds[0]))
+    }
+}
+
+fn open_log(path: &Path) -> Result<File, String> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| format!("open {}: {e}", path.display()))
+}
+
+/// One stream being copied into its log file.
+struct Stream {
+    from: File,
+    to: File,
+    name: &'static str,
+    open: bool,
+    /// A write failed: keep reading (so the container never blocks on a
+    /// full pipe) but drop the data; say so once.
+    failed: bool,
+}
+
+impl Stream {
+    /// Copies what one read returns; false at EOF.
+    fn pump(&mut self, buf: &mut [u8]) -> bool {
+        match self.from.read(buf) {
+            Ok(0) => {
+                self.open = false;
+                false
+            }
+            Ok(n) => {
+                if !self.failed
+                    && let Err(e) = self.to.write_all(&buf[..n])
+                {
+                    eprintln!("berth-logger: write {}: {e}; dropping its output", self.name);
+                    self.failed = true;
+                }
+                true
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => true,
+            // Nothing more for now (only in the final non-blocking drain).
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Err(e) => {
+                eprintln!("berth-logger: read {}: {e}", self.name);
+                self.open = false;
+                false
+            }
+        }
+    }
+}
+
+/// The logger's whole life; the binary exits 1 with the message on error.
+pub fn run(args: &[OsString]) -> Result<(), String> {
+    // Claim the inherited fds before opening anything that could take
+    // their numbers.
+    let out_fd = inherited(STDOUT_FD).ok_or("fd 3 (stdout pipe) is not open")?;
+    let err_fd = inherited(STDERR_FD).ok_or("fd 4 (stderr pipe) is not open")?;
+    let ready = inherited(READY_FD);
+    let targets = parse_args(args)?;
+    let term = term_pipe().map_err(|e| format!("SIGTERM handler: {e}"))?;
+    let stdout_log = open_log(&targets.stdout)?;
+    let stderr_log = open_log(&targets.stderr)?;
+    // Blocks while an earlier logger of the same file still drains, so
+    // two never interleave.
+    // SAFETY: flock on a descriptor we own; held until exit.
+    if unsafe { libc::flock(stdout_log.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(format!("lock {}: {}", targets.stdout.display(), std::io::Error::last_os_error()));
+    }
+    if let Some(ready) = ready {
+        // One byte then EOF: containerd 1.6 takes either as ready, newer
+        // strict variants want the byte.
+        let _ = File::from(ready).write_all(b"r");
+    }
+    let mut streams = [
+        Stream { from: File::from(out_fd), to: stdout_log, name: "stdout", open: true, failed: false },
+        Stream { from: File::from(err_fd), to: stderr_log, name: "stderr", open: true, failed: false },
+    ];
+    copy(&mut streams, &term);
+    Ok(())
+}
+
+/// Copies until both streams reach EOF, stderr stays silent for
+/// STDERR_GRACE after stdout's EOF, or SIGTERM comes (then drains what
+/// is already in the pipes).
+fn copy(streams: &mut [Stream; 2], term: &OwnedFd) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let open: Vec<usize> = (0..2).filter(|&i| streams[i].open).collect();
+        if open.is_empty() {
+            return;
+        }
+        let mut fds: Vec<libc::pollfd> = open
+            .iter()
+            .map(|&i| libc::pollfd { fd: streams[i].from.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+            .collect();
+        fds.push(libc::pollfd { fd: term.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        let timeout = if streams[0].open { -1 } else { STDERR_GRACE.as_millis() as libc::c_int };
+        // SAFETY: fds is a valid array of fds.len() pollfds.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            eprintln!("berth-logger: poll: {}", std::io::Error::last_os_error());
+            return drain(streams, &mut buf);
+        }
+        if n == 0 {
+            return; // stderr silent since stdout's EOF
+        }
+        if fds[open.len()].revents != 0 {
+            return drain(streams, &mut buf);
+        }
+        for (k, &i) in open.iter().enumerate() {
+            if fds[k].revents != 0 {
+                streams[i].pump(&mut buf);
+            }
+        }
+    }
+}
+
+/// Copies whatever the pipes already hold, without waiting for more.
+fn drain(streams: &mut [Stream; 2], buf: &mut [u8]) {
+    for s in streams.iter_mut().filter(|s| s.open) {
+        // SAFETY: fcntl flag change on a descriptor we own.
+        unsafe {
+            let fd = s.from.as_raw_fd();
+            libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK);
+        }
+        while s.pump(buf) {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A query's key and value, as bytes.
+    type Pair = (Vec<u8>, Vec<u8>);
+
+    /// Go's `url.Parse` + `Query()` for the URIs logger_uri makes: path
+    /// and query percent-decoded, `+` a space in the query.
+    fn go_decode(uri: &str) -> (Vec<u8>, Vec<Pair>) {
+        fn unescape(s: &str, plus_is_space: bool) -> Vec<u8> {
+            let b = s.as_bytes();
+            let (mut out, mut i) = (Vec::new(), 0);
+            while i < b.len() {
+                match b[i] {
+                    b'%' => {
+                        out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).expect("hex"));
+                        i += 3;
+                        continue;
+                    }
+                    b'+' if plus_is_space => out.push(b' '),
+                    c => out.push(c),
+                }
+                i += 1;
+            }
+            out
+        }
+        let rest = uri.strip_prefix("binary://").expect("scheme");
+        assert!(!rest.contains('#') && !rest.contains(';') && !rest.contains(' '), "{uri}");
+        assert!(rest.bytes().all(|b| b.is_ascii_graphic()), "{uri}");
+        let (path, query) = rest.split_once('?').expect("query");
+        let pairs = query
+            .split('&')
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').expect("pair");
+                (unescape(k, true), unescape(v, true))
+            })
+            .collect();
+        (unescape(path, false), pairs)
+    }
+
+    #[test]
+    fn uri_survives_go_decoding() {
+        let bin = Path::new("/opt/my berth/bin/berth-logger");
+        let out = Path::new("/var/log/a b&c=d%e?f#g+h;i/out.log");
+        let err = Path::new("/var/log/ü/err~.log");
+        let uri = logger_uri(bin, out, err);
+        let (path, pairs) = go_decode(&uri);
+        assert_eq!(path, bin.as_os_str().as_bytes());
+        assert_eq!(
+            pairs,
+            vec![
+                (b"stdout".to_vec(), out.as_os_str().as_bytes().to_vec()),
+                (b"stderr".to_vec(), err.as_os_str().as_bytes().to_vec()),
+            ]
+        );
+        assert!(uri.contains("a%20b%26c%3Dd%25e%3Ff%23g%2Bh%3Bi"), "{uri}");
+    }
+
+    fn args(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn arguments_in_any_order() {
+        let want = Targets { stdout: "/l/o".into(), stderr: "/l/e".into() };
+        assert_eq!(parse_args(&args(&["stdout", "/l/o", "stderr", "/l/e"])), Ok(want));
+        let want = Targets { stdout: "/l/o".into(), stderr: "/l/e".into() };
+        assert_eq!(parse_args(&args(&["stderr", "/l/e", "stdout", "/l/o"])), Ok(want));
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        for a in [
+            &["stdout", "/o", "stderr", "/e", "color", "red"][..],
+            &["stdout", "/o"],
+            &["stdout", "/o", "stderr"],
+            &["stdout", "rel/o", "stderr", "/e"],
+        ] {
+            assert!(parse_args(&args(a)).is_err(), "{a:?}");
+        }
+        let err = parse_args(&args(&["color", "red"])).expect_err("unknown");
+        assert!(err.contains("color"), "{err}");
+    }
+}

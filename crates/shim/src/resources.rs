@@ -1,0 +1,92 @@
+//! Live resource limits for a third-party shim's Update. containerd's
+//! runc-v2 shim json-decodes `UpdateTaskRequest.resources` straight into the
+//! OCI runtime spec's `LinuxResources` (pkg/process/init.go `update`) and
+//! hands it to `runc update`, so berth's `Limits` travel in that shape.
+//! berth's own shim keeps taking `Limits` as JSON (`LIMITS_TYPE_URL`).
+
+use berth_cgroups::Limits;
+use containerd_shim_protos::protobuf::well_known_types::any::Any;
+use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder};
+
+/// The type URL containerd's Go `typeurl` registers for the runtime spec's
+/// `LinuxResources`.
+pub const LINUX_RESOURCES_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources";
+
+/// `limits` as the `Any` containerd's shims expect in Update. Only the
+/// limits that are set appear, so runc leaves the others as they are.
+pub fn resources_any(limits: &Limits) -> Result<Any, String> {
+    let build = |e: oci_spec::OciSpecError| format!("build LinuxResources: {e}");
+    let l = limits;
+    let mut res = LinuxResourcesBuilder::default();
+    if l.memory.is_some() || l.memory_swap.is_some() {
+        let mut m = LinuxMemoryBuilder::default();
+        if let Some(v) = l.memory {
+            m = m.limit(v);
+        }
+        if let Some(v) = l.memory_swap {
+            m = m.swap(v);
+        }
+        res = res.memory(m.build().map_err(build)?);
+    }
+    if l.cpu_shares.is_some() || l.cpu_quota.is_some() || l.cpu_period.is_some() || l.cpuset_cpus.is_some() {
+        let mut c = LinuxCpuBuilder::default();
+        if let Some(v) = l.cpu_shares {
+            c = c.shares(v);
+        }
+        if let Some(v) = l.cpu_quota {
+            c = c.quota(v);
+        }
+        if let Some(v) = l.cpu_period {
+            c = c.period(v);
+        }
+        if let Some(v) = &l.cpuset_cpus {
+            c = c.cpus(v.clone());
+        }
+        res = res.cpu(c.build().map_err(build)?);
+    }
+    if let Some(p) = l.pids {
+        res = res.pids(LinuxPidsBuilder::default().limit(p).build().map_err(build)?);
+    }
+    let value = serde_json::to_vec(&res.build().map_err(build)?).map_err(|e| format!("encode LinuxResources: {e}"))?;
+    Ok(Any { type_url: LINUX_RESOURCES_TYPE_URL.to_string(), value, ..Default::default() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn json_of(l: &Limits) -> Value {
+        let any = resources_any(l).expect("encode");
+        assert_eq!(any.type_url, LINUX_RESOURCES_TYPE_URL);
+        serde_json::from_slice(&any.value).expect("json")
+    }
+
+    #[test]
+    fn every_limit_uses_the_oci_field_names() {
+        let l = Limits {
+            memory: Some(64 << 20),
+            memory_swap: Some(-1),
+            cpu_shares: Some(512),
+            cpu_quota: Some(50_000),
+            cpu_period: Some(100_000),
+            cpuset_cpus: Some("0-1".into()),
+            pids: Some(100),
+        };
+        let want = json!({
+            "memory": {"limit": 64 << 20, "swap": -1},
+            "cpu": {"shares": 512, "quota": 50_000, "period": 100_000, "cpus": "0-1"},
+            "pids": {"limit": 100},
+        });
+        assert_eq!(json_of(&l), want);
+    }
+
+    #[test]
+    fn unset_limits_are_left_out() {
+        assert_eq!(json_of(&Limits::default()), json!({}));
+        let l = Limits { cpu_quota: Some(20_000), ..Default::default() };
+        assert_eq!(json_of(&l), json!({"cpu": {"quota": 20_000}}));
+        let l = Limits { memory: Some(8 << 20), ..Default::default() };
+        assert_eq!(json_of(&l), json!({"memory": {"limit": 8 << 20}}));
+    }
+}
