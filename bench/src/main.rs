@@ -176,6 +176,12 @@ fn print_shim(runs: usize, containers: usize, f: &shim::ShimFigures) {
     row("berth-shim (io.containerd.berth.v1)", f.mem_berth);
     let pss = |m: Option<Mem>| m.map(|m| m.pss_mb);
     println!("| ratio PSS berth / runc-v2 (target ≤ 0.3×) | | {} |", ratio_of(pss(f.mem_berth), pss(f.mem_runc_v2)));
+    println!();
+    println!("| berthd, berth run --rm ROOTFS /bin/true (median of {runs}, interleaved) | wall time |");
+    println!("|---|---|");
+    println!("| through berth-shim (embedded) | {} |", fmt_ms(f.berthd_own));
+    println!("| --runtime io.containerd.runc.v2 | {} |", fmt_ms(f.berthd_runc_v2));
+    println!("| ratio berth-shim / runc-v2 | {} |", ratio(f.berthd_own, f.berthd_runc_v2));
 }
 
 fn main() {
@@ -187,7 +193,7 @@ fn main() {
     }
     let d = Daemon::start();
     if o.only_shim {
-        if let Some(f) = shim::run(d.dir(), &d.rootfs, o.runs, o.containers) {
+        if let Some(f) = shim::run(&d, o.runs, o.containers) {
             print_shim(o.runs, o.containers, &f);
         }
         return;
@@ -249,7 +255,7 @@ fn main() {
         let _ = h.remove_tree(RUNC_CGROUP_PARENT);
     }
     let net = network::run(o.runs);
-    let shims = shim::run(d.dir(), &d.rootfs, o.runs, o.containers);
+    let shims = shim::run(&d, o.runs, o.containers);
 
     println!();
     println!("berth-bench: {} runs per command (median), {} detached containers for memory", o.runs, o.containers);

@@ -1,10 +1,12 @@
 //! Issue 12's benchmark: containerd 1.6 running /bin/true through its own
 //! shim (`io.containerd.runc.v2`) and through berth-shim
 //! (`io.containerd.berth.v1`), interleaved on the same rootfs, and the mean
-//! RSS/PSS of each shim with N detached containers.
+//! RSS/PSS of each shim with N detached containers; then berthd running
+//! /bin/true through its own shim and through containerd-shim-runc-v2.
 
-use std::path::Path;
 use std::time::Duration;
+
+use berth_testing::Daemon;
 
 use crate::containerd::{BERTH_V1, Containerd, RUNC_V2};
 use crate::measure::{Mem, Runner, shim_memory, time_interleaved};
@@ -14,9 +16,24 @@ pub struct ShimFigures {
     pub berth: Option<Duration>,
     pub mem_runc_v2: Option<Mem>,
     pub mem_berth: Option<Mem>,
+    /// `berth run --rm` through berth-shim and through runc-v2.
+    pub berthd_own: Option<Duration>,
+    pub berthd_runc_v2: Option<Duration>,
 }
 
-pub fn run(dir: &Path, rootfs: &Path, rounds: usize, containers: usize) -> Option<ShimFigures> {
+pub fn run(d: &Daemon, rounds: usize, containers: usize) -> Option<ShimFigures> {
+    let (dir, rootfs) = (d.dir(), &d.rootfs);
+    let rootfs_s = rootfs.to_string_lossy().into_owned();
+    eprintln!("shims: berth run --rm through berth-shim and runc-v2, {rounds} rounds …");
+    let mut runners: Vec<Runner<'_>> = vec![
+        Box::new(|i| d.berth(&["run", "--rm", "--name", &format!("o{i}"), &rootfs_s, "/bin/true"]).code == 0),
+        Box::new(|i| {
+            let args = ["run", "--rm", "--runtime", RUNC_V2, "--name", &format!("v{i}"), &rootfs_s, "/bin/true"];
+            d.berth(&args).code == 0
+        }),
+    ];
+    let berthd = time_interleaved(rounds, &mut runners);
+    drop(runners);
     let c = Containerd::start(&dir.join("shim-bench"))?;
     eprintln!("shims: ctr run --rm through runc-v2 and berth-shim, {rounds} rounds …");
     let mut runners: Vec<Runner<'_>> = vec![
@@ -28,5 +45,12 @@ pub fn run(dir: &Path, rootfs: &Path, rounds: usize, containers: usize) -> Optio
     eprintln!("shims: {containers} detached containers each …");
     let mem_runc_v2 = shim_memory(&c.run_detached(RUNC_V2, rootfs, "mr", containers));
     let mem_berth = shim_memory(&c.run_detached(BERTH_V1, rootfs, "mb", containers));
-    Some(ShimFigures { runc_v2: times[0], berth: times[1], mem_runc_v2, mem_berth })
+    Some(ShimFigures {
+        runc_v2: times[0],
+        berth: times[1],
+        mem_runc_v2,
+        mem_berth,
+        berthd_own: berthd[0],
+        berthd_runc_v2: berthd[1],
+    })
 }
