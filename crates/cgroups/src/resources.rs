@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use libcgroups::common::{AnyCgroupManager, CgroupConfig, CgroupManager, ControllerOpt, create_cgroup_manager};
-use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder};
+use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResources, LinuxResourcesBuilder};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +103,42 @@ const MIN_MEMORY: i64 = 4 * 1024 * 1024;
 const MAX_PIDS: i64 = 4_194_304;
 
 impl Limits {
+    /// The limits that are set, as the OCI spec's `LinuxResources` (what
+    /// libcgroups applies, and what containerd's shims take in Update).
+    pub fn to_oci(&self) -> Result<LinuxResources, oci_spec::OciSpecError> {
+    let mut res = LinuxResourcesBuilder::default();
+        if self.memory.is_some() || self.memory_swap.is_some() {
+            let mut m = LinuxMemoryBuilder::default();
+            if let Some(v) = self.memory {
+                m = m.limit(v);
+            }
+            if let Some(v) = self.memory_swap {
+                m = m.swap(v);
+            }
+            res = res.memory(m.build()?);
+        }
+        if self.cpu_shares.is_some() || self.cpu_quota.is_some() || self.cpu_period.is_some() || self.cpuset_cpus.is_some() {
+            let mut c = LinuxCpuBuilder::default();
+            if let Some(v) = self.cpu_shares {
+                c = c.shares(v);
+            }
+            if let Some(v) = self.cpu_quota {
+                c = c.quota(v);
+            }
+            if let Some(v) = self.cpu_period {
+                c = c.period(v);
+            }
+            if let Some(v) = &self.cpuset_cpus {
+                c = c.cpus(v.clone());
+            }
+            res = res.cpu(c.build()?);
+        }
+        if let Some(p) = self.pids {
+            res = res.pids(LinuxPidsBuilder::default().limit(p).build()?);
+        }
+        res.build()
+    }
+
     /// Checks the values against sane bounds and this host's CPUs.
     pub fn validate(&self) -> Result<(), ResourceError> {
         let bad = |m: String| Err(ResourceError::Invalid(m));
@@ -238,38 +274,7 @@ pub fn stats(cgroup: &str) -> Result<ContainerStats, ResourceError> {
 /// Applies the given limits to the live cgroup (SPEC B14).
 pub fn update(cgroup: &str, l: &Limits) -> Result<(), ResourceError> {
     l.validate()?;
-    let build = |e: oci_spec::OciSpecError| ResourceError::Invalid(e.to_string());
-    let mut res = LinuxResourcesBuilder::default();
-    if l.memory.is_some() || l.memory_swap.is_some() {
-        let mut m = LinuxMemoryBuilder::default();
-        if let Some(v) = l.memory {
-            m = m.limit(v);
-        }
-        if let Some(v) = l.memory_swap {
-            m = m.swap(v);
-        }
-        res = res.memory(m.build().map_err(build)?);
-    }
-    if l.cpu_shares.is_some() || l.cpu_quota.is_some() || l.cpu_period.is_some() || l.cpuset_cpus.is_some() {
-        let mut c = LinuxCpuBuilder::default();
-        if let Some(v) = l.cpu_shares {
-            c = c.shares(v);
-        }
-        if let Some(v) = l.cpu_quota {
-            c = c.quota(v);
-        }
-        if let Some(v) = l.cpu_period {
-            c = c.period(v);
-        }
-        if let Some(v) = &l.cpuset_cpus {
-            c = c.cpus(v.clone());
-        }
-        res = res.cpu(c.build().map_err(build)?);
-    }
-    if let Some(p) = l.pids {
-        res = res.pids(LinuxPidsBuilder::default().limit(p).build().map_err(build)?);
-    }
-    let resources = res.build().map_err(build)?;
+    let resources = l.to_oci().map_err(|e| ResourceError::Invalid(e.to_string()))?;
     let opt =
         ControllerOpt { resources: &resources, disable_oom_killer: false, oom_score_adj: None, freezer_state: None };
     manager(cgroup)?.apply(&opt).map_err(|e| cg_err(cgroup, e))

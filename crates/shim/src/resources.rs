@@ -6,7 +6,6 @@
 
 use berth_cgroups::Limits;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder};
 
 /// The type URL containerd's Go `typeurl` registers for the runtime spec's
 /// `LinuxResources`.
@@ -15,39 +14,8 @@ pub const LINUX_RESOURCES_TYPE_URL: &str = "types.containerd.io/opencontainers/r
 /// `limits` as the `Any` containerd's shims expect in Update. Only the
 /// limits that are set appear, so runc leaves the others as they are.
 pub fn resources_any(limits: &Limits) -> Result<Any, String> {
-    let build = |e: oci_spec::OciSpecError| format!("build LinuxResources: {e}");
-    let l = limits;
-    let mut res = LinuxResourcesBuilder::default();
-    if l.memory.is_some() || l.memory_swap.is_some() {
-        let mut m = LinuxMemoryBuilder::default();
-        if let Some(v) = l.memory {
-            m = m.limit(v);
-        }
-        if let Some(v) = l.memory_swap {
-            m = m.swap(v);
-        }
-        res = res.memory(m.build().map_err(build)?);
-    }
-    if l.cpu_shares.is_some() || l.cpu_quota.is_some() || l.cpu_period.is_some() || l.cpuset_cpus.is_some() {
-        let mut c = LinuxCpuBuilder::default();
-        if let Some(v) = l.cpu_shares {
-            c = c.shares(v);
-        }
-        if let Some(v) = l.cpu_quota {
-            c = c.quota(v);
-        }
-        if let Some(v) = l.cpu_period {
-            c = c.period(v);
-        }
-        if let Some(v) = &l.cpuset_cpus {
-            c = c.cpus(v.clone());
-        }
-        res = res.cpu(c.build().map_err(build)?);
-    }
-    if let Some(p) = l.pids {
-        res = res.pids(LinuxPidsBuilder::default().limit(p).build().map_err(build)?);
-    }
-    let value = serde_json::to_vec(&res.build().map_err(build)?).map_err(|e| format!("encode LinuxResources: {e}"))?;
+    let res = limits.to_oci().map_err(|e| format!("build LinuxResources: {e}"))?;
+    let value = serde_json::to_vec(&res).map_err(|e| format!("encode LinuxResources: {e}"))?;
     Ok(Any { type_url: LINUX_RESOURCES_TYPE_URL.to_string(), value, ..Default::default() })
 }
 
