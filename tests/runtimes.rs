@@ -96,3 +96,30 @@ fn an_unusable_default_runtime_keeps_berthd_from_starting() {
     assert!(err.contains("--default-runtime") && err.contains("containerd-shim-nosuchshim-v1"), "{err}");
     assert!(!dir.path().join("b.sock").exists(), "berthd never served");
 }
+
+/// A broken or hostile shim: its failure is the create's error, one line,
+/// and nothing of the container is left.
+#[test]
+fn a_shim_that_fails_or_lies_at_start_leaves_nothing() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Daemon::start();
+    let rootfs = d.rootfs.to_str().unwrap();
+    let cases = [
+        ("fails", "echo 'no such thing' >&2; exit 3", "no such thing"),
+        ("relative", "printf 'unix://relative.sock'", "unix socket paths only"),
+        ("grpc", r#"printf '{"version":3,"address":"unix:///x.sock","protocol":"grpc"}'"#, "ttrpc only"),
+        ("nobody", "printf 'unix:///nonexistent/berth/shim.sock'", "connect to shim"),
+    ];
+    for (name, body, expected) in cases {
+        let shim = d.dir().join(format!("containerd-shim-{name}-v1"));
+        std::fs::write(&shim, format!("#!/bin/sh\n[ \"$(eval echo \\${{$#}})\" = delete ] && exit 0\n{body}\n"))
+            .unwrap();
+        std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let runtime = shim.to_str().unwrap();
+        let out = d.berth(&["run", "--name", "x", "--runtime", runtime, rootfs, "true"]);
+        assert_eq!(out.code, 125, "{name}: {out:?}");
+        assert!(out.stderr.contains(expected) && out.stderr.lines().count() == 1, "{name}: {}", out.stderr);
+        assert_nothing_of(&d, "x");
+        assert_eq!(d.berth(&["ps", "-a", "--json"]).ok().trim(), "[]", "{name}");
+    }
+}

@@ -106,7 +106,7 @@ impl Limits {
     /// The limits that are set, as the OCI spec's `LinuxResources` (what
     /// libcgroups applies, and what containerd's shims take in Update).
     pub fn to_oci(&self) -> Result<LinuxResources, oci_spec::OciSpecError> {
-    let mut res = LinuxResourcesBuilder::default();
+        let mut res = LinuxResourcesBuilder::default();
         if self.memory.is_some() || self.memory_swap.is_some() {
             let mut m = LinuxMemoryBuilder::default();
             if let Some(v) = self.memory {
@@ -117,7 +117,11 @@ impl Limits {
             }
             res = res.memory(m.build()?);
         }
-        if self.cpu_shares.is_some() || self.cpu_quota.is_some() || self.cpu_period.is_some() || self.cpuset_cpus.is_some() {
+        if self.cpu_shares.is_some()
+            || self.cpu_quota.is_some()
+            || self.cpu_period.is_some()
+            || self.cpuset_cpus.is_some()
+        {
             let mut c = LinuxCpuBuilder::default();
             if let Some(v) = self.cpu_shares {
                 c = c.shares(v);
