@@ -120,8 +120,8 @@ impl V2 {
 
     /// Runs the shim's `start` in the bundle and returns the socket it
     /// announced, and whether it speaks Task v3: a plain `unix://` address
-    /// (containerd 1.x shims, v2) or the bootstrap JSON of containerd 2.x
-    /// shims (its version).
+    /// (containerd 1.x shims: Task v2) or the bootstrap JSON of containerd
+    /// 2.x shims (Task v3).
     pub async fn start(&self, a: &ShimArgs, bundle: &Path) -> Result<(PathBuf, bool)> {
         // The shim sends its own log to `log` in its working directory.
         std::fs::OpenOptions::new()
