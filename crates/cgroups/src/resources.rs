@@ -143,6 +143,21 @@ impl Limits {
         res.build()
     }
 
+    /// The limits an OCI `LinuxResources` sets, of those berth changes live
+    /// (others, e.g. block I/O weights, are not taken).
+    pub fn from_oci(r: &LinuxResources) -> Limits {
+        let (memory, cpu) = (r.memory().as_ref(), r.cpu().as_ref());
+        Limits {
+            memory: memory.and_then(|m| m.limit()),
+            memory_swap: memory.and_then(|m| m.swap()),
+            cpu_shares: cpu.and_then(|c| c.shares()),
+            cpu_quota: cpu.and_then(|c| c.quota()),
+            cpu_period: cpu.and_then(|c| c.period()),
+            cpuset_cpus: cpu.and_then(|c| c.cpus().clone()),
+            pids: r.pids().as_ref().map(|p| p.limit()),
+        }
+    }
+
     /// Checks the values against sane bounds and this host's CPUs.
     pub fn validate(&self) -> Result<(), ResourceError> {
         let bad = |m: String| Err(ResourceError::Invalid(m));

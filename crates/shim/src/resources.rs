@@ -2,7 +2,8 @@
 //! runc-v2 shim json-decodes `UpdateTaskRequest.resources` straight into the
 //! OCI runtime spec's `LinuxResources` (pkg/process/init.go `update`) and
 //! hands it to `runc update`, so berth's `Limits` travel in that shape.
-//! berth's own shim keeps taking `Limits` as JSON (`LIMITS_TYPE_URL`).
+//! berth's own shim takes both: `Limits` as JSON (`LIMITS_TYPE_URL`,
+//! berthd) and `LinuxResources` (containerd's clients).
 
 use berth_cgroups::Limits;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
@@ -17,6 +18,23 @@ pub fn resources_any(limits: &Limits) -> Result<Any, String> {
     let res = limits.to_oci().map_err(|e| format!("build LinuxResources: {e}"))?;
     let value = serde_json::to_vec(&res).map_err(|e| format!("encode LinuxResources: {e}"))?;
     Ok(Any { type_url: LINUX_RESOURCES_TYPE_URL.to_string(), value, ..Default::default() })
+}
+
+/// The limits in an Update's `Any`: berth's JSON or the OCI
+/// `LinuxResources` containerd sends (any type URL naming it).
+pub fn limits_from_any(any: &Any) -> Result<Limits, String> {
+    if any.type_url == crate::LIMITS_TYPE_URL {
+        return serde_json::from_slice(&any.value).map_err(|e| format!("resources: {e}"));
+    }
+    if any.type_url.rsplit('/').next() == LINUX_RESOURCES_TYPE_URL.rsplit('/').next() {
+        let r = serde_json::from_slice(&any.value).map_err(|e| format!("LinuxResources: {e}"))?;
+        return Ok(Limits::from_oci(&r));
+    }
+    Err(format!(
+        "resources of type {:?}: expected {} or {LINUX_RESOURCES_TYPE_URL}",
+        any.type_url,
+        crate::LIMITS_TYPE_URL
+    ))
 }
 
 #[cfg(test)]
@@ -47,6 +65,37 @@ mod tests {
             "pids": {"limit": 100},
         });
         assert_eq!(json_of(&l), want);
+    }
+
+    #[test]
+    fn updates_decode_from_either_format() {
+        let l = Limits {
+            memory: Some(64 << 20),
+            memory_swap: Some(-1),
+            cpu_shares: Some(512),
+            cpu_quota: Some(50_000),
+            cpu_period: Some(100_000),
+            cpuset_cpus: Some("0-1".into()),
+            pids: Some(100),
+        };
+        assert_eq!(limits_from_any(&resources_any(&l).unwrap()).unwrap(), l);
+        let berth = Any {
+            type_url: crate::LIMITS_TYPE_URL.into(),
+            value: serde_json::to_vec(&l).unwrap(),
+            ..Default::default()
+        };
+        assert_eq!(limits_from_any(&berth).unwrap(), l);
+        // What containerd's Go client sends for `--memory-limit` only.
+        let go = Any {
+            type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+            value: br#"{"memory":{"limit":8388608},"cpu":{}}"#.to_vec(),
+            ..Default::default()
+        };
+        assert_eq!(limits_from_any(&go).unwrap(), Limits { memory: Some(8 << 20), ..Default::default() });
+        let other = Any { type_url: "x/Other".into(), value: b"{}".to_vec(), ..Default::default() };
+        assert!(limits_from_any(&other).unwrap_err().contains("x/Other"));
+        let garbage = Any { type_url: LINUX_RESOURCES_TYPE_URL.into(), value: b"{".to_vec(), ..Default::default() };
+        assert!(limits_from_any(&garbage).is_err());
     }
 
     #[test]

@@ -11,10 +11,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use berth_cgroups::Hierarchies;
-use berth_cgroups::Limits;
 use berth_model::{Code, ExitStatus};
 use berth_runtime::{Runtime, RuntimeError, in_child};
-use berth_shim::{LIMITS_TYPE_URL, STATS_TYPE_URL, timestamp, to_ttrpc};
+use berth_shim::{STATS_TYPE_URL, timestamp, to_ttrpc};
 use containerd_shim_protos::api::{self, Status};
 use containerd_shim_protos::events::task::{TaskDelete, TaskPaused, TaskResumed, TaskStart};
 use containerd_shim_protos::protobuf::MessageField;
@@ -354,11 +353,8 @@ impl Task for Shim {
     async fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
         self.check(&req.id)?;
         let cgroup = self.live_cgroup()?;
-        let limits: Limits = match req.resources.as_ref() {
-            Some(a) if a.type_url == LIMITS_TYPE_URL => serde_json::from_slice(&a.value)
-                .map_err(|e| to_ttrpc(Code::InvalidArgument, format!("resources: {e}")))?,
-            _ => return Err(to_ttrpc(Code::InvalidArgument, format!("resources must be {LIMITS_TYPE_URL}"))),
-        };
+        let any = req.resources.as_ref().ok_or_else(|| to_ttrpc(Code::InvalidArgument, "no resources to update"))?;
+        let limits = berth_shim::resources::limits_from_any(any).map_err(|e| to_ttrpc(Code::InvalidArgument, e))?;
         limits.validate().map_err(|e| to_ttrpc(e.code(), e))?;
         in_child("update", || berth_cgroups::update(&cgroup, &limits).map(|()| 0u32).map_err(isolated))
             .map_err(|e| to_ttrpc(e.code(), e))?;
