@@ -48,9 +48,15 @@ impl Manager {
 pub fn terminal(input: Option<pipe::Sender>, t: Terminal) -> Result<tokio::net::UnixStream> {
     let (ours, theirs) = tokio::net::UnixStream::pair().map_err(|e| Error::io("socket pair", e))?;
     let (mut from_client, mut to_client) = ours.into_split();
+    let mut exited = t.exit.clone();
     tokio::spawn(async move {
         match input {
-            Some(mut fifo) => drop(tokio::io::copy(&mut from_client, &mut fifo).await),
+            Some(mut fifo) => {
+                let _ = tokio::io::copy(&mut from_client, &mut fifo).await;
+                // The shim closes the terminal when its stdin FIFO ends: a
+                // client that leaves must not hang up the process.
+                let _ = exited.wait_for(Option::is_some).await;
+            }
             None => drop(tokio::io::copy(&mut from_client, &mut tokio::io::sink()).await),
         }
     });

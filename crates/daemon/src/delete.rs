@@ -28,9 +28,14 @@ pub(crate) fn remove_path(path: &std::path::Path) -> Result<()> {
     }
 }
 
-/// The shim's socket and its terminal/console sockets (`<stem>.*`), which
-/// a shim that died could not remove itself.
+/// berth-shim's socket and its terminal/console sockets (`<stem>.*`),
+/// which a shim that died could not remove itself. Only in berth's own
+/// socket dir (`<state>/shims`): a containerd shim's socket is wherever the
+/// shim said, so it is left to that shim and to its `delete` (shim_v2.rs).
 pub(crate) fn remove_shim_sockets(socket: &std::path::Path) -> Result<()> {
+    if socket.parent().and_then(|d| d.file_name()) != Some(std::ffi::OsStr::new("shims")) {
+        return Ok(());
+    }
     remove_path(socket)?;
     let (Some(dir), Some(stem)) = (socket.parent(), socket.file_stem()) else { return Ok(()) };
     let prefix = format!("{}.", stem.to_string_lossy());

@@ -187,15 +187,25 @@ pub async fn cleanup(a: &ShimArgs, bundle: &Path) -> Result<Option<ExitStatus>> 
 /// containerd v2 shim wherever its `start` says.
 pub async fn spawn(a: &ShimArgs, socket: &Path, bundle: &Path) -> Result<ShimClient> {
     if let Some(v2) = &a.v2 {
-        let (socket, v3) = v2.start(a, bundle).await?;
-        let connected = async {
+        let started = async {
+            let (socket, v3) = v2.start(a, bundle).await?;
             let mut client = connect_with(&socket, 0, None, a.dialect(), v3).await?;
             let pid = client.task.hello(ctx, a.id.as_str()).await.map_err(shim_err)?;
-            Ok(ShimClient { pid, pidfd: watch_pidfd(pidfd_open(pid).ok()), ..client })
+            // Only a shim started for this container (not one that `start`
+            // handed back because another container's shim shares a group
+            // annotation or the socket) is ours to drive and later kill.
+            let pidfd = pidfd_open(pid).ok();
+            if pidfd.is_none() || !a.matches(pid) {
+                let msg =
+                    format!("{} answered from process {pid}, which is not its shim for {}", a.binary.display(), a.id);
+                return Err(Error::Shim { code: berth_model::Code::FailedPrecondition, message: msg });
+            }
+            Ok(ShimClient { pid, pidfd: watch_pidfd(pidfd), ..client })
         };
-        let client = connected.await;
+        let client = started.await;
         if client.is_err() {
-            // Started but not ours to talk to: it must not outlive the create.
+            // Whatever `start` left running for this container (it forks
+            // the shim before it answers) must not outlive the create.
             for pid in a.processes() {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
             }

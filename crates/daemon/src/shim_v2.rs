@@ -9,7 +9,7 @@
 //! source each, so a forwarded TaskExit can never make a second event.
 
 use std::collections::HashMap;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -27,6 +27,8 @@ use crate::shim::ShimArgs;
 
 /// How long a shim's `start` or `delete` subcommand may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Where containerd's shims (1.5 and later) put their sockets.
+const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
 /// The options type containerd's runc shims decode from CreateTaskRequest.
 const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
 
@@ -59,7 +61,9 @@ impl Resolver {
         let candidates = if binary.starts_with('/') {
             vec![PathBuf::from(binary)]
         } else {
-            std::env::split_paths(&path).chain(self.own_dir.clone()).map(|d| d.join(binary)).collect()
+            // A relative PATH entry would resolve against the bundle later.
+            let dirs = std::env::split_paths(&path).filter(|d| d.is_absolute()).chain(self.own_dir.clone());
+            dirs.map(|d| d.join(binary)).collect()
         };
         let found = candidates.into_iter().find(|p| executable(p)).ok_or_else(|| {
             let beside = self.own_dir.as_deref().map(|d| format!(" nor in {}", d.display())).unwrap_or_default();
@@ -107,15 +111,27 @@ impl V2 {
         cmd
     }
 
-    /// Whether process `pid` is the long-lived shim of `a` under this
-    /// daemon (its command line is `BINARY -namespace NS -id ID -address A`).
+    /// Whether a process with command line `args` is the long-lived shim of
+    /// `a` under this daemon: `BINARY -namespace NS -id ID -address A`,
+    /// flags parsed as Go's flag package does (a subcommand such as `start`
+    /// ends them), the binary compared after resolving symlinks (a Go shim
+    /// re-executes `os.Executable()`, the resolved path).
     pub fn matches(&self, a: &ShimArgs, args: &[String]) -> bool {
-        let has = |flag: &str, value: &str| args.windows(2).any(|w| w[0] == flag && w[1] == value);
-        args.first().is_some_and(|b| Path::new(b) == a.binary)
-            && has("-namespace", a.namespace.as_str())
-            && has("-id", a.id.as_str())
-            && has("-address", &self.address.to_string_lossy())
-            && !args.iter().any(|x| x == "start" || x == "delete")
+        let Some((binary, rest)) = args.split_first() else { return false };
+        let mut flags = HashMap::new();
+        let mut rest = rest.iter();
+        while let Some(arg) = rest.next() {
+            match arg.strip_prefix('-') {
+                None => return false, // a subcommand: `start` or `delete`
+                Some(bool_flag) if bool_flag == "debug" || bool_flag.contains('=') => {}
+                Some(flag) => drop(flags.insert(flag, rest.next().map(String::as_str).unwrap_or(""))),
+            }
+        }
+        let resolved = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        resolved(Path::new(binary)) == resolved(&a.binary)
+            && flags.get("namespace") == Some(&a.namespace.as_str())
+            && flags.get("id") == Some(&a.id.as_str())
+            && flags.get("address").copied() == self.address.to_str()
     }
 
     /// Runs the shim's `start` in the bundle and returns the socket it
@@ -147,9 +163,12 @@ impl V2 {
             run(self.command(a, bundle, "delete"), a).await?;
         }
         // A SIGKILLed shim leaves its socket; the next shim of this id
-        // (same address) must not find it.
+        // (same address) must not find it. Only a socket where containerd's
+        // shims keep theirs: the file is the shim's word, not berthd's.
         if let Ok(address) = std::fs::read_to_string(bundle.join("address"))
             && let Ok((socket, _)) = socket_of(&address)
+            && socket.parent() == Some(Path::new(SHIM_SOCKET_DIR))
+            && std::fs::symlink_metadata(&socket).is_ok_and(|m| m.file_type().is_socket())
         {
             let _ = std::fs::remove_file(socket);
         }
@@ -280,6 +299,42 @@ mod tests {
         let sh = Runtime::parse("/bin/sh").unwrap();
         assert_eq!(r.resolve(&sh).unwrap(), Some(PathBuf::from("/bin/sh")));
         assert!(crate::manager::lock(&r.cache).contains_key("/bin/sh"));
+    }
+
+    #[test]
+    fn a_shim_is_recognised_by_its_flags_whatever_its_id() {
+        let v2 = V2 {
+            address: "/run/b.sock".into(),
+            events: "/run/e.sock".into(),
+            publish: "/usr/bin/berthd".into(),
+            logger: "/usr/bin/berth-logger".into(),
+        };
+        let args_for = |id: &str| ShimArgs {
+            binary: "/bin/sh".into(),
+            namespace: berth_model::Namespace::new("delete").unwrap(),
+            id: berth_model::ContainerId::new(id).unwrap(),
+            runtime: "io.containerd.runc.v2".into(),
+            runtime_root: "/tmp/r/default".into(),
+            v2: None,
+        };
+        let cmd = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let a = args_for("start");
+        // Names that are also subcommands are values, not subcommands.
+        assert!(v2.matches(&a, &cmd("/bin/sh -namespace delete -id start -address /run/b.sock")));
+        assert!(v2.matches(&a, &cmd("/bin/sh -debug -namespace delete -id start -address /run/b.sock")));
+        // The resolved binary counts (`/usr/bin/sh` on a merged-/usr host).
+        let resolved = std::fs::canonicalize("/bin/sh").unwrap();
+        let line = format!("{} -namespace delete -id start -address /run/b.sock", resolved.display());
+        assert!(v2.matches(&a, &cmd(&line)));
+        for other in [
+            "/bin/sh -namespace delete -id start -address /run/b.sock start",
+            "/bin/sh -namespace delete -id other -address /run/b.sock",
+            "/bin/sh -namespace delete -id start -address /run/other.sock",
+            "/bin/true -namespace delete -id start -address /run/b.sock",
+            "/bin/sh -namespace delete -id",
+        ] {
+            assert!(!v2.matches(&a, &cmd(other)), "{other}");
+        }
     }
 
     #[test]

@@ -27,8 +27,10 @@ impl Task {
     pub async fn hello(&mut self, ctx: impl Fn() -> Context, id: &str) -> ttrpc::Result<u32> {
         let req = api::ConnectRequest { id: id.to_string(), ..Default::default() };
         match self.connect(ctx(), &req).await {
+            // Rust ttrpc says NOT_FOUND, Go ttrpc UNIMPLEMENTED ("service …").
             Err(ttrpc::Error::RpcStatus(s))
-                if s.code() == ttrpc::Code::NOT_FOUND && s.message().starts_with("service") =>
+                if matches!(s.code(), ttrpc::Code::NOT_FOUND | ttrpc::Code::UNIMPLEMENTED)
+                    && s.message().starts_with("service") =>
             {
                 self.service = if self.service == TASK_V3 { TASK_V2 } else { TASK_V3 };
                 Ok(self.connect(ctx(), &req).await?.shim_pid)

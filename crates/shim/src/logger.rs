@@ -207,7 +207,11 @@ impl Stream {
 }
 
 /// The logger's whole life; the binary exits 1 with the message on error.
-pub fn run(args: &[OsString]) -> Result<(), String> {
+///
+/// # Safety
+/// Takes ownership of descriptors 3, 4 and 5 (containerd's protocol): only
+/// a process started as a binary logger, from its `main`, may call it.
+pub unsafe fn run(args: &[OsString]) -> Result<(), String> {
     // Claim the inherited fds before opening anything that could take
     // their numbers.
     let out_fd = inherited(STDOUT_FD).ok_or("fd 3 (stdout pipe) is not open")?;

@@ -225,13 +225,13 @@ fn stats_v2(m: &v2::Metrics) -> ContainerStats {
     let (cpu, mem) = (&m.cpu, &m.memory);
     ContainerStats {
         cpu: CpuStats {
-            usage_total: cpu.usage_usec * 1000,
-            usage_user: cpu.user_usec * 1000,
-            usage_kernel: cpu.system_usec * 1000,
+            usage_total: cpu.usage_usec.saturating_mul(1000),
+            usage_user: cpu.user_usec.saturating_mul(1000),
+            usage_kernel: cpu.system_usec.saturating_mul(1000),
             per_cpu: Vec::new(),
             throttling_periods: cpu.nr_periods,
             throttled_periods: cpu.nr_throttled,
-            throttled_time: cpu.throttled_usec * 1000,
+            throttled_time: cpu.throttled_usec.saturating_mul(1000),
         },
         memory: MemoryStats {
             usage: mem.usage,

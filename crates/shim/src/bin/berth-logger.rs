@@ -4,7 +4,9 @@
 
 fn main() {
     let args: Vec<_> = std::env::args_os().skip(1).collect();
-    if let Err(e) = berth_shim::logger::run(&args) {
+    // SAFETY: a binary logger's descriptors 3-5 are containerd's to give,
+    // and nothing else in this process uses them.
+    if let Err(e) = unsafe { berth_shim::logger::run(&args) } {
         eprintln!("berth-logger: {e}");
         std::process::exit(1);
     }
