@@ -451,7 +451,7 @@ impl ShimClient {
     pub async fn drained(&self, stdout: &Path, stderr: &Path) {
         if let Dialect::V2 { .. } = self.dialect.as_ref() {
             let (stdout, stderr) = (stdout.to_path_buf(), stderr.to_path_buf());
-            let wait = move || berth_shim::logger::wait_settled(&[&stdout, &stderr], Duration::from_secs(2));
+            let wait = move || berth_shim::logger::wait_copied(&stdout, &stderr, Duration::from_secs(2));
             let _ = tokio::task::spawn_blocking(wait).await;
         }
     }

@@ -19,14 +19,14 @@
 //!
 //! The logger holds an exclusive `flock` on the stdout log for its whole
 //! life, so two loggers of one container (a restart) never interleave;
-//! [`wait_settled`] tells berthd when the copy has caught up.
+//! [`wait_copied`] tells berthd when the copy has caught up.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
@@ -35,6 +35,8 @@ use std::time::{Duration, Instant};
 const STDOUT_FD: RawFd = 3;
 const STDERR_FD: RawFd = 4;
 const READY_FD: RawFd = 5;
+/// The binary's file name, to find a logger by its command line.
+const LOGGER: &str = "berth-logger";
 
 /// How long stderr may stay silent after stdout reached EOF before the
 /// logger gives up on it: with a terminal its write end is never closed.
@@ -69,11 +71,53 @@ fn escape(bytes: &[u8]) -> String {
 /// How long the log files must stay unchanged to count as settled.
 const QUIET: Duration = Duration::from_millis(20);
 
-/// Waits (at most `limit`) until `files` have stopped growing for
-/// [`QUIET`]: the logger copies output as it arrives, but under a
-/// containerd shim its pipes end only at the task's Delete, so an exit
-/// cannot wait for the copy's end — only for the copy to catch up.
-pub fn wait_settled(files: &[&Path], limit: Duration) -> bool {
+/// Waits (at most `limit`) until everything the process wrote is in its
+/// log files. Under a containerd shim the logger's pipes end only at the
+/// task's Delete, so an exit cannot wait for the copy's end; instead the
+/// logger's pipes (its fds 3 and 4, opened again through /proc) must hold
+/// no unread bytes, and then the files must stop growing for [`QUIET`]
+/// (what the logger had read is written right after).
+pub fn wait_copied(stdout: &Path, stderr: &Path, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let pipes = logger_pipes(stdout);
+    while pipes.iter().any(|p| unread(p) > 0) {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    wait_settled(&[stdout, stderr], deadline.saturating_duration_since(Instant::now()))
+}
+
+/// The output pipes of the berth-logger process that writes `stdout`.
+fn logger_pipes(stdout: &Path) -> Vec<File> {
+    let wanted = stdout.as_os_str().as_bytes();
+    let mut pipes = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_logger = args.first().is_some_and(|a| Path::new(std::ffi::OsStr::from_bytes(a)).ends_with(LOGGER));
+        if is_logger && args.windows(2).any(|w| w[0] == b"stdout" && w[1] == wanted) {
+            for fd in [STDOUT_FD, STDERR_FD] {
+                let path = entry.path().join("fd").join(fd.to_string());
+                let opened = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path);
+                pipes.extend(opened.ok().filter(|f| f.metadata().is_ok_and(|m| m.file_type().is_fifo())));
+            }
+        }
+    }
+    pipes
+}
+
+/// Bytes waiting in a pipe.
+fn unread(pipe: &File) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through a valid pointer.
+    let ok = unsafe { libc::ioctl(pipe.as_raw_fd(), libc::FIONREAD, &mut n) } == 0;
+    if ok { n.max(0) as usize } else { 0 }
+}
+
+/// Waits (at most `limit`) until `files` have stopped growing for [`QUIET`].
+fn wait_settled(files: &[&Path], limit: Duration) -> bool {
     let sizes = || files.iter().map(|f| std::fs::metadata(f).map(|m| m.len()).ok()).collect::<Vec<_>>();
     let deadline = Instant::now() + limit;
     let mut last = sizes();

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use berth_shim::logger::wait_settled;
+use berth_shim::logger::wait_copied;
 
 fn pipe() -> (File, File) {
     let mut fds = [0; 2];
@@ -111,7 +111,7 @@ fn copies_both_streams_and_settles_before_the_pipes_end() {
     // The pipes are still open (as under a shim until Delete): the copy
     // catches up all the same.
     let started = Instant::now();
-    assert!(wait_settled(&[&l.out_log, &l.err_log], Duration::from_secs(5)));
+    assert!(wait_copied(&l.out_log, &l.err_log, Duration::from_secs(5)));
     assert!(started.elapsed() < Duration::from_secs(1), "took {:?}", started.elapsed());
     assert_eq!(std::fs::metadata(&l.out_log).unwrap().len(), 10 + 200_000);
     drop(l.stdout.take());
