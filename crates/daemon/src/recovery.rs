@@ -128,8 +128,15 @@ impl Manager {
     /// Reconnects one container to its shim, or cleans up after the shim.
     async fn recover(self: &Arc<Self>, rec: ContainerRecord) -> Result<()> {
         let key = (rec.namespace.clone(), rec.id.clone());
-        let dialect = self.shim_args(&rec.namespace, &rec.id, &rec.runtime).dialect();
-        match shim::connect(&rec.shim.socket, &rec.id, rec.shim.pid, dialect).await {
+        let args = self.shim_args(&rec.namespace, &rec.id, &rec.runtime);
+        match shim::connect(&rec.shim.socket, &rec.id, rec.shim.pid, args.dialect()).await {
+            Ok(client) if args.v2.is_some() && !args.matches(client.pid) => {
+                // A containerd shim's socket is where the shim said: one
+                // answering from a process that is not this container's
+                // shim is neither driven nor cleaned up under.
+                tracing::warn!(ns = %rec.namespace, id = %rec.id, pid = client.pid, "socket answered by another process");
+                self.mark_unknown(&rec.namespace, &rec.id);
+            }
             Ok(client) if rec.exit.is_some() && !self.is_recorded_shim(&rec, client.pid) => {
                 // berthd died in a restart, after the new shim started and
                 // before the restart was recorded: release that shim (and
