@@ -12,7 +12,6 @@ use berth_cgroups::OomWatch;
 use berth_model::ExitStatus;
 use containerd_shim_protos::api::CreateTaskRequest;
 use containerd_shim_protos::events::task::{TaskCreate, TaskExit, TaskIO, TaskOOM};
-use containerd_shim_protos::protobuf::MessageFull;
 use containerd_shim_protos::shim::event::Envelope;
 use containerd_shim_protos::shim::events::ForwardRequest;
 use containerd_shim_protos::shim_async::EventsClient;
@@ -50,7 +49,7 @@ impl Publisher {
     }
 
     /// Queues `event` under `topic`; never blocks.
-    pub fn publish<M: MessageFull>(&self, topic: &str, event: &M) {
+    pub fn publish<M: berth_shim::Packed>(&self, topic: &str, event: &M) {
         let any = match berth_shim::any_of(event) {
             Ok(any) => any,
             Err(e) => {
@@ -111,7 +110,7 @@ async fn send_all(address: String, mut rx: mpsc::UnboundedReceiver<Envelope>) {
 
 impl Shim {
     /// Publishes a task event to containerd, if containerd started us.
-    pub(crate) fn publish<M: MessageFull>(&self, topic: &str, event: &M) {
+    pub(crate) fn publish<M: berth_shim::Packed>(&self, topic: &str, event: &M) {
         if let Some(p) = &self.events {
             p.publish(topic, event);
         }
