@@ -42,6 +42,18 @@ mod tests {
     use super::*;
     use serde_json::{Value, json};
 
+    fn every_limit() -> Limits {
+        Limits {
+            memory: Some(64 << 20),
+            memory_swap: Some(-1),
+            cpu_shares: Some(512),
+            cpu_quota: Some(50_000),
+            cpu_period: Some(100_000),
+            cpuset_cpus: Some("0-1".into()),
+            pids: Some(100),
+        }
+    }
+
     fn json_of(l: &Limits) -> Value {
         let any = resources_any(l).expect("encode");
         assert_eq!(any.type_url, LINUX_RESOURCES_TYPE_URL);
@@ -50,15 +62,7 @@ mod tests {
 
     #[test]
     fn every_limit_uses_the_oci_field_names() {
-        let l = Limits {
-            memory: Some(64 << 20),
-            memory_swap: Some(-1),
-            cpu_shares: Some(512),
-            cpu_quota: Some(50_000),
-            cpu_period: Some(100_000),
-            cpuset_cpus: Some("0-1".into()),
-            pids: Some(100),
-        };
+        let l = every_limit();
         let want = json!({
             "memory": {"limit": 64 << 20, "swap": -1},
             "cpu": {"shares": 512, "quota": 50_000, "period": 100_000, "cpus": "0-1"},
@@ -69,15 +73,7 @@ mod tests {
 
     #[test]
     fn updates_decode_from_either_format() {
-        let l = Limits {
-            memory: Some(64 << 20),
-            memory_swap: Some(-1),
-            cpu_shares: Some(512),
-            cpu_quota: Some(50_000),
-            cpu_period: Some(100_000),
-            cpuset_cpus: Some("0-1".into()),
-            pids: Some(100),
-        };
+        let l = every_limit();
         assert_eq!(limits_from_any(&resources_any(&l).unwrap()).unwrap(), l);
         let berth = Any {
             type_url: crate::LIMITS_TYPE_URL.into(),
