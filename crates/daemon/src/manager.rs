@@ -423,7 +423,11 @@ impl Manager {
                     return None;
                 }
             };
-            if let Ok(rec) = mgr.get(ns, id) {
+            // Only a containerd shim's output may still be on its way (the
+            // record read is not worth it for berth-shim's exits).
+            if entry.shim.is_containerd_shim()
+                && let Ok(rec) = mgr.get(ns, id)
+            {
                 entry.shim.drained(&rec.stdout, &rec.stderr).await;
             }
             let t = std::time::Instant::now();

@@ -51,6 +51,14 @@ async fn remove_cgroup(mgr: &Manager, cgroup: &str) -> Result<()> {
     }
 }
 
+/// Whether the shim answering on a stopped container's socket is the one
+/// its record names: it says so (Connect), and the recorded process is
+/// still that shim. A shim too slow to answer Connect is caught by the
+/// second test when the recorded one is gone.
+fn is_recorded_shim(args: &ShimArgs, rec: &ContainerRecord, answered: u32) -> bool {
+    answered == rec.shim.pid && args.matches(rec.shim.pid)
+}
+
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.starts_with(" Z")))
@@ -137,13 +145,12 @@ impl Manager {
                 tracing::warn!(ns = %rec.namespace, id = %rec.id, pid = client.pid, "socket answered by another process");
                 self.mark_unknown(&rec.namespace, &rec.id);
             }
-            Ok(client) if rec.exit.is_some() && !self.is_recorded_shim(&rec, client.pid) => {
+            Ok(client) if rec.exit.is_some() && !is_recorded_shim(&args, &rec, client.pid) => {
                 // berthd died in a restart, after the new shim started and
                 // before the restart was recorded: release that shim (and
                 // its helpers, without asking it: it may be stuck in the
                 // runtime) and let the policy try again.
                 tracing::warn!(ns = %rec.namespace, id = %rec.id, "releasing the shim of a restart cut short");
-                let args = self.shim_args(&rec.namespace, &rec.id, &rec.runtime);
                 for pid in args.processes() {
                     kill_group(&args, pid).await;
                 }
@@ -179,10 +186,7 @@ impl Manager {
                     self.resume_policy(&self.get(&rec.namespace, &rec.id)?);
                 }
             }
-            Err(e)
-                if rec.state != State::Stopped
-                    && self.shim_args(&key.0, &key.1, &rec.runtime).matches(rec.shim.pid) =>
-            {
+            Err(e) if rec.state != State::Stopped && args.matches(rec.shim.pid) => {
                 // Alive but not answering: never clean up under a live
                 // shim; it stays `unknown` until removed with force.
                 tracing::warn!(ns = %rec.namespace, id = %rec.id, "shim alive but unreachable: {e}");
@@ -199,14 +203,6 @@ impl Manager {
             Err(_) => self.resume_policy(&rec),
         }
         Ok(())
-    }
-
-    /// Whether the shim answering on a stopped container's socket is the one
-    /// its record names: it says so (Connect), and the recorded process is
-    /// still that shim. A shim too slow to answer Connect is caught by the
-    /// second test when the recorded one is gone.
-    fn is_recorded_shim(&self, rec: &ContainerRecord, answered: u32) -> bool {
-        answered == rec.shim.pid && self.shim_args(&rec.namespace, &rec.id, &rec.runtime).matches(rec.shim.pid)
     }
 
     /// Records what a live shim did while berthd was down: a start or a
