@@ -7,6 +7,7 @@ use berth_api::v1::containers_client::ContainersClient;
 use berth_api::v1::events_client::EventsClient;
 use berth_api::v1::images_client::ImagesClient;
 use berth_api::v1::networks_client::NetworksClient;
+use berth_api::v1::sandboxes_client::SandboxesClient;
 use berth_api::v1::system_client::SystemClient;
 use berth_api::v1::volumes_client::VolumesClient;
 use hyper_util::rt::TokioIo;
@@ -19,6 +20,7 @@ pub struct Client {
     pub volumes: VolumesClient<Channel>,
     pub networks: NetworksClient<Channel>,
     pub system: SystemClient<Channel>,
+    pub sandboxes: SandboxesClient<Channel>,
     pub namespace: String,
 }
 
@@ -136,6 +138,7 @@ pub async fn connect(socket: PathBuf, namespace: String) -> Result<Client, Failu
         images: ImagesClient::new(channel.clone()),
         volumes: VolumesClient::new(channel.clone()),
         networks: NetworksClient::new(channel.clone()),
+        sandboxes: SandboxesClient::new(channel.clone()),
         system: SystemClient::new(channel),
         namespace,
     })

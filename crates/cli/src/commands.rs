@@ -66,11 +66,7 @@ async fn do_create(c: &mut Client, a: CreateArgs, start: bool, auto_remove: bool
         (String::new(), crate::images::ensure(c, &reference, a.pull, a.insecure).await?)
     };
     let (seccomp, no_new_privileges) = security_opts(&a.security_opt)?;
-    let mut labels = std::collections::HashMap::new();
-    for l in &a.labels {
-        let (k, v) = l.split_once('=').ok_or_else(|| Failure::new(format!("label {l:?} is not KEY=VALUE")))?;
-        labels.insert(k.to_string(), v.to_string());
-    }
+    let labels = parse_labels(a.labels)?;
     let req = pb::CreateRequest {
         namespace: c.namespace.clone(),
         id: a.name.unwrap_or_else(random_id),
@@ -105,8 +101,19 @@ async fn do_create(c: &mut Client, a: CreateArgs, start: bool, auto_remove: bool
         publish: a.publish,
         dns: a.dns,
         add_hosts: a.add_hosts,
+        sandbox: a.sandbox.unwrap_or_default(),
     };
     Ok(c.containers.create(req).await?.into_inner())
+}
+
+/// `KEY=VALUE` labels.
+pub fn parse_labels(labels: Vec<String>) -> Result<std::collections::HashMap<String, String>, Failure> {
+    let mut out = std::collections::HashMap::new();
+    for l in labels {
+        let (k, v) = l.split_once('=').ok_or_else(|| Failure::new(format!("label {l:?} is not KEY=VALUE")))?;
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
 }
 
 pub async fn create(c: &mut Client, a: CreateArgs) -> Result<i32, Failure> {

@@ -10,6 +10,7 @@ mod limits;
 mod networks;
 mod output;
 mod progress;
+mod sandboxes;
 mod stats;
 mod system;
 mod terminal;
@@ -120,6 +121,10 @@ pub struct CreateArgs {
     /// An /etc/hosts entry NAME:IP (repeatable).
     #[arg(long = "add-host")]
     pub add_hosts: Vec<String>,
+    /// Place the container in a sandbox (`berth sandbox create`): its shim
+    /// and network namespace are the sandbox's.
+    #[arg(long)]
+    pub sandbox: Option<String>,
     /// A root filesystem directory, an OCI bundle (a directory with
     /// config.json), or else an image reference (registry/repo:tag).
     pub rootfs: PathBuf,
@@ -323,6 +328,11 @@ enum Command {
         cmd: networks::NetworkCommand,
     },
     /// Named volumes: create, ls, inspect, rm.
+    /// Sandboxes (pods): create, ls, inspect, rm.
+    Sandbox {
+        #[command(subcommand)]
+        cmd: sandboxes::SandboxCommand,
+    },
     Volume {
         #[command(subcommand)]
         cmd: volumes::VolumeCommand,
@@ -410,6 +420,7 @@ async fn dispatch(cli: Cli) -> Result<i32, client::Failure> {
         Command::Tag { source, target } => image_admin::tag(&mut c, source, target).await,
         Command::Login { .. } | Command::Logout { .. } => Ok(0),
         Command::Volume { cmd } => volumes::run(&mut c, cmd).await,
+        Command::Sandbox { cmd } => sandboxes::run(&mut c, cmd).await,
         Command::Network { cmd } => networks::run(&mut c, cmd).await,
         Command::System { cmd } => system::run(&mut c, cmd).await,
         Command::Events { json, types, id, since, no_follow } => {

@@ -74,15 +74,20 @@ pub fn container_json(c: &pb::Container) -> Value {
         "stopped_by_user": c.stopped_by_user,
         "image": c.image,
         "volumes": c.volumes,
-        "network": c.network.as_ref().map(|n| json!({
-            "mode": n.mode,
-            "netns": n.netns,
-            "interface": n.interface,
-            "ips": n.ips,
-            "gateway": n.gateway,
-            "mac": n.mac,
-            "ports": n.ports,
-        })),
+        "network": c.network.as_ref().map(attachment_json),
+        "sandbox": c.sandbox,
+    })
+}
+
+pub fn attachment_json(n: &pb::NetworkAttachment) -> Value {
+    json!({
+        "mode": n.mode,
+        "netns": n.netns,
+        "interface": n.interface,
+        "ips": n.ips,
+        "gateway": n.gateway,
+        "mac": n.mac,
+        "ports": n.ports,
     })
 }
 
@@ -205,7 +210,7 @@ pub fn inspect_text(c: &pb::Container) -> String {
     let mut labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{}={}", escape(k), escape(v))).collect();
     labels.sort();
     format!(
-        "ID:         {}\nNamespace:  {}\nState:      {}\nPid:        {}\nExit:       {exit}\nOOMKilled:  {}\nRestart:    {} (restarted {} times)\nRuntime:    {}\nCommand:    {}\nImage:      {}\nRootfs:     {}\nBundle:     {}\nCgroup:     {}\nShim pid:   {}\nCreated:    {}\nLabels:     {}\n{}",
+        "ID:         {}\nNamespace:  {}\nState:      {}\nPid:        {}\nExit:       {exit}\nOOMKilled:  {}\nRestart:    {} (restarted {} times)\nRuntime:    {}\nCommand:    {}\nImage:      {}\nRootfs:     {}\nBundle:     {}\nCgroup:     {}\nShim pid:   {}\nSandbox:    {}\nCreated:    {}\nLabels:     {}\n{}",
         escape(&c.id),
         escape(&c.namespace),
         escape(&c.state),
@@ -220,6 +225,7 @@ pub fn inspect_text(c: &pb::Container) -> String {
         escape(&c.bundle),
         escape(&c.cgroup),
         c.shim_pid,
+        if c.sandbox.is_empty() { "-".into() } else { escape(&c.sandbox) },
         age(c.created_at_ns),
         labels.join(", "),
         network_text(c),

@@ -40,7 +40,7 @@ pub fn status(e: Error) -> Status {
     }
 }
 
-fn ns(s: &str) -> Result<Namespace, Status> {
+pub(crate) fn ns(s: &str) -> Result<Namespace, Status> {
     if s.is_empty() {
         return Ok(Namespace::default());
     }
@@ -51,8 +51,28 @@ pub(crate) fn key(ns_: &str, id: &str) -> Result<(Namespace, ContainerId), Statu
     Ok((ns(ns_)?, ContainerId::new(id).map_err(|e| status(e.into()))?))
 }
 
+/// An optional sandbox id: empty for none.
+pub(crate) fn optional_id(s: &str) -> Result<Option<berth_model::SandboxId>, Status> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    berth_model::SandboxId::new(s).map(Some).map_err(|e| status(e.into()))
+}
+
 fn exit_pb(e: ExitStatus) -> pb::ExitStatus {
     pb::ExitStatus { code: e.code, exited_at_ns: e.exited_at_ns }
+}
+
+pub(crate) fn attachment_pb(a: berth_model::NetworkAttachment) -> pb::NetworkAttachment {
+    pb::NetworkAttachment {
+        mode: a.mode,
+        netns: a.netns,
+        interface: a.interface,
+        ips: a.ips,
+        gateway: a.gateway,
+        mac: a.mac,
+        ports: a.ports.iter().map(ToString::to_string).collect(),
+    }
 }
 
 fn container_pb(r: ContainerRecord) -> pb::Container {
@@ -77,15 +97,8 @@ fn container_pb(r: ContainerRecord) -> pb::Container {
         auto_remove: r.auto_remove,
         image: r.image,
         volumes: r.volumes,
-        network: r.network.map(|a| pb::NetworkAttachment {
-            mode: a.mode,
-            netns: a.netns,
-            interface: a.interface,
-            ips: a.ips,
-            gateway: a.gateway,
-            mac: a.mac,
-            ports: a.ports.iter().map(ToString::to_string).collect(),
-        }),
+        network: r.network.map(attachment_pb),
+        sandbox: r.sandbox.map(String::from).unwrap_or_default(),
     }
 }
 
@@ -205,6 +218,7 @@ impl pb::containers_server::Containers for Api {
                 hostname: r.hostname,
             },
             net: crate::network::NetOptions { mode: r.network, publish: r.publish, dns: r.dns, add_hosts: r.add_hosts },
+            sandbox: optional_id(&r.sandbox)?,
         };
         let rec = self.mgr.create(params).await.map_err(status)?;
         Ok(Response::new(container_pb(rec)))

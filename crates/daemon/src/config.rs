@@ -6,7 +6,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use berth_model::{ContainerId, Namespace};
+use berth_model::{ContainerId, Namespace, SandboxId};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -40,6 +40,19 @@ impl Config {
         let mut h = DefaultHasher::new();
         (ns.as_str(), id.as_str()).hash(&mut h);
         self.state.join("shims").join(format!("{:016x}.sock", h.finish()))
+    }
+
+    /// A sandbox's own files: its shim's log.
+    pub fn sandbox_dir(&self, ns: &Namespace, id: &SandboxId) -> PathBuf {
+        self.state.join("sandboxes").join(ns.as_str()).join(id.as_str())
+    }
+
+    /// A sandbox shim's socket: in a directory of its own, so a container's
+    /// teardown (which removes the sockets under `shims`) never takes it.
+    pub fn sandbox_socket(&self, ns: &Namespace, id: &SandboxId) -> PathBuf {
+        let mut h = DefaultHasher::new();
+        (ns.as_str(), id.as_str()).hash(&mut h);
+        self.state.join("sandbox-shims").join(format!("{:016x}.sock", h.finish()))
     }
 
     /// The endpoint containerd v2 shims publish their events to.

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_model::{ContainerId, Namespace, RestartPolicy, Runtime, State};
+use berth_model::{ContainerId, Namespace, RestartPolicy, Runtime, SandboxId, State};
 use berth_store::{ContainerRecord, Intent, ShimInfo, Write};
 
 use crate::error::{Error, Result};
@@ -59,6 +59,8 @@ pub struct CreateParams {
     pub run: crate::mounts::RunOptions,
     /// Network mode, published ports, resolver options (`network.rs`).
     pub net: crate::network::NetOptions,
+    /// The sandbox to place the container in (`sandbox.rs`).
+    pub sandbox: Option<SandboxId>,
 }
 
 /// A create from an image: what it resolved to.
@@ -87,6 +89,12 @@ pub(crate) enum Step {
         bundle: PathBuf,
     },
     Task(ShimClient),
+    /// The container joined its sandbox's shim: if the runtime create did
+    /// not complete, what it started is cleaned up (the shim stays).
+    Joined {
+        runtime: String,
+        bundle: PathBuf,
+    },
     /// A named volume this create made (removed unless used by then).
     Volume(String),
     /// A named volume this create pre-filled from the image (emptied
@@ -94,6 +102,14 @@ pub(crate) enum Step {
     VolumeFill(String),
     /// The network attachment (namespace, CNI ADD, resolver files).
     Network,
+}
+
+/// Where a container's task goes: a shim of its own on `socket`, or its
+/// sandbox's shim.
+#[derive(Clone, Copy)]
+pub(crate) struct Placement<'a> {
+    pub socket: &'a std::path::Path,
+    pub sandbox: Option<&'a SandboxId>,
 }
 
 /// Releases the reservation of an id when create ends, however it ends.
@@ -110,7 +126,7 @@ impl Drop for Reservation<'_> {
     }
 }
 
-fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
+pub(crate) fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
     if labels.len() > MAX_LABELS {
         return Err(Error::InvalidArgument(format!("at most {MAX_LABELS} labels are allowed")));
     }
@@ -182,8 +198,17 @@ impl Manager {
         }
     }
 
-    pub async fn create(self: &Arc<Self>, p: CreateParams) -> Result<ContainerRecord> {
+    pub async fn create(self: &Arc<Self>, mut p: CreateParams) -> Result<ContainerRecord> {
         let t0 = std::time::Instant::now();
+        // A container in a sandbox runs with the sandbox's runtime; the
+        // sandbox cannot be removed while the create is in flight.
+        let joining = match &p.sandbox {
+            Some(sandbox) => Some(self.join_sandbox(&p.namespace, sandbox, &p.runtime).await?),
+            None => None,
+        };
+        if let Some(j) = &joining {
+            p.runtime = j.record.runtime.clone();
+        }
         let named = if p.runtime.is_empty() { &self.cfg.default_runtime } else { &p.runtime };
         let parsed = Runtime::parse(named)?;
         self.check_runtime(&parsed)?;
@@ -201,10 +226,10 @@ impl Manager {
         if self.store.get(&p.namespace, &p.id)?.is_some() {
             return Err(Error::AlreadyExists(p.id.to_string()));
         }
-        let network = self.plan_network(&p.namespace, &p.id, &p.net, is_bundle)?;
+        let sandbox = joining.as_ref().map(|j| &j.record);
+        let network = self.plan_network(&p.namespace, &p.id, &p.net, is_bundle, sandbox)?;
         crate::manager::lock(&self.removed).forget(&p.namespace, &p.id);
         let cgroup = self.cfg.cgroup_path(&p.namespace, &p.id);
-        let mut p = p;
         let (mut prepared, mut image) = if p.image.is_empty() {
             if p.entrypoint.is_some() {
                 return Err(Error::InvalidArgument("an entrypoint applies to an image only".into()));
@@ -325,7 +350,7 @@ impl Manager {
 
     #[allow(clippy::too_many_arguments)]
     async fn allocate(
-        &self,
+        self: &Arc<Self>,
         p: &CreateParams,
         runtime: &str,
         mut prepared: spec::Prepared,
@@ -343,6 +368,7 @@ impl Manager {
             runtime: runtime.to_string(),
             created_at_ns: crate::now_ns(),
             new_volumes: volumes.iter().filter(|n| !self.volumes.exists(n)).cloned().collect(),
+            sandbox: p.sandbox.clone(),
         };
         self.write(Write { intent: Some(&intent), ..Default::default() }).map_err(|e| e.at("intent"))?;
         done.push(Step::Intent);
@@ -404,7 +430,8 @@ impl Manager {
         let containerd_shim = matches!(Runtime::parse(runtime), Ok(Runtime::Shim { .. }));
         let stdin = crate::shim::needs_stdin_fifo(p.stdin, p.tty, containerd_shim).then(|| logs.join("stdin"));
         let io = ProcessIo { stdin: stdin.as_deref(), stdout: &stdout, stderr: &stderr, terminal: p.tty };
-        let (client, pid) = self.spawn_task(ns, id, runtime, &bundle, &socket, &io, done).await?;
+        let placed = Placement { socket: &socket, sandbox: p.sandbox.as_ref() };
+        let (client, pid) = self.spawn_task(ns, id, runtime, &bundle, placed, &io, done).await?;
         crash_point("runtime create");
         let t = std::time::Instant::now();
 
@@ -437,6 +464,7 @@ impl Manager {
             image: image.map(|i| i.name).unwrap_or_default(),
             volumes: p.run.volume_names(),
             network: attachment,
+            sandbox: p.sandbox.clone(),
         };
         let created = event(Kind::Create, ns, id, "", pid, None);
         let w = Write { put: Some(&rec), clear_intent: Some((ns, id)), event: Some(created), ..Default::default() };
@@ -445,23 +473,35 @@ impl Manager {
         Ok((rec, client))
     }
 
-    /// Starts a shim for the container and has it create the runtime
-    /// container from `bundle` (create, and a restart: `restart.rs`).
+    /// Starts a shim for the container (or takes its sandbox's) and has it
+    /// create the runtime container from `bundle` (create, and a restart:
+    /// `restart.rs`).
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn spawn_task(
-        &self,
+        self: &Arc<Self>,
         ns: &Namespace,
         id: &ContainerId,
         runtime: &str,
         bundle: &std::path::Path,
-        socket: &std::path::Path,
+        placed: Placement<'_>,
         io: &ProcessIo<'_>,
         done: &mut Vec<Step>,
     ) -> Result<(ShimClient, u32)> {
         let t = std::time::Instant::now();
-        let args = self.shim_args(ns, id, runtime);
-        let client = shim::spawn(&args, socket, bundle).await.map_err(|e| e.at("shim"))?;
-        done.push(Step::Shim { client: client.clone(), runtime: runtime.to_string(), bundle: bundle.to_path_buf() });
+        let client = match placed.sandbox {
+            Some(sandbox) => {
+                let client = self.sandbox_shim(ns, sandbox).await.map_err(|e| e.at("shim"))?;
+                done.push(Step::Joined { runtime: runtime.to_string(), bundle: bundle.to_path_buf() });
+                client
+            }
+            None => {
+                let args = self.shim_args(ns, id, runtime);
+                let client = shim::spawn(&args, placed.socket, bundle).await.map_err(|e| e.at("shim"))?;
+                let step = Step::Shim { client: client.clone(), runtime: runtime.to_string(), bundle: bundle.into() };
+                done.push(step);
+                client
+            }
+        };
         crash_point("shim");
         if let Some(fifo) = io.stdin {
             make_fifo(fifo).map_err(|e| e.at("logs"))?;
@@ -471,6 +511,15 @@ impl Manager {
         self.phases.end("runtime.create", t);
         done.push(Step::Task(client.clone()));
         Ok((client, pid))
+    }
+
+    /// The runtime create failed or was cut short (a timeout, a crashed
+    /// helper): whatever it started must not outlive the rollback.
+    async fn cleanup_failed_create(&self, ns: &Namespace, id: &ContainerId, runtime: &str, bundle: &std::path::Path) {
+        let args = self.shim_args(ns, id, runtime);
+        if let Err(e) = shim::cleanup(&args, bundle).await {
+            tracing::warn!(%id, "cleanup after failed create: {e}");
+        }
     }
 
     /// Serves a container's new entry: exit monitor and OOM watcher.
@@ -489,17 +538,17 @@ impl Manager {
                 Step::Task(c) => c.delete(id, "").await.map(drop),
                 Step::Shim { client, runtime, bundle } => {
                     if !task_created {
-                        // The runtime create failed or was cut short (a
-                        // timeout, a crashed helper): whatever it started
-                        // must not outlive the rollback.
-                        let args = self.shim_args(ns, id, &runtime);
-                        if let Err(e) = shim::cleanup(&args, &bundle).await {
-                            tracing::warn!(%id, "cleanup after failed create: {e}");
-                        }
+                        self.cleanup_failed_create(ns, id, &runtime, &bundle).await;
                     }
                     let _ = client.shutdown(id).await;
                     client.reap(Duration::from_secs(5)).await;
                     crate::delete::remove_shim_sockets(&client.socket)
+                }
+                Step::Joined { runtime, bundle } => {
+                    if !task_created {
+                        self.cleanup_failed_create(ns, id, &runtime, &bundle).await;
+                    }
+                    Ok(())
                 }
                 Step::Cgroup(cg) => self.cgroups.remove(&cg).map_err(|e| Error::io("remove cgroup", e)),
                 Step::Snapshot { key, target } => self.images.release_rootfs(&key, &target),

@@ -36,6 +36,11 @@ pub(crate) fn remove_shim_sockets(socket: &std::path::Path) -> Result<()> {
     if socket.parent().and_then(|d| d.file_name()) != Some(std::ffi::OsStr::new("shims")) {
         return Ok(());
     }
+    remove_socket_family(socket)
+}
+
+/// A shim's socket and the terminal/console sockets named after it.
+pub(crate) fn remove_socket_family(socket: &std::path::Path) -> Result<()> {
     remove_path(socket)?;
     let (Some(dir), Some(stem)) = (socket.parent(), socket.file_stem()) else { return Ok(()) };
     let prefix = format!("{}.", stem.to_string_lossy());
@@ -144,7 +149,9 @@ impl Manager {
         if creating.iter().any(|(n, _)| n == ns) {
             return;
         }
-        match self.store.any_in(ns) {
+        // A sandbox's shim keeps the namespace's runtime state directory.
+        let sandboxes = self.store.list_sandboxes(Some(ns)).map(|s| !s.is_empty());
+        match self.store.any_in(ns).and_then(|c| sandboxes.map(|s| c || s)) {
             Ok(false) => {}
             Ok(true) => return,
             Err(e) => return tracing::warn!(%ns, "namespace cleanup: {e}"),
@@ -222,6 +229,9 @@ pub(crate) async fn teardown_with_shim(e: &Entry, id: &ContainerId, kill: bool) 
     if e.shim.is_containerd_shim() {
         let _ = e.shim.shutdown(id).await;
     }
-    e.shim.reap(Duration::from_secs(5)).await;
+    // A sandbox's shim serves on; a container's own exits after the delete.
+    if !e.shim.shared {
+        e.shim.reap(Duration::from_secs(5)).await;
+    }
     Ok(true)
 }

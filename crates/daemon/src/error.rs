@@ -37,6 +37,10 @@ pub enum Error {
     },
     #[error("{0}")]
     DeadlineExceeded(String),
+    #[error("sandbox {0} not found")]
+    SandboxNotFound(String),
+    #[error("sandbox {0} already exists")]
+    SandboxExists(String),
     #[error("volume {0} not found")]
     VolumeNotFound(String),
     #[error("subscriber too slow: events after {0} were dropped; resume with since={0}")]
@@ -51,8 +55,10 @@ impl Error {
             Error::Image(e) => e.code(),
             Error::Network(e) => e.code(),
             Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::NotFound(_) | Error::Finished(_) | Error::VolumeNotFound(_) => Code::NotFound,
-            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::NotFound(_) | Error::Finished(_) | Error::VolumeNotFound(_) | Error::SandboxNotFound(_) => {
+                Code::NotFound
+            }
+            Error::AlreadyExists(_) | Error::SandboxExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Shim { code, .. } => *code,
             Error::CreateStep { cause, .. } => cause.code(),

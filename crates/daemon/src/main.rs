@@ -28,6 +28,8 @@ mod phases;
 mod recovery;
 mod resources;
 mod restart;
+mod sandbox;
+mod sandbox_api;
 mod seccomp;
 mod shim;
 mod shim_v2;
@@ -48,6 +50,7 @@ use berth_api::v1::containers_server::ContainersServer;
 use berth_api::v1::events_server::EventsServer;
 use berth_api::v1::images_server::ImagesServer;
 use berth_api::v1::networks_server::NetworksServer;
+use berth_api::v1::sandboxes_server::SandboxesServer;
 use berth_api::v1::system_server::SystemServer;
 use berth_api::v1::volumes_server::VolumesServer;
 use clap::Parser;
@@ -209,6 +212,7 @@ async fn run(args: Args) -> Result<(), String> {
     let volumes = api::Api { mgr: mgr.clone() };
     let networks = api::Api { mgr: mgr.clone() };
     let system = api::Api { mgr: mgr.clone() };
+    let sandboxes = api::Api { mgr: mgr.clone() };
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -221,6 +225,7 @@ async fn run(args: Args) -> Result<(), String> {
             .add_service(VolumesServer::new(volumes))
             .add_service(NetworksServer::new(networks))
             .add_service(SystemServer::new(system))
+            .add_service(SandboxesServer::new(sandboxes))
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move { stopped.notified().await }),
     );
     tokio::select! {

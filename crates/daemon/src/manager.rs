@@ -66,6 +66,8 @@ pub struct Manager {
     pub phases: crate::phases::Phases,
     /// Shim binaries of containerd runtime names, as found (`shim_v2.rs`).
     pub(crate) shims: crate::shim_v2::Resolver,
+    /// Sandboxes' shims and who is busy with them (`sandbox.rs`).
+    pub(crate) sandboxes: crate::sandbox::Sandboxes,
     pub(crate) entries: Mutex<HashMap<Key, Arc<Entry>>>,
     /// Ids being created right now (reserved against duplicates).
     pub(crate) creating: Mutex<HashSet<Key>>,
@@ -123,6 +125,7 @@ impl Manager {
             net,
             phases: Default::default(),
             shims: crate::shim_v2::Resolver::new(),
+            sandboxes: Default::default(),
             cfg,
             store,
             events: Bus::default(),
@@ -195,6 +198,17 @@ impl Manager {
             runtime: runtime.to_string(),
             runtime_root: self.cfg.runtime_root(&parsed.dir_name(), ns),
             v2,
+            sandbox: false,
+        }
+    }
+
+    /// The arguments of the shim that serves `rec`: its sandbox's shim for a
+    /// container in a sandbox (to tell whether that process is alive; a
+    /// cleanup always runs with the container's own, `shim_args`).
+    pub(crate) fn serving_args(&self, rec: &ContainerRecord) -> ShimArgs {
+        match &rec.sandbox {
+            Some(sandbox) => self.sandbox_shim_args(&rec.namespace, sandbox, &rec.runtime),
+            None => self.shim_args(&rec.namespace, &rec.id, &rec.runtime),
         }
     }
 
@@ -368,7 +382,7 @@ impl Manager {
         };
         // The pidfd is taken before the check, so it names that shim.
         let pidfd = crate::shim::watch_pidfd(berth_shim::pidfd_open(rec.shim.pid).ok());
-        let alive = self.shim_args(ns, id, &rec.runtime).matches(rec.shim.pid);
+        let alive = self.serving_args(&rec).matches(rec.shim.pid);
         let mgr = self.clone();
         tokio::spawn(async move {
             if let Some(fd) = pidfd.filter(|_| alive) {

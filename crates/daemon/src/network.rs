@@ -8,12 +8,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use berth_model::{ContainerId, Namespace, NetworkAttachment, NetworkMode, PortMapping};
+use berth_model::{ContainerId, Namespace, NetworkAttachment, NetworkMode, PortMapping, SandboxId};
 use berth_network::{AttachKey, AttachRequest, DnsOptions, Networks};
+use berth_store::SandboxRecord;
 use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 
 use crate::error::{Error, Result};
-use crate::manager::{Key, Manager, lock};
+use crate::manager::{Manager, lock};
 
 /// `run` options about the network (CreateRequest.network, publish, dns,
 /// add_hosts).
@@ -38,7 +39,7 @@ pub struct Net {
     pub default_mode: String,
     /// Ports claimed by creates not recorded yet (a record's ports are in
     /// the store): two concurrent creates cannot publish the same one.
-    claimed: Mutex<Vec<(Key, PortMapping)>>,
+    claimed: Mutex<Vec<(AttachKey, PortMapping)>>,
 }
 
 impl Net {
@@ -49,17 +50,22 @@ impl Net {
 
 /// A checked network request: everything create needs.
 pub(crate) struct Plan {
-    key: Key,
+    key: AttachKey,
+    namespace: Namespace,
+    /// The host name unless the spec names one.
+    hostname: String,
     mode: NetworkMode,
     ports: Vec<PortMapping>,
     dns: Vec<String>,
     add_hosts: Vec<String>,
+    /// A container in a sandbox shares the sandbox's attachment.
+    sandbox: Option<NetworkAttachment>,
 }
 
 /// Gives back the ports a create claimed, however the create ends.
 pub(crate) struct Claim<'a> {
     net: &'a Net,
-    key: Key,
+    key: AttachKey,
 }
 
 impl Drop for Claim<'_> {
@@ -70,6 +76,12 @@ impl Drop for Claim<'_> {
 
 pub(crate) fn attach_key(ns: &Namespace, id: &ContainerId) -> AttachKey {
     AttachKey { namespace: ns.to_string(), id: id.to_string() }
+}
+
+/// A sandbox's attachment: ':' never appears in a container id, so the
+/// key is nobody else's.
+fn sandbox_key(ns: &Namespace, id: &SandboxId) -> AttachKey {
+    AttachKey { namespace: ns.to_string(), id: format!("sandbox:{id}") }
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -105,22 +117,64 @@ fn set_netns(spec: &mut Spec, netns: Option<&str>) -> Result<()> {
 impl Manager {
     /// Checks the network options before anything is created; `None` for
     /// a bundle (networked as its config.json says), which takes no
-    /// network options. Claims the ports until `Claim` drops.
+    /// network options. A container in a sandbox takes the sandbox's
+    /// network (resolver options only). Claims the ports until `Claim`
+    /// drops.
     pub(crate) fn plan_network(
         &self,
         ns: &Namespace,
         id: &ContainerId,
         o: &NetOptions,
         bundle: bool,
+        sandbox: Option<&SandboxRecord>,
     ) -> Result<Option<(Plan, Claim<'_>)>> {
         if bundle {
-            if !o.is_default() {
+            if !o.is_default() || sandbox.is_some() {
                 return Err(invalid(
-                    "network options apply to a root filesystem or an image; a bundle's config.json is used as written",
+                    "network options and sandboxes apply to a root filesystem or an image; a bundle's config.json is used as written",
                 ));
             }
             return Ok(None);
         }
+        let key = attach_key(ns, id);
+        let Some(sandbox) = sandbox else {
+            return self.plan(ns, key, id.to_string(), o).map(Some);
+        };
+        if !o.mode.is_empty() || !o.publish.is_empty() {
+            return Err(invalid(format!(
+                "a container in sandbox {} shares its network: give --network and --publish to `berth sandbox create`",
+                sandbox.id
+            )));
+        }
+        berth_network::check_dns_options(&o.dns, &o.add_hosts)?;
+        let shared = sandbox.network.clone().unwrap_or_default();
+        let plan = Plan {
+            key: key.clone(),
+            namespace: ns.clone(),
+            hostname: id.to_string(),
+            mode: NetworkMode::parse(&shared.mode).unwrap_or(NetworkMode::Host),
+            ports: Vec::new(),
+            dns: o.dns.clone(),
+            add_hosts: o.add_hosts.clone(),
+            sandbox: Some(NetworkAttachment { mode: format!("sandbox:{}", sandbox.id), ports: Vec::new(), ..shared }),
+        };
+        Ok(Some((plan, Claim { net: &self.net, key })))
+    }
+
+    /// The network plan of a new sandbox (no `container:ID`).
+    pub(crate) fn plan_sandbox_network(
+        &self,
+        ns: &Namespace,
+        id: &SandboxId,
+        o: &NetOptions,
+    ) -> Result<Option<(Plan, Claim<'_>)>> {
+        if o.mode.starts_with("container:") {
+            return Err(invalid("a sandbox has a network namespace of its own: --network container:ID is refused"));
+        }
+        self.plan(ns, sandbox_key(ns, id), id.to_string(), o).map(Some)
+    }
+
+    fn plan(&self, ns: &Namespace, key: AttachKey, hostname: String, o: &NetOptions) -> Result<(Plan, Claim<'_>)> {
         let given = if o.mode.is_empty() { self.net.default_mode.as_str() } else { o.mode.as_str() };
         let mode = NetworkMode::parse(given)?;
         let ports = o.publish.iter().map(|p| p.parse::<PortMapping>()).collect::<Result<Vec<_>, _>>()?;
@@ -137,21 +191,33 @@ impl Manager {
             }
             NetworkMode::Host | NetworkMode::None => {}
         }
-        let key = (ns.clone(), id.clone());
         let mut claimed = lock(&self.net.claimed);
         if !ports.is_empty() {
             let mut in_use: Vec<(String, PortMapping)> =
-                claimed.iter().map(|((n, i), p)| (format!("{n}/{i}"), p.clone())).collect();
+                claimed.iter().map(|(k, p)| (format!("{}/{}", k.namespace, k.id), p.clone())).collect();
             for rec in self.store.list(None)? {
                 let owner = format!("{}/{}", rec.namespace, rec.id);
+                in_use.extend(rec.network.iter().flat_map(|a| a.ports.iter()).map(|p| (owner.clone(), p.clone())));
+            }
+            for rec in self.store.list_sandboxes(None)? {
+                let owner = format!("{}/sandbox:{}", rec.namespace, rec.id);
                 in_use.extend(rec.network.iter().flat_map(|a| a.ports.iter()).map(|p| (owner.clone(), p.clone())));
             }
             berth_network::check_ports(&ports, &in_use)?;
             claimed.extend(ports.iter().map(|p| (key.clone(), p.clone())));
         }
         drop(claimed);
-        let plan = Plan { key: key.clone(), mode, ports, dns: o.dns.clone(), add_hosts: o.add_hosts.clone() };
-        Ok(Some((plan, Claim { net: &self.net, key })))
+        let plan = Plan {
+            key: key.clone(),
+            namespace: ns.clone(),
+            hostname,
+            mode,
+            ports,
+            dns: o.dns.clone(),
+            add_hosts: o.add_hosts.clone(),
+            sandbox: None,
+        };
+        Ok((plan, Claim { net: &self.net, key }))
     }
 
     /// The namespace of the container that `container:ID` names.
@@ -176,34 +242,53 @@ impl Manager {
         bundle: &Path,
         spec: &mut Spec,
     ) -> Result<NetworkAttachment> {
-        let (ns, id) = (&plan.key.0, &plan.key.1);
+        let attachment = match &plan.sandbox {
+            Some(shared) => shared.clone(),
+            None => self.attach_plan(plan).await?,
+        };
+        if let Err(e) = self.finish_attach(plan, &attachment, bundle, spec) {
+            let _ = self.net.networks.detach(&plan.key).await;
+            return Err(e);
+        }
+        Ok(attachment)
+    }
+
+    /// The namespace (and CNI ADD) a plan asks for.
+    async fn attach_plan(&self, plan: &Plan) -> Result<NetworkAttachment> {
         let mode = plan.mode.to_string();
-        let attachment = match &plan.mode {
+        Ok(match &plan.mode {
             NetworkMode::Host => NetworkAttachment { mode, ..Default::default() },
             NetworkMode::Container(other) => {
-                NetworkAttachment { mode, netns: self.joined_netns(ns, other)?, ..Default::default() }
+                NetworkAttachment { mode, netns: self.joined_netns(&plan.namespace, other)?, ..Default::default() }
             }
             NetworkMode::None | NetworkMode::Network(_) => {
                 let network = match &plan.mode {
                     NetworkMode::Network(n) => Some(n.as_str()),
                     _ => None,
                 };
-                let req = AttachRequest { key: attach_key(ns, id), network, ports: &plan.ports };
+                let req = AttachRequest { key: plan.key.clone(), network, ports: &plan.ports };
                 let mut a = self.net.networks.attach(req).await?;
                 a.mode = mode;
                 a
             }
-        };
-        if let Err(e) = self.finish_attach(plan, &attachment, bundle, spec) {
-            let _ = self.net.networks.detach(&attach_key(ns, id)).await;
-            return Err(e);
-        }
-        Ok(attachment)
+        })
+    }
+
+    /// A sandbox's network: its own namespace (and CNI ADD), no files (each
+    /// container writes its resolver files in its bundle).
+    pub(crate) async fn attach_sandbox_network(&self, plan: &Plan) -> Result<NetworkAttachment> {
+        self.attach_plan(plan).await
+    }
+
+    /// Releases a sandbox's attachment (idempotent).
+    pub(crate) async fn detach_sandbox_network(&self, ns: &Namespace, id: &SandboxId) -> Result<()> {
+        Ok(self.net.networks.detach(&sandbox_key(ns, id)).await?)
     }
 
     fn finish_attach(&self, plan: &Plan, a: &NetworkAttachment, bundle: &Path, spec: &mut Spec) -> Result<()> {
-        let hostname = spec.hostname().clone().unwrap_or_else(|| plan.key.1.to_string());
-        let host_network = plan.mode == NetworkMode::Host;
+        let hostname = spec.hostname().clone().unwrap_or_else(|| plan.hostname.clone());
+        // Host mode, or a sandbox in host mode: no namespace of berth's.
+        let host_network = a.netns.is_empty();
         let o =
             DnsOptions { hostname: &hostname, dns: &plan.dns, add_hosts: &plan.add_hosts, ips: &a.ips, host_network };
         let files = berth_network::write_etc_files(bundle, &o)?;
@@ -258,10 +343,17 @@ impl Manager {
     /// container record owns (a berthd killed between ADD and the record).
     pub(crate) async fn release_orphan_attachments(&self) -> Result<()> {
         for key in self.net.networks.attached()? {
-            let (Ok(ns), Ok(id)) = (Namespace::new(&key.namespace), ContainerId::new(&key.id)) else {
-                continue;
+            let Ok(ns) = Namespace::new(&key.namespace) else { continue };
+            let owned = match key.id.strip_prefix("sandbox:").map(SandboxId::new) {
+                Some(Ok(sandbox)) => self.store.get_sandbox(&ns, &sandbox)?.is_some(),
+                Some(Err(_)) => continue,
+                None => match ContainerId::new(&key.id) {
+                    Ok(id) => self.store.get(&ns, &id)?.is_some(),
+                    Err(_) => continue,
+                },
             };
-            if self.store.get(&ns, &id)?.is_none() {
+            if !owned {
+                let id = &key.id;
                 tracing::warn!(%ns, %id, "releasing a network attachment no container owns");
                 self.net.networks.detach(&key).await?;
             }
@@ -269,15 +361,15 @@ impl Manager {
         Ok(())
     }
 
-    /// Containers (namespace/id) attached to the network `name`.
+    /// Containers (namespace/id) and sandboxes (namespace/sandbox:id)
+    /// attached to the network `name`.
     pub(crate) fn network_users(&self, name: &str) -> Result<Vec<String>> {
-        Ok(self
-            .store
-            .list(None)?
-            .into_iter()
-            .filter(|r| r.network.as_ref().is_some_and(|a| a.mode == name))
-            .map(|r| format!("{}/{}", r.namespace, r.id))
-            .collect())
+        let uses = |a: &Option<NetworkAttachment>| a.as_ref().is_some_and(|a| a.mode == name);
+        let containers = self.store.list(None)?.into_iter().filter(|r| uses(&r.network));
+        let mut users: Vec<String> = containers.map(|r| format!("{}/{}", r.namespace, r.id)).collect();
+        let sandboxes = self.store.list_sandboxes(None)?.into_iter().filter(|r| uses(&r.network));
+        users.extend(sandboxes.map(|r| format!("{}/sandbox:{}", r.namespace, r.id)));
+        Ok(users)
     }
 
     pub async fn network_remove(&self, name: &str) -> Result<()> {

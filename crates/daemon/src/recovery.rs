@@ -28,7 +28,7 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 
 /// SIGKILLs a leftover shim's whole process group (the shim and its
 /// runtime helpers) and waits until the shim is gone.
-async fn kill_group(args: &ShimArgs, pid: u32) {
+pub(crate) async fn kill_group(args: &ShimArgs, pid: u32) {
     let _ = kill(Pid::from_raw(-(pid as i32)), Signal::SIGKILL);
     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
     let deadline = Instant::now() + KILL_WAIT;
@@ -77,6 +77,11 @@ impl Manager {
         if let Err(e) = self.net.networks.stop_orphan_plugins() {
             tracing::warn!("stopping leftover CNI plugins: {e}");
         }
+        // Sandbox shims first: interrupted creates may have left a task in
+        // one, and containers in sandboxes share their connection.
+        if let Err(e) = self.recover_sandboxes().await {
+            tracing::warn!("recovering sandboxes: {e}");
+        }
         for intent in self.store.intents()? {
             if let Err(e) = self.release_intent(&intent).await {
                 tracing::warn!(ns = %intent.namespace, id = %intent.id, "cannot release an interrupted create: {e}");
@@ -115,6 +120,15 @@ impl Manager {
             if bundle.exists() {
                 shim::cleanup(&args, &bundle).await?;
             }
+            // A sandbox's shim may hold the task the create made there.
+            if let Some(client) = intent.sandbox.as_ref().and_then(|s| self.sandbox_client(ns, s)) {
+                let _ = client.kill(id, "", libc::SIGKILL as u32, true).await;
+                if let Err(e) = client.delete(id, "").await
+                    && e.code() != berth_model::Code::NotFound
+                {
+                    return Err(e);
+                }
+            }
             let cgroup = self.cfg.cgroup_path(ns, id);
             self.cgroups.kill_all(&cgroup);
             remove_shim_sockets(&self.cfg.shim_socket(ns, id))?;
@@ -136,8 +150,15 @@ impl Manager {
     /// Reconnects one container to its shim, or cleans up after the shim.
     async fn recover(self: &Arc<Self>, rec: ContainerRecord) -> Result<()> {
         let key = (rec.namespace.clone(), rec.id.clone());
-        let args = self.shim_args(&rec.namespace, &rec.id, &rec.runtime);
-        match shim::connect(&rec.shim.socket, &rec.id, rec.shim.pid, args.dialect()).await {
+        let args = self.serving_args(&rec);
+        let connected = match &rec.sandbox {
+            // The sandbox's shim, connected once for all its containers.
+            Some(sandbox) => self
+                .sandbox_client(&rec.namespace, sandbox)
+                .ok_or_else(|| Error::FailedPrecondition(format!("the shim of sandbox {sandbox} is not connected"))),
+            None => shim::connect(&rec.shim.socket, &rec.id, rec.shim.pid, args.dialect()).await,
+        };
+        match connected {
             Ok(client) if args.v2.is_some() && !args.matches(client.pid) => {
                 // A containerd shim's socket is where the shim said: one
                 // answering from a process that is not this container's
@@ -145,7 +166,7 @@ impl Manager {
                 tracing::warn!(ns = %rec.namespace, id = %rec.id, pid = client.pid, "socket answered by another process");
                 self.mark_unknown(&rec.namespace, &rec.id);
             }
-            Ok(client) if rec.exit.is_some() && !is_recorded_shim(&args, &rec, client.pid) => {
+            Ok(client) if rec.exit.is_some() && !args.sandbox && !is_recorded_shim(&args, &rec, client.pid) => {
                 // berthd died in a restart, after the new shim started and
                 // before the restart was recorded: release that shim (and
                 // its helpers, without asking it: it may be stuck in the

@@ -14,7 +14,7 @@ use std::sync::atomic::Ordering;
 use berth_model::{BACKOFF_RESET, ContainerId, Namespace, Op, State, backoff};
 use berth_store::{ContainerRecord, ShimInfo};
 
-use crate::create::Step;
+use crate::create::{Placement, Step};
 use crate::delete::{remove_path, remove_shim_sockets, teardown_with_shim};
 use crate::error::{Error, Result};
 use crate::events::Kind;
@@ -133,7 +133,8 @@ impl Manager {
         let io =
             ProcessIo { stdin: rec.stdin.as_deref(), stdout: &rec.stdout, stderr: &rec.stderr, terminal: rec.terminal };
         let mut done = Vec::new();
-        let spawned = self.spawn_task(ns, id, &rec.runtime, &rec.bundle, &rec.shim.socket, &io, &mut done).await;
+        let placed = Placement { socket: &rec.shim.socket, sandbox: rec.sandbox.as_ref() };
+        let spawned = self.spawn_task(ns, id, &rec.runtime, &rec.bundle, placed, &io, &mut done).await;
         crash_point("restart shim");
         let streak = streak(&rec);
         let recorded = spawned.and_then(|(client, pid)| {
@@ -175,7 +176,8 @@ impl Manager {
     /// Rolls back a failed restart: its shim and runtime container only
     /// (the bundle, logs and cgroup belong to the container).
     async fn release_restart(&self, ns: &Namespace, id: &ContainerId, done: Vec<Step>) {
-        let only_runtime = done.into_iter().filter(|s| matches!(s, Step::Shim { .. } | Step::Task(_))).collect();
+        let only_runtime =
+            done.into_iter().filter(|s| matches!(s, Step::Shim { .. } | Step::Joined { .. } | Step::Task(_))).collect();
         self.release(ns, id, only_runtime).await;
     }
 }

@@ -41,6 +41,9 @@ pub struct ShimClient {
     pub socket: PathBuf,
     /// Readable once the shim process has exited.
     pidfd: Option<Arc<AsyncFd<OwnedFd>>>,
+    /// A sandbox's shim, serving several containers: it outlives the
+    /// delete of each of them.
+    pub shared: bool,
 }
 
 fn shim_err(e: ttrpc::Error) -> Error {
@@ -108,6 +111,8 @@ pub struct ShimArgs {
     pub runtime_root: PathBuf,
     /// Set for a containerd v2 shim; berth-shim otherwise.
     pub v2: Option<V2>,
+    /// A sandbox's berth-shim (`--sandbox`): `id` is the sandbox's.
+    pub sandbox: bool,
 }
 
 impl ShimArgs {
@@ -127,6 +132,7 @@ impl ShimArgs {
         }
         let has = |flag: &str, value: &str| args.windows(2).any(|w| w[0] == flag && w[1] == value);
         args.first().is_some_and(|a| a.ends_with("berth-shim"))
+            && args.iter().any(|a| a == "--sandbox") == self.sandbox
             && has("--namespace", self.namespace.as_str())
             && has("--id", self.id.as_str())
             && has("--runtime-root", &self.runtime_root.to_string_lossy())
@@ -151,6 +157,9 @@ impl ShimArgs {
             .arg("--runtime-root")
             .arg(&self.runtime_root)
             .stdin(Stdio::null());
+        if self.sandbox {
+            cmd.arg("--sandbox");
+        }
         cmd
     }
 }
@@ -293,7 +302,8 @@ async fn connect_with(
         .await
         .map_err(|e| Error::io(format!("connect to shim at {}", socket.display()), e))?;
     let task = Task::new(Client::new(Socket::from(stream)), v3);
-    Ok(ShimClient { task, dialect: Arc::new(dialect), pid, socket: socket.to_path_buf(), pidfd: watch_pidfd(pidfd) })
+    let pidfd = watch_pidfd(pidfd);
+    Ok(ShimClient { task, dialect: Arc::new(dialect), pid, socket: socket.to_path_buf(), pidfd, shared: false })
 }
 
 impl ShimClient {
@@ -483,6 +493,15 @@ impl ShimClient {
         match &self.pidfd {
             Some(fd) => tokio::time::timeout(within, fd.readable()).await.is_ok(),
             None => self.is_gone(),
+        }
+    }
+
+    /// Waits until the shim process has exited (for ever if its pid cannot
+    /// be watched).
+    pub async fn exited(&self) {
+        match &self.pidfd {
+            Some(fd) => drop(fd.readable().await),
+            None => std::future::pending().await,
         }
     }
 

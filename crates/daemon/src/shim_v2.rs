@@ -310,6 +310,7 @@ mod tests {
             logger: "/usr/bin/berth-logger".into(),
         };
         let args_for = |id: &str| ShimArgs {
+            sandbox: false,
             binary: "/bin/sh".into(),
             namespace: berth_model::Namespace::new("delete").unwrap(),
             id: berth_model::ContainerId::new(id).unwrap(),

@@ -2,6 +2,7 @@
 
 use std::fmt;
 
+use crate::sandbox::{SandboxOp, SandboxState};
 use crate::state::{Op, State};
 
 /// The small set of outcomes a caller can act on; every crate's error maps
@@ -38,6 +39,10 @@ pub enum ModelError {
     InvalidId { what: &'static str, value: String, reason: &'static str },
     #[error("cannot {op} a container that is {from}")]
     BadTransition { from: State, op: Op },
+    #[error("cannot {op} a sandbox that is {from}")]
+    BadSandboxTransition { from: SandboxState, op: SandboxOp },
+    #[error("the sandbox still holds {containers} container(s): remove them first")]
+    SandboxNotEmpty { containers: usize },
     #[error("unknown runtime {0:?} (known: embedded, runc, crun, io.containerd.NAME.vN, or a shim's absolute path)")]
     UnknownRuntime(String),
     #[error("unknown state {0:?}")]
@@ -61,7 +66,9 @@ impl ModelError {
             | ModelError::UnknownEventKind(_)
             | ModelError::BadRestartPolicy(_)
             | ModelError::InvalidPort { .. } => Code::InvalidArgument,
-            ModelError::BadTransition { .. } => Code::FailedPrecondition,
+            ModelError::BadTransition { .. }
+            | ModelError::BadSandboxTransition { .. }
+            | ModelError::SandboxNotEmpty { .. } => Code::FailedPrecondition,
         }
     }
 }

@@ -70,6 +70,7 @@ id_type!(Namespace, "namespace");
 id_type!(ExecId, "exec id");
 id_type!(VolumeName, "volume name");
 id_type!(NetworkName, "network name");
+id_type!(SandboxId, "sandbox id");
 
 impl Default for Namespace {
     fn default() -> Self {

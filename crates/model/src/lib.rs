@@ -8,15 +8,17 @@ mod id;
 mod network;
 mod restart;
 mod runtime;
+mod sandbox;
 mod signal;
 mod state;
 
 pub use error::{Code, ModelError};
 pub use event::EventKind;
 pub use exit::{ExitStatus, UNKNOWN_EXIT_CODE};
-pub use id::{ContainerId, DEFAULT_NAMESPACE, ExecId, Namespace, NetworkName, VolumeName};
+pub use id::{ContainerId, DEFAULT_NAMESPACE, ExecId, Namespace, NetworkName, SandboxId, VolumeName};
 pub use network::{DEFAULT_NETWORK, NetworkAttachment, NetworkMode, PortMapping, Protocol};
 pub use restart::{BACKOFF_RESET, RestartPolicy, backoff};
 pub use runtime::{BERTH_SHIM_RUNTIME, DEFAULT_RUNTIME, RUNTIMES, Runtime, runtime_name};
+pub use sandbox::{SandboxOp, SandboxState};
 pub use signal::signal_number;
 pub use state::{Op, State};

@@ -15,7 +15,9 @@ use serde::{Deserialize, Serialize};
 /// - 1: containers.
 /// - 2: adds the `events` and `intents` tables and the record fields for
 ///   restart policies, all defaulted: a version-1 store is read as is.
-pub const SCHEMA_VERSION: u64 = 2;
+/// - 3: adds the `sandboxes` table and the container's `sandbox` field
+///   (defaulted): an older store is read as is.
+pub const SCHEMA_VERSION: u64 = 3;
 
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CONTAINERS: TableDefinition<&str, &[u8]> = TableDefinition::new("containers");
@@ -112,6 +114,10 @@ pub struct ContainerRecord {
     /// as its config.json says.
     #[serde(default)]
     pub network: Option<berth_model::NetworkAttachment>,
+    /// The sandbox whose shim and namespaces it shares (SPEC B34); `None`
+    /// for a container with a shim of its own.
+    #[serde(default)]
+    pub sandbox: Option<berth_model::SandboxId>,
 }
 
 /// A create in progress, written before anything is allocated and removed
@@ -128,6 +134,9 @@ pub struct Intent {
     /// may make, removed with the rest unless a container uses them.
     #[serde(default)]
     pub new_volumes: Vec<String>,
+    /// The sandbox whose shim the container joins: its task there goes too.
+    #[serde(default)]
+    pub sandbox: Option<berth_model::SandboxId>,
 }
 
 /// One transaction: any of a record to put, a record to remove, an intent
@@ -167,12 +176,14 @@ impl Store {
         })
     }
 
-    /// Whether the store holds no container record and no create intent.
+    /// Whether the store holds no container or sandbox record and no
+    /// create intent.
     pub fn is_empty(&self) -> Result<bool, StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let containers = tx.open_table(CONTAINERS).map_err(db_err)?.len().map_err(db_err)?;
         let intents = tx.open_table(INTENTS).map_err(db_err)?.len().map_err(db_err)?;
-        Ok(containers == 0 && intents == 0)
+        let sandboxes = tx.open_table(crate::sandboxes::SANDBOXES).map_err(db_err)?.len().map_err(db_err)?;
+        Ok(containers == 0 && intents == 0 && sandboxes == 0)
     }
 
     fn check_schema(&self) -> Result<(), StoreError> {
@@ -184,7 +195,7 @@ impl Store {
                 Some(v) if v > SCHEMA_VERSION => return Err(StoreError::TooNew { found: v }),
                 Some(SCHEMA_VERSION) => {}
                 // Older versions are migrated here, one step at a time;
-                // 1 → 2 only adds tables and defaulted fields.
+                // 1 → 2 → 3 only add tables and defaulted fields.
                 Some(_) | None => {
                     meta.insert("schema_version", SCHEMA_VERSION).map_err(db_err)?;
                 }
@@ -192,6 +203,7 @@ impl Store {
             tx.open_table(CONTAINERS).map_err(db_err)?;
             tx.open_table(INTENTS).map_err(db_err)?;
             tx.open_table(crate::events::EVENTS).map_err(db_err)?;
+            tx.open_table(crate::sandboxes::SANDBOXES).map_err(db_err)?;
         }
         tx.commit().map_err(db_err)
     }
@@ -325,6 +337,7 @@ mod tests {
             image: String::new(),
             volumes: Vec::new(),
             network: None,
+            sandbox: None,
         }
     }
 
@@ -377,6 +390,7 @@ mod tests {
             runtime: "embedded".into(),
             created_at_ns: 1,
             new_volumes: Vec::new(),
+            sandbox: None,
         };
         s.write(Write { intent: Some(&intent), ..Default::default() }).unwrap();
         assert_eq!(s.intents().unwrap(), std::slice::from_ref(&intent));

@@ -6,7 +6,9 @@ mod atomic;
 mod db;
 mod events;
 mod open;
+mod sandboxes;
 
 pub use atomic::{fsync_dir, write_atomic};
 pub use db::{ContainerRecord, Intent, SCHEMA_VERSION, ShimInfo, Store, StoreError, Write};
 pub use events::{Event, RETAINED_EVENTS};
+pub use sandboxes::SandboxRecord;

@@ -79,6 +79,7 @@ mod tests {
             runtime: "embedded".into(),
             created_at_ns: 1,
             new_volumes: Vec::new(),
+            sandbox: None,
         }
     }
 

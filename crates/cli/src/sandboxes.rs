@@ -1,0 +1,118 @@
+//! `berth sandbox create|ls|inspect|rm`: sandboxes (pods) whose containers
+//! share one shim and a network namespace (the Sandboxes service).
+
+use berth_api::v1 as pb;
+use clap::Subcommand;
+use serde_json::json;
+
+use crate::client::{Client, Failure};
+use crate::output;
+
+#[derive(Subcommand)]
+pub enum SandboxCommand {
+    /// Create a sandbox and print its id; `berth run --sandbox ID` places
+    /// containers in it.
+    Create {
+        /// Its id (default: a random one).
+        #[arg(long)]
+        name: Option<String>,
+        /// The runtime of all its containers: embedded, runc or crun.
+        #[arg(long)]
+        runtime: Option<String>,
+        /// A label KEY=VALUE (repeatable).
+        #[arg(short = 'l', long = "label")]
+        labels: Vec<String>,
+        /// Its network: a network name (default berthd's), none or host.
+        #[arg(long)]
+        network: Option<String>,
+        /// Publish a port: [HOSTIP:]HOSTPORT:CTRPORT[/tcp|udp] (repeatable).
+        #[arg(short = 'p', long = "publish")]
+        publish: Vec<String>,
+    },
+    /// List the sandboxes of the namespace (-n).
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a sandbox (as JSON): state, shim, network, containers.
+    Inspect { id: String },
+    /// Remove sandboxes; refused while one holds containers.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+fn sandbox_json(s: &pb::Sandbox) -> serde_json::Value {
+    json!({
+        "namespace": s.namespace,
+        "id": s.id,
+        "state": s.state,
+        "runtime": s.runtime,
+        "labels": s.labels,
+        "created_at_ns": s.created_at_ns,
+        "shim_pid": s.shim_pid,
+        "network": s.network.as_ref().map(output::attachment_json),
+        "containers": s.containers,
+    })
+}
+
+fn sref(c: &Client, id: String) -> pb::SandboxRef {
+    pb::SandboxRef { namespace: c.namespace.clone(), id }
+}
+
+pub async fn run(c: &mut Client, cmd: SandboxCommand) -> Result<i32, Failure> {
+    match cmd {
+        SandboxCommand::Create { name, runtime, labels, network, publish } => {
+            let labels = crate::commands::parse_labels(labels)?;
+            let req = pb::SandboxCreateRequest {
+                namespace: c.namespace.clone(),
+                id: name.unwrap_or_default(),
+                runtime: runtime.unwrap_or_default(),
+                labels,
+                network: network.unwrap_or_default(),
+                publish,
+            };
+            let s = c.sandboxes.create(req).await?.into_inner();
+            println!("{}", s.id);
+        }
+        SandboxCommand::Ls { json } => {
+            let req = pb::SandboxListRequest { namespace: c.namespace.clone() };
+            let list = c.sandboxes.list(req).await?.into_inner().sandboxes;
+            if json {
+                println!("{}", serde_json::Value::Array(list.iter().map(sandbox_json).collect()));
+                return Ok(0);
+            }
+            let header = ["ID", "STATE", "RUNTIME", "SHIM", "IP", "CONTAINERS", "CREATED"];
+            let mut rows = vec![header.iter().map(ToString::to_string).collect::<Vec<_>>()];
+            for s in &list {
+                let ip = s.network.as_ref().and_then(|n| n.ips.first().cloned()).unwrap_or_else(|| "-".into());
+                rows.push(vec![
+                    output::escape(&s.id).into_owned(),
+                    s.state.clone(),
+                    s.runtime.clone(),
+                    s.shim_pid.to_string(),
+                    ip,
+                    s.containers.len().to_string(),
+                    output::age(s.created_at_ns),
+                ]);
+            }
+            print!("{}", output::render(rows));
+        }
+        SandboxCommand::Inspect { id } => {
+            let s = c.sandboxes.get(sref(c, id)).await?.into_inner();
+            println!("{}", sandbox_json(&s));
+        }
+        SandboxCommand::Rm { ids } => {
+            let namespace = c.namespace.clone();
+            let remove = async |id| {
+                let r = pb::SandboxRef { namespace: namespace.clone(), id };
+                c.sandboxes.remove(r).await.map(drop)
+            };
+            return crate::client::remove_each(ids, remove).await;
+        }
+    }
+    Ok(0)
+}

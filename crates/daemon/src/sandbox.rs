@@ -1,0 +1,351 @@
+//! Sandboxes (SPEC B34): a first-class record with its own state machine
+//! (`berth_model::SandboxState`), a network namespace its containers share
+//! and one berth-shim (`--sandbox`) serving all of them. Create writes the
+//! record (state `creating`) before it allocates anything, so the record is
+//! also the intent a restarted berthd releases; containers join through
+//! [`Manager::join_sandbox`]; remove refuses a sandbox that holds (or is
+//! being joined by) containers. A shim that dies leaves the sandbox
+//! `not-ready`, and the next container to join starts a new one.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_model::{ContainerId, Namespace, Runtime, SandboxId, SandboxOp, SandboxState};
+use berth_store::{SandboxRecord, ShimInfo};
+
+use crate::error::{Error, Result};
+use crate::manager::{Manager, crash_point, lock};
+use crate::network::NetOptions;
+use crate::shim::{self, ShimArgs, ShimClient};
+
+pub type SandboxKey = (Namespace, SandboxId);
+
+/// How long a sandbox shim may take to exit once told to.
+const SHIM_EXIT_WAIT: Duration = Duration::from_secs(5);
+
+pub struct SandboxParams {
+    pub namespace: Namespace,
+    /// `None`: a random one.
+    pub id: Option<SandboxId>,
+    pub runtime: String,
+    pub labels: BTreeMap<String, String>,
+    pub net: NetOptions,
+}
+
+/// The live side of sandboxes: connected shims and who is busy with which.
+#[derive(Default)]
+pub struct Sandboxes {
+    /// Shims of ready sandboxes, connected once for all their containers.
+    shims: Mutex<HashMap<SandboxKey, ShimClient>>,
+    /// Serialise create, join and remove of one sandbox.
+    ops: Mutex<HashMap<SandboxKey, Arc<tokio::sync::Mutex<()>>>>,
+    /// Container creates in flight that joined each sandbox: it cannot be
+    /// removed under them.
+    joining: Mutex<HashMap<SandboxKey, usize>>,
+}
+
+impl Sandboxes {
+    async fn lock_op(&self, key: &SandboxKey) -> tokio::sync::OwnedMutexGuard<()> {
+        let op = lock(&self.ops).entry(key.clone()).or_default().clone();
+        op.lock_owned().await
+    }
+
+    fn shim(&self, key: &SandboxKey) -> Option<ShimClient> {
+        lock(&self.shims).get(key).cloned()
+    }
+
+    fn joining(&self, key: &SandboxKey) -> usize {
+        lock(&self.joining).get(key).copied().unwrap_or(0)
+    }
+}
+
+/// A container create that joined a sandbox; counted until it ends.
+pub(crate) struct Joining<'a> {
+    live: &'a Sandboxes,
+    key: SandboxKey,
+    pub record: SandboxRecord,
+}
+
+impl Drop for Joining<'_> {
+    fn drop(&mut self) {
+        let mut joining = lock(&self.live.joining);
+        if let Some(n) = joining.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                joining.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// A sandbox id nobody chose: 12 hex digits from the kernel's random pool.
+fn random_id() -> Result<SandboxId> {
+    let mut bytes = [0u8; 6];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| Error::io("read /dev/urandom", e))?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(SandboxId::new(hex)?)
+}
+
+/// The id a sandbox shim is started with (same syntax as a container id).
+fn shim_id(id: &SandboxId) -> ContainerId {
+    ContainerId::new(id.as_str()).unwrap_or_else(|_| unreachable!("sandbox and container ids share one syntax"))
+}
+
+impl Manager {
+    /// How this daemon runs the shim of sandbox `id`.
+    pub(crate) fn sandbox_shim_args(&self, ns: &Namespace, id: &SandboxId, runtime: &str) -> ShimArgs {
+        ShimArgs { sandbox: true, ..self.shim_args(ns, &shim_id(id), runtime) }
+    }
+
+    pub fn sandbox_get(&self, ns: &Namespace, id: &SandboxId) -> Result<SandboxRecord> {
+        self.store.get_sandbox(ns, id)?.ok_or_else(|| Error::SandboxNotFound(id.to_string()))
+    }
+
+    pub fn sandbox_list(&self, ns: Option<&Namespace>) -> Result<Vec<SandboxRecord>> {
+        Ok(self.store.list_sandboxes(ns)?)
+    }
+
+    /// The containers recorded in sandbox `id`.
+    pub fn sandbox_members(&self, ns: &Namespace, id: &SandboxId) -> Result<Vec<ContainerId>> {
+        let recs = self.store.list(Some(ns))?;
+        Ok(recs.into_iter().filter(|r| r.sandbox.as_ref() == Some(id)).map(|r| r.id).collect())
+    }
+
+    pub async fn sandbox_create(self: &Arc<Self>, p: SandboxParams) -> Result<SandboxRecord> {
+        let named = if p.runtime.is_empty() { &self.cfg.default_runtime } else { &p.runtime };
+        let runtime = match Runtime::parse(named)? {
+            Runtime::Builtin(name) => name,
+            Runtime::Shim { .. } => {
+                return Err(Error::InvalidArgument(format!(
+                    "sandboxes run on berth's own shim (embedded, runc or crun); {named} is a containerd shim"
+                )));
+            }
+        };
+        self.check_runtime(&Runtime::Builtin(runtime))?;
+        crate::create::check_labels(&p.labels)?;
+        let id = match p.id {
+            Some(id) => id,
+            None => random_id()?,
+        };
+        let ns = p.namespace;
+        let key = (ns.clone(), id.clone());
+        let _op = self.sandboxes.lock_op(&key).await;
+        if self.store.get_sandbox(&ns, &id)?.is_some() {
+            return Err(Error::SandboxExists(id.to_string()));
+        }
+        let network = self.plan_sandbox_network(&ns, &id, &p.net)?;
+        let mut rec = SandboxRecord {
+            namespace: ns.clone(),
+            id: id.clone(),
+            state: SandboxState::Creating,
+            runtime: runtime.to_string(),
+            labels: p.labels,
+            created_at_ns: crate::now_ns(),
+            shim: ShimInfo { pid: 0, socket: self.cfg.sandbox_socket(&ns, &id) },
+            network: None,
+        };
+        self.store.put_sandbox(&rec)?;
+        crash_point("sandbox record");
+        let plan = network.as_ref().map(|(plan, _claim)| plan);
+        match self.sandbox_allocate(&mut rec, plan).await {
+            Ok(client) => {
+                self.serve_sandbox(&key, client);
+                Ok(rec)
+            }
+            Err(e) => {
+                if let Err(undo) = self.sandbox_release(&rec, None).await {
+                    tracing::warn!(%ns, %id, "rollback of a failed sandbox create: {undo}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Network namespace, then shim; the record says `ready` last.
+    async fn sandbox_allocate(
+        &self,
+        rec: &mut SandboxRecord,
+        network: Option<&crate::network::Plan>,
+    ) -> Result<ShimClient> {
+        let dir = self.cfg.sandbox_dir(&rec.namespace, &rec.id);
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(format!("create {}", dir.display()), e).at("sandbox"))?;
+        if let Some(plan) = network {
+            rec.network = Some(self.attach_sandbox_network(plan).await.map_err(|e| e.at("network"))?);
+            self.store.put_sandbox(rec)?;
+            crash_point("sandbox network");
+        }
+        let client = self.spawn_sandbox_shim(rec).await?;
+        crash_point("sandbox shim");
+        rec.state = rec.state.apply(SandboxOp::Ready)?;
+        self.store.put_sandbox(rec).map_err(|e| Error::from(e).at("record"))?;
+        Ok(client)
+    }
+
+    /// Starts the sandbox's shim and records where it is (not its state).
+    async fn spawn_sandbox_shim(&self, rec: &mut SandboxRecord) -> Result<ShimClient> {
+        let args = self.sandbox_shim_args(&rec.namespace, &rec.id, &rec.runtime);
+        let dir = self.cfg.sandbox_dir(&rec.namespace, &rec.id);
+        let mut client = shim::spawn(&args, &rec.shim.socket, &dir).await.map_err(|e| e.at("shim"))?;
+        client.shared = true;
+        rec.shim = ShimInfo { pid: client.pid, socket: client.socket.clone() };
+        Ok(client)
+    }
+
+    /// Serves a ready sandbox's shim: kept for its containers, and watched
+    /// so that its death leaves the sandbox `not-ready`.
+    fn serve_sandbox(self: &Arc<Self>, key: &SandboxKey, client: ShimClient) {
+        lock(&self.sandboxes.shims).insert(key.clone(), client.clone());
+        let (mgr, key) = (self.clone(), key.clone());
+        tokio::spawn(async move {
+            client.exited().await;
+            let _op = mgr.sandboxes.lock_op(&key).await;
+            let mut shims = lock(&mgr.sandboxes.shims);
+            if shims.get(&key).is_some_and(|c| c.pid == client.pid) {
+                shims.remove(&key);
+            }
+            drop(shims);
+            let (ns, id) = &key;
+            match mgr.store.get_sandbox(ns, id) {
+                Ok(Some(mut rec)) if rec.shim.pid == client.pid && rec.state == SandboxState::Ready => {
+                    tracing::warn!(%ns, %id, pid = client.pid, "the sandbox's shim exited");
+                    rec.state = SandboxState::NotReady;
+                    if let Err(e) = mgr.store.put_sandbox(&rec) {
+                        tracing::warn!(%ns, %id, "cannot record the sandbox not ready: {e}");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%ns, %id, "sandbox shim exit: {e}"),
+            }
+        });
+    }
+
+    /// Places a container being created in sandbox `id`: checks that it may
+    /// join (its runtime must be the sandbox's) and counts it as joining
+    /// until the returned guard drops. The shim comes from `sandbox_shim`.
+    pub(crate) async fn join_sandbox(&self, ns: &Namespace, id: &SandboxId, runtime: &str) -> Result<Joining<'_>> {
+        let key = (ns.clone(), id.clone());
+        let _op = self.sandboxes.lock_op(&key).await;
+        let record = self.sandbox_get(ns, id)?;
+        // A not-ready sandbox gets a new shim when the container is created.
+        if record.state != SandboxState::NotReady {
+            record.state.apply(SandboxOp::Join)?;
+        }
+        if !runtime.is_empty() && runtime != record.runtime {
+            return Err(Error::InvalidArgument(format!(
+                "sandbox {id} runs its containers with {}; a container in it cannot use {runtime}",
+                record.runtime
+            )));
+        }
+        *lock(&self.sandboxes.joining).entry(key.clone()).or_default() += 1;
+        Ok(Joining { live: &self.sandboxes, key, record })
+    }
+
+    /// The shim of sandbox `id`, started anew if the sandbox's shim is gone.
+    pub(crate) async fn sandbox_shim(self: &Arc<Self>, ns: &Namespace, id: &SandboxId) -> Result<ShimClient> {
+        let key = (ns.clone(), id.clone());
+        let _op = self.sandboxes.lock_op(&key).await;
+        if let Some(client) = self.sandboxes.shim(&key).filter(|c| !c.is_gone()) {
+            return Ok(client);
+        }
+        let mut rec = self.sandbox_get(ns, id)?;
+        if rec.state == SandboxState::Ready {
+            rec.state = rec.state.apply(SandboxOp::LoseShim)?;
+        }
+        rec.state = rec.state.apply(SandboxOp::StartShim)?;
+        let client = self.spawn_sandbox_shim(&mut rec).await?;
+        if let Err(e) = self.store.put_sandbox(&rec) {
+            let _ = client.shutdown(&shim_id(id)).await;
+            client.reap(SHIM_EXIT_WAIT).await;
+            return Err(e.into());
+        }
+        tracing::info!(%ns, %id, pid = client.pid, "started a new shim for the sandbox");
+        drop(_op);
+        self.serve_sandbox(&key, client.clone());
+        Ok(client)
+    }
+
+    /// Removes an empty sandbox: its shim, network and files, the record
+    /// last (a failed remove can be retried).
+    pub async fn sandbox_remove(&self, ns: &Namespace, id: &SandboxId) -> Result<()> {
+        let key = (ns.clone(), id.clone());
+        let _op = self.sandboxes.lock_op(&key).await;
+        let rec = self.sandbox_get(ns, id)?;
+        let containers = self.sandbox_members(ns, id)?.len() + self.sandboxes.joining(&key);
+        rec.state.apply(SandboxOp::Remove { containers })?;
+        let client = self.sandboxes.shim(&key);
+        self.sandbox_release(&rec, client.as_ref()).await?;
+        lock(&self.sandboxes.shims).remove(&key);
+        lock(&self.sandboxes.ops).remove(&key);
+        Ok(())
+    }
+
+    /// Releases everything a sandbox record names, newest first: the shim
+    /// (told to exit, or killed if it is a leftover), its sockets, the
+    /// network, its directory; then the record.
+    async fn sandbox_release(&self, rec: &SandboxRecord, client: Option<&ShimClient>) -> Result<()> {
+        let (ns, id) = (&rec.namespace, &rec.id);
+        if let Some(client) = client.filter(|c| !c.is_gone()) {
+            client.shutdown(&shim_id(id)).await?;
+            client.reap(SHIM_EXIT_WAIT).await;
+        }
+        let args = self.sandbox_shim_args(ns, id, &rec.runtime);
+        for pid in args.processes() {
+            crate::recovery::kill_group(&args, pid).await;
+        }
+        crate::delete::remove_socket_family(&rec.shim.socket)?;
+        self.detach_sandbox_network(ns, id).await?;
+        crate::delete::remove_path(&self.cfg.sandbox_dir(ns, id))?;
+        self.store.remove_sandbox(ns, id)?;
+        Ok(())
+    }
+
+    /// At startup, before containers are recovered: reconnects every
+    /// sandbox's shim once (its containers share the connection), marks
+    /// sandboxes whose shim died `not-ready`, and releases those whose
+    /// create was cut short.
+    pub(crate) async fn recover_sandboxes(self: &Arc<Self>) -> Result<()> {
+        for mut rec in self.store.list_sandboxes(None)? {
+            let (ns, id) = (rec.namespace.clone(), rec.id.clone());
+            if rec.state == SandboxState::Creating {
+                tracing::warn!(%ns, %id, "releasing a sandbox create cut short by a crash");
+                if let Err(e) = self.sandbox_release(&rec, None).await {
+                    tracing::warn!(%ns, %id, "cannot release an interrupted sandbox create: {e}");
+                }
+                continue;
+            }
+            let args = self.sandbox_shim_args(&ns, &id, &rec.runtime);
+            let connected = shim::connect(&rec.shim.socket, &shim_id(&id), rec.shim.pid, Default::default()).await;
+            match connected {
+                // Whichever process answers must be this sandbox's shim (a
+                // new one berthd started before dying counts).
+                Ok(mut client) if args.matches(client.pid) => {
+                    client.shared = true;
+                    if rec.shim.pid != client.pid || rec.state != SandboxState::Ready {
+                        if rec.state == SandboxState::NotReady {
+                            rec.state = rec.state.apply(SandboxOp::StartShim)?;
+                        }
+                        rec.shim.pid = client.pid;
+                        self.store.put_sandbox(&rec)?;
+                    }
+                    self.serve_sandbox(&(ns, id), client);
+                }
+                _ if rec.state == SandboxState::Ready => {
+                    tracing::warn!(%ns, %id, "the sandbox's shim is gone");
+                    rec.state = rec.state.apply(SandboxOp::LoseShim)?;
+                    self.store.put_sandbox(&rec)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// The connected shim of a container's sandbox, if it is alive.
+    pub(crate) fn sandbox_client(&self, ns: &Namespace, id: &SandboxId) -> Option<ShimClient> {
+        self.sandboxes.shim(&(ns.clone(), id.clone()))
+    }
+}

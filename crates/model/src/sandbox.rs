@@ -1,0 +1,142 @@
+//! Sandboxes (SPEC B34): a group of containers sharing namespaces and one
+//! shim. Their states and the one transition table every sandbox change
+//! goes through, [`SandboxState::apply`].
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ModelError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SandboxState {
+    /// The record is written, its namespaces and shim are being made: a
+    /// berthd that dies now finds the record and releases what it names.
+    Creating,
+    /// The shim serves; containers may join.
+    Ready,
+    /// The shim is gone (died, or lost with berthd): its containers were
+    /// cleaned up; the next container to join starts a new shim.
+    NotReady,
+    /// Removed: the record is gone.
+    Removed,
+}
+
+/// What is being done to a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxOp {
+    /// Its namespaces and shim are up.
+    Ready,
+    /// A container is placed in it.
+    Join,
+    /// Its shim was lost.
+    LoseShim,
+    /// A new shim serves it again.
+    StartShim,
+    /// Remove it, holding this many containers (only an empty one goes).
+    Remove { containers: usize },
+}
+
+impl fmt::Display for SandboxOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SandboxOp::Ready => "make ready",
+            SandboxOp::Join => "add a container to",
+            SandboxOp::LoseShim => "lose the shim of",
+            SandboxOp::StartShim => "start a shim for",
+            SandboxOp::Remove { .. } => "remove",
+        })
+    }
+}
+
+impl SandboxState {
+    /// The transition table. Returns the new state or a typed error naming
+    /// the current state (or the containers still in the sandbox).
+    pub fn apply(self, op: SandboxOp) -> Result<SandboxState, ModelError> {
+        use SandboxOp as O;
+        use SandboxState::*;
+        let next = match (self, op) {
+            (Creating, O::Ready) => Ready,
+            (Ready, O::Join) => Ready,
+            (Ready, O::LoseShim) => NotReady,
+            (NotReady, O::StartShim) => Ready,
+            (Creating | Ready | NotReady, O::Remove { containers: 0 }) => Removed,
+            (Creating | Ready | NotReady, O::Remove { containers }) => {
+                return Err(ModelError::SandboxNotEmpty { containers });
+            }
+            _ => return Err(ModelError::BadSandboxTransition { from: self, op }),
+        };
+        Ok(next)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxState::Creating => "creating",
+            SandboxState::Ready => "ready",
+            SandboxState::NotReady => "not-ready",
+            SandboxState::Removed => "removed",
+        }
+    }
+}
+
+impl fmt::Display for SandboxState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use SandboxOp as O;
+    use SandboxState::*;
+
+    #[test]
+    fn allowed_transitions() {
+        let ok = [
+            (Creating, O::Ready, Ready),
+            (Ready, O::Join, Ready),
+            (Ready, O::LoseShim, NotReady),
+            (NotReady, O::StartShim, Ready),
+            (Creating, O::Remove { containers: 0 }, Removed),
+            (Ready, O::Remove { containers: 0 }, Removed),
+            (NotReady, O::Remove { containers: 0 }, Removed),
+        ];
+        for (from, op, to) in ok {
+            assert_eq!(from.apply(op).unwrap(), to, "{from} --{op}-->");
+        }
+    }
+
+    #[test]
+    fn everything_else_is_refused_with_the_reason() {
+        let states = [Creating, Ready, NotReady, Removed];
+        let ops =
+            [O::Ready, O::Join, O::LoseShim, O::StartShim, O::Remove { containers: 0 }, O::Remove { containers: 2 }];
+        let mut refused = 0;
+        for from in states {
+            for op in ops {
+                if let Err(e) = from.apply(op) {
+                    refused += 1;
+                    assert_eq!(e.code(), crate::Code::FailedPrecondition);
+                    match op {
+                        O::Remove { containers: 2 } if from != Removed => {
+                            assert!(e.to_string().contains("2 container(s)"), "{e}")
+                        }
+                        _ => assert!(e.to_string().contains(from.as_str()), "{e}"),
+                    }
+                }
+            }
+        }
+        // 24 pairs, 7 allowed.
+        assert_eq!(refused, 24 - 7);
+    }
+
+    #[test]
+    fn a_sandbox_joins_only_when_ready() {
+        for from in [Creating, NotReady, Removed] {
+            let e = from.apply(O::Join).unwrap_err();
+            assert_eq!(e.to_string(), format!("cannot add a container to a sandbox that is {from}"));
+        }
+    }
+}
