@@ -67,7 +67,7 @@ impl Manager {
         if !exec_id.is_empty() {
             self.exec_info(&*self.entry(ns, id)?, exec_id)?;
         }
-        let tty = berth_shim::tty_socket(&rec.shim.socket, exec_id);
+        let tty = berth_shim::tty_socket(&rec.shim.socket, rec.id.as_str(), exec_id);
         if let Ok(conn) = tokio::net::UnixStream::connect(&tty).await {
             return Ok(Attached::Terminal(conn));
         }

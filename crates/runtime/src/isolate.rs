@@ -1,26 +1,36 @@
-//! Runs the runtime operations (all but delete) in a forked child of
-//! the caller. The caller (a shim) then never executes most of the
-//! runtime's code itself, so its resident memory stays small while its
-//! container runs, and a crash inside container creation cannot take the
-//! shim — and with it the exit codes it guards — down.
+//! Runs the runtime operations in a forked child of the caller. The
+//! caller (a shim) then never executes the runtime's code itself, so its
+//! resident memory stays small while its containers run, and a crash
+//! inside container creation cannot take the shim — and with it the exit
+//! codes it guards — down.
+//!
+//! The fork happens synchronously when an operation is called; the wait
+//! for the helper's one-line answer is async (the pipe and the helper's
+//! pidfd are registered with tokio), so a single-threaded caller keeps
+//! serving other requests while a runtime call hangs (e.g. in an OCI hook).
 //!
 //! The caller must be single-threaded when it calls in: fork only copies
-//! the calling thread, and a single-threaded caller also cannot reap the
-//! child behind our back.
+//! the calling thread. A caller that reaps children it does not know may
+//! reap a helper first: the answer on the pipe is what counts.
 
+use std::future::Future;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
 use berth_model::Code;
+use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{ForkResult, fork, pipe2};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid, waitpid};
+use nix::unistd::{ForkResult, Pid, fork, pipe2};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use tokio::io::unix::AsyncFd;
 
 use crate::{Runtime, RuntimeError, Stdio};
 
+/// A runtime whose every operation runs in a forked helper.
 pub struct Isolated {
     inner: Box<dyn Runtime>,
 }
@@ -29,6 +39,42 @@ impl Isolated {
     pub fn new(inner: Box<dyn Runtime>) -> Isolated {
         Isolated { inner }
     }
+
+    // The helper gets the stdio descriptors; the caller's copies close
+    // when the closure is dropped, right after the fork.
+    pub async fn create(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<u32, RuntimeError> {
+        in_child("create", || self.inner.create(id, bundle, stdio)).await
+    }
+
+    pub async fn exec(&self, id: &str, process: &Path, stdio: Stdio) -> Result<u32, RuntimeError> {
+        in_child("exec", || self.inner.exec(id, process, stdio)).await
+    }
+
+    pub async fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        in_child("start", || unit(self.inner.start(id))).await.map(drop)
+    }
+
+    pub async fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), RuntimeError> {
+        in_child("kill", || unit(self.inner.kill(id, signal, all))).await.map(drop)
+    }
+
+    pub async fn pause(&self, id: &str) -> Result<(), RuntimeError> {
+        in_child("pause", || unit(self.inner.pause(id))).await.map(drop)
+    }
+
+    pub async fn resume(&self, id: &str) -> Result<(), RuntimeError> {
+        in_child("resume", || unit(self.inner.resume(id))).await.map(drop)
+    }
+
+    // A sandbox shim lives on after a delete, and a hung poststop hook
+    // must not stall it: delete runs in a helper too.
+    pub async fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
+        in_child("delete", || unit(self.inner.delete(id, force))).await.map(drop)
+    }
+}
+
+fn unit(r: Result<(), RuntimeError>) -> Result<u32, RuntimeError> {
+    r.map(|()| 0)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -44,14 +90,42 @@ fn single_threaded() -> bool {
         .unwrap_or(false)
 }
 
-/// Runs `f` in a forked child of this (single-threaded) process and returns
-/// its result; a multi-threaded caller runs `f` in place.
-pub fn in_child<T: Serialize + DeserializeOwned>(
+/// Runs `f` in a helper forked *now* from this (single-threaded) process;
+/// the returned future waits for the helper's answer without blocking the
+/// caller's other tasks. A multi-threaded caller runs `f` in place.
+pub fn in_child<T: Serialize + DeserializeOwned + Send + 'static>(
     op: &'static str,
     f: impl FnOnce() -> Result<T, RuntimeError>,
-) -> Result<T, RuntimeError> {
+) -> impl Future<Output = Result<T, RuntimeError>> + Send + 'static {
+    let forked = fork_helper(op, f);
+    async move {
+        match forked? {
+            Forked::InPlace(result) => result,
+            Forked::Helper(helper) => helper.answer().await,
+        }
+    }
+}
+
+enum Forked<T> {
+    InPlace(Result<T, RuntimeError>),
+    Helper(Helper),
+}
+
+/// A forked helper whose answer is still to come.
+struct Helper {
+    op: &'static str,
+    pid: Pid,
+    /// The read end of the answer pipe.
+    rx: OwnedFd,
+    pidfd: OwnedFd,
+}
+
+fn fork_helper<T: Serialize>(
+    op: &'static str,
+    f: impl FnOnce() -> Result<T, RuntimeError>,
+) -> Result<Forked<T>, RuntimeError> {
     if !single_threaded() {
-        return f();
+        return Ok(Forked::InPlace(f()));
     }
     let io = |e: nix::Error| RuntimeError::io("fork runtime helper", e.into());
     // Close-on-exec: the container's init inherits the child's descriptors
@@ -87,22 +161,74 @@ pub fn in_child<T: Serialize + DeserializeOwned>(
         }
         ForkResult::Parent { child } => {
             drop(tx);
-            let read = read_answer(rx, child.as_raw() as u32);
-            let buf = read.as_deref().unwrap_or_default();
-            let status = waitpid(child, None);
-            let died = match status {
-                Ok(WaitStatus::Exited(_, 0)) => None,
-                other => Some(format!("{other:?}")),
-            };
-            match (&read, serde_json::from_str::<Outcome<T>>(buf)) {
-                (Ok(_), Ok(Outcome::Ok(v))) => Ok(v),
-                (Ok(_), Ok(Outcome::Err { code, message })) => Err(RuntimeError::Isolated { code, message }),
-                _ => Err(RuntimeError::Failed {
-                    runtime: "isolated",
-                    op,
-                    message: format!("runtime helper died without an answer ({})", died.unwrap_or_default()),
-                }),
+            // No await since the fork: nobody can have reaped the helper,
+            // so its pid is still its own.
+            match pidfd_open(child.as_raw() as u32) {
+                Ok(pidfd) => Ok(Forked::Helper(Helper { op, pid: child, rx, pidfd })),
+                Err(e) => {
+                    // Without a pidfd the helper's death cannot be awaited.
+                    let _ = kill(child, Signal::SIGKILL);
+                    let _ = waitpid(child, None);
+                    Err(RuntimeError::io("open the runtime helper's pidfd", e))
+                }
             }
+        }
+    }
+}
+
+/// Opens a pidfd: a handle that becomes readable when the process exits and
+/// never refers to a recycled pid.
+pub fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this new descriptor; we own it.
+    Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(fd as i32) })
+}
+
+impl Helper {
+    /// Waits for the helper's answer, then reaps the helper.
+    async fn answer<T: DeserializeOwned>(self) -> Result<T, RuntimeError> {
+        let Helper { op, pid, rx, pidfd } = self;
+        let pidfd = register(pidfd).map_err(|e| RuntimeError::io("watch the runtime helper", e))?;
+        let read = read_answer(rx, &pidfd).await;
+        let died = reap(pid, &pidfd).await;
+        let buf = read.as_deref().unwrap_or_default();
+        match (&read, serde_json::from_str::<Outcome<T>>(buf)) {
+            (Ok(_), Ok(Outcome::Ok(v))) => Ok(v),
+            (Ok(_), Ok(Outcome::Err { code, message })) => Err(RuntimeError::Isolated { code, message }),
+            _ => Err(RuntimeError::Failed {
+                runtime: "isolated",
+                op,
+                message: format!("runtime helper died without an answer ({})", died.unwrap_or_default()),
+            }),
+        }
+    }
+}
+
+/// Registers a descriptor with the caller's tokio reactor.
+fn register<T: AsRawFd>(fd: T) -> std::io::Result<AsyncFd<T>> {
+    // SAFETY: the AsyncFd owns the descriptor for its whole life.
+    unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)
+}
+
+/// Reaps the exited helper; describes how it ended unless it exited 0.
+/// The caller's own reaper may have been first (ECHILD): that is fine.
+async fn reap(pid: Pid, pidfd: &AsyncFd<OwnedFd>) -> Option<String> {
+    loop {
+        let status = waitid(Id::PIDFd(pidfd.get_ref().as_fd()), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG);
+        match status {
+            Ok(WaitStatus::Exited(_, 0)) => return None,
+            Ok(WaitStatus::StillAlive) => {}
+            Err(Errno::EINTR) => continue,
+            Err(Errno::ECHILD) => return Some(format!("helper {pid} reaped elsewhere")),
+            other => return Some(format!("{other:?}")),
+        }
+        match pidfd.readable().await {
+            Ok(mut guard) => guard.clear_ready(),
+            Err(e) => return Some(e.to_string()),
         }
     }
 }
@@ -111,32 +237,25 @@ pub fn in_child<T: Serialize + DeserializeOwned>(
 /// of the pipe until it execs, so the end of the pipe says nothing: the
 /// read also ends when the helper itself has exited (a helper killed half
 /// way must not stall the caller until the container's init goes away).
-fn read_answer(rx: OwnedFd, helper: u32) -> std::io::Result<String> {
-    // SAFETY: plain syscall; the helper is our unreaped child, so its pid
-    // cannot have been reused.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, helper as libc::pid_t, 0) };
-    // SAFETY: the kernel just returned this descriptor; we own it.
-    let pidfd = (pidfd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(pidfd as i32) });
+async fn read_answer(rx: OwnedFd, pidfd: &AsyncFd<OwnedFd>) -> std::io::Result<String> {
     nix::fcntl::fcntl(rx.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
-    let mut pipe = std::fs::File::from(rx);
+    let pipe = register(std::fs::File::from(rx))?;
     let mut answer = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        let mut fds = [
-            libc::pollfd { fd: pipe.as_raw_fd(), events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: pidfd.as_ref().map_or(-1, |f| f.as_raw_fd()), events: libc::POLLIN, revents: 0 },
-        ];
-        // SAFETY: poll on two descriptors we own (-1 is ignored).
-        if unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) } < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
+        let helper_gone = tokio::select! {
+            ready = pipe.readable() => {
+                ready?.clear_ready();
+                false
             }
-            return Err(e);
-        }
-        let helper_gone = fds[1].revents != 0;
+            gone = pidfd.readable() => {
+                // Level-triggered for an exited process: keep it ready.
+                gone.map(drop)?;
+                true
+            }
+        };
         loop {
-            match pipe.read(&mut chunk) {
+            match pipe.get_ref().read(&mut chunk) {
                 Ok(0) => return Ok(String::from_utf8_lossy(&answer).into_owned()),
                 Ok(n) => answer.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
@@ -150,60 +269,22 @@ fn read_answer(rx: OwnedFd, helper: u32) -> std::io::Result<String> {
     }
 }
 
-fn unit(r: Result<(), RuntimeError>) -> Result<u32, RuntimeError> {
-    r.map(|()| 0)
-}
-
-impl Runtime for Isolated {
-    fn name(&self) -> &'static str {
-        self.inner.name()
-    }
-
-    // The child gets the stdio descriptors; the parent's copies close when
-    // the closure is dropped.
-    fn create(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<u32, RuntimeError> {
-        in_child("create", || self.inner.create(id, bundle, stdio))
-    }
-
-    fn exec(&self, id: &str, process: &Path, stdio: Stdio) -> Result<u32, RuntimeError> {
-        in_child("exec", || self.inner.exec(id, process, stdio))
-    }
-
-    fn start(&self, id: &str) -> Result<(), RuntimeError> {
-        in_child("start", || unit(self.inner.start(id))).map(drop)
-    }
-
-    fn kill(&self, id: &str, signal: i32, all: bool) -> Result<(), RuntimeError> {
-        in_child("kill", || unit(self.inner.kill(id, signal, all))).map(drop)
-    }
-
-    fn pause(&self, id: &str) -> Result<(), RuntimeError> {
-        in_child("pause", || unit(self.inner.pause(id))).map(drop)
-    }
-
-    fn resume(&self, id: &str) -> Result<(), RuntimeError> {
-        in_child("resume", || unit(self.inner.resume(id))).map(drop)
-    }
-
-    // Delete is the shim's last act before it exits: its memory no longer
-    // matters, so it runs in place and saves a fork.
-    fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
-        self.inner.delete(id, force)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn block_on<F: Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+    }
+
     /// A helper that dies without answering, while a process it started
     /// (like a container's init) still holds the pipe, does not stall the
-    /// caller.
+    /// caller; its exit is reported.
     #[test]
     fn a_helper_killed_half_way_does_not_stall_the_caller() {
         let (rx, tx) = pipe2(OFlag::O_CLOEXEC).unwrap();
         // SAFETY: the children only call async-signal-safe functions.
-        let helper = match unsafe { fork() }.unwrap() {
+        let pid = match unsafe { fork() }.unwrap() {
             ForkResult::Child => unsafe {
                 if let Ok(ForkResult::Child) = fork() {
                     // The "init": keeps `tx` open for a while.
@@ -214,11 +295,12 @@ mod tests {
             ForkResult::Parent { child } => child,
         };
         drop(tx);
+        let pidfd = pidfd_open(pid.as_raw() as u32).unwrap();
         let started = std::time::Instant::now();
-        let answer = read_answer(rx, helper.as_raw() as u32).unwrap();
-        assert_eq!(answer, "");
+        let got = block_on(Helper { op: "test", pid, rx, pidfd }.answer::<u32>());
         assert!(started.elapsed() < std::time::Duration::from_secs(2), "{:?}", started.elapsed());
-        assert!(matches!(waitpid(helper, None), Ok(WaitStatus::Exited(_, 9))));
+        let message = got.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(message.contains("without an answer") && message.contains("9"), "{message}");
     }
 
     #[test]
@@ -226,9 +308,10 @@ mod tests {
         let (rx, tx) = pipe2(OFlag::O_CLOEXEC).unwrap();
         let mut w = std::fs::File::from(tx);
         w.write_all(b"{\"Ok\":7}\n").unwrap();
-        // The writer stays open (as init's copy would): the newline ends it.
-        let me = std::process::id();
-        let got = std::thread::spawn(move || read_answer(rx, me)).join().unwrap().unwrap();
+        // The writer stays open (as init's copy would), and the process
+        // watched lives on: the newline ends the read.
+        let me = pidfd_open(std::process::id()).unwrap();
+        let got = block_on(async { read_answer(rx, &register(me).unwrap()).await }).unwrap();
         assert_eq!(serde_json::from_str::<Outcome<u32>>(&got).ok().map(|o| matches!(o, Outcome::Ok(7))), Some(true));
         drop(w);
     }

@@ -11,7 +11,7 @@ use std::os::fd::OwnedFd;
 use std::path::Path;
 
 pub use error::RuntimeError;
-pub use isolate::{Isolated, in_child};
+pub use isolate::{Isolated, in_child, pidfd_open};
 
 /// The stdio a container process gets. `None` means /dev/null. With a
 /// console socket the process gets a terminal instead, whose master the

@@ -22,7 +22,8 @@ use tokio::task::JoinHandle;
 
 use crate::output::register;
 use crate::process::now_ns;
-use crate::service::{Shim, exit_fields};
+use crate::service::exit_fields;
+use crate::tasks::Shim;
 
 /// How long one event is retried while containerd is away (restarting).
 const RETRY_FOR: Duration = Duration::from_secs(60);
@@ -121,11 +122,12 @@ impl Shim {
     /// (after the exit was recorded, before any waiter sees it).
     pub(crate) fn exit_event(
         &self,
+        container_id: &str,
         exec_id: &str,
         pid: u32,
         oom: Option<Oom>,
     ) -> impl FnOnce(&ExitStatus) + Send + 'static {
-        let (events, container_id) = (self.events.clone(), self.container_id().to_string());
+        let (events, container_id) = (self.events.clone(), container_id.to_string());
         let id = if exec_id.is_empty() { container_id.clone() } else { exec_id.to_string() };
         move |status: &ExitStatus| {
             let Some(p) = events else { return };
@@ -160,9 +162,8 @@ impl Shim {
 
     /// Under containerd: publishes a TaskOOM for every OOM kill in the
     /// container's memory cgroup until the cgroup is gone.
-    pub(crate) fn watch_oom(&self, cgroup: Option<&str>) -> Option<Oom> {
+    pub(crate) fn watch_oom(&self, id: &str, cgroup: Option<&str>) -> Option<Oom> {
         let (Some(events), Some(h), Some(cgroup)) = (&self.events, &self.cgroups, cgroup) else { return None };
-        let id = self.container_id();
         let watch = OomWatch::new(h, cgroup).inspect_err(|e| tracing::warn!(id, "no OOM events: {e}")).ok()?;
         // Readiness comes through a duplicate of the watch's descriptor, so
         // the exit watcher can read the watch too (see `exit_event`).

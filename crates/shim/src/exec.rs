@@ -15,7 +15,8 @@ use nix::unistd::Pid;
 use tokio::sync::watch;
 
 use crate::process;
-use crate::service::{InitTask, Shim, console_size, exit_fields, internal};
+use crate::service::{console_size, exit_fields, internal};
+use crate::tasks::{InitTask, Shim};
 use crate::tty::Pty;
 
 type TtrpcResult<T> = ttrpc::Result<T>;
@@ -30,6 +31,8 @@ pub struct ExecProc {
     stderr: String,
     /// 0 until started.
     pid: u32,
+    /// Set while a Start runs, so a second one is refused.
+    starting: bool,
     exit: Option<watch::Receiver<Option<ExitStatus>>>,
     /// Turns true once started (containerd waits for an exec before it
     /// starts it).
@@ -68,7 +71,7 @@ impl Shim {
         let spec = req.spec.as_ref().map(|a| a.value.clone()).unwrap_or_default();
         serde_json::from_slice::<serde_json::Value>(&spec)
             .map_err(|e| to_ttrpc(Code::InvalidArgument, format!("exec process spec: {e}")))?;
-        self.with_task(|t| {
+        self.with_task(&req.id, |t| {
             if !t.running() {
                 return Err(to_ttrpc(Code::FailedPrecondition, format!("container {} is not running", req.id)));
             }
@@ -86,6 +89,7 @@ impl Shim {
                 stdout: req.stdout,
                 stderr: req.stderr,
                 pid: 0,
+                starting: false,
                 exit: None,
                 started: watch::Sender::new(false),
             };
@@ -97,31 +101,49 @@ impl Shim {
         Ok(())
     }
 
-    pub(crate) fn exec_start(&self, exec_id: &str) -> TtrpcResult<u32> {
-        let (spec, terminal, stdin, stdout, stderr, bundle) = self.with_task(|t| {
+    pub(crate) async fn exec_start(&self, id: &str, exec_id: &str) -> TtrpcResult<u32> {
+        let (spec, terminal, stdin, stdout, stderr, bundle) = self.with_task(id, |t| {
             if !t.running() {
                 return Err(to_ttrpc(Code::FailedPrecondition, "container is not running"));
             }
             let bundle = t.bundle.clone();
             let e = get(t, exec_id)?;
-            if e.pid != 0 {
+            if e.pid != 0 || e.starting {
                 return Err(to_ttrpc(Code::FailedPrecondition, format!("exec {exec_id} was already started")));
             }
+            e.starting = true;
             Ok((e.spec.clone(), e.terminal, e.stdin.clone(), e.stdout.clone(), e.stderr.clone(), bundle))
         })?;
-        let (stdio, console, stdin_keeper, drained) = self.stdio(terminal, exec_id, &stdin, &stdout, &stderr)?;
-        let id = self.container_id().to_string();
-        let pid = self.runtime.exec(&id, &spec, stdio).map_err(|e| to_ttrpc(e.code(), e))?;
-        // On failure the process runs on without a terminal reader; kill it.
-        let size = console_size(&std::fs::read(&spec).unwrap_or_default(), "/consoleSize");
-        let pty = self.serve_terminal(console, exec_id, &stdout, size).inspect_err(|_| {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        })?;
-        let exit_file = bundle.join(format!("exec-{exec_id}.exit.json"));
-        let published = self.exit_event(exec_id, pid, None);
-        let rx = process::watch(pid, exit_file, self.tracked.clone(), drained, published)
-            .map_err(|e| internal(format!("watch exec {pid}: {e}")))?;
-        self.with_task(|t| {
+        let launched = async {
+            let (stdio, console, stdin_keeper, drained) =
+                self.stdio(terminal, id, exec_id, &stdin, &stdout, &stderr)?;
+            // The process becomes our child when its helper exits: nothing
+            // is reaped until its watcher tracks it (no await from the
+            // answer on).
+            let _spawning = self.spawning.enter();
+            let pid = self.runtime.exec(id, &spec, stdio).await.map_err(|e| to_ttrpc(e.code(), e))?;
+            // On failure the process runs on without a terminal reader; kill it.
+            let size = console_size(&std::fs::read(&spec).unwrap_or_default(), "/consoleSize");
+            let pty = self.serve_terminal(console, id, exec_id, &stdout, size).inspect_err(|_| {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            })?;
+            let exit_file = bundle.join(format!("exec-{exec_id}.exit.json"));
+            let published = self.exit_event(id, exec_id, pid, None);
+            let rx = process::watch(pid, exit_file, self.tracked.clone(), drained, published)
+                .map_err(|e| internal(format!("watch exec {pid}: {e}")))?;
+            Ok((pid, rx, pty, stdin_keeper))
+        };
+        let (pid, rx, pty, stdin_keeper) = match launched.await {
+            Ok(launched) => launched,
+            Err(e) => {
+                let _ = self.with_task(id, |t| {
+                    get(t, exec_id)?.starting = false;
+                    Ok(())
+                });
+                return Err(e);
+            }
+        };
+        self.with_task(id, |t| {
             let e = get(t, exec_id)?;
             e.pid = pid;
             e.exit = Some(rx);
@@ -130,13 +152,14 @@ impl Shim {
             e.started.send_replace(true);
             Ok(pid)
         })?;
-        let started = TaskExecStarted { container_id: id, exec_id: exec_id.to_string(), pid, ..Default::default() };
+        let started =
+            TaskExecStarted { container_id: id.to_string(), exec_id: exec_id.to_string(), pid, ..Default::default() };
         self.publish(TASK_EXEC_STARTED_EVENT_TOPIC, &started);
         Ok(pid)
     }
 
     pub(crate) fn exec_state(&self, id: &str, exec_id: &str) -> TtrpcResult<api::StateResponse> {
-        self.with_task(|t| {
+        self.with_task(id, |t| {
             let bundle = t.bundle.to_string_lossy().into_owned();
             let e = get(t, exec_id)?;
             let exited = e.exited();
@@ -162,11 +185,11 @@ impl Shim {
     }
 
     /// Signals one exec; `all` is for init only (SPEC B7).
-    pub(crate) fn exec_kill(&self, exec_id: &str, signal: u32, all: bool) -> TtrpcResult<()> {
+    pub(crate) fn exec_kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> TtrpcResult<()> {
         if all {
             return Err(to_ttrpc(Code::InvalidArgument, "signalling all processes is allowed only for init"));
         }
-        let pid = self.with_task(|t| {
+        let pid = self.with_task(id, |t| {
             let e = get(t, exec_id)?;
             match (e.pid, e.exited()) {
                 (_, Some(_)) => Err(to_ttrpc(Code::NotFound, format!("exec {exec_id} already finished"))),
@@ -183,20 +206,26 @@ impl Shim {
 
     /// The exit of an exec, once it was started; an exec deleted before it
     /// started is not found.
-    pub(crate) async fn exec_exit_rx(&self, exec_id: &str) -> TtrpcResult<watch::Receiver<Option<ExitStatus>>> {
-        let mut started = self.with_task(|t| Ok(get(t, exec_id)?.started.subscribe()))?;
+    pub(crate) async fn exec_exit_rx(
+        &self,
+        id: &str,
+        exec_id: &str,
+    ) -> TtrpcResult<watch::Receiver<Option<ExitStatus>>> {
+        let mut started = self.with_task(id, |t| Ok(get(t, exec_id)?.started.subscribe()))?;
         if started.wait_for(|s| *s).await.is_err() {
             return Err(not_found(exec_id));
         }
-        self.with_task(|t| get(t, exec_id)?.exit.clone().ok_or_else(|| internal(format!("exec {exec_id} has no exit"))))
+        self.with_task(id, |t| {
+            get(t, exec_id)?.exit.clone().ok_or_else(|| internal(format!("exec {exec_id} has no exit")))
+        })
     }
 
     /// Forgets a finished (or never started) exec and returns its exit.
-    pub(crate) fn exec_delete(&self, exec_id: &str) -> TtrpcResult<(u32, Option<ExitStatus>)> {
-        self.with_task(|t| {
+    pub(crate) fn exec_delete(&self, id: &str, exec_id: &str) -> TtrpcResult<(u32, Option<ExitStatus>)> {
+        self.with_task(id, |t| {
             let e = get(t, exec_id)?;
             let exited = e.exited();
-            if e.pid != 0 && exited.is_none() {
+            if (e.pid != 0 || e.starting) && exited.is_none() {
                 return Err(to_ttrpc(Code::FailedPrecondition, format!("exec {exec_id} is still running")));
             }
             let pid = e.pid;

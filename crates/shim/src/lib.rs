@@ -6,8 +6,6 @@ pub mod logger;
 pub mod metrics;
 pub mod resources;
 
-use std::os::fd::{FromRawFd, OwnedFd};
-
 use berth_model::Code;
 use containerd_shim_protos::cgroups::metrics as cgroups_v1;
 use containerd_shim_protos::cgroups_v2::metrics as cgroups_v2;
@@ -75,23 +73,15 @@ pub fn from_ttrpc(err: &ttrpc::Error) -> (Code, String) {
     }
 }
 
-/// Opens a pidfd: a handle that becomes readable when the process exits and
-/// never refers to a recycled pid.
-pub fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
-    // SAFETY: plain syscall with integer arguments.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this new descriptor; we own it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
+pub use berth_runtime::pidfd_open;
 
-/// A short, stable tag of a process for file names: FNV-1a of its exec id
-/// ("" for init).
-fn process_tag(exec_id: &str) -> String {
+/// A short, stable tag of a process for file names: FNV-1a of its
+/// container's id and its exec id ("" for init), so the processes of all
+/// the containers one (sandbox) shim holds get distinct names.
+fn process_tag(container_id: &str, exec_id: &str) -> String {
     let mut h: u32 = 0x811c_9dc5;
-    for b in exec_id.bytes() {
+    // The separator keeps ("ab", "c") and ("a", "bc") apart: ids hold no NUL.
+    for b in container_id.bytes().chain([0]).chain(exec_id.bytes()) {
         h = (h ^ b as u32).wrapping_mul(0x0100_0193);
     }
     format!("{h:08x}")
@@ -100,13 +90,13 @@ fn process_tag(exec_id: &str) -> String {
 /// The socket on which a shim serves the terminal of one of its processes:
 /// next to the shim's own socket, with a short name (unix socket paths are
 /// limited to 107 bytes).
-pub fn tty_socket(shim_socket: &std::path::Path, exec_id: &str) -> std::path::PathBuf {
-    shim_socket.with_extension(format!("{}.tty", process_tag(exec_id)))
+pub fn tty_socket(shim_socket: &std::path::Path, container_id: &str, exec_id: &str) -> std::path::PathBuf {
+    shim_socket.with_extension(format!("{}.tty", process_tag(container_id, exec_id)))
 }
 
 /// Where the runtime hands the shim a process's pty master.
-pub fn console_socket(shim_socket: &std::path::Path, exec_id: &str) -> std::path::PathBuf {
-    shim_socket.with_extension(format!("{}.console", process_tag(exec_id)))
+pub fn console_socket(shim_socket: &std::path::Path, container_id: &str, exec_id: &str) -> std::path::PathBuf {
+    shim_socket.with_extension(format!("{}.console", process_tag(container_id, exec_id)))
 }
 
 /// A message containerd receives packed in an `Any`, with its full name.
@@ -196,12 +186,19 @@ mod tests {
     #[test]
     fn tty_sockets_are_short_and_distinct() {
         let shim = std::path::Path::new("/run/berth/shims/0123456789abcdef.sock");
-        let init = tty_socket(shim, "");
-        let exec = tty_socket(shim, &"e".repeat(128));
+        let long = "c".repeat(64);
+        let init = tty_socket(shim, &long, "");
+        let exec = tty_socket(shim, &long, &"e".repeat(128));
         assert_ne!(init, exec);
+        // Two containers' inits (and their execs of one name) in one shim.
+        assert_ne!(tty_socket(shim, "a", ""), tty_socket(shim, "b", ""));
+        assert_ne!(tty_socket(shim, "a", "x"), tty_socket(shim, "b", "x"));
+        assert_ne!(tty_socket(shim, "ab", "c"), tty_socket(shim, "a", "bc"));
+        assert_ne!(console_socket(shim, "a", ""), console_socket(shim, "b", ""));
         assert_eq!(exec.parent(), shim.parent());
         assert!(exec.as_os_str().len() < 64, "{exec:?}");
-        assert!(console_socket(shim, "").to_string_lossy().ends_with(".console"));
+        assert!(console_socket(shim, &long, "").as_os_str().len() < 108);
+        assert!(console_socket(shim, "a", "").to_string_lossy().ends_with(".console"));
     }
 
     #[test]

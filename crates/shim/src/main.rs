@@ -1,9 +1,12 @@
-//! berth-shim: holds one container's processes, reaps them, records their
+//! berth-shim: holds one container's processes (a lone shim) or those of
+//! every container of a sandbox (`--sandbox`), reaps them, records their
 //! exits durably and serves the containerd shim v2 Task API over ttrpc.
 //! It runs in its own session so berthd can die and restart around it.
 //!
 //! Usage (started by berthd, listener on fd 3):
-//!   berth-shim --namespace NS --id ID --runtime NAME --runtime-root DIR
+//!   berth-shim --namespace NS --id ID --runtime NAME --runtime-root DIR [--sandbox]
+//! A lone shim exits after the Delete of its container; a sandbox shim
+//! (ID names the sandbox) serves any number of containers until Shutdown.
 //! After a shim died, berthd cleans up with the same flags plus
 //! `--cleanup BUNDLE` (no listener; prints the recorded exit as JSON).
 //! Run with containerd's flags (`-namespace … start|delete`) it is
@@ -19,6 +22,7 @@ mod reaper;
 mod rootfs;
 mod service;
 mod stdio;
+mod tasks;
 mod tty;
 
 use std::collections::HashMap;
@@ -37,6 +41,8 @@ struct Args {
     runtime: String,
     runtime_root: PathBuf,
     cleanup: Option<PathBuf>,
+    /// Serve the containers of the sandbox `id` (see `tasks.rs`).
+    sandbox: bool,
     /// Set when containerd started this shim: its ttrpc socket, for events.
     ttrpc_address: Option<String>,
 }
@@ -44,8 +50,12 @@ struct Args {
 fn parse_args(args: Vec<String>) -> Result<Args, String> {
     let mut it = args.into_iter();
     let (mut namespace, mut id, mut runtime, mut root, mut cleanup) = (None, None, None, None, None);
-    let mut ttrpc_address = None;
+    let (mut ttrpc_address, mut sandbox) = (None, false);
     while let Some(flag) = it.next() {
+        if flag == "--sandbox" {
+            sandbox = true;
+            continue;
+        }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--namespace" => namespace = Some(value),
@@ -63,6 +73,7 @@ fn parse_args(args: Vec<String>) -> Result<Args, String> {
         runtime: runtime.ok_or("--runtime is required")?,
         runtime_root: root.ok_or("--runtime-root is required")?,
         cleanup,
+        sandbox,
         ttrpc_address,
     })
 }
@@ -145,10 +156,13 @@ async fn serve(args: Args) -> Result<(), String> {
 
     let runtime = berth_runtime::open(&args.runtime, &args.runtime_root).map_err(|e| e.to_string())?;
     // The shim stays single-threaded, so runtime work can run in forked helpers.
-    let runtime = Box::new(berth_runtime::Isolated::new(runtime));
+    // It forks a helper per call and awaits its answer.
+    let runtime = berth_runtime::Isolated::new(runtime);
     let events = args.ttrpc_address.as_deref().map(|a| Arc::new(events::Publisher::spawn(a, args.namespace.clone())));
-    let shim = Arc::new(service::Shim::new(args.namespace, args.id, socket.clone(), runtime, events.clone()));
-    reaper::spawn(shim.processes()).map_err(|e| format!("reaper: {e}"))?;
+    let shim = tasks::Shim::new(args.namespace, args.id, args.sandbox, socket.clone(), runtime, events.clone());
+    let shim = Arc::new(shim);
+    let (tracked, spawning) = shim.processes();
+    reaper::spawn(tracked, spawning).map_err(|e| format!("reaper: {e}"))?;
 
     let mut server = Server::new().register_service(task_services(&shim)).add_listener(Listener::from(listener));
     server.start().await.map_err(|e| format!("ttrpc: {e}"))?;
@@ -164,7 +178,7 @@ async fn serve(args: Args) -> Result<(), String> {
 }
 
 /// The Task service under both names it is called by.
-fn task_services(shim: &Arc<service::Shim>) -> HashMap<String, Service> {
+fn task_services(shim: &Arc<tasks::Shim>) -> HashMap<String, Service> {
     let mut services = create_task(shim.clone());
     if let Some(task) = create_task(shim.clone()).remove(TASK_V3) {
         services.insert(TASK_V2.to_string(), task);

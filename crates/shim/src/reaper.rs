@@ -1,25 +1,71 @@
-//! Reaps children the shim does not watch itself. Tracked processes (init,
+//! Reaps children the shim does not watch itself. Tracked processes (inits,
 //! execs) are reaped by their own pidfd watcher in `process.rs`; everything
-//! else that ends up our child (re-parented orphans) is reaped here on
-//! SIGCHLD. The shim is single-threaded, so no runtime call that waits for
-//! its own helper processes can run while this does.
+//! else that ends up our child (re-parented orphans, runtime helpers whose
+//! caller was first or gave up) is reaped here on SIGCHLD.
+//!
+//! Runtime calls run in forked helpers while the shim serves other
+//! requests, so a container's new init or exec process can become our
+//! child (its helper exited) before its watcher tracks it. While such a
+//! call is in flight ([`Spawning::enter`]) nothing is reaped; the reaper
+//! catches up once the last one is done.
 
 use std::collections::HashSet;
 use std::fs;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::Pid;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::Notify;
 
 /// Pids whose exit a watcher is waiting for.
 pub type Tracked = Arc<Mutex<HashSet<u32>>>;
 
-pub fn spawn(tracked: Tracked) -> std::io::Result<()> {
+/// Runtime calls in flight that may leave a new, not yet tracked child.
+#[derive(Clone, Default)]
+pub struct Spawning(Arc<SpawningInner>);
+
+#[derive(Default)]
+struct SpawningInner {
+    count: AtomicUsize,
+    done: Notify,
+}
+
+/// Held from before a runtime call that starts a process until that
+/// process is tracked.
+pub struct SpawnGuard(Spawning);
+
+impl Spawning {
+    pub fn enter(&self) -> SpawnGuard {
+        self.0.count.fetch_add(1, Ordering::SeqCst);
+        SpawnGuard(self.clone())
+    }
+
+    fn idle(&self) -> bool {
+        self.0.count.load(Ordering::SeqCst) == 0
+    }
+}
+
+impl Drop for SpawnGuard {
+    fn drop(&mut self) {
+        if self.0.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.0.done.notify_one();
+        }
+    }
+}
+
+pub fn spawn(tracked: Tracked, spawning: Spawning) -> std::io::Result<()> {
     let mut sigchld = signal(SignalKind::child())?;
     tokio::spawn(async move {
-        while sigchld.recv().await.is_some() {
-            reap_untracked(&tracked);
+        loop {
+            tokio::select! {
+                got = sigchld.recv() => if got.is_none() { return },
+                () = spawning.0.done.notified() => {}
+            }
+            if spawning.idle() {
+                reap_untracked(&tracked);
+            }
         }
     });
     Ok(())

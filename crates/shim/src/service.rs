@@ -1,18 +1,18 @@
-//! The shim v2 Task service for one container (the sandbox's only one for
-//! now). Each handler checks the request against the task's state, calls the
-//! runtime, and answers; exits come from the watcher in `process.rs`. Under
-//! containerd it also mounts the task's rootfs, publishes task events and
-//! answers Stats in containerd's types.
+//! The shim v2 Task service for the containers a shim holds (see
+//! `tasks.rs`). Each handler finds the named container's task, checks the
+//! request against its state, calls the runtime, and answers; exits come
+//! from the watchers in `process.rs`. Runtime calls run in forked helpers
+//! and are awaited, so one hung call (a hook that hangs) stalls only the
+//! request that made it. Under containerd it also mounts the task's
+//! rootfs, publishes task events and answers Stats in containerd's types.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use berth_cgroups::Hierarchies;
 use berth_model::{Code, ExitStatus};
-use berth_runtime::{Runtime, RuntimeError, in_child};
+use berth_runtime::{RuntimeError, in_child};
 use berth_shim::{STATS_TYPE_URL, timestamp, to_ttrpc};
 use containerd_shim_protos::api::{self, Status};
 use containerd_shim_protos::events::task::{TaskDelete, TaskPaused, TaskResumed, TaskStart};
@@ -27,140 +27,72 @@ use containerd_shim_protos::topics::{
 use containerd_shim_protos::ttrpc::{self, r#async::TtrpcContext};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::cleanup::{cgroup_of, kill_leftovers};
-use crate::events::Publisher;
-use crate::exec::{ExecProc, close_exec_stdin, exec_pty};
-use crate::reaper::Tracked;
+use crate::exec::{close_exec_stdin, exec_pty};
+use crate::output::Drained;
+use crate::stdio::Terminal;
+use crate::tasks::{InitTask, Shim, not_served};
 use crate::tty::Pty;
 use crate::{metrics, process, rootfs};
 
 type TtrpcResult<T> = ttrpc::Result<T>;
 
-pub(crate) struct InitTask {
-    pub(crate) bundle: PathBuf,
-    pid: u32,
-    started: bool,
-    paused: bool,
-    stdout: String,
-    stderr: String,
-    cgroup: Option<String>,
-    exit: watch::Receiver<Option<ExitStatus>>,
-    pty: Option<Pty>,
-    /// Held open until CloseIO so interactive stdin does not end early.
-    stdin_keeper: Option<std::fs::File>,
-    /// Whether the shim mounted the rootfs (containerd's snapshot mounts).
-    rootfs_mounted: bool,
-    pub(crate) execs: HashMap<String, ExecProc>,
-}
-
-impl InitTask {
-    pub(crate) fn exited(&self) -> Option<ExitStatus> {
-        *self.exit.borrow()
-    }
-
-    /// Running: started, not paused, not exited.
-    pub(crate) fn running(&self) -> bool {
-        self.started && !self.paused && self.exited().is_none()
-    }
-}
-
-pub struct Shim {
-    namespace: String,
-    id: String,
-    /// The shim's own socket: terminal sockets are named after it.
-    pub(crate) socket: PathBuf,
-    /// The host's cgroup mounts, read once.
-    pub(crate) cgroups: Option<Hierarchies>,
-    pub(crate) runtime: Arc<dyn Runtime>,
-    pub(crate) tracked: Tracked,
-    task: Mutex<Option<InitTask>>,
-    shutdown: Notify,
-    /// Set when containerd started the shim: task events go to it, and
-    /// Stats answers in containerd's Metrics types.
-    pub(crate) events: Option<Arc<Publisher>>,
-}
+/// What watching a new init yields: its terminal, cgroup and exit.
+type Watched = (Option<Pty>, Option<String>, watch::Receiver<Option<ExitStatus>>);
 
 impl Shim {
-    pub fn new(
-        namespace: String,
-        id: String,
-        socket: PathBuf,
-        runtime: Box<dyn Runtime>,
-        events: Option<Arc<Publisher>>,
-    ) -> Shim {
-        Shim {
-            namespace,
-            id,
-            socket,
-            cgroups: Hierarchies::detect().ok(),
-            runtime: Arc::from(runtime),
-            tracked: Tracked::default(),
-            task: Mutex::new(None),
-            shutdown: Notify::new(),
-            events,
-        }
-    }
-
-    pub(crate) fn container_id(&self) -> &str {
-        &self.id
-    }
-
-    pub fn processes(&self) -> Tracked {
-        self.tracked.clone()
-    }
-
-    pub async fn shutdown_requested(&self) {
-        self.shutdown.notified().await
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Option<InitTask>> {
-        self.task.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Checks that a request names our container.
-    fn check(&self, id: &str) -> TtrpcResult<()> {
-        if id != self.id {
-            return Err(to_ttrpc(Code::NotFound, format!("container {id} is not served by this shim")));
-        }
-        Ok(())
-    }
-
-    pub(crate) fn with_task<T>(&self, f: impl FnOnce(&mut InitTask) -> TtrpcResult<T>) -> TtrpcResult<T> {
-        let mut guard = self.lock();
-        match guard.as_mut() {
-            Some(t) => f(t),
-            None => Err(to_ttrpc(Code::NotFound, format!("container {} has no task", self.id))),
-        }
-    }
-
     /// Freezes (a running) or thaws (a paused) container (SPEC B11).
-    fn freeze(&self, id: &str, frozen: bool) -> TtrpcResult<()> {
-        let allowed = self.with_task(|t| Ok(if frozen { t.running() } else { t.paused && t.exited().is_none() }))?;
+    async fn freeze(&self, id: &str, frozen: bool) -> TtrpcResult<()> {
+        let allowed =
+            self.with_task(id, |t| Ok(if frozen { t.running() } else { t.paused && t.exited().is_none() }))?;
         if !allowed {
             let want = if frozen { "running" } else { "paused" };
             return Err(to_ttrpc(Code::FailedPrecondition, format!("container {id} is not {want}")));
         }
-        let done = if frozen { self.runtime.pause(id) } else { self.runtime.resume(id) };
+        let done = if frozen { self.runtime.pause(id).await } else { self.runtime.resume(id).await };
         done.map_err(|e| to_ttrpc(e.code(), e))?;
-        self.with_task(|t| {
+        self.with_task(id, |t| {
             t.paused = frozen;
             Ok(())
         })
     }
 
     /// The cgroup of a container whose init has not exited.
-    fn live_cgroup(&self) -> TtrpcResult<String> {
-        self.with_task(|t| match (&t.cgroup, t.exited()) {
+    fn live_cgroup(&self, id: &str) -> TtrpcResult<String> {
+        self.with_task(id, |t| match (&t.cgroup, t.exited()) {
             (Some(cg), None) => Ok(cg.clone()),
             (None, None) => Err(internal("container spec names no cgroup")),
-            (_, Some(_)) => Err(to_ttrpc(Code::FailedPrecondition, format!("container {} has exited", self.id))),
+            (_, Some(_)) => Err(to_ttrpc(Code::FailedPrecondition, format!("container {id} has exited"))),
         })
     }
 
-    fn exit_rx(&self) -> TtrpcResult<watch::Receiver<Option<ExitStatus>>> {
-        self.with_task(|t| Ok(t.exit.clone()))
+    fn exit_rx(&self, id: &str) -> TtrpcResult<watch::Receiver<Option<ExitStatus>>> {
+        self.with_task(id, |t| Ok(t.exit.clone()))
+    }
+
+    /// Serves a new init's terminal and starts watching it (no await: the
+    /// init is an untracked child of the shim until this returns).
+    fn watch_init(
+        &self,
+        req: &api::CreateTaskRequest,
+        bundle: &Path,
+        pid: u32,
+        console: Option<Terminal>,
+        drained: Drained,
+    ) -> TtrpcResult<Watched> {
+        let size = console_size(&std::fs::read(bundle.join("config.json")).unwrap_or_default(), "/process/consoleSize");
+        let pty = self.serve_terminal(console, &req.id, "", &req.stdout, size)?;
+        let cgroup = cgroup_of(bundle);
+        let (leftover_cgroup, hierarchies) = (cgroup.clone(), self.cgroups.clone());
+        let published = self.exit_event(&req.id, "", pid, self.watch_oom(&req.id, cgroup.as_deref()));
+        let exit = process::watch(pid, bundle.join("exit.json"), self.tracked.clone(), drained, move |status| {
+            kill_leftovers(hierarchies.as_ref(), leftover_cgroup.as_deref());
+            published(status);
+        });
+        let exit = exit.map_err(|e| internal(format!("watch init {pid}: {e}")))?;
+        Ok((pty, cgroup, exit))
     }
 }
 
@@ -190,41 +122,41 @@ pub(crate) fn internal(e: impl std::fmt::Display) -> ttrpc::Error {
 #[async_trait]
 impl Task for Shim {
     async fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
-        self.check(&req.id)?;
-        if self.lock().is_some() {
-            return Err(to_ttrpc(Code::AlreadyExists, format!("container {} already has a task", req.id)));
-        }
+        // Held until the task is in the table: a second Create of the same
+        // id meanwhile gets AlreadyExists. No lock is held across the call.
+        let reservation = self.reserve(&req.id)?;
         let bundle = PathBuf::from(&req.bundle);
         let (stdio, console, stdin_keeper, drained) =
-            self.stdio(req.terminal, "", &req.stdin, &req.stdout, &req.stderr)?;
+            self.stdio(req.terminal, &req.id, "", &req.stdin, &req.stdout, &req.stderr)?;
         let rootfs_mounted = rootfs::mount_all(&bundle, &req.rootfs).map_err(internal)?;
+        // The new init becomes our child when its helper exits: nothing is
+        // reaped until its watcher tracks it.
+        let spawning = self.spawning.enter();
         let t0 = std::time::Instant::now();
-        let pid = self.runtime.create(&req.id, &bundle, stdio).map_err(|e| {
-            if rootfs_mounted {
-                rootfs::unmount_all(&bundle);
+        let pid = match self.runtime.create(&req.id, &bundle, stdio).await {
+            Ok(pid) => pid,
+            Err(e) => {
+                if rootfs_mounted {
+                    rootfs::unmount_all(&bundle);
+                }
+                return Err(to_ttrpc(e.code(), e));
             }
-            to_ttrpc(e.code(), e)
-        })?;
-        tracing::debug!(id = %req.id, pid, terminal = req.terminal, us = t0.elapsed().as_micros() as u64, "runtime create");
-        let size = console_size(&std::fs::read(bundle.join("config.json")).unwrap_or_default(), "/process/consoleSize");
-        let undo = |e: ttrpc::Error| {
-            let _ = self.runtime.delete(&req.id, true);
-            if rootfs_mounted {
-                rootfs::unmount_all(&bundle);
-            }
-            e
         };
-        let pty = self.serve_terminal(console, "", &req.stdout, size).map_err(undo)?;
-        let cgroup = cgroup_of(&bundle);
-        let (leftover_cgroup, hierarchies) = (cgroup.clone(), self.cgroups.clone());
-        let published = self.exit_event("", pid, self.watch_oom(cgroup.as_deref()));
-        let exit = process::watch(pid, bundle.join("exit.json"), self.tracked.clone(), drained, move |status| {
-            kill_leftovers(hierarchies.as_ref(), leftover_cgroup.as_deref());
-            published(status);
-        });
-        let exit = exit.map_err(|e| undo(internal(format!("watch init {pid}: {e}"))))?;
+        tracing::debug!(id = %req.id, pid, terminal = req.terminal, us = t0.elapsed().as_micros() as u64, "runtime create");
+        let (pty, cgroup, exit) = match self.watch_init(&req, &bundle, pid, console, drained) {
+            Ok(watched) => watched,
+            Err(e) => {
+                drop(spawning);
+                let _ = self.runtime.delete(&req.id, true).await;
+                if rootfs_mounted {
+                    rootfs::unmount_all(&bundle);
+                }
+                return Err(e);
+            }
+        };
+        drop(spawning);
         self.created(&req, pid);
-        *self.lock() = Some(InitTask {
+        let task = InitTask {
             bundle,
             pid,
             started: false,
@@ -237,24 +169,24 @@ impl Task for Shim {
             stdin_keeper,
             rootfs_mounted,
             execs: HashMap::new(),
-        });
+        };
+        self.insert(&reservation, task);
         Ok(api::CreateTaskResponse { pid, ..Default::default() })
     }
 
     async fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
-        self.check(&req.id)?;
         if !req.exec_id.is_empty() {
-            let pid = self.exec_start(&req.exec_id)?;
+            let pid = self.exec_start(&req.id, &req.exec_id).await?;
             return Ok(api::StartResponse { pid, ..Default::default() });
         }
-        let pid = self.with_task(|t| {
+        let pid = self.with_task(&req.id, |t| {
             if t.started || t.exited().is_some() {
                 return Err(to_ttrpc(Code::FailedPrecondition, format!("container {} was already started", req.id)));
             }
             Ok(t.pid)
         })?;
-        self.runtime.start(&req.id).map_err(|e| to_ttrpc(e.code(), e))?;
-        self.with_task(|t| {
+        self.runtime.start(&req.id).await.map_err(|e| to_ttrpc(e.code(), e))?;
+        self.with_task(&req.id, |t| {
             t.started = true;
             Ok(())
         })?;
@@ -263,11 +195,10 @@ impl Task for Shim {
     }
 
     async fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
-        self.check(&req.id)?;
         if !req.exec_id.is_empty() {
             return self.exec_state(&req.id, &req.exec_id);
         }
-        self.with_task(|t| {
+        self.with_task(&req.id, |t| {
             let exited = t.exited();
             let status = match (exited, t.started, t.paused) {
                 (Some(_), _, _) => Status::STOPPED,
@@ -291,18 +222,17 @@ impl Task for Shim {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {
-        self.check(&req.id)?;
         if !req.exec_id.is_empty() {
-            self.exec_kill(&req.exec_id, req.signal, req.all)?;
+            self.exec_kill(&req.id, &req.exec_id, req.signal, req.all)?;
             return Ok(Empty::new());
         }
-        let (pid, paused) = self.with_task(|t| match t.exited() {
+        let (pid, paused) = self.with_task(&req.id, |t| match t.exited() {
             Some(_) => Err(to_ttrpc(Code::NotFound, format!("process of container {} already finished", req.id))),
             None => Ok((t.pid, t.paused)),
         })?;
         let signal = i32::try_from(req.signal).map_err(|_| to_ttrpc(Code::InvalidArgument, "bad signal"))?;
         if req.all {
-            self.runtime.kill(&req.id, signal, true).map_err(|e| to_ttrpc(e.code(), e))?;
+            self.runtime.kill(&req.id, signal, true).await.map_err(|e| to_ttrpc(e.code(), e))?;
         } else {
             let sig = Signal::try_from(signal)
                 .map_err(|_| to_ttrpc(Code::InvalidArgument, format!("invalid signal {signal}")))?;
@@ -315,10 +245,10 @@ impl Task for Shim {
         // libcontainer thaw by themselves when killing all with SIGKILL, so
         // an "already thawed" answer is fine.
         if paused && signal == libc::SIGKILL {
-            if let Err(e) = self.runtime.resume(&req.id) {
+            if let Err(e) = self.runtime.resume(&req.id).await {
                 tracing::debug!(id = %req.id, "thaw after SIGKILL: {e}");
             }
-            self.with_task(|t| {
+            self.with_task(&req.id, |t| {
                 t.paused = false;
                 Ok(())
             })?;
@@ -326,7 +256,7 @@ impl Task for Shim {
         // Cgroups the container froze below its own would keep their
         // processes (and so the pid namespace's init) from ever dying.
         if signal == libc::SIGKILL {
-            let cgroup = self.with_task(|t| Ok(t.cgroup.clone()))?;
+            let cgroup = self.with_task(&req.id, |t| Ok(t.cgroup.clone()))?;
             if let (Some(cg), Some(h)) = (cgroup, &self.cgroups) {
                 h.thaw_tree(&cg);
             }
@@ -335,10 +265,10 @@ impl Task for Shim {
     }
 
     async fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
-        self.check(&req.id)?;
-        let cgroup = self.live_cgroup()?;
-        let stats =
-            in_child("stats", || berth_cgroups::stats(&cgroup).map_err(isolated)).map_err(|e| to_ttrpc(e.code(), e))?;
+        let cgroup = self.live_cgroup(&req.id)?;
+        let stats = in_child("stats", || berth_cgroups::stats(&cgroup).map_err(isolated))
+            .await
+            .map_err(|e| to_ttrpc(e.code(), e))?;
         let any = if self.events.is_some() {
             metrics::to_any(&stats).map_err(internal)?
         } else {
@@ -351,34 +281,37 @@ impl Task for Shim {
     }
 
     async fn update(&self, _ctx: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
-        self.check(&req.id)?;
-        let cgroup = self.live_cgroup()?;
+        let cgroup = self.live_cgroup(&req.id)?;
         let any = req.resources.as_ref().ok_or_else(|| to_ttrpc(Code::InvalidArgument, "no resources to update"))?;
         let limits = berth_shim::resources::limits_from_any(any).map_err(|e| to_ttrpc(Code::InvalidArgument, e))?;
         limits.validate().map_err(|e| to_ttrpc(e.code(), e))?;
         in_child("update", || berth_cgroups::update(&cgroup, &limits).map(|()| 0u32).map_err(isolated))
+            .await
             .map_err(|e| to_ttrpc(e.code(), e))?;
         Ok(Empty::new())
     }
 
     async fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<Empty> {
-        self.check(&req.id)?;
-        if req.stdin {
-            self.with_task(|t| {
-                if req.exec_id.is_empty() {
-                    t.stdin_keeper = None;
-                } else {
-                    close_exec_stdin(t, &req.exec_id)?;
-                }
-                Ok(())
-            })?;
+        if !req.stdin && !self.sandbox {
+            self.check(&req.id)?;
+            return Ok(Empty::new());
         }
+        self.with_task(&req.id, |t| {
+            if !req.stdin {
+                return Ok(());
+            }
+            if req.exec_id.is_empty() {
+                t.stdin_keeper = None;
+            } else {
+                close_exec_stdin(t, &req.exec_id)?;
+            }
+            Ok(())
+        })?;
         Ok(Empty::new())
     }
 
     async fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<Empty> {
-        self.check(&req.id)?;
-        let resized = self.with_task(|t| {
+        let resized = self.with_task(&req.id, |t| {
             let pty = if req.exec_id.is_empty() { t.pty.as_ref() } else { exec_pty(t, &req.exec_id)? };
             let pty = pty.ok_or_else(|| to_ttrpc(Code::FailedPrecondition, "the process has no terminal"))?;
             pty.resize(req.width, req.height).map_err(internal)
@@ -387,57 +320,56 @@ impl Task for Shim {
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
-        self.check(&req.id)?;
         self.exec_add(req)?;
         Ok(Empty::new())
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
-        self.check(&req.id)?;
-        self.freeze(&req.id, true)?;
+        self.freeze(&req.id, true).await?;
         self.publish(TASK_PAUSED_EVENT_TOPIC, &TaskPaused { container_id: req.id, ..Default::default() });
         Ok(Empty::new())
     }
 
     async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
-        self.check(&req.id)?;
-        self.freeze(&req.id, false)?;
+        self.freeze(&req.id, false).await?;
         self.publish(TASK_RESUMED_EVENT_TOPIC, &TaskResumed { container_id: req.id, ..Default::default() });
         Ok(Empty::new())
     }
 
     async fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
-        self.check(&req.id)?;
-        let rx = if req.exec_id.is_empty() { self.exit_rx()? } else { self.exec_exit_rx(&req.exec_id).await? };
+        let rx = if req.exec_id.is_empty() {
+            self.exit_rx(&req.id)?
+        } else {
+            self.exec_exit_rx(&req.id, &req.exec_id).await?
+        };
         let status = process::wait(rx).await;
         let (exit_status, exited_at) = exit_fields(status);
         Ok(api::WaitResponse { exit_status, exited_at, ..Default::default() })
     }
 
     async fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
-        self.check(&req.id)?;
         if !req.exec_id.is_empty() {
-            let (pid, status) = self.exec_delete(&req.exec_id)?;
+            let (pid, status) = self.exec_delete(&req.id, &req.exec_id)?;
             let (exit_status, exited_at) = exit_fields(status);
             return Ok(api::DeleteResponse { pid, exit_status, exited_at, ..Default::default() });
         }
         // The rootfs to take off, if the shim mounted it.
-        let (pid, started, rx, mounted) =
-            self.with_task(|t| Ok((t.pid, t.started, t.exit.clone(), t.rootfs_mounted.then(|| t.bundle.clone()))))?;
+        let (pid, started, rx, mounted, cgroup) = self.with_task(&req.id, |t| {
+            Ok((t.pid, t.started, t.exit.clone(), t.rootfs_mounted.then(|| t.bundle.clone()), t.cgroup.clone()))
+        })?;
         let exited = *rx.borrow();
         if exited.is_none() && started {
             return Err(to_ttrpc(Code::FailedPrecondition, format!("container {} is running; stop it first", req.id)));
         }
         // Cgroups the container made below its own would make the
         // runtime's removal of its cgroup fail for good.
-        let cgroup = self.with_task(|t| Ok(t.cgroup.clone()))?;
         if let (Some(cg), Some(h)) = (cgroup, &self.cgroups)
             && let Err(e) = h.remove_children(&cg)
         {
             tracing::warn!(id = %req.id, "remove the container's sub-cgroups: {e}");
         }
         // A created container is killed by the runtime's delete.
-        self.runtime.delete(&req.id, exited.is_none()).map_err(|e| to_ttrpc(e.code(), e))?;
+        self.runtime.delete(&req.id, exited.is_none()).await.map_err(|e| to_ttrpc(e.code(), e))?;
         let status = match tokio::time::timeout(Duration::from_secs(10), process::wait(rx)).await {
             Ok(s) => s,
             Err(_) => return Err(to_ttrpc(Code::DeadlineExceeded, format!("init {pid} did not exit"))),
@@ -454,15 +386,16 @@ impl Task for Shim {
             ..Default::default()
         };
         self.publish(TASK_DELETE_EVENT_TOPIC, &deleted);
-        *self.lock() = None;
-        // The last (only) container is gone: the shim's job is done.
-        self.shutdown.notify_one();
+        // A lone shim's job is done with its container; a sandbox shim
+        // waits for Shutdown.
+        if self.remove(&req.id) && !self.sandbox {
+            self.shutdown.notify_one();
+        }
         Ok(api::DeleteResponse { pid, exit_status, exited_at, ..Default::default() })
     }
 
     async fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
-        self.check(&req.id)?;
-        let (pid, cgroup, exited) = self.with_task(|t| Ok((t.pid, t.cgroup.clone(), t.exited())))?;
+        let (pid, cgroup, exited) = self.with_task(&req.id, |t| Ok((t.pid, t.cgroup.clone(), t.exited())))?;
         let mut pids = match (cgroup, &self.cgroups) {
             (Some(cg), Some(h)) => h.procs(&cg).map_err(internal)?,
             _ => Vec::new(),
@@ -474,21 +407,32 @@ impl Task for Shim {
         Ok(api::PidsResponse { processes, ..Default::default() })
     }
 
+    /// Names the shim's own id or a container it holds.
     async fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
-        self.check(&req.id)?;
-        let task_pid = self.lock().as_ref().map(|t| t.pid).unwrap_or(0);
+        let task_pid = self.task_pid(&req.id);
+        if req.id != self.id && task_pid.is_none() {
+            return Err(not_served(&req.id));
+        }
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
-            task_pid,
+            task_pid: task_pid.unwrap_or(0),
             version: format!("berth-shim {} ({})", env!("CARGO_PKG_VERSION"), self.namespace),
             ..Default::default()
         })
     }
 
     async fn shutdown(&self, _ctx: &TtrpcContext, req: api::ShutdownRequest) -> TtrpcResult<Empty> {
-        self.check(&req.id)?;
-        let live = self.lock().as_ref().is_some_and(|t| t.exited().is_none());
-        if live && !req.now {
+        if req.id != self.id {
+            return Err(not_served(&req.id));
+        }
+        if self.sandbox {
+            // Whatever `now` says: the containers would be orphaned.
+            let held = self.held();
+            if held > 0 {
+                let message = format!("sandbox {} still holds {held} container(s); delete them first", self.id);
+                return Err(to_ttrpc(Code::FailedPrecondition, message));
+            }
+        } else if self.any_live() && !req.now {
             return Err(to_ttrpc(Code::FailedPrecondition, format!("container {} still has a live task", req.id)));
         }
         self.shutdown.notify_one();

@@ -14,7 +14,8 @@ use berth_shim::{console_socket, to_ttrpc, tty_socket};
 use containerd_shim_protos::ttrpc;
 
 use crate::output::{Drained, open_sink, pipe_from, pipe_to_log};
-use crate::service::{Shim, internal};
+use crate::service::internal;
+use crate::tasks::Shim;
 use crate::tty::{self, ConsoleSocket, Pty};
 
 type TtrpcResult<T> = ttrpc::Result<T>;
@@ -36,6 +37,7 @@ impl Shim {
     pub(crate) fn stdio(
         &self,
         terminal: bool,
+        container_id: &str,
         exec_id: &str,
         stdin: &str,
         stdout: &str,
@@ -50,7 +52,8 @@ impl Shim {
                 "" => (None, None),
                 path => open_fifo(path, keep).map(|(reader, keeper)| (Some(reader), keeper))?,
             };
-            let console = ConsoleSocket::bind(&console_socket(&self.socket, exec_id)).map_err(internal)?;
+            let console =
+                ConsoleSocket::bind(&console_socket(&self.socket, container_id, exec_id)).map_err(internal)?;
             let stdio = Stdio { console_socket: Some(console.path().to_path_buf()), ..Default::default() };
             return Ok((stdio, Some(Terminal { console, input }), keeper, drained));
         }
@@ -69,6 +72,7 @@ impl Shim {
     pub(crate) fn serve_terminal(
         &self,
         terminal: Option<Terminal>,
+        container_id: &str,
         exec_id: &str,
         log: &str,
         size: Option<(u32, u32)>,
@@ -80,7 +84,8 @@ impl Shim {
             "" => None,
             path => open_sink(path).map_err(|e| to_ttrpc(Code::InvalidArgument, format!("open {path}: {e}")))?,
         };
-        let pty = tty::serve(master, sink, input, tty_socket(&self.socket, exec_id)).map_err(terminal_err)?;
+        let pty =
+            tty::serve(master, sink, input, tty_socket(&self.socket, container_id, exec_id)).map_err(terminal_err)?;
         if let Some((width, height)) = size {
             pty.resize(width, height).map_err(terminal_err)?;
         }

@@ -361,7 +361,7 @@ pub(crate) fn shims_with_arg(marker: &str) -> Vec<(u32, Vec<String>)> {
 
 /// Kills every process in the cgroup `parent` (thawing it) and removes
 /// it with everything below it, in every hierarchy.
-pub(crate) fn sweep_cgroup(parent: &str) {
+pub fn sweep_cgroup(parent: &str) {
     let Ok(h) = Hierarchies::detect() else { return };
     for _ in 0..50 {
         let mut busy = false;

@@ -1,0 +1,204 @@
+//! Sandboxes through berthd (issue 12 item 4; SPEC B1, B19, B20, B31, B34),
+//! for real: one berth-shim serving three containers that share a network
+//! namespace, each with its own lifecycle, exits and execs; a berthd
+//! killed with kill -9 reconnects the one shim for all of them; removal is
+//! refused while containers exist; a dead sandbox shim is replaced; a
+//! berthd killed in the middle of a sandbox create leaves nothing; bad
+//! input changes nothing.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use berth_testing::Daemon;
+use serde_json::Value;
+
+fn sandbox(d: &Daemon, id: &str) -> Value {
+    serde_json::from_str(d.berth(&["sandbox", "inspect", id]).ok()).expect("sandbox JSON")
+}
+
+fn run_in(d: &Daemon, sandbox: &str, id: &str, cmd: &[&str]) {
+    let rootfs = d.rootfs.to_string_lossy().into_owned();
+    let mut args = vec!["run", "-d", "--sandbox", sandbox, "--name", id, rootfs.as_str()];
+    args.extend_from_slice(cmd);
+    d.berth(&args).ok();
+}
+
+/// The network namespace a container's processes are in.
+fn netns(d: &Daemon, id: &str) -> String {
+    d.berth(&["exec", id, "readlink", "/proc/self/ns/net"]).ok().trim().to_string()
+}
+
+fn sandbox_dir(d: &Daemon, id: &str) -> PathBuf {
+    d.state.join("sandboxes/default").join(id)
+}
+
+/// Nothing of the daemon's sandboxes or containers is left.
+#[track_caller]
+fn assert_clean(d: &Daemon, ids: &[&str]) {
+    assert!(d.shim_pids().is_empty(), "shims left: {:?}", d.shim_pids());
+    for id in ids {
+        assert!(d.container_paths("default", id).is_empty(), "{:?}", d.container_paths("default", id));
+        assert!(d.cgroup_dirs("default", id).is_empty(), "cgroup of {id} left");
+    }
+    for dir in ["shims", "sandbox-shims", "sandboxes/default"] {
+        let left: Vec<_> = std::fs::read_dir(d.state.join(dir)).into_iter().flatten().flatten().collect();
+        assert!(left.is_empty(), "{dir} left: {left:?}");
+    }
+    assert!(d.leftover_mounts().is_empty(), "mounts left: {:?}", d.leftover_mounts());
+    assert!(d.network_leftovers().is_empty(), "network left: {:?}", d.network_leftovers());
+}
+
+#[test]
+fn one_shim_serves_three_containers_across_a_berthd_kill() {
+    let d = Daemon::start();
+    assert_eq!(d.berth(&["sandbox", "create", "--name", "pod"]).ok().trim(), "pod");
+    let pod = sandbox(&d, "pod");
+    assert_eq!(pod["state"], "ready");
+    let shim = pod["shim_pid"].as_u64().expect("shim pid") as u32;
+    assert_ne!(shim, 0);
+
+    run_in(&d, "pod", "a", &["sleep", "1000"]);
+    run_in(&d, "pod", "b", &["sleep", "1000"]);
+    run_in(&d, "pod", "c", &["sh", "-c", "sleep 0.5; exit 7"]);
+    // One shim process for the three: the sandbox's.
+    for id in ["a", "b", "c"] {
+        let c = d.inspect(id);
+        assert_eq!(c["shim_pid"], shim, "{id}: {c}");
+        assert_eq!(c["sandbox"], "pod", "{id}: {c}");
+    }
+    assert_eq!(d.shim_pids(), [shim]);
+    assert_eq!(sandbox(&d, "pod")["containers"].as_array().map(Vec::len), Some(3));
+
+    // c exits on its own; a and b keep running.
+    assert_eq!(d.berth(&["wait", "c"]).code, 7);
+    assert_eq!(d.inspect("a")["state"], "running");
+    assert_eq!(d.inspect("b")["state"], "running");
+    d.berth(&["exec", "c", "true"]).fails_with("failed precondition");
+    // Execs in each running container; they share the sandbox's network.
+    assert_eq!(d.berth(&["exec", "a", "echo", "in-a"]).ok().trim(), "in-a");
+    assert_eq!(d.berth(&["exec", "b", "sh", "-c", "exit 3"]).code, 3);
+    assert_eq!(netns(&d, "a"), netns(&d, "b"));
+    assert_ne!(netns(&d, "a"), std::fs::read_link("/proc/self/ns/net").unwrap().to_string_lossy());
+
+    // Removal is refused while containers exist, and changes nothing.
+    let refused = d.berth(&["sandbox", "rm", "pod"]).fails_with("failed precondition");
+    assert!(refused.contains("3 container"), "{refused}");
+    assert_eq!(sandbox(&d, "pod")["state"], "ready");
+    assert_eq!(d.shim_pids(), [shim]);
+
+    // berthd dies; the containers and their one shim do not. On restart
+    // the shim is reconnected once for all of them.
+    d.kill9();
+    d.spawn();
+    assert_eq!(sandbox(&d, "pod")["state"], "ready");
+    assert_eq!(d.inspect("a")["state"], "running");
+    assert_eq!(d.inspect("b")["state"], "running");
+    assert_eq!(d.inspect("c")["exit"]["code"], 7);
+    assert_eq!(d.shim_pids(), [shim]);
+    assert_eq!(d.berth(&["exec", "a", "echo", "again"]).ok().trim(), "again");
+    d.berth(&["kill", "--signal", "KILL", "b"]).ok();
+    assert_eq!(d.berth(&["wait", "b"]).code, 137);
+    assert_eq!(d.inspect("a")["state"], "running", "b's exit must not touch a");
+
+    // A deleted container leaves the shim to the others.
+    d.berth(&["rm", "b", "c"]).ok();
+    assert_eq!(d.shim_pids(), [shim]);
+    assert_eq!(d.berth(&["exec", "a", "echo", "still"]).ok().trim(), "still");
+    d.berth(&["sandbox", "rm", "pod"]).fails_with("failed precondition");
+    d.berth(&["rm", "-f", "a"]).ok();
+    assert_eq!(d.berth(&["sandbox", "rm", "pod"]).ok().trim(), "pod");
+    d.berth(&["sandbox", "inspect", "pod"]).fails_with("not found");
+    assert_clean(&d, &["a", "b", "c"]);
+}
+
+#[test]
+fn a_dead_sandbox_shim_is_replaced_for_the_next_container() {
+    let d = Daemon::start();
+    d.berth(&["sandbox", "create", "--name", "pod"]).ok();
+    run_in(&d, "pod", "a", &["sleep", "1000"]);
+    let shim = sandbox(&d, "pod")["shim_pid"].as_u64().unwrap() as i32;
+    // The sandbox's shim is this test's own (its daemon started it).
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim), nix::sys::signal::SIGKILL).unwrap();
+    let a = d.inspect_until("a", |c| c["state"] == "stopped");
+    assert_eq!(a["exit"]["code"], 255, "the shim died before recording an exit: {a}");
+    assert!(d.cgroup_procs("default", "a").is_empty(), "a's processes outlived the shim");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while sandbox(&d, "pod")["state"] != "not-ready" {
+        assert!(std::time::Instant::now() < deadline, "sandbox not marked not-ready: {}", sandbox(&d, "pod"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The next container brings a new shim, and the sandbox is ready again.
+    run_in(&d, "pod", "b", &["sleep", "1000"]);
+    let pod = sandbox(&d, "pod");
+    assert_eq!(pod["state"], "ready");
+    assert_ne!(pod["shim_pid"], shim);
+    assert_eq!(d.inspect("b")["shim_pid"], pod["shim_pid"]);
+    assert_eq!(d.berth(&["exec", "b", "echo", "ok"]).ok().trim(), "ok");
+    d.berth(&["rm", "-f", "a", "b"]).ok();
+    d.berth(&["sandbox", "rm", "pod"]).ok();
+    assert_clean(&d, &["a", "b"]);
+}
+
+#[test]
+fn berthd_killed_during_sandbox_create_leaves_nothing() {
+    let d = Daemon::start();
+    for step in ["sandbox record", "sandbox network", "sandbox shim"] {
+        d.kill9();
+        d.spawn_with_env(&[("BERTH_TEST_CRASH_AT", step)]);
+        d.wait_serving();
+        let out = d.berth(&["sandbox", "create", "--name", "cut"]);
+        assert_ne!(out.code, 0, "{step}: create survived its crash point: {out:?}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !d.daemon_exited() {
+            assert!(std::time::Instant::now() < deadline, "{step}: berthd did not die");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        d.spawn();
+        d.berth(&["sandbox", "inspect", "cut"]).fails_with("not found");
+        assert_eq!(d.berth(&["sandbox", "ls", "--json"]).ok().trim(), "[]", "{step}");
+        assert!(!sandbox_dir(&d, "cut").exists(), "{step}: sandbox dir left");
+        assert_clean(&d, &[]);
+        // The id is free again.
+        d.berth(&["sandbox", "create", "--name", "cut"]).ok();
+        d.berth(&["sandbox", "rm", "cut"]).ok();
+    }
+}
+
+#[test]
+fn bad_sandbox_input_changes_nothing() {
+    let d = Daemon::start();
+    let rootfs = d.rootfs.to_string_lossy().into_owned();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "-d", "--name", "x"];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&[rootfs.as_str(), "true"]);
+        d.berth(&args)
+    };
+    run(&["--sandbox", "nosuch"]).fails_with("not found");
+    run(&["--sandbox", "../etc"]).fails_with("invalid argument");
+    d.berth(&["sandbox", "create", "--name", "pod"]).ok();
+    let shim = sandbox(&d, "pod")["shim_pid"].clone();
+    d.berth(&["sandbox", "create", "--name", "pod"]).fails_with("already exists");
+    d.berth(&["sandbox", "create", "--name", "a/b"]).fails_with("invalid argument");
+    d.berth(&["sandbox", "create", "--runtime", "io.containerd.runc.v2"]).fails_with("invalid argument");
+    d.berth(&["sandbox", "create", "--runtime", "nosuch"]).fails_with("invalid argument");
+    d.berth(&["sandbox", "create", "--network", "container:x"]).fails_with("invalid argument");
+    d.berth(&["sandbox", "create", "--network", "nosuch-net"]).fails_with_any();
+    d.berth(&["sandbox", "create", "--network", "none", "-p", "8080:80"]).fails_with("invalid argument");
+    d.berth(&["sandbox", "create", "-l", "novalue"]).fails_with_any();
+    run(&["--sandbox", "pod", "--runtime", "runc"]).fails_with("invalid argument");
+    run(&["--sandbox", "pod", "--network", "host"]).fails_with("invalid argument");
+    run(&["--sandbox", "pod", "-p", "8080:80"]).fails_with("invalid argument");
+    d.berth(&["sandbox", "rm", "nosuch"]).fails_with("not found");
+    d.berth(&["sandbox", "inspect", "nosuch"]).fails_with("not found");
+    // Nothing was made by any of them.
+    assert_eq!(d.berth(&["ps", "-a", "--json"]).ok().trim(), "[]");
+    let all: Value = serde_json::from_str(d.berth(&["sandbox", "ls", "--json"]).ok()).unwrap();
+    assert_eq!(all.as_array().map(Vec::len), Some(1), "{all}");
+    assert_eq!(all[0]["id"], "pod");
+    assert_eq!(all[0]["shim_pid"], shim);
+    assert_eq!(d.shim_pids().len(), 1);
+    assert!(d.container_paths("default", "x").is_empty());
+    d.berth(&["sandbox", "rm", "pod"]).ok();
+    assert_clean(&d, &["x"]);
+}
