@@ -182,6 +182,12 @@ fn print_shim(runs: usize, containers: usize, f: &shim::ShimFigures) {
     println!("| through berth-shim (embedded) | {} |", fmt_ms(f.berthd_own));
     println!("| --runtime io.containerd.runc.v2 | {} |", fmt_ms(f.berthd_runc_v2));
     println!("| ratio berth-shim / runc-v2 | {} |", ratio(f.berthd_own, f.berthd_runc_v2));
+    println!();
+    println!("| berthd's shim, each the only berth-shim running | RSS | PSS |");
+    println!("|---|---|---|");
+    row("lone container (1)", f.mem_lone);
+    row(&format!("sandbox ({containers} containers)"), f.mem_sandbox);
+    println!("| ratio PSS sandbox / lone (target ≤ 1.5×) | | {} |", ratio_of(pss(f.mem_sandbox), pss(f.mem_lone)));
 }
 
 fn main() {
