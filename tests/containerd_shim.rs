@@ -334,3 +334,45 @@ fn an_image_task_runs_on_its_snapshot_mounts() {
         c.leftover_mounts().into_iter().filter(|m| m.contains("io.containerd.runtime.v2.task")).collect();
     assert!(mounts.is_empty(), "{mounts:?}");
 }
+
+/// Tasks whose specs name one group (a Kubernetes pod's sandbox id, as the
+/// CRI plugin annotates them) share one berth-shim, as with containerd's
+/// runc shim: each keeps its own exit and execs, a deleted task leaves the
+/// shim to the others, and the shim exits after the last one's delete.
+#[test]
+fn tasks_of_one_pod_share_one_shim() {
+    let c = Containerd::start();
+    let events = Events::record(&c, "pod");
+    let rootfs = c.rootfs.to_string_lossy().into_owned();
+    let pod = "io.kubernetes.cri.sandbox-id=pod-1";
+    for (id, script) in [("p1", "sleep 1000"), ("p2", "sleep 1000"), ("p3", "sleep 0.5; exit 5")] {
+        let args = ["-d", "--runtime", RUNTIME, "--annotation", pod, "--rootfs", &rootfs, id, "/bin/sh", "-c", script];
+        let out = c.ctr_io(&["run"], &args);
+        assert_eq!(out.code, 0, "{out:?}\n{}", c.log());
+    }
+    c.wait_status("p1", "RUNNING");
+    c.wait_status("p2", "RUNNING");
+    let shims = c.shim_pids();
+    assert_eq!(shims.len(), 1, "one shim for the pod: {shims:?}");
+    let runtime_root = shim_files(&c).pop().expect("shim runtime root");
+    events.wait_for(&["/tasks/exit", "\"container_id\":\"p3\"", "\"exit_status\":5"]);
+    c.wait_status("p3", "STOPPED");
+    for id in ["p1", "p2"] {
+        let out = c.ctr_io(&["task", "exec"], &["--exec-id", "e1", id, "/bin/echo", id]);
+        assert_eq!((out.code, out.stdout.trim()), (0, id), "{out:?}");
+    }
+    assert_eq!(c.ctr(&["task", "delete", "p3"]).code, 0);
+    assert_eq!(c.shim_pids(), shims, "the pod's shim serves on");
+    assert_eq!(c.task("p1").map(|t| t.1).as_deref(), Some("RUNNING"));
+    for id in ["p1", "p2"] {
+        assert_eq!(c.ctr(&["task", "kill", "-s", "KILL", id]).code, 0);
+        c.wait_status(id, "STOPPED");
+        assert_eq!(c.ctr(&["task", "delete", id]).code, 0);
+    }
+    for id in ["p1", "p2", "p3"] {
+        assert_eq!(c.ctr(&["container", "rm", id]).code, 0);
+    }
+    wait_until("the pod's shim exits", || c.shim_pids().is_empty());
+    assert!(!runtime_root.exists() && !runtime_root.with_extension("sock").exists(), "{runtime_root:?}");
+    assert!(c.leftover_mounts().is_empty(), "{:?}", c.leftover_mounts());
+}

@@ -5,7 +5,10 @@
 //! - `-namespace NS -address SOCK -publish-binary BIN -id ID start`, in the
 //!   bundle: binds the shim's socket under [`SOCKET_DIR`], starts the
 //!   long-lived shim on it in its own session, writes the address to the
-//!   bundle's `address` file and prints it.
+//!   bundle's `address` file and prints it. A task whose spec names a group
+//!   ([`GROUP_ANNOTATIONS`], e.g. a Kubernetes pod's sandbox id) shares one
+//!   shim (`--sandbox`) with the other tasks of the group: the first start
+//!   spawns it, the others print its address.
 //! - `... -id ID -bundle DIR delete`: cleans up after a dead shim and prints
 //!   a protobuf `DeleteResponse`.
 //!
@@ -28,6 +31,10 @@ use crate::{cleanup, rootfs};
 /// Where shims started by containerd keep their sockets and runtime state
 /// (short: unix socket paths are limited to 107 bytes).
 pub const SOCKET_DIR: &str = "/run/berth-shim";
+
+/// Annotations that put a task in a group served by one shim, as
+/// containerd's runc shim reads them (first found wins).
+pub const GROUP_ANNOTATIONS: [&str; 2] = ["io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id"];
 
 /// containerd's runtime name for this shim, in errors.
 const NAME: &str = "containerd-shim-berth-v1";
@@ -104,21 +111,37 @@ pub fn parse(args: &[String]) -> Result<Flags, ContainerdError> {
 }
 
 /// The shim's socket and runtime root, named by a hash of containerd's
-/// address, the namespace and the id (so two containerds never share one).
+/// address, the namespace and the task's group (its id if it has none), so
+/// two containerds never share one.
 pub struct Paths {
     pub socket: PathBuf,
     pub runtime_root: PathBuf,
+    /// The group the task belongs to, if its spec names one.
+    pub group: Option<String>,
 }
 
 impl Paths {
-    pub fn of(f: &Flags) -> Paths {
+    pub fn of(f: &Flags, bundle: &Path) -> Paths {
+        let group = group_of(bundle);
+        let key = group.as_deref().unwrap_or(&f.id);
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in [f.address.as_bytes(), &[0], f.namespace.as_bytes(), &[0], f.id.as_bytes()].concat() {
+        for b in [f.address.as_bytes(), &[0], f.namespace.as_bytes(), &[0], key.as_bytes()].concat() {
             h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
         }
         let base = Path::new(SOCKET_DIR);
-        Paths { socket: base.join(format!("{h:016x}.sock")), runtime_root: base.join(format!("{h:016x}")) }
+        Paths { socket: base.join(format!("{h:016x}.sock")), runtime_root: base.join(format!("{h:016x}")), group }
     }
+}
+
+/// The group a bundle's spec names (see [`GROUP_ANNOTATIONS`]), if any.
+fn group_of(bundle: &Path) -> Option<String> {
+    let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(bundle.join("config.json")).ok()?).ok()?;
+    let annotations = spec.get("annotations")?;
+    GROUP_ANNOTATIONS
+        .iter()
+        .find_map(|a| annotations.get(a).and_then(|v| v.as_str()))
+        .filter(|g| !g.is_empty() && g.len() <= 256 && !g.contains('\0'))
+        .map(str::to_string)
 }
 
 fn bundle_of(f: &Flags) -> Result<PathBuf, ContainerdError> {
@@ -141,10 +164,11 @@ pub fn run(f: &Flags) -> Result<(), ContainerdError> {
 /// stdout and stderr until both close, so the shim gets neither.
 fn start(f: &Flags) -> Result<(), ContainerdError> {
     let bundle = bundle_of(f)?;
-    let paths = Paths::of(f);
+    let paths = Paths::of(f, &bundle);
     let address = format!("unix://{}", paths.socket.display());
     std::fs::create_dir_all(SOCKET_DIR).map_err(io(format!("create {SOCKET_DIR}")))?;
-    // A live shim already serves this task (containerd retried): reuse it.
+    // A live shim already serves this task (containerd retried) or its
+    // group: reuse it.
     if std::os::unix::net::UnixStream::connect(&paths.socket).is_err() {
         let _ = std::fs::remove_file(&paths.socket);
         spawn(f, &bundle, &paths)?;
@@ -171,7 +195,7 @@ fn spawn(f: &Flags, bundle: &Path, paths: &Paths) -> Result<(), ContainerdError>
     cmd.arg("--namespace")
         .arg(&f.namespace)
         .arg("--id")
-        .arg(&f.id)
+        .arg(paths.group.as_deref().unwrap_or(&f.id))
         .arg("--runtime")
         .arg("embedded")
         .arg("--runtime-root")
@@ -182,6 +206,9 @@ fn spawn(f: &Flags, bundle: &Path, paths: &Paths) -> Result<(), ContainerdError>
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
+    if paths.group.is_some() {
+        cmd.arg("--sandbox");
+    }
     if f.debug && std::env::var_os("BERTH_SHIM_LOG").is_none() {
         cmd.env("BERTH_SHIM_LOG", "debug");
     }
@@ -214,7 +241,7 @@ fn spawn(f: &Flags, bundle: &Path, paths: &Paths) -> Result<(), ContainerdError>
 /// can be given.
 fn delete(f: &Flags) -> Result<(), ContainerdError> {
     let bundle = bundle_of(f)?;
-    let paths = Paths::of(f);
+    let paths = Paths::of(f, &bundle);
     // A shim that exited normally removed its runtime root: containerd
     // asks after every shim, but only a dead one left work behind.
     let exit = if !paths.runtime_root.exists() {
@@ -223,7 +250,11 @@ fn delete(f: &Flags) -> Result<(), ContainerdError> {
         dead_shim_cleanup(f, &bundle, &paths)
     };
     rootfs::unmount_all(&bundle);
-    forget(&paths.socket, &paths.runtime_root);
+    // A group's shim state goes with its last task's.
+    let emptied = std::fs::read_dir(&paths.runtime_root).map_or(true, |mut d| d.next().is_none());
+    if paths.group.is_none() || emptied {
+        forget(&paths.socket, &paths.runtime_root);
+    }
     let (status, at) = exit.map(|e| (e.code, e.exited_at_ns)).unwrap_or((UNKNOWN_EXIT, now_ns()));
     let resp = DeleteResponse { exit_status: status, exited_at: Some(timestamp(at)).into(), ..Default::default() };
     let bytes = resp.write_to_bytes()?;
@@ -277,9 +308,36 @@ mod tests {
     fn paths_are_short_and_distinct_per_containerd() {
         let f = parse(&args("-namespace ns -address /a.sock -id c1 start")).expect("parse");
         let g = parse(&args("-namespace ns -address /b.sock -id c1 start")).expect("parse");
-        let (p, q) = (Paths::of(&f), Paths::of(&g));
+        let none = Path::new("/nonexistent");
+        let (p, q) = (Paths::of(&f, none), Paths::of(&g, none));
         assert_ne!(p.socket, q.socket);
         assert!(p.socket.as_os_str().len() < 40);
         assert_eq!(p.socket.with_extension(""), p.runtime_root);
+        assert_eq!(p.group, None);
+    }
+
+    #[test]
+    fn tasks_of_one_group_share_a_shim() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bundle = |name: &str, annotations: serde_json::Value| {
+            let b = dir.path().join(name);
+            std::fs::create_dir(&b).expect("bundle");
+            std::fs::write(b.join("config.json"), serde_json::json!({ "annotations": annotations }).to_string())
+                .expect("config.json");
+            b
+        };
+        let pod = bundle("a", serde_json::json!({"io.kubernetes.cri.sandbox-id": "pod1"}));
+        let pod_too = bundle("b", serde_json::json!({"io.kubernetes.cri.sandbox-id": "pod1"}));
+        let grouped =
+            bundle("c", serde_json::json!({"io.containerd.runc.v2.group": "g", "io.kubernetes.cri.sandbox-id": "x"}));
+        let empty = bundle("d", serde_json::json!({"io.kubernetes.cri.sandbox-id": ""}));
+        let f = |id: &str| parse(&args(&format!("-namespace ns -address /a.sock -id {id} start"))).expect("parse");
+        let (p, q) = (Paths::of(&f("c1"), &pod), Paths::of(&f("c2"), &pod_too));
+        assert_eq!(p.socket, q.socket);
+        assert_eq!(p.group.as_deref(), Some("pod1"));
+        assert_eq!(Paths::of(&f("c3"), &grouped).group.as_deref(), Some("g"));
+        let alone = Paths::of(&f("c4"), &empty);
+        assert_eq!(alone.group, None);
+        assert_ne!(alone.socket, p.socket);
     }
 }

@@ -422,6 +422,15 @@ impl Task for Shim {
     }
 
     async fn shutdown(&self, _ctx: &TtrpcContext, req: api::ShutdownRequest) -> TtrpcResult<Empty> {
+        // containerd tells a group's shim to exit after each task's delete,
+        // naming that task: like its runc shim, the shim goes once it holds
+        // nothing and otherwise serves on.
+        if self.sandbox && self.events.is_some() {
+            if self.held() == 0 {
+                self.shutdown.notify_one();
+            }
+            return Ok(Empty::new());
+        }
         if req.id != self.id {
             return Err(not_served(&req.id));
         }
