@@ -189,6 +189,12 @@ fn bad_sandbox_input_changes_nothing() {
     run(&["--sandbox", "pod", "--runtime", "runc"]).fails_with("invalid argument");
     run(&["--sandbox", "pod", "--network", "host"]).fails_with("invalid argument");
     run(&["--sandbox", "pod", "-p", "8080:80"]).fails_with("invalid argument");
+    // A bundle's config.json is used as written: it cannot join.
+    let bundle = d.dir().join("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    std::fs::write(bundle.join("config.json"), "{}").unwrap();
+    let bundle = bundle.to_string_lossy().into_owned();
+    d.berth(&["run", "-d", "--sandbox", "pod", "--name", "x", &bundle]).fails_with("invalid argument");
     d.berth(&["sandbox", "rm", "nosuch"]).fails_with("not found");
     d.berth(&["sandbox", "inspect", "nosuch"]).fails_with("not found");
     // Nothing was made by any of them.
