@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use berth_api::v1::checkpoints_client::CheckpointsClient;
 use berth_api::v1::containers_client::ContainersClient;
 use berth_api::v1::events_client::EventsClient;
 use berth_api::v1::images_client::ImagesClient;
@@ -21,6 +22,7 @@ pub struct Client {
     pub networks: NetworksClient<Channel>,
     pub system: SystemClient<Channel>,
     pub sandboxes: SandboxesClient<Channel>,
+    pub checkpoints: CheckpointsClient<Channel>,
     pub namespace: String,
 }
 
@@ -139,6 +141,7 @@ pub async fn connect(socket: PathBuf, namespace: String) -> Result<Client, Failu
         volumes: VolumesClient::new(channel.clone()),
         networks: NetworksClient::new(channel.clone()),
         sandboxes: SandboxesClient::new(channel.clone()),
+        checkpoints: CheckpointsClient::new(channel.clone()),
         system: SystemClient::new(channel),
         namespace,
     })

@@ -2,6 +2,7 @@
 //! for scripts; on failure one line on stderr and a non-zero exit.
 
 mod auth;
+mod checkpoints;
 mod client;
 mod commands;
 mod image_admin;
@@ -327,12 +328,23 @@ enum Command {
         #[command(subcommand)]
         cmd: networks::NetworkCommand,
     },
-    /// Named volumes: create, ls, inspect, rm.
     /// Sandboxes (pods): create, ls, inspect, rm.
     Sandbox {
         #[command(subcommand)]
         cmd: sandboxes::SandboxCommand,
     },
+    /// Checkpoint a container with CRIU (`berth checkpoint ID`); list,
+    /// remove and export checkpoints (ls, rm, export).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Checkpoint {
+        #[command(subcommand)]
+        cmd: Option<checkpoints::CheckpointCommand>,
+        #[command(flatten)]
+        args: checkpoints::CheckpointArgs,
+    },
+    /// Create and start a container from a checkpoint or an archive.
+    Restore(checkpoints::RestoreArgs),
+    /// Named volumes: create, ls, inspect, rm.
     Volume {
         #[command(subcommand)]
         cmd: volumes::VolumeCommand,
@@ -342,7 +354,7 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// Only these types (create, start, exit, oom, pause, resume,
-        /// exec-added, exec-started, restart, delete); repeatable.
+        /// exec-added, exec-started, restart, delete, checkpoint, restore); repeatable.
         #[arg(long = "type")]
         types: Vec<String>,
         /// Only this container.
@@ -421,6 +433,8 @@ async fn dispatch(cli: Cli) -> Result<i32, client::Failure> {
         Command::Login { .. } | Command::Logout { .. } => Ok(0),
         Command::Volume { cmd } => volumes::run(&mut c, cmd).await,
         Command::Sandbox { cmd } => sandboxes::run(&mut c, cmd).await,
+        Command::Checkpoint { cmd, args } => checkpoints::run(&mut c, cmd, args).await,
+        Command::Restore(args) => checkpoints::restore(&mut c, args).await,
         Command::Network { cmd } => networks::run(&mut c, cmd).await,
         Command::System { cmd } => system::run(&mut c, cmd).await,
         Command::Events { json, types, id, since, no_follow } => {

@@ -76,6 +76,7 @@ pub fn container_json(c: &pb::Container) -> Value {
         "volumes": c.volumes,
         "network": c.network.as_ref().map(attachment_json),
         "sandbox": c.sandbox,
+        "restored_from": c.restored_from,
     })
 }
 

@@ -75,7 +75,7 @@ pub(crate) fn attachment_pb(a: berth_model::NetworkAttachment) -> pb::NetworkAtt
     }
 }
 
-fn container_pb(r: ContainerRecord) -> pb::Container {
+pub(crate) fn container_pb(r: ContainerRecord) -> pb::Container {
     pb::Container {
         namespace: r.namespace.to_string(),
         id: r.id.to_string(),
@@ -99,6 +99,7 @@ fn container_pb(r: ContainerRecord) -> pb::Container {
         volumes: r.volumes,
         network: r.network.map(attachment_pb),
         sandbox: r.sandbox.map(String::from).unwrap_or_default(),
+        restored_from: r.restored_from,
     }
 }
 
@@ -219,6 +220,7 @@ impl pb::containers_server::Containers for Api {
             },
             net: crate::network::NetOptions { mode: r.network, publish: r.publish, dns: r.dns, add_hosts: r.add_hosts },
             sandbox: optional_id(&r.sandbox)?,
+            restore: None,
         };
         let rec = self.mgr.create(params).await.map_err(status)?;
         Ok(Response::new(container_pb(rec)))

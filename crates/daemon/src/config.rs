@@ -19,6 +19,8 @@ pub struct Config {
     pub start_timeout: Duration,
     /// The runtime of a create that names none (`--default-runtime`).
     pub default_runtime: String,
+    /// CRIU, for checkpoints (`--criu`).
+    pub criu: PathBuf,
 }
 
 impl Config {

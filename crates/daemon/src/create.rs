@@ -15,6 +15,7 @@ use std::time::Duration;
 use berth_model::{ContainerId, Namespace, RestartPolicy, Runtime, SandboxId, State};
 use berth_store::{ContainerRecord, Intent, ShimInfo, Write};
 
+use crate::checkpoint::RestoreFrom;
 use crate::error::{Error, Result};
 use crate::events::{Kind, event};
 use crate::manager::{Entry, Key, Manager, crash_point};
@@ -61,6 +62,41 @@ pub struct CreateParams {
     pub net: crate::network::NetOptions,
     /// The sandbox to place the container in (`sandbox.rs`).
     pub sandbox: Option<SandboxId>,
+    /// A checkpoint to restore instead of starting afresh (`checkpoint.rs`).
+    pub restore: Option<RestoreFrom>,
+}
+
+impl CreateParams {
+    /// A create that restores `from`, running, under `id`: its spec,
+    /// rootfs or image, network, runtime and labels are the checkpoint's.
+    pub fn restoring(namespace: Namespace, id: ContainerId, from: RestoreFrom) -> CreateParams {
+        let m = &from.meta;
+        CreateParams {
+            namespace,
+            id,
+            path: String::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: String::new(),
+            runtime: m.runtime.clone(),
+            labels: m.labels.clone(),
+            start: true,
+            limits: Default::default(),
+            tty: false,
+            tty_size: None,
+            stdin: false,
+            restart: RestartPolicy::No,
+            security: Default::default(),
+            auto_remove: false,
+            image: m.image.clone(),
+            entrypoint: None,
+            user: String::new(),
+            run: Default::default(),
+            net: crate::network::NetOptions { mode: m.network.clone(), ..Default::default() },
+            sandbox: None,
+            restore: Some(from),
+        }
+    }
 }
 
 /// A create from an image: what it resolved to.
@@ -110,6 +146,8 @@ pub(crate) enum Step {
 pub(crate) struct Placement<'a> {
     pub socket: &'a std::path::Path,
     pub sandbox: Option<&'a SandboxId>,
+    /// Restore the task from this checkpoint instead of creating it.
+    pub restore: Option<&'a berth_shim::Checkpoint>,
 }
 
 /// Releases the reservation of an id when create ends, however it ends.
@@ -230,7 +268,9 @@ impl Manager {
         let network = self.plan_network(&p.namespace, &p.id, &p.net, is_bundle, sandbox)?;
         crate::manager::lock(&self.removed).forget(&p.namespace, &p.id);
         let cgroup = self.cfg.cgroup_path(&p.namespace, &p.id);
-        let (mut prepared, mut image) = if p.image.is_empty() {
+        let (mut prepared, mut image) = if let Some(from) = &p.restore {
+            self.prepare_restore(&p, from, &cgroup)?
+        } else if p.image.is_empty() {
             if p.entrypoint.is_some() {
                 return Err(Error::InvalidArgument("an entrypoint applies to an image only".into()));
             }
@@ -241,8 +281,11 @@ impl Manager {
         } else {
             self.prepare_image_spec(&mut p, &cgroup)?
         };
-        crate::resources::apply_to_spec(&mut prepared.spec, &p.limits)?;
-        crate::mounts::apply(&mut prepared.spec, &run, |n| self.volumes.data_dir(n))?;
+        // A restored spec is the checkpoint's, as it was.
+        if p.restore.is_none() {
+            crate::resources::apply_to_spec(&mut prepared.spec, &p.limits)?;
+            crate::mounts::apply(&mut prepared.spec, &run, |n| self.volumes.data_dir(n))?;
+        }
         if let Some(image) = image.as_mut() {
             image.volumes = run
                 .binds
@@ -309,6 +352,34 @@ impl Manager {
             spec::prepare(&path, &id, &cgroup, &overrides, &security)
         });
         with_deadline("prepare spec", &format!("reading the spec under {}", p.path), work).await
+    }
+
+    /// The checkpoint's spec for a restore into `p.id`: its cgroup, and the
+    /// rootfs it had or a new snapshot of its image (which must be here).
+    fn prepare_restore(
+        &self,
+        p: &CreateParams,
+        from: &RestoreFrom,
+        cgroup: &str,
+    ) -> Result<(spec::Prepared, Option<FromImage>)> {
+        let mut spec = crate::checkpoint::restored_spec(&from.dir, cgroup)?;
+        let (rootfs, image) = if from.meta.image.is_empty() {
+            if !from.meta.rootfs.is_dir() {
+                return Err(Error::FailedPrecondition(format!(
+                    "the checkpoint's root filesystem {} is not on this host",
+                    from.meta.rootfs.display()
+                )));
+            }
+            (from.meta.rootfs.clone(), None)
+        } else {
+            let (image, _) = self.images.resolve(&from.meta.image)?;
+            let image = FromImage { name: image.name, chain_id: image.chain_id, volumes: Vec::new() };
+            (self.image_rootfs(&p.namespace, &p.id), Some(image))
+        };
+        if let Some(root) = spec.root_mut() {
+            root.set_path(rootfs.clone());
+        }
+        Ok((spec::Prepared { spec, rootfs, command: from.meta.command.clone() }, image))
     }
 
     /// Resolves the image (it must be present) and builds the spec from its
@@ -430,7 +501,8 @@ impl Manager {
         let containerd_shim = matches!(Runtime::parse(runtime), Ok(Runtime::Shim { .. }));
         let stdin = crate::shim::needs_stdin_fifo(p.stdin, p.tty, containerd_shim).then(|| logs.join("stdin"));
         let io = ProcessIo { stdin: stdin.as_deref(), stdout: &stdout, stderr: &stderr, terminal: p.tty };
-        let placed = Placement { socket: &socket, sandbox: p.sandbox.as_ref() };
+        let restore = p.restore.as_ref().map(|from| self.restore_options(ns, id, from));
+        let placed = Placement { socket: &socket, sandbox: p.sandbox.as_ref(), restore: restore.as_ref() };
         let (client, pid) = self.spawn_task(ns, id, runtime, &bundle, placed, &io, done).await?;
         crash_point("runtime create");
         let t = std::time::Instant::now();
@@ -465,6 +537,7 @@ impl Manager {
             volumes: p.run.volume_names(),
             network: attachment,
             sandbox: p.sandbox.clone(),
+            restored_from: p.restore.as_ref().map(|r| r.origin.clone()).unwrap_or_default(),
         };
         let created = event(Kind::Create, ns, id, "", pid, None);
         let w = Write { put: Some(&rec), clear_intent: Some((ns, id)), event: Some(created), ..Default::default() };
@@ -507,7 +580,7 @@ impl Manager {
             make_fifo(fifo).map_err(|e| e.at("logs"))?;
         }
         let t = self.phases.end("shim.spawn", t);
-        let pid = client.create(id, bundle, io).await.map_err(|e| e.at("runtime create"))?;
+        let pid = client.create(id, bundle, io, placed.restore).await.map_err(|e| e.at("runtime create"))?;
         self.phases.end("runtime.create", t);
         done.push(Step::Task(client.clone()));
         Ok((client, pid))

@@ -37,6 +37,10 @@ pub enum Error {
     },
     #[error("{0}")]
     DeadlineExceeded(String),
+    #[error("checkpoint {0} not found")]
+    CheckpointNotFound(String),
+    #[error("checkpoint {0} already exists")]
+    CheckpointExists(String),
     #[error("sandbox {0} not found")]
     SandboxNotFound(String),
     #[error("sandbox {0} already exists")]
@@ -55,10 +59,12 @@ impl Error {
             Error::Image(e) => e.code(),
             Error::Network(e) => e.code(),
             Error::InvalidArgument(_) => Code::InvalidArgument,
-            Error::NotFound(_) | Error::Finished(_) | Error::VolumeNotFound(_) | Error::SandboxNotFound(_) => {
-                Code::NotFound
-            }
-            Error::AlreadyExists(_) | Error::SandboxExists(_) => Code::AlreadyExists,
+            Error::NotFound(_)
+            | Error::Finished(_)
+            | Error::VolumeNotFound(_)
+            | Error::SandboxNotFound(_)
+            | Error::CheckpointNotFound(_) => Code::NotFound,
+            Error::AlreadyExists(_) | Error::SandboxExists(_) | Error::CheckpointExists(_) => Code::AlreadyExists,
             Error::FailedPrecondition(_) => Code::FailedPrecondition,
             Error::Shim { code, .. } => *code,
             Error::CreateStep { cause, .. } => cause.code(),

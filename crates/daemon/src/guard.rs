@@ -357,6 +357,7 @@ mod tests {
             shim_binary: "/nonexistent/berth-shim".into(),
             start_timeout: Duration::from_secs(1),
             default_runtime: "embedded".into(),
+            criu: "criu".into(),
         }
     }
 

@@ -5,6 +5,9 @@
 mod api;
 mod attach;
 mod autoremove;
+mod checkpoint;
+mod checkpoint_api;
+mod checkpoint_archive;
 mod config;
 mod confine;
 mod control;
@@ -46,6 +49,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use berth_api::v1::checkpoints_server::CheckpointsServer;
 use berth_api::v1::containers_server::ContainersServer;
 use berth_api::v1::events_server::EventsServer;
 use berth_api::v1::images_server::ImagesServer;
@@ -107,6 +111,20 @@ struct Args {
     /// Subnet of the default network `berth`.
     #[arg(long, default_value = "10.87.0.0/16")]
     network_subnet: String,
+    /// CRIU, for checkpoints (default: what `make criu` installs,
+    /// /opt/berth/criu/bin/criu, if present; else `criu` on PATH).
+    #[arg(long)]
+    criu: Option<PathBuf>,
+}
+
+/// What `make criu` installs.
+const CRIU_INSTALLED: &str = "/opt/berth/criu/bin/criu";
+
+fn criu_path(arg: Option<PathBuf>) -> PathBuf {
+    arg.unwrap_or_else(|| {
+        let installed = PathBuf::from(CRIU_INSTALLED);
+        if installed.exists() { installed } else { PathBuf::from("criu") }
+    })
 }
 
 /// How long in-flight requests may run after SIGTERM.
@@ -122,6 +140,9 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // Shims (and the runtime helpers they fork) find CRIU through this.
+    // SAFETY: no other thread exists yet (the runtime is built below).
+    unsafe { std::env::set_var(berth_shim::CRIU_ENV, criu_path(args.criu.clone())) };
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -176,6 +197,7 @@ async fn run(args: Args) -> Result<(), String> {
             .map_err(|e| format!("--default-runtime: {e}"))?
             .name()
             .to_string(),
+        criu: criu_path(args.criu.clone()),
     };
     for dir in [&cfg.root, &cfg.state] {
         std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
@@ -213,6 +235,7 @@ async fn run(args: Args) -> Result<(), String> {
     let networks = api::Api { mgr: mgr.clone() };
     let system = api::Api { mgr: mgr.clone() };
     let sandboxes = api::Api { mgr: mgr.clone() };
+    let checkpoints = api::Api { mgr: mgr.clone() };
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -226,6 +249,7 @@ async fn run(args: Args) -> Result<(), String> {
             .add_service(NetworksServer::new(networks))
             .add_service(SystemServer::new(system))
             .add_service(SandboxesServer::new(sandboxes))
+            .add_service(CheckpointsServer::new(checkpoints))
             .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move { stopped.notified().await }),
     );
     tokio::select! {

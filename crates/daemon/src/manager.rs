@@ -66,6 +66,8 @@ pub struct Manager {
     pub phases: crate::phases::Phases,
     /// Shim binaries of containerd runtime names, as found (`shim_v2.rs`).
     pub(crate) shims: crate::shim_v2::Resolver,
+    /// Set once `cfg.criu` answered with a usable version (`checkpoint.rs`).
+    pub(crate) criu_checked: std::sync::OnceLock<()>,
     /// Sandboxes' shims and who is busy with them (`sandbox.rs`).
     pub(crate) sandboxes: crate::sandbox::Sandboxes,
     pub(crate) entries: Mutex<HashMap<Key, Arc<Entry>>>,
@@ -126,6 +128,7 @@ impl Manager {
             phases: Default::default(),
             shims: crate::shim_v2::Resolver::new(),
             sandboxes: Default::default(),
+            criu_checked: Default::default(),
             cfg,
             store,
             events: Bus::default(),

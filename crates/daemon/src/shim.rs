@@ -51,6 +51,14 @@ fn shim_err(e: ttrpc::Error) -> Error {
     Error::Shim { code, message }
 }
 
+/// Checkpoint options as berth-shim reads them.
+fn checkpoint_any(c: &berth_shim::Checkpoint) -> Result<Any> {
+    let mut any = Any::new();
+    any.type_url = berth_shim::CHECKPOINT_TYPE_URL.to_string();
+    any.value = serde_json::to_vec(c).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    Ok(any)
+}
+
 fn ctx() -> context::Context {
     context::with_timeout(CALL_TIMEOUT.as_nanos() as i64)
 }
@@ -307,12 +315,24 @@ async fn connect_with(
 }
 
 impl ShimClient {
-    pub async fn create(&self, id: &ContainerId, bundle: &Path, io: &ProcessIo<'_>) -> Result<u32> {
+    /// Creates the task, or restores it from a checkpoint (berth-shim).
+    pub async fn create(
+        &self,
+        id: &ContainerId,
+        bundle: &Path,
+        io: &ProcessIo<'_>,
+        restore: Option<&berth_shim::Checkpoint>,
+    ) -> Result<u32> {
         let (stdout, stderr) = io.output(&self.dialect);
-        let options = match self.dialect.as_ref() {
-            Dialect::V2 { options, .. } => options.clone(),
-            Dialect::Berth => None,
+        let options = match (self.dialect.as_ref(), restore) {
+            (Dialect::V2 { options, .. }, None) => options.clone(),
+            (Dialect::Berth, None) => None,
+            (Dialect::Berth, Some(c)) => Some(checkpoint_any(c)?),
+            (Dialect::V2 { .. }, Some(_)) => {
+                return Err(Error::FailedPrecondition("containerd shims do not restore berth's checkpoints".into()));
+            }
         };
+        let checkpoint = restore.map(|c| c.images.to_string_lossy().into_owned()).unwrap_or_default();
         let req = api::CreateTaskRequest {
             id: id.to_string(),
             bundle: bundle.to_string_lossy().into_owned(),
@@ -321,9 +341,28 @@ impl ShimClient {
             stderr,
             terminal: io.terminal,
             options: options.into(),
+            checkpoint,
             ..Default::default()
         };
-        Ok(self.task.create(ctx(), &req).await.map_err(shim_err)?.pid)
+        // A restore takes as long as CRIU does.
+        let timeout = if restore.is_some() { Duration::from_secs(120) } else { CALL_TIMEOUT };
+        let ctx = context::with_timeout(timeout.as_nanos() as i64);
+        Ok(self.task.create(ctx, &req).await.map_err(shim_err)?.pid)
+    }
+
+    /// Dumps the running container into `c.images` (SPEC B16).
+    pub async fn checkpoint(&self, id: &ContainerId, c: &berth_shim::Checkpoint) -> Result<()> {
+        let req = api::CheckpointTaskRequest {
+            id: id.to_string(),
+            path: c.images.to_string_lossy().into_owned(),
+            options: Some(checkpoint_any(c)?).into(),
+            ..Default::default()
+        };
+        self.task
+            .checkpoint(context::with_timeout(Duration::from_secs(120).as_nanos() as i64), &req)
+            .await
+            .map_err(shim_err)?;
+        Ok(())
     }
 
     /// Registers an exec from an OCI process JSON; `start` runs it.

@@ -85,4 +85,5 @@ methods! {
     stats(api::StatsRequest) -> api::StatsResponse = "Stats";
     update(api::UpdateTaskRequest) -> api::Empty = "Update";
     shutdown(api::ShutdownRequest) -> api::Empty = "Shutdown";
+    checkpoint(api::CheckpointTaskRequest) -> api::Empty = "Checkpoint";
 }

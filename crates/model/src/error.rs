@@ -48,7 +48,7 @@ pub enum ModelError {
     #[error("unknown state {0:?}")]
     UnknownState(String),
     #[error(
-        "unknown event type {0:?} (known: create, start, exit, oom, pause, resume, exec-added, exec-started, restart, delete)"
+        "unknown event type {0:?} (known: create, start, exit, oom, pause, resume, exec-added, exec-started, restart, delete, checkpoint, restore)"
     )]
     UnknownEventKind(String),
     #[error("invalid restart policy {0:?} (no, always, on-failure[:N] with N > 0, unless-stopped)")]

@@ -20,10 +20,12 @@ pub enum EventKind {
     ExecStarted,
     Restart,
     Delete,
+    Checkpoint,
+    Restore,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 10] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::Create,
         EventKind::Start,
         EventKind::Exit,
@@ -34,6 +36,8 @@ impl EventKind {
         EventKind::ExecStarted,
         EventKind::Restart,
         EventKind::Delete,
+        EventKind::Checkpoint,
+        EventKind::Restore,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +52,8 @@ impl EventKind {
             EventKind::ExecStarted => "exec-started",
             EventKind::Restart => "restart",
             EventKind::Delete => "delete",
+            EventKind::Checkpoint => "checkpoint",
+            EventKind::Restore => "restore",
         }
     }
 }

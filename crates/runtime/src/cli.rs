@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio as ProcStdio};
 
-use crate::{Runtime, RuntimeError, Stdio};
+use crate::{Checkpoint, Runtime, RuntimeError, Stdio};
 
 pub struct CliRuntime {
     binary: &'static str,
@@ -91,6 +91,21 @@ impl CliRuntime {
     }
 }
 
+/// CRIU's directories (the work one made here) and options, as runc takes
+/// them.
+fn criu_flags(cmd: &mut Command, c: &Checkpoint) -> Result<(), RuntimeError> {
+    fs::create_dir_all(&c.work).map_err(|e| RuntimeError::io("create the criu work directory", e))?;
+    cmd.arg("--image-path").arg(&c.images).arg("--work-path").arg(&c.work);
+    for (on, flag) in
+        [(c.tcp_established, "--tcp-established"), (c.shell_job, "--shell-job"), (c.ext_unix_sk, "--ext-unix-sk")]
+    {
+        if on {
+            cmd.arg(flag);
+        }
+    }
+    Ok(())
+}
+
 /// The message of the last error line of a runc/crun JSON log.
 fn last_error(log: &Path) -> Option<String> {
     let text = fs::read_to_string(log).ok()?;
@@ -163,6 +178,34 @@ impl Runtime for CliRuntime {
         }
         cmd.arg(id).arg(signal.to_string());
         self.run("kill", id, cmd, true)
+    }
+
+    fn checkpoint(&self, id: &str, c: &Checkpoint) -> Result<(), RuntimeError> {
+        let mut cmd = self.command(id);
+        cmd.arg("--criu").arg(crate::criu_path()).arg("checkpoint");
+        criu_flags(&mut cmd, c)?;
+        if c.leave_running {
+            cmd.arg("--leave-running");
+        }
+        cmd.arg(id);
+        self.run("checkpoint", id, cmd, true)
+    }
+
+    fn restore(&self, id: &str, bundle: &Path, stdio: Stdio, c: &Checkpoint) -> Result<u32, RuntimeError> {
+        let pid_file = self.root.join(format!("{id}.pid"));
+        let mut cmd = self.command(id);
+        cmd.arg("--criu").arg(crate::criu_path()).arg("restore").arg("--detach");
+        criu_flags(&mut cmd, c)?;
+        if let Some(sock) = &stdio.console_socket {
+            cmd.arg("--console-socket").arg(sock);
+        }
+        cmd.arg("--bundle").arg(bundle).arg("--pid-file").arg(&pid_file).arg(id);
+        let result = self.run_with_stdio("restore", id, cmd, stdio).and_then(|()| self.read_pid(&pid_file, "restore"));
+        let _ = fs::remove_file(&pid_file);
+        if result.is_err() {
+            let _ = self.delete(id, true);
+        }
+        result
     }
 
     fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError> {

@@ -2,15 +2,16 @@
 
 use std::path::{Path, PathBuf};
 
-use libcontainer::container::Container;
+use libcontainer::config::YoukiConfig;
 use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::{Container, ContainerStatus};
 use libcontainer::oci_spec::runtime::{LinuxSeccomp, Spec};
 use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 
-use crate::{Runtime, RuntimeError, Stdio};
+use crate::{Checkpoint, Runtime, RuntimeError, Stdio};
 
 pub struct Embedded {
     root: PathBuf,
@@ -120,6 +121,18 @@ fn container_seccomp(bundle: &Path) -> Result<Option<LinuxSeccomp>, RuntimeError
 }
 
 /// Flattens libcontainer's error chain into one line.
+fn failed_msg(op: &'static str, message: impl Into<String>) -> RuntimeError {
+    RuntimeError::Failed { runtime: "embedded", op, message: message.into() }
+}
+
+/// A bundle's spec and its rootfs (relative to the bundle if not absolute).
+fn load_spec(bundle: &Path, op: &'static str) -> Result<(Spec, PathBuf), RuntimeError> {
+    let spec = Spec::load(bundle.join("config.json")).map_err(|e| failed(op, e))?;
+    let root = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| "rootfs".into());
+    let rootfs = if root.is_absolute() { root } else { bundle.join(root) };
+    Ok((spec, rootfs))
+}
+
 fn failed(op: &'static str, err: impl std::error::Error) -> RuntimeError {
     let mut message = err.to_string();
     let mut src = err.source();
@@ -285,6 +298,41 @@ impl Runtime for Embedded {
 
     fn resume(&self, id: &str) -> Result<(), RuntimeError> {
         self.existing(id, "resume")?.resume().map_err(|e| failed("resume", e))
+    }
+
+    fn checkpoint(&self, id: &str, c: &Checkpoint) -> Result<(), RuntimeError> {
+        let container = self.existing(id, "checkpoint")?;
+        let pid = container.pid().ok_or_else(|| failed_msg("checkpoint", "the container has no init pid"))?;
+        let (spec, rootfs) = load_spec(container.bundle(), "checkpoint")?;
+        crate::criu::dump(pid.as_raw(), &spec, &rootfs, c)
+    }
+
+    fn restore(&self, id: &str, bundle: &Path, stdio: Stdio, c: &Checkpoint) -> Result<u32, RuntimeError> {
+        let dir = self.root.join(id);
+        if dir.exists() {
+            return Err(failed_msg("restore", format!("container {id} exists already")));
+        }
+        let (spec, rootfs) = load_spec(bundle, "restore")?;
+        if spec.process().as_ref().is_some_and(|p| p.terminal() == Some(true)) {
+            return Err(failed_msg("restore", "a container with a terminal cannot be restored yet"));
+        }
+        let pid = crate::criu::restore(id, &spec, &rootfs, stdio, c)?;
+        // libcontainer's state, so the container is driven like any other.
+        let saved = std::fs::create_dir_all(&dir)
+            .map_err(|e| RuntimeError::io("create runtime state", e))
+            .and_then(|()| YoukiConfig::from_spec(&spec, id).map_err(|e| failed("restore", e)))
+            .and_then(|config| config.save(&dir).map_err(|e| failed("restore", e)))
+            .and_then(|()| {
+                Container::new(id, ContainerStatus::Running, Some(pid as i32), bundle, &dir)
+                    .map_err(|e| failed("restore", e))
+            })
+            .and_then(|mut c| c.set_systemd(false).save().map_err(|e| failed("restore", e)));
+        if let Err(e) = saved {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::SIGKILL);
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        Ok(pid)
     }
 
     fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError> {

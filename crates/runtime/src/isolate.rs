@@ -66,6 +66,21 @@ impl Isolated {
         in_child("resume", || unit(self.inner.resume(id))).await.map(drop)
     }
 
+    pub async fn checkpoint(&self, id: &str, c: &crate::Checkpoint) -> Result<(), RuntimeError> {
+        in_child("checkpoint", || unit(self.inner.checkpoint(id, c))).await.map(drop)
+    }
+
+    // The helper gets the stdio descriptors, as for create.
+    pub async fn restore(
+        &self,
+        id: &str,
+        bundle: &Path,
+        stdio: Stdio,
+        c: &crate::Checkpoint,
+    ) -> Result<u32, RuntimeError> {
+        in_child("restore", || self.inner.restore(id, bundle, stdio, c)).await
+    }
+
     // A sandbox shim lives on after a delete, and a hung poststop hook
     // must not stall it: delete runs in a helper too.
     pub async fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError> {

@@ -3,6 +3,7 @@
 //! backends for runc and crun. Shims call it; the daemon never does.
 
 mod cli;
+mod criu;
 mod embedded;
 mod error;
 mod isolate;
@@ -10,6 +11,7 @@ mod isolate;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
+pub use criu::{CRIU_ENV, Checkpoint, criu_path};
 pub use error::RuntimeError;
 pub use isolate::{Isolated, in_child, pidfd_open};
 
@@ -40,6 +42,12 @@ pub trait Runtime: Send + Sync {
     fn pause(&self, id: &str) -> Result<(), RuntimeError>;
     /// Thaws a paused container.
     fn resume(&self, id: &str) -> Result<(), RuntimeError>;
+    /// Dumps the running container with CRIU into `c.images` (SPEC B16);
+    /// unless `c.leave_running`, the container's processes end.
+    fn checkpoint(&self, id: &str, c: &Checkpoint) -> Result<(), RuntimeError>;
+    /// Restores a container of `bundle` from `c.images`, running, with
+    /// `stdio` in place of the stdio it had; returns init's pid.
+    fn restore(&self, id: &str, bundle: &Path, stdio: Stdio, c: &Checkpoint) -> Result<u32, RuntimeError>;
     /// Removes the container's runtime state and cgroup. Deleting a
     /// container the runtime does not know is not an error.
     fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError>;

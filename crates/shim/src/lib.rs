@@ -31,6 +31,10 @@ pub const STATS_TYPE_URL: &str = "berth.dev/cgroups/v1/ContainerStats";
 /// Update.
 pub const LIMITS_TYPE_URL: &str = "berth.dev/cgroups/v1/Limits";
 
+/// Type URL of the JSON-encoded `berth_runtime::Checkpoint` berthd sends
+/// with Checkpoint and with a Create that restores.
+pub const CHECKPOINT_TYPE_URL: &str = "berth.dev/runtime/v1/Checkpoint";
+
 /// Runtime name of berth's own shim (SPEC B23).
 pub const SHIM_RUNTIME_NAME: &str = "io.containerd.berth.v1";
 
@@ -73,7 +77,7 @@ pub fn from_ttrpc(err: &ttrpc::Error) -> (Code, String) {
     }
 }
 
-pub use berth_runtime::pidfd_open;
+pub use berth_runtime::{CRIU_ENV, Checkpoint, pidfd_open};
 
 /// A short, stable tag of a process for file names: FNV-1a of its
 /// container's id and its exec id ("" for init), so the processes of all

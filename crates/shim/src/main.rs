@@ -12,6 +12,7 @@
 //! Run with containerd's flags (`-namespace … start|delete`) it is
 //! containerd's runtime `io.containerd.berth.v1` (see `containerd.rs`).
 
+mod checkpoint;
 mod cleanup;
 mod containerd;
 mod events;

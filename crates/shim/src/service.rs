@@ -133,7 +133,15 @@ impl Task for Shim {
         // reaped until its watcher tracks it.
         let spawning = self.spawning.enter();
         let t0 = std::time::Instant::now();
-        let pid = match self.runtime.create(&req.id, &bundle, stdio).await {
+        let restore = match req.checkpoint.is_empty() {
+            true => None,
+            false => Some(crate::checkpoint::options(req.options.as_ref(), &req.checkpoint)?),
+        };
+        let made = match &restore {
+            Some(c) => self.runtime.restore(&req.id, &bundle, stdio, c).await,
+            None => self.runtime.create(&req.id, &bundle, stdio).await,
+        };
+        let pid = match made {
             Ok(pid) => pid,
             Err(e) => {
                 if rootfs_mounted {
@@ -160,6 +168,7 @@ impl Task for Shim {
             bundle,
             pid,
             started: false,
+            restored: restore.is_some(),
             paused: false,
             stdout: req.stdout,
             stderr: req.stderr,
@@ -179,13 +188,15 @@ impl Task for Shim {
             let pid = self.exec_start(&req.id, &req.exec_id).await?;
             return Ok(api::StartResponse { pid, ..Default::default() });
         }
-        let pid = self.with_task(&req.id, |t| {
+        let (pid, restored) = self.with_task(&req.id, |t| {
             if t.started || t.exited().is_some() {
                 return Err(to_ttrpc(Code::FailedPrecondition, format!("container {} was already started", req.id)));
             }
-            Ok(t.pid)
+            Ok((t.pid, t.restored))
         })?;
-        self.runtime.start(&req.id).await.map_err(|e| to_ttrpc(e.code(), e))?;
+        if !restored {
+            self.runtime.start(&req.id).await.map_err(|e| to_ttrpc(e.code(), e))?;
+        }
         self.with_task(&req.id, |t| {
             t.started = true;
             Ok(())
@@ -419,6 +430,11 @@ impl Task for Shim {
             version: format!("berth-shim {} ({})", env!("CARGO_PKG_VERSION"), self.namespace),
             ..Default::default()
         })
+    }
+
+    async fn checkpoint(&self, _ctx: &TtrpcContext, req: api::CheckpointTaskRequest) -> TtrpcResult<Empty> {
+        self.checkpoint_task(&req).await?;
+        Ok(Empty::new())
     }
 
     async fn shutdown(&self, _ctx: &TtrpcContext, req: api::ShutdownRequest) -> TtrpcResult<Empty> {

@@ -27,6 +27,8 @@ pub(crate) struct InitTask {
     pub(crate) bundle: PathBuf,
     pub(crate) pid: u32,
     pub(crate) started: bool,
+    /// Restored from a checkpoint: init runs already; Start only records it.
+    pub(crate) restored: bool,
     pub(crate) paused: bool,
     pub(crate) stdout: String,
     pub(crate) stderr: String,

@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 /// - 1: containers.
 /// - 2: adds the `events` and `intents` tables and the record fields for
 ///   restart policies, all defaulted: a version-1 store is read as is.
-/// - 3: adds the `sandboxes` table and the container's `sandbox` field
-///   (defaulted): an older store is read as is.
+/// - 3: adds the `sandboxes` table and the container's `sandbox` and
+///   `restored_from` fields (defaulted): an older store is read as is.
 pub const SCHEMA_VERSION: u64 = 3;
 
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -118,6 +118,9 @@ pub struct ContainerRecord {
     /// for a container with a shim of its own.
     #[serde(default)]
     pub sandbox: Option<berth_model::SandboxId>,
+    /// The checkpoint it was restored from (`NS/ID/NAME` or an archive).
+    #[serde(default)]
+    pub restored_from: String,
 }
 
 /// A create in progress, written before anything is allocated and removed
@@ -338,6 +341,7 @@ mod tests {
             volumes: Vec::new(),
             network: None,
             sandbox: None,
+            restored_from: String::new(),
         }
     }
 

@@ -1,0 +1,390 @@
+//! Checkpoints (SPEC B16): CRIU images of a running or paused container,
+//! taken by its shim (berth-shim only) and kept under
+//! `<root>/checkpoints/<ns>/<id>/<name>/` — `images/` (CRIU's), the
+//! container's `config.json` and `checkpoint.json` (what a restore needs:
+//! rootfs or image, network, runtime), written last so a checkpoint is
+//! visible only once complete. CRIU's logs stay under
+//! `<state>/criu/<ns>/<id>/<name>/`, named in errors. A restore is a create
+//! from the checkpoint's spec (`create.rs`) whose task the shim restores
+//! instead of creating; archives are in `checkpoint_archive.rs`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_model::{ContainerId, Namespace, NetworkMode, State};
+use berth_shim::Checkpoint;
+use berth_store::ContainerRecord;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::events::{Kind, event};
+use crate::manager::Manager;
+
+pub(crate) const META: &str = "checkpoint.json";
+pub(crate) const SPEC: &str = "config.json";
+pub(crate) const IMAGES: &str = "images";
+/// How long a dump or a restore may take.
+const CRIU_TIMEOUT: Duration = Duration::from_secs(120);
+/// The oldest CRIU that works on the kernels berth runs on.
+const CRIU_MIN: (u32, u32) = (4, 0);
+
+pub struct CheckpointParams {
+    pub namespace: Namespace,
+    pub id: ContainerId,
+    /// Empty: `checkpoint-<unix time>`.
+    pub name: String,
+    pub leave_running: bool,
+    pub tcp_established: bool,
+    pub shell_job: bool,
+    pub ext_unix_sk: bool,
+}
+
+/// `checkpoint.json`: what the checkpoint is of, and what a restore needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointMeta {
+    pub name: String,
+    pub namespace: Namespace,
+    pub container: ContainerId,
+    pub created_at_ns: u64,
+    pub runtime: String,
+    /// The image the container ran (empty: a directory rootfs).
+    #[serde(default)]
+    pub image: String,
+    /// The rootfs directory of a container not run from an image.
+    #[serde(default)]
+    pub rootfs: PathBuf,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// `--network` of the container (a network name or `none`).
+    pub network: String,
+    pub leave_running: bool,
+    pub tcp_established: bool,
+    pub shell_job: bool,
+    pub ext_unix_sk: bool,
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default)]
+    pub duration_us: u64,
+}
+
+/// Where a restore comes from.
+pub enum RestoreSource {
+    Checkpoint { container: ContainerId, name: String },
+    Archive(PathBuf),
+}
+
+/// A checkpoint a create restores from (`CreateParams::restore`).
+#[derive(Clone)]
+pub struct RestoreFrom {
+    pub dir: PathBuf,
+    pub meta: CheckpointMeta,
+    /// What `inspect` shows: `NS/ID/NAME`, or the archive.
+    pub origin: String,
+}
+
+fn bad_name(name: &str) -> Option<String> {
+    berth_model::ContainerId::new(name).err().map(|e| e.to_string().replace("container id", "checkpoint name"))
+}
+
+/// `criu --version` → (major, minor), or an error that names the fix.
+fn criu_version(criu: &Path) -> Result<(u32, u32)> {
+    let fix = "install it with `make criu` (docs/operations.md, CRIU) or pass berthd --criu PATH";
+    let out = std::process::Command::new(criu).arg("--version").output().map_err(|e| {
+        Error::FailedPrecondition(format!(
+            "CRIU is needed for checkpoints and {} cannot run ({e}): {fix}",
+            criu.display()
+        ))
+    })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.lines().find_map(|l| l.trim().strip_prefix("Version:")).map(str::trim).unwrap_or("");
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if !out.status.success() || found < CRIU_MIN {
+        return Err(Error::FailedPrecondition(format!(
+            "CRIU {} at {} is too old or broken: berth needs {}.{} or newer; {fix}",
+            if version.is_empty() { "(unknown version)" } else { version },
+            criu.display(),
+            CRIU_MIN.0,
+            CRIU_MIN.1
+        )));
+    }
+    Ok(found)
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    let entries = std::fs::read_dir(dir).into_iter().flatten().flatten();
+    entries.filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+}
+
+pub(crate) fn read_meta(dir: &Path) -> Result<CheckpointMeta> {
+    let path = dir.join(META);
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(format!("read {}", path.display()), e))?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))
+}
+
+/// The network a checkpointed container can be restored into: its own
+/// namespace of berth's (a CNI network or `none`).
+fn restorable_network(rec: &ContainerRecord) -> Result<String> {
+    let refuse =
+        |why: &str| Err(Error::FailedPrecondition(format!("container {} cannot be checkpointed: {why}", rec.id)));
+    if rec.terminal {
+        return refuse("it has a terminal");
+    }
+    if let Some(sandbox) = &rec.sandbox {
+        return refuse(&format!("it is in sandbox {sandbox}"));
+    }
+    let Some(net) = &rec.network else { return refuse("it runs from a bundle (networked as its config.json says)") };
+    match NetworkMode::parse(&net.mode) {
+        Ok(NetworkMode::Network(_) | NetworkMode::None) => Ok(net.mode.clone()),
+        _ => refuse(&format!("--network {} has no namespace of its own", net.mode)),
+    }
+}
+
+impl Manager {
+    /// The configured CRIU, checked once per daemon (SPEC B16).
+    pub(crate) fn check_criu(&self) -> Result<()> {
+        if self.criu_checked.get().is_some() {
+            return Ok(());
+        }
+        criu_version(&self.cfg.criu)?;
+        let _ = self.criu_checked.set(());
+        Ok(())
+    }
+
+    pub(crate) fn checkpoint_dir(&self, ns: &Namespace, id: &ContainerId, name: &str) -> PathBuf {
+        self.cfg.root.join("checkpoints").join(ns.as_str()).join(id.as_str()).join(name)
+    }
+
+    fn criu_work(&self, ns: &Namespace, id: &ContainerId, name: &str) -> PathBuf {
+        self.cfg.state.join("criu").join(ns.as_str()).join(id.as_str()).join(name)
+    }
+
+    pub async fn checkpoint(&self, p: CheckpointParams) -> Result<CheckpointMeta> {
+        let (ns, id) = (&p.namespace, &p.id);
+        let name = if p.name.is_empty() { format!("checkpoint-{}", crate::now_ns() / 1_000_000_000) } else { p.name };
+        if let Some(e) = bad_name(&name) {
+            return Err(Error::InvalidArgument(e));
+        }
+        self.get(ns, id)?;
+        let _op = self.lock_op(ns, id).await;
+        let rec = self.get(ns, id)?;
+        if !matches!(rec.state, State::Running | State::Paused) {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} is {}: only a running or paused container can be checkpointed",
+                rec.state
+            )));
+        }
+        let network = restorable_network(&rec)?;
+        let entry = self.entry(ns, id)?;
+        if entry.shim.is_containerd_shim() {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id} runs on a containerd shim: checkpoints need berth's own"
+            )));
+        }
+        self.check_criu()?;
+        let dir = self.checkpoint_dir(ns, id, &name);
+        if dir.exists() {
+            return Err(Error::CheckpointExists(format!("{id}/{name}")));
+        }
+        let work = self.criu_work(ns, id, &name);
+        let c = Checkpoint {
+            images: dir.join(IMAGES),
+            work: work.clone(),
+            leave_running: p.leave_running,
+            tcp_established: p.tcp_established,
+            shell_job: p.shell_job,
+            ext_unix_sk: p.ext_unix_sk,
+        };
+        let _ = std::fs::remove_dir_all(&work);
+        let made = std::fs::create_dir_all(&c.images)
+            .and_then(|()| std::fs::create_dir_all(&work))
+            .and_then(|()| std::fs::copy(rec.bundle.join(SPEC), dir.join(SPEC)).map(drop));
+        let undo = |e: Error| {
+            let _ = std::fs::remove_dir_all(&dir);
+            e
+        };
+        made.map_err(|e| undo(Error::io("prepare the checkpoint directory", e)))?;
+        // A checkpoint that stops the container is a user stop: no policy
+        // brings it back.
+        if !p.leave_running {
+            self.mark_stopped_by_user(ns, id).map_err(undo)?;
+        }
+        let t = Instant::now();
+        let dumped = match tokio::time::timeout(CRIU_TIMEOUT, entry.shim.checkpoint(id, &c)).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::DeadlineExceeded(format!("checkpoint of {id} took longer than {CRIU_TIMEOUT:?}"))),
+        };
+        if let Err(e) = dumped {
+            if !p.leave_running {
+                let _ = self.update(ns, id, |r| {
+                    r.stopped_by_user = r.exit.is_some();
+                    Ok(())
+                });
+            }
+            return Err(undo(e));
+        }
+        let meta = CheckpointMeta {
+            name: name.clone(),
+            namespace: ns.clone(),
+            container: id.clone(),
+            created_at_ns: crate::now_ns(),
+            runtime: rec.runtime.clone(),
+            image: rec.image.clone(),
+            rootfs: if rec.image.is_empty() { rec.rootfs.clone() } else { PathBuf::new() },
+            command: rec.command.clone(),
+            labels: rec.labels.clone(),
+            network,
+            leave_running: p.leave_running,
+            tcp_established: p.tcp_established,
+            shell_job: p.shell_job,
+            ext_unix_sk: p.ext_unix_sk,
+            size: dir_size(&c.images),
+            duration_us: t.elapsed().as_micros() as u64,
+        };
+        let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        berth_store::write_atomic(&dir.join(META), &json).map_err(|e| undo(Error::io("write checkpoint.json", e)))?;
+        self.publish(event(Kind::Checkpoint, ns, id, "", rec.pid, None))?;
+        Ok(meta)
+    }
+
+    /// The checkpoints of container `id` (which may be gone), oldest first.
+    pub fn checkpoints(&self, ns: &Namespace, id: &ContainerId) -> Result<Vec<CheckpointMeta>> {
+        let parent = self.cfg.root.join("checkpoints").join(ns.as_str()).join(id.as_str());
+        let mut out: Vec<CheckpointMeta> = std::fs::read_dir(&parent)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| read_meta(&e.path()).ok())
+            .collect();
+        if out.is_empty() && self.store.get(ns, id)?.is_none() {
+            return Err(Error::NotFound(id.to_string()));
+        }
+        out.sort_by_key(|m| m.created_at_ns);
+        Ok(out)
+    }
+
+    /// A complete checkpoint's directory, or NotFound.
+    pub(crate) fn checkpoint_of(&self, ns: &Namespace, id: &ContainerId, name: &str) -> Result<PathBuf> {
+        if let Some(e) = bad_name(name) {
+            return Err(Error::InvalidArgument(e));
+        }
+        let dir = self.checkpoint_dir(ns, id, name);
+        if !dir.join(META).is_file() {
+            return Err(Error::CheckpointNotFound(format!("{id}/{name}")));
+        }
+        Ok(dir)
+    }
+
+    pub fn checkpoint_remove(&self, ns: &Namespace, id: &ContainerId, name: &str) -> Result<()> {
+        let dir = self.checkpoint_of(ns, id, name)?;
+        // The record goes first: a half-removed checkpoint is never listed.
+        std::fs::remove_file(dir.join(META)).map_err(|e| Error::io("remove checkpoint.json", e))?;
+        crate::delete::remove_path(&dir)?;
+        let _ = std::fs::remove_dir_all(self.criu_work(ns, id, name));
+        if let Some(parent) = dir.parent() {
+            let _ = std::fs::remove_dir(parent);
+        }
+        Ok(())
+    }
+
+    /// Creates and starts a container from a checkpoint of this daemon or
+    /// from an archive; an imported archive is kept as a checkpoint of the
+    /// new container.
+    pub async fn restore(
+        self: &Arc<Self>,
+        ns: &Namespace,
+        id: Option<ContainerId>,
+        source: RestoreSource,
+    ) -> Result<ContainerRecord> {
+        self.check_criu()?;
+        let (dir, origin, imported) = match source {
+            RestoreSource::Checkpoint { container, name } => {
+                let dir = self.checkpoint_of(ns, &container, &name)?;
+                (dir, format!("{ns}/{container}/{name}"), false)
+            }
+            RestoreSource::Archive(path) => {
+                let dir = self.import_checkpoint(&path)?;
+                (dir, path.display().to_string(), true)
+            }
+        };
+        let restored = self.restore_from(ns, id, &dir, origin).await;
+        if imported {
+            let kept = restored.as_ref().ok().map(|rec| self.checkpoint_dir(ns, &rec.id, &dir_name(&dir)));
+            match kept.filter(|k| !k.exists()) {
+                Some(target) => {
+                    let moved = target
+                        .parent()
+                        .map(std::fs::create_dir_all)
+                        .transpose()
+                        .and_then(|_| std::fs::rename(&dir, &target));
+                    if moved.is_err() {
+                        let _ = std::fs::remove_dir_all(&dir);
+                    }
+                }
+                None => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            }
+        }
+        restored
+    }
+
+    async fn restore_from(
+        self: &Arc<Self>,
+        ns: &Namespace,
+        id: Option<ContainerId>,
+        dir: &Path,
+        origin: String,
+    ) -> Result<ContainerRecord> {
+        let meta = read_meta(dir)?;
+        let id = id.unwrap_or_else(|| meta.container.clone());
+        let from = RestoreFrom { dir: dir.to_path_buf(), meta: meta.clone(), origin };
+        let params = crate::create::CreateParams::restoring(ns.clone(), id.clone(), from);
+        let rec = self.create(params).await?;
+        self.publish(event(Kind::Restore, ns, &id, "", rec.pid, None))?;
+        Ok(rec)
+    }
+
+    /// What the shim is told to restore from, for a restore into `id`.
+    pub(crate) fn restore_options(&self, ns: &Namespace, id: &ContainerId, from: &RestoreFrom) -> Checkpoint {
+        let m = &from.meta;
+        Checkpoint {
+            images: from.dir.join(IMAGES),
+            work: self.criu_work(ns, id, &format!("restore-{}", m.name)),
+            leave_running: false,
+            tcp_established: m.tcp_established,
+            shell_job: m.shell_job,
+            ext_unix_sk: m.ext_unix_sk,
+        }
+    }
+}
+
+/// The checkpoint's spec, made the new container's: its cgroup; the
+/// network namespace and resolver files of the old one dropped (the
+/// restore's network attachment sets its own).
+pub(crate) fn restored_spec(dir: &Path, cgroup: &str) -> Result<oci_spec::runtime::Spec> {
+    let path = dir.join(SPEC);
+    let mut spec = oci_spec::runtime::Spec::load(&path)
+        .map_err(|e| Error::InvalidArgument(format!("checkpoint spec {}: {e}", path.display())))?;
+    let linux = spec
+        .linux_mut()
+        .as_mut()
+        .ok_or_else(|| Error::InvalidArgument("checkpoint spec has no linux section".into()))?;
+    linux.set_cgroups_path(Some(cgroup.into()));
+    let resolver = ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"];
+    let mounts = spec.mounts().clone().unwrap_or_default();
+    let kept = mounts.into_iter().filter(|m| !resolver.iter().any(|r| m.destination() == Path::new(r))).collect();
+    spec.set_mounts(Some(kept));
+    Ok(spec)
+}
+
+/// The name (last component) of a checkpoint directory.
+fn dir_name(dir: &Path) -> String {
+    read_meta(dir)
+        .map(|m| m.name)
+        .unwrap_or_else(|_| dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+}

@@ -1,0 +1,174 @@
+//! Checkpoint archives (SPEC B16, B31): a checkpoint as one tar file —
+//! `checkpoint.json`, `config.json` and `images/…` (CRIU's files) — written
+//! by export and validated entry by entry on import: only those names,
+//! regular files and the `images` directory, no absolute paths, no `..`,
+//! no links or devices, bounded size and count. A bad archive is a typed
+//! error and leaves nothing behind.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use berth_model::{ContainerId, Namespace};
+
+use crate::checkpoint::{IMAGES, META, SPEC, read_meta};
+use crate::error::{Error, Result};
+use crate::manager::Manager;
+
+/// Limits of an imported archive.
+const MAX_ENTRIES: usize = 100_000;
+const MAX_BYTES: u64 = 64 << 30;
+
+fn bad(path: &Path, why: impl std::fmt::Display) -> Error {
+    Error::InvalidArgument(format!("checkpoint archive {}: {why}", path.display()))
+}
+
+/// An absolute path on berthd's host (the caller's working directory is
+/// not berthd's).
+fn absolute(path: &Path) -> Result<()> {
+    if !path.is_absolute() {
+        return Err(Error::InvalidArgument(format!("{} is not an absolute path", path.display())));
+    }
+    Ok(())
+}
+
+/// Where an archive entry may go inside the checkpoint directory.
+fn entry_target(name: &Path) -> Option<PathBuf> {
+    let parts: Vec<&str> = name
+        .components()
+        .filter(|c| !matches!(c, Component::CurDir))
+        .map(|c| match c {
+            Component::Normal(s) => s.to_str(),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    match parts.as_slice() {
+        [f] if *f == META || *f == SPEC || *f == IMAGES => Some(PathBuf::from(f)),
+        [d, f] if *d == IMAGES && !f.is_empty() => Some(Path::new(IMAGES).join(f)),
+        _ => None,
+    }
+}
+
+impl Manager {
+    /// Writes checkpoint `name` of `id` to the new file `path`.
+    pub fn checkpoint_export(&self, ns: &Namespace, id: &ContainerId, name: &str, path: &Path) -> Result<()> {
+        absolute(path)?;
+        let dir = self.checkpoint_of(ns, id, name)?;
+        if path.exists() {
+            return Err(Error::AlreadyExists(path.display().to_string()));
+        }
+        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        let write = || -> std::io::Result<()> {
+            let mut tar = tar::Builder::new(File::create(&tmp)?);
+            tar.mode(tar::HeaderMode::Deterministic);
+            tar.append_path_with_name(dir.join(META), META)?;
+            tar.append_path_with_name(dir.join(SPEC), SPEC)?;
+            tar.append_dir(IMAGES, dir.join(IMAGES))?;
+            for entry in std::fs::read_dir(dir.join(IMAGES))? {
+                let entry = entry?;
+                if entry.file_type()?.is_file() {
+                    tar.append_path_with_name(entry.path(), Path::new(IMAGES).join(entry.file_name()))?;
+                }
+            }
+            tar.into_inner()?.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::io(format!("write {}", path.display()), e)
+        })
+    }
+
+    /// Unpacks and checks an archive into a new directory under the
+    /// checkpoints root; returns it (the caller keeps or removes it).
+    pub(crate) fn import_checkpoint(&self, path: &Path) -> Result<PathBuf> {
+        absolute(path)?;
+        let file = File::open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound(path.display().to_string()),
+            _ => Error::io(format!("open {}", path.display()), e),
+        })?;
+        let root = self.cfg.root.join("checkpoints");
+        std::fs::create_dir_all(&root).map_err(|e| Error::io("create the checkpoints directory", e))?;
+        let dir = root.join(format!(".import-{}-{}", std::process::id(), crate::now_ns()));
+        std::fs::create_dir(&dir).map_err(|e| Error::io("create an import directory", e))?;
+        match unpack(file, path, &dir).and_then(|()| check(path, &dir)) {
+            Ok(()) => Ok(dir),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+}
+
+fn unpack(file: File, path: &Path, dir: &Path) -> Result<()> {
+    let mut archive = tar::Archive::new(file);
+    let (mut count, mut bytes) = (0usize, 0u64);
+    for entry in archive.entries().map_err(|e| bad(path, e))? {
+        let mut entry = entry.map_err(|e| bad(path, e))?;
+        count += 1;
+        if count > MAX_ENTRIES {
+            return Err(bad(path, format!("more than {MAX_ENTRIES} entries")));
+        }
+        let name = entry.path().map_err(|e| bad(path, e))?.into_owned();
+        let target = entry_target(&name).ok_or_else(|| bad(path, format!("unexpected entry {:?}", name)))?;
+        match entry.header().entry_type() {
+            tar::EntryType::Directory if target == Path::new(IMAGES) => {
+                std::fs::create_dir_all(dir.join(IMAGES)).map_err(|e| Error::io("unpack", e))?;
+            }
+            tar::EntryType::Regular => {
+                let size = entry.size();
+                bytes += size;
+                if bytes > MAX_BYTES {
+                    return Err(bad(path, format!("more than {MAX_BYTES} bytes")));
+                }
+                let out = dir.join(&target);
+                if let Some(parent) = out.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| Error::io("unpack", e))?;
+                }
+                let mut f = File::options().write(true).create_new(true).open(&out).map_err(|e| match e.kind() {
+                    std::io::ErrorKind::AlreadyExists => bad(path, format!("{:?} appears twice", name)),
+                    _ => Error::io("unpack", e),
+                })?;
+                let copied = std::io::copy(&mut (&mut entry).take(size), &mut f).map_err(|e| bad(path, e))?;
+                if copied != size {
+                    return Err(bad(path, format!("{:?} is cut short", name)));
+                }
+            }
+            other => return Err(bad(path, format!("{:?} is a {:?}, not a file", name, other))),
+        }
+    }
+    Ok(())
+}
+
+/// An unpacked archive must hold a readable checkpoint.
+fn check(path: &Path, dir: &Path) -> Result<()> {
+    let meta = read_meta(dir).map_err(|e| bad(path, format!("{META}: {e}")))?;
+    if ContainerId::new(&meta.name).is_err() {
+        return Err(bad(path, format!("bad checkpoint name {:?}", meta.name)));
+    }
+    oci_spec::runtime::Spec::load(dir.join(SPEC)).map_err(|e| bad(path, format!("{SPEC}: {e}")))?;
+    for needed in ["inventory.img", "descriptors.json"] {
+        if !dir.join(IMAGES).join(needed).is_file() {
+            return Err(bad(path, format!("{IMAGES}/{needed} is missing")));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_checkpoints_own_names_are_accepted() {
+        assert_eq!(entry_target(Path::new("checkpoint.json")), Some(PathBuf::from("checkpoint.json")));
+        assert_eq!(entry_target(Path::new("./images/pages-1.img")), Some(PathBuf::from("images/pages-1.img")));
+        assert_eq!(entry_target(Path::new("images")), Some(PathBuf::from("images")));
+        for hostile in
+            ["/etc/passwd", "../x", "images/../../x", "images/a/b", "other.json", "images/..", "config.json/x"]
+        {
+            assert_eq!(entry_target(Path::new(hostile)), None, "{hostile}");
+        }
+    }
+}
