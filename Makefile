@@ -30,7 +30,8 @@ unit: build
 	$(CARGO) test --workspace --locked --exclude berth-e2e
 
 # The chaos test prints its counts (containers, kills, unknown exits, events).
-e2e: build
+# The checkpoint tests need CRIU (`make criu`, a no-op once installed).
+e2e: build criu
 	$(CARGO) test --locked -p berth-e2e -- --skip chaos
 	$(CARGO) test --locked -p berth-e2e --test chaos -- --nocapture
 
