@@ -144,9 +144,12 @@ fn a_checkpoint_migrates_to_another_daemon() {
     one.berth(&["rm", "mig"]).ok();
 }
 
+/// An archive entry: name, tar type flag, content.
+type Entry<'a> = (&'a str, u8, &'a [u8]);
+
 /// A tar archive written byte by byte (the tar crate refuses hostile
-/// names): `(name, type flag, content)`.
-fn raw_tar(path: &Path, entries: &[(&str, u8, &[u8])]) {
+/// names).
+fn raw_tar(path: &Path, entries: &[Entry<'_>]) {
     let mut out = Vec::new();
     for (name, kind, data) in entries {
         let mut h = [0u8; 512];
@@ -197,7 +200,7 @@ fn bad_checkpoints_and_archives_change_nothing() {
     d.berth(&["restore", "--from", &missing]).fails_with("not found");
     let (garbage, garbage_s) = p("garbage.tar");
     std::fs::write(&garbage, b"this is not a tar archive at all").unwrap();
-    let hostile: [(&str, Vec<(&str, u8, &[u8])>); 5] = [
+    let hostile: [(&str, Vec<Entry<'_>>); 5] = [
         ("traversal.tar", vec![("../../etc/evil", b'0', b"x")]),
         ("absolute.tar", vec![("/etc/evil", b'0', b"x")]),
         ("symlink.tar", vec![("checkpoint.json", b'2', b"")]),
