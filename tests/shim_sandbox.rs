@@ -378,6 +378,37 @@ fn a_hung_runtime_call_does_not_stall_the_other_containers() {
     assert!(f.shim_gone_within(Duration::from_secs(5)), "shutdown ends the shim\n{}", f.log());
 }
 
+/// A Create its caller gave up on (deleted while in flight, as berthd's
+/// rollback does after a deadline) is undone when the runtime returns: the
+/// shim never holds it, so the sandbox can still be shut down.
+#[test]
+fn an_abandoned_create_is_undone_when_it_returns() {
+    let mut f = Fixture::start("sbx4", true);
+    rt().block_on(async {
+        let c = f.client().await;
+        let hook = serde_json::json!({
+            "createRuntime": [{"path": "/bin/sleep", "args": ["sleep", "1"], "env": [f.marker]}],
+        });
+        let a = f.bundle("a", &["sleep", "1000"], hook);
+        let a_client = c.clone();
+        let a_create = tokio::spawn(async move { create(&a_client, "a", &a).await });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while f.hooks().is_empty() {
+            assert!(Instant::now() < deadline, "the hook never ran\n{}", f.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let e = promptly("delete", delete(&c, "a")).await.expect_err("a is being created");
+        assert_eq!(code(&e), ttrpc::Code::FAILED_PRECONDITION, "{}", message(&e));
+        let created = tokio::time::timeout(Duration::from_secs(10), a_create).await.expect("a's create ended");
+        let e = created.expect("create task").expect_err("an abandoned create fails");
+        assert!(message(&e).contains("abandoned"), "{}", message(&e));
+        let e = state(&c, "a").await.expect_err("a is not held");
+        assert_eq!(code(&e), ttrpc::Code::NOT_FOUND);
+        shutdown(&c, "sbx4").await.expect("nothing is held");
+    });
+    assert!(f.shim_gone_within(Duration::from_secs(5)), "shutdown ends the shim\n{}", f.log());
+}
+
 #[test]
 fn a_lone_shim_exits_after_the_delete_of_its_container() {
     let mut f = Fixture::start("lone", false);

@@ -128,6 +128,7 @@ pub(crate) enum Step {
     /// The container joined its sandbox's shim: if the runtime create did
     /// not complete, what it started is cleaned up (the shim stays).
     Joined {
+        client: ShimClient,
         runtime: String,
         bundle: PathBuf,
     },
@@ -564,7 +565,8 @@ impl Manager {
         let client = match placed.sandbox {
             Some(sandbox) => {
                 let client = self.sandbox_shim(ns, sandbox).await.map_err(|e| e.at("shim"))?;
-                done.push(Step::Joined { runtime: runtime.to_string(), bundle: bundle.to_path_buf() });
+                let step = Step::Joined { client: client.clone(), runtime: runtime.to_string(), bundle: bundle.into() };
+                done.push(step);
                 client
             }
             None => {
@@ -617,8 +619,11 @@ impl Manager {
                     client.reap(Duration::from_secs(5)).await;
                     crate::delete::remove_shim_sockets(&client.socket)
                 }
-                Step::Joined { runtime, bundle } => {
+                Step::Joined { client, runtime, bundle } => {
                     if !task_created {
+                        // The shared shim may still be creating the task
+                        // (the call timed out) or hold it: it undoes both.
+                        let _ = client.delete(id, "").await;
                         self.cleanup_failed_create(ns, id, &runtime, &bundle).await;
                     }
                     Ok(())

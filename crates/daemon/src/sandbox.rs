@@ -263,7 +263,7 @@ impl Manager {
             return Err(e.into());
         }
         tracing::info!(%ns, %id, pid = client.pid, "started a new shim for the sandbox");
-        drop(_op);
+        // Published before the lock goes: a second joiner must find it.
         self.serve_sandbox(&key, client.clone());
         Ok(client)
     }
@@ -279,7 +279,9 @@ impl Manager {
         let client = self.sandboxes.shim(&key);
         self.sandbox_release(&rec, client.as_ref()).await?;
         lock(&self.sandboxes.shims).remove(&key);
-        lock(&self.sandboxes.ops).remove(&key);
+        // The op lock stays: callers queued on it must keep excluding the
+        // ones that come after.
+        self.remove_namespace_if_unused(ns);
         Ok(())
     }
 
@@ -289,8 +291,12 @@ impl Manager {
     async fn sandbox_release(&self, rec: &SandboxRecord, client: Option<&ShimClient>) -> Result<()> {
         let (ns, id) = (&rec.namespace, &rec.id);
         if let Some(client) = client.filter(|c| !c.is_gone()) {
-            client.shutdown(&shim_id(id)).await?;
-            client.reap(SHIM_EXIT_WAIT).await;
+            // berthd holds no container of it: a task the shim still holds
+            // (a create abandoned half way) goes with the shim.
+            match client.shutdown(&shim_id(id)).await {
+                Ok(()) => client.reap(SHIM_EXIT_WAIT).await,
+                Err(e) => tracing::warn!(%ns, %id, "the sandbox's shim refused to exit ({e}); killing it"),
+            }
         }
         let args = self.sandbox_shim_args(ns, id, &rec.runtime);
         for pid in args.processes() {
@@ -308,38 +314,43 @@ impl Manager {
     /// sandboxes whose shim died `not-ready`, and releases those whose
     /// create was cut short.
     pub(crate) async fn recover_sandboxes(self: &Arc<Self>) -> Result<()> {
-        for mut rec in self.store.list_sandboxes(None)? {
+        for rec in self.store.list_sandboxes(None)? {
             let (ns, id) = (rec.namespace.clone(), rec.id.clone());
-            if rec.state == SandboxState::Creating {
-                tracing::warn!(%ns, %id, "releasing a sandbox create cut short by a crash");
-                if let Err(e) = self.sandbox_release(&rec, None).await {
-                    tracing::warn!(%ns, %id, "cannot release an interrupted sandbox create: {e}");
-                }
-                continue;
+            if let Err(e) = self.recover_sandbox(rec).await {
+                tracing::warn!(%ns, %id, "recovering the sandbox: {e}");
             }
-            let args = self.sandbox_shim_args(&ns, &id, &rec.runtime);
-            let connected = shim::connect(&rec.shim.socket, &shim_id(&id), rec.shim.pid, Default::default()).await;
-            match connected {
-                // Whichever process answers must be this sandbox's shim (a
-                // new one berthd started before dying counts).
-                Ok(mut client) if args.matches(client.pid) => {
-                    client.shared = true;
-                    if rec.shim.pid != client.pid || rec.state != SandboxState::Ready {
-                        if rec.state == SandboxState::NotReady {
-                            rec.state = rec.state.apply(SandboxOp::StartShim)?;
-                        }
-                        rec.shim.pid = client.pid;
-                        self.store.put_sandbox(&rec)?;
+        }
+        Ok(())
+    }
+
+    async fn recover_sandbox(self: &Arc<Self>, mut rec: SandboxRecord) -> Result<()> {
+        let (ns, id) = (rec.namespace.clone(), rec.id.clone());
+        if rec.state == SandboxState::Creating {
+            tracing::warn!(%ns, %id, "releasing a sandbox create cut short by a crash");
+            return self.sandbox_release(&rec, None).await;
+        }
+        let args = self.sandbox_shim_args(&ns, &id, &rec.runtime);
+        let connected = shim::connect(&rec.shim.socket, &shim_id(&id), rec.shim.pid, Default::default()).await;
+        match connected {
+            // Whichever process answers must be this sandbox's shim (a new
+            // one berthd started before dying counts).
+            Ok(mut client) if args.matches(client.pid) => {
+                client.shared = true;
+                if rec.shim.pid != client.pid || rec.state != SandboxState::Ready {
+                    if rec.state == SandboxState::NotReady {
+                        rec.state = rec.state.apply(SandboxOp::StartShim)?;
                     }
-                    self.serve_sandbox(&(ns, id), client);
-                }
-                _ if rec.state == SandboxState::Ready => {
-                    tracing::warn!(%ns, %id, "the sandbox's shim is gone");
-                    rec.state = rec.state.apply(SandboxOp::LoseShim)?;
+                    rec.shim.pid = client.pid;
                     self.store.put_sandbox(&rec)?;
                 }
-                _ => {}
+                self.serve_sandbox(&(ns, id), client);
             }
+            _ if rec.state == SandboxState::Ready => {
+                tracing::warn!(%ns, %id, "the sandbox's shim is gone");
+                rec.state = rec.state.apply(SandboxOp::LoseShim)?;
+                self.store.put_sandbox(&rec)?;
+            }
+            _ => {}
         }
         Ok(())
     }

@@ -123,13 +123,31 @@ pub struct Paths {
 impl Paths {
     pub fn of(f: &Flags, bundle: &Path) -> Paths {
         let group = group_of(bundle);
-        let key = group.as_deref().unwrap_or(&f.id);
+        // A group's key can never equal a task's id.
+        let key = match &group {
+            Some(g) => format!("group\0{g}"),
+            None => f.id.clone(),
+        };
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in [f.address.as_bytes(), &[0], f.namespace.as_bytes(), &[0], key.as_bytes()].concat() {
             h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
         }
         let base = Path::new(SOCKET_DIR);
         Paths { socket: base.join(format!("{h:016x}.sock")), runtime_root: base.join(format!("{h:016x}")), group }
+    }
+
+    /// The paths `start` wrote into the bundle's `address` file (what the
+    /// task's shim really used, whichever berth-shim started it), else the
+    /// computed ones.
+    pub fn recorded(f: &Flags, bundle: &Path) -> Paths {
+        let computed = Paths::of(f, bundle);
+        let recorded = std::fs::read_to_string(bundle.join("address")).ok();
+        match recorded.as_deref().map(str::trim).and_then(|a| a.strip_prefix("unix://")).map(PathBuf::from) {
+            Some(socket) if socket.parent() == Some(Path::new(SOCKET_DIR)) => {
+                Paths { runtime_root: socket.with_extension(""), socket, group: computed.group }
+            }
+            _ => computed,
+        }
     }
 }
 
@@ -241,7 +259,7 @@ fn spawn(f: &Flags, bundle: &Path, paths: &Paths) -> Result<(), ContainerdError>
 /// can be given.
 fn delete(f: &Flags) -> Result<(), ContainerdError> {
     let bundle = bundle_of(f)?;
-    let paths = Paths::of(f, &bundle);
+    let paths = Paths::recorded(f, &bundle);
     // A shim that exited normally removed its runtime root: containerd
     // asks after every shim, but only a dead one left work behind.
     let exit = if !paths.runtime_root.exists() {

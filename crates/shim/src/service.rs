@@ -151,6 +151,17 @@ impl Task for Shim {
             }
         };
         tracing::debug!(id = %req.id, pid, terminal = req.terminal, us = t0.elapsed().as_micros() as u64, "runtime create");
+        if self.is_abandoned(&reservation) {
+            let _ = self.runtime.delete(&req.id, true).await;
+            drop(spawning);
+            if rootfs_mounted {
+                rootfs::unmount_all(&bundle);
+            }
+            return Err(to_ttrpc(
+                Code::FailedPrecondition,
+                format!("the create of container {} was abandoned", req.id),
+            ));
+        }
         let (pty, cgroup, exit) = match self.watch_init(&req, &bundle, pid, console, drained) {
             Ok(watched) => watched,
             Err(e) => {
@@ -363,6 +374,12 @@ impl Task for Shim {
             let (pid, status) = self.exec_delete(&req.id, &req.exec_id)?;
             let (exit_status, exited_at) = exit_fields(status);
             return Ok(api::DeleteResponse { pid, exit_status, exited_at, ..Default::default() });
+        }
+        // A Create still in flight is undone when the runtime returns: the
+        // caller gave up on it and must not find it later.
+        if self.abandon(&req.id) {
+            let msg = format!("the create of container {} is in flight; it is undone when it returns", req.id);
+            return Err(to_ttrpc(Code::FailedPrecondition, msg));
         }
         // The rootfs to take off, if the shim mounted it.
         let (pid, started, rx, mounted, cgroup) = self.with_task(&req.id, |t| {

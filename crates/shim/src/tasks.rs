@@ -69,6 +69,9 @@ pub struct Shim {
     tasks: Mutex<HashMap<String, InitTask>>,
     /// Ids whose Create is in flight (not in `tasks` yet).
     creating: Mutex<HashSet<String>>,
+    /// Of those, the ones deleted meanwhile (the caller gave up, e.g. after
+    /// a deadline): their Create undoes itself when the runtime returns.
+    abandoned: Mutex<HashSet<String>>,
     pub(crate) shutdown: Notify,
     /// Set when containerd started the shim: task events go to it, and
     /// Stats answers in containerd's Metrics types.
@@ -85,6 +88,7 @@ pub(crate) struct Reservation<'a> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         lock(&self.shim.creating).remove(&self.id);
+        lock(&self.shim.abandoned).remove(&self.id);
     }
 }
 
@@ -116,6 +120,7 @@ impl Shim {
             spawning: Spawning::default(),
             tasks: Mutex::new(HashMap::new()),
             creating: Mutex::new(HashSet::new()),
+            abandoned: Mutex::new(HashSet::new()),
             shutdown: Notify::new(),
             events,
         }
@@ -148,6 +153,22 @@ impl Shim {
         }
         creating.insert(id.to_string());
         Ok(Reservation { shim: self, id: id.to_string() })
+    }
+
+    /// Marks an in-flight Create of `id` abandoned; false if there is none.
+    pub(crate) fn abandon(&self, id: &str) -> bool {
+        // Held while marking: the Create cannot end (and forget) meanwhile.
+        let creating = lock(&self.creating);
+        if !creating.contains(id) {
+            return false;
+        }
+        lock(&self.abandoned).insert(id.to_string());
+        true
+    }
+
+    /// Whether the Create holding `reservation` was abandoned meanwhile.
+    pub(crate) fn is_abandoned(&self, reservation: &Reservation<'_>) -> bool {
+        lock(&self.abandoned).contains(&reservation.id)
     }
 
     /// Adds a created task (its reservation ends after, when dropped).
