@@ -11,13 +11,14 @@
 //! bridge network vs ctr --cni; bench/src/network.rs).
 //!
 //! Usage: berth-bench [--runs N] [--containers M] [--stats-containers K]
-//!        [--recovery-containers R] [--recovery-rounds Q] [--only network|shim]
+//!        [--recovery-containers R] [--recovery-rounds Q] [--only network|shim|checkpoint]
 //!        [--breakdown]   (as root; see `make bench`)
 //!
 //! `--breakdown` prints only the phases of berth run --rm (as berthd
 //! records them) next to runc's create/start/delete (bench/src/breakdown.rs).
 
 mod breakdown;
+mod checkpoint;
 mod cnihost;
 mod containerd;
 mod image;
@@ -48,12 +49,14 @@ struct Opts {
     only_network: bool,
     /// `--only shim`: containerd through runc-v2 vs berth-shim, alone.
     only_shim: bool,
+    /// `--only checkpoint`: checkpoint/restore vs runc, and a migration.
+    only_checkpoint: bool,
     /// `--breakdown`: the phases of berth run --rm next to runc's steps, alone.
     breakdown: bool,
 }
 
 const USAGE: &str = "usage: berth-bench [--runs N] [--containers M] [--stats-containers K] \
-                     [--recovery-containers R] [--recovery-rounds Q] [--only network|shim] [--breakdown]";
+                     [--recovery-containers R] [--recovery-rounds Q] [--only network|shim|checkpoint] [--breakdown]";
 
 fn parse_opts() -> Opts {
     let mut o = Opts {
@@ -64,6 +67,7 @@ fn parse_opts() -> Opts {
         recovery_rounds: 3,
         only_network: false,
         only_shim: false,
+        only_checkpoint: false,
         breakdown: false,
     };
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -78,6 +82,10 @@ fn parse_opts() -> Opts {
         }
         if pair[0] == "--only" && pair.get(1).map(String::as_str) == Some("shim") {
             o.only_shim = true;
+            continue;
+        }
+        if pair[0] == "--only" && pair.get(1).map(String::as_str) == Some("checkpoint") {
+            o.only_checkpoint = true;
             continue;
         }
         let value = pair.get(1).and_then(|v| v.parse().ok());
@@ -190,6 +198,33 @@ fn print_shim(runs: usize, containers: usize, f: &shim::ShimFigures) {
     println!("| ratio PSS sandbox / lone (target ≤ 1.5×) | | {} |", ratio_of(pss(f.mem_sandbox), pss(f.mem_lone)));
 }
 
+/// The checkpoint table (issue 13): berth vs runc with the same CRIU.
+fn print_checkpoint(runs: usize, f: &checkpoint::CheckpointFigures) {
+    println!();
+    println!("| counter loop, median of {runs} (interleaved) | berth | runc | ratio (target ≤ 0.8×) |");
+    println!("|---|---|---|---|");
+    println!(
+        "| checkpoint (stops it) | {} | {} | {} |",
+        fmt_ms(f.berth_dump),
+        fmt_ms(f.runc_dump),
+        ratio(f.berth_dump, f.runc_dump)
+    );
+    println!(
+        "| restore (new id, running) | {} | {} | {} |",
+        fmt_ms(f.berth_restore),
+        fmt_ms(f.runc_restore),
+        ratio(f.berth_restore, f.runc_restore)
+    );
+    println!();
+    println!("| migration to a second berthd (target ≤ 2 s) | wall time | archive |");
+    println!("|---|---|---|");
+    println!(
+        "| 256 MB container holding ~100 MB: checkpoint, export, restore --from | {} | {:.0} MB |",
+        fmt_ms(f.migrate),
+        f.migrate_mb
+    );
+}
+
 fn main() {
     let o = parse_opts();
     if o.only_network {
@@ -201,6 +236,12 @@ fn main() {
     if o.only_shim {
         if let Some(f) = shim::run(&d, o.runs, o.containers) {
             print_shim(o.runs, o.containers, &f);
+        }
+        return;
+    }
+    if o.only_checkpoint {
+        if let Some(f) = checkpoint::run(&d, o.runs) {
+            print_checkpoint(o.runs, &f);
         }
         return;
     }

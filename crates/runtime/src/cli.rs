@@ -95,6 +95,9 @@ impl CliRuntime {
 /// them.
 fn criu_flags(cmd: &mut Command, c: &Checkpoint) -> Result<(), RuntimeError> {
     fs::create_dir_all(&c.work).map_err(|e| RuntimeError::io("create the criu work directory", e))?;
+    if let Some(config) = crate::criu::criu_config(c)? {
+        cmd.env("CRIU_CONFIG_FILE", config);
+    }
     cmd.arg("--image-path").arg(&c.images).arg("--work-path").arg(&c.work);
     for (on, flag) in
         [(c.tcp_established, "--tcp-established"), (c.shell_job, "--shell-job"), (c.ext_unix_sk, "--ext-unix-sk")]
