@@ -211,7 +211,7 @@ pub fn inspect_text(c: &pb::Container) -> String {
     let mut labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{}={}", escape(k), escape(v))).collect();
     labels.sort();
     format!(
-        "ID:         {}\nNamespace:  {}\nState:      {}\nPid:        {}\nExit:       {exit}\nOOMKilled:  {}\nRestart:    {} (restarted {} times)\nRuntime:    {}\nCommand:    {}\nImage:      {}\nRootfs:     {}\nBundle:     {}\nCgroup:     {}\nShim pid:   {}\nSandbox:    {}\nCreated:    {}\nLabels:     {}\n{}",
+        "ID:         {}\nNamespace:  {}\nState:      {}\nPid:        {}\nExit:       {exit}\nOOMKilled:  {}\nRestart:    {} (restarted {} times)\nRuntime:    {}\nCommand:    {}\nImage:      {}\nRootfs:     {}\nBundle:     {}\nCgroup:     {}\nShim pid:   {}\nSandbox:    {}\nRestored:   {}\nCreated:    {}\nLabels:     {}\n{}",
         escape(&c.id),
         escape(&c.namespace),
         escape(&c.state),
@@ -227,6 +227,7 @@ pub fn inspect_text(c: &pb::Container) -> String {
         escape(&c.cgroup),
         c.shim_pid,
         if c.sandbox.is_empty() { "-".into() } else { escape(&c.sandbox) },
+        if c.restored_from.is_empty() { "-".into() } else { escape(&c.restored_from) },
         age(c.created_at_ns),
         labels.join(", "),
         network_text(c),
