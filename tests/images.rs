@@ -202,3 +202,32 @@ fn restart_of_berthd_and_policies_keep_what_containers_use() {
     assert!(d.leftover_mounts().is_empty(), "mounts left: {:?}", d.leftover_mounts());
     assert!(active_snapshots(&d).is_empty(), "{:?}", active_snapshots(&d));
 }
+
+/// Issue 13: a container run from an image is checkpointed with its
+/// writable layer (a file written, a file of the image deleted) and
+/// restored from the archive on a second berthd that has the image: the
+/// changes and the process go on there.
+#[test]
+fn an_image_container_migrates_with_its_changes() {
+    let (d, _guard, _reg, reference) = setup();
+    let two = Daemon::start();
+    let _two_guard = Unmounter(two.dir().to_path_buf());
+    two.berth(&["pull", "--insecure", &reference]).ok();
+    let script = "echo kept > /work/state; rm /new; i=0; while true; do i=$((i+1)); echo $i; sleep 0.05; done";
+    d.berth(&["run", "-d", "--name", "img", &reference, "sh", "-c", script]).ok();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !d.berth(&["logs", "img"]).ok().contains('3') {
+        assert!(Instant::now() < deadline, "the container never counted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.berth(&["checkpoint", "--name", "move", "img"]).ok();
+    let archive = d.dir().join("img.tar").to_string_lossy().into_owned();
+    d.berth(&["checkpoint", "export", "img", "move", &archive]).ok();
+    assert_eq!(two.berth(&["restore", "--from", &archive]).ok().trim(), "img");
+    assert_eq!(two.berth(&["exec", "img", "cat", "/work/state"]).ok().trim(), "kept");
+    assert_ne!(two.berth(&["exec", "img", "test", "-e", "/new"]).code, 0, "the deleted file stays deleted");
+    assert_eq!(two.inspect("img")["image"], reference.as_str());
+    two.berth(&["rm", "-f", "img"]).ok();
+    d.berth(&["rm", "-f", "img"]).ok();
+    assert!(active_snapshots(&two).is_empty(), "{:?}", active_snapshots(&two));
+}

@@ -4,13 +4,11 @@
 //! container's `config.json` and `checkpoint.json` (what a restore needs:
 //! rootfs or image, network, runtime), written last so a checkpoint is
 //! visible only once complete. CRIU's logs stay under
-//! `<state>/criu/<ns>/<id>/<name>/`, named in errors. A restore is a create
-//! from the checkpoint's spec (`create.rs`) whose task the shim restores
-//! instead of creating; archives are in `checkpoint_archive.rs`.
+//! `<state>/criu/<ns>/<id>/<name>/`, named in errors. Restores are in
+//! `restore.rs`, archives in `checkpoint_archive.rs`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use berth_model::{ContainerId, Namespace, NetworkMode, State};
@@ -25,6 +23,8 @@ use crate::manager::Manager;
 pub(crate) const META: &str = "checkpoint.json";
 pub(crate) const SPEC: &str = "config.json";
 pub(crate) const IMAGES: &str = "images";
+/// An image container's changes to its image, as an OCI layer.
+pub(crate) const ROOTFS_DIFF: &str = "rootfs-diff.tar";
 /// How long a dump or a restore may take.
 const CRIU_TIMEOUT: Duration = Duration::from_secs(120);
 /// The oldest CRIU that works on the kernels berth runs on.
@@ -69,21 +69,6 @@ pub struct CheckpointMeta {
     pub size: u64,
     #[serde(default)]
     pub duration_us: u64,
-}
-
-/// Where a restore comes from.
-pub enum RestoreSource {
-    Checkpoint { container: ContainerId, name: String },
-    Archive(PathBuf),
-}
-
-/// A checkpoint a create restores from (`CreateParams::restore`).
-#[derive(Clone)]
-pub struct RestoreFrom {
-    pub dir: PathBuf,
-    pub meta: CheckpointMeta,
-    /// What `inspect` shows: `NS/ID/NAME`, or the archive.
-    pub origin: String,
 }
 
 fn bad_name(name: &str) -> Option<String> {
@@ -159,7 +144,7 @@ impl Manager {
         self.cfg.root.join("checkpoints").join(ns.as_str()).join(id.as_str()).join(name)
     }
 
-    fn criu_work(&self, ns: &Namespace, id: &ContainerId, name: &str) -> PathBuf {
+    pub(crate) fn criu_work(&self, ns: &Namespace, id: &ContainerId, name: &str) -> PathBuf {
         self.cfg.state.join("criu").join(ns.as_str()).join(id.as_str()).join(name)
     }
 
@@ -227,6 +212,10 @@ impl Manager {
             }
             return Err(undo(e));
         }
+        // An image container's writable layer goes with it.
+        if !rec.image.is_empty() {
+            self.write_rootfs_diff(ns, id, &dir.join(ROOTFS_DIFF)).map_err(undo)?;
+        }
         let meta = CheckpointMeta {
             name: name.clone(),
             namespace: ns.clone(),
@@ -249,6 +238,17 @@ impl Manager {
         berth_store::write_atomic(&dir.join(META), &json).map_err(|e| undo(Error::io("write checkpoint.json", e)))?;
         self.publish(event(Kind::Checkpoint, ns, id, "", rec.pid, None))?;
         Ok(meta)
+    }
+
+    fn write_rootfs_diff(&self, ns: &Namespace, id: &ContainerId, path: &Path) -> Result<()> {
+        let key = crate::images::snapshot_key(ns, id);
+        let upper = self.images.snapshots.mounts(&key)?.upperdir;
+        let file = std::fs::File::create(path).map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+        let file = berth_images::write_upper_as_layer(&upper, std::io::BufWriter::new(file))?;
+        file.into_inner()
+            .map_err(|e| Error::io("write the rootfs diff", e.into_error()))?
+            .sync_all()
+            .map_err(|e| Error::io("write the rootfs diff", e))
     }
 
     /// The checkpoints of container `id` (which may be gone), oldest first.
@@ -290,101 +290,4 @@ impl Manager {
         }
         Ok(())
     }
-
-    /// Creates and starts a container from a checkpoint of this daemon or
-    /// from an archive; an imported archive is kept as a checkpoint of the
-    /// new container.
-    pub async fn restore(
-        self: &Arc<Self>,
-        ns: &Namespace,
-        id: Option<ContainerId>,
-        source: RestoreSource,
-    ) -> Result<ContainerRecord> {
-        self.check_criu()?;
-        let (dir, origin, imported) = match source {
-            RestoreSource::Checkpoint { container, name } => {
-                let dir = self.checkpoint_of(ns, &container, &name)?;
-                (dir, format!("{ns}/{container}/{name}"), false)
-            }
-            RestoreSource::Archive(path) => {
-                let dir = self.import_checkpoint(&path)?;
-                (dir, path.display().to_string(), true)
-            }
-        };
-        let restored = self.restore_from(ns, id, &dir, origin).await;
-        if imported {
-            let kept = restored.as_ref().ok().map(|rec| self.checkpoint_dir(ns, &rec.id, &dir_name(&dir)));
-            match kept.filter(|k| !k.exists()) {
-                Some(target) => {
-                    let moved = target
-                        .parent()
-                        .map(std::fs::create_dir_all)
-                        .transpose()
-                        .and_then(|_| std::fs::rename(&dir, &target));
-                    if moved.is_err() {
-                        let _ = std::fs::remove_dir_all(&dir);
-                    }
-                }
-                None => {
-                    let _ = std::fs::remove_dir_all(&dir);
-                }
-            }
-        }
-        restored
-    }
-
-    async fn restore_from(
-        self: &Arc<Self>,
-        ns: &Namespace,
-        id: Option<ContainerId>,
-        dir: &Path,
-        origin: String,
-    ) -> Result<ContainerRecord> {
-        let meta = read_meta(dir)?;
-        let id = id.unwrap_or_else(|| meta.container.clone());
-        let from = RestoreFrom { dir: dir.to_path_buf(), meta: meta.clone(), origin };
-        let params = crate::create::CreateParams::restoring(ns.clone(), id.clone(), from);
-        let rec = self.create(params).await?;
-        self.publish(event(Kind::Restore, ns, &id, "", rec.pid, None))?;
-        Ok(rec)
-    }
-
-    /// What the shim is told to restore from, for a restore into `id`.
-    pub(crate) fn restore_options(&self, ns: &Namespace, id: &ContainerId, from: &RestoreFrom) -> Checkpoint {
-        let m = &from.meta;
-        Checkpoint {
-            images: from.dir.join(IMAGES),
-            work: self.criu_work(ns, id, &format!("restore-{}", m.name)),
-            leave_running: false,
-            tcp_established: m.tcp_established,
-            shell_job: m.shell_job,
-            ext_unix_sk: m.ext_unix_sk,
-        }
-    }
-}
-
-/// The checkpoint's spec, made the new container's: its cgroup; the
-/// network namespace and resolver files of the old one dropped (the
-/// restore's network attachment sets its own).
-pub(crate) fn restored_spec(dir: &Path, cgroup: &str) -> Result<oci_spec::runtime::Spec> {
-    let path = dir.join(SPEC);
-    let mut spec = oci_spec::runtime::Spec::load(&path)
-        .map_err(|e| Error::InvalidArgument(format!("checkpoint spec {}: {e}", path.display())))?;
-    let linux = spec
-        .linux_mut()
-        .as_mut()
-        .ok_or_else(|| Error::InvalidArgument("checkpoint spec has no linux section".into()))?;
-    linux.set_cgroups_path(Some(cgroup.into()));
-    let resolver = ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"];
-    let mounts = spec.mounts().clone().unwrap_or_default();
-    let kept = mounts.into_iter().filter(|m| !resolver.iter().any(|r| m.destination() == Path::new(r))).collect();
-    spec.set_mounts(Some(kept));
-    Ok(spec)
-}
-
-/// The name (last component) of a checkpoint directory.
-fn dir_name(dir: &Path) -> String {
-    read_meta(dir)
-        .map(|m| m.name)
-        .unwrap_or_else(|_| dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
 }

@@ -9,7 +9,8 @@ use berth_model::{ContainerId, Namespace};
 use tonic::{Request, Response, Status};
 
 use crate::api::{Api, container_pb, key, ns, status};
-use crate::checkpoint::{CheckpointMeta, CheckpointParams, RestoreSource};
+use crate::checkpoint::{CheckpointMeta, CheckpointParams};
+use crate::restore::RestoreSource;
 
 fn info_pb(m: CheckpointMeta) -> pb::CheckpointInfo {
     pb::CheckpointInfo {

@@ -1,5 +1,6 @@
 //! Checkpoint archives (SPEC B16, B31): a checkpoint as one tar file —
-//! `checkpoint.json`, `config.json` and `images/…` (CRIU's files) — written
+//! `checkpoint.json`, `config.json`, `images/…` (CRIU's files) and, for a
+//! container from an image, `rootfs-diff.tar` (its writable layer) — written
 //! by export and validated entry by entry on import: only those names,
 //! regular files and the `images` directory, no absolute paths, no `..`,
 //! no links or devices, bounded size and count. A bad archive is a typed
@@ -11,7 +12,7 @@ use std::path::{Component, Path, PathBuf};
 
 use berth_model::{ContainerId, Namespace};
 
-use crate::checkpoint::{IMAGES, META, SPEC, read_meta};
+use crate::checkpoint::{IMAGES, META, ROOTFS_DIFF, SPEC, read_meta};
 use crate::error::{Error, Result};
 use crate::manager::Manager;
 
@@ -43,7 +44,7 @@ fn entry_target(name: &Path) -> Option<PathBuf> {
         })
         .collect::<Option<_>>()?;
     match parts.as_slice() {
-        [f] if *f == META || *f == SPEC || *f == IMAGES => Some(PathBuf::from(f)),
+        [f] if [META, SPEC, IMAGES, ROOTFS_DIFF].contains(f) => Some(PathBuf::from(f)),
         [d, f] if *d == IMAGES && !f.is_empty() => Some(Path::new(IMAGES).join(f)),
         _ => None,
     }
@@ -63,6 +64,9 @@ impl Manager {
             tar.mode(tar::HeaderMode::Deterministic);
             tar.append_path_with_name(dir.join(META), META)?;
             tar.append_path_with_name(dir.join(SPEC), SPEC)?;
+            if dir.join(ROOTFS_DIFF).is_file() {
+                tar.append_path_with_name(dir.join(ROOTFS_DIFF), ROOTFS_DIFF)?;
+            }
             tar.append_dir(IMAGES, dir.join(IMAGES))?;
             for entry in std::fs::read_dir(dir.join(IMAGES))? {
                 let entry = entry?;

@@ -15,10 +15,10 @@ use std::time::Duration;
 use berth_model::{ContainerId, Namespace, RestartPolicy, Runtime, SandboxId, State};
 use berth_store::{ContainerRecord, Intent, ShimInfo, Write};
 
-use crate::checkpoint::RestoreFrom;
 use crate::error::{Error, Result};
 use crate::events::{Kind, event};
 use crate::manager::{Entry, Key, Manager, crash_point};
+use crate::restore::RestoreFrom;
 use crate::shim::{self, ProcessIo, ShimClient};
 use crate::spec::{self, Overrides};
 
@@ -66,46 +66,15 @@ pub struct CreateParams {
     pub restore: Option<RestoreFrom>,
 }
 
-impl CreateParams {
-    /// A create that restores `from`, running, under `id`: its spec,
-    /// rootfs or image, network, runtime and labels are the checkpoint's.
-    pub fn restoring(namespace: Namespace, id: ContainerId, from: RestoreFrom) -> CreateParams {
-        let m = &from.meta;
-        CreateParams {
-            namespace,
-            id,
-            path: String::new(),
-            args: Vec::new(),
-            env: Vec::new(),
-            cwd: String::new(),
-            runtime: m.runtime.clone(),
-            labels: m.labels.clone(),
-            start: true,
-            limits: Default::default(),
-            tty: false,
-            tty_size: None,
-            stdin: false,
-            restart: RestartPolicy::No,
-            security: Default::default(),
-            auto_remove: false,
-            image: m.image.clone(),
-            entrypoint: None,
-            user: String::new(),
-            run: Default::default(),
-            net: crate::network::NetOptions { mode: m.network.clone(), ..Default::default() },
-            sandbox: None,
-            restore: Some(from),
-        }
-    }
-}
-
 /// A create from an image: what it resolved to.
-struct FromImage {
-    name: String,
-    chain_id: String,
+pub(crate) struct FromImage {
+    pub name: String,
+    pub chain_id: String,
     /// Named volumes and where they are mounted: pre-filled from the
     /// image when empty (`volume_fill.rs`).
-    volumes: Vec<(String, PathBuf)>,
+    pub volumes: Vec<(String, PathBuf)>,
+    /// A restored container's changes to the image (an OCI layer).
+    pub diff: Option<PathBuf>,
 }
 
 /// Completed allocation steps, released newest-first on failure.
@@ -355,34 +324,6 @@ impl Manager {
         with_deadline("prepare spec", &format!("reading the spec under {}", p.path), work).await
     }
 
-    /// The checkpoint's spec for a restore into `p.id`: its cgroup, and the
-    /// rootfs it had or a new snapshot of its image (which must be here).
-    fn prepare_restore(
-        &self,
-        p: &CreateParams,
-        from: &RestoreFrom,
-        cgroup: &str,
-    ) -> Result<(spec::Prepared, Option<FromImage>)> {
-        let mut spec = crate::checkpoint::restored_spec(&from.dir, cgroup)?;
-        let (rootfs, image) = if from.meta.image.is_empty() {
-            if !from.meta.rootfs.is_dir() {
-                return Err(Error::FailedPrecondition(format!(
-                    "the checkpoint's root filesystem {} is not on this host",
-                    from.meta.rootfs.display()
-                )));
-            }
-            (from.meta.rootfs.clone(), None)
-        } else {
-            let (image, _) = self.images.resolve(&from.meta.image)?;
-            let image = FromImage { name: image.name, chain_id: image.chain_id, volumes: Vec::new() };
-            (self.image_rootfs(&p.namespace, &p.id), Some(image))
-        };
-        if let Some(root) = spec.root_mut() {
-            root.set_path(rootfs.clone());
-        }
-        Ok((spec::Prepared { spec, rootfs, command: from.meta.command.clone() }, image))
-    }
-
     /// Resolves the image (it must be present) and builds the spec from its
     /// config; the image's stop signal becomes the stop-signal label unless
     /// the request set one.
@@ -417,7 +358,7 @@ impl Manager {
         {
             p.labels.insert(crate::stop::STOP_SIGNAL_LABEL.to_string(), run.stop_signal.clone());
         }
-        Ok((prepared, Some(FromImage { name: image.name, chain_id: image.chain_id, volumes: Vec::new() })))
+        Ok((prepared, Some(FromImage { name: image.name, chain_id: image.chain_id, volumes: Vec::new(), diff: None })))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -467,7 +408,8 @@ impl Manager {
         if let Some(image) = &image {
             let key = crate::images::snapshot_key(ns, id);
             let target = prepared.rootfs.clone();
-            self.images.mount_rootfs(&key, &image.chain_id, &target).map_err(|e| e.at("snapshot"))?;
+            let diff = image.diff.as_deref();
+            self.images.mount_rootfs(&key, &image.chain_id, &target, diff).map_err(|e| e.at("snapshot"))?;
             done.push(Step::Snapshot { key, target });
             crash_point("snapshot");
             for (name, at) in &image.volumes {

@@ -169,12 +169,24 @@ impl Images {
         Ok(record)
     }
 
-    /// Creates the container's active snapshot on `chain_id` and mounts it
-    /// at `target` (created if needed). On error nothing is left.
-    pub fn mount_rootfs(&self, key: &str, chain_id: &str, target: &Path) -> Result<()> {
-        self.snapshots.create_active(key, chain_id)?;
-        let mounted = std::fs::create_dir_all(target)
-            .map_err(|e| Error::io(format!("create {}", target.display()), e))
+    /// Creates the container's active snapshot on `chain_id`, with the
+    /// changes of layer `diff` applied (a restored container's), and mounts
+    /// it at `target` (created if needed). On error nothing is left.
+    pub fn mount_rootfs(&self, key: &str, chain_id: &str, target: &Path, diff: Option<&Path>) -> Result<()> {
+        let mounts = self.snapshots.create_active(key, chain_id)?;
+        let applied = match diff {
+            Some(layer) => std::fs::File::open(layer)
+                .map_err(|e| Error::io(format!("open {}", layer.display()), e))
+                .and_then(|f| {
+                    let opts = berth_images::UnpackOptions::new(berth_images::Whiteouts::Overlay);
+                    Ok(berth_images::unpack_layer(std::io::BufReader::new(f), &mounts.upperdir, &opts).map(drop)?)
+                }),
+            None => Ok(()),
+        };
+        let mounted = applied
+            .and_then(|()| {
+                std::fs::create_dir_all(target).map_err(|e| Error::io(format!("create {}", target.display()), e))
+            })
             .and_then(|()| Ok(self.snapshots.mount(key, target)?));
         if let Err(e) = mounted {
             if let Err(e) = self.snapshots.remove_active(key) {

@@ -31,6 +31,7 @@ mod phases;
 mod recovery;
 mod resources;
 mod restart;
+mod restore;
 mod sandbox;
 mod sandbox_api;
 mod seccomp;

@@ -4,6 +4,7 @@
 
 mod apply;
 mod content;
+mod diff;
 mod error;
 pub mod gc;
 mod image_store;
@@ -18,6 +19,7 @@ mod userdb;
 
 pub use apply::unpack_image;
 pub use content::{BlobWriter, ContentStore, Digest, StoredBlob};
+pub use diff::write_upper_as_layer;
 pub use error::ImageError;
 pub use image_store::{ImageRecord, ImageStore, RunConfig, normalize_reference, read_config};
 pub use layout::{Exported, ImportedImage, export, import};

@@ -1,0 +1,196 @@
+//! Restore (SPEC B16): a create (`create.rs`) whose spec, rootfs or image
+//! (with its writable layer), network, runtime and labels come from a
+//! checkpoint of this daemon or from an imported archive
+//! (`checkpoint_archive.rs`), and whose task the shim restores instead of
+//! creating. An imported archive is kept as a checkpoint of the new
+//! container.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use berth_model::{ContainerId, Namespace, RestartPolicy};
+use berth_shim::Checkpoint;
+use berth_store::ContainerRecord;
+
+use crate::checkpoint::{CheckpointMeta, IMAGES, ROOTFS_DIFF, SPEC, read_meta};
+use crate::create::{CreateParams, FromImage};
+use crate::error::{Error, Result};
+use crate::events::{Kind, event};
+use crate::manager::Manager;
+use crate::spec;
+
+/// Where a restore comes from.
+pub enum RestoreSource {
+    Checkpoint { container: ContainerId, name: String },
+    Archive(PathBuf),
+}
+
+/// A checkpoint a create restores from (`CreateParams::restore`).
+#[derive(Clone)]
+pub struct RestoreFrom {
+    pub dir: PathBuf,
+    pub meta: CheckpointMeta,
+    /// What `inspect` shows: `NS/ID/NAME`, or the archive.
+    pub origin: String,
+}
+
+impl CreateParams {
+    /// A create that restores `from`, running, under `id`: its spec,
+    /// rootfs or image, network, runtime and labels are the checkpoint's.
+    pub fn restoring(namespace: Namespace, id: ContainerId, from: RestoreFrom) -> CreateParams {
+        let m = &from.meta;
+        CreateParams {
+            namespace,
+            id,
+            path: String::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            cwd: String::new(),
+            runtime: m.runtime.clone(),
+            labels: m.labels.clone(),
+            start: true,
+            limits: Default::default(),
+            tty: false,
+            tty_size: None,
+            stdin: false,
+            restart: RestartPolicy::No,
+            security: Default::default(),
+            auto_remove: false,
+            image: m.image.clone(),
+            entrypoint: None,
+            user: String::new(),
+            run: Default::default(),
+            net: crate::network::NetOptions { mode: m.network.clone(), ..Default::default() },
+            sandbox: None,
+            restore: Some(from),
+        }
+    }
+}
+
+impl Manager {
+    /// Creates and starts a container from a checkpoint of this daemon or
+    /// from an archive; an imported archive is kept as a checkpoint of the
+    /// new container.
+    pub async fn restore(
+        self: &Arc<Self>,
+        ns: &Namespace,
+        id: Option<ContainerId>,
+        source: RestoreSource,
+    ) -> Result<ContainerRecord> {
+        self.check_criu()?;
+        let (dir, origin, imported) = match source {
+            RestoreSource::Checkpoint { container, name } => {
+                let dir = self.checkpoint_of(ns, &container, &name)?;
+                (dir, format!("{ns}/{container}/{name}"), false)
+            }
+            RestoreSource::Archive(path) => {
+                let dir = self.import_checkpoint(&path)?;
+                (dir, path.display().to_string(), true)
+            }
+        };
+        let restored = self.restore_from(ns, id, &dir, origin).await;
+        if imported {
+            let kept = restored.as_ref().ok().map(|rec| self.checkpoint_dir(ns, &rec.id, &dir_name(&dir)));
+            match kept.filter(|k| !k.exists()) {
+                Some(target) => {
+                    let moved = target
+                        .parent()
+                        .map(std::fs::create_dir_all)
+                        .transpose()
+                        .and_then(|_| std::fs::rename(&dir, &target));
+                    if moved.is_err() {
+                        let _ = std::fs::remove_dir_all(&dir);
+                    }
+                }
+                None => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                }
+            }
+        }
+        restored
+    }
+
+    async fn restore_from(
+        self: &Arc<Self>,
+        ns: &Namespace,
+        id: Option<ContainerId>,
+        dir: &Path,
+        origin: String,
+    ) -> Result<ContainerRecord> {
+        let meta = read_meta(dir)?;
+        let id = id.unwrap_or_else(|| meta.container.clone());
+        let from = RestoreFrom { dir: dir.to_path_buf(), meta: meta.clone(), origin };
+        let params = crate::create::CreateParams::restoring(ns.clone(), id.clone(), from);
+        let rec = self.create(params).await?;
+        self.publish(event(Kind::Restore, ns, &id, "", rec.pid, None))?;
+        Ok(rec)
+    }
+
+    /// What the shim is told to restore from, for a restore into `id`.
+    pub(crate) fn restore_options(&self, ns: &Namespace, id: &ContainerId, from: &RestoreFrom) -> Checkpoint {
+        let m = &from.meta;
+        Checkpoint {
+            images: from.dir.join(IMAGES),
+            work: self.criu_work(ns, id, &format!("restore-{}", m.name)),
+            leave_running: false,
+            tcp_established: m.tcp_established,
+            shell_job: m.shell_job,
+            ext_unix_sk: m.ext_unix_sk,
+        }
+    }
+
+    /// The checkpoint's spec for a restore into `p.id`: its cgroup, and the
+    /// rootfs it had or a new snapshot of its image (which must be here).
+    pub(crate) fn prepare_restore(
+        &self,
+        p: &CreateParams,
+        from: &RestoreFrom,
+        cgroup: &str,
+    ) -> Result<(spec::Prepared, Option<FromImage>)> {
+        let mut spec = restored_spec(&from.dir, cgroup)?;
+        let (rootfs, image) = if from.meta.image.is_empty() {
+            if !from.meta.rootfs.is_dir() {
+                return Err(Error::FailedPrecondition(format!(
+                    "the checkpoint's root filesystem {} is not on this host",
+                    from.meta.rootfs.display()
+                )));
+            }
+            (from.meta.rootfs.clone(), None)
+        } else {
+            let (image, _) = self.images.resolve(&from.meta.image)?;
+            let diff = Some(from.dir.join(ROOTFS_DIFF)).filter(|d| d.is_file());
+            let image = FromImage { name: image.name, chain_id: image.chain_id, volumes: Vec::new(), diff };
+            (self.image_rootfs(&p.namespace, &p.id), Some(image))
+        };
+        if let Some(root) = spec.root_mut() {
+            root.set_path(rootfs.clone());
+        }
+        Ok((spec::Prepared { spec, rootfs, command: from.meta.command.clone() }, image))
+    }
+}
+
+/// The checkpoint's spec, made the new container's: its cgroup; the
+/// network namespace and resolver files of the old one dropped (the
+/// restore's network attachment sets its own).
+pub(crate) fn restored_spec(dir: &Path, cgroup: &str) -> Result<oci_spec::runtime::Spec> {
+    let path = dir.join(SPEC);
+    let mut spec = oci_spec::runtime::Spec::load(&path)
+        .map_err(|e| Error::InvalidArgument(format!("checkpoint spec {}: {e}", path.display())))?;
+    let linux = spec
+        .linux_mut()
+        .as_mut()
+        .ok_or_else(|| Error::InvalidArgument("checkpoint spec has no linux section".into()))?;
+    linux.set_cgroups_path(Some(cgroup.into()));
+    let resolver = ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"];
+    let mounts = spec.mounts().clone().unwrap_or_default();
+    let kept = mounts.into_iter().filter(|m| !resolver.iter().any(|r| m.destination() == Path::new(r))).collect();
+    spec.set_mounts(Some(kept));
+    Ok(spec)
+}
+
+/// The name (last component) of a checkpoint directory.
+fn dir_name(dir: &Path) -> String {
+    read_meta(dir)
+        .map(|m| m.name)
+        .unwrap_or_else(|_| dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
+}
