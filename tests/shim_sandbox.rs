@@ -125,6 +125,15 @@ impl Fixture {
         found
     }
 
+    /// Waits until a hook of this fixture runs (a create is in flight).
+    async fn await_hook(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.hooks().is_empty() {
+            assert!(Instant::now() < deadline, "the hook never ran\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn shim_gone_within(&mut self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
@@ -343,11 +352,7 @@ fn a_hung_runtime_call_does_not_stall_the_other_containers() {
         let a_client = c.clone();
         let a_create = tokio::spawn(async move { create(&a_client, "a", &a).await });
         // The hook runs: a's create is in flight.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while f.hooks().is_empty() {
-            assert!(Instant::now() < deadline, "the hook never ran\n{}", f.log());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        f.await_hook().await;
 
         let s = promptly("state", state(&c, "b")).await;
         assert!(running(&s.expect("state of b")));
@@ -392,11 +397,7 @@ fn an_abandoned_create_is_undone_when_it_returns() {
         let a = f.bundle("a", &["sleep", "1000"], hook);
         let a_client = c.clone();
         let a_create = tokio::spawn(async move { create(&a_client, "a", &a).await });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while f.hooks().is_empty() {
-            assert!(Instant::now() < deadline, "the hook never ran\n{}", f.log());
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        f.await_hook().await;
         let e = promptly("delete", delete(&c, "a")).await.expect_err("a is being created");
         assert_eq!(code(&e), ttrpc::Code::FAILED_PRECONDITION, "{}", message(&e));
         let created = tokio::time::timeout(Duration::from_secs(10), a_create).await.expect("a's create ended");

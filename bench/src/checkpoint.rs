@@ -6,7 +6,6 @@
 //! one berthd to another (checkpoint, export, restore from the archive).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_testing::Daemon;
@@ -34,17 +33,7 @@ fn timed(f: impl FnOnce() -> bool) -> Option<Duration> {
 }
 
 fn runc(root: &Path, args: &[&str]) -> bool {
-    Command::new("runc")
-        .arg("--root")
-        .arg(root)
-        .arg("--criu")
-        .arg(CRIU)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    crate::measure::runc(root, &["--criu", CRIU], args)
 }
 
 pub fn run(d: &Daemon, rounds: usize) -> Option<CheckpointFigures> {

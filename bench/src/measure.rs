@@ -60,3 +60,17 @@ pub fn median(v: &mut [Duration]) -> Option<Duration> {
     v.sort();
     Some(v[v.len() / 2])
 }
+
+/// Runs `runc --root ROOT GLOBAL… ARGS…` quietly; whether it succeeded.
+pub fn runc(root: &std::path::Path, global: &[&str], args: &[&str]) -> bool {
+    std::process::Command::new("runc")
+        .arg("--root")
+        .arg(root)
+        .args(global)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}

@@ -1,7 +1,6 @@
 //! Scenarios beyond `run`: exec into a running container (berth vs runc)
 //! and statistics over many containers.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_testing::Daemon;
@@ -15,15 +14,7 @@ pub struct ExecTimes {
 }
 
 fn runc(d: &Daemon, args: &[&str]) -> bool {
-    Command::new("runc")
-        .arg("--root")
-        .arg(d.dir().join("runc-root"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    crate::measure::runc(&d.dir().join("runc-root"), &[], args)
 }
 
 /// Median of `berth exec ID /bin/true` and `runc exec ID /bin/true` against

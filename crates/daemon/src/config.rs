@@ -39,9 +39,14 @@ impl Config {
     /// Unix socket paths are limited to 107 bytes, so sockets are named by
     /// a hash of namespace and id.
     pub fn shim_socket(&self, ns: &Namespace, id: &ContainerId) -> PathBuf {
+        self.hashed_socket("shims", ns, id.as_str())
+    }
+
+    /// `<state>/<dir>/<hash of namespace and id>.sock`.
+    fn hashed_socket(&self, dir: &str, ns: &Namespace, id: &str) -> PathBuf {
         let mut h = DefaultHasher::new();
-        (ns.as_str(), id.as_str()).hash(&mut h);
-        self.state.join("shims").join(format!("{:016x}.sock", h.finish()))
+        (ns.as_str(), id).hash(&mut h);
+        self.state.join(dir).join(format!("{:016x}.sock", h.finish()))
     }
 
     /// A sandbox's own files: its shim's log.
@@ -52,9 +57,7 @@ impl Config {
     /// A sandbox shim's socket: in a directory of its own, so a container's
     /// teardown (which removes the sockets under `shims`) never takes it.
     pub fn sandbox_socket(&self, ns: &Namespace, id: &SandboxId) -> PathBuf {
-        let mut h = DefaultHasher::new();
-        (ns.as_str(), id.as_str()).hash(&mut h);
-        self.state.join("sandbox-shims").join(format!("{:016x}.sock", h.finish()))
+        self.hashed_socket("sandbox-shims", ns, id.as_str())
     }
 
     /// The endpoint containerd v2 shims publish their events to.
