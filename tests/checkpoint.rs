@@ -144,6 +144,27 @@ fn a_checkpoint_migrates_to_another_daemon() {
     one.berth(&["rm", "mig"]).ok();
 }
 
+/// Copies a checkpoint archive, changing its config.json with `edit`.
+fn rewrite_spec(from: &Path, to: &Path, edit: impl Fn(&mut Value)) {
+    let mut archive = tar::Archive::new(std::fs::File::open(from).unwrap());
+    let mut out = tar::Builder::new(std::fs::File::create(to).unwrap());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let mut header = entry.header().clone();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
+        if entry.path().unwrap().as_os_str() == "config.json" {
+            let mut spec: Value = serde_json::from_slice(&data).unwrap();
+            edit(&mut spec);
+            data = serde_json::to_vec(&spec).unwrap();
+            header.set_size(data.len() as u64);
+            header.set_cksum();
+        }
+        out.append(&header, data.as_slice()).unwrap();
+    }
+    out.finish().unwrap();
+}
+
 /// An archive entry: name, tar type flag, content.
 type Entry<'a> = (&'a str, u8, &'a [u8]);
 
@@ -200,6 +221,17 @@ fn bad_checkpoints_and_archives_change_nothing() {
     d.berth(&["restore", "--from", &missing]).fails_with("not found");
     let (garbage, garbage_s) = p("garbage.tar");
     std::fs::write(&garbage, b"this is not a tar archive at all").unwrap();
+    // A real checkpoint whose spec gained a hook (it would run on the host).
+    let good = dir.join("good.tar");
+    let good_s = good.to_string_lossy().into_owned();
+    d.berth(&["checkpoint", "export", "c", "one", &good_s]).ok();
+    let (hooked, hooked_s) = p("hooked.tar");
+    rewrite_spec(&good, &hooked, |spec| {
+        spec["hooks"] = serde_json::json!({"createRuntime": [{"path": "/bin/touch", "args": ["touch", "/tmp/owned"]}]});
+    });
+    let err = d.berth(&["restore", "--name", "evil", "--from", &hooked_s]).fails_with("invalid argument");
+    assert!(err.contains("hooks"), "{err}");
+    assert!(!Path::new("/tmp/owned").exists());
     let hostile: [(&str, Vec<Entry<'_>>); 5] = [
         ("traversal.tar", vec![("../../etc/evil", b'0', b"x")]),
         ("absolute.tar", vec![("/etc/evil", b'0', b"x")]),

@@ -151,7 +151,12 @@ fn check(path: &Path, dir: &Path) -> Result<()> {
     if ContainerId::new(&meta.name).is_err() {
         return Err(bad(path, format!("bad checkpoint name {:?}", meta.name)));
     }
-    oci_spec::runtime::Spec::load(dir.join(SPEC)).map_err(|e| bad(path, format!("{SPEC}: {e}")))?;
+    let spec = oci_spec::runtime::Spec::load(dir.join(SPEC)).map_err(|e| bad(path, format!("{SPEC}: {e}")))?;
+    // Hooks run on the host as root at restore; berth never writes any, so
+    // an archive that has them did not come from a berth checkpoint.
+    if spec.hooks().is_some() {
+        return Err(bad(path, format!("{SPEC} has hooks, which berth's checkpoints never carry")));
+    }
     for needed in ["inventory.img", "descriptors.json"] {
         if !dir.join(IMAGES).join(needed).is_file() {
             return Err(bad(path, format!("{IMAGES}/{needed} is missing")));
