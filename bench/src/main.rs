@@ -11,7 +11,7 @@
 //! bridge network vs ctr --cni; bench/src/network.rs).
 //!
 //! Usage: berth-bench [--runs N] [--containers M] [--stats-containers K]
-//!        [--recovery-containers R] [--recovery-rounds Q] [--only network|shim|checkpoint]
+//!        [--recovery-containers R] [--recovery-rounds Q] [--only network|shim|checkpoint] [--scale N]
 //!        [--breakdown]   (as root; see `make bench`)
 //!
 //! `--breakdown` prints only the phases of berth run --rm (as berthd
@@ -25,6 +25,7 @@ mod image;
 mod measure;
 mod network;
 mod recovery;
+mod scale;
 mod scenarios;
 mod shim;
 
@@ -51,12 +52,14 @@ struct Opts {
     only_shim: bool,
     /// `--only checkpoint`: checkpoint/restore vs runc, and a migration.
     only_checkpoint: bool,
+    /// `--scale N`: the scale figures with N containers, alone.
+    scale: Option<usize>,
     /// `--breakdown`: the phases of berth run --rm next to runc's steps, alone.
     breakdown: bool,
 }
 
 const USAGE: &str = "usage: berth-bench [--runs N] [--containers M] [--stats-containers K] \
-                     [--recovery-containers R] [--recovery-rounds Q] [--only network|shim|checkpoint] [--breakdown]";
+                     [--recovery-containers R] [--recovery-rounds Q] [--only network|shim|checkpoint] [--scale N] [--breakdown]";
 
 fn parse_opts() -> Opts {
     let mut o = Opts {
@@ -68,6 +71,7 @@ fn parse_opts() -> Opts {
         only_network: false,
         only_shim: false,
         only_checkpoint: false,
+        scale: None,
         breakdown: false,
     };
     let mut args: Vec<String> = std::env::args().skip(1).collect();
@@ -95,6 +99,7 @@ fn parse_opts() -> Opts {
             ("--stats-containers", Some(v)) => o.stats_containers = v,
             ("--recovery-containers", Some(v)) => o.recovery_containers = v,
             ("--recovery-rounds", Some(v)) => o.recovery_rounds = v,
+            ("--scale", Some(v)) => o.scale = Some(v),
             _ => {
                 eprintln!("{USAGE}");
                 std::process::exit(2);
@@ -198,6 +203,22 @@ fn print_shim(runs: usize, containers: usize, f: &shim::ShimFigures) {
     println!("| ratio PSS sandbox / lone (target ≤ 1.5×) | | {} |", ratio_of(pss(f.mem_sandbox), pss(f.mem_lone)));
 }
 
+/// The scale table (issue 14) with its targets.
+fn print_scale(s: &scale::Scale) {
+    let n = s.containers;
+    let per = s.run_all.map(|t| t / n.max(1) as u32);
+    let mb = |v: Option<f64>| v.map(|v| format!("{v:.1} MB")).unwrap_or_else(|| "n/a".into());
+    println!();
+    println!("| {n} containers | berth | target (at 1,000) |");
+    println!("|---|---|---|");
+    println!("| sequential run -d, all (per container) | {} ({}) | ≤ 20 s |", fmt_ms(s.run_all), fmt_ms(per));
+    println!("| berthd RSS with all running | {} | ≤ 20 MB |", mb(s.berthd_rss_mb));
+    println!("| shims' PSS, total | {} | ≤ 200 MB |", mb(s.shims_pss_mb));
+    println!("| stats --no-stream --json | {} | ≤ 500 ms |", fmt_ms(s.stats));
+    println!("| kill -9 + restart until all listed | {} | ≤ 300 ms |", fmt_ms(s.recovery));
+    println!("| rm -f of all, one command | {} | ≤ 5 s |", fmt_ms(s.rm_all));
+}
+
 /// The checkpoint table (issue 13): berth vs runc with the same CRIU.
 fn print_checkpoint(runs: usize, f: &checkpoint::CheckpointFigures) {
     println!();
@@ -237,6 +258,10 @@ fn main() {
         if let Some(f) = shim::run(&d, o.runs, o.containers) {
             print_shim(o.runs, o.containers, &f);
         }
+        return;
+    }
+    if let Some(n) = o.scale {
+        print_scale(&scale::run(&d, n));
         return;
     }
     if o.only_checkpoint {

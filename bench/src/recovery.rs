@@ -25,7 +25,7 @@ fn median(mut v: Vec<Duration>, rounds: usize) -> Option<Duration> {
 
 /// Times `rounds` kill-and-restart cycles of `restart` until `listing`
 /// equals `expected` (sorted (id, pid, state) triples).
-fn time_recovery(
+pub fn time_recovery(
     rounds: usize,
     expected: &[(String, String, String)],
     mut restart: impl FnMut() -> bool,
@@ -55,7 +55,7 @@ fn time_recovery(
     median(times, rounds)
 }
 
-fn berth_listing(d: &Daemon) -> Option<Vec<(String, String, String)>> {
+pub fn berth_listing(d: &Daemon) -> Option<Vec<(String, String, String)>> {
     let out = d.berth(&["ps", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out.stdout).ok()?;
     let list = v.as_array()?.iter().map(|c| (c["id"].to_string(), c["pid"].to_string(), c["state"].to_string()));

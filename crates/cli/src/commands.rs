@@ -392,23 +392,34 @@ pub async fn wait(c: &mut Client, id: String) -> Result<i32, Failure> {
     Ok(exit.code as i32)
 }
 
+/// Deletes asked of berthd at once by one `rm`: enough to overlap the
+/// shims' work, few enough not to flood the daemon.
+const RM_IN_FLIGHT: usize = 16;
+
+/// Removes the containers, up to [`RM_IN_FLIGHT`] at a time; each id (or
+/// its one-line failure) is printed in the order given.
 pub async fn rm(c: &mut Client, ids: Vec<String>, force: bool) -> Result<i32, Failure> {
-    let mut failed = None;
-    for id in ids {
-        let req = pb::DeleteRequest { namespace: c.namespace.clone(), id: id.clone(), force };
-        match c.containers.delete(req).await {
+    use futures_util::stream;
+    let (client, namespace) = (c.containers.clone(), c.namespace.clone());
+    let deletes = futures_util::StreamExt::map(stream::iter(ids), |id| {
+        let (mut client, namespace) = (client.clone(), namespace.clone());
+        async move {
+            let result = client.delete(pb::DeleteRequest { namespace, id: id.clone(), force }).await;
+            (id, result)
+        }
+    });
+    let mut results = futures_util::StreamExt::buffered(deletes, RM_IN_FLIGHT);
+    let mut failed = false;
+    while let Some((id, result)) = futures_util::StreamExt::next(&mut results).await {
+        match result {
             Ok(_) => println!("{id}"),
             Err(s) => {
-                let f = Failure::from(s);
-                eprintln!("berth: {}", f.message);
-                failed = Some(f);
+                eprintln!("berth: {}", Failure::from(s).message);
+                failed = true;
             }
         }
     }
-    match failed {
-        Some(_) => Ok(1),
-        None => Ok(0),
-    }
+    Ok(if failed { 1 } else { 0 })
 }
 
 /// Pauses (or resumes) each container in turn.

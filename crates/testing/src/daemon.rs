@@ -167,6 +167,11 @@ impl Daemon {
         self.child.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// berthd's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child().as_ref().map(Child::id)
+    }
+
     /// Kills berthd with SIGKILL (containers and shims keep running).
     pub fn kill9(&self) {
         if let Some(mut c) = self.child().take() {
