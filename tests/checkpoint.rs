@@ -144,8 +144,8 @@ fn a_checkpoint_migrates_to_another_daemon() {
     one.berth(&["rm", "mig"]).ok();
 }
 
-/// Copies a checkpoint archive, changing its config.json with `edit`.
-fn rewrite_spec(from: &Path, to: &Path, edit: impl Fn(&mut Value)) {
+/// Copies a checkpoint archive, changing its JSON file `file` with `edit`.
+fn rewrite_json(from: &Path, to: &Path, file: &str, edit: impl Fn(&mut Value)) {
     let mut archive = tar::Archive::new(std::fs::File::open(from).unwrap());
     let mut out = tar::Builder::new(std::fs::File::create(to).unwrap());
     for entry in archive.entries().unwrap() {
@@ -153,7 +153,7 @@ fn rewrite_spec(from: &Path, to: &Path, edit: impl Fn(&mut Value)) {
         let mut header = entry.header().clone();
         let mut data = Vec::new();
         std::io::Read::read_to_end(&mut entry, &mut data).unwrap();
-        if entry.path().unwrap().as_os_str() == "config.json" {
+        if entry.path().unwrap().as_os_str() == file {
             let mut spec: Value = serde_json::from_slice(&data).unwrap();
             edit(&mut spec);
             data = serde_json::to_vec(&spec).unwrap();
@@ -226,12 +226,26 @@ fn bad_checkpoints_and_archives_change_nothing() {
     let good_s = good.to_string_lossy().into_owned();
     d.berth(&["checkpoint", "export", "c", "one", &good_s]).ok();
     let (hooked, hooked_s) = p("hooked.tar");
-    rewrite_spec(&good, &hooked, |spec| {
+    rewrite_json(&good, &hooked, "config.json", |spec| {
         spec["hooks"] = serde_json::json!({"createRuntime": [{"path": "/bin/touch", "args": ["touch", "/tmp/owned"]}]});
     });
     let err = d.berth(&["restore", "--name", "evil", "--from", &hooked_s]).fails_with("invalid argument");
     assert!(err.contains("hooks"), "{err}");
     assert!(!Path::new("/tmp/owned").exists());
+    // Nor may a foreign archive bind a host path, name a system directory
+    // as its rootfs, another runtime or the host's network.
+    let (bound, bound_s) = p("bound.tar");
+    rewrite_json(&good, &bound, "config.json", |spec| {
+        let host = serde_json::json!({"destination": "/host", "type": "bind", "source": "/", "options": ["rbind"]});
+        spec["mounts"].as_array_mut().unwrap().push(host);
+    });
+    let err = d.berth(&["restore", "--name", "evil", "--from", &bound_s]).fails_with("invalid argument");
+    assert!(err.contains("binds a host path"), "{err}");
+    for (field, value) in [("rootfs", "/"), ("runtime", "/bin/sh"), ("network", "host"), ("network", "container:c")] {
+        let (edited, edited_s) = p(&format!("meta-{}.tar", field.len() + value.len()));
+        rewrite_json(&good, &edited, "checkpoint.json", |meta| meta[field] = value.into());
+        d.berth(&["restore", "--name", "evil", "--from", &edited_s]).fails_with("invalid argument");
+    }
     let hostile: [(&str, Vec<Entry<'_>>); 5] = [
         ("traversal.tar", vec![("../../etc/evil", b'0', b"x")]),
         ("absolute.tar", vec![("/etc/evil", b'0', b"x")]),
@@ -263,6 +277,11 @@ fn bad_checkpoints_and_archives_change_nothing() {
         .collect();
     assert!(imports.is_empty(), "import directories left: {imports:?}");
     assert!(d.container_paths("default", "evil").is_empty());
+    // Named volumes do not travel with a checkpoint.
+    d.berth(&["run", "-d", "--name", "vol", "-v", "data:/data", &d.rootfs.to_string_lossy(), "sleep", "100"]).ok();
+    let err = d.berth(&["checkpoint", "vol"]).fails_with("failed precondition");
+    assert!(err.contains("volumes"), "{err}");
+    d.berth(&["rm", "-f", "vol"]).ok();
     // A stopped container cannot be checkpointed.
     d.berth(&["kill", "-s", "KILL", "c"]).ok();
     d.berth(&["wait", "c"]);

@@ -61,6 +61,12 @@ pub struct CheckpointMeta {
     pub labels: BTreeMap<String, String>,
     /// `--network` of the container (a network name or `none`).
     pub network: String,
+    /// Its published ports (`-p`), published again by a restore.
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// The chain id of its image's top layer: a restore needs that image.
+    #[serde(default)]
+    pub chain_id: String,
     pub leave_running: bool,
     pub tcp_established: bool,
     pub shell_job: bool,
@@ -111,8 +117,24 @@ pub(crate) fn read_meta(dir: &Path) -> Result<CheckpointMeta> {
     serde_json::from_slice(&bytes).map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))
 }
 
+/// Writes an image container's overlay upper dir as an OCI layer.
+fn write_rootfs_diff(upper: &Path, path: &Path) -> Result<()> {
+    let file = std::fs::File::create(path).map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+    let file = berth_images::write_upper_as_layer(upper, std::io::BufWriter::new(file))?;
+    file.into_inner()
+        .map_err(|e| Error::io("write the rootfs diff", e.into_error()))?
+        .sync_all()
+        .map_err(|e| Error::io("write the rootfs diff", e))
+}
+
+/// Whether CRIU's dump into `dir` completed (its inventory comes last).
+fn dump_complete(dir: &Path) -> bool {
+    dir.join(IMAGES).join("inventory.img").is_file()
+}
+
 /// The network a checkpointed container can be restored into: its own
-/// namespace of berth's (a CNI network or `none`).
+/// namespace of berth's (a CNI network or `none`). Named volumes do not
+/// travel with a checkpoint.
 fn restorable_network(rec: &ContainerRecord) -> Result<String> {
     let refuse =
         |why: &str| Err(Error::FailedPrecondition(format!("container {} cannot be checkpointed: {why}", rec.id)));
@@ -121,6 +143,9 @@ fn restorable_network(rec: &ContainerRecord) -> Result<String> {
     }
     if let Some(sandbox) = &rec.sandbox {
         return refuse(&format!("it is in sandbox {sandbox}"));
+    }
+    if !rec.volumes.is_empty() {
+        return refuse("it mounts named volumes, which checkpoints do not carry yet");
     }
     let Some(net) = &rec.network else { return refuse("it runs from a bundle (networked as its config.json says)") };
     match NetworkMode::parse(&net.mode) {
@@ -150,7 +175,8 @@ impl Manager {
 
     pub async fn checkpoint(&self, p: CheckpointParams) -> Result<CheckpointMeta> {
         let (ns, id) = (&p.namespace, &p.id);
-        let name = if p.name.is_empty() { format!("checkpoint-{}", crate::now_ns() / 1_000_000_000) } else { p.name };
+        let name =
+            if p.name.is_empty() { format!("checkpoint-{}", crate::now_ns() / 1_000_000_000) } else { p.name.clone() };
         if let Some(e) = bad_name(&name) {
             return Err(Error::InvalidArgument(e));
         }
@@ -175,7 +201,7 @@ impl Manager {
         if dir.exists() {
             return Err(Error::CheckpointExists(format!("{id}/{name}")));
         }
-        let work = self.criu_work(ns, id, &name);
+        let work = self.criu_work(ns, id, &format!("dump-{name}"));
         let c = Checkpoint {
             images: dir.join(IMAGES),
             work: work.clone(),
@@ -198,12 +224,38 @@ impl Manager {
         if !p.leave_running {
             self.mark_stopped_by_user(ns, id).map_err(undo)?;
         }
+        // A container left running stays frozen from its dump until its
+        // writable layer is copied: consistent with the dump, and nothing
+        // in it can swap a file for a link to a host file meanwhile.
+        let freeze = p.leave_running && !rec.image.is_empty() && rec.state == State::Running;
+        if freeze {
+            entry.shim.pause(id).await.map_err(undo)?;
+        }
         let t = Instant::now();
         let dumped = match tokio::time::timeout(CRIU_TIMEOUT, entry.shim.checkpoint(id, &c)).await {
             Ok(r) => r,
             Err(_) => Err(Error::DeadlineExceeded(format!("checkpoint of {id} took longer than {CRIU_TIMEOUT:?}"))),
         };
-        if let Err(e) = dumped {
+        let duration_us = t.elapsed().as_micros() as u64;
+        let finished = match dumped {
+            Ok(()) => self.finish_checkpoint(&rec, &name, &network, &p, &dir, duration_us).await,
+            Err(e) => Err(e),
+        };
+        if freeze && let Err(e) = entry.shim.resume(id).await {
+            tracing::warn!(%ns, %id, "thaw after the checkpoint: {e}");
+        }
+        // Dumped without --leave-running: the container is gone, so its
+        // images are the only copy of its state and stay, incomplete.
+        if let Err(e) = &finished
+            && !p.leave_running
+            && dump_complete(&dir)
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "checkpoint {id}/{name} was dumped (the container stopped) but could not be completed: {e}; its images are kept in {}",
+                dir.display()
+            )));
+        }
+        if let Err(e) = finished {
             if !p.leave_running {
                 let _ = self.update(ns, id, |r| {
                     r.stopped_by_user = r.exit.is_some();
@@ -212,12 +264,34 @@ impl Manager {
             }
             return Err(undo(e));
         }
-        // An image container's writable layer goes with it.
+        let meta = finished?;
+        self.publish(event(Kind::Checkpoint, ns, id, "", rec.pid, None))?;
+        Ok(meta)
+    }
+
+    /// After the dump: the writable layer of an image container, then the
+    /// metadata, written last (the checkpoint is listed from then on).
+    async fn finish_checkpoint(
+        &self,
+        rec: &ContainerRecord,
+        name: &str,
+        network: &str,
+        p: &CheckpointParams,
+        dir: &Path,
+        duration_us: u64,
+    ) -> Result<CheckpointMeta> {
+        let (ns, id) = (&rec.namespace, &rec.id);
+        let mut chain_id = String::new();
         if !rec.image.is_empty() {
-            self.write_rootfs_diff(ns, id, &dir.join(ROOTFS_DIFF)).map_err(undo)?;
+            chain_id = self.images.resolve(&rec.image)?.0.chain_id;
+            let upper = self.images.snapshots.mounts(&crate::images::snapshot_key(ns, id))?.upperdir;
+            let out = dir.join(ROOTFS_DIFF);
+            tokio::task::spawn_blocking(move || write_rootfs_diff(&upper, &out))
+                .await
+                .map_err(|e| Error::io("write the rootfs diff", std::io::Error::other(e)))??;
         }
         let meta = CheckpointMeta {
-            name: name.clone(),
+            name: name.to_string(),
             namespace: ns.clone(),
             container: id.clone(),
             created_at_ns: crate::now_ns(),
@@ -226,29 +300,19 @@ impl Manager {
             rootfs: if rec.image.is_empty() { rec.rootfs.clone() } else { PathBuf::new() },
             command: rec.command.clone(),
             labels: rec.labels.clone(),
-            network,
+            network: network.to_string(),
+            ports: rec.network.iter().flat_map(|a| a.ports.iter()).map(ToString::to_string).collect(),
+            chain_id,
             leave_running: p.leave_running,
             tcp_established: p.tcp_established,
             shell_job: p.shell_job,
             ext_unix_sk: p.ext_unix_sk,
-            size: dir_size(&c.images),
-            duration_us: t.elapsed().as_micros() as u64,
+            size: dir_size(&dir.join(IMAGES)),
+            duration_us,
         };
         let json = serde_json::to_vec_pretty(&meta).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        berth_store::write_atomic(&dir.join(META), &json).map_err(|e| undo(Error::io("write checkpoint.json", e)))?;
-        self.publish(event(Kind::Checkpoint, ns, id, "", rec.pid, None))?;
+        berth_store::write_atomic(&dir.join(META), &json).map_err(|e| Error::io("write checkpoint.json", e))?;
         Ok(meta)
-    }
-
-    fn write_rootfs_diff(&self, ns: &Namespace, id: &ContainerId, path: &Path) -> Result<()> {
-        let key = crate::images::snapshot_key(ns, id);
-        let upper = self.images.snapshots.mounts(&key)?.upperdir;
-        let file = std::fs::File::create(path).map_err(|e| Error::io(format!("create {}", path.display()), e))?;
-        let file = berth_images::write_upper_as_layer(&upper, std::io::BufWriter::new(file))?;
-        file.into_inner()
-            .map_err(|e| Error::io("write the rootfs diff", e.into_error()))?
-            .sync_all()
-            .map_err(|e| Error::io("write the rootfs diff", e))
     }
 
     /// The checkpoints of container `id` (which may be gone), oldest first.
@@ -279,12 +343,20 @@ impl Manager {
         Ok(dir)
     }
 
+    /// Removes a checkpoint, or the images of one that could not be
+    /// completed.
     pub fn checkpoint_remove(&self, ns: &Namespace, id: &ContainerId, name: &str) -> Result<()> {
-        let dir = self.checkpoint_of(ns, id, name)?;
+        if let Some(e) = bad_name(name) {
+            return Err(Error::InvalidArgument(e));
+        }
+        let dir = self.checkpoint_dir(ns, id, name);
+        if !dir.is_dir() {
+            return Err(Error::CheckpointNotFound(format!("{id}/{name}")));
+        }
         // The record goes first: a half-removed checkpoint is never listed.
-        std::fs::remove_file(dir.join(META)).map_err(|e| Error::io("remove checkpoint.json", e))?;
+        crate::delete::remove_path(&dir.join(META))?;
         crate::delete::remove_path(&dir)?;
-        let _ = std::fs::remove_dir_all(self.criu_work(ns, id, name));
+        let _ = std::fs::remove_dir_all(self.criu_work(ns, id, &format!("dump-{name}")));
         if let Some(parent) = dir.parent() {
             let _ = std::fs::remove_dir(parent);
         }

@@ -65,7 +65,10 @@ impl pb::checkpoints_server::Checkpoints for Api {
     async fn export(&self, req: Request<pb::CheckpointExportRequest>) -> Result<Response<pb::Empty>, Status> {
         let r = req.into_inner();
         let (ns, id) = key(&r.namespace, &r.id)?;
-        self.mgr.checkpoint_export(&ns, &id, &r.name, &PathBuf::from(&r.path)).map_err(status)?;
+        let mgr = self.mgr.clone();
+        let export = move || mgr.checkpoint_export(&ns, &id, &r.name, &PathBuf::from(&r.path));
+        let done = tokio::task::spawn_blocking(export).await.map_err(|e| Status::internal(e.to_string()))?;
+        done.map_err(status)?;
         Ok(Response::new(pb::Empty {}))
     }
 

@@ -8,6 +8,7 @@
 
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
 
 use berth_model::{ContainerId, Namespace};
@@ -19,6 +20,13 @@ use crate::manager::Manager;
 /// Limits of an imported archive.
 const MAX_ENTRIES: usize = 100_000;
 const MAX_BYTES: u64 = 64 << 30;
+/// `checkpoint.json` and `config.json` are small; a bigger one is refused
+/// before it is read.
+const MAX_JSON: u64 = 4 << 20;
+/// The bind mounts a berth checkpoint's spec may have: the resolver files
+/// (a restore binds its own). Anything else would bind a host path chosen
+/// by whoever made the archive.
+const RESOLVER_FILES: [&str; 3] = ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"];
 
 fn bad(path: &Path, why: impl std::fmt::Display) -> Error {
     Error::InvalidArgument(format!("checkpoint archive {}: {why}", path.display()))
@@ -55,12 +63,21 @@ impl Manager {
     pub fn checkpoint_export(&self, ns: &Namespace, id: &ContainerId, name: &str, path: &Path) -> Result<()> {
         absolute(path)?;
         let dir = self.checkpoint_of(ns, id, name)?;
-        if path.exists() {
+        if path.symlink_metadata().is_ok() {
             return Err(Error::AlreadyExists(path.display().to_string()));
         }
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+        // A new file only readable by root (it holds the container's
+        // memory), never through a link, renamed into place without
+        // replacing anything that appeared meanwhile.
+        let tmp = path.with_extension(format!("tmp-{}-{}", std::process::id(), crate::now_ns()));
         let write = || -> std::io::Result<()> {
-            let mut tar = tar::Builder::new(File::create(&tmp)?);
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tmp)?;
+            let mut tar = tar::Builder::new(file);
             tar.mode(tar::HeaderMode::Deterministic);
             tar.append_path_with_name(dir.join(META), META)?;
             tar.append_path_with_name(dir.join(SPEC), SPEC)?;
@@ -75,11 +92,13 @@ impl Manager {
                 }
             }
             tar.into_inner()?.sync_all()?;
-            std::fs::rename(&tmp, path)
+            std::fs::hard_link(&tmp, path)
         };
-        write().map_err(|e| {
-            let _ = std::fs::remove_file(&tmp);
-            Error::io(format!("write {}", path.display()), e)
+        let written = write();
+        let _ = std::fs::remove_file(&tmp);
+        written.map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Error::AlreadyExists(path.display().to_string()),
+            _ => Error::io(format!("write {}", path.display()), e),
         })
     }
 
@@ -87,10 +106,15 @@ impl Manager {
     /// checkpoints root; returns it (the caller keeps or removes it).
     pub(crate) fn import_checkpoint(&self, path: &Path) -> Result<PathBuf> {
         absolute(path)?;
-        let file = File::open(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::NotFound(path.display().to_string()),
-            _ => Error::io(format!("open {}", path.display()), e),
-        })?;
+        let file =
+            File::options().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Error::NotFound(path.display().to_string()),
+                _ => Error::io(format!("open {}", path.display()), e),
+            })?;
+        // Not a FIFO or a device that would never end.
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(bad(path, "not a regular file"));
+        }
         let root = self.cfg.root.join("checkpoints");
         std::fs::create_dir_all(&root).map_err(|e| Error::io("create the checkpoints directory", e))?;
         let dir = root.join(format!(".import-{}-{}", std::process::id(), crate::now_ns()));
@@ -118,7 +142,7 @@ fn unpack(file: File, path: &Path, dir: &Path) -> Result<()> {
         let target = entry_target(&name).ok_or_else(|| bad(path, format!("unexpected entry {:?}", name)))?;
         match entry.header().entry_type() {
             tar::EntryType::Directory if target == Path::new(IMAGES) => {
-                std::fs::create_dir_all(dir.join(IMAGES)).map_err(|e| Error::io("unpack", e))?;
+                std::fs::create_dir_all(dir.join(IMAGES)).map_err(|e| bad(path, format!("images: {e}")))?;
             }
             tar::EntryType::Regular => {
                 let size = entry.size();
@@ -126,9 +150,13 @@ fn unpack(file: File, path: &Path, dir: &Path) -> Result<()> {
                 if bytes > MAX_BYTES {
                     return Err(bad(path, format!("more than {MAX_BYTES} bytes")));
                 }
+                let is_json = target == Path::new(META) || target == Path::new(SPEC);
+                if is_json && size > MAX_JSON {
+                    return Err(bad(path, format!("{:?} is larger than {MAX_JSON} bytes", name)));
+                }
                 let out = dir.join(&target);
                 if let Some(parent) = out.parent() {
-                    std::fs::create_dir_all(parent).map_err(|e| Error::io("unpack", e))?;
+                    std::fs::create_dir_all(parent).map_err(|e| bad(path, format!("{:?}: {e}", name)))?;
                 }
                 let mut f = File::options().write(true).create_new(true).open(&out).map_err(|e| match e.kind() {
                     std::io::ErrorKind::AlreadyExists => bad(path, format!("{:?} appears twice", name)),
@@ -145,17 +173,44 @@ fn unpack(file: File, path: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
-/// An unpacked archive must hold a readable checkpoint.
+/// An unpacked archive must hold a readable checkpoint of the kind berth
+/// takes: what would act on the host beyond a container's own (hooks, bind
+/// mounts of host paths, a system directory or another runtime) is
+/// refused. An archive still restores processes as CRIU recorded them:
+/// restore only archives of checkpoints you took (see docs/cli.md).
 fn check(path: &Path, dir: &Path) -> Result<()> {
     let meta = read_meta(dir).map_err(|e| bad(path, format!("{META}: {e}")))?;
     if ContainerId::new(&meta.name).is_err() {
         return Err(bad(path, format!("bad checkpoint name {:?}", meta.name)));
+    }
+    if !matches!(meta.runtime.as_str(), "embedded" | "runc") {
+        return Err(bad(path, format!("runtime {:?} (checkpoints are taken with embedded or runc)", meta.runtime)));
+    }
+    match berth_model::NetworkMode::parse(&meta.network) {
+        Ok(berth_model::NetworkMode::Network(_) | berth_model::NetworkMode::None) => {}
+        _ => return Err(bad(path, format!("network {:?} (a checkpoint has a network of its own)", meta.network))),
+    }
+    if meta.image.is_empty() {
+        crate::spec::check_rootfs(&meta.rootfs).map_err(|e| bad(path, e))?;
+    } else {
+        berth_images::normalize_reference(&meta.image).map_err(|e| bad(path, e))?;
+    }
+    if meta.command.iter().map(String::len).sum::<usize>() > MAX_JSON as usize {
+        return Err(bad(path, "the command is too long"));
     }
     let spec = oci_spec::runtime::Spec::load(dir.join(SPEC)).map_err(|e| bad(path, format!("{SPEC}: {e}")))?;
     // Hooks run on the host as root at restore; berth never writes any, so
     // an archive that has them did not come from a berth checkpoint.
     if spec.hooks().is_some() {
         return Err(bad(path, format!("{SPEC} has hooks, which berth's checkpoints never carry")));
+    }
+    let binds = spec.mounts().iter().flatten().filter(|m| {
+        let bind = m.typ().as_deref() == Some("bind")
+            || m.options().as_ref().is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"));
+        bind && !RESOLVER_FILES.iter().any(|f| m.destination() == Path::new(f))
+    });
+    if let Some(m) = binds.into_iter().next() {
+        return Err(bad(path, format!("{SPEC} binds a host path at {}", m.destination().display())));
     }
     for needed in ["inventory.img", "descriptors.json"] {
         if !dir.join(IMAGES).join(needed).is_file() {

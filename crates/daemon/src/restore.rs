@@ -60,7 +60,7 @@ impl CreateParams {
             entrypoint: None,
             user: String::new(),
             run: Default::default(),
-            net: crate::network::NetOptions { mode: m.network.clone(), ..Default::default() },
+            net: crate::network::NetOptions { mode: m.network.clone(), publish: m.ports.clone(), ..Default::default() },
             sandbox: None,
             restore: Some(from),
         }
@@ -84,7 +84,11 @@ impl Manager {
                 (dir, format!("{ns}/{container}/{name}"), false)
             }
             RestoreSource::Archive(path) => {
-                let dir = self.import_checkpoint(&path)?;
+                // Unpacking is blocking work on a path of the caller's.
+                let (mgr, at) = (self.clone(), path.clone());
+                let dir = tokio::task::spawn_blocking(move || mgr.import_checkpoint(&at))
+                    .await
+                    .map_err(|e| Error::io("import the checkpoint", std::io::Error::other(e)))??;
                 (dir, path.display().to_string(), true)
             }
         };
@@ -155,9 +159,15 @@ impl Manager {
                     from.meta.rootfs.display()
                 )));
             }
-            (from.meta.rootfs.clone(), None)
+            (spec::check_rootfs(&from.meta.rootfs)?, None)
         } else {
             let (image, _) = self.images.resolve(&from.meta.image)?;
+            if !from.meta.chain_id.is_empty() && image.chain_id != from.meta.chain_id {
+                return Err(Error::FailedPrecondition(format!(
+                    "image {} here is not the one the checkpoint was taken on (its layers differ)",
+                    from.meta.image
+                )));
+            }
             let diff = Some(from.dir.join(ROOTFS_DIFF)).filter(|d| d.is_file());
             let image = FromImage { name: image.name, chain_id: image.chain_id, volumes: Vec::new(), diff };
             (self.image_rootfs(&p.namespace, &p.id), Some(image))

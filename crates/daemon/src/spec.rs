@@ -69,6 +69,23 @@ const SYSTEM_TREES: &[&str] = &[
     "/usr/share",
 ];
 
+/// A directory that may be a container's root filesystem: it exists and
+/// is none of the host's system directories. Returns it canonical.
+pub(crate) fn check_rootfs(rootfs: &Path) -> Result<PathBuf> {
+    let rootfs = rootfs
+        .canonicalize()
+        .ok()
+        .filter(|r| r.is_dir())
+        .ok_or_else(|| invalid(format!("root filesystem {} does not exist", rootfs.display())))?;
+    if SYSTEM_DIRS.iter().any(|d| rootfs == Path::new(d)) || SYSTEM_TREES.iter().any(|d| rootfs.starts_with(d)) {
+        return Err(invalid(format!(
+            "root filesystem {} is a system directory of the host; give a container its own directory",
+            rootfs.display()
+        )));
+    }
+    Ok(rootfs)
+}
+
 pub struct Prepared {
     pub spec: Spec,
     pub rootfs: PathBuf,
@@ -179,17 +196,7 @@ pub fn prepare(path: &str, hostname: &str, cgroup: &str, o: &Overrides<'_>, secu
         confine::apply(&mut spec, security)?;
         (spec, dir.clone())
     };
-    let rootfs = rootfs
-        .canonicalize()
-        .ok()
-        .filter(|r| r.is_dir())
-        .ok_or_else(|| invalid(format!("root filesystem {} does not exist", rootfs.display())))?;
-    if SYSTEM_DIRS.iter().any(|d| rootfs == Path::new(d)) || SYSTEM_TREES.iter().any(|d| rootfs.starts_with(d)) {
-        return Err(invalid(format!(
-            "root filesystem {} is a system directory of the host; give a container its own directory",
-            rootfs.display()
-        )));
-    }
+    let rootfs = check_rootfs(&rootfs)?;
     let mut root = Root::default();
     root.set_path(rootfs.clone());
     root.set_readonly(spec.root().as_ref().and_then(|r| r.readonly()));

@@ -60,6 +60,11 @@ fn add_dir<W: Write>(tar: &mut tar::Builder<W>, dir: &Path, rel: &Path) -> Resul
         let name = rel.join(entry.file_name());
         let meta = fs::symlink_metadata(&path).map_err(io(&path))?;
         let ft = meta.file_type();
+        // A socket is made again by whoever binds it (CRIU does, for the
+        // restored processes): tar cannot hold one.
+        if ft.is_socket() {
+            continue;
+        }
         if ft.is_char_device() && meta.rdev() == 0 {
             // An overlay whiteout: OCI's `.wh.NAME`.
             let wh = rel.join(format!(".wh.{}", entry.file_name().to_string_lossy()));
@@ -89,6 +94,7 @@ mod tests {
         fs::create_dir_all(upper.join("tmp/deep")).unwrap();
         fs::write(upper.join("tmp/deep/count"), "42\n").unwrap();
         std::os::unix::fs::symlink("deep/count", upper.join("tmp/link")).unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(upper.join("tmp/app.sock")).unwrap();
         // A deleted file of the image: an overlay whiteout.
         nix::sys::stat::mknod(&upper.join("gone"), nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0)
             .unwrap();
@@ -99,5 +105,6 @@ mod tests {
         assert_eq!(fs::read_link(dst.path().join("tmp/link")).unwrap(), Path::new("deep/count"));
         let gone = fs::symlink_metadata(dst.path().join("gone")).unwrap();
         assert!(gone.file_type().is_char_device() && gone.rdev() == 0, "the whiteout comes back as one");
+        assert!(!dst.path().join("tmp/app.sock").exists(), "sockets are left out");
     }
 }
