@@ -127,6 +127,20 @@ fn write_rootfs_diff(upper: &Path, path: &Path) -> Result<()> {
         .map_err(|e| Error::io("write the rootfs diff", e))
 }
 
+/// fsyncs a checkpoint's files and directories.
+fn sync_checkpoint(dir: &Path) -> Result<()> {
+    let sync = |p: &Path| std::fs::File::open(p).and_then(|f| f.sync_all());
+    let io = |e| Error::io("sync the checkpoint", e);
+    for entry in std::fs::read_dir(dir.join(IMAGES)).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        sync(&path).map_err(io)?;
+    }
+    for path in [dir.join(SPEC), dir.join(IMAGES), dir.to_path_buf()] {
+        sync(&path).map_err(io)?;
+    }
+    Ok(())
+}
+
 /// Whether CRIU's dump into `dir` completed (its inventory comes last).
 fn dump_complete(dir: &Path) -> bool {
     dir.join(IMAGES).join("inventory.img").is_file()
@@ -282,14 +296,22 @@ impl Manager {
     ) -> Result<CheckpointMeta> {
         let (ns, id) = (&rec.namespace, &rec.id);
         let mut chain_id = String::new();
+        let mut upper = None;
         if !rec.image.is_empty() {
             chain_id = self.images.resolve(&rec.image)?.0.chain_id;
-            let upper = self.images.snapshots.mounts(&crate::images::snapshot_key(ns, id))?.upperdir;
-            let out = dir.join(ROOTFS_DIFF);
-            tokio::task::spawn_blocking(move || write_rootfs_diff(&upper, &out))
-                .await
-                .map_err(|e| Error::io("write the rootfs diff", std::io::Error::other(e)))??;
+            upper = Some(self.images.snapshots.mounts(&crate::images::snapshot_key(ns, id))?.upperdir);
         }
+        // The layer, then everything durable before the metadata says the
+        // checkpoint is complete (SPEC B18).
+        let at = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            if let Some(upper) = upper {
+                write_rootfs_diff(&upper, &at.join(ROOTFS_DIFF))?;
+            }
+            sync_checkpoint(&at)
+        })
+        .await
+        .map_err(|e| Error::io("complete the checkpoint", std::io::Error::other(e)))??;
         let meta = CheckpointMeta {
             name: name.to_string(),
             namespace: ns.clone(),

@@ -140,6 +140,12 @@ fn fork_helper<T: Serialize>(
     f: impl FnOnce() -> Result<T, RuntimeError>,
 ) -> Result<Forked<T>, RuntimeError> {
     if !single_threaded() {
+        // A restore moves its caller into the container's cgroup and a
+        // mount namespace of its own: never in place.
+        if matches!(op, "checkpoint" | "restore") {
+            let message = "needs a single-threaded caller to fork a helper from".to_string();
+            return Err(RuntimeError::Failed { runtime: "isolated", op, message });
+        }
         return Ok(Forked::InPlace(f()));
     }
     let io = |e: nix::Error| RuntimeError::io("fork runtime helper", e.into());
