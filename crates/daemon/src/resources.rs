@@ -51,21 +51,12 @@ pub fn apply_to_spec(spec: &mut Spec, l: &Limits) -> Result<()> {
 }
 
 impl Manager {
-    /// A live container's statistics, read from its cgroup (berthd names
-    /// every container's cgroup); through its shim's Stats if that fails.
-    /// Reading here spares each shim a forked helper per call, which is
-    /// what `stats` over a thousand containers would otherwise cost.
     pub async fn stats(&self, ns: &Namespace, id: &ContainerId) -> Result<ContainerStats> {
         let rec = self.get(ns, id)?;
         if !matches!(rec.state, State::Created | State::Running | State::Paused) {
             return Err(Error::FailedPrecondition(format!("container {id} is {}: no statistics", rec.state)));
         }
-        let entry = self.entry(ns, id)?;
-        let cgroup = rec.cgroup.clone();
-        match tokio::task::spawn_blocking(move || berth_cgroups::stats(&cgroup)).await {
-            Ok(Ok(stats)) => Ok(stats),
-            _ => entry.shim.stats(id).await,
-        }
+        self.entry(ns, id)?.shim.stats(id).await
     }
 
     /// Statistics for one page of a Stats call (`paging.rs`): the named
