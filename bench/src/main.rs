@@ -125,6 +125,11 @@ pub fn make_bundle(dir: &Path, rootfs: &Path, name: &str, args: &[&str]) -> Path
     bundle
 }
 
+/// `| label | a | b | a/b |`.
+fn compare_row(label: &str, a: Option<Duration>, b: Option<Duration>) {
+    println!("| {label} | {} | {} | {} |", fmt_ms(a), fmt_ms(b), ratio(a, b));
+}
+
 fn fmt_ms(d: Option<Duration>) -> String {
     d.map(|d| format!("{:.1} ms", d.as_secs_f64() * 1e3)).unwrap_or_else(|| "n/a".into())
 }
@@ -224,18 +229,8 @@ fn print_checkpoint(runs: usize, f: &checkpoint::CheckpointFigures) {
     println!();
     println!("| counter loop, median of {runs} (interleaved) | berth | runc | ratio (target ≤ 0.8×) |");
     println!("|---|---|---|---|");
-    println!(
-        "| checkpoint (stops it) | {} | {} | {} |",
-        fmt_ms(f.berth_dump),
-        fmt_ms(f.runc_dump),
-        ratio(f.berth_dump, f.runc_dump)
-    );
-    println!(
-        "| restore (new id, running) | {} | {} | {} |",
-        fmt_ms(f.berth_restore),
-        fmt_ms(f.runc_restore),
-        ratio(f.berth_restore, f.runc_restore)
-    );
+    compare_row("checkpoint (stops it)", f.berth_dump, f.runc_dump);
+    compare_row("restore (new id, running)", f.berth_restore, f.runc_restore);
     println!();
     println!("| migration to a second berthd (target ≤ 2 s) | wall time | archive |");
     println!("|---|---|---|");
@@ -354,18 +349,8 @@ fn main() {
         image.image_mb, o.runs
     );
     println!("|---|---|---|---|");
-    println!(
-        "| cold pull (berth pull --insecure / ctr image pull --plain-http) | {} | {} | {} |",
-        fmt_ms(image.pull_berth),
-        fmt_ms(image.pull_ctr),
-        ratio(image.pull_berth, image.pull_ctr)
-    );
-    println!(
-        "| run --rm IMAGE /bin/true | {} | {} | {} |",
-        fmt_ms(image.run_berth),
-        fmt_ms(image.run_ctr),
-        ratio(image.run_berth, image.run_ctr)
-    );
+    compare_row("cold pull (berth pull --insecure / ctr image pull --plain-http)", image.pull_berth, image.pull_ctr);
+    compare_row("run --rm IMAGE /bin/true", image.run_berth, image.run_ctr);
     println!();
     println!(
         "| recovery: kill -9 the daemon, restart, until all {} containers are listed running (median of {}) | time |",
