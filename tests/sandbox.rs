@@ -164,6 +164,28 @@ fn berthd_killed_during_sandbox_create_leaves_nothing() {
     }
 }
 
+/// A berthd killed once the removal is recorded finishes it at startup: the
+/// shim, network and files go, and the id is free.
+#[test]
+fn berthd_killed_during_sandbox_removal_finishes_it() {
+    let d = Daemon::start();
+    d.berth(&["sandbox", "create", "--name", "gone"]).ok();
+    d.kill9();
+    d.spawn_with_env(&[("BERTH_TEST_CRASH_AT", "sandbox removing")]);
+    d.wait_serving();
+    assert_ne!(d.berth(&["sandbox", "rm", "gone"]).code, 0, "the removal survived its crash point");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !d.daemon_exited() {
+        assert!(std::time::Instant::now() < deadline, "berthd did not die");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    d.spawn();
+    d.berth(&["sandbox", "inspect", "gone"]).fails_with("not found");
+    assert_clean(&d, &[]);
+    d.berth(&["sandbox", "create", "--name", "gone"]).ok();
+    d.berth(&["sandbox", "rm", "gone"]).ok();
+}
+
 #[test]
 fn bad_sandbox_input_changes_nothing() {
     let d = Daemon::start();

@@ -268,14 +268,18 @@ impl Manager {
         Ok(client)
     }
 
-    /// Removes an empty sandbox: its shim, network and files, the record
-    /// last (a failed remove can be retried).
+    /// Removes an empty sandbox: recorded `removing` first (no container
+    /// may join from then on, and a berthd that dies half way finishes at
+    /// startup), then its shim, network and files, the record last (a
+    /// failed remove can be retried).
     pub async fn sandbox_remove(&self, ns: &Namespace, id: &SandboxId) -> Result<()> {
         let key = (ns.clone(), id.clone());
         let _op = self.sandboxes.lock_op(&key).await;
-        let rec = self.sandbox_get(ns, id)?;
+        let mut rec = self.sandbox_get(ns, id)?;
         let containers = self.sandbox_members(ns, id)?.len() + self.sandboxes.joining(&key);
-        rec.state.apply(SandboxOp::Remove { containers })?;
+        rec.state = rec.state.apply(SandboxOp::Remove { containers })?;
+        self.store.put_sandbox(&rec)?;
+        crash_point("sandbox removing");
         let client = self.sandboxes.shim(&key);
         self.sandbox_release(&rec, client.as_ref()).await?;
         lock(&self.sandboxes.shims).remove(&key);
@@ -305,6 +309,9 @@ impl Manager {
         crate::delete::remove_socket_family(&rec.shim.socket)?;
         self.detach_sandbox_network(ns, id).await?;
         crate::delete::remove_path(&self.cfg.sandbox_dir(ns, id))?;
+        // Creating (a create rolled back or cut short) goes as well.
+        let state = if rec.state == SandboxState::Creating { SandboxState::Removing } else { rec.state };
+        state.apply(SandboxOp::Release)?;
         self.store.remove_sandbox(ns, id)?;
         Ok(())
     }
@@ -325,9 +332,16 @@ impl Manager {
 
     async fn recover_sandbox(self: &Arc<Self>, mut rec: SandboxRecord) -> Result<()> {
         let (ns, id) = (rec.namespace.clone(), rec.id.clone());
-        if rec.state == SandboxState::Creating {
-            tracing::warn!(%ns, %id, "releasing a sandbox create cut short by a crash");
-            return self.sandbox_release(&rec, None).await;
+        match rec.state {
+            SandboxState::Creating => {
+                tracing::warn!(%ns, %id, "releasing a sandbox create cut short by a crash");
+                return self.sandbox_release(&rec, None).await;
+            }
+            SandboxState::Removing => {
+                tracing::warn!(%ns, %id, "finishing a sandbox removal cut short by a crash");
+                return self.sandbox_release(&rec, None).await;
+            }
+            _ => {}
         }
         let args = self.sandbox_shim_args(&ns, &id, &rec.runtime);
         let connected = shim::connect(&rec.shim.socket, &shim_id(&id), rec.shim.pid, Default::default()).await;

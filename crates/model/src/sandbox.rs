@@ -19,6 +19,10 @@ pub enum SandboxState {
     /// The shim is gone (died, or lost with berthd): its containers were
     /// cleaned up; the next container to join starts a new shim.
     NotReady,
+    /// Being removed (recorded before anything is released, so a berthd
+    /// that dies half way finishes the removal when it starts); no
+    /// container may join.
+    Removing,
     /// Removed: the record is gone.
     Removed,
 }
@@ -36,6 +40,8 @@ pub enum SandboxOp {
     StartShim,
     /// Remove it, holding this many containers (only an empty one goes).
     Remove { containers: usize },
+    /// Its shim, network and files are released: the record goes.
+    Release,
 }
 
 impl fmt::Display for SandboxOp {
@@ -46,6 +52,7 @@ impl fmt::Display for SandboxOp {
             SandboxOp::LoseShim => "lose the shim of",
             SandboxOp::StartShim => "start a shim for",
             SandboxOp::Remove { .. } => "remove",
+            SandboxOp::Release => "release",
         })
     }
 }
@@ -61,10 +68,13 @@ impl SandboxState {
             (Ready, O::Join) => Ready,
             (Ready, O::LoseShim) => NotReady,
             (NotReady, O::StartShim) => Ready,
-            (Creating | Ready | NotReady, O::Remove { containers: 0 }) => Removed,
+            (Creating | Ready | NotReady, O::Remove { containers: 0 }) => Removing,
             (Creating | Ready | NotReady, O::Remove { containers }) => {
                 return Err(ModelError::SandboxNotEmpty { containers });
             }
+            // A retried removal (no container can have joined meanwhile).
+            (Removing, O::Remove { .. }) => Removing,
+            (Removing, O::Release) => Removed,
             _ => return Err(ModelError::BadSandboxTransition { from: self, op }),
         };
         Ok(next)
@@ -75,6 +85,7 @@ impl SandboxState {
             SandboxState::Creating => "creating",
             SandboxState::Ready => "ready",
             SandboxState::NotReady => "not-ready",
+            SandboxState::Removing => "removing",
             SandboxState::Removed => "removed",
         }
     }
@@ -99,9 +110,12 @@ mod tests {
             (Ready, O::Join, Ready),
             (Ready, O::LoseShim, NotReady),
             (NotReady, O::StartShim, Ready),
-            (Creating, O::Remove { containers: 0 }, Removed),
-            (Ready, O::Remove { containers: 0 }, Removed),
-            (NotReady, O::Remove { containers: 0 }, Removed),
+            (Creating, O::Remove { containers: 0 }, Removing),
+            (Ready, O::Remove { containers: 0 }, Removing),
+            (NotReady, O::Remove { containers: 0 }, Removing),
+            (Removing, O::Remove { containers: 0 }, Removing),
+            (Removing, O::Remove { containers: 2 }, Removing),
+            (Removing, O::Release, Removed),
         ];
         for (from, op, to) in ok {
             assert_eq!(from.apply(op).unwrap(), to, "{from} --{op}-->");
@@ -110,9 +124,16 @@ mod tests {
 
     #[test]
     fn everything_else_is_refused_with_the_reason() {
-        let states = [Creating, Ready, NotReady, Removed];
-        let ops =
-            [O::Ready, O::Join, O::LoseShim, O::StartShim, O::Remove { containers: 0 }, O::Remove { containers: 2 }];
+        let states = [Creating, Ready, NotReady, Removing, Removed];
+        let ops = [
+            O::Ready,
+            O::Join,
+            O::LoseShim,
+            O::StartShim,
+            O::Remove { containers: 0 },
+            O::Remove { containers: 2 },
+            O::Release,
+        ];
         let mut refused = 0;
         for from in states {
             for op in ops {
@@ -128,13 +149,13 @@ mod tests {
                 }
             }
         }
-        // 24 pairs, 7 allowed.
-        assert_eq!(refused, 24 - 7);
+        // 35 pairs, 10 allowed.
+        assert_eq!(refused, 35 - 10);
     }
 
     #[test]
     fn a_sandbox_joins_only_when_ready() {
-        for from in [Creating, NotReady, Removed] {
+        for from in [Creating, NotReady, Removing, Removed] {
             let e = from.apply(O::Join).unwrap_err();
             assert_eq!(e.to_string(), format!("cannot add a container to a sandbox that is {from}"));
         }
