@@ -270,7 +270,10 @@ impl Manager {
             )));
         }
         if let Err(e) = finished {
-            if !p.leave_running {
+            // A dump that timed out may still end the container: it stays
+            // a user stop then, so no policy brings it back half dumped.
+            let may_still_stop = matches!(e, Error::DeadlineExceeded(_));
+            if !p.leave_running && !may_still_stop {
                 let _ = self.update(ns, id, |r| {
                     r.stopped_by_user = r.exit.is_some();
                     Ok(())
