@@ -5,12 +5,13 @@
 
 mod oom;
 mod resources;
+mod v1stats;
 
 pub use oom::OomWatch;
 
 pub use resources::{
     BlkioEntry, ContainerStats, CpuStats, HugetlbEntry, Limits, MemoryStats, PidsStats, ResourceError, parse_cpu_list,
-    stats, update,
+    stats, stats_in, update,
 };
 
 use std::fs;

@@ -242,10 +242,23 @@ fn cpu_units() -> (u64, u64) {
 /// Reads the container's statistics; CPU times in nanoseconds.
 pub fn stats(cgroup: &str) -> Result<ContainerStats, ResourceError> {
     let s = manager(cgroup)?.stats().map_err(|e| cg_err(cgroup, e))?;
+    Ok(convert(&s))
+}
+
+/// [`stats`], reading the v1 controllers of hierarchies found once (see
+/// `v1stats.rs`); a pure v2 host goes through libcgroups.
+pub fn stats_in(h: &crate::Hierarchies, cgroup: &str) -> Result<ContainerStats, ResourceError> {
+    match crate::v1stats::read_v1(h, cgroup) {
+        Some(read) => read.map(|s| convert(&s)).map_err(|e| cg_err(cgroup, e)),
+        None => stats(cgroup),
+    }
+}
+
+pub(crate) fn convert(s: &libcgroups::stats::Stats) -> ContainerStats {
     let (total_ns, tick_ns) = cpu_units();
     let mem = &s.memory;
     let stat = |k: &str| mem.stats.get(k).copied().unwrap_or(0);
-    Ok(ContainerStats {
+    ContainerStats {
         cpu: CpuStats {
             usage_total: s.cpu.usage.usage_total * total_ns,
             usage_user: s.cpu.usage.usage_user * tick_ns,
@@ -287,7 +300,7 @@ pub fn stats(cgroup: &str) -> Result<ContainerStats, ResourceError> {
                 fail_count: h.fail_count,
             })
             .collect(),
-    })
+    }
 }
 
 /// Applies the given limits to the live cgroup (SPEC B14).

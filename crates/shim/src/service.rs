@@ -288,9 +288,12 @@ impl Task for Shim {
 
     async fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
         let cgroup = self.live_cgroup(&req.id)?;
-        let stats = in_child("stats", || berth_cgroups::stats(&cgroup).map_err(isolated))
-            .await
-            .map_err(|e| to_ttrpc(e.code(), e))?;
+        let hierarchies = self.cgroups.clone();
+        let read = move || match &hierarchies {
+            Some(h) => berth_cgroups::stats_in(h, &cgroup),
+            None => berth_cgroups::stats(&cgroup),
+        };
+        let stats = in_child("stats", || read().map_err(isolated)).await.map_err(|e| to_ttrpc(e.code(), e))?;
         let any = if self.events.is_some() {
             metrics::to_any(&stats).map_err(internal)?
         } else {
