@@ -160,6 +160,17 @@ fn hugetlb_sizes(dir: &Path) -> Vec<String> {
 mod tests {
     use super::*;
 
+    /// Makes `cgroup` in every hierarchy and moves `pid` into it.
+    fn enter(h: &Hierarchies, cgroup: &str, pid: u32) -> Result<(), String> {
+        for mp in h.mount_points() {
+            let dir = mp.join(cgroup.trim_start_matches('/'));
+            if fs::create_dir_all(&dir).is_ok() {
+                let _ = fs::write(dir.join("cgroup.procs"), pid.to_string());
+            }
+        }
+        Ok(())
+    }
+
     /// On this (v1 or hybrid) host, the direct reader and libcgroups'
     /// manager agree on a live cgroup with limits and a process in it.
     #[test]
@@ -168,15 +179,8 @@ mod tests {
         let cgroup = format!("/berth-v1stats-test-{}", std::process::id());
         let limits = crate::Limits { memory: Some(64 << 20), pids: Some(50), ..Default::default() };
         let mut sleeper = std::process::Command::new("sleep").arg("30").spawn().expect("sleep");
-        let made = (|| -> Result<(), String> {
-            for mp in h.mount_points() {
-                let dir = mp.join(cgroup.trim_start_matches('/'));
-                if fs::create_dir_all(&dir).is_ok() {
-                    let _ = fs::write(dir.join("cgroup.procs"), sleeper.id().to_string());
-                }
-            }
-            crate::update(&cgroup, &limits).map_err(|e| e.to_string())
-        })();
+        let made =
+            enter(&h, &cgroup, sleeper.id()).and_then(|()| crate::update(&cgroup, &limits).map_err(|e| e.to_string()));
         let compared = made.and_then(|()| {
             let Some(direct) = read_v1(&h, &cgroup) else { return Ok(()) }; // a pure v2 host
             let direct = crate::resources::convert(&direct.map_err(|e| e.to_string())?);
