@@ -51,12 +51,21 @@ pub fn apply_to_spec(spec: &mut Spec, l: &Limits) -> Result<()> {
 }
 
 impl Manager {
+    /// A live container's statistics, read by berthd from the container's
+    /// cgroup (berthd names every container's cgroup and knows the
+    /// hierarchies); through its shim's Stats if that fails. Reading here
+    /// spares every shim a forked helper per call.
     pub async fn stats(&self, ns: &Namespace, id: &ContainerId) -> Result<ContainerStats> {
         let rec = self.get(ns, id)?;
         if !matches!(rec.state, State::Created | State::Running | State::Paused) {
             return Err(Error::FailedPrecondition(format!("container {id} is {}: no statistics", rec.state)));
         }
-        self.entry(ns, id)?.shim.stats(id).await
+        let entry = self.entry(ns, id)?;
+        let (hierarchies, cgroup) = (self.cgroups.clone(), rec.cgroup.clone());
+        match tokio::task::spawn_blocking(move || berth_cgroups::stats_in(&hierarchies, &cgroup)).await {
+            Ok(Ok(stats)) => Ok(stats),
+            _ => entry.shim.stats(id).await,
+        }
     }
 
     /// Statistics for one page of a Stats call (`paging.rs`): the named
