@@ -166,15 +166,6 @@ fn containerd_13784_unresponsive_live_shim_is_not_taken_for_leaked() {
     assert_no_leftovers(&d, &["alive"]);
 }
 
-/// Kills berthd's running process (by a crash hook) and waits until it is gone.
-fn await_crash(d: &Daemon, what: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !d.daemon_exited() {
-        assert!(std::time::Instant::now() < deadline, "{what}: berthd did not die");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// The other half of containerd#13784: a shim that is alive but cannot be
 /// reached at all (its socket is gone) is never cleaned up under its feet:
 /// its container shows `unknown`, keeps running, and `rm -f` ends it. If
@@ -220,7 +211,7 @@ fn start_completed_while_daemon_was_down_is_recorded_once(shim: &[&str]) {
     d.wait_serving();
     d.berth(&["create", "--name", "late", &rootfs, "sleep", "1000"]).ok();
     assert_ne!(d.berth(&["start", "late"]).code, 0, "berthd died in the middle of the start");
-    await_crash(&d, "start");
+    d.await_crash("start");
     d.spawn();
     let c = d.inspect("late");
     assert_eq!(c["state"], "running", "{c}");
@@ -242,7 +233,7 @@ fn daemon_killed_at_each_create_step_leaves_no_trace(shim: &[&str]) {
         d.wait_serving();
         let out = d.berth(&["run", "-d", "--name", "cut", &rootfs, "sleep", "1000"]);
         assert_ne!(out.code, 0, "{step}: create survived its crash point: {out:?}");
-        await_crash(&d, step);
+        d.await_crash(step);
         d.spawn();
         d.berth(&["inspect", "cut"]).fails_with("not found");
         assert!(d.berth(&["ps", "-a", "--json"]).ok().trim() == "[]", "{step}: a record was left");

@@ -148,11 +148,7 @@ fn berthd_killed_during_sandbox_create_leaves_nothing() {
         d.wait_serving();
         let out = d.berth(&["sandbox", "create", "--name", "cut"]);
         assert_ne!(out.code, 0, "{step}: create survived its crash point: {out:?}");
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !d.daemon_exited() {
-            assert!(std::time::Instant::now() < deadline, "{step}: berthd did not die");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        d.await_crash(step);
         d.spawn();
         d.berth(&["sandbox", "inspect", "cut"]).fails_with("not found");
         assert_eq!(d.berth(&["sandbox", "ls", "--json"]).ok().trim(), "[]", "{step}");
@@ -174,11 +170,7 @@ fn berthd_killed_during_sandbox_removal_finishes_it() {
     d.spawn_with_env(&[("BERTH_TEST_CRASH_AT", "sandbox removing")]);
     d.wait_serving();
     assert_ne!(d.berth(&["sandbox", "rm", "gone"]).code, 0, "the removal survived its crash point");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !d.daemon_exited() {
-        assert!(std::time::Instant::now() < deadline, "berthd did not die");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    d.await_crash("sandbox removing");
     d.spawn();
     d.berth(&["sandbox", "inspect", "gone"]).fails_with("not found");
     assert_clean(&d, &[]);

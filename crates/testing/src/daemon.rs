@@ -167,6 +167,16 @@ impl Daemon {
         self.child.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Waits (at most 5 s) until berthd has died at a crash point.
+    #[track_caller]
+    pub fn await_crash(&self, what: &str) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !self.daemon_exited() {
+            assert!(std::time::Instant::now() < deadline, "{what}: berthd did not die");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// berthd's pid, while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child().as_ref().map(Child::id)
