@@ -181,23 +181,25 @@ mod tests {
         let mut sleeper = std::process::Command::new("sleep").arg("30").spawn().expect("sleep");
         let made =
             enter(&h, &cgroup, sleeper.id()).and_then(|()| crate::update(&cgroup, &limits).map_err(|e| e.to_string()));
-        let compared = made.and_then(|()| {
-            let Some(direct) = read_v1(&h, &cgroup) else { return Ok(()) }; // a pure v2 host
+        // Both readings first, the cleanup, then the checks: a failed check
+        // leaves no cgroup or process behind.
+        let read = made.and_then(|()| {
+            let Some(direct) = read_v1(&h, &cgroup) else { return Ok(None) }; // a pure v2 host
             let direct = crate::resources::convert(&direct.map_err(|e| e.to_string())?);
             let lib = crate::stats(&cgroup).map_err(|e| e.to_string())?;
-            assert_eq!(direct.memory.limit, lib.memory.limit);
-            assert_eq!(direct.memory.limit, 64 << 20);
-            assert_eq!(direct.memory.swap_limit, lib.memory.swap_limit);
-            assert_eq!(direct.pids, lib.pids);
-            assert_eq!(direct.pids.current, 1);
-            assert_eq!(direct.cpu.per_cpu.len(), lib.cpu.per_cpu.len());
-            assert_eq!(direct.blkio.len(), lib.blkio.len());
-            assert_eq!(direct.hugetlb.len(), lib.hugetlb.len());
-            Ok(())
+            Ok(Some((direct, lib)))
         });
         let _ = sleeper.kill();
         let _ = sleeper.wait();
         let _ = h.remove(&cgroup);
-        compared.expect("stats compared");
+        let Some((direct, lib)) = read.expect("stats read") else { return };
+        assert_eq!(direct.memory.limit, lib.memory.limit);
+        assert_eq!(direct.memory.limit, 64 << 20);
+        assert_eq!(direct.memory.swap_limit, lib.memory.swap_limit);
+        assert_eq!(direct.pids, lib.pids);
+        assert_eq!(direct.pids.current, 1);
+        assert_eq!(direct.cpu.per_cpu.len(), lib.cpu.per_cpu.len());
+        assert_eq!(direct.blkio.len(), lib.blkio.len());
+        assert_eq!(direct.hugetlb.len(), lib.hugetlb.len());
     }
 }
