@@ -6,11 +6,11 @@
 //! one berthd to another (checkpoint, export, restore from the archive).
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_testing::Daemon;
 
-use crate::measure::median;
+use crate::measure::{median, timed};
 
 const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i; sleep 0.05; done";
 /// ~100 MB of the shell's own memory, then idle.
@@ -25,11 +25,6 @@ pub struct CheckpointFigures {
     /// Checkpoint + export + restore on the other daemon, and the archive's size.
     pub migrate: Option<Duration>,
     pub migrate_mb: f64,
-}
-
-fn timed(f: impl FnOnce() -> bool) -> Option<Duration> {
-    let t = Instant::now();
-    f().then(|| t.elapsed())
 }
 
 fn runc(root: &Path, args: &[&str]) -> bool {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use berth_testing::Daemon;
 
 use crate::containerd::Containerd;
-use crate::measure::{Runner, median, time_interleaved};
+use crate::measure::{Runner, median, time_interleaved, timed};
 
 const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 /// Random bytes per layer: three layers, ~60 MB in all.
@@ -191,11 +191,6 @@ fn build_and_push(d: &Daemon, addr: &str) -> Option<(String, f64)> {
 /// Forgets the image in berthd and frees its content and snapshots.
 fn berth_forget(d: &Daemon, reference: &str) -> bool {
     d.berth(&["rmi", "-f", reference]).code == 0 && d.berth(&["image", "prune"]).code == 0
-}
-
-fn timed(f: impl FnOnce() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    f().then(|| start.elapsed())
 }
 
 /// Median of `runs` cold-cache pulls each, then of `runs` runs each.

@@ -74,3 +74,9 @@ pub fn runc(root: &std::path::Path, global: &[&str], args: &[&str]) -> bool {
         .status()
         .is_ok_and(|s| s.success())
 }
+
+/// How long `f` took, if it succeeded.
+pub fn timed(f: impl FnOnce() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    f().then(|| start.elapsed())
+}

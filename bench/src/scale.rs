@@ -4,11 +4,11 @@
 //! --json` over all; kill -9 of berthd and restart until `berth ps --json`
 //! lists all N running again; `berth rm -f` of all in one command.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_testing::Daemon;
 
-use crate::measure::shim_memory;
+use crate::measure::{shim_memory, timed};
 use crate::recovery::{berth_listing, time_recovery};
 
 pub struct Scale {
@@ -25,11 +25,6 @@ fn rss_mb(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let kb = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse::<f64>().ok()?;
     Some(kb / 1024.0)
-}
-
-fn timed(f: impl FnOnce() -> bool) -> Option<Duration> {
-    let t = Instant::now();
-    f().then(|| t.elapsed())
 }
 
 pub fn run(d: &Daemon, n: usize) -> Scale {
