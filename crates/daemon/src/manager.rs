@@ -76,7 +76,7 @@ pub struct Manager {
     /// Serialise the operations on one container (start, pause, update,
     /// delete, restart), whether or not it has a live entry. A restart
     /// replaces the entry, so a holder looks the entry up after locking.
-    ops: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+    ops: OpLocks<Key>,
     /// Set when berthd shuts down: no restart policy acts any more.
     pub(crate) shutting_down: std::sync::atomic::AtomicBool,
     /// Guards read-modify-write of records.
@@ -109,6 +109,28 @@ pub(crate) fn crash_point(step: &str) {
     }
 }
 
+/// One async lock per key (a container, a sandbox), made on first use:
+/// what serialises the operations on that one object.
+pub(crate) struct OpLocks<K>(Mutex<HashMap<K, Arc<tokio::sync::Mutex<()>>>>);
+
+impl<K> Default for OpLocks<K> {
+    fn default() -> Self {
+        OpLocks(Mutex::default())
+    }
+}
+
+impl<K: Eq + std::hash::Hash + Clone> OpLocks<K> {
+    pub(crate) async fn lock(&self, key: &K) -> tokio::sync::OwnedMutexGuard<()> {
+        let op = lock(&self.0).entry(key.clone()).or_default().clone();
+        op.lock_owned().await
+    }
+
+    /// Forgets the lock of an object that is gone.
+    pub(crate) fn forget(&self, key: &K) {
+        lock(&self.0).remove(key);
+    }
+}
+
 pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -136,7 +158,7 @@ impl Manager {
             images,
             entries: Mutex::default(),
             creating: Mutex::default(),
-            ops: Mutex::default(),
+            ops: OpLocks::default(),
             shutting_down: Default::default(),
             records: Mutex::default(),
             removed: Mutex::default(),
@@ -167,13 +189,12 @@ impl Manager {
 
     /// Takes the operation lock of one container (see `ops`).
     pub(crate) async fn lock_op(&self, ns: &Namespace, id: &ContainerId) -> tokio::sync::OwnedMutexGuard<()> {
-        let op = lock(&self.ops).entry((ns.clone(), id.clone())).or_default().clone();
-        op.lock_owned().await
+        self.ops.lock(&(ns.clone(), id.clone())).await
     }
 
     /// Forgets a removed container's operation lock.
     pub(crate) fn forget_op(&self, key: &Key) {
-        lock(&self.ops).remove(key);
+        self.ops.forget(key);
     }
 
     pub(crate) fn insert_entry(&self, key: Key, entry: Arc<Entry>) {

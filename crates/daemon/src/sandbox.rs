@@ -16,7 +16,7 @@ use berth_model::{ContainerId, Namespace, Runtime, SandboxId, SandboxOp, Sandbox
 use berth_store::{SandboxRecord, ShimInfo};
 
 use crate::error::{Error, Result};
-use crate::manager::{Manager, crash_point, lock};
+use crate::manager::{Manager, OpLocks, crash_point, lock};
 use crate::network::NetOptions;
 use crate::shim::{self, ShimArgs, ShimClient};
 
@@ -40,18 +40,13 @@ pub struct Sandboxes {
     /// Shims of ready sandboxes, connected once for all their containers.
     shims: Mutex<HashMap<SandboxKey, ShimClient>>,
     /// Serialise create, join and remove of one sandbox.
-    ops: Mutex<HashMap<SandboxKey, Arc<tokio::sync::Mutex<()>>>>,
+    ops: OpLocks<SandboxKey>,
     /// Container creates in flight that joined each sandbox: it cannot be
     /// removed under them.
     joining: Mutex<HashMap<SandboxKey, usize>>,
 }
 
 impl Sandboxes {
-    async fn lock_op(&self, key: &SandboxKey) -> tokio::sync::OwnedMutexGuard<()> {
-        let op = lock(&self.ops).entry(key.clone()).or_default().clone();
-        op.lock_owned().await
-    }
-
     fn shim(&self, key: &SandboxKey) -> Option<ShimClient> {
         lock(&self.shims).get(key).cloned()
     }
@@ -133,7 +128,7 @@ impl Manager {
         };
         let ns = p.namespace;
         let key = (ns.clone(), id.clone());
-        let _op = self.sandboxes.lock_op(&key).await;
+        let _op = self.sandboxes.ops.lock(&key).await;
         if self.store.get_sandbox(&ns, &id)?.is_some() {
             return Err(Error::SandboxExists(id.to_string()));
         }
@@ -180,8 +175,10 @@ impl Manager {
         }
         let client = self.spawn_sandbox_shim(rec).await?;
         crash_point("sandbox shim");
-        rec.state = rec.state.apply(SandboxOp::Ready)?;
-        self.store.put_sandbox(rec).map_err(|e| Error::from(e).at("record"))?;
+        // Ready once recorded: a rollback releases what the store says.
+        let ready = SandboxRecord { state: rec.state.apply(SandboxOp::Ready)?, ..rec.clone() };
+        self.store.put_sandbox(&ready).map_err(|e| Error::from(e).at("record"))?;
+        *rec = ready;
         Ok(client)
     }
 
@@ -202,7 +199,7 @@ impl Manager {
         let (mgr, key) = (self.clone(), key.clone());
         tokio::spawn(async move {
             client.exited().await;
-            let _op = mgr.sandboxes.lock_op(&key).await;
+            let _op = mgr.sandboxes.ops.lock(&key).await;
             let mut shims = lock(&mgr.sandboxes.shims);
             if shims.get(&key).is_some_and(|c| c.pid == client.pid) {
                 shims.remove(&key);
@@ -228,7 +225,7 @@ impl Manager {
     /// until the returned guard drops. The shim comes from `sandbox_shim`.
     pub(crate) async fn join_sandbox(&self, ns: &Namespace, id: &SandboxId, runtime: &str) -> Result<Joining<'_>> {
         let key = (ns.clone(), id.clone());
-        let _op = self.sandboxes.lock_op(&key).await;
+        let _op = self.sandboxes.ops.lock(&key).await;
         let record = self.sandbox_get(ns, id)?;
         // A not-ready sandbox gets a new shim when the container is created.
         if record.state != SandboxState::NotReady {
@@ -247,7 +244,7 @@ impl Manager {
     /// The shim of sandbox `id`, started anew if the sandbox's shim is gone.
     pub(crate) async fn sandbox_shim(self: &Arc<Self>, ns: &Namespace, id: &SandboxId) -> Result<ShimClient> {
         let key = (ns.clone(), id.clone());
-        let _op = self.sandboxes.lock_op(&key).await;
+        let _op = self.sandboxes.ops.lock(&key).await;
         if let Some(client) = self.sandboxes.shim(&key).filter(|c| !c.is_gone()) {
             return Ok(client);
         }
@@ -274,7 +271,7 @@ impl Manager {
     /// failed remove can be retried).
     pub async fn sandbox_remove(&self, ns: &Namespace, id: &SandboxId) -> Result<()> {
         let key = (ns.clone(), id.clone());
-        let _op = self.sandboxes.lock_op(&key).await;
+        let _op = self.sandboxes.ops.lock(&key).await;
         let mut rec = self.sandbox_get(ns, id)?;
         let containers = self.sandbox_members(ns, id)?.len() + self.sandboxes.joining(&key);
         rec.state = rec.state.apply(SandboxOp::Remove { containers })?;
@@ -309,9 +306,7 @@ impl Manager {
         crate::delete::remove_socket_family(&rec.shim.socket)?;
         self.detach_sandbox_network(ns, id).await?;
         crate::delete::remove_path(&self.cfg.sandbox_dir(ns, id))?;
-        // Creating (a create rolled back or cut short) goes as well.
-        let state = if rec.state == SandboxState::Creating { SandboxState::Removing } else { rec.state };
-        state.apply(SandboxOp::Release)?;
+        rec.state.apply(SandboxOp::Release)?;
         self.store.remove_sandbox(ns, id)?;
         Ok(())
     }
