@@ -16,6 +16,10 @@ use berth_model::{ContainerId, Namespace};
 use crate::checkpoint::{IMAGES, META, ROOTFS_DIFF, SPEC, read_meta};
 use crate::error::{Error, Result};
 use crate::manager::Manager;
+use crate::network::RESOLVER_FILES;
+
+/// The directories imports unpack into, under the checkpoints root.
+const IMPORT_PREFIX: &str = ".import-";
 
 /// Limits of an imported archive.
 const MAX_ENTRIES: usize = 100_000;
@@ -23,10 +27,6 @@ const MAX_BYTES: u64 = 64 << 30;
 /// `checkpoint.json` and `config.json` are small; a bigger one is refused
 /// before it is read.
 const MAX_JSON: u64 = 4 << 20;
-/// The bind mounts a berth checkpoint's spec may have: the resolver files
-/// (a restore binds its own). Anything else would bind a host path chosen
-/// by whoever made the archive.
-const RESOLVER_FILES: [&str; 3] = ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"];
 
 fn bad(path: &Path, why: impl std::fmt::Display) -> Error {
     Error::InvalidArgument(format!("checkpoint archive {}: {why}", path.display()))
@@ -102,6 +102,15 @@ impl Manager {
         })
     }
 
+    /// At startup (no restore is in flight yet): imports a crash cut short.
+    pub(crate) fn remove_interrupted_imports(&self) {
+        let imports = std::fs::read_dir(self.cfg.root.join("checkpoints")).into_iter().flatten().flatten();
+        for dir in imports.filter(|e| e.file_name().to_string_lossy().starts_with(IMPORT_PREFIX)) {
+            tracing::warn!(dir = %dir.path().display(), "removing an import cut short by a crash");
+            let _ = std::fs::remove_dir_all(dir.path());
+        }
+    }
+
     /// Unpacks and checks an archive into a new directory under the
     /// checkpoints root; returns it (the caller keeps or removes it).
     pub(crate) fn import_checkpoint(&self, path: &Path) -> Result<PathBuf> {
@@ -117,7 +126,7 @@ impl Manager {
         }
         let root = self.cfg.root.join("checkpoints");
         std::fs::create_dir_all(&root).map_err(|e| Error::io("create the checkpoints directory", e))?;
-        let dir = root.join(format!(".import-{}-{}", std::process::id(), crate::now_ns()));
+        let dir = root.join(format!("{IMPORT_PREFIX}{}-{}", std::process::id(), crate::now_ns()));
         std::fs::create_dir(&dir).map_err(|e| Error::io("create an import directory", e))?;
         match unpack(file, path, &dir).and_then(|()| check(path, &dir)) {
             Ok(()) => Ok(dir),
@@ -204,6 +213,9 @@ fn check(path: &Path, dir: &Path) -> Result<()> {
     if spec.hooks().is_some() {
         return Err(bad(path, format!("{SPEC} has hooks, which berth's checkpoints never carry")));
     }
+    // The resolver files are the only binds a berth checkpoint has (a
+    // restore binds its own); any other would bind a host path chosen by
+    // whoever made the archive.
     let binds = spec.mounts().iter().flatten().filter(|m| {
         let bind = m.typ().as_deref() == Some("bind")
             || m.options().as_ref().is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"));

@@ -88,6 +88,9 @@ fn invalid(msg: impl Into<String>) -> Error {
     Error::InvalidArgument(msg.into())
 }
 
+/// Where a container's resolver files are bound (from its bundle).
+pub(crate) const RESOLVER_FILES: [&str; 3] = ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"];
+
 /// The container's own files for its resolver, bind-mounted over the
 /// rootfs's (created by the runtime if missing).
 fn etc_mount(source: &Path, target: &str) -> Mount {
@@ -294,9 +297,9 @@ impl Manager {
         let files = berth_network::write_etc_files(bundle, &o)?;
         set_netns(spec, (!host_network).then_some(a.netns.as_str()))?;
         let mut mounts = spec.mounts().clone().unwrap_or_default();
-        mounts.push(etc_mount(&files.hosts, "/etc/hosts"));
-        mounts.push(etc_mount(&files.resolv, "/etc/resolv.conf"));
-        mounts.push(etc_mount(&files.hostname, "/etc/hostname"));
+        for (source, target) in [&files.hosts, &files.resolv, &files.hostname].into_iter().zip(RESOLVER_FILES) {
+            mounts.push(etc_mount(source, target));
+        }
         spec.set_mounts(Some(mounts));
         Ok(())
     }

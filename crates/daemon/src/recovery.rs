@@ -77,12 +77,7 @@ impl Manager {
         if let Err(e) = self.net.networks.stop_orphan_plugins() {
             tracing::warn!("stopping leftover CNI plugins: {e}");
         }
-        // Imports a crash cut short (no restore is in flight yet).
-        let imports = std::fs::read_dir(self.cfg.root.join("checkpoints")).into_iter().flatten().flatten();
-        for dir in imports.filter(|e| e.file_name().to_string_lossy().starts_with(".import-")) {
-            tracing::warn!(dir = %dir.path().display(), "removing an import cut short by a crash");
-            let _ = std::fs::remove_dir_all(dir.path());
-        }
+        self.remove_interrupted_imports();
         // Sandbox shims first: interrupted creates may have left a task in
         // one, and containers in sandboxes share their connection.
         if let Err(e) = self.recover_sandboxes().await {

@@ -17,6 +17,7 @@ use crate::create::{CreateParams, FromImage};
 use crate::error::{Error, Result};
 use crate::events::{Kind, event};
 use crate::manager::Manager;
+use crate::network::RESOLVER_FILES;
 use crate::spec;
 
 /// Where a restore comes from.
@@ -92,9 +93,14 @@ impl Manager {
                 (dir, path.display().to_string(), true)
             }
         };
-        let restored = self.restore_from(ns, id, &dir, origin).await;
+        let restored = match read_meta(&dir) {
+            Ok(meta) => self.restore_from(ns, id, &dir, meta, origin).await,
+            Err(e) => Err(e),
+        };
         if imported {
-            let kept = restored.as_ref().ok().map(|rec| self.checkpoint_dir(ns, &rec.id, &dir_name(&dir)));
+            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = restored.as_ref().map(|(_, name)| name.clone()).unwrap_or(name);
+            let kept = restored.as_ref().ok().map(|(rec, _)| self.checkpoint_dir(ns, &rec.id, &name));
             match kept.filter(|k| !k.exists()) {
                 Some(target) => {
                     let moved = target
@@ -111,23 +117,25 @@ impl Manager {
                 }
             }
         }
-        restored
+        restored.map(|(rec, _)| rec)
     }
 
+    /// The restore proper; returns the record and the checkpoint's name.
     async fn restore_from(
         self: &Arc<Self>,
         ns: &Namespace,
         id: Option<ContainerId>,
         dir: &Path,
+        meta: CheckpointMeta,
         origin: String,
-    ) -> Result<ContainerRecord> {
-        let meta = read_meta(dir)?;
+    ) -> Result<(ContainerRecord, String)> {
         let id = id.unwrap_or_else(|| meta.container.clone());
-        let from = RestoreFrom { dir: dir.to_path_buf(), meta: meta.clone(), origin };
+        let name = meta.name.clone();
+        let from = RestoreFrom { dir: dir.to_path_buf(), meta, origin };
         let params = crate::create::CreateParams::restoring(ns.clone(), id.clone(), from);
         let rec = self.create(params).await?;
         self.publish(event(Kind::Restore, ns, &id, "", rec.pid, None))?;
-        Ok(rec)
+        Ok((rec, name))
     }
 
     /// What the shim is told to restore from, for a restore into `id`.
@@ -191,16 +199,8 @@ pub(crate) fn restored_spec(dir: &Path, cgroup: &str) -> Result<oci_spec::runtim
         .as_mut()
         .ok_or_else(|| Error::InvalidArgument("checkpoint spec has no linux section".into()))?;
     linux.set_cgroups_path(Some(cgroup.into()));
-    let resolver = ["/etc/hosts", "/etc/resolv.conf", "/etc/hostname"];
     let mounts = spec.mounts().clone().unwrap_or_default();
-    let kept = mounts.into_iter().filter(|m| !resolver.iter().any(|r| m.destination() == Path::new(r))).collect();
+    let kept = mounts.into_iter().filter(|m| !RESOLVER_FILES.iter().any(|r| m.destination() == Path::new(r))).collect();
     spec.set_mounts(Some(kept));
     Ok(spec)
-}
-
-/// The name (last component) of a checkpoint directory.
-fn dir_name(dir: &Path) -> String {
-    read_meta(dir)
-        .map(|m| m.name)
-        .unwrap_or_else(|_| dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default())
 }
