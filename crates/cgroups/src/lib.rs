@@ -22,6 +22,8 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub struct Hierarchies {
     mounts: Vec<PathBuf>,
+    /// The v1 hierarchy of the memory controller, if it has one.
+    memory: Option<PathBuf>,
 }
 
 impl Hierarchies {
@@ -33,20 +35,37 @@ impl Hierarchies {
 
     fn parse(mountinfo: &str) -> Hierarchies {
         let mut mounts = Vec::new();
+        let mut memory = None;
         for line in mountinfo.lines() {
             // mountinfo: ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [TAGS] - FSTYPE SOURCE SUPER
             let Some((left, right)) = line.split_once(" - ") else { continue };
-            let fstype = right.split_whitespace().next().unwrap_or("");
+            let mut fields = right.split_whitespace();
+            let fstype = fields.next().unwrap_or("");
             if fstype != "cgroup" && fstype != "cgroup2" {
                 continue;
             }
             if let Some(mp) = left.split_whitespace().nth(4) {
-                mounts.push(PathBuf::from(unescape(mp)));
+                let mp = PathBuf::from(unescape(mp));
+                let options = fields.nth(1).unwrap_or("");
+                if fstype == "cgroup" && options.split(',').any(|o| o == "memory") {
+                    memory = Some(mp.clone());
+                }
+                mounts.push(mp);
             }
         }
         mounts.sort();
         mounts.dedup();
-        Hierarchies { mounts }
+        Hierarchies { mounts, memory }
+    }
+
+    /// Where `cgroup`'s memory controller files may be, most likely first:
+    /// the v1 memory hierarchy, then the v2 mount. Nothing is looked up
+    /// (a watcher per container at startup must not stat every hierarchy).
+    pub fn memory_dirs(&self, cgroup: &str) -> Vec<PathBuf> {
+        let rel = cgroup.trim_start_matches('/');
+        let v1 = self.memory.iter();
+        let rest = self.mounts.iter().filter(|m| Some(*m) != self.memory.as_ref());
+        v1.chain(rest).map(|m| m.join(rel)).collect()
     }
 
     /// The directories of `cgroup` (an absolute cgroup path like
@@ -228,6 +247,15 @@ mod tests {
     }
 
     #[test]
+    fn the_memory_hierarchy_comes_first() {
+        let h = Hierarchies::parse(HYBRID);
+        assert_eq!(h.memory_dirs("/a")[0], PathBuf::from("/sys/fs/cgroup/memory/a"));
+        assert_eq!(h.memory_dirs("/a").len(), 3);
+        let v2 = Hierarchies::parse("25 1 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw");
+        assert_eq!(v2.memory_dirs("/a"), vec![PathBuf::from("/sys/fs/cgroup/a")]);
+    }
+
+    #[test]
     fn pure_v2() {
         let h = Hierarchies::parse("25 1 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw");
         assert_eq!(h.candidates("/a").collect::<Vec<_>>(), vec![PathBuf::from("/sys/fs/cgroup/a")]);
@@ -238,7 +266,7 @@ mod tests {
         // A fake hierarchy: rmdir of a non-empty directory fails as a
         // cgroup with a child would.
         let tmp = std::env::temp_dir().join(format!("berth-cgroups-test-{}", std::process::id()));
-        let h = Hierarchies { mounts: vec![tmp.join("cpu"), tmp.join("memory")] };
+        let h = Hierarchies { mounts: vec![tmp.join("cpu"), tmp.join("memory")], memory: None };
         fs::create_dir_all(tmp.join("cpu/berth/ns/id")).unwrap();
         fs::create_dir_all(tmp.join("memory/berth/ns")).unwrap();
         h.remove_if_empty("/berth/ns").unwrap();

@@ -40,29 +40,37 @@ fn owned(fd: i32) -> io::Result<OwnedFd> {
 impl OomWatch {
     /// Starts watching the container's memory cgroup.
     pub fn new(h: &Hierarchies, cgroup: &str) -> io::Result<OomWatch> {
-        for dir in h.existing(cgroup) {
+        // Files are opened, not looked up first: one open per container
+        // where it is (berthd watches every container when it starts).
+        for dir in h.memory_dirs(cgroup) {
             let control = dir.join("memory.oom_control");
-            if control.exists() {
-                // SAFETY: plain syscall; the result is checked by `owned`.
-                let efd = owned(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
-                let file = File::open(&control)?;
-                fs::write(dir.join("cgroup.event_control"), format!("{} {}", efd.as_raw_fd(), file.as_raw_fd()))?;
-                let last = oom_kills(&control);
-                return Ok(OomWatch { fd: File::from(efd), counter: control, _control: Some(file), last });
+            match File::open(&control) {
+                Ok(file) => {
+                    // SAFETY: plain syscall; the result is checked by `owned`.
+                    let efd = owned(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
+                    let register = format!("{} {}", efd.as_raw_fd(), file.as_raw_fd());
+                    fs::write(dir.join("cgroup.event_control"), register)?;
+                    let last = oom_kills(&control);
+                    return Ok(OomWatch { fd: File::from(efd), counter: control, _control: Some(file), last });
+                }
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                Err(_) => {}
             }
             let events = dir.join("memory.events");
-            if events.exists() {
-                // SAFETY: plain syscalls; results are checked by `owned`.
-                let ino = owned(unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) })?;
-                let path = std::ffi::CString::new(events.as_os_str().as_encoded_bytes())
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-                // SAFETY: valid inotify fd and NUL-terminated path.
-                if unsafe { libc::inotify_add_watch(ino.as_raw_fd(), path.as_ptr(), libc::IN_MODIFY) } < 0 {
-                    return Err(io::Error::last_os_error());
+            let path = std::ffi::CString::new(events.as_os_str().as_encoded_bytes())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            // SAFETY: plain syscalls; results are checked by `owned`.
+            let ino = owned(unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) })?;
+            // SAFETY: valid inotify fd and NUL-terminated path.
+            if unsafe { libc::inotify_add_watch(ino.as_raw_fd(), path.as_ptr(), libc::IN_MODIFY) } < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::NotFound {
+                    continue;
                 }
-                let last = oom_kills(&events);
-                return Ok(OomWatch { fd: File::from(ino), counter: events, _control: None, last });
+                return Err(e);
             }
+            let last = oom_kills(&events);
+            return Ok(OomWatch { fd: File::from(ino), counter: events, _control: None, last });
         }
         Err(io::Error::new(io::ErrorKind::NotFound, format!("no memory cgroup for {cgroup}")))
     }

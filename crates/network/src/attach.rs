@@ -47,14 +47,14 @@ pub struct AttachRequest<'a> {
 
 /// `<state>/network/attachments/<digest>.json`: everything DEL needs.
 #[derive(Debug, Serialize, Deserialize)]
-struct Cache {
+pub(crate) struct Cache {
     namespace: String,
     id: String,
     /// `None` for `--network none`.
-    network: Option<String>,
+    pub(crate) network: Option<String>,
     /// The config list ADD used, as JSON (DEL must use the same).
     conflist: Option<Value>,
-    runtime: RuntimeConf,
+    pub(crate) runtime: RuntimeConf,
     /// The final ADD result, once there is one.
     result: Option<Value>,
 }
@@ -175,13 +175,21 @@ impl Networks {
     /// Every container with an attachment cache, torn down or not: crash
     /// recovery detaches those whose container is gone.
     pub fn attached(&self) -> Result<Vec<AttachKey>> {
+        let mut keys: Vec<AttachKey> =
+            self.caches()?.into_iter().map(|c| AttachKey { namespace: c.namespace, id: c.id }).collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// The attachment caches on disk (a bad one is skipped with a warning).
+    pub(crate) fn caches(&self) -> Result<Vec<Cache>> {
         let dir = self.cache_dir();
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(e) => return Err(Error::io(format!("read {}", dir.display()), e)),
         };
-        let mut keys = Vec::new();
+        let mut caches = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| Error::io(format!("read {}", dir.display()), e))?;
             let name = entry.file_name();
@@ -190,14 +198,13 @@ impl Networks {
                 continue; // write_atomic's temp files and strangers
             }
             match read_cache(&entry.path()) {
-                Ok(Some(cache)) => keys.push(AttachKey { namespace: cache.namespace, id: cache.id }),
+                Ok(Some(cache)) => caches.push(cache),
                 Ok(None) => {} // detached meanwhile
                 // One bad file must not stop a recovery sweep over the others.
                 Err(e) => tracing::warn!("skipping an attachment cache: {e}"),
             }
         }
-        keys.sort();
-        Ok(keys)
+        Ok(caches)
     }
 
     /// The bind mount holding the container's network namespace.

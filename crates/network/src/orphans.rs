@@ -4,7 +4,10 @@
 //! has torn the attachment down (leaking an address, a veth, rules). So at
 //! startup, before any teardown, the groups of plugins working for a
 //! cached attachment (found by the `CNI_CONTAINERID` in their environment,
-//! a digest no other runtime uses) are killed and awaited.
+//! a digest no other runtime uses) are killed and awaited. Only
+//! attachments to a CNI network run plugins; without any, /proc is not
+//! read at all (reading every process's environment costs milliseconds
+//! per thousand processes).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -42,11 +45,15 @@ impl Networks {
     /// module docs) and waits until they are gone; returns how many there
     /// were. Call it before recovery detaches anything.
     pub fn stop_orphan_plugins(&self) -> Result<usize> {
-        let ids: HashSet<String> = self.attached()?.iter().map(|k| k.digest()).collect();
+        let ids: HashSet<String> =
+            self.caches()?.into_iter().filter(|c| c.network.is_some()).map(|c| c.runtime.container_id).collect();
         if ids.is_empty() {
             return Ok(0);
         }
         let found = plugins_of(&ids);
+        if found.is_empty() {
+            return Ok(0);
+        }
         for pid in &found {
             // A group whose leader is one of them is a plugin's (each runs
             // in a group of its own) and goes whole, with what it started.
@@ -61,9 +68,7 @@ impl Networks {
         while !plugins_of(&ids).is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        if !found.is_empty() {
-            tracing::warn!(count = found.len(), "killed CNI plugins a previous berthd left running");
-        }
+        tracing::warn!(count = found.len(), "killed CNI plugins a previous berthd left running");
         Ok(found.len())
     }
 }
