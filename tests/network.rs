@@ -227,6 +227,42 @@ fn none_host_and_container_modes() {
     net.assert_clean();
 }
 
+/// `--network none` takes a namespace the runtime makes: nothing is
+/// mounted on the host for it, its loopback is up (also after a restart),
+/// and `container:ID` joins it through init while it runs.
+#[test]
+fn none_namespace_is_not_pinned_on_the_host() {
+    let net = Net::start(&[]);
+    let mounts = || std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count();
+    let before = mounts();
+    let run = ["run", "-d", "--name", "n", "--network", "none", "--restart", "always"];
+    net.berth(&[&run[..], &[net.rootfs.as_str(), "sleep", "1000"]].concat()).ok();
+    assert_eq!(mounts(), before, "no mount on the host for a none namespace");
+    assert_eq!(net.d.inspect("n")["network"]["netns"].as_str().unwrap_or(""), "");
+    let lo_up = |id: &str| net.berth(&["exec", id, "sh", "-c", "ping -c1 -W1 127.0.0.1 >/dev/null && echo up"]);
+    assert_eq!(lo_up("n").ok(), "up\n");
+    let n_ns = net.berth(&["exec", "n", "readlink", "/proc/self/ns/net"]).ok().trim().to_string();
+    let host_ns = std::fs::read_link("/proc/self/ns/net").unwrap().to_string_lossy().into_owned();
+    assert_ne!(n_ns, host_ns);
+    let joined = net.sh(&["--network", "container:n"], "readlink /proc/self/ns/net");
+    assert_eq!(joined.trim(), n_ns);
+
+    // A restart makes a new namespace, with its loopback up again.
+    net.berth(&["kill", "-s", "KILL", "n"]).ok();
+    net.d.inspect_until("n", |c| c["state"] == "running" && c["restart_count"] == 1);
+    assert_eq!(lo_up("n").ok(), "up\n");
+
+    // Stopped, it has no namespace to join.
+    net.berth(&["stop", "-t", "1", "n"]).ok();
+    let e =
+        net.berth(&["run", "--rm", "--network", "container:n", &net.rootfs, "true"]).fails_with("failed precondition");
+    assert!(e.contains("exists only while it runs"), "{e}");
+    net.berth(&["rm", "-f", "n"]).ok();
+    assert_eq!(mounts(), before);
+    await_no_containers(&net.d);
+    net.assert_clean();
+}
+
 #[test]
 fn resolver_files_follow_the_options() {
     let net = Net::start(&[]);

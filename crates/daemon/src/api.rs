@@ -218,7 +218,13 @@ impl pb::containers_server::Containers for Api {
                 read_only: r.read_only,
                 hostname: r.hostname,
             },
-            net: crate::network::NetOptions { mode: r.network, publish: r.publish, dns: r.dns, add_hosts: r.add_hosts },
+            net: crate::network::NetOptions {
+                mode: r.network,
+                publish: r.publish,
+                dns: r.dns,
+                add_hosts: r.add_hosts,
+                pin: false,
+            },
             sandbox: optional_id(&r.sandbox)?,
             restore: None,
         };

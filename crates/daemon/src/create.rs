@@ -118,6 +118,9 @@ pub(crate) struct Placement<'a> {
     pub sandbox: Option<&'a SandboxId>,
     /// Restore the task from this checkpoint instead of creating it.
     pub restore: Option<&'a berth_shim::Checkpoint>,
+    /// The runtime makes the network namespace (`--network none`, not
+    /// pinned): its loopback is brought up before the start.
+    pub loopback: bool,
 }
 
 /// Releases the reservation of an id when create ends, however it ends.
@@ -445,7 +448,8 @@ impl Manager {
         let stdin = crate::shim::needs_stdin_fifo(p.stdin, p.tty, containerd_shim).then(|| logs.join("stdin"));
         let io = ProcessIo { stdin: stdin.as_deref(), stdout: &stdout, stderr: &stderr, terminal: p.tty };
         let restore = p.restore.as_ref().map(|from| self.restore_options(ns, id, from));
-        let placed = Placement { socket: &socket, sandbox: p.sandbox.as_ref(), restore: restore.as_ref() };
+        let loopback = crate::network::unpinned_none(attachment.as_ref());
+        let placed = Placement { socket: &socket, sandbox: p.sandbox.as_ref(), restore: restore.as_ref(), loopback };
         let (client, pid) = self.spawn_task(ns, id, runtime, &bundle, placed, &io, done).await?;
         crash_point("runtime create");
         let t = std::time::Instant::now();
@@ -527,6 +531,9 @@ impl Manager {
         let pid = client.create(id, bundle, io, placed.restore).await.map_err(|e| e.at("runtime create"))?;
         self.phases.end("runtime.create", t);
         done.push(Step::Task(client.clone()));
+        if placed.loopback {
+            berth_network::loopback_up(pid).map_err(|e| Error::from(e).at("network"))?;
+        }
         Ok((client, pid))
     }
 

@@ -3,6 +3,15 @@
 //! allocated; the attachment (berth's own network namespace + CNI ADD, in
 //! `berth-network`) as one step of create's rollback list; the resolver
 //! files bind-mounted from the bundle; CNI DEL at delete and recovery.
+//!
+//! `--network none` gets a namespace the runtime makes (berthd brings its
+//! loopback up before the start): nothing is mounted on the host for it.
+//! A bind-mounted namespace per container costs every later container
+//! start and delete on the host: the runtime reads the host's mount table
+//! (libcgroups parses /proc/self/mountinfo about a dozen times per call)
+//! and copies it into each new mount namespace. Namespaces are pinned only
+//! where something outside the container needs them by path: CNI, a
+//! sandbox's members, and a restore (CRIU's external namespace).
 //! Network definitions themselves are served in `network_api.rs`.
 
 use std::path::{Path, PathBuf};
@@ -24,6 +33,9 @@ pub struct NetOptions {
     pub publish: Vec<String>,
     pub dns: Vec<String>,
     pub add_hosts: Vec<String>,
+    /// `none` gets a pinned namespace too (a restore hands CRIU the
+    /// namespace by path).
+    pub pin: bool,
 }
 
 impl NetOptions {
@@ -60,6 +72,8 @@ pub(crate) struct Plan {
     add_hosts: Vec<String>,
     /// A container in a sandbox shares the sandbox's attachment.
     sandbox: Option<NetworkAttachment>,
+    /// Pin the namespace of `none` (see the module docs).
+    pin: bool,
 }
 
 /// Gives back the ports a create claimed, however the create ends.
@@ -102,7 +116,14 @@ fn etc_mount(source: &Path, target: &str) -> Mount {
     m
 }
 
-/// Points the spec's network namespace at `netns`, or drops it (host).
+/// Whether an attachment is `none` in a namespace the runtime made (no
+/// pin): its loopback is brought up once the runtime created it.
+pub(crate) fn unpinned_none(a: Option<&NetworkAttachment>) -> bool {
+    a.is_some_and(|a| a.netns.is_empty() && a.mode == NetworkMode::None.to_string())
+}
+
+/// The spec's network namespace: a new one (`Some("")`), the one at a path,
+/// or the host's (`None`).
 fn set_netns(spec: &mut Spec, netns: Option<&str>) -> Result<()> {
     let linux = spec.linux_mut().as_mut().ok_or_else(|| invalid("spec has no linux section"))?;
     let mut namespaces = linux.namespaces().clone().unwrap_or_default();
@@ -110,7 +131,7 @@ fn set_netns(spec: &mut Spec, netns: Option<&str>) -> Result<()> {
     if let Some(path) = netns {
         let mut n = oci_spec::runtime::LinuxNamespace::default();
         n.set_typ(LinuxNamespaceType::Network);
-        n.set_path(Some(PathBuf::from(path)));
+        n.set_path((!path.is_empty()).then(|| PathBuf::from(path)));
         namespaces.push(n);
     }
     linux.set_namespaces(Some(namespaces));
@@ -160,6 +181,7 @@ impl Manager {
             dns: o.dns.clone(),
             add_hosts: o.add_hosts.clone(),
             sandbox: Some(NetworkAttachment { mode: format!("sandbox:{}", sandbox.id), ports: Vec::new(), ..shared }),
+            pin: false,
         };
         Ok(Some((plan, Claim { net: &self.net, key })))
     }
@@ -174,7 +196,9 @@ impl Manager {
         if o.mode.starts_with("container:") {
             return Err(invalid("a sandbox has a network namespace of its own: --network container:ID is refused"));
         }
-        self.plan(ns, sandbox_key(ns, id), id.to_string(), o).map(Some)
+        // Its members join the namespace by path.
+        let o = NetOptions { pin: true, ..o.clone() };
+        self.plan(ns, sandbox_key(ns, id), id.to_string(), &o).map(Some)
     }
 
     fn plan(&self, ns: &Namespace, key: AttachKey, hostname: String, o: &NetOptions) -> Result<(Plan, Claim<'_>)> {
@@ -219,6 +243,7 @@ impl Manager {
             dns: o.dns.clone(),
             add_hosts: o.add_hosts.clone(),
             sandbox: None,
+            pin: o.pin,
         };
         Ok((plan, Claim { net: &self.net, key }))
     }
@@ -231,6 +256,16 @@ impl Manager {
             .ok_or_else(|| invalid(format!("--network container:{other}: no such container")))?;
         match rec.network {
             Some(a) if !a.netns.is_empty() => Ok(a.netns),
+            // Its namespace lives as long as its processes: join it
+            // through init, as docker does.
+            a if unpinned_none(a.as_ref()) => match rec.state {
+                berth_model::State::Running | berth_model::State::Paused if rec.pid > 0 => {
+                    Ok(format!("/proc/{}/ns/net", rec.pid))
+                }
+                state => Err(Error::FailedPrecondition(format!(
+                    "--network container:{other}: it is {state}; its network namespace exists only while it runs"
+                ))),
+            },
             _ => Err(invalid(format!("--network container:{other}: it has no network namespace of berth's to join"))),
         }
     }
@@ -264,6 +299,7 @@ impl Manager {
             NetworkMode::Container(other) => {
                 NetworkAttachment { mode, netns: self.joined_netns(&plan.namespace, other)?, ..Default::default() }
             }
+            NetworkMode::None if !plan.pin => NetworkAttachment { mode, ..Default::default() },
             NetworkMode::None | NetworkMode::Network(_) => {
                 let network = match &plan.mode {
                     NetworkMode::Network(n) => Some(n.as_str()),
@@ -290,8 +326,9 @@ impl Manager {
 
     fn finish_attach(&self, plan: &Plan, a: &NetworkAttachment, bundle: &Path, spec: &mut Spec) -> Result<()> {
         let hostname = spec.hostname().clone().unwrap_or_else(|| plan.hostname.clone());
+        let new_netns = unpinned_none(Some(a));
         // Host mode, or a sandbox in host mode: no namespace of berth's.
-        let host_network = a.netns.is_empty();
+        let host_network = a.netns.is_empty() && !new_netns;
         let o =
             DnsOptions { hostname: &hostname, dns: &plan.dns, add_hosts: &plan.add_hosts, ips: &a.ips, host_network };
         let files = berth_network::write_etc_files(bundle, &o)?;

@@ -133,7 +133,8 @@ impl Manager {
         let io =
             ProcessIo { stdin: rec.stdin.as_deref(), stdout: &rec.stdout, stderr: &rec.stderr, terminal: rec.terminal };
         let mut done = Vec::new();
-        let placed = Placement { socket: &rec.shim.socket, sandbox: rec.sandbox.as_ref(), restore: None };
+        let loopback = crate::network::unpinned_none(rec.network.as_ref());
+        let placed = Placement { socket: &rec.shim.socket, sandbox: rec.sandbox.as_ref(), restore: None, loopback };
         let spawned = self.spawn_task(ns, id, &rec.runtime, &rec.bundle, placed, &io, &mut done).await;
         crash_point("restart shim");
         let streak = streak(&rec);

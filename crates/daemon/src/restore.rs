@@ -61,7 +61,13 @@ impl CreateParams {
             entrypoint: None,
             user: String::new(),
             run: Default::default(),
-            net: crate::network::NetOptions { mode: m.network.clone(), publish: m.ports.clone(), ..Default::default() },
+            // CRIU is handed the namespace by path, `none` included.
+            net: crate::network::NetOptions {
+                mode: m.network.clone(),
+                publish: m.ports.clone(),
+                pin: true,
+                ..Default::default()
+            },
             sandbox: None,
             restore: Some(from),
         }

@@ -25,6 +25,7 @@ pub use attach::{AttachKey, AttachRequest};
 pub use dns::{DnsOptions, EtcFiles};
 pub use dns::{check_dns_options, write_etc_files};
 pub use error::{Error, Result};
+pub use netns::loopback_up;
 pub use networks::{NetworkInfo, delete_bridge};
 pub use ports::check_ports;
 

@@ -70,6 +70,25 @@ pub(crate) fn create(path: &Path) -> Result<()> {
     made
 }
 
+/// Brings `lo` up in the network namespace of process `pid` (one the
+/// runtime made for a container without a pinned namespace), from a
+/// short-lived thread; the calling thread never changes namespace.
+pub fn loopback_up(pid: u32) -> Result<()> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(|e| Error::io(format!("open the network namespace of process {pid}"), e))?;
+    std::thread::Builder::new()
+        .name("berth-netns".into())
+        .spawn(move || -> Result<()> {
+            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| Error::io("enter a network namespace", e.into()))?;
+            set_link_up("lo", true)
+        })
+        .map_err(|e| Error::io("start a namespace thread", e))
+        .and_then(|thread| {
+            thread.join().unwrap_or_else(|_| Err(Error::io("namespace thread", io::Error::other("panicked"))))
+        })
+}
+
 /// Makes sure `path` holds a network namespace, creating an empty one if
 /// it is missing or left without its mount (reboot, crash inside
 /// `create`). DEL then always finds a namespace: the bridge plugin refuses

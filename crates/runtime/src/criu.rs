@@ -119,9 +119,12 @@ fn cgroup_v1_mounts() -> Vec<String> {
         .collect()
 }
 
-fn netns_path(spec: &Spec) -> Option<PathBuf> {
+/// The container's own network namespace: the path the spec names, or,
+/// for one the runtime made (dump only), init's.
+fn netns_path(spec: &Spec, pid: Option<i32>) -> Option<PathBuf> {
     let namespaces = spec.linux().as_ref()?.namespaces().as_ref()?;
-    namespaces.iter().find(|n| n.typ() == LinuxNamespaceType::Network).and_then(|n| n.path().clone())
+    let netns = namespaces.iter().find(|n| n.typ() == LinuxNamespaceType::Network)?;
+    netns.path().clone().or_else(|| pid.map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net"))))
 }
 
 /// Mounts that come from outside the container, keyed by destination:
@@ -175,7 +178,7 @@ pub fn dump(pid: i32, spec: &Spec, rootfs: &Path, c: &Checkpoint) -> Result<(), 
     std::fs::write(c.images.join(DESCRIPTORS), json).map_err(|e| RuntimeError::io("write descriptors.json", e))?;
     let mut criu = criu()?;
     external_mounts(&mut criu, spec, false);
-    if let Some(netns) = netns_path(spec) {
+    if let Some(netns) = netns_path(spec, Some(pid)) {
         let ino = std::fs::metadata(&netns).map(|m| std::os::unix::fs::MetadataExt::ino(&m));
         let ino = ino.map_err(|e| RuntimeError::io("stat the network namespace", e))?;
         criu.add_external(format!("net[{ino}]:{NET_KEY}"));
@@ -225,7 +228,7 @@ pub fn restore(id: &str, spec: &Spec, rootfs: &Path, stdio: Stdio, c: &Checkpoin
         held.push(fd);
         Ok(())
     };
-    if let Some(netns) = netns_path(spec) {
+    if let Some(netns) = netns_path(spec, None) {
         let ns = File::open(&netns).map_err(|e| RuntimeError::io("open the network namespace", e))?;
         inherit(&mut criu, ns.into(), NET_KEY.to_string())?;
     }
