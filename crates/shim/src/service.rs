@@ -258,7 +258,12 @@ impl Task for Shim {
             None => Ok((t.pid, t.paused)),
         })?;
         let signal = i32::try_from(req.signal).map_err(|_| to_ttrpc(Code::InvalidArgument, "bad signal"))?;
-        if req.all {
+        // SIGKILL to init of a container with its own pid namespace kills
+        // every process in it (the kernel empties a namespace whose init
+        // dies): no runtime helper needed, which `rm -f` of many
+        // containers feels.
+        let all = req.all && !(signal == libc::SIGKILL && !paused && own_pid_namespace(pid));
+        if all {
             self.runtime.kill(&req.id, signal, true).await.map_err(|e| to_ttrpc(e.code(), e))?;
         } else {
             let sig = Signal::try_from(signal)
@@ -488,4 +493,10 @@ impl Task for Shim {
         self.shutdown.notify_one();
         Ok(Empty::new())
     }
+}
+
+/// Whether process `pid` is in a pid namespace other than the shim's.
+fn own_pid_namespace(pid: u32) -> bool {
+    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
+    matches!((ns(&pid.to_string()), ns("self")), (Some(theirs), Some(ours)) if theirs != ours)
 }
