@@ -4,9 +4,9 @@
 //! `--hostname`, `--dns`, `--add-host`, the way docker does it.
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::net::IpAddr;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::{Error, Result};
@@ -105,8 +105,17 @@ fn write_from(dir: &Path, o: &DnsOptions, host: &HostFiles) -> Result<EtcFiles> 
     let files = EtcFiles { hosts: dir.join("hosts"), resolv: dir.join("resolv.conf"), hostname: dir.join("hostname") };
     for (path, text) in [(&files.hosts, hosts), (&files.resolv, resolv), (&files.hostname, format!("{}\n", o.hostname))]
     {
+        // Bundle files are runtime state: written once before the runtime
+        // reads them, gone with the machine, so neither renamed nor synced.
         let what = || format!("write {}", path.display());
-        berth_store::write_atomic(path, text.as_bytes()).map_err(|e| Error::io(what(), e))?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(path)
+            .map_err(|e| Error::io(what(), e))?;
+        file.write_all(text.as_bytes()).map_err(|e| Error::io(what(), e))?;
         fs::set_permissions(path, fs::Permissions::from_mode(0o644)).map_err(|e| Error::io(what(), e))?;
     }
     Ok(files)
