@@ -243,6 +243,10 @@ fn print_checkpoint(runs: usize, f: &checkpoint::CheckpointFigures) {
 
 fn main() {
     let o = parse_opts();
+    // berthd logs as in production (tests keep `debug`): every request
+    // traced at debug would be timed too.
+    // SAFETY: no other thread exists yet.
+    unsafe { std::env::set_var(berth_testing::DAEMON_LOG_ENV, "info") };
     if o.only_network {
         let n = network::run(o.runs);
         print_network(o.runs, &n);

@@ -51,6 +51,11 @@ impl Output {
     }
 }
 
+/// berthd's log filter for the daemons started here: `debug` (tests read
+/// the log on failure) unless this variable says otherwise (the
+/// benchmarks run berthd as an operator would, at `info`).
+pub const DAEMON_LOG_ENV: &str = "BERTH_TEST_DAEMON_LOG";
+
 pub struct Daemon {
     dir: tempfile::TempDir,
     pub root: PathBuf,
@@ -115,7 +120,7 @@ impl Daemon {
             .arg(&self.cgroup_parent)
             .args(self.network_defaults())
             .args(&self.extra_args)
-            .env("BERTH_LOG", "debug")
+            .env("BERTH_LOG", std::env::var(DAEMON_LOG_ENV).unwrap_or_else(|_| "debug".into()))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -12,7 +12,7 @@ mod iptables;
 mod rootfs;
 
 pub use containerd::Containerd;
-pub use daemon::{Daemon, Output, sweep_cgroup};
+pub use daemon::{DAEMON_LOG_ENV, Daemon, Output, sweep_cgroup};
 pub use events::EventLog;
 pub use iptables::{PortmapChains, nat_rules};
 pub use rootfs::{bin_path, busybox_rootfs};
