@@ -141,6 +141,12 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    // Two malloc arenas, not eight per core: berthd's threads are tokio's
+    // two workers and short-lived blocking threads, and each arena keeps
+    // freed memory of its own (about a megabyte more RSS with 1,000
+    // containers).
+    // SAFETY: plain libc call, before any other thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     // Shims (and the runtime helpers they fork) find CRIU through this.
     // SAFETY: no other thread exists yet (the runtime is built below).
     unsafe { std::env::set_var(berth_shim::CRIU_ENV, criu_path(args.criu.clone())) };

@@ -26,8 +26,18 @@ pub(crate) fn database(path: &Path) -> Result<Database, StoreError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(StoreError::Db(format!("{}: {e}", path.display()))),
     }
-    Database::builder().set_check_integrity_on_open(true).create(path).map_err(|e| classify(path, e))
+    Database::builder()
+        .set_check_integrity_on_open(true)
+        .set_cache_size(CACHE_BYTES)
+        .create(path)
+        .map_err(|e| classify(path, e))
 }
+
+/// redb's page cache (its default is 1 GiB, filled as pages are read).
+/// Records are read once at startup and then mostly written; the kernel's
+/// page cache serves later reads, so berthd's RSS does not grow with the
+/// file.
+const CACHE_BYTES: usize = 4 << 20;
 
 /// Runs `f` (an open and its first reads), turning a panic inside redb
 /// into [`StoreError::Damaged`].
