@@ -123,31 +123,23 @@ impl Containerd {
         self.ctr(&["run", "--rm", reference, id, "/bin/true"]).status().is_ok_and(|s| s.success())
     }
 
-    /// Runs `n` detached sleep containers named `<prefix><i>`; returns
-    /// their shims' pids.
+    /// Runs `n` detached sleep containers named `<prefix><i>` one `ctr
+    /// run -d` at a time; returns their shims' pids (listed once at the
+    /// end, so the listing does not slow the runs).
     pub fn run_detached(&self, runtime: &str, rootfs: &Path, prefix: &str, n: usize) -> Vec<u32> {
         let rootfs = rootfs.to_string_lossy();
-        let mut shims = Vec::new();
+        let mut started = Vec::new();
         for i in 0..n {
             let id = format!("{prefix}{i}");
-            let args = ["run", "-d", "--runtime", runtime, "--rootfs", &rootfs, &id, "/bin/sleep", "1000"];
-            let ok = self.ctr(&args).status();
-            if !ok.is_ok_and(|s| s.success()) {
-                continue;
-            }
-            self.ids.borrow_mut().push(id.clone());
-            let out = self.ctr(&["task", "ls"]).output().ok();
-            let text = out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
-            let pid = text
-                .lines()
-                .find(|l| l.split_whitespace().next() == Some(id.as_str()))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if let Some(ppid) = pid.and_then(parent_of) {
-                shims.push(ppid);
+            let args = ["run", "-d", "--runtime", runtime, "--rootfs", &rootfs, &id, "/bin/sleep", "100000"];
+            if self.ctr(&args).status().is_ok_and(|s| s.success()) {
+                self.ids.borrow_mut().push(id.clone());
+                started.push(id);
             }
         }
-        shims
+        let tasks = self.tasks().unwrap_or_default();
+        let pid_of = |id: &String| tasks.iter().find(|t| &t.0 == id).and_then(|t| t.1.parse::<u32>().ok());
+        started.iter().filter_map(pid_of).filter_map(parent_of).collect()
     }
 }
 

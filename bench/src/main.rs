@@ -208,20 +208,45 @@ fn print_shim(runs: usize, containers: usize, f: &shim::ShimFigures) {
     println!("| ratio PSS sandbox / lone (target ≤ 1.5×) | | {} |", ratio_of(pss(f.mem_sandbox), pss(f.mem_lone)));
 }
 
-/// The scale table (issue 14) with its targets.
+/// The scale table (issue 14) with its targets and the peers' figures.
 fn print_scale(s: &scale::Scale) {
     let n = s.containers;
-    let per = s.run_all.map(|t| t / n.max(1) as u32);
+    let per = |t: Option<Duration>| t.map(|t| t / n.max(1) as u32);
     let mb = |v: Option<f64>| v.map(|v| format!("{v:.1} MB")).unwrap_or_else(|| "n/a".into());
+    let (b, c) = (&s.berth, &s.containerd);
     println!();
-    println!("| {n} containers | berth | target (at 1,000) |");
-    println!("|---|---|---|");
-    println!("| sequential run -d, all (per container) | {} ({}) | ≤ 20 s |", fmt_ms(s.run_all), fmt_ms(per));
-    println!("| berthd RSS with all running | {} | ≤ 20 MB |", mb(s.berthd_rss_mb));
-    println!("| shims' PSS, total | {} | ≤ 200 MB |", mb(s.shims_pss_mb));
-    println!("| stats --no-stream --json | {} | ≤ 500 ms |", fmt_ms(s.stats));
-    println!("| kill -9 + restart until all listed | {} | ≤ 300 ms |", fmt_ms(s.recovery));
-    println!("| rm -f of all, one command | {} | ≤ 5 s |", fmt_ms(s.rm_all));
+    println!("| {n} containers | berth | peer | ratio | target (at 1,000) |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| sequential run -d, all (per container) / ctr run -d | {} ({}) | {} ({}) | {} | ≤ 20 s |",
+        fmt_ms(b.run_all),
+        fmt_ms(per(b.run_all)),
+        fmt_ms(c.run_all),
+        fmt_ms(per(c.run_all)),
+        ratio(b.run_all, c.run_all)
+    );
+    println!("| berthd RSS with all running | {} | | | ≤ 20 MB |", mb(s.berthd_rss_mb));
+    println!(
+        "| shims' PSS, total / containerd-shim-runc-v2 | {} | {} | {} | ≤ 200 MB |",
+        mb(b.shims_pss_mb),
+        mb(c.shims_pss_mb),
+        ratio_of(b.shims_pss_mb, c.shims_pss_mb)
+    );
+    println!("| stats --no-stream --json | {} | | | ≤ 500 ms |", fmt_ms(s.stats));
+    println!(
+        "| run --rm /bin/true with all running / runc run (median of {}) | {} | {} | {} | ≤ 1.0× |",
+        scale::START_ROUNDS,
+        fmt_ms(s.start_berth),
+        fmt_ms(s.start_runc),
+        ratio(s.start_berth, s.start_runc)
+    );
+    println!(
+        "| kill -9 + restart until all listed / ctr task ls | {} | {} | {} | ≤ 300 ms |",
+        fmt_ms(b.recovery),
+        fmt_ms(c.recovery),
+        ratio(b.recovery, c.recovery)
+    );
+    println!("| rm -f of all, one command | {} | | | ≤ 5 s |", fmt_ms(s.rm_all));
 }
 
 /// The checkpoint table (issue 13): berth vs runc with the same CRIU.
@@ -260,7 +285,11 @@ fn main() {
         return;
     }
     if let Some(n) = o.scale {
-        print_scale(&scale::run(&d, n));
+        let bundle = make_bundle(d.dir(), &d.rootfs, "true", &["/bin/true"]);
+        print_scale(&scale::run(&d, n, &bundle));
+        if let Ok(h) = berth_cgroups::Hierarchies::detect() {
+            let _ = h.remove_tree(RUNC_CGROUP_PARENT);
+        }
         return;
     }
     if o.only_checkpoint {

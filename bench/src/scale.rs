@@ -1,24 +1,43 @@
 //! Issue 14's scale figures (`--scale N`, default 1,000): N detached
 //! `sleep` containers started one `run -d` at a time; berthd's RSS and the
 //! shims' PSS total with all of them running; `berth stats --no-stream
-//! --json` over all; kill -9 of berthd and restart until `berth ps --json`
-//! lists all N running again; `berth rm -f` of all in one command.
+//! --json` over all; `berth run --rm` against `runc run` of /bin/true with
+//! all of them running (interleaved); kill -9 of berthd and restart until
+//! `berth ps --json` lists all N running again; `berth rm -f` of all in
+//! one command. Then the peer: a private containerd 1.6 with N tasks
+//! (`ctr run -d` one at a time, its shims' PSS total, kill -9 and restart
+//! until `ctr task ls` lists them all).
 
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use berth_testing::Daemon;
 
-use crate::measure::{shim_memory, timed};
+use crate::containerd::{Containerd, RUNC_V2};
+use crate::measure::{Runner, shim_memory, time_interleaved, timed};
 use crate::recovery::{berth_listing, time_recovery};
+
+/// Rounds of the start-path comparison with everything running.
+pub const START_ROUNDS: usize = 10;
+
+#[derive(Default)]
+pub struct Side {
+    pub run_all: Option<Duration>,
+    pub shims_pss_mb: Option<f64>,
+    pub recovery: Option<Duration>,
+}
 
 pub struct Scale {
     pub containers: usize,
-    pub run_all: Option<Duration>,
+    pub berth: Side,
+    pub containerd: Side,
     pub berthd_rss_mb: Option<f64>,
-    pub shims_pss_mb: Option<f64>,
     pub stats: Option<Duration>,
-    pub recovery: Option<Duration>,
     pub rm_all: Option<Duration>,
+    /// `berth run --rm` and `runc run` of /bin/true, all N running.
+    pub start_berth: Option<Duration>,
+    pub start_runc: Option<Duration>,
 }
 
 fn rss_mb(pid: u32) -> Option<f64> {
@@ -27,19 +46,47 @@ fn rss_mb(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-pub fn run(d: &Daemon, n: usize) -> Scale {
+fn pss_total(shims: &[u32]) -> Option<f64> {
+    shim_memory(shims).map(|m| m.pss_mb * shims.len() as f64)
+}
+
+/// `berth run --rm BUNDLE` against `runc run --bundle BUNDLE`, interleaved.
+fn start_path(d: &Daemon, bundle: &Path) -> (Option<Duration>, Option<Duration>) {
+    let bundle = bundle.to_string_lossy().into_owned();
+    let runc_root = d.dir().join("runc-root");
+    let mut runners: Vec<Runner<'_>> = vec![
+        Box::new(|i| d.berth(&["run", "--rm", "--name", &format!("sb{i}"), &bundle]).code == 0),
+        Box::new(|i| {
+            Command::new("runc")
+                .arg("--root")
+                .arg(&runc_root)
+                .args(["run", "--bundle", &bundle, &format!("sr{i}")])
+                .stdin(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        }),
+    ];
+    let t = time_interleaved(START_ROUNDS, &mut runners);
+    (t[0], t[1])
+}
+
+pub fn run(d: &Daemon, n: usize, bundle: &Path) -> Scale {
     let rootfs = d.rootfs.to_string_lossy().into_owned();
     let ids: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
     eprintln!("scale: {n} sequential run -d …");
-    let run_all =
-        timed(|| ids.iter().all(|id| d.berth(&["run", "-d", "--name", id, &rootfs, "sleep", "100000"]).code == 0));
+    let mut berth = Side {
+        run_all: timed(|| {
+            ids.iter().all(|id| d.berth(&["run", "-d", "--name", id, &rootfs, "sleep", "100000"]).code == 0)
+        }),
+        ..Default::default()
+    };
     std::thread::sleep(Duration::from_secs(1));
     let berthd_rss_mb = d.pid().and_then(rss_mb);
-    let shims = d.shim_pids();
-    let shims_pss_mb = shim_memory(&shims).map(|m| m.pss_mb * shims.len() as f64);
-    eprintln!("scale: stats, recovery, rm -f …");
+    berth.shims_pss_mb = pss_total(&d.shim_pids());
+    eprintln!("scale: stats, start path, recovery, rm -f …");
     let stats = timed(|| d.berth(&["stats", "--no-stream", "--json"]).code == 0);
-    let recovery = berth_listing(d).filter(|l| l.len() == n).and_then(|mut expected| {
+    let (start_berth, start_runc) = start_path(d, bundle);
+    berth.recovery = berth_listing(d).filter(|l| l.len() == n).and_then(|mut expected| {
         expected.sort();
         let restart = || {
             d.kill9();
@@ -51,5 +98,26 @@ pub fn run(d: &Daemon, n: usize) -> Scale {
     let mut args = vec!["rm", "-f"];
     args.extend(ids.iter().map(String::as_str));
     let rm_all = timed(|| d.berth(&args).code == 0);
-    Scale { containers: n, run_all, berthd_rss_mb, shims_pss_mb, stats, recovery, rm_all }
+    let containerd = Containerd::start(d.dir()).map(|c| peer(c, &d.rootfs, n)).unwrap_or_default();
+    Scale { containers: n, berth, containerd, berthd_rss_mb, stats, rm_all, start_berth, start_runc }
+}
+
+/// containerd 1.6 with `n` tasks through containerd-shim-runc-v2; its
+/// tasks are removed when it drops (untimed).
+fn peer(c: Containerd, rootfs: &Path, n: usize) -> Side {
+    eprintln!("scale: containerd, {n} sequential ctr run -d …");
+    let mut shims = Vec::new();
+    let run_all = timed(|| {
+        shims = c.run_detached(RUNC_V2, rootfs, "p", n);
+        shims.len() == n
+    });
+    let shims_pss_mb = pss_total(&shims);
+    let listing = |c: &Containerd| c.tasks().map(|t| t.into_iter().filter(|t| t.0.starts_with('p')).collect());
+    let recovery = listing(&c).filter(|l: &Vec<_>| l.len() == n).and_then(|mut expected| {
+        expected.sort();
+        eprintln!("scale: containerd, kill -9 + restart …");
+        let c = std::cell::RefCell::new(c);
+        time_recovery(1, &expected, || c.borrow_mut().restart_after_kill9(), || listing(&c.borrow()))
+    });
+    Side { run_all, shims_pss_mb, recovery }
 }
