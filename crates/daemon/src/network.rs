@@ -365,7 +365,7 @@ impl Manager {
         let mode = NetworkMode::Container(id.clone()).to_string();
         let joiners: Vec<String> = self
             .store
-            .list(Some(ns))?
+            .list_mentioning(ns, &mode)?
             .into_iter()
             .filter(|r| r.network.as_ref().is_some_and(|a| a.mode == mode))
             .map(|r| r.id.to_string())

@@ -106,7 +106,7 @@ impl Manager {
 
     /// The containers recorded in sandbox `id`.
     pub fn sandbox_members(&self, ns: &Namespace, id: &SandboxId) -> Result<Vec<ContainerId>> {
-        let recs = self.store.list(Some(ns))?;
+        let recs = self.store.list_mentioning(ns, id.as_str())?;
         Ok(recs.into_iter().filter(|r| r.sandbox.as_ref() == Some(id)).map(|r| r.id).collect())
     }
 

@@ -278,14 +278,34 @@ impl Store {
 
     /// All records, of one namespace or of all.
     pub fn list(&self, ns: Option<&Namespace>) -> Result<Vec<ContainerRecord>, StoreError> {
+        self.scan(ns, |_| true)
+    }
+
+    /// The records of `ns` whose stored form contains `needle`, decoding
+    /// only those: a question about a few records (who joined a
+    /// container's network?) stays cheap with thousands of them.
+    pub fn list_mentioning(&self, ns: &Namespace, needle: &str) -> Result<Vec<ContainerRecord>, StoreError> {
+        let finder = memchr::memmem::Finder::new(needle.as_bytes());
+        self.scan(Some(ns), |v| finder.find(v).is_some())
+    }
+
+    /// Records of `ns` (its key range) or of all namespaces, decoded where
+    /// `keep` accepts the stored bytes.
+    fn scan(&self, ns: Option<&Namespace>, keep: impl Fn(&[u8]) -> bool) -> Result<Vec<ContainerRecord>, StoreError> {
         let tx = self.db.begin_read().map_err(db_err)?;
         let t = tx.open_table(CONTAINERS).map_err(db_err)?;
+        let items = match ns {
+            Some(ns) => {
+                let (from, to) = (format!("{ns}/"), format!("{ns}0"));
+                t.range(from.as_str()..to.as_str()).map_err(db_err)?
+            }
+            None => t.iter().map_err(db_err)?,
+        };
         let mut out = Vec::new();
-        for item in t.iter().map_err(db_err)? {
+        for item in items {
             let (k, v) = item.map_err(db_err)?;
-            let rec: ContainerRecord = decode(k.value(), v.value())?;
-            if ns.is_none_or(|n| *n == rec.namespace) {
-                out.push(rec);
+            if keep(v.value()) {
+                out.push(decode(k.value(), v.value())?);
             }
         }
         Ok(out)
@@ -381,6 +401,25 @@ mod tests {
         s.remove(&ns("a"), &ContainerId::new("x").unwrap()).unwrap();
         assert!(!s.any_in(&ns("a")).unwrap());
         assert!(s.any_in(&ns("a-b")).unwrap());
+    }
+
+    #[test]
+    fn list_mentioning_reads_only_its_namespace_and_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("meta.redb")).unwrap();
+        let ns = |n: &str| Namespace::new(n).unwrap();
+        let joined = |n: &str, id: &str| ContainerRecord {
+            network: Some(berth_model::NetworkAttachment { mode: "container:web".into(), ..Default::default() }),
+            ..record(n, id)
+        };
+        s.put(&joined("a", "j1")).unwrap();
+        s.put(&joined("a-b", "j2")).unwrap();
+        s.put(&record("a", "web")).unwrap();
+        let ids = |v: Vec<ContainerRecord>| v.into_iter().map(|r| r.id.to_string()).collect::<Vec<_>>();
+        assert_eq!(ids(s.list_mentioning(&ns("a"), "container:web").unwrap()), vec!["j1"]);
+        assert!(s.list_mentioning(&ns("a"), "container:db").unwrap().is_empty());
+        assert_eq!(ids(s.list(Some(&ns("a"))).unwrap()), vec!["j1", "web"]);
+        assert_eq!(s.list(None).unwrap().len(), 3);
     }
 
     #[test]
