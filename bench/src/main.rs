@@ -35,7 +35,7 @@ use std::time::Duration;
 
 use berth_testing::Daemon;
 
-use crate::measure::{Mem, Runner, shim_memory, time_interleaved};
+use crate::measure::{Mem, shim_memory, time_interleaved};
 
 /// Cgroup parent of the runc containers (removed at the end).
 pub const RUNC_CGROUP_PARENT: &str = "/berth-bench-runc";
@@ -226,26 +226,18 @@ fn print_scale(s: &scale::Scale) {
         ratio(b.run_all, c.run_all)
     );
     println!("| berthd RSS with all running | {} | | | ≤ 20 MB |", mb(s.berthd_rss_mb));
-    println!(
-        "| shims' PSS, total / containerd-shim-runc-v2 | {} | {} | {} | ≤ 200 MB |",
-        mb(b.shims_pss_mb),
-        mb(c.shims_pss_mb),
-        ratio_of(b.shims_pss_mb, c.shims_pss_mb)
-    );
+    let row = |what: &str, berth: String, peer: String, ratio: String, target: &str| {
+        println!("| {what} | {berth} | {peer} | {ratio} | {target} |");
+    };
+    let pss = (b.shims_pss_mb, c.shims_pss_mb);
+    row("shims' PSS, total / containerd-shim-runc-v2", mb(pss.0), mb(pss.1), ratio_of(pss.0, pss.1), "≤ 200 MB");
     println!("| stats --no-stream --json | {} | | | ≤ 500 ms |", fmt_ms(s.stats));
-    println!(
-        "| run --rm /bin/true with all running / runc run (median of {}) | {} | {} | {} | ≤ 1.0× |",
-        scale::START_ROUNDS,
-        fmt_ms(s.start_berth),
-        fmt_ms(s.start_runc),
-        ratio(s.start_berth, s.start_runc)
-    );
-    println!(
-        "| kill -9 + restart until all listed / ctr task ls | {} | {} | {} | ≤ 300 ms |",
-        fmt_ms(b.recovery),
-        fmt_ms(c.recovery),
-        ratio(b.recovery, c.recovery)
-    );
+    let timed_row = |what: &str, a: Option<Duration>, b: Option<Duration>, target: &str| {
+        row(what, fmt_ms(a), fmt_ms(b), ratio(a, b), target);
+    };
+    let start = format!("run --rm /bin/true with all running / runc run (median of {})", scale::START_ROUNDS);
+    timed_row(&start, s.start_berth, s.start_runc, "≤ 1.0×");
+    timed_row("kill -9 + restart until all listed / ctr task ls", b.recovery, c.recovery, "≤ 300 ms");
     println!("| rm -f of all, one command | {} | | | ≤ 5 s |", fmt_ms(s.rm_all));
 }
 
@@ -311,18 +303,7 @@ fn main() {
     let runc_root = d.dir().join("runc-root");
     let mut ctr = containerd::Containerd::start(d.dir());
     eprintln!("berth run --rm, runc run, ctr run --rm: {} rounds …", o.runs);
-    let mut runners: Vec<Runner<'_>> = vec![
-        Box::new(|i| d.berth(&["run", "--rm", "--name", &format!("b{i}"), &bundle_s]).code == 0),
-        Box::new(|i| {
-            Command::new("runc")
-                .arg("--root")
-                .arg(&runc_root)
-                .args(["run", "--bundle", &bundle_s, &format!("r{i}")])
-                .stdin(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        }),
-    ];
+    let mut runners = measure::run_rm_and_runc(&d, &bundle_s, &runc_root, "");
     if let Some(c) = &ctr {
         runners.push(Box::new(|i| c.run_rm(containerd::RUNC_V2, &d.rootfs, &format!("c{i}"))));
     }

@@ -5,6 +5,28 @@ use std::time::{Duration, Instant};
 /// A command to time, by name.
 pub type Runner<'a> = Box<dyn FnMut(usize) -> bool + 'a>;
 
+/// `berth run --rm BUNDLE` and `runc run --bundle BUNDLE` (ids
+/// `<prefix>b<i>`, `<prefix>r<i>`), the start path's pair of runners.
+pub fn run_rm_and_runc<'a>(
+    d: &'a berth_testing::Daemon,
+    bundle: &'a str,
+    runc_root: &'a std::path::Path,
+    prefix: &'a str,
+) -> Vec<Runner<'a>> {
+    vec![
+        Box::new(move |i| d.berth(&["run", "--rm", "--name", &format!("{prefix}b{i}"), bundle]).code == 0),
+        Box::new(move |i| {
+            std::process::Command::new("runc")
+                .arg("--root")
+                .arg(runc_root)
+                .args(["run", "--bundle", bundle, &format!("{prefix}r{i}")])
+                .stdin(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        }),
+    ]
+}
+
 /// Times several commands interleaved (one run of each per round, so drift
 /// in machine load hits all alike), after one warm-up run each. Returns the
 /// median wall time per command, None for a command that failed.

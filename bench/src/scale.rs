@@ -9,13 +9,12 @@
 //! until `ctr task ls` lists them all).
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use berth_testing::Daemon;
 
 use crate::containerd::{Containerd, RUNC_V2};
-use crate::measure::{Runner, shim_memory, time_interleaved, timed};
+use crate::measure::{shim_memory, time_interleaved, timed};
 use crate::recovery::{berth_listing, time_recovery};
 
 /// Rounds of the start-path comparison with everything running.
@@ -54,18 +53,7 @@ fn pss_total(shims: &[u32]) -> Option<f64> {
 fn start_path(d: &Daemon, bundle: &Path) -> (Option<Duration>, Option<Duration>) {
     let bundle = bundle.to_string_lossy().into_owned();
     let runc_root = d.dir().join("runc-root");
-    let mut runners: Vec<Runner<'_>> = vec![
-        Box::new(|i| d.berth(&["run", "--rm", "--name", &format!("sb{i}"), &bundle]).code == 0),
-        Box::new(|i| {
-            Command::new("runc")
-                .arg("--root")
-                .arg(&runc_root)
-                .args(["run", "--bundle", &bundle, &format!("sr{i}")])
-                .stdin(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        }),
-    ];
+    let mut runners = crate::measure::run_rm_and_runc(d, &bundle, &runc_root, "s");
     let t = time_interleaved(START_ROUNDS, &mut runners);
     (t[0], t[1])
 }
