@@ -228,39 +228,60 @@ fn none_host_and_container_modes() {
 }
 
 /// `--network none` takes a namespace the runtime makes: nothing is
-/// mounted on the host for it, its loopback is up (also after a restart),
-/// and `container:ID` joins it through init while it runs.
+/// mounted on the host for it, its loopback is up (also after a restart).
+/// The first `container:ID` join pins it, and from then on the target's
+/// restarts and its joiners share the pin, released with the target.
 #[test]
-fn none_namespace_is_not_pinned_on_the_host() {
+fn none_namespace_is_pinned_only_when_joined() {
     let net = Net::start(&[]);
-    // Mounts of this daemon's (other tests run beside it).
+    // Namespaces this daemon pinned (other tests run beside it; the
+    // directory's own mount stays while berthd runs).
     let dir = net.d.dir().to_string_lossy().into_owned();
-    let mounts =
-        || std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().filter(|l| l.contains(&dir)).count();
+    let pins = || std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mounts = || pins().lines().filter(|l| l.contains(&dir) && l.contains(" nsfs ")).count();
     let before = mounts();
     let run = ["run", "-d", "--name", "n", "--network", "none", "--restart", "always"];
     net.berth(&[&run[..], &[net.rootfs.as_str(), "sleep", "1000"]].concat()).ok();
     assert_eq!(mounts(), before, "no mount on the host for a none namespace");
     assert_eq!(net.d.inspect("n")["network"]["netns"].as_str().unwrap_or(""), "");
     let lo_up = |id: &str| net.berth(&["exec", id, "sh", "-c", "ping -c1 -W1 127.0.0.1 >/dev/null && echo up"]);
+    let ns_of = |id: &str| net.berth(&["exec", id, "readlink", "/proc/self/ns/net"]).ok().trim().to_string();
     assert_eq!(lo_up("n").ok(), "up\n");
-    let n_ns = net.berth(&["exec", "n", "readlink", "/proc/self/ns/net"]).ok().trim().to_string();
     let host_ns = std::fs::read_link("/proc/self/ns/net").unwrap().to_string_lossy().into_owned();
-    assert_ne!(n_ns, host_ns);
-    let joined = net.sh(&["--network", "container:n"], "readlink /proc/self/ns/net");
-    assert_eq!(joined.trim(), n_ns);
+    assert_ne!(ns_of("n"), host_ns);
 
-    // A restart makes a new namespace, with its loopback up again.
+    // A restart before anyone joined makes a new namespace, lo up again.
     net.berth(&["kill", "-s", "KILL", "n"]).ok();
     net.d.inspect_until("n", |c| c["state"] == "running" && c["restart_count"] == 1);
     assert_eq!(lo_up("n").ok(), "up\n");
 
-    // Stopped, it has no namespace to join.
-    net.berth(&["stop", "-t", "1", "n"]).ok();
-    let e =
-        net.berth(&["run", "--rm", "--network", "container:n", &net.rootfs, "true"]).fails_with("failed precondition");
-    assert!(e.contains("exists only while it runs"), "{e}");
+    // Joining pins it; the target's restart stays in it with its joiner.
+    let n_ns = ns_of("n");
+    net.berth(&["run", "-d", "--name", "j", "--network", "container:n", &net.rootfs, "sleep", "1000"]).ok();
+    assert_eq!(ns_of("j"), n_ns);
+    assert!(!net.d.inspect("n")["network"]["netns"].as_str().unwrap_or("").is_empty(), "pinned on join");
+    net.berth(&["kill", "-s", "KILL", "n"]).ok();
+    net.d.inspect_until("n", |c| c["state"] == "running" && c["restart_count"] == 2);
+    assert_eq!(ns_of("n"), n_ns, "a restart joins the pin");
+    assert_eq!(lo_up("n").ok(), "up\n");
+    let e = net.berth(&["rm", "-f", "n"]).fails_with("failed precondition");
+    assert!(e.contains("shares its network namespace with j"), "{e}");
+    net.berth(&["rm", "-f", "j"]).ok();
     net.berth(&["rm", "-f", "n"]).ok();
+    assert_eq!(mounts(), before, "the pin goes with the target");
+
+    // A created (not started) target can be joined; a stopped one cannot.
+    net.berth(&["create", "--name", "c", "--network", "none", &net.rootfs, "sleep", "1000"]).ok();
+    net.berth(&["run", "-d", "--name", "cj", "--network", "container:c", &net.rootfs, "sleep", "1000"]).ok();
+    assert_eq!(lo_up("cj").ok(), "up\n");
+    net.berth(&["rm", "-f", "cj"]).ok();
+    net.berth(&["rm", "-f", "c"]).ok();
+    net.berth(&["run", "-d", "--name", "s", "--network", "none", &net.rootfs, "sleep", "1000"]).ok();
+    net.berth(&["stop", "-t", "1", "s"]).ok();
+    let e =
+        net.berth(&["run", "--rm", "--network", "container:s", &net.rootfs, "true"]).fails_with("failed precondition");
+    assert!(e.contains("exists only while it runs"), "{e}");
+    net.berth(&["rm", "-f", "s"]).ok();
     assert_eq!(mounts(), before);
     await_no_containers(&net.d);
     net.assert_clean();

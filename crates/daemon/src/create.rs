@@ -238,7 +238,12 @@ impl Manager {
             return Err(Error::AlreadyExists(p.id.to_string()));
         }
         let sandbox = joining.as_ref().map(|j| &j.record);
-        let network = self.plan_network(&p.namespace, &p.id, &p.net, is_bundle, sandbox)?;
+        // Only the embedded runtime's containers get an unpinned `none`:
+        // runc's and crun's checkpoints treat a namespace without a path
+        // as theirs to dump, and a containerd shim's task pid need not be
+        // in the container (network.rs).
+        let net = crate::network::NetOptions { pin: p.net.pin || runtime != "embedded", ..p.net.clone() };
+        let network = self.plan_network(&p.namespace, &p.id, &net, is_bundle, sandbox)?;
         crate::manager::lock(&self.removed).forget(&p.namespace, &p.id);
         let cgroup = self.cfg.cgroup_path(&p.namespace, &p.id);
         let (mut prepared, mut image) = if let Some(from) = &p.restore {

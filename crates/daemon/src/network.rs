@@ -17,9 +17,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use berth_model::State;
 use berth_model::{ContainerId, Namespace, NetworkAttachment, NetworkMode, PortMapping, SandboxId};
 use berth_network::{AttachKey, AttachRequest, DnsOptions, Networks};
-use berth_store::SandboxRecord;
+use berth_store::{ContainerRecord, SandboxRecord};
 use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 
 use crate::error::{Error, Result};
@@ -214,7 +215,7 @@ impl Manager {
                 return Err(invalid(format!("publishing ports needs a network, not --network {mode}")));
             }
             NetworkMode::Container(other) => {
-                self.joined_netns(ns, other)?;
+                self.join_target(ns, other)?;
             }
             NetworkMode::Host | NetworkMode::None => {}
         }
@@ -248,26 +249,69 @@ impl Manager {
         Ok((plan, Claim { net: &self.net, key }))
     }
 
-    /// The namespace of the container that `container:ID` names.
-    fn joined_netns(&self, ns: &Namespace, other: &ContainerId) -> Result<String> {
+    /// The container that `container:ID` names, if it has a namespace to
+    /// join: a pinned one, or an unpinned `none` one while its init lives.
+    fn join_target(&self, ns: &Namespace, other: &ContainerId) -> Result<ContainerRecord> {
         let rec = self
             .store
             .get(ns, other)?
             .ok_or_else(|| invalid(format!("--network container:{other}: no such container")))?;
-        match rec.network {
-            Some(a) if !a.netns.is_empty() => Ok(a.netns),
-            // Its namespace lives as long as its processes: join it
-            // through init, as docker does.
-            a if unpinned_none(a.as_ref()) => match rec.state {
-                berth_model::State::Running | berth_model::State::Paused if rec.pid > 0 => {
-                    Ok(format!("/proc/{}/ns/net", rec.pid))
-                }
+        match rec.network.as_ref() {
+            Some(a) if !a.netns.is_empty() => Ok(rec),
+            a if unpinned_none(a) => match rec.state {
+                State::Created | State::Running | State::Paused if rec.pid > 0 && rec.exit.is_none() => Ok(rec),
                 state => Err(Error::FailedPrecondition(format!(
                     "--network container:{other}: it is {state}; its network namespace exists only while it runs"
                 ))),
             },
             _ => Err(invalid(format!("--network container:{other}: it has no network namespace of berth's to join"))),
         }
+    }
+
+    /// The path of the namespace `container:ID` joins. An unpinned `none`
+    /// namespace is pinned first, under the target's operation lock, and
+    /// the target's record and bundle are pointed at the pin: joiners and
+    /// the target's restarts then share it, and the target's removal
+    /// (refused while joiners exist) releases it.
+    async fn joined_netns(&self, ns: &Namespace, other: &ContainerId) -> Result<String> {
+        let pinned = |rec: &ContainerRecord| rec.network.as_ref().map(|a| a.netns.clone()).filter(|n| !n.is_empty());
+        if let Some(path) = pinned(&self.join_target(ns, other)?) {
+            return Ok(path);
+        }
+        let _op = self.lock_op(ns, other).await;
+        let rec = self.join_target(ns, other)?;
+        if let Some(path) = pinned(&rec) {
+            return Ok(path);
+        }
+        let key = attach_key(ns, other);
+        let path = self.net.networks.pin(&key, rec.pid).await?;
+        // Its init is the shim's child until recorded dead: the pid was
+        // still this container's if the record still names it live.
+        let live = self.join_target(ns, other).is_ok_and(|r| r.pid == rec.pid);
+        let pointed = if live { self.point_at_pin(ns, other, &rec.bundle, &path) } else { Ok(()) };
+        if !live || pointed.is_err() {
+            let _ = self.net.networks.detach(&key).await;
+            pointed?;
+            return Err(Error::FailedPrecondition(format!("--network container:{other}: it stopped meanwhile")));
+        }
+        Ok(path)
+    }
+
+    /// Records `path` as the container's namespace, in its record and in
+    /// its bundle's spec (a restart joins the pin).
+    fn point_at_pin(&self, ns: &Namespace, id: &ContainerId, bundle: &Path, path: &str) -> Result<()> {
+        let config = bundle.join("config.json");
+        let what = |verb: &str| format!("{verb} {}", config.display());
+        let mut spec = Spec::load(&config).map_err(|e| Error::io(what("read"), std::io::Error::other(e)))?;
+        set_netns(&mut spec, Some(path))?;
+        spec.save(&config).map_err(|e| Error::io(what("write"), std::io::Error::other(e)))?;
+        self.update(ns, id, |r| {
+            if let Some(a) = r.network.as_mut() {
+                a.netns = path.to_string();
+            }
+            Ok(())
+        })
+        .map(drop)
     }
 
     /// The create step: attach (CNI ADD into berth's namespace), write the
@@ -296,9 +340,11 @@ impl Manager {
         let mode = plan.mode.to_string();
         Ok(match &plan.mode {
             NetworkMode::Host => NetworkAttachment { mode, ..Default::default() },
-            NetworkMode::Container(other) => {
-                NetworkAttachment { mode, netns: self.joined_netns(&plan.namespace, other)?, ..Default::default() }
-            }
+            NetworkMode::Container(other) => NetworkAttachment {
+                mode,
+                netns: self.joined_netns(&plan.namespace, other).await?,
+                ..Default::default()
+            },
             NetworkMode::None if !plan.pin => NetworkAttachment { mode, ..Default::default() },
             NetworkMode::None | NetworkMode::Network(_) => {
                 let network = match &plan.mode {

@@ -100,7 +100,7 @@ impl Networks {
         let begin = {
             let (json, cache_path, netns_path) = (to_json(&cache)?, cache_path.clone(), netns_path.clone());
             let who = format!("container {}/{}", key.namespace, key.id);
-            move || begin(&who, &json, &cache_path, &netns_path)
+            move || begin(&who, &json, &cache_path, &netns_path, netns::create)
         };
         blocking(begin).await?;
         let Some(list) = list else {
@@ -132,6 +132,31 @@ impl Networks {
             return Err(e);
         }
         Ok(attachment(&list.name, &netns_path, cache.result.as_ref(), req.ports))
+    }
+
+    /// Pins the network namespace a running container's runtime made
+    /// (`--network none`, unpinned) so that others can join it by path:
+    /// an attachment of mode `none` like one `attach` makes, released by
+    /// `detach`. Returns the namespace's path.
+    pub async fn pin(&self, key: &AttachKey, pid: u32) -> Result<String> {
+        let netns_path = self.netns_path(key);
+        let cache = Cache {
+            namespace: key.namespace.clone(),
+            id: key.id.clone(),
+            network: None,
+            conflist: None,
+            runtime: RuntimeConf {
+                container_id: key.digest(),
+                netns: netns_path.clone(),
+                ifname: IFNAME.into(),
+                port_mappings: Vec::new(),
+            },
+            result: None,
+        };
+        let (json, cache_path, path) = (to_json(&cache)?, self.cache_path(key), netns_path.clone());
+        let who = format!("container {}/{}", key.namespace, key.id);
+        blocking(move || begin(&who, &json, &cache_path, &path, |p| netns::bind(p, pid))).await?;
+        Ok(netns_path.to_string_lossy().into_owned())
     }
 
     /// Tears down a container's network: CNI DEL with what ADD used, then the
@@ -272,7 +297,13 @@ fn validate(cfg: &crate::Config, req: &AttachRequest<'_>, list: Option<&ConfList
 
 /// Writes the cache (refusing a second attachment of one container), then
 /// makes the namespace; on failure nothing is left.
-fn begin(who: &str, json: &[u8], cache_path: &Path, netns_path: &Path) -> Result<()> {
+fn begin(
+    who: &str,
+    json: &[u8],
+    cache_path: &Path,
+    netns_path: &Path,
+    make: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     if let Some(dir) = cache_path.parent() {
         fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
     }
@@ -283,7 +314,7 @@ fn begin(who: &str, json: &[u8], cache_path: &Path, netns_path: &Path) -> Result
         netns::prepare_dir(dir)?;
     }
     write_cache(cache_path, json)?;
-    if let Err(e) = netns::create(netns_path) {
+    if let Err(e) = make(netns_path) {
         let _ = remove_cache(cache_path);
         return Err(e);
     }

@@ -74,8 +74,15 @@ pub(crate) fn create(path: &Path) -> Result<()> {
 /// runtime made for a container without a pinned namespace), from a
 /// short-lived thread; the calling thread never changes namespace.
 pub fn loopback_up(pid: u32) -> Result<()> {
-    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))
-        .map_err(|e| Error::io(format!("open the network namespace of process {pid}"), e))?;
+    let path = format!("/proc/{pid}/ns/net");
+    let ns =
+        std::fs::File::open(&path).map_err(|e| Error::io(format!("open the network namespace of process {pid}"), e))?;
+    let ino = |p: &str| fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
+    if ino(&path).is_none() || ino(&path) == ino("/proc/self/ns/net") {
+        return Err(Error::FailedPrecondition(format!(
+            "process {pid} is not in a network namespace of its own: the runtime made none"
+        )));
+    }
     std::thread::Builder::new()
         .name("berth-netns".into())
         .spawn(move || -> Result<()> {
@@ -87,6 +94,24 @@ pub fn loopback_up(pid: u32) -> Result<()> {
         .and_then(|thread| {
             thread.join().unwrap_or_else(|_| Err(Error::io("namespace thread", io::Error::other("panicked"))))
         })
+}
+
+/// Pins the network namespace of process `pid` with a bind mount at `path`
+/// (which must not exist). On failure nothing is left.
+pub(crate) fn bind(path: &Path, pid: u32) -> Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(path)
+        .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+    let source = format!("/proc/{pid}/ns/net");
+    let bound = mount(Some(source.as_str()), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| Error::io(format!("bind {source} onto {}", path.display()), e.into()));
+    if bound.is_err() {
+        let _ = remove(path);
+    }
+    bound
 }
 
 /// Makes sure `path` holds a network namespace, creating an empty one if
