@@ -44,30 +44,54 @@ pub(crate) fn prepare_dir(dir: &Path) -> Result<()> {
 /// Creates a new network namespace with `lo` up, held by a bind mount at
 /// `path` (which must not exist). On failure nothing is left.
 pub(crate) fn create(path: &Path) -> Result<()> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o444)
-        .open(path)
-        .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
-    let target = path.to_path_buf();
-    let made = std::thread::Builder::new()
-        .name("berth-netns".into())
-        .spawn(move || -> Result<()> {
+    pinned_at(path, |target| {
+        let target = target.to_path_buf();
+        in_thread(move || {
             // This thread alone moves; it exits right after.
             unshare(CloneFlags::CLONE_NEWNET).map_err(|e| Error::io("unshare a network namespace", e.into()))?;
             mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
                 .map_err(|e| Error::io(format!("bind the network namespace onto {}", target.display()), e.into()))?;
             set_link_up("lo", true)
         })
+    })
+}
+
+/// Pins the network namespace of process `pid` with a bind mount at `path`
+/// (which must not exist). On failure nothing is left.
+pub(crate) fn bind(path: &Path, pid: u32) -> Result<()> {
+    pinned_at(path, |target| {
+        let source = format!("/proc/{pid}/ns/net");
+        mount(Some(source.as_str()), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .map_err(|e| Error::io(format!("bind {source} onto {}", target.display()), e.into()))
+    })
+}
+
+/// Creates the empty file a namespace is bind-mounted on and has `pin`
+/// mount one there; removes the file if that fails.
+fn pinned_at(path: &Path, pin: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o444)
+        .open(path)
+        .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
+    let pinned = pin(path);
+    if pinned.is_err() {
+        let _ = remove(path);
+    }
+    pinned
+}
+
+/// Runs `f` on a short-lived thread of its own (which may change its
+/// network namespace; the caller's thread never does).
+fn in_thread(f: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+    std::thread::Builder::new()
+        .name("berth-netns".into())
+        .spawn(f)
         .map_err(|e| Error::io("start a namespace thread", e))
         .and_then(|thread| {
             thread.join().unwrap_or_else(|_| Err(Error::io("namespace thread", io::Error::other("panicked"))))
-        });
-    if made.is_err() {
-        let _ = remove(path);
-    }
-    made
+        })
 }
 
 /// Brings `lo` up in the network namespace of process `pid` (one the
@@ -83,35 +107,11 @@ pub fn loopback_up(pid: u32) -> Result<()> {
             "process {pid} is not in a network namespace of its own: the runtime made none"
         )));
     }
-    std::thread::Builder::new()
-        .name("berth-netns".into())
-        .spawn(move || -> Result<()> {
-            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
-                .map_err(|e| Error::io("enter a network namespace", e.into()))?;
-            set_link_up("lo", true)
-        })
-        .map_err(|e| Error::io("start a namespace thread", e))
-        .and_then(|thread| {
-            thread.join().unwrap_or_else(|_| Err(Error::io("namespace thread", io::Error::other("panicked"))))
-        })
-}
-
-/// Pins the network namespace of process `pid` with a bind mount at `path`
-/// (which must not exist). On failure nothing is left.
-pub(crate) fn bind(path: &Path, pid: u32) -> Result<()> {
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o444)
-        .open(path)
-        .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
-    let source = format!("/proc/{pid}/ns/net");
-    let bound = mount(Some(source.as_str()), path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .map_err(|e| Error::io(format!("bind {source} onto {}", path.display()), e.into()));
-    if bound.is_err() {
-        let _ = remove(path);
-    }
-    bound
+    in_thread(move || {
+        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| Error::io("enter a network namespace", e.into()))?;
+        set_link_up("lo", true)
+    })
 }
 
 /// Makes sure `path` holds a network namespace, creating an empty one if
