@@ -414,3 +414,37 @@ berth_testing::on_both_shims!(
     top_lists_every_process,
     stop_is_graceful_then_forceful
 );
+
+/// A bundle that joins another container's pid namespace has an init that
+/// is not that namespace's pid 1: killing init alone would leave its
+/// children running, so SIGKILL --all must still reach every process.
+#[test]
+fn kill_all_reaches_a_container_that_joined_another_pid_namespace() {
+    let d = Daemon::start();
+    d.run_detached("host", &["sleep", "1000"]);
+    let pid = inspect(&d, "host")["pid"].as_u64().expect("pid");
+    let bundle = d.dir().join("guest-bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": d.rootfs},
+        "process": {"cwd": "/", "user": {"uid": 0, "gid": 0}, "env": ["PATH=/bin"], "args": ["sh", "-c", "sleep 1000 & sleep 1000 & wait"]},
+        "linux": {"namespaces": [{"type": "pid", "path": format!("/proc/{pid}/ns/pid")}, {"type": "mount"}]}
+    });
+    std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
+    d.berth(&["run", "-d", "--name", "guest", bundle.to_str().unwrap()]).ok();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while d.cgroup_procs("default", "guest").len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "children never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.berth(&["kill", "-s", "KILL", "--all", "guest"]).ok();
+    assert_eq!(d.berth(&["wait", "guest"]).code, 137);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !d.cgroup_procs("default", "guest").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "processes left: {:?}", d.cgroup_procs("default", "guest"));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    d.berth(&["rm", "guest"]).ok();
+    d.berth(&["rm", "-f", "host"]).ok();
+}
