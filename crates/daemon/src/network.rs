@@ -284,6 +284,9 @@ impl Manager {
             return Ok(path);
         }
         let key = attach_key(ns, other);
+        // An unpinned container has no attachment: one found is what a pin
+        // cut short by a crash left.
+        self.net.networks.detach(&key).await?;
         let path = self.net.networks.pin(&key, rec.pid).await?;
         // Its init is the shim's child until recorded dead: the pid was
         // still this container's if the record still names it live.
@@ -302,16 +305,24 @@ impl Manager {
     fn point_at_pin(&self, ns: &Namespace, id: &ContainerId, bundle: &Path, path: &str) -> Result<()> {
         let config = bundle.join("config.json");
         let what = |verb: &str| format!("{verb} {}", config.display());
-        let mut spec = Spec::load(&config).map_err(|e| Error::io(what("read"), std::io::Error::other(e)))?;
-        set_netns(&mut spec, Some(path))?;
-        spec.save(&config).map_err(|e| Error::io(what("write"), std::io::Error::other(e)))?;
-        self.update(ns, id, |r| {
+        let point = |netns: &str| -> Result<()> {
+            let mut spec = Spec::load(&config).map_err(|e| Error::io(what("read"), std::io::Error::other(e)))?;
+            set_netns(&mut spec, Some(netns))?;
+            spec.save(&config).map_err(|e| Error::io(what("write"), std::io::Error::other(e)))
+        };
+        point(path)?;
+        let recorded = self.update(ns, id, |r| {
             if let Some(a) = r.network.as_mut() {
                 a.netns = path.to_string();
             }
             Ok(())
-        })
-        .map(drop)
+        });
+        if let Err(e) = recorded {
+            // Back to a namespace of the runtime's, as the record says.
+            let _ = point("");
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// The create step: attach (CNI ADD into berth's namespace), write the
