@@ -153,16 +153,21 @@ fn kill_of_finished_process_is_not_found() {
     d.berth(&["rm", "done"]).ok();
 }
 
+/// Waits until the container's shell has started its two children.
+fn await_children(d: &Daemon, id: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while d.cgroup_procs("default", id).len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "children never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn kill_all_and_force_remove(shim: &[&str]) {
     let d = Daemon::start_with(shim);
     d.run_detached("multi", &["sh", "-c", "sleep 1000 & sleep 1000 & wait"]);
     // rm of a running container needs -f.
     d.berth(&["rm", "multi"]).fails_with("failed precondition");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while d.cgroup_procs("default", "multi").len() < 3 {
-        assert!(std::time::Instant::now() < deadline, "children never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_children(&d, "multi");
     d.berth(&["kill", "-s", "KILL", "--all", "multi"]).ok();
     assert_eq!(d.berth(&["wait", "multi"]).code, 137);
     assert!(d.cgroup_procs("default", "multi").is_empty());
@@ -433,11 +438,7 @@ fn kill_all_reaches_a_container_that_joined_another_pid_namespace() {
     });
     std::fs::write(bundle.join("config.json"), spec.to_string()).unwrap();
     d.berth(&["run", "-d", "--name", "guest", bundle.to_str().unwrap()]).ok();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while d.cgroup_procs("default", "guest").len() < 3 {
-        assert!(std::time::Instant::now() < deadline, "children never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    await_children(&d, "guest");
     d.berth(&["kill", "-s", "KILL", "--all", "guest"]).ok();
     assert_eq!(d.berth(&["wait", "guest"]).code, 137);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
