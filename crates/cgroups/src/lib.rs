@@ -22,8 +22,10 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, Clone)]
 pub struct Hierarchies {
     mounts: Vec<PathBuf>,
-    /// The v1 hierarchy of the memory controller, if it has one.
-    memory: Option<PathBuf>,
+    /// The v1 mounts with the controllers each carries (its options).
+    v1: Vec<(PathBuf, Vec<String>)>,
+    /// The v2 mount, if there is one.
+    unified: Option<PathBuf>,
 }
 
 impl Hierarchies {
@@ -34,8 +36,7 @@ impl Hierarchies {
     }
 
     fn parse(mountinfo: &str) -> Hierarchies {
-        let mut mounts = Vec::new();
-        let mut memory = None;
+        let (mut mounts, mut v1, mut unified) = (Vec::new(), Vec::new(), None);
         for line in mountinfo.lines() {
             // mountinfo: ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [TAGS] - FSTYPE SOURCE SUPER
             let Some((left, right)) = line.split_once(" - ") else { continue };
@@ -46,26 +47,33 @@ impl Hierarchies {
             }
             if let Some(mp) = left.split_whitespace().nth(4) {
                 let mp = PathBuf::from(unescape(mp));
-                let options = fields.nth(1).unwrap_or("");
-                if fstype == "cgroup" && options.split(',').any(|o| o == "memory") {
-                    memory = Some(mp.clone());
+                if fstype == "cgroup" {
+                    let options = fields.nth(1).unwrap_or("");
+                    v1.push((mp.clone(), options.split(',').map(str::to_string).collect()));
+                } else {
+                    unified = Some(mp.clone());
                 }
                 mounts.push(mp);
             }
         }
         mounts.sort();
         mounts.dedup();
-        Hierarchies { mounts, memory }
+        Hierarchies { mounts, v1, unified }
+    }
+
+    /// `cgroup`'s directory in the v1 hierarchy of `controller`, if the
+    /// host mounts one (not looked up: callers read or open files there).
+    pub fn v1_dir(&self, controller: &str, cgroup: &str) -> Option<PathBuf> {
+        let (mount, _) = self.v1.iter().find(|(_, controllers)| controllers.iter().any(|c| c == controller))?;
+        Some(mount.join(cgroup.trim_start_matches('/')))
     }
 
     /// Where `cgroup`'s memory controller files may be, most likely first:
     /// the v1 memory hierarchy, then the v2 mount. Nothing is looked up
     /// (a watcher per container at startup must not stat every hierarchy).
     pub fn memory_dirs(&self, cgroup: &str) -> Vec<PathBuf> {
-        let rel = cgroup.trim_start_matches('/');
-        let v1 = self.memory.iter();
-        let rest = self.mounts.iter().filter(|m| Some(*m) != self.memory.as_ref());
-        v1.chain(rest).map(|m| m.join(rel)).collect()
+        let v2 = self.unified.as_ref().map(|m| m.join(cgroup.trim_start_matches('/')));
+        self.v1_dir("memory", cgroup).into_iter().chain(v2).collect()
     }
 
     /// The directories of `cgroup` (an absolute cgroup path like
@@ -249,8 +257,10 @@ mod tests {
     #[test]
     fn the_memory_hierarchy_comes_first() {
         let h = Hierarchies::parse(HYBRID);
-        assert_eq!(h.memory_dirs("/a")[0], PathBuf::from("/sys/fs/cgroup/memory/a"));
-        assert_eq!(h.memory_dirs("/a").len(), 3);
+        let memory = vec![PathBuf::from("/sys/fs/cgroup/memory/a"), PathBuf::from("/sys/fs/cgroup/unified/a")];
+        assert_eq!(h.memory_dirs("/a"), memory);
+        assert_eq!(h.v1_dir("cpu", "/a"), Some(PathBuf::from("/sys/fs/cgroup/cpu/a")));
+        assert_eq!(h.v1_dir("pids", "/a"), None);
         let v2 = Hierarchies::parse("25 1 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw");
         assert_eq!(v2.memory_dirs("/a"), vec![PathBuf::from("/sys/fs/cgroup/a")]);
     }
@@ -266,7 +276,7 @@ mod tests {
         // A fake hierarchy: rmdir of a non-empty directory fails as a
         // cgroup with a child would.
         let tmp = std::env::temp_dir().join(format!("berth-cgroups-test-{}", std::process::id()));
-        let h = Hierarchies { mounts: vec![tmp.join("cpu"), tmp.join("memory")], memory: None };
+        let h = Hierarchies { mounts: vec![tmp.join("cpu"), tmp.join("memory")], v1: Vec::new(), unified: None };
         fs::create_dir_all(tmp.join("cpu/berth/ns/id")).unwrap();
         fs::create_dir_all(tmp.join("memory/berth/ns")).unwrap();
         h.remove_if_empty("/berth/ns").unwrap();

@@ -66,26 +66,25 @@ fn memory_data(dir: &Path, prefix: &str) -> std::io::Result<MemoryData> {
     })
 }
 
-/// The v1 directory of `cgroup` that has `file` (never the v2 one).
-fn controller(dirs: &[PathBuf], file: &str) -> Option<PathBuf> {
-    dirs.iter().find(|d| !d.join("cgroup.controllers").exists() && d.join(file).exists()).cloned()
+/// `cgroup`'s directory in the v1 hierarchy of `controller`, if it has one.
+fn controller(h: &Hierarchies, name: &str, cgroup: &str) -> Option<PathBuf> {
+    h.v1_dir(name, cgroup).filter(|d| d.is_dir())
 }
 
 /// The statistics of `cgroup` on a v1 (or hybrid) host; `None` where no
 /// v1 memory or cpuacct controller holds it (a pure v2 host).
 pub(crate) fn read_v1(h: &Hierarchies, cgroup: &str) -> Option<std::io::Result<Stats>> {
-    let dirs = h.existing(cgroup);
-    let memory = controller(&dirs, "memory.usage_in_bytes");
-    let cpuacct = controller(&dirs, "cpuacct.usage");
+    let memory = controller(h, "memory", cgroup);
+    let cpuacct = controller(h, "cpuacct", cgroup);
     if memory.is_none() && cpuacct.is_none() {
         return None;
     }
-    Some(collect(&dirs, memory, cpuacct))
+    Some(collect(h, cgroup, memory, cpuacct))
 }
 
-fn collect(dirs: &[PathBuf], memory: Option<PathBuf>, cpuacct: Option<PathBuf>) -> std::io::Result<Stats> {
+fn collect(h: &Hierarchies, cgroup: &str, memory: Option<PathBuf>, cpuacct: Option<PathBuf>) -> std::io::Result<Stats> {
     let mut s = Stats::default();
-    if let Some(dir) = controller(dirs, "cpu.shares") {
+    if let Some(dir) = controller(h, "cpu", cgroup) {
         let t = flat(&dir.join("cpu.stat"))?;
         let get = |k: &str| t.get(k).copied().unwrap_or(0);
         s.cpu.throttling = CpuThrottling {
@@ -113,20 +112,22 @@ fn collect(dirs: &[PathBuf], memory: Option<PathBuf>, cpuacct: Option<PathBuf>) 
         s.memory.cache = s.memory.stats.get("cache").copied().unwrap_or(0);
         s.memory.hierarchy = value(&dir.join("memory.use_hierarchy")).is_ok_and(|v| v == 1);
     }
-    if let Some(dir) = controller(dirs, "pids.current") {
+    if let Some(dir) = controller(h, "pids", cgroup) {
         s.pids.current = value(&dir.join("pids.current"))?;
         let limit = value(&dir.join("pids.max"))?;
         s.pids.limit = if limit == u64::MAX { 0 } else { limit };
     }
-    if let Some(dir) = controller(dirs, "blkio.throttle.io_service_bytes") {
+    // Kernels built without blkio throttling have no such file: no figures.
+    let blkio = controller(h, "blkio", cgroup).filter(|d| d.join("blkio.throttle.io_service_bytes").exists());
+    if let Some(dir) = blkio {
         s.blkio = if dir.join("blkio.weight").exists() {
             BlkioStats { service_bytes: devices(&dir.join("blkio.io_service_bytes_recursive"))?, ..Default::default() }
         } else {
             BlkioStats { service_bytes: devices(&dir.join("blkio.throttle.io_service_bytes"))?, ..Default::default() }
         };
     }
-    if let Some(dir) = dirs.iter().find(|d| !d.join("cgroup.controllers").exists() && is_hugetlb(d)) {
-        for size in hugetlb_sizes(dir) {
+    if let Some(dir) = controller(h, "hugetlb", cgroup) {
+        for size in hugetlb_sizes(&dir) {
             let f = |n: &str| dir.join(format!("hugetlb.{size}.{n}"));
             let stats = HugeTlbStats {
                 usage: value(&f("usage_in_bytes"))?,
@@ -137,10 +138,6 @@ fn collect(dirs: &[PathBuf], memory: Option<PathBuf>, cpuacct: Option<PathBuf>) 
         }
     }
     Ok(s)
-}
-
-fn is_hugetlb(dir: &Path) -> bool {
-    !hugetlb_sizes(dir).is_empty()
 }
 
 /// The page sizes of a v1 hugetlb directory (`hugetlb.2MB.usage_in_bytes`).
