@@ -495,13 +495,12 @@ impl Task for Shim {
     }
 }
 
-/// Whether process `pid` is the init (pid 1) of a pid namespace other than
-/// the shim's: killing it empties that namespace. A container that joined
-/// another namespace by path has an init that is not its namespace's pid 1.
+/// Whether process `pid` is the init (pid 1) of its innermost pid
+/// namespace, which then is not the shim's (whose pid 1 was there before
+/// it): killing it empties that namespace. A container that joined another
+/// namespace by path, or shares the host's, has an init that is not pid 1.
 fn own_pid_namespace(pid: u32) -> bool {
-    let ns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/pid")).ok();
-    let other = matches!((ns(&pid.to_string()), ns("self")), (Some(theirs), Some(ours)) if theirs != ours);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let innermost = status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|v| v.split_whitespace().last());
-    other && innermost == Some("1")
+    innermost == Some("1")
 }
