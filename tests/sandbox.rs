@@ -3,7 +3,8 @@
 //! namespace, each with its own lifecycle, exits and execs; a berthd
 //! killed with kill -9 reconnects the one shim for all of them; removal is
 //! refused while containers exist; a dead sandbox shim is replaced; a
-//! berthd killed in the middle of a sandbox create leaves nothing; bad
+//! stopped sandbox keeps its records but no shim, network or running
+//! container; a berthd killed in the middle of a sandbox create leaves nothing; bad
 //! input changes nothing.
 
 use std::path::PathBuf;
@@ -137,6 +138,37 @@ fn a_dead_sandbox_shim_is_replaced_for_the_next_container() {
     d.berth(&["rm", "-f", "a", "b"]).ok();
     d.berth(&["sandbox", "rm", "pod"]).ok();
     assert_clean(&d, &["a", "b"]);
+}
+
+#[test]
+fn a_stopped_sandbox_keeps_its_records_and_takes_no_container() {
+    let d = Daemon::start();
+    d.berth(&["sandbox", "create", "--name", "pod"]).ok();
+    run_in(&d, "pod", "a", &["sleep", "1000"]);
+    // A shell that exits on the stop signal, and one that ignores it.
+    run_in(&d, "pod", "b", &["sh", "-c", "trap 'exit 9' TERM; while :; do sleep 0.1; done"]);
+    let shim = sandbox(&d, "pod")["shim_pid"].as_u64().unwrap() as u32;
+    assert_eq!(d.berth(&["sandbox", "stop", "-t", "1", "pod"]).ok().trim(), "pod");
+    let pod = sandbox(&d, "pod");
+    assert_eq!(pod["state"], "stopped", "{pod}");
+    assert_eq!(pod["containers"].as_array().map(Vec::len), Some(2), "{pod}");
+    // sleep as pid 1 ignores SIGTERM: killed after the grace period.
+    assert_eq!(d.inspect("a")["exit"]["code"], 137);
+    assert_eq!(d.inspect("b")["exit"]["code"], 9);
+    assert!(!d.shim_pids().contains(&shim), "the sandbox's shim outlived its stop");
+    assert!(d.cgroup_procs("default", "a").is_empty());
+    // Nothing joins a stopped sandbox; stopping again is fine.
+    let rootfs = d.rootfs.to_string_lossy().into_owned();
+    let e =
+        d.berth(&["run", "-d", "--sandbox", "pod", "--name", "c", &rootfs, "true"]).fails_with("failed precondition");
+    assert!(e.contains("cannot add a container to a sandbox that is stopped"), "{e}");
+    assert_eq!(d.berth(&["sandbox", "stop", "pod"]).ok().trim(), "pod");
+    let e = d.berth(&["sandbox", "rm", "pod"]).fails_with("failed precondition");
+    assert!(e.contains("still holds 2 container(s)"), "{e}");
+    d.berth(&["rm", "a", "b"]).ok();
+    d.berth(&["sandbox", "rm", "pod"]).ok();
+    d.berth(&["sandbox", "stop", "pod"]).fails_with("not found");
+    assert_clean(&d, &["a", "b", "c"]);
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! `berth sandbox create|ls|inspect|rm`: sandboxes (pods) whose containers
+//! `berth sandbox create|ls|inspect|stop|rm`: sandboxes (pods) whose containers
 //! share one shim and a network namespace (the Sandboxes service).
 
 use berth_api::v1 as pb;
@@ -37,6 +37,14 @@ pub enum SandboxCommand {
     },
     /// Show a sandbox (as JSON): state, shim, network, containers.
     Inspect { id: String },
+    /// Stop a sandbox: its containers (stop signal, then SIGKILL after
+    /// --time seconds), its shim and network; the records stay.
+    Stop {
+        /// Seconds each container gets to exit before SIGKILL.
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u32,
+        id: String,
+    },
     /// Remove sandboxes; refused while one holds containers.
     #[command(alias = "remove")]
     Rm {
@@ -104,6 +112,11 @@ pub async fn run(c: &mut Client, cmd: SandboxCommand) -> Result<i32, Failure> {
         SandboxCommand::Inspect { id } => {
             let s = c.sandboxes.get(sref(c, id)).await?.into_inner();
             println!("{}", sandbox_json(&s));
+        }
+        SandboxCommand::Stop { time, id } => {
+            let req = pb::SandboxStopRequest { namespace: c.namespace.clone(), id, timeout_s: time };
+            let s = c.sandboxes.stop(req).await?.into_inner();
+            println!("{}", s.id);
         }
         SandboxCommand::Rm { ids } => {
             let namespace = c.namespace.clone();

@@ -12,7 +12,7 @@ use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_model::{ContainerId, Namespace, Runtime, SandboxId, SandboxOp, SandboxState};
+use berth_model::{Code, ContainerId, Namespace, Runtime, SandboxId, SandboxOp, SandboxState};
 use berth_store::{SandboxRecord, ShimInfo};
 
 use crate::error::{Error, Result};
@@ -265,6 +265,60 @@ impl Manager {
         Ok(client)
     }
 
+    /// Stops a sandbox (CRI StopPodSandbox): recorded `stopped` first (no
+    /// container joins from then on), then its containers are stopped
+    /// (`timeout` of grace each, all at once), then its shim and network
+    /// are released. The records stay until they are removed. Stopping a
+    /// stopped sandbox does it all again, so a stop cut short by an error
+    /// or a crash is finished by the next one.
+    pub async fn sandbox_stop(
+        self: &Arc<Self>,
+        ns: &Namespace,
+        id: &SandboxId,
+        timeout: Duration,
+    ) -> Result<SandboxRecord> {
+        let key = (ns.clone(), id.clone());
+        {
+            let _op = self.sandboxes.ops.lock(&key).await;
+            let mut rec = self.sandbox_get(ns, id)?;
+            if self.sandboxes.joining(&key) > 0 {
+                return Err(Error::FailedPrecondition(format!(
+                    "a container is being created in sandbox {id}: stop it once that create has ended"
+                )));
+            }
+            let stopped = rec.state.apply(SandboxOp::Stop)?;
+            if stopped != rec.state {
+                rec.state = stopped;
+                self.store.put_sandbox(&rec)?;
+            }
+        }
+        crash_point("sandbox stopping");
+        let mut stops = tokio::task::JoinSet::new();
+        for cid in self.sandbox_members(ns, id)? {
+            let (mgr, ns) = (self.clone(), ns.clone());
+            stops.spawn(async move {
+                match mgr.stop(&ns, &cid, timeout).await {
+                    Err(e) if !matches!(e.code(), Code::NotFound | Code::FailedPrecondition) => {
+                        Err(Error::FailedPrecondition(format!("stopping container {cid} of the sandbox: {e}")))
+                    }
+                    _ => Ok(()),
+                }
+            });
+        }
+        while let Some(done) = stops.join_next().await {
+            done.map_err(|e| Error::io("a container stop task", std::io::Error::other(e)))??;
+        }
+        let _op = self.sandboxes.ops.lock(&key).await;
+        let rec = self.sandbox_get(ns, id)?;
+        if rec.state != SandboxState::Stopped {
+            return Err(Error::FailedPrecondition(format!("sandbox {id} is {} now: not stopped", rec.state)));
+        }
+        let client = lock(&self.sandboxes.shims).remove(&key);
+        self.stop_sandbox_shim(&rec, client.as_ref()).await?;
+        self.detach_sandbox_network(ns, id).await?;
+        Ok(rec)
+    }
+
     /// Removes an empty sandbox: recorded `removing` first (no container
     /// may join from then on, and a berthd that dies half way finishes at
     /// startup), then its shim, network and files, the record last (a
@@ -291,9 +345,20 @@ impl Manager {
     /// network, its directory; then the record.
     async fn sandbox_release(&self, rec: &SandboxRecord, client: Option<&ShimClient>) -> Result<()> {
         let (ns, id) = (&rec.namespace, &rec.id);
+        self.stop_sandbox_shim(rec, client).await?;
+        self.detach_sandbox_network(ns, id).await?;
+        crate::delete::remove_path(&self.cfg.sandbox_dir(ns, id))?;
+        rec.state.apply(SandboxOp::Release)?;
+        self.store.remove_sandbox(ns, id)?;
+        Ok(())
+    }
+
+    /// Ends a sandbox's shim (told to exit, or killed if it is a leftover)
+    /// and removes its sockets. Tasks the shim still holds (stopped
+    /// containers, a create abandoned half way) go with it.
+    async fn stop_sandbox_shim(&self, rec: &SandboxRecord, client: Option<&ShimClient>) -> Result<()> {
+        let (ns, id) = (&rec.namespace, &rec.id);
         if let Some(client) = client.filter(|c| !c.is_gone()) {
-            // berthd holds no container of it: a task the shim still holds
-            // (a create abandoned half way) goes with the shim.
             match client.shutdown(&shim_id(id)).await {
                 Ok(()) => client.reap(SHIM_EXIT_WAIT).await,
                 Err(e) => tracing::warn!(%ns, %id, "the sandbox's shim refused to exit ({e}); killing it"),
@@ -303,12 +368,7 @@ impl Manager {
         for pid in args.processes() {
             crate::recovery::kill_group(&args, pid).await;
         }
-        crate::delete::remove_socket_family(&rec.shim.socket)?;
-        self.detach_sandbox_network(ns, id).await?;
-        crate::delete::remove_path(&self.cfg.sandbox_dir(ns, id))?;
-        rec.state.apply(SandboxOp::Release)?;
-        self.store.remove_sandbox(ns, id)?;
-        Ok(())
+        crate::delete::remove_socket_family(&rec.shim.socket)
     }
 
     /// At startup, before containers are recovered: reconnects every

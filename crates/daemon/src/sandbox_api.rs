@@ -62,6 +62,14 @@ impl pb::sandboxes_server::Sandboxes for Api {
         Ok(Response::new(pb::SandboxListResponse { sandboxes }))
     }
 
+    async fn stop(&self, req: Request<pb::SandboxStopRequest>) -> Result<Response<pb::Sandbox>, Status> {
+        let r = req.into_inner();
+        let (ns, id) = key(&r.namespace, &r.id)?;
+        let timeout = std::time::Duration::from_secs(r.timeout_s.into());
+        let rec = self.mgr.sandbox_stop(&ns, &id, timeout).await.map_err(status)?;
+        Ok(Response::new(self.sandbox_pb(rec)?))
+    }
+
     async fn remove(&self, req: Request<pb::SandboxRef>) -> Result<Response<pb::Empty>, Status> {
         let r = req.into_inner();
         let (ns, id) = key(&r.namespace, &r.id)?;

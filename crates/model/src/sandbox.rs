@@ -19,6 +19,10 @@ pub enum SandboxState {
     /// The shim is gone (died, or lost with berthd): its containers were
     /// cleaned up; the next container to join starts a new shim.
     NotReady,
+    /// Stopped (CRI StopPodSandbox): its containers were stopped, its shim
+    /// and network released; the record stays until it is removed and no
+    /// container may join.
+    Stopped,
     /// Being removed (recorded before anything is released, so a berthd
     /// that dies half way finishes the removal when it starts); no
     /// container may join.
@@ -38,6 +42,9 @@ pub enum SandboxOp {
     LoseShim,
     /// A new shim serves it again.
     StartShim,
+    /// Stop it: no container joins from then on; its containers are
+    /// stopped, its shim and network released.
+    Stop,
     /// Remove it, holding this many containers (only an empty one goes).
     Remove { containers: usize },
     /// Its shim, network and files are released: the record goes.
@@ -51,6 +58,7 @@ impl fmt::Display for SandboxOp {
             SandboxOp::Join => "add a container to",
             SandboxOp::LoseShim => "lose the shim of",
             SandboxOp::StartShim => "start a shim for",
+            SandboxOp::Stop => "stop",
             SandboxOp::Remove { .. } => "remove",
             SandboxOp::Release => "release",
         })
@@ -68,8 +76,11 @@ impl SandboxState {
             (Ready, O::Join) => Ready,
             (Ready, O::LoseShim) => NotReady,
             (NotReady, O::StartShim) => Ready,
-            (Creating | Ready | NotReady, O::Remove { containers: 0 }) => Removing,
-            (Creating | Ready | NotReady, O::Remove { containers }) => {
+            // Stopping again finishes a stop cut short (idempotent, as CRI
+            // wants).
+            (Ready | NotReady | Stopped, O::Stop) => Stopped,
+            (Creating | Ready | NotReady | Stopped, O::Remove { containers: 0 }) => Removing,
+            (Creating | Ready | NotReady | Stopped, O::Remove { containers }) => {
                 return Err(ModelError::SandboxNotEmpty { containers });
             }
             // A retried removal (no container can have joined meanwhile).
@@ -86,6 +97,7 @@ impl SandboxState {
             SandboxState::Creating => "creating",
             SandboxState::Ready => "ready",
             SandboxState::NotReady => "not-ready",
+            SandboxState::Stopped => "stopped",
             SandboxState::Removing => "removing",
             SandboxState::Removed => "removed",
         }
@@ -111,6 +123,10 @@ mod tests {
             (Ready, O::Join, Ready),
             (Ready, O::LoseShim, NotReady),
             (NotReady, O::StartShim, Ready),
+            (Ready, O::Stop, Stopped),
+            (NotReady, O::Stop, Stopped),
+            (Stopped, O::Stop, Stopped),
+            (Stopped, O::Remove { containers: 0 }, Removing),
             (Creating, O::Remove { containers: 0 }, Removing),
             (Ready, O::Remove { containers: 0 }, Removing),
             (NotReady, O::Remove { containers: 0 }, Removing),
@@ -126,12 +142,13 @@ mod tests {
 
     #[test]
     fn everything_else_is_refused_with_the_reason() {
-        let states = [Creating, Ready, NotReady, Removing, Removed];
+        let states = [Creating, Ready, NotReady, Stopped, Removing, Removed];
         let ops = [
             O::Ready,
             O::Join,
             O::LoseShim,
             O::StartShim,
+            O::Stop,
             O::Remove { containers: 0 },
             O::Remove { containers: 2 },
             O::Release,
@@ -151,13 +168,13 @@ mod tests {
                 }
             }
         }
-        // 35 pairs, 11 allowed.
-        assert_eq!(refused, 35 - 11);
+        // 48 pairs, 15 allowed.
+        assert_eq!(refused, 48 - 15);
     }
 
     #[test]
     fn a_sandbox_joins_only_when_ready() {
-        for from in [Creating, NotReady, Removing, Removed] {
+        for from in [Creating, NotReady, Stopped, Removing, Removed] {
             let e = from.apply(O::Join).unwrap_err();
             assert_eq!(e.to_string(), format!("cannot add a container to a sandbox that is {from}"));
         }
