@@ -50,7 +50,7 @@ fn bad_rootfs_spec_env_runtime() {
     assert_no_trace(&d, "r2");
 
     d.berth(&["create", "--name", "r3", "-e", "NOEQUALS", rootfs, "true"]).fails_with("invalid argument");
-    let huge_label = format!("big={}", "x".repeat(5000));
+    let huge_label = format!("big={}", "x".repeat(70_000));
     d.berth(&["create", "--name", "r3", "-l", &huge_label, rootfs, "true"]).fails_with("invalid argument");
     d.berth(&["create", "--name", "r3", "-w", "relative", rootfs, "true"]).fails_with("invalid argument");
     let e = d.berth(&["create", "--name", "r3", "--runtime", "kata", rootfs, "true"]).fails_with("invalid argument");

@@ -7,16 +7,20 @@ use berth_api::v1::containers_client::ContainersClient;
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-/// A raw API client on berthd's socket, for requests the CLI cannot make
-/// (bytes no command line can carry, such as NUL).
-pub async fn api(socket: &std::path::Path) -> ContainersClient<Channel> {
+/// A gRPC channel to a unix socket.
+pub async fn channel(socket: &std::path::Path) -> Channel {
     let path = socket.to_path_buf();
-    let channel = Endpoint::from_static("http://berthd")
+    Endpoint::from_static("http://berthd")
         .connect_with_connector(tower::service_fn(move |_: Uri| {
             let path = path.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
         }))
         .await
-        .expect("connect to berthd");
-    ContainersClient::new(channel)
+        .expect("connect to berthd")
+}
+
+/// A raw API client on berthd's socket, for requests the CLI cannot make
+/// (bytes no command line can carry, such as NUL).
+pub async fn api(socket: &std::path::Path) -> ContainersClient<Channel> {
+    ContainersClient::new(channel(socket).await)
 }

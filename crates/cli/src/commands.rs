@@ -379,7 +379,7 @@ pub async fn stop(c: &mut Client, ids: Vec<String>, time: u32) -> Result<i32, Fa
         return Err(Failure::new("stop timeout must be at least 1 second"));
     }
     for id in ids {
-        let req = pb::StopRequest { namespace: c.namespace.clone(), id: id.clone(), timeout_seconds: time };
+        let req = pb::StopRequest { namespace: c.namespace.clone(), id: id.clone(), timeout_seconds: Some(time) };
         c.containers.stop(req).await?;
         println!("{id}");
     }

@@ -100,6 +100,7 @@ pub(crate) fn container_pb(r: ContainerRecord) -> pb::Container {
         network: r.network.map(attachment_pb),
         sandbox: r.sandbox.map(String::from).unwrap_or_default(),
         restored_from: r.restored_from,
+        started_at_ns: r.started_at_ns,
     }
 }
 
@@ -273,10 +274,8 @@ impl pb::containers_server::Containers for Api {
     async fn stop(&self, req: Request<pb::StopRequest>) -> Result<Response<pb::ExitStatus>, Status> {
         let r = req.into_inner();
         let (ns, id) = key(&r.namespace, &r.id)?;
-        let timeout = match r.timeout_seconds {
-            0 => crate::stop::DEFAULT_STOP_TIMEOUT,
-            s => std::time::Duration::from_secs(s.into()),
-        };
+        let timeout =
+            r.timeout_seconds.map_or(crate::stop::DEFAULT_STOP_TIMEOUT, |s| std::time::Duration::from_secs(s.into()));
         Ok(Response::new(exit_pb(self.mgr.stop(&ns, &id, timeout).await.map_err(status)?)))
     }
 

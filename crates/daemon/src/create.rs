@@ -24,7 +24,11 @@ use crate::spec::{self, Overrides};
 
 const MAX_LABELS: usize = 64;
 const MAX_LABEL_KEY: usize = 256;
-const MAX_LABEL_VALUE: usize = 4096;
+/// A value may hold a JSON document (CRI keeps a pod's or container's
+/// annotations in one label); all labels together stay far below gRPC's
+/// 4 MiB message limit.
+const MAX_LABEL_VALUE: usize = 64 * 1024;
+const MAX_LABELS_BYTES: usize = 256 * 1024;
 /// How long reading and checking a create's spec may take.
 const SPEC_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -140,6 +144,9 @@ impl Drop for Reservation<'_> {
 pub(crate) fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
     if labels.len() > MAX_LABELS {
         return Err(Error::InvalidArgument(format!("at most {MAX_LABELS} labels are allowed")));
+    }
+    if labels.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() > MAX_LABELS_BYTES {
+        return Err(Error::InvalidArgument(format!("labels may hold at most {MAX_LABELS_BYTES} bytes in all")));
     }
     for (k, v) in labels {
         spec::no_nul("a label", k)?;

@@ -112,6 +112,10 @@ struct Args {
     /// Subnet of the default network `berth`.
     #[arg(long, default_value = "10.87.0.0/16")]
     network_subnet: String,
+    /// The Kubernetes CRI v1 socket (mode 0600) kubelet and crictl talk
+    /// to; an empty value serves no CRI.
+    #[arg(long, default_value = "/run/berth/cri.sock")]
+    cri_socket: PathBuf,
     /// CRIU, for checkpoints (default: what `make criu` installs,
     /// /opt/berth/criu/bin/criu, if present; else `criu` on PATH).
     #[arg(long)]
@@ -192,6 +196,41 @@ fn network(args: &Args, cfg: &Config) -> Result<crate::network::Net, String> {
     Ok(crate::network::Net::new(networks, args.default_network.clone()))
 }
 
+/// Serves CRI (crates/cri) on `--cri-socket` over the same API handlers
+/// as berthd's own socket; `None` when the flag is empty.
+async fn serve_cri(
+    args: &Args,
+    mgr: &Arc<Manager>,
+) -> Result<Option<(tokio::task::JoinHandle<()>, guard::BoundSocket)>, String> {
+    if args.cri_socket.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    if let Some(dir) = args.cri_socket.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    }
+    let (listener, bound) = guard::bind_socket(&args.cri_socket).await.map_err(|e| format!("--cri-socket: {e}"))?;
+    let cfg = berth_cri::Config {
+        runtime_version: env!("CARGO_PKG_VERSION").to_string(),
+        image_dirs: vec![mgr.cfg.root.join("content"), mgr.cfg.root.join("snapshots")],
+        cni_conf_dir: args.cni_conf_dir.clone(),
+        cni_bin_dirs: std::env::split_paths(&args.cni_bin_dir).collect(),
+        network: args.default_network.clone(),
+    };
+    let cri = Arc::new(berth_cri::Cri::new(api::Api { mgr: mgr.clone() }, cfg));
+    let (runtime, images) = berth_cri::servers(cri);
+    let server = tonic::transport::Server::builder()
+        .add_service(runtime)
+        .add_service(images)
+        .serve_with_incoming(UnixListenerStream::new(listener));
+    let task = tokio::spawn(async move {
+        if let Err(e) = server.await {
+            tracing::error!("CRI server: {e}");
+        }
+    });
+    tracing::info!(socket = %args.cri_socket.display(), "serving CRI");
+    Ok(Some((task, bound)))
+}
+
 async fn run(args: Args) -> Result<(), String> {
     let cfg = Config {
         root: args.root.clone(),
@@ -234,6 +273,7 @@ async fn run(args: Args) -> Result<(), String> {
     }
     let (listener, bound) = guard::bind_socket(&socket).await.map_err(|e| e.to_string())?;
     tracing::info!(socket = %socket.display(), "berthd serving");
+    let cri = serve_cri(&args, &mgr).await?;
 
     let api = api::Api { mgr: mgr.clone() };
     let events = api::Api { mgr: mgr.clone() };
@@ -276,6 +316,10 @@ async fn run(args: Args) -> Result<(), String> {
     // would otherwise hold the daemon forever.
     let result = tokio::time::timeout(SHUTDOWN_GRACE, server).await;
     bound.remove();
+    if let Some((task, bound)) = cri {
+        task.abort();
+        bound.remove();
+    }
     let _ = std::fs::remove_file(&shim_events);
     if let Err(e) = mgr.net.networks.release() {
         tracing::warn!("releasing the network namespace directory: {e}");

@@ -8,7 +8,6 @@
 //! `not-ready`, and the next container to join starts a new one.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -77,11 +76,7 @@ impl Drop for Joining<'_> {
 
 /// A sandbox id nobody chose: 12 hex digits from the kernel's random pool.
 fn random_id() -> Result<SandboxId> {
-    let mut bytes = [0u8; 6];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|e| Error::io("read /dev/urandom", e))?;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = berth_model::random_hex(6).map_err(|e| Error::io("read /dev/urandom", e))?;
     Ok(SandboxId::new(hex)?)
 }
 

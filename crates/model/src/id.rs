@@ -26,6 +26,15 @@ fn validate(what: &'static str, value: &str) -> Result<(), ModelError> {
     Ok(())
 }
 
+/// An id nobody chose: `bytes` bytes of the kernel's random pool as
+/// lowercase hex (a valid id of any kind).
+pub fn random_hex(bytes: usize) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 macro_rules! id_type {
     ($name:ident, $what:literal) => {
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

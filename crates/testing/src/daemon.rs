@@ -139,6 +139,9 @@ impl Daemon {
         if !given("--default-network") {
             args.extend(["--default-network".to_string(), "none".to_string()]);
         }
+        if !given("--cri-socket") {
+            args.extend(["--cri-socket".to_string(), self.cri_socket().to_string_lossy().into_owned()]);
+        }
         if !given("--cni-conf-dir") {
             args.extend([
                 "--cni-conf-dir".to_string(),
@@ -146,6 +149,11 @@ impl Daemon {
             ]);
         }
         args
+    }
+
+    /// The CRI socket of this daemon (unless a test names another).
+    pub fn cri_socket(&self) -> PathBuf {
+        self.dir.path().join("cri.sock")
     }
 
     /// Waits until berthd's socket accepts connections.

@@ -1,0 +1,445 @@
+//! Kubernetes CRI v1 end to end (issue 15; SPEC B28), driven as kubelet
+//! drives it, with the `k8s-cri` client on berthd's CRI socket: an image
+//! pulled from a loopback registry, a pod with two containers, status
+//! reasons, filters, ExecSync with its timeout, stop and remove (both
+//! idempotent), a berthd killed with kill -9 while a pod runs, and bad
+//! requests that change nothing.
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use berth_e2e::registry::{LAYER_TAR, Registry, Unmounter, push_image, sha256, tar_of};
+use berth_testing::Daemon;
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use oci_client::secrets::RegistryAuth;
+use tonic::transport::Channel;
+
+struct Clients {
+    rt: RuntimeServiceClient<Channel>,
+    img: ImageServiceClient<Channel>,
+}
+
+async fn clients(d: &Daemon) -> Clients {
+    let ch = berth_e2e::channel(&d.cri_socket()).await;
+    Clients { rt: RuntimeServiceClient::new(ch.clone()), img: ImageServiceClient::new(ch) }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+/// A one-layer busybox image whose default command sleeps.
+fn push_busybox(reference: &str, d: &Daemon) {
+    let layer = tar_of(&[], Some(&d.rootfs));
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": { "Env": ["PATH=/bin"], "Cmd": ["sleep", "1000"], "User": "0" },
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]},
+    }))
+    .expect("config");
+    push_image(reference, &RegistryAuth::Anonymous, &[(LAYER_TAR, &layer)], &config);
+}
+
+fn labels(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn pod_config(name: &str, log_dir: &std::path::Path) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: format!("{name}-host"),
+        log_directory: log_dir.to_string_lossy().into_owned(),
+        labels: labels(&[("app", name), ("tier", "test")]),
+        annotations: labels(&[("note", "{\"kept\": true}")]),
+        ..Default::default()
+    }
+}
+
+/// A pod config as kubelet sends it: namespace modes spelled out.
+fn kubelet_pod_config(name: &str, log_dir: &std::path::Path) -> cri::PodSandboxConfig {
+    use cri::NamespaceMode as M;
+    let options = cri::NamespaceOption {
+        network: M::Pod as i32,
+        pid: M::Container as i32,
+        ipc: M::Pod as i32,
+        ..Default::default()
+    };
+    let security_context = cri::LinuxSandboxSecurityContext { namespace_options: Some(options), ..Default::default() };
+    cri::PodSandboxConfig {
+        linux: Some(cri::LinuxPodSandboxConfig { security_context: Some(security_context), ..Default::default() }),
+        ..pod_config(name, log_dir)
+    }
+}
+
+fn container_config(name: &str, image: &str, command: &[&str]) -> cri::ContainerConfig {
+    cri::ContainerConfig {
+        metadata: Some(cri::ContainerMetadata { name: name.into(), attempt: 0 }),
+        image: Some(cri::ImageSpec { image: image.into(), ..Default::default() }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        envs: vec![cri::KeyValue { key: "WHO".into(), value: name.into() }],
+        labels: labels(&[("ctr", name)]),
+        log_path: format!("{name}/0.log"),
+        ..Default::default()
+    }
+}
+
+async fn run_pod(c: &mut Clients, config: &cri::PodSandboxConfig) -> String {
+    let req = cri::RunPodSandboxRequest { config: Some(config.clone()), runtime_handler: String::new() };
+    c.rt.run_pod_sandbox(req).await.expect("RunPodSandbox").into_inner().pod_sandbox_id
+}
+
+async fn create(c: &mut Clients, pod: &str, pod_cfg: &cri::PodSandboxConfig, cfg: cri::ContainerConfig) -> String {
+    let req = cri::CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(cfg),
+        sandbox_config: Some(pod_cfg.clone()),
+    };
+    c.rt.create_container(req).await.expect("CreateContainer").into_inner().container_id
+}
+
+async fn status(c: &mut Clients, id: &str) -> cri::ContainerStatus {
+    let req = cri::ContainerStatusRequest { container_id: id.into(), verbose: false };
+    c.rt.container_status(req).await.expect("ContainerStatus").into_inner().status.expect("status")
+}
+
+async fn await_exited(c: &mut Clients, id: &str) -> cri::ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(c, id).await;
+        if s.state == cri::ContainerState::ContainerExited as i32 {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{id} did not exit: {s:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn exec_sync(
+    c: &mut Clients,
+    id: &str,
+    cmd: &[&str],
+    timeout: i64,
+) -> Result<cri::ExecSyncResponse, tonic::Status> {
+    let req =
+        cri::ExecSyncRequest { container_id: id.into(), cmd: cmd.iter().map(|s| s.to_string()).collect(), timeout };
+    c.rt.exec_sync(req).await.map(|r| r.into_inner())
+}
+
+async fn list_containers(c: &mut Clients, filter: cri::ContainerFilter) -> Vec<String> {
+    let req = cri::ListContainersRequest { filter: Some(filter) };
+    let mut ids: Vec<String> =
+        c.rt.list_containers(req)
+            .await
+            .expect("ListContainers")
+            .into_inner()
+            .containers
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+    ids.sort();
+    ids
+}
+
+async fn pod_state(c: &mut Clients, id: &str) -> i32 {
+    let req = cri::PodSandboxStatusRequest { pod_sandbox_id: id.into(), verbose: true };
+    c.rt.pod_sandbox_status(req).await.expect("PodSandboxStatus").into_inner().status.expect("status").state
+}
+
+/// The daemon, a registry holding busybox, and the image as CRI pulled it.
+fn setup() -> (Daemon, Unmounter, Registry, String, String) {
+    let d = Daemon::start();
+    let guard = Unmounter(d.dir().to_path_buf());
+    let reg = Registry::start();
+    let reference = format!("{}/busybox:1", reg.addr);
+    push_busybox(&reference, &d);
+    let image_ref = runtime().block_on(async {
+        let mut c = clients(&d).await;
+        // A loopback registry is plain HTTP without being told.
+        let req = cri::PullImageRequest {
+            image: Some(cri::ImageSpec { image: reference.clone(), ..Default::default() }),
+            auth: None,
+            sandbox_config: None,
+        };
+        c.img.pull_image(req).await.expect("PullImage").into_inner().image_ref
+    });
+    assert!(image_ref.starts_with("sha256:"), "{image_ref}");
+    (d, guard, reg, reference, image_ref)
+}
+
+#[track_caller]
+fn assert_clean(d: &Daemon, ids: &[String]) {
+    assert!(d.shim_pids().is_empty(), "shims left: {:?}", d.shim_pids());
+    for id in ids {
+        assert!(d.cgroup_dirs("k8s.io", id).is_empty(), "cgroup of {id} left");
+        assert!(d.container_paths("k8s.io", id).is_empty(), "{:?}", d.container_paths("k8s.io", id));
+    }
+    assert!(d.leftover_mounts().is_empty(), "mounts left: {:?}", d.leftover_mounts());
+}
+
+#[test]
+fn a_pod_with_two_containers_through_its_whole_life() {
+    let (d, _guard, _reg, reference, image_ref) = setup();
+    let mode = std::fs::metadata(d.cri_socket()).expect("CRI socket").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "CRI socket mode");
+    let logs = d.dir().join("pod-logs");
+    let rt = runtime();
+    let (pod, web, job) = rt.block_on(async {
+        let mut c = clients(&d).await;
+        let v = c.rt.version(cri::VersionRequest { version: "v1".into() }).await.unwrap().into_inner();
+        assert_eq!((v.runtime_name.as_str(), v.runtime_api_version.as_str()), ("berth", "v1"));
+        let st = c.rt.status(cri::StatusRequest { verbose: false }).await.unwrap().into_inner();
+        let conds = st.status.unwrap().conditions;
+        assert!(conds.iter().any(|c| c.r#type == "RuntimeReady" && c.status), "{conds:?}");
+        assert!(conds.iter().any(|c| c.r#type == "NetworkReady"), "{conds:?}");
+        let rc = c.rt.runtime_config(cri::RuntimeConfigRequest {}).await.unwrap().into_inner();
+        assert_eq!(rc.linux.unwrap().cgroup_driver, cri::CgroupDriver::Cgroupfs as i32);
+
+        // The image, by name and by the id PullImage returned.
+        for spec in [&reference, &image_ref] {
+            let req = cri::ImageStatusRequest {
+                image: Some(cri::ImageSpec { image: spec.clone(), ..Default::default() }),
+                verbose: false,
+            };
+            let image = c.img.image_status(req).await.unwrap().into_inner().image.expect("image present");
+            assert_eq!(image.id, image_ref);
+            assert_eq!(image.repo_tags, std::slice::from_ref(&reference));
+            assert_eq!(image.uid.map(|u| u.value), Some(0));
+        }
+        let listed = c.img.list_images(cri::ListImagesRequest { filter: None }).await.unwrap().into_inner().images;
+        assert_eq!(listed.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), [image_ref.as_str()]);
+
+        let cfg = kubelet_pod_config("web", &logs);
+        let pod = run_pod(&mut c, &cfg).await;
+        // Not idempotent: the same pod again is refused.
+        let again = cri::RunPodSandboxRequest { config: Some(cfg.clone()), runtime_handler: String::new() };
+        let e = c.rt.run_pod_sandbox(again).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e}");
+        assert_eq!(pod_state(&mut c, &pod).await, cri::PodSandboxState::SandboxReady as i32);
+
+        // One container from the image id with the image's command, one by
+        // name with its own.
+        let web = create(&mut c, &pod, &cfg, container_config("web", &image_ref, &[])).await;
+        let job =
+            create(&mut c, &pod, &cfg, container_config("job", &reference, &["sh", "-c", "echo $WHO; exit 3"])).await;
+        let dup = cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config("web", &image_ref, &[])),
+            sandbox_config: Some(cfg.clone()),
+        };
+        assert_eq!(c.rt.create_container(dup).await.unwrap_err().code(), tonic::Code::AlreadyExists);
+        let s = status(&mut c, &web).await;
+        assert_eq!(s.state, cri::ContainerState::ContainerCreated as i32);
+        assert_eq!(s.log_path, logs.join("web/0.log").to_string_lossy());
+        assert_eq!(s.image_ref, image_ref);
+        for id in [&web, &job] {
+            c.rt.start_container(cri::StartContainerRequest { container_id: id.clone() }).await.expect("start");
+        }
+        let s = status(&mut c, &web).await;
+        assert_eq!(s.state, cri::ContainerState::ContainerRunning as i32);
+        assert!(s.started_at >= s.created_at && s.started_at > 0, "{s:?}");
+        assert_eq!(s.labels, labels(&[("ctr", "web")]));
+        let s = await_exited(&mut c, &job).await;
+        assert_eq!((s.exit_code, s.reason.as_str()), (3, "Error"), "{s:?}");
+        assert!(s.finished_at >= s.started_at, "{s:?}");
+
+        // ExecSync: output, exit code, the pod's hostname; a timeout kills.
+        let out = exec_sync(&mut c, &web, &["sh", "-c", "echo out; echo err >&2; hostname; exit 4"], 10).await.unwrap();
+        assert_eq!(
+            (out.stdout.as_slice(), out.stderr.as_slice(), out.exit_code),
+            (&b"out\nweb-host\n"[..], &b"err\n"[..], 4)
+        );
+        let started = Instant::now();
+        let e = exec_sync(&mut c, &web, &["sleep", "30"], 1).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e}");
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+
+        // Filters.
+        let by_pod = cri::ContainerFilter { pod_sandbox_id: pod.clone(), ..Default::default() };
+        let mut both = vec![web.clone(), job.clone()];
+        both.sort();
+        assert_eq!(list_containers(&mut c, by_pod).await, both);
+        let running = cri::ContainerFilter {
+            state: Some(cri::ContainerStateValue { state: cri::ContainerState::ContainerRunning as i32 }),
+            ..Default::default()
+        };
+        assert_eq!(list_containers(&mut c, running).await, std::slice::from_ref(&web));
+        let by_label = cri::ContainerFilter { label_selector: labels(&[("ctr", "job")]), ..Default::default() };
+        assert_eq!(list_containers(&mut c, by_label).await, std::slice::from_ref(&job));
+        let by_prefix = cri::ContainerFilter { id: web[..6].to_string(), ..Default::default() };
+        assert_eq!(list_containers(&mut c, by_prefix).await, std::slice::from_ref(&web));
+        let pods = |selector: &[(&str, &str)]| cri::ListPodSandboxRequest {
+            filter: Some(cri::PodSandboxFilter { label_selector: labels(selector), ..Default::default() }),
+        };
+        let items = c.rt.list_pod_sandbox(pods(&[("app", "web")])).await.unwrap().into_inner().items;
+        assert_eq!(items.len(), 1);
+        assert_eq!(items[0].annotations, labels(&[("note", "{\"kept\": true}")]));
+        assert_eq!(items[0].metadata.as_ref().unwrap().name, "web");
+        assert!(c.rt.list_pod_sandbox(pods(&[("app", "other")])).await.unwrap().into_inner().items.is_empty());
+
+        // Stop: sleep as pid 1 ignores SIGTERM and is killed after 1 s.
+        let stop = cri::StopContainerRequest { container_id: web.clone(), timeout: 1 };
+        c.rt.stop_container(stop.clone()).await.expect("StopContainer");
+        let s = status(&mut c, &web).await;
+        assert_eq!(
+            (s.state, s.exit_code, s.reason.as_str()),
+            (cri::ContainerState::ContainerExited as i32, 137, "Error")
+        );
+        c.rt.stop_container(stop).await.expect("stopping a stopped container");
+
+        // The pod: stop twice, nothing joins it, remove twice.
+        for _ in 0..2 {
+            c.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() })
+                .await
+                .expect("StopPodSandbox");
+        }
+        assert_eq!(pod_state(&mut c, &pod).await, cri::PodSandboxState::SandboxNotready as i32);
+        let late = cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config("late", &image_ref, &[])),
+            sandbox_config: Some(cfg.clone()),
+        };
+        assert_eq!(c.rt.create_container(late).await.unwrap_err().code(), tonic::Code::FailedPrecondition);
+        (pod, web, job)
+    });
+    assert!(d.shim_pids().is_empty(), "a stopped pod keeps no shim: {:?}", d.shim_pids());
+    rt.block_on(async {
+        let mut c = clients(&d).await;
+        for _ in 0..2 {
+            c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() })
+                .await
+                .expect("remove");
+        }
+        assert!(list_containers(&mut c, Default::default()).await.is_empty());
+        let e = c.rt.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false });
+        assert_eq!(e.await.unwrap_err().code(), tonic::Code::NotFound);
+        let e = c.rt.container_status(cri::ContainerStatusRequest { container_id: web.clone(), verbose: false }).await;
+        assert_eq!(e.unwrap_err().code(), tonic::Code::NotFound);
+        c.rt.remove_container(cri::RemoveContainerRequest { container_id: web.clone() }).await.expect("gone is fine");
+        let e = c.rt.start_container(cri::StartContainerRequest { container_id: job.clone() }).await;
+        assert_eq!(e.unwrap_err().code(), tonic::Code::NotFound);
+
+        let remove =
+            cri::RemoveImageRequest { image: Some(cri::ImageSpec { image: image_ref.clone(), ..Default::default() }) };
+        c.img.remove_image(remove.clone()).await.expect("RemoveImage");
+        c.img.remove_image(remove).await.expect("RemoveImage of a removed image");
+        let req = cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec { image: reference.clone(), ..Default::default() }),
+            verbose: false,
+        };
+        assert!(c.img.image_status(req).await.unwrap().into_inner().image.is_none());
+        let fs = c.img.image_fs_info(cri::ImageFsInfoRequest {}).await.unwrap().into_inner();
+        assert_eq!(fs.image_filesystems.len(), 2, "{fs:?}");
+        assert!(fs.image_filesystems[0].fs_id.as_ref().unwrap().mountpoint.ends_with("/content"), "{fs:?}");
+    });
+    assert_clean(&d, &[web, job]);
+}
+
+#[test]
+fn pods_survive_a_berthd_kill_and_exits_meanwhile_are_reported() {
+    let (d, _guard, _reg, _reference, image_ref) = setup();
+    let logs = d.dir().join("pod-logs");
+    let rt = runtime();
+    let cfg = pod_config("survivor", &logs);
+    let (pod, long, short) = rt.block_on(async {
+        let mut c = clients(&d).await;
+        let pod = run_pod(&mut c, &cfg).await;
+        let long = create(&mut c, &pod, &cfg, container_config("long", &image_ref, &[])).await;
+        let short =
+            create(&mut c, &pod, &cfg, container_config("short", &image_ref, &["sh", "-c", "sleep 1; exit 0"])).await;
+        for id in [&long, &short] {
+            c.rt.start_container(cri::StartContainerRequest { container_id: id.clone() }).await.expect("start");
+        }
+        (pod, long, short)
+    });
+    d.kill9();
+    std::thread::sleep(Duration::from_millis(1500));
+    d.spawn();
+    rt.block_on(async {
+        let mut c = clients(&d).await;
+        let items =
+            c.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner().items;
+        assert_eq!(items.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), [pod.as_str()]);
+        assert_eq!(items[0].state, cri::PodSandboxState::SandboxReady as i32);
+        let mut both = vec![long.clone(), short.clone()];
+        both.sort();
+        assert_eq!(list_containers(&mut c, Default::default()).await, both);
+        assert_eq!(status(&mut c, &long).await.state, cri::ContainerState::ContainerRunning as i32);
+        let s = await_exited(&mut c, &short).await;
+        assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"), "{s:?}");
+        // Still usable: exec into the survivor, then tear down.
+        let out = exec_sync(&mut c, &long, &["echo", "alive"], 5).await.unwrap();
+        assert_eq!(out.stdout, b"alive\n");
+        c.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+        c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+    });
+    assert_clean(&d, &[long, short]);
+}
+
+#[test]
+fn bad_requests_are_typed_and_change_nothing() {
+    let (d, _guard, _reg, _reference, image_ref) = setup();
+    let logs = d.dir().join("pod-logs");
+    runtime().block_on(async {
+        let mut c = clients(&d).await;
+        let code = |r: Result<tonic::Response<cri::RunPodSandboxResponse>, tonic::Status>| r.unwrap_err().code();
+        let no_meta = cri::RunPodSandboxRequest { config: Some(Default::default()), runtime_handler: String::new() };
+        assert_eq!(code(c.rt.run_pod_sandbox(no_meta).await), tonic::Code::InvalidArgument);
+        let handler =
+            cri::RunPodSandboxRequest { config: Some(pod_config("h", &logs)), runtime_handler: "kata".into() };
+        assert_eq!(code(c.rt.run_pod_sandbox(handler).await), tonic::Code::InvalidArgument);
+        let mut sctp = pod_config("s", &logs);
+        sctp.port_mappings = vec![cri::PortMapping {
+            protocol: cri::Protocol::Sctp as i32,
+            container_port: 1,
+            host_port: 1,
+            host_ip: String::new(),
+        }];
+        let sctp = cri::RunPodSandboxRequest { config: Some(sctp), runtime_handler: String::new() };
+        assert_eq!(code(c.rt.run_pod_sandbox(sctp).await), tonic::Code::InvalidArgument);
+        let mut shared_pid = kubelet_pod_config("p", &logs);
+        let ctx = shared_pid.linux.as_mut().and_then(|l| l.security_context.as_mut()).unwrap();
+        ctx.namespace_options.as_mut().unwrap().pid = cri::NamespaceMode::Pod as i32;
+        let shared_pid = cri::RunPodSandboxRequest { config: Some(shared_pid), runtime_handler: String::new() };
+        assert_eq!(code(c.rt.run_pod_sandbox(shared_pid).await), tonic::Code::Unimplemented);
+        assert!(
+            c.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
+                .await
+                .unwrap()
+                .into_inner()
+                .items
+                .is_empty()
+        );
+
+        let cfg = pod_config("ok", &logs);
+        let pod = run_pod(&mut c, &cfg).await;
+        let create = |pod: &str, image: &str| cri::CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(container_config("c", image, &[])),
+            sandbox_config: Some(cfg.clone()),
+        };
+        assert_eq!(c.rt.create_container(create("nope", &image_ref)).await.unwrap_err().code(), tonic::Code::NotFound);
+        assert_eq!(c.rt.create_container(create(&pod, "absent:1")).await.unwrap_err().code(), tonic::Code::NotFound);
+        let mut bad_mount = container_config("m", &image_ref, &[]);
+        bad_mount.mounts =
+            vec![cri::Mount { host_path: "relative".into(), container_path: "/x".into(), ..Default::default() }];
+        let req =
+            cri::CreateContainerRequest { pod_sandbox_id: pod.clone(), config: Some(bad_mount), sandbox_config: None };
+        assert_eq!(c.rt.create_container(req).await.unwrap_err().code(), tonic::Code::InvalidArgument);
+        assert!(list_containers(&mut c, Default::default()).await.is_empty());
+        let e = exec_sync(&mut c, "nope", &["true"], 1).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        let e = c.rt.stop_container(cri::StopContainerRequest { container_id: "nope".into(), timeout: 0 }).await;
+        assert_eq!(e.unwrap_err().code(), tonic::Code::NotFound);
+        c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
+    });
+    assert_clean(&d, &[]);
+}
