@@ -249,6 +249,11 @@ fn a_pod_with_two_containers_through_its_whole_life() {
         assert_eq!(s.labels, labels(&[("ctr", "web")]));
         let s = await_exited(&mut c, &job).await;
         assert_eq!((s.exit_code, s.reason.as_str()), (3, "Error"), "{s:?}");
+        // Its output is in kubelet's log file, in the CRI format.
+        let log = std::fs::read_to_string(logs.join("job/0.log")).expect("job's CRI log");
+        let fields: Vec<&str> = log.trim_end().splitn(4, ' ').collect();
+        assert_eq!(fields[1..], ["stdout", "F", "job"], "{log}");
+        assert!(fields[0].ends_with('Z') && fields[0].contains('T'), "RFC 3339 timestamp: {log}");
         assert!(s.finished_at >= s.started_at, "{s:?}");
 
         // ExecSync: output, exit code, the pod's hostname; a timeout kills.
@@ -441,5 +446,45 @@ fn bad_requests_are_typed_and_change_nothing() {
         assert_eq!(e.unwrap_err().code(), tonic::Code::NotFound);
         c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
     });
+    assert_clean(&d, &[]);
+}
+
+/// The numbers of the `line N` records of a CRI log.
+fn numbered_lines(text: &str) -> Vec<u32> {
+    text.lines().filter_map(|l| l.rsplit_once(" F line").and_then(|(_, n)| n.parse().ok())).collect()
+}
+
+#[test]
+fn logs_are_rotated_by_kubelet_without_losing_a_line() {
+    let (d, _guard, _reg, _reference, image_ref) = setup();
+    let logs = d.dir().join("pod-logs");
+    let log = logs.join("talker/0.log");
+    let rotated = logs.join("talker/0.log.20261202-000000");
+    runtime().block_on(async {
+        let mut c = clients(&d).await;
+        let cfg = pod_config("talk", &logs);
+        let pod = run_pod(&mut c, &cfg).await;
+        let script = "i=0; while [ $i -lt 30 ]; do echo line$i; i=$((i+1)); sleep 0.05; done";
+        let id = create(&mut c, &pod, &cfg, container_config("talker", &image_ref, &["sh", "-c", script])).await;
+        c.rt.start_container(cri::StartContainerRequest { container_id: id.clone() }).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while numbered_lines(&std::fs::read_to_string(&log).unwrap_or_default()).len() < 5 {
+            assert!(Instant::now() < deadline, "no output in {}", log.display());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // kubelet's rotation: rename, then ReopenContainerLog.
+        std::fs::rename(&log, &rotated).unwrap();
+        c.rt.reopen_container_log(cri::ReopenContainerLogRequest { container_id: id.clone() }).await.expect("reopen");
+        let s = await_exited(&mut c, &id).await;
+        assert_eq!(s.reason, "Completed");
+        let e = c.rt.reopen_container_log(cri::ReopenContainerLogRequest { container_id: id.clone() }).await;
+        assert_eq!(e.unwrap_err().code(), tonic::Code::FailedPrecondition, "only a running container's log");
+        c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
+    });
+    let (old, new) = (std::fs::read_to_string(&rotated).unwrap(), std::fs::read_to_string(&log).unwrap());
+    let (old, new) = (numbered_lines(&old), numbered_lines(&new));
+    assert!(!old.is_empty() && !new.is_empty(), "old {old:?} new {new:?}");
+    let all: Vec<u32> = old.iter().chain(&new).copied().collect();
+    assert_eq!(all, (0..30).collect::<Vec<_>>(), "every line once, in order, across the rotation");
     assert_clean(&d, &[]);
 }

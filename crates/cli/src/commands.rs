@@ -102,6 +102,13 @@ async fn do_create(c: &mut Client, a: CreateArgs, start: bool, auto_remove: bool
         dns: a.dns,
         add_hosts: a.add_hosts,
         sandbox: a.sandbox.unwrap_or_default(),
+        log_path: match a.log_path {
+            Some(p) => std::path::absolute(&p)
+                .map_err(|e| Failure::new(format!("bad log path {}: {e}", p.display())))?
+                .to_string_lossy()
+                .into_owned(),
+            None => String::new(),
+        },
     };
     Ok(c.containers.create(req).await?.into_inner())
 }

@@ -126,6 +126,10 @@ pub struct CreateArgs {
     /// and network namespace are the sandbox's.
     #[arg(long)]
     pub sandbox: Option<String>,
+    /// Write stdout and stderr to this one file in the Kubernetes CRI log
+    /// format instead of berth's logs (`berth logs` still reads it).
+    #[arg(long)]
+    pub log_path: Option<PathBuf>,
     /// A root filesystem directory, an OCI bundle (a directory with
     /// config.json), or else an image reference (registry/repo:tag).
     pub rootfs: PathBuf,

@@ -77,6 +77,8 @@ pub fn container_json(c: &pb::Container) -> Value {
         "network": c.network.as_ref().map(attachment_json),
         "sandbox": c.sandbox,
         "restored_from": c.restored_from,
+        "started_at_ns": c.started_at_ns,
+        "log_path": c.log_path,
     })
 }
 

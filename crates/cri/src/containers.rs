@@ -125,7 +125,7 @@ fn create_request(
         }
         None => None,
     };
-    let log_path = match (pod.log_directory.as_str(), config.log_path.as_str()) {
+    let log_path: String = match (pod.log_directory.as_str(), config.log_path.as_str()) {
         (_, "") => String::new(),
         ("", file) => file.to_string(),
         (dir, file) => std::path::Path::new(dir).join(file).to_string_lossy().into_owned(),
@@ -135,7 +135,7 @@ fn create_request(
         labels: config.labels.clone(),
         annotations: config.annotations.clone(),
         image: config.image.clone().unwrap_or_default(),
-        log_path,
+        log_path: log_path.clone(),
         mounts: config.mounts.clone(),
     };
     Ok(pb::CreateRequest {
@@ -166,6 +166,7 @@ fn create_request(
         user: user(&sc),
         dns: pod.dns.as_ref().map(|d| d.servers.clone()).unwrap_or_default(),
         sandbox,
+        log_path,
         ..Default::default()
     })
 }
@@ -326,6 +327,26 @@ impl<B: Backend> Cri<B> {
             user: None,
         };
         Ok(cri::ContainerStatusResponse { status: Some(status), info })
+    }
+
+    /// Kubelet has renamed the log file to rotate it: a new one is made at
+    /// the path, and the container's shim moves to it at its next line.
+    pub(crate) async fn reopen_container_log(&self, id: &str) -> Result<(), Status> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let c = self.ctr(id).await?;
+        if c.state() != cri::ContainerState::ContainerRunning {
+            return Err(Status::failed_precondition(format!("container {} is not running", c.c.id)));
+        }
+        if c.meta.log_path.is_empty() {
+            return Err(Status::failed_precondition(format!("container {} has no log path", c.c.id)));
+        }
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .open(&c.meta.log_path)
+            .map(drop)
+            .map_err(|e| Status::internal(format!("reopen {}: {e}", c.meta.log_path)))
     }
 
     pub(crate) async fn update_container_resources(

@@ -115,9 +115,10 @@ impl<B: Backend> RuntimeService for Cri<B> {
 
     async fn reopen_container_log(
         &self,
-        _: Request<cri::ReopenContainerLogRequest>,
+        r: Request<cri::ReopenContainerLogRequest>,
     ) -> Reply<cri::ReopenContainerLogResponse> {
-        Err(not_yet("ReopenContainerLog (CRI-format logs)"))
+        Cri::reopen_container_log(self, &r.into_inner().container_id).await?;
+        ok(cri::ReopenContainerLogResponse {})
     }
 
     async fn exec_sync(&self, r: Request<cri::ExecSyncRequest>) -> Reply<cri::ExecSyncResponse> {

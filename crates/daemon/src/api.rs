@@ -101,6 +101,7 @@ pub(crate) fn container_pb(r: ContainerRecord) -> pb::Container {
         sandbox: r.sandbox.map(String::from).unwrap_or_default(),
         restored_from: r.restored_from,
         started_at_ns: r.started_at_ns,
+        log_path: if r.cri_log { r.stdout.to_string_lossy().into_owned() } else { String::new() },
     }
 }
 
@@ -228,6 +229,7 @@ impl pb::containers_server::Containers for Api {
             },
             sandbox: optional_id(&r.sandbox)?,
             restore: None,
+            log_path: (!r.log_path.is_empty()).then(|| std::path::PathBuf::from(&r.log_path)),
         };
         let rec = self.mgr.create(params).await.map_err(status)?;
         Ok(Response::new(container_pb(rec)))
@@ -440,7 +442,7 @@ impl pb::containers_server::Containers for Api {
         let rx = if r.exec_id.is_empty() {
             let exit = if r.follow { self.mgr.entry(&ns, &id).ok().map(|e| e.exit.subscribe()) } else { None };
             follower = r.follow.then(|| self.mgr.follow(&ns, &id)).flatten();
-            logs::stream(rec.stdout, rec.stderr, exit)
+            if rec.cri_log { logs::stream_cri(rec.stdout, exit) } else { logs::stream(rec.stdout, rec.stderr, exit) }
         } else {
             let entry = self.mgr.entry(&ns, &id).map_err(status)?;
             let info = self.mgr.exec_info(&entry, &r.exec_id).map_err(status)?;

@@ -71,14 +71,14 @@ impl Manager {
         if let Ok(conn) = tokio::net::UnixStream::connect(&tty).await {
             return Ok(Attached::Terminal(conn));
         }
-        let fifo = rec.stdout.parent().map(|logs| stdin_fifo(logs, exec_id));
+        let fifo = stdin_fifo(&self.cfg.log_dir(ns, id), exec_id);
         if let Some(terminal) = self.containerd_terminal(&rec, exec_id)? {
-            let input = fifo.and_then(|f| pipe::OpenOptions::new().open_sender(f).ok());
+            let input = pipe::OpenOptions::new().open_sender(fifo).ok();
             return crate::attach::terminal(input, terminal).map(Attached::Terminal);
         }
-        match fifo.map(|f| pipe::OpenOptions::new().open_sender(f)) {
-            Some(Ok(sender)) => Ok(Attached::Stdin(sender)),
-            _ => Err(Error::FailedPrecondition(
+        match pipe::OpenOptions::new().open_sender(fifo) {
+            Ok(sender) => Ok(Attached::Stdin(sender)),
+            Err(_) => Err(Error::FailedPrecondition(
                 "nothing to attach to: the process has neither a terminal nor interactive stdin, or has ended".into(),
             )),
         }

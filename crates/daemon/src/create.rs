@@ -68,6 +68,8 @@ pub struct CreateParams {
     pub sandbox: Option<SandboxId>,
     /// A checkpoint to restore instead of starting afresh (`checkpoint.rs`).
     pub restore: Option<RestoreFrom>,
+    /// Init's output in the CRI log format in this file, not berth's logs.
+    pub log_path: Option<PathBuf>,
 }
 
 /// A create from an image: what it resolved to.
@@ -161,6 +163,22 @@ pub(crate) fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
     Ok(())
 }
 
+/// A CRI log file: absolute, and written by berth's own shim (a containerd
+/// shim knows no such format). Its directory is made if missing.
+fn check_log_path(path: &std::path::Path, runtime: &Runtime) -> Result<()> {
+    spec::no_nul("the log path", &path.to_string_lossy())?;
+    if !path.is_absolute() || path.file_name().is_none() {
+        return Err(Error::InvalidArgument(format!("log path {} must be an absolute file path", path.display())));
+    }
+    if matches!(runtime, Runtime::Shim { .. }) {
+        return Err(Error::InvalidArgument("a CRI log path needs berth's own shim, not a containerd shim".into()));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+    }
+    Ok(())
+}
+
 /// A runtime that runs an external binary must find it on PATH (berthd's
 /// and its shims' PATH are the same).
 fn check_installed(runtime: &str) -> Result<()> {
@@ -232,6 +250,9 @@ impl Manager {
         self.check_runtime(&parsed)?;
         let runtime = parsed.name();
         check_labels(&p.labels)?;
+        if let Some(path) = &p.log_path {
+            check_log_path(path, &parsed)?;
+        }
         if p.auto_remove && p.restart != RestartPolicy::No {
             return Err(Error::InvalidArgument("auto-remove cannot be combined with a restart policy".into()));
         }
@@ -414,7 +435,10 @@ impl Manager {
         mkdir(&logs).map_err(|e| e.at("logs"))?;
         done.push(Step::Logs(logs.clone()));
         crash_point("logs");
-        let (stdout, stderr) = (logs.join("stdout.log"), logs.join("stderr.log"));
+        let (stdout, stderr) = match &p.log_path {
+            Some(file) => (file.clone(), file.clone()),
+            None => (logs.join("stdout.log"), logs.join("stderr.log")),
+        };
         let mut t = self.phases.end("create.logs", t);
 
         let bundle = self.cfg.bundle_dir(ns, id);
@@ -458,7 +482,8 @@ impl Manager {
         done.push(Step::Cgroup(cgroup.clone()));
         let containerd_shim = matches!(Runtime::parse(runtime), Ok(Runtime::Shim { .. }));
         let stdin = crate::shim::needs_stdin_fifo(p.stdin, p.tty, containerd_shim).then(|| logs.join("stdin"));
-        let io = ProcessIo { stdin: stdin.as_deref(), stdout: &stdout, stderr: &stderr, terminal: p.tty };
+        let cri_log = p.log_path.is_some();
+        let io = ProcessIo { stdin: stdin.as_deref(), stdout: &stdout, stderr: &stderr, terminal: p.tty, cri_log };
         let restore = p.restore.as_ref().map(|from| self.restore_options(ns, id, from));
         let loopback = crate::network::unpinned_none(attachment.as_ref());
         let placed = Placement { socket: &socket, sandbox: p.sandbox.as_ref(), restore: restore.as_ref(), loopback };
@@ -497,6 +522,7 @@ impl Manager {
             network: attachment,
             sandbox: p.sandbox.clone(),
             restored_from: p.restore.as_ref().map(|r| r.origin.clone()).unwrap_or_default(),
+            cri_log,
         };
         let created = event(Kind::Create, ns, id, "", pid, None);
         let w = Write { put: Some(&rec), clear_intent: Some((ns, id)), event: Some(created), ..Default::default() };

@@ -122,9 +122,8 @@ impl Manager {
         let t = self.phases.end("delete.rootfs+network", t);
         remove_path(&rec.bundle)?;
         self.cgroups.remove(&rec.cgroup).map_err(|e| Error::io(format!("remove cgroup {}", rec.cgroup), e))?;
-        if let Some(logs) = rec.stdout.parent() {
-            remove_path(logs)?;
-        }
+        // berth's own log directory (a CRI log file is kubelet's to remove).
+        remove_path(&self.cfg.log_dir(ns, id))?;
         let t = self.phases.end("delete.files", t);
         let rec = self.get(ns, id)?;
         let deleted = event(Kind::Delete, ns, id, "", rec.pid, rec.exit);

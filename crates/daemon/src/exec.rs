@@ -143,7 +143,13 @@ impl Manager {
             if let Some(fifo) = &stdin {
                 make_fifo(fifo)?;
             }
-            let io = ProcessIo { stdin: stdin.as_deref(), stdout: &stdout, stderr: &stderr, terminal: p.tty };
+            let io = ProcessIo {
+                stdin: stdin.as_deref(),
+                stdout: &stdout,
+                stderr: &stderr,
+                terminal: p.tty,
+                cri_log: false,
+            };
             entry.shim.exec(id, exec_id.as_str(), &io, spec).await?;
             self.publish(event(Kind::ExecAdded, ns, id, exec_id.as_str(), 0, None))?;
             entry.shim.start(id, exec_id.as_str()).await

@@ -1,5 +1,6 @@
-//! Streams a container's stdout/stderr log files (SPEC B17), optionally
-//! following them until the container has exited and both are drained.
+//! Streams a container's stdout/stderr log files (SPEC B17), or its one
+//! CRI-format log file (`berth_shim::crilog`), optionally following them
+//! until the container has exited and all is drained.
 
 use std::io::SeekFrom;
 use std::path::PathBuf;
@@ -19,8 +20,16 @@ pub enum Stream {
     Stderr,
 }
 
+/// What a log file holds.
+enum Format {
+    /// One stream's bytes as written.
+    Plain(Stream),
+    /// CRI records of both streams, decoded as they come.
+    Cri(berth_shim::crilog::Parser),
+}
+
 struct Tail {
-    stream: Stream,
+    format: Format,
     path: PathBuf,
     offset: u64,
 }
@@ -38,8 +47,21 @@ impl Tail {
                 Ok(0) | Err(_) => return true,
                 Ok(n) => {
                     self.offset += n as u64;
-                    if tx.send((self.stream, buf[..n].to_vec())).await.is_err() {
-                        return false;
+                    let chunks = match &mut self.format {
+                        Format::Plain(stream) => vec![(*stream, buf[..n].to_vec())],
+                        Format::Cri(parser) => parser
+                            .feed(&buf[..n])
+                            .into_iter()
+                            .map(|(s, data)| match s {
+                                berth_shim::crilog::Stream::Stdout => (Stream::Stdout, data),
+                                berth_shim::crilog::Stream::Stderr => (Stream::Stderr, data),
+                            })
+                            .collect(),
+                    };
+                    for chunk in chunks {
+                        if tx.send(chunk).await.is_err() {
+                            return false;
+                        }
                     }
                 }
             }
@@ -54,12 +76,27 @@ pub fn stream(
     stderr: PathBuf,
     exit: Option<watch::Receiver<Option<ExitStatus>>>,
 ) -> mpsc::Receiver<(Stream, Vec<u8>)> {
+    let tails = vec![
+        Tail { format: Format::Plain(Stream::Stdout), path: stdout, offset: 0 },
+        Tail { format: Format::Plain(Stream::Stderr), path: stderr, offset: 0 },
+    ];
+    follow(tails, exit)
+}
+
+/// Like [`stream`], for a CRI-format log holding both streams.
+pub fn stream_cri(
+    path: PathBuf,
+    exit: Option<watch::Receiver<Option<ExitStatus>>>,
+) -> mpsc::Receiver<(Stream, Vec<u8>)> {
+    follow(vec![Tail { format: Format::Cri(Default::default()), path, offset: 0 }], exit)
+}
+
+fn follow(
+    mut tails: Vec<Tail>,
+    exit: Option<watch::Receiver<Option<ExitStatus>>>,
+) -> mpsc::Receiver<(Stream, Vec<u8>)> {
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
-        let mut tails = [
-            Tail { stream: Stream::Stdout, path: stdout, offset: 0 },
-            Tail { stream: Stream::Stderr, path: stderr, offset: 0 },
-        ];
         let mut exit = exit;
         loop {
             let exited = exit.as_ref().is_none_or(|rx| rx.borrow().is_some());

@@ -130,8 +130,13 @@ impl Manager {
         if !rec.image.is_empty() {
             self.images.ensure_mounted(&crate::images::snapshot_key(ns, id), &rec.rootfs)?;
         }
-        let io =
-            ProcessIo { stdin: rec.stdin.as_deref(), stdout: &rec.stdout, stderr: &rec.stderr, terminal: rec.terminal };
+        let io = ProcessIo {
+            stdin: rec.stdin.as_deref(),
+            stdout: &rec.stdout,
+            stderr: &rec.stderr,
+            terminal: rec.terminal,
+            cri_log: rec.cri_log,
+        };
         let mut done = Vec::new();
         let loopback = crate::network::unpinned_none(rec.network.as_ref());
         let placed = Placement { socket: &rec.shim.socket, sandbox: rec.sandbox.as_ref(), restore: None, loopback };

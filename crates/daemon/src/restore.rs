@@ -70,6 +70,7 @@ impl CreateParams {
             },
             sandbox: None,
             restore: Some(from),
+            log_path: None,
         }
     }
 }

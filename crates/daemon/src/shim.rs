@@ -84,6 +84,8 @@ pub struct ProcessIo<'a> {
     pub stdout: &'a Path,
     pub stderr: &'a Path,
     pub terminal: bool,
+    /// stdout and stderr name one CRI-format log file (berth's shim only).
+    pub cri_log: bool,
 }
 
 impl ProcessIo<'_> {
@@ -94,6 +96,9 @@ impl ProcessIo<'_> {
     /// stdout and stderr as the shim is told them.
     fn output(&self, dialect: &Dialect) -> (String, String) {
         match dialect {
+            Dialect::Berth if self.cri_log => {
+                (berth_shim::crilog::target("stdout", self.stdout), berth_shim::crilog::target("stderr", self.stderr))
+            }
             Dialect::Berth => (self.stdout.to_string_lossy().into_owned(), self.stderr.to_string_lossy().into_owned()),
             // containerd-shim-runc-v2 feeds stdin to a process without a
             // terminal only when it copies the output itself (`file://`:

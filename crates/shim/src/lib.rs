@@ -2,6 +2,7 @@
 //! protocol leaves open: how a shim is started, and the one mapping between
 //! berth's error codes and ttrpc status codes, used by both sides.
 
+pub mod crilog;
 pub mod logger;
 pub mod metrics;
 pub mod resources;

@@ -12,6 +12,7 @@ use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_shim::crilog::{self, CriLog};
 use nix::fcntl::OFlag;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::oneshot;
@@ -47,6 +48,8 @@ pub enum Sink {
     /// A FIFO someone reads: written as the reader takes it, and closed at
     /// the end so the reader sees the end too.
     Fifo(AsyncFd<OwnedFd>),
+    /// One stream of a Kubernetes CRI log file (`berth_shim::crilog`).
+    Cri(CriLog),
 }
 
 impl Sink {
@@ -56,13 +59,17 @@ impl Sink {
         match self {
             Sink::File(log) => drop(log.write_all(buf)),
             Sink::Fifo(fifo) => drop(write_all(fifo, buf).await),
+            Sink::Cri(log) => log.write(buf),
         }
     }
 }
 
-/// Opens the output at `path`; `None` for a FIFO nobody reads (then the
-/// output is discarded).
+/// Opens the output at `path` (a file, a FIFO, or a CRI log target);
+/// `None` for a FIFO nobody reads (then the output is discarded).
 pub fn open_sink(path: &str) -> std::io::Result<Option<Sink>> {
+    if let Some((stream, file)) = crilog::parse_target(path) {
+        return Ok(Some(Sink::Cri(CriLog::open(stream, file)?)));
+    }
     if !std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo()) {
         return Ok(Some(Sink::File(OpenOptions::new().append(true).create(true).open(path)?)));
     }

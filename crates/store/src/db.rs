@@ -91,6 +91,9 @@ pub struct ContainerRecord {
     /// When init last started (0: never).
     #[serde(default)]
     pub started_at_ns: u64,
+    /// `stdout` and `stderr` name one file in the Kubernetes CRI log format.
+    #[serde(default)]
+    pub cri_log: bool,
     /// `berth stop` (or a forced delete) ended it: no policy restarts it.
     #[serde(default)]
     pub stopped_by_user: bool,
@@ -362,6 +365,7 @@ mod tests {
             network: None,
             sandbox: None,
             restored_from: String::new(),
+            cri_log: false,
         }
     }
 
