@@ -290,6 +290,33 @@ fn a_pod_with_two_containers_through_its_whole_life() {
         assert_eq!(items[0].metadata.as_ref().unwrap().name, "web");
         assert!(c.rt.list_pod_sandbox(pods(&[("app", "other")])).await.unwrap().into_inner().items.is_empty());
 
+        // Statistics: the running container's, twice (cores in use need two
+        // samples), and the pod's sums.
+        let list = || cri::ListContainerStatsRequest {
+            filter: Some(cri::ContainerStatsFilter { pod_sandbox_id: pod.clone(), ..Default::default() }),
+        };
+        let first = c.rt.list_container_stats(list()).await.unwrap().into_inner().stats;
+        assert_eq!(
+            first.iter().map(|s| s.attributes.as_ref().unwrap().id.as_str()).collect::<Vec<_>>(),
+            [web.as_str()]
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let second = c.rt.list_container_stats(list()).await.unwrap().into_inner().stats;
+        let (cpu, mem) = (second[0].cpu.unwrap(), second[0].memory.unwrap());
+        assert!(cpu.usage_core_nano_seconds.unwrap().value > 0, "{cpu:?}");
+        assert!(cpu.usage_nano_cores.is_some(), "{cpu:?}");
+        assert!(mem.working_set_bytes.unwrap().value > 0, "{mem:?}");
+        let one =
+            c.rt.container_stats(cri::ContainerStatsRequest { container_id: job.clone() }).await.unwrap().into_inner();
+        assert!(one.stats.unwrap().cpu.is_none(), "an exited container has no figures");
+        let ps = c.rt.pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: pod.clone() }).await.unwrap();
+        let linux = ps.into_inner().stats.unwrap().linux.unwrap();
+        assert_eq!(linux.containers.len(), 2);
+        assert!(linux.process.unwrap().process_count.unwrap().value >= 1);
+        assert!(linux.memory.unwrap().working_set_bytes.unwrap().value > 0);
+        let listed = c.rt.list_pod_sandbox_stats(cri::ListPodSandboxStatsRequest { filter: None }).await.unwrap();
+        assert_eq!(listed.into_inner().stats.len(), 1);
+
         // Stop: sleep as pid 1 ignores SIGTERM and is killed after 1 s.
         let stop = cri::StopContainerRequest { container_id: web.clone(), timeout: 1 };
         c.rt.stop_container(stop.clone()).await.expect("StopContainer");

@@ -58,6 +58,10 @@ pub struct MemoryStats {
     pub swap_usage: u64,
     pub swap_limit: u64,
     pub fail_count: u64,
+    /// File pages the kernel may reclaim first: usage minus this is the
+    /// working set (kubelet's and cAdvisor's measure).
+    #[serde(default)]
+    pub inactive_file: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -277,6 +281,7 @@ pub(crate) fn convert(s: &libcgroups::stats::Stats) -> ContainerStats {
             swap_usage: mem.memswap.usage.saturating_sub(mem.memory.usage),
             swap_limit: mem.memswap.limit,
             fail_count: mem.memory.fail_count,
+            inactive_file: stat("total_inactive_file").max(stat("inactive_file")),
         },
         pids: PidsStats { current: s.pids.current, limit: s.pids.limit },
         blkio: s

@@ -14,6 +14,7 @@ mod meta;
 mod pods;
 mod runtime;
 mod service;
+mod stats;
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -74,11 +75,13 @@ pub struct Cri<B> {
     pod_cidr: Mutex<String>,
     /// Pod and container names being created: CRI names are unique.
     reserved: Mutex<std::collections::HashSet<String>>,
+    /// Each running container's last CPU sample (time, usage), both in ns.
+    cpu_samples: Mutex<std::collections::HashMap<String, (u64, u64)>>,
 }
 
 impl<B: Backend> Cri<B> {
     pub fn new(b: B, cfg: Config) -> Self {
-        Cri { b, cfg, pod_cidr: Mutex::default(), reserved: Mutex::default() }
+        Cri { b, cfg, pod_cidr: Mutex::default(), reserved: Mutex::default(), cpu_samples: Mutex::default() }
     }
 }
 

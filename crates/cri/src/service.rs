@@ -137,26 +137,26 @@ impl<B: Backend> RuntimeService for Cri<B> {
         Err(not_yet("PortForward streaming"))
     }
 
-    async fn container_stats(&self, _: Request<cri::ContainerStatsRequest>) -> Reply<cri::ContainerStatsResponse> {
-        Err(not_yet("ContainerStats"))
+    async fn container_stats(&self, r: Request<cri::ContainerStatsRequest>) -> Reply<cri::ContainerStatsResponse> {
+        ok(Cri::container_stats(self, &r.into_inner().container_id).await?)
     }
 
     async fn list_container_stats(
         &self,
-        _: Request<cri::ListContainerStatsRequest>,
+        r: Request<cri::ListContainerStatsRequest>,
     ) -> Reply<cri::ListContainerStatsResponse> {
-        Err(not_yet("ListContainerStats"))
+        ok(Cri::list_container_stats(self, r.into_inner()).await?)
     }
 
-    async fn pod_sandbox_stats(&self, _: Request<cri::PodSandboxStatsRequest>) -> Reply<cri::PodSandboxStatsResponse> {
-        Err(not_yet("PodSandboxStats"))
+    async fn pod_sandbox_stats(&self, r: Request<cri::PodSandboxStatsRequest>) -> Reply<cri::PodSandboxStatsResponse> {
+        ok(Cri::pod_sandbox_stats(self, &r.into_inner().pod_sandbox_id).await?)
     }
 
     async fn list_pod_sandbox_stats(
         &self,
-        _: Request<cri::ListPodSandboxStatsRequest>,
+        r: Request<cri::ListPodSandboxStatsRequest>,
     ) -> Reply<cri::ListPodSandboxStatsResponse> {
-        Err(not_yet("ListPodSandboxStats"))
+        ok(Cri::list_pod_sandbox_stats(self, r.into_inner()).await?)
     }
 
     async fn update_runtime_config(

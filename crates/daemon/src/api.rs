@@ -147,6 +147,7 @@ fn stats_pb(ns: &Namespace, id: &ContainerId, s: ContainerStats) -> pb::Containe
             swap_usage: m.swap_usage,
             swap_limit: m.swap_limit,
             fail_count: m.fail_count,
+            inactive_file: m.inactive_file,
         }),
         pids: Some(pb::PidsStats { current: s.pids.current, limit: s.pids.limit }),
         blkio: s

@@ -43,6 +43,8 @@ fn metrics_v1(s: &ContainerStats) -> v1::Metrics {
         rss: m.rss,
         total_cache: m.cache,
         total_rss: m.rss,
+        inactive_file: m.inactive_file,
+        total_inactive_file: m.inactive_file,
         usage: Some(v1::MemoryEntry {
             usage: m.usage,
             limit: m.limit,
@@ -103,6 +105,7 @@ fn metrics_v2(s: &ContainerStats) -> v2::Metrics {
     let memory = v2::MemoryStat {
         anon: m.rss,
         file: m.cache,
+        inactive_file: m.inactive_file,
         usage: m.usage,
         usage_limit: m.limit,
         max_usage: m.max_usage,
@@ -197,6 +200,7 @@ fn stats_v1(m: &v1::Metrics) -> ContainerStats {
             swap_usage: mem.swap.usage,
             swap_limit: mem.swap.limit,
             fail_count: mem.usage.failcnt,
+            inactive_file: mem.inactive_file.max(mem.total_inactive_file),
         },
         pids: PidsStats { current: m.pids.current, limit: m.pids.limit },
         blkio: m
@@ -242,6 +246,7 @@ fn stats_v2(m: &v2::Metrics) -> ContainerStats {
             swap_usage: mem.swap_usage,
             swap_limit: mem.swap_limit,
             fail_count: m.memory_events.max,
+            inactive_file: mem.inactive_file,
         },
         pids: PidsStats { current: m.pids.current, limit: m.pids.limit },
         blkio: m
@@ -330,6 +335,7 @@ mod tests {
                 swap_usage: 300,
                 swap_limit: 1 << 31,
                 fail_count: 4,
+                inactive_file: 50,
             },
             pids: PidsStats { current: 2, limit: 64 },
             blkio: sample().blkio,
