@@ -515,3 +515,48 @@ fn logs_are_rotated_by_kubelet_without_losing_a_line() {
     assert_eq!(all, (0..30).collect::<Vec<_>>(), "every line once, in order, across the rotation");
     assert_clean(&d, &[]);
 }
+
+#[test]
+fn a_running_container_is_checkpointed_to_an_archive_and_keeps_running() {
+    let (d, _guard, _reg, _reference, image_ref) = setup();
+    let logs = d.dir().join("pod-logs");
+    let archive = d.dir().join("checkpoints/web.tar");
+    std::fs::create_dir_all(archive.parent().unwrap()).unwrap();
+    runtime().block_on(async {
+        let mut c = clients(&d).await;
+        let cfg = pod_config("ckpt", &logs);
+        let pod = run_pod(&mut c, &cfg).await;
+        let id = create(&mut c, &pod, &cfg, container_config("web", &image_ref, &[])).await;
+        c.rt.start_container(cri::StartContainerRequest { container_id: id.clone() }).await.unwrap();
+        let req = |location: &str| cri::CheckpointContainerRequest {
+            container_id: id.clone(),
+            location: location.into(),
+            timeout: 60,
+        };
+        let e = c.rt.checkpoint_container(req("relative.tar")).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        c.rt.checkpoint_container(req(&archive.to_string_lossy())).await.expect("CheckpointContainer");
+        assert_eq!(status(&mut c, &id).await.state, cri::ContainerState::ContainerRunning as i32);
+        // The archive exists already: refused, the first one untouched.
+        let size = std::fs::metadata(&archive).expect("archive").len();
+        assert!(size > 0);
+        assert!(c.rt.checkpoint_container(req(&archive.to_string_lossy())).await.is_err());
+        assert_eq!(std::fs::metadata(&archive).unwrap().len(), size);
+        c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
+    });
+    let entries = tar::Archive::new(std::fs::File::open(&archive).unwrap())
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
+    assert!(entries.iter().any(|p| p.ends_with(".img")), "CRIU images in {entries:?}");
+    assert!(entries.iter().all(|p| !p.starts_with("cri-")), "no checkpoint is kept by berth: {entries:?}");
+    assert_clean(&d, &[]);
+    let kept = std::fs::read_dir(d.root.join("checkpoints/k8s.io")).into_iter().flatten().count();
+    assert_eq!(kept, 0, "berth keeps no copy of an exported CRI checkpoint");
+    // Restoring into a sandbox is not supported: refused, nothing made.
+    let e = d.berth(&["-n", "k8s.io", "restore", "--from", &archive.to_string_lossy()]).fails_with("invalid argument");
+    assert!(e.contains("a checkpoint has a network of its own"), "{e}");
+    let left: serde_json::Value = serde_json::from_str(d.berth(&["-n", "k8s.io", "ps", "-a", "--json"]).ok()).unwrap();
+    assert_eq!(left, serde_json::json!([]), "no container was made");
+}

@@ -1,12 +1,14 @@
 //! ExecSync: a command in a running container, its output collected (each
 //! stream capped at 16 MiB, the rest discarded, as the CRI API asks since
 //! CVE-2022-1708) and its exit code returned; past the timeout it is
-//! killed and the call fails with DeadlineExceeded.
+//! killed and the call fails with DeadlineExceeded. CheckpointContainer:
+//! a CRIU checkpoint of a running container exported as an archive.
 
 use std::time::Duration;
 
 use berth_api::v1 as pb;
 use futures_util::StreamExt;
+use pb::checkpoints_server::Checkpoints;
 use pb::containers_server::Containers;
 use tonic::Status;
 
@@ -76,6 +78,45 @@ impl<B: Backend> Cri<B> {
         self.forget_exec(eref).await;
         let (stdout, stderr, exit) = result?;
         Ok(cri::ExecSyncResponse { stdout, stderr, exit_code: exit.code as i32 })
+    }
+
+    /// A checkpoint of a running container written as an archive at
+    /// `location` (kubelet's forensic checkpoint); the container keeps
+    /// running and berth keeps no copy.
+    pub(crate) async fn checkpoint_container(&self, r: cri::CheckpointContainerRequest) -> Result<(), Status> {
+        if !r.location.starts_with('/') {
+            return Err(invalid("location must be an absolute path"));
+        }
+        let c = self.ctr(&r.container_id).await?;
+        let name = format!("cri-{}", berth_model::random_hex(6).map_err(|e| Status::internal(e.to_string()))?);
+        let create = pb::CheckpointRequest {
+            namespace: NAMESPACE.into(),
+            id: c.c.id.clone(),
+            name: name.clone(),
+            leave_running: true,
+            ..Default::default()
+        };
+        let work = async {
+            Checkpoints::create(&self.b, req(create)).await?;
+            let export = pb::CheckpointExportRequest {
+                namespace: NAMESPACE.into(),
+                id: c.c.id.clone(),
+                name: name.clone(),
+                path: r.location.clone(),
+            };
+            let exported = Checkpoints::export(&self.b, req(export)).await.map(drop);
+            let remove = pb::CheckpointRef { namespace: NAMESPACE.into(), id: c.c.id.clone(), name: name.clone() };
+            if let Err(e) = Checkpoints::remove(&self.b, req(remove)).await {
+                tracing::warn!("removing the exported checkpoint {name}: {e}");
+            }
+            exported
+        };
+        match u64::try_from(r.timeout) {
+            Ok(secs) if secs > 0 => tokio::time::timeout(Duration::from_secs(secs), work)
+                .await
+                .map_err(|_| Status::deadline_exceeded(format!("checkpoint of {} took over {secs}s", c.c.id)))?,
+            _ => work.await,
+        }
     }
 
     /// Drops berth's record of a finished exec.

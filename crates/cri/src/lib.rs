@@ -28,13 +28,14 @@ pub use service::{ImageServer, RuntimeServer, servers};
 /// The berth namespace of everything made through CRI (containerd's too).
 pub const NAMESPACE: &str = "k8s.io";
 
-/// What CRI is translated into: berth's Containers, Sandboxes and Images
-/// services (berthd's `Api`).
+/// What CRI is translated into: berth's Containers, Sandboxes, Images,
+/// Events and Checkpoints services (berthd's `Api`).
 pub trait Backend:
     pb::containers_server::Containers
     + pb::sandboxes_server::Sandboxes
     + pb::images_server::Images
     + pb::events_server::Events
+    + pb::checkpoints_server::Checkpoints
     + Send
     + Sync
     + 'static
@@ -46,6 +47,7 @@ impl<T> Backend for T where
         + pb::sandboxes_server::Sandboxes
         + pb::images_server::Images
         + pb::events_server::Events
+        + pb::checkpoints_server::Checkpoints
         + Send
         + Sync
         + 'static

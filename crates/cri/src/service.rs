@@ -173,9 +173,10 @@ impl<B: Backend> RuntimeService for Cri<B> {
 
     async fn checkpoint_container(
         &self,
-        _: Request<cri::CheckpointContainerRequest>,
+        r: Request<cri::CheckpointContainerRequest>,
     ) -> Reply<cri::CheckpointContainerResponse> {
-        Err(not_yet("CheckpointContainer"))
+        Cri::checkpoint_container(self, r.into_inner()).await?;
+        ok(cri::CheckpointContainerResponse {})
     }
 
     type GetContainerEventsStream = Pin<Box<dyn Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;

@@ -146,9 +146,14 @@ fn dump_complete(dir: &Path) -> bool {
     dir.join(IMAGES).join("inventory.img").is_file()
 }
 
+/// How a checkpoint of a sandbox member names its network.
+pub(crate) const SANDBOX_NETWORK: &str = "sandbox:";
+
 /// The network a checkpointed container can be restored into: its own
-/// namespace of berth's (a CNI network or `none`). Named volumes do not
-/// travel with a checkpoint.
+/// namespace of berth's (a CNI network or `none`), or its sandbox's
+/// (`sandbox:ID`: CRIU treats the sandbox's namespace as external; such a
+/// checkpoint can be exported, e.g. by CRI's CheckpointContainer, but not
+/// restored yet). Named volumes do not travel with a checkpoint.
 fn restorable_network(rec: &ContainerRecord) -> Result<String> {
     let refuse =
         |why: &str| Err(Error::FailedPrecondition(format!("container {} cannot be checkpointed: {why}", rec.id)));
@@ -156,7 +161,7 @@ fn restorable_network(rec: &ContainerRecord) -> Result<String> {
         return refuse("it has a terminal");
     }
     if let Some(sandbox) = &rec.sandbox {
-        return refuse(&format!("it is in sandbox {sandbox}"));
+        return Ok(format!("{SANDBOX_NETWORK}{sandbox}"));
     }
     if !rec.volumes.is_empty() {
         return refuse("it mounts named volumes, which checkpoints do not carry yet");

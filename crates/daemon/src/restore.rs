@@ -136,6 +136,12 @@ impl Manager {
         meta: CheckpointMeta,
         origin: String,
     ) -> Result<(ContainerRecord, String)> {
+        if meta.network.starts_with(crate::checkpoint::SANDBOX_NETWORK) {
+            return Err(Error::FailedPrecondition(format!(
+                "checkpoint {} was taken in a sandbox ({}): restoring into a sandbox is not supported yet",
+                meta.name, meta.network
+            )));
+        }
         let id = id.unwrap_or_else(|| meta.container.clone());
         let name = meta.name.clone();
         let from = RestoreFrom { dir: dir.to_path_buf(), meta, origin };
