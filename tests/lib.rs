@@ -1,7 +1,9 @@
 //! End-to-end tests of berth, run for real as root: see the test files.
 //! This library holds what several of them share.
 
+pub mod cri_support;
 pub mod registry;
+pub mod spdy_client;
 
 use berth_api::v1::containers_client::ContainersClient;
 use hyper_util::rt::TokioIo;

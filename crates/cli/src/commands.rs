@@ -190,6 +190,7 @@ async fn attend(
             id: id.to_string(),
             follow: true,
             exec_id: exec_id.to_string(),
+            from_end: false,
         };
         let stream = c.containers.logs(logs).await.map_err(|s| before_start(s.into()))?;
         Some(tokio::spawn(copy_logs(stream.into_inner())))
@@ -465,7 +466,7 @@ pub async fn top(c: &mut Client, id: String, json: bool) -> Result<i32, Failure>
 }
 
 pub async fn logs(c: &mut Client, id: String, follow: bool) -> Result<i32, Failure> {
-    let req = pb::LogsRequest { namespace: c.namespace.clone(), id, follow, exec_id: String::new() };
+    let req = pb::LogsRequest { namespace: c.namespace.clone(), id, follow, ..Default::default() };
     let stream = c.containers.logs(req).await?.into_inner();
     copy_logs(stream).await?;
     Ok(0)

@@ -42,8 +42,13 @@ impl<B: Backend> Cri<B> {
         };
         Containers::exec(&self.b, req(exec)).await?;
         let eref = pb::ExecRef { namespace: NAMESPACE.into(), id: id.clone(), exec_id: exec_id.clone() };
-        let logs =
-            pb::LogsRequest { namespace: NAMESPACE.into(), id: id.clone(), follow: true, exec_id: exec_id.clone() };
+        let logs = pb::LogsRequest {
+            namespace: NAMESPACE.into(),
+            id: id.clone(),
+            follow: true,
+            exec_id: exec_id.clone(),
+            from_end: false,
+        };
         let run = async {
             let mut stream = std::pin::pin!(Containers::logs(&self.b, req(logs)).await?.into_inner());
             let (mut stdout, mut stderr) = (Vec::new(), Vec::new());

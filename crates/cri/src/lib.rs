@@ -14,7 +14,9 @@ mod meta;
 mod pods;
 mod runtime;
 mod service;
+pub mod spdy;
 mod stats;
+mod streaming;
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -36,6 +38,7 @@ pub trait Backend:
     + pb::images_server::Images
     + pb::events_server::Events
     + pb::checkpoints_server::Checkpoints
+    + AttachIo
     + Send
     + Sync
     + 'static
@@ -48,10 +51,27 @@ impl<T> Backend for T where
         + pb::images_server::Images
         + pb::events_server::Events
         + pb::checkpoints_server::Checkpoints
+        + AttachIo
         + Send
         + Sync
         + 'static
 {
+}
+
+/// Interactive I/O with a container's process, which berth's gRPC API
+/// offers only as a client-streaming call (not callable in-process).
+#[tonic::async_trait]
+pub trait AttachIo {
+    /// Attaches to init (`exec_id` empty) or an exec of container `id` in
+    /// [`NAMESPACE`]: `input` feeds its terminal or its stdin (without a
+    /// terminal, the end of `input` is the process's end of input); the
+    /// receiver yields the terminal's output (nothing without a terminal).
+    async fn attach_io(
+        &self,
+        id: &str,
+        exec_id: &str,
+        input: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    ) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>, Status>;
 }
 
 /// What the CRI layer needs to know of its daemon.
@@ -79,11 +99,20 @@ pub struct Cri<B> {
     reserved: Mutex<std::collections::HashSet<String>>,
     /// Each running container's last CPU sample (time, usage), both in ns.
     cpu_samples: Mutex<std::collections::HashMap<String, (u64, u64)>>,
+    /// URLs handed out by Exec, Attach and PortForward.
+    tokens: streaming::Tokens,
 }
 
 impl<B: Backend> Cri<B> {
     pub fn new(b: B, cfg: Config) -> Self {
-        Cri { b, cfg, pod_cidr: Mutex::default(), reserved: Mutex::default(), cpu_samples: Mutex::default() }
+        Cri {
+            b,
+            cfg,
+            pod_cidr: Mutex::default(),
+            reserved: Mutex::default(),
+            cpu_samples: Mutex::default(),
+            tokens: Default::default(),
+        }
     }
 }
 

@@ -27,11 +27,6 @@ fn ok<T>(t: T) -> Reply<T> {
     Ok(Response::new(t))
 }
 
-/// A method berth does not serve yet, with what to use meanwhile.
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not implemented by berth's CRI yet"))
-}
-
 /// berth's event type → CRI's container event (others are not reported).
 fn event_type(kind: &str) -> Option<cri::ContainerEventType> {
     match kind {
@@ -125,16 +120,20 @@ impl<B: Backend> RuntimeService for Cri<B> {
         ok(Cri::exec_sync(self, r.into_inner()).await?)
     }
 
-    async fn exec(&self, _: Request<cri::ExecRequest>) -> Reply<cri::ExecResponse> {
-        Err(not_yet("Exec streaming (use ExecSync)"))
+    async fn exec(&self, r: Request<cri::ExecRequest>) -> Reply<cri::ExecResponse> {
+        let r = r.into_inner();
+        let io = (r.stdin, r.stdout, r.stderr, r.tty);
+        ok(cri::ExecResponse { url: self.process_url(&r.container_id, Some(r.cmd), io).await? })
     }
 
-    async fn attach(&self, _: Request<cri::AttachRequest>) -> Reply<cri::AttachResponse> {
-        Err(not_yet("Attach streaming"))
+    async fn attach(&self, r: Request<cri::AttachRequest>) -> Reply<cri::AttachResponse> {
+        let r = r.into_inner();
+        let io = (r.stdin, r.stdout, r.stderr, r.tty);
+        ok(cri::AttachResponse { url: self.process_url(&r.container_id, None, io).await? })
     }
 
-    async fn port_forward(&self, _: Request<cri::PortForwardRequest>) -> Reply<cri::PortForwardResponse> {
-        Err(not_yet("PortForward streaming"))
+    async fn port_forward(&self, r: Request<cri::PortForwardRequest>) -> Reply<cri::PortForwardResponse> {
+        ok(cri::PortForwardResponse { url: self.port_forward_url(&r.into_inner().pod_sandbox_id).await? })
     }
 
     async fn container_stats(&self, r: Request<cri::ContainerStatsRequest>) -> Reply<cri::ContainerStatsResponse> {

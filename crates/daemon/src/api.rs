@@ -8,6 +8,7 @@ use berth_api::v1 as pb;
 use berth_cgroups::{ContainerStats, Limits};
 use berth_model::{Code, ContainerId, ExitStatus, Namespace};
 use berth_store::ContainerRecord;
+use futures_util::StreamExt as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -182,6 +183,75 @@ fn event_pb(e: Event) -> pb::Event {
 }
 
 pub(crate) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+impl Api {
+    /// Interactive I/O with init (`exec_id` empty) or an exec: `input`
+    /// feeds its terminal or stdin FIFO (without a terminal its end closes
+    /// the process's stdin); the receiver yields the terminal's output
+    /// (nothing without one). Shared by Attach and CRI's streaming.
+    async fn attach_input(
+        &self,
+        ns: berth_model::Namespace,
+        id: ContainerId,
+        exec_id: String,
+        mut input: Pin<Box<dyn futures_util::Stream<Item = Vec<u8>> + Send>>,
+    ) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>, Status> {
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        match self.mgr.attach(&ns, &id, &exec_id).await.map_err(status)? {
+            Attached::Terminal(conn) => {
+                // Init's terminal output: an auto-removal waits for it.
+                let follower = exec_id.is_empty().then(|| self.mgr.follow(&ns, &id)).flatten();
+                let (mut from_tty, mut to_tty) = conn.into_split();
+                tokio::spawn(async move {
+                    while let Some(data) = input.next().await {
+                        if to_tty.write_all(&data).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let _follower = follower;
+                    let mut buf = vec![0u8; 16 * 1024];
+                    while let Ok(n) = from_tty.read(&mut buf).await {
+                        if n == 0 || tx.send(buf[..n].to_vec()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+            Attached::Stdin(mut fifo) => {
+                // Output goes to the logs; the output stream ends with the input.
+                let mgr = self.mgr.clone();
+                tokio::spawn(async move {
+                    while let Some(data) = input.next().await {
+                        if fifo.write_all(&data).await.is_err() {
+                            break;
+                        }
+                    }
+                    drop(fifo);
+                    if let Err(e) = mgr.close_stdin(&ns, &id, &exec_id).await {
+                        tracing::debug!(%ns, %id, "close stdin: {e}");
+                    }
+                    drop(tx);
+                });
+            }
+        }
+        Ok(rx)
+    }
+}
+
+#[tonic::async_trait]
+impl berth_cri::AttachIo for Api {
+    async fn attach_io(
+        &self,
+        id: &str,
+        exec_id: &str,
+        input: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    ) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>, Status> {
+        let (ns, id) = key(berth_cri::NAMESPACE, id)?;
+        self.attach_input(ns, id, exec_id.to_string(), Box::pin(ReceiverStream::new(input))).await
+    }
+}
 
 #[tonic::async_trait]
 impl pb::containers_server::Containers for Api {
@@ -381,49 +451,13 @@ impl pb::containers_server::Containers for Api {
             .await?
             .ok_or_else(|| Status::invalid_argument("attach needs a first message naming the process"))?;
         let (ns, id) = key(&first.namespace, &first.id)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(16);
-        match self.mgr.attach(&ns, &id, &first.exec_id).await.map_err(status)? {
-            Attached::Terminal(conn) => {
-                // Init's terminal output: an auto-removal waits for it.
-                let follower = first.exec_id.is_empty().then(|| self.mgr.follow(&ns, &id)).flatten();
-                let (mut from_tty, mut to_tty) = conn.into_split();
-                tokio::spawn(async move {
-                    let _ = to_tty.write_all(&first.input).await;
-                    while let Ok(Some(msg)) = input.message().await {
-                        if to_tty.write_all(&msg.input).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-                tokio::spawn(async move {
-                    let _follower = follower;
-                    let mut buf = vec![0u8; 16 * 1024];
-                    while let Ok(n) = from_tty.read(&mut buf).await {
-                        if n == 0 || tx.send(Ok(pb::AttachOutput { data: buf[..n].to_vec() })).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-            Attached::Stdin(mut fifo) => {
-                // Output goes to the logs; this stream ends with the input.
-                let mgr = self.mgr.clone();
-                tokio::spawn(async move {
-                    let _ = fifo.write_all(&first.input).await;
-                    while let Ok(Some(msg)) = input.message().await {
-                        if fifo.write_all(&msg.input).await.is_err() {
-                            break;
-                        }
-                    }
-                    drop(fifo);
-                    if let Err(e) = mgr.close_stdin(&ns, &id, &first.exec_id).await {
-                        tracing::debug!(%ns, %id, "close stdin: {e}");
-                    }
-                    drop(tx);
-                });
-            }
-        }
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let rest = futures_util::stream::unfold(input, |mut s| async move {
+            s.message().await.ok().flatten().map(|m| (m.input, s))
+        });
+        let all = futures_util::stream::once(async move { first.input }).chain(rest);
+        let output = self.attach_input(ns, id, first.exec_id, Box::pin(all)).await?;
+        let output = tokio_stream::StreamExt::map(ReceiverStream::new(output), |data| Ok(pb::AttachOutput { data }));
+        Ok(Response::new(Box::pin(output)))
     }
 
     async fn resize(&self, req: Request<pb::ResizeRequest>) -> Result<Response<pb::Empty>, Status> {
@@ -443,12 +477,16 @@ impl pb::containers_server::Containers for Api {
         let rx = if r.exec_id.is_empty() {
             let exit = if r.follow { self.mgr.entry(&ns, &id).ok().map(|e| e.exit.subscribe()) } else { None };
             follower = r.follow.then(|| self.mgr.follow(&ns, &id)).flatten();
-            if rec.cri_log { logs::stream_cri(rec.stdout, exit) } else { logs::stream(rec.stdout, rec.stderr, exit) }
+            if rec.cri_log {
+                logs::stream_cri(rec.stdout, exit, r.from_end)
+            } else {
+                logs::stream(rec.stdout, rec.stderr, exit, r.from_end)
+            }
         } else {
             let entry = self.mgr.entry(&ns, &id).map_err(status)?;
             let info = self.mgr.exec_info(&entry, &r.exec_id).map_err(status)?;
             let exit = r.follow.then(|| info.exit.subscribe());
-            logs::stream(info.stdout.clone(), info.stderr.clone(), exit)
+            logs::stream(info.stdout.clone(), info.stderr.clone(), exit, r.from_end)
         };
         let out = tokio_stream::StreamExt::map(ReceiverStream::new(rx), move |(s, data)| {
             // Released when the client is done with the stream.

@@ -61,7 +61,7 @@ pub fn terminal(input: Option<pipe::Sender>, t: Terminal) -> Result<tokio::net::
         }
     });
     tokio::spawn(async move {
-        let mut output = crate::logs::stream(t.stdout, t.stderr, Some(t.exit));
+        let mut output = crate::logs::stream(t.stdout, t.stderr, Some(t.exit), false);
         while let Some((_, data)) = output.recv().await {
             if to_client.write_all(&data).await.is_err() {
                 break;

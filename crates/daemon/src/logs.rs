@@ -75,26 +75,35 @@ pub fn stream(
     stdout: PathBuf,
     stderr: PathBuf,
     exit: Option<watch::Receiver<Option<ExitStatus>>>,
+    from_end: bool,
 ) -> mpsc::Receiver<(Stream, Vec<u8>)> {
     let tails = vec![
         Tail { format: Format::Plain(Stream::Stdout), path: stdout, offset: 0 },
         Tail { format: Format::Plain(Stream::Stderr), path: stderr, offset: 0 },
     ];
-    follow(tails, exit)
+    follow(tails, exit, from_end)
 }
 
 /// Like [`stream`], for a CRI-format log holding both streams.
 pub fn stream_cri(
     path: PathBuf,
     exit: Option<watch::Receiver<Option<ExitStatus>>>,
+    from_end: bool,
 ) -> mpsc::Receiver<(Stream, Vec<u8>)> {
-    follow(vec![Tail { format: Format::Cri(Default::default()), path, offset: 0 }], exit)
+    follow(vec![Tail { format: Format::Cri(Default::default()), path, offset: 0 }], exit, from_end)
 }
 
+/// Streams the tails (from where the files end now, with `from_end`).
 fn follow(
     mut tails: Vec<Tail>,
     exit: Option<watch::Receiver<Option<ExitStatus>>>,
+    from_end: bool,
 ) -> mpsc::Receiver<(Stream, Vec<u8>)> {
+    if from_end {
+        for t in &mut tails {
+            t.offset = std::fs::metadata(&t.path).map(|m| m.len()).unwrap_or(0);
+        }
+    }
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         let mut exit = exit;

@@ -116,6 +116,10 @@ struct Args {
     /// to; an empty value serves no CRI.
     #[arg(long, default_value = "/run/berth/cri.sock")]
     cri_socket: PathBuf,
+    /// Where CRI's streaming server (exec, attach, port-forward URLs)
+    /// listens: a loopback address; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    cri_streaming_address: std::net::SocketAddr,
     /// CRIU, for checkpoints (default: what `make criu` installs,
     /// /opt/berth/criu/bin/criu, if present; else `criu` on PATH).
     #[arg(long)]
@@ -216,7 +220,14 @@ async fn serve_cri(
         cni_bin_dirs: std::env::split_paths(&args.cni_bin_dir).collect(),
         network: args.default_network.clone(),
     };
+    if !args.cri_streaming_address.ip().is_loopback() {
+        return Err(format!("--cri-streaming-address {}: must be a loopback address", args.cri_streaming_address));
+    }
     let cri = Arc::new(berth_cri::Cri::new(api::Api { mgr: mgr.clone() }, cfg));
+    let streaming = cri
+        .serve_streaming(args.cri_streaming_address)
+        .await
+        .map_err(|e| format!("--cri-streaming-address {}: {e}", args.cri_streaming_address))?;
     let (runtime, images) = berth_cri::servers(cri);
     let server = tonic::transport::Server::builder()
         .add_service(runtime)
@@ -226,6 +237,7 @@ async fn serve_cri(
         if let Err(e) = server.await {
             tracing::error!("CRI server: {e}");
         }
+        streaming.abort();
     });
     tracing::info!(socket = %args.cri_socket.display(), "serving CRI");
     Ok(Some((task, bound)))
