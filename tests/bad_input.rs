@@ -52,6 +52,15 @@ fn bad_rootfs_spec_env_runtime() {
     d.berth(&["create", "--name", "r3", "-e", "NOEQUALS", rootfs, "true"]).fails_with("invalid argument");
     let huge_label = format!("big={}", "x".repeat(70_000));
     d.berth(&["create", "--name", "r3", "-l", &huge_label, rootfs, "true"]).fails_with("invalid argument");
+    // Each value fits, together they are too many bytes.
+    let many: Vec<String> = (0..9).map(|i| format!("l{i}={}", "x".repeat(64 * 1024))).collect();
+    let mut args = vec!["create", "--name", "r3"];
+    for l in &many {
+        args.extend(["-l", l.as_str()]);
+    }
+    args.extend([rootfs, "true"]);
+    let e = d.berth(&args).fails_with("invalid argument");
+    assert!(e.contains("at most 524288 bytes in all"), "{e}");
     d.berth(&["create", "--name", "r3", "-w", "relative", rootfs, "true"]).fails_with("invalid argument");
     let e = d.berth(&["create", "--name", "r3", "--runtime", "kata", rootfs, "true"]).fails_with("invalid argument");
     assert!(e.contains("unknown runtime"), "{e}");

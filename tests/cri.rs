@@ -53,7 +53,12 @@ fn a_pod_with_two_containers_through_its_whole_life() {
 
         // One container from the image id with the image's command, one by
         // name with its own.
-        let web = create(&mut c, &pod, &cfg, container_config("web", &image_ref, &[])).await;
+        let mut web_cfg = container_config("web", &image_ref, &[]);
+        let security_context =
+            cri::LinuxContainerSecurityContext { supplemental_groups: vec![1234, 5678], ..Default::default() };
+        web_cfg.linux =
+            Some(cri::LinuxContainerConfig { security_context: Some(security_context), ..Default::default() });
+        let web = create(&mut c, &pod, &cfg, web_cfg).await;
         let job =
             create(&mut c, &pod, &cfg, container_config("job", &reference, &["sh", "-c", "echo $WHO; exit 3"])).await;
         let dup = cri::CreateContainerRequest {
@@ -83,6 +88,12 @@ fn a_pod_with_two_containers_through_its_whole_life() {
         assert!(s.finished_at >= s.started_at, "{s:?}");
 
         // ExecSync: output, exit code, the pod's hostname; a timeout kills.
+        let groups = exec_sync(&mut c, &web, &["id", "-G"], 10).await.unwrap();
+        let groups = String::from_utf8_lossy(&groups.stdout).to_string();
+        assert!(
+            groups.split_whitespace().any(|g| g == "1234") && groups.contains("5678"),
+            "supplemental groups: {groups}"
+        );
         let out = exec_sync(&mut c, &web, &["sh", "-c", "echo out; echo err >&2; hostname; exit 4"], 10).await.unwrap();
         assert_eq!(
             (out.stdout.as_slice(), out.stderr.as_slice(), out.exit_code),

@@ -91,10 +91,14 @@ fn pull_list_run_and_remove_leave_no_mount() {
     assert_eq!(out.ok(), "from entrypoint\n");
     let out = d.berth(&["run", "--rm", "--entrypoint", "pwd", &reference]);
     assert_eq!(out.ok(), "/work\n");
+    // Supplementary groups on top of the user's.
+    let out = d.berth(&["run", "--rm", "--group-add", "4321", "--group-add", "99", &reference, "id", "-G"]);
+    assert_eq!(out.ok().split_whitespace().collect::<Vec<_>>(), ["0", "4321", "99"]);
     // A malformed reference is refused before anything is made.
     d.berth(&["run", "--rm", "Not A Ref!"]).fails_with("invalid argument");
     let rootfs = d.rootfs.to_string_lossy().into_owned();
     d.berth(&["create", "--entrypoint", "sh", &rootfs]).fails_with("invalid argument");
+    d.berth(&["create", "--group-add", "5", &rootfs, "true"]).fails_with("invalid argument");
     std::thread::sleep(Duration::from_millis(200));
     await_no_containers(&d, "run --rm containers left");
     assert!(d.leftover_mounts().is_empty(), "mounts left: {:?}", d.leftover_mounts());

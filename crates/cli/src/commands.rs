@@ -102,6 +102,7 @@ async fn do_create(c: &mut Client, a: CreateArgs, start: bool, auto_remove: bool
         dns: a.dns,
         add_hosts: a.add_hosts,
         sandbox: a.sandbox.unwrap_or_default(),
+        groups: a.group_add,
         log_path: match a.log_path {
             Some(p) => std::path::absolute(&p)
                 .map_err(|e| Failure::new(format!("bad log path {}: {e}", p.display())))?

@@ -126,6 +126,10 @@ pub struct CreateArgs {
     /// and network namespace are the sandbox's.
     #[arg(long)]
     pub sandbox: Option<String>,
+    /// With an image: a supplementary group id for the process, on top of
+    /// its user's (repeatable).
+    #[arg(long = "group-add")]
+    pub group_add: Vec<u32>,
     /// Write stdout and stderr to this one file in the Kubernetes CRI log
     /// format instead of berth's logs (`berth logs` still reads it).
     #[arg(long)]

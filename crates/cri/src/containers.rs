@@ -93,6 +93,13 @@ fn user(sc: &cri::LinuxContainerSecurityContext) -> String {
     }
 }
 
+/// Supplementary group ids as berth takes them (32-bit, not negative).
+fn groups(gids: &[i64]) -> Result<Vec<u32>, Status> {
+    gids.iter()
+        .map(|g| u32::try_from(*g).map_err(|_| invalid(format!("supplemental group {g} is out of range"))))
+        .collect()
+}
+
 /// berth's seccomp setting for CRI's profile (unset: the runtime default).
 fn seccomp(profile: Option<&cri::SecurityProfile>) -> Result<String, Status> {
     use cri::security_profile::ProfileType;
@@ -167,6 +174,7 @@ fn create_request(
         dns: pod.dns.as_ref().map(|d| d.servers.clone()).unwrap_or_default(),
         sandbox,
         log_path,
+        groups: groups(&sc.supplemental_groups)?,
         ..Default::default()
     })
 }

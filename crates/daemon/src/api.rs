@@ -301,6 +301,7 @@ impl pb::containers_server::Containers for Api {
             sandbox: optional_id(&r.sandbox)?,
             restore: None,
             log_path: (!r.log_path.is_empty()).then(|| std::path::PathBuf::from(&r.log_path)),
+            groups: r.groups,
         };
         let rec = self.mgr.create(params).await.map_err(status)?;
         Ok(Response::new(container_pb(rec)))

@@ -28,7 +28,7 @@ const MAX_LABEL_KEY: usize = 256;
 /// annotations in one label); all labels together stay far below gRPC's
 /// 4 MiB message limit.
 const MAX_LABEL_VALUE: usize = 64 * 1024;
-const MAX_LABELS_BYTES: usize = 256 * 1024;
+const MAX_LABELS_BYTES: usize = 512 * 1024;
 /// How long reading and checking a create's spec may take.
 const SPEC_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -70,6 +70,8 @@ pub struct CreateParams {
     pub restore: Option<RestoreFrom>,
     /// Init's output in the CRI log format in this file, not berth's logs.
     pub log_path: Option<PathBuf>,
+    /// Supplementary groups on top of the image user's.
+    pub groups: Vec<u32>,
 }
 
 /// A create from an image: what it resolved to.
@@ -283,6 +285,9 @@ impl Manager {
             if !p.user.is_empty() {
                 return Err(Error::InvalidArgument("a user applies to an image only".into()));
             }
+            if !p.groups.is_empty() {
+                return Err(Error::InvalidArgument("supplementary groups apply to an image only".into()));
+            }
             (self.prepare_spec(&p, &cgroup).await?, None)
         } else {
             self.prepare_image_spec(&mut p, &cgroup)?
@@ -375,8 +380,13 @@ impl Manager {
         if !p.user.is_empty() {
             run.user = p.user.clone();
         }
-        let ids = berth_images::resolve_user(&self.images.snapshots, &image.chain_id, &run.user)?;
+        let mut ids = berth_images::resolve_user(&self.images.snapshots, &image.chain_id, &run.user)?;
         run.user = format!("{}:{}", ids.uid, ids.gid);
+        for g in &p.groups {
+            if !ids.additional_gids.contains(g) {
+                ids.additional_gids.push(*g);
+            }
+        }
         let defaults = spec::ImageDefaults {
             entrypoint: &run.entrypoint,
             cmd: &run.cmd,

@@ -71,6 +71,7 @@ impl CreateParams {
             sandbox: None,
             restore: Some(from),
             log_path: None,
+            groups: Vec::new(),
         }
     }
 }
