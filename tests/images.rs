@@ -93,7 +93,9 @@ fn pull_list_run_and_remove_leave_no_mount() {
     assert_eq!(out.ok(), "/work\n");
     // Supplementary groups on top of the user's.
     let out = d.berth(&["run", "--rm", "--group-add", "4321", "--group-add", "99", &reference, "id", "-G"]);
-    assert_eq!(out.ok().split_whitespace().collect::<Vec<_>>(), ["0", "4321", "99"]);
+    let mut groups: Vec<&str> = out.ok().split_whitespace().collect();
+    groups.sort();
+    assert_eq!(groups, ["0", "4321", "99"]);
     // A malformed reference is refused before anything is made.
     d.berth(&["run", "--rm", "Not A Ref!"]).fails_with("invalid argument");
     let rootfs = d.rootfs.to_string_lossy().into_owned();
