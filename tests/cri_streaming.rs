@@ -118,6 +118,20 @@ fn exec_with_a_terminal_follows_resizes() {
     assert_clean(&d, &[]);
 }
 
+/// Attaches to container `id` with stdin and stdout; the client and its
+/// stdin and stdout streams.
+async fn attach(c: &mut Clients, id: &str) -> (SpdyClient, u32, u32, u32) {
+    let req = cri::AttachRequest { container_id: id.into(), stdin: true, tty: false, stdout: true, stderr: true };
+    let url = c.rt.attach(req).await.unwrap().into_inner().url;
+    assert!(url.contains("/attach/"), "{url}");
+    let mut s = SpdyClient::connect(&url, &[EXEC]).await.1.expect("upgraded");
+    let error = s.open(&[("streamType", "error")]).await;
+    let stdin = s.open(&[("streamType", "stdin")]).await;
+    let stdout = s.open(&[("streamType", "stdout")]).await;
+    s.open(&[("streamType", "stderr")]).await;
+    (s, error, stdin, stdout)
+}
+
 #[test]
 fn attach_reaches_a_running_containers_stdin_and_output() {
     let (d, _guard, _reg, _reference, image) = setup();
@@ -126,22 +140,54 @@ fn attach_reaches_a_running_containers_stdin_and_output() {
         let mut c = clients(&d).await;
         let (pod, id) = running(&mut c, &logs, &image, "cat", &["sh", "-c", "echo before; exec cat"], true).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let req = cri::AttachRequest { container_id: id.clone(), stdin: true, tty: false, stdout: true, stderr: true };
-        let url = c.rt.attach(req).await.unwrap().into_inner().url;
-        assert!(url.contains("/attach/"), "{url}");
+        // A client that leaves does not end the container's input.
+        let (mut s, _error, stdin, stdout) = attach(&mut c, &id).await;
+        s.send(stdin, b"ping\n", false).await;
+        let out = s.read_until_data(stdout, "ping\n", LIMIT).await;
+        assert_eq!(out, "ping\n", "only what came after the attach");
+        s.send(stdin, b"", true).await;
+        drop(s);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(status(&mut c, &id).await.state, cri::ContainerState::ContainerRunning as i32);
+        // A second attach; the container's end ends it, with its Status.
+        let (mut s, error, stdin, stdout) = attach(&mut c, &id).await;
+        s.send(stdin, b"pong\n", false).await;
+        assert_eq!(s.read_until_data(stdout, "pong\n", LIMIT).await, "pong\n");
+        let stop = cri::StopContainerRequest { container_id: id.clone(), timeout: 0 };
+        c.rt.stop_container(stop).await.unwrap();
+        let got = s.read_until_end(error, LIMIT).await;
+        assert_eq!(status_of(&got.text(error))["status"], "Failure", "killed: exit 137");
+        c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
+    });
+    assert_clean(&d, &[]);
+}
+
+#[test]
+fn an_exec_whose_client_goes_away_is_killed_and_removed() {
+    let (d, _guard, _reg, _reference, image) = setup();
+    let logs = d.dir().join("pod-logs");
+    runtime().block_on(async {
+        let mut c = clients(&d).await;
+        let (pod, id) = running(&mut c, &logs, &image, "web", &[], false).await;
+        let url = c.rt.exec(exec_request(&id, &["sh", "-c", "echo started; exec sleep 777"], true, false));
+        let url = url.await.unwrap().into_inner().url;
         let mut s = SpdyClient::connect(&url, &[EXEC]).await.1.expect("upgraded");
-        let error = s.open(&[("streamType", "error")]).await;
-        let stdin = s.open(&[("streamType", "stdin")]).await;
+        s.open(&[("streamType", "error")]).await;
+        s.open(&[("streamType", "stdin")]).await;
         let stdout = s.open(&[("streamType", "stdout")]).await;
         s.open(&[("streamType", "stderr")]).await;
-        s.send(stdin, b"ping\n", false).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        // The end of input ends cat, and with it the container.
-        s.send(stdin, b"", true).await;
-        let got = s.read_until_end(error, LIMIT).await;
-        assert_eq!(got.text(stdout), "ping\n", "only what came after the attach");
-        assert_eq!(status_of(&got.text(error))["status"], "Success");
-        assert_eq!(await_exited(&mut c, &id).await.exit_code, 0);
+        s.read_until_data(stdout, "started", LIMIT).await;
+        drop(s);
+        // The exec's sleep goes, and berth forgets the exec.
+        let deadline = std::time::Instant::now() + LIMIT;
+        loop {
+            let ps = exec_sync(&mut c, &id, &["ps", "-o", "args"], 5).await.unwrap();
+            if !String::from_utf8_lossy(&ps.stdout).contains("sleep 777") {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the exec outlived its client: {}", d.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
     });
     assert_clean(&d, &[]);

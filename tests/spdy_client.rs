@@ -81,6 +81,25 @@ impl SpdyClient {
         }
     }
 
+    /// Frames until the data of stream `id` holds `needle`; that data.
+    pub async fn read_until_data(&mut self, id: u32, needle: &str, limit: Duration) -> String {
+        let mut got = Vec::new();
+        let read = async {
+            while let Some(frame) = self.next().await {
+                if let Frame::Data { id: i, data, .. } = frame
+                    && i == id
+                {
+                    got.extend_from_slice(&data);
+                    if String::from_utf8_lossy(&got).contains(needle) {
+                        return;
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(limit, read).await.expect("the output came in time");
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
     /// Frames until stream `until` has ended (FIN) on the server's side:
     /// the data of every stream, and the streams that were replied to.
     pub async fn read_until_end(&mut self, until: u32, limit: Duration) -> Received {

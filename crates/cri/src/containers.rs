@@ -144,6 +144,7 @@ fn create_request(
         image: config.image.clone().unwrap_or_default(),
         log_path: log_path.clone(),
         mounts: config.mounts.clone(),
+        stdin_once: config.stdin_once,
     };
     Ok(pb::CreateRequest {
         namespace: NAMESPACE.into(),
@@ -186,7 +187,7 @@ impl<B: Backend> Cri<B> {
         let mut page_token = String::new();
         loop {
             let list = pb::ListRequest { namespace: NAMESPACE.into(), page_token, ..Default::default() };
-            let page = Containers::list(&self.b, req(list)).await?.into_inner();
+            let page = Containers::list(&*self.b, req(list)).await?.into_inner();
             out.extend(page.containers.into_iter().filter_map(Ctr::from_container));
             if page.next_page_token.is_empty() {
                 return Ok(out);
@@ -198,7 +199,7 @@ impl<B: Backend> Cri<B> {
     /// The container `id` names, exactly or by a unique prefix.
     pub(crate) async fn ctr(&self, id: &str) -> Result<Ctr, Status> {
         let cref = pb::ContainerRef { namespace: NAMESPACE.into(), id: id.to_string() };
-        match Containers::get(&self.b, req(cref)).await {
+        match Containers::get(&*self.b, req(cref)).await {
             Ok(c) => return Ctr::from_container(c.into_inner()).ok_or_else(|| not_found(id)),
             Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::InvalidArgument) => {}
             Err(s) => return Err(s),
@@ -237,14 +238,14 @@ impl<B: Backend> Cri<B> {
         }
         let id = berth_model::random_hex(16).map_err(|e| Status::internal(format!("read /dev/urandom: {e}")))?;
         let create = create_request(id, pod.sb.id.clone(), &pod.meta, image.name, config)?;
-        let c = Containers::create(&self.b, req(create)).await?.into_inner();
+        let c = Containers::create(&*self.b, req(create)).await?.into_inner();
         Ok(cri::CreateContainerResponse { container_id: c.id })
     }
 
     pub(crate) async fn start_container(&self, id: &str) -> Result<(), Status> {
         let c = self.ctr(id).await?;
         let cref = pb::ContainerRef { namespace: NAMESPACE.into(), id: c.c.id };
-        Containers::start(&self.b, req(cref)).await.map(drop)
+        Containers::start(&*self.b, req(cref)).await.map(drop)
     }
 
     /// The stop signal, then SIGKILL after `timeout` seconds; a container
@@ -256,7 +257,7 @@ impl<B: Backend> Cri<B> {
         }
         let timeout_seconds = Some(u32::try_from(timeout.max(0)).unwrap_or(u32::MAX));
         let stop = pb::StopRequest { namespace: NAMESPACE.into(), id: c.c.id, timeout_seconds };
-        Containers::stop(&self.b, req(stop)).await.map(drop)
+        Containers::stop(&*self.b, req(stop)).await.map(drop)
     }
 
     /// Removes the container, killing it if it runs; one already gone is fine.
@@ -266,7 +267,7 @@ impl<B: Backend> Cri<B> {
             r => r?,
         };
         let del = pb::DeleteRequest { namespace: NAMESPACE.into(), id: c.c.id, force: true };
-        gone_ok(Containers::delete(&self.b, req(del)).await.map(drop))
+        gone_ok(Containers::delete(&*self.b, req(del)).await.map(drop))
     }
 
     pub(crate) async fn list_containers(
@@ -364,7 +365,7 @@ impl<B: Backend> Cri<B> {
         let c = self.ctr(&r.container_id).await?;
         let resources = r.linux.as_ref().map(limits);
         let update = pb::UpdateRequest { namespace: NAMESPACE.into(), id: c.c.id, resources };
-        Containers::update(&self.b, req(update)).await.map(drop)
+        Containers::update(&*self.b, req(update)).await.map(drop)
     }
 }
 

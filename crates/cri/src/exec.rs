@@ -40,7 +40,7 @@ impl<B: Backend> Cri<B> {
             args: r.cmd.clone(),
             ..Default::default()
         };
-        Containers::exec(&self.b, req(exec)).await?;
+        Containers::exec(&*self.b, req(exec)).await?;
         let eref = pb::ExecRef { namespace: NAMESPACE.into(), id: id.clone(), exec_id: exec_id.clone() };
         let logs = pb::LogsRequest {
             namespace: NAMESPACE.into(),
@@ -50,14 +50,14 @@ impl<B: Backend> Cri<B> {
             from_end: false,
         };
         let run = async {
-            let mut stream = std::pin::pin!(Containers::logs(&self.b, req(logs)).await?.into_inner());
+            let mut stream = std::pin::pin!(Containers::logs(&*self.b, req(logs)).await?.into_inner());
             let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
             while let Some(chunk) = stream.next().await {
                 let chunk = chunk?;
                 let buf = if chunk.stream == pb::Stream::Stderr as i32 { &mut stderr } else { &mut stdout };
                 append_capped(buf, &chunk.data);
             }
-            let exit = Containers::exec_wait(&self.b, req(eref.clone())).await?.into_inner();
+            let exit = Containers::exec_wait(&*self.b, req(eref.clone())).await?.into_inner();
             Ok::<_, Status>((stdout, stderr, exit))
         };
         let result = match u64::try_from(r.timeout) {
@@ -72,8 +72,8 @@ impl<B: Backend> Cri<B> {
                 all: false,
                 exec_id: exec_id.clone(),
             };
-            let _ = Containers::kill(&self.b, req(kill)).await;
-            let _ = Containers::exec_wait(&self.b, req(eref.clone())).await;
+            let _ = Containers::kill(&*self.b, req(kill)).await;
+            let _ = Containers::exec_wait(&*self.b, req(eref.clone())).await;
             self.forget_exec(eref).await;
             return Err(Status::deadline_exceeded(format!(
                 "command {:?} in container {id} timed out after {}s",
@@ -102,16 +102,16 @@ impl<B: Backend> Cri<B> {
             ..Default::default()
         };
         let work = async {
-            Checkpoints::create(&self.b, req(create)).await?;
+            Checkpoints::create(&*self.b, req(create)).await?;
             let export = pb::CheckpointExportRequest {
                 namespace: NAMESPACE.into(),
                 id: c.c.id.clone(),
                 name: name.clone(),
                 path: r.location.clone(),
             };
-            let exported = Checkpoints::export(&self.b, req(export)).await.map(drop);
+            let exported = Checkpoints::export(&*self.b, req(export)).await.map(drop);
             let remove = pb::CheckpointRef { namespace: NAMESPACE.into(), id: c.c.id.clone(), name: name.clone() };
-            if let Err(e) = Checkpoints::remove(&self.b, req(remove)).await {
+            if let Err(e) = Checkpoints::remove(&*self.b, req(remove)).await {
                 tracing::warn!("removing the exported checkpoint {name}: {e}");
             }
             exported
@@ -126,7 +126,7 @@ impl<B: Backend> Cri<B> {
 
     /// Drops berth's record of a finished exec.
     async fn forget_exec(&self, eref: pb::ExecRef) {
-        if let Err(e) = Containers::exec_delete(&self.b, req(eref)).await {
+        if let Err(e) = Containers::exec_delete(&*self.b, req(eref)).await {
             tracing::warn!("removing a finished ExecSync process: {e}");
         }
     }

@@ -76,7 +76,7 @@ fn cri_image(names: &[&pb::Image], user: &str) -> cri::Image {
 
 impl<B: Backend> Cri<B> {
     async fn all_images(&self) -> Result<Vec<pb::Image>, Status> {
-        Ok(Images::list(&self.b, req(pb::ImageListRequest {})).await?.into_inner().images)
+        Ok(Images::list(&*self.b, req(pb::ImageListRequest {})).await?.into_inner().images)
     }
 
     /// Berth image names → CRI image ids.
@@ -91,7 +91,7 @@ impl<B: Backend> Cri<B> {
         if reference.is_empty() {
             return Err(invalid("an image reference is required"));
         }
-        match Images::get(&self.b, req(pb::ImageRef { reference: reference.to_string() })).await {
+        match Images::get(&*self.b, req(pb::ImageRef { reference: reference.to_string() })).await {
             Ok(i) => return Ok(Some(i.into_inner())),
             Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::InvalidArgument) => {}
             Err(s) => return Err(s),
@@ -109,7 +109,7 @@ impl<B: Backend> Cri<B> {
         let Some(image) = self.resolve_image(reference).await? else { return Ok(None) };
         let group: Vec<pb::Image> =
             self.all_images().await?.into_iter().filter(|i| i.config_digest == image.config_digest).collect();
-        let inspect = Images::inspect(&self.b, req(pb::ImageRef { reference: image.name.clone() })).await?;
+        let inspect = Images::inspect(&*self.b, req(pb::ImageRef { reference: image.name.clone() })).await?;
         Ok(Some((group, inspect.into_inner().user)))
     }
 
@@ -128,7 +128,7 @@ impl<B: Backend> Cri<B> {
             if !wanted.is_empty() && !group.iter().any(|i| i.name == wanted || i.config_digest == wanted) {
                 continue;
             }
-            let inspect = Images::inspect(&self.b, req(pb::ImageRef { reference: group[0].name.clone() })).await?;
+            let inspect = Images::inspect(&*self.b, req(pb::ImageRef { reference: group[0].name.clone() })).await?;
             images.push(cri_image(&group, &inspect.into_inner().user));
         }
         Ok(cri::ListImagesResponse { images })
@@ -169,7 +169,7 @@ impl<B: Backend> Cri<B> {
             username,
             password,
         };
-        let mut progress = std::pin::pin!(Images::pull(&self.b, req(pull)).await?.into_inner());
+        let mut progress = std::pin::pin!(Images::pull(&*self.b, req(pull)).await?.into_inner());
         while let Some(event) = progress.next().await {
             if let Some(image) = event?.image {
                 return Ok(cri::PullImageResponse { image_ref: image.config_digest });
@@ -185,7 +185,7 @@ impl<B: Backend> Cri<B> {
         let Some((group, _)) = self.image_group(&reference).await? else { return Ok(()) };
         for image in group {
             let remove = pb::ImageRemoveRequest { reference: image.name, force: true };
-            crate::gone_ok(Images::remove(&self.b, req(remove)).await.map(drop))?;
+            crate::gone_ok(Images::remove(&*self.b, req(remove)).await.map(drop))?;
         }
         Ok(())
     }

@@ -19,7 +19,7 @@ mod stats;
 mod streaming;
 
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use berth_api::v1 as pb;
 use tonic::{Request, Status};
@@ -64,13 +64,15 @@ impl<T> Backend for T where
 pub trait AttachIo {
     /// Attaches to init (`exec_id` empty) or an exec of container `id` in
     /// [`NAMESPACE`]: `input` feeds its terminal or its stdin (without a
-    /// terminal, the end of `input` is the process's end of input); the
-    /// receiver yields the terminal's output (nothing without a terminal).
+    /// terminal and with `close_stdin`, the end of `input` is the process's
+    /// end of input); the receiver yields the terminal's output (nothing
+    /// without a terminal).
     async fn attach_io(
         &self,
         id: &str,
         exec_id: &str,
         input: tokio::sync::mpsc::Receiver<Vec<u8>>,
+        close_stdin: bool,
     ) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>, Status>;
 }
 
@@ -91,7 +93,7 @@ pub struct Config {
 
 /// The CRI services over one backend.
 pub struct Cri<B> {
-    b: B,
+    b: Arc<B>,
     cfg: Config,
     /// Set by UpdateRuntimeConfig (kubelet's pod CIDR), reported in Status.
     pod_cidr: Mutex<String>,
@@ -106,7 +108,7 @@ pub struct Cri<B> {
 impl<B: Backend> Cri<B> {
     pub fn new(b: B, cfg: Config) -> Self {
         Cri {
-            b,
+            b: Arc::new(b),
             cfg,
             pod_cidr: Mutex::default(),
             reserved: Mutex::default(),

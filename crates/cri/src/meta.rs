@@ -51,6 +51,9 @@ pub struct ContainerMeta {
     pub log_path: String,
     #[serde(default)]
     pub mounts: Vec<cri::Mount>,
+    /// The container's stdin ends when the first attach ends it.
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 /// The reserved label of `value` (JSON).
@@ -85,6 +88,7 @@ mod tests {
             image: cri::ImageSpec { image: "busybox".into(), ..Default::default() },
             log_path: "/var/log/pods/p/web/2.log".into(),
             mounts: vec![cri::Mount { container_path: "/data".into(), host_path: "/srv".into(), ..Default::default() }],
+            stdin_once: true,
         };
         let (k, v) = label(CONTAINER_LABEL, &meta).unwrap();
         let labels: HashMap<String, String> = [(k, v)].into();
@@ -95,6 +99,7 @@ mod tests {
         assert_eq!(back.image, meta.image);
         assert_eq!(back.log_path, meta.log_path);
         assert_eq!(back.mounts, meta.mounts);
+        assert!(back.stdin_once);
         // Not made through CRI, or damaged: not CRI's.
         assert!(read::<ContainerMeta>(&HashMap::new(), CONTAINER_LABEL).is_none());
         let bad: HashMap<String, String> = [(CONTAINER_LABEL.to_string(), "{".to_string())].into();

@@ -99,14 +99,14 @@ fn network(cfg: &crate::Config, opts: &cri::NamespaceOption) -> Result<String, S
 impl<B: Backend> Cri<B> {
     /// Every pod (berth sandboxes of the CRI namespace made through CRI).
     pub(crate) async fn pods(&self) -> Result<Vec<Pod>, Status> {
-        let list = Sandboxes::list(&self.b, req(pb::SandboxListRequest { namespace: NAMESPACE.into() })).await?;
+        let list = Sandboxes::list(&*self.b, req(pb::SandboxListRequest { namespace: NAMESPACE.into() })).await?;
         Ok(list.into_inner().sandboxes.into_iter().filter_map(Pod::from_sandbox).collect())
     }
 
     /// The pod `id` names, exactly or by a unique prefix.
     pub(crate) async fn pod(&self, id: &str) -> Result<Pod, Status> {
         let sref = pb::SandboxRef { namespace: NAMESPACE.into(), id: id.to_string() };
-        match Sandboxes::get(&self.b, req(sref)).await {
+        match Sandboxes::get(&*self.b, req(sref)).await {
             Ok(sb) => return Pod::from_sandbox(sb.into_inner()).ok_or_else(|| not_found(id)),
             Err(s) if matches!(s.code(), tonic::Code::NotFound | tonic::Code::InvalidArgument) => {}
             Err(s) => return Err(s),
@@ -157,7 +157,7 @@ impl<B: Backend> Cri<B> {
             network,
             publish,
         };
-        let sb = Sandboxes::create(&self.b, req(create)).await?.into_inner();
+        let sb = Sandboxes::create(&*self.b, req(create)).await?.into_inner();
         Ok(cri::RunPodSandboxResponse { pod_sandbox_id: sb.id })
     }
 
@@ -169,7 +169,7 @@ impl<B: Backend> Cri<B> {
             r => r?,
         };
         let stop = pb::SandboxStopRequest { namespace: NAMESPACE.into(), id: pod.sb.id, timeout_s: 0 };
-        gone_ok(Sandboxes::stop(&self.b, req(stop)).await.map(drop))
+        gone_ok(Sandboxes::stop(&*self.b, req(stop)).await.map(drop))
     }
 
     /// Removes the pod's containers (killed if they run), then the pod.
@@ -180,10 +180,10 @@ impl<B: Backend> Cri<B> {
         };
         for cid in &pod.sb.containers {
             let del = pb::DeleteRequest { namespace: NAMESPACE.into(), id: cid.clone(), force: true };
-            gone_ok(Containers::delete(&self.b, req(del)).await.map(drop))?;
+            gone_ok(Containers::delete(&*self.b, req(del)).await.map(drop))?;
         }
         let sref = pb::SandboxRef { namespace: NAMESPACE.into(), id: pod.sb.id };
-        gone_ok(Sandboxes::remove(&self.b, req(sref)).await.map(drop))
+        gone_ok(Sandboxes::remove(&*self.b, req(sref)).await.map(drop))
     }
 
     pub(crate) async fn pod_sandbox_status(

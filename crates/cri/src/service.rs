@@ -187,7 +187,7 @@ impl<B: Backend> RuntimeService for Cri<B> {
             types: ["create", "start", "restart", "exit", "delete"].map(String::from).to_vec(),
             ..Default::default()
         };
-        let events = Events::subscribe(&self.b, req(sub)).await?.into_inner();
+        let events = Events::subscribe(&*self.b, req(sub)).await?.into_inner();
         let mapped = events.filter_map(|e| async move {
             let e = match e {
                 Ok(e) => e,

@@ -16,14 +16,17 @@ const VERSION: u16 = 3;
 const SYN_STREAM: u16 = 1;
 const SYN_REPLY: u16 = 2;
 const RST_STREAM: u16 = 3;
-const SETTINGS: u16 = 4;
 const PING: u16 = 6;
 const GOAWAY: u16 = 7;
 const HEADERS: u16 = 8;
-const WINDOW_UPDATE: u16 = 9;
 const FLAG_FIN: u8 = 0x01;
 /// The largest payload a frame's 24-bit length can carry.
 pub const MAX_PAYLOAD: usize = (1 << 24) - 1;
+/// The largest frame berth reads: clients send data in pieces of 32 KiB.
+pub const MAX_FRAME: usize = 1 << 20;
+/// The most a header block may decompress to, and the most headers in it.
+const MAX_HEADER_BLOCK: usize = 256 * 1024;
+const MAX_HEADERS: usize = 1024;
 
 /// The entries of SPDY/3's header dictionary (draft 3, 2.6.10.1), each
 /// written length-prefixed, then [`DICTIONARY_TAIL`].
@@ -147,7 +150,7 @@ pub enum Frame {
         fin: bool,
         data: Vec<u8>,
     },
-    /// SETTINGS and WINDOW_UPDATE: read, nothing to do.
+    /// SETTINGS, WINDOW_UPDATE and unknown control frames: nothing to do.
     Ignored,
 }
 
@@ -269,7 +272,7 @@ impl Decoder {
                 }
                 Err(e) => return Err(bad(format!("header block: {e}"))),
             }
-            if raw.len() > MAX_PAYLOAD {
+            if raw.len() > MAX_HEADER_BLOCK {
                 return Err(bad("header block too large"));
             }
         }
@@ -283,6 +286,9 @@ impl Decoder {
             return Ok(None);
         }
         let len = u32::from_be_bytes([0, buf[5], buf[6], buf[7]]) as usize;
+        if len > MAX_FRAME {
+            return Err(bad(format!("a frame of {len} bytes (at most {MAX_FRAME})")));
+        }
         if buf.len() < 8 + len {
             return Ok(None);
         }
@@ -307,8 +313,8 @@ impl Decoder {
             RST_STREAM => Frame::RstStream { id: id()?, status: u32_at(p, 4)? },
             PING => Frame::Ping(u32_at(p, 0)?),
             GOAWAY => Frame::GoAway { last: id()?, status: u32_at(p, 4).unwrap_or(0) },
-            SETTINGS | WINDOW_UPDATE => Frame::Ignored,
-            other => return Err(bad(format!("unknown control frame type {other}"))),
+            // SPDY/3: a control frame of an unknown type is ignored.
+            _ => Frame::Ignored,
         };
         Ok(Some((frame, 8 + len)))
     }
@@ -316,6 +322,10 @@ impl Decoder {
 
 fn parse_headers(raw: &[u8]) -> io::Result<Headers> {
     let n = u32_at(raw, 0)? as usize;
+    // Each pair takes at least 8 bytes.
+    if n > MAX_HEADERS || n > raw.len() / 8 {
+        return Err(bad(format!("{n} headers")));
+    }
     let mut at = 4;
     let mut out = Vec::with_capacity(n.min(64));
     let string = |at: &mut usize| -> io::Result<String> {
@@ -416,8 +426,10 @@ mod tests {
         let mut f = vec![0x80, 0x03, 0, 1, 0, 0, 0, 14];
         f.extend_from_slice(&[0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4]);
         assert!(dec.decode(&f).is_err());
-        // An unknown control frame type.
-        assert!(Decoder::default().decode(&[0x80, 0x03, 0, 99, 0, 0, 0, 0]).is_err());
+        // An unknown control frame type is ignored.
+        assert_eq!(Decoder::default().decode(&[0x80, 0x03, 0, 99, 0, 0, 0, 0]).unwrap(), Some((Frame::Ignored, 8)));
+        // A frame over the limit is refused from its header alone.
+        assert!(Decoder::default().decode(&[0, 0, 0, 1, 0, 0x20, 0, 0]).is_err());
         // Header counts beyond the block.
         assert!(parse_headers(&[0, 0, 0, 5, 0, 0, 0, 1]).is_err());
     }

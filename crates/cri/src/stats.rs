@@ -73,7 +73,7 @@ impl<B: Backend> Cri<B> {
         let mut page_token = String::new();
         loop {
             let r = pb::StatsRequest { namespace: NAMESPACE.into(), page_token, ..Default::default() };
-            let page = Containers::stats(&self.b, req(r)).await?.into_inner();
+            let page = Containers::stats(&*self.b, req(r)).await?.into_inner();
             out.extend(page.stats.into_iter().map(|s| (s.id.clone(), s)));
             if page.next_page_token.is_empty() {
                 return Ok(out);

@@ -195,6 +195,7 @@ impl Api {
         id: ContainerId,
         exec_id: String,
         mut input: Pin<Box<dyn futures_util::Stream<Item = Vec<u8>> + Send>>,
+        close_stdin: bool,
     ) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>, Status> {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         match self.mgr.attach(&ns, &id, &exec_id).await.map_err(status)? {
@@ -229,7 +230,7 @@ impl Api {
                         }
                     }
                     drop(fifo);
-                    if let Err(e) = mgr.close_stdin(&ns, &id, &exec_id).await {
+                    if close_stdin && let Err(e) = mgr.close_stdin(&ns, &id, &exec_id).await {
                         tracing::debug!(%ns, %id, "close stdin: {e}");
                     }
                     drop(tx);
@@ -247,9 +248,10 @@ impl berth_cri::AttachIo for Api {
         id: &str,
         exec_id: &str,
         input: tokio::sync::mpsc::Receiver<Vec<u8>>,
+        close_stdin: bool,
     ) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>, Status> {
         let (ns, id) = key(berth_cri::NAMESPACE, id)?;
-        self.attach_input(ns, id, exec_id.to_string(), Box::pin(ReceiverStream::new(input))).await
+        self.attach_input(ns, id, exec_id.to_string(), Box::pin(ReceiverStream::new(input)), close_stdin).await
     }
 }
 
@@ -456,7 +458,7 @@ impl pb::containers_server::Containers for Api {
             s.message().await.ok().flatten().map(|m| (m.input, s))
         });
         let all = futures_util::stream::once(async move { first.input }).chain(rest);
-        let output = self.attach_input(ns, id, first.exec_id, Box::pin(all)).await?;
+        let output = self.attach_input(ns, id, first.exec_id, Box::pin(all), true).await?;
         let output = tokio_stream::StreamExt::map(ReceiverStream::new(output), |data| Ok(pb::AttachOutput { data }));
         Ok(Response::new(Box::pin(output)))
     }

@@ -30,6 +30,10 @@ use crate::{Backend, lock};
 const TOKEN_TTL: Duration = Duration::from_secs(60);
 /// How long a client may take to open the streams its request needs.
 const STREAM_CREATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may take to send its request's head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 256;
 const EXEC_PROTOCOL: &str = "v4.channel.k8s.io";
 const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
 
@@ -37,7 +41,16 @@ const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
 #[derive(Debug, Clone)]
 pub(crate) enum Target {
     /// A new process in a container (or init, when `exec` is `None`).
-    Process { container: String, exec: Option<Vec<String>>, stdin: bool, stdout: bool, stderr: bool, tty: bool },
+    Process {
+        container: String,
+        exec: Option<Vec<String>>,
+        stdin: bool,
+        stdout: bool,
+        stderr: bool,
+        tty: bool,
+        /// An attach's end of input ends the container's (CRI `stdin_once`).
+        stdin_once: bool,
+    },
     /// Ports of a pod: its network namespace (empty: the host's).
     Ports { netns: String },
 }
@@ -99,7 +112,8 @@ impl<B: Backend> crate::Cri<B> {
         if c.state() != crate::cri::ContainerState::ContainerRunning {
             return Err(tonic::Status::failed_precondition(format!("container {} is not running", c.c.id)));
         }
-        self.tokens.issue(Target::Process { container: c.c.id, exec, stdin, stdout, stderr, tty })
+        let stdin_once = c.meta.stdin_once;
+        self.tokens.issue(Target::Process { container: c.c.id, exec, stdin, stdout, stderr, tty, stdin_once })
     }
 
     /// PortForward: a URL for the ports of a ready pod.
@@ -119,16 +133,31 @@ impl<B: Backend> crate::Cri<B> {
         let local = listener.local_addr()?;
         let _ = self.tokens.base.set(format!("http://{local}"));
         let cri = self.clone();
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         Ok(tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok(slot) = slots.clone().acquire_owned().await else { return };
+                let tcp = match listener.accept().await {
+                    Ok((tcp, _)) => tcp,
+                    Err(e) => {
+                        // Out of descriptors, say: no busy loop.
+                        tracing::warn!("streaming server: accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
                 let cri = cri.clone();
                 tokio::spawn(async move {
+                    let _slot = slot;
                     let svc = hyper::service::service_fn(move |req| {
                         let cri = cri.clone();
                         async move { Ok::<_, std::convert::Infallible>(cri.upgrade(req)) }
                     });
-                    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc);
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(HEADER_TIMEOUT)
+                        .keep_alive(false)
+                        .serve_connection(TokioIo::new(tcp), svc);
                     if let Err(e) = conn.with_upgrades().await {
                         tracing::debug!("streaming connection: {e}");
                     }
@@ -216,6 +245,8 @@ pub(crate) struct Session {
     writer: tokio::sync::Mutex<(WriteHalf<Io>, Encoder)>,
     /// Streams already ended on our side (a second FIN is not sent).
     closed: Mutex<std::collections::HashSet<u32>>,
+    /// The task reading the connection, stopped when the session ends.
+    reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Session {
@@ -226,9 +257,11 @@ impl Session {
         let session = Arc::new(Session {
             writer: tokio::sync::Mutex::new((write, Encoder::default())),
             closed: Mutex::default(),
+            reader: Mutex::default(),
         });
-        let (tx, rx) = mpsc::channel(64);
-        tokio::spawn(read_loop(read, session.clone(), tx));
+        // Frames are at most 1 MiB: 16 queued bound what one peer holds.
+        let (tx, rx) = mpsc::channel(16);
+        *lock(&session.reader) = Some(tokio::spawn(read_loop(read, Arc::downgrade(&session), tx)));
         (rx, session)
     }
 
@@ -260,16 +293,21 @@ impl Session {
         let _ = self.send(&Frame::GoAway { last: 0, status: 0 }).await;
         let mut w = self.writer.lock().await;
         let _ = w.0.shutdown().await;
+        if let Some(reader) = lock(&self.reader).take() {
+            reader.abort();
+        }
     }
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(mut read: R, session: Arc<Session>, tx: mpsc::Sender<Event>) {
+async fn read_loop<R: AsyncRead + Unpin>(mut read: R, session: std::sync::Weak<Session>, tx: mpsc::Sender<Event>) {
     let mut dec = Decoder::default();
     let mut buf = Vec::with_capacity(64 * 1024);
+    // Where the unread part of `buf` starts (compacted before each read).
+    let mut at = 0;
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
         loop {
-            let (frame, used) = match dec.decode(&buf) {
+            let (frame, used) = match dec.decode(&buf[at..]) {
                 Ok(Some(f)) => f,
                 Ok(None) => break,
                 Err(e) => {
@@ -277,7 +315,8 @@ async fn read_loop<R: AsyncRead + Unpin>(mut read: R, session: Arc<Session>, tx:
                     return;
                 }
             };
-            buf.drain(..used);
+            at += used;
+            let Some(session) = session.upgrade() else { return };
             let events = match frame {
                 Frame::SynStream { id, fin, headers } => {
                     if session.send(&Frame::SynReply { id, fin: false, headers: Vec::new() }).await.is_err() {
@@ -307,14 +346,25 @@ async fn read_loop<R: AsyncRead + Unpin>(mut read: R, session: Arc<Session>, tx:
                 }
                 Frame::GoAway { .. } | Frame::SynReply { .. } | Frame::Headers { .. } | Frame::Ignored => Vec::new(),
             };
+            drop(session);
             for e in events {
                 if tx.send(e).await.is_err() {
+                    tracing::debug!("streaming: the session stopped listening");
                     return;
                 }
             }
         }
+        buf.drain(..at);
+        at = 0;
         match read.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) => {
+                tracing::debug!("streaming: the client closed the connection");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!("streaming: read: {e}");
+                return;
+            }
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }

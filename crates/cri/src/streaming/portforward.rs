@@ -3,11 +3,12 @@
 //! with the same `requestid` and a `port`; berth connects to that port on
 //! 127.0.0.1 inside the pod's network namespace and copies both ways. A
 //! failed connection is reported on the error stream. The socket is made
-//! on a thread of its own that enters the namespace and then ends, so no
-//! thread of berthd stays in a pod's namespace.
+//! on a thread of its own that enters the namespace and then ends (no
+//! thread of berthd stays in a pod's namespace); it connects afterwards,
+//! asynchronously. A session holds at most 64 connections, and a slow pod
+//! slows its client down instead of queueing without bound.
 
 use std::collections::HashMap;
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,22 +20,42 @@ use crate::spdy;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A TCP connection to `port` on the loopback of the network namespace at
-/// `netns` (empty: the host's).
-fn connect_in(netns: &str, port: u16) -> std::io::Result<TcpStream> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+/// Forwarded connections a session may have at once.
+const MAX_FORWARDS: usize = 64;
+
+/// A TCP socket made inside the network namespace at `netns` (empty: the
+/// host's), not connected yet: a socket stays in the namespace it was made
+/// in, so only its making needs the namespace.
+fn socket_in(netns: &str) -> std::io::Result<tokio::net::TcpSocket> {
     if netns.is_empty() {
-        return TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT);
+        return tokio::net::TcpSocket::new_v4();
     }
     let ns = std::fs::File::open(netns)?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let r = nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-            .map_err(std::io::Error::from)
-            .and_then(|()| TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT));
-        let _ = tx.send(r);
+        let made = nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .and_then(|()| {
+                nix::sys::socket::socket(
+                    nix::sys::socket::AddressFamily::Inet,
+                    nix::sys::socket::SockType::Stream,
+                    nix::sys::socket::SockFlag::SOCK_CLOEXEC | nix::sys::socket::SockFlag::SOCK_NONBLOCK,
+                    None,
+                )
+            })
+            .map_err(std::io::Error::from);
+        let _ = tx.send(made);
     });
-    rx.recv().map_err(|_| std::io::Error::other("the connecting thread died"))?
+    let fd = rx.recv().map_err(|_| std::io::Error::other("the namespace thread died"))??;
+    Ok(tokio::net::TcpSocket::from_std_stream(std::net::TcpStream::from(fd)))
+}
+
+/// A connection to `port` on 127.0.0.1 in the namespace at `netns`.
+async fn connect_in(netns: String, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::task::spawn_blocking(move || socket_in(&netns)).await.map_err(std::io::Error::other)??;
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(addr))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))?
 }
 
 /// One forwarded connection, as its streams arrive.
@@ -52,11 +73,18 @@ pub(super) async fn serve(
 ) -> std::io::Result<()> {
     let mut pairs: HashMap<String, Pair> = HashMap::new();
     // Bytes from the client for each data stream's socket; `None` ends them.
-    let mut inputs: HashMap<u32, mpsc::UnboundedSender<Option<Vec<u8>>>> = HashMap::new();
+    let mut inputs: HashMap<u32, mpsc::Sender<Option<Vec<u8>>>> = HashMap::new();
+    // The forwards end with the session (the client went away).
+    let mut forwards = tokio::task::JoinSet::new();
     while let Some(event) = events.recv().await {
+        while forwards.try_join_next().is_some() {}
         match event {
             Event::Stream { id, headers } => {
                 let request = spdy::header(&headers, "requestid").unwrap_or_default().to_string();
+                if !pairs.contains_key(&request) && pairs.len() + forwards.len() >= MAX_FORWARDS {
+                    session.finish(id).await;
+                    continue;
+                }
                 let port = spdy::header(&headers, "port").and_then(|p| p.parse::<u16>().ok()).unwrap_or(0);
                 let pair = pairs.entry(request.clone()).or_default();
                 match spdy::header(&headers, "streamtype") {
@@ -68,25 +96,29 @@ pub(super) async fn serve(
                     _ => continue,
                 }
                 if let (Some(error), Some(data)) = (pair.error, pair.data) {
-                    let (tx, rx) = mpsc::unbounded_channel();
+                    let (tx, rx) = mpsc::channel(16);
                     inputs.insert(data, tx);
                     let port = pair.port;
                     pairs.remove(&request);
-                    tokio::spawn(forward(session.clone(), netns.clone(), port, error, data, rx));
+                    forwards.spawn(forward(session.clone(), netns.clone(), port, error, data, rx));
                 }
             }
+            // A pod that reads slowly slows its client down (bounded queue).
             Event::Data { id, data } => {
-                if let Some(tx) = inputs.get(&id) {
-                    let _ = tx.send(Some(data));
+                if let Some(tx) = inputs.get(&id)
+                    && tx.send(Some(data)).await.is_err()
+                {
+                    inputs.remove(&id);
                 }
             }
             Event::End { id } => {
                 if let Some(tx) = inputs.remove(&id) {
-                    let _ = tx.send(None);
+                    let _ = tx.send(None).await;
                 }
             }
         }
     }
+    forwards.abort_all();
     Ok(())
 }
 
@@ -97,10 +129,9 @@ async fn forward(
     port: u16,
     error: u32,
     data: u32,
-    mut input: mpsc::UnboundedReceiver<Option<Vec<u8>>>,
+    mut input: mpsc::Receiver<Option<Vec<u8>>>,
 ) {
-    let connected = tokio::task::spawn_blocking(move || connect_in(&netns, port)).await;
-    let socket = match connected.map_err(std::io::Error::other).and_then(|r| r) {
+    let socket = match connect_in(netns, port).await {
         Ok(s) => s,
         Err(e) => {
             let msg = format!("error forwarding port {port} to pod: {e}");
@@ -109,10 +140,6 @@ async fn forward(
             session.finish(data).await;
             return;
         }
-    };
-    let socket = match socket.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(socket)) {
-        Ok(s) => s,
-        Err(_) => return,
     };
     let (mut from_pod, mut to_pod) = socket.into_split();
     let writer = tokio::spawn(async move {
@@ -138,13 +165,17 @@ async fn forward(
 mod tests {
     use super::*;
 
-    #[test]
-    fn connects_on_the_host_loopback_and_fails_cleanly() {
+    #[tokio::test]
+    async fn connects_on_the_host_loopback_and_fails_cleanly() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        assert!(connect_in("", port).is_ok());
+        assert!(connect_in(String::new(), port).await.is_ok());
         drop(listener);
-        assert!(connect_in("", port).is_err());
-        assert!(connect_in("/nonexistent/netns", port).is_err());
+        assert!(connect_in(String::new(), port).await.is_err());
+        assert!(connect_in("/nonexistent/netns".into(), port).await.is_err());
+        // A namespace of this very process: made there, connected.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(connect_in("/proc/self/ns/net".into(), port).await.is_ok());
     }
 }

@@ -21,6 +21,8 @@ use crate::{Backend, Cri, NAMESPACE, req, spdy};
 
 /// How long output may still come after the process has exited.
 const DRAIN: Duration = Duration::from_secs(5);
+/// The most input a client may send before its streams are all open.
+const MAX_EARLY: usize = 1 << 20;
 
 /// The Status JSON the error stream ends with.
 fn status(result: &Result<u32, String>, command: &[String]) -> String {
@@ -53,12 +55,56 @@ fn sizes(buf: &mut Vec<u8>) -> Vec<(u32, u32)> {
     let mut out = Vec::new();
     let mut stream = serde_json::Deserializer::from_slice(buf).into_iter::<Size>();
     let mut used = 0;
-    while let Some(Ok(s)) = stream.next() {
-        used = stream.byte_offset();
-        out.push((s.width, s.height));
+    loop {
+        match stream.next() {
+            Some(Ok(s)) => {
+                used = stream.byte_offset();
+                out.push((s.width, s.height));
+            }
+            // A message cut short: the rest comes in the next frame.
+            Some(Err(e)) if e.is_eof() && buf.len() - used < 4096 => break,
+            // Malformed: dropped, and the next messages are read again.
+            Some(Err(_)) => {
+                used = buf.len();
+                break;
+            }
+            None => break,
+        }
     }
     buf.drain(..used);
     out
+}
+
+/// The client's side of a session once its streams are open.
+struct Client<'a> {
+    ids: HashMap<String, u32>,
+    /// Events that came while the streams were being opened.
+    early: std::vec::IntoIter<Event>,
+    events: &'a mut mpsc::Receiver<Event>,
+}
+
+impl Client<'_> {
+    fn stream(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+
+    async fn next(&mut self) -> Option<Event> {
+        match self.early.next() {
+            Some(e) => Some(e),
+            None => self.events.recv().await,
+        }
+    }
+}
+
+/// The process a session drives.
+struct Process {
+    container: String,
+    /// Empty for an attach to init.
+    exec_id: String,
+    tty: bool,
+    /// Whether the end of the client's input ends the process's input
+    /// (an exec, or a container made with `stdin_once`).
+    close_stdin: bool,
 }
 
 pub(super) async fn serve<B: Backend>(
@@ -67,7 +113,7 @@ pub(super) async fn serve<B: Backend>(
     mut events: mpsc::Receiver<Event>,
     target: Target,
 ) -> std::io::Result<()> {
-    let Target::Process { container, exec, stdin, stdout, stderr, tty } = target else {
+    let Target::Process { container, exec, stdin, stdout, stderr, tty, stdin_once } = target else {
         return Ok(());
     };
     let mut wanted = vec!["error"];
@@ -77,7 +123,7 @@ pub(super) async fn serve<B: Backend>(
         }
     }
     let mut ids: HashMap<String, u32> = HashMap::new();
-    let mut early = Vec::new();
+    let (mut early, mut early_bytes) = (Vec::new(), 0);
     let deadline = tokio::time::Instant::now() + STREAM_CREATION_TIMEOUT;
     while !wanted.iter().all(|w| ids.contains_key(*w)) {
         match tokio::time::timeout_at(deadline, events.recv()).await {
@@ -86,62 +132,97 @@ pub(super) async fn serve<B: Backend>(
                     ids.insert(kind.to_string(), id);
                 }
             }
-            Ok(Some(other)) => early.push(other),
+            Ok(Some(other)) => {
+                early_bytes += if let Event::Data { data, .. } = &other { data.len() } else { 0 };
+                if early_bytes > MAX_EARLY {
+                    return Err(std::io::Error::other("too much input before the streams were open"));
+                }
+                early.push(other);
+            }
             Ok(None) => return Ok(()),
             Err(_) => return Err(std::io::Error::other("the client did not open its streams in time")),
         }
     }
-    let stream = |name: &str| ids.get(name).copied();
-    let error_id = stream("error").unwrap_or_default();
     let command = exec.clone().unwrap_or_default();
-    let result = run(cri, &session, &container, exec, tty, &ids, early, &mut events).await;
+    let mut client = Client { ids, early: early.into_iter(), events: &mut events };
+    let result = match exec {
+        Some(args) => run_exec(cri, &session, &mut client, container, args, tty).await,
+        None => {
+            let p = Process { container, exec_id: String::new(), tty, close_stdin: stdin_once };
+            drive(cri, &session, &mut client, &p).await
+        }
+    };
+    let error_id = client.stream("error").unwrap_or_default();
     let _ = session.data(error_id, status(&result, &command).as_bytes()).await;
     for name in ["error", "stdout", "stderr"] {
-        if let Some(id) = stream(name) {
+        if let Some(id) = client.stream(name) {
             session.finish(id).await;
         }
     }
     Ok(())
 }
 
-/// Runs the process (or attaches to init) with the client's streams; its
-/// exit code.
-#[allow(clippy::too_many_arguments)]
-async fn run<B: Backend>(
+/// Starts an exec, drives it, and removes it in any case: killed first if
+/// the session ended before it (the client went away, or berth failed).
+async fn run_exec<B: Backend>(
     cri: &Arc<Cri<B>>,
     session: &Arc<Session>,
-    container: &str,
-    exec: Option<Vec<String>>,
+    client: &mut Client<'_>,
+    container: String,
+    args: Vec<String>,
     tty: bool,
-    ids: &HashMap<String, u32>,
-    early: Vec<Event>,
-    events: &mut mpsc::Receiver<Event>,
 ) -> Result<u32, String> {
-    let stream = |name: &str| ids.get(name).copied();
-    let attach = exec.is_none();
-    let exec_id = match &exec {
-        Some(args) => {
-            let exec_id = berth_model::random_hex(8).map_err(|e| e.to_string())?;
-            let r = pb::ExecRequest {
-                namespace: NAMESPACE.into(),
-                id: container.to_string(),
-                exec_id: exec_id.clone(),
-                args: args.clone(),
-                tty,
-                stdin: stream("stdin").is_some(),
-                ..Default::default()
-            };
-            Containers::exec(&cri.b, req(r)).await.map_err(|s| s.message().to_string())?;
-            exec_id
-        }
-        None => String::new(),
+    let exec_id = berth_model::random_hex(8).map_err(|e| e.to_string())?;
+    let r = pb::ExecRequest {
+        namespace: NAMESPACE.into(),
+        id: container.clone(),
+        exec_id: exec_id.clone(),
+        args,
+        tty,
+        stdin: client.stream("stdin").is_some(),
+        ..Default::default()
     };
+    Containers::exec(&*cri.b, req(r)).await.map_err(|s| s.message().to_string())?;
+    let exec_ref = pb::ExecRef { namespace: NAMESPACE.into(), id: container.clone(), exec_id: exec_id.clone() };
+    let p = Process { container, exec_id, tty, close_stdin: true };
+    let result = drive(cri, session, client, &p).await;
+    tracing::debug!(container = %p.container, exec = %p.exec_id, "exec session ended: {result:?}");
+    if result.is_err() {
+        let kill = pb::KillRequest {
+            namespace: NAMESPACE.into(),
+            id: p.container.clone(),
+            signal: 9,
+            all: false,
+            exec_id: p.exec_id.clone(),
+        };
+        if let Err(e) = Containers::kill(&*cri.b, req(kill)).await {
+            tracing::debug!("killing an exec left by its client: {e}");
+        }
+        let _ = tokio::time::timeout(DRAIN, Containers::exec_wait(&*cri.b, req(exec_ref.clone()))).await;
+    }
+    let _ = Containers::exec_delete(&*cri.b, req(exec_ref)).await;
+    result
+}
+
+/// Copies the client's input and resizes to the process and its output to
+/// the client until the process ends; its exit code.
+async fn drive<B: Backend>(
+    cri: &Arc<Cri<B>>,
+    session: &Arc<Session>,
+    client: &mut Client<'_>,
+    p: &Process,
+) -> Result<u32, String> {
+    let attach = p.exec_id.is_empty();
     // Input: the client's stdin, fed until it ends.
     let (input, input_rx) = mpsc::channel::<Vec<u8>>(16);
     let mut pumps = Vec::new();
-    if stream("stdin").is_some() || tty {
-        let mut terminal = cri.b.attach_io(container, &exec_id, input_rx).await.map_err(|s| s.message().to_string())?;
-        if let (true, Some(out)) = (tty, stream("stdout")) {
+    if client.stream("stdin").is_some() || p.tty {
+        let mut terminal = cri
+            .b
+            .attach_io(&p.container, &p.exec_id, input_rx, p.close_stdin)
+            .await
+            .map_err(|s| s.message().to_string())?;
+        if let (true, Some(out)) = (p.tty, client.stream("stdout")) {
             let session = session.clone();
             pumps.push(tokio::spawn(async move {
                 while let Some(data) = terminal.recv().await {
@@ -152,17 +233,17 @@ async fn run<B: Backend>(
             }));
         }
     }
-    if !tty && (stream("stdout").is_some() || stream("stderr").is_some()) {
+    let (out, err) = (client.stream("stdout"), client.stream("stderr"));
+    if !p.tty && (out.is_some() || err.is_some()) {
         let logs = pb::LogsRequest {
             namespace: NAMESPACE.into(),
-            id: container.to_string(),
+            id: p.container.clone(),
             follow: true,
-            exec_id: exec_id.clone(),
+            exec_id: p.exec_id.clone(),
             from_end: attach,
         };
-        let mut output =
-            Box::pin(Containers::logs(&cri.b, req(logs)).await.map_err(|s| s.message().to_string())?.into_inner());
-        let (out, err) = (stream("stdout"), stream("stderr"));
+        let output = Containers::logs(&*cri.b, req(logs)).await.map_err(|s| s.message().to_string())?;
+        let mut output = Box::pin(output.into_inner());
         let session = session.clone();
         pumps.push(tokio::spawn(async move {
             while let Some(Ok(chunk)) = output.next().await {
@@ -175,29 +256,24 @@ async fn run<B: Backend>(
             }
         }));
     }
-    // The client's input and resizes, until the process ends.
-    let (stdin_id, resize_id) = (stream("stdin"), stream("resize"));
+    let (stdin_id, resize_id) = (client.stream("stdin"), client.stream("resize"));
     let mut input = Some(input);
     let mut resize_buf = Vec::new();
-    let mut pending = early.into_iter();
-    let exec_ref = pb::ExecRef { namespace: NAMESPACE.into(), id: container.to_string(), exec_id: exec_id.clone() };
-    let (b, waited) = (&cri.b, exec_ref.clone());
+    let exec_ref = pb::ExecRef { namespace: NAMESPACE.into(), id: p.container.clone(), exec_id: p.exec_id.clone() };
+    let b = &cri.b;
     let wait = async move {
         if attach {
-            let r = pb::ContainerRef { namespace: waited.namespace, id: waited.id };
-            Containers::wait(b, req(r)).await
+            let r = pb::ContainerRef { namespace: exec_ref.namespace, id: exec_ref.id };
+            Containers::wait(&**b, req(r)).await
         } else {
-            Containers::exec_wait(b, req(waited)).await
+            Containers::exec_wait(&**b, req(exec_ref)).await
         }
     };
     tokio::pin!(wait);
     let exit = loop {
-        let event = match pending.next() {
-            Some(e) => Some(e),
-            None => tokio::select! {
-                exit = &mut wait => break exit,
-                e = events.recv() => e,
-            },
+        let event = tokio::select! {
+            exit = &mut wait => break exit,
+            e = client.next() => e,
         };
         match event {
             Some(Event::Data { id, data }) if Some(id) == stdin_id => {
@@ -213,26 +289,28 @@ async fn run<B: Backend>(
                 for (width, height) in sizes(&mut resize_buf) {
                     let r = pb::ResizeRequest {
                         namespace: NAMESPACE.into(),
-                        id: container.to_string(),
-                        exec_id: exec_id.clone(),
+                        id: p.container.clone(),
+                        exec_id: p.exec_id.clone(),
                         width,
                         height,
                     };
-                    let _ = Containers::resize(&cri.b, req(r)).await;
+                    let _ = Containers::resize(&*cri.b, req(r)).await;
                 }
             }
             Some(_) => {}
-            // The client went away: an attach ends, an exec runs on.
-            None if attach => return Err("the client went away".into()),
-            None => break (&mut wait).await,
+            None => {
+                for pump in &pumps {
+                    pump.abort();
+                }
+                return Err("the client went away".into());
+            }
         }
     };
     drop(input);
-    for pump in pumps {
-        let _ = tokio::time::timeout(DRAIN, pump).await;
-    }
-    if !attach {
-        let _ = Containers::exec_delete(&cri.b, req(exec_ref)).await;
+    for mut pump in pumps {
+        if tokio::time::timeout(DRAIN, &mut pump).await.is_err() {
+            pump.abort();
+        }
     }
     exit.map(|e| e.into_inner().code).map_err(|s| s.message().to_string())
 }
@@ -259,5 +337,10 @@ mod tests {
         buf.extend_from_slice(br#""Height":40}"#);
         assert_eq!(sizes(&mut buf), [(100, 40)]);
         assert!(buf.is_empty());
+        // A malformed message is dropped; the next one is read.
+        let mut buf = br#"{"Width":-1,"Height":2}"#.to_vec();
+        assert!(sizes(&mut buf).is_empty() && buf.is_empty());
+        buf.extend_from_slice(br#"{"Width":5,"Height":6}"#);
+        assert_eq!(sizes(&mut buf), [(5, 6)]);
     }
 }
