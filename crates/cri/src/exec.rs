@@ -4,6 +4,8 @@
 //! killed and the call fails with DeadlineExceeded. CheckpointContainer:
 //! a CRIU checkpoint of a running container exported as an archive.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use berth_api::v1 as pb;
@@ -26,110 +28,123 @@ fn append_capped(buf: &mut Vec<u8>, data: &[u8]) {
 }
 
 impl<B: Backend> Cri<B> {
+    /// Runs in a task of its own: a client that gives up (its call is
+    /// cancelled) leaves neither the process nor berth's record of it.
     pub(crate) async fn exec_sync(&self, r: cri::ExecSyncRequest) -> Result<cri::ExecSyncResponse, Status> {
         if r.cmd.is_empty() {
             return Err(invalid("cmd is required"));
         }
         let ctr = self.ctr(&r.container_id).await?;
-        let exec_id = berth_model::random_hex(8).map_err(|e| Status::internal(format!("read /dev/urandom: {e}")))?;
-        let id = ctr.c.id;
-        let exec = pb::ExecRequest {
-            namespace: NAMESPACE.into(),
-            id: id.clone(),
-            exec_id: exec_id.clone(),
-            args: r.cmd.clone(),
-            ..Default::default()
-        };
-        Containers::exec(&*self.b, req(exec)).await?;
-        let eref = pb::ExecRef { namespace: NAMESPACE.into(), id: id.clone(), exec_id: exec_id.clone() };
-        let logs = pb::LogsRequest {
-            namespace: NAMESPACE.into(),
-            id: id.clone(),
-            follow: true,
-            exec_id: exec_id.clone(),
-            from_end: false,
-        };
-        let run = async {
-            let mut stream = std::pin::pin!(Containers::logs(&*self.b, req(logs)).await?.into_inner());
-            let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk?;
-                let buf = if chunk.stream == pb::Stream::Stderr as i32 { &mut stderr } else { &mut stdout };
-                append_capped(buf, &chunk.data);
-            }
-            let exit = Containers::exec_wait(&*self.b, req(eref.clone())).await?.into_inner();
-            Ok::<_, Status>((stdout, stderr, exit))
-        };
-        let result = match u64::try_from(r.timeout) {
-            Ok(secs) if secs > 0 => tokio::time::timeout(Duration::from_secs(secs), run).await.ok(),
-            _ => Some(run.await),
-        };
-        let Some(result) = result else {
-            let kill = pb::KillRequest {
-                namespace: NAMESPACE.into(),
-                id: id.clone(),
-                signal: SIGKILL,
-                all: false,
-                exec_id: exec_id.clone(),
-            };
-            let _ = Containers::kill(&*self.b, req(kill)).await;
-            let _ = Containers::exec_wait(&*self.b, req(eref.clone())).await;
-            self.forget_exec(eref).await;
-            return Err(Status::deadline_exceeded(format!(
-                "command {:?} in container {id} timed out after {}s",
-                r.cmd, r.timeout
-            )));
-        };
-        self.forget_exec(eref).await;
-        let (stdout, stderr, exit) = result?;
-        Ok(cri::ExecSyncResponse { stdout, stderr, exit_code: exit.code as i32 })
+        let task = tokio::spawn(exec_sync(self.b.clone(), ctr.c.id, r.cmd, r.timeout));
+        task.await.map_err(|e| Status::internal(format!("ExecSync task: {e}")))?
     }
 
     /// A checkpoint of a running container written as an archive at
     /// `location` (kubelet's forensic checkpoint); the container keeps
-    /// running and berth keeps no copy.
+    /// running and berth keeps no copy. The work runs in a task of its own:
+    /// past the timeout (or if the call is cancelled) it still cleans up,
+    /// and an archive that comes too late is removed.
     pub(crate) async fn checkpoint_container(&self, r: cri::CheckpointContainerRequest) -> Result<(), Status> {
         if !r.location.starts_with('/') {
             return Err(invalid("location must be an absolute path"));
         }
         let c = self.ctr(&r.container_id).await?;
         let name = format!("cri-{}", berth_model::random_hex(6).map_err(|e| Status::internal(e.to_string()))?);
-        let create = pb::CheckpointRequest {
-            namespace: NAMESPACE.into(),
-            id: c.c.id.clone(),
-            name: name.clone(),
-            leave_running: true,
-            ..Default::default()
-        };
-        let work = async {
-            Checkpoints::create(&*self.b, req(create)).await?;
+        let abandoned = Arc::new(AtomicBool::new(false));
+        let (b, id, location, gave_up) = (self.b.clone(), c.c.id.clone(), r.location.clone(), abandoned.clone());
+        let work = tokio::spawn(async move {
+            let create = pb::CheckpointRequest {
+                namespace: NAMESPACE.into(),
+                id: id.clone(),
+                name: name.clone(),
+                leave_running: true,
+                ..Default::default()
+            };
+            Checkpoints::create(&*b, req(create)).await?;
             let export = pb::CheckpointExportRequest {
                 namespace: NAMESPACE.into(),
-                id: c.c.id.clone(),
+                id: id.clone(),
                 name: name.clone(),
-                path: r.location.clone(),
+                path: location.clone(),
             };
-            let exported = Checkpoints::export(&*self.b, req(export)).await.map(drop);
-            let remove = pb::CheckpointRef { namespace: NAMESPACE.into(), id: c.c.id.clone(), name: name.clone() };
-            if let Err(e) = Checkpoints::remove(&*self.b, req(remove)).await {
+            let exported = Checkpoints::export(&*b, req(export)).await.map(drop);
+            let remove = pb::CheckpointRef { namespace: NAMESPACE.into(), id, name: name.clone() };
+            if let Err(e) = Checkpoints::remove(&*b, req(remove)).await {
                 tracing::warn!("removing the exported checkpoint {name}: {e}");
             }
+            if exported.is_ok() && gave_up.load(Ordering::SeqCst) {
+                let _ = std::fs::remove_file(&location);
+            }
             exported
-        };
-        match u64::try_from(r.timeout) {
-            Ok(secs) if secs > 0 => tokio::time::timeout(Duration::from_secs(secs), work)
-                .await
-                .map_err(|_| Status::deadline_exceeded(format!("checkpoint of {} took over {secs}s", c.c.id)))?,
+        });
+        let joined = match u64::try_from(r.timeout) {
+            Ok(secs) if secs > 0 => match tokio::time::timeout(Duration::from_secs(secs), work).await {
+                Ok(joined) => joined,
+                Err(_) => {
+                    abandoned.store(true, Ordering::SeqCst);
+                    return Err(Status::deadline_exceeded(format!("checkpoint of {} took over {secs}s", c.c.id)));
+                }
+            },
             _ => work.await,
-        }
+        };
+        joined.map_err(|e| Status::internal(format!("checkpoint task: {e}")))?
     }
+}
 
-    /// Drops berth's record of a finished exec.
-    async fn forget_exec(&self, eref: pb::ExecRef) {
-        if let Err(e) = Containers::exec_delete(&*self.b, req(eref)).await {
-            tracing::warn!("removing a finished ExecSync process: {e}");
+/// ExecSync proper.
+async fn exec_sync<B: Backend>(
+    b: Arc<B>,
+    id: String,
+    cmd: Vec<String>,
+    timeout: i64,
+) -> Result<cri::ExecSyncResponse, Status> {
+    let exec_id = berth_model::random_hex(8).map_err(|e| Status::internal(format!("read /dev/urandom: {e}")))?;
+    let exec = pb::ExecRequest {
+        namespace: NAMESPACE.into(),
+        id: id.clone(),
+        exec_id: exec_id.clone(),
+        args: cmd.clone(),
+        ..Default::default()
+    };
+    Containers::exec(&*b, req(exec)).await?;
+    let eref = pb::ExecRef { namespace: NAMESPACE.into(), id: id.clone(), exec_id: exec_id.clone() };
+    let logs = pb::LogsRequest {
+        namespace: NAMESPACE.into(),
+        id: id.clone(),
+        follow: true,
+        exec_id: exec_id.clone(),
+        from_end: false,
+    };
+    let run = async {
+        let mut stream = std::pin::pin!(Containers::logs(&*b, req(logs)).await?.into_inner());
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk?;
+            let buf = if chunk.stream == pb::Stream::Stderr as i32 { &mut stderr } else { &mut stdout };
+            append_capped(buf, &chunk.data);
         }
+        let exit = Containers::exec_wait(&*b, req(eref.clone())).await?.into_inner();
+        Ok::<_, Status>((stdout, stderr, exit))
+    };
+    let result = match u64::try_from(timeout) {
+        Ok(secs) if secs > 0 => tokio::time::timeout(Duration::from_secs(secs), run).await.ok(),
+        _ => Some(run.await),
+    };
+    // Past the timeout, or when berth failed half way: the process goes.
+    if !matches!(result, Some(Ok(_))) {
+        let kill =
+            pb::KillRequest { namespace: NAMESPACE.into(), id: id.clone(), signal: SIGKILL, all: false, exec_id };
+        let _ = Containers::kill(&*b, req(kill)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), Containers::exec_wait(&*b, req(eref.clone()))).await;
     }
+    if let Err(e) = Containers::exec_delete(&*b, req(eref)).await {
+        tracing::warn!("removing a finished ExecSync process: {e}");
+    }
+    let Some(result) = result else {
+        return Err(Status::deadline_exceeded(format!("command {cmd:?} in container {id} timed out after {timeout}s")));
+    };
+    let (stdout, stderr, exit) = result?;
+    Ok(cri::ExecSyncResponse { stdout, stderr, exit_code: exit.code as i32 })
 }
 
 #[cfg(test)]

@@ -32,12 +32,29 @@ struct Tail {
     format: Format,
     path: PathBuf,
     offset: u64,
+    /// The file read last: another one at the path (kubelet rotated a CRI
+    /// log) is read from its start.
+    ino: Option<u64>,
 }
 
 impl Tail {
+    fn new(format: Format, path: PathBuf) -> Tail {
+        Tail { format, path, offset: 0, ino: None }
+    }
+
     /// Sends everything written since the last call.
     async fn drain(&mut self, tx: &mpsc::Sender<(Stream, Vec<u8>)>) -> bool {
+        use std::os::unix::fs::MetadataExt;
         let Ok(mut f) = tokio::fs::File::open(&self.path).await else { return true };
+        if let Ok(m) = f.metadata().await {
+            if self.ino.is_some_and(|ino| ino != m.ino()) || m.len() < self.offset {
+                self.offset = 0;
+                if let Format::Cri(parser) = &mut self.format {
+                    *parser = Default::default();
+                }
+            }
+            self.ino = Some(m.ino());
+        }
         if f.seek(SeekFrom::Start(self.offset)).await.is_err() {
             return true;
         }
@@ -77,10 +94,8 @@ pub fn stream(
     exit: Option<watch::Receiver<Option<ExitStatus>>>,
     from_end: bool,
 ) -> mpsc::Receiver<(Stream, Vec<u8>)> {
-    let tails = vec![
-        Tail { format: Format::Plain(Stream::Stdout), path: stdout, offset: 0 },
-        Tail { format: Format::Plain(Stream::Stderr), path: stderr, offset: 0 },
-    ];
+    let tails =
+        vec![Tail::new(Format::Plain(Stream::Stdout), stdout), Tail::new(Format::Plain(Stream::Stderr), stderr)];
     follow(tails, exit, from_end)
 }
 
@@ -90,7 +105,7 @@ pub fn stream_cri(
     exit: Option<watch::Receiver<Option<ExitStatus>>>,
     from_end: bool,
 ) -> mpsc::Receiver<(Stream, Vec<u8>)> {
-    follow(vec![Tail { format: Format::Cri(Default::default()), path, offset: 0 }], exit, from_end)
+    follow(vec![Tail::new(Format::Cri(Default::default()), path)], exit, from_end)
 }
 
 /// Streams the tails (from where the files end now, with `from_end`).
@@ -100,8 +115,11 @@ fn follow(
     from_end: bool,
 ) -> mpsc::Receiver<(Stream, Vec<u8>)> {
     if from_end {
+        use std::os::unix::fs::MetadataExt;
         for t in &mut tails {
-            t.offset = std::fs::metadata(&t.path).map(|m| m.len()).unwrap_or(0);
+            if let Ok(m) = std::fs::metadata(&t.path) {
+                (t.offset, t.ino) = (m.len(), Some(m.ino()));
+            }
         }
     }
     let (tx, rx) = mpsc::channel(16);

@@ -303,6 +303,9 @@ impl Manager {
         self.get(ns, id)?.state.apply(Op::Start)?;
         let _starting = entry.starting.lock().await;
         let t = std::time::Instant::now();
+        // Taken before the start: a process that exits at once must not
+        // have exited (the shim's time) before it started.
+        let started_at_ns = crate::now_ns();
         let started = tokio::time::timeout(self.cfg.start_timeout, entry.shim.start(id, "")).await;
         let pid = match started {
             Ok(r) => r?,
@@ -321,7 +324,7 @@ impl Manager {
         let rec = self.change(ns, id, Some(Kind::Start), |r| {
             r.state = r.state.apply(Op::Start)?;
             r.pid = pid;
-            r.started_at_ns = crate::now_ns();
+            r.started_at_ns = started_at_ns;
             Ok(())
         })?;
         self.phases.end("start.record", t);
