@@ -4,7 +4,8 @@
 //! `v4.channel.k8s.io` and `portforward.k8s.io` to them: stdin, stdout and
 //! stderr of an exec with its exit code in the error stream's Status, a
 //! terminal resized, an attach to a running container, a TCP connection
-//! to a server inside a pod, single-use URLs and refused requests.
+//! to a server inside a pod, single-use URLs and refused requests; and a
+//! WebSocket client (tokio-tungstenite) speaks `v5.channel.k8s.io`.
 
 use std::time::Duration;
 
@@ -113,6 +114,46 @@ fn exec_with_a_terminal_follows_resizes() {
         assert!(out.contains("40 100"), "the terminal's size: {out:?}");
         assert!(out.contains("/dev/pts/"), "a terminal: {out:?}");
         assert_eq!(status_of(&got.text(error))["status"], "Success");
+        c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
+    });
+    assert_clean(&d, &[]);
+}
+
+#[test]
+fn exec_over_websocket_speaks_v5_channels() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let (d, _guard, _reg, _reference, image) = setup();
+    let logs = d.dir().join("pod-logs");
+    runtime().block_on(async {
+        let mut c = clients(&d).await;
+        let (pod, id) = running(&mut c, &logs, &image, "ws", &[], false).await;
+        let script = "read x; echo got:$x; echo err >&2; exit 3";
+        let url = c.rt.exec(exec_request(&id, &["sh", "-c", script], true, false)).await.unwrap().into_inner().url;
+        let mut request = url.replace("http://", "ws://").into_client_request().unwrap();
+        request.headers_mut().insert("Sec-WebSocket-Protocol", "v5.channel.k8s.io".parse().unwrap());
+        let (mut ws, response) = tokio_tungstenite::connect_async(request).await.expect("WebSocket upgrade");
+        assert_eq!(response.headers()["Sec-WebSocket-Protocol"], "v5.channel.k8s.io");
+        ws.send(Message::Binary(b"\x00hello\n".to_vec().into())).await.unwrap();
+        // v5: stdin (channel 0) is closed.
+        ws.send(Message::Binary(vec![255, 0].into())).await.unwrap();
+        let mut got: std::collections::HashMap<u8, Vec<u8>> = Default::default();
+        let read = async {
+            while let Some(Ok(msg)) = ws.next().await {
+                match msg {
+                    Message::Binary(b) if !b.is_empty() => got.entry(b[0]).or_default().extend_from_slice(&b[1..]),
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(LIMIT, read).await.expect("the session ended in time");
+        let text = |ch: u8| String::from_utf8_lossy(got.get(&ch).map(Vec::as_slice).unwrap_or_default()).into_owned();
+        assert_eq!(text(1), "got:hello\n");
+        assert_eq!(text(2), "err\n");
+        let status = status_of(&text(3));
+        assert_eq!(status["details"]["causes"][0]["message"], "3", "{status}");
         c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
     });
     assert_clean(&d, &[]);

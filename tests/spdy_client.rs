@@ -44,6 +44,10 @@ impl SpdyClient {
         if code != 101 {
             return (code, None);
         }
+        // What client-go checks before it speaks SPDY.
+        let lower = text.to_ascii_lowercase();
+        assert!(lower.contains("\r\nconnection: upgrade\r\n"), "Connection: Upgrade in {text:?}");
+        assert!(lower.contains("\r\nupgrade: spdy/3.1\r\n"), "Upgrade: SPDY/3.1 in {text:?}");
         let client = SpdyClient { tcp, enc: Encoder::default(), dec: Decoder::default(), buf: Vec::new(), next_id: 1 };
         (code, Some(client))
     }

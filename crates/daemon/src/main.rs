@@ -283,9 +283,10 @@ async fn run(args: Args) -> Result<(), String> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     }
+    // CRI first: a client that finds the main socket serving finds CRI too.
+    let cri = serve_cri(&args, &mgr).await?;
     let (listener, bound) = guard::bind_socket(&socket).await.map_err(|e| e.to_string())?;
     tracing::info!(socket = %socket.display(), "berthd serving");
-    let cri = serve_cri(&args, &mgr).await?;
 
     let api = api::Api { mgr: mgr.clone() };
     let events = api::Api { mgr: mgr.clone() };

@@ -10,6 +10,7 @@
 
 mod portforward;
 mod remotecommand;
+mod websocket;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -156,7 +157,6 @@ impl<B: Backend> crate::Cri<B> {
                     let conn = hyper::server::conn::http1::Builder::new()
                         .timer(hyper_util::rt::TokioTimer::new())
                         .header_read_timeout(HEADER_TIMEOUT)
-                        .keep_alive(false)
                         .serve_connection(TokioIo::new(tcp), svc);
                     if let Err(e) = conn.with_upgrades().await {
                         tracing::debug!("streaming connection: {e}");
@@ -179,8 +179,33 @@ impl<B: Backend> crate::Cri<B> {
             return refuse(StatusCode::NOT_FOUND, "unknown or expired streaming URL".into());
         };
         let upgrade = req.headers().get(hyper::header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if upgrade.eq_ignore_ascii_case("websocket") {
+            return match websocket::handshake(&req, &target) {
+                Ok((response, protocol)) => {
+                    let cri = self.clone();
+                    tokio::spawn(async move {
+                        match hyper::upgrade::on(&mut req).await {
+                            Ok(upgraded) => {
+                                let (events, session) = websocket::start(TokioIo::new(upgraded), &target).await;
+                                tracing::debug!(%protocol, "a WebSocket streaming session");
+                                if let Err(e) = remotecommand::serve(&cri, session.clone(), events, target).await {
+                                    tracing::debug!("streaming session: {e}");
+                                }
+                                session.close().await;
+                            }
+                            Err(e) => tracing::debug!("streaming upgrade: {e}"),
+                        }
+                    });
+                    response
+                }
+                Err((code, msg)) => refuse(code, msg),
+            };
+        }
         if !upgrade.eq_ignore_ascii_case("SPDY/3.1") {
-            return refuse(StatusCode::BAD_REQUEST, format!("upgrade to SPDY/3.1 expected, not {upgrade:?}"));
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("upgrade to SPDY/3.1 or websocket expected, not {upgrade:?}"),
+            );
         }
         let wanted = if matches!(target, Target::Ports { .. }) { PORT_FORWARD_PROTOCOL } else { EXEC_PROTOCOL };
         let offered: Vec<String> = req
@@ -240,9 +265,17 @@ pub(crate) enum Event {
 
 type Io = TokioIo<hyper::upgrade::Upgraded>;
 
-/// The sending side of a SPDY connection, shared by the protocol's tasks.
+/// How a session sends.
+enum Transport {
+    Spdy(tokio::sync::Mutex<(WriteHalf<Io>, Encoder)>),
+    /// WebSocket: a stream's id is its channel number, sent as each
+    /// message's first byte.
+    WebSocket(tokio::sync::Mutex<websocket::Sink>),
+}
+
+/// The sending side of a connection, shared by the protocol's tasks.
 pub(crate) struct Session {
-    writer: tokio::sync::Mutex<(WriteHalf<Io>, Encoder)>,
+    out: Transport,
     /// Streams already ended on our side (a second FIN is not sent).
     closed: Mutex<std::collections::HashSet<u32>>,
     /// The task reading the connection, stopped when the session ends.
@@ -254,34 +287,39 @@ impl Session {
     /// the peer is gone.
     fn start(io: Io) -> (mpsc::Receiver<Event>, Arc<Session>) {
         let (read, write) = tokio::io::split(io);
-        let session = Arc::new(Session {
-            writer: tokio::sync::Mutex::new((write, Encoder::default())),
-            closed: Mutex::default(),
-            reader: Mutex::default(),
-        });
+        let session = Arc::new(Session::new(Transport::Spdy(tokio::sync::Mutex::new((write, Encoder::default())))));
         // Frames are at most 1 MiB: 16 queued bound what one peer holds.
         let (tx, rx) = mpsc::channel(16);
         *lock(&session.reader) = Some(tokio::spawn(read_loop(read, Arc::downgrade(&session), tx)));
         (rx, session)
     }
 
+    fn new(out: Transport) -> Session {
+        Session { out, closed: Mutex::default(), reader: Mutex::default() }
+    }
+
+    /// Sends a SPDY frame (nothing on a WebSocket).
     pub async fn send(&self, frame: &Frame) -> std::io::Result<()> {
-        let mut w = self.writer.lock().await;
+        let Transport::Spdy(writer) = &self.out else { return Ok(()) };
+        let mut w = writer.lock().await;
         let (io, enc) = &mut *w;
         let bytes = enc.encode(frame)?;
         io.write_all(&bytes).await?;
         io.flush().await
     }
 
-    /// Sends `data` on stream `id`, in frames of at most 32 KiB.
+    /// Sends `data` on stream `id`, in pieces of at most 32 KiB.
     pub async fn data(&self, id: u32, data: &[u8]) -> std::io::Result<()> {
         for chunk in data.chunks(32 * 1024) {
-            self.send(&Frame::Data { id, fin: false, data: chunk.to_vec() }).await?;
+            match &self.out {
+                Transport::Spdy(_) => self.send(&Frame::Data { id, fin: false, data: chunk.to_vec() }).await?,
+                Transport::WebSocket(sink) => websocket::send(&mut *sink.lock().await, id, chunk).await?,
+            }
         }
         Ok(())
     }
 
-    /// Ends our side of stream `id` (once).
+    /// Ends our side of stream `id` (once; a WebSocket channel just stops).
     pub async fn finish(&self, id: u32) {
         if lock(&self.closed).insert(id) {
             let _ = self.send(&Frame::Data { id, fin: true, data: Vec::new() }).await;
@@ -290,9 +328,13 @@ impl Session {
 
     /// Says goodbye and shuts the connection down.
     async fn close(&self) {
-        let _ = self.send(&Frame::GoAway { last: 0, status: 0 }).await;
-        let mut w = self.writer.lock().await;
-        let _ = w.0.shutdown().await;
+        match &self.out {
+            Transport::Spdy(writer) => {
+                let _ = self.send(&Frame::GoAway { last: 0, status: 0 }).await;
+                let _ = writer.lock().await.0.shutdown().await;
+            }
+            Transport::WebSocket(sink) => websocket::close(&mut *sink.lock().await).await,
+        }
         if let Some(reader) = lock(&self.reader).take() {
             reader.abort();
         }
