@@ -43,13 +43,15 @@ fn channels(target: &Target) -> Vec<(&'static str, u32)> {
     all.into_iter().filter(|(on, _, _)| *on).map(|(_, name, ch)| (name, ch)).collect()
 }
 
+/// The 101 answer to an upgrade and the protocol chosen.
+type Accepted = (Response<Full<Bytes>>, &'static str);
+/// Why an upgrade is refused.
+type Refused = (StatusCode, String);
+
 /// The 101 answer to a WebSocket upgrade, and the protocol chosen; or why
 /// it is refused.
 #[allow(clippy::result_large_err)]
-pub(super) fn handshake<T>(
-    req: &Request<T>,
-    target: &Target,
-) -> Result<(Response<Full<Bytes>>, &'static str), (StatusCode, String)> {
+pub(super) fn handshake<T>(req: &Request<T>, target: &Target) -> Result<Accepted, Refused> {
     if matches!(target, Target::Ports { .. }) {
         return Err((StatusCode::BAD_REQUEST, "port-forward streams over SPDY/3.1".into()));
     }
