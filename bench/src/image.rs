@@ -31,13 +31,13 @@ pub struct ImageTimes {
 }
 
 /// A docker-registry on 127.0.0.1, killed (by its PID) when dropped.
-struct Registry {
+pub struct Registry {
     child: Child,
-    addr: String,
+    pub addr: String,
 }
 
 impl Registry {
-    fn start(dir: &Path) -> Option<Registry> {
+    pub fn start(dir: &Path) -> Option<Registry> {
         if !Path::new(REGISTRY_BIN).exists() {
             eprintln!("{REGISTRY_BIN} missing (apt-get install docker-registry); skipping the image figures");
             return None;
@@ -134,24 +134,29 @@ fn push_blob(addr: &str, repo: &str, path: &Path, digest: &str) -> Option<()> {
     Some(())
 }
 
-/// Builds and pushes the image; returns its reference and size in MB.
-fn build_and_push(d: &Daemon, addr: &str) -> Option<(String, f64)> {
-    let work = d.dir().join("bench-image");
+/// Builds and pushes `repo:v1`: the busybox rootfs as its first layer,
+/// then `random_layers` layers of random data (the first one holding some
+/// too, when there are any), with `cmd` as its Cmd; returns its reference
+/// and size in MB.
+pub fn build_and_push(d: &Daemon, addr: &str, repo: &str, random_layers: usize, cmd: &[&str]) -> Option<(String, f64)> {
+    let work = d.dir().join(format!("bench-image-{repo}"));
     let mut layers = Vec::new();
-    for i in 1..=3 {
+    for i in 1..=random_layers.max(1) {
         let dir = work.join(format!("l{i}"));
         std::fs::create_dir_all(&dir).ok()?;
         if i == 1 {
             sh(Command::new("cp").arg("-a").arg(d.rootfs.join(".")).arg(&dir))?;
         }
-        random_file(&dir.join(format!("random{i}")))?;
+        if random_layers > 0 {
+            random_file(&dir.join(format!("random{i}")))?;
+        }
         layers.push(make_layer(&dir, &work.join(format!("l{i}.tar.gz")))?);
         let _ = std::fs::remove_dir_all(&dir);
     }
     let diff_ids: Vec<&str> = layers.iter().map(|(_, d)| d.as_str()).collect();
     let config = serde_json::to_vec(&serde_json::json!({
         "architecture": "amd64", "os": "linux",
-        "config": {"Cmd": ["/bin/sh"], "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]},
+        "config": {"Cmd": cmd, "Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"]},
         "rootfs": {"type": "layers", "diff_ids": diff_ids},
     }))
     .ok()?;
@@ -159,9 +164,9 @@ fn build_and_push(d: &Daemon, addr: &str) -> Option<(String, f64)> {
     std::fs::write(&config_path, &config).ok()?;
     let config_digest = sha256_file(&config_path)?;
     for (blob, _) in &layers {
-        push_blob(addr, "bench", &blob.path, &blob.digest)?;
+        push_blob(addr, repo, &blob.path, &blob.digest)?;
     }
-    push_blob(addr, "bench", &config_path, &config_digest)?;
+    push_blob(addr, repo, &config_path, &config_digest)?;
     let descs: Vec<serde_json::Value> = layers
         .iter()
         .map(|(b, _)| {
@@ -182,10 +187,10 @@ fn build_and_push(d: &Daemon, addr: &str) -> Option<(String, f64)> {
         .args(["-sf", "-o", "/dev/null", "-X", "PUT", "-H", "Content-Type: application/vnd.oci.image.manifest.v1+json"])
         .arg("--data-binary")
         .arg(format!("@{}", manifest_path.display()))
-        .arg(format!("http://{addr}/v2/bench/manifests/v1")))?;
+        .arg(format!("http://{addr}/v2/{repo}/manifests/v1")))?;
     let total: u64 = layers.iter().map(|(b, _)| b.size).sum();
     let _ = std::fs::remove_dir_all(&work);
-    Some((format!("{addr}/bench:v1"), total as f64 / (1 << 20) as f64))
+    Some((format!("{addr}/{repo}:v1"), total as f64 / (1 << 20) as f64))
 }
 
 /// Forgets the image in berthd and frees its content and snapshots.
@@ -199,7 +204,7 @@ pub fn run(d: &Daemon, ctr: Option<&Containerd>, runs: usize) -> ImageTimes {
         return ImageTimes::default();
     };
     eprintln!("image: building and pushing a 3-layer random image …");
-    let Some((reference, image_mb)) = build_and_push(d, &registry.addr) else {
+    let Some((reference, image_mb)) = build_and_push(d, &registry.addr, "bench", 3, &["/bin/sh"]) else {
         eprintln!("building or pushing the benchmark image failed; skipping the image figures");
         return ImageTimes::default();
     };

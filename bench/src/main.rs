@@ -11,7 +11,7 @@
 //! bridge network vs ctr --cni; bench/src/network.rs).
 //!
 //! Usage: berth-bench [--runs N] [--containers M] [--stats-containers K]
-//!        [--recovery-containers R] [--recovery-rounds Q] [--only network|shim|checkpoint] [--scale N]
+//!        [--recovery-containers R] [--recovery-rounds Q] [--only network|shim|checkpoint|cri] [--scale N]
 //!        [--breakdown]   (as root; see `make bench`)
 //!
 //! `--breakdown` prints only the phases of berth run --rm (as berthd
@@ -21,6 +21,7 @@ mod breakdown;
 mod checkpoint;
 mod cnihost;
 mod containerd;
+mod cri;
 mod image;
 mod measure;
 mod network;
@@ -52,6 +53,8 @@ struct Opts {
     only_shim: bool,
     /// `--only checkpoint`: checkpoint/restore vs runc, and a migration.
     only_checkpoint: bool,
+    /// `--only cri`: pod round trips through CRI, berth vs containerd.
+    only_cri: bool,
     /// `--scale N`: the scale figures with N containers, alone.
     scale: Option<usize>,
     /// `--breakdown`: the phases of berth run --rm next to runc's steps, alone.
@@ -59,7 +62,7 @@ struct Opts {
 }
 
 const USAGE: &str = "usage: berth-bench [--runs N] [--containers M] [--stats-containers K] \
-                     [--recovery-containers R] [--recovery-rounds Q] [--only network|shim|checkpoint] [--scale N] [--breakdown]";
+                     [--recovery-containers R] [--recovery-rounds Q] [--only network|shim|checkpoint|cri] [--scale N] [--breakdown]";
 
 fn parse_opts() -> Opts {
     let mut o = Opts {
@@ -71,6 +74,7 @@ fn parse_opts() -> Opts {
         only_network: false,
         only_shim: false,
         only_checkpoint: false,
+        only_cri: false,
         scale: None,
         breakdown: false,
     };
@@ -90,6 +94,10 @@ fn parse_opts() -> Opts {
         }
         if pair[0] == "--only" && pair.get(1).map(String::as_str) == Some("checkpoint") {
             o.only_checkpoint = true;
+            continue;
+        }
+        if pair[0] == "--only" && pair.get(1).map(String::as_str) == Some("cri") {
+            o.only_cri = true;
             continue;
         }
         let value = pair.get(1).and_then(|v| v.parse().ok());
@@ -267,6 +275,25 @@ fn main() {
     if o.only_network {
         let n = network::run(o.runs);
         print_network(o.runs, &n);
+        return;
+    }
+    if o.only_cri {
+        let f = cri::run(o.runs);
+        println!("| CRI (median of {}, interleaved) | berth | containerd 1.6 | ratio |", o.runs);
+        println!("|---|---|---|---|");
+        let pod = ratio(f.berth_pod, f.ctr_pod);
+        println!(
+            "| pod round trip (run, create, start, exit, stop, remove) | {} | {} | {pod} |",
+            fmt_ms(f.berth_pod),
+            fmt_ms(f.ctr_pod)
+        );
+        let many = ratio(f.berth_many, f.ctr_many);
+        println!(
+            "| {} pods started at once | {} | {} | {many} |",
+            cri::CONCURRENT,
+            fmt_ms(f.berth_many),
+            fmt_ms(f.ctr_many)
+        );
         return;
     }
     let d = Daemon::start();
