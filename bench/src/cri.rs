@@ -5,7 +5,9 @@
 //! its own root, a bridge CNI network of its own), interleaved, median of
 //! the rounds; then 100 pods started at once on each. Both pull the same
 //! busybox image from a loopback docker-registry; containerd's sandbox
-//! image (its pause container) is that image too.
+//! image (its pause container) is that image too. containerd runs with
+//! `restrict_oom_score_adj` (its sandboxes' -998 is refused on a host
+//! where the benchmark lacks CAP_SYS_RESOURCE, as here).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -167,6 +169,7 @@ impl CriContainerd {
             "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n[grpc]\n  address = \"{sock}\"\n\
              [ttrpc]\n  address = \"{sock}.ttrpc\"\n\
              [plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"{sandbox_image}\"\n  disable_apparmor = true\n\
+             restrict_oom_score_adj = true\n\
              [plugins.\"io.containerd.grpc.v1.cri\".cni]\n  bin_dir = \"/usr/lib/cni\"\n  conf_dir = \"{net}\"\n\
              [plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"{registry}\"]\n  endpoint = [\"http://{registry}\"]\n",
             root = base.join("root").display(),
@@ -272,6 +275,16 @@ pub fn run(rounds: usize) -> CriFigures {
     }
     let t = time_interleaved(rounds, &mut runners);
     drop(runners);
+    if ctr.is_some() && t.get(1).copied().flatten().is_none() {
+        let log = std::fs::read_to_string(ctr_base.join("containerd.log")).unwrap_or_default();
+        let errors: Vec<&str> = log.lines().filter(|l| l.contains("level=error")).collect();
+        eprintln!("cri: containerd's errors:\n{}", errors[errors.len().saturating_sub(8)..].join("\n"));
+    }
+    if ctr.is_some() && t.get(1).copied().flatten().is_none() {
+        let log = std::fs::read_to_string(ctr_base.join("containerd.log")).unwrap_or_default();
+        let errors: Vec<&str> = log.lines().filter(|l| l.contains("level=error")).collect();
+        eprintln!("cri: containerd's errors:\n{}", errors[errors.len().saturating_sub(8)..].join("\n"));
+    }
     eprintln!("cri: {CONCURRENT} pods at once …");
     let berth_many = rt.block_on(many(&berth, &image, "mb"));
     let ctr_many = ctr.as_ref().and_then(|c| rt.block_on(many(c, &image, "mc")));
