@@ -2,8 +2,10 @@
 //! drives it, with the `k8s-cri` client on berthd's CRI socket: an image
 //! pulled from a loopback registry, a pod with two containers, status
 //! reasons, filters, ExecSync with its timeout, stop and remove (both
-//! idempotent), a berthd killed with kill -9 while a pod runs, and bad
-//! requests that change nothing.
+//! idempotent), security contexts (user, read-only root, capabilities,
+//! seccomp, privileged) and an OOM kill, CRI-format logs and their
+//! rotation, a checkpoint exported, a berthd killed with kill -9 while a
+//! pod runs, and bad requests that change nothing.
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
@@ -396,4 +398,91 @@ fn a_running_container_is_checkpointed_to_an_archive_and_keeps_running() {
     assert!(e.contains("a checkpoint has a network of its own"), "{e}");
     let left: serde_json::Value = serde_json::from_str(d.berth(&["-n", "k8s.io", "ps", "-a", "--json"]).ok()).unwrap();
     assert_eq!(left, serde_json::json!([]), "no container was made");
+}
+
+/// The container `ctr` of pod `pod` with this security context and
+/// limits, started; its id.
+async fn confined(
+    c: &mut Clients,
+    (pod, cfg): &(String, cri::PodSandboxConfig),
+    mut ctr: cri::ContainerConfig,
+    sc: cri::LinuxContainerSecurityContext,
+    resources: Option<cri::LinuxContainerResources>,
+) -> String {
+    ctr.linux = Some(cri::LinuxContainerConfig { security_context: Some(sc), resources });
+    let id = create(c, pod, cfg, ctr).await;
+    c.rt.start_container(cri::StartContainerRequest { container_id: id.clone() }).await.expect("start");
+    id
+}
+
+async fn sh(c: &mut Clients, id: &str, script: &str) -> (String, i32) {
+    let out = exec_sync(c, id, &["sh", "-c", script], 10).await.expect("ExecSync");
+    (String::from_utf8_lossy(&out.stdout).trim().to_string(), out.exit_code)
+}
+
+#[test]
+fn security_contexts_confine_and_oom_kills_are_reported() {
+    let (d, _guard, _reg, _reference, image) = setup();
+    let logs = d.dir().join("pod-logs");
+    runtime().block_on(async {
+        let mut c = clients(&d).await;
+        let cfg = pod_config("sec", &logs);
+        let p = (run_pod(&mut c, &cfg).await, cfg);
+        let ctr = |name: &str, cmd: &[&str]| container_config(name, &image, cmd);
+        let idle = &["sleep", "1000"][..];
+
+        // A user, a read-only root, no new privileges, no capabilities.
+        let sc = cri::LinuxContainerSecurityContext {
+            run_as_user: Some(cri::Int64Value { value: 1000 }),
+            run_as_group: Some(cri::Int64Value { value: 3000 }),
+            readonly_rootfs: true,
+            no_new_privs: true,
+            capabilities: Some(cri::Capability { drop_capabilities: vec!["ALL".into()], ..Default::default() }),
+            ..Default::default()
+        };
+        let locked = confined(&mut c, &p, ctr("locked", idle), sc, None).await;
+        assert_eq!(sh(&mut c, &locked, "echo $(id -u):$(id -g)").await.0, "1000:3000");
+        assert_ne!(sh(&mut c, &locked, "touch /x").await.1, 0, "a read-only root");
+        assert_eq!(sh(&mut c, &locked, "grep NoNewPrivs /proc/self/status | tr -d '\\t '").await.0, "NoNewPrivs:1");
+        assert_eq!(
+            sh(&mut c, &locked, "grep CapBnd /proc/self/status | tr -d '\\t '").await.0,
+            "CapBnd:0000000000000000"
+        );
+
+        // The runtime default confinement (seccomp, no NET_ADMIN) versus an
+        // added capability, and privileged.
+        let default = confined(&mut c, &p, ctr("plain", idle), Default::default(), None).await;
+        assert_eq!(sh(&mut c, &default, "grep Seccomp: /proc/self/status | tr -d '\\t '").await.0, "Seccomp:2");
+        let net_admin = "ip addr add 10.99.99.1/32 dev lo && ip addr del 10.99.99.1/32 dev lo";
+        assert_ne!(sh(&mut c, &default, net_admin).await.1, 0, "no NET_ADMIN by default");
+        let sc = cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability { add_capabilities: vec!["NET_ADMIN".into()], ..Default::default() }),
+            seccomp: Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::Unconfined as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let admin = confined(&mut c, &p, ctr("admin", idle), sc, None).await;
+        assert_eq!(sh(&mut c, &admin, "grep Seccomp: /proc/self/status | tr -d '\\t '").await.0, "Seccomp:0");
+        assert_eq!(sh(&mut c, &admin, net_admin).await.1, 0, "NET_ADMIN added");
+        let sc = cri::LinuxContainerSecurityContext { privileged: true, ..Default::default() };
+        let privileged = confined(&mut c, &p, ctr("priv", idle), sc, None).await;
+        let (bnd, _) = sh(&mut c, &privileged, "grep CapBnd /proc/self/status | tr -d '\\t '").await;
+        assert_ne!(bnd, "CapBnd:0000000000000000", "{bnd}");
+        assert_eq!(sh(&mut c, &privileged, "grep Seccomp: /proc/self/status | tr -d '\\t '").await.0, "Seccomp:0");
+
+        // A memory limit the container passes: OOMKilled.
+        let hog = "sleep 0.2; x=$(head -c 60000000 /dev/zero | tr '\\0' a); sleep 1000";
+        let limits = cri::LinuxContainerResources {
+            memory_limit_in_bytes: 16 << 20,
+            memory_swap_limit_in_bytes: 16 << 20,
+            ..Default::default()
+        };
+        let hog = confined(&mut c, &p, ctr("hog", &["sh", "-c", hog]), Default::default(), Some(limits)).await;
+        let s = await_exited(&mut c, &hog).await;
+        assert_eq!((s.exit_code, s.reason.as_str()), (137, "OOMKilled"), "{s:?}");
+        c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p.0 }).await.unwrap();
+    });
+    assert_clean(&d, &[]);
 }
