@@ -153,7 +153,12 @@ pub async fn pod_state(c: &mut Clients, id: &str) -> i32 {
 
 /// The daemon, a registry holding busybox, and the image as CRI pulled it.
 pub fn setup() -> (Daemon, Unmounter, Registry, String, String) {
-    let d = Daemon::start();
+    setup_with(&[])
+}
+
+/// Like [`setup`], with extra berthd flags.
+pub fn setup_with(flags: &[&str]) -> (Daemon, Unmounter, Registry, String, String) {
+    let d = Daemon::start_with(flags);
     let guard = Unmounter(d.dir().to_path_buf());
     let reg = Registry::start();
     let reference = format!("{}/busybox:1", reg.addr);
