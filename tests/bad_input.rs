@@ -52,6 +52,12 @@ fn bad_rootfs_spec_env_runtime() {
     d.berth(&["create", "--name", "r3", "-e", "NOEQUALS", rootfs, "true"]).fails_with("invalid argument");
     let huge_label = format!("big={}", "x".repeat(70_000));
     d.berth(&["create", "--name", "r3", "-l", &huge_label, rootfs, "true"]).fails_with("invalid argument");
+    // Sysctls: only namespaced ones, and net.* only in a network of its own.
+    d.berth(&["create", "--name", "r3", "--sysctl", "vm.swappiness=1", rootfs, "true"]).fails_with("invalid argument");
+    let host = ["create", "--name", "r3", "--network", "host", "--sysctl", "net.ipv4.ip_forward=1", rootfs, "true"];
+    d.berth(&host).fails_with("invalid argument");
+    let e = d.berth(&["create", "--name", "r3", "--sysctl", "nokey", rootfs, "true"]).fails_with_any();
+    assert!(e.contains("sysctl \"nokey\" is not KEY=VALUE"), "{e}");
     // Each value fits, together they are too many bytes.
     let many: Vec<String> = (0..9).map(|i| format!("l{i}={}", "x".repeat(64 * 1024))).collect();
     let mut args = vec!["create", "--name", "r3"];

@@ -1,8 +1,8 @@
 //! A CRI pod on a CNI network (issue 15 item 2): berthd's default bridge
 //! network (a bridge and subnet of this test's own), the pod's IP in its
 //! status, a port mapping (portmap) answering on 127.0.0.1, the pod's DNS
-//! servers and hostname in its containers, its network statistics, and
-//! nothing of the network left once the pod is removed.
+//! servers, hostname and sysctls in its containers, its network
+//! statistics, and nothing of the network left once the pod is removed.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -65,6 +65,9 @@ fn a_pod_on_a_cni_network_publishes_its_port_and_takes_its_dns() {
             host_ip: "127.0.0.1".into(),
         }];
         cfg.dns_config = Some(cri::DnsConfig { servers: vec!["10.0.0.53".into()], ..Default::default() });
+        let sysctls = [("net.core.somaxconn", "1234"), ("kernel.shm_rmid_forced", "1")];
+        let sysctls = sysctls.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        cfg.linux = Some(cri::LinuxPodSandboxConfig { sysctls, ..Default::default() });
         let pod = run_pod(&mut c, &cfg).await;
         let status =
             c.rt.pod_sandbox_status(cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: true });
@@ -78,11 +81,14 @@ fn a_pod_on_a_cni_network_publishes_its_port_and_takes_its_dns() {
         c.rt.start_container(cri::StartContainerRequest { container_id: id.clone() }).await.unwrap();
         let page = tokio::task::spawn_blocking(move || http_get(host_port)).await.unwrap();
         assert!(page.contains("hello-from-the-pod"), "{page}");
-        let out = exec_sync(&mut c, &id, &["sh", "-c", "cat /etc/resolv.conf; hostname; ip -4 addr show eth0"], 10);
-        let out = String::from_utf8_lossy(&out.await.unwrap().stdout).into_owned();
+        let script = "cat /etc/resolv.conf; hostname; ip -4 addr show eth0; \
+                      echo somaxconn=$(cat /proc/sys/net/core/somaxconn) rmid=$(cat /proc/sys/kernel/shm_rmid_forced)";
+        let out = exec_sync(&mut c, &id, &["sh", "-c", script], 10).await.unwrap();
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
         assert!(out.contains("nameserver 10.0.0.53"), "{out}");
         assert!(out.contains("web-host"), "{out}");
         assert!(out.contains(&ip), "{out}");
+        assert!(out.contains("somaxconn=1234 rmid=1"), "the pod's sysctls: {out}");
         let stats = c.rt.pod_sandbox_stats(cri::PodSandboxStatsRequest { pod_sandbox_id: pod.clone() });
         let net = stats.await.unwrap().into_inner().stats.unwrap().linux.unwrap().network.expect("network stats");
         let eth0 = net.default_interface.expect("eth0");

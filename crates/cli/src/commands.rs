@@ -103,6 +103,7 @@ async fn do_create(c: &mut Client, a: CreateArgs, start: bool, auto_remove: bool
         add_hosts: a.add_hosts,
         sandbox: a.sandbox.unwrap_or_default(),
         groups: a.group_add,
+        sysctls: parse_pairs("sysctl", a.sysctls)?,
         log_path: match a.log_path {
             Some(p) => std::path::absolute(&p)
                 .map_err(|e| Failure::new(format!("bad log path {}: {e}", p.display())))?
@@ -116,9 +117,14 @@ async fn do_create(c: &mut Client, a: CreateArgs, start: bool, auto_remove: bool
 
 /// `KEY=VALUE` labels.
 pub fn parse_labels(labels: Vec<String>) -> Result<std::collections::HashMap<String, String>, Failure> {
+    parse_pairs("label", labels)
+}
+
+/// `KEY=VALUE` pairs of a repeated flag (`what` names it in errors).
+fn parse_pairs(what: &str, pairs: Vec<String>) -> Result<std::collections::HashMap<String, String>, Failure> {
     let mut out = std::collections::HashMap::new();
-    for l in labels {
-        let (k, v) = l.split_once('=').ok_or_else(|| Failure::new(format!("label {l:?} is not KEY=VALUE")))?;
+    for l in pairs {
+        let (k, v) = l.split_once('=').ok_or_else(|| Failure::new(format!("{what} {l:?} is not KEY=VALUE")))?;
         out.insert(k.to_string(), v.to_string());
     }
     Ok(out)

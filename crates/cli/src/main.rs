@@ -126,6 +126,10 @@ pub struct CreateArgs {
     /// and network namespace are the sandbox's.
     #[arg(long)]
     pub sandbox: Option<String>,
+    /// A namespaced kernel parameter KEY=VALUE (net.*, fs.mqueue.*,
+    /// kernel.msg*, kernel.sem, kernel.shm*; repeatable).
+    #[arg(long = "sysctl")]
+    pub sysctls: Vec<String>,
     /// With an image: a supplementary group id for the process, on top of
     /// its user's (repeatable).
     #[arg(long = "group-add")]

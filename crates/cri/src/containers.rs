@@ -176,6 +176,7 @@ fn create_request(
         sandbox,
         log_path,
         groups: groups(&sc.supplemental_groups)?,
+        sysctls: pod.sysctls.clone(),
         ..Default::default()
     })
 }

@@ -30,6 +30,9 @@ pub struct PodMeta {
     /// Nameservers (and search domains, options) for its containers.
     #[serde(default)]
     pub dns: Option<cri::DnsConfig>,
+    /// Namespaced kernel parameters for every container of the pod.
+    #[serde(default)]
+    pub sysctls: HashMap<String, String>,
     /// The namespace modes asked for (network, pid, ipc).
     #[serde(default)]
     pub namespace_options: Option<cri::NamespaceOption>,

@@ -126,11 +126,13 @@ impl<B: Backend> Cri<B> {
             return Err(invalid("config.metadata needs a name, a namespace and a uid"));
         }
         let linux = config.linux.clone().unwrap_or_default();
-        if !linux.sysctls.is_empty() {
-            return Err(Status::unimplemented("berth pods do not set sysctls yet"));
-        }
         let opts = linux.security_context.and_then(|s| s.namespace_options).unwrap_or_else(default_namespaces);
         let network = network(&self.cfg, &opts)?;
+        if network == "host" && linux.sysctls.keys().any(|k| k.starts_with("net.")) {
+            return Err(invalid(
+                "net.* sysctls would change the host's network: refused for a pod on the host network",
+            ));
+        }
         let runtime = runtime(&r.runtime_handler)?;
         let publish = publish(&config.port_mappings)?;
         let key = name_key(&metadata);
@@ -146,6 +148,7 @@ impl<B: Backend> Cri<B> {
             log_directory: config.log_directory,
             hostname: config.hostname,
             dns: config.dns_config,
+            sysctls: linux.sysctls,
             namespace_options: Some(opts),
         };
         let labels = [meta::label(POD_LABEL, &pod)?].into_iter().collect();

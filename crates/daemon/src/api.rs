@@ -304,6 +304,7 @@ impl pb::containers_server::Containers for Api {
             restore: None,
             log_path: (!r.log_path.is_empty()).then(|| std::path::PathBuf::from(&r.log_path)),
             groups: r.groups,
+            sysctls: r.sysctls.into_iter().collect(),
         };
         let rec = self.mgr.create(params).await.map_err(status)?;
         Ok(Response::new(container_pb(rec)))

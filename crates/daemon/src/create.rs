@@ -72,6 +72,8 @@ pub struct CreateParams {
     pub log_path: Option<PathBuf>,
     /// Supplementary groups on top of the image user's.
     pub groups: Vec<u32>,
+    /// Namespaced kernel parameters (`sysctl.rs`).
+    pub sysctls: BTreeMap<String, String>,
 }
 
 /// A create from an image: what it resolved to.
@@ -296,6 +298,19 @@ impl Manager {
         if p.restore.is_none() {
             crate::resources::apply_to_spec(&mut prepared.spec, &p.limits)?;
             crate::mounts::apply(&mut prepared.spec, &run, |n| self.volumes.data_dir(n))?;
+            if is_bundle && !p.sysctls.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "sysctls are refused for a bundle (its config.json is used as written)".into(),
+                ));
+            }
+            // The network whose parameters net.* would set.
+            let mode = match (sandbox, p.net.mode.as_str()) {
+                (Some(s), _) => s.network.as_ref().map_or("host", |n| n.mode.as_str()),
+                (None, "") => self.net.default_mode.as_str(),
+                (None, mode) => mode,
+            };
+            crate::sysctl::check(&p.sysctls, mode)?;
+            crate::sysctl::apply(&mut prepared.spec, &p.sysctls);
         }
         if let Some(image) = image.as_mut() {
             image.volumes = run

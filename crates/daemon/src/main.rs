@@ -39,6 +39,7 @@ mod shim;
 mod shim_v2;
 mod spec;
 mod stop;
+mod sysctl;
 mod system_api;
 mod task;
 mod volume_api;

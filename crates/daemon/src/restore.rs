@@ -72,6 +72,7 @@ impl CreateParams {
             restore: Some(from),
             log_path: None,
             groups: Vec::new(),
+            sysctls: Default::default(),
         }
     }
 }
