@@ -4,35 +4,15 @@
 //! servers, hostname and sysctls in its containers, its network
 //! statistics, and nothing of the network left once the pod is removed.
 
-use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::time::{Duration, Instant};
 
 use berth_e2e::cri_support::*;
+use berth_e2e::http_get;
 use berth_testing::{PortmapChains, nat_rules};
 use k8s_cri::v1 as cri;
 
 const BRIDGE: &str = "btcri0";
 const PREFIX: &str = "10.216.240";
-
-/// `GET /` on 127.0.0.1:port, retried while the server comes up.
-fn http_get(port: u16) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let attempt = TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-            let mut body = String::new();
-            s.read_to_string(&mut body)?;
-            Ok(body)
-        });
-        match attempt {
-            Ok(body) if body.contains("200 OK") => return body,
-            other => assert!(Instant::now() < deadline, "127.0.0.1:{port} does not answer: {other:?}"),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// Deletes the test's bridge at the end, even on failure.
 struct Bridge;

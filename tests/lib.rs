@@ -26,3 +26,24 @@ pub async fn channel(socket: &std::path::Path) -> Channel {
 pub async fn api(socket: &std::path::Path) -> ContainersClient<Channel> {
     ContainersClient::new(channel(socket).await)
 }
+
+/// `GET /` on 127.0.0.1:port, retried while the server comes up.
+pub fn http_get(port: u16) -> String {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempt = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut body = String::new();
+            s.read_to_string(&mut body)?;
+            Ok(body)
+        });
+        match attempt {
+            Ok(body) if body.contains("200 OK") => return body,
+            other => assert!(Instant::now() < deadline, "127.0.0.1:{port} does not answer: {other:?}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

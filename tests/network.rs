@@ -6,12 +6,12 @@
 //! nothing allocated. Each test's berthd has a bridge and subnet of its
 //! own; traffic goes only to loopback and to the test's containers.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use berth_e2e::http_get;
 use berth_testing::{Daemon, Output, PortmapChains, nat_rules};
 use serde_json::Value;
 
@@ -117,25 +117,6 @@ fn bridge_ports(bridge: &str) -> Vec<String> {
 /// A TCP port free on the host right now.
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
-
-/// `GET /` on 127.0.0.1:port, retried while the server comes up.
-fn http_get(port: u16) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let attempt = TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-            let mut body = String::new();
-            s.read_to_string(&mut body)?;
-            Ok(body)
-        });
-        match attempt {
-            Ok(body) if body.contains("200 OK") => return body,
-            other => assert!(Instant::now() < deadline, "127.0.0.1:{port} does not answer: {other:?}"),
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Waits until `run --rm` removals are done (berthd removes after the exit).

@@ -151,6 +151,28 @@ fn interface_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
 
+/// A berthd whose default network `berth` is bridge `bridge` on `subnet`,
+/// and the guard that gives back what the plugins make on the host
+/// (addresses starting with one of `prefixes`, the `bridges`); None if a
+/// bridge exists already.
+pub fn berthd_on_bridge(
+    prefixes: &[&str],
+    bridges: &[&str],
+    bridge: &str,
+    subnet: &str,
+) -> Option<(HostGuard, berth_testing::Daemon)> {
+    let host = HostGuard::new(prefixes, bridges)?;
+    let d = berth_testing::Daemon::start_with(&[
+        "--default-network",
+        "berth",
+        "--network-bridge",
+        bridge,
+        "--network-subnet",
+        subnet,
+    ]);
+    Some((host, d))
+}
+
 /// Gives back what the plugins made on the host (see the module doc).
 pub struct HostGuard {
     nat_before: Vec<String>,

@@ -12,13 +12,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use berth_testing::Daemon;
 use k8s_cri::v1 as cri;
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::cnihost::HostGuard;
+use crate::cnihost::berthd_on_bridge;
 use crate::image::Registry;
 use crate::measure::{Runner, time_interleaved};
 
@@ -233,17 +232,10 @@ async fn clean_ctr(c: &mut Clients) {
 }
 
 pub fn run(rounds: usize) -> CriFigures {
-    let Some(_host) = HostGuard::new(&["10.216.250.", "10.216.251."], &[BERTH_BRIDGE, CTR_BRIDGE]) else {
+    let prefixes = ["10.216.250.", "10.216.251."];
+    let Some((_host, d)) = berthd_on_bridge(&prefixes, &[BERTH_BRIDGE, CTR_BRIDGE], BERTH_BRIDGE, BERTH_SUBNET) else {
         return CriFigures::default();
     };
-    let d = Daemon::start_with(&[
-        "--default-network",
-        "berth",
-        "--network-bridge",
-        BERTH_BRIDGE,
-        "--network-subnet",
-        BERTH_SUBNET,
-    ]);
     let Some(registry) = Registry::start(d.dir()) else { return CriFigures::default() };
     let Some((image, _)) = crate::image::build_and_push(&d, &registry.addr, "cri-busybox", 0, &["sleep", "100000"])
     else {

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use berth_testing::Daemon;
 
-use crate::cnihost::{CtrCni, HostGuard};
+use crate::cnihost::{CtrCni, berthd_on_bridge};
 use crate::containerd::Containerd;
 use crate::measure::{Runner, time_interleaved};
 
@@ -66,17 +66,10 @@ fn eth0_address(text: &str) -> Option<String> {
 }
 
 pub fn run(rounds: usize) -> NetworkTimes {
-    let Some(_host) = HostGuard::new(&["10.214.0.", "10.215.0."], &[BERTH_BRIDGE, CTR_BRIDGE]) else {
+    let prefixes = ["10.214.0.", "10.215.0."];
+    let Some((_host, d)) = berthd_on_bridge(&prefixes, &[BERTH_BRIDGE, CTR_BRIDGE], BERTH_BRIDGE, BERTH_SUBNET) else {
         return NetworkTimes::default();
     };
-    let d = Daemon::start_with(&[
-        "--default-network",
-        "berth",
-        "--network-bridge",
-        BERTH_BRIDGE,
-        "--network-subnet",
-        BERTH_SUBNET,
-    ]);
     let _network = RemoveNetwork(&d);
     let rootfs = d.rootfs.to_string_lossy().into_owned();
     let ctr = Containerd::start(d.dir());
