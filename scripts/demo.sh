@@ -65,7 +65,7 @@ ROOTFS=$("$BIN/berth-rootfs" "$DEMO")
 start_daemon() {
     rm -f "$BERTH_SOCKET"
     "$BIN/berthd" --root "$DEMO/root" --state "$DEMO/state" --socket "$BERTH_SOCKET" \
-        --cgroup-parent /berth-demo >>"$DEMO/berthd.log" 2>&1 &
+        --cri-socket "$DEMO/cri.sock" --cgroup-parent /berth-demo >>"$DEMO/berthd.log" 2>&1 &
     DAEMON_PID=$!
     for _ in $(seq 100); do [ -S "$BERTH_SOCKET" ] && break; sleep 0.05; done
 }

@@ -35,6 +35,8 @@ impl Berthd {
             .arg(state)
             .arg("--socket")
             .arg(socket)
+            .arg("--cri-socket")
+            .arg(d.dir().join(format!("{name}-cri.sock")))
             .arg("--cgroup-parent")
             .arg(format!("{}-{name}", d.cgroup_parent))
             .stdin(Stdio::null())

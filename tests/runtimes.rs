@@ -87,6 +87,7 @@ fn an_unusable_default_runtime_keeps_berthd_from_starting() {
         .args(["--root", &dir.path().join("root").to_string_lossy()])
         .args(["--state", &dir.path().join("state").to_string_lossy()])
         .args(["--socket", &dir.path().join("b.sock").to_string_lossy()])
+        .args(["--cri-socket", &dir.path().join("cri.sock").to_string_lossy()])
         .args(["--cgroup-parent", "/berth-test-default-runtime", "--default-network", "none"])
         .args(["--default-runtime", "io.containerd.nosuchshim.v1"])
         .output()
