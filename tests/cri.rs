@@ -486,3 +486,45 @@ fn security_contexts_confine_and_oom_kills_are_reported() {
     });
     assert_clean(&d, &[]);
 }
+
+#[test]
+fn container_events_come_with_their_pods_status() {
+    use cri::ContainerEventType as E;
+    let (d, _guard, _reg, _reference, image) = setup();
+    let logs = d.dir().join("pod-logs");
+    runtime().block_on(async {
+        let mut c = clients(&d).await;
+        let mut events = c.rt.get_container_events(cri::GetEventsRequest {}).await.unwrap().into_inner();
+        let cfg = pod_config("evt", &logs);
+        let pod = run_pod(&mut c, &cfg).await;
+        let id = create(&mut c, &pod, &cfg, container_config("once", &image, &["true"])).await;
+        c.rt.start_container(cri::StartContainerRequest { container_id: id.clone() }).await.unwrap();
+        await_exited(&mut c, &id).await;
+        c.rt.remove_container(cri::RemoveContainerRequest { container_id: id.clone() }).await.unwrap();
+        let mut seen = Vec::new();
+        let read = async {
+            while let Some(Ok(e)) = events.message().await.transpose() {
+                if e.container_id != id {
+                    continue;
+                }
+                let kind = E::try_from(e.container_event_type).unwrap();
+                let status = e.pod_sandbox_status.as_ref().expect("the pod's status");
+                assert_eq!(status.metadata.as_ref().unwrap().name, "evt");
+                if kind == E::ContainerStoppedEvent {
+                    let mine = e.containers_statuses.iter().find(|s| s.id == id).expect("its status");
+                    assert_eq!(mine.state, cri::ContainerState::ContainerExited as i32);
+                }
+                seen.push(kind);
+                if kind == E::ContainerDeletedEvent {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), read).await.expect("the events came");
+        let want =
+            [E::ContainerCreatedEvent, E::ContainerStartedEvent, E::ContainerStoppedEvent, E::ContainerDeletedEvent];
+        assert_eq!(seen, want);
+        c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
+    });
+    assert_clean(&d, &[]);
+}

@@ -103,18 +103,21 @@ pub struct Cri<B> {
     cpu_samples: Mutex<std::collections::HashMap<String, (u64, u64)>>,
     /// URLs handed out by Exec, Attach and PortForward.
     tokens: streaming::Tokens,
+    /// This very value, for work that outlives a call (event streams).
+    me: std::sync::Weak<Cri<B>>,
 }
 
 impl<B: Backend> Cri<B> {
-    pub fn new(b: B, cfg: Config) -> Self {
-        Cri {
+    pub fn new(b: B, cfg: Config) -> Arc<Self> {
+        Arc::new_cyclic(|me| Cri {
             b: Arc::new(b),
             cfg,
             pod_cidr: Mutex::default(),
             reserved: Mutex::default(),
             cpu_samples: Mutex::default(),
             tokens: Default::default(),
-        }
+            me: me.clone(),
+        })
     }
 }
 

@@ -241,6 +241,21 @@ impl<B: Backend> Cri<B> {
         })
     }
 
+    /// A pod's status and its containers' (for container events); nothing
+    /// for a pod that is gone.
+    pub(crate) async fn pod_statuses(&self, pod: &str) -> (Option<cri::PodSandboxStatus>, Vec<cri::ContainerStatus>) {
+        let req = cri::PodSandboxStatusRequest { pod_sandbox_id: pod.to_string(), verbose: false };
+        let Ok(status) = self.pod_sandbox_status(req).await else { return (None, Vec::new()) };
+        let mut containers = Vec::new();
+        for c in self.ctrs().await.unwrap_or_default().into_iter().filter(|c| c.c.sandbox == pod) {
+            let req = cri::ContainerStatusRequest { container_id: c.c.id, verbose: false };
+            if let Ok(s) = self.container_status(req).await {
+                containers.extend(s.status);
+            }
+        }
+        (status.status, containers)
+    }
+
     pub(crate) async fn list_pod_sandbox(
         &self,
         r: cri::ListPodSandboxRequest,

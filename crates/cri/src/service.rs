@@ -180,7 +180,9 @@ impl<B: Backend> RuntimeService for Cri<B> {
 
     type GetContainerEventsStream = Pin<Box<dyn Stream<Item = Result<cri::ContainerEventResponse, Status>> + Send>>;
 
-    /// Container events as berth records them (live from the call on).
+    /// Container events as berth records them (live from the call on),
+    /// each with its pod's status and the statuses of the pod's containers,
+    /// as kubelet's evented PLEG reads them.
     async fn get_container_events(&self, _: Request<cri::GetEventsRequest>) -> Reply<Self::GetContainerEventsStream> {
         let sub = pb::SubscribeRequest {
             namespace: NAMESPACE.into(),
@@ -188,20 +190,37 @@ impl<B: Backend> RuntimeService for Cri<B> {
             ..Default::default()
         };
         let events = Events::subscribe(&*self.b, req(sub)).await?.into_inner();
-        let mapped = events.filter_map(|e| async move {
-            let e = match e {
-                Ok(e) => e,
-                Err(s) => return Some(Err(s)),
-            };
-            // An exec's exit is not the container's.
-            let kind = event_type(&e.r#type).filter(|_| e.exec_id.is_empty())?;
-            Some(Ok(cri::ContainerEventResponse {
-                container_id: e.id,
-                container_event_type: kind as i32,
-                created_at: crate::ns_i64(e.timestamp_ns),
-                pod_sandbox_status: None,
-                containers_statuses: Vec::new(),
-            }))
+        let me = self.me.upgrade().ok_or_else(|| Status::unavailable("berthd is stopping"))?;
+        // Each container's pod, learnt while it exists (a deleted one is gone).
+        let pods: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>> = Default::default();
+        let mapped = events.filter_map(move |e| {
+            let (me, pods) = (me.clone(), pods.clone());
+            async move {
+                let e = match e {
+                    Ok(e) => e,
+                    Err(s) => return Some(Err(s)),
+                };
+                // An exec's exit is not the container's.
+                let kind = event_type(&e.r#type).filter(|_| e.exec_id.is_empty())?;
+                if let Ok(c) = me.ctr(&e.id).await {
+                    crate::lock(&pods).insert(e.id.clone(), c.c.sandbox.clone());
+                }
+                let pod = crate::lock(&pods).get(&e.id).cloned();
+                let (pod_sandbox_status, containers_statuses) = match pod {
+                    Some(pod) => me.pod_statuses(&pod).await,
+                    None => (None, Vec::new()),
+                };
+                if kind == cri::ContainerEventType::ContainerDeletedEvent {
+                    crate::lock(&pods).remove(&e.id);
+                }
+                Some(Ok(cri::ContainerEventResponse {
+                    container_id: e.id,
+                    container_event_type: kind as i32,
+                    created_at: crate::ns_i64(e.timestamp_ns),
+                    pod_sandbox_status,
+                    containers_statuses,
+                }))
+            }
         });
         ok(Box::pin(mapped))
     }

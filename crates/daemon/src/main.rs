@@ -224,7 +224,7 @@ async fn serve_cri(
     if !args.cri_streaming_address.ip().is_loopback() {
         return Err(format!("--cri-streaming-address {}: must be a loopback address", args.cri_streaming_address));
     }
-    let cri = Arc::new(berth_cri::Cri::new(api::Api { mgr: mgr.clone() }, cfg));
+    let cri = berth_cri::Cri::new(api::Api { mgr: mgr.clone() }, cfg);
     let streaming = cri
         .serve_streaming(args.cri_streaming_address)
         .await
