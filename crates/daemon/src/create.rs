@@ -20,7 +20,7 @@ use crate::events::{Kind, event};
 use crate::manager::{Entry, Key, Manager, crash_point};
 use crate::restore::RestoreFrom;
 use crate::shim::{self, ProcessIo, ShimClient};
-use crate::spec::{self, Overrides};
+use crate::spec;
 
 const MAX_LABELS: usize = 64;
 const MAX_LABEL_KEY: usize = 256;
@@ -167,22 +167,6 @@ pub(crate) fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
     Ok(())
 }
 
-/// A CRI log file: absolute, and written by berth's own shim (a containerd
-/// shim knows no such format). Its directory is made if missing.
-fn check_log_path(path: &std::path::Path, runtime: &Runtime) -> Result<()> {
-    spec::no_nul("the log path", &path.to_string_lossy())?;
-    if !path.is_absolute() || path.file_name().is_none() {
-        return Err(Error::InvalidArgument(format!("log path {} must be an absolute file path", path.display())));
-    }
-    if matches!(runtime, Runtime::Shim { .. }) {
-        return Err(Error::InvalidArgument("a CRI log path needs berth's own shim, not a containerd shim".into()));
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
-    }
-    Ok(())
-}
-
 /// A runtime that runs an external binary must find it on PATH (berthd's
 /// and its shims' PATH are the same).
 fn check_installed(runtime: &str) -> Result<()> {
@@ -212,7 +196,7 @@ fn mkdir(dir: &std::path::Path) -> Result<()> {
 
 /// Awaits blocking work on a user-supplied path (it may sit on a hung
 /// filesystem) for at most [`SPEC_TIMEOUT`].
-async fn with_deadline<T>(what: &str, doing: &str, work: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
+pub(crate) async fn with_deadline<T>(what: &str, doing: &str, work: tokio::task::JoinHandle<Result<T>>) -> Result<T> {
     match tokio::time::timeout(SPEC_TIMEOUT, work).await {
         Ok(Ok(done)) => done,
         Ok(Err(e)) => Err(Error::io(what, std::io::Error::other(e))),
@@ -255,7 +239,7 @@ impl Manager {
         let runtime = parsed.name();
         check_labels(&p.labels)?;
         if let Some(path) = &p.log_path {
-            check_log_path(path, &parsed)?;
+            crate::logs::check_cri_log_path(path, &parsed)?;
         }
         if p.auto_remove && p.restart != RestartPolicy::No {
             return Err(Error::InvalidArgument("auto-remove cannot be combined with a restart policy".into()));
@@ -298,19 +282,13 @@ impl Manager {
         if p.restore.is_none() {
             crate::resources::apply_to_spec(&mut prepared.spec, &p.limits)?;
             crate::mounts::apply(&mut prepared.spec, &run, |n| self.volumes.data_dir(n))?;
-            if is_bundle && !p.sysctls.is_empty() {
-                return Err(Error::InvalidArgument(
-                    "sysctls are refused for a bundle (its config.json is used as written)".into(),
-                ));
-            }
             // The network whose parameters net.* would set.
             let mode = match (sandbox, p.net.mode.as_str()) {
                 (Some(s), _) => s.network.as_ref().map_or("host", |n| n.mode.as_str()),
                 (None, "") => self.net.default_mode.as_str(),
                 (None, mode) => mode,
             };
-            crate::sysctl::check(&p.sysctls, mode)?;
-            crate::sysctl::apply(&mut prepared.spec, &p.sysctls);
+            crate::sysctl::apply(&mut prepared.spec, &p.sysctls, is_bundle, mode)?;
         }
         if let Some(image) = image.as_mut() {
             image.volumes = run
@@ -368,60 +346,6 @@ impl Manager {
         with_deadline("check run options", "checking the volumes", work).await
     }
 
-    /// Reads and checks the spec off the async workers, with a deadline: a
-    /// user-supplied path may sit on a hung filesystem.
-    async fn prepare_spec(&self, p: &CreateParams, cgroup: &str) -> Result<spec::Prepared> {
-        let (path, id, cgroup, security) = (p.path.clone(), p.id.to_string(), cgroup.to_string(), p.security.clone());
-        let (args, env, cwd, tty, tty_size) = (p.args.clone(), p.env.clone(), p.cwd.clone(), p.tty, p.tty_size);
-        let work = tokio::task::spawn_blocking(move || {
-            let overrides = Overrides { args: &args, env: &env, cwd: &cwd, tty, tty_size };
-            spec::prepare(&path, &id, &cgroup, &overrides, &security)
-        });
-        with_deadline("prepare spec", &format!("reading the spec under {}", p.path), work).await
-    }
-
-    /// Resolves the image (it must be present) and builds the spec from its
-    /// config; the image's stop signal becomes the stop-signal label unless
-    /// the request set one.
-    fn prepare_image_spec(&self, p: &mut CreateParams, cgroup: &str) -> Result<(spec::Prepared, Option<FromImage>)> {
-        if !p.path.is_empty() {
-            return Err(Error::InvalidArgument("give either a path or an image, not both".into()));
-        }
-        let (image, mut run) = self.images.resolve(&p.image)?;
-        if let Some(entrypoint) = &p.entrypoint {
-            run.entrypoint = if entrypoint.is_empty() { Vec::new() } else { vec![entrypoint.clone()] };
-            run.cmd.clear();
-        }
-        if !p.user.is_empty() {
-            run.user = p.user.clone();
-        }
-        let mut ids = berth_images::resolve_user(&self.images.snapshots, &image.chain_id, &run.user)?;
-        run.user = format!("{}:{}", ids.uid, ids.gid);
-        for g in &p.groups {
-            if !ids.additional_gids.contains(g) {
-                ids.additional_gids.push(*g);
-            }
-        }
-        let defaults = spec::ImageDefaults {
-            entrypoint: &run.entrypoint,
-            cmd: &run.cmd,
-            env: &run.env,
-            working_dir: &run.working_dir,
-            user: &run.user,
-            additional_gids: &ids.additional_gids,
-        };
-        let o = Overrides { args: &p.args, env: &p.env, cwd: &p.cwd, tty: p.tty, tty_size: p.tty_size };
-        let rootfs = self.image_rootfs(&p.namespace, &p.id);
-        let prepared = spec::prepare_image(&rootfs, p.id.as_str(), cgroup, &defaults, &o, &p.security)?;
-        if !run.stop_signal.is_empty()
-            && !p.labels.contains_key(crate::stop::STOP_SIGNAL_LABEL)
-            && berth_model::signal_number(&run.stop_signal).is_some()
-        {
-            p.labels.insert(crate::stop::STOP_SIGNAL_LABEL.to_string(), run.stop_signal.clone());
-        }
-        Ok((prepared, Some(FromImage { name: image.name, chain_id: image.chain_id, volumes: Vec::new(), diff: None })))
-    }
-
     #[allow(clippy::too_many_arguments)]
     async fn allocate(
         self: &Arc<Self>,
@@ -461,7 +385,13 @@ impl Manager {
         done.push(Step::Logs(logs.clone()));
         crash_point("logs");
         let (stdout, stderr) = match &p.log_path {
-            Some(file) => (file.clone(), file.clone()),
+            Some(file) => {
+                // kubelet's directory; it stays with the file (kubelet's).
+                if let Some(dir) = file.parent() {
+                    mkdir(dir).map_err(|e| e.at("logs"))?;
+                }
+                (file.clone(), file.clone())
+            }
             None => (logs.join("stdout.log"), logs.join("stderr.log")),
         };
         let mut t = self.phases.end("create.logs", t);

@@ -6,9 +6,23 @@ use std::io::SeekFrom;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use berth_model::ExitStatus;
+use berth_model::{ExitStatus, Runtime};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::{mpsc, watch};
+
+/// A CRI log file asked for at create: absolute, and written by berth's
+/// own shim (a containerd shim knows no such format).
+pub fn check_cri_log_path(path: &std::path::Path, runtime: &Runtime) -> crate::error::Result<()> {
+    use crate::error::Error;
+    crate::spec::no_nul("the log path", &path.to_string_lossy())?;
+    if !path.is_absolute() || path.file_name().is_none() {
+        return Err(Error::InvalidArgument(format!("log path {} must be an absolute file path", path.display())));
+    }
+    if matches!(runtime, Runtime::Shim { .. }) {
+        return Err(Error::InvalidArgument("a CRI log path needs berth's own shim, not a containerd shim".into()));
+    }
+    Ok(())
+}
 
 /// How often a followed log is checked for new output while the container runs.
 const FOLLOW_TICK: Duration = Duration::from_millis(50);

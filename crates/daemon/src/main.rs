@@ -12,6 +12,7 @@ mod config;
 mod confine;
 mod control;
 mod create;
+mod create_spec;
 mod delete;
 mod error;
 mod events;

@@ -27,7 +27,7 @@ fn invalid(msg: String) -> Error {
 }
 
 /// Checks `sysctls` for a container whose network mode is `network`.
-pub fn check(sysctls: &BTreeMap<String, String>, network: &str) -> Result<()> {
+fn check(sysctls: &BTreeMap<String, String>, network: &str) -> Result<()> {
     for (key, value) in sysctls {
         crate::spec::no_nul("a sysctl", key)?;
         crate::spec::no_nul("a sysctl", value)?;
@@ -50,15 +50,21 @@ pub fn check(sysctls: &BTreeMap<String, String>, network: &str) -> Result<()> {
     Ok(())
 }
 
-/// Adds `sysctls` to the spec's `linux.sysctl`.
-pub fn apply(spec: &mut Spec, sysctls: &BTreeMap<String, String>) {
+/// Checks `sysctls` (see [`check`]; a bundle takes none: its config.json
+/// is used as written) and adds them to the spec's `linux.sysctl`.
+pub fn apply(spec: &mut Spec, sysctls: &BTreeMap<String, String>, bundle: bool, network: &str) -> Result<()> {
     if sysctls.is_empty() {
-        return;
+        return Ok(());
     }
+    if bundle {
+        return Err(invalid("sysctls are refused for a bundle (its config.json is used as written)".into()));
+    }
+    check(sysctls, network)?;
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
     let mut all = linux.sysctl().clone().unwrap_or_default();
     all.extend(sysctls.iter().map(|(k, v)| (k.clone(), v.clone())));
     linux.set_sysctl(Some(all));
+    Ok(())
 }
 
 #[cfg(test)]
@@ -96,8 +102,10 @@ mod tests {
     #[test]
     fn sysctls_join_the_spec() {
         let mut spec = Spec::default();
-        apply(&mut spec, &map(&[("net.core.somaxconn", "1024")]));
+        apply(&mut spec, &map(&[("net.core.somaxconn", "1024")]), false, "berth").unwrap();
         let got = spec.linux().as_ref().unwrap().sysctl().clone().unwrap();
         assert_eq!(got.get("net.core.somaxconn").map(String::as_str), Some("1024"));
+        assert!(apply(&mut spec, &map(&[("net.core.somaxconn", "1")]), true, "berth").is_err(), "not for a bundle");
+        assert!(apply(&mut spec, &map(&[("vm.swappiness", "1")]), false, "berth").is_err());
     }
 }
