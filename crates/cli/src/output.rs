@@ -5,14 +5,11 @@
 //! JSON carries every string exactly.
 
 use std::borrow::Cow;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_api::v1 as pb;
 use serde_json::{Value, json};
 
-fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
+use berth_model::now_ns;
 
 pub fn age(ns: u64) -> String {
     let secs = now_ns().saturating_sub(ns) / 1_000_000_000;

@@ -192,7 +192,7 @@ impl<B: Backend> Cri<B> {
 
     /// Bytes and inodes under berthd's image storage: content, snapshots.
     pub(crate) fn image_fs_info(&self) -> cri::ImageFsInfoResponse {
-        let timestamp = ns_i64(crate::pods::now_ns());
+        let timestamp = ns_i64(berth_model::now_ns());
         let image_filesystems = self
             .cfg
             .image_dirs

@@ -237,7 +237,7 @@ impl<B: Backend> Cri<B> {
             status: Some(status),
             info,
             containers_statuses: Vec::new(),
-            timestamp: ns_i64(now_ns()),
+            timestamp: ns_i64(berth_model::now_ns()),
         })
     }
 
@@ -276,10 +276,6 @@ impl<B: Backend> Cri<B> {
 
 fn not_found(id: &str) -> Status {
     Status::not_found(format!("pod sandbox {id} not found"))
-}
-
-pub(crate) fn now_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]

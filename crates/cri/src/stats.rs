@@ -13,7 +13,7 @@ use pb::containers_server::Containers;
 use tonic::Status;
 
 use crate::containers::Ctr;
-use crate::pods::{Pod, now_ns};
+use crate::pods::Pod;
 use crate::{Backend, Cri, NAMESPACE, cri, lock, ns_i64, req, selected};
 
 fn u64v(value: u64) -> Option<cri::UInt64Value> {
@@ -154,7 +154,7 @@ impl<B: Backend> Cri<B> {
         ctrs: &[Ctr],
         stats: &HashMap<String, pb::ContainerStats>,
     ) -> cri::PodSandboxStats {
-        let ts = ns_i64(now_ns());
+        let ts = ns_i64(berth_model::now_ns());
         let members: Vec<&Ctr> = ctrs.iter().filter(|c| c.c.sandbox == pod.sb.id).collect();
         let containers: Vec<cri::ContainerStats> =
             members.iter().map(|c| self.container_stats_of(c, stats.get(&c.c.id))).collect();

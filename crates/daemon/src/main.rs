@@ -50,7 +50,7 @@ mod volumes;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use berth_api::v1::checkpoints_server::CheckpointsServer;
 use berth_api::v1::containers_server::ContainersServer;
@@ -141,9 +141,7 @@ fn criu_path(arg: Option<PathBuf>) -> PathBuf {
 /// How long in-flight requests may run after SIGTERM.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-pub fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
+pub use berth_model::now_ns;
 
 fn main() {
     tracing_subscriber::fmt()

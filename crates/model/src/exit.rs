@@ -2,6 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Now, in nanoseconds since the Unix epoch (0 if the clock is before it):
+/// the unit of every time berth records.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
 /// The code reported when a shim died without recording an exit (SPEC B19).
 pub const UNKNOWN_EXIT_CODE: u32 = 255;
 

@@ -14,7 +14,7 @@ mod state;
 
 pub use error::{Code, ModelError};
 pub use event::EventKind;
-pub use exit::{ExitStatus, UNKNOWN_EXIT_CODE};
+pub use exit::{ExitStatus, UNKNOWN_EXIT_CODE, now_ns};
 pub use id::{ContainerId, DEFAULT_NAMESPACE, ExecId, Namespace, NetworkName, SandboxId, VolumeName, random_hex};
 pub use network::{DEFAULT_NETWORK, NetworkAttachment, NetworkMode, PortMapping, Protocol};
 pub use restart::{BACKOFF_RESET, RestartPolicy, backoff};

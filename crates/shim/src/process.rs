@@ -3,7 +3,6 @@
 
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use berth_model::ExitStatus;
 use berth_shim::pidfd_open;
@@ -14,9 +13,7 @@ use tokio::sync::watch;
 use crate::output::Drained;
 use crate::reaper::Tracked;
 
-pub fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
-}
+pub use berth_model::now_ns;
 
 /// Watches `pid` (a child of this shim) until it exits. The exit is written
 /// to `exit_file` atomically *before* it is published on the returned
