@@ -30,6 +30,31 @@ impl Ctr {
         }
     }
 
+    /// CRI's status of the container (`image_ref`: its image's id).
+    pub fn status(&self, image_ref: String) -> cri::ContainerStatus {
+        let c = &self.c;
+        cri::ContainerStatus {
+            id: c.id.clone(),
+            metadata: Some(self.meta.metadata.clone()),
+            state: self.state() as i32,
+            created_at: ns_i64(c.created_at_ns),
+            started_at: ns_i64(c.started_at_ns),
+            finished_at: c.exit.as_ref().map_or(0, |e| ns_i64(e.exited_at_ns)),
+            exit_code: c.exit.as_ref().map_or(0, |e| e.code as i32),
+            image: Some(self.meta.image.clone()),
+            image_ref: image_ref.clone(),
+            reason: reason(c).to_string(),
+            message: String::new(),
+            labels: self.meta.labels.clone(),
+            annotations: self.meta.annotations.clone(),
+            mounts: self.meta.mounts.clone(),
+            log_path: self.meta.log_path.clone(),
+            resources: None,
+            image_id: image_ref,
+            user: None,
+        }
+    }
+
     fn summary(self, image_ref: String) -> cri::Container {
         let state = self.state() as i32;
         cri::Container {
@@ -314,29 +339,7 @@ impl<B: Backend> Cri<B> {
             });
             info.insert("info".to_string(), verbose.to_string());
         }
-        let state = ctr.state() as i32;
-        let c = &ctr.c;
-        let status = cri::ContainerStatus {
-            id: c.id.clone(),
-            metadata: Some(ctr.meta.metadata.clone()),
-            state,
-            created_at: ns_i64(c.created_at_ns),
-            started_at: ns_i64(c.started_at_ns),
-            finished_at: c.exit.as_ref().map_or(0, |e| ns_i64(e.exited_at_ns)),
-            exit_code: c.exit.as_ref().map_or(0, |e| e.code as i32),
-            image: Some(ctr.meta.image.clone()),
-            image_ref: image_ref.clone(),
-            reason: reason(c).to_string(),
-            message: String::new(),
-            labels: ctr.meta.labels.clone(),
-            annotations: ctr.meta.annotations.clone(),
-            mounts: ctr.meta.mounts.clone(),
-            log_path: ctr.meta.log_path.clone(),
-            resources: None,
-            image_id: image_ref,
-            user: None,
-        };
-        Ok(cri::ContainerStatusResponse { status: Some(status), info })
+        Ok(cri::ContainerStatusResponse { status: Some(ctr.status(image_ref)), info })
     }
 
     /// Kubelet has renamed the log file to rotate it: a new one is made at

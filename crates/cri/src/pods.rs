@@ -246,14 +246,11 @@ impl<B: Backend> Cri<B> {
     pub(crate) async fn pod_statuses(&self, pod: &str) -> (Option<cri::PodSandboxStatus>, Vec<cri::ContainerStatus>) {
         let req = cri::PodSandboxStatusRequest { pod_sandbox_id: pod.to_string(), verbose: false };
         let Ok(status) = self.pod_sandbox_status(req).await else { return (None, Vec::new()) };
-        let mut containers = Vec::new();
-        for c in self.ctrs().await.unwrap_or_default().into_iter().filter(|c| c.c.sandbox == pod) {
-            let req = cri::ContainerStatusRequest { container_id: c.c.id, verbose: false };
-            if let Ok(s) = self.container_status(req).await {
-                containers.extend(s.status);
-            }
-        }
-        (status.status, containers)
+        // One listing of containers and of images for all of them.
+        let images = self.image_refs().await.unwrap_or_default();
+        let containers = self.ctrs().await.unwrap_or_default().into_iter().filter(|c| c.c.sandbox == pod);
+        let statuses = containers.map(|c| c.status(images.get(&c.c.image).cloned().unwrap_or_default())).collect();
+        (status.status, statuses)
     }
 
     pub(crate) async fn list_pod_sandbox(
