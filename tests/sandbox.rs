@@ -5,7 +5,8 @@
 //! refused while containers exist; a dead sandbox shim is replaced; a
 //! stopped sandbox keeps its records but no shim, network or running
 //! container; a berthd killed in the middle of a sandbox create leaves nothing; bad
-//! input changes nothing.
+//! input changes nothing; PID and IPC namespaces are shared as asked (the
+//! pod's init dies with its shim).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,7 +27,16 @@ fn run_in(d: &Daemon, sandbox: &str, id: &str, cmd: &[&str]) {
 
 /// The network namespace a container's processes are in.
 fn netns(d: &Daemon, id: &str) -> String {
-    d.berth(&["exec", id, "readlink", "/proc/self/ns/net"]).ok().trim().to_string()
+    ns_of(d, id, "net")
+}
+
+/// The namespace of kind `kind` (net, pid, ipc) a container's processes are in.
+fn ns_of(d: &Daemon, id: &str, kind: &str) -> String {
+    d.berth(&["exec", id, "readlink", &format!("/proc/self/ns/{kind}")]).ok().trim().to_string()
+}
+
+fn host_ns(kind: &str) -> String {
+    std::fs::read_link(format!("/proc/self/ns/{kind}")).unwrap().to_string_lossy().into_owned()
 }
 
 fn sandbox_dir(d: &Daemon, id: &str) -> PathBuf {
@@ -41,7 +51,7 @@ fn assert_clean(d: &Daemon, ids: &[&str]) {
         assert!(d.container_paths("default", id).is_empty(), "{:?}", d.container_paths("default", id));
         assert!(d.cgroup_dirs("default", id).is_empty(), "cgroup of {id} left");
     }
-    for dir in ["shims", "sandbox-shims", "sandboxes/default"] {
+    for dir in ["shims", "sandbox-shims", "sandboxes/default", "sandbox-ns"] {
         let left: Vec<_> = std::fs::read_dir(d.state.join(dir)).into_iter().flatten().flatten().collect();
         assert!(left.is_empty(), "{dir} left: {left:?}");
     }
@@ -253,4 +263,88 @@ fn bad_sandbox_input_changes_nothing() {
     assert!(d.container_paths("default", "x").is_empty());
     d.berth(&["sandbox", "rm", "pod"]).ok();
     assert_clean(&d, &["x"]);
+}
+
+/// The children of process `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten();
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|text| text.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<_>>())
+        .collect()
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
+}
+
+#[test]
+fn a_sandbox_shares_its_pid_and_ipc_namespaces_as_asked() {
+    let d = Daemon::start();
+    d.berth(&["sandbox", "create", "--name", "pod", "--pid", "pod"]).ok();
+    let pod = sandbox(&d, "pod");
+    assert_eq!((pod["pid"].as_str(), pod["ipc"].as_str()), (Some("pod"), Some("pod")), "{pod}");
+    run_in(&d, "pod", "a", &["sleep", "1000"]);
+    run_in(&d, "pod", "b", &["sleep", "2000"]);
+    // One PID namespace whose PID 1 is the pod's init, not a container.
+    let ps = d.berth(&["exec", "b", "ps", "-o", "pid,args"]).ok().to_string();
+    let lines: Vec<&str> = ps.lines().map(str::trim).collect();
+    assert!(lines.contains(&"1 berth-pod-init"), "{ps}");
+    assert!(lines.iter().any(|l| l.ends_with("sleep 1000")) && lines.iter().any(|l| l.ends_with("sleep 2000")), "{ps}");
+    for kind in ["pid", "ipc"] {
+        assert_eq!(ns_of(&d, "a", kind), ns_of(&d, "b", kind), "{kind}");
+        assert_ne!(ns_of(&d, "a", kind), host_ns(kind), "{kind}");
+    }
+    // An orphan is re-parented to the pod's init, which reaps it.
+    d.berth(&["exec", "a", "sh", "-c", "sleep 0.2 & exit 0"]).ok();
+    std::thread::sleep(Duration::from_millis(600));
+    let ps = d.berth(&["exec", "a", "ps", "-o", "stat,args"]).ok().to_string();
+    assert!(!ps.lines().any(|l| l.trim_start().starts_with('Z')), "a zombie was left: {ps}");
+
+    // The pod's init is the shim's child; killing the shim ends it and with
+    // it every process of the pod.
+    let shim = sandbox(&d, "pod")["shim_pid"].as_u64().unwrap() as u32;
+    let init: Vec<u32> = children(shim).into_iter().filter(|p| comm(*p) == "berth-pod-init").collect();
+    assert_eq!(init.len(), 1, "children of the shim: {:?}", children(shim));
+    let old_pid_ns = ns_of(&d, "a", "pid");
+    // The sandbox's shim is this test's own (its daemon started it).
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim as i32), nix::sys::signal::SIGKILL).unwrap();
+    for id in ["a", "b"] {
+        assert_eq!(d.inspect_until(id, |c| c["state"] == "stopped")["exit"]["code"], 255);
+        assert!(d.cgroup_procs("default", id).is_empty(), "{id}'s processes outlived the shim");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while comm(init[0]) == "berth-pod-init" {
+        assert!(std::time::Instant::now() < deadline, "the pod's init outlived its shim");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The next container brings a new shim, with a new PID namespace.
+    run_in(&d, "pod", "c", &["sleep", "1000"]);
+    assert_ne!(ns_of(&d, "c", "pid"), old_pid_ns);
+    let ps = d.berth(&["exec", "c", "ps", "-o", "pid,args"]).ok().to_string();
+    assert!(ps.lines().any(|l| l.trim() == "1 berth-pod-init"), "{ps}");
+    d.berth(&["rm", "-f", "a", "b", "c"]).ok();
+    d.berth(&["sandbox", "rm", "pod"]).ok();
+
+    // The host's namespaces, and a container of its own in them too.
+    d.berth(&["sandbox", "create", "--name", "host", "--pid", "host", "--ipc", "host"]).ok();
+    run_in(&d, "host", "h", &["sleep", "1000"]);
+    for kind in ["pid", "ipc"] {
+        assert_eq!(ns_of(&d, "h", kind), host_ns(kind), "{kind}");
+    }
+    let rootfs = d.rootfs.to_string_lossy().into_owned();
+    let e =
+        d.berth(&["run", "--rm", "--sandbox", "host", "--pid", "host", &rootfs, "true"]).fails_with("invalid argument");
+    assert!(e.contains("give --pid and --ipc to `berth sandbox create`"), "{e}");
+    let lone = d
+        .berth(&["run", "--rm", "--pid", "host", "--ipc", "host", &rootfs, "readlink", "/proc/self/ns/pid"])
+        .ok()
+        .to_string();
+    assert_eq!(lone.trim(), host_ns("pid"));
+    d.berth(&["run", "--rm", "--pid", "pod", &rootfs, "true"]).fails_with("invalid argument");
+    d.berth(&["sandbox", "create", "--name", "bad", "--pid", "shared"]).fails_with("invalid argument");
+    d.berth(&["sandbox", "inspect", "bad"]).fails_with("not found");
+    d.berth(&["rm", "-f", "h"]).ok();
+    d.berth(&["sandbox", "rm", "host"]).ok();
+    assert_clean(&d, &["a", "b", "c", "h"]);
 }

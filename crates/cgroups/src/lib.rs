@@ -3,6 +3,7 @@
 //! unified mount, or pure v2 — and lists or removes it there; reads its
 //! statistics and updates its limits (`resources`).
 
+pub mod mountinfo;
 mod oom;
 mod resources;
 mod v1stats;

@@ -94,8 +94,10 @@ pub struct CreateArgs {
     /// When pulling: plain HTTP to the image's registry (loopback registries).
     #[arg(long)]
     pub insecure: bool,
-    /// Mount HOST:CTR[:ro|rw] (an absolute host path) or NAME:CTR[:ro|rw]
-    /// (a named volume, created on first use); repeatable.
+    /// Mount HOST:CTR[:OPTIONS] (an absolute host path) or NAME:CTR[:OPTIONS]
+    /// (a named volume, created on first use); OPTIONS: ro or rw and a
+    /// propagation (rprivate, the default, rslave or rshared), comma-separated;
+    /// repeatable.
     #[arg(short = 'v', long = "volume")]
     pub volumes: Vec<String>,
     /// Mount a tmpfs at PATH[:OPTIONS] (default rw,nosuid,nodev,noexec,relatime;
@@ -108,6 +110,12 @@ pub struct CreateArgs {
     /// The container's host name (default: its id).
     #[arg(long)]
     pub hostname: Option<String>,
+    /// `host`: the host's PID namespace (it sees and signals every process).
+    #[arg(long)]
+    pub pid: Option<String>,
+    /// `host`: the host's IPC namespace.
+    #[arg(long)]
+    pub ipc: Option<String>,
     /// Network: a network name (default berthd's, normally `berth`), none
     /// (loopback only), host, or container:ID (share its namespace).
     #[arg(long)]
@@ -119,6 +127,14 @@ pub struct CreateArgs {
     /// default: the host's, without loopback ones).
     #[arg(long)]
     pub dns: Vec<String>,
+    /// A search domain for the container's /etc/resolv.conf (repeatable;
+    /// replaces the host's; `.` alone: none).
+    #[arg(long = "dns-search")]
+    pub dns_search: Vec<String>,
+    /// A resolver option for the container's /etc/resolv.conf, e.g.
+    /// ndots:5 (repeatable; replaces the host's options).
+    #[arg(long = "dns-option")]
+    pub dns_options: Vec<String>,
     /// An /etc/hosts entry NAME:IP (repeatable).
     #[arg(long = "add-host")]
     pub add_hosts: Vec<String>,

@@ -28,6 +28,14 @@ pub enum SandboxCommand {
         /// Publish a port: [HOSTIP:]HOSTPORT:CTRPORT[/tcp|udp] (repeatable).
         #[arg(short = 'p', long = "publish")]
         publish: Vec<String>,
+        /// Whose PID namespace its containers are in: container (default:
+        /// each its own), pod (one they share) or host.
+        #[arg(long)]
+        pid: Option<String>,
+        /// Whose IPC namespace: pod (default: one they share), container
+        /// or host.
+        #[arg(long)]
+        ipc: Option<String>,
     },
     /// List the sandboxes of the namespace (-n).
     #[command(alias = "list")]
@@ -64,6 +72,8 @@ fn sandbox_json(s: &pb::Sandbox) -> serde_json::Value {
         "shim_pid": s.shim_pid,
         "network": s.network.as_ref().map(output::attachment_json),
         "containers": s.containers,
+        "pid": s.pid,
+        "ipc": s.ipc,
     })
 }
 
@@ -73,7 +83,7 @@ fn sref(c: &Client, id: String) -> pb::SandboxRef {
 
 pub async fn run(c: &mut Client, cmd: SandboxCommand) -> Result<i32, Failure> {
     match cmd {
-        SandboxCommand::Create { name, runtime, labels, network, publish } => {
+        SandboxCommand::Create { name, runtime, labels, network, publish, pid, ipc } => {
             let labels = crate::commands::parse_labels(labels)?;
             let req = pb::SandboxCreateRequest {
                 namespace: c.namespace.clone(),
@@ -82,6 +92,8 @@ pub async fn run(c: &mut Client, cmd: SandboxCommand) -> Result<i32, Failure> {
                 labels,
                 network: network.unwrap_or_default(),
                 publish,
+                pid: pid.unwrap_or_default(),
+                ipc: ipc.unwrap_or_default(),
             };
             let s = c.sandboxes.create(req).await?.into_inner();
             println!("{}", s.id);

@@ -103,8 +103,14 @@ fn volume(m: &cri::Mount) -> Result<String, Status> {
             return Err(invalid(format!("mount path {path:?} must be absolute and hold no ':'")));
         }
     }
-    let mode = if m.readonly { ":ro" } else { "" };
-    Ok(format!("{}:{}{mode}", m.host_path, m.container_path))
+    let mode = if m.readonly { "ro" } else { "rw" };
+    let propagation = match cri::MountPropagation::try_from(m.propagation) {
+        Ok(cri::MountPropagation::PropagationPrivate) => "rprivate",
+        Ok(cri::MountPropagation::PropagationHostToContainer) => "rslave",
+        Ok(cri::MountPropagation::PropagationBidirectional) => "rshared",
+        Err(_) => return Err(invalid(format!("unknown mount propagation {}", m.propagation))),
+    };
+    Ok(format!("{}:{}:{mode},{propagation}", m.host_path, m.container_path))
 }
 
 /// The process user for berth: `USER[:GROUP]` from CRI's security context.
@@ -198,6 +204,8 @@ fn create_request(
         hostname: pod.hostname.clone(),
         user: user(&sc),
         dns: pod.dns.as_ref().map(|d| d.servers.clone()).unwrap_or_default(),
+        dns_search: pod.dns.as_ref().map(|d| d.searches.clone()).unwrap_or_default(),
+        dns_options: pod.dns.as_ref().map(|d| d.options.clone()).unwrap_or_default(),
         sandbox,
         log_path,
         groups: groups(&sc.supplemental_groups)?,
@@ -440,8 +448,17 @@ mod tests {
             readonly: ro,
             ..Default::default()
         };
-        assert_eq!(volume(&m("/srv", "/data", true)).unwrap(), "/srv:/data:ro");
-        assert_eq!(volume(&m("/srv", "/data", false)).unwrap(), "/srv:/data");
+        assert_eq!(volume(&m("/srv", "/data", true)).unwrap(), "/srv:/data:ro,rprivate");
+        assert_eq!(volume(&m("/srv", "/data", false)).unwrap(), "/srv:/data:rw,rprivate");
+        let to_ctr = cri::Mount {
+            propagation: cri::MountPropagation::PropagationHostToContainer as i32,
+            ..m("/s", "/d", false)
+        };
+        assert_eq!(volume(&to_ctr).unwrap(), "/s:/d:rw,rslave");
+        let both =
+            cri::Mount { propagation: cri::MountPropagation::PropagationBidirectional as i32, ..m("/s", "/d", false) };
+        assert_eq!(volume(&both).unwrap(), "/s:/d:rw,rshared");
+        assert!(volume(&cri::Mount { propagation: 9, ..m("/s", "/d", false) }).is_err());
         assert!(volume(&m("/a:b", "/data", false)).is_err());
         assert!(volume(&m("rel", "/data", false)).is_err());
         let r = cri::LinuxContainerResources {

@@ -85,15 +85,20 @@ fn default_namespaces() -> cri::NamespaceOption {
 }
 
 /// The pod's network for berth: the host's, or the configured network.
-fn network(cfg: &crate::Config, opts: &cri::NamespaceOption) -> Result<String, Status> {
+fn network(cfg: &crate::Config, opts: &cri::NamespaceOption) -> String {
+    if opts.network == cri::NamespaceMode::Node as i32 { "host".to_string() } else { cfg.network.clone() }
+}
+
+/// berth's sandbox namespace mode for a CRI PID or IPC mode.
+pub(crate) fn share(mode: i32, what: &str) -> Result<&'static str, Status> {
     use cri::NamespaceMode as M;
-    if opts.pid == M::Node as i32 || opts.ipc == M::Node as i32 {
-        return Err(Status::unimplemented("berth pods do not share the host's PID or IPC namespace yet"));
+    match M::try_from(mode) {
+        Ok(M::Pod) => Ok("pod"),
+        Ok(M::Container) => Ok("container"),
+        Ok(M::Node) => Ok("host"),
+        Ok(M::Target) => Err(invalid(format!("a pod's {what} namespace cannot be another container's (TARGET)"))),
+        Err(_) => Err(invalid(format!("unknown {what} namespace mode {mode}"))),
     }
-    if opts.pid == M::Pod as i32 {
-        return Err(Status::unimplemented("berth pods do not share one PID namespace yet (shareProcessNamespace)"));
-    }
-    Ok(if opts.network == M::Node as i32 { "host".to_string() } else { cfg.network.clone() })
 }
 
 impl<B: Backend> Cri<B> {
@@ -127,11 +132,20 @@ impl<B: Backend> Cri<B> {
         }
         let linux = config.linux.clone().unwrap_or_default();
         let opts = linux.security_context.and_then(|s| s.namespace_options).unwrap_or_else(default_namespaces);
-        let network = network(&self.cfg, &opts)?;
+        let network = network(&self.cfg, &opts);
+        let (pid, ipc) = (share(opts.pid, "PID")?, share(opts.ipc, "IPC")?);
         if network == "host" && linux.sysctls.keys().any(|k| k.starts_with("net.")) {
             return Err(invalid(
                 "net.* sysctls would change the host's network: refused for a pod on the host network",
             ));
+        }
+        if let Some(dns) = &config.dns_config {
+            let resolver = berth_network::Resolver {
+                servers: dns.servers.clone(),
+                search: dns.searches.clone(),
+                options: dns.options.clone(),
+            };
+            berth_network::check_dns_options(&resolver, &[]).map_err(|e| invalid(format!("dns_config: {e}")))?;
         }
         let runtime = runtime(&r.runtime_handler)?;
         let publish = publish(&config.port_mappings)?;
@@ -159,6 +173,8 @@ impl<B: Backend> Cri<B> {
             labels,
             network,
             publish,
+            pid: pid.into(),
+            ipc: ipc.into(),
         };
         let sb = Sandboxes::create(&*self.b, req(create)).await?.into_inner();
         Ok(cri::RunPodSandboxResponse { pod_sandbox_id: sb.id })
@@ -303,19 +319,16 @@ mod tests {
     fn namespace_modes_map_or_are_refused() {
         use cri::NamespaceMode as M;
         let cfg = crate::Config { network: "berth".into(), ..Default::default() };
-        let opts = |network: M, pid: M, ipc: M| cri::NamespaceOption {
-            network: network as i32,
-            pid: pid as i32,
-            ipc: ipc as i32,
-            ..Default::default()
-        };
-        assert_eq!(network(&cfg, &opts(M::Pod, M::Container, M::Pod)).unwrap(), "berth");
-        assert_eq!(network(&cfg, &default_namespaces()).unwrap(), "berth");
-        assert_eq!(network(&cfg, &opts(M::Node, M::Container, M::Pod)).unwrap(), "host");
-        for refused in
-            [opts(M::Pod, M::Node, M::Pod), opts(M::Pod, M::Pod, M::Pod), opts(M::Pod, M::Container, M::Node)]
-        {
-            assert_eq!(network(&cfg, &refused).unwrap_err().code(), tonic::Code::Unimplemented);
+        let opts = |network: M| cri::NamespaceOption { network: network as i32, ..Default::default() };
+        assert_eq!(network(&cfg, &opts(M::Pod)), "berth");
+        assert_eq!(network(&cfg, &default_namespaces()), "berth");
+        assert_eq!(network(&cfg, &opts(M::Node)), "host");
+        assert_eq!(
+            [M::Pod, M::Container, M::Node].map(|m| share(m as i32, "PID").unwrap()),
+            ["pod", "container", "host"]
+        );
+        for refused in [M::Target as i32, 17] {
+            assert_eq!(share(refused, "PID").unwrap_err().code(), tonic::Code::InvalidArgument);
         }
         assert_eq!(runtime("runc").unwrap(), "runc");
         assert_eq!(runtime("kata").unwrap_err().code(), tonic::Code::InvalidArgument);

@@ -44,9 +44,24 @@ impl Config {
 
     /// `<state>/<dir>/<hash of namespace and id>.sock`.
     fn hashed_socket(&self, dir: &str, ns: &Namespace, id: &str) -> PathBuf {
+        self.hashed(dir, ns, id, "sock")
+    }
+
+    /// `<state>/<dir>/<hash of namespace and id>.<ext>`.
+    fn hashed(&self, dir: &str, ns: &Namespace, id: &str, ext: &str) -> PathBuf {
         let mut h = DefaultHasher::new();
         (ns.as_str(), id).hash(&mut h);
-        self.state.join(dir).join(format!("{:016x}.sock", h.finish()))
+        self.state.join(dir).join(format!("{:016x}.{ext}", h.finish()))
+    }
+
+    /// Where the namespaces a sandbox's containers share are held.
+    pub fn sandbox_ns_dir(&self) -> PathBuf {
+        self.state.join("sandbox-ns")
+    }
+
+    /// The bind mount holding sandbox `id`'s `kind` (ipc, pid) namespace.
+    pub fn sandbox_ns_pin(&self, ns: &Namespace, id: &SandboxId, kind: &str) -> PathBuf {
+        self.hashed("sandbox-ns", ns, id.as_str(), kind)
     }
 
     /// A sandbox's own files: its shim's log.

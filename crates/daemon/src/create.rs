@@ -289,6 +289,15 @@ impl Manager {
                 (None, mode) => mode,
             };
             crate::sysctl::apply(&mut prepared.spec, &p.sysctls, is_bundle, mode)?;
+            if let Some(sandbox) = sandbox {
+                if run.host_pid || run.host_ipc {
+                    return Err(Error::InvalidArgument(format!(
+                        "a container in sandbox {} has the sandbox's PID and IPC namespaces: give --pid and --ipc to `berth sandbox create`",
+                        sandbox.id
+                    )));
+                }
+                crate::sandbox_ns::join(&mut prepared.spec, &self.cfg, sandbox)?;
+            }
         }
         if let Some(image) = image.as_mut() {
             image.volumes = run

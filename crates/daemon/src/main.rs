@@ -35,6 +35,7 @@ mod restart;
 mod restore;
 mod sandbox;
 mod sandbox_api;
+mod sandbox_ns;
 mod seccomp;
 mod shim;
 mod shim_v2;
@@ -336,6 +337,9 @@ async fn run(args: Args) -> Result<(), String> {
     let _ = std::fs::remove_file(&shim_events);
     if let Err(e) = mgr.net.networks.release() {
         tracing::warn!("releasing the network namespace directory: {e}");
+    }
+    if let Err(e) = mgr.release_pin_dir() {
+        tracing::warn!("releasing the sandbox namespace directory: {e}");
     }
     match result {
         Ok(Ok(r)) => r.map_err(|e| format!("serve: {e}")),

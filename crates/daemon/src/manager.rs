@@ -223,6 +223,7 @@ impl Manager {
             runtime_root: self.cfg.runtime_root(&parsed.dir_name(), ns),
             v2,
             sandbox: false,
+            pid_init: false,
         }
     }
 

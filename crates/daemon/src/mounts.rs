@@ -1,13 +1,14 @@
 //! Run options of a generated spec (issue 10, item 7): bind mounts and
-//! named volumes (`-v`), tmpfs mounts (`--tmpfs`), a read-only root
-//! (`--read-only`) and the host name (`--hostname`). [`check`] parses and
+//! named volumes (`-v`, with mount propagation), tmpfs mounts (`--tmpfs`),
+//! a read-only root (`--read-only`), the host name (`--hostname`) and the
+//! host's PID or IPC namespace (`--pid host`, `--ipc host`). [`check`] parses and
 //! validates them before create changes anything (SPEC B2, B31); [`apply`]
 //! writes them into the spec once the volumes exist. A bundle's config.json
 //! is used as written, so these options are refused for a bundle.
 
 use std::path::{Component, Path, PathBuf};
 
-use oci_spec::runtime::{Mount, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 
 use crate::error::{Error, Result};
 use crate::spec::MAX_HOSTNAME;
@@ -51,11 +52,19 @@ pub struct RunOptions {
     pub tmpfs: Vec<String>,
     pub read_only: bool,
     pub hostname: String,
+    /// `--pid` and `--ipc`: empty (its own) or `host`.
+    pub pid: String,
+    pub ipc: String,
 }
 
 impl RunOptions {
     pub fn is_default(&self) -> bool {
-        self.volumes.is_empty() && self.tmpfs.is_empty() && !self.read_only && self.hostname.is_empty()
+        self.volumes.is_empty()
+            && self.tmpfs.is_empty()
+            && !self.read_only
+            && self.hostname.is_empty()
+            && self.pid.is_empty()
+            && self.ipc.is_empty()
     }
 
     /// The named volumes (sources not starting with `/`), each once, in
@@ -86,7 +95,12 @@ pub struct Bind {
     pub source: Source,
     pub target: PathBuf,
     pub read_only: bool,
+    /// rprivate (default), rslave or rshared (and their non-recursive forms).
+    pub propagation: &'static str,
 }
+
+/// Mount propagation modes a volume may ask for.
+const PROPAGATIONS: &[&str] = &["private", "rprivate", "slave", "rslave", "shared", "rshared"];
 
 #[derive(Debug, Clone)]
 pub struct Tmpfs {
@@ -101,6 +115,9 @@ pub struct Checked {
     pub tmpfs: Vec<Tmpfs>,
     pub read_only: bool,
     pub hostname: Option<String>,
+    /// The host's PID and IPC namespaces.
+    pub host_pid: bool,
+    pub host_ipc: bool,
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -171,21 +188,58 @@ fn bind(arg: &str) -> Result<Bind> {
     let (src, dst, mode) = match parts.as_slice() {
         [s, d] => (*s, *d, ""),
         [s, d, m] => (*s, *d, *m),
-        _ => return Err(invalid(format!("volume {arg:?} is not HOST:CTR[:ro|rw] or NAME:CTR[:ro|rw]"))),
+        _ => return Err(invalid(format!("volume {arg:?} is not HOST:CTR[:OPTIONS] or NAME:CTR[:OPTIONS]"))),
     };
-    let read_only = match mode {
-        "" | "rw" => false,
-        "ro" => true,
-        other => return Err(invalid(format!("volume mode {other:?} is not ro or rw"))),
-    };
+    let (mut read_only, mut propagation) = (false, "rprivate");
+    for option in mode.split(',').filter(|o| !o.is_empty()) {
+        match option {
+            "rw" => read_only = false,
+            "ro" => read_only = true,
+            p => match PROPAGATIONS.iter().find(|known| **known == p) {
+                Some(known) => propagation = known,
+                None => {
+                    return Err(invalid(format!(
+                        "volume option {:?} is not ro, rw or a propagation ({})",
+                        p.chars().take(64).collect::<String>(),
+                        PROPAGATIONS.join(", ")
+                    )));
+                }
+            },
+        }
+    }
     let target = container_path("volume", dst)?;
     let source = if src.starts_with('/') {
-        Source::Host(host_path(src)?)
+        let path = host_path(src)?;
+        check_source_propagation(&path, propagation)?;
+        Source::Host(path)
     } else {
         check_volume_name(src)?;
         Source::Volume(src.to_string())
     };
-    Ok(Bind { source, target, read_only })
+    Ok(Bind { source, target, read_only, propagation })
+}
+
+/// A bind that receives the host's new mounts (slave) needs a source on a
+/// shared or slave mount, one that also gives its own (shared) a shared
+/// mount: otherwise nothing would propagate (containerd refuses these too).
+fn check_source_propagation(path: &Path, propagation: &str) -> Result<()> {
+    let wanted = if propagation.ends_with("shared") {
+        &["shared:"][..]
+    } else if propagation.ends_with("slave") {
+        &["shared:", "master:"][..]
+    } else {
+        return Ok(());
+    };
+    let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| Error::io("read mountinfo", e))?;
+    let (point, tags) = berth_cgroups::mountinfo::mount_of(&info, path).unwrap_or_default();
+    if tags.iter().any(|t| wanted.iter().any(|w| t.starts_with(w))) {
+        return Ok(());
+    }
+    let needs = if wanted.len() == 1 { "a shared mount" } else { "a shared or slave mount" };
+    Err(Error::FailedPrecondition(format!(
+        "volume source {} is on mount {point}, which is not {needs}: {propagation} would propagate nothing (make it shared: mount --make-shared {point})",
+        path.display()
+    )))
 }
 
 fn tmpfs(arg: &str) -> Result<Tmpfs> {
@@ -228,20 +282,44 @@ pub fn check(o: &RunOptions) -> Result<Checked> {
         check_hostname(&o.hostname)?;
         Some(o.hostname.clone())
     };
-    Ok(Checked { binds, tmpfs, read_only: o.read_only, hostname })
+    let host = |what: &str, asked: &str| match asked {
+        "" => Ok(false),
+        "host" => Ok(true),
+        other => Err(invalid(format!(
+            "invalid --{what} {:?}: a container has its own namespace or the host's (host)",
+            other.chars().take(64).collect::<String>()
+        ))),
+    };
+    let (host_pid, host_ipc) = (host("pid", &o.pid)?, host("ipc", &o.ipc)?);
+    Ok(Checked { binds, tmpfs, read_only: o.read_only, hostname, host_pid, host_ipc })
 }
 
 /// Adds the mounts to the spec (after its own: later mounts go on top),
 /// with `volume_dir` giving a named volume's host directory, and sets the
-/// root's read-only flag and the host name.
+/// root's read-only flag, the host name and the host's namespaces. A
+/// volume that receives (slave) or shares (shared) mounts needs the root
+/// to propagate too, as containerd does for Kubernetes' HostToContainer
+/// and Bidirectional.
 pub fn apply(spec: &mut Spec, c: &Checked, volume_dir: impl Fn(&str) -> PathBuf) -> Result<()> {
     let mut mounts = spec.mounts().clone().unwrap_or_default();
+    let wants = |p: &str| c.binds.iter().any(|b| b.propagation.ends_with(p));
+    // The OCI spec's names (runc also takes rshared/rslave, youki not).
+    let root_propagation = if wants("shared") {
+        Some("shared")
+    } else if wants("slave") {
+        Some("slave")
+    } else {
+        None
+    };
+    if let (Some(p), Some(linux)) = (root_propagation, spec.linux_mut().as_mut()) {
+        linux.set_rootfs_propagation(Some(p.to_string()));
+    }
     for b in &c.binds {
         let source = match &b.source {
             Source::Host(p) => p.clone(),
             Source::Volume(n) => volume_dir(n),
         };
-        let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
+        let mut options = vec!["rbind".to_string(), b.propagation.to_string()];
         if b.read_only {
             options.push("ro".to_string());
         }
@@ -267,6 +345,11 @@ pub fn apply(spec: &mut Spec, c: &Checked, volume_dir: impl Fn(&str) -> PathBuf)
     }
     if let Some(h) = &c.hostname {
         spec.set_hostname(Some(h.clone()));
+    }
+    for (typ, host) in [(LinuxNamespaceType::Pid, c.host_pid), (LinuxNamespaceType::Ipc, c.host_ipc)] {
+        if host {
+            crate::spec::set_namespace(spec, typ, None)?;
+        }
     }
     Ok(())
 }
@@ -323,6 +406,21 @@ mod tests {
         for t in ["rel", "/t:size=1m;rm", "/t:bogus", "/sys"] {
             assert!(is_invalid(check(&opts(&[], &[t]))), "{t} was accepted");
         }
+    }
+
+    #[test]
+    fn volumes_take_a_propagation_and_the_root_follows() {
+        let c = check(&opts(&["/tmp:/a:ro,rprivate", "v:/b:rslave", "w:/c:rw,rshared"], &[])).expect("valid");
+        let got: Vec<_> = c.binds.iter().map(|b| (b.read_only, b.propagation)).collect();
+        assert_eq!(got, [(true, "rprivate"), (false, "rslave"), (false, "rshared")]);
+        let mut spec = Spec::default();
+        apply(&mut spec, &c, |n| PathBuf::from(format!("/vols/{n}"))).expect("apply");
+        let linux = spec.linux().clone().unwrap_or_default();
+        assert_eq!(linux.rootfs_propagation().as_deref(), Some("shared"));
+        let mounts = spec.mounts().clone().unwrap_or_default();
+        let b = mounts.iter().find(|m| m.destination() == Path::new("/b")).expect("/b");
+        assert_eq!(b.options().clone().unwrap_or_default(), ["rbind", "rslave"]);
+        assert!(is_invalid(check(&opts(&["/tmp:/a:ro,bogus"], &[]))));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::sync::Mutex;
 
 use berth_model::State;
 use berth_model::{ContainerId, Namespace, NetworkAttachment, NetworkMode, PortMapping, SandboxId};
-use berth_network::{AttachKey, AttachRequest, DnsOptions, Networks};
+use berth_network::{AttachKey, AttachRequest, DnsOptions, Networks, Resolver};
 use berth_store::{ContainerRecord, SandboxRecord};
 use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 
@@ -32,7 +32,7 @@ use crate::manager::{Manager, lock};
 pub struct NetOptions {
     pub mode: String,
     pub publish: Vec<String>,
-    pub dns: Vec<String>,
+    pub dns: Resolver,
     pub add_hosts: Vec<String>,
     /// `none` gets a pinned namespace too (a restore hands CRIU the
     /// namespace by path).
@@ -69,7 +69,7 @@ pub(crate) struct Plan {
     hostname: String,
     mode: NetworkMode,
     ports: Vec<PortMapping>,
-    dns: Vec<String>,
+    dns: Resolver,
     add_hosts: Vec<String>,
     /// A container in a sandbox shares the sandbox's attachment.
     sandbox: Option<NetworkAttachment>,
@@ -126,17 +126,7 @@ pub(crate) fn unpinned_none(a: Option<&NetworkAttachment>) -> bool {
 /// The spec's network namespace: a new one (`Some("")`), the one at a path,
 /// or the host's (`None`).
 fn set_netns(spec: &mut Spec, netns: Option<&str>) -> Result<()> {
-    let linux = spec.linux_mut().as_mut().ok_or_else(|| invalid("spec has no linux section"))?;
-    let mut namespaces = linux.namespaces().clone().unwrap_or_default();
-    namespaces.retain(|n| n.typ() != LinuxNamespaceType::Network);
-    if let Some(path) = netns {
-        let mut n = oci_spec::runtime::LinuxNamespace::default();
-        n.set_typ(LinuxNamespaceType::Network);
-        n.set_path((!path.is_empty()).then(|| PathBuf::from(path)));
-        namespaces.push(n);
-    }
-    linux.set_namespaces(Some(namespaces));
-    Ok(())
+    crate::spec::set_namespace(spec, LinuxNamespaceType::Network, netns.map(Path::new))
 }
 
 impl Manager {

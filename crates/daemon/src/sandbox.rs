@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_model::{Code, ContainerId, Namespace, Runtime, SandboxId, SandboxOp, SandboxState};
+use berth_model::{Code, ContainerId, Namespace, NsShare, Runtime, SandboxId, SandboxOp, SandboxState};
 use berth_store::{SandboxRecord, ShimInfo};
 
 use crate::error::{Error, Result};
@@ -31,6 +31,9 @@ pub struct SandboxParams {
     pub runtime: String,
     pub labels: BTreeMap<String, String>,
     pub net: NetOptions,
+    /// Whose PID and IPC namespaces its containers are in (`sandbox_ns.rs`).
+    pub pid: NsShare,
+    pub ipc: NsShare,
 }
 
 /// The live side of sandboxes: connected shims and who is busy with which.
@@ -137,6 +140,8 @@ impl Manager {
             created_at_ns: crate::now_ns(),
             shim: ShimInfo { pid: 0, socket: self.cfg.sandbox_socket(&ns, &id) },
             network: None,
+            pid: p.pid,
+            ipc: p.ipc,
         };
         self.store.put_sandbox(&rec)?;
         crash_point("sandbox record");
@@ -155,7 +160,8 @@ impl Manager {
         }
     }
 
-    /// Network namespace, then shim; the record says `ready` last.
+    /// Network and IPC namespaces, then the shim (and the PID namespace
+    /// its init holds); the record says `ready` last.
     async fn sandbox_allocate(
         &self,
         rec: &mut SandboxRecord,
@@ -168,6 +174,7 @@ impl Manager {
             self.store.put_sandbox(rec)?;
             crash_point("sandbox network");
         }
+        self.pin_sandbox_ipc(rec)?;
         let client = self.spawn_sandbox_shim(rec).await?;
         crash_point("sandbox shim");
         // Ready once recorded: a rollback releases what the store says.
@@ -177,12 +184,22 @@ impl Manager {
         Ok(client)
     }
 
-    /// Starts the sandbox's shim and records where it is (not its state).
+    /// Starts the sandbox's shim, pins the PID namespace it holds (if the
+    /// sandbox shares one) and records where the shim is (not its state).
+    /// A shim whose namespace cannot be pinned is ended.
     async fn spawn_sandbox_shim(&self, rec: &mut SandboxRecord) -> Result<ShimClient> {
-        let args = self.sandbox_shim_args(&rec.namespace, &rec.id, &rec.runtime);
+        let args = ShimArgs {
+            pid_init: rec.pid == NsShare::Pod,
+            ..self.sandbox_shim_args(&rec.namespace, &rec.id, &rec.runtime)
+        };
         let dir = self.cfg.sandbox_dir(&rec.namespace, &rec.id);
         let mut client = shim::spawn(&args, &rec.shim.socket, &dir).await.map_err(|e| e.at("shim"))?;
         client.shared = true;
+        if let Err(e) = self.pin_sandbox_pid(rec, &client).await {
+            let _ = client.shutdown(&shim_id(&rec.id)).await;
+            client.reap(SHIM_EXIT_WAIT).await;
+            return Err(e);
+        }
         rec.shim = ShimInfo { pid: client.pid, socket: client.socket.clone() };
         Ok(client)
     }
@@ -310,6 +327,7 @@ impl Manager {
         }
         let client = lock(&self.sandboxes.shims).remove(&key);
         self.stop_sandbox_shim(&rec, client.as_ref()).await?;
+        self.unpin_sandbox(ns, id)?;
         self.detach_sandbox_network(ns, id).await?;
         Ok(rec)
     }
@@ -337,10 +355,11 @@ impl Manager {
 
     /// Releases everything a sandbox record names, newest first: the shim
     /// (told to exit, or killed if it is a leftover), its sockets, the
-    /// network, its directory; then the record.
+    /// shared namespaces, the network, its directory; then the record.
     async fn sandbox_release(&self, rec: &SandboxRecord, client: Option<&ShimClient>) -> Result<()> {
         let (ns, id) = (&rec.namespace, &rec.id);
         self.stop_sandbox_shim(rec, client).await?;
+        self.unpin_sandbox(ns, id)?;
         self.detach_sandbox_network(ns, id).await?;
         crate::delete::remove_path(&self.cfg.sandbox_dir(ns, id))?;
         rec.state.apply(SandboxOp::Release)?;

@@ -3,7 +3,7 @@
 //! `api::status`, the one mapping. No behaviour lives here.
 
 use berth_api::v1 as pb;
-use berth_model::{Namespace, SandboxId};
+use berth_model::{Namespace, NsShare, SandboxId};
 use berth_store::SandboxRecord;
 use tonic::{Request, Response, Status};
 
@@ -27,6 +27,8 @@ impl Api {
             shim_pid: r.shim.pid,
             network: r.network.map(attachment_pb),
             containers: containers.into_iter().map(String::from).collect(),
+            pid: r.pid.as_str().into(),
+            ipc: r.ipc.as_str().into(),
         })
     }
 }
@@ -41,6 +43,8 @@ impl pb::sandboxes_server::Sandboxes for Api {
             runtime: r.runtime,
             labels: r.labels.into_iter().collect(),
             net: crate::network::NetOptions { mode: r.network, publish: r.publish, ..Default::default() },
+            pid: NsShare::parse(&r.pid, "pid", NsShare::Container).map_err(|e| status(e.into()))?,
+            ipc: NsShare::parse(&r.ipc, "ipc", NsShare::Pod).map_err(|e| status(e.into()))?,
         };
         let rec = self.mgr.sandbox_create(params).await.map_err(status)?;
         Ok(Response::new(self.sandbox_pb(rec)?))

@@ -126,6 +126,9 @@ pub struct ShimArgs {
     pub v2: Option<V2>,
     /// A sandbox's berth-shim (`--sandbox`): `id` is the sandbox's.
     pub sandbox: bool,
+    /// It also holds the sandbox's PID namespace (`--pid-init`; not part
+    /// of what `matches` compares).
+    pub pid_init: bool,
 }
 
 impl ShimArgs {
@@ -172,6 +175,9 @@ impl ShimArgs {
             .stdin(Stdio::null());
         if self.sandbox {
             cmd.arg("--sandbox");
+        }
+        if self.pid_init {
+            cmd.arg("--pid-init");
         }
         cmd
     }
@@ -491,6 +497,13 @@ impl ShimClient {
         let req = api::UpdateTaskRequest { id: id.to_string(), resources: Some(any).into(), ..Default::default() };
         self.task.update(ctx(), &req).await.map_err(shim_err)?;
         Ok(())
+    }
+
+    /// The task pid the shim reports for `id` (Connect): for a sandbox's
+    /// own id, the init of its PID namespace (0: none).
+    pub async fn task_pid(&self, id: &ContainerId) -> Result<u32> {
+        let req = api::ConnectRequest { id: id.to_string(), ..Default::default() };
+        Ok(self.task.connect(ctx(), &req).await.map_err(shim_err)?.task_pid)
     }
 
     pub async fn shutdown(&self, id: &ContainerId) -> Result<()> {

@@ -7,7 +7,7 @@ use std::io::Read;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use oci_spec::runtime::{Process, Root, Spec};
+use oci_spec::runtime::{LinuxNamespaceType, Process, Root, Spec};
 
 use crate::confine::{self, Security};
 use crate::error::{Error, Result};
@@ -99,6 +99,22 @@ pub struct Overrides<'a> {
     /// Give init a terminal, of this size (columns, rows) if known.
     pub tty: bool,
     pub tty_size: Option<(u32, u32)>,
+}
+
+/// The spec's namespace of type `typ`: a new one (`Some("")`), the one at a
+/// path, or the host's (`None`).
+pub(crate) fn set_namespace(spec: &mut Spec, typ: LinuxNamespaceType, ns: Option<&Path>) -> Result<()> {
+    let linux = spec.linux_mut().as_mut().ok_or_else(|| invalid("spec has no linux section"))?;
+    let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+    namespaces.retain(|n| n.typ() != typ);
+    if let Some(path) = ns {
+        let mut n = oci_spec::runtime::LinuxNamespace::default();
+        n.set_typ(typ);
+        n.set_path((!path.as_os_str().is_empty()).then(|| path.to_path_buf()));
+        namespaces.push(n);
+    }
+    linux.set_namespaces(Some(namespaces));
+    Ok(())
 }
 
 fn invalid(msg: impl Into<String>) -> Error {

@@ -55,6 +55,8 @@ pub enum ModelError {
     BadRestartPolicy(String),
     #[error("invalid port mapping {value:?}: {reason}")]
     InvalidPort { value: String, reason: String },
+    #[error("invalid {what} namespace mode {value:?}: use container, pod or host")]
+    BadNsShare { what: &'static str, value: String },
 }
 
 impl ModelError {
@@ -65,7 +67,8 @@ impl ModelError {
             | ModelError::UnknownRuntime(_)
             | ModelError::UnknownEventKind(_)
             | ModelError::BadRestartPolicy(_)
-            | ModelError::InvalidPort { .. } => Code::InvalidArgument,
+            | ModelError::InvalidPort { .. }
+            | ModelError::BadNsShare { .. } => Code::InvalidArgument,
             ModelError::BadTransition { .. }
             | ModelError::BadSandboxTransition { .. }
             | ModelError::SandboxNotEmpty { .. } => Code::FailedPrecondition,

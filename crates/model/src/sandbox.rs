@@ -110,6 +110,40 @@ impl fmt::Display for SandboxState {
     }
 }
 
+/// Whose namespace of one kind (PID, IPC) a sandbox's containers are in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NsShare {
+    /// Each container its own (what records made before sharing existed say).
+    #[default]
+    Container,
+    /// One for the whole sandbox, held while it is ready.
+    Pod,
+    /// The host's.
+    Host,
+}
+
+impl NsShare {
+    /// `container`, `pod` or `host`; empty gives `default`.
+    pub fn parse(s: &str, what: &'static str, default: NsShare) -> Result<NsShare, ModelError> {
+        match s {
+            "" => Ok(default),
+            "container" => Ok(NsShare::Container),
+            "pod" => Ok(NsShare::Pod),
+            "host" => Ok(NsShare::Host),
+            other => Err(ModelError::BadNsShare { what, value: other.chars().take(64).collect() }),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NsShare::Container => "container",
+            NsShare::Pod => "pod",
+            NsShare::Host => "host",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,5 +212,14 @@ mod tests {
             let e = from.apply(O::Join).unwrap_err();
             assert_eq!(e.to_string(), format!("cannot add a container to a sandbox that is {from}"));
         }
+    }
+
+    #[test]
+    fn namespace_modes_parse_with_a_default() {
+        assert_eq!(NsShare::parse("", "ipc", NsShare::Pod).unwrap(), NsShare::Pod);
+        for m in [NsShare::Container, NsShare::Pod, NsShare::Host] {
+            assert_eq!(NsShare::parse(m.as_str(), "pid", NsShare::Container).unwrap(), m);
+        }
+        assert!(NsShare::parse("shared", "pid", NsShare::Container).is_err());
     }
 }

@@ -20,12 +20,35 @@ const FALLBACK_NAMESERVERS: [&str; 2] = ["8.8.8.8", "8.8.4.4"];
 const RESOLVED_STUB: &str = "127.0.0.53";
 const MAX_HOST_NAME: usize = 253;
 
+/// Search domains and options a resolv.conf may hold (glibc reads 6
+/// domains, musl 32 lines; longer lists are refused, not cut).
+const MAX_SEARCH: usize = 32;
+const MAX_OPTIONS: usize = 32;
+
+/// What a container's resolv.conf says instead of the host's: each list
+/// that is not empty replaces the host's lines of its kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolver {
+    /// `--dns`: nameserver addresses.
+    pub servers: Vec<String>,
+    /// `--dns-search`: search domains (`.` alone: none).
+    pub search: Vec<String>,
+    /// `--dns-option`: resolver options such as `ndots:5`.
+    pub options: Vec<String>,
+}
+
+impl Resolver {
+    pub fn is_empty(&self) -> bool {
+        self.servers.is_empty() && self.search.is_empty() && self.options.is_empty()
+    }
+}
+
 /// What a container's resolver files say.
 #[derive(Debug, Clone, Copy)]
 pub struct DnsOptions<'a> {
     pub hostname: &'a str,
-    /// `--dns`: nameserver addresses that replace the host's.
-    pub dns: &'a [String],
+    /// Nameservers, search domains and options that replace the host's.
+    pub dns: &'a Resolver,
     /// `--add-host NAME:IP`.
     pub add_hosts: &'a [String],
     /// The container's addresses in CIDR form; each names the hostname.
@@ -51,11 +74,28 @@ struct HostFiles<'a> {
     resolved_upstream: &'a Path,
 }
 
-/// Checks `--dns` addresses and `--add-host NAME:IP` entries, so that a
-/// create is refused before anything is made.
-pub fn check_dns_options(dns: &[String], add_hosts: &[String]) -> Result<()> {
-    for server in dns {
+/// Checks `--dns` addresses, search domains, options and `--add-host
+/// NAME:IP` entries, so that a create is refused before anything is made.
+pub fn check_dns_options(dns: &Resolver, add_hosts: &[String]) -> Result<()> {
+    for server in &dns.servers {
         parse_ip(server, "--dns")?;
+    }
+    if dns.search.len() > MAX_SEARCH || dns.options.len() > MAX_OPTIONS {
+        return Err(Error::InvalidArgument(format!(
+            "at most {MAX_SEARCH} DNS search domains and {MAX_OPTIONS} options"
+        )));
+    }
+    for domain in dns.search.iter().filter(|d| d.as_str() != ".") {
+        check_host_name(domain.strip_suffix('.').unwrap_or(domain), "DNS search domain")?;
+    }
+    for option in &dns.options {
+        let printable = |c: char| c.is_ascii_graphic();
+        if option.is_empty() || option.len() > MAX_HOST_NAME || !option.chars().all(printable) {
+            return Err(Error::InvalidArgument(format!(
+                "invalid DNS option {:?}: one word of printable characters, such as ndots:5",
+                truncate(option)
+            )));
+        }
     }
     for entry in add_hosts {
         parse_add_host(entry)?;
@@ -138,16 +178,23 @@ fn host_resolv(host: &HostFiles, host_network: bool) -> Result<String> {
 
 /// The container's resolv.conf from the host's: `--dns` replaces every
 /// nameserver; otherwise loopback nameservers, unreachable from another
-/// network namespace, are dropped. search, options and the rest are kept.
-/// In the host's namespace the host's file is kept as it is (loopback is
-/// reachable there), `--dns` still replacing its nameservers.
-fn resolv_conf(host: &str, dns: &[String], host_network: bool) -> String {
+/// network namespace, are dropped. Search domains (`search` and `domain`
+/// lines) and `options` lines are replaced when given, kept otherwise, as
+/// is the rest. In the host's namespace the host's file is kept as it is
+/// (loopback is reachable there), given lists still replacing its lines.
+fn resolv_conf(host: &str, dns: &Resolver, host_network: bool) -> String {
     let mut out = String::new();
     let mut servers = 0;
     for line in host.lines() {
+        let keyword = line.split_whitespace().next();
+        if matches!(keyword, Some("search" | "domain")) && !dns.search.is_empty()
+            || keyword == Some("options") && !dns.options.is_empty()
+        {
+            continue;
+        }
         if let Some(server) = nameserver(line) {
             let loopback = server.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-            if !dns.is_empty() || (loopback && !host_network) {
+            if !dns.servers.is_empty() || (loopback && !host_network) {
                 continue;
             }
             servers += 1;
@@ -155,9 +202,17 @@ fn resolv_conf(host: &str, dns: &[String], host_network: bool) -> String {
         out.push_str(line);
         out.push('\n');
     }
-    for server in dns {
+    for server in &dns.servers {
         out.push_str(&format!("nameserver {server}\n"));
         servers += 1;
+    }
+    // `.` alone asks for no search list (docker's `--dns-search .`).
+    let search: Vec<&str> = dns.search.iter().map(String::as_str).filter(|d| *d != ".").collect();
+    if !search.is_empty() {
+        out.push_str(&format!("search {}\n", search.join(" ")));
+    }
+    if !dns.options.is_empty() {
+        out.push_str(&format!("options {}\n", dns.options.join(" ")));
     }
     // Docker falls back to Google's resolvers when none is left; so do we.
     if servers == 0 && !host_network {
@@ -260,9 +315,15 @@ mod tests {
         }
     }
 
-    fn opts<'a>(dns: &'a [String], add_hosts: &'a [String], ips: &'a [String]) -> DnsOptions<'a> {
+    fn opts<'a>(dns: &'a Resolver, add_hosts: &'a [String], ips: &'a [String]) -> DnsOptions<'a> {
         DnsOptions { hostname: "web", dns, add_hosts, ips, host_network: false }
     }
+
+    fn servers(v: &[&str]) -> Resolver {
+        Resolver { servers: strings(v), ..Resolver::default() }
+    }
+
+    const NONE: &Resolver = &Resolver { servers: Vec::new(), search: Vec::new(), options: Vec::new() };
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
@@ -274,8 +335,8 @@ mod tests {
     fn hosts_names_localhost_the_container_and_added_hosts() {
         let host = Host::new(Some("10.0.0.1 the-host\n"), None, None);
         let (ips, adds) = (strings(&["10.88.0.5/16", "fd00::5/64"]), strings(&["db:10.1.1.1", "v6:fd00::1"]));
-        let (hosts, _, hostname) = host.read(&opts(&[], &adds, &ips));
-        let (_, _, underscored) = host.read(&DnsOptions { hostname: "my_app", ..opts(&[], &[], &[]) });
+        let (hosts, _, hostname) = host.read(&opts(NONE, &adds, &ips));
+        let (_, _, underscored) = host.read(&DnsOptions { hostname: "my_app", ..opts(NONE, &[], &[]) });
         assert_eq!(underscored, "my_app\n");
         assert_eq!(
             hosts,
@@ -289,7 +350,7 @@ mod tests {
     fn host_network_copies_the_host_files() {
         let host = Host::new(Some("10.0.0.1 the-host"), Some(HOST_RESOLV), None);
         let adds = strings(&["db:10.1.1.1"]);
-        let o = DnsOptions { host_network: true, ..opts(&[], &adds, &[]) };
+        let o = DnsOptions { host_network: true, ..opts(NONE, &adds, &[]) };
         let (hosts, resolv, _) = host.read(&o);
         assert_eq!(hosts, "10.0.0.1 the-host\n10.1.1.1\tdb\n");
         assert_eq!(resolv, HOST_RESOLV);
@@ -298,17 +359,17 @@ mod tests {
     #[test]
     fn resolv_conf_drops_loopback_nameservers_and_keeps_the_rest() {
         let host = Host::new(None, Some(HOST_RESOLV), None);
-        let (_, resolv, _) = host.read(&opts(&[], &[], &[]));
+        let (_, resolv, _) = host.read(&opts(NONE, &[], &[]));
         assert_eq!(resolv, "# generated\nnameserver 10.255.255.53\nsearch example.com\noptions ndots:2\n");
     }
 
     #[test]
     fn resolv_conf_falls_back_to_public_resolvers() {
         let host = Host::new(None, Some("nameserver 127.0.0.1\nsearch lan\n"), None);
-        let (_, resolv, _) = host.read(&opts(&[], &[], &[]));
+        let (_, resolv, _) = host.read(&opts(NONE, &[], &[]));
         assert_eq!(resolv, "search lan\nnameserver 8.8.8.8\nnameserver 8.8.4.4\n");
         // A missing host file behaves as an empty one.
-        let (hosts, resolv, _) = Host::new(None, None, None).read(&opts(&[], &[], &[]));
+        let (hosts, resolv, _) = Host::new(None, None, None).read(&opts(NONE, &[], &[]));
         assert_eq!(resolv, "nameserver 8.8.8.8\nnameserver 8.8.4.4\n");
         assert!(hosts.starts_with("127.0.0.1\tlocalhost\n"));
     }
@@ -316,7 +377,7 @@ mod tests {
     #[test]
     fn dns_option_replaces_every_nameserver() {
         let host = Host::new(None, Some(HOST_RESOLV), None);
-        let dns = strings(&["1.1.1.1", "2606:4700::1111"]);
+        let dns = servers(&["1.1.1.1", "2606:4700::1111"]);
         let (_, resolv, _) = host.read(&opts(&dns, &[], &[]));
         assert_eq!(
             resolv,
@@ -327,20 +388,41 @@ mod tests {
     }
 
     #[test]
+    fn search_domains_and_options_replace_the_hosts() {
+        let host =
+            Host::new(None, Some("domain corp\nnameserver 10.0.0.53\nsearch example.com\noptions ndots:2\n"), None);
+        let dns = Resolver {
+            servers: strings(&["10.96.0.10"]),
+            search: strings(&["default.svc.cluster.local", "svc.cluster.local"]),
+            options: strings(&["ndots:5", "edns0"]),
+        };
+        assert_eq!(
+            host.read(&opts(&dns, &[], &[])).1,
+            "nameserver 10.96.0.10\nsearch default.svc.cluster.local svc.cluster.local\noptions ndots:5 edns0\n"
+        );
+        // `.` clears the search list; the host's nameserver and options stay.
+        let dot = Resolver { search: strings(&["."]), ..Resolver::default() };
+        assert_eq!(host.read(&opts(&dot, &[], &[])).1, "nameserver 10.0.0.53\noptions ndots:2\n");
+    }
+
+    #[test]
     fn systemd_resolved_stub_is_replaced_by_its_upstream_servers() {
         let upstream = "nameserver 192.0.2.53\nsearch corp\n";
         let host = Host::new(None, Some("nameserver 127.0.0.53\noptions edns0\n"), Some(upstream));
-        assert_eq!(host.read(&opts(&[], &[], &[])).1, upstream);
-        let o = DnsOptions { host_network: true, ..opts(&[], &[], &[]) };
+        assert_eq!(host.read(&opts(NONE, &[], &[])).1, upstream);
+        let o = DnsOptions { host_network: true, ..opts(NONE, &[], &[]) };
         assert_eq!(host.read(&o).1, "nameserver 127.0.0.53\noptions edns0\n");
         let no_upstream = Host::new(None, Some("nameserver 127.0.0.53\noptions edns0\n"), None);
-        assert_eq!(no_upstream.read(&opts(&[], &[], &[])).1, "options edns0\nnameserver 8.8.8.8\nnameserver 8.8.4.4\n");
+        assert_eq!(
+            no_upstream.read(&opts(NONE, &[], &[])).1,
+            "options edns0\nnameserver 8.8.8.8\nnameserver 8.8.4.4\n"
+        );
     }
 
     #[test]
     fn files_are_world_readable() {
         let host = Host::new(None, None, None);
-        let files = host.write(&opts(&[], &[], &[])).unwrap();
+        let files = host.write(&opts(NONE, &[], &[])).unwrap();
         for path in [&files.hosts, &files.resolv, &files.hostname] {
             assert_eq!(fs::metadata(path).unwrap().permissions().mode() & 0o777, 0o644, "{}", path.display());
         }
@@ -349,7 +431,7 @@ mod tests {
 
     #[test]
     fn bad_options_are_refused_before_anything_is_written() {
-        assert!(check_dns_options(&strings(&["1.1.1.1", "::1"]), &strings(&["a-b.c:1.2.3.4", "x:::1"])).is_ok());
+        assert!(check_dns_options(&servers(&["1.1.1.1", "::1"]), &strings(&["a-b.c:1.2.3.4", "x:::1"])).is_ok());
         for (dns, add) in [
             (vec!["8.8.8"], vec![]),
             (vec!["dns.google"], vec![]),
@@ -359,18 +441,31 @@ mod tests {
             (vec![], vec!["a_b:1.2.3.4"]),
             (vec![], vec!["a\nb:1.2.3.4"]),
         ] {
-            let (dns, add) = (strings(&dns), strings(&add));
+            let (dns, add) = (servers(&dns), strings(&add));
             assert!(matches!(check_dns_options(&dns, &add), Err(Error::InvalidArgument(_))), "{dns:?} {add:?}");
         }
-        assert!(check_dns_options(&[], &[format!("{}:1.2.3.4", "a".repeat(254))]).is_err());
+        assert!(check_dns_options(NONE, &[format!("{}:1.2.3.4", "a".repeat(254))]).is_err());
+        for (search, options) in [
+            (vec!["a b"], vec![]),
+            (vec!["x\nnameserver 1.2.3.4"], vec![]),
+            (vec![""], vec![]),
+            (vec![], vec!["ndots:5\nnameserver"]),
+            (vec![], vec!["two words"]),
+            (vec![], vec![""]),
+        ] {
+            let dns = Resolver { search: strings(&search), options: strings(&options), ..Resolver::default() };
+            assert!(matches!(check_dns_options(&dns, &[]), Err(Error::InvalidArgument(_))), "{dns:?}");
+        }
+        let many = Resolver { search: vec!["a.b".into(); 33], ..Resolver::default() };
+        assert!(check_dns_options(&many, &[]).is_err());
         let host = Host::new(None, None, None);
         let ips = strings(&["10.0.0.1/8"]);
         for o in [
-            DnsOptions { hostname: "bad host", ..opts(&[], &[], &ips) },
-            DnsOptions { hostname: "", ..opts(&[], &[], &ips) },
-            DnsOptions { hostname: "a\nb", ..opts(&[], &[], &ips) },
-            opts(&[], &[], &strings(&["nonsense/8"])),
-            opts(&strings(&["x"]), &[], &ips),
+            DnsOptions { hostname: "bad host", ..opts(NONE, &[], &ips) },
+            DnsOptions { hostname: "", ..opts(NONE, &[], &ips) },
+            DnsOptions { hostname: "a\nb", ..opts(NONE, &[], &ips) },
+            opts(NONE, &[], &strings(&["nonsense/8"])),
+            opts(&servers(&["x"]), &[], &ips),
         ] {
             assert!(matches!(host.write(&o), Err(Error::InvalidArgument(_))), "{o:?}");
         }

@@ -22,10 +22,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use attach::{AttachKey, AttachRequest};
-pub use dns::{DnsOptions, EtcFiles};
+pub use dns::{DnsOptions, EtcFiles, Resolver};
 pub use dns::{check_dns_options, write_etc_files};
 pub use error::{Error, Result};
 pub use netns::loopback_up;
+/// Namespaces of other kinds held by bind mounts (a pod's IPC and PID).
+pub mod pin {
+    pub use crate::netns::{NsKind, bind_process, create_ipc, prepare_dir, release_dir, remove};
+}
 pub use networks::{NetworkInfo, delete_bridge};
 pub use ports::check_ports;
 

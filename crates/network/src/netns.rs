@@ -26,7 +26,7 @@ static DIR_LOCK: Mutex<()> = Mutex::new(());
 /// Makes `dir` (created if needed) a shared mount point, as iproute2 does
 /// for /run/netns, so that the namespace mounts under it propagate to mount
 /// namespaces made later (shims, runtimes).
-pub(crate) fn prepare_dir(dir: &Path) -> Result<()> {
+pub fn prepare_dir(dir: &Path) -> Result<()> {
     let _serial = DIR_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
     let shared = || mount(None::<&str>, dir, None::<&str>, MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>);
@@ -41,17 +41,61 @@ pub(crate) fn prepare_dir(dir: &Path) -> Result<()> {
     shared().map_err(|e| Error::io(format!("make {} shared", dir.display()), e.into()))
 }
 
+/// Kinds of namespace berth holds by bind mounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NsKind {
+    Net,
+    Ipc,
+    Pid,
+}
+
+impl NsKind {
+    /// Its name under /proc/PID/ns.
+    fn proc_name(self) -> &'static str {
+        match self {
+            NsKind::Net => "net",
+            NsKind::Ipc => "ipc",
+            NsKind::Pid => "pid",
+        }
+    }
+}
+
 /// Creates a new network namespace with `lo` up, held by a bind mount at
 /// `path` (which must not exist). On failure nothing is left.
 pub(crate) fn create(path: &Path) -> Result<()> {
+    create_pinned(path, CloneFlags::CLONE_NEWNET, NsKind::Net, || set_link_up("lo", true))
+}
+
+/// Creates a new IPC namespace held by a bind mount at `path` (which must
+/// not exist): a pod's, which its containers join by path. On failure
+/// nothing is left.
+pub fn create_ipc(path: &Path) -> Result<()> {
+    create_pinned(path, CloneFlags::CLONE_NEWIPC, NsKind::Ipc, || Ok(()))
+}
+
+/// Has a short-lived thread unshare a namespace of `kind`, bind it onto
+/// `path` and run `then` inside it.
+fn create_pinned(
+    path: &Path,
+    flag: CloneFlags,
+    kind: NsKind,
+    then: impl FnOnce() -> Result<()> + Send + 'static,
+) -> Result<()> {
     pinned_at(path, |target| {
         let target = target.to_path_buf();
         in_thread(move || {
+            let name = kind.proc_name();
             // This thread alone moves; it exits right after.
-            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| Error::io("unshare a network namespace", e.into()))?;
-            mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                .map_err(|e| Error::io(format!("bind the network namespace onto {}", target.display()), e.into()))?;
-            set_link_up("lo", true)
+            unshare(flag).map_err(|e| Error::io(format!("unshare a {name} namespace"), e.into()))?;
+            mount(
+                Some(format!("/proc/thread-self/ns/{name}").as_str()),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .map_err(|e| Error::io(format!("bind the {name} namespace onto {}", target.display()), e.into()))?;
+            then()
         })
     })
 }
@@ -59,8 +103,14 @@ pub(crate) fn create(path: &Path) -> Result<()> {
 /// Pins the network namespace of process `pid` with a bind mount at `path`
 /// (which must not exist). On failure nothing is left.
 pub(crate) fn bind(path: &Path, pid: u32) -> Result<()> {
+    bind_process(path, pid, NsKind::Net)
+}
+
+/// Pins the `kind` namespace of process `pid` with a bind mount at `path`
+/// (which must not exist). On failure nothing is left.
+pub fn bind_process(path: &Path, pid: u32, kind: NsKind) -> Result<()> {
     pinned_at(path, |target| {
-        let source = format!("/proc/{pid}/ns/net");
+        let source = format!("/proc/{pid}/ns/{}", kind.proc_name());
         mount(Some(source.as_str()), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
             .map_err(|e| Error::io(format!("bind {source} onto {}", target.display()), e.into()))
     })
@@ -132,8 +182,8 @@ pub(crate) fn ensure(path: &Path) -> Result<()> {
     create(path)
 }
 
-/// Unmounts and unlinks a namespace made by `create`; absent is fine.
-pub(crate) fn remove(path: &Path) -> Result<()> {
+/// Unmounts and unlinks a namespace pinned by this module; absent is fine.
+pub fn remove(path: &Path) -> Result<()> {
     match umount2(path, MntFlags::MNT_DETACH) {
         Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
         Err(e) => return Err(Error::io(format!("unmount {}", path.display()), e.into())),
@@ -212,7 +262,7 @@ pub(crate) fn in_netns<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + S
 
 /// Undoes `prepare_dir` once no namespace is left under `dir` (berthd's
 /// clean exit); true if it did.
-pub(crate) fn release_dir(dir: &Path) -> Result<bool> {
+pub fn release_dir(dir: &Path) -> Result<bool> {
     let _serial = DIR_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     match fs::read_dir(dir).map(|mut entries| entries.next().is_none()) {
         Ok(true) => {}

@@ -254,11 +254,18 @@ impl Runtime for Embedded {
             .validate_id()
             .and_then(|b| b.as_init(bundle).with_systemd(false).with_detach(true).build());
         match result {
-            Ok(container) => container.pid().map(|p| p.as_raw() as u32).ok_or_else(|| RuntimeError::Failed {
-                runtime: "embedded",
-                op: "create",
-                message: "container has no init pid".into(),
-            }),
+            Ok(container) => {
+                let pid = container.pid().map(|p| p.as_raw() as u32).ok_or_else(|| RuntimeError::Failed {
+                    runtime: "embedded",
+                    op: "create",
+                    message: "container has no init pid".into(),
+                });
+                let set = pid.and_then(|pid| crate::propagation::apply(bundle, pid).map(|()| pid));
+                if set.is_err() {
+                    let _ = self.delete(id, true);
+                }
+                set
+            }
             Err(e) => {
                 let err = failed("create", e);
                 // libcontainer may leave its state directory behind.

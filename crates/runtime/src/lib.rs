@@ -7,6 +7,7 @@ mod criu;
 mod embedded;
 mod error;
 mod isolate;
+mod propagation;
 
 use std::os::fd::OwnedFd;
 use std::path::Path;

@@ -4,7 +4,7 @@
 //! It runs in its own session so berthd can die and restart around it.
 //!
 //! Usage (started by berthd, listener on fd 3):
-//!   berth-shim --namespace NS --id ID --runtime NAME --runtime-root DIR [--sandbox]
+//!   berth-shim --namespace NS --id ID --runtime NAME --runtime-root DIR [--sandbox [--pid-init]]
 //! A lone shim exits after the Delete of its container; a sandbox shim
 //! (ID names the sandbox) serves any number of containers until Shutdown.
 //! After a shim died, berthd cleans up with the same flags plus
@@ -18,6 +18,7 @@ mod containerd;
 mod events;
 mod exec;
 mod output;
+mod podinit;
 mod process;
 mod reaper;
 mod rootfs;
@@ -44,6 +45,8 @@ struct Args {
     cleanup: Option<PathBuf>,
     /// Serve the containers of the sandbox `id` (see `tasks.rs`).
     sandbox: bool,
+    /// Hold the sandbox's shared PID namespace (`podinit.rs`).
+    pid_init: bool,
     /// Set when containerd started this shim: its ttrpc socket, for events.
     ttrpc_address: Option<String>,
 }
@@ -51,11 +54,18 @@ struct Args {
 fn parse_args(args: Vec<String>) -> Result<Args, String> {
     let mut it = args.into_iter();
     let (mut namespace, mut id, mut runtime, mut root, mut cleanup) = (None, None, None, None, None);
-    let (mut ttrpc_address, mut sandbox) = (None, false);
+    let (mut ttrpc_address, mut sandbox, mut pid_init) = (None, false, false);
     while let Some(flag) = it.next() {
-        if flag == "--sandbox" {
-            sandbox = true;
-            continue;
+        match flag.as_str() {
+            "--sandbox" => {
+                sandbox = true;
+                continue;
+            }
+            "--pid-init" => {
+                pid_init = true;
+                continue;
+            }
+            _ => {}
         }
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
@@ -75,6 +85,7 @@ fn parse_args(args: Vec<String>) -> Result<Args, String> {
         runtime_root: root.ok_or("--runtime-root is required")?,
         cleanup,
         sandbox,
+        pid_init,
         ttrpc_address,
     })
 }
@@ -126,6 +137,14 @@ fn main() {
         eprintln!("berth-shim: cannot become a child subreaper: {e}");
         std::process::exit(1);
     }
+    // Before the runtime starts: the init is cloned from a single thread.
+    let pod_init = match args.pid_init.then(podinit::spawn).transpose() {
+        Ok(pid) => pid,
+        Err(e) => {
+            eprintln!("berth-shim: {e}");
+            std::process::exit(1);
+        }
+    };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -133,13 +152,13 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = rt.block_on(serve(args)) {
+    if let Err(e) = rt.block_on(serve(args, pod_init)) {
         eprintln!("berth-shim: {e}");
         std::process::exit(1);
     }
 }
 
-async fn serve(args: Args) -> Result<(), String> {
+async fn serve(args: Args, pod_init: Option<u32>) -> Result<(), String> {
     // SAFETY: berthd passes a bound, listening unix socket as LISTEN_FD and
     // nothing else in this process owns that descriptor.
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTEN_FD) };
@@ -160,7 +179,8 @@ async fn serve(args: Args) -> Result<(), String> {
     // It forks a helper per call and awaits its answer.
     let runtime = berth_runtime::Isolated::new(runtime);
     let events = args.ttrpc_address.as_deref().map(|a| Arc::new(events::Publisher::spawn(a, args.namespace.clone())));
-    let shim = tasks::Shim::new(args.namespace, args.id, args.sandbox, socket.clone(), runtime, events.clone());
+    let mut shim = tasks::Shim::new(args.namespace, args.id, args.sandbox, socket.clone(), runtime, events.clone());
+    shim.pod_init = pod_init;
     let shim = Arc::new(shim);
     let (tracked, spawning) = shim.processes();
     reaper::spawn(tracked, spawning).map_err(|e| format!("reaper: {e}"))?;

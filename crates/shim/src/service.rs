@@ -448,9 +448,10 @@ impl Task for Shim {
         Ok(api::PidsResponse { processes, ..Default::default() })
     }
 
-    /// Names the shim's own id or a container it holds.
+    /// Names the shim's own id or a container it holds. A sandbox's task
+    /// pid is the init of its PID namespace, if it holds one.
     async fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
-        let task_pid = self.task_pid(&req.id);
+        let task_pid = self.task_pid(&req.id).or(self.pod_init.filter(|_| req.id == self.id));
         if req.id != self.id && task_pid.is_none() {
             return Err(not_served(&req.id));
         }

@@ -58,6 +58,9 @@ pub struct Shim {
     /// The container a lone shim serves, or the sandbox a sandbox shim serves.
     pub(crate) id: String,
     pub(crate) sandbox: bool,
+    /// The init of the sandbox's shared PID namespace (`podinit.rs`); its
+    /// pid is the sandbox's task pid in Connect.
+    pub(crate) pod_init: Option<u32>,
     /// The shim's own socket: terminal sockets are named after it.
     pub(crate) socket: PathBuf,
     /// The host's cgroup mounts, read once.
@@ -113,6 +116,7 @@ impl Shim {
             namespace,
             id,
             sandbox,
+            pod_init: None,
             socket,
             cgroups: Hierarchies::detect().ok(),
             runtime,

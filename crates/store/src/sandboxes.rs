@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use berth_model::{Namespace, NetworkAttachment, SandboxId, SandboxState};
+use berth_model::{Namespace, NetworkAttachment, NsShare, SandboxId, SandboxState};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +28,11 @@ pub struct SandboxRecord {
     /// The network namespace its containers share.
     #[serde(default)]
     pub network: Option<NetworkAttachment>,
+    /// Whose PID and IPC namespaces its containers are in.
+    #[serde(default)]
+    pub pid: NsShare,
+    #[serde(default)]
+    pub ipc: NsShare,
 }
 
 fn key(ns: &Namespace, id: &SandboxId) -> String {
@@ -92,6 +97,8 @@ mod tests {
             created_at_ns: 1,
             shim: ShimInfo { pid: 0, socket: "/s".into() },
             network: None,
+            pid: NsShare::Pod,
+            ipc: NsShare::Host,
         }
     }
 
@@ -118,5 +125,15 @@ mod tests {
         s.remove_sandbox(&ns, &id).unwrap();
         assert!(s.get_sandbox(&ns, &id).unwrap().is_none());
         assert_eq!(s.list_sandboxes(None).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn records_from_before_namespace_sharing_read_as_per_container() {
+        let mut json = serde_json::to_value(sandbox("default", "old")).unwrap();
+        let fields = json.as_object_mut().unwrap();
+        fields.remove("pid");
+        fields.remove("ipc");
+        let old: SandboxRecord = serde_json::from_value(json).unwrap();
+        assert_eq!((old.pid, old.ipc), (NsShare::Container, NsShare::Container));
     }
 }

@@ -332,15 +332,16 @@ impl Daemon {
     /// Mount points under the test's directory, but for berthd's network
     /// namespaces (`<state>/netns`: a bind mount of itself that berthd
     /// keeps, as iproute2 keeps /run/netns, and one namespace per
-    /// container; see [`Daemon::network_leftovers`]): what a container or a
-    /// create left behind.
+    /// container; see [`Daemon::network_leftovers`]) and the bind mount of
+    /// itself `<state>/sandbox-ns` is (the sandbox namespaces in it count):
+    /// what a container or a create left behind.
     pub fn leftover_mounts(&self) -> Vec<String> {
         let text = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
         let (dir, netns) = (self.dir().to_string_lossy().into_owned(), self.state.join("netns"));
-        let netns = netns.to_string_lossy();
+        let (netns, pins) = (netns.to_string_lossy(), self.state.join("sandbox-ns"));
         text.lines()
             .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&dir) && !m.starts_with(netns.as_ref()))
+            .filter(|m| m.starts_with(&dir) && !m.starts_with(netns.as_ref()) && Path::new(m) != pins)
             .map(str::to_string)
             .collect()
     }
@@ -358,12 +359,15 @@ impl Daemon {
     /// The network namespaces berthd held (bind mounts under
     /// `<state>/netns`) and that directory's own bind mount, so the temp
     /// dir can go.
+    /// Unmounts the namespaces berthd holds by bind mounts (network, and
+    /// sandboxes' IPC and PID) and their directories.
     fn unmount_netns(&self) {
-        let dir = self.state.join("netns");
-        for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
+        for dir in [self.state.join("netns"), self.state.join("sandbox-ns")] {
+            for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
+                let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
+            }
+            let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
         }
-        let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
     }
 }
 
