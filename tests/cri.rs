@@ -276,11 +276,15 @@ fn bad_requests_are_typed_and_change_nothing() {
         }];
         let sctp = cri::RunPodSandboxRequest { config: Some(sctp), runtime_handler: String::new() };
         assert_eq!(code(c.rt.run_pod_sandbox(sctp).await), tonic::Code::InvalidArgument);
-        let mut shared_pid = kubelet_pod_config("p", &logs);
-        let ctx = shared_pid.linux.as_mut().and_then(|l| l.security_context.as_mut()).unwrap();
-        ctx.namespace_options.as_mut().unwrap().pid = cri::NamespaceMode::Pod as i32;
-        let shared_pid = cri::RunPodSandboxRequest { config: Some(shared_pid), runtime_handler: String::new() };
-        assert_eq!(code(c.rt.run_pod_sandbox(shared_pid).await), tonic::Code::Unimplemented);
+        let mut target_pid = kubelet_pod_config("p", &logs);
+        let ctx = target_pid.linux.as_mut().and_then(|l| l.security_context.as_mut()).unwrap();
+        ctx.namespace_options.as_mut().unwrap().pid = cri::NamespaceMode::Target as i32;
+        let target_pid = cri::RunPodSandboxRequest { config: Some(target_pid), runtime_handler: String::new() };
+        assert_eq!(code(c.rt.run_pod_sandbox(target_pid).await), tonic::Code::InvalidArgument);
+        let mut bad_dns = pod_config("d", &logs);
+        bad_dns.dns_config = Some(cri::DnsConfig { searches: vec!["a b".into()], ..Default::default() });
+        let bad_dns = cri::RunPodSandboxRequest { config: Some(bad_dns), runtime_handler: String::new() };
+        assert_eq!(code(c.rt.run_pod_sandbox(bad_dns).await), tonic::Code::InvalidArgument);
         assert!(
             c.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None })
                 .await
@@ -413,11 +417,6 @@ async fn confined(
     let id = create(c, pod, cfg, ctr).await;
     c.rt.start_container(cri::StartContainerRequest { container_id: id.clone() }).await.expect("start");
     id
-}
-
-async fn sh(c: &mut Clients, id: &str, script: &str) -> (String, i32) {
-    let out = exec_sync(c, id, &["sh", "-c", script], 10).await.expect("ExecSync");
-    (String::from_utf8_lossy(&out.stdout).trim().to_string(), out.exit_code)
 }
 
 #[test]

@@ -131,6 +131,12 @@ pub async fn exec_sync(
     c.rt.exec_sync(req).await.map(|r| r.into_inner())
 }
 
+/// `sh -c script` in container `id`: its trimmed stdout and exit code.
+pub async fn sh(c: &mut Clients, id: &str, script: &str) -> (String, i32) {
+    let out = exec_sync(c, id, &["sh", "-c", script], 10).await.expect("ExecSync");
+    (String::from_utf8_lossy(&out.stdout).trim().to_string(), out.exit_code)
+}
+
 pub async fn list_containers(c: &mut Clients, filter: cri::ContainerFilter) -> Vec<String> {
     let req = cri::ListContainersRequest { filter: Some(filter) };
     let mut ids: Vec<String> =

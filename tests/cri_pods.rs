@@ -1,0 +1,157 @@
+//! Pod-level settings through CRI (issue 15; SPEC B28, B34), as kubelet
+//! sends them: a shared PID namespace (`shareProcessNamespace`, PID 1 the
+//! pod's init, no pause container) and IPC namespace, the host's PID and
+//! IPC namespaces, the pod's DNS config in resolv.conf, and mount
+//! propagation of volumes (None, HostToContainer, Bidirectional) against a
+//! shared host directory the test makes.
+
+use std::path::Path;
+
+use berth_e2e::cri_support::*;
+use k8s_cri::v1 as cri;
+
+fn with_namespaces(
+    mut cfg: cri::PodSandboxConfig,
+    pid: cri::NamespaceMode,
+    ipc: cri::NamespaceMode,
+) -> cri::PodSandboxConfig {
+    let linux = cfg.linux.get_or_insert_with(Default::default);
+    let sc = linux.security_context.get_or_insert_with(Default::default);
+    let options = sc.namespace_options.get_or_insert_with(Default::default);
+    (options.pid, options.ipc) = (pid as i32, ipc as i32);
+    cfg
+}
+
+fn host_ns(kind: &str) -> String {
+    std::fs::read_link(format!("/proc/self/ns/{kind}")).unwrap().to_string_lossy().into_owned()
+}
+
+async fn started(c: &mut Clients, pod: &str, pod_cfg: &cri::PodSandboxConfig, cfg: cri::ContainerConfig) -> String {
+    let id = create(c, pod, pod_cfg, cfg).await;
+    c.rt.start_container(cri::StartContainerRequest { container_id: id.clone() }).await.expect("start");
+    id
+}
+
+fn mount(host: &Path, ctr: &str, propagation: cri::MountPropagation) -> cri::Mount {
+    cri::Mount {
+        host_path: host.to_string_lossy().into_owned(),
+        container_path: ctr.into(),
+        propagation: propagation as i32,
+        ..Default::default()
+    }
+}
+
+/// Whether `path` is a mount point of this (the host's) mount namespace.
+fn is_mount_point(path: &Path) -> bool {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    text.lines().filter_map(|l| l.split(' ').nth(4)).any(|m| Path::new(m) == path)
+}
+
+#[test]
+fn pods_share_namespaces_resolver_and_mounts_as_kubelet_asks() {
+    use cri::NamespaceMode as M;
+    let (d, _guard, _reg, _reference, image) = setup();
+    let logs = d.dir().join("pod-logs");
+    // A shared host directory, under the test's directory (the guard
+    // unmounts whatever is left there).
+    let shared = d.dir().join("shared");
+    std::fs::create_dir_all(shared.join("from-host")).unwrap();
+    std::fs::create_dir_all(shared.join("from-ctr")).unwrap();
+    let bind = |src: &Path, flags| nix::mount::mount(Some(src), src, None::<&str>, flags, None::<&str>).unwrap();
+    bind(&shared, nix::mount::MsFlags::MS_BIND);
+    nix::mount::mount(None::<&str>, &shared, None::<&str>, nix::mount::MsFlags::MS_SHARED, None::<&str>).unwrap();
+    runtime().block_on(async {
+        let mut c = clients(&d).await;
+        let mut cfg = with_namespaces(kubelet_pod_config("ns", &logs), M::Pod, M::Pod);
+        cfg.dns_config = Some(cri::DnsConfig {
+            servers: vec!["10.96.0.10".into()],
+            searches: vec!["default.svc.cluster.local".into(), "svc.cluster.local".into()],
+            options: vec!["ndots:5".into()],
+        });
+        let pod = run_pod(&mut c, &cfg).await;
+        let req = cri::PodSandboxStatusRequest { pod_sandbox_id: pod.clone(), verbose: false };
+        let status = c.rt.pod_sandbox_status(req).await.unwrap().into_inner().status.unwrap();
+        let options = status.linux.and_then(|l| l.namespaces).and_then(|n| n.options).unwrap();
+        assert_eq!((options.pid, options.ipc), (M::Pod as i32, M::Pod as i32));
+
+        let idle = &["sleep", "1000"][..];
+        let a = started(&mut c, &pod, &cfg, container_config("a", &image, idle)).await;
+        let mut b_cfg = container_config("b", &image, &["sleep", "2000"]);
+        b_cfg.mounts = vec![
+            mount(&shared, "/none", cri::MountPropagation::PropagationPrivate),
+            mount(&shared, "/to-ctr", cri::MountPropagation::PropagationHostToContainer),
+            mount(&shared, "/both", cri::MountPropagation::PropagationBidirectional),
+        ];
+        let sc = cri::LinuxContainerSecurityContext { privileged: true, ..Default::default() };
+        b_cfg.linux = Some(cri::LinuxContainerConfig { security_context: Some(sc), resources: None });
+        let b = started(&mut c, &pod, &cfg, b_cfg).await;
+
+        // One PID namespace: PID 1 is the pod's init, both sleeps are seen.
+        let (ps, _) = sh(&mut c, &a, "ps -o pid,args").await;
+        assert!(ps.lines().any(|l| l.trim() == "1 berth-pod-init"), "{ps}");
+        assert!(ps.contains("sleep 1000") && ps.contains("sleep 2000"), "{ps}");
+        for kind in ["pid", "ipc"] {
+            let (in_a, _) = sh(&mut c, &a, &format!("readlink /proc/self/ns/{kind}")).await;
+            let (in_b, _) = sh(&mut c, &b, &format!("readlink /proc/self/ns/{kind}")).await;
+            assert_eq!(in_a, in_b, "{kind}");
+            assert_ne!(in_a, host_ns(kind), "{kind}");
+        }
+        // The pod's DNS config is the resolver's, exactly.
+        let (resolv, _) = sh(&mut c, &a, "cat /etc/resolv.conf").await;
+        assert_eq!(
+            resolv,
+            "nameserver 10.96.0.10\nsearch default.svc.cluster.local svc.cluster.local\noptions ndots:5"
+        );
+
+        // A mount the host makes reaches HostToContainer and Bidirectional
+        // volumes, not a private one.
+        let tmpfs = |at: &Path| {
+            nix::mount::mount(Some("tmpfs"), at, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>).unwrap()
+        };
+        tmpfs(&shared.join("from-host"));
+        std::fs::write(shared.join("from-host/mark"), "host").unwrap();
+        for (path, seen) in [("/none", false), ("/to-ctr", true), ("/both", true)] {
+            let (out, _) = sh(&mut c, &b, &format!("cat {path}/from-host/mark 2>/dev/null")).await;
+            assert_eq!(out == "host", seen, "{path}: {out:?}");
+        }
+        // A mount the container makes reaches the host through the
+        // Bidirectional volume only.
+        let (_, code) = sh(&mut c, &b, "mount -t tmpfs tmpfs /both/from-ctr").await;
+        assert_eq!(code, 0);
+        assert!(is_mount_point(&shared.join("from-ctr")), "the container's mount did not reach the host");
+        let _ = nix::mount::umount2(&shared.join("from-ctr"), nix::mount::MntFlags::MNT_DETACH);
+        let _ = nix::mount::umount2(&shared.join("from-host"), nix::mount::MntFlags::MNT_DETACH);
+
+        // The host's PID and IPC namespaces.
+        let host_cfg = with_namespaces(kubelet_pod_config("host", &logs), M::Node, M::Node);
+        let host_pod = run_pod(&mut c, &host_cfg).await;
+        let h = started(&mut c, &host_pod, &host_cfg, container_config("h", &image, idle)).await;
+        for kind in ["pid", "ipc"] {
+            assert_eq!(sh(&mut c, &h, &format!("readlink /proc/self/ns/{kind}")).await.0, host_ns(kind), "{kind}");
+        }
+
+        // A HostToContainer volume of a private host directory is refused
+        // with the fix, and nothing is made.
+        let private = d.dir().join("private");
+        std::fs::create_dir_all(&private).unwrap();
+        let mut bad = container_config("bad", &image, idle);
+        bad.mounts = vec![mount(&private, "/p", cri::MountPropagation::PropagationHostToContainer)];
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(bad),
+            sandbox_config: Some(cfg.clone()),
+        };
+        let e = c.rt.create_container(req).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+        assert!(e.message().contains("mount --make-shared"), "{e}");
+        let all = list_containers(&mut c, Default::default()).await;
+        assert_eq!(all.len(), 3, "{all:?}");
+
+        for p in [pod, host_pod] {
+            c.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: p.clone() }).await.unwrap();
+            c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: p }).await.unwrap();
+        }
+    });
+    let _ = nix::mount::umount2(&shared, nix::mount::MntFlags::MNT_DETACH);
+    assert_clean(&d, &[]);
+}
