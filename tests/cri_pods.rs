@@ -1,7 +1,8 @@
 //! Pod-level settings through CRI (issue 15; SPEC B28, B34), as kubelet
 //! sends them: a shared PID namespace (`shareProcessNamespace`, PID 1 the
 //! pod's init, no pause container) and IPC namespace, the host's PID and
-//! IPC namespaces, the pod's DNS config in resolv.conf, and mount
+//! IPC namespaces, the pod's DNS config in resolv.conf, OOM score
+//! adjustments, and mount
 //! propagation of volumes (None, HostToContainer, Bidirectional) against a
 //! shared host directory the test makes.
 
@@ -75,7 +76,10 @@ fn pods_share_namespaces_resolver_and_mounts_as_kubelet_asks() {
         assert_eq!((options.pid, options.ipc), (M::Pod as i32, M::Pod as i32));
 
         let idle = &["sleep", "1000"][..];
-        let a = started(&mut c, &pod, &cfg, container_config("a", &image, idle)).await;
+        let mut a_cfg = container_config("a", &image, idle);
+        let resources = cri::LinuxContainerResources { oom_score_adj: 500, ..Default::default() };
+        a_cfg.linux = Some(cri::LinuxContainerConfig { resources: Some(resources), security_context: None });
+        let a = started(&mut c, &pod, &cfg, a_cfg).await;
         let mut b_cfg = container_config("b", &image, &["sleep", "2000"]);
         b_cfg.mounts = vec![
             mount(&shared, "/none", cri::MountPropagation::PropagationPrivate),
@@ -83,8 +87,15 @@ fn pods_share_namespaces_resolver_and_mounts_as_kubelet_asks() {
             mount(&shared, "/both", cri::MountPropagation::PropagationBidirectional),
         ];
         let sc = cri::LinuxContainerSecurityContext { privileged: true, ..Default::default() };
-        b_cfg.linux = Some(cri::LinuxContainerConfig { security_context: Some(sc), resources: None });
+        // A Guaranteed pod's score: lowered only where berthd may lower its own.
+        let resources = cri::LinuxContainerResources { oom_score_adj: -997, ..Default::default() };
+        b_cfg.linux = Some(cri::LinuxContainerConfig { security_context: Some(sc), resources: Some(resources) });
         let b = started(&mut c, &pod, &cfg, b_cfg).await;
+
+        assert_eq!(sh(&mut c, &a, "cat /proc/self/oom_score_adj").await.0, "500");
+        let own = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap().trim().to_string();
+        let (b_adj, _) = sh(&mut c, &b, "cat /proc/self/oom_score_adj").await;
+        assert!(b_adj == "-997" || b_adj == own, "{b_adj} (berthd's own: {own})");
 
         // One PID namespace: PID 1 is the pod's init, both sleeps are seen.
         let (ps, _) = sh(&mut c, &a, "ps -o pid,args").await;

@@ -99,6 +99,7 @@ async fn do_create(c: &mut Client, a: CreateArgs, start: bool, auto_remove: bool
         hostname: a.hostname.unwrap_or_default(),
         pid: a.pid.unwrap_or_default(),
         ipc: a.ipc.unwrap_or_default(),
+        oom_score_adj: a.oom_score_adj,
         network: a.network.unwrap_or_default(),
         publish: a.publish,
         dns: a.dns,

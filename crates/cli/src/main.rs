@@ -116,6 +116,9 @@ pub struct CreateArgs {
     /// `host`: the host's IPC namespace.
     #[arg(long)]
     pub ipc: Option<String>,
+    /// The OOM killer's score adjustment of its processes (-1000..1000).
+    #[arg(long, allow_hyphen_values = true)]
+    pub oom_score_adj: Option<i32>,
     /// Network: a network name (default berthd's, normally `berth`), none
     /// (loopback only), host, or container:ID (share its namespace).
     #[arg(long)]

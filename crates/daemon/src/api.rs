@@ -294,6 +294,7 @@ impl pb::containers_server::Containers for Api {
                 hostname: r.hostname,
                 pid: r.pid,
                 ipc: r.ipc,
+                oom_score_adj: r.oom_score_adj,
             },
             net: crate::network::NetOptions {
                 mode: r.network,

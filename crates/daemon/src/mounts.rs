@@ -1,7 +1,8 @@
 //! Run options of a generated spec (issue 10, item 7): bind mounts and
 //! named volumes (`-v`, with mount propagation), tmpfs mounts (`--tmpfs`),
-//! a read-only root (`--read-only`), the host name (`--hostname`) and the
-//! host's PID or IPC namespace (`--pid host`, `--ipc host`). [`check`] parses and
+//! a read-only root (`--read-only`), the host name (`--hostname`), the
+//! host's PID or IPC namespace (`--pid host`, `--ipc host`) and the OOM
+//! score adjustment (`--oom-score-adj`). [`check`] parses and
 //! validates them before create changes anything (SPEC B2, B31); [`apply`]
 //! writes them into the spec once the volumes exist. A bundle's config.json
 //! is used as written, so these options are refused for a bundle.
@@ -55,6 +56,7 @@ pub struct RunOptions {
     /// `--pid` and `--ipc`: empty (its own) or `host`.
     pub pid: String,
     pub ipc: String,
+    pub oom_score_adj: Option<i32>,
 }
 
 impl RunOptions {
@@ -65,6 +67,7 @@ impl RunOptions {
             && self.hostname.is_empty()
             && self.pid.is_empty()
             && self.ipc.is_empty()
+            && self.oom_score_adj.is_none()
     }
 
     /// The named volumes (sources not starting with `/`), each once, in
@@ -118,6 +121,8 @@ pub struct Checked {
     /// The host's PID and IPC namespaces.
     pub host_pid: bool,
     pub host_ipc: bool,
+    /// As given; lowered below berthd's own only with CAP_SYS_RESOURCE.
+    pub oom_score_adj: Option<i32>,
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -291,7 +296,11 @@ pub fn check(o: &RunOptions) -> Result<Checked> {
         ))),
     };
     let (host_pid, host_ipc) = (host("pid", &o.pid)?, host("ipc", &o.ipc)?);
-    Ok(Checked { binds, tmpfs, read_only: o.read_only, hostname, host_pid, host_ipc })
+    if let Some(adj) = o.oom_score_adj.filter(|a| !(-1000..=1000).contains(a)) {
+        return Err(invalid(format!("OOM score adjustment {adj} is out of range (-1000..1000)")));
+    }
+    let oom_score_adj = o.oom_score_adj;
+    Ok(Checked { binds, tmpfs, read_only: o.read_only, hostname, host_pid, host_ipc, oom_score_adj })
 }
 
 /// Adds the mounts to the spec (after its own: later mounts go on top),
@@ -351,7 +360,29 @@ pub fn apply(spec: &mut Spec, c: &Checked, volume_dir: impl Fn(&str) -> PathBuf)
             crate::spec::set_namespace(spec, typ, None)?;
         }
     }
+    if let (Some(adj), Some(process)) = (c.oom_score_adj, spec.process_mut().as_mut()) {
+        process.set_oom_score_adj(Some(allowed_oom_score_adj(adj)));
+    }
     Ok(())
+}
+
+/// `wanted`, or berthd's own adjustment if `wanted` is lower and berthd may
+/// not lower it (no CAP_SYS_RESOURCE: the runtime's write would fail), as
+/// containerd's `restrict_oom_score_adj` does.
+fn allowed_oom_score_adj(wanted: i32) -> i32 {
+    let own = std::fs::read_to_string("/proc/self/oom_score_adj").ok().and_then(|s| s.trim().parse::<i32>().ok());
+    match own {
+        Some(own) if wanted < own && !has_sys_resource() => own,
+        _ => wanted,
+    }
+}
+
+/// Whether this process has CAP_SYS_RESOURCE in its effective set.
+fn has_sys_resource() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).map(str::trim).unwrap_or("0");
+    u64::from_str_radix(eff, 16).is_ok_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
 }
 
 #[cfg(test)]
