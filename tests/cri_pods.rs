@@ -2,7 +2,7 @@
 //! sends them: a shared PID namespace (`shareProcessNamespace`, PID 1 the
 //! pod's init, no pause container) and IPC namespace, the host's PID and
 //! IPC namespaces, the pod's DNS config in resolv.conf, OOM score
-//! adjustments, and mount
+//! adjustments, container cgroups below the pod's cgroup, and mount
 //! propagation of volumes (None, HostToContainer, Bidirectional) against a
 //! shared host directory the test makes.
 
@@ -48,11 +48,33 @@ fn is_mount_point(path: &Path) -> bool {
     text.lines().filter_map(|l| l.split(' ').nth(4)).any(|m| Path::new(m) == path)
 }
 
+/// Removes a cgroup and its children in every hierarchy (kubelet makes
+/// and removes pod cgroups; here the test stands in for it).
+struct CgroupTree(String);
+
+impl Drop for CgroupTree {
+    fn drop(&mut self) {
+        fn remove(dir: &Path) {
+            for child in std::fs::read_dir(dir).into_iter().flatten().flatten().filter(|e| e.path().is_dir()) {
+                remove(&child.path());
+            }
+            let _ = std::fs::remove_dir(dir);
+        }
+        for hierarchy in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            remove(&hierarchy.path().join(self.0.trim_start_matches('/')));
+        }
+    }
+}
+
 #[test]
 fn pods_share_namespaces_resolver_and_mounts_as_kubelet_asks() {
     use cri::NamespaceMode as M;
+    // Dropped after the daemon, once no process is left in the tree.
+    let pods = format!("/berth-test-pods-{}", std::process::id());
+    let _cgroups = CgroupTree(pods.clone());
     let (d, _guard, _reg, _reference, image) = setup();
     let logs = d.dir().join("pod-logs");
+    let pod_cgroup = format!("{pods}/ns");
     // A shared host directory, under the test's directory (the guard
     // unmounts whatever is left there).
     let shared = d.dir().join("shared");
@@ -64,6 +86,7 @@ fn pods_share_namespaces_resolver_and_mounts_as_kubelet_asks() {
     runtime().block_on(async {
         let mut c = clients(&d).await;
         let mut cfg = with_namespaces(kubelet_pod_config("ns", &logs), M::Pod, M::Pod);
+        cfg.linux.as_mut().unwrap().cgroup_parent = pod_cgroup.clone();
         cfg.dns_config = Some(cri::DnsConfig {
             servers: vec!["10.96.0.10".into()],
             searches: vec!["default.svc.cluster.local".into(), "svc.cluster.local".into()],
@@ -93,6 +116,14 @@ fn pods_share_namespaces_resolver_and_mounts_as_kubelet_asks() {
         let b = started(&mut c, &pod, &cfg, b_cfg).await;
 
         assert_eq!(sh(&mut c, &a, "cat /proc/self/oom_score_adj").await.0, "500");
+        // The containers' cgroups are below the pod's (kubelet's) cgroup.
+        let rec: serde_json::Value =
+            serde_json::from_str(d.berth(&["-n", "k8s.io", "inspect", "--json", &a]).ok()).unwrap();
+        assert_eq!(rec["cgroup"].as_str(), Some(format!("{pod_cgroup}/{a}").as_str()), "{rec}");
+        let pid = rec["pid"].as_u64().unwrap();
+        let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        let memory = cgroups.lines().find(|l| l.contains(":memory:")).unwrap_or_default().to_string();
+        assert!(memory.ends_with(&format!("{pod_cgroup}/{a}")), "{cgroups}");
         let own = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap().trim().to_string();
         let (b_adj, _) = sh(&mut c, &b, "cat /proc/self/oom_score_adj").await;
         assert!(b_adj == "-997" || b_adj == own, "{b_adj} (berthd's own: {own})");

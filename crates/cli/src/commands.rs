@@ -100,6 +100,7 @@ async fn do_create(c: &mut Client, a: CreateArgs, start: bool, auto_remove: bool
         pid: a.pid.unwrap_or_default(),
         ipc: a.ipc.unwrap_or_default(),
         oom_score_adj: a.oom_score_adj,
+        cgroup_parent: a.cgroup_parent.unwrap_or_default(),
         network: a.network.unwrap_or_default(),
         publish: a.publish,
         dns: a.dns,

@@ -116,6 +116,10 @@ pub struct CreateArgs {
     /// `host`: the host's IPC namespace.
     #[arg(long)]
     pub ipc: Option<String>,
+    /// The cgroup to place the container's cgroup in (absolute, e.g.
+    /// /kubepods/pod1; default: berthd's --cgroup-parent/NAMESPACE).
+    #[arg(long)]
+    pub cgroup_parent: Option<String>,
     /// The OOM killer's score adjustment of its processes (-1000..1000).
     #[arg(long, allow_hyphen_values = true)]
     pub oom_score_adj: Option<i32>,

@@ -210,6 +210,7 @@ fn create_request(
         log_path,
         groups: groups(&sc.supplemental_groups)?,
         sysctls: pod.sysctls.clone(),
+        cgroup_parent: pod.cgroup_parent.clone(),
         oom_score_adj: linux.resources.as_ref().map(|r| i32::try_from(r.oom_score_adj).unwrap_or(i32::MAX)),
         ..Default::default()
     })

@@ -36,6 +36,9 @@ pub struct PodMeta {
     /// The namespace modes asked for (network, pid, ipc).
     #[serde(default)]
     pub namespace_options: Option<cri::NamespaceOption>,
+    /// The pod's cgroup (kubelet's, cgroupfs): its containers' go below.
+    #[serde(default)]
+    pub cgroup_parent: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

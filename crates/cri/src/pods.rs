@@ -147,6 +147,12 @@ impl<B: Backend> Cri<B> {
             };
             berth_network::check_dns_options(&resolver, &[]).map_err(|e| invalid(format!("dns_config: {e}")))?;
         }
+        if !linux.cgroup_parent.is_empty() && !linux.cgroup_parent.starts_with('/') {
+            return Err(invalid(format!(
+                "cgroup_parent {:?} is not a cgroupfs path: berth's cgroup driver is cgroupfs (kubelet's cgroupDriver must be cgroupfs)",
+                linux.cgroup_parent.chars().take(80).collect::<String>()
+            )));
+        }
         let runtime = runtime(&r.runtime_handler)?;
         let publish = publish(&config.port_mappings)?;
         let key = name_key(&metadata);
@@ -164,6 +170,7 @@ impl<B: Backend> Cri<B> {
             dns: config.dns_config,
             sysctls: linux.sysctls,
             namespace_options: Some(opts),
+            cgroup_parent: linux.cgroup_parent,
         };
         let labels = [meta::label(POD_LABEL, &pod)?].into_iter().collect();
         let create = pb::SandboxCreateRequest {

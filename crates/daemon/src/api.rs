@@ -308,6 +308,7 @@ impl pb::containers_server::Containers for Api {
             log_path: (!r.log_path.is_empty()).then(|| std::path::PathBuf::from(&r.log_path)),
             groups: r.groups,
             sysctls: r.sysctls.into_iter().collect(),
+            cgroup_parent: r.cgroup_parent,
         };
         let rec = self.mgr.create(params).await.map_err(status)?;
         Ok(Response::new(container_pb(rec)))

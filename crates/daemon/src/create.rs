@@ -74,6 +74,8 @@ pub struct CreateParams {
     pub groups: Vec<u32>,
     /// Namespaced kernel parameters (`sysctl.rs`).
     pub sysctls: BTreeMap<String, String>,
+    /// Empty: berthd's layout; else the cgroup that holds the container's.
+    pub cgroup_parent: String,
 }
 
 /// A create from an image: what it resolved to.
@@ -261,7 +263,7 @@ impl Manager {
         let net = crate::network::NetOptions { pin: p.net.pin || runtime != "embedded", ..p.net.clone() };
         let network = self.plan_network(&p.namespace, &p.id, &net, is_bundle, sandbox)?;
         crate::manager::lock(&self.removed).forget(&p.namespace, &p.id);
-        let cgroup = self.cfg.cgroup_path(&p.namespace, &p.id);
+        let cgroup = crate::resources::container_cgroup(&self.cfg, &p.namespace, &p.id, &p.cgroup_parent)?;
         let (mut prepared, mut image) = if let Some(from) = &p.restore {
             self.prepare_restore(&p, from, &cgroup)?
         } else if p.image.is_empty() {
@@ -376,6 +378,7 @@ impl Manager {
             created_at_ns: crate::now_ns(),
             new_volumes: volumes.iter().filter(|n| !self.volumes.exists(n)).cloned().collect(),
             sandbox: p.sandbox.clone(),
+            cgroup: Some(cgroup.clone()),
         };
         self.write(Write { intent: Some(&intent), ..Default::default() }).map_err(|e| e.at("intent"))?;
         done.push(Step::Intent);

@@ -130,7 +130,7 @@ impl Manager {
                     return Err(e);
                 }
             }
-            let cgroup = self.cfg.cgroup_path(ns, id);
+            let cgroup = intent.cgroup.clone().unwrap_or_else(|| self.cfg.cgroup_path(ns, id));
             self.cgroups.kill_all(&cgroup);
             remove_shim_sockets(&self.cfg.shim_socket(ns, id))?;
             // The rootfs snapshot (if the create was from an image) before

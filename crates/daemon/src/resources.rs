@@ -8,6 +8,7 @@ use berth_model::{ContainerId, Namespace, State};
 use berth_store::ContainerRecord;
 use oci_spec::runtime::{LinuxPids, Spec};
 
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::manager::Manager;
 use crate::paging;
@@ -48,6 +49,37 @@ pub fn apply_to_spec(spec: &mut Spec, l: &Limits) -> Result<()> {
         res.set_pids(Some(pids));
     }
     Ok(())
+}
+
+/// The longest cgroup parent accepted.
+const MAX_CGROUP_PARENT: usize = 1024;
+
+/// Container `id`'s cgroup: `PARENT/ID` for a parent the create names
+/// (absolute cgroupfs path of letters, digits, `_.:-` components, not
+/// inside berthd's own parent, whose layout berthd owns), else berthd's
+/// `<--cgroup-parent>/<namespace>/<id>`.
+pub(crate) fn container_cgroup(cfg: &Config, ns: &Namespace, id: &ContainerId, parent: &str) -> Result<String> {
+    if parent.is_empty() {
+        return Ok(cfg.cgroup_path(ns, id));
+    }
+    let invalid = |why: &str| {
+        Error::InvalidArgument(format!("cgroup parent {:?} {why}", parent.chars().take(80).collect::<String>()))
+    };
+    let component_ok = |c: &str| {
+        !c.is_empty() && c != "." && c != ".." && c.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.:-".contains(ch))
+    };
+    let trimmed = parent.trim_end_matches('/');
+    if parent.len() > MAX_CGROUP_PARENT || !parent.starts_with('/') || trimmed.is_empty() {
+        return Err(invalid("must be an absolute cgroup path below the root (such as /kubepods/pod1234)"));
+    }
+    if !trimmed[1..].split('/').all(component_ok) {
+        return Err(invalid("may hold only letters, digits, '_', '.', ':', '-' and '/' between non-empty names"));
+    }
+    let own = format!("/{}", cfg.cgroup_parent.trim_matches('/'));
+    if trimmed == own || trimmed.starts_with(&format!("{own}/")) {
+        return Err(invalid(&format!("is inside berthd's own cgroup parent {own}, whose layout berthd keeps")));
+    }
+    Ok(format!("{trimmed}/{id}"))
 }
 
 impl Manager {
@@ -143,5 +175,36 @@ impl Manager {
         let entry = self.entry(ns, id)?;
         entry.shim.update(id, &limits).await?;
         Ok(rec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cgroup_parent_is_an_absolute_path_outside_berths_own() {
+        let cfg = Config {
+            root: "/r".into(),
+            state: "/s".into(),
+            socket: "/s.sock".into(),
+            cgroup_parent: "berth".into(),
+            shim_binary: "/b".into(),
+            start_timeout: std::time::Duration::from_secs(1),
+            default_runtime: "embedded".into(),
+            criu: "criu".into(),
+        };
+        let (ns, id) = (Namespace::new("k8s.io").unwrap(), ContainerId::new("c1").unwrap());
+        assert_eq!(container_cgroup(&cfg, &ns, &id, "").unwrap(), "berth/k8s.io/c1");
+        assert_eq!(
+            container_cgroup(&cfg, &ns, &id, "/kubepods/burstable/pod-1:a/").unwrap(),
+            "/kubepods/burstable/pod-1:a/c1"
+        );
+        for bad in ["kubepods", "/", "/a//b", "/a/../b", "/a/./b", "/a b", "/berth", "/berth/k8s.io", "/a\n"] {
+            let e = container_cgroup(&cfg, &ns, &id, bad).unwrap_err();
+            assert!(matches!(e, Error::InvalidArgument(_)), "{bad:?}: {e}");
+        }
+        assert!(container_cgroup(&cfg, &ns, &id, &format!("/{}", "a".repeat(1100))).is_err());
+        assert_eq!(container_cgroup(&cfg, &ns, &id, "/berthx").unwrap(), "/berthx/c1");
     }
 }

@@ -73,6 +73,7 @@ impl CreateParams {
             log_path: None,
             groups: Vec::new(),
             sysctls: Default::default(),
+            cgroup_parent: String::new(),
         }
     }
 }

@@ -143,6 +143,10 @@ pub struct Intent {
     /// The sandbox whose shim the container joins: its task there goes too.
     #[serde(default)]
     pub sandbox: Option<berth_model::SandboxId>,
+    /// The container's cgroup (absent in intents of older berthds: the
+    /// default path under berthd's cgroup parent).
+    #[serde(default)]
+    pub cgroup: Option<String>,
 }
 
 /// One transaction: any of a record to put, a record to remove, an intent
