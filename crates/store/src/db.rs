@@ -442,6 +442,7 @@ mod tests {
             created_at_ns: 1,
             new_volumes: Vec::new(),
             sandbox: None,
+            cgroup: Some("/pods/a".into()),
         };
         s.write(Write { intent: Some(&intent), ..Default::default() }).unwrap();
         assert_eq!(s.intents().unwrap(), std::slice::from_ref(&intent));

@@ -90,6 +90,7 @@ mod tests {
             created_at_ns: 1,
             new_volumes: Vec::new(),
             sandbox: None,
+            cgroup: None,
         }
     }
 
