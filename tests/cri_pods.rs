@@ -2,7 +2,8 @@
 //! sends them: a shared PID namespace (`shareProcessNamespace`, PID 1 the
 //! pod's init, no pause container) and IPC namespace, the host's PID and
 //! IPC namespaces, the pod's DNS config in resolv.conf, OOM score
-//! adjustments, container cgroups below the pod's cgroup, and mount
+//! adjustments, container cgroups below the pod's cgroup, the writable
+//! layer's usage in statistics, and mount
 //! propagation of volumes (None, HostToContainer, Bidirectional) against a
 //! shared host directory the test makes.
 
@@ -116,6 +117,20 @@ fn pods_share_namespaces_resolver_and_mounts_as_kubelet_asks() {
         let b = started(&mut c, &pod, &cfg, b_cfg).await;
 
         assert_eq!(sh(&mut c, &a, "cat /proc/self/oom_score_adj").await.0, "500");
+        // What a container writes shows as its writable layer's usage.
+        assert_eq!(sh(&mut c, &a, "head -c 1048576 /dev/zero > /big && mkdir -p /d/e && echo ok").await.0, "ok");
+        let req = cri::ContainerStatsRequest { container_id: a.clone() };
+        let stats = c.rt.container_stats(req).await.unwrap().into_inner().stats.unwrap();
+        let layer = stats.writable_layer.expect("writable layer");
+        assert!(layer.used_bytes.unwrap().value >= 1 << 20, "{layer:?}");
+        assert!(layer.inodes_used.unwrap().value >= 3, "{layer:?}");
+        let mountpoint = layer.fs_id.unwrap().mountpoint;
+        let fs = c.img.image_fs_info(cri::ImageFsInfoRequest {}).await.unwrap().into_inner();
+        assert!(
+            fs.image_filesystems.iter().any(|f| f.fs_id.as_ref().is_some_and(|i| i.mountpoint == mountpoint)),
+            "{mountpoint} {fs:?}"
+        );
+
         // The containers' cgroups are below the pod's (kubelet's) cgroup.
         let rec: serde_json::Value =
             serde_json::from_str(d.berth(&["-n", "k8s.io", "inspect", "--json", &a]).ok()).unwrap();

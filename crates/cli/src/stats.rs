@@ -18,7 +18,8 @@ async fn sample(c: &mut Client, ids: &[String]) -> Result<Vec<pb::ContainerStats
     let mut out = Vec::new();
     let mut page_token = String::new();
     loop {
-        let req = pb::StatsRequest { namespace: c.namespace.clone(), ids: ids.to_vec(), page_token, page_size: 0 };
+        let req =
+            pb::StatsRequest { namespace: c.namespace.clone(), ids: ids.to_vec(), page_token, ..Default::default() };
         let page = c.containers.stats(req.clone()).await?.into_inner();
         page_token = crate::client::next_page(&req.page_token, page.next_page_token, page.stats.len())?;
         out.extend(page.stats);

@@ -72,7 +72,12 @@ impl<B: Backend> Cri<B> {
         let mut out = HashMap::new();
         let mut page_token = String::new();
         loop {
-            let r = pb::StatsRequest { namespace: NAMESPACE.into(), page_token, ..Default::default() };
+            let r = pb::StatsRequest {
+                namespace: NAMESPACE.into(),
+                page_token,
+                writable_layer: true,
+                ..Default::default()
+            };
             let page = Containers::stats(&*self.b, req(r)).await?.into_inner();
             out.extend(page.stats.into_iter().map(|s| (s.id.clone(), s)));
             if page.next_page_token.is_empty() {
@@ -112,7 +117,12 @@ impl<B: Backend> Cri<B> {
             attributes: Some(attributes),
             cpu,
             memory: s.memory.as_ref().map(|m| memory(ts, m)),
-            writable_layer: None,
+            writable_layer: s.writable_layer.as_ref().map(|w| cri::FilesystemUsage {
+                timestamp: ts,
+                fs_id: Some(cri::FilesystemIdentifier { mountpoint: w.mountpoint.clone() }),
+                used_bytes: u64v(w.used_bytes),
+                inodes_used: u64v(w.inodes_used),
+            }),
             swap,
         }
     }

@@ -166,6 +166,7 @@ fn stats_pb(ns: &Namespace, id: &ContainerId, s: ContainerStats) -> pb::Containe
                 fail_count: h.fail_count,
             })
             .collect(),
+        writable_layer: None,
     }
 }
 
@@ -436,7 +437,24 @@ impl pb::containers_server::Containers for Api {
             page.push((ns.clone(), id), item, size)
         };
         self.mgr.stats_page(&ns, ids, after.as_ref(), add).await.map_err(status)?;
-        let (stats, next_page_token) = page.finish();
+        let (mut stats, next_page_token) = page.finish();
+        if r.writable_layer {
+            let (mgr, ns) = (self.mgr.clone(), ns.clone());
+            let mountpoint = self.mgr.images.snapshots.root().to_string_lossy().into_owned();
+            stats = tokio::task::spawn_blocking(move || {
+                for s in &mut stats {
+                    let usage = ContainerId::new(&s.id).ok().and_then(|id| mgr.writable_usage(&ns, &id));
+                    s.writable_layer = usage.map(|u| pb::WritableLayer {
+                        used_bytes: u.bytes,
+                        inodes_used: u.inodes,
+                        mountpoint: mountpoint.clone(),
+                    });
+                }
+                stats
+            })
+            .await
+            .map_err(|e| Status::internal(format!("writable layer usage: {e}")))?;
+        }
         Ok(Response::new(pb::StatsResponse { stats, next_page_token }))
     }
 

@@ -260,6 +260,17 @@ impl Manager {
     pub(crate) fn image_rootfs(&self, ns: &Namespace, id: &ContainerId) -> PathBuf {
         self.cfg.bundle_dir(ns, id).join("rootfs")
     }
+
+    /// What container `id` wrote on top of its image (a walk of its
+    /// snapshot's upper layer: call off the async workers); `None` for a
+    /// container not made from an image, or gone.
+    pub(crate) fn writable_usage(&self, ns: &Namespace, id: &ContainerId) -> Option<berth_images::Usage> {
+        let rec = self.store.get(ns, id).ok()??;
+        if rec.image.is_empty() {
+            return None;
+        }
+        self.images.snapshots.active_usage(&snapshot_key(ns, id)).ok()
+    }
 }
 
 #[cfg(test)]

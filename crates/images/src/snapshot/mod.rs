@@ -352,7 +352,16 @@ impl Snapshotter {
         let hex = chain_hex(chain_id)?;
         self.committed_meta(chain_id)?;
         let mut seen = HashSet::new();
-        du(&self.root.join(COMMITTED).join(hex).join(FS), &mut seen)
+        Ok(du(&self.root.join(COMMITTED).join(hex).join(FS), &mut seen)?.bytes)
+    }
+
+    /// Disk usage of the active snapshot `key`'s own files (its writable
+    /// layer: what the container wrote), bytes and inodes.
+    pub fn active_usage(&self, key: &str) -> Result<Usage, ImageError> {
+        validate_key(key)?;
+        let dir = self.root.join(ACTIVE).join(key);
+        Meta::read(&dir, key).map_err(|_| ImageError::NotFound(format!("active snapshot {key}")))?;
+        du(&dir.join(FS), &mut HashSet::new())
     }
 
     /// Startup cleanup (SPEC B20). `keep` tells, once per active snapshot,
@@ -486,12 +495,23 @@ fn copy_owner_and_mode(from: &Path, to: &Path) -> Result<(), ImageError> {
         .map_err(|e| ImageError::io(format!("chown/chmod {}", to.display()), e))
 }
 
-fn du(path: &Path, seen: &mut HashSet<(u64, u64)>) -> Result<u64, ImageError> {
+/// Disk usage of a tree: allocated bytes and inodes, hard links once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
+fn du(path: &Path, seen: &mut HashSet<(u64, u64)>) -> Result<Usage, ImageError> {
     let md = fs::symlink_metadata(path).map_err(|e| ImageError::io(format!("stat {}", path.display()), e))?;
-    let mut total = if seen.insert((md.dev(), md.ino())) { md.blocks() * 512 } else { 0 };
+    let mut total = Usage::default();
+    if seen.insert((md.dev(), md.ino())) {
+        total = Usage { bytes: md.blocks() * 512, inodes: 1 };
+    }
     if md.is_dir() {
         for entry in read_dir(path)? {
-            total += du(&entry.path(), seen)?;
+            let sub = du(&entry.path(), seen)?;
+            total = Usage { bytes: total.bytes + sub.bytes, inodes: total.inodes + sub.inodes };
         }
     }
     Ok(total)
