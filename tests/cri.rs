@@ -236,6 +236,19 @@ fn pods_survive_a_berthd_kill_and_exits_meanwhile_are_reported() {
     d.spawn();
     rt.block_on(async {
         let mut c = clients(&d).await;
+        // A stream opened after the restart gets the exit berthd found.
+        let mut events = c.rt.get_container_events(cri::GetEventsRequest {}).await.unwrap().into_inner();
+        let replayed = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let e = events.message().await.expect("event stream").expect("an event");
+                if e.container_id == short {
+                    return e;
+                }
+            }
+        })
+        .await
+        .expect("the exit during the downtime is replayed");
+        assert_eq!(replayed.container_event_type, cri::ContainerEventType::ContainerStoppedEvent as i32);
         let items =
             c.rt.list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.unwrap().into_inner().items;
         assert_eq!(items.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), [pod.as_str()]);

@@ -89,6 +89,10 @@ pub struct Config {
     pub cni_bin_dirs: Vec<PathBuf>,
     /// The berth network pods join (empty: berthd's default).
     pub network: String,
+    /// The event log's last sequence number when berthd started: every
+    /// GetContainerEvents stream replays the events after it (those berthd
+    /// recorded while it recovered included), then follows.
+    pub replay_since: u64,
 }
 
 /// The CRI services over one backend.

@@ -187,6 +187,7 @@ impl<B: Backend> RuntimeService for Cri<B> {
         let sub = pb::SubscribeRequest {
             namespace: NAMESPACE.into(),
             types: ["create", "start", "restart", "exit", "delete"].map(String::from).to_vec(),
+            since: Some(self.cfg.replay_since),
             ..Default::default()
         };
         let events = Events::subscribe(&*self.b, req(sub)).await?.into_inner();

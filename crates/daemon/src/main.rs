@@ -202,10 +202,12 @@ fn network(args: &Args, cfg: &Config) -> Result<crate::network::Net, String> {
 }
 
 /// Serves CRI (crates/cri) on `--cri-socket` over the same API handlers
-/// as berthd's own socket; `None` when the flag is empty.
+/// as berthd's own socket; `None` when the flag is empty. Event streams
+/// replay the events after `started_at_seq`.
 async fn serve_cri(
     args: &Args,
     mgr: &Arc<Manager>,
+    started_at_seq: u64,
 ) -> Result<Option<(tokio::task::JoinHandle<()>, guard::BoundSocket)>, String> {
     if args.cri_socket.as_os_str().is_empty() {
         return Ok(None);
@@ -220,6 +222,7 @@ async fn serve_cri(
         cni_conf_dir: args.cni_conf_dir.clone(),
         cni_bin_dirs: std::env::split_paths(&args.cni_bin_dir).collect(),
         network: args.default_network.clone(),
+        replay_since: started_at_seq,
     };
     if !args.cri_streaming_address.ip().is_loopback() {
         return Err(format!("--cri-streaming-address {}: must be a loopback address", args.cri_streaming_address));
@@ -275,6 +278,9 @@ async fn run(args: Args) -> Result<(), String> {
     // Before recovery: reconnected containerd v2 shims publish there.
     let shim_events = cfg.shim_events_socket();
     let _events_endpoint = shim_v2::serve_events(&shim_events).await.map_err(|e| e.to_string())?;
+    // Events from here on (recovery's among them) are replayed to CRI
+    // event streams, so a kubelet that reconnects misses none.
+    let started_at_seq = store.last_seq().map_err(|e| format!("read the event log: {e}"))?;
     let mgr = Arc::new(Manager::new(cfg, store, cgroups, images, net));
     let default_runtime = berth_model::Runtime::parse(&mgr.cfg.default_runtime).map_err(|e| e.to_string())?;
     mgr.check_runtime(&default_runtime).map_err(|e| format!("--default-runtime: {e}"))?;
@@ -285,7 +291,7 @@ async fn run(args: Args) -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     }
     // CRI first: a client that finds the main socket serving finds CRI too.
-    let cri = serve_cri(&args, &mgr).await?;
+    let cri = serve_cri(&args, &mgr, started_at_seq).await?;
     let (listener, bound) = guard::bind_socket(&socket).await.map_err(|e| e.to_string())?;
     tracing::info!(socket = %socket.display(), "berthd serving");
 
