@@ -261,6 +261,38 @@ fn port_forward_reaches_a_server_inside_the_pod() {
         s.open(&[("streamType", "data"), ("port", "9"), ("requestID", "1")]).await;
         let got = s.read_until_end(e1, LIMIT).await;
         assert!(got.text(e1).contains("port 9"), "{:?}", got.text(e1));
+
+        // The same over WebSocket, kubelet's way: ports in the query, two
+        // channels per port, each opening with its port (little-endian).
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = c.rt.port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8080] });
+        let url = url.await.unwrap().into_inner().url;
+        let mut request =
+            format!("{}?port=8080&port=9", url.replace("http://", "ws://")).into_client_request().unwrap();
+        request.headers_mut().insert("Sec-WebSocket-Protocol", "v4.channel.k8s.io".parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("WebSocket upgrade");
+        ws.send(Message::Binary(b"\x00GET /index.html HTTP/1.0\r\n\r\n".to_vec().into())).await.unwrap();
+        let mut got: std::collections::HashMap<u8, Vec<u8>> = Default::default();
+        let read = async {
+            while let Some(Ok(msg)) = ws.next().await {
+                match msg {
+                    Message::Binary(b) if !b.is_empty() => got.entry(b[0]).or_default().extend_from_slice(&b[1..]),
+                    Message::Close(_) => break,
+                    _ => {}
+                }
+            }
+        };
+        tokio::time::timeout(LIMIT, read).await.expect("the session ends with its connections");
+        let channel = |ch: u8| got.get(&ch).cloned().unwrap_or_default();
+        for (ch, port) in [(0u8, 8080u16), (1, 8080), (2, 9), (3, 9)] {
+            assert_eq!(channel(ch)[..2], port.to_le_bytes(), "channel {ch}");
+        }
+        let page = String::from_utf8_lossy(&channel(0)[2..]).into_owned();
+        assert!(page.starts_with("HTTP/1.") && page.contains("hi-from-the-pod"), "{page:?}");
+        assert_eq!(channel(1).len(), 2, "no error for 8080");
+        assert!(String::from_utf8_lossy(&channel(3)[2..]).contains("port 9"), "{:?}", channel(3));
         c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
     });
     assert_clean(&d, &[]);

@@ -166,6 +166,18 @@ impl<B: Backend> crate::Cri<B> {
         }))
     }
 
+    /// Runs a session over either transport until it ends, then closes it.
+    async fn serve_session(self: &Arc<Self>, session: Arc<Session>, events: mpsc::Receiver<Event>, target: Target) {
+        let done = match target {
+            Target::Ports { netns } => portforward::serve(session.clone(), events, netns).await,
+            process => remotecommand::serve(self, session.clone(), events, process).await,
+        };
+        if let Err(e) = done {
+            tracing::debug!("streaming session: {e}");
+        }
+        session.close().await;
+    }
+
     /// Answers the upgrade request and starts the session behind it.
     fn upgrade(self: &Arc<Self>, mut req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
         let refuse = |code: StatusCode, msg: String| {
@@ -181,17 +193,14 @@ impl<B: Backend> crate::Cri<B> {
         let upgrade = req.headers().get(hyper::header::UPGRADE).and_then(|v| v.to_str().ok()).unwrap_or_default();
         if upgrade.eq_ignore_ascii_case("websocket") {
             return match websocket::handshake(&req, &target) {
-                Ok((response, protocol)) => {
+                Ok((response, protocol, ports)) => {
                     let cri = self.clone();
                     tokio::spawn(async move {
                         match hyper::upgrade::on(&mut req).await {
                             Ok(upgraded) => {
-                                let (events, session) = websocket::start(TokioIo::new(upgraded), &target).await;
+                                let (events, session) = websocket::start(TokioIo::new(upgraded), &target, &ports).await;
                                 tracing::debug!(%protocol, "a WebSocket streaming session");
-                                if let Err(e) = remotecommand::serve(&cri, session.clone(), events, target).await {
-                                    tracing::debug!("streaming session: {e}");
-                                }
-                                session.close().await;
+                                cri.serve_session(session, events, target).await;
                             }
                             Err(e) => tracing::debug!("streaming upgrade: {e}"),
                         }
@@ -223,14 +232,7 @@ impl<B: Backend> crate::Cri<B> {
             match hyper::upgrade::on(&mut req).await {
                 Ok(upgraded) => {
                     let (events, session) = Session::start(TokioIo::new(upgraded));
-                    let done = match target {
-                        Target::Ports { netns } => portforward::serve(session.clone(), events, netns).await,
-                        process => remotecommand::serve(&cri, session.clone(), events, process).await,
-                    };
-                    if let Err(e) = done {
-                        tracing::debug!("streaming session: {e}");
-                    }
-                    session.close().await;
+                    cri.serve_session(session, events, target).await;
                 }
                 Err(e) => tracing::debug!("streaming upgrade: {e}"),
             }
@@ -283,6 +285,12 @@ pub(crate) struct Session {
 }
 
 impl Session {
+    /// Whether it runs over WebSocket (whose port-forwards end with their
+    /// connections: no stream opens later).
+    fn is_websocket(&self) -> bool {
+        matches!(self.out, Transport::WebSocket(_))
+    }
+
     /// Starts reading the connection; events arrive on the receiver until
     /// the peer is gone.
     fn start(io: Io) -> (mpsc::Receiver<Event>, Arc<Session>) {

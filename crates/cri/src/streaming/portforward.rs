@@ -6,7 +6,9 @@
 //! on a thread of its own that enters the namespace and then ends (no
 //! thread of berthd stays in a pod's namespace); it connects afterwards,
 //! asynchronously. A session holds at most 64 connections, and a slow pod
-//! slows its client down instead of queueing without bound.
+//! slows its client down instead of queueing without bound. Over WebSocket
+//! (`websocket.rs`) the pairs are made from the URL's ports, and the
+//! session ends when their connections have.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -76,7 +78,22 @@ pub(super) async fn serve(
     let mut inputs: HashMap<u32, mpsc::Sender<Option<Vec<u8>>>> = HashMap::new();
     // The forwards end with the session (the client went away).
     let mut forwards = tokio::task::JoinSet::new();
-    while let Some(event) = events.recv().await {
+    // Over WebSocket every stream opens at the start, one connection per
+    // port: the session ends once they all have (as kubelet's does).
+    let websocket = session.is_websocket();
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => event,
+                None => break,
+            },
+            Some(_) = forwards.join_next(), if websocket => {
+                if forwards.is_empty() && pairs.is_empty() {
+                    break;
+                }
+                continue;
+            }
+        };
         while forwards.try_join_next().is_some() {}
         match event {
             Event::Stream { id, headers } => {
@@ -157,6 +174,11 @@ async fn forward(
         }
     }
     session.finish(data).await;
+    // Over WebSocket a client cannot end its side (v4 has no close): the
+    // pod's end is the connection's, as in kubelet.
+    if session.is_websocket() {
+        writer.abort();
+    }
     let _ = writer.await;
     session.finish(error).await;
 }
