@@ -101,7 +101,10 @@ fn pods_share_namespaces_resolver_and_mounts_as_kubelet_asks() {
 
         let idle = &["sleep", "1000"][..];
         let mut a_cfg = container_config("a", &image, idle);
-        let resources = cri::LinuxContainerResources { oom_score_adj: 500, ..Default::default() };
+        // kubelet's: every hugepage size the node has, 0 unless asked for.
+        let hugepage_limits =
+            ["2MB", "1GB"].map(|size| cri::HugepageLimit { page_size: size.into(), limit: 0 }).to_vec();
+        let resources = cri::LinuxContainerResources { oom_score_adj: 500, hugepage_limits, ..Default::default() };
         a_cfg.linux = Some(cri::LinuxContainerConfig { resources: Some(resources), security_context: None });
         let a = started(&mut c, &pod, &cfg, a_cfg).await;
         let mut b_cfg = container_config("b", &image, &["sleep", "2000"]);
@@ -201,8 +204,25 @@ fn pods_share_namespaces_resolver_and_mounts_as_kubelet_asks() {
         let e = c.rt.create_container(req).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
         assert!(e.message().contains("mount --make-shared"), "{e}");
+        // cgroup v2 settings need a v2 host.
+        let mut v2_only = container_config("v2", &image, idle);
+        let resources = cri::LinuxContainerResources {
+            unified: [("memory.high".to_string(), "max".to_string())].into(),
+            ..Default::default()
+        };
+        v2_only.linux = Some(cri::LinuxContainerConfig { resources: Some(resources), security_context: None });
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(v2_only),
+            sandbox_config: Some(cfg.clone()),
+        };
+        let v2_host = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        match c.rt.create_container(req).await {
+            Err(e) => assert!(!v2_host && e.code() == tonic::Code::FailedPrecondition, "{e}"),
+            Ok(_) => assert!(v2_host, "unified settings taken on a v1 host"),
+        }
         let all = list_containers(&mut c, Default::default()).await;
-        assert_eq!(all.len(), 3, "{all:?}");
+        assert_eq!(all.len(), 3 + usize::from(v2_host), "{all:?}");
 
         for p in [pod, host_pod] {
             c.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: p.clone() }).await.unwrap();

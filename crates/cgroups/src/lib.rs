@@ -19,6 +19,25 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// Controllers a v1 hierarchy may carry (a named one like `name=systemd`
+/// carries none).
+const V1_CONTROLLERS: &[&str] = &[
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "memory",
+    "devices",
+    "freezer",
+    "net_cls",
+    "blkio",
+    "perf_event",
+    "net_prio",
+    "hugetlb",
+    "pids",
+    "rdma",
+    "misc",
+];
+
 /// The cgroup hierarchies mounted on this host.
 #[derive(Debug, Clone)]
 pub struct Hierarchies {
@@ -34,6 +53,12 @@ impl Hierarchies {
     pub fn detect() -> io::Result<Hierarchies> {
         let info = fs::read_to_string("/proc/self/mountinfo")?;
         Ok(Self::parse(&info))
+    }
+
+    /// Hierarchies from mountinfo text (for tests of callers).
+    #[doc(hidden)]
+    pub fn parse_for_tests(mountinfo: &str) -> Hierarchies {
+        Self::parse(mountinfo)
     }
 
     fn parse(mountinfo: &str) -> Hierarchies {
@@ -67,6 +92,24 @@ impl Hierarchies {
     pub fn v1_dir(&self, controller: &str, cgroup: &str) -> Option<PathBuf> {
         let (mount, _) = self.v1.iter().find(|(_, controllers)| controllers.iter().any(|c| c == controller))?;
         Some(mount.join(cgroup.trim_start_matches('/')))
+    }
+
+    /// Whether containers' cgroups are v2: the host mounts the unified
+    /// hierarchy and no v1 controller.
+    pub fn is_v2(&self) -> bool {
+        self.unified.is_some()
+            && self.v1.iter().all(|(_, opts)| !opts.iter().any(|o| V1_CONTROLLERS.contains(&o.as_str())))
+    }
+
+    /// Whether the host has controller `name` for containers: a v1
+    /// hierarchy of it, or on a v2 host, in the root's controllers.
+    pub fn has_controller(&self, name: &str) -> bool {
+        if self.v1.iter().any(|(_, opts)| opts.iter().any(|o| o == name)) {
+            return true;
+        }
+        let root = self.unified.as_ref().filter(|_| self.is_v2());
+        let controllers = root.and_then(|m| fs::read_to_string(m.join("cgroup.controllers")).ok()).unwrap_or_default();
+        controllers.split_whitespace().any(|c| c == name)
     }
 
     /// Where `cgroup`'s memory controller files may be, most likely first:
@@ -264,6 +307,19 @@ mod tests {
         assert_eq!(h.v1_dir("pids", "/a"), None);
         let v2 = Hierarchies::parse("25 1 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw");
         assert_eq!(v2.memory_dirs("/a"), vec![PathBuf::from("/sys/fs/cgroup/a")]);
+    }
+
+    #[test]
+    fn the_layout_says_v1_or_v2_and_which_controllers() {
+        let hybrid = Hierarchies::parse(HYBRID);
+        assert!(!hybrid.is_v2());
+        assert!(hybrid.has_controller("memory") && !hybrid.has_controller("hugetlb"));
+        let v2 = Hierarchies::parse("25 1 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw");
+        assert!(v2.is_v2());
+        // systemd's named hierarchy carries no controller.
+        let named = "25 1 0:22 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n\
+                     26 1 0:23 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd";
+        assert!(Hierarchies::parse(named).is_v2());
     }
 
     #[test]

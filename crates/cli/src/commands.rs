@@ -117,6 +117,9 @@ async fn do_create(c: &mut Client, a: CreateArgs, start: bool, auto_remove: bool
                 .into_owned(),
             None => String::new(),
         },
+        // Kubernetes' settings: CRI sets them, the CLI has no flags.
+        unified: Default::default(),
+        hugepage_limits: Default::default(),
     };
     Ok(c.containers.create(req).await?.into_inner())
 }

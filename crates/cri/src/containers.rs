@@ -211,6 +211,13 @@ fn create_request(
         groups: groups(&sc.supplemental_groups)?,
         sysctls: pod.sysctls.clone(),
         cgroup_parent: pod.cgroup_parent.clone(),
+        unified: linux.resources.as_ref().map(|r| r.unified.clone().into_iter().collect()).unwrap_or_default(),
+        hugepage_limits: linux
+            .resources
+            .iter()
+            .flat_map(|r| &r.hugepage_limits)
+            .map(|h| (h.page_size.clone(), h.limit))
+            .collect(),
         oom_score_adj: linux.resources.as_ref().map(|r| i32::try_from(r.oom_score_adj).unwrap_or(i32::MAX)),
         ..Default::default()
     })

@@ -272,6 +272,10 @@ impl pb::containers_server::Containers for Api {
             labels: r.labels.into_iter().collect(),
             start: r.start,
             limits: limits_from_pb(r.resources.unwrap_or_default()),
+            create_only: crate::resources::CreateOnly {
+                unified: r.unified.into_iter().collect(),
+                hugepages: r.hugepage_limits.into_iter().collect(),
+            },
             tty: r.tty,
             tty_size: size(r.tty_width, r.tty_height),
             stdin: r.stdin,

@@ -44,6 +44,8 @@ pub struct CreateParams {
     /// Start right after a successful create.
     pub start: bool,
     pub limits: berth_cgroups::Limits,
+    /// Cgroup v2 files and hugepage limits, set at create only.
+    pub create_only: crate::resources::CreateOnly,
     /// Give init a terminal (attach with `Attach`), of this size.
     pub tty: bool,
     pub tty_size: Option<(u32, u32)>,
@@ -282,7 +284,7 @@ impl Manager {
         };
         // A restored spec is the checkpoint's, as it was.
         if p.restore.is_none() {
-            crate::resources::apply_to_spec(&mut prepared.spec, &p.limits)?;
+            crate::resources::apply_to_spec(&mut prepared.spec, &p.limits, &p.create_only, &self.cgroups)?;
             crate::mounts::apply(&mut prepared.spec, &run, |n| self.volumes.data_dir(n))?;
             // The network whose parameters net.* would set.
             let mode = match (sandbox, p.net.mode.as_str()) {

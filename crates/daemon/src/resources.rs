@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use berth_cgroups::{ContainerStats, Limits};
+use std::collections::BTreeMap;
+
+use berth_cgroups::{ContainerStats, Hierarchies, Limits};
 use berth_model::{ContainerId, Namespace, State};
 use berth_store::ContainerRecord;
 use oci_spec::runtime::{LinuxPids, Spec};
@@ -21,8 +23,82 @@ pub fn validate(l: &Limits) -> Result<()> {
     l.validate().map_err(|e| Error::InvalidArgument(e.to_string()))
 }
 
-/// Writes the limits into a new container's spec.
-pub fn apply_to_spec(spec: &mut Spec, l: &Limits) -> Result<()> {
+/// Cgroup settings a container gets at create only (no live update).
+#[derive(Debug, Clone, Default)]
+pub struct CreateOnly {
+    /// cgroup v2 file name → value.
+    pub unified: BTreeMap<String, String>,
+    /// Page size ("2MB") → bytes.
+    pub hugepages: BTreeMap<String, u64>,
+}
+
+/// Longest `unified` value accepted.
+const MAX_UNIFIED_VALUE: usize = 4096;
+
+/// Checks the create-only settings against the host and writes them into
+/// the spec: `unified` needs a v2 host; hugepage limits are dropped where
+/// the host has no hugetlb controller (the runtime would refuse them).
+fn apply_create_only(spec: &mut Spec, c: &CreateOnly, host: &Hierarchies) -> Result<()> {
+    let invalid = |m: String| Error::InvalidArgument(m);
+    for (key, value) in &c.unified {
+        let name_ok = key.contains('.')
+            && !key.starts_with('.')
+            && !key.contains("..")
+            && key.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch));
+        if !name_ok || key.len() > 255 {
+            return Err(invalid(format!(
+                "unified key {:?} is not a cgroup file name",
+                key.chars().take(64).collect::<String>()
+            )));
+        }
+        if value.len() > MAX_UNIFIED_VALUE || value.contains(['\n', '\0']) {
+            return Err(invalid(format!(
+                "unified value for {key} must be one line of at most {MAX_UNIFIED_VALUE} bytes"
+            )));
+        }
+    }
+    for size in c.hugepages.keys() {
+        let (digits, unit) = size.split_at(size.find(|ch: char| !ch.is_ascii_digit()).unwrap_or(size.len()));
+        if digits.is_empty() || !matches!(unit, "KB" | "MB" | "GB") {
+            return Err(invalid(format!(
+                "hugepage size {:?} is not like 2MB or 1GB",
+                size.chars().take(16).collect::<String>()
+            )));
+        }
+    }
+    if !c.unified.is_empty() && !host.is_v2() {
+        return Err(Error::FailedPrecondition(
+            "unified cgroup settings need a cgroup v2 host; this host's container cgroups are v1".into(),
+        ));
+    }
+    let res =
+        spec.linux_mut().get_or_insert_with(Default::default).resources_mut().get_or_insert_with(Default::default);
+    if !c.unified.is_empty() {
+        res.set_unified(Some(c.unified.clone().into_iter().collect()));
+    }
+    if !c.hugepages.is_empty() {
+        if !host.has_controller("hugetlb") {
+            tracing::debug!("no hugetlb controller: hugepage limits not applied");
+            return Ok(());
+        }
+        let limits = c
+            .hugepages
+            .iter()
+            .map(|(size, limit)| {
+                let mut l = oci_spec::runtime::LinuxHugepageLimit::default();
+                l.set_page_size(size.clone());
+                l.set_limit(i64::try_from(*limit).unwrap_or(i64::MAX));
+                l
+            })
+            .collect();
+        res.set_hugepage_limits(Some(limits));
+    }
+    Ok(())
+}
+
+/// Writes the limits and create-only settings into a new container's spec.
+pub fn apply_to_spec(spec: &mut Spec, l: &Limits, extra: &CreateOnly, host: &Hierarchies) -> Result<()> {
+    apply_create_only(spec, extra, host)?;
     validate(l)?;
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
     let res = linux.resources_mut().get_or_insert_with(Default::default);
@@ -206,5 +282,39 @@ mod tests {
         }
         assert!(container_cgroup(&cfg, &ns, &id, &format!("/{}", "a".repeat(1100))).is_err());
         assert_eq!(container_cgroup(&cfg, &ns, &id, "/berthx").unwrap(), "/berthx/c1");
+    }
+
+    #[test]
+    fn create_only_settings_are_checked_and_follow_the_host() {
+        let v1 = Hierarchies::parse_for_tests("34 30 0:30 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory");
+        let v2 = Hierarchies::parse_for_tests("25 1 0:22 / /nonexistent-cgroup2 rw - cgroup2 cgroup2 rw");
+        let unified =
+            CreateOnly { unified: [("memory.high".to_string(), "64M".to_string())].into(), ..Default::default() };
+        let mut spec = Spec::default();
+        assert!(matches!(apply_create_only(&mut spec, &unified, &v1), Err(Error::FailedPrecondition(_))));
+        apply_create_only(&mut spec, &unified, &v2).unwrap();
+        let res = spec.linux().clone().unwrap().resources().clone().unwrap();
+        assert_eq!(res.unified().clone().unwrap()["memory.high"], "64M");
+        // No hugetlb controller: the limits are left out, not refused.
+        let huge = CreateOnly { hugepages: [("2MB".to_string(), 0)].into(), ..Default::default() };
+        let mut spec = Spec::default();
+        apply_create_only(&mut spec, &huge, &v1).unwrap();
+        assert!(spec.linux().clone().unwrap().resources().clone().unwrap().hugepage_limits().is_none());
+        for bad in ["../x", "memory", "a/b.c", ".x"] {
+            let c = CreateOnly { unified: [(bad.to_string(), "1".to_string())].into(), ..Default::default() };
+            assert!(
+                matches!(apply_create_only(&mut Spec::default(), &c, &v2), Err(Error::InvalidArgument(_))),
+                "{bad}"
+            );
+        }
+        let c = CreateOnly { unified: [("memory.high".to_string(), "1\nx".to_string())].into(), ..Default::default() };
+        assert!(matches!(apply_create_only(&mut Spec::default(), &c, &v2), Err(Error::InvalidArgument(_))));
+        for bad in ["2", "MB", "2mb", "2TB"] {
+            let c = CreateOnly { hugepages: [(bad.to_string(), 1)].into(), ..Default::default() };
+            assert!(
+                matches!(apply_create_only(&mut Spec::default(), &c, &v1), Err(Error::InvalidArgument(_))),
+                "{bad}"
+            );
+        }
     }
 }

@@ -51,6 +51,7 @@ impl CreateParams {
             labels: m.labels.clone(),
             start: true,
             limits: Default::default(),
+            create_only: Default::default(),
             tty: false,
             tty_size: None,
             stdin: false,
