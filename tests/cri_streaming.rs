@@ -119,9 +119,29 @@ fn exec_with_a_terminal_follows_resizes() {
     assert_clean(&d, &[]);
 }
 
+/// What a WebSocket session sent on each channel until it closed.
+async fn channels<S>(ws: &mut S) -> std::collections::HashMap<u8, Vec<u8>>
+where
+    S: futures_util::Stream<
+            Item = Result<tokio_tungstenite::tungstenite::Message, tokio_tungstenite::tungstenite::Error>,
+        > + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut got: std::collections::HashMap<u8, Vec<u8>> = Default::default();
+    while let Some(Ok(msg)) = ws.next().await {
+        match msg {
+            Message::Binary(b) if !b.is_empty() => got.entry(b[0]).or_default().extend_from_slice(&b[1..]),
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    got
+}
+
 #[test]
 fn exec_over_websocket_speaks_v5_channels() {
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let (d, _guard, _reg, _reference, image) = setup();
@@ -138,17 +158,7 @@ fn exec_over_websocket_speaks_v5_channels() {
         ws.send(Message::Binary(b"\x00hello\n".to_vec().into())).await.unwrap();
         // v5: stdin (channel 0) is closed.
         ws.send(Message::Binary(vec![255, 0].into())).await.unwrap();
-        let mut got: std::collections::HashMap<u8, Vec<u8>> = Default::default();
-        let read = async {
-            while let Some(Ok(msg)) = ws.next().await {
-                match msg {
-                    Message::Binary(b) if !b.is_empty() => got.entry(b[0]).or_default().extend_from_slice(&b[1..]),
-                    Message::Close(_) => break,
-                    _ => {}
-                }
-            }
-        };
-        tokio::time::timeout(LIMIT, read).await.expect("the session ended in time");
+        let got = tokio::time::timeout(LIMIT, channels(&mut ws)).await.expect("the session ended in time");
         let text = |ch: u8| String::from_utf8_lossy(got.get(&ch).map(Vec::as_slice).unwrap_or_default()).into_owned();
         assert_eq!(text(1), "got:hello\n");
         assert_eq!(text(2), "err\n");
@@ -264,7 +274,7 @@ fn port_forward_reaches_a_server_inside_the_pod() {
 
         // The same over WebSocket, kubelet's way: ports in the query, two
         // channels per port, each opening with its port (little-endian).
-        use futures_util::{SinkExt, StreamExt};
+        use futures_util::SinkExt;
         use tokio_tungstenite::tungstenite::Message;
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
         let url = c.rt.port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![8080] });
@@ -274,17 +284,7 @@ fn port_forward_reaches_a_server_inside_the_pod() {
         request.headers_mut().insert("Sec-WebSocket-Protocol", "v4.channel.k8s.io".parse().unwrap());
         let (mut ws, _) = tokio_tungstenite::connect_async(request).await.expect("WebSocket upgrade");
         ws.send(Message::Binary(b"\x00GET /index.html HTTP/1.0\r\n\r\n".to_vec().into())).await.unwrap();
-        let mut got: std::collections::HashMap<u8, Vec<u8>> = Default::default();
-        let read = async {
-            while let Some(Ok(msg)) = ws.next().await {
-                match msg {
-                    Message::Binary(b) if !b.is_empty() => got.entry(b[0]).or_default().extend_from_slice(&b[1..]),
-                    Message::Close(_) => break,
-                    _ => {}
-                }
-            }
-        };
-        tokio::time::timeout(LIMIT, read).await.expect("the session ends with its connections");
+        let got = tokio::time::timeout(LIMIT, channels(&mut ws)).await.expect("the session ends with its connections");
         let channel = |ch: u8| got.get(&ch).cloned().unwrap_or_default();
         for (ch, port) in [(0u8, 8080u16), (1, 8080), (2, 9), (3, 9)] {
             assert_eq!(channel(ch)[..2], port.to_le_bytes(), "channel {ch}");

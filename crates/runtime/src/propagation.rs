@@ -123,10 +123,9 @@ pub(crate) fn apply(bundle: &Path, pid: u32) -> Result<(), RuntimeError> {
 mod tests {
     use super::*;
 
-    const HOST: &str = "22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n\
-                        30 22 0:5 / /srv rw shared:4 - tmpfs tmpfs rw\n\
-                        31 30 0:6 / /srv/data rw master:7 - tmpfs tmpfs rw\n\
-                        32 22 0:7 / /mnt/my\\040dir rw shared:9 - tmpfs tmpfs rw\n";
+    /// A private root with a shared /srv and a slave /srv/data on it.
+    const HOST: &str = "1 0 8:1 / / rw - ext4 sda rw\n2 1 0:5 / /srv rw shared:4 - tmpfs t rw\n\
+                        3 2 0:6 / /srv/data rw master:7 - tmpfs t rw";
 
     #[test]
     fn binds_that_need_their_propagation_set() {
