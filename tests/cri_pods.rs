@@ -3,7 +3,7 @@
 //! pod's init, no pause container) and IPC namespace, the host's PID and
 //! IPC namespaces, the pod's DNS config in resolv.conf, OOM score
 //! adjustments, container cgroups below the pod's cgroup, the writable
-//! layer's usage in statistics, and mount
+//! layer's usage in statistics, masked and read-only paths, and mount
 //! propagation of volumes (None, HostToContainer, Bidirectional) against a
 //! shared host directory the test makes.
 
@@ -204,6 +204,28 @@ fn pods_share_namespaces_resolver_and_mounts_as_kubelet_asks() {
         let e = c.rt.create_container(req).await.unwrap_err();
         assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
         assert!(e.message().contains("mount --make-shared"), "{e}");
+        // Masked and read-only paths of the caller's replace the defaults;
+        // an AppArmor profile is ignored on a host without AppArmor.
+        let mut m_cfg = container_config("masked", &image, idle);
+        let sc = cri::LinuxContainerSecurityContext {
+            masked_paths: vec!["/etc/hostname".into()],
+            readonly_paths: vec!["/tmp".into()],
+            apparmor: Some(cri::SecurityProfile {
+                profile_type: cri::security_profile::ProfileType::Localhost as i32,
+                localhost_ref: "berth-test-profile".into(),
+            }),
+            ..Default::default()
+        };
+        m_cfg.linux = Some(cri::LinuxContainerConfig { security_context: Some(sc), resources: None });
+        let apparmor =
+            std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|v| v.trim() == "Y");
+        if !apparmor {
+            let m = started(&mut c, &pod, &cfg, m_cfg).await;
+            assert_eq!(sh(&mut c, &m, "cat /etc/hostname; echo end").await.0, "end");
+            assert_ne!(sh(&mut c, &m, "touch /tmp/x").await.1, 0, "/tmp is read-only");
+            assert_eq!(sh(&mut c, &m, "head -c 3 /proc/timer_list | wc -c").await.0, "3", "the default mask is replaced");
+        }
+
         // cgroup v2 settings need a v2 host.
         let mut v2_only = container_config("v2", &image, idle);
         let resources = cri::LinuxContainerResources {
@@ -222,7 +244,7 @@ fn pods_share_namespaces_resolver_and_mounts_as_kubelet_asks() {
             Ok(_) => assert!(v2_host, "unified settings taken on a v1 host"),
         }
         let all = list_containers(&mut c, Default::default()).await;
-        assert_eq!(all.len(), 3 + usize::from(v2_host), "{all:?}");
+        assert_eq!(all.len(), 3 + usize::from(!apparmor) + usize::from(v2_host), "{all:?}");
 
         for p in [pod, host_pod] {
             c.rt.stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: p.clone() }).await.unwrap();

@@ -120,6 +120,9 @@ async fn do_create(c: &mut Client, a: CreateArgs, start: bool, auto_remove: bool
         // Kubernetes' settings: CRI sets them, the CLI has no flags.
         unified: Default::default(),
         hugepage_limits: Default::default(),
+        masked_paths: Vec::new(),
+        readonly_paths: Vec::new(),
+        apparmor_profile: String::new(),
     };
     Ok(c.containers.create(req).await?.into_inner())
 }

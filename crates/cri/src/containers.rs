@@ -113,6 +113,19 @@ fn volume(m: &cri::Mount) -> Result<String, Status> {
     Ok(format!("{}:{}:{mode},{propagation}", m.host_path, m.container_path))
 }
 
+/// The AppArmor profile for berth: a `Localhost` profile's name; none for
+/// `RuntimeDefault` (berth ships no AppArmor profile) and `Unconfined`.
+/// SELinux options are not applied (berth labels nothing).
+fn apparmor(sc: &cri::LinuxContainerSecurityContext) -> Result<String, Status> {
+    use cri::security_profile::ProfileType;
+    let Some(p) = &sc.apparmor else { return Ok(String::new()) };
+    match ProfileType::try_from(p.profile_type) {
+        Ok(ProfileType::Localhost) => Ok(p.localhost_ref.clone()),
+        Ok(_) => Ok(String::new()),
+        Err(_) => Err(invalid(format!("unknown AppArmor profile type {}", p.profile_type))),
+    }
+}
+
 /// The process user for berth: `USER[:GROUP]` from CRI's security context.
 fn user(sc: &cri::LinuxContainerSecurityContext) -> String {
     let group = sc.run_as_group.as_ref().map(|g| format!(":{}", g.value)).unwrap_or_default();
@@ -198,6 +211,9 @@ fn create_request(
             .map(|d| format!("{}:{}:{}", d.host_path, d.container_path, d.permissions))
             .collect(),
         seccomp: seccomp(sc.seccomp.as_ref())?,
+        masked_paths: sc.masked_paths.clone(),
+        readonly_paths: sc.readonly_paths.clone(),
+        apparmor_profile: apparmor(&sc)?,
         no_new_privileges: sc.no_new_privs,
         volumes: config.mounts.iter().map(volume).collect::<Result<_, _>>()?,
         read_only: sc.readonly_rootfs,

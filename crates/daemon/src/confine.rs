@@ -26,6 +26,13 @@ pub struct Security {
     /// Empty: the default profile; "unconfined"; or an OCI seccomp JSON.
     pub seccomp: String,
     pub no_new_privileges: bool,
+    /// Paths masked / made read-only instead of the defaults (empty: the
+    /// defaults; a privileged container gets none either way).
+    pub masked_paths: Vec<String>,
+    pub readonly_paths: Vec<String>,
+    /// An AppArmor profile loaded on the host (empty: none); ignored with a
+    /// note where the host has no AppArmor.
+    pub apparmor: String,
 }
 
 impl Security {
@@ -37,7 +44,53 @@ impl Security {
             && self.devices.is_empty()
             && self.seccomp.is_empty()
             && !self.no_new_privileges
+            && self.masked_paths.is_empty()
+            && self.readonly_paths.is_empty()
+            && self.apparmor.is_empty()
     }
+}
+
+/// Paths a request may mask or make read-only.
+const MAX_PATHS: usize = 256;
+
+/// Checked masked or read-only paths: absolute, no `..`, one line each.
+fn paths(what: &str, given: &[String], defaults: &[&str]) -> Result<Vec<String>> {
+    if given.is_empty() {
+        return Ok(defaults.iter().map(|p| p.to_string()).collect());
+    }
+    if given.len() > MAX_PATHS {
+        return Err(invalid(format!("at most {MAX_PATHS} {what} paths")));
+    }
+    for p in given {
+        let bad = !p.starts_with('/') || p.len() > 4096 || p.contains(['\0', '\n']) || p.split('/').any(|c| c == "..");
+        if bad {
+            return Err(invalid(format!(
+                "{what} path {:?} must be absolute, without '..'",
+                p.chars().take(80).collect::<String>()
+            )));
+        }
+    }
+    Ok(given.to_vec())
+}
+
+/// The AppArmor profile to give the process: `None` where the host has no
+/// AppArmor (a note is logged) or none is asked for.
+fn apparmor(profile: &str) -> Result<Option<String>> {
+    if profile.is_empty() {
+        return Ok(None);
+    }
+    if profile.len() > 255 || !profile.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(invalid(format!(
+            "AppArmor profile {:?} is not a profile name",
+            profile.chars().take(80).collect::<String>()
+        )));
+    }
+    let enabled = std::fs::read_to_string("/sys/module/apparmor/parameters/enabled").is_ok_and(|v| v.trim() == "Y");
+    if !enabled {
+        tracing::info!(profile, "AppArmor profile ignored: this host has no AppArmor");
+        return Ok(None);
+    }
+    Ok(Some(profile.to_string()))
 }
 
 fn invalid(msg: impl Into<String>) -> Error {
@@ -341,6 +394,9 @@ pub fn apply(spec: &mut Spec, s: &Security) -> Result<()> {
     lc.set_ambient(None);
     process.set_capabilities(Some(lc));
     process.set_no_new_privileges(s.no_new_privileges.then_some(true));
+    process.set_apparmor_profile(apparmor(&s.apparmor)?);
+    let (masked, readonly) =
+        (paths("masked", &s.masked_paths, MASKED_PATHS)?, paths("read-only", &s.readonly_paths, READONLY_PATHS)?);
 
     if s.privileged
         && let Some(mounts) = spec.mounts_mut()
@@ -353,9 +409,8 @@ pub fn apply(spec: &mut Spec, s: &Security) -> Result<()> {
         }
     }
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
-    let list = |paths: &[&str]| (!s.privileged).then(|| paths.iter().map(|p| p.to_string()).collect());
-    linux.set_masked_paths(list(MASKED_PATHS));
-    linux.set_readonly_paths(list(READONLY_PATHS));
+    linux.set_masked_paths((!s.privileged).then_some(masked));
+    linux.set_readonly_paths((!s.privileged).then_some(readonly));
     linux.set_devices((!devices.is_empty()).then_some(devices));
     linux.resources_mut().get_or_insert_with(Default::default).set_devices(Some(rules));
     linux.set_seccomp(profile);
@@ -412,6 +467,18 @@ mod tests {
         let mut spec = Spec::default();
         apply(&mut spec, &Security { cap_drop: vec!["ALL".into()], ..Default::default() }).unwrap();
         assert!(caps_of(&spec).is_empty());
+
+        // Lists of the caller's replace the default ones.
+        let mut spec = Spec::default();
+        let s = Security {
+            masked_paths: vec!["/proc/kcore".into(), "/secret".into()],
+            readonly_paths: vec!["/proc/sys".into()],
+            ..Default::default()
+        };
+        apply(&mut spec, &s).unwrap();
+        let linux = spec.linux().as_ref().unwrap();
+        assert_eq!(linux.masked_paths().clone().unwrap(), ["/proc/kcore", "/secret"]);
+        assert_eq!(linux.readonly_paths().clone().unwrap(), ["/proc/sys"]);
     }
 
     #[test]
@@ -444,6 +511,10 @@ mod tests {
             Security { devices: vec!["relative".into()], ..Default::default() },
             Security { devices: vec!["/dev/null:/dev/../../etc/x".into()], ..Default::default() },
             Security { seccomp: "{not json".into(), ..Default::default() },
+            Security { masked_paths: vec!["relative".into()], ..Default::default() },
+            Security { readonly_paths: vec!["/proc/../etc".into()], ..Default::default() },
+            Security { masked_paths: vec!["/a\nb".into()], ..Default::default() },
+            Security { apparmor: "two words".into(), ..Default::default() },
             Security {
                 seccomp: r#"{"defaultAction":"SCMP_ACT_ERRNO","archMap":[],"syscalls":[]}"#.into(),
                 ..Default::default()
