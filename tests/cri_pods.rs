@@ -223,7 +223,11 @@ fn pods_share_namespaces_resolver_and_mounts_as_kubelet_asks() {
             let m = started(&mut c, &pod, &cfg, m_cfg).await;
             assert_eq!(sh(&mut c, &m, "cat /etc/hostname; echo end").await.0, "end");
             assert_ne!(sh(&mut c, &m, "touch /tmp/x").await.1, 0, "/tmp is read-only");
-            assert_eq!(sh(&mut c, &m, "head -c 3 /proc/timer_list | wc -c").await.0, "3", "the default mask is replaced");
+            assert_eq!(
+                sh(&mut c, &m, "head -c 3 /proc/timer_list | wc -c").await.0,
+                "3",
+                "the default mask is replaced"
+            );
         }
 
         // cgroup v2 settings need a v2 host.

@@ -265,7 +265,8 @@ impl Manager {
         let net = crate::network::NetOptions { pin: p.net.pin || runtime != "embedded", ..p.net.clone() };
         let network = self.plan_network(&p.namespace, &p.id, &net, is_bundle, sandbox)?;
         crate::manager::lock(&self.removed).forget(&p.namespace, &p.id);
-        let cgroup = crate::resources::container_cgroup(&self.cfg, &p.namespace, &p.id, &p.cgroup_parent)?;
+        let cgroup =
+            crate::resources::container_cgroup(&self.cfg, &self.cgroups, &p.namespace, &p.id, &p.cgroup_parent)?;
         let (mut prepared, mut image) = if let Some(from) = &p.restore {
             self.prepare_restore(&p, from, &cgroup)?
         } else if p.image.is_empty() {

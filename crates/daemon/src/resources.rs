@@ -43,6 +43,7 @@ fn apply_create_only(spec: &mut Spec, c: &CreateOnly, host: &Hierarchies) -> Res
     for (key, value) in &c.unified {
         let name_ok = key.contains('.')
             && !key.starts_with('.')
+            && !key.starts_with("cgroup.")
             && !key.contains("..")
             && key.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.-".contains(ch));
         if !name_ok || key.len() > 255 {
@@ -59,7 +60,7 @@ fn apply_create_only(spec: &mut Spec, c: &CreateOnly, host: &Hierarchies) -> Res
     }
     for size in c.hugepages.keys() {
         let (digits, unit) = size.split_at(size.find(|ch: char| !ch.is_ascii_digit()).unwrap_or(size.len()));
-        if digits.is_empty() || !matches!(unit, "KB" | "MB" | "GB") {
+        if digits.parse::<u64>().is_ok_and(|n| n == 0) || digits.is_empty() || !matches!(unit, "KB" | "MB" | "GB") {
             return Err(invalid(format!(
                 "hugepage size {:?} is not like 2MB or 1GB",
                 size.chars().take(16).collect::<String>()
@@ -133,8 +134,15 @@ const MAX_CGROUP_PARENT: usize = 1024;
 /// Container `id`'s cgroup: `PARENT/ID` for a parent the create names
 /// (absolute cgroupfs path of letters, digits, `_.:-` components, not
 /// inside berthd's own parent, whose layout berthd owns), else berthd's
-/// `<--cgroup-parent>/<namespace>/<id>`.
-pub(crate) fn container_cgroup(cfg: &Config, ns: &Namespace, id: &ContainerId, parent: &str) -> Result<String> {
+/// `<--cgroup-parent>/<namespace>/<id>`. A cgroup that exists already is
+/// refused.
+pub(crate) fn container_cgroup(
+    cfg: &Config,
+    host: &Hierarchies,
+    ns: &Namespace,
+    id: &ContainerId,
+    parent: &str,
+) -> Result<String> {
     if parent.is_empty() {
         return Ok(cfg.cgroup_path(ns, id));
     }
@@ -155,7 +163,13 @@ pub(crate) fn container_cgroup(cfg: &Config, ns: &Namespace, id: &ContainerId, p
     if trimmed == own || trimmed.starts_with(&format!("{own}/")) {
         return Err(invalid(&format!("is inside berthd's own cgroup parent {own}, whose layout berthd keeps")));
     }
-    Ok(format!("{trimmed}/{id}"))
+    let cgroup = format!("{trimmed}/{id}");
+    // Recovery and delete kill what is in a container's cgroup: never one
+    // that was there before it.
+    if !host.existing(&cgroup).is_empty() {
+        return Err(Error::FailedPrecondition(format!("cgroup {cgroup} exists already: a container needs a new one")));
+    }
+    Ok(cgroup)
 }
 
 impl Manager {
@@ -271,6 +285,9 @@ mod tests {
             criu: "criu".into(),
         };
         let (ns, id) = (Namespace::new("k8s.io").unwrap(), ContainerId::new("c1").unwrap());
+        let host = Hierarchies::parse_for_tests("34 30 0:30 / /nonexistent-berth-cgroup rw - cgroup cgroup rw,memory");
+        let container_cgroup =
+            |cfg: &Config, ns: &Namespace, id: &ContainerId, parent: &str| container_cgroup(cfg, &host, ns, id, parent);
         assert_eq!(container_cgroup(&cfg, &ns, &id, "").unwrap(), "berth/k8s.io/c1");
         assert_eq!(
             container_cgroup(&cfg, &ns, &id, "/kubepods/burstable/pod-1:a/").unwrap(),
@@ -300,7 +317,7 @@ mod tests {
         let mut spec = Spec::default();
         apply_create_only(&mut spec, &huge, &v1).unwrap();
         assert!(spec.linux().clone().unwrap().resources().clone().unwrap().hugepage_limits().is_none());
-        for bad in ["../x", "memory", "a/b.c", ".x"] {
+        for bad in ["../x", "memory", "a/b.c", ".x", "cgroup.procs", "cgroup.kill"] {
             let c = CreateOnly { unified: [(bad.to_string(), "1".to_string())].into(), ..Default::default() };
             assert!(
                 matches!(apply_create_only(&mut Spec::default(), &c, &v2), Err(Error::InvalidArgument(_))),
@@ -309,7 +326,7 @@ mod tests {
         }
         let c = CreateOnly { unified: [("memory.high".to_string(), "1\nx".to_string())].into(), ..Default::default() };
         assert!(matches!(apply_create_only(&mut Spec::default(), &c, &v2), Err(Error::InvalidArgument(_))));
-        for bad in ["2", "MB", "2mb", "2TB"] {
+        for bad in ["2", "MB", "2mb", "2TB", "0KB"] {
             let c = CreateOnly { hugepages: [(bad.to_string(), 1)].into(), ..Default::default() };
             assert!(
                 matches!(apply_create_only(&mut Spec::default(), &c, &v1), Err(Error::InvalidArgument(_))),

@@ -265,6 +265,7 @@ impl Manager {
             rec.state = rec.state.apply(SandboxOp::LoseShim)?;
         }
         rec.state = rec.state.apply(SandboxOp::StartShim)?;
+        self.pin_sandbox_ipc(&rec)?;
         let client = self.spawn_sandbox_shim(&mut rec).await?;
         if let Err(e) = self.store.put_sandbox(&rec) {
             let _ = client.shutdown(&shim_id(id)).await;
@@ -419,6 +420,10 @@ impl Manager {
             // one berthd started before dying counts).
             Ok(mut client) if args.matches(client.pid) => {
                 client.shared = true;
+                // A crash may have come between a pin's removal and its bind.
+                if let Err(e) = self.pin_sandbox_pid(&rec, &client).await {
+                    tracing::warn!(%ns, %id, "pinning the sandbox's PID namespace again: {e}");
+                }
                 if rec.shim.pid != client.pid || rec.state != SandboxState::Ready {
                     if rec.state == SandboxState::NotReady {
                         rec.state = rec.state.apply(SandboxOp::StartShim)?;

@@ -43,6 +43,15 @@ fn pin_path(cfg: &Config, ns: &Namespace, id: &SandboxId, kind: NsKind) -> PathB
     cfg.sandbox_ns_pin(ns, id, ext)
 }
 
+/// Whether process `pid` is PID 1 of a namespace of its own and a child of
+/// `parent` (a shim's pod init, not a pid reused by another process).
+fn is_init_of_child(pid: u32, parent: u32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).unwrap_or_default();
+    let nspid: Vec<&str> = field("NSpid:").split_whitespace().collect();
+    field("PPid:") == parent.to_string() && nspid.len() >= 2 && nspid.last() == Some(&"1")
+}
+
 /// Sets a sandbox member's IPC and PID namespaces: the sandbox's pins, the
 /// host's, or (container) the spec's own.
 pub(crate) fn join(spec: &mut Spec, cfg: &Config, rec: &SandboxRecord) -> Result<()> {
@@ -57,10 +66,12 @@ pub(crate) fn join(spec: &mut Spec, cfg: &Config, rec: &SandboxRecord) -> Result
 }
 
 impl Manager {
-    /// Makes the sandbox's IPC namespace if its containers share one (a
-    /// pin left by a crash is replaced).
+    /// Makes the sandbox's IPC namespace if its containers share one and
+    /// its pin holds none (new, or lost with a reboot).
     pub(crate) fn pin_sandbox_ipc(&self, rec: &SandboxRecord) -> Result<()> {
-        if rec.ipc != NsShare::Pod {
+        let held =
+            |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC);
+        if rec.ipc != NsShare::Pod || held(&pin_path(&self.cfg, &rec.namespace, &rec.id, NsKind::Ipc)) {
             return Ok(());
         }
         let path = self.pin_ready(rec, NsKind::Ipc)?;
@@ -78,8 +89,24 @@ impl Manager {
             let message = format!("the shim of sandbox {} holds no PID namespace", rec.id);
             return Err(Error::Shim { code: Code::FailedPrecondition, message }.at("pid namespace"));
         }
+        let refuse = |why: &str| {
+            let message =
+                format!("the shim of sandbox {} named process {init} as its PID namespace's init, {why}", rec.id);
+            Error::Shim { code: Code::FailedPrecondition, message }.at("pid namespace")
+        };
+        if !is_init_of_child(init, client.pid) {
+            return Err(refuse("which is not PID 1 of a namespace of the shim's child"));
+        }
         let path = self.pin_ready(rec, NsKind::Pid)?;
-        pin::bind_process(&path, init, NsKind::Pid).map_err(|e| Error::from(e).at("pid namespace"))
+        pin::bind_process(&path, init, NsKind::Pid).map_err(|e| Error::from(e).at("pid namespace"))?;
+        // The pid could have been reused between the check and the bind:
+        // never pin berthd's own (the host's) PID namespace.
+        let inode = |p: &Path| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).ok();
+        if inode(&path).is_none() || inode(&path) == inode(Path::new("/proc/self/ns/pid")) {
+            let _ = pin::remove(&path);
+            return Err(refuse("whose namespace turned out to be the host's"));
+        }
+        Ok(())
     }
 
     /// The pin's path, its directory ready and any old pin gone.

@@ -8,7 +8,8 @@
 //!
 //! Once the container is created (its init waits for start, its root
 //! pivoted), a short-lived child enters the container's mount namespace and
-//! sets each such mount's propagation, as runc does after its bind. Mounts
+//! sets each such mount's propagation, as runc does after its bind; paths
+//! resolve inside the container's root (see [`set_all`]). Mounts
 //! whose host source is private already and that ask for private are left
 //! alone, so the common case costs no fork.
 
@@ -66,6 +67,74 @@ fn wanted(spec: &Value, host_mountinfo: &str) -> Vec<(PathBuf, MsFlags)> {
     out
 }
 
+/// `struct open_how` of openat2(2).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// In the container's mount namespace (the forked child): sets each
+/// target's propagation. A target is resolved inside the container's root
+/// with no magic link followed (RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS),
+/// so neither a symlink in the image nor /proc/1/root of a shared or the
+/// host's PID namespace can lead the call to a mount outside it; the mount
+/// is then changed through its descriptor (mount_setattr). Only system
+/// calls: returns the exit code.
+fn set_all(targets: &[(CString, MsFlags)]) -> i32 {
+    // SAFETY: open(2) of a constant path.
+    let root = unsafe { libc::open(c"/".as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if root < 0 {
+        return 2;
+    }
+    let how = OpenHow {
+        flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    for (target, flags) in targets {
+        // SAFETY: openat2(2) with a NUL-terminated path and a filled open_how.
+        let fd = unsafe {
+            libc::syscall(libc::SYS_openat2, root, target.as_ptr(), &how as *const OpenHow, size_of::<OpenHow>())
+        } as i32;
+        if fd < 0 {
+            return 3;
+        }
+        // c_ulong is u64 here, not on every target.
+        #[allow(clippy::useless_conversion)]
+        let propagation = u64::from((*flags & !MsFlags::MS_REC).bits());
+        let attr = MountAttr { attr_set: 0, attr_clr: 0, propagation, userns_fd: 0 };
+        let at = libc::AT_EMPTY_PATH | if flags.contains(MsFlags::MS_REC) { libc::AT_RECURSIVE } else { 0 };
+        // SAFETY: mount_setattr(2) on our descriptor with a filled mount_attr.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                fd,
+                c"".as_ptr(),
+                at,
+                &attr as *const MountAttr,
+                size_of::<MountAttr>(),
+            )
+        };
+        // SAFETY: closes the descriptor just opened.
+        unsafe { libc::close(fd) };
+        if r != 0 {
+            return 4;
+        }
+    }
+    0
+}
+
 /// Sets the propagation the spec in `bundle` asks for on the bind mounts
 /// of the container whose init is `pid`.
 pub(crate) fn apply(bundle: &Path, pid: u32) -> Result<(), RuntimeError> {
@@ -87,23 +156,14 @@ pub(crate) fn apply(bundle: &Path, pid: u32) -> Result<(), RuntimeError> {
         .filter_map(|(dest, flags)| CString::new(dest.as_os_str().as_encoded_bytes()).ok().map(|c| (c, *flags)))
         .collect();
     // SAFETY: the child makes only async-signal-safe system calls (setns,
-    // mount, _exit) on data prepared above, whatever threads the caller has.
+    // open, openat2, mount_setattr, close, _exit) on data prepared above,
+    // whatever threads the caller has.
     match unsafe { fork() }.map_err(|e| io("fork", e.into()))? {
         ForkResult::Child => {
-            let mut code = 0;
-            if nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNS).is_err() {
-                code = 1;
-            } else {
-                for (target, flags) in &targets {
-                    // SAFETY: mount(2) with NUL-terminated paths and no data.
-                    let r = unsafe {
-                        libc::mount(std::ptr::null(), target.as_ptr(), std::ptr::null(), flags.bits(), std::ptr::null())
-                    };
-                    if r != 0 {
-                        code = 2;
-                    }
-                }
-            }
+            let code = match nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNS) {
+                Ok(()) => set_all(&targets),
+                Err(_) => 1,
+            };
             // SAFETY: ends the child without running the parent's destructors.
             unsafe { libc::_exit(code) }
         }

@@ -158,7 +158,7 @@ fn main() {
     }
 }
 
-async fn serve(args: Args, pod_init: Option<u32>) -> Result<(), String> {
+async fn serve(args: Args, pod_init: Option<podinit::PodInit>) -> Result<(), String> {
     // SAFETY: berthd passes a bound, listening unix socket as LISTEN_FD and
     // nothing else in this process owns that descriptor.
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTEN_FD) };
@@ -180,8 +180,11 @@ async fn serve(args: Args, pod_init: Option<u32>) -> Result<(), String> {
     let runtime = berth_runtime::Isolated::new(runtime);
     let events = args.ttrpc_address.as_deref().map(|a| Arc::new(events::Publisher::spawn(a, args.namespace.clone())));
     let mut shim = tasks::Shim::new(args.namespace, args.id, args.sandbox, socket.clone(), runtime, events.clone());
-    shim.pod_init = pod_init;
+    shim.pod_init = pod_init.as_ref().map(|p| p.pid);
     let shim = Arc::new(shim);
+    if let Some(init) = pod_init {
+        podinit::watch(init, shim.clone()).map_err(|e| format!("watch the pod's init: {e}"))?;
+    }
     let (tracked, spawning) = shim.processes();
     reaper::spawn(tracked, spawning).map_err(|e| format!("reaper: {e}"))?;
 

@@ -94,7 +94,15 @@ pub(super) async fn serve(
                 continue;
             }
         };
-        while forwards.try_join_next().is_some() {}
+        let mut ended = false;
+        while forwards.try_join_next().is_some() {
+            ended = true;
+        }
+        // A forward that ended while this event came in may have been the
+        // last one.
+        if websocket && ended && forwards.is_empty() && pairs.is_empty() {
+            break;
+        }
         match event {
             Event::Stream { id, headers } => {
                 let request = spdy::header(&headers, "requestid").unwrap_or_default().to_string();
