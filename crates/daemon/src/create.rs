@@ -295,13 +295,7 @@ impl Manager {
             };
             crate::sysctl::apply(&mut prepared.spec, &p.sysctls, is_bundle, mode)?;
             if let Some(sandbox) = sandbox {
-                if run.host_pid || run.host_ipc {
-                    return Err(Error::InvalidArgument(format!(
-                        "a container in sandbox {} has the sandbox's PID and IPC namespaces: give --pid and --ipc to `berth sandbox create`",
-                        sandbox.id
-                    )));
-                }
-                crate::sandbox_ns::join(&mut prepared.spec, &self.cfg, sandbox)?;
+                crate::sandbox_ns::join(&mut prepared.spec, &self.cfg, sandbox, &run)?;
             }
         }
         if let Some(image) = image.as_mut() {

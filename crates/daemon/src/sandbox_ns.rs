@@ -27,6 +27,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::manager::Manager;
+use crate::mounts::Checked;
 use crate::shim::ShimClient;
 use crate::spec::set_namespace;
 
@@ -53,8 +54,15 @@ fn is_init_of_child(pid: u32, parent: u32) -> bool {
 }
 
 /// Sets a sandbox member's IPC and PID namespaces: the sandbox's pins, the
-/// host's, or (container) the spec's own.
-pub(crate) fn join(spec: &mut Spec, cfg: &Config, rec: &SandboxRecord) -> Result<()> {
+/// host's, or (container) the spec's own. The member's own `--pid`/`--ipc`
+/// are refused: they are the sandbox's.
+pub(crate) fn join(spec: &mut Spec, cfg: &Config, rec: &SandboxRecord, run: &Checked) -> Result<()> {
+    if run.host_pid || run.host_ipc {
+        return Err(Error::InvalidArgument(format!(
+            "a container in sandbox {} has the sandbox's PID and IPC namespaces: give --pid and --ipc to `berth sandbox create`",
+            rec.id
+        )));
+    }
     for (typ, kind, _) in KINDS {
         match mode(rec, kind) {
             NsShare::Container => {}
