@@ -165,6 +165,9 @@ pub fn watch(init: PodInit, shim: Arc<Shim>) -> std::io::Result<()> {
         t.insert(init.pid);
     }
     tokio::spawn(async move {
+        // The whole value, pipe end included, lives as long as the watch
+        // (a closure would capture only the pid).
+        let init = init;
         loop {
             let Ok(mut guard) = afd.readable().await else { break };
             match waitid(Id::PIDFd(afd.get_ref().as_fd()), WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG) {
