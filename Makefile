@@ -5,7 +5,10 @@ CARGO ?= cargo
 # System packages berth needs to build, run and be tested against peers.
 APT_PACKAGES := busybox-static runc containerd protobuf-compiler libseccomp-dev pkg-config bsdutils gcc libc6-dev docker-registry containernetworking-plugins iptables
 
-.PHONY: deps build release demo test lint unit e2e chaos bench clean criu
+.PHONY: deps build release demo test lint unit e2e chaos bench clean criu install
+
+# Where `make install` puts binaries, completions and man pages.
+PREFIX ?= /usr/local
 
 deps:
 	@command -v $(CARGO) >/dev/null || { echo "cargo (Rust >= 1.95) is required: https://rustup.rs"; exit 1; }
@@ -21,6 +24,9 @@ release: deps
 
 demo: release
 	bash scripts/demo.sh
+
+install: release
+	bash scripts/install.sh "$(DESTDIR)$(PREFIX)" target/release
 
 lint: deps
 	$(CARGO) fmt --all -- --check

@@ -5,6 +5,7 @@ mod auth;
 mod checkpoints;
 mod client;
 mod commands;
+mod generate;
 mod image_admin;
 mod images;
 mod limits;
@@ -353,6 +354,14 @@ enum Command {
     },
     /// Forget a registry's stored credentials.
     Logout { registry: String },
+    /// Print a shell completion script (bash, zsh, fish, elvish or
+    /// powershell), e.g. `berth completion bash > /etc/bash_completion.d/berth`.
+    Completion { shell: clap_complete::Shell },
+    /// Write man pages (berth.1 and one per subcommand) into a directory.
+    Man {
+        #[arg(long)]
+        dir: PathBuf,
+    },
     /// berthd's own figures: phases.
     System {
         #[command(subcommand)]
@@ -430,6 +439,8 @@ async fn dispatch(cli: Cli) -> Result<i32, client::Failure> {
             return auth::login(username, password_stdin, registry);
         }
         Command::Logout { registry } => return auth::logout(registry),
+        Command::Completion { shell } => return generate::completion(shell),
+        Command::Man { dir } => return generate::man(&dir),
         _ => {}
     }
     let mut c = client::connect(cli.socket, cli.namespace).await?;
@@ -465,7 +476,7 @@ async fn dispatch(cli: Cli) -> Result<i32, client::Failure> {
         Command::Rmi { force, refs } => images::rmi(&mut c, refs, force).await,
         Command::Image { cmd } => image_admin::run(&mut c, cmd).await,
         Command::Tag { source, target } => image_admin::tag(&mut c, source, target).await,
-        Command::Login { .. } | Command::Logout { .. } => Ok(0),
+        Command::Login { .. } | Command::Logout { .. } | Command::Completion { .. } | Command::Man { .. } => Ok(0),
         Command::Volume { cmd } => volumes::run(&mut c, cmd).await,
         Command::Sandbox { cmd } => sandboxes::run(&mut c, cmd).await,
         Command::Checkpoint { cmd, args } => checkpoints::run(&mut c, cmd, args).await,

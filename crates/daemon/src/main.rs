@@ -117,7 +117,7 @@ struct Args {
     network_subnet: String,
     /// The Kubernetes CRI v1 socket (mode 0600) kubelet and crictl talk
     /// to; an empty value serves no CRI.
-    #[arg(long, default_value = "/run/berth/cri.sock")]
+    #[arg(long, default_value = "/run/berth/cri.sock", value_parser = path_or_empty)]
     cri_socket: PathBuf,
     /// Where CRI's streaming server (exec, attach, port-forward URLs)
     /// listens: a loopback address; port 0 picks a free one.
@@ -127,6 +127,55 @@ struct Args {
     /// /opt/berth/criu/bin/criu, if present; else `criu` on PATH).
     #[arg(long)]
     criu: Option<PathBuf>,
+    /// What berthd logs (to stderr): error, warn, info, debug or trace, or
+    /// a tracing filter such as `info,berthd=debug`.
+    #[arg(long, env = "BERTH_LOG", default_value = "info")]
+    log_level: String,
+    /// How it logs: text (for people) or json (one object per line).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Print berthd's man page (roff) and exit.
+    #[arg(long, hide = true)]
+    man_page: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A path that may be empty (clap's own path parser refuses "").
+fn path_or_empty(s: &str) -> Result<PathBuf, String> {
+    Ok(PathBuf::from(s))
+}
+
+const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// The log filter `--log-level` names: one of [`LEVELS`] or
+/// comma-separated `TARGET=LEVEL` directives (a bare word that is no level
+/// would silently name a target instead).
+fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    let bad = |why: &str| format!("--log-level {level:?}: {why} (use one of {LEVELS:?}, or TARGET=LEVEL,…)");
+    for directive in level.split(',') {
+        let (target, lvl) = directive.split_once('=').unwrap_or(("", directive));
+        let target_ok = target.chars().all(|c| c.is_ascii_alphanumeric() || "_:".contains(c));
+        if !LEVELS.contains(&lvl.to_ascii_lowercase().as_str()) || !target_ok {
+            return Err(bad(&format!("{directive:?} is not a level")));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(level).map_err(|e| bad(&e.to_string()))
+}
+
+/// Sends berthd's logs to stderr at `level`, as text or JSON lines.
+fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
+    let filter = log_filter(level)?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    Ok(())
 }
 
 /// What `make criu` installs.
@@ -145,11 +194,19 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 pub use berth_model::now_ns;
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
     let args = Args::parse();
+    if args.man_page {
+        let page = clap_mangen::Man::new(<Args as clap::CommandFactory>::command()).section("8");
+        if let Err(e) = page.render(&mut std::io::stdout()) {
+            eprintln!("berthd: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if let Err(e) = init_logging(&args.log_level, args.log_format) {
+        eprintln!("berthd: {e}");
+        std::process::exit(2);
+    }
     // Two malloc arenas, not eight per core: berthd's threads are tokio's
     // two workers and short-lived blocking threads, and each arena keeps
     // freed memory of its own (about a megabyte more RSS with 1,000
@@ -351,5 +408,25 @@ async fn run(args: Args) -> Result<(), String> {
         Ok(Ok(r)) => r.map_err(|e| format!("serve: {e}")),
         Ok(Err(e)) => Err(format!("server task: {e}")),
         Err(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_empty_cri_socket_turns_cri_off() {
+        use clap::Parser;
+        let args = super::Args::try_parse_from(["berthd", "--cri-socket", ""]).expect("an empty value parses");
+        assert!(args.cri_socket.as_os_str().is_empty());
+    }
+
+    #[test]
+    fn log_levels_are_levels_or_target_directives() {
+        for good in ["debug", "WARN", "info,berthd=trace", "berth_cri::streaming=debug"] {
+            assert!(super::log_filter(good).is_ok(), "{good}");
+        }
+        for bad in ["", "verbose", "no such level!", "berthd=loud", "info,=x", "a b=info"] {
+            assert!(super::log_filter(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -1,0 +1,90 @@
+//! Operability (issue 17 items 3 and 5): `scripts/install.sh` (what `make
+//! install` runs) lays out the binaries, shell completions and man pages
+//! under a prefix, generated from the CLI's own definitions; berthd logs
+//! JSON lines with `--log-format json` and refuses a bad `--log-level`.
+
+use std::path::Path;
+use std::process::Command;
+
+use berth_testing::{Daemon, bin_path};
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn install_lays_out_binaries_completions_and_man_pages() {
+    let prefix = tempfile::tempdir().unwrap();
+    let bins = bin_path("berth").parent().unwrap().to_path_buf();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/install.sh");
+    let out = Command::new("bash").arg(&script).arg(prefix.path()).arg(&bins).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let p = prefix.path();
+    for b in ["berth", "berthd", "berth-shim", "berth-logger", "containerd-shim-berth-v1"] {
+        let meta = std::fs::metadata(p.join("bin").join(b)).unwrap();
+        assert!(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o111 != 0, "{b}");
+    }
+    // Completions: bash parses it, and they know the subcommands.
+    let bash = p.join("share/bash-completion/completions/berth");
+    let check = Command::new("bash").arg("-n").arg(&bash).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    assert!(read(&bash).contains("sandbox") && read(&bash).contains("--oom-score-adj"));
+    assert!(read(&p.join("share/zsh/site-functions/_berth")).starts_with("#compdef berth"));
+    assert!(read(&p.join("share/fish/vendor_completions.d/berth.fish")).contains("complete -c berth"));
+    // Man pages: berth(1), one per subcommand, berthd(8).
+    let man1 = p.join("share/man/man1");
+    for page in ["berth.1", "berth-run.1", "berth-sandbox.1"] {
+        assert!(read(&man1.join(page)).contains(".TH"), "{page}");
+    }
+    assert!(read(&man1.join("berth-run.1")).contains("oom\\-score\\-adj"));
+    let berthd = read(&p.join("share/man/man8/berthd.8"));
+    assert!(berthd.contains(".TH berthd 8") && berthd.contains("cri\\-socket"), "{berthd}");
+    // Nothing to install from: a clear error.
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new("bash").arg(&script).arg(prefix.path()).arg(empty.path()).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("build first"), "{out:?}");
+    // A shell berth does not know.
+    let out = Command::new(bins.join("berth")).args(["completion", "tcsh"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn berthd_logs_json_lines_when_asked() {
+    let d = Daemon::start_with(&["--log-format", "json", "--log-level", "info"]);
+    d.berth(&["ps"]).ok();
+    let log = d.log();
+    let lines: Vec<&str> = log.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in &lines {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{v}");
+    }
+    // Refused before berthd touches anything (its directories are the
+    // test's anyway, should it not be).
+    for bad in ["no such level!", "verbose", "berthd=loud", "info,=x"] {
+        let dir = d.dir().join("refused");
+        let mut child = Command::new(bin_path("berthd"))
+            .args(["--root", &dir.join("root").to_string_lossy(), "--state", &dir.join("state").to_string_lossy()])
+            .args(["--socket", &dir.join("s.sock").to_string_lossy(), "--cri-socket="])
+            .args(["--log-level", bad])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("berthd started with --log-level {bad:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert_eq!(status.code(), Some(2), "{bad}: {err}");
+        assert!(err.contains("--log-level") && !dir.join("root").exists(), "{bad}: {err}");
+    }
+}
