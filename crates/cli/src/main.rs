@@ -357,6 +357,11 @@ enum Command {
     /// Print a shell completion script (bash, zsh, fish, elvish or
     /// powershell), e.g. `berth completion bash > /etc/bash_completion.d/berth`.
     Completion { shell: clap_complete::Shell },
+    /// This client's and berthd's versions.
+    Version {
+        #[arg(long)]
+        json: bool,
+    },
     /// Write man pages (berth.1 and one per subcommand) into a directory.
     Man {
         #[arg(long)]
@@ -482,6 +487,7 @@ async fn dispatch(cli: Cli) -> Result<i32, client::Failure> {
         Command::Checkpoint { cmd, args } => checkpoints::run(&mut c, cmd, args).await,
         Command::Restore(args) => checkpoints::restore(&mut c, args).await,
         Command::Network { cmd } => networks::run(&mut c, cmd).await,
+        Command::Version { json } => system::version(&mut c, json).await,
         Command::System { cmd } => system::run(&mut c, cmd).await,
         Command::Events { json, types, id, since, no_follow } => {
             cmd::events(&mut c, cmd::EventsArgs { json, types, id, since, no_follow }).await

@@ -290,3 +290,15 @@ mod tests {
         assert_eq!(v["rootfs"], "/r\x1b");
     }
 }
+
+/// A byte count for people: 1.5KiB, 20.0MiB.
+pub fn bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1}{}", UNITS[u])
+}

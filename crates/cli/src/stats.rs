@@ -46,20 +46,9 @@ fn json_of(s: &pb::ContainerStats) -> serde_json::Value {
     })
 }
 
-fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    format!("{v:.1}{}", UNITS[u])
-}
-
 /// Limits near u64::MAX mean "none".
 fn limit(l: u64) -> String {
-    if l == 0 || l >= 1 << 62 { "-".to_string() } else { human(l) }
+    if l == 0 || l >= 1 << 62 { "-".to_string() } else { crate::output::bytes(l) }
 }
 
 fn table(now: &[pb::ContainerStats], before: &[pb::ContainerStats]) -> String {
@@ -86,10 +75,10 @@ fn table(now: &[pb::ContainerStats], before: &[pb::ContainerStats]) -> String {
             "{:<20} {:>7} {:>22} {:>7} {:>6} {:>20}\n",
             s.id,
             pct.map(|p| format!("{p:.1}")).unwrap_or_else(|| "-".into()),
-            format!("{} / {}", human(m.usage), limit(m.limit)),
+            format!("{} / {}", crate::output::bytes(m.usage), limit(m.limit)),
             mem_pct,
             pids.current,
-            format!("{} / {}", human(io("read")), human(io("write"))),
+            format!("{} / {}", crate::output::bytes(io("read")), crate::output::bytes(io("write"))),
         ));
     }
     out

@@ -43,6 +43,7 @@ mod spec;
 mod stop;
 mod sysctl;
 mod system_api;
+mod system_info;
 mod task;
 mod volume_api;
 mod volume_fill;

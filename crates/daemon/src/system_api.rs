@@ -1,10 +1,11 @@
-//! The gRPC front of the System service (berth.v1): berthd's own figures.
+//! The gRPC front of the System service (berth.v1): berthd's own figures,
+//! information and disk usage (`system_info.rs`).
 //! No behaviour lives here.
 
 use berth_api::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use crate::api::Api;
+use crate::api::{Api, status};
 
 #[tonic::async_trait]
 impl pb::system_server::System for Api {
@@ -24,5 +25,20 @@ impl pb::system_server::System for Api {
             })
             .collect();
         Ok(Response::new(pb::PhasesResponse { phases }))
+    }
+
+    async fn info(&self, _: Request<pb::InfoRequest>) -> Result<Response<pb::SystemInfo>, Status> {
+        let mgr = self.mgr.clone();
+        let info = tokio::task::spawn_blocking(move || mgr.system_info())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(info.map_err(status)?))
+    }
+
+    async fn df(&self, _: Request<pb::DfRequest>) -> Result<Response<pb::DfResponse>, Status> {
+        let mgr = self.mgr.clone();
+        let entries =
+            tokio::task::spawn_blocking(move || mgr.system_df()).await.map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(pb::DfResponse { entries: entries.map_err(status)? }))
     }
 }

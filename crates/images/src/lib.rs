@@ -25,7 +25,7 @@ pub use image_store::{ImageRecord, ImageStore, RunConfig, normalize_reference, r
 pub use layout::{Exported, ImportedImage, export, import};
 pub use pull::{Auth, BlobInfo, BlobKind, BlobSink, BlobStream, LayerProgress, Platform, Pulled, Puller};
 pub use resolve::{Resolved, resolve};
-pub use snapshot::{CommitOutcome, Keep, Mounts, Prepared, Snapshotter, Usage};
+pub use snapshot::{CommitOutcome, Keep, Mounts, Prepared, Snapshotter, Usage, disk_usage};
 pub use stream_unpack::StreamingUnpack;
 pub use unpack::{
     Compression, DEFAULT_MAX_ENTRIES, DEFAULT_MAX_TOTAL_SIZE, MAX_NAME_LEN, UnpackOptions, Unpacked, Whiteouts,

@@ -495,6 +495,14 @@ fn copy_owner_and_mode(from: &Path, to: &Path) -> Result<(), ImageError> {
         .map_err(|e| ImageError::io(format!("chown/chmod {}", to.display()), e))
 }
 
+/// Disk usage of the tree at `path` (nothing if it is missing).
+pub fn disk_usage(path: &Path) -> Result<Usage, ImageError> {
+    if fs::symlink_metadata(path).is_err() {
+        return Ok(Usage::default());
+    }
+    du(path, &mut HashSet::new())
+}
+
 /// Disk usage of a tree: allocated bytes and inodes, hard links once.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -502,15 +510,25 @@ pub struct Usage {
     pub inodes: u64,
 }
 
+/// Disk usage of a tree, on the filesystem of its top only: mounts below
+/// (a container's rootfs in its bundle) are not entered.
 fn du(path: &Path, seen: &mut HashSet<(u64, u64)>) -> Result<Usage, ImageError> {
+    let dev = fs::symlink_metadata(path).map_err(|e| ImageError::io(format!("stat {}", path.display()), e))?.dev();
+    du_on(path, dev, seen)
+}
+
+fn du_on(path: &Path, dev: u64, seen: &mut HashSet<(u64, u64)>) -> Result<Usage, ImageError> {
     let md = fs::symlink_metadata(path).map_err(|e| ImageError::io(format!("stat {}", path.display()), e))?;
+    if md.dev() != dev {
+        return Ok(Usage::default());
+    }
     let mut total = Usage::default();
     if seen.insert((md.dev(), md.ino())) {
         total = Usage { bytes: md.blocks() * 512, inodes: 1 };
     }
     if md.is_dir() {
         for entry in read_dir(path)? {
-            let sub = du(&entry.path(), seen)?;
+            let sub = du_on(&entry.path(), dev, seen)?;
             total = Usage { bytes: total.bytes + sub.bytes, inodes: total.inodes + sub.inodes };
         }
     }

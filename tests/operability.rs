@@ -1,7 +1,9 @@
-//! Operability (issue 17 items 3 and 5): `scripts/install.sh` (what `make
-//! install` runs) lays out the binaries, shell completions and man pages
-//! under a prefix, generated from the CLI's own definitions; berthd logs
-//! JSON lines with `--log-format json` and refuses a bad `--log-level`.
+//! Operability (issue 17 items 3, 4 and 5): `scripts/install.sh` (what
+//! `make install` runs) lays out the binaries, shell completions and man
+//! pages under a prefix, generated from the CLI's own definitions; berthd
+//! logs JSON lines with `--log-format json` and refuses a bad
+//! `--log-level`; `berth version`, `berth system info` and `berth system
+//! df` say what berthd runs with and what its directories take.
 
 use std::path::Path;
 use std::process::Command;
@@ -87,4 +89,55 @@ fn berthd_logs_json_lines_when_asked() {
         assert_eq!(status.code(), Some(2), "{bad}: {err}");
         assert!(err.contains("--log-level") && !dir.join("root").exists(), "{bad}: {err}");
     }
+}
+
+#[test]
+fn system_info_df_and_version_describe_the_daemon() {
+    let d = Daemon::start();
+    let rootfs = d.rootfs.to_string_lossy().into_owned();
+    let out = d.berth(&[
+        "run",
+        "-d",
+        "--name",
+        "talker",
+        &rootfs,
+        "sh",
+        "-c",
+        "head -c 100000 /dev/zero | tr '\\0' x; sleep 100",
+    ]);
+    out.ok();
+    d.berth(&["run", "--name", "done", &rootfs, "true"]).ok();
+    let v: serde_json::Value = serde_json::from_str(d.berth(&["version", "--json"]).ok()).unwrap();
+    assert_eq!(v["client"], v["server"], "{v}");
+    let info: serde_json::Value = serde_json::from_str(d.berth(&["system", "info", "--json"]).ok()).unwrap();
+    assert_eq!(info["containers"]["total"], 2, "{info}");
+    assert_eq!((info["containers"]["running"].as_u64(), info["containers"]["stopped"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(info["root"], d.dir().join("root").to_string_lossy().as_ref());
+    assert_eq!(info["cgroup"]["driver"], "cgroupfs");
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    assert_eq!(info["cgroup"]["version"], if v2 { "v2" } else { "v1" });
+    assert!(info["cgroup"]["controllers"].as_array().unwrap().iter().any(|c| c == "memory"), "{info}");
+    let runtimes = info["runtimes"].as_array().unwrap();
+    let embedded = runtimes.iter().find(|r| r["name"] == "embedded").unwrap();
+    assert_eq!(embedded["available"], true);
+    // runc is a test dependency (make deps): found, with its version line.
+    let runc = runtimes.iter().find(|r| r["name"] == "runc").unwrap();
+    assert!(runc["available"] == true && runc["version"].as_str().unwrap().starts_with("runc version"), "{runc}");
+    assert!(info["root_free_bytes"].as_u64().unwrap() > 0);
+    // The running container's log holds its 100 kB: logs take at least that.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let df: serde_json::Value = serde_json::from_str(d.berth(&["system", "df", "--json"]).ok()).unwrap();
+        let entry = |kind: &str| df.as_array().unwrap().iter().find(|e| e["kind"] == kind).cloned().unwrap();
+        assert!(entry("bundles")["bytes"].as_u64().unwrap() > 0);
+        assert_eq!(entry("volumes")["bytes"], 0);
+        if entry("logs")["bytes"].as_u64().unwrap() >= 100_000 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{df}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let table = d.berth(&["system", "df"]).ok().to_string();
+    assert!(table.starts_with("KIND") && table.contains("logs"), "{table}");
+    d.berth(&["rm", "-f", "talker", "done"]).ok();
 }
