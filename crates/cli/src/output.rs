@@ -233,6 +233,18 @@ pub fn inspect_text(c: &pb::Container) -> String {
     )
 }
 
+/// A byte count for people: 1.5KiB, 20.0MiB.
+pub fn bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1}{}", UNITS[u])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,16 +301,4 @@ mod tests {
         assert_eq!(v["labels"]["k\x1b]0;t\x07"], "v\x1b[2J\n");
         assert_eq!(v["rootfs"], "/r\x1b");
     }
-}
-
-/// A byte count for people: 1.5KiB, 20.0MiB.
-pub fn bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    format!("{v:.1}{}", UNITS[u])
 }
