@@ -141,3 +141,71 @@ fn system_info_df_and_version_describe_the_daemon() {
     assert!(table.starts_with("KIND") && table.contains("logs"), "{table}");
     d.berth(&["rm", "-f", "talker", "done"]).ok();
 }
+
+/// GET /metrics over TCP, the body.
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_string()
+}
+
+/// The value of sample `name` whose labels include all of `labels`.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape.samples.iter().find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v))).map(
+        |s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => f64::NAN,
+        },
+    )
+}
+
+#[test]
+fn metrics_are_scraped_and_parsed() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr = format!("127.0.0.1:{port}");
+    let d = Daemon::start_with(&["--metrics-address", &addr, "--metrics-per-container"]);
+    let rootfs = d.rootfs.to_string_lossy().into_owned();
+    d.berth(&["run", "-d", "--name", "up", &rootfs, "sleep", "100"]).ok();
+    d.berth(&["run", "--name", "done", &rootfs, "true"]).ok();
+    let text = scrape(port);
+    let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses");
+    let ns = [("namespace", "default")];
+    assert_eq!(sample(&parsed, "berth_containers", &[ns[0], ("state", "running")]), Some(1.0), "{text}");
+    assert_eq!(sample(&parsed, "berth_containers", &[ns[0], ("state", "stopped")]), Some(1.0), "{text}");
+    assert!(sample(&parsed, "berth_events_total", &[("type", "start")]).unwrap_or(0.0) >= 2.0, "{text}");
+    assert!(sample(&parsed, "berth_events_total", &[("type", "exit")]).unwrap_or(0.0) >= 1.0, "{text}");
+    assert!(sample(&parsed, "berth_event_log_sequence", &[]).unwrap_or(0.0) >= 4.0, "{text}");
+    assert!(sample(&parsed, "berth_process_resident_bytes", &[]).unwrap_or(0.0) > 0.0, "{text}");
+    // The phase histograms, as histograms.
+    let create = parsed
+        .samples
+        .iter()
+        .find(|s| s.metric == "berth_phase_duration_seconds" && s.labels.get("phase") == Some("runtime.create"));
+    assert!(matches!(create.map(|s| &s.value), Some(prometheus_parse::Value::Histogram(_))), "{text}");
+    // Per container: the running one only.
+    assert!(sample(&parsed, "berth_container_memory_bytes", &[("id", "up")]).unwrap_or(0.0) > 0.0, "{text}");
+    assert_eq!(sample(&parsed, "berth_container_memory_bytes", &[("id", "done")]), None);
+    // Anything but /metrics is 404; a non-loopback address is refused.
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    std::io::Write::write_all(&mut conn, b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut answer).unwrap();
+    assert!(answer.contains(" 404 "), "{answer}");
+    let dir = d.dir().join("refused");
+    let out = Command::new(bin_path("berthd"))
+        .args(["--root", &dir.join("root").to_string_lossy(), "--state", &dir.join("state").to_string_lossy()])
+        .args(["--socket", &dir.join("s.sock").to_string_lossy(), "--cri-socket", ""])
+        .args(["--metrics-address", "0.0.0.0:9"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("loopback"), "{out:?}");
+    assert!(!dir.exists(), "nothing is made for a refused flag");
+    d.berth(&["rm", "-f", "up", "done"]).ok();
+}

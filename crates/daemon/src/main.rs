@@ -23,6 +23,7 @@ mod image_api;
 mod images;
 mod logs;
 mod manager;
+mod metrics;
 mod mounts;
 mod network;
 mod network_api;
@@ -135,6 +136,14 @@ struct Args {
     /// How it logs: text (for people) or json (one object per line).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Serve Prometheus metrics at /metrics on this loopback IP:PORT or unix
+    /// socket path (default: off).
+    #[arg(long, default_value = "")]
+    metrics_address: String,
+    /// Include each running container's CPU, memory and process count in
+    /// the metrics.
+    #[arg(long)]
+    metrics_per_container: bool,
     /// Print berthd's man page (roff) and exit.
     #[arg(long, hide = true)]
     man_page: bool,
@@ -306,6 +315,9 @@ async fn serve_cri(
 }
 
 async fn run(args: Args) -> Result<(), String> {
+    // Flags are checked before anything is made.
+    let metrics_address =
+        (!args.metrics_address.is_empty()).then(|| metrics::Address::parse(&args.metrics_address)).transpose()?;
     let cfg = Config {
         root: args.root.clone(),
         state: args.state.clone(),
@@ -339,7 +351,9 @@ async fn run(args: Args) -> Result<(), String> {
     // Events from here on (recovery's among them) are replayed to CRI
     // event streams, so a kubelet that reconnects misses none.
     let started_at_seq = store.last_seq().map_err(|e| format!("read the event log: {e}"))?;
-    let mgr = Arc::new(Manager::new(cfg, store, cgroups, images, net));
+    let mut mgr = Manager::new(cfg, store, cgroups, images, net);
+    mgr.metrics.per_container = args.metrics_per_container;
+    let mgr = Arc::new(mgr);
     let default_runtime = berth_model::Runtime::parse(&mgr.cfg.default_runtime).map_err(|e| e.to_string())?;
     mgr.check_runtime(&default_runtime).map_err(|e| format!("--default-runtime: {e}"))?;
     mgr.reload().await.map_err(|e| format!("reload containers: {e}"))?;
@@ -348,6 +362,13 @@ async fn run(args: Args) -> Result<(), String> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
     }
+    let metrics_task = match metrics_address {
+        Some(addr) => {
+            mgr.start_metrics();
+            Some(mgr.serve_metrics(addr).await?)
+        }
+        None => None,
+    };
     // CRI first: a client that finds the main socket serving finds CRI too.
     let cri = serve_cri(&args, &mgr, started_at_seq).await?;
     let (listener, bound) = guard::bind_socket(&socket).await.map_err(|e| e.to_string())?;
@@ -399,6 +420,12 @@ async fn run(args: Args) -> Result<(), String> {
         bound.remove();
     }
     let _ = std::fs::remove_file(&shim_events);
+    if let Some(task) = metrics_task {
+        task.abort();
+        if args.metrics_address.starts_with('/') {
+            let _ = std::fs::remove_file(&args.metrics_address);
+        }
+    }
     if let Err(e) = mgr.net.networks.release() {
         tracing::warn!("releasing the network namespace directory: {e}");
     }

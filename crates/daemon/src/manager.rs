@@ -64,6 +64,8 @@ pub struct Manager {
     pub net: crate::network::Net,
     /// Durations of the phases of create, start, exit, delete (`phases.rs`).
     pub phases: crate::phases::Phases,
+    /// Counted events and sampled shim memory (`metrics.rs`).
+    pub metrics: crate::metrics::Metrics,
     /// Shim binaries of containerd runtime names, as found (`shim_v2.rs`).
     pub(crate) shims: crate::shim_v2::Resolver,
     /// Set once `cfg.criu` answered with a usable version (`checkpoint.rs`).
@@ -148,6 +150,7 @@ impl Manager {
             volumes,
             net,
             phases: Default::default(),
+            metrics: Default::default(),
             shims: crate::shim_v2::Resolver::new(),
             sandboxes: Default::default(),
             criu_checked: Default::default(),

@@ -1,0 +1,279 @@
+//! Prometheus metrics (SPEC B30, issue 17 item 1), in the text exposition
+//! format (prometheus-client), on `--metrics-address`: a loopback TCP
+//! address or a unix socket path; off by default.
+//!
+//! A scrape reads the records (containers by namespace and state,
+//! sandboxes), the event log's sequence number, berthd's own process
+//! figures and, with `--metrics-per-container`, each running container's
+//! cgroup figures; counters of events by type and the phase histograms are
+//! kept as they happen. Shims' memory is sampled in the background every
+//! [`SHIM_SAMPLE`], never on a scrape. No lock is held across a shim call:
+//! a scrape calls no shim.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use berth_model::State;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::manager::Manager;
+
+/// How often shims' memory is sampled.
+const SHIM_SAMPLE: Duration = Duration::from_secs(30);
+
+type Labels = Vec<(&'static str, String)>;
+
+/// What is counted as it happens, and the last shim sample.
+#[derive(Default)]
+pub struct Metrics {
+    /// Events by type (start, exit, oom, restart, …).
+    events: Family<Labels, Counter>,
+    shims: AtomicU64,
+    shims_rss: AtomicU64,
+    shims_pss: AtomicU64,
+    /// Whether scrapes include each running container's figures.
+    pub per_container: bool,
+}
+
+/// Where metrics are served.
+pub enum Address {
+    Tcp(std::net::SocketAddr),
+    Unix(PathBuf),
+}
+
+impl Address {
+    /// A loopback `IP:PORT` or an absolute unix socket path.
+    pub fn parse(s: &str) -> Result<Address, String> {
+        if s.starts_with('/') {
+            return Ok(Address::Unix(PathBuf::from(s)));
+        }
+        let addr: std::net::SocketAddr =
+            s.parse().map_err(|_| format!("--metrics-address {s:?}: not IP:PORT nor an absolute socket path"))?;
+        if !addr.ip().is_loopback() {
+            return Err(format!("--metrics-address {s}: must be a loopback address (metrics name every container)"));
+        }
+        Ok(Address::Tcp(addr))
+    }
+}
+
+/// Bytes of a `Key: N kB` line of a /proc status-like file.
+fn kb_field(text: &str, key: &str) -> u64 {
+    let line = text.lines().find_map(|l| l.strip_prefix(key)).unwrap_or_default();
+    line.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0) * 1024
+}
+
+fn gauge(value: u64) -> Gauge {
+    let g = Gauge::default();
+    g.set(i64::try_from(value).unwrap_or(i64::MAX));
+    g
+}
+
+impl Manager {
+    /// Counts events as they are published, and samples shims' memory.
+    pub(crate) fn start_metrics(self: &Arc<Self>) {
+        let mut rx = self.events.subscribe();
+        let mgr = self.clone();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) => {
+                        mgr.metrics.events.get_or_create(&vec![("type", ev.kind.as_str().to_string())]).inc();
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
+                }
+            }
+        });
+        let mgr = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let m = mgr.clone();
+                let _ = tokio::task::spawn_blocking(move || m.sample_shims()).await;
+                tokio::time::sleep(SHIM_SAMPLE).await;
+            }
+        });
+    }
+
+    /// Shims of records and sandboxes, and their resident and proportional
+    /// memory (smaps_rollup).
+    fn sample_shims(&self) {
+        let mut pids: Vec<u32> = self.store.list(None).unwrap_or_default().iter().map(|r| r.shim.pid).collect();
+        pids.extend(self.store.list_sandboxes(None).unwrap_or_default().iter().map(|s| s.shim.pid));
+        pids.retain(|p| *p != 0);
+        pids.sort_unstable();
+        pids.dedup();
+        let (mut count, mut rss, mut pss) = (0, 0, 0);
+        for pid in pids {
+            let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else { continue };
+            count += 1;
+            rss += kb_field(&text, "Rss:");
+            pss += kb_field(&text, "Pss:");
+        }
+        self.metrics.shims.store(count, Ordering::Relaxed);
+        self.metrics.shims_rss.store(rss, Ordering::Relaxed);
+        self.metrics.shims_pss.store(pss, Ordering::Relaxed);
+    }
+
+    /// One scrape, in the text format (blocking: reads the store, /proc
+    /// and, per container, cgroup files).
+    pub(crate) fn scrape(&self) -> Result<String, String> {
+        let mut reg = Registry::with_prefix("berth");
+        let recs = self.store.list(None).map_err(|e| e.to_string())?;
+        let containers: Family<Labels, Gauge> = Family::default();
+        let mut by_state: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
+        for r in &recs {
+            *by_state.entry((r.namespace.to_string(), r.state.as_str())).or_default() += 1;
+        }
+        for ((ns, state), n) in by_state {
+            containers.get_or_create(&vec![("namespace", ns), ("state", state.to_string())]).set(n);
+        }
+        reg.register("containers", "Containers by namespace and state", containers);
+        let sandboxes = self.store.list_sandboxes(None).map_err(|e| e.to_string())?.len() as u64;
+        reg.register("sandboxes", "Sandboxes", gauge(sandboxes));
+        reg.register("events", "Events published, by type", self.metrics.events.clone());
+        let seq = self.store.last_seq().map_err(|e| e.to_string())?;
+        reg.register("event_log_sequence", "Sequence number of the last event in the event log", gauge(seq));
+        reg.register(
+            "phase_duration_seconds",
+            "Durations of the phases of create, start, exit and delete",
+            self.phases.histograms.clone(),
+        );
+        let m = &self.metrics;
+        reg.register("shims", "Shim processes (sampled)", gauge(m.shims.load(Ordering::Relaxed)));
+        reg.register("shims_resident_bytes", "Shims' total RSS (sampled)", gauge(m.shims_rss.load(Ordering::Relaxed)));
+        reg.register(
+            "shims_proportional_bytes",
+            "Shims' total PSS (sampled)",
+            gauge(m.shims_pss.load(Ordering::Relaxed)),
+        );
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        reg.register("process_resident_bytes", "berthd's resident memory", gauge(kb_field(&status, "VmRSS:")));
+        let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0);
+        reg.register("process_open_fds", "berthd's open file descriptors", gauge(fds));
+        if m.per_container {
+            self.register_per_container(&mut reg, &recs);
+        }
+        let mut out = String::new();
+        encode(&mut out, &reg).map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
+    /// CPU, memory and process count of each running container.
+    fn register_per_container(&self, reg: &mut Registry, recs: &[berth_store::ContainerRecord]) {
+        let (cpu, memory, pids): (Family<Labels, Gauge>, Family<Labels, Gauge>, Family<Labels, Gauge>) =
+            Default::default();
+        for r in recs.iter().filter(|r| matches!(r.state, State::Running | State::Paused)) {
+            let Ok(s) = berth_cgroups::stats_in(&self.cgroups, &r.cgroup) else { continue };
+            let labels = vec![("namespace", r.namespace.to_string()), ("id", r.id.to_string())];
+            cpu.get_or_create(&labels).set(i64::try_from(s.cpu.usage_total / 1000).unwrap_or(i64::MAX));
+            memory.get_or_create(&labels).set(i64::try_from(s.memory.usage).unwrap_or(i64::MAX));
+            pids.get_or_create(&labels).set(i64::try_from(s.pids.current).unwrap_or(i64::MAX));
+        }
+        reg.register("container_cpu_microseconds", "CPU time of a running container", cpu);
+        reg.register("container_memory_bytes", "Memory usage of a running container", memory);
+        reg.register("container_pids", "Processes of a running container", pids);
+    }
+
+    /// Serves GET /metrics on `addr` until the returned task is aborted.
+    pub(crate) async fn serve_metrics(self: &Arc<Self>, addr: Address) -> Result<tokio::task::JoinHandle<()>, String> {
+        let mgr = self.clone();
+        let handle = move |req: Request<hyper::body::Incoming>| {
+            let mgr = mgr.clone();
+            async move {
+                if req.uri().path() != "/metrics" {
+                    return Ok::<_, Infallible>(reply(StatusCode::NOT_FOUND, "GET /metrics\n".into()));
+                }
+                let text = tokio::task::spawn_blocking(move || mgr.scrape()).await;
+                Ok(match text {
+                    Ok(Ok(text)) => reply(StatusCode::OK, text),
+                    Ok(Err(e)) => reply(StatusCode::INTERNAL_SERVER_ERROR, e),
+                    Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                })
+            }
+        };
+        match addr {
+            Address::Tcp(a) => {
+                let listener =
+                    tokio::net::TcpListener::bind(a).await.map_err(|e| format!("--metrics-address {a}: {e}"))?;
+                tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving metrics");
+                Ok(tokio::spawn(async move {
+                    while let Ok((conn, _)) = listener.accept().await {
+                        serve_conn(conn, handle.clone());
+                    }
+                }))
+            }
+            Address::Unix(path) => {
+                let _ = std::fs::remove_file(&path);
+                let listener = tokio::net::UnixListener::bind(&path)
+                    .map_err(|e| format!("--metrics-address {}: {e}", path.display()))?;
+                tracing::info!(socket = %path.display(), "serving metrics");
+                Ok(tokio::spawn(async move {
+                    while let Ok((conn, _)) = listener.accept().await {
+                        serve_conn(conn, handle.clone());
+                    }
+                }))
+            }
+        }
+    }
+}
+
+fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+/// One HTTP/1 connection, with a deadline for its request head.
+fn serve_conn<IO, F, Fut>(conn: IO, handle: F)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10))
+            .serve_connection(hyper_util::rt::TokioIo::new(conn), hyper::service::service_fn(handle));
+        let _ = conn.await;
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_are_loopback_or_a_socket_path() {
+        assert!(matches!(Address::parse("127.0.0.1:9100"), Ok(Address::Tcp(_))));
+        assert!(matches!(Address::parse("[::1]:9100"), Ok(Address::Tcp(_))));
+        assert!(matches!(Address::parse("/run/berth/metrics.sock"), Ok(Address::Unix(_))));
+        for bad in ["0.0.0.0:9100", "10.1.2.3:80", "metrics.sock", "localhost:9100", ""] {
+            assert!(Address::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn kilobyte_fields_read_as_bytes() {
+        let text = "Rss:                1234 kB\nPss:                 100 kB\n";
+        assert_eq!(
+            (kb_field(text, "Rss:"), kb_field(text, "Pss:"), kb_field(text, "Swap:")),
+            (1234 * 1024, 102_400, 0)
+        );
+    }
+}
