@@ -25,7 +25,9 @@ release: deps
 demo: release
 	bash scripts/demo.sh
 
-install: release
+# Installs what `make release` built (it installs no package and builds
+# nothing itself, so `sudo make install` touches only PREFIX).
+install:
 	bash scripts/install.sh "$(DESTDIR)$(PREFIX)" target/release
 
 lint: deps

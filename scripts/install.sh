@@ -3,7 +3,7 @@
 # pages (generated from the CLI's own definitions).
 #   scripts/install.sh PREFIX [BIN_DIR]   (BIN_DIR: where cargo built them,
 #                                          default target/release)
-# `make install [PREFIX=/usr/local] [DESTDIR=…]` runs it after a release build.
+# `make release && make install [PREFIX=/usr/local] [DESTDIR=…]` runs it.
 set -euo pipefail
 PREFIX=${1:?usage: install.sh PREFIX [BIN_DIR]}
 BIN=${2:-target/release}

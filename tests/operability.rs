@@ -95,16 +95,8 @@ fn berthd_logs_json_lines_when_asked() {
 fn system_info_df_and_version_describe_the_daemon() {
     let d = Daemon::start();
     let rootfs = d.rootfs.to_string_lossy().into_owned();
-    let out = d.berth(&[
-        "run",
-        "-d",
-        "--name",
-        "talker",
-        &rootfs,
-        "sh",
-        "-c",
-        "head -c 100000 /dev/zero | tr '\\0' x; sleep 100",
-    ]);
+    let out =
+        d.berth(&["run", "-d", "--name", "talker", &rootfs, "sh", "-c", "head -c 100000 /dev/urandom; sleep 100"]);
     out.ok();
     d.berth(&["run", "--name", "done", &rootfs, "true"]).ok();
     let v: serde_json::Value = serde_json::from_str(d.berth(&["version", "--json"]).ok()).unwrap();
@@ -142,16 +134,17 @@ fn system_info_df_and_version_describe_the_daemon() {
     d.berth(&["rm", "-f", "talker", "done"]).ok();
 }
 
-/// GET /metrics over TCP, the body.
-fn scrape(port: u16) -> String {
-    use std::io::{Read, Write};
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+/// GET `path` over a connected stream: the status line and the body.
+fn get(mut conn: impl std::io::Read + std::io::Write, path: &str) -> (String, String) {
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
     let mut text = String::new();
     conn.read_to_string(&mut text).unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_string()
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (head.lines().next().unwrap_or_default().to_string(), body.to_string())
+}
+
+fn parse(body: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("parses")
 }
 
 /// The value of sample `name` whose labels include all of `labels`.
@@ -168,18 +161,33 @@ fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]
 
 #[test]
 fn metrics_are_scraped_and_parsed() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let addr = format!("127.0.0.1:{port}");
-    let d = Daemon::start_with(&["--metrics-address", &addr, "--metrics-per-container"]);
+    let d0 = tempfile::tempdir().unwrap();
+    let socket = d0.path().join("metrics.sock");
+    let d = Daemon::start_with(&["--metrics-address", &socket.to_string_lossy(), "--metrics-per-container"]);
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    let scrape = || {
+        let (status, body) = get(std::os::unix::net::UnixStream::connect(&socket).unwrap(), "/metrics");
+        assert!(status.ends_with("200 OK"), "{status}");
+        body
+    };
     let rootfs = d.rootfs.to_string_lossy().into_owned();
     d.berth(&["run", "-d", "--name", "up", &rootfs, "sleep", "100"]).ok();
     d.berth(&["run", "--name", "done", &rootfs, "true"]).ok();
-    let text = scrape(port);
-    let parsed = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("parses");
-    let ns = [("namespace", "default")];
-    assert_eq!(sample(&parsed, "berth_containers", &[ns[0], ("state", "running")]), Some(1.0), "{text}");
-    assert_eq!(sample(&parsed, "berth_containers", &[ns[0], ("state", "stopped")]), Some(1.0), "{text}");
-    assert!(sample(&parsed, "berth_events_total", &[("type", "start")]).unwrap_or(0.0) >= 2.0, "{text}");
+    // Events are counted as they are published; a scrape may be a second old.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (text, parsed) = loop {
+        let text = scrape();
+        let parsed = parse(&text);
+        let starts = sample(&parsed, "berth_events_total", &[("type", "start")]).unwrap_or(0.0);
+        let stopped = sample(&parsed, "berth_containers", &[("namespace", "default"), ("state", "stopped")]);
+        if starts >= 2.0 && stopped == Some(1.0) {
+            break (text, parsed);
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert_eq!(sample(&parsed, "berth_containers", &[("namespace", "default"), ("state", "running")]), Some(1.0));
     assert!(sample(&parsed, "berth_events_total", &[("type", "exit")]).unwrap_or(0.0) >= 1.0, "{text}");
     assert!(sample(&parsed, "berth_event_log_sequence", &[]).unwrap_or(0.0) >= 4.0, "{text}");
     assert!(sample(&parsed, "berth_process_resident_bytes", &[]).unwrap_or(0.0) > 0.0, "{text}");
@@ -192,12 +200,25 @@ fn metrics_are_scraped_and_parsed() {
     // Per container: the running one only.
     assert!(sample(&parsed, "berth_container_memory_bytes", &[("id", "up")]).unwrap_or(0.0) > 0.0, "{text}");
     assert_eq!(sample(&parsed, "berth_container_memory_bytes", &[("id", "done")]), None);
-    // Anything but /metrics is 404; a non-loopback address is refused.
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    std::io::Write::write_all(&mut conn, b"GET / HTTP/1.0\r\n\r\n").unwrap();
-    let mut answer = String::new();
-    std::io::Read::read_to_string(&mut conn, &mut answer).unwrap();
-    assert!(answer.contains(" 404 "), "{answer}");
+    // Anything but /metrics is 404.
+    let (status, _) = get(std::os::unix::net::UnixStream::connect(&socket).unwrap(), "/");
+    assert!(status.contains(" 404 "), "{status}");
+    d.berth(&["rm", "-f", "up", "done"]).ok();
+
+    // Over loopback TCP (port 0: berthd logs the one it got).
+    let t = Daemon::start_with(&["--metrics-address", "127.0.0.1:0"]);
+    let log = t.log();
+    let line = log.lines().find(|l| l.contains("serving metrics")).unwrap_or_else(|| panic!("{log}"));
+    let port: String =
+        line[line.rfind("127.0.0.1:").unwrap() + 10..].chars().take_while(char::is_ascii_digit).collect();
+    let (status, body) =
+        get(std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap(), "/metrics");
+    assert!(
+        status.ends_with("200 OK") && sample(&parse(&body), "berth_sandboxes", &[]) == Some(0.0),
+        "{status} {body}"
+    );
+
+    // A non-loopback address is refused before anything is made.
     let dir = d.dir().join("refused");
     let out = Command::new(bin_path("berthd"))
         .args(["--root", &dir.join("root").to_string_lossy(), "--state", &dir.join("state").to_string_lossy()])
@@ -207,5 +228,4 @@ fn metrics_are_scraped_and_parsed() {
         .unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("loopback"), "{out:?}");
     assert!(!dir.exists(), "nothing is made for a refused flag");
-    d.berth(&["rm", "-f", "up", "done"]).ok();
 }

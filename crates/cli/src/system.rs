@@ -129,7 +129,7 @@ async fn df(c: &mut Client, json: bool) -> Result<i32, Failure> {
 
 /// `berth version`: this client's and berthd's versions.
 pub async fn version(c: &mut Client, json: bool) -> Result<i32, Failure> {
-    let server = c.system.info(pb::InfoRequest {}).await?.into_inner().version;
+    let server = c.system.version(pb::VersionRequest {}).await?.into_inner().version;
     let client = env!("CARGO_PKG_VERSION");
     if json {
         println!("{}", json!({"client": client, "server": server}));

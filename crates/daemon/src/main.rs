@@ -140,8 +140,8 @@ struct Args {
     /// socket path (default: off).
     #[arg(long, default_value = "")]
     metrics_address: String,
-    /// Include each running container's CPU, memory and process count in
-    /// the metrics.
+    /// Include each running or paused container's CPU, memory and process
+    /// count in the metrics.
     #[arg(long)]
     metrics_per_container: bool,
     /// Print berthd's man page (roff) and exit.
@@ -167,14 +167,15 @@ const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
 /// would silently name a target instead).
 fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
     let bad = |why: &str| format!("--log-level {level:?}: {why} (use one of {LEVELS:?}, or TARGET=LEVEL,…)");
-    for directive in level.split(',') {
+    for directive in level.split(',').map(str::trim) {
         let (target, lvl) = directive.split_once('=').unwrap_or(("", directive));
         let target_ok = target.chars().all(|c| c.is_ascii_alphanumeric() || "_:".contains(c));
         if !LEVELS.contains(&lvl.to_ascii_lowercase().as_str()) || !target_ok {
             return Err(bad(&format!("{directive:?} is not a level")));
         }
     }
-    tracing_subscriber::EnvFilter::try_new(level).map_err(|e| bad(&e.to_string()))
+    let cleaned = level.split(',').map(str::trim).collect::<Vec<_>>().join(",");
+    tracing_subscriber::EnvFilter::try_new(cleaned).map_err(|e| bad(&e.to_string()))
 }
 
 /// Sends berthd's logs to stderr at `level`, as text or JSON lines.
@@ -213,7 +214,18 @@ fn main() {
         }
         return;
     }
-    if let Err(e) = init_logging(&args.log_level, args.log_format) {
+    // A bad --log-level is refused; a bad BERTH_LOG (which berthd used to
+    // take or ignore) falls back to info with a warning, so a unit file
+    // that sets it keeps starting.
+    let from_env = !std::env::args().any(|a| a.starts_with("--log-level"));
+    let level = match log_filter(&args.log_level) {
+        Err(e) if from_env => {
+            eprintln!("berthd: BERTH_LOG ignored: {e}");
+            "info".to_string()
+        }
+        _ => args.log_level.clone(),
+    };
+    if let Err(e) = init_logging(&level, args.log_format) {
         eprintln!("berthd: {e}");
         std::process::exit(2);
     }
@@ -420,12 +432,7 @@ async fn run(args: Args) -> Result<(), String> {
         bound.remove();
     }
     let _ = std::fs::remove_file(&shim_events);
-    if let Some(task) = metrics_task {
-        task.abort();
-        if args.metrics_address.starts_with('/') {
-            let _ = std::fs::remove_file(&args.metrics_address);
-        }
-    }
+    drop(metrics_task);
     if let Err(e) = mgr.net.networks.release() {
         tracing::warn!("releasing the network namespace directory: {e}");
     }
@@ -450,7 +457,7 @@ mod tests {
 
     #[test]
     fn log_levels_are_levels_or_target_directives() {
-        for good in ["debug", "WARN", "info,berthd=trace", "berth_cri::streaming=debug"] {
+        for good in ["debug", "WARN", "info,berthd=trace", "berth_cri::streaming=debug", "info, berthd=debug"] {
             assert!(super::log_filter(good).is_ok(), "{good}");
         }
         for bad in ["", "verbose", "no such level!", "berthd=loud", "info,=x", "a b=info"] {

@@ -1,6 +1,6 @@
-//! Prometheus metrics (SPEC B30, issue 17 item 1), in the text exposition
+//! Prometheus metrics (SPEC B30, issue 17 item 1), in the OpenMetrics text
 //! format (prometheus-client), on `--metrics-address`: a loopback TCP
-//! address or a unix socket path; off by default.
+//! address or a unix socket path (mode 0600); off by default.
 //!
 //! A scrape reads the records (containers by namespace and state,
 //! sandboxes), the event log's sequence number, berthd's own process
@@ -31,6 +31,8 @@ use crate::manager::Manager;
 
 /// How often shims' memory is sampled.
 const SHIM_SAMPLE: Duration = Duration::from_secs(30);
+/// How long a scrape is served again instead of made anew.
+const SCRAPE_REUSE: Duration = Duration::from_secs(1);
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -42,8 +44,10 @@ pub struct Metrics {
     shims: AtomicU64,
     shims_rss: AtomicU64,
     shims_pss: AtomicU64,
-    /// Whether scrapes include each running container's figures.
+    /// Whether scrapes include each running or paused container's figures.
     pub per_container: bool,
+    /// The last scrape, and when it was made.
+    last: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
 
 /// Where metrics are served.
@@ -125,9 +129,23 @@ impl Manager {
         self.metrics.shims_pss.store(pss, Ordering::Relaxed);
     }
 
-    /// One scrape, in the text format (blocking: reads the store, /proc
-    /// and, per container, cgroup files).
-    pub(crate) fn scrape(&self) -> Result<String, String> {
+    /// A scrape: one at a time, and one less than [`SCRAPE_REUSE`] old is
+    /// served again, so scrapers cannot make berthd read every record and
+    /// cgroup over and over.
+    async fn scraped(self: &Arc<Self>) -> Result<String, String> {
+        let mut last = self.metrics.last.lock().await;
+        if let Some((_, text)) = last.as_ref().filter(|(at, _)| at.elapsed() < SCRAPE_REUSE) {
+            return Ok(text.clone());
+        }
+        let mgr = self.clone();
+        let text = tokio::task::spawn_blocking(move || mgr.scrape()).await.map_err(|e| e.to_string())??;
+        *last = Some((std::time::Instant::now(), text.clone()));
+        Ok(text)
+    }
+
+    /// One scrape, in the OpenMetrics text format (blocking: reads the
+    /// store, /proc and, per container, cgroup files).
+    fn scrape(&self) -> Result<String, String> {
         let mut reg = Registry::with_prefix("berth");
         let recs = self.store.list(None).map_err(|e| e.to_string())?;
         let containers: Family<Labels, Gauge> = Family::default();
@@ -169,7 +187,7 @@ impl Manager {
         Ok(out)
     }
 
-    /// CPU, memory and process count of each running container.
+    /// CPU, memory and process count of each running or paused container.
     fn register_per_container(&self, reg: &mut Registry, recs: &[berth_store::ContainerRecord]) {
         let (cpu, memory, pids): (Family<Labels, Gauge>, Family<Labels, Gauge>, Family<Labels, Gauge>) =
             Default::default();
@@ -186,7 +204,7 @@ impl Manager {
     }
 
     /// Serves GET /metrics on `addr` until the returned task is aborted.
-    pub(crate) async fn serve_metrics(self: &Arc<Self>, addr: Address) -> Result<tokio::task::JoinHandle<()>, String> {
+    pub(crate) async fn serve_metrics(self: &Arc<Self>, addr: Address) -> Result<Serving, String> {
         let mgr = self.clone();
         let handle = move |req: Request<hyper::body::Incoming>| {
             let mgr = mgr.clone();
@@ -194,11 +212,9 @@ impl Manager {
                 if req.uri().path() != "/metrics" {
                     return Ok::<_, Infallible>(reply(StatusCode::NOT_FOUND, "GET /metrics\n".into()));
                 }
-                let text = tokio::task::spawn_blocking(move || mgr.scrape()).await;
-                Ok(match text {
-                    Ok(Ok(text)) => reply(StatusCode::OK, text),
-                    Ok(Err(e)) => reply(StatusCode::INTERNAL_SERVER_ERROR, e),
-                    Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                Ok(match mgr.scraped().await {
+                    Ok(text) => reply(StatusCode::OK, text),
+                    Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, e),
                 })
             }
         };
@@ -207,25 +223,62 @@ impl Manager {
                 let listener =
                     tokio::net::TcpListener::bind(a).await.map_err(|e| format!("--metrics-address {a}: {e}"))?;
                 tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving metrics");
-                Ok(tokio::spawn(async move {
-                    while let Ok((conn, _)) = listener.accept().await {
-                        serve_conn(conn, handle.clone());
-                    }
-                }))
+                Ok(Serving {
+                    task: tokio::spawn(async move {
+                        loop {
+                            match listener.accept().await {
+                                Ok((conn, _)) => serve_conn(conn, handle.clone()),
+                                Err(e) => accept_failed(e).await,
+                            }
+                        }
+                    }),
+                    socket: None,
+                })
             }
             Address::Unix(path) => {
-                let _ = std::fs::remove_file(&path);
-                let listener = tokio::net::UnixListener::bind(&path)
+                // Mode 0600, a live socket of another daemon refused, only a
+                // stale one replaced, and removed only if still ours.
+                let (listener, bound) = crate::guard::bind_socket(&path)
+                    .await
                     .map_err(|e| format!("--metrics-address {}: {e}", path.display()))?;
                 tracing::info!(socket = %path.display(), "serving metrics");
-                Ok(tokio::spawn(async move {
-                    while let Ok((conn, _)) = listener.accept().await {
-                        serve_conn(conn, handle.clone());
-                    }
-                }))
+                Ok(Serving {
+                    task: tokio::spawn(async move {
+                        loop {
+                            match listener.accept().await {
+                                Ok((conn, _)) => serve_conn(conn, handle.clone()),
+                                Err(e) => accept_failed(e).await,
+                            }
+                        }
+                    }),
+                    socket: Some(bound),
+                })
             }
         }
     }
+}
+
+/// The metrics server: its task, and the socket file it removes when
+/// dropped (at exit, or when a later startup step fails).
+pub struct Serving {
+    task: tokio::task::JoinHandle<()>,
+    socket: Option<crate::guard::BoundSocket>,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Some(s) = self.socket.take() {
+            s.remove();
+        }
+    }
+}
+
+/// An accept that failed (out of descriptors, say): logged, then retried
+/// after a pause instead of ending the server.
+async fn accept_failed(e: std::io::Error) {
+    tracing::warn!("metrics: accept failed: {e}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
 fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
@@ -233,7 +286,7 @@ fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     *r.status_mut() = status;
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        hyper::header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     r
 }

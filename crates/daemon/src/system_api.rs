@@ -27,6 +27,10 @@ impl pb::system_server::System for Api {
         Ok(Response::new(pb::PhasesResponse { phases }))
     }
 
+    async fn version(&self, _: Request<pb::VersionRequest>) -> Result<Response<pb::VersionResponse>, Status> {
+        Ok(Response::new(pb::VersionResponse { version: env!("CARGO_PKG_VERSION").into() }))
+    }
+
     async fn info(&self, _: Request<pb::InfoRequest>) -> Result<Response<pb::SystemInfo>, Status> {
         let mgr = self.mgr.clone();
         let info = tokio::task::spawn_blocking(move || mgr.system_info())

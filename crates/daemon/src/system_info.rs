@@ -3,6 +3,7 @@
 //! counts — and the disk space its directories take. Both look at the host
 //! when asked (runtimes answer `--version`), off the async workers.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,13 +19,24 @@ const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
 const CONTROLLERS: [&str; 9] = ["cpu", "cpuacct", "cpuset", "memory", "pids", "blkio", "devices", "freezer", "hugetlb"];
 
 /// The first line `binary FLAG` prints (`--version`; containerd's shims
-/// take `-v`), or why there is none.
+/// take `-v`), or why there is none. Its output goes to a memfd, read once
+/// it has exited (a grandchild holding a pipe could block a read); after
+/// [`VERSION_TIMEOUT`] its whole process group is killed.
 fn version_of(binary: &Path, flag: &str) -> (bool, String) {
+    let out = match nix::sys::memfd::memfd_create(c"berth-version", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC) {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(e) => return (false, format!("memfd: {e}")),
+    };
+    let stdout = match out.try_clone() {
+        Ok(f) => f,
+        Err(e) => return (false, format!("memfd: {e}")),
+    };
     let child = std::process::Command::new(binary)
         .arg(flag)
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
+        .stdout(stdout)
         .stderr(std::process::Stdio::null())
+        .process_group(0)
         .spawn();
     let mut child = match child {
         Ok(c) => c,
@@ -36,26 +48,31 @@ fn version_of(binary: &Path, flag: &str) -> (bool, String) {
             Ok(Some(_)) => break,
             Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
             _ => {
-                let _ = child.kill();
+                let group = nix::unistd::Pid::from_raw(-(child.id() as i32));
+                let _ = nix::sys::signal::kill(group, nix::sys::signal::SIGKILL);
                 let _ = child.wait();
                 return (false, format!("did not answer {flag}"));
             }
         }
     }
-    let mut out = String::new();
-    if let Some(mut stdout) = child.stdout.take() {
-        let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
-    }
-    match out.lines().map(str::trim).find(|l| !l.is_empty()) {
-        Some(line) => (true, line.to_string()),
-        None => (false, "printed no version".into()),
+    let mut text = String::new();
+    let mut out = out;
+    let read = std::io::Seek::rewind(&mut out)
+        .and_then(|()| std::io::Read::read_to_string(&mut std::io::Read::take(&mut out, 64 * 1024), &mut text));
+    match (read, text.lines().map(str::trim).find(|l| !l.is_empty())) {
+        (Ok(_), Some(line)) => (true, line.to_string()),
+        _ => (false, "printed no version".into()),
     }
 }
 
-/// `name` on PATH, if it is there.
+/// `name` in one of PATH's absolute directories, executable (as berthd
+/// finds the runtimes it runs).
 fn on_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+    std::env::split_paths(&path).filter(|d| d.is_absolute()).map(|d| d.join(name)).find(|p| {
+        std::fs::metadata(p)
+            .is_ok_and(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
+    })
 }
 
 fn runtime(name: &str, binary: &str, flag: &str) -> pb::RuntimeInfo {

@@ -517,8 +517,15 @@ fn du(path: &Path, seen: &mut HashSet<(u64, u64)>) -> Result<Usage, ImageError> 
     du_on(path, dev, seen)
 }
 
+/// Below the top, what vanishes during the walk (a container removed
+/// meanwhile) counts as nothing.
 fn du_on(path: &Path, dev: u64, seen: &mut HashSet<(u64, u64)>) -> Result<Usage, ImageError> {
-    let md = fs::symlink_metadata(path).map_err(|e| ImageError::io(format!("stat {}", path.display()), e))?;
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let md = match fs::symlink_metadata(path) {
+        Ok(md) => md,
+        Err(e) if gone(&e) => return Ok(Usage::default()),
+        Err(e) => return Err(ImageError::io(format!("stat {}", path.display()), e)),
+    };
     if md.dev() != dev {
         return Ok(Usage::default());
     }
@@ -527,7 +534,12 @@ fn du_on(path: &Path, dev: u64, seen: &mut HashSet<(u64, u64)>) -> Result<Usage,
         total = Usage { bytes: md.blocks() * 512, inodes: 1 };
     }
     if md.is_dir() {
-        for entry in read_dir(path)? {
+        let entries = match fs::read_dir(path) {
+            Ok(entries) => entries,
+            Err(e) if gone(&e) => return Ok(total),
+            Err(e) => return Err(ImageError::io(format!("read {}", path.display()), e)),
+        };
+        for entry in entries.flatten() {
             let sub = du_on(&entry.path(), dev, seen)?;
             total = Usage { bytes: total.bytes + sub.bytes, inodes: total.inodes + sub.inodes };
         }
