@@ -26,6 +26,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
 use crate::manager::Manager;
 
@@ -223,17 +224,7 @@ impl Manager {
                 let listener =
                     tokio::net::TcpListener::bind(a).await.map_err(|e| format!("--metrics-address {a}: {e}"))?;
                 tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving metrics");
-                Ok(Serving {
-                    task: tokio::spawn(async move {
-                        loop {
-                            match listener.accept().await {
-                                Ok((conn, _)) => serve_conn(conn, handle.clone()),
-                                Err(e) => accept_failed(e).await,
-                            }
-                        }
-                    }),
-                    socket: None,
-                })
+                Ok(Serving { task: accepting(TcpListenerStream::new(listener), handle), socket: None })
             }
             Address::Unix(path) => {
                 // Mode 0600, a live socket of another daemon refused, only a
@@ -242,20 +233,33 @@ impl Manager {
                     .await
                     .map_err(|e| format!("--metrics-address {}: {e}", path.display()))?;
                 tracing::info!(socket = %path.display(), "serving metrics");
-                Ok(Serving {
-                    task: tokio::spawn(async move {
-                        loop {
-                            match listener.accept().await {
-                                Ok((conn, _)) => serve_conn(conn, handle.clone()),
-                                Err(e) => accept_failed(e).await,
-                            }
-                        }
-                    }),
-                    socket: Some(bound),
-                })
+                Ok(Serving { task: accepting(UnixListenerStream::new(listener), handle), socket: Some(bound) })
             }
         }
     }
+}
+
+/// Serves each connection `incoming` yields; an accept that fails (out of
+/// descriptors, say) is logged and retried after a pause instead of ending
+/// the server.
+fn accepting<S, IO, F, Fut>(mut incoming: S, handle: F) -> tokio::task::JoinHandle<()>
+where
+    S: futures_util::Stream<Item = std::io::Result<IO>> + Unpin + Send + 'static,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<Response<Full<Bytes>>, Infallible>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        while let Some(conn) = futures_util::StreamExt::next(&mut incoming).await {
+            match conn {
+                Ok(conn) => serve_conn(conn, handle.clone()),
+                Err(e) => {
+                    tracing::warn!("metrics: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    })
 }
 
 /// The metrics server: its task, and the socket file it removes when
@@ -272,13 +276,6 @@ impl Drop for Serving {
             s.remove();
         }
     }
-}
-
-/// An accept that failed (out of descriptors, say): logged, then retried
-/// after a pause instead of ending the server.
-async fn accept_failed(e: std::io::Error) {
-    tracing::warn!("metrics: accept failed: {e}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
 fn reply(status: StatusCode, body: String) -> Response<Full<Bytes>> {
