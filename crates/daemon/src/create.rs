@@ -177,14 +177,19 @@ fn check_installed(runtime: &str) -> Result<()> {
     if runtime == "embedded" {
         return Ok(());
     }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let found = std::env::split_paths(&path).any(|dir| {
-        std::fs::metadata(dir.join(runtime)).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    });
-    if found {
+    if on_path(runtime).is_some() {
         return Ok(());
     }
     Err(Error::FailedPrecondition(format!("runtime {runtime} is not installed (no {runtime} binary on berthd's PATH)")))
+}
+
+/// The executable file `name` in one of PATH's directories, as berthd and
+/// its shims find a runtime's binary (`system info` reports the same).
+pub(crate) fn on_path(name: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 /// A FIFO for interactive stdin.

@@ -65,18 +65,8 @@ fn version_of(binary: &Path, flag: &str) -> (bool, String) {
     }
 }
 
-/// `name` in one of PATH's absolute directories, executable (as berthd
-/// finds the runtimes it runs).
-fn on_path(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).filter(|d| d.is_absolute()).map(|d| d.join(name)).find(|p| {
-        std::fs::metadata(p)
-            .is_ok_and(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
-    })
-}
-
 fn runtime(name: &str, binary: &str, flag: &str) -> pb::RuntimeInfo {
-    match on_path(binary) {
+    match crate::create::on_path(binary) {
         Some(path) => {
             let (available, version) = version_of(&path, flag);
             pb::RuntimeInfo { name: name.into(), path: path.to_string_lossy().into_owned(), version, available }
