@@ -117,6 +117,13 @@ async fn do_create(c: &mut Client, a: CreateArgs, start: bool, auto_remove: bool
                 .into_owned(),
             None => String::new(),
         },
+        log_max_size: a
+            .log_max_size
+            .as_deref()
+            .map(berth_model::parse_size)
+            .transpose()
+            .map_err(|e| Failure::new(format!("--log-max-size: {e}")))?,
+        log_max_files: a.log_max_files,
         // Kubernetes' settings: CRI sets them, the CLI has no flags.
         unified: Default::default(),
         hugepage_limits: Default::default(),
@@ -209,7 +216,7 @@ async fn attend(
             id: id.to_string(),
             follow: true,
             exec_id: exec_id.to_string(),
-            from_end: false,
+            ..Default::default()
         };
         let stream = c.containers.logs(logs).await.map_err(|s| before_start(s.into()))?;
         Some(tokio::spawn(copy_logs(stream.into_inner())))
@@ -281,7 +288,7 @@ async fn forward_signals(
     }
 }
 
-async fn copy_logs(mut logs: tonic::Streaming<pb::LogChunk>) -> Result<(), Failure> {
+pub(crate) async fn copy_logs(mut logs: tonic::Streaming<pb::LogChunk>) -> Result<(), Failure> {
     while let Some(chunk) = logs.next().await {
         let chunk = chunk?;
         let r = if chunk.stream == pb::Stream::Stderr as i32 {
@@ -481,13 +488,6 @@ pub async fn top(c: &mut Client, id: String, json: bool) -> Result<i32, Failure>
     } else {
         print!("{}", output::top_table(&procs));
     }
-    Ok(0)
-}
-
-pub async fn logs(c: &mut Client, id: String, follow: bool) -> Result<i32, Failure> {
-    let req = pb::LogsRequest { namespace: c.namespace.clone(), id, follow, ..Default::default() };
-    let stream = c.containers.logs(req).await?.into_inner();
-    copy_logs(stream).await?;
     Ok(0)
 }
 

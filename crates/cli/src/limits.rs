@@ -31,20 +31,11 @@ const CPU_PERIOD: u64 = 100_000;
 
 /// Parses 512, 64k, 64m, 2g (powers of 1024); -1 stays -1.
 pub fn parse_size(s: &str) -> Result<i64, Failure> {
-    let bad = || Failure::new(format!("invalid size {s:?} (use bytes or a k/m/g suffix)"));
     if s == "-1" {
         return Ok(-1);
     }
-    let lower = s.trim().to_ascii_lowercase();
-    let lower = lower.trim_end_matches('b');
-    let (num, mult) = match lower.chars().last() {
-        Some('k') => (&lower[..lower.len() - 1], 1i64 << 10),
-        Some('m') => (&lower[..lower.len() - 1], 1 << 20),
-        Some('g') => (&lower[..lower.len() - 1], 1 << 30),
-        _ => (lower, 1),
-    };
-    let n: i64 = num.parse().map_err(|_| bad())?;
-    n.checked_mul(mult).filter(|v| *v >= 0).ok_or_else(bad)
+    let n = berth_model::parse_size(s).map_err(|e| Failure::new(e.to_string()))?;
+    i64::try_from(n).map_err(|_| Failure::new(format!("size {s:?} is too large")))
 }
 
 impl LimitArgs {

@@ -5,10 +5,12 @@ mod auth;
 mod checkpoints;
 mod client;
 mod commands;
+mod doctor;
 mod generate;
 mod image_admin;
 mod images;
 mod limits;
+mod logs;
 mod networks;
 mod output;
 mod progress;
@@ -162,6 +164,13 @@ pub struct CreateArgs {
     /// format instead of berth's logs (`berth logs` still reads it).
     #[arg(long)]
     pub log_path: Option<PathBuf>,
+    /// Rotate berth's log of the container at this size (bytes or a k/m/g
+    /// suffix; at least 64k; 0: never; default: berthd's, 10m).
+    #[arg(long, value_name = "SIZE")]
+    pub log_max_size: Option<String>,
+    /// Log files kept, the live one included (1..=100; default: berthd's, 3).
+    #[arg(long, value_name = "N")]
+    pub log_max_files: Option<u32>,
     /// A root filesystem directory, an OCI bundle (a directory with
     /// config.json), or else an image reference (registry/repo:tag).
     pub rootfs: PathBuf,
@@ -295,13 +304,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print a container's output.
-    Logs {
-        /// Keep streaming until the container exits.
-        #[arg(short = 'f', long)]
-        follow: bool,
-        id: String,
-    },
+    /// Print a container's output (across its rotated log files).
+    Logs(logs::LogsArgs),
     /// Pull an image from a registry (live progress on a terminal).
     Pull {
         /// os/arch[/variant] (default linux/amd64).
@@ -368,6 +372,17 @@ enum Command {
         dir: PathBuf,
     },
     /// berthd's own figures: phases.
+    /// Find what berth's records do not account for (leftover shims,
+    /// cgroups, mounts, namespaces, network attachments, directories,
+    /// sockets) and check the host. Exit 0: healthy, 1: findings, 2: could
+    /// not check.
+    Doctor {
+        /// Repair what is safe (never a container a record names).
+        #[arg(long)]
+        fix: bool,
+        #[arg(long)]
+        json: bool,
+    },
     System {
         #[command(subcommand)]
         cmd: system::SystemCommand,
@@ -448,7 +463,10 @@ async fn dispatch(cli: Cli) -> Result<i32, client::Failure> {
         Command::Man { dir } => return generate::man(&dir),
         _ => {}
     }
-    let mut c = client::connect(cli.socket, cli.namespace).await?;
+    let doctor = matches!(cli.command, Command::Doctor { .. });
+    let mut c = client::connect(cli.socket, cli.namespace)
+        .await
+        .map_err(|f| if doctor { client::Failure { exit_code: doctor::COULD_NOT_CHECK, ..f } } else { f })?;
     use commands as cmd;
     match cli.command {
         Command::Run { rm, detach, create } => cmd::run(&mut c, create, rm, detach).await,
@@ -464,7 +482,7 @@ async fn dispatch(cli: Cli) -> Result<i32, client::Failure> {
         Command::Wait { id } => cmd::wait(&mut c, id).await,
         Command::Stop { time, ids } => cmd::stop(&mut c, ids, time).await,
         Command::Rm { force, ids } => cmd::rm(&mut c, ids, force).await,
-        Command::Logs { follow, id } => cmd::logs(&mut c, id, follow).await,
+        Command::Logs(a) => logs::run(&mut c, a).await,
         Command::Pause { ids } => cmd::pause(&mut c, ids, true).await,
         Command::Resume { ids } => cmd::pause(&mut c, ids, false).await,
         Command::Top { id, json } => cmd::top(&mut c, id, json).await,
@@ -489,6 +507,7 @@ async fn dispatch(cli: Cli) -> Result<i32, client::Failure> {
         Command::Network { cmd } => networks::run(&mut c, cmd).await,
         Command::Version { json } => system::version(&mut c, json).await,
         Command::System { cmd } => system::run(&mut c, cmd).await,
+        Command::Doctor { fix, json } => doctor::run(&mut c, fix, json).await,
         Command::Events { json, types, id, since, no_follow } => {
             cmd::events(&mut c, cmd::EventsArgs { json, types, id, since, no_follow }).await
         }

@@ -76,6 +76,8 @@ pub fn container_json(c: &pb::Container) -> Value {
         "restored_from": c.restored_from,
         "started_at_ns": c.started_at_ns,
         "log_path": c.log_path,
+        "log_max_size": c.log_max_size,
+        "log_max_files": c.log_max_files,
     })
 }
 

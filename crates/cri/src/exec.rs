@@ -114,6 +114,7 @@ async fn exec_sync<B: Backend>(
         follow: true,
         exec_id: exec_id.clone(),
         from_end: false,
+        ..Default::default()
     };
     let run = async {
         let mut stream = std::pin::pin!(Containers::logs(&*b, req(logs)).await?.into_inner());

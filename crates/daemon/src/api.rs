@@ -103,6 +103,8 @@ pub(crate) fn container_pb(r: ContainerRecord) -> pb::Container {
         restored_from: r.restored_from,
         started_at_ns: r.started_at_ns,
         log_path: if r.cri_log { r.stdout.to_string_lossy().into_owned() } else { String::new() },
+        log_max_size: r.log_rotation.map_or(0, |l| l.max_size),
+        log_max_files: r.log_rotation.map_or(0, |l| l.max_files),
     }
 }
 
@@ -314,6 +316,7 @@ impl pb::containers_server::Containers for Api {
             sandbox: optional_id(&r.sandbox)?,
             restore: None,
             log_path: (!r.log_path.is_empty()).then(|| std::path::PathBuf::from(&r.log_path)),
+            log_bound: (r.log_max_size, r.log_max_files),
             groups: r.groups,
             sysctls: r.sysctls.into_iter().collect(),
             cgroup_parent: r.cgroup_parent,
@@ -507,20 +510,20 @@ impl pb::containers_server::Containers for Api {
         let (ns, id) = key(&r.namespace, &r.id)?;
         let rec = self.mgr.get(&ns, &id).map_err(status)?;
         let mut follower = None;
+        let filter =
+            berth_shim::crilog::Filter { since_ns: r.since_ns, until_ns: r.until_ns, timestamps: r.timestamps };
+        let mut opts = logs::Options { follow: None, from_end: r.from_end, tail: r.tail, filter };
         let rx = if r.exec_id.is_empty() {
-            let exit = if r.follow { self.mgr.entry(&ns, &id).ok().map(|e| e.exit.subscribe()) } else { None };
+            opts.follow = if r.follow { self.mgr.entry(&ns, &id).ok().map(|e| e.exit.subscribe()) } else { None };
             follower = r.follow.then(|| self.mgr.follow(&ns, &id)).flatten();
-            if rec.cri_log {
-                logs::stream_cri(rec.stdout, exit, r.from_end)
-            } else {
-                logs::stream(rec.stdout, rec.stderr, exit, r.from_end)
-            }
+            logs::stream(logs::LogFormat::of(&rec), rec.stdout, rec.stderr, opts)
         } else {
             let entry = self.mgr.entry(&ns, &id).map_err(status)?;
             let info = self.mgr.exec_info(&entry, &r.exec_id).map_err(status)?;
-            let exit = r.follow.then(|| info.exit.subscribe());
-            logs::stream(info.stdout.clone(), info.stderr.clone(), exit, r.from_end)
-        };
+            opts.follow = r.follow.then(|| info.exit.subscribe());
+            logs::stream(info.log, info.stdout.clone(), info.stderr.clone(), opts)
+        }
+        .map_err(status)?;
         let out = tokio_stream::StreamExt::map(ReceiverStream::new(rx), move |(s, data)| {
             // Released when the client is done with the stream.
             let _ = &follower;

@@ -60,8 +60,9 @@ pub fn terminal(input: Option<pipe::Sender>, t: Terminal) -> Result<tokio::net::
             None => drop(tokio::io::copy(&mut from_client, &mut tokio::io::sink()).await),
         }
     });
+    let opts = crate::logs::Options { follow: Some(t.exit), ..Default::default() };
+    let mut output = crate::logs::stream(crate::logs::LogFormat::Plain, t.stdout, t.stderr, opts)?;
     tokio::spawn(async move {
-        let mut output = crate::logs::stream(t.stdout, t.stderr, Some(t.exit), false);
         while let Some((_, data)) = output.recv().await {
             if to_client.write_all(&data).await.is_err() {
                 break;

@@ -21,6 +21,9 @@ pub struct Config {
     pub default_runtime: String,
     /// CRIU, for checkpoints (`--criu`).
     pub criu: PathBuf,
+    /// The bound of a container log that names none
+    /// (`--container-log-max-size`, `--container-log-max-files`).
+    pub log_rotation: berth_model::LogRotation,
 }
 
 impl Config {

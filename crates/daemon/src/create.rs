@@ -17,6 +17,7 @@ use berth_store::{ContainerRecord, Intent, ShimInfo, Write};
 
 use crate::error::{Error, Result};
 use crate::events::{Kind, event};
+use crate::logs::LogFormat;
 use crate::manager::{Entry, Key, Manager, crash_point};
 use crate::restore::RestoreFrom;
 use crate::shim::{self, ProcessIo, ShimClient};
@@ -72,6 +73,8 @@ pub struct CreateParams {
     pub restore: Option<RestoreFrom>,
     /// Init's output in the CRI log format in this file, not berth's logs.
     pub log_path: Option<PathBuf>,
+    /// The bound of berth's log (unset parts: berthd's).
+    pub log_bound: (Option<u64>, Option<u32>),
     /// Supplementary groups on top of the image user's.
     pub groups: Vec<u32>,
     /// Namespaced kernel parameters (`sysctl.rs`).
@@ -247,9 +250,7 @@ impl Manager {
         self.check_runtime(&parsed)?;
         let runtime = parsed.name();
         check_labels(&p.labels)?;
-        if let Some(path) = &p.log_path {
-            crate::logs::check_cri_log_path(path, &parsed)?;
-        }
+        self.log_format(&p, &parsed)?;
         if p.auto_remove && p.restart != RestartPolicy::No {
             return Err(Error::InvalidArgument("auto-remove cannot be combined with a restart policy".into()));
         }
@@ -334,6 +335,11 @@ impl Manager {
         }
     }
 
+    /// How init's output is written (checked before anything is made).
+    fn log_format(&self, p: &CreateParams, runtime: &Runtime) -> Result<LogFormat> {
+        LogFormat::choose(p.log_path.as_deref(), runtime, self.cfg.log_rotation, p.log_bound)
+    }
+
     /// Checks the run options (`mounts.rs`) off the async workers, with a
     /// deadline (host paths may sit on a hung filesystem); refused for a
     /// bundle, whose config.json is used as written. Also says whether the
@@ -394,6 +400,7 @@ impl Manager {
         if !volumes.is_empty() {
             crash_point("volumes");
         }
+        let log = self.log_format(p, &Runtime::parse(runtime)?)?;
         let logs = self.cfg.log_dir(ns, id);
         mkdir(&logs).map_err(|e| e.at("logs"))?;
         done.push(Step::Logs(logs.clone()));
@@ -406,7 +413,7 @@ impl Manager {
                 }
                 (file.clone(), file.clone())
             }
-            None => (logs.join("stdout.log"), logs.join("stderr.log")),
+            None => log.files(&logs, ""),
         };
         let mut t = self.phases.end("create.logs", t);
 
@@ -451,8 +458,7 @@ impl Manager {
         done.push(Step::Cgroup(cgroup.clone()));
         let containerd_shim = matches!(Runtime::parse(runtime), Ok(Runtime::Shim { .. }));
         let stdin = crate::shim::needs_stdin_fifo(p.stdin, p.tty, containerd_shim).then(|| logs.join("stdin"));
-        let cri_log = p.log_path.is_some();
-        let io = ProcessIo { stdin: stdin.as_deref(), stdout: &stdout, stderr: &stderr, terminal: p.tty, cri_log };
+        let io = ProcessIo { stdin: stdin.as_deref(), stdout: &stdout, stderr: &stderr, terminal: p.tty, log };
         let restore = p.restore.as_ref().map(|from| self.restore_options(ns, id, from));
         let loopback = crate::network::unpinned_none(attachment.as_ref());
         let placed = Placement { socket: &socket, sandbox: p.sandbox.as_ref(), restore: restore.as_ref(), loopback };
@@ -491,7 +497,11 @@ impl Manager {
             network: attachment,
             sandbox: p.sandbox.clone(),
             restored_from: p.restore.as_ref().map(|r| r.origin.clone()).unwrap_or_default(),
-            cri_log,
+            cri_log: log != LogFormat::Plain,
+            log_rotation: match log {
+                LogFormat::Berth(r) => Some(r),
+                _ => None,
+            },
         };
         let created = event(Kind::Create, ns, id, "", pid, None);
         let w = Write { put: Some(&rec), clear_intent: Some((ns, id)), event: Some(created), ..Default::default() };

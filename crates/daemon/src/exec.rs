@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use crate::create::make_fifo;
 use crate::error::{Error, Result};
 use crate::events::{Kind, event};
+use crate::logs::LogFormat;
 use crate::manager::{Entry, Manager, lock};
 use crate::shim::ProcessIo;
 use crate::spec::{Overrides, apply_overrides};
@@ -40,6 +41,7 @@ pub struct ExecInfo {
     pub pid: AtomicU32,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
+    pub log: LogFormat,
     /// Runs on a terminal (as far as this daemon run knows).
     pub terminal: bool,
     pub exit: watch::Sender<Option<ExitStatus>>,
@@ -49,14 +51,17 @@ fn invalid(msg: String) -> Error {
     Error::InvalidArgument(msg)
 }
 
-/// An exec's output files in the container's log dir.
-fn exec_logs(logs: &std::path::Path, exec_id: &str) -> (PathBuf, PathBuf) {
-    (logs.join(format!("exec-{exec_id}.stdout.log")), logs.join(format!("exec-{exec_id}.stderr.log")))
-}
-
 impl ExecInfo {
-    fn new(pid: u32, (stdout, stderr): (PathBuf, PathBuf), terminal: bool) -> Arc<ExecInfo> {
-        Arc::new(ExecInfo { pid: AtomicU32::new(pid), stdout, stderr, terminal, exit: watch::channel(None).0 })
+    /// An exec's output files in the container's log dir `logs`, written
+    /// as the container's are (kubelet's file is init's only: an exec's
+    /// output goes to berth's log).
+    fn new(pid: u32, logs: &std::path::Path, exec_id: &str, log: LogFormat, terminal: bool) -> Arc<ExecInfo> {
+        let log = match log {
+            LogFormat::Kubelet => LogFormat::Berth(berth_model::LogRotation::DEFAULT),
+            other => other,
+        };
+        let (stdout, stderr) = log.files(logs, exec_id);
+        Arc::new(ExecInfo { pid: AtomicU32::new(pid), stdout, stderr, log, terminal, exit: watch::channel(None).0 })
     }
 }
 
@@ -128,7 +133,7 @@ impl Manager {
         let logs = self.cfg.log_dir(ns, id);
         // One record for the exec's whole life: waiters and followers that
         // subscribe early keep the same exit channel.
-        let info = ExecInfo::new(0, exec_logs(&logs, exec_id.as_str()), p.tty);
+        let info = ExecInfo::new(0, &logs, exec_id.as_str(), LogFormat::of(&rec), p.tty);
         let (stdout, stderr) = (info.stdout.clone(), info.stderr.clone());
         {
             let mut execs = lock(&entry.execs);
@@ -143,13 +148,8 @@ impl Manager {
             if let Some(fifo) = &stdin {
                 make_fifo(fifo)?;
             }
-            let io = ProcessIo {
-                stdin: stdin.as_deref(),
-                stdout: &stdout,
-                stderr: &stderr,
-                terminal: p.tty,
-                cri_log: false,
-            };
+            let io =
+                ProcessIo { stdin: stdin.as_deref(), stdout: &stdout, stderr: &stderr, terminal: p.tty, log: info.log };
             entry.shim.exec(id, exec_id.as_str(), &io, spec).await?;
             self.publish(event(Kind::ExecAdded, ns, id, exec_id.as_str(), 0, None))?;
             entry.shim.start(id, exec_id.as_str()).await
@@ -238,7 +238,7 @@ impl Manager {
     pub(crate) fn resume_execs(self: &Arc<Self>, rec: &ContainerRecord, entry: &Entry) {
         let logs = self.cfg.log_dir(&rec.namespace, &rec.id);
         for (exec_id, pid) in &rec.execs {
-            let info = ExecInfo::new(*pid, exec_logs(&logs, exec_id), false);
+            let info = ExecInfo::new(*pid, &logs, exec_id, LogFormat::of(rec), false);
             lock(&entry.execs).insert(exec_id.clone(), info.clone());
             self.spawn_exec_monitor(entry, &rec.namespace, &rec.id, exec_id, info);
         }
@@ -268,8 +268,7 @@ impl Manager {
 
     fn forget_exec(&self, entry: &Entry, exec_id: &str) {
         if let Some(info) = lock(&entry.execs).remove(exec_id) {
-            let _ = std::fs::remove_file(&info.stdout);
-            let _ = std::fs::remove_file(&info.stderr);
+            info.log.remove(&info.stdout, &info.stderr);
             if let Some(logs) = info.stdout.parent() {
                 let _ = std::fs::remove_file(stdin_fifo(logs, exec_id));
             }

@@ -358,6 +358,7 @@ mod tests {
             start_timeout: Duration::from_secs(1),
             default_runtime: "embedded".into(),
             criu: "criu".into(),
+            log_rotation: berth_model::LogRotation::DEFAULT,
         }
     }
 

@@ -14,6 +14,8 @@ mod control;
 mod create;
 mod create_spec;
 mod delete;
+mod doctor;
+mod doctor_checks;
 mod error;
 mod events;
 mod exec;
@@ -144,6 +146,14 @@ struct Args {
     /// count in the metrics.
     #[arg(long)]
     metrics_per_container: bool,
+    /// The size at which a container's log file is rotated (bytes or a
+    /// k/m/g suffix; at least 64k; 0: never, the log grows without bound).
+    /// `berth run --log-max-size` sets it per container.
+    #[arg(long, default_value = "10m", value_parser = log_size)]
+    container_log_max_size: u64,
+    /// How many files a container's log keeps, the live one included (1..=100).
+    #[arg(long, default_value_t = 3)]
+    container_log_max_files: u32,
     /// Print berthd's man page (roff) and exit.
     #[arg(long, hide = true)]
     man_page: bool,
@@ -153,6 +163,10 @@ struct Args {
 enum LogFormat {
     Text,
     Json,
+}
+
+fn log_size(s: &str) -> Result<u64, String> {
+    berth_model::parse_size(s).map_err(|e| e.to_string())
 }
 
 /// A path that may be empty (clap's own path parser refuses "").
@@ -342,6 +356,8 @@ async fn run(args: Args) -> Result<(), String> {
             .name()
             .to_string(),
         criu: criu_path(args.criu.clone()),
+        log_rotation: berth_model::LogRotation::new(args.container_log_max_size, args.container_log_max_files)
+            .map_err(|e| format!("--container-log-max-*: {e}"))?,
     };
     for dir in [&cfg.root, &cfg.state] {
         std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;

@@ -429,6 +429,17 @@ impl Manager {
     /// At startup, after interrupted creates are released: attachments no
     /// container record owns (a berthd killed between ADD and the record).
     pub(crate) async fn release_orphan_attachments(&self) -> Result<()> {
+        for key in self.orphan_attachments()? {
+            let (ns, id) = (&key.namespace, &key.id);
+            tracing::warn!(%ns, %id, "releasing a network attachment no container owns");
+            self.net.networks.detach(&key).await?;
+        }
+        Ok(())
+    }
+
+    /// Attachments no container or sandbox record owns.
+    pub(crate) fn orphan_attachments(&self) -> Result<Vec<berth_network::AttachKey>> {
+        let mut orphans = Vec::new();
         for key in self.net.networks.attached()? {
             let Ok(ns) = Namespace::new(&key.namespace) else { continue };
             let owned = match key.id.strip_prefix("sandbox:").map(SandboxId::new) {
@@ -440,12 +451,10 @@ impl Manager {
                 },
             };
             if !owned {
-                let id = &key.id;
-                tracing::warn!(%ns, %id, "releasing a network attachment no container owns");
-                self.net.networks.detach(&key).await?;
+                orphans.push(key);
             }
         }
-        Ok(())
+        Ok(orphans)
     }
 
     /// Containers (namespace/id) and sandboxes (namespace/sandbox:id)

@@ -283,6 +283,7 @@ mod tests {
             start_timeout: std::time::Duration::from_secs(1),
             default_runtime: "embedded".into(),
             criu: "criu".into(),
+            log_rotation: berth_model::LogRotation::DEFAULT,
         };
         let (ns, id) = (Namespace::new("k8s.io").unwrap(), ContainerId::new("c1").unwrap());
         let host = Hierarchies::parse_for_tests("34 30 0:30 / /nonexistent-berth-cgroup rw - cgroup cgroup rw,memory");

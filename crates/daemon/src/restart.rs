@@ -135,7 +135,7 @@ impl Manager {
             stdout: &rec.stdout,
             stderr: &rec.stderr,
             terminal: rec.terminal,
-            cri_log: rec.cri_log,
+            log: crate::logs::LogFormat::of(&rec),
         };
         let mut done = Vec::new();
         let loopback = crate::network::unpinned_none(rec.network.as_ref());

@@ -72,6 +72,7 @@ impl CreateParams {
             sandbox: None,
             restore: Some(from),
             log_path: None,
+            log_bound: (None, None),
             groups: Vec::new(),
             sysctls: Default::default(),
             cgroup_parent: String::new(),

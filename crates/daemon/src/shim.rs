@@ -9,13 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_model::{ContainerId, ExitStatus, Namespace, State};
-use berth_shim::{LISTEN_FD, from_timestamp, from_ttrpc, pidfd_open};
+use berth_shim::{LISTEN_FD, crilog, from_timestamp, from_ttrpc, pidfd_open};
 use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::ttrpc::{self, asynchronous::Client, asynchronous::transport::Socket, context};
 use tokio::io::unix::AsyncFd;
 
 use crate::error::{Error, Result};
+use crate::logs::LogFormat;
 use crate::shim_v2::V2;
 use crate::task::Task;
 
@@ -84,8 +85,8 @@ pub struct ProcessIo<'a> {
     pub stdout: &'a Path,
     pub stderr: &'a Path,
     pub terminal: bool,
-    /// stdout and stderr name one CRI-format log file (berth's shim only).
-    pub cri_log: bool,
+    /// How stdout and stderr are written (a CRI-format one needs berth's shim).
+    pub log: crate::logs::LogFormat,
 }
 
 impl ProcessIo<'_> {
@@ -96,10 +97,15 @@ impl ProcessIo<'_> {
     /// stdout and stderr as the shim is told them.
     fn output(&self, dialect: &Dialect) -> (String, String) {
         match dialect {
-            Dialect::Berth if self.cri_log => {
-                (berth_shim::crilog::target("stdout", self.stdout), berth_shim::crilog::target("stderr", self.stderr))
-            }
-            Dialect::Berth => (self.stdout.to_string_lossy().into_owned(), self.stderr.to_string_lossy().into_owned()),
+            Dialect::Berth => match self.log {
+                LogFormat::Kubelet => (crilog::target("stdout", self.stdout), crilog::target("stderr", self.stderr)),
+                LogFormat::Berth(r) => {
+                    (crilog::berth_target("stdout", self.stdout, r), crilog::berth_target("stderr", self.stderr, r))
+                }
+                LogFormat::Plain => {
+                    (self.stdout.to_string_lossy().into_owned(), self.stderr.to_string_lossy().into_owned())
+                }
+            },
             // containerd-shim-runc-v2 feeds stdin to a process without a
             // terminal only when it copies the output itself (`file://`:
             // stderr joins stdout); otherwise berth-logger copies it.

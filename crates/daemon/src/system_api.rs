@@ -45,4 +45,8 @@ impl pb::system_server::System for Api {
             tokio::task::spawn_blocking(move || mgr.system_df()).await.map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(pb::DfResponse { entries: entries.map_err(status)? }))
     }
+
+    async fn doctor(&self, req: Request<pb::DoctorRequest>) -> Result<Response<pb::DoctorReport>, Status> {
+        Ok(Response::new(self.mgr.doctor(req.into_inner().fix).await.map_err(status)?))
+    }
 }

@@ -57,6 +57,10 @@ pub enum ModelError {
     InvalidPort { value: String, reason: String },
     #[error("invalid {what} namespace mode {value:?}: use container, pod or host")]
     BadNsShare { what: &'static str, value: String },
+    #[error("{0}")]
+    BadLogRotation(String),
+    #[error("invalid size {0:?} (use bytes or a k/m/g suffix)")]
+    BadSize(String),
 }
 
 impl ModelError {
@@ -68,7 +72,9 @@ impl ModelError {
             | ModelError::UnknownEventKind(_)
             | ModelError::BadRestartPolicy(_)
             | ModelError::InvalidPort { .. }
-            | ModelError::BadNsShare { .. } => Code::InvalidArgument,
+            | ModelError::BadNsShare { .. }
+            | ModelError::BadLogRotation(_)
+            | ModelError::BadSize(_) => Code::InvalidArgument,
             ModelError::BadTransition { .. }
             | ModelError::BadSandboxTransition { .. }
             | ModelError::SandboxNotEmpty { .. } => Code::FailedPrecondition,

@@ -67,8 +67,8 @@ impl Sink {
 /// Opens the output at `path` (a file, a FIFO, or a CRI log target);
 /// `None` for a FIFO nobody reads (then the output is discarded).
 pub fn open_sink(path: &str) -> std::io::Result<Option<Sink>> {
-    if let Some((stream, file)) = crilog::parse_target(path) {
-        return Ok(Some(Sink::Cri(CriLog::open(stream, file)?)));
+    if let Some(target) = crilog::parse_target(path) {
+        return Ok(Some(Sink::Cri(CriLog::open(&target)?)));
     }
     if !std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo()) {
         return Ok(Some(Sink::File(OpenOptions::new().append(true).create(true).open(path)?)));

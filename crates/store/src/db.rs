@@ -94,6 +94,10 @@ pub struct ContainerRecord {
     /// `stdout` and `stderr` name one file in the Kubernetes CRI log format.
     #[serde(default)]
     pub cri_log: bool,
+    /// Set when that file is berth's own log, rotated by the shim within
+    /// this bound (`berth_shim::crilog`); unset for kubelet's file.
+    #[serde(default)]
+    pub log_rotation: Option<berth_model::LogRotation>,
     /// `berth stop` (or a forced delete) ended it: no policy restarts it.
     #[serde(default)]
     pub stopped_by_user: bool,
@@ -370,6 +374,7 @@ mod tests {
             sandbox: None,
             restored_from: String::new(),
             cri_log: false,
+            log_rotation: None,
         }
     }
 

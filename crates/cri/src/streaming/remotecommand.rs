@@ -241,6 +241,7 @@ async fn drive<B: Backend>(
             follow: true,
             exec_id: p.exec_id.clone(),
             from_end: attach,
+            ..Default::default()
         };
         let output = Containers::logs(&*cri.b, req(logs)).await.map_err(|s| s.message().to_string())?;
         let mut output = Box::pin(output.into_inner());
