@@ -137,9 +137,20 @@ fn unreachable_daemon_is_one_clear_line() {
 
 #[test]
 fn start_that_times_out_is_killed_and_reported() {
-    let d = Daemon::start_with(&["--start-timeout", "0"]);
-    let rootfs = d.rootfs.to_str().unwrap();
-    let out = d.berth(&["run", "-d", "--name", "slow", rootfs, "sleep", "1000"]);
+    let d = Daemon::start_with(&["--start-timeout", "1"]);
+    // A poststart hook makes the start itself take 3 s (a start that
+    // answers before the timer's first tick would pass a 0 s timeout).
+    let bundle = d.dir().join("slow-bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    let spec = format!(
+        r#"{{"ociVersion":"1.0.2","root":{{"path":"{}"}},
+        "process":{{"cwd":"/","args":["sleep","1000"],"user":{{"uid":0,"gid":0}},"env":["PATH=/bin"]}},
+        "hooks":{{"poststart":[{{"path":"/bin/sleep","args":["sleep","3"]}}]}},
+        "linux":{{"namespaces":[{{"type":"pid"}},{{"type":"mount"}}]}}}}"#,
+        d.rootfs.display()
+    );
+    std::fs::write(bundle.join("config.json"), spec).unwrap();
+    let out = d.berth(&["run", "-d", "--name", "slow", bundle.to_str().unwrap()]);
     assert_eq!(out.code, 125, "{out:?}");
     assert!(out.stderr.contains("deadline exceeded") && out.stderr.contains("was killed"), "{out:?}");
     assert_eq!(d.berth(&["wait", "slow"]).code, 137);
