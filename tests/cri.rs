@@ -11,6 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use berth_e2e::cri_support::*;
+use berth_e2e::metrics::{get, parse, sample};
 use k8s_cri::v1 as cri;
 
 #[test]
@@ -539,4 +540,36 @@ fn container_events_come_with_their_pods_status() {
         c.rt.remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: pod }).await.unwrap();
     });
     assert_clean(&d, &[]);
+}
+
+#[test]
+fn cri_requests_and_image_pulls_are_in_the_metrics() {
+    let sock = tempfile::tempdir().unwrap();
+    let metrics = sock.path().join("metrics.sock");
+    let (d, _guard, _reg, _reference, _image) = setup_with(&["--metrics-address", &metrics.to_string_lossy()]);
+    runtime().block_on(async {
+        let mut c = clients(&d).await;
+        c.rt.version(cri::VersionRequest::default()).await.unwrap();
+        c.rt.list_containers(cri::ListContainersRequest::default()).await.unwrap();
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (text, parsed) = loop {
+        let (_, text) = get(std::os::unix::net::UnixStream::connect(&metrics).unwrap(), "/metrics");
+        let parsed = parse(&text);
+        let timed = |m: &str| {
+            parsed.samples.iter().any(|s| {
+                s.metric == "berth_cri_request_duration_seconds"
+                    && s.labels.get("method") == Some(m)
+                    && matches!(&s.value, prometheus_parse::Value::Histogram(_))
+            })
+        };
+        if timed("PullImage") && timed("Version") && timed("ListContainers") {
+            break (text, parsed);
+        }
+        assert!(std::time::Instant::now() < deadline, "{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(sample(&parsed, "berth_image_pulls_total", &[("result", "ok")]), Some(1.0), "{text}");
+    assert!(sample(&parsed, "berth_image_pull_bytes_total", &[]).unwrap_or(0.0) > 100_000.0, "{text}");
+    assert!(sample(&parsed, "berth_process_cpu_seconds_total", &[]).unwrap_or(0.0) > 0.0, "{text}");
 }

@@ -94,6 +94,13 @@ fn doctor_finds_and_fixes_every_kind_of_leftover() {
     nix::mount::mount(Some("tmpfs"), &rootfs, Some("tmpfs"), nix::mount::MsFlags::empty(), None::<&str>).unwrap();
     let ns = format!("/proc/{}/ns/net", sleeper.id());
     nix::mount::mount(Some(ns.as_str()), &pin, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>).unwrap();
+    // a cgroup no file of this berthd's names (another berthd's, perhaps),
+    let foreign = format!("{}/default/foreign", d.cgroup_parent.trim_start_matches('/'));
+    let mut stranger = Command::new("sleep").arg("600").spawn().unwrap();
+    for dir in h.v1_dir("pids", &foreign).into_iter().chain(h.memory_dirs(&foreign)) {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cgroup.procs"), stranger.id().to_string()).unwrap();
+    }
     // and the directories of a container with no record.
     let dirs = [
         d.state.join("bundles/default/ghost"),
@@ -123,10 +130,23 @@ fn doctor_finds_and_fixes_every_kind_of_leftover() {
     assert_eq!(text.code, 1, "{text:?}");
     assert!(text.stdout.contains("berth doctor --fix"), "{text:?}");
 
+    let f = findings.iter().find(|f| f["subject"].as_str().unwrap().ends_with("/default/foreign")).unwrap();
+    assert_eq!((f["kind"].as_str(), f["manual"].as_bool()), (Some("cgroup"), Some(true)), "{f}");
+
     let (code, v) = doctor(&d, &["--fix"]);
-    assert_eq!(code, 0, "{v}");
-    let fixed = v["findings"].as_array().unwrap();
+    assert_eq!(code, 1, "the foreign cgroup is left to an operator: {v}");
+    let all = v["findings"].as_array().unwrap();
+    let (left, fixed): (Vec<_>, Vec<_>) = all.iter().partition(|f| f["manual"] == true);
     assert!(fixed.len() >= 9 && fixed.iter().all(|f| f["fixed"] == true), "{v}");
+    assert_eq!(left.len(), 1, "{v}");
+    assert!(alive(stranger.id()), "nothing berthd cannot prove its own is killed");
+    stranger.kill().unwrap();
+    let _ = stranger.wait();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !h.existing(&foreign).iter().all(|d| std::fs::remove_dir(d).is_ok()) {
+        assert!(std::time::Instant::now() < deadline, "rmdir {foreign}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let _ = shim.wait();
     let _ = sleeper.wait();
     assert!(dirs.iter().all(|d| !d.exists()) && !rootfs.exists() && !pin.exists());
@@ -146,4 +166,14 @@ fn doctor_finds_and_fixes_every_kind_of_leftover() {
     d.terminate();
     let out = d.berth(&["doctor"]);
     assert_eq!(out.code, 2, "berthd is down: {out:?}");
+    // berthd refuses a cgroup parent that is the root (its doctor would
+    // take every other cgroup for a leftover).
+    let dir = d.dir().join("refused");
+    let out = Command::new(bin_path("berthd"))
+        .args(["--root", &dir.join("root").to_string_lossy(), "--state", &dir.join("state").to_string_lossy()])
+        .args(["--socket", &dir.join("s.sock").to_string_lossy(), "--cri-socket", "", "--cgroup-parent", "/"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--cgroup-parent"), "{out:?}");
+    assert!(!dir.exists());
 }

@@ -2,6 +2,7 @@
 //! This library holds what several of them share.
 
 pub mod cri_support;
+pub mod metrics;
 pub mod registry;
 pub mod spdy_client;
 

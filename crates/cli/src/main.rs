@@ -371,7 +371,6 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
-    /// berthd's own figures: phases.
     /// Find what berth's records do not account for (leftover shims,
     /// cgroups, mounts, namespaces, network attachments, directories,
     /// sockets) and check the host. Exit 0: healthy, 1: findings, 2: could
@@ -383,6 +382,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// berthd's own figures: phases, info, df.
     System {
         #[command(subcommand)]
         cmd: system::SystemCommand,

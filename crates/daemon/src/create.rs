@@ -335,9 +335,12 @@ impl Manager {
         }
     }
 
-    /// How init's output is written (checked before anything is made).
+    /// How init's output is written (checked before anything is made):
+    /// plain files in the sandbox of a shim an older berthd started.
     fn log_format(&self, p: &CreateParams, runtime: &Runtime) -> Result<LogFormat> {
-        LogFormat::choose(p.log_path.as_deref(), runtime, self.cfg.log_rotation, p.log_bound)
+        let log = LogFormat::choose(p.log_path.as_deref(), runtime, self.cfg.log_rotation, p.log_bound)?;
+        let old_shim = p.sandbox.as_ref().is_some_and(|s| self.sandbox_shim_is_old(&p.namespace, s));
+        Ok(if old_shim && matches!(log, LogFormat::Berth(_)) { LogFormat::Plain } else { log })
     }
 
     /// Checks the run options (`mounts.rs`) off the async workers, with a

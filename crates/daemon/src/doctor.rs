@@ -134,6 +134,7 @@ impl Manager {
             attachments: HashSet::new(),
         };
         let claim = |o: &mut Owned, ns: &Namespace, id: &ContainerId| {
+            o.attachments.insert(AttachKey { namespace: ns.to_string(), id: id.to_string() });
             o.containers.insert((ns.to_string(), id.to_string()));
             o.cgroups.insert(trim(&self.cfg.cgroup_path(ns, id)));
             o.rootfs.insert(self.image_rootfs(ns, id));
@@ -176,7 +177,8 @@ impl Manager {
         found.extend(self.stray_mounts(&o));
         found.extend(self.stray_dirs(&o));
         found.extend(self.stray_sockets(&o));
-        found.extend(self.orphan_attachments()?.into_iter().map(|key| Leftover {
+        let orphans = self.orphan_attachments()?.into_iter().filter(|k| !o.attachments.contains(k));
+        found.extend(orphans.map(|key| Leftover {
             kind: "network",
             subject: format!("{}/{}", key.namespace, key.id),
             why: "a network attachment (namespace, veth, address) no container or sandbox owns".into(),
@@ -198,7 +200,7 @@ impl Manager {
         for pid in pids {
             let args = crate::control::cmdline(pid);
             let flag = |f: &str| args.windows(2).find(|w| w[0] == f).map(|w| w[1].clone());
-            if !args.first().is_some_and(|a| a.ends_with("berth-shim"))
+            if !args.first().is_some_and(|a| a.ends_with("berth-shim") || Path::new(a) == self.cfg.shim_binary)
                 || !flag("--runtime-root").is_some_and(|r| Path::new(&r).starts_with(&self.cfg.state))
             {
                 continue;
@@ -222,9 +224,16 @@ impl Manager {
     }
 
     /// Container cgroups under berthd's parent, in every hierarchy, that
-    /// no record names; with the processes still in them.
+    /// no record names; with the processes still in them. Repaired only
+    /// when berthd's own files of that container (bundle, logs, runtime
+    /// state) show it was berthd's: another berthd may share the parent.
     fn stray_cgroups(&self, o: &Owned) -> Vec<Leftover> {
         let parent = trim(&self.cfg.cgroup_parent);
+        let ours = |ns: &str, id: &str| {
+            let mut dirs = vec![self.cfg.state.join("bundles"), self.cfg.root.join("logs")];
+            dirs.extend(subdirs(&self.cfg.state.join("runtime")).into_iter().map(|(_, d)| d));
+            dirs.iter().any(|d| d.join(ns).join(id).is_dir())
+        };
         let mut seen = HashSet::new();
         let mut found = Vec::new();
         for mount in self.cgroups.mount_points() {
@@ -238,16 +247,15 @@ impl Manager {
                     0 => "a container cgroup no record names".to_string(),
                     n => format!("{n} process(es) in a cgroup whose container is gone"),
                 };
-                let fix = "kill what is in it and remove it from every hierarchy".into();
-                let owner = Owner::Cgroup(cgroup.clone());
-                found.push(Leftover {
-                    kind: "cgroup",
-                    subject: cgroup.clone(),
-                    why,
-                    fix,
-                    owner,
-                    repair: Repair::KillCgroup(cgroup),
-                });
+                let (owner, repair, fix) = if ours(&ns, &id) {
+                    let fix = "kill what is in it and remove it from every hierarchy";
+                    (Owner::Cgroup(cgroup.clone()), Repair::KillCgroup(cgroup.clone()), fix)
+                } else {
+                    let fix = "no file of berthd's names it (another berthd's, with the same --cgroup-parent?): \
+                               check, then kill its processes and rmdir it by hand";
+                    (Owner::Nobody, Repair::Manual, fix)
+                };
+                found.push(Leftover { kind: "cgroup", subject: cgroup, why, fix: fix.into(), owner, repair });
             }
         }
         found
@@ -370,6 +378,13 @@ impl Manager {
     async fn repair(&self, r: &Repair) -> Result<()> {
         match r {
             Repair::KillShim(pid) => {
+                // The pid read at the scan must still be a berth-shim.
+                if !crate::control::cmdline(*pid)
+                    .first()
+                    .is_some_and(|a| a.ends_with("berth-shim") || Path::new(a) == self.cfg.shim_binary)
+                {
+                    return Err(Error::FailedPrecondition(format!("pid {pid} is no longer a berth-shim")));
+                }
                 let group = nix::unistd::Pid::from_raw(-(*pid as i32));
                 let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
                 let _ =
@@ -413,12 +428,19 @@ impl Manager {
         let mut found = scan(self.clone()).await?;
         if fix {
             for l in found.iter().filter(|l| l.repair != Repair::Manual) {
+                // The container's id is reserved as a create's would be, so
+                // none of that id starts while its leftovers go.
+                let key = l.container_key();
                 let owned = self.owned().map(|o| o.owns(&l.owner));
-                let outcome = match owned {
+                let reserved = key.as_ref().is_none_or(|k| lock(&self.creating).insert(k.clone()));
+                let outcome = match owned.map(|owned| owned || !reserved) {
                     Ok(false) => self.repair(&l.repair).await,
                     Ok(true) => Err(Error::FailedPrecondition("a container or sandbox has claimed it since".into())),
                     Err(e) => Err(e),
                 };
+                if let Some(k) = key.filter(|_| reserved) {
+                    lock(&self.creating).remove(&k);
+                }
                 tracing::warn!(kind = l.kind, subject = %l.subject, ok = outcome.is_ok(), "doctor repaired a leftover");
                 findings.push(finding(l, Some(outcome)));
             }
@@ -431,6 +453,22 @@ impl Manager {
         let mgr = self.clone();
         let checks = tokio::task::spawn_blocking(move || mgr.health_checks()).await.map_err(joined)?;
         Ok(pb::DoctorReport { findings, checks })
+    }
+}
+
+impl Leftover {
+    /// The container a leftover was (its shim, cgroup or directories).
+    fn container_key(&self) -> Option<crate::manager::Key> {
+        let (ns, id) = match &self.owner {
+            Owner::Container(ns, id) => (ns.as_str(), id.as_str()),
+            Owner::Cgroup(c) => {
+                let mut parts = c.rsplit('/');
+                let id = parts.next()?;
+                (parts.next()?, id)
+            }
+            _ => return None,
+        };
+        Some((Namespace::new(ns).ok()?, ContainerId::new(id).ok()?))
     }
 }
 

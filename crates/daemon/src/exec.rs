@@ -53,11 +53,12 @@ fn invalid(msg: String) -> Error {
 
 impl ExecInfo {
     /// An exec's output files in the container's log dir `logs`, written
-    /// as the container's are (kubelet's file is init's only: an exec's
-    /// output goes to berth's log).
+    /// as the container's are (kubelet's file is init's only: a CRI
+    /// container's exec writes plain files, as every berth-shim can, one
+    /// an older berthd started too).
     fn new(pid: u32, logs: &std::path::Path, exec_id: &str, log: LogFormat, terminal: bool) -> Arc<ExecInfo> {
         let log = match log {
-            LogFormat::Kubelet => LogFormat::Berth(berth_model::LogRotation::DEFAULT),
+            LogFormat::Kubelet => LogFormat::Plain,
             other => other,
         };
         let (stdout, stderr) = log.files(logs, exec_id);

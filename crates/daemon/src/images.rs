@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 use crate::manager::Manager;
+use prometheus_client::metrics::counter::Counter;
 
 /// Progress events of one layer closer than this many bytes are folded.
 const PROGRESS_STEP: u64 = 512 * 1024;
@@ -50,6 +51,9 @@ pub struct Images {
     /// Pulls and imports hold it shared, garbage collection exclusively:
     /// a collection never sweeps what a pull or import is writing.
     pub(crate) gc_lock: tokio::sync::RwLock<()>,
+    /// Pulls by result, and the bytes their layers downloaded (metrics).
+    pub pulls: prometheus_client::metrics::family::Family<Vec<(&'static str, String)>, Counter>,
+    pub pulled_bytes: Counter,
 }
 
 /// The active snapshot key of a container: derived from namespace and id
@@ -68,6 +72,8 @@ impl Images {
             snapshots: Snapshotter::new(&root.join("snapshots"))?,
             names: ImageStore::open(root.join("images"))?,
             puller: Puller::new(),
+            pulls: Default::default(),
+            pulled_bytes: Counter::default(),
             gc_lock: tokio::sync::RwLock::new(()),
         })
     }
@@ -105,6 +111,8 @@ impl Images {
         tokio::spawn(async move {
             let _lease = me.gc_lock.read().await;
             let result = me.pull_inner(p, &tx).await;
+            let outcome = if result.is_ok() { "ok" } else { "error" };
+            me.pulls.get_or_create(&vec![("result", outcome.to_string())]).inc();
             let _ =
                 tx.send(result.map(|image| PullEvent { status: "pulled", image: Some(image), ..Default::default() }));
         });
@@ -119,7 +127,11 @@ impl Images {
         let platform: Platform = if p.platform.is_empty() { Platform::default() } else { p.platform.parse()? };
         let last: Mutex<HashMap<String, u64>> = Mutex::default();
         let events = tx.clone();
+        let bytes = self.pulled_bytes.clone();
         let progress = Arc::new(move |l: &LayerProgress<'_>| {
+            if l.done && !l.skipped {
+                bytes.inc_by(l.current);
+            }
             let mut last = crate::manager::lock(&last);
             let seen = last.entry(l.digest.to_string()).or_insert(0);
             let first = *seen == 0 && l.current == 0;

@@ -108,6 +108,11 @@ fn check_cri_log_path(path: &Path, runtime: &Runtime) -> Result<()> {
     Ok(())
 }
 
+/// Files a follower may fall behind by (at least; 4 × the files the log
+/// keeps if more): it holds them open, so their bytes stay on disk until
+/// it has read them; one that stopped reading loses the oldest beyond.
+const FOLLOW_BEHIND: usize = 16;
+
 /// How often a followed log is checked for new output while the container runs.
 const FOLLOW_TICK: Duration = Duration::from_millis(50);
 const CHUNK: usize = 64 * 1024;
@@ -152,7 +157,7 @@ pub fn stream(format: LogFormat, stdout: PathBuf, stderr: PathBuf, opts: Options
     let follow = if f.until_ns.is_some() { None } else { opts.follow };
     let mut readers = readers;
     for r in readers.iter_mut().filter(|r| r.rotated > 0 && follow.is_some()) {
-        r.arrivals = watch(&r.path);
+        r.arrivals = watch(&r.path, FOLLOW_BEHIND.max(4 * r.rotated as usize));
     }
     // Where an attach starts is fixed before it returns: output that
     // follows it is not skipped.
@@ -204,6 +209,9 @@ struct Reader {
 /// The files a [`watch`] opened, oldest first; dropping it ends the watch.
 struct Arrivals {
     files: std::sync::Arc<std::sync::Mutex<Vec<Open>>>,
+    /// The files the reader found when it opened the log, not to be read
+    /// twice.
+    initial: Vec<(u64, File)>,
     _stop: tokio::sync::oneshot::Sender<()>,
 }
 
@@ -211,7 +219,7 @@ struct Arrivals {
 /// made, for a follower: one that lags several rotations behind (a slow
 /// client) still reads every file, as its descriptor keeps the bytes of
 /// a file rotated out. Ends with the follower.
-fn watch(path: &Path) -> Option<Arrivals> {
+fn watch(path: &Path, keep: usize) -> Option<Arrivals> {
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
     let (dir, name) = (path.parent()?, path.file_name()?.to_os_string());
     let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).ok()?;
@@ -226,7 +234,7 @@ fn watch(path: &Path) -> Option<Arrivals> {
     // SAFETY: the AsyncFd owns the inotify descriptor for its whole life.
     let fd = unsafe { tokio::io::unix::AsyncFd::register(Watcher(inotify)) }.ok()?;
     let (stop, mut stopped) = tokio::sync::oneshot::channel();
-    let arrivals = Arrivals { files: Default::default(), _stop: stop };
+    let arrivals = Arrivals { files: Default::default(), initial: Vec::new(), _stop: stop };
     let files = arrivals.files.clone();
     let path = path.to_path_buf();
     tokio::spawn(async move {
@@ -244,6 +252,10 @@ fn watch(path: &Path) -> Option<Arrivals> {
                 if let Some(o) = open(&path).filter(|o| all.last().is_none_or(|l| l.ino != o.ino)) {
                     all.push(o);
                 }
+                // A follower that stopped reading (a paused pager) holds
+                // no more than `keep` files: the oldest go.
+                let excess = all.len().saturating_sub(keep);
+                all.drain(..excess);
             }
         }
     });
@@ -267,6 +279,11 @@ impl Reader {
                 seen.push(older.ino);
                 self.files.push_front(older);
             }
+        }
+        // A watched log: the watcher may yet report these files (made
+        // before it looked); held open, their inodes stay theirs.
+        if let Some(a) = self.arrivals.as_mut() {
+            a.initial = self.files.iter().filter_map(|o| Some((o.ino, o.file.try_clone().ok()?))).collect();
         }
     }
 
@@ -353,13 +370,13 @@ impl Reader {
             // old file is read to its end (the loop above), then the files
             // made since, in order (a file still held is not read twice:
             // its inode cannot have been reused).
-            let next: Vec<Open> = match &self.arrivals {
-                Some(a) => std::mem::take(&mut *a.files.lock().unwrap_or_else(|e| e.into_inner())),
-                None => open(&self.path).into_iter().collect(),
+            let (next, initial): (Vec<Open>, &[(u64, File)]) = match &self.arrivals {
+                Some(a) => (std::mem::take(&mut *a.files.lock().unwrap_or_else(|e| e.into_inner())), &a.initial),
+                None => (open(&self.path).into_iter().collect(), &[]),
             };
             let before = self.files.len();
             for o in next {
-                if !self.files.iter().any(|f| f.ino == o.ino) {
+                if !self.files.iter().any(|f| f.ino == o.ino) && !initial.iter().any(|(ino, _)| *ino == o.ino) {
                     self.files.push_back(o);
                 }
             }

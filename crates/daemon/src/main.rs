@@ -48,6 +48,7 @@ mod sysctl;
 mod system_api;
 mod system_info;
 mod task;
+mod timed;
 mod volume_api;
 mod volume_fill;
 mod volumes;
@@ -327,6 +328,7 @@ async fn serve_cri(
         .map_err(|e| format!("--cri-streaming-address {}: {e}", args.cri_streaming_address))?;
     let (runtime, images) = berth_cri::servers(cri);
     let server = tonic::transport::Server::builder()
+        .layer(timed::layer(mgr.metrics.cri_requests.clone()))
         .add_service(runtime)
         .add_service(images)
         .serve_with_incoming(UnixListenerStream::new(listener));
@@ -344,6 +346,9 @@ async fn run(args: Args) -> Result<(), String> {
     // Flags are checked before anything is made.
     let metrics_address =
         (!args.metrics_address.is_empty()).then(|| metrics::Address::parse(&args.metrics_address)).transpose()?;
+    if args.cgroup_parent.trim_matches('/').is_empty() {
+        return Err("--cgroup-parent must name a cgroup of berthd's own, not the root".into());
+    }
     let cfg = Config {
         root: args.root.clone(),
         state: args.state.clone(),

@@ -38,7 +38,6 @@ const SCRAPE_REUSE: Duration = Duration::from_secs(1);
 type Labels = Vec<(&'static str, String)>;
 
 /// What is counted as it happens, and the last shim sample.
-#[derive(Default)]
 pub struct Metrics {
     /// Events by type (start, exit, oom, restart, …).
     events: Family<Labels, Counter>,
@@ -47,8 +46,34 @@ pub struct Metrics {
     shims_pss: AtomicU64,
     /// Whether scrapes include each running or paused container's figures.
     pub per_container: bool,
+    /// CRI requests' durations by method.
+    pub cri_requests: crate::timed::RequestHistograms,
     /// The last scrape, and when it was made.
     last: tokio::sync::Mutex<Option<(std::time::Instant, String)>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            events: Family::default(),
+            shims: AtomicU64::default(),
+            shims_rss: AtomicU64::default(),
+            shims_pss: AtomicU64::default(),
+            per_container: false,
+            cri_requests: crate::timed::histograms(),
+            last: Default::default(),
+        }
+    }
+}
+
+/// berthd's CPU time (user and system) in seconds, from /proc/self/stat.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, r)| r.split_whitespace().collect());
+    // utime and stime are fields 14 and 15 (11 and 12 after the name).
+    let ticks: u64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<u64>().ok()).sum();
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok().flatten().unwrap_or(100) as f64;
+    ticks as f64 / hz
 }
 
 /// Where metrics are served.
@@ -180,6 +205,11 @@ impl Manager {
         reg.register("process_resident_bytes", "berthd's resident memory", gauge(kb_field(&status, "VmRSS:")));
         let fds = std::fs::read_dir("/proc/self/fd").map(|d| d.count() as u64).unwrap_or(0);
         reg.register("process_open_fds", "berthd's open file descriptors", gauge(fds));
+        let cpu = prometheus_client::metrics::counter::ConstCounter::new(cpu_seconds());
+        reg.register("process_cpu_seconds", "berthd's CPU time, user and system", cpu);
+        reg.register("image_pulls", "Image pulls, by result", self.images.pulls.clone());
+        reg.register("image_pull_bytes", "Bytes of layers downloaded by pulls", self.images.pulled_bytes.clone());
+        reg.register("cri_request_duration_seconds", "CRI requests' durations, by method", m.cri_requests.clone());
         if m.per_container {
             self.register_per_container(&mut reg, &recs);
         }

@@ -20,7 +20,7 @@ pub type PhaseLabels = Vec<(&'static str, &'static str)>;
 pub type PhaseHistograms = Family<PhaseLabels, Histogram, fn() -> Histogram>;
 
 /// 50 µs to about 13 s, doubling.
-fn histogram() -> Histogram {
+pub(crate) fn histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_05, 2.0, 19))
 }
 

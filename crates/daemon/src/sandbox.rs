@@ -253,6 +253,12 @@ impl Manager {
         Ok(Joining { live: &self.sandboxes, key, record })
     }
 
+    /// Whether sandbox `id` has a live shim that writes no berth logs (one
+    /// an older berthd started).
+    pub(crate) fn sandbox_shim_is_old(&self, ns: &Namespace, id: &SandboxId) -> bool {
+        self.sandboxes.shim(&(ns.clone(), id.clone())).is_some_and(|c| !c.is_gone() && !c.berth_logs)
+    }
+
     /// The shim of sandbox `id`, started anew if the sandbox's shim is gone.
     pub(crate) async fn sandbox_shim(self: &Arc<Self>, ns: &Namespace, id: &SandboxId) -> Result<ShimClient> {
         let key = (ns.clone(), id.clone());

@@ -45,6 +45,9 @@ pub struct ShimClient {
     /// A sandbox's shim, serving several containers: it outlives the
     /// delete of each of them.
     pub shared: bool,
+    /// It writes berth's rotated logs (a berth-shim of this version, or one
+    /// that says so at Connect).
+    pub berth_logs: bool,
 }
 
 fn shim_err(e: ttrpc::Error) -> Error {
@@ -224,7 +227,7 @@ pub async fn spawn(a: &ShimArgs, socket: &Path, bundle: &Path) -> Result<ShimCli
         let started = async {
             let (socket, v3) = v2.start(a, bundle).await?;
             let mut client = connect_with(&socket, 0, None, a.dialect(), v3).await?;
-            let pid = client.task.hello(ctx, a.id.as_str()).await.map_err(shim_err)?;
+            let pid = client.task.hello(ctx, a.id.as_str()).await.map_err(shim_err)?.shim_pid;
             // Only a shim started for this container (not one that `start`
             // handed back because another container's shim shares a group
             // annotation or the socket) is ours to drive and later kill.
@@ -304,7 +307,10 @@ pub async fn connect(socket: &Path, id: &ContainerId, pid: u32, dialect: Dialect
     let v3 = matches!(dialect, Dialect::Berth);
     let mut client = connect_with(socket, pid, None, dialect, v3).await?;
     let asked = client.task.hello(|| context::with_timeout(CONNECT_TIMEOUT.as_nanos() as i64), id.as_str()).await;
-    let serving = asked.unwrap_or(pid);
+    // A shim too slow to answer is this version's or not: plain logs are
+    // the ones every berth-shim writes.
+    client.berth_logs = asked.as_ref().is_ok_and(|r| r.version.contains(berth_shim::LOG_ROTATION_FEATURE));
+    let serving = asked.map_or(pid, |r| r.shim_pid);
     client.pid = serving;
     client.pidfd = watch_pidfd(pidfd_open(serving).ok());
     Ok(client)
@@ -328,7 +334,17 @@ async fn connect_with(
         .map_err(|e| Error::io(format!("connect to shim at {}", socket.display()), e))?;
     let task = Task::new(Client::new(Socket::from(stream)), v3);
     let pidfd = watch_pidfd(pidfd);
-    Ok(ShimClient { task, dialect: Arc::new(dialect), pid, socket: socket.to_path_buf(), pidfd, shared: false })
+    // A berth-shim started now is this berthd's own binary.
+    let berth_logs = matches!(dialect, Dialect::Berth);
+    Ok(ShimClient {
+        task,
+        dialect: Arc::new(dialect),
+        pid,
+        socket: socket.to_path_buf(),
+        pidfd,
+        shared: false,
+        berth_logs,
+    })
 }
 
 impl ShimClient {

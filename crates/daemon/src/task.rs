@@ -23,8 +23,8 @@ impl Task {
 
     /// Says hello (Connect) under the chosen name, then under the other
     /// one if the shim does not serve the first; keeps the name that
-    /// answered. Returns the shim's own pid.
-    pub async fn hello(&mut self, ctx: impl Fn() -> Context, id: &str) -> ttrpc::Result<u32> {
+    /// answered. Returns the shim's answer (its own pid, its version).
+    pub async fn hello(&mut self, ctx: impl Fn() -> Context, id: &str) -> ttrpc::Result<api::ConnectResponse> {
         let req = api::ConnectRequest { id: id.to_string(), ..Default::default() };
         match self.connect(ctx(), &req).await {
             // Rust ttrpc says NOT_FOUND, Go ttrpc UNIMPLEMENTED ("service …").
@@ -33,9 +33,9 @@ impl Task {
                     && s.message().starts_with("service") =>
             {
                 self.service = if self.service == TASK_V3 { TASK_V2 } else { TASK_V3 };
-                Ok(self.connect(ctx(), &req).await?.shim_pid)
+                self.connect(ctx(), &req).await
             }
-            answer => Ok(answer?.shim_pid),
+            answer => answer,
         }
     }
 

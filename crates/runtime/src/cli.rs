@@ -25,8 +25,16 @@ impl CliRuntime {
     }
 
     fn command(&self, id: &str) -> Command {
+        use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(self.binary);
         cmd.arg("--root").arg(&self.root).arg("--log").arg(self.log_path(id)).arg("--log-format").arg("json");
+        // SAFETY: signal(2) and sigprocmask(2) only, between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                crate::default_signals();
+                Ok(())
+            });
+        }
         cmd
     }
 

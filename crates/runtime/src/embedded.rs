@@ -85,6 +85,7 @@ struct ProcessExecutor {
 
 impl Executor for ProcessExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
+        crate::default_signals();
         if let Some(seccomp) = &self.seccomp {
             let fail = |what: &str, e: &dyn std::fmt::Display| ExecutorError::Other(format!("{what}: {e}"));
             nix::sys::prctl::set_no_new_privs().map_err(|e| fail("set no_new_privs", &e))?;

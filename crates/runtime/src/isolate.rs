@@ -157,7 +157,6 @@ fn fork_helper<T: Serialize>(
     match unsafe { fork() }.map_err(io)? {
         ForkResult::Child => {
             drop(rx);
-            default_signals();
             let helper = std::process::id();
             // The helper never returns into the caller, whatever `f` does:
             // a panic (in the helper, or in a process the runtime cloned
@@ -196,26 +195,6 @@ fn fork_helper<T: Serialize>(
             }
         }
     }
-}
-
-/// Gives every signal its default action and unblocks all: the container
-/// processes the runtime starts from the helper inherit both, and must not
-/// inherit the shim's (Rust ignores SIGPIPE; a shell that started berthd in
-/// the background may have left SIGINT and SIGQUIT ignored), or `yes | head`
-/// spins forever in a container.
-fn default_signals() {
-    for sig in 1..=libc::SIGRTMAX() {
-        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-            // SAFETY: resetting a disposition in a single-threaded child;
-            // signals the C library reserves fail harmlessly.
-            unsafe { libc::signal(sig, libc::SIG_DFL) };
-        }
-    }
-    let _ = nix::sys::signal::sigprocmask(
-        nix::sys::signal::SigmaskHow::SIG_SETMASK,
-        Some(&nix::sys::signal::SigSet::empty()),
-        None,
-    );
 }
 
 /// Opens a pidfd: a handle that becomes readable when the process exits and

@@ -64,3 +64,24 @@ pub fn open(name: &str, root: &Path) -> Result<Box<dyn Runtime>, RuntimeError> {
         _ => Ok(Box::new(cli::CliRuntime::new("crun", root)?)),
     }
 }
+
+/// Gives every signal its default action and unblocks all, in a container
+/// process right before its execve (the embedded executor) or a runtime
+/// binary's (runc, crun): an ignored signal survives exec, and the process
+/// must not inherit the shim's (Rust ignores SIGPIPE; a shell that started
+/// berthd in the background may have left SIGINT and SIGQUIT ignored), or
+/// `yes | head` spins forever in a container.
+pub(crate) fn default_signals() {
+    for sig in 1..=libc::SIGRTMAX() {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            // SAFETY: resetting a disposition in a single-threaded child;
+            // signals the C library reserves fail harmlessly.
+            unsafe { libc::signal(sig, libc::SIG_DFL) };
+        }
+    }
+    let _ = nix::sys::signal::sigprocmask(
+        nix::sys::signal::SigmaskHow::SIG_SETMASK,
+        Some(&nix::sys::signal::SigSet::empty()),
+        None,
+    );
+}

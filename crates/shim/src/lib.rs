@@ -20,6 +20,11 @@ use containerd_shim_protos::ttrpc;
 /// the daemon can connect the moment the shim is spawned.
 pub const LISTEN_FD: i32 = 3;
 
+/// In the version a berth-shim answers Connect with when it writes berth's
+/// rotated logs (`crilog::berth_target`): one started by an older berthd
+/// does not, and gets plain log files.
+pub const LOG_ROTATION_FEATURE: &str = "+berth-log";
+
 /// The Task service's name in containerd-shim-protos (and containerd 2.x).
 pub const TASK_V3: &str = "containerd.task.v3.Task";
 /// The name containerd 1.6 and 1.7 use and their shims serve: the same messages.

@@ -458,7 +458,12 @@ impl Task for Shim {
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
             task_pid: task_pid.unwrap_or(0),
-            version: format!("berth-shim {} ({})", env!("CARGO_PKG_VERSION"), self.namespace),
+            version: format!(
+                "berth-shim {} ({}) {}",
+                env!("CARGO_PKG_VERSION"),
+                self.namespace,
+                berth_shim::LOG_ROTATION_FEATURE
+            ),
             ..Default::default()
         })
     }
