@@ -335,14 +335,6 @@ impl Manager {
         }
     }
 
-    /// How init's output is written (checked before anything is made):
-    /// plain files in the sandbox of a shim an older berthd started.
-    fn log_format(&self, p: &CreateParams, runtime: &Runtime) -> Result<LogFormat> {
-        let log = LogFormat::choose(p.log_path.as_deref(), runtime, self.cfg.log_rotation, p.log_bound)?;
-        let old_shim = p.sandbox.as_ref().is_some_and(|s| self.sandbox_shim_is_old(&p.namespace, s));
-        Ok(if old_shim && matches!(log, LogFormat::Berth(_)) { LogFormat::Plain } else { log })
-    }
-
     /// Checks the run options (`mounts.rs`) off the async workers, with a
     /// deadline (host paths may sit on a hung filesystem); refused for a
     /// bundle, whose config.json is used as written. Also says whether the

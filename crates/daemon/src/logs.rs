@@ -95,6 +95,16 @@ impl LogFormat {
     }
 }
 
+impl crate::manager::Manager {
+    /// How init's output is written (checked before anything is made):
+    /// plain files in the sandbox of a shim an older berthd started.
+    pub(crate) fn log_format(&self, p: &crate::create::CreateParams, runtime: &Runtime) -> Result<LogFormat> {
+        let log = LogFormat::choose(p.log_path.as_deref(), runtime, self.cfg.log_rotation, p.log_bound)?;
+        let old_shim = p.sandbox.as_ref().is_some_and(|s| self.sandbox_shim_is_old(&p.namespace, s));
+        Ok(if old_shim && matches!(log, LogFormat::Berth(_)) { LogFormat::Plain } else { log })
+    }
+}
+
 /// A CRI log file asked for at create: absolute, and written by berth's
 /// own shim (a containerd shim knows no such format).
 fn check_cri_log_path(path: &Path, runtime: &Runtime) -> Result<()> {
