@@ -166,6 +166,8 @@ fn metrics_are_scraped_and_parsed() {
     assert_eq!(sample(&parsed, "berth_containers", &[("namespace", "default"), ("state", "running")]), Some(1.0));
     assert!(sample(&parsed, "berth_events_total", &[("type", "exit")]).unwrap_or(0.0) >= 1.0, "{text}");
     assert!(sample(&parsed, "berth_event_log_sequence", &[]).unwrap_or(0.0) >= 4.0, "{text}");
+    assert!(sample(&parsed, "berth_event_log_events", &[]).unwrap_or(0.0) >= 4.0, "{text}");
+    assert!(sample(&parsed, "berth_store_bytes", &[]).unwrap_or(0.0) > 0.0, "{text}");
     assert!(sample(&parsed, "berth_process_resident_bytes", &[]).unwrap_or(0.0) > 0.0, "{text}");
     // The phase histograms, as histograms.
     let create = parsed

@@ -3,7 +3,8 @@
 //! shims' PSS total with all of them running; `berth stats --no-stream
 //! --json` over all; `berth run --rm` against `runc run` of /bin/true with
 //! all of them running (interleaved); kill -9 of berthd and restart until
-//! `berth ps --json` lists all N running again; `berth rm -f` of all in
+//! `berth ps --json` lists all N running again; a metrics scrape with each
+//! container's figures; `berth rm -f` of all in
 //! one command. Then the peer: a private containerd 1.6 with N tasks
 //! (`ctr run -d` one at a time, its shims' PSS total, kill -9 and restart
 //! until `ctr task ls` lists them all).
@@ -37,6 +38,32 @@ pub struct Scale {
     /// `berth run --rm` and `runc run` of /bin/true, all N running.
     pub start_berth: Option<Duration>,
     pub start_runc: Option<Duration>,
+    /// GET /metrics with `--metrics-per-container`, all N running.
+    pub scrape: Option<Duration>,
+}
+
+/// The median of three scrapes of the metrics socket (each more than the
+/// second berthd reuses a scrape for apart), if each answers 200 with
+/// every container in it.
+fn scrape(socket: &Path, n: usize) -> Option<Duration> {
+    use std::io::{Read, Write};
+    let mut times = Vec::new();
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(1100));
+        let started = std::time::Instant::now();
+        let mut conn = std::os::unix::net::UnixStream::connect(socket).ok()?;
+        conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text).ok()?;
+        times.push(started.elapsed());
+        let per_container = text.matches("berth_container_memory_bytes{").count();
+        if !text.lines().next().is_some_and(|l| l.ends_with("200 OK")) || per_container != n {
+            eprintln!("scale: the scrape held {per_container} containers of {n}");
+            return None;
+        }
+    }
+    times.sort();
+    Some(times[1])
 }
 
 fn rss_mb(pid: u32) -> Option<f64> {
@@ -58,7 +85,7 @@ fn start_path(d: &Daemon, bundle: &Path) -> (Option<Duration>, Option<Duration>)
     (t[0], t[1])
 }
 
-pub fn run(d: &Daemon, n: usize, bundle: &Path) -> Scale {
+pub fn run(d: &Daemon, n: usize, bundle: &Path, metrics: &Path) -> Scale {
     let rootfs = d.rootfs.to_string_lossy().into_owned();
     let ids: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
     eprintln!("scale: {n} sequential run -d …");
@@ -73,6 +100,7 @@ pub fn run(d: &Daemon, n: usize, bundle: &Path) -> Scale {
     berth.shims_pss_mb = pss_total(&d.shim_pids());
     eprintln!("scale: stats, start path, recovery, rm -f …");
     let stats = timed(|| d.berth(&["stats", "--no-stream", "--json"]).code == 0);
+    let scrape = scrape(metrics, n);
     let (start_berth, start_runc) = start_path(d, bundle);
     berth.recovery = berth_listing(d).filter(|l| l.len() == n).and_then(|mut expected| {
         expected.sort();
@@ -87,7 +115,7 @@ pub fn run(d: &Daemon, n: usize, bundle: &Path) -> Scale {
     args.extend(ids.iter().map(String::as_str));
     let rm_all = timed(|| d.berth(&args).code == 0);
     let containerd = Containerd::start(d.dir()).map(|c| peer(c, &d.rootfs, n)).unwrap_or_default();
-    Scale { containers: n, berth, containerd, berthd_rss_mb, stats, rm_all, start_berth, start_runc }
+    Scale { containers: n, berth, containerd, berthd_rss_mb, stats, rm_all, start_berth, start_runc, scrape }
 }
 
 /// containerd 1.6 with `n` tasks through containerd-shim-runc-v2; its

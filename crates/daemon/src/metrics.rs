@@ -188,6 +188,10 @@ impl Manager {
         reg.register("events", "Events published, by type", self.metrics.events.clone());
         let seq = self.store.last_seq().map_err(|e| e.to_string())?;
         reg.register("event_log_sequence", "Sequence number of the last event in the event log", gauge(seq));
+        let held = self.store.event_count().map_err(|e| e.to_string())?;
+        reg.register("event_log_events", "Events the event log holds (older ones are pruned)", gauge(held));
+        let store_bytes = std::fs::metadata(self.cfg.db_path()).map_or(0, |m| m.len());
+        reg.register("store_bytes", "Size of the metadata store (events included)", gauge(store_bytes));
         reg.register(
             "phase_duration_seconds",
             "Durations of the phases of create, start, exit and delete",
@@ -223,11 +227,11 @@ impl Manager {
         let (cpu, memory, pids): (Family<Labels, Gauge>, Family<Labels, Gauge>, Family<Labels, Gauge>) =
             Default::default();
         for r in recs.iter().filter(|r| matches!(r.state, State::Running | State::Paused)) {
-            let Ok(s) = berth_cgroups::stats_in(&self.cgroups, &r.cgroup) else { continue };
+            let Some(u) = self.cgroups.usage(&r.cgroup) else { continue };
             let labels = vec![("namespace", r.namespace.to_string()), ("id", r.id.to_string())];
-            cpu.get_or_create(&labels).set(i64::try_from(s.cpu.usage_total / 1000).unwrap_or(i64::MAX));
-            memory.get_or_create(&labels).set(i64::try_from(s.memory.usage).unwrap_or(i64::MAX));
-            pids.get_or_create(&labels).set(i64::try_from(s.pids.current).unwrap_or(i64::MAX));
+            cpu.get_or_create(&labels).set(i64::try_from(u.cpu_ns / 1000).unwrap_or(i64::MAX));
+            memory.get_or_create(&labels).set(i64::try_from(u.memory).unwrap_or(i64::MAX));
+            pids.get_or_create(&labels).set(i64::try_from(u.pids).unwrap_or(i64::MAX));
         }
         reg.register("container_cpu_microseconds", "CPU time of a running container", cpu);
         reg.register("container_memory_bytes", "Memory usage of a running container", memory);

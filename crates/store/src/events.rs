@@ -59,6 +59,13 @@ impl Store {
         Ok(out)
     }
 
+    /// How many events the log holds (older ones are pruned).
+    pub fn event_count(&self) -> Result<u64, StoreError> {
+        use redb::ReadableTableMetadata;
+        let tx = self.db().begin_read().map_err(db_err)?;
+        tx.open_table(EVENTS).map_err(db_err)?.len().map_err(db_err)
+    }
+
     /// The sequence number of the newest event (0: none yet).
     pub fn last_seq(&self) -> Result<u64, StoreError> {
         let tx = self.db().begin_read().map_err(db_err)?;
@@ -117,6 +124,7 @@ mod tests {
         }
         tx.commit().unwrap();
         // The last prune ran at the last multiple of PRUNE_EVERY.
+        assert_eq!(s.event_count().unwrap(), total - (total / PRUNE_EVERY * PRUNE_EVERY - RETAINED_EVENTS));
         let pruned_at = total / PRUNE_EVERY * PRUNE_EVERY;
         let oldest = s.events_since(0, 1).unwrap()[0].seq;
         assert_eq!(oldest, pruned_at - RETAINED_EVENTS + 1);
