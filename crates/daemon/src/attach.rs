@@ -19,6 +19,7 @@ use crate::manager::Manager;
 
 /// The output side of a containerd shim's terminal process.
 pub struct Terminal {
+    log: crate::logs::LogFormat,
     stdout: PathBuf,
     stderr: PathBuf,
     exit: watch::Receiver<Option<ExitStatus>>,
@@ -34,11 +35,22 @@ impl Manager {
         }
         if exec_id.is_empty() {
             let exit = entry.exit.subscribe();
-            return Ok(rec.terminal.then(|| Terminal { stdout: rec.stdout.clone(), stderr: rec.stderr.clone(), exit }));
+            let log = crate::logs::LogFormat::of(rec);
+            return Ok(rec.terminal.then(|| Terminal {
+                log,
+                stdout: rec.stdout.clone(),
+                stderr: rec.stderr.clone(),
+                exit,
+            }));
         }
         let info = self.exec_info(&entry, exec_id)?;
         let exit = info.exit.subscribe();
-        Ok(info.terminal.then(|| Terminal { stdout: info.stdout.clone(), stderr: info.stderr.clone(), exit }))
+        Ok(info.terminal.then(|| Terminal {
+            log: info.log,
+            stdout: info.stdout.clone(),
+            stderr: info.stderr.clone(),
+            exit,
+        }))
     }
 }
 
@@ -61,7 +73,7 @@ pub fn terminal(input: Option<pipe::Sender>, t: Terminal) -> Result<tokio::net::
         }
     });
     let opts = crate::logs::Options { follow: Some(t.exit), ..Default::default() };
-    let mut output = crate::logs::stream(crate::logs::LogFormat::Plain, t.stdout, t.stderr, opts)?;
+    let mut output = crate::logs::stream(t.log, t.stdout, t.stderr, opts)?;
     tokio::spawn(async move {
         while let Some((_, data)) = output.recv().await {
             if to_client.write_all(&data).await.is_err() {

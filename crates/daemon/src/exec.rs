@@ -134,7 +134,10 @@ impl Manager {
         let logs = self.cfg.log_dir(ns, id);
         // One record for the exec's whole life: waiters and followers that
         // subscribe early keep the same exit channel.
-        let info = ExecInfo::new(0, &logs, exec_id.as_str(), LogFormat::of(&rec), p.tty);
+        // A containerd shim copies an interactive exec's output itself.
+        let log =
+            if entry.shim.is_containerd_shim() && p.stdin && !p.tty { LogFormat::Plain } else { LogFormat::of(&rec) };
+        let info = ExecInfo::new(0, &logs, exec_id.as_str(), log, p.tty);
         let (stdout, stderr) = (info.stdout.clone(), info.stderr.clone());
         {
             let mut execs = lock(&entry.execs);
@@ -239,7 +242,10 @@ impl Manager {
     pub(crate) fn resume_execs(self: &Arc<Self>, rec: &ContainerRecord, entry: &Entry) {
         let logs = self.cfg.log_dir(&rec.namespace, &rec.id);
         for (exec_id, pid) in &rec.execs {
-            let info = ExecInfo::new(*pid, &logs, exec_id, LogFormat::of(rec), false);
+            // Plain files if that is what the exec writes (see `exec`).
+            let plain = logs.join(format!("exec-{exec_id}.stdout.log")).exists();
+            let log = if plain { LogFormat::Plain } else { LogFormat::of(rec) };
+            let info = ExecInfo::new(*pid, &logs, exec_id, log, false);
             lock(&entry.execs).insert(exec_id.clone(), info.clone());
             self.spawn_exec_monitor(entry, &rec.namespace, &rec.id, exec_id, info);
         }

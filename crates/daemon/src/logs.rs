@@ -40,13 +40,16 @@ impl LogFormat {
     }
 
     /// The format of a new container: kubelet's file if it names one,
-    /// else berth's log within `bound` (`default` where it names none).
-    /// A containerd shim's output is copied by others, as plain files.
+    /// else berth's log within `bound` (`default` where it names none),
+    /// written by berth-shim or berth-logger — but plain files when the
+    /// process's containerd shim copies its output itself (`shim_copies`:
+    /// interactive without a terminal).
     pub fn choose(
         kubelet: Option<&Path>,
         runtime: &Runtime,
         default: LogRotation,
         bound: (Option<u64>, Option<u32>),
+        shim_copies: bool,
     ) -> Result<LogFormat> {
         let bounded = bound.0.is_some() || bound.1.is_some();
         if let Some(path) = kubelet {
@@ -59,12 +62,12 @@ impl LogFormat {
             return Ok(LogFormat::Kubelet);
         }
         let rotation = default.with(bound.0, bound.1)?;
-        match runtime {
-            Runtime::Shim { .. } if bounded => {
-                Err(Error::InvalidArgument("a log bound needs berth's own shim, not a containerd shim".into()))
-            }
-            Runtime::Shim { .. } => Ok(LogFormat::Plain),
-            _ => Ok(LogFormat::Berth(rotation)),
+        match shim_copies {
+            true if bounded => Err(Error::InvalidArgument(
+                "a containerd shim writes an interactive container's output itself: no log bound applies".into(),
+            )),
+            true => Ok(LogFormat::Plain),
+            false => Ok(LogFormat::Berth(rotation)),
         }
     }
 
@@ -99,7 +102,8 @@ impl crate::manager::Manager {
     /// How init's output is written (checked before anything is made):
     /// plain files in the sandbox of a shim an older berthd started.
     pub(crate) fn log_format(&self, p: &crate::create::CreateParams, runtime: &Runtime) -> Result<LogFormat> {
-        let log = LogFormat::choose(p.log_path.as_deref(), runtime, self.cfg.log_rotation, p.log_bound)?;
+        let shim_copies = matches!(runtime, Runtime::Shim { .. }) && p.stdin && !p.tty;
+        let log = LogFormat::choose(p.log_path.as_deref(), runtime, self.cfg.log_rotation, p.log_bound, shim_copies)?;
         let old_shim = p.sandbox.as_ref().is_some_and(|s| self.sandbox_shim_is_old(&p.namespace, s));
         Ok(if old_shim && matches!(log, LogFormat::Berth(_)) { LogFormat::Plain } else { log })
     }

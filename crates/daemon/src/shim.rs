@@ -117,7 +117,11 @@ impl ProcessIo<'_> {
                 (uri.clone(), uri)
             }
             Dialect::V2 { logger, .. } => {
-                let uri = berth_shim::logger::logger_uri(logger, self.stdout, self.stderr);
+                let rotation = match self.log {
+                    LogFormat::Berth(r) => Some(r),
+                    _ => None,
+                };
+                let uri = berth_shim::logger::logger_uri(logger, self.stdout, self.stderr, rotation);
                 (uri.clone(), uri)
             }
         }

@@ -96,21 +96,26 @@ impl LogFile {
                 }
                 self.write(out);
             }
-            Some(r) if r.max_size > 0 && self.size > 0 && self.size + out.len() as u64 > r.max_size => {
-                // Where this stream's open line ends in the batch.
-                let at = if self.open[stream] { first_line_end(out) } else { Some(0) };
-                match at {
-                    Some(at) if !self.open[1 - stream] => {
-                        self.write(&out[..at]);
+            Some(r) if r.max_size > 0 && self.size + out.len() as u64 > r.max_size => {
+                // Line by line (through each record that ends one): a file
+                // is full before the line that would pass its size, unless
+                // a line of either stream is still open in it.
+                let (mut start, mut at, mut size, mut open) = (0, 0, self.size, self.open[stream]);
+                while at < out.len() {
+                    let found = first_line_end(&out[at..]);
+                    let end = found.map_or(out.len(), |n| at + n);
+                    let line = (end - at) as u64;
+                    let between = !open && !self.open[1 - stream];
+                    if size > 0 && size + line > r.max_size && (between || size + line > 2 * r.max_size) {
+                        self.write(&out[start..at]);
                         self.rotate(r);
-                        self.write(&out[at..]);
+                        (start, size) = (at, 0);
                     }
-                    _ if self.size + out.len() as u64 > 2 * r.max_size => {
-                        self.rotate(r);
-                        self.write(out);
-                    }
-                    _ => self.write(out),
+                    size += line;
+                    open = found.is_none();
+                    at = end;
                 }
+                self.write(&out[start..]);
             }
             Some(_) => self.write(out),
         }

@@ -31,6 +31,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::crilog::{CriLog, LogRotation, Target};
+
 /// The fds containerd hands the logger: stdout, stderr, ready.
 const STDOUT_FD: RawFd = 3;
 const STDERR_FD: RawFd = 4;
@@ -47,9 +49,12 @@ const STDERR_GRACE: Duration = Duration::from_millis(500);
 /// `/` is percent-encoded, so Go's `url.Parse` and `Query()` give back the
 /// exact paths (`+` would mean a space in a query; `;` makes Go drop the
 /// pair).
-pub fn logger_uri(logger_binary: &Path, stdout: &Path, stderr: &Path) -> String {
+/// With `rotation`, both streams go to one berth log (`crilog`) the
+/// logger keeps within it.
+pub fn logger_uri(logger_binary: &Path, stdout: &Path, stderr: &Path, rotation: Option<LogRotation>) -> String {
+    let bound = rotation.map(|r| format!("&max_size={}&max_files={}", r.max_size, r.max_files)).unwrap_or_default();
     format!(
-        "binary://{}?stdout={}&stderr={}",
+        "binary://{}?stdout={}&stderr={}{bound}",
         escape(logger_binary.as_os_str().as_bytes()),
         escape(stdout.as_os_str().as_bytes()),
         escape(stderr.as_os_str().as_bytes())
@@ -139,16 +144,27 @@ fn wait_settled(files: &[&Path], limit: Duration) -> bool {
 struct Targets {
     stdout: PathBuf,
     stderr: PathBuf,
+    /// One berth log for both streams, kept within this bound.
+    rotation: Option<LogRotation>,
 }
 
 fn parse_args(args: &[OsString]) -> Result<Targets, String> {
-    let (mut stdout, mut stderr) = (None, None);
+    let (mut stdout, mut stderr, mut max_size, mut max_files) = (None, None, None, None);
     let mut it = args.iter();
     while let Some(key) = it.next() {
         let value = it.next().ok_or_else(|| format!("no value for {key:?}"))?;
+        let number = || value.to_str().and_then(|v| v.parse::<u64>().ok()).ok_or(format!("{key:?} is not a number"));
         let slot = match key.to_str() {
             Some("stdout") => &mut stdout,
             Some("stderr") => &mut stderr,
+            Some("max_size") => {
+                max_size = Some(number()?);
+                continue;
+            }
+            Some("max_files") => {
+                max_files = Some(u32::try_from(number()?).map_err(|_| "max_files is too large")?);
+                continue;
+            }
             _ => return Err(format!("unknown argument {key:?} (want stdout and stderr)")),
         };
         let path = PathBuf::from(value);
@@ -157,8 +173,16 @@ fn parse_args(args: &[OsString]) -> Result<Targets, String> {
         }
         *slot = Some(path);
     }
+    let rotation = match (max_size, max_files) {
+        (None, None) => None,
+        (Some(size), Some(files)) => Some(LogRotation::new(size, files).map_err(|e| e.to_string())?),
+        _ => return Err("max_size and max_files come together".into()),
+    };
     match (stdout, stderr) {
-        (Some(stdout), Some(stderr)) => Ok(Targets { stdout, stderr }),
+        (Some(stdout), Some(stderr)) if rotation.is_some() && stdout != stderr => {
+            Err("a bounded log is one file: stdout and stderr must name it both".into())
+        }
+        (Some(stdout), Some(stderr)) => Ok(Targets { stdout, stderr, rotation }),
         _ => Err("both stdout and stderr log paths are required".into()),
     }
 }
@@ -210,10 +234,16 @@ fn open_log(path: &Path) -> Result<File, String> {
         .map_err(|e| format!("open {}: {e}", path.display()))
 }
 
+/// Where a stream goes: its own file, or its records in a berth log.
+enum Sink {
+    File(File),
+    Log(CriLog),
+}
+
 /// One stream being copied into its log file.
 struct Stream {
     from: File,
-    to: File,
+    to: Sink,
     name: &'static str,
     open: bool,
     /// A write failed: keep reading (so the container never blocks on a
@@ -230,11 +260,16 @@ impl Stream {
                 false
             }
             Ok(n) => {
-                if !self.failed
-                    && let Err(e) = self.to.write_all(&buf[..n])
-                {
-                    eprintln!("berth-logger: write {}: {e}; dropping its output", self.name);
-                    self.failed = true;
+                match &mut self.to {
+                    Sink::File(f) if !self.failed => {
+                        if let Err(e) = f.write_all(&buf[..n]) {
+                            eprintln!("berth-logger: write {}: {e}; dropping its output", self.name);
+                            self.failed = true;
+                        }
+                    }
+                    Sink::File(_) => {}
+                    // A berth log loses what cannot be written, not the stream.
+                    Sink::Log(log) => log.write(&buf[..n]),
                 }
                 true
             }
@@ -263,14 +298,27 @@ pub unsafe fn run(args: &[OsString]) -> Result<(), String> {
     let ready = inherited(READY_FD);
     let targets = parse_args(args)?;
     let term = term_pipe().map_err(|e| format!("SIGTERM handler: {e}"))?;
-    let stdout_log = open_log(&targets.stdout)?;
-    let stderr_log = open_log(&targets.stderr)?;
+    // A rotated log's live file changes: its lock is a file beside it.
+    let lock = match targets.rotation {
+        Some(_) => open_log(&PathBuf::from(format!("{}.lock", targets.stdout.display())))?,
+        None => open_log(&targets.stdout)?,
+    };
     // Blocks while an earlier logger of the same file still drains, so
     // two never interleave.
     // SAFETY: flock on a descriptor we own; held until exit.
-    if unsafe { libc::flock(stdout_log.as_raw_fd(), libc::LOCK_EX) } != 0 {
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
         return Err(format!("lock {}: {}", targets.stdout.display(), std::io::Error::last_os_error()));
     }
+    let sink = |stream: &'static str, path: &Path| -> Result<Sink, String> {
+        match targets.rotation {
+            Some(rotation) => CriLog::open(&Target { stream, path, rotation: Some(rotation) })
+                .map(Sink::Log)
+                .map_err(|e| format!("open {}: {e}", path.display())),
+            None if stream == "stdout" => Ok(Sink::File(lock.try_clone().map_err(|e| e.to_string())?)),
+            None => open_log(path).map(Sink::File),
+        }
+    };
+    let (stdout_log, stderr_log) = (sink("stdout", &targets.stdout)?, sink("stderr", &targets.stderr)?);
     if let Some(ready) = ready {
         // One byte then EOF: containerd 1.6 takes either as ready, newer
         // strict variants want the byte.
@@ -381,7 +429,7 @@ mod tests {
         let bin = Path::new("/opt/my berth/bin/berth-logger");
         let out = Path::new("/var/log/a b&c=d%e?f#g+h;i/out.log");
         let err = Path::new("/var/log/ü/err~.log");
-        let uri = logger_uri(bin, out, err);
+        let uri = logger_uri(bin, out, err, None);
         let (path, pairs) = go_decode(&uri);
         assert_eq!(path, bin.as_os_str().as_bytes());
         assert_eq!(
@@ -392,6 +440,10 @@ mod tests {
             ]
         );
         assert!(uri.contains("a%20b%26c%3Dd%25e%3Ff%23g%2Bh%3Bi"), "{uri}");
+        let bounded = logger_uri(bin, out, out, Some(LogRotation::DEFAULT));
+        let (_, pairs) = go_decode(&bounded);
+        assert_eq!(pairs[2], (b"max_size".to_vec(), b"10485760".to_vec()));
+        assert_eq!(pairs[3], (b"max_files".to_vec(), b"3".to_vec()));
     }
 
     fn args(a: &[&str]) -> Vec<OsString> {
@@ -400,10 +452,13 @@ mod tests {
 
     #[test]
     fn arguments_in_any_order() {
-        let want = Targets { stdout: "/l/o".into(), stderr: "/l/e".into() };
+        let want = Targets { stdout: "/l/o".into(), stderr: "/l/e".into(), rotation: None };
         assert_eq!(parse_args(&args(&["stdout", "/l/o", "stderr", "/l/e"])), Ok(want));
-        let want = Targets { stdout: "/l/o".into(), stderr: "/l/e".into() };
+        let want = Targets { stdout: "/l/o".into(), stderr: "/l/e".into(), rotation: None };
         assert_eq!(parse_args(&args(&["stderr", "/l/e", "stdout", "/l/o"])), Ok(want));
+        let bounded = ["max_files", "2", "stdout", "/l/c", "max_size", "65536", "stderr", "/l/c"];
+        let want = Targets { stdout: "/l/c".into(), stderr: "/l/c".into(), rotation: LogRotation::new(65536, 2).ok() };
+        assert_eq!(parse_args(&args(&bounded)), Ok(want));
     }
 
     #[test]
@@ -413,6 +468,10 @@ mod tests {
             &["stdout", "/o"],
             &["stdout", "/o", "stderr"],
             &["stdout", "rel/o", "stderr", "/e"],
+            &["stdout", "/c", "stderr", "/c", "max_size", "65536"],
+            &["stdout", "/c", "stderr", "/c", "max_size", "1", "max_files", "2"],
+            &["stdout", "/c", "stderr", "/d", "max_size", "65536", "max_files", "2"],
+            &["stdout", "/c", "stderr", "/c", "max_size", "x", "max_files", "2"],
         ] {
             assert!(parse_args(&args(a)).is_err(), "{a:?}");
         }

@@ -57,7 +57,7 @@ fn start(dir: &Path, args: &[&str]) -> Logger {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_berth-logger"));
     for a in args {
         match *a {
-            "$OUT" => cmd.arg(&out_log),
+            "$OUT" | "$LOG" => cmd.arg(&out_log),
             "$ERR" => cmd.arg(&err_log),
             a => cmd.arg(a),
         };
@@ -97,6 +97,31 @@ fn wait_ready(l: &mut Logger) {
     assert_eq!(l.ready.read(&mut b).expect("read ready"), 1, "logger signalled no ready byte");
     // Then EOF: the logger closed its end.
     assert_eq!(l.ready.read(&mut b).expect("read ready"), 0);
+}
+
+#[test]
+fn a_bounded_log_takes_both_streams_as_records_and_rotates() {
+    let dir = temp_dir("bounded");
+    let mut l = start(&dir, &["stdout", "$LOG", "stderr", "$LOG", "max_size", "65536", "max_files", "2"]);
+    wait_ready(&mut l);
+    l.stderr.as_mut().unwrap().write_all(b"err line\n").unwrap();
+    assert!(wait_copied(&l.out_log, &l.out_log, Duration::from_secs(5)));
+    for i in 0..4000 {
+        l.stdout.as_mut().unwrap().write_all(format!("line {i}\n").as_bytes()).unwrap();
+    }
+    drop(l.stdout.take());
+    drop(l.stderr.take());
+    let status = exit_within(&mut l.child, Duration::from_secs(2)).expect("logger exited");
+    assert!(status.success(), "{status:?}");
+    let live = std::fs::read_to_string(&l.out_log).unwrap();
+    let rotated = std::fs::read_to_string(format!("{}.1", l.out_log.display())).unwrap();
+    assert!(!std::path::Path::new(&format!("{}.2", l.out_log.display())).exists(), "two files kept");
+    assert!(live.len() <= 65536 && rotated.len() <= 65536);
+    let last = live.lines().last().unwrap();
+    assert!(last.ends_with(" stdout F line 3999"), "{last}");
+    let first = rotated.lines().next().unwrap();
+    assert!(first.contains(" stdout F line "), "whole records from a line's start: {first}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
