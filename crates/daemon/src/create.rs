@@ -140,20 +140,6 @@ pub(crate) struct Placement<'a> {
     pub loopback: bool,
 }
 
-/// Releases the reservation of an id when create ends, however it ends.
-struct Reservation<'a> {
-    mgr: &'a Manager,
-    key: Key,
-}
-
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut c) = self.mgr.creating.lock() {
-            c.remove(&self.key);
-        }
-    }
-}
-
 pub(crate) fn check_labels(labels: &BTreeMap<String, String>) -> Result<()> {
     if labels.len() > MAX_LABELS {
         return Err(Error::InvalidArgument(format!("at most {MAX_LABELS} labels are allowed")));
@@ -256,10 +242,9 @@ impl Manager {
         }
         let (run, is_bundle) = self.check_run_options(&p).await?;
         let key = (p.namespace.clone(), p.id.clone());
-        if !self.creating.lock().map(|mut c| c.insert(key.clone())).unwrap_or(false) {
+        let Some(_reservation) = self.reserve(key.clone()) else {
             return Err(Error::AlreadyExists(p.id.to_string()));
-        }
-        let _reservation = Reservation { mgr: self, key: key.clone() };
+        };
         if self.store.get(&p.namespace, &p.id)?.is_some() {
             return Err(Error::AlreadyExists(p.id.to_string()));
         }

@@ -418,6 +418,23 @@ impl Manager {
         }
     }
 
+    /// Whether something owns the leftover now; if not, its container's id
+    /// stays reserved (as a create's would be) while the guard lives, so
+    /// none of that id starts while it goes.
+    fn claimed_since(&self, l: &Leftover) -> Result<(bool, Option<crate::manager::Reservation<'_>>)> {
+        if self.owned()?.owns(&l.owner) {
+            return Ok((true, None));
+        }
+        let Some(key) = l.container_key() else { return Ok((false, None)) };
+        let Some(reservation) = self.reserve(key.clone()) else { return Ok((true, None)) };
+        // A create that ended between the look and the reservation left
+        // its record (or intent).
+        let (ns, id) = &key;
+        let durable = self.store.get(ns, id)?.is_some()
+            || self.store.intents()?.iter().any(|i| i.namespace == *ns && i.id == *id);
+        Ok((durable, Some(reservation)))
+    }
+
     /// The doctor's report; with `fix`, after repairing what is safe.
     pub(crate) async fn doctor(self: &Arc<Self>, fix: bool) -> Result<pb::DoctorReport> {
         let joined = |e: tokio::task::JoinError| Error::io("doctor", std::io::Error::other(e));
@@ -430,17 +447,13 @@ impl Manager {
             for l in found.iter().filter(|l| l.repair != Repair::Manual) {
                 // The container's id is reserved as a create's would be, so
                 // none of that id starts while its leftovers go.
-                let key = l.container_key();
-                let owned = self.owned().map(|o| o.owns(&l.owner));
-                let reserved = key.as_ref().is_none_or(|k| lock(&self.creating).insert(k.clone()));
-                let outcome = match owned.map(|owned| owned || !reserved) {
-                    Ok(false) => self.repair(&l.repair).await,
-                    Ok(true) => Err(Error::FailedPrecondition("a container or sandbox has claimed it since".into())),
+                let outcome = match self.claimed_since(l) {
+                    Ok((false, _reservation)) => self.repair(&l.repair).await,
+                    Ok((true, _)) => {
+                        Err(Error::FailedPrecondition("a container or sandbox has claimed it since".into()))
+                    }
                     Err(e) => Err(e),
                 };
-                if let Some(k) = key.filter(|_| reserved) {
-                    lock(&self.creating).remove(&k);
-                }
                 tracing::warn!(kind = l.kind, subject = %l.subject, ok = outcome.is_ok(), "doctor repaired a leftover");
                 findings.push(finding(l, Some(outcome)));
             }

@@ -94,6 +94,10 @@ impl LogFormat {
             for n in 1..r.max_files {
                 let _ = std::fs::remove_file(LogRotation::rotated(stdout, n));
             }
+            // berth-logger's lock beside it (a containerd shim's exec).
+            let mut lock = stdout.as_os_str().to_os_string();
+            lock.push(".lock");
+            let _ = std::fs::remove_file(lock);
         }
     }
 }
@@ -156,7 +160,7 @@ pub fn stream(format: LogFormat, stdout: PathBuf, stderr: PathBuf, opts: Options
     let readers = match format {
         LogFormat::Plain if timed => {
             return Err(Error::FailedPrecondition(
-                "this log has no timestamps (a containerd shim's container): --since, --until and -t need berth's own log"
+                "this log is plain files without timestamps (an older berthd's container, or a containerd shim's interactive one): --since, --until and -t need berth's own log"
                     .into(),
             ));
         }
@@ -384,13 +388,19 @@ impl Reader {
             // old file is read to its end (the loop above), then the files
             // made since, in order (a file still held is not read twice:
             // its inode cannot have been reused).
-            let (next, initial): (Vec<Open>, &[(u64, File)]) = match &self.arrivals {
-                Some(a) => (std::mem::take(&mut *a.files.lock().unwrap_or_else(|e| e.into_inner())), &a.initial),
-                None => (open(&self.path).into_iter().collect(), &[]),
+            let (next, initial): (Vec<Open>, &mut Vec<(u64, File)>) = match &mut self.arrivals {
+                Some(a) => (std::mem::take(&mut *a.files.lock().unwrap_or_else(|e| e.into_inner())), &mut a.initial),
+                None => (open(&self.path).into_iter().collect(), &mut Vec::new()),
             };
             let before = self.files.len();
             for o in next {
-                if !self.files.iter().any(|f| f.ino == o.ino) && !initial.iter().any(|(ino, _)| *ino == o.ino) {
+                let found_at_open = initial.iter().any(|(ino, _)| *ino == o.ino);
+                if !found_at_open {
+                    // The watcher reports in order: whatever it reports of
+                    // the files found at open came before this one.
+                    initial.clear();
+                }
+                if !found_at_open && !self.files.iter().any(|f| f.ino == o.ino) {
                     self.files.push_back(o);
                 }
             }

@@ -492,3 +492,25 @@ impl Manager {
         });
     }
 }
+
+/// Releases the reservation of an id when create ends, however it ends.
+pub(crate) struct Reservation<'a> {
+    mgr: &'a Manager,
+    key: Key,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut c) = self.mgr.creating.lock() {
+            c.remove(&self.key);
+        }
+    }
+}
+
+impl Manager {
+    /// Reserves `key` as a create does (`creating`), until the guard goes;
+    /// `None` if a create (or doctor) holds it already.
+    pub(crate) fn reserve(&self, key: Key) -> Option<Reservation<'_>> {
+        lock(&self.creating).insert(key.clone()).then_some(Reservation { mgr: self, key })
+    }
+}

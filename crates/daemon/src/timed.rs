@@ -1,6 +1,7 @@
 //! Times each request to the CRI socket for the metrics
 //! (`berth_cri_request_duration_seconds{method}`): a tower layer over the
-//! gRPC server, measuring until the response (a stream's first message).
+//! gRPC server, measuring until the handler returns its response (for a
+//! stream, when the stream begins, not when it ends).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,18 +29,50 @@ pub struct Timed<S> {
     histograms: RequestHistograms,
 }
 
-/// The method of a gRPC path `/package.Service/Method`; anything else (the
-/// socket is root's, but a label per stray path would grow without end)
-/// is "other".
+/// CRI v1's methods (RuntimeService, ImageService).
+const METHODS: &[&str] = &[
+    "Version",
+    "RunPodSandbox",
+    "StopPodSandbox",
+    "RemovePodSandbox",
+    "PodSandboxStatus",
+    "ListPodSandbox",
+    "CreateContainer",
+    "StartContainer",
+    "StopContainer",
+    "RemoveContainer",
+    "ListContainers",
+    "ContainerStatus",
+    "UpdateContainerResources",
+    "ReopenContainerLog",
+    "ExecSync",
+    "Exec",
+    "Attach",
+    "PortForward",
+    "ContainerStats",
+    "ListContainerStats",
+    "PodSandboxStats",
+    "ListPodSandboxStats",
+    "UpdateRuntimeConfig",
+    "Status",
+    "CheckpointContainer",
+    "GetContainerEvents",
+    "ListMetricDescriptors",
+    "ListPodSandboxMetrics",
+    "RuntimeConfig",
+    "UpdatePodSandboxResources",
+    "ListImages",
+    "ImageStatus",
+    "PullImage",
+    "RemoveImage",
+    "ImageFsInfo",
+];
+
+/// The method of a CRI gRPC path `/runtime.v1.Service/Method`; anything
+/// else is "other" (a label per stray path would grow without end).
 fn method(path: &str) -> String {
     match path.rsplit_once('/') {
-        Some((service, m))
-            if service.starts_with("/runtime.v1.")
-                && (1..=64).contains(&m.len())
-                && m.bytes().all(|b| b.is_ascii_alphabetic()) =>
-        {
-            m.to_string()
-        }
+        Some((service, m)) if service.starts_with("/runtime.v1.") && METHODS.contains(&m) => m.to_string(),
         _ => "other".into(),
     }
 }
@@ -77,7 +110,7 @@ mod tests {
     fn methods_are_named_by_the_last_path_segment_of_a_cri_service() {
         assert_eq!(method("/runtime.v1.RuntimeService/RunPodSandbox"), "RunPodSandbox");
         assert_eq!(method("/runtime.v1.ImageService/PullImage"), "PullImage");
-        for stray in ["/", "/x", "/other.Service/Method", "/runtime.v1.RuntimeService/Bad-Name", "/runtime.v1.X/"] {
+        for stray in ["/", "/x", "/other.Service/Method", "/runtime.v1.RuntimeService/NoSuchMethod", "/runtime.v1.X/"] {
             assert_eq!(method(stray), "other", "{stray}");
         }
     }

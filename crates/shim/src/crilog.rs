@@ -131,7 +131,9 @@ impl LogFile {
     }
 
     /// `PATH.N-1` → `PATH.N` … `PATH` → `PATH.1`, the oldest dropped, then
-    /// a new `PATH`. A reader holding the old file reads it to its end.
+    /// a new `PATH`. A reader holding the old file reads it to its end. A
+    /// line still open began in an older file: it holds the new one to
+    /// nothing (no line is open in it).
     fn rotate(&mut self, r: LogRotation) {
         if r.max_files > 1 {
             for n in (1..r.max_files - 1).rev() {
@@ -142,7 +144,7 @@ impl LogFile {
             let _ = std::fs::remove_file(&self.path);
         }
         if let Ok(f) = LogFile::open(&self.path, Some(r)) {
-            *self = LogFile { open: self.open, ..f };
+            *self = f;
         }
     }
 }
@@ -464,6 +466,25 @@ mod tests {
         assert_eq!(numbers.last(), Some(&399));
         assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "{numbers:?}");
         assert!(numbers.len() > 100, "{}", numbers.len());
+    }
+
+    #[test]
+    fn a_line_left_open_holds_only_the_file_it_began_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.log");
+        let rotation = LogRotation::new(LogRotation::MIN_SIZE, 3).unwrap();
+        let target = |stream| Target { stream, path: &path, rotation: Some(rotation) };
+        let (mut o, mut e) = (CriLog::open(&target("stdout")).unwrap(), CriLog::open(&target("stderr")).unwrap());
+        e.write(b"progress 50%"); // never ended
+        for i in 0..300 {
+            o.write(format!("{}{i}\n", "x".repeat(990)).as_bytes());
+        }
+        // The file the open line began in may reach twice the size; the
+        // ones after it break between lines again.
+        for f in [LogRotation::rotated(&path, 1), path.clone()] {
+            let len = std::fs::metadata(&f).unwrap().len();
+            assert!(len <= LogRotation::MIN_SIZE, "{}: {len}", f.display());
+        }
     }
 
     #[test]

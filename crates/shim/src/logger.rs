@@ -17,7 +17,9 @@
 //! - without one, the shim closes both write ends only when the process is
 //!   deleted, then sends SIGTERM and kills the logger 12 s later.
 //!
-//! The logger holds an exclusive `flock` on the stdout log for its whole
+//! With `max_size` and `max_files` both streams go to one berth log
+//! (`crilog`) the logger rotates. The logger holds an exclusive `flock` on
+//! the stdout log (a rotating log's `.lock` file beside it) for its whole
 //! life, so two loggers of one container (a restart) never interleave;
 //! [`wait_copied`] tells berthd when the copy has caught up.
 
@@ -300,7 +302,11 @@ pub unsafe fn run(args: &[OsString]) -> Result<(), String> {
     let term = term_pipe().map_err(|e| format!("SIGTERM handler: {e}"))?;
     // A rotated log's live file changes: its lock is a file beside it.
     let lock = match targets.rotation {
-        Some(_) => open_log(&PathBuf::from(format!("{}.lock", targets.stdout.display())))?,
+        Some(_) => {
+            let mut lock = targets.stdout.clone().into_os_string();
+            lock.push(".lock");
+            open_log(Path::new(&lock))?
+        }
         None => open_log(&targets.stdout)?,
     };
     // Blocks while an earlier logger of the same file still drains, so
@@ -336,7 +342,9 @@ pub unsafe fn run(args: &[OsString]) -> Result<(), String> {
 /// STDERR_GRACE after stdout's EOF, or SIGTERM comes (then drains what
 /// is already in the pipes).
 fn copy(streams: &mut [Stream; 2], term: &OwnedFd) {
-    let mut buf = vec![0u8; 64 * 1024];
+    // As berth-shim's copy: a batch and its records fit a bounded log's
+    // smallest file.
+    let mut buf = vec![0u8; 16 * 1024];
     loop {
         let open: Vec<usize> = (0..2).filter(|&i| streams[i].open).collect();
         if open.is_empty() {
