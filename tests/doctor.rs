@@ -84,6 +84,22 @@ fn doctor_finds_and_fixes_every_kind_of_leftover() {
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
     }
+    // a network attachment (namespace pin and cache) no container owns,
+    let nets = berth_network::Networks::new(berth_network::Config {
+        bin_dirs: vec!["/usr/lib/cni".into()],
+        conf_dir: d.dir().join("no-cni-conf"),
+        root: d.root.clone(),
+        state: d.state.clone(),
+        default_bridge: "berth0".into(),
+        default_subnet: "10.87.0.0/16".into(),
+        plugin_timeout: std::time::Duration::from_secs(10),
+    })
+    .unwrap();
+    let key = berth_network::AttachKey { namespace: "default".into(), id: "ghostnet".into() };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let req = berth_network::AttachRequest { key: key.clone(), network: None, ports: &[] };
+    let attached = rt.block_on(nets.attach(req)).unwrap();
+    assert!(Path::new(&attached.netns).exists());
     // a rootfs mount and a network namespace pin,
     let rootfs = d.state.join("bundles/default/ghost2/rootfs");
     std::fs::create_dir_all(&rootfs).unwrap();
@@ -115,7 +131,7 @@ fn doctor_finds_and_fixes_every_kind_of_leftover() {
     let (code, v) = doctor(&d, &[]);
     assert_eq!(code, 1, "{v}");
     let findings = v["findings"].as_array().unwrap().clone();
-    for kind in ["shim", "cgroup", "mount", "netns", "bundle", "logs", "runtime-state", "socket"] {
+    for kind in ["shim", "cgroup", "mount", "netns", "network", "bundle", "logs", "runtime-state", "socket"] {
         let f = findings.iter().find(|f| f["kind"] == kind).unwrap_or_else(|| panic!("no {kind} finding: {v}"));
         assert!(!f["explanation"].as_str().unwrap().is_empty() && !f["fix"].as_str().unwrap().is_empty(), "{f}");
         assert_eq!(f["fixed"], false);
@@ -137,7 +153,8 @@ fn doctor_finds_and_fixes_every_kind_of_leftover() {
     assert_eq!(code, 1, "the foreign cgroup is left to an operator: {v}");
     let all = v["findings"].as_array().unwrap();
     let (left, fixed): (Vec<_>, Vec<_>) = all.iter().partition(|f| f["manual"] == true);
-    assert!(fixed.len() >= 9 && fixed.iter().all(|f| f["fixed"] == true), "{v}");
+    assert!(fixed.len() >= 10 && fixed.iter().all(|f| f["fixed"] == true), "{v}");
+    assert!(!Path::new(&attached.netns).exists() && nets.attached().unwrap().is_empty(), "the attachment is released");
     assert_eq!(left.len(), 1, "{v}");
     assert!(alive(stranger.id()), "nothing berthd cannot prove its own is killed");
     stranger.kill().unwrap();

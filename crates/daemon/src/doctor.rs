@@ -115,11 +115,16 @@ fn trim(cgroup: &str) -> String {
 /// The mount points under `dir`.
 fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
+    let mut found: Vec<PathBuf> = info
+        .lines()
         .filter_map(|l| l.split(' ').nth(4))
         .map(|p| PathBuf::from(p.replace("\\040", " ")))
         .filter(|p| p.starts_with(dir) && p != dir)
-        .collect()
+        .collect();
+    // A path mounted on twice is one leftover.
+    found.sort();
+    found.dedup();
+    found
 }
 
 impl Manager {

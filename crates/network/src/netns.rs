@@ -184,9 +184,14 @@ pub(crate) fn ensure(path: &Path) -> Result<()> {
 
 /// Unmounts and unlinks a namespace pinned by this module; absent is fine.
 pub fn remove(path: &Path) -> Result<()> {
-    match umount2(path, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
-        Err(e) => return Err(Error::io(format!("unmount {}", path.display()), e.into())),
+    // Every mount stacked on the pin (a bind mount made twice, or one a
+    // peer propagated here) goes, until the path is no mount point.
+    for _ in 0..16 {
+        match umount2(path, MntFlags::MNT_DETACH) {
+            Ok(()) => continue,
+            Err(Errno::EINVAL) | Err(Errno::ENOENT) => break,
+            Err(e) => return Err(Error::io(format!("unmount {}", path.display()), e.into())),
+        }
     }
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::io(format!("remove {}", path.display()), e)),
