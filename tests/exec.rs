@@ -69,19 +69,31 @@ fn exec_ids_signals_top_and_events(shim: &[&str]) {
     let d = Daemon::start_with(shim);
     d.run_detached("host", &["sleep", "1000"]);
     let events = d.record_events(Some("host"));
-    let mut long = d.berth_spawn(&["exec", "--exec-id", "long", "host", "sleep", "1000"]);
+    // The exec starts a child of its own (sleep 1001).
+    let mut long = d.berth_spawn(&["exec", "--exec-id", "long", "host", "sh", "-c", "sleep 1001 & exec sleep 1000"]);
     let procs = wait_for_top(&d, "host", "long");
     let init = procs.iter().find(|p| p["exec_id"] == "").expect("init listed");
     assert!(init["command"].to_string().contains("sleep"));
     // Exec ids are unique per container.
     d.berth(&["exec", "--exec-id", "long", "host", "true"]).fails_with("already exists");
     d.berth(&["exec", "--exec-id", "../bad", "host", "true"]).fails_with("invalid argument");
-    // `--all` is for init only; unknown execs are not found.
-    d.berth(&["kill", "--all", "--exec-id", "long", "host"]).fails_with("invalid argument");
+    // Unknown execs are not found; `--all` signals an exec and every
+    // process it started.
     d.berth(&["kill", "--exec-id", "nope", "host"]).fails_with("not found");
-    d.berth(&["kill", "-s", "KILL", "--exec-id", "long", "host"]).ok();
+    let top = |d: &Daemon| d.berth(&["top", "host"]).ok().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !top(&d).contains("sleep 1001") {
+        assert!(std::time::Instant::now() < deadline, "{}", top(&d));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    d.berth(&["kill", "-s", "KILL", "--all", "--exec-id", "long", "host"]).ok();
     let status = long.wait().unwrap();
     assert_eq!(status.code(), Some(137));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while top(&d).contains("sleep 1001") {
+        assert!(std::time::Instant::now() < deadline, "the exec's child outlived it: {}", top(&d));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     // The exec is gone once the CLI collected it; init is untouched.
     d.berth(&["kill", "--exec-id", "long", "host"]).fails_with("not found");
     let c: Value = serde_json::from_str(d.berth(&["inspect", "--json", "host"]).ok()).unwrap();

@@ -221,6 +221,8 @@ enum Command {
         /// Signal name or number.
         #[arg(short = 's', long, default_value = "SIGTERM")]
         signal: String,
+        /// Every process of the container; with --exec-id, the exec and
+        /// every process it started.
         #[arg(long)]
         all: bool,
         /// Signal this exec instead of init.

@@ -133,8 +133,7 @@ async fn exec_sync<B: Backend>(
     };
     // Past the timeout, or when berth failed half way: the process goes.
     if !matches!(result, Some(Ok(_))) {
-        let kill =
-            pb::KillRequest { namespace: NAMESPACE.into(), id: id.clone(), signal: SIGKILL, all: false, exec_id };
+        let kill = pb::KillRequest { namespace: NAMESPACE.into(), id: id.clone(), signal: SIGKILL, all: true, exec_id };
         let _ = Containers::kill(&*b, req(kill)).await;
         let _ = tokio::time::timeout(Duration::from_secs(5), Containers::exec_wait(&*b, req(eref.clone()))).await;
     }

@@ -35,6 +35,29 @@ pub(crate) fn cmdline(pid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Sends `signal` to every process below `pid` (from each thread's
+/// `/proc/PID/task/TID/children`), the deepest first.
+pub(crate) fn signal_descendants(pid: u32, signal: u32) {
+    let mut found: Vec<u32> = Vec::new();
+    let mut next = vec![pid];
+    while let Some(p) = next.pop() {
+        let tasks = std::fs::read_dir(format!("/proc/{p}/task")).into_iter().flatten().flatten();
+        for task in tasks {
+            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            for c in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+                if c != pid && !found.contains(&c) && found.len() < 65536 {
+                    found.push(c);
+                    next.push(c);
+                }
+            }
+        }
+    }
+    for c in found.into_iter().rev() {
+        // SAFETY: kill(2) on a pid read from /proc just now.
+        unsafe { libc::kill(c as libc::pid_t, signal as libc::c_int) };
+    }
+}
+
 impl Manager {
     pub async fn pause(&self, ns: &Namespace, id: &ContainerId) -> Result<ContainerRecord> {
         self.shim_transition(ns, id, Op::Pause, Kind::Pause).await

@@ -343,14 +343,15 @@ impl Manager {
         }
         let rec = self.get(ns, id)?;
         if !exec_id.is_empty() {
-            if all {
-                return Err(Error::InvalidArgument(
-                    "--all signals a container's init and all its processes, not an exec".into(),
-                ));
-            }
             let entry = self.entry(ns, id)?;
-            self.exec_info(&entry, exec_id)?;
-            return entry.shim.kill(id, exec_id, signal, all).await;
+            let info = self.exec_info(&entry, exec_id)?;
+            // With `all`, the processes the exec started go first (they
+            // are berthd's to find: every shim signals one process).
+            let pid = info.pid.load(std::sync::atomic::Ordering::SeqCst);
+            if all && pid != 0 && info.exit.borrow().is_none() {
+                crate::control::signal_descendants(pid, signal);
+            }
+            return entry.shim.kill(id, exec_id, signal, false).await;
         }
         if matches!(rec.state, State::Stopped | State::Deleted) {
             return Err(Error::Finished(id.to_string()));

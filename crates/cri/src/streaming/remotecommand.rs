@@ -192,7 +192,7 @@ async fn run_exec<B: Backend>(
             namespace: NAMESPACE.into(),
             id: p.container.clone(),
             signal: 9,
-            all: false,
+            all: true,
             exec_id: p.exec_id.clone(),
         };
         if let Err(e) = Containers::kill(&*cri.b, req(kill)).await {
