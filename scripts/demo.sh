@@ -91,6 +91,8 @@ step berth ps -a
 berth ps -a
 step berth logs ticker
 berth logs ticker
+step berth logs --tail 2 -t ticker "   # the last two lines, with the time each was written"
+berth logs --tail 2 -t ticker
 step berth kill -s KILL sleeper '&&' berth wait sleeper
 berth kill -s KILL sleeper
 berth wait sleeper || true
@@ -128,6 +130,8 @@ step berth rm -f ticker sleeper quick flaky www
 berth rm -f ticker sleeper quick flaky www
 step berth ps -a
 berth ps -a
+step berth doctor "   # nothing left that berthd's records do not account for"
+berth doctor
 if [ "$BRIDGE_EXISTED" = no ]; then
     step berth network rm berth "   # its bridge berth0 goes too"
     berth network rm berth

@@ -43,7 +43,11 @@ impl Manager {
             Ok(info) => {
                 for r in info.runtimes {
                     let status = if r.available { "ok" } else { "note" };
-                    let detail = if r.available { r.version } else { format!("not installed ({})", r.path) };
+                    let detail = match (r.available, r.path.is_empty()) {
+                        (true, _) => r.version,
+                        (false, true) => "not installed (not on PATH)".to_string(),
+                        (false, false) => format!("not usable ({}): {}", r.path, r.version),
+                    };
                     checks.push(check(&format!("runtime {}", r.name), status, detail));
                 }
                 let criu_ok = !info.criu_version.starts_with("not usable");
