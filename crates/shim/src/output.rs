@@ -50,34 +50,64 @@ pub enum Sink {
     Fifo(AsyncFd<OwnedFd>),
     /// One stream of a Kubernetes CRI log file (`berth_shim::crilog`).
     Cri(CriLog),
+    /// A FIFO nobody had opened for reading yet: containerd's clients open
+    /// theirs asynchronously, so it is opened at the first write once its
+    /// reader has come, or given up after [`FIFO_WAIT`].
+    Waiting(String),
+    /// A FIFO whose reader never came: the output is discarded.
+    Discard,
 }
+
+/// How long the first output waits for a FIFO's reader.
+const FIFO_WAIT: Duration = Duration::from_secs(2);
 
 impl Sink {
     /// Writes all of `buf`. A full disk or a reader that went away loses
     /// output, not the process: errors are dropped.
     pub async fn write(&mut self, buf: &[u8]) {
+        if let Sink::Waiting(path) = self {
+            *self = wait_for_reader(path).await.map_or(Sink::Discard, Sink::Fifo);
+        }
         match self {
             Sink::File(log) => drop(log.write_all(buf)),
             Sink::Fifo(fifo) => drop(write_all(fifo, buf).await),
             Sink::Cri(log) => log.write(buf),
+            Sink::Waiting(_) | Sink::Discard => {}
         }
     }
 }
 
-/// Opens the output at `path` (a file, a FIFO, or a CRI log target);
-/// `None` for a FIFO nobody reads (then the output is discarded).
-pub fn open_sink(path: &str) -> std::io::Result<Option<Sink>> {
-    if let Some(target) = crilog::parse_target(path) {
-        return Ok(Some(Sink::Cri(CriLog::open(&target)?)));
-    }
-    if !std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo()) {
-        return Ok(Some(Sink::File(OpenOptions::new().append(true).create(true).open(path)?)));
-    }
+/// Opens a FIFO's write end without blocking; `None` while it has no reader.
+fn open_writer(path: &str) -> std::io::Result<Option<AsyncFd<OwnedFd>>> {
     match OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(path) {
-        Ok(f) => Ok(Some(Sink::Fifo(register(f.into())?))),
+        Ok(f) => Ok(Some(register(f.into())?)),
         Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// The FIFO at `path` once a reader has opened it (within [`FIFO_WAIT`]).
+async fn wait_for_reader(path: &str) -> Option<AsyncFd<OwnedFd>> {
+    let deadline = tokio::time::Instant::now() + FIFO_WAIT;
+    loop {
+        match open_writer(path) {
+            Ok(Some(fd)) => return Some(fd),
+            Ok(None) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(5)).await,
+            _ => return None,
+        }
+    }
+}
+
+/// Opens the output at `path` (a file, a FIFO, or a CRI log target); a
+/// FIFO with no reader yet is opened at the first write (`Waiting`).
+pub fn open_sink(path: &str) -> std::io::Result<Sink> {
+    if let Some(target) = crilog::parse_target(path) {
+        return Ok(Sink::Cri(CriLog::open(&target)?));
+    }
+    if !std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo()) {
+        return Ok(Sink::File(OpenOptions::new().append(true).create(true).open(path)?));
+    }
+    Ok(open_writer(path)?.map_or_else(|| Sink::Waiting(path.to_string()), Sink::Fifo))
 }
 
 /// Makes the pipe for the log file or FIFO at `path` (empty: no output,
@@ -86,7 +116,7 @@ pub fn pipe_to_log(path: &str, drained: &mut Drained) -> std::io::Result<Option<
     if path.is_empty() {
         return Ok(None);
     }
-    let Some(mut sink) = open_sink(path)? else { return Ok(None) };
+    let mut sink = open_sink(path)?;
     // Close-on-exec: only the process's own copy (dup'ed onto 1 or 2 by the
     // runtime) survives its exec.
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(std::io::Error::from)?;

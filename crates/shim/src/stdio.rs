@@ -82,7 +82,7 @@ impl Shim {
         let master = console.receive_master().map_err(terminal_err)?;
         let sink = match log {
             "" => None,
-            path => open_sink(path).map_err(|e| to_ttrpc(Code::InvalidArgument, format!("open {path}: {e}")))?,
+            path => Some(open_sink(path).map_err(|e| to_ttrpc(Code::InvalidArgument, format!("open {path}: {e}")))?),
         };
         let pty =
             tty::serve(master, sink, input, tty_socket(&self.socket, container_id, exec_id)).map_err(terminal_err)?;
