@@ -3,7 +3,7 @@
 //! can run a fully isolated daemon under a temporary directory.
 
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use berth_model::{ContainerId, Namespace, SandboxId};
@@ -115,12 +115,28 @@ impl Config {
         dirs
     }
 
-    /// Namespaces that have a directory (see [`Config::namespace_dirs`]).
-    pub fn namespaces_on_disk(&self) -> Vec<Namespace> {
+    /// The directories holding `<namespace>/<id>` directories of
+    /// containers: logs, bundles, then each used runtime's state.
+    pub fn container_parents(&self) -> Vec<PathBuf> {
         let mut parents = vec![self.root.join("logs"), self.state.join("bundles")];
         let runtimes = std::fs::read_dir(self.state.join("runtime")).into_iter().flatten().flatten();
         parents.extend(runtimes.map(|r| r.path()));
-        let mut found: Vec<Namespace> = parents
+        parents
+    }
+
+    /// Whether a command line (`/proc/PID/cmdline`) is a berth-shim serving
+    /// this daemon: berth-shim or `--shim`'s binary, its `--runtime-root`
+    /// under this daemon's runtime state.
+    pub fn is_own_shim(&self, args: &[String]) -> bool {
+        let runtime = self.state.join("runtime");
+        args.first().is_some_and(|a| a.ends_with("berth-shim") || Path::new(a) == self.shim_binary)
+            && args.windows(2).any(|w| w[0] == "--runtime-root" && Path::new(&w[1]).starts_with(&runtime))
+    }
+
+    /// Namespaces that have a directory (see [`Config::namespace_dirs`]).
+    pub fn namespaces_on_disk(&self) -> Vec<Namespace> {
+        let mut found: Vec<Namespace> = self
+            .container_parents()
             .iter()
             .flat_map(|p| std::fs::read_dir(p).into_iter().flatten().flatten())
             .filter_map(|e| Namespace::new(e.file_name().to_string_lossy()).ok())

@@ -19,8 +19,9 @@ use crate::error::{Error, Result};
 use crate::events::{Kind, event};
 use crate::logs::LogFormat;
 use crate::manager::{Entry, Key, Manager, crash_point};
+use crate::process_io::ProcessIo;
 use crate::restore::RestoreFrom;
-use crate::shim::{self, ProcessIo, ShimClient};
+use crate::shim::{self, ShimClient};
 use crate::spec;
 
 const MAX_LABELS: usize = 64;
@@ -437,7 +438,7 @@ impl Manager {
         // released after the shim (and what it may have started) is gone.
         done.push(Step::Cgroup(cgroup.clone()));
         let containerd_shim = matches!(Runtime::parse(runtime), Ok(Runtime::Shim { .. }));
-        let stdin = crate::shim::needs_stdin_fifo(p.stdin, p.tty, containerd_shim).then(|| logs.join("stdin"));
+        let stdin = crate::process_io::needs_stdin_fifo(p.stdin, p.tty, containerd_shim).then(|| logs.join("stdin"));
         let io = ProcessIo { stdin: stdin.as_deref(), stdout: &stdout, stderr: &stderr, terminal: p.tty, log };
         let restore = p.restore.as_ref().map(|from| self.restore_options(ns, id, from));
         let loopback = crate::network::unpinned_none(attachment.as_ref());

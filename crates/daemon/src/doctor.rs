@@ -205,9 +205,7 @@ impl Manager {
         for pid in pids {
             let args = crate::control::cmdline(pid);
             let flag = |f: &str| args.windows(2).find(|w| w[0] == f).map(|w| w[1].clone());
-            if !args.first().is_some_and(|a| a.ends_with("berth-shim") || Path::new(a) == self.cfg.shim_binary)
-                || !flag("--runtime-root").is_some_and(|r| Path::new(&r).starts_with(&self.cfg.state))
-            {
+            if !self.cfg.is_own_shim(&args) {
                 continue;
             }
             let (Some(ns), Some(id)) = (flag("--namespace"), flag("--id")) else { continue };
@@ -234,11 +232,8 @@ impl Manager {
     /// state) show it was berthd's: another berthd may share the parent.
     fn stray_cgroups(&self, o: &Owned) -> Vec<Leftover> {
         let parent = trim(&self.cfg.cgroup_parent);
-        let ours = |ns: &str, id: &str| {
-            let mut dirs = vec![self.cfg.state.join("bundles"), self.cfg.root.join("logs")];
-            dirs.extend(subdirs(&self.cfg.state.join("runtime")).into_iter().map(|(_, d)| d));
-            dirs.iter().any(|d| d.join(ns).join(id).is_dir())
-        };
+        let parents = self.cfg.container_parents();
+        let ours = |ns: &str, id: &str| parents.iter().any(|d| d.join(ns).join(id).is_dir());
         let mut seen = HashSet::new();
         let mut found = Vec::new();
         for mount in self.cgroups.mount_points() {
@@ -306,15 +301,11 @@ impl Manager {
     /// Bundles (with exit files), log and runtime state directories of
     /// containers, and sandbox directories, with no record.
     fn stray_dirs(&self, o: &Owned) -> Vec<Leftover> {
-        let mut kinds: Vec<(&str, &str, PathBuf)> = vec![
-            ("bundle", "a bundle (spec, exit files, shim log)", self.cfg.state.join("bundles")),
-            ("logs", "a log directory", self.cfg.root.join("logs")),
-        ];
-        for (_, dir) in subdirs(&self.cfg.state.join("runtime")) {
-            kinds.push(("runtime-state", "runtime state", dir));
-        }
+        // In `container_parents`' order: logs, bundles, runtimes' state.
+        let kinds = [("logs", "a log directory"), ("bundle", "a bundle (spec, exit files, shim log)")];
         let mut found = Vec::new();
-        for (kind, what, dir) in kinds {
+        for (i, dir) in self.cfg.container_parents().into_iter().enumerate() {
+            let (kind, what) = kinds.get(i).copied().unwrap_or(("runtime-state", "runtime state"));
             for (ns, id, path) in per_container(&dir).into_iter().filter(|(ns, id, _)| !o.container(ns, id)) {
                 found.push(Leftover {
                     kind,
@@ -383,11 +374,8 @@ impl Manager {
     async fn repair(&self, r: &Repair) -> Result<()> {
         match r {
             Repair::KillShim(pid) => {
-                // The pid read at the scan must still be a berth-shim.
-                if !crate::control::cmdline(*pid)
-                    .first()
-                    .is_some_and(|a| a.ends_with("berth-shim") || Path::new(a) == self.cfg.shim_binary)
-                {
+                // The pid read at the scan must still be one of our shims.
+                if !self.cfg.is_own_shim(&crate::control::cmdline(*pid)) {
                     return Err(Error::FailedPrecondition(format!("pid {pid} is no longer a berth-shim")));
                 }
                 let group = nix::unistd::Pid::from_raw(-(*pid as i32));

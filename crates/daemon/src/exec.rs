@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::events::{Kind, event};
 use crate::logs::LogFormat;
 use crate::manager::{Entry, Manager, lock};
-use crate::shim::ProcessIo;
+use crate::process_io::ProcessIo;
 use crate::spec::{Overrides, apply_overrides};
 
 /// What to run.
@@ -147,7 +147,7 @@ impl Manager {
             execs.insert(exec_id.to_string(), info.clone());
         }
         let started = async {
-            let stdin = crate::shim::needs_stdin_fifo(p.stdin, p.tty, entry.shim.is_containerd_shim())
+            let stdin = crate::process_io::needs_stdin_fifo(p.stdin, p.tty, entry.shim.is_containerd_shim())
                 .then(|| stdin_fifo(&logs, exec_id.as_str()));
             if let Some(fifo) = &stdin {
                 make_fifo(fifo)?;

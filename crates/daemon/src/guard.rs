@@ -213,14 +213,9 @@ impl Leftovers {
             })
             .collect();
         bundles.sort();
-        let runtime = cfg.state.join("runtime");
         let mut shims: Vec<u32> = entries(PathBuf::from("/proc"))
             .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-            .filter(|pid| {
-                let args = crate::control::cmdline(*pid);
-                args.first().is_some_and(|a| a.ends_with("berth-shim") || Path::new(a) == cfg.shim_binary)
-                    && args.windows(2).any(|w| w[0] == "--runtime-root" && Path::new(&w[1]).starts_with(&runtime))
-            })
+            .filter(|pid| cfg.is_own_shim(&crate::control::cmdline(*pid)))
             .collect();
         shims.sort();
         Leftovers { bundles, shims }

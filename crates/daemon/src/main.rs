@@ -32,6 +32,7 @@ mod network_api;
 mod oom;
 mod paging;
 mod phases;
+mod process_io;
 mod recovery;
 mod resources;
 mod restart;

@@ -19,7 +19,7 @@ use crate::delete::{remove_path, remove_shim_sockets, teardown_with_shim};
 use crate::error::{Error, Result};
 use crate::events::Kind;
 use crate::manager::{Entry, Manager, crash_point};
-use crate::shim::ProcessIo;
+use crate::process_io::ProcessIo;
 
 /// The restarts in a row so far, counting a run of at least
 /// [`BACKOFF_RESET`] as the end of a streak (`started_at_ns` is 0 from a

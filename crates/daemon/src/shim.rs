@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_model::{ContainerId, ExitStatus, Namespace, State};
-use berth_shim::{LISTEN_FD, crilog, from_timestamp, from_ttrpc, pidfd_open};
+use berth_shim::{LISTEN_FD, from_timestamp, from_ttrpc, pidfd_open};
 use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::ttrpc::{self, asynchronous::Client, asynchronous::transport::Socket, context};
 use tokio::io::unix::AsyncFd;
 
 use crate::error::{Error, Result};
-use crate::logs::LogFormat;
+use crate::process_io::ProcessIo;
 use crate::shim_v2::V2;
 use crate::task::Task;
 
@@ -72,60 +72,6 @@ fn exit_of(
     at: Option<&containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp>,
 ) -> ExitStatus {
     ExitStatus { code, exited_at_ns: at.map(from_timestamp).unwrap_or(0) }
-}
-
-/// Whether a process gets a stdin FIFO: an interactive one without a
-/// terminal; with a terminal too under a containerd shim, which takes
-/// terminal input only from a FIFO (berth-shim serves an attach socket).
-pub fn needs_stdin_fifo(interactive: bool, terminal: bool, containerd_shim: bool) -> bool {
-    interactive && (!terminal || containerd_shim)
-}
-
-/// The stdio of a new process as the shim sees it.
-pub struct ProcessIo<'a> {
-    /// A FIFO for interactive stdin, if any.
-    pub stdin: Option<&'a Path>,
-    pub stdout: &'a Path,
-    pub stderr: &'a Path,
-    pub terminal: bool,
-    /// How stdout and stderr are written (a CRI-format one needs berth's shim).
-    pub log: crate::logs::LogFormat,
-}
-
-impl ProcessIo<'_> {
-    fn stdin(&self) -> String {
-        self.stdin.map(|p| p.to_string_lossy().into_owned()).unwrap_or_default()
-    }
-
-    /// stdout and stderr as the shim is told them.
-    fn output(&self, dialect: &Dialect) -> (String, String) {
-        match dialect {
-            Dialect::Berth => match self.log {
-                LogFormat::Kubelet => (crilog::target("stdout", self.stdout), crilog::target("stderr", self.stderr)),
-                LogFormat::Berth(r) => {
-                    (crilog::berth_target("stdout", self.stdout, r), crilog::berth_target("stderr", self.stderr, r))
-                }
-                LogFormat::Plain => {
-                    (self.stdout.to_string_lossy().into_owned(), self.stderr.to_string_lossy().into_owned())
-                }
-            },
-            // containerd-shim-runc-v2 feeds stdin to a process without a
-            // terminal only when it copies the output itself (`file://`:
-            // stderr joins stdout); otherwise berth-logger copies it.
-            Dialect::V2 { .. } if self.stdin.is_some() && !self.terminal => {
-                let uri = format!("file://{}", self.stdout.display());
-                (uri.clone(), uri)
-            }
-            Dialect::V2 { logger, .. } => {
-                let rotation = match self.log {
-                    LogFormat::Berth(r) => Some(r),
-                    _ => None,
-                };
-                let uri = berth_shim::logger::logger_uri(logger, self.stdout, self.stderr, rotation);
-                (uri.clone(), uri)
-            }
-        }
-    }
 }
 
 /// Who a shim serves and how it runs containers (see `Manager::shim_args`).
