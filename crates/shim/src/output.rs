@@ -127,7 +127,7 @@ pub fn pipe_to_log(path: &str, drained: &mut Drained) -> std::io::Result<Option<
     let (done, rx) = oneshot::channel();
     drained.0.push(rx);
     tokio::spawn(async move {
-        let mut buf = [0u8; CHUNK];
+        let mut buf = Vec::new();
         while let Some(n) = read_some(&read, &mut buf).await {
             sink.write(&buf[..n]).await;
         }
@@ -154,7 +154,7 @@ pub fn pipe_from(source: OwnedFd) -> std::io::Result<OwnedFd> {
 pub fn feed<T: AsFd + AsRawFd + Send + Sync + 'static>(source: OwnedFd, sink: Arc<AsyncFd<T>>) -> std::io::Result<()> {
     let source = register(source)?;
     tokio::spawn(async move {
-        let mut buf = [0u8; CHUNK];
+        let mut buf = Vec::new();
         while let Some(n) = read_some(&source, &mut buf).await {
             // An error: the reading side closed (the process its stdin).
             if write_all(&sink, &buf[..n]).await.is_err() {
@@ -186,10 +186,15 @@ pub fn register(fd: OwnedFd) -> std::io::Result<AsyncFd<OwnedFd>> {
     unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from)
 }
 
-/// Reads what is there; `None` at the end (or on an error).
-async fn read_some(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> Option<usize> {
+/// Reads what is there; `None` at the end (or on an error). The buffer is
+/// made at the first data, so a process that prints nothing costs its shim
+/// no buffer (issue 14: a shim's memory).
+async fn read_some(fd: &AsyncFd<OwnedFd>, buf: &mut Vec<u8>) -> Option<usize> {
     loop {
         let mut ready = fd.readable().await.ok()?;
+        if buf.is_empty() {
+            buf.resize(CHUNK, 0);
+        }
         match ready.try_io(|fd| nix::unistd::read(fd.as_raw_fd(), buf).map_err(Into::into)) {
             Ok(Ok(0)) => return None,
             Ok(Ok(n)) => return Some(n),
