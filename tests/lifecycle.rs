@@ -10,6 +10,23 @@ fn inspect(d: &Daemon, id: &str) -> Value {
     serde_json::from_str(d.berth(&["inspect", "--json", id]).ok()).expect("inspect json")
 }
 
+/// Connections process `pid` accepted and holds open: its connected unix
+/// sockets that carry a listener's path in /proc/net/unix (state 03).
+fn accepted_connections(pid: u64) -> usize {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+    let inodes: Vec<String> = fds
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(String::from))
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap();
+    let accepted = |l: &&str| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() == 8 && f[5] == "03" && inodes.contains(&f[6].to_string())
+    };
+    table.lines().filter(accepted).count()
+}
+
 fn run_attached_prints_output_and_propagates_exit(runtime: &str) {
     let d = Daemon::start();
     let rootfs = d.rootfs.to_str().unwrap();
@@ -85,6 +102,14 @@ fn detached_ps_kill_wait_rm(runtime: &str) {
     let pid = ps[0]["pid"].as_u64().unwrap();
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
     assert!(!d.cgroup_procs("default", "web").is_empty(), "container runs in its cgroup");
+    // berthd watches the running init through a pidfd, holding no
+    // connection to its shim (issue 14); calls connect for themselves.
+    let shim = ps[0]["shim_pid"].as_u64().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while accepted_connections(shim) > 0 {
+        assert!(std::time::Instant::now() < deadline, "berthd keeps a connection to shim {shim}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // Wait for the trap to be installed before signalling.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !d.berth(&["logs", "web"]).stdout.contains("ready") {

@@ -35,6 +35,13 @@ pub(crate) fn cmdline(pid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The parent of process `pid` (from `/proc/PID/stat`), if it exists.
+pub(crate) fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command's closing parenthesis: state, then the parent.
+    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Sends `signal` to every process below `pid` (from each thread's
 /// `/proc/PID/task/TID/children`), the deepest first.
 pub(crate) fn signal_descendants(pid: u32, signal: u32) {

@@ -308,7 +308,7 @@ impl Manager {
         match self.allocate(&p, runtime, prepared, image, plan, cgroup, &mut done).await {
             Ok((rec, client)) => {
                 let entry = Arc::new(Entry::new(client, None));
-                self.watch(key, entry, &rec.cgroup);
+                self.watch(key, entry, &rec);
                 if p.start {
                     return self.start(&p.namespace, &p.id).await;
                 }
@@ -544,11 +544,18 @@ impl Manager {
         }
     }
 
-    /// Serves a container's new entry: exit monitor and OOM watcher.
-    pub(crate) fn watch(self: &Arc<Self>, key: Key, entry: Arc<Entry>, cgroup: &str) {
+    /// Serves a container's new entry: exit monitor and OOM watcher. The
+    /// monitor of a container with a shim of its own watches its init's
+    /// pid rather than holding a call open, while the init is its shim's
+    /// child (`rec.pid`).
+    pub(crate) fn watch(self: &Arc<Self>, key: Key, entry: Arc<Entry>, rec: &ContainerRecord) {
         self.insert_entry(key.clone(), entry.clone());
-        self.spawn_oom_watch(key.clone(), entry.clone(), cgroup.to_string());
-        self.spawn_monitor(key, entry);
+        self.spawn_oom_watch(key.clone(), entry.clone(), rec.cgroup.clone());
+        let init = match rec.exit.is_none() && !entry.shim.shared {
+            true => crate::shim::child_pidfd(rec.pid, entry.shim.pid),
+            false => None,
+        };
+        self.spawn_monitor(key, entry, init);
     }
 
     /// Undoes completed create steps, newest first; failures are logged and

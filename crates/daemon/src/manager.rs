@@ -6,11 +6,13 @@
 //! recovery in `recovery.rs`.
 
 use std::collections::{HashMap, HashSet};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
 use berth_cgroups::Hierarchies;
 use berth_model::{ContainerId, ExitStatus, Namespace, Op, State};
 use berth_store::{ContainerRecord, Store, Write};
+use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
 use crate::config::Config;
@@ -443,9 +445,21 @@ impl Manager {
     /// the restart policy (SPEC B21). A shim that dies is cleaned up at
     /// once and its container reports the exit the shim recorded, or 255;
     /// one that only stops answering leaves the container `unknown`.
-    pub(crate) fn spawn_monitor(self: &Arc<Self>, key: Key, entry: Arc<Entry>) {
+    /// Until `init` (a pidfd on the container's init) says it exited, the
+    /// monitor holds no connection to the shim, and only a small future.
+    pub(crate) fn spawn_monitor(self: &Arc<Self>, key: Key, entry: Arc<Entry>, init: Option<AsyncFd<OwnedFd>>) {
         let mgr = self.clone();
         tokio::spawn(async move {
+            if let Some(init) = init {
+                entry.shim.idle_until_exit(&init).await;
+            }
+            Box::pin(mgr.monitor(key, entry)).await
+        });
+    }
+
+    async fn monitor(self: Arc<Self>, key: Key, entry: Arc<Entry>) -> Option<()> {
+        let mgr = self;
+        {
             let (ns, id) = &key;
             let status = match entry.shim.wait(id, "").await {
                 Ok(s) => s,
@@ -490,7 +504,7 @@ impl Manager {
             entry.exit.send_replace(Some(status));
             mgr.consider_restart(ns, id);
             Some(())
-        });
+        }
     }
 }
 

@@ -201,7 +201,7 @@ impl Manager {
                         false
                     }
                 };
-                self.watch(key, entry, &rec.cgroup);
+                self.watch(key, entry, &rec);
                 // A restart recorded just before berthd died still needs
                 // its start — if the shim says it has not started.
                 if caught_up {

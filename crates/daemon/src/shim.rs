@@ -12,7 +12,7 @@ use berth_model::{ContainerId, ExitStatus, Namespace, State};
 use berth_shim::{LISTEN_FD, from_timestamp, from_ttrpc, pidfd_open};
 use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use containerd_shim_protos::ttrpc::{self, asynchronous::Client, asynchronous::transport::Socket, context};
+use containerd_shim_protos::ttrpc::{self, context};
 use tokio::io::unix::AsyncFd;
 
 use crate::error::{Error, Result};
@@ -266,6 +266,18 @@ pub async fn connect(socket: &Path, id: &ContainerId, pid: u32, dialect: Dialect
     Ok(client)
 }
 
+/// A pidfd on process `pid` if it is a child of `parent`: a container's
+/// init under its shim, not a pid reused by another process.
+pub fn child_pidfd(pid: u32, parent: u32) -> Option<AsyncFd<OwnedFd>> {
+    let fd = pidfd_open(pid).ok().filter(|_| pid != 0)?;
+    // Checked after the open: the pidfd names the process found here.
+    if crate::control::parent_of(pid) != Some(parent) {
+        return None;
+    }
+    // SAFETY: the AsyncFd owns the pidfd for its whole life.
+    unsafe { AsyncFd::register(fd) }.ok()
+}
+
 /// A pidfd made awaitable: readable once its process has exited.
 pub fn watch_pidfd(pidfd: Option<OwnedFd>) -> Option<Arc<AsyncFd<OwnedFd>>> {
     // SAFETY: the AsyncFd owns the pidfd for its whole life.
@@ -282,7 +294,7 @@ async fn connect_with(
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|e| Error::io(format!("connect to shim at {}", socket.display()), e))?;
-    let task = Task::new(Client::new(Socket::from(stream)), v3);
+    let task = Task::new(stream, socket, v3);
     let pidfd = watch_pidfd(pidfd);
     // A berth-shim started now is this berthd's own binary.
     let berth_logs = matches!(dialect, Dialect::Berth);
@@ -522,6 +534,19 @@ impl ShimClient {
         match &self.pidfd {
             Some(fd) => tokio::time::timeout(within, fd.readable()).await.is_ok(),
             None => self.is_gone(),
+        }
+    }
+
+    /// Waits, holding no connection to the shim, until the container's
+    /// init (`init`, a pidfd from [`child_pidfd`]) or the shim exits; later
+    /// calls connect for themselves. Returns at once if the shim cannot be
+    /// watched.
+    pub async fn idle_until_exit(&self, init: &AsyncFd<OwnedFd>) {
+        let Some(shim) = &self.pidfd else { return };
+        self.task.release();
+        tokio::select! {
+            _ = init.readable() => {}
+            _ = shim.readable() => {}
         }
     }
 

@@ -3,22 +3,67 @@
 //! `containerd.task.v2.Task`, containerd 2.x shims and containerd-shim-protos
 //! `containerd.task.v3.Task` (berth-shim serves both). The messages are the
 //! same; containerd-shim-protos' generated client knows only v3.
+//!
+//! A client keeps its connection until [`Task::release`]; from then on each
+//! call connects for itself, so berthd holds no connection to the shim of
+//! a container that only runs (issue 14: a connection costs berthd and the
+//! shim memory).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use berth_shim::{TASK_V2, TASK_V3};
 use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::Message;
-use containerd_shim_protos::ttrpc::{self, asynchronous::Client, context::Context};
+use containerd_shim_protos::ttrpc::{self, asynchronous::Client, asynchronous::transport::Socket, context::Context};
 
 #[derive(Clone)]
 pub struct Task {
-    client: Client,
+    socket: Arc<Path>,
+    kept: Arc<Mutex<Kept>>,
     service: &'static str,
 }
 
+/// The connection calls share, until released.
+struct Kept {
+    client: Option<Client>,
+    released: bool,
+}
+
 impl Task {
-    /// A client that calls `v3` or, for a containerd 1.x shim, `v2`.
-    pub fn new(client: Client, v3: bool) -> Task {
-        Task { client, service: if v3 { TASK_V3 } else { TASK_V2 } }
+    /// A client on `stream`, a connection to the shim at `socket`, that
+    /// calls `v3` or, for a containerd 1.x shim, `v2`.
+    pub fn new(stream: tokio::net::UnixStream, socket: &Path, v3: bool) -> Task {
+        let kept = Kept { client: Some(Client::new(Socket::from(stream))), released: false };
+        Task { socket: socket.into(), kept: Arc::new(Mutex::new(kept)), service: if v3 { TASK_V3 } else { TASK_V2 } }
+    }
+
+    fn kept(&self) -> MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Closes the shared connection once the calls in flight are done;
+    /// every later call makes its own.
+    pub fn release(&self) {
+        let mut kept = self.kept();
+        kept.client = None;
+        kept.released = true;
+    }
+
+    async fn connected(&self) -> ttrpc::Result<Client> {
+        if let Some(client) = self.kept().client.clone() {
+            return Ok(client);
+        }
+        let stream = tokio::net::UnixStream::connect(&*self.socket)
+            .await
+            .map_err(|e| ttrpc::Error::Socket(format!("connect to shim at {}: {e}", self.socket.display())))?;
+        let client = Client::new(Socket::from(stream));
+        let mut kept = self.kept();
+        if kept.released {
+            return Ok(client);
+        }
+        // A call that connected meanwhile keeps its connection for both.
+        Ok(kept.client.get_or_insert(client).clone())
     }
 
     /// Says hello (Connect) under the chosen name, then under the other
@@ -49,7 +94,12 @@ impl Task {
             ttrpc::context::to_pb(ctx.metadata),
         );
         RequestInit::set_payload(&mut creq, payload);
-        let res = self.client.request(creq).await?;
+        let res = self.connected().await?.request(creq).await;
+        if let Err(ttrpc::Error::Socket(_) | ttrpc::Error::LocalClosed | ttrpc::Error::RemoteClosed) = res {
+            // A broken connection is not kept for the next call.
+            self.kept().client = None;
+        }
+        let res = res?;
         let mut resp = Resp::new();
         Codec::merge(&mut resp, &res.payload).map_err(|e| ttrpc::Error::Others(format!("decoding answer: {e}")))?;
         Ok(resp)
