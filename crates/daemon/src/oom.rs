@@ -10,13 +10,13 @@ use std::time::Duration;
 use berth_cgroups::OomWatch;
 use berth_model::{ContainerId, Namespace};
 use tokio::io::unix::AsyncFd;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::events::{Kind, event};
 use crate::manager::{Entry, Key, Manager, lock};
 
 /// A request for the watcher's last count; answered when it is published.
-pub type Drain = mpsc::Sender<oneshot::Sender<()>>;
+pub type Drain = oneshot::Sender<oneshot::Sender<()>>;
 
 impl Manager {
     pub(crate) fn spawn_oom_watch(self: &Arc<Self>, key: Key, entry: Arc<Entry>, cgroup: String) {
@@ -35,7 +35,7 @@ impl Manager {
                 return;
             }
         };
-        let (drain_tx, mut drain) = mpsc::channel::<oneshot::Sender<()>>(1);
+        let (drain_tx, mut drain) = oneshot::channel::<oneshot::Sender<()>>();
         *lock(&entry.oom_drain) = Some(drain_tx);
         let mgr = self.clone();
         tokio::spawn(async move {
@@ -52,13 +52,13 @@ impl Manager {
                             Err(_) => return,
                         }
                     }
-                    reply = drain.recv() => {
+                    reply = &mut drain => {
                         if let Ok(n) = afd.get_mut().read()
                             && n > 0
                         {
                             mgr.record_oom(ns, id, n);
                         }
-                        if let Some(reply) = reply {
+                        if let Ok(reply) = reply {
                             let _ = reply.send(());
                         }
                         return;
@@ -87,7 +87,7 @@ impl Manager {
     pub(crate) async fn drain_oom(&self, entry: &Entry) {
         let Some(drain) = lock(&entry.oom_drain).take() else { return };
         let (reply, done) = oneshot::channel();
-        if drain.send(reply).await.is_ok() {
+        if drain.send(reply).is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(1), done).await;
         }
     }

@@ -23,6 +23,10 @@ use crate::shim::{self, ShimArgs};
 
 /// How long a live shim may take to say what happened while berthd was down.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Containers recovered at the same time (a stopped shim holds its slot
+/// for up to the connect and catch-up timeouts).
+const RECOVERIES_IN_FLIGHT: usize = 128;
 /// How long a killed leftover shim may take to go away.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -91,18 +95,28 @@ impl Manager {
         if let Err(e) = self.release_orphan_attachments().await {
             tracing::warn!("releasing network attachments: {e}");
         }
-        // Containers are independent: recover them all at once, so one slow
-        // shim does not hold up the rest.
+        // Containers are independent: recovered many at once, so a slow
+        // shim does not hold up the rest, but not all at once: each
+        // recovery holds a connection and a task, and 1,000 of them at
+        // the same time left berthd's heap larger for good.
+        let limit = Arc::new(tokio::sync::Semaphore::new(RECOVERIES_IN_FLIGHT));
         let mut tasks = tokio::task::JoinSet::new();
         for rec in self.store.list(None)? {
+            let Ok(permit) = limit.clone().acquire_owned().await else { break };
             let mgr = self.clone();
             tasks.spawn(async move {
-                if let Err(e) = mgr.recover(rec.clone()).await {
-                    tracing::warn!(ns = %rec.namespace, id = %rec.id, "recovery: {e}");
+                let _permit = permit;
+                let (ns, id) = (rec.namespace.clone(), rec.id.clone());
+                if let Err(e) = mgr.recover(rec).await {
+                    tracing::warn!(%ns, %id, "recovery: {e}");
                 }
             });
+            while tasks.try_join_next().is_some() {}
         }
         while tasks.join_next().await.is_some() {}
+        // Give back what recovery's connections and records freed.
+        // SAFETY: plain libc call.
+        unsafe { libc::malloc_trim(0) };
         Ok(())
     }
 
