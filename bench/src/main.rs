@@ -133,6 +133,17 @@ pub fn make_bundle(dir: &Path, rootfs: &Path, name: &str, args: &[&str]) -> Path
     bundle
 }
 
+/// A copy of `bundle` whose container's cgroup is `path`.
+pub fn with_cgroups_path(bundle: &Path, path: &str) -> PathBuf {
+    let copy = bundle.with_extension("cgroup");
+    std::fs::create_dir_all(&copy).expect("bundle dir");
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).expect("read spec")).expect("spec");
+    spec["linux"]["cgroupsPath"] = path.into();
+    std::fs::write(copy.join("config.json"), serde_json::to_vec_pretty(&spec).expect("encode")).expect("write spec");
+    copy
+}
+
 /// `| label | a | b | a/b |`.
 fn compare_row(label: &str, a: Option<Duration>, b: Option<Duration>) {
     println!("| {label} | {} | {} | {} |", fmt_ms(a), fmt_ms(b), ratio(a, b));

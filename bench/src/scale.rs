@@ -77,7 +77,11 @@ fn pss_total(shims: &[u32]) -> Option<f64> {
 }
 
 /// `berth run --rm BUNDLE` against `runc run --bundle BUNDLE`, interleaved.
+/// runc's container gets its cgroup beside berth's 1,000, as berth's own
+/// does: the kernel's cost of a new cgroup grows with its siblings (v1's
+/// cpuset checks each of them), and both should pay it.
 fn start_path(d: &Daemon, bundle: &Path) -> (Option<Duration>, Option<Duration>) {
+    let bundle = crate::with_cgroups_path(bundle, &format!("{}/default/runc-true", d.cgroup_parent));
     let bundle = bundle.to_string_lossy().into_owned();
     let runc_root = d.dir().join("runc-root");
     let mut runners = crate::measure::run_rm_and_runc(d, &bundle, &runc_root, "s");
