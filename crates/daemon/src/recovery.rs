@@ -166,12 +166,19 @@ impl Manager {
     async fn recover(self: &Arc<Self>, rec: ContainerRecord) -> Result<()> {
         let key = (rec.namespace.clone(), rec.id.clone());
         let args = self.serving_args(&rec);
+        // The state the shim gave with its hello, if it did.
+        let mut known = None;
         let connected = match &rec.sandbox {
             // The sandbox's shim, connected once for all its containers.
             Some(sandbox) => self
                 .sandbox_client(&rec.namespace, sandbox)
                 .ok_or_else(|| Error::FailedPrecondition(format!("the shim of sandbox {sandbox} is not connected"))),
-            None => shim::connect(&rec.shim.socket, &rec.id, rec.shim.pid, args.dialect()).await,
+            None => shim::connect_probing(&rec.shim.socket, &rec.id, rec.shim.pid, args.dialect(), rec.exit.is_none())
+                .await
+                .map(|(client, state)| {
+                    known = state;
+                    client
+                }),
         };
         match connected {
             Ok(client) if args.v2.is_some() && !args.matches(client.pid) => {
@@ -204,7 +211,7 @@ impl Manager {
                 }
                 // A shim that is alive but slow to answer (stopped, say)
                 // is watched all the same; it answers the monitor later.
-                let caught_up = match tokio::time::timeout(CATCH_UP_TIMEOUT, self.catch_up(&rec, &entry)).await {
+                let caught_up = match tokio::time::timeout(CATCH_UP_TIMEOUT, self.catch_up(&rec, &entry, known)).await {
                     Ok(Ok(())) => true,
                     Ok(Err(e)) => {
                         tracing::warn!(ns = %rec.namespace, id = %rec.id, "catching up: {e}");
@@ -241,12 +248,16 @@ impl Manager {
         Ok(())
     }
 
-    /// Records what a live shim did while berthd was down: a start or a
-    /// pause/resume that completed after berthd died, each reported once.
+    /// Records what a live shim did while berthd was down (its state as
+    /// `known` from the hello, or asked now): a start or a pause/resume
+    /// that completed after berthd died, each reported once.
     /// (An exit is picked up by the monitor.)
-    async fn catch_up(&self, rec: &ContainerRecord, entry: &Entry) -> Result<()> {
+    async fn catch_up(&self, rec: &ContainerRecord, entry: &Entry, known: Option<(State, u32)>) -> Result<()> {
         let (ns, id) = (&rec.namespace, &rec.id);
-        let (actual, pid) = entry.shim.state(id).await?;
+        let (actual, pid) = match known {
+            Some(state) => state,
+            None => entry.shim.state(id).await?,
+        };
         let steps: &[(Op, Kind)] = match (rec.state, actual) {
             (State::Created, State::Running) => &[(Op::Start, Kind::Start)],
             (State::Created, State::Paused) => &[(Op::Start, Kind::Start), (Op::Pause, Kind::Pause)],

@@ -254,16 +254,37 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// restart replaced the shim; a shim too slow to answer is taken to be
 /// `pid`.
 pub async fn connect(socket: &Path, id: &ContainerId, pid: u32, dialect: Dialect) -> Result<ShimClient> {
+    Ok(connect_probing(socket, id, pid, dialect, false).await?.0)
+}
+
+/// [`connect`], and with `probe` also container `id`'s state (and its
+/// init's pid) asked in the same round trip: recovery wakes each shim once
+/// rather than twice. `None` if the state did not come with the hello.
+pub async fn connect_probing(
+    socket: &Path,
+    id: &ContainerId,
+    pid: u32,
+    dialect: Dialect,
+    probe: bool,
+) -> Result<(ShimClient, Option<(State, u32)>)> {
     let v3 = matches!(dialect, Dialect::Berth);
     let mut client = connect_with(socket, pid, None, dialect, v3).await?;
-    let asked = client.task.hello(|| context::with_timeout(CONNECT_TIMEOUT.as_nanos() as i64), id.as_str()).await;
+    let prober = client.clone();
+    let state = async {
+        match probe {
+            true => tokio::time::timeout(CONNECT_TIMEOUT, prober.state(id)).await.ok().and_then(Result::ok),
+            false => None,
+        }
+    };
+    let hello = client.task.hello(|| context::with_timeout(CONNECT_TIMEOUT.as_nanos() as i64), id.as_str());
+    let (asked, state) = tokio::join!(hello, state);
     // A shim too slow to answer is this version's or not: plain logs are
     // the ones every berth-shim writes.
     client.berth_logs = asked.as_ref().is_ok_and(|r| r.version.contains(berth_shim::LOG_ROTATION_FEATURE));
     let serving = asked.map_or(pid, |r| r.shim_pid);
     client.pid = serving;
     client.pidfd = watch_pidfd(pidfd_open(serving).ok());
-    Ok(client)
+    Ok((client, state))
 }
 
 /// A pidfd on process `pid` if it is a child of `parent`: a container's
