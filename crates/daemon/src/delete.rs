@@ -95,7 +95,10 @@ impl Manager {
         let t = std::time::Instant::now();
         let by_shim = match &entry {
             Some(e) => {
-                let kill = live && (rec.state != State::Created || e.shim.is_containerd_shim());
+                // A created container's runtime delete kills it too, but a
+                // shim of its own is killed first: its exit monitor asks
+                // Wait only once the init is gone, and must find the task.
+                let kill = live && (rec.state != State::Created || e.shim.is_containerd_shim() || !e.shim.shared);
                 teardown_with_shim(e, id, kill).await?
             }
             None => false,

@@ -94,7 +94,13 @@ impl Task {
             ttrpc::context::to_pb(ctx.metadata),
         );
         RequestInit::set_payload(&mut creq, payload);
-        let res = self.connected().await?.request(creq).await;
+        // The request runs to its answer even if its caller goes away: a
+        // connection of its own closing would cancel the shim's handler
+        // half way (a start or exec would be left half done).
+        let client = self.connected().await?;
+        let res = tokio::spawn(async move { client.request(creq).await })
+            .await
+            .unwrap_or_else(|e| Err(ttrpc::Error::Others(format!("shim call: {e}"))));
         if let Err(ttrpc::Error::Socket(_) | ttrpc::Error::LocalClosed | ttrpc::Error::RemoteClosed) = res {
             // A broken connection is not kept for the next call.
             self.kept().client = None;
