@@ -135,25 +135,56 @@ fn unreachable_daemon_is_one_clear_line() {
     assert_eq!(out.stderr.trim_end().lines().count(), 1);
 }
 
-#[test]
-fn start_that_times_out_is_killed_and_reported() {
-    let d = Daemon::start_with(&["--start-timeout", "1"]);
-    // A poststart hook makes the start itself take 3 s (a start that
-    // answers before the timer's first tick would pass a 0 s timeout).
+/// A bundle whose start takes `secs` seconds: a poststart hook sleeps.
+fn slow_start_bundle(d: &Daemon, secs: u32) -> String {
     let bundle = d.dir().join("slow-bundle");
     std::fs::create_dir_all(&bundle).unwrap();
     let spec = format!(
         r#"{{"ociVersion":"1.0.2","root":{{"path":"{}"}},
         "process":{{"cwd":"/","args":["sleep","1000"],"user":{{"uid":0,"gid":0}},"env":["PATH=/bin"]}},
-        "hooks":{{"poststart":[{{"path":"/bin/sleep","args":["sleep","3"]}}]}},
+        "hooks":{{"poststart":[{{"path":"/bin/sleep","args":["sleep","{secs}"]}}]}},
         "linux":{{"namespaces":[{{"type":"pid"}},{{"type":"mount"}}]}}}}"#,
         d.rootfs.display()
     );
     std::fs::write(bundle.join("config.json"), spec).unwrap();
-    let out = d.berth(&["run", "-d", "--name", "slow", bundle.to_str().unwrap()]);
+    bundle.to_string_lossy().into_owned()
+}
+
+#[test]
+fn start_that_times_out_is_killed_and_reported() {
+    let d = Daemon::start_with(&["--start-timeout", "1"]);
+    // The start itself takes 3 s (a start that answers before the timer's
+    // first tick would pass a 0 s timeout).
+    let bundle = slow_start_bundle(&d, 3);
+    let out = d.berth(&["run", "-d", "--name", "slow", &bundle]);
     assert_eq!(out.code, 125, "{out:?}");
     assert!(out.stderr.contains("deadline exceeded") && out.stderr.contains("was killed"), "{out:?}");
     assert_eq!(d.berth(&["wait", "slow"]).code, 137);
     d.berth(&["rm", "slow"]).ok();
+    assert_no_trace(&d, "slow");
+}
+
+#[test]
+fn a_start_whose_client_hangs_up_is_still_recorded() {
+    let d = Daemon::start();
+    let bundle = slow_start_bundle(&d, 2);
+    d.berth(&["create", "--name", "slow", &bundle]).ok();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let err = rt.block_on(async {
+        let mut api = berth_e2e::api(&d.socket).await;
+        let mut req = tonic::Request::new(berth_api::v1::ContainerRef { id: "slow".into(), ..Default::default() });
+        req.set_timeout(std::time::Duration::from_millis(300));
+        api.start(req).await.unwrap_err()
+    });
+    // The client gives up (tonic says Cancelled, or the server's deadline).
+    assert!(matches!(err.code(), tonic::Code::Cancelled | tonic::Code::DeadlineExceeded), "{err:?}");
+    // The start goes on in berthd and its end is recorded: the record does
+    // not stay `created` behind a running container.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !d.berth(&["inspect", "slow"]).stdout.contains("running") {
+        assert!(std::time::Instant::now() < deadline, "the start was never recorded");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    d.berth(&["rm", "-f", "slow"]).ok();
     assert_no_trace(&d, "slow");
 }

@@ -41,6 +41,15 @@ pub fn status(e: Error) -> Status {
     }
 }
 
+/// Runs `work` to its end even if the client hangs up: a start or exec cut
+/// off after the shim acted would leave the record behind the shim (no
+/// start recorded, an exec with no pid and no exit monitor).
+async fn to_the_end<T: Send + 'static>(
+    work: impl std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::spawn(work).await.map_err(|e| Status::internal(e.to_string()))?.map_err(status)
+}
+
 pub(crate) fn ns(s: &str) -> Result<Namespace, Status> {
     if s.is_empty() {
         return Ok(Namespace::default());
@@ -328,7 +337,8 @@ impl pb::containers_server::Containers for Api {
     async fn start(&self, req: Request<pb::ContainerRef>) -> Result<Response<pb::Container>, Status> {
         let r = req.into_inner();
         let (ns, id) = key(&r.namespace, &r.id)?;
-        let rec = self.mgr.start(&ns, &id).await.map_err(status)?;
+        let mgr = self.mgr.clone();
+        let rec = to_the_end(async move { mgr.start(&ns, &id).await }).await?;
         Ok(Response::new(container_pb(rec)))
     }
 
@@ -418,7 +428,8 @@ impl pb::containers_server::Containers for Api {
             tty_size: size(r.tty_width, r.tty_height),
             stdin: r.stdin,
         };
-        let pid = self.mgr.exec(&ns, &id, params).await.map_err(status)?;
+        let mgr = self.mgr.clone();
+        let pid = to_the_end(async move { mgr.exec(&ns, &id, params).await }).await?;
         Ok(Response::new(pb::ExecResponse { pid }))
     }
 
