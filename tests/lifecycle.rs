@@ -105,6 +105,14 @@ fn detached_ps_kill_wait_rm(runtime: &str) {
     // berthd watches the running init through a pidfd, holding no
     // connection to its shim (issue 14); calls connect for themselves.
     let shim = ps[0]["shim_pid"].as_u64().unwrap();
+    // berth-shim runs with malloc's caches of freed blocks off (issue 14);
+    // the container's process gets its spec's environment only.
+    let environ =
+        |pid: u64| String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap()).into_owned();
+    assert!(!environ(pid).contains("GLIBC_TUNABLES"), "{}", environ(pid));
+    if !runtime.starts_with("io.containerd.") {
+        assert!(environ(shim).contains("GLIBC_TUNABLES=glibc.malloc.tcache_count=0"), "{}", environ(shim));
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while accepted_connections(shim) > 0 {
         assert!(std::time::Instant::now() < deadline, "berthd keeps a connection to shim {shim}");

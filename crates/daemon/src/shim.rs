@@ -131,6 +131,7 @@ impl ShimArgs {
             .arg(&self.runtime)
             .arg("--runtime-root")
             .arg(&self.runtime_root)
+            .env(berth_shim::MALLOC_TUNABLES_VAR, berth_shim::malloc_tunables())
             .stdin(Stdio::null());
         if self.sandbox {
             cmd.arg("--sandbox");

@@ -210,6 +210,7 @@ fn spawn(f: &Flags, bundle: &Path, paths: &Paths) -> Result<(), ContainerdError>
     let ttrpc =
         std::env::var("TTRPC_ADDRESS").ok().filter(|a| !a.is_empty()).unwrap_or_else(|| format!("{}.ttrpc", f.address));
     let mut cmd = Command::new(&exe);
+    cmd.env(berth_shim::MALLOC_TUNABLES_VAR, berth_shim::malloc_tunables());
     cmd.arg("--namespace")
         .arg(&f.namespace)
         .arg("--id")

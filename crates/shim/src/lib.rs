@@ -20,6 +20,27 @@ use containerd_shim_protos::ttrpc;
 /// the daemon can connect the moment the shim is spawned.
 pub const LISTEN_FD: i32 = 3;
 
+/// The environment variable glibc reads its malloc settings from, and
+/// [`malloc_tunables`] its value for a shim.
+pub const MALLOC_TUNABLES_VAR: &str = "GLIBC_TUNABLES";
+
+/// glibc's malloc settings for a shim process, after any the caller has:
+/// no caches of freed blocks by size (tcache, fastbins), so what a create
+/// frees coalesces and `malloc_trim` gives it back. A shim per container
+/// makes every private page count (issue 14: 304 → 242 KB per shim). The
+/// container's processes get the spec's environment, not this one.
+pub fn malloc_tunables() -> std::ffi::OsString {
+    const SHIM: &str = "glibc.malloc.tcache_count=0:glibc.malloc.mxfast=0";
+    match std::env::var_os(MALLOC_TUNABLES_VAR).filter(|v| !v.is_empty()) {
+        Some(mut own) => {
+            own.push(":");
+            own.push(SHIM);
+            own
+        }
+        None => SHIM.into(),
+    }
+}
+
 /// In the version a berth-shim answers Connect with when it writes berth's
 /// rotated logs (`crilog::berth_target`): one started by an older berthd
 /// does not, and gets plain log files.
