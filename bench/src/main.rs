@@ -123,13 +123,12 @@ pub fn make_bundle(dir: &Path, rootfs: &Path, name: &str, args: &[&str]) -> Path
     std::fs::create_dir_all(&bundle).expect("bundle dir");
     let ok = Command::new("runc").arg("spec").current_dir(&bundle).status().expect("runc spec").success();
     assert!(ok, "runc spec failed");
-    let path = bundle.join("config.json");
-    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("read spec")).expect("spec");
-    spec["process"]["terminal"] = false.into();
-    spec["process"]["args"] = serde_json::json!(args);
-    spec["root"]["path"] = rootfs.to_string_lossy().into_owned().into();
-    spec["linux"]["cgroupsPath"] = format!("{RUNC_CGROUP_PARENT}/{name}").into();
-    std::fs::write(&path, serde_json::to_vec_pretty(&spec).expect("encode")).expect("write spec");
+    edit_spec(&bundle, |spec| {
+        spec["process"]["terminal"] = false.into();
+        spec["process"]["args"] = serde_json::json!(args);
+        spec["root"]["path"] = rootfs.to_string_lossy().into_owned().into();
+        spec["linux"]["cgroupsPath"] = format!("{RUNC_CGROUP_PARENT}/{name}").into();
+    });
     bundle
 }
 
@@ -137,11 +136,17 @@ pub fn make_bundle(dir: &Path, rootfs: &Path, name: &str, args: &[&str]) -> Path
 pub fn with_cgroups_path(bundle: &Path, path: &str) -> PathBuf {
     let copy = bundle.with_extension("cgroup");
     std::fs::create_dir_all(&copy).expect("bundle dir");
-    let mut spec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).expect("read spec")).expect("spec");
-    spec["linux"]["cgroupsPath"] = path.into();
-    std::fs::write(copy.join("config.json"), serde_json::to_vec_pretty(&spec).expect("encode")).expect("write spec");
+    std::fs::copy(bundle.join("config.json"), copy.join("config.json")).expect("copy spec");
+    edit_spec(&copy, |spec| spec["linux"]["cgroupsPath"] = path.into());
     copy
+}
+
+/// Changes the spec (`config.json`) of `bundle` in place.
+fn edit_spec(bundle: &Path, change: impl FnOnce(&mut serde_json::Value)) {
+    let path = bundle.join("config.json");
+    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("read spec")).expect("spec");
+    change(&mut spec);
+    std::fs::write(&path, serde_json::to_vec_pretty(&spec).expect("encode")).expect("write spec");
 }
 
 /// `| label | a | b | a/b |`.

@@ -35,11 +35,17 @@ pub(crate) fn cmdline(pid: u32) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The parent of process `pid` (from `/proc/PID/stat`), if it exists.
+/// The fields of `/proc/<process>/stat` after the command's closing
+/// parenthesis: state, parent, … (`proc(5)`'s third field on); empty if
+/// the process is gone.
+pub(crate) fn stat_fields(process: &str) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{process}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').map_or_else(Vec::new, |(_, rest)| rest.split_whitespace().map(String::from).collect())
+}
+
+/// The parent of process `pid`, if it exists.
 pub(crate) fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command's closing parenthesis: state, then the parent.
-    stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    stat_fields(&pid.to_string()).get(1)?.parse().ok()
 }
 
 /// Sends `signal` to every process below `pid` (from each thread's

@@ -96,9 +96,11 @@ impl Manager {
         let by_shim = match &entry {
             Some(e) => {
                 // A created container's runtime delete kills it too, but a
-                // shim of its own is killed first: its exit monitor asks
-                // Wait only once the init is gone, and must find the task.
-                let kill = live && (rec.state != State::Created || e.shim.is_containerd_shim() || !e.shim.shared);
+                // shim of its own (a containerd shim is always one) is
+                // killed first: its exit monitor asks Wait only once the
+                // init is gone, and must find the task. A sandbox's shim
+                // deletes its members itself.
+                let kill = live && (rec.state != State::Created || !e.shim.shared);
                 teardown_with_shim(e, id, kill).await?
             }
             None => false,

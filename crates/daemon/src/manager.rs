@@ -447,7 +447,7 @@ impl Manager {
     /// one that only stops answering leaves the container `unknown`.
     /// Until `init` (a pidfd on the container's init) says it exited, the
     /// monitor holds no connection to the shim, and only a small future.
-    pub(crate) fn spawn_monitor(self: &Arc<Self>, key: Key, entry: Arc<Entry>, init: Option<AsyncFd<OwnedFd>>) {
+    pub(crate) fn spawn_monitor(self: &Arc<Self>, key: Key, entry: Arc<Entry>, init: Option<Arc<AsyncFd<OwnedFd>>>) {
         let mgr = self.clone();
         tokio::spawn(async move {
             if let Some(init) = init {
@@ -458,53 +458,50 @@ impl Manager {
     }
 
     async fn monitor(self: Arc<Self>, key: Key, entry: Arc<Entry>) -> Option<()> {
-        let mgr = self;
-        {
-            let (ns, id) = &key;
-            let status = match entry.shim.wait(id, "").await {
-                Ok(s) => s,
-                Err(e) if entry.shim.exited_within(SHIM_EXIT_GRACE).await => {
-                    tracing::warn!(%ns, %id, "shim died: {e}; cleaning up");
-                    let _started = entry.starting.lock().await;
-                    match mgr.teardown_without_shim(&mgr.get(ns, id).ok()?).await {
-                        Ok(status) => status,
-                        Err(e) => {
-                            // Processes may be left: `unknown` until `rm -f`
-                            // cleans up again.
-                            tracing::warn!(%ns, %id, "cleanup after a dead shim: {e}");
-                            mgr.mark_unknown(ns, id);
-                            return None;
-                        }
+        let (ns, id) = &key;
+        let status = match entry.shim.wait(id, "").await {
+            Ok(s) => s,
+            Err(e) if entry.shim.exited_within(SHIM_EXIT_GRACE).await => {
+                tracing::warn!(%ns, %id, "shim died: {e}; cleaning up");
+                let _started = entry.starting.lock().await;
+                match self.teardown_without_shim(&self.get(ns, id).ok()?).await {
+                    Ok(status) => status,
+                    Err(e) => {
+                        // Processes may be left: `unknown` until `rm -f`
+                        // cleans up again.
+                        tracing::warn!(%ns, %id, "cleanup after a dead shim: {e}");
+                        self.mark_unknown(ns, id);
+                        return None;
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(%ns, %id, "lost shim while waiting: {e}");
-                    mgr.mark_unknown(ns, id);
-                    return None;
-                }
-            };
-            // Only a containerd shim's output may still be on its way (the
-            // record read is not worth it for berth-shim's exits).
-            if entry.shim.is_containerd_shim()
-                && let Ok(rec) = mgr.get(ns, id)
-            {
-                entry.shim.drained(&rec.stdout, &rec.stderr).await;
             }
-            let t = std::time::Instant::now();
-            let status = {
-                // A start still being recorded goes first.
-                let _started = entry.starting.lock().await;
-                mgr.drain_oom(&entry).await;
-                mgr.record_exit(ns, id, status).unwrap_or_else(|e| {
-                    tracing::warn!(%ns, %id, "cannot record exit: {e}");
-                    status
-                })
-            };
-            mgr.phases.end("exit.record", t);
-            entry.exit.send_replace(Some(status));
-            mgr.consider_restart(ns, id);
-            Some(())
+            Err(e) => {
+                tracing::warn!(%ns, %id, "lost shim while waiting: {e}");
+                self.mark_unknown(ns, id);
+                return None;
+            }
+        };
+        // Only a containerd shim's output may still be on its way (the
+        // record read is not worth it for berth-shim's exits).
+        if entry.shim.is_containerd_shim()
+            && let Ok(rec) = self.get(ns, id)
+        {
+            entry.shim.drained(&rec.stdout, &rec.stderr).await;
         }
+        let t = std::time::Instant::now();
+        let status = {
+            // A start still being recorded goes first.
+            let _started = entry.starting.lock().await;
+            self.drain_oom(&entry).await;
+            self.record_exit(ns, id, status).unwrap_or_else(|e| {
+                tracing::warn!(%ns, %id, "cannot record exit: {e}");
+                status
+            })
+        };
+        self.phases.end("exit.record", t);
+        entry.exit.send_replace(Some(status));
+        self.consider_restart(ns, id);
+        Some(())
     }
 }
 

@@ -64,8 +64,7 @@ fn is_recorded_shim(args: &ShimArgs, rec: &ContainerRecord, answered: u32) -> bo
 }
 
 fn is_zombie(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.starts_with(" Z")))
+    crate::control::stat_fields(&pid.to_string()).first().is_some_and(|state| state == "Z")
 }
 
 impl Manager {

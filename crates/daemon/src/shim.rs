@@ -290,14 +290,16 @@ pub async fn connect_probing(
 
 /// A pidfd on process `pid` if it is a child of `parent`: a container's
 /// init under its shim, not a pid reused by another process.
-pub fn child_pidfd(pid: u32, parent: u32) -> Option<AsyncFd<OwnedFd>> {
-    let fd = pidfd_open(pid).ok().filter(|_| pid != 0)?;
+pub fn child_pidfd(pid: u32, parent: u32) -> Option<Arc<AsyncFd<OwnedFd>>> {
+    if pid == 0 {
+        return None;
+    }
+    let fd = pidfd_open(pid).ok()?;
     // Checked after the open: the pidfd names the process found here.
     if crate::control::parent_of(pid) != Some(parent) {
         return None;
     }
-    // SAFETY: the AsyncFd owns the pidfd for its whole life.
-    unsafe { AsyncFd::register(fd) }.ok()
+    watch_pidfd(Some(fd))
 }
 
 /// A pidfd made awaitable: readable once its process has exited.
@@ -313,10 +315,8 @@ async fn connect_with(
     dialect: Dialect,
     v3: bool,
 ) -> Result<ShimClient> {
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(|e| Error::io(format!("connect to shim at {}", socket.display()), e))?;
-    let task = Task::new(stream, socket, v3);
+    let task =
+        Task::open(socket, v3).await.map_err(|e| Error::io(format!("connect to shim at {}", socket.display()), e))?;
     let pidfd = watch_pidfd(pidfd);
     // A berth-shim started now is this berthd's own binary.
     let berth_logs = matches!(dialect, Dialect::Berth);

@@ -31,11 +31,15 @@ struct Kept {
 }
 
 impl Task {
-    /// A client on `stream`, a connection to the shim at `socket`, that
-    /// calls `v3` or, for a containerd 1.x shim, `v2`.
-    pub fn new(stream: tokio::net::UnixStream, socket: &Path, v3: bool) -> Task {
-        let kept = Kept { client: Some(Client::new(Socket::from(stream))), released: false };
-        Task { socket: socket.into(), kept: Arc::new(Mutex::new(kept)), service: if v3 { TASK_V3 } else { TASK_V2 } }
+    /// A client connected to the shim at `socket` that calls `v3` or, for
+    /// a containerd 1.x shim, `v2`.
+    pub async fn open(socket: &Path, v3: bool) -> std::io::Result<Task> {
+        let kept = Kept { client: Some(dial(socket).await?), released: false };
+        Ok(Task {
+            socket: socket.into(),
+            kept: Arc::new(Mutex::new(kept)),
+            service: if v3 { TASK_V3 } else { TASK_V2 },
+        })
     }
 
     fn kept(&self) -> MutexGuard<'_, Kept> {
@@ -54,10 +58,9 @@ impl Task {
         if let Some(client) = self.kept().client.clone() {
             return Ok(client);
         }
-        let stream = tokio::net::UnixStream::connect(&*self.socket)
+        let client = dial(&self.socket)
             .await
             .map_err(|e| ttrpc::Error::Socket(format!("connect to shim at {}: {e}", self.socket.display())))?;
-        let client = Client::new(Socket::from(stream));
         let mut kept = self.kept();
         if kept.released {
             return Ok(client);
@@ -110,6 +113,11 @@ impl Task {
         Codec::merge(&mut resp, &res.payload).map_err(|e| ttrpc::Error::Others(format!("decoding answer: {e}")))?;
         Ok(resp)
     }
+}
+
+/// A new connection to the shim at `socket`.
+async fn dial(socket: &Path) -> std::io::Result<Client> {
+    Ok(Client::new(Socket::from(tokio::net::UnixStream::connect(socket).await?)))
 }
 
 macro_rules! methods {
