@@ -5,7 +5,7 @@ CARGO ?= cargo
 # System packages berth needs to build, run and be tested against peers.
 APT_PACKAGES := busybox-static runc containerd protobuf-compiler libseccomp-dev pkg-config bsdutils gcc libc6-dev docker-registry containernetworking-plugins iptables
 
-.PHONY: deps build release demo test lint unit e2e chaos bench clean criu install
+.PHONY: deps build release demo test lint unit e2e chaos bench clean criu install vm-assets
 
 # Where `make install` puts binaries, completions and man pages.
 PREFIX ?= /usr/local
@@ -39,7 +39,7 @@ unit: build
 
 # The chaos test prints its counts (containers, kills, unknown exits, events).
 # The checkpoint tests need CRIU (`make criu`, a no-op once installed).
-e2e: build criu
+e2e: build criu vm-assets
 	$(CARGO) test --locked -p berth-e2e -- --skip chaos
 	$(CARGO) test --locked -p berth-e2e --test chaos -- --nocapture
 
@@ -54,6 +54,13 @@ chaos: build
 # `make criu CRIU_ARGS=--check` also runs the smoke check (docs/operations.md, "CRIU").
 criu:
 	bash scripts/install-criu.sh $(CRIU_ARGS)
+
+# What VM sandboxes boot (docs/vm.md): QEMU, vhost-device-vsock, Debian's
+# kernel unpacked, and an initramfs with the static berth-agent and
+# berth-shim, into VM_ASSETS with their digests.
+VM_ASSETS ?= target/vm-assets
+vm-assets: deps
+	bash scripts/vm-assets.sh $(VM_ASSETS)
 
 bench: release
 	$(CARGO) run --release --locked -p berth-bench -- $(BENCH_ARGS)

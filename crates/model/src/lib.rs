@@ -12,6 +12,7 @@ mod runtime;
 mod sandbox;
 mod signal;
 mod state;
+pub mod vm;
 
 pub use error::{Code, ModelError};
 pub use event::EventKind;

@@ -159,21 +159,7 @@ fn main() {
 }
 
 async fn serve(args: Args, pod_init: Option<podinit::PodInit>) -> Result<(), String> {
-    // SAFETY: berthd passes a bound, listening unix socket as LISTEN_FD and
-    // nothing else in this process owns that descriptor.
-    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTEN_FD) };
-    std_listener.set_nonblocking(true).map_err(|e| format!("listener: {e}"))?;
-    // Inherited without close-on-exec: no runtime helper or container
-    // process may keep the shim's listener.
-    nix::fcntl::fcntl(LISTEN_FD, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
-        .map_err(|e| format!("listener: {e}"))?;
-    let socket = std_listener
-        .local_addr()
-        .ok()
-        .and_then(|a| a.as_pathname().map(PathBuf::from))
-        .ok_or("listener on fd 3 has no path")?;
-    let listener = tokio::net::UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
-
+    let (listener, socket) = listener(&args)?;
     let runtime = berth_runtime::open(&args.runtime, &args.runtime_root).map_err(|e| e.to_string())?;
     // The shim stays single-threaded, so runtime work can run in forked helpers.
     // It forks a helper per call and awaits its answer.
@@ -188,7 +174,7 @@ async fn serve(args: Args, pod_init: Option<podinit::PodInit>) -> Result<(), Str
     let (tracked, spawning) = shim.processes();
     reaper::spawn(tracked, spawning).map_err(|e| format!("reaper: {e}"))?;
 
-    let mut server = Server::new().register_service(task_services(&shim)).add_listener(Listener::from(listener));
+    let mut server = Server::new().register_service(task_services(&shim)).add_listener(listener);
     server.start().await.map_err(|e| format!("ttrpc: {e}"))?;
     shim.shutdown_requested().await;
     let _ = server.shutdown().await;
@@ -199,6 +185,39 @@ async fn serve(args: Args, pod_init: Option<podinit::PodInit>) -> Result<(), Str
         containerd::forget(&socket, &args.runtime_root);
     }
     Ok(())
+}
+
+/// The listener berthd (a unix socket) or the guest agent (vsock, docs/vm.md)
+/// passes as LISTEN_FD, and the path the shim's terminal sockets are named
+/// after: the unix socket's own, or one in the runtime root.
+fn listener(args: &Args) -> Result<(Listener, PathBuf), String> {
+    // Inherited without close-on-exec: no runtime helper or container
+    // process may keep the shim's listener.
+    nix::fcntl::fcntl(LISTEN_FD, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+        .map_err(|e| format!("listener: {e}"))?;
+    use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage, getsockname};
+    let family = getsockname::<SockaddrStorage>(LISTEN_FD).map_err(|e| format!("listener: {e}"))?.family();
+    if family == Some(AddressFamily::Vsock) {
+        let nonblocking = nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(LISTEN_FD, nix::fcntl::FcntlArg::F_SETFL(nonblocking))
+            .map_err(|e| format!("listener: {e}"))?;
+        // SAFETY: the agent passes a bound, listening vsock socket as
+        // LISTEN_FD and nothing else in this process owns that descriptor.
+        let listener =
+            unsafe { Listener::from_raw_vsock_listener_fd(LISTEN_FD) }.map_err(|e| format!("listener: {e}"))?;
+        return Ok((listener, args.runtime_root.join("shim.sock")));
+    }
+    // SAFETY: berthd passes a bound, listening unix socket as LISTEN_FD and
+    // nothing else in this process owns that descriptor.
+    let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTEN_FD) };
+    std_listener.set_nonblocking(true).map_err(|e| format!("listener: {e}"))?;
+    let socket = std_listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(PathBuf::from))
+        .ok_or("listener on fd 3 has no path")?;
+    let listener = tokio::net::UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
+    Ok((Listener::from(listener), socket))
 }
 
 /// The Task service under both names it is called by.

@@ -1,0 +1,159 @@
+//! VM sandboxes (SPEC B26, docs/vm.md), from the VMM layer up: a guest
+//! booted from `make vm-assets` (under TCG on hosts without usable KVM)
+//! whose agent serves the shim v2 Task API over vsock; a container run in
+//! it reports the guest kernel, exits with its code and writes its output
+//! into the shared directory; failed boots leave no process, socket or
+//! file behind. Run as root after `make vm-assets`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use berth_testing::busybox_rootfs;
+use berth_vm::{Accel, AccelChoice, Assets, VmSpec, qemu::Microvm};
+use containerd_shim_protos::api;
+use containerd_shim_protos::shim_async::TaskClient;
+use containerd_shim_protos::ttrpc::r#async::transport::Socket;
+use containerd_shim_protos::ttrpc::asynchronous::Client;
+use containerd_shim_protos::ttrpc::context;
+use tempfile::TempDir;
+
+/// Boot under TCG takes 1.5–2.5 s here; leave room for a loaded host.
+const BOOT: Duration = Duration::from_secs(60);
+
+fn assets() -> Assets {
+    let dir = std::env::var_os("BERTH_VM_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/vm-assets"));
+    Assets::load(&dir, env!("CARGO_PKG_VERSION")).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn spec(dir: &TempDir, memory_mib: u64) -> VmSpec {
+    let share = dir.path().join("share");
+    std::fs::create_dir_all(&share).unwrap();
+    let (accel, _note) = berth_vm::accel::resolve(AccelChoice::Auto).unwrap();
+    VmSpec {
+        id: "vmtest".into(),
+        cpus: 1,
+        memory_mib,
+        share,
+        state: dir.path().join("vm"),
+        accel,
+        assets: assets(),
+        guest_log: std::env::var("BERTH_VM_GUEST_LOG").ok(),
+    }
+}
+
+/// A bundle in the share running `args`, as the guest sees its paths.
+fn bundle(share: &Path, id: &str, args: &[&str]) -> String {
+    let rootfs = busybox_rootfs(&share.join(id));
+    let guest = |p: &Path| format!("{}/{}", berth_model::vm::GUEST_SHARE, p.strip_prefix(share).unwrap().display());
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": args, "env": ["PATH=/bin"], "cwd": "/"},
+        "root": {"path": guest(&rootfs), "readonly": true},
+        "hostname": id,
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
+        ],
+        "linux": {
+            "cgroupsPath": format!("/berth/{id}"),
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+        },
+    });
+    std::fs::write(share.join(id).join("config.json"), spec.to_string()).unwrap();
+    guest(&share.join(id))
+}
+
+fn ctx() -> context::Context {
+    context::with_timeout(Duration::from_secs(30).as_nanos() as i64)
+}
+
+/// Runs `args` as container `id` in the guest to its exit: (code, output).
+async fn run(vm: &berth_vm::Vm, task: &TaskClient, id: &str, args: &[&str]) -> (u32, String) {
+    let share = &vm.spec.share;
+    let fail = |what: &str, e: containerd_shim_protos::ttrpc::Error| -> ! {
+        panic!("{what} in the guest: {e}\nconsole: {}", vm.console_tail())
+    };
+    let bundle = bundle(share, id, args);
+    let out = format!("{bundle}/out.log");
+    let req = api::CreateTaskRequest {
+        id: id.into(),
+        bundle: bundle.clone(),
+        stdout: out.clone(),
+        stderr: out,
+        ..Default::default()
+    };
+    task.create(ctx(), &req).await.unwrap_or_else(|e| fail("create", e));
+    let start = api::StartRequest { id: id.into(), ..Default::default() };
+    task.start(ctx(), &start).await.unwrap_or_else(|e| fail("start", e));
+    let wait = api::WaitRequest { id: id.into(), ..Default::default() };
+    let code = task.wait(ctx(), &wait).await.unwrap_or_else(|e| fail("wait", e)).exit_status;
+    let delete = api::DeleteRequest { id: id.into(), ..Default::default() };
+    task.delete(ctx(), &delete).await.unwrap_or_else(|e| fail("delete", e));
+    (code, std::fs::read_to_string(share.join(id).join("out.log")).unwrap_or_default())
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_container_in_the_guest_runs_on_the_guests_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = spec(&dir, 256);
+    let release = spec.assets.kernel_release.clone();
+    let mut vm = berth_vm::launch(&Microvm, &spec).expect("launch the VM");
+    let pids = vm.pids();
+    let stream = vm.wait_ready(BOOT).await.expect("the agent answers");
+    let task = TaskClient::new(Client::new(Socket::new(stream)));
+
+    let (code, out) = run(&vm, &task, "uname", &["uname", "-r"]).await;
+    assert_eq!((code, out.trim()), (0, release.as_str()), "console: {}", vm.console_tail());
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_ne!(host.trim(), release, "the guest must run its own kernel");
+    let (code, out) = run(&vm, &task, "fails", &["sh", "-c", "echo to-stderr >&2; exit 7"]).await;
+    assert_eq!((code, out.as_str()), (7, "to-stderr\n"));
+
+    // The guest shim's Shutdown powers the guest off; the VM's processes
+    // exit by themselves and the state goes with the VM.
+    let shutdown = api::ShutdownRequest { id: "vmtest".into(), ..Default::default() };
+    let _ = task.shutdown(ctx(), &shutdown).await;
+    assert!(vm.stop(Duration::from_secs(20)), "the guest powered off");
+    assert!(pids.iter().all(|p| !alive(*p)), "VM processes left: {pids:?}");
+    assert!(!spec.state.exists(), "the VM's state directory is removed");
+    assert_eq!(spec.accel == Accel::Kvm, std::fs::read_to_string("/proc/cpuinfo").unwrap().contains(" vmx"));
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_boot_that_fails_leaves_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // A kernel that is not one: QEMU exits at once.
+    let mut bad = spec(&dir, 256);
+    bad.assets.kernel = dir.path().join("share");
+    let mut vm = berth_vm::launch(&Microvm, &bad).expect("the processes start");
+    let pids = vm.pids();
+    let err = vm.wait_ready(BOOT).await.unwrap_err().to_string();
+    assert!(err.contains("did not boot") && err.contains("qemu exited"), "{err}");
+    drop(vm);
+    assert!(pids.iter().all(|p| !alive(*p)), "VM processes left: {pids:?}");
+    assert!(!bad.state.exists(), "state left behind");
+
+    // Too little memory for the initramfs: the guest panics and QEMU ends.
+    let small = VmSpec { memory_mib: 64, ..spec(&dir, 64) };
+    let mut vm = berth_vm::launch(&Microvm, &small).expect("the processes start");
+    let pids = vm.pids();
+    let err = vm.wait_ready(BOOT).await.unwrap_err().to_string();
+    assert!(err.contains("did not boot"), "{err}");
+    drop(vm);
+    assert!(pids.iter().all(|p| !alive(*p)), "VM processes left: {pids:?}");
+    assert!(!small.state.exists(), "state left behind");
+
+    // Sizes below the minimum are refused before anything starts.
+    let tiny = VmSpec { memory_mib: 16, ..spec(&dir, 16) };
+    let err = berth_vm::launch(&Microvm, &tiny).err().expect("refused").to_string();
+    assert!(err.contains("at least 64 MiB"), "{err}");
+    assert!(!tiny.state.exists());
+}
