@@ -121,7 +121,7 @@ async fn a_container_in_the_guest_runs_on_the_guests_kernel() {
     // exit by themselves and the state goes with the VM.
     let shutdown = api::ShutdownRequest { id: "vmtest".into(), ..Default::default() };
     let _ = task.shutdown(ctx(), &shutdown).await;
-    assert!(vm.stop(Duration::from_secs(20)), "the guest powered off");
+    assert!(vm.stop(Duration::from_secs(20)).await, "the guest powered off");
     assert!(pids.iter().all(|p| !alive(*p)), "VM processes left: {pids:?}");
     assert!(!spec.state.exists(), "the VM's state directory is removed");
     assert_eq!(spec.accel == Accel::Kvm, std::fs::read_to_string("/proc/cpuinfo").unwrap().contains(" vmx"));

@@ -74,7 +74,7 @@ async fn do_create(c: &mut Client, a: CreateArgs, start: bool, auto_remove: bool
         args: a.cmd,
         env: a.env,
         cwd: a.workdir.unwrap_or_default(),
-        runtime: a.runtime.unwrap_or_default(),
+        runtime: if a.vm { berth_model::VM_RUNTIME.to_string() } else { a.runtime.unwrap_or_default() },
         labels,
         start,
         resources: Some(a.limits.to_pb()?),

@@ -42,11 +42,16 @@ pub struct CreateArgs {
     /// Container id (default: a random one).
     #[arg(long)]
     pub name: Option<String>,
-    /// Runtime: embedded, runc or crun (berth-shim), io.containerd.NAME.vN
-    /// (a containerd v2 shim, e.g. io.containerd.runc.v2) or a shim's
-    /// absolute path [default: berthd's --default-runtime, embedded].
+    /// Runtime: embedded, runc or crun (berth-shim), vm (a VM of its own,
+    /// as --vm), io.containerd.NAME.vN (a containerd v2 shim, e.g.
+    /// io.containerd.runc.v2) or a shim's absolute path [default: berthd's
+    /// --default-runtime, embedded].
     #[arg(long)]
     pub runtime: Option<String>,
+    /// Run the container in a VM of its own, on the guest's kernel (the
+    /// runtime `vm`; sized from --cpus and --memory; docs/vm.md).
+    #[arg(long, conflicts_with = "runtime")]
+    pub vm: bool,
     /// Environment variable KEY=VALUE (repeatable).
     #[arg(short = 'e', long = "env")]
     pub env: Vec<String>,

@@ -24,6 +24,8 @@ pub struct Config {
     /// The bound of a container log that names none
     /// (`--container-log-max-size`, `--container-log-max-files`).
     pub log_rotation: berth_model::LogRotation,
+    /// VM sandboxes' assets and accelerator (`--vm-assets`, `--vm-accel`).
+    pub vm: crate::vm::VmConfig,
 }
 
 impl Config {

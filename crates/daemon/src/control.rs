@@ -140,11 +140,13 @@ impl Manager {
         let entry = self.entry(ns, id)?;
         let pids = entry.shim.pids(id).await?;
         let execs = self.exec_pids(&entry);
+        // A VM's pids are the guest's: the host's /proc knows nothing of them.
+        let in_vm = rec.runtime == berth_model::VM_RUNTIME;
         Ok(pids
             .into_iter()
             .map(|pid| {
                 let exec_id = execs.iter().find(|(p, _)| *p == pid).map(|(_, e)| e.clone()).unwrap_or_default();
-                Process { pid, exec_id, command: cmdline(pid) }
+                Process { pid, exec_id, command: if in_vm { Vec::new() } else { cmdline(pid) } }
             })
             .collect())
     }

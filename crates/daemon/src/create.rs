@@ -208,6 +208,7 @@ impl Manager {
     /// copies its output) must be installed: checked before anything is made.
     pub(crate) fn check_runtime(&self, runtime: &Runtime) -> Result<()> {
         match runtime {
+            Runtime::Builtin(berth_model::VM_RUNTIME) => self.cfg.vm.check_installed(),
             Runtime::Builtin(name) => check_installed(name),
             Runtime::Shim { .. } => {
                 self.shims.resolve(runtime)?;
@@ -236,6 +237,9 @@ impl Manager {
         let parsed = Runtime::parse(named)?;
         self.check_runtime(&parsed)?;
         let runtime = parsed.name();
+        if runtime == berth_model::VM_RUNTIME {
+            crate::vm::check_create(&mut p)?;
+        }
         check_labels(&p.labels)?;
         self.log_format(&p, &parsed)?;
         if p.auto_remove && p.restart != RestartPolicy::No {

@@ -354,6 +354,7 @@ mod tests {
             default_runtime: "embedded".into(),
             criu: "criu".into(),
             log_rotation: berth_model::LogRotation::DEFAULT,
+            vm: crate::vm::VmConfig { assets: "/nonexistent".into(), accel: berth_vm::Accel::Tcg, note: None },
         }
     }
 

@@ -50,6 +50,7 @@ mod system_api;
 mod system_info;
 mod task;
 mod timed;
+mod vm;
 mod volume_api;
 mod volume_fill;
 mod volumes;
@@ -133,6 +134,14 @@ struct Args {
     /// /opt/berth/criu/bin/criu, if present; else `criu` on PATH).
     #[arg(long)]
     criu: Option<PathBuf>,
+    /// The VM guest's kernel and initramfs, as `make vm-assets` writes
+    /// them (default: ROOT/vm-assets).
+    #[arg(long)]
+    vm_assets: Option<PathBuf>,
+    /// The accelerator of VM sandboxes: auto (KVM when the CPU shows
+    /// vmx/svm and /dev/kvm opens, else TCG emulation), kvm or tcg.
+    #[arg(long, default_value = "auto")]
+    vm_accel: String,
     /// What berthd logs (to stderr): error, warn, info, debug or trace, or
     /// a tracing filter such as `info,berthd=debug`.
     #[arg(long, env = "BERTH_LOG", default_value = "info")]
@@ -364,7 +373,12 @@ async fn run(args: Args) -> Result<(), String> {
         criu: criu_path(args.criu.clone()),
         log_rotation: berth_model::LogRotation::new(args.container_log_max_size, args.container_log_max_files)
             .map_err(|e| format!("--container-log-max-*: {e}"))?,
+        vm: vm::VmConfig::new(args.vm_assets.clone().unwrap_or_else(|| args.root.join("vm-assets")), &args.vm_accel)?,
     };
+    match &cfg.vm.note {
+        Some(note) => tracing::info!(accel = cfg.vm.accel.as_str(), "VM sandboxes: {note}"),
+        None => tracing::info!(accel = cfg.vm.accel.as_str(), "VM sandboxes use {}", cfg.vm.accel.as_str()),
+    }
     for dir in [&cfg.root, &cfg.state] {
         std::fs::create_dir_all(dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))

@@ -229,6 +229,10 @@ impl Manager {
             v2,
             sandbox: false,
             pid_init: false,
+            extra: match parsed {
+                Runtime::Builtin(berth_model::VM_RUNTIME) => self.cfg.vm.shim_flags(),
+                _ => Vec::new(),
+            },
         }
     }
 

@@ -284,6 +284,7 @@ mod tests {
             default_runtime: "embedded".into(),
             criu: "criu".into(),
             log_rotation: berth_model::LogRotation::DEFAULT,
+            vm: crate::vm::VmConfig { assets: "/nonexistent".into(), accel: berth_vm::Accel::Tcg, note: None },
         };
         let (ns, id) = (Namespace::new("k8s.io").unwrap(), ContainerId::new("c1").unwrap());
         let host = Hierarchies::parse_for_tests("34 30 0:30 / /nonexistent-berth-cgroup rw - cgroup cgroup rw,memory");

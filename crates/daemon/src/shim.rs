@@ -88,6 +88,8 @@ pub struct ShimArgs {
     /// It also holds the sandbox's PID namespace (`--pid-init`; not part
     /// of what `matches` compares).
     pub pid_init: bool,
+    /// More flags: a VM shim's (`vm.rs`; not compared either).
+    pub extra: Vec<std::ffi::OsString>,
 }
 
 impl ShimArgs {
@@ -139,6 +141,7 @@ impl ShimArgs {
         if self.pid_init {
             cmd.arg("--pid-init");
         }
+        cmd.args(&self.extra);
         cmd
     }
 }

@@ -312,6 +312,7 @@ mod tests {
         let args_for = |id: &str| ShimArgs {
             sandbox: false,
             pid_init: false,
+            extra: Vec::new(),
             binary: "/bin/sh".into(),
             namespace: berth_model::Namespace::new("delete").unwrap(),
             id: berth_model::ContainerId::new(id).unwrap(),

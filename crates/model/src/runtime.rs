@@ -3,16 +3,24 @@
 
 use crate::error::ModelError;
 
-/// OCI runtimes berth-shim runs; `embedded` needs no external binary.
-pub const RUNTIMES: &[&str] = &["embedded", "runc", "crun"];
+/// What berth-shim runs containers with: an OCI runtime (`embedded` needs
+/// no external binary), or `vm`, a VM per shim whose guest runs them
+/// (SPEC B26).
+pub const RUNTIMES: &[&str] = &["embedded", "runc", "crun", VM_RUNTIME];
 pub const DEFAULT_RUNTIME: &str = "embedded";
 /// berth-shim's own name as a containerd runtime: the embedded runtime.
 pub const BERTH_SHIM_RUNTIME: &str = "io.containerd.berth.v1";
+/// The VM backend (docs/vm.md), and its name as a containerd runtime.
+pub const VM_RUNTIME: &str = "vm";
+pub const BERTH_VM_RUNTIME: &str = "io.containerd.berth-vm.v1";
 
 /// Checks an OCI runtime name for berth-shim; empty means the default.
 pub fn runtime_name(name: &str) -> Result<&'static str, ModelError> {
     if name.is_empty() || name == BERTH_SHIM_RUNTIME {
         return Ok(DEFAULT_RUNTIME);
+    }
+    if name == BERTH_VM_RUNTIME {
+        return Ok(VM_RUNTIME);
     }
     RUNTIMES
         .iter()
@@ -88,6 +96,8 @@ mod tests {
         assert_eq!(runtime_name("").unwrap(), "embedded");
         assert_eq!(runtime_name("runc").unwrap(), "runc");
         assert_eq!(runtime_name(BERTH_SHIM_RUNTIME).unwrap(), "embedded");
+        assert_eq!(runtime_name(BERTH_VM_RUNTIME).unwrap(), "vm");
+        assert_eq!(Runtime::parse("io.containerd.berth-vm.v1").unwrap(), Runtime::Builtin("vm"));
         assert!(runtime_name("kata").is_err());
     }
 

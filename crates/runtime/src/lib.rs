@@ -61,7 +61,8 @@ pub fn open(name: &str, root: &Path) -> Result<Box<dyn Runtime>, RuntimeError> {
     match name {
         "embedded" => Ok(Box::new(embedded::Embedded::new(root))),
         "runc" => Ok(Box::new(cli::CliRuntime::new("runc", root)?)),
-        _ => Ok(Box::new(cli::CliRuntime::new("crun", root)?)),
+        "crun" => Ok(Box::new(cli::CliRuntime::new("crun", root)?)),
+        other => Err(RuntimeError::UnknownRuntime(format!("{other} is not an OCI runtime"))),
     }
 }
 

@@ -46,6 +46,11 @@ pub fn malloc_tunables() -> std::ffi::OsString {
 /// does not, and gets plain log files.
 pub const LOG_ROTATION_FEATURE: &str = "+berth-log";
 
+/// What a berth-shim answers Connect with: its version and features.
+pub fn shim_version(namespace: &str) -> String {
+    format!("berth-shim {} ({namespace}) {LOG_ROTATION_FEATURE}", env!("CARGO_PKG_VERSION"))
+}
+
 /// The Task service's name in containerd-shim-protos (and containerd 2.x).
 pub const TASK_V3: &str = "containerd.task.v3.Task";
 /// The name containerd 1.6 and 1.7 use and their shims serve: the same messages.

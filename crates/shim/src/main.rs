@@ -26,6 +26,7 @@ mod service;
 mod stdio;
 mod tasks;
 mod tty;
+mod vm;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, FromRawFd};
@@ -49,12 +50,18 @@ struct Args {
     pid_init: bool,
     /// Set when containerd started this shim: its ttrpc socket, for events.
     ttrpc_address: Option<String>,
+    /// The VM flags (`--runtime vm`): assets, accelerator, a sandbox's size.
+    vm_assets: Option<PathBuf>,
+    vm_accel: Option<String>,
+    vm_cpus: Option<String>,
+    vm_memory: Option<String>,
 }
 
 fn parse_args(args: Vec<String>) -> Result<Args, String> {
     let mut it = args.into_iter();
     let (mut namespace, mut id, mut runtime, mut root, mut cleanup) = (None, None, None, None, None);
     let (mut ttrpc_address, mut sandbox, mut pid_init) = (None, false, false);
+    let (mut vm_assets, mut vm_accel, mut vm_cpus, mut vm_memory) = (None, None, None, None);
     while let Some(flag) = it.next() {
         match flag.as_str() {
             "--sandbox" => {
@@ -75,6 +82,10 @@ fn parse_args(args: Vec<String>) -> Result<Args, String> {
             "--runtime-root" => root = Some(PathBuf::from(value)),
             "--cleanup" => cleanup = Some(PathBuf::from(value)),
             "--ttrpc-address" => ttrpc_address = Some(value),
+            "--vm-assets" => vm_assets = Some(PathBuf::from(value)),
+            "--vm-accel" => vm_accel = Some(value),
+            "--vm-cpus" => vm_cpus = Some(value),
+            "--vm-memory" => vm_memory = Some(value),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -87,6 +98,10 @@ fn parse_args(args: Vec<String>) -> Result<Args, String> {
         sandbox,
         pid_init,
         ttrpc_address,
+        vm_assets,
+        vm_accel,
+        vm_cpus,
+        vm_memory,
     })
 }
 
@@ -119,10 +134,13 @@ fn main() {
         }
     };
     if let Some(bundle) = &args.cleanup {
-        let result = berth_runtime::open(&args.runtime, &args.runtime_root)
-            .map_err(|e| e.to_string())
-            .and_then(|rt| cleanup::run(&args.id, bundle, rt.as_ref()))
-            .and_then(|exit| serde_json::to_string(&exit).map_err(|e| e.to_string()));
+        let result = match args.runtime.as_str() {
+            berth_model::VM_RUNTIME => vm::cleanup(&args.runtime_root, &args.id, bundle),
+            _ => berth_runtime::open(&args.runtime, &args.runtime_root)
+                .map_err(|e| e.to_string())
+                .and_then(|rt| cleanup::run(&args.id, bundle, rt.as_ref())),
+        }
+        .and_then(|exit| serde_json::to_string(&exit).map_err(|e| e.to_string()));
         match result {
             Ok(json) => println!("{json}"),
             Err(e) => {
@@ -152,7 +170,11 @@ fn main() {
             std::process::exit(1);
         }
     };
-    if let Err(e) = rt.block_on(serve(args, pod_init)) {
+    let served = match args.runtime.as_str() {
+        berth_model::VM_RUNTIME => rt.block_on(serve_vm(args)),
+        _ => rt.block_on(serve(args, pod_init)),
+    };
+    if let Err(e) = served {
         eprintln!("berth-shim: {e}");
         std::process::exit(1);
     }
@@ -174,7 +196,7 @@ async fn serve(args: Args, pod_init: Option<podinit::PodInit>) -> Result<(), Str
     let (tracked, spawning) = shim.processes();
     reaper::spawn(tracked, spawning).map_err(|e| format!("reaper: {e}"))?;
 
-    let mut server = Server::new().register_service(task_services(&shim)).add_listener(listener);
+    let mut server = Server::new().register_service(task_services(shim.clone())).add_listener(listener);
     server.start().await.map_err(|e| format!("ttrpc: {e}"))?;
     shim.shutdown_requested().await;
     let _ = server.shutdown().await;
@@ -184,6 +206,31 @@ async fn serve(args: Args, pod_init: Option<podinit::PodInit>) -> Result<(), Str
         events.flush().await;
         containerd::forget(&socket, &args.runtime_root);
     }
+    Ok(())
+}
+
+/// Serves the containers of a VM (`--runtime vm`, see `vm/mod.rs`).
+async fn serve_vm(args: Args) -> Result<(), String> {
+    let (listener, _) = listener(&args)?;
+    let accel = match args.vm_accel.as_deref() {
+        Some("kvm") => berth_vm::Accel::Kvm,
+        Some("tcg") => berth_vm::Accel::Tcg,
+        other => return Err(format!("--vm-accel must be kvm or tcg, not {other:?}")),
+    };
+    fn number<T: std::str::FromStr>(flag: &str, v: &Option<String>) -> Result<Option<T>, String> {
+        v.as_deref().map(|v| v.parse().map_err(|_| format!("{flag} {v} is not a number"))).transpose()
+    }
+    let options = vm::VmOptions {
+        assets: args.vm_assets.clone().ok_or("--vm-assets is required with --runtime vm")?,
+        accel,
+        cpus: number("--vm-cpus", &args.vm_cpus)?,
+        memory_mib: number("--vm-memory", &args.vm_memory)?,
+    };
+    let proxy = vm::VmProxy::new(args.namespace, args.id, args.sandbox, &args.runtime_root, options);
+    let mut server = Server::new().register_service(task_services(proxy.clone())).add_listener(listener);
+    server.start().await.map_err(|e| format!("ttrpc: {e}"))?;
+    proxy.shutdown_requested().await;
+    let _ = server.shutdown().await;
     Ok(())
 }
 
@@ -221,9 +268,9 @@ fn listener(args: &Args) -> Result<(Listener, PathBuf), String> {
 }
 
 /// The Task service under both names it is called by.
-fn task_services(shim: &Arc<tasks::Shim>) -> HashMap<String, Service> {
-    let mut services = create_task(shim.clone());
-    if let Some(task) = create_task(shim.clone()).remove(TASK_V3) {
+fn task_services(task: Arc<dyn containerd_shim_protos::shim_async::Task + Send + Sync>) -> HashMap<String, Service> {
+    let mut services = create_task(task.clone());
+    if let Some(task) = create_task(task).remove(TASK_V3) {
         services.insert(TASK_V2.to_string(), task);
     }
     services

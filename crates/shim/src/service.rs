@@ -458,12 +458,7 @@ impl Task for Shim {
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
             task_pid: task_pid.unwrap_or(0),
-            version: format!(
-                "berth-shim {} ({}) {}",
-                env!("CARGO_PKG_VERSION"),
-                self.namespace,
-                berth_shim::LOG_ROTATION_FEATURE
-            ),
+            version: berth_shim::shim_version(&self.namespace),
             ..Default::default()
         })
     }

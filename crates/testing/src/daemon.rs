@@ -361,12 +361,17 @@ impl Daemon {
     /// dir can go.
     /// Unmounts the namespaces berthd holds by bind mounts (network, and
     /// sandboxes' IPC and PID) and their directories.
-    fn unmount_netns(&self) {
-        for dir in [self.state.join("netns"), self.state.join("sandbox-ns")] {
-            for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
-                let _ = nix::mount::umount2(&e.path(), nix::mount::MntFlags::MNT_DETACH);
-            }
-            let _ = nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH);
+    /// Lazily unmounts whatever is mounted under the test's directory
+    /// (pinned namespaces, a killed VM shim's guest bundles), deepest
+    /// first, so removing the directory never reaches through a mount.
+    fn unmount_all(&self) {
+        let under = self.dir().to_string_lossy().into_owned() + "/";
+        let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> =
+            info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(&under)).collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
         }
     }
 }
@@ -418,7 +423,7 @@ impl Drop for Daemon {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
         sweep_cgroup(&self.cgroup_parent);
-        self.unmount_netns();
+        self.unmount_all();
         // A killed containerd shim leaves its socket outside the test's
         // directory; its bundle says where (`address`).
         for ns in fs::read_dir(self.state.join("bundles")).into_iter().flatten().flatten() {

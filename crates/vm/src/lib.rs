@@ -94,6 +94,16 @@ impl VmSpec {
     }
 }
 
+/// The directory of the VM a shim with id `shim_id` runs, under its
+/// runtime root: named by a digest of the id, so the unix sockets in it
+/// stay within their 107-byte limit whatever the id's length.
+pub fn dir_of(runtime_root: &Path, shim_id: &str) -> PathBuf {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(shim_id.as_bytes());
+    let name: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    runtime_root.join(format!("{name}.vm"))
+}
+
 /// Guest memory in MiB for a limit in bytes: rounded up to whole MiB (so
 /// page-aligned), at least MIN_MEMORY_MIB.
 pub fn memory_mib(bytes: u64) -> u64 {
@@ -211,7 +221,7 @@ impl Vm {
 
     /// Waits up to `grace` for the VMM to exit by itself (a guest that
     /// powered off), then kills everything. True if it had exited.
-    pub fn stop(mut self, grace: Duration) -> bool {
+    pub async fn stop(mut self, grace: Duration) -> bool {
         let deadline = Instant::now() + grace;
         let clean = loop {
             if let Some((_, vmm)) = self.children.last_mut()
@@ -222,7 +232,7 @@ impl Vm {
             if Instant::now() > deadline {
                 break false;
             }
-            std::thread::sleep(Duration::from_millis(10));
+            tokio::time::sleep(Duration::from_millis(10)).await;
         };
         drop(self);
         clean

@@ -1,0 +1,232 @@
+//! The Task API of a VM shim: each call forwarded to the guest's shim.
+//! Paths move into the share (`guest_spec.rs`); guest pids are answered as
+//! 0, since they name no host process (berthd must never signal or read
+//! one); what a guest cannot do yet (stdin, terminals, checkpoints,
+//! containerd's rootfs mounts) is refused as FailedPrecondition.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+use berth_model::Code;
+use berth_shim::to_ttrpc;
+use containerd_shim_protos::api;
+use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
+use containerd_shim_protos::shim_async::Task;
+use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
+
+use super::guest_spec::GuestBundle;
+use super::{GUEST_OVERHEAD_MIB, TtrpcResult, VmProxy, ctx};
+
+fn unsupported(what: &str) -> containerd_shim_protos::ttrpc::Error {
+    to_ttrpc(Code::FailedPrecondition, format!("{what} is not supported in a VM sandbox yet"))
+}
+
+/// The guest's size for a lone container: its CPU quota rounded up (1 if
+/// none) and its memory limit plus the guest's own overhead.
+pub(super) fn size_of(bundle: &std::path::Path) -> (u32, u64) {
+    let spec: serde_json::Value = std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let cpu = |k: &str| spec.pointer(&format!("/linux/resources/cpu/{k}")).and_then(serde_json::Value::as_i64);
+    let cpus = match (cpu("quota"), cpu("period")) {
+        (Some(q), Some(p)) if q > 0 && p > 0 => {
+            (q as u64).div_ceil(p as u64).clamp(1, berth_vm::MAX_CPUS as u64) as u32
+        }
+        _ => 1,
+    };
+    let memory = match spec.pointer("/linux/resources/memory/limit").and_then(serde_json::Value::as_i64) {
+        Some(limit) if limit > 0 => berth_vm::memory_mib(limit as u64) + GUEST_OVERHEAD_MIB,
+        _ => berth_vm::DEFAULT_MEMORY_MIB,
+    };
+    (cpus, memory)
+}
+
+impl VmProxy {
+    fn check(&self, id: &str) -> TtrpcResult<()> {
+        if !self.sandbox && id != self.id {
+            return Err(crate::tasks::not_served(id));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with the guest bundle of container `id`.
+    fn with_bundle<T>(&self, id: &str, f: impl FnOnce(&GuestBundle, &PathBuf) -> TtrpcResult<T>) -> TtrpcResult<T> {
+        let bundles = self.bundles.lock().map_err(|_| to_ttrpc(Code::Internal, "bundles lock poisoned"))?;
+        let (guest, host) = bundles.get(id).ok_or_else(|| crate::tasks::not_served(id))?;
+        f(guest, host)
+    }
+
+    fn output(&self, id: &str, target: &str) -> TtrpcResult<String> {
+        self.with_bundle(id, |g, _| g.guest_output(target).map_err(|e| to_ttrpc(Code::InvalidArgument, e)))
+    }
+}
+
+#[async_trait]
+impl Task for VmProxy {
+    async fn connect(&self, _ctx: &TtrpcContext, _req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            version: berth_shim::shim_version(&self.namespace),
+            ..Default::default()
+        })
+    }
+
+    async fn create(&self, c: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
+        self.check(&req.id)?;
+        if !req.stdin.is_empty() || req.terminal {
+            return Err(unsupported("interactive stdin or a terminal"));
+        }
+        if !req.rootfs.is_empty() || !req.checkpoint.is_empty() {
+            return Err(unsupported("a rootfs from mounts or a restore"));
+        }
+        let host = PathBuf::from(&req.bundle);
+        let share = self.share();
+        std::fs::create_dir_all(&share).map_err(|e| to_ttrpc(Code::Internal, format!("create the share: {e}")))?;
+        let guest = GuestBundle::prepare(&share, &req.id, &host, &req.stdout, &req.stderr)
+            .map_err(|e| to_ttrpc(Code::InvalidArgument, e))?;
+        let fwd = api::CreateTaskRequest {
+            id: req.id.clone(),
+            bundle: guest.guest_dir.clone(),
+            stdout: guest.guest_output(&req.stdout).map_err(|e| to_ttrpc(Code::InvalidArgument, e))?,
+            stderr: guest.guest_output(&req.stderr).map_err(|e| to_ttrpc(Code::InvalidArgument, e))?,
+            options: req.options.clone(),
+            ..Default::default()
+        };
+        let guest_dir = guest.dir.clone();
+        if let Ok(mut b) = self.bundles.lock() {
+            b.insert(req.id.clone(), (guest, host.clone()));
+        }
+        let created = async {
+            let (cpus, memory) = self.size(&host);
+            let booted = self.boot(cpus, memory).await?;
+            booted.task.create(ctx(Some(c.timeout_nano)), &fwd).await
+        };
+        match created.await {
+            Ok(r) => Ok(api::CreateTaskResponse { pid: 0, ..r }),
+            Err(e) => {
+                if let Ok(mut b) = self.bundles.lock() {
+                    b.remove(&req.id);
+                }
+                let _ = super::guest_spec::release(&guest_dir);
+                if !self.sandbox {
+                    self.power_off().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn start(&self, c: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+        self.check(&req.id)?;
+        let r = self.booted()?.task.start(ctx(Some(c.timeout_nano)), &req).await?;
+        Ok(api::StartResponse { pid: 0, ..r })
+    }
+
+    async fn wait(&self, c: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        self.check(&req.id)?;
+        let r = self.booted()?.task.wait(ctx(Some(c.timeout_nano)), &req).await?;
+        if req.exec_id.is_empty() {
+            // The guest recorded the exit in the share; it is the host's
+            // record (in the host bundle) before anyone hears of it.
+            self.with_bundle(&req.id, |guest, host| {
+                let exit = std::fs::read(guest.dir.join("exit.json"))
+                    .map_err(|e| to_ttrpc(Code::Internal, format!("read the guest's exit record: {e}")))?;
+                berth_store::write_atomic(&host.join("exit.json"), &exit)
+                    .map_err(|e| to_ttrpc(Code::Internal, format!("record the exit: {e}")))
+            })?;
+        }
+        Ok(r)
+    }
+
+    async fn delete(&self, c: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
+        self.check(&req.id)?;
+        let r = self.booted()?.task.delete(ctx(Some(c.timeout_nano)), &req).await?;
+        if req.exec_id.is_empty() {
+            let removed = self.bundles.lock().ok().and_then(|mut b| b.remove(&req.id));
+            if let Some((guest, _)) = removed {
+                super::guest_spec::release(&guest.dir)
+                    .map_err(|e| to_ttrpc(Code::Internal, format!("release the guest bundle: {e}")))?;
+            }
+            if !self.sandbox {
+                self.power_off().await;
+                self.shutdown.notify_one();
+            }
+        }
+        Ok(api::DeleteResponse { pid: 0, ..r })
+    }
+
+    async fn exec(&self, c: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
+        self.check(&req.id)?;
+        if !req.stdin.is_empty() || req.terminal {
+            return Err(unsupported("interactive stdin or a terminal"));
+        }
+        let fwd = api::ExecProcessRequest {
+            stdout: self.output(&req.id, &req.stdout)?,
+            stderr: self.output(&req.id, &req.stderr)?,
+            ..req.clone()
+        };
+        self.booted()?.task.exec(ctx(Some(c.timeout_nano)), &fwd).await
+    }
+
+    async fn state(&self, c: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+        self.check(&req.id)?;
+        let r = self.booted()?.task.state(ctx(Some(c.timeout_nano)), &req).await?;
+        let bundle = self.with_bundle(&req.id, |_, host| Ok(host.to_string_lossy().into_owned()))?;
+        Ok(api::StateResponse { pid: 0, bundle, ..r })
+    }
+
+    async fn kill(&self, c: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {
+        self.check(&req.id)?;
+        self.booted()?.task.kill(ctx(Some(c.timeout_nano)), &req).await
+    }
+
+    async fn pids(&self, c: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        self.check(&req.id)?;
+        self.booted()?.task.pids(ctx(Some(c.timeout_nano)), &req).await
+    }
+
+    async fn pause(&self, c: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<Empty> {
+        self.check(&req.id)?;
+        self.booted()?.task.pause(ctx(Some(c.timeout_nano)), &req).await
+    }
+
+    async fn resume(&self, c: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<Empty> {
+        self.check(&req.id)?;
+        self.booted()?.task.resume(ctx(Some(c.timeout_nano)), &req).await
+    }
+
+    async fn update(&self, c: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
+        self.check(&req.id)?;
+        self.booted()?.task.update(ctx(Some(c.timeout_nano)), &req).await
+    }
+
+    async fn stats(&self, c: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+        self.check(&req.id)?;
+        self.booted()?.task.stats(ctx(Some(c.timeout_nano)), &req).await
+    }
+
+    async fn close_io(&self, c: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<Empty> {
+        self.check(&req.id)?;
+        self.booted()?.task.close_io(ctx(Some(c.timeout_nano)), &req).await
+    }
+
+    async fn resize_pty(&self, _c: &TtrpcContext, _req: api::ResizePtyRequest) -> TtrpcResult<Empty> {
+        Err(unsupported("a terminal"))
+    }
+
+    async fn checkpoint(&self, _c: &TtrpcContext, _req: api::CheckpointTaskRequest) -> TtrpcResult<Empty> {
+        Err(unsupported("checkpointing"))
+    }
+
+    async fn shutdown(&self, c: &TtrpcContext, req: api::ShutdownRequest) -> TtrpcResult<Empty> {
+        let held = self.bundles.lock().map(|b| b.len()).unwrap_or(0);
+        if held > 0 && !req.now {
+            return Ok(Empty::new());
+        }
+        let _ = c;
+        self.power_off().await;
+        self.shutdown.notify_one();
+        Ok(Empty::new())
+    }
+}

@@ -1,0 +1,201 @@
+//! Containers in VMs through berthd (`--vm`, the runtime `vm`; SPEC B26,
+//! docs/vm.md): output from the guest's kernel, exit codes, logs, exec,
+//! stats and limits from the guest's cgroups, pause, stop, kill, and what
+//! is left after `--rm`, a killed shim and a killed berthd: no VM process,
+//! mount or file. Under TCG here (no usable KVM). Run as root after
+//! `make vm-assets`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth_testing::Daemon;
+use serde_json::Value;
+
+fn assets() -> String {
+    let dir = std::env::var("BERTH_VM_ASSETS")
+        .unwrap_or_else(|_| format!("{}/../target/vm-assets", env!("CARGO_MANIFEST_DIR")));
+    std::fs::canonicalize(&dir).unwrap_or_else(|e| panic!("{dir}: {e}; run `make vm-assets`")).display().to_string()
+}
+
+fn daemon() -> Daemon {
+    Daemon::start_with(&["--vm-assets", &assets()])
+}
+
+fn release() -> String {
+    let manifest: Value = serde_json::from_slice(&std::fs::read(format!("{}/assets.json", assets())).unwrap()).unwrap();
+    manifest["kernel_release"].as_str().unwrap().to_string()
+}
+
+/// Processes whose arguments mention the test's directory and are not
+/// berthd: shims, QEMU, vsock backends.
+fn vm_processes(d: &Daemon) -> Vec<String> {
+    let marker = d.dir().to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let args = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if args.contains(&marker) && !args.contains("berthd") && !args.is_empty() {
+            found.push(args);
+        }
+    }
+    found
+}
+
+/// Mounts under the test's directory other than pinned namespaces.
+fn vm_mounts(d: &Daemon) -> Vec<String> {
+    let under = d.dir().to_string_lossy().into_owned();
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&under) && p.contains("/runtime/vm/"))
+        .map(String::from)
+        .collect()
+}
+
+/// Waits until nothing of the test's VMs is left.
+fn assert_nothing_left(d: &Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !(vm_processes(d).is_empty() && vm_mounts(d).is_empty()) {
+        assert!(Instant::now() < deadline, "left: {:?} {:?}\n{}", vm_processes(d), vm_mounts(d), d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let vm_root = d.state.join("runtime/vm");
+    let left: Vec<_> = walk(&vm_root).into_iter().filter(|p| p.extension().is_some_and(|e| e == "vm")).collect();
+    assert!(left.is_empty(), "VM directories left: {left:?}");
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut all = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        all.push(e.path());
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            all.extend(walk(&e.path()));
+        }
+    }
+    all
+}
+
+fn rootfs(d: &Daemon) -> String {
+    d.rootfs.to_string_lossy().into_owned()
+}
+
+#[test]
+fn run_rm_in_a_vm_prints_the_guests_kernel_and_its_exit_code() {
+    let d = daemon();
+    let out = d.berth(&["run", "--rm", "--vm", &rootfs(&d), "uname", "-r"]);
+    assert_eq!(out.ok().trim(), release(), "{}", d.log());
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    assert_ne!(out.stdout.trim(), host.trim());
+    let out = d.berth(&["run", "--rm", "--vm", &rootfs(&d), "sh", "-c", "echo out; echo err >&2; exit 7"]);
+    assert_eq!((out.code, out.stdout.as_str(), out.stderr.as_str()), (7, "out\n", "err\n"));
+    // The runtime's containerd name does the same.
+    let out = d.berth(&["run", "--rm", "--runtime", "io.containerd.berth-vm.v1", &rootfs(&d), "true"]);
+    out.ok();
+    assert_nothing_left(&d);
+    assert!(d.berth(&["ps", "-a", "--json"]).ok().trim() == "[]");
+}
+
+#[test]
+fn a_detached_container_in_a_vm_is_managed_like_any_other() {
+    let d = daemon();
+    let root = rootfs(&d);
+    let script = "grep MemTotal /proc/meminfo; nproc; echo ready; exec sleep 1000";
+    d.berth(&["run", "-d", "--name", "v", "--vm", "--memory", "200m", "--cpus", "2", &root, "sh", "-c", script]).ok();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !d.berth(&["logs", "v"]).stdout.contains("ready") {
+        assert!(Instant::now() < deadline, "no output: {}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Sized from the limits: 200 MiB plus the guest's own 64, two vCPUs.
+    let logs = d.berth(&["logs", "v"]).ok().to_string();
+    let kb: u64 = logs.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!((200 * 1024..264 * 1024).contains(&kb), "{logs}");
+    assert_eq!(logs.lines().nth(1), Some("2"), "{logs}");
+
+    let out = d.berth(&["exec", "v", "sh", "-c", "uname -r; exit 4"]);
+    assert_eq!((out.code, out.stdout.trim()), (4, release().as_str()));
+    let stats: Value = serde_json::from_str(d.berth(&["stats", "--no-stream", "--json", "v"]).ok()).unwrap();
+    let limit = stats[0]["memory"]["limit"].as_u64().or_else(|| stats[0]["memory_limit"].as_u64());
+    assert_eq!(limit, Some(200 << 20), "from the guest's cgroup: {stats}");
+    d.berth(&["update", "--memory", "100m", "v"]).ok();
+    let stats: Value = serde_json::from_str(d.berth(&["stats", "--no-stream", "--json", "v"]).ok()).unwrap();
+    let limit = stats[0]["memory"]["limit"].as_u64().or_else(|| stats[0]["memory_limit"].as_u64());
+    assert_eq!(limit, Some(100 << 20), "{stats}");
+    // top lists the guest's processes, with no host command line for them.
+    let top = d.berth(&["top", "v"]).ok().to_string();
+    assert_eq!(top.lines().count(), 2, "{top}");
+
+    d.berth(&["pause", "v"]).ok();
+    assert!(d.berth(&["ps"]).ok().contains("paused"));
+    d.berth(&["resume", "v"]).ok();
+    d.berth(&["stop", "-t", "1", "v"]).ok();
+    let ps: Value = serde_json::from_str(d.berth(&["ps", "-a", "--json"]).ok()).unwrap();
+    assert_eq!((ps[0]["state"].as_str(), ps[0]["exit"]["code"].as_u64()), (Some("stopped"), Some(137)), "{ps}");
+    d.berth(&["rm", "v"]).ok();
+    assert_nothing_left(&d);
+}
+
+#[test]
+fn a_killed_vm_shim_takes_its_vm_and_the_exit_is_recorded() {
+    let d = daemon();
+    d.berth(&["run", "-d", "--name", "v", "--vm", &rootfs(&d), "sleep", "1000"]).ok();
+    let ps: Value = serde_json::from_str(d.berth(&["ps", "--json"]).ok()).unwrap();
+    let shim = ps[0]["shim_pid"].as_u64().unwrap() as i32;
+    assert!(vm_processes(&d).iter().any(|p| p.contains("qemu-system")), "{:?}", vm_processes(&d));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim), nix::sys::signal::SIGKILL).unwrap();
+    let out = d.berth(&["wait", "v"]);
+    assert_ne!(out.code, 0, "a dead shim's container has no clean exit: {out:?}");
+    let ps: Value = serde_json::from_str(d.berth(&["ps", "-a", "--json"]).ok()).unwrap();
+    assert_eq!(ps[0]["state"], "stopped", "{ps}");
+    d.berth(&["rm", "v"]).ok();
+    assert_nothing_left(&d);
+}
+
+#[test]
+fn a_vm_survives_berthd_being_killed_and_is_recovered() {
+    let d = daemon();
+    d.berth(&["run", "-d", "--name", "v", "--vm", &rootfs(&d), "sleep", "1000"]).ok();
+    let before = vm_processes(&d);
+    d.restart_after_kill9();
+    let ps: Value = serde_json::from_str(d.berth(&["ps", "--json"]).ok()).unwrap();
+    assert_eq!(ps[0]["state"], "running", "{ps}");
+    assert_eq!(vm_processes(&d), before, "the same VM, nothing new");
+    assert_eq!(d.berth(&["exec", "v", "uname", "-r"]).ok().trim(), release());
+    d.berth(&["rm", "-f", "v"]).ok();
+    assert_nothing_left(&d);
+}
+
+#[test]
+fn what_a_vm_container_cannot_have_is_refused_with_nothing_made() {
+    let d = daemon();
+    let root = rootfs(&d);
+    let e = d.berth(&["run", "--vm", "-t", &root, "true"]).fails_with("failed precondition");
+    assert!(e.contains("terminal"), "{e}");
+    let e = d.berth(&["run", "--vm", "--network", "berth", &root, "true"]).fails_with("failed precondition");
+    assert!(e.contains("network"), "{e}");
+    let e = d.berth(&["run", "--vm", "--runtime", "runc", &root, "true"]).fails_with_any();
+    assert!(e.contains("cannot be used with"), "{e}");
+    assert_eq!(d.berth(&["ps", "-a", "--json"]).ok().trim(), "[]");
+
+    // No assets: the error names the command that makes them.
+    let none = Daemon::start_with(&["--vm-assets", "/nonexistent/vm-assets"]);
+    let e = none.berth(&["run", "--vm", &rootfs(&none), "true"]).fails_with("failed precondition");
+    assert!(e.contains("make vm-assets"), "{e}");
+    assert_eq!(none.berth(&["ps", "-a", "--json"]).ok().trim(), "[]");
+}
+
+#[test]
+fn stale_or_altered_assets_are_refused_and_roll_back() {
+    let d = daemon();
+    let copy = d.dir().join("assets");
+    std::fs::create_dir(&copy).unwrap();
+    for f in ["assets.json", "vmlinux", "initramfs"] {
+        std::fs::copy(Path::new(&assets()).join(f), copy.join(f)).unwrap();
+    }
+    std::fs::write(copy.join("initramfs"), b"not the built one").unwrap();
+    let altered = Daemon::start_with(&["--vm-assets", copy.to_str().unwrap()]);
+    let e = altered.berth(&["run", "--vm", &rootfs(&altered), "true"]).fails_with("failed precondition");
+    assert!(e.contains("does not match its digest") && e.contains("make vm-assets"), "{e}");
+    assert_eq!(altered.berth(&["ps", "-a", "--json"]).ok().trim(), "[]");
+    assert_nothing_left(&altered);
+}
