@@ -40,13 +40,14 @@ KVER=$(ls "$KROOT/lib/modules")
 if [ ! -s "$CACHE/$PKG/vmlinux" ]; then
     # The ELF inside the bzImage: the xz stream after its magic (the
     # kernel tree's extract-vmlinux does the same).
-    OFFSET=$(grep -abo $'\xfd7zXZ\x00' "$KROOT/boot/vmlinuz-$KVER" | head -1 | cut -d: -f1)
+    OFFSET=$(grep -abo $'\xfd7zXZ\x00' "$KROOT/boot/vmlinuz-$KVER" | head -1 | cut -d: -f1 || true)
+    [ -n "$OFFSET" ] || { echo "vm-assets: no xz stream in vmlinuz-$KVER" >&2; exit 1; }
     # (tail ends on SIGPIPE once xz has its stream.)
     { tail -c +$((OFFSET + 1)) "$KROOT/boot/vmlinuz-$KVER" || true; } | xz -dc --single-stream > "$CACHE/$PKG/vmlinux.tmp"
     [ "$(head -c 4 "$CACHE/$PKG/vmlinux.tmp" | od -An -tx1 | tr -d ' ')" = 7f454c46 ] \
         || { echo "vm-assets: no ELF kernel inside vmlinuz-$KVER" >&2; exit 1; }
-    mv "$CACHE/$PKG/vmlinux.tmp" "$CACHE/$PKG/vmlinux"
     depmod -b "$KROOT" "$KVER"
+    mv "$CACHE/$PKG/vmlinux.tmp" "$CACHE/$PKG/vmlinux"
 fi
 
 # The guest's agent and shim: static (glibc, crt-static; libseccomp linked in).
@@ -61,9 +62,13 @@ rm -rf "$STAGE" && mkdir -p "$STAGE"/{bin,dev,proc,sys,etc/berth,lib/modules}
 cp "$BIN/berth-agent" "$STAGE/init"
 cp "$BIN/berth-shim" "$STAGE/bin/berth-shim"
 : > "$STAGE/etc/berth/modules"
+DEPS=()
 for m in "${MODULES[@]}"; do
-    modprobe -d "$KROOT" -S "$KVER" --show-depends "$m" | awk '$1 == "insmod" {print $2}'
-done | awk '!seen[$0]++' | while read -r ko; do
+    # Fails (and so does the script) for a module this kernel lacks.
+    SHOWN=$(modprobe -d "$KROOT" -S "$KVER" --show-depends "$m")
+    DEPS+=($(awk '$1 == "insmod" {print $2}' <<< "$SHOWN"))
+done
+for ko in $(printf '%s\n' "${DEPS[@]}" | awk '!seen[$0]++'); do
     cp "$ko" "$STAGE/lib/modules/"
     basename "$ko" >> "$STAGE/etc/berth/modules"
 done

@@ -5,10 +5,8 @@
 //! into the shared directory; failed boots leave no process, socket or
 //! file behind. Run as root after `make vm-assets`.
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use berth_testing::busybox_rootfs;
 use berth_vm::{Accel, AccelChoice, Assets, VmSpec, qemu::Microvm};
 use containerd_shim_protos::api;
 use containerd_shim_protos::shim_async::TaskClient;
@@ -21,10 +19,7 @@ use tempfile::TempDir;
 const BOOT: Duration = Duration::from_secs(60);
 
 fn assets() -> Assets {
-    let dir = std::env::var_os("BERTH_VM_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/vm-assets"));
-    Assets::load(&dir, env!("CARGO_PKG_VERSION")).unwrap_or_else(|e| panic!("{e}"))
+    Assets::load(&berth_testing::vm::assets_dir(), env!("CARGO_PKG_VERSION")).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn spec(dir: &TempDir, memory_mib: u64) -> VmSpec {
@@ -43,28 +38,6 @@ fn spec(dir: &TempDir, memory_mib: u64) -> VmSpec {
     }
 }
 
-/// A bundle in the share running `args`, as the guest sees its paths.
-fn bundle(share: &Path, id: &str, args: &[&str]) -> String {
-    let rootfs = busybox_rootfs(&share.join(id));
-    let guest = |p: &Path| format!("{}/{}", berth_model::vm::GUEST_SHARE, p.strip_prefix(share).unwrap().display());
-    let spec = serde_json::json!({
-        "ociVersion": "1.0.2",
-        "process": {"terminal": false, "user": {"uid": 0, "gid": 0}, "args": args, "env": ["PATH=/bin"], "cwd": "/"},
-        "root": {"path": guest(&rootfs), "readonly": true},
-        "hostname": id,
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc"},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=755"]},
-        ],
-        "linux": {
-            "cgroupsPath": format!("/berth/{id}"),
-            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
-        },
-    });
-    std::fs::write(share.join(id).join("config.json"), spec.to_string()).unwrap();
-    guest(&share.join(id))
-}
-
 fn ctx() -> context::Context {
     context::with_timeout(Duration::from_secs(30).as_nanos() as i64)
 }
@@ -75,7 +48,7 @@ async fn run(vm: &berth_vm::Vm, task: &TaskClient, id: &str, args: &[&str]) -> (
     let fail = |what: &str, e: containerd_shim_protos::ttrpc::Error| -> ! {
         panic!("{what} in the guest: {e}\nconsole: {}", vm.console_tail())
     };
-    let bundle = bundle(share, id, args);
+    let bundle = berth_testing::vm::guest_bundle(share, berth_model::vm::GUEST_SHARE, id, args);
     let out = format!("{bundle}/out.log");
     let req = api::CreateTaskRequest {
         id: id.into(),
@@ -141,19 +114,23 @@ async fn a_boot_that_fails_leaves_nothing() {
     assert!(pids.iter().all(|p| !alive(*p)), "VM processes left: {pids:?}");
     assert!(!bad.state.exists(), "state left behind");
 
-    // Too little memory for the initramfs: the guest panics and QEMU ends.
-    let small = VmSpec { memory_mib: 64, ..spec(&dir, 64) };
-    let mut vm = berth_vm::launch(&Microvm, &small).expect("the processes start");
+    // An initramfs that is not one: the guest kernel panics and QEMU,
+    // which does not reboot it, exits.
+    let mut panics = spec(&dir, 256);
+    panics.assets.initramfs = dir.path().join("garbage");
+    std::fs::write(&panics.assets.initramfs, vec![0x5a; 4096]).unwrap();
+    let mut vm = berth_vm::launch(&Microvm, &panics).expect("the processes start");
     let pids = vm.pids();
     let err = vm.wait_ready(BOOT).await.unwrap_err().to_string();
-    assert!(err.contains("did not boot"), "{err}");
+    assert!(err.contains("qemu exited") && err.contains("panic"), "{err}");
     drop(vm);
     assert!(pids.iter().all(|p| !alive(*p)), "VM processes left: {pids:?}");
-    assert!(!small.state.exists(), "state left behind");
+    assert!(!panics.state.exists(), "state left behind");
 
-    // Sizes below the minimum are refused before anything starts.
-    let tiny = VmSpec { memory_mib: 16, ..spec(&dir, 16) };
+    // Too little memory for the kernel and the initramfs (96 MiB panics
+    // unpacking it, 64 does not start): refused before anything starts.
+    let tiny = VmSpec { memory_mib: 96, ..spec(&dir, 96) };
     let err = berth_vm::launch(&Microvm, &tiny).err().expect("refused").to_string();
-    assert!(err.contains("at least 64 MiB"), "{err}");
+    assert!(err.contains("at least 128 MiB"), "{err}");
     assert!(!tiny.state.exists());
 }

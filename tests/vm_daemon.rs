@@ -12,9 +12,7 @@ use berth_testing::Daemon;
 use serde_json::Value;
 
 fn assets() -> String {
-    let dir = std::env::var("BERTH_VM_ASSETS")
-        .unwrap_or_else(|_| format!("{}/../target/vm-assets", env!("CARGO_MANIFEST_DIR")));
-    std::fs::canonicalize(&dir).unwrap_or_else(|e| panic!("{dir}: {e}; run `make vm-assets`")).display().to_string()
+    berth_testing::vm::assets_dir().display().to_string()
 }
 
 fn daemon() -> Daemon {

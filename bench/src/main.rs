@@ -11,11 +11,12 @@
 //! bridge network vs ctr --cni; bench/src/network.rs).
 //!
 //! Usage: berth-bench [--runs N] [--containers M] [--stats-containers K]
-//!        [--recovery-containers R] [--recovery-rounds Q] [--only network|shim|checkpoint|cri] [--scale N]
+//!        [--recovery-containers R] [--recovery-rounds Q] [--only network|shim|checkpoint|cri|vm] [--scale N]
 //!        [--breakdown]   (as root; see `make bench`)
 //!
 //! `--breakdown` prints only the phases of berth run --rm (as berthd
 //! records them) next to runc's create/start/delete (bench/src/breakdown.rs).
+//! `--only vm` times containers in VMs and splits the time (bench/src/vm.rs).
 
 mod breakdown;
 mod checkpoint;
@@ -29,6 +30,7 @@ mod recovery;
 mod scale;
 mod scenarios;
 mod shim;
+mod vm;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -55,6 +57,8 @@ struct Opts {
     only_checkpoint: bool,
     /// `--only cri`: pod round trips through CRI, berth vs containerd.
     only_cri: bool,
+    /// `--only vm`: a container in a VM, and where its time goes.
+    only_vm: bool,
     /// `--scale N`: the scale figures with N containers, alone.
     scale: Option<usize>,
     /// `--breakdown`: the phases of berth run --rm next to runc's steps, alone.
@@ -62,7 +66,7 @@ struct Opts {
 }
 
 const USAGE: &str = "usage: berth-bench [--runs N] [--containers M] [--stats-containers K] \
-                     [--recovery-containers R] [--recovery-rounds Q] [--only network|shim|checkpoint|cri] [--scale N] [--breakdown]";
+                     [--recovery-containers R] [--recovery-rounds Q] [--only network|shim|checkpoint|cri|vm] [--scale N] [--breakdown]";
 
 fn parse_opts() -> Opts {
     let mut o = Opts {
@@ -75,6 +79,7 @@ fn parse_opts() -> Opts {
         only_shim: false,
         only_checkpoint: false,
         only_cri: false,
+        only_vm: false,
         scale: None,
         breakdown: false,
     };
@@ -98,6 +103,10 @@ fn parse_opts() -> Opts {
         }
         if pair[0] == "--only" && pair.get(1).map(String::as_str) == Some("cri") {
             o.only_cri = true;
+            continue;
+        }
+        if pair[0] == "--only" && pair.get(1).map(String::as_str) == Some("vm") {
+            o.only_vm = true;
             continue;
         }
         let value = pair.get(1).and_then(|v| v.parse().ok());
@@ -267,6 +276,23 @@ fn print_scale(s: &scale::Scale) {
 }
 
 /// The checkpoint table (issue 13): berth vs runc with the same CRIU.
+fn print_vm(runs: usize, f: &vm::VmFigures) {
+    println!("| a container in a VM ({}, median of {runs}) | time |", f.accel);
+    println!("|---|---|");
+    println!("| berth run --rm --vm ROOTFS true | {} |", fmt_ms(f.run_rm));
+    println!("| … until the container's first output (echo) | {} |", fmt_ms(f.first_output));
+    println!("| VMM launch (vsock backend, QEMU started) | {} |", fmt_ms(f.launch));
+    println!("| guest boot, until the agent answers | {} |", fmt_ms(f.boot));
+    println!("| container create, start, wait, delete in the guest | {} |", fmt_ms(f.container));
+    println!("| power off, until QEMU exits | {} |", fmt_ms(f.power_off));
+    println!("| berth's host-side share (total less boot, guest work, power off) | {} |", fmt_ms(f.host_share()));
+    let pss = f.idle_pss_mb.map(|m| format!("{m:.1} MB")).unwrap_or_else(|| "n/a".into());
+    println!("| PSS of one idle VM (QEMU, vsock backend, shim) | {pss} |");
+    if let Some(note) = &f.note {
+        println!("\n{note}");
+    }
+}
+
 fn print_checkpoint(runs: usize, f: &checkpoint::CheckpointFigures) {
     println!();
     println!("| counter loop, median of {runs} (interleaved) | berth | runc | ratio (target ≤ 0.8×) |");
@@ -292,6 +318,13 @@ fn main() {
     if o.only_network {
         let n = network::run(o.runs);
         print_network(o.runs, &n);
+        return;
+    }
+    if o.only_vm {
+        match vm::run(o.runs) {
+            Some(f) => print_vm(o.runs, &f),
+            None => eprintln!("vm: no figures (see the errors above)"),
+        }
         return;
     }
     if o.only_cri {

@@ -206,10 +206,18 @@ struct Open {
     offset: u64,
 }
 
+/// Opens a log file: only a regular file, never through a symlink (a VM's
+/// guest can write into its container's log directory, docs/vm.md), and
+/// without blocking on a FIFO planted there.
 fn open(path: &Path) -> Option<Open> {
-    let file = File::open(path).ok()?;
-    let ino = file.metadata().ok()?.ino();
-    Some(Open { file, ino, offset: 0 })
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK;
+    let file = std::fs::OpenOptions::new().read(true).custom_flags(flags).open(path).ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    Some(Open { file, ino: meta.ino(), offset: 0 })
 }
 
 /// One log: its live file and, for berth's, the rotated ones.
@@ -494,4 +502,23 @@ fn spawn(
         }
     });
     rx
+}
+
+#[cfg(test)]
+mod tests {
+    /// A VM's guest can write into its container's log directory: a
+    /// symlink or a FIFO planted there is no log file.
+    #[test]
+    fn only_regular_files_are_opened_and_never_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("container.log");
+        std::fs::write(&log, b"line\n").unwrap();
+        assert!(super::open(&log).is_some());
+        let link = dir.path().join("link.log");
+        std::os::unix::fs::symlink("/etc/passwd", &link).unwrap();
+        assert!(super::open(&link).is_none());
+        let fifo = dir.path().join("fifo.log");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(super::open(&fifo).is_none(), "neither blocks nor opens");
+    }
 }

@@ -111,6 +111,11 @@ impl Manager {
     pub async fn sandbox_create(self: &Arc<Self>, p: SandboxParams) -> Result<SandboxRecord> {
         let named = if p.runtime.is_empty() { &self.cfg.default_runtime } else { &p.runtime };
         let runtime = match Runtime::parse(named)? {
+            Runtime::Builtin(berth_model::VM_RUNTIME) => {
+                return Err(Error::FailedPrecondition(
+                    "a sandbox of several containers in one VM is not built yet; run a container in a VM of its own with --vm".into(),
+                ));
+            }
             Runtime::Builtin(name) => name,
             Runtime::Shim { .. } => {
                 return Err(Error::InvalidArgument(format!(

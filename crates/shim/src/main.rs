@@ -163,6 +163,14 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // A VM shim's binds for its guest live in a mount namespace of its
+    // own, made before the runtime's threads (vm/guest_spec.rs).
+    if args.runtime == berth_model::VM_RUNTIME
+        && let Err(e) = vm::guest_spec::private_mounts()
+    {
+        eprintln!("berth-shim: {e}");
+        std::process::exit(1);
+    }
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

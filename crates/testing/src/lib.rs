@@ -3,13 +3,15 @@
 //! isolated berthd (temporary root, state, socket and cgroup parent) that
 //! cleans up after itself — shims, cgroups, files — even when a test fails;
 //! a private containerd driving berth-shim, cleaned up the same way; and a
-//! guard for the shared nat chains of the portmap CNI plugin.
+//! guard for the shared nat chains of the portmap CNI plugin; the VM
+//! guest's assets and bundles.
 
 pub mod containerd;
 mod daemon;
 mod events;
 mod iptables;
 mod rootfs;
+pub mod vm;
 
 pub use containerd::Containerd;
 pub use daemon::{DAEMON_LOG_ENV, Daemon, Output, sweep_cgroup};

@@ -4,25 +4,29 @@
 //! parent (PR_SET_PDEATHSIG), in order, each helper's socket ready before
 //! the next; the returned [`Vm`] owns them, and dropping it kills them and
 //! removes the VM's state directory, so a failed start leaves nothing.
+//! Their output (the guest's console among it) is kept in memory, only its
+//! last 64 KiB each: a guest writes to its console as much as it likes.
 
 pub mod accel;
 pub mod assets;
 pub mod qemu;
 pub mod vsock;
 
-use std::fs::File;
+use std::collections::VecDeque;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use accel::{Accel, AccelChoice};
 pub use assets::Assets;
-use berth_model::vm::AGENT_PORT;
+use berth_model::vm::{AGENT_PORT, READY_LINE};
 
-/// The smallest guest memory: the kernel, the unpacked initramfs and the
-/// agent need about 40 MiB before any container runs.
-pub const MIN_MEMORY_MIB: u64 = 64;
+/// The smallest guest memory. Measured here: with 96 MiB the kernel
+/// panics unpacking the initramfs, with 64 it does not even start (QEMU
+/// loads the ELF kernel and initramfs into guest memory); 112 boots.
+pub const MIN_MEMORY_MIB: u64 = 128;
 /// Guest memory when nothing sizes it.
 pub const DEFAULT_MEMORY_MIB: u64 = 256;
 /// The most vCPUs a guest gets.
@@ -31,6 +35,8 @@ pub const MAX_CPUS: u32 = 64;
 const HELPER_READY: Duration = Duration::from_secs(5);
 /// The console lines an error quotes.
 const CONSOLE_TAIL: usize = 12;
+/// The output kept of each of a VM's processes.
+const OUTPUT_KEPT: usize = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
@@ -88,10 +94,6 @@ impl VmSpec {
     pub fn agent_socket(&self) -> PathBuf {
         self.state.join("vsock")
     }
-
-    pub fn console_log(&self) -> PathBuf {
-        self.state.join("console.log")
-    }
 }
 
 /// The directory of the VM a shim with id `shim_id` runs, under its
@@ -130,13 +132,47 @@ pub trait Vmm {
     fn plan(&self, spec: &VmSpec) -> Result<Plan, VmError>;
 }
 
-/// A started VM: its processes (helpers, then the VMM) and where it lives.
-pub struct Vm {
-    pub spec: VmSpec,
-    children: Vec<(&'static str, Child)>,
+/// The last [`OUTPUT_KEPT`] bytes a process wrote.
+#[derive(Clone, Default)]
+struct Output(Arc<Mutex<VecDeque<u8>>>);
+
+impl Output {
+    /// Copies what `pipe` carries until its end, keeping the tail.
+    fn capture(pipe: std::io::PipeReader) -> Result<Self, VmError> {
+        use tokio::io::AsyncReadExt;
+        let out = Output::default();
+        let mut rx = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe.into()).map_err(io_err("output pipe"))?;
+        let kept = out.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0; 4096];
+            while let Ok(n @ 1..) = rx.read(&mut buf).await {
+                if let Ok(mut k) = kept.0.lock() {
+                    k.extend(&buf[..n]);
+                    let over = k.len().saturating_sub(OUTPUT_KEPT);
+                    k.drain(..over);
+                }
+            }
+        });
+        Ok(out)
+    }
+
+    fn text(&self) -> String {
+        self.0
+            .lock()
+            .map(|k| String::from_utf8_lossy(&k.iter().copied().collect::<Vec<u8>>()).into_owned())
+            .unwrap_or_default()
+    }
 }
 
-/// Starts `spec` with `vmm` (see the module's docs).
+/// A started VM: its processes (helpers, then the VMM), what they wrote,
+/// and where it lives.
+pub struct Vm {
+    pub spec: VmSpec,
+    children: Vec<(&'static str, Child, Output)>,
+}
+
+/// Starts `spec` with `vmm` (see the module's docs). Within a tokio
+/// runtime: tasks keep the processes' output.
 pub fn launch(vmm: &dyn Vmm, spec: &VmSpec) -> Result<Vm, VmError> {
     spec.check()?;
     std::fs::create_dir(&spec.state).map_err(io_err(format!("create {}", spec.state.display())))?;
@@ -144,29 +180,27 @@ pub fn launch(vmm: &dyn Vmm, spec: &VmSpec) -> Result<Vm, VmError> {
     let mut vm = Vm { spec: spec.clone(), children: Vec::new() };
     let plan = vmm.plan(spec)?;
     for mut helper in plan.helpers {
-        let log = File::create(spec.state.join(format!("{}.log", helper.name))).map_err(io_err("helper log"))?;
-        let child = spawn(&mut helper.command, log)?;
-        vm.children.push((helper.name, child));
+        let (child, output) = spawn(&mut helper.command)?;
+        vm.children.push((helper.name, child, output.clone()));
         let deadline = Instant::now() + HELPER_READY;
         while !helper.socket.exists() {
             if vm.exited().is_some() || Instant::now() > deadline {
-                let log = std::fs::read_to_string(spec.state.join(format!("{}.log", helper.name))).unwrap_or_default();
-                return Err(VmError::Boot(format!("{} did not start: {}", helper.name, last_lines(&log, 3))));
+                return Err(VmError::Boot(format!("{} did not start: {}", helper.name, last_lines(&output.text(), 3))));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    let console = File::create(spec.console_log()).map_err(io_err("console log"))?;
     let mut command = plan.vmm;
-    let child = spawn(&mut command, console)?;
-    vm.children.push((vmm.name(), child));
+    let (child, output) = spawn(&mut command)?;
+    vm.children.push((vmm.name(), child, output));
     Ok(vm)
 }
 
-/// Starts a child with stdout and stderr into `log`, that dies with us.
-fn spawn(command: &mut Command, log: File) -> Result<Child, VmError> {
-    let err = log.try_clone().map_err(io_err("log"))?;
-    command.stdin(Stdio::null()).stdout(log).stderr(err);
+/// Starts a child that dies with us, its stdout and stderr captured.
+fn spawn(command: &mut Command) -> Result<(Child, Output), VmError> {
+    let (rx, tx) = std::io::pipe().map_err(io_err("output pipe"))?;
+    let err = tx.try_clone().map_err(io_err("output pipe"))?;
+    command.stdin(Stdio::null()).stdout(tx).stderr(err);
     // SAFETY: prctl is async-signal-safe.
     unsafe {
         command.pre_exec(|| {
@@ -176,47 +210,71 @@ fn spawn(command: &mut Command, log: File) -> Result<Child, VmError> {
             Ok(())
         });
     }
-    command.spawn().map_err(io_err(format!("start {}", command.get_program().to_string_lossy())))
+    let child = command.spawn().map_err(io_err(format!("start {}", command.get_program().to_string_lossy())))?;
+    // The write ends are the child's alone now (`command` holds copies
+    // until it is dropped or reused).
+    command.stdout(Stdio::null()).stderr(Stdio::null());
+    Ok((child, Output::capture(rx)?))
 }
 
 impl Vm {
     /// The pids of the VM's processes, helpers first.
     pub fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(|(_, c)| c.id()).collect()
+        self.children.iter().map(|(_, c, _)| c.id()).collect()
     }
 
     /// The first of the VM's processes found exited, and how.
     pub fn exited(&mut self) -> Option<String> {
         self.children
             .iter_mut()
-            .find_map(|(name, c)| c.try_wait().ok().flatten().map(|status| format!("{name} exited ({status})")))
+            .find_map(|(name, c, _)| c.try_wait().ok().flatten().map(|status| format!("{name} exited ({status})")))
     }
 
-    /// Waits until the guest agent accepts a connection, and returns it.
-    /// A VM that exits or does not get there within `timeout` is an error
-    /// quoting the end of its console.
+    /// Waits until the guest agent says it is ready on the console and
+    /// accepts a connection, and returns it. A VM that exits or does not
+    /// get there within `timeout` is an error quoting the end of its
+    /// console.
     pub async fn wait_ready(&mut self, timeout: Duration) -> Result<tokio::net::UnixStream, VmError> {
         let deadline = Instant::now() + timeout;
         let socket = self.spec.agent_socket();
+        let mut last = String::from("not dialled");
         loop {
             if let Some(how) = self.exited() {
                 return Err(VmError::Boot(format!("{how}; console: {}", self.console_tail())));
             }
             if Instant::now() > deadline {
-                return Err(VmError::Boot(format!("no agent after {timeout:?}; console: {}", self.console_tail())));
+                let helpers: Vec<String> = self.children[..self.children.len().saturating_sub(1)]
+                    .iter()
+                    .map(|(name, _, out)| format!("{name}: {}", last_lines(&out.text(), 3)))
+                    .collect();
+                return Err(VmError::Boot(format!(
+                    "no agent after {timeout:?} ({last}); console: {}; {}",
+                    self.console_tail(),
+                    helpers.join("; ")
+                )));
             }
-            let attempt = tokio::time::timeout(Duration::from_secs(1), vsock::dial(&socket, AGENT_PORT)).await;
-            if let Ok(Ok(stream)) = attempt {
-                return Ok(stream);
+            // Dialled once the agent says it listens: a connection asked for
+            // while the guest's vsock driver is still coming up can leave
+            // the backend waiting for an answer that never comes.
+            let said_ready = self.children.last().is_some_and(|(_, _, out)| out.text().contains(READY_LINE));
+            if !said_ready {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+            let attempt = tokio::time::timeout(Duration::from_secs(5), vsock::dial(&socket, AGENT_PORT)).await;
+            match attempt {
+                Ok(Ok(stream)) => return Ok(stream),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "the dial timed out".into(),
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
-    /// The last lines of the guest's console, on one line.
+    /// The last lines of the guest's console (the VMM's output), on one line.
     pub fn console_tail(&self) -> String {
-        let console = std::fs::read(self.spec.console_log()).unwrap_or_default();
-        last_lines(&String::from_utf8_lossy(&console), CONSOLE_TAIL)
+        let console = self.children.last().map(|(_, _, out)| out.text()).unwrap_or_default();
+        last_lines(&console, CONSOLE_TAIL)
     }
 
     /// Waits up to `grace` for the VMM to exit by itself (a guest that
@@ -224,7 +282,7 @@ impl Vm {
     pub async fn stop(mut self, grace: Duration) -> bool {
         let deadline = Instant::now() + grace;
         let clean = loop {
-            if let Some((_, vmm)) = self.children.last_mut()
+            if let Some((_, vmm, _)) = self.children.last_mut()
                 && vmm.try_wait().ok().flatten().is_some()
             {
                 break true;
@@ -242,7 +300,7 @@ impl Vm {
 impl Drop for Vm {
     /// Kills the VMM, then its helpers, reaps them, and removes the state.
     fn drop(&mut self) {
-        for (_, child) in self.children.iter_mut().rev() {
+        for (_, child, _) in self.children.iter_mut().rev() {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -274,6 +332,7 @@ mod tests {
     fn memory_is_whole_mib_and_at_least_the_minimum() {
         assert_eq!(memory_mib(1), MIN_MEMORY_MIB);
         assert_eq!(memory_mib(300 << 20), 300);
+        assert_eq!(memory_mib(100 << 20), MIN_MEMORY_MIB);
         assert_eq!(memory_mib((300 << 20) + 1), 301);
     }
 

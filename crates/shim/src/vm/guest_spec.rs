@@ -5,11 +5,21 @@
 //! spec at `m<N>`. The rewrite points the spec at those guest paths and
 //! drops what only makes sense on the host: namespace paths (the guest
 //! makes its own), hooks (host programs; refused), AppArmor and SELinux
-//! labels. Everything is undone by [`release`], also after a crash
-//! (`--cleanup`).
+//! labels.
+//!
+//! The guest is not trusted with the share: it can rename, replace and
+//! link anything in it. So the binds exist only in the VM shim's own mount
+//! namespace ([`private_mounts`]; QEMU serves the share from there): they
+//! vanish with the shim, whatever kills it, and an unmount the guest
+//! misdirects through a symlink only ever touches that namespace. Bind
+//! mounts the spec makes read-only are read-only for the guest too; all
+//! are nodev and nosuid. Files are
+//! removed only once the VM is dead, with `remove_dir_all`, which does not
+//! follow symlinks, after every mount under the directory is gone.
 
 use std::path::{Path, PathBuf};
 
+use berth_model::ExitStatus;
 use berth_model::vm::GUEST_SHARE;
 use berth_shim::crilog::{self, parse_target};
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -43,11 +53,10 @@ impl GuestBundle {
             return Err("stdout and stderr must be in one directory in a VM".into());
         }
         refuse_host_only(&spec)?;
-        let _ = release(&dir);
-        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        std::fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let mut g = GuestBundle { dir, guest_dir, logs: logs.first().cloned() };
         if let Err(e) = g.bind_all(&mut spec, bundle) {
-            let _ = release(&g.dir);
+            unmount_under(&g.dir);
             return Err(e);
         }
         Ok(g)
@@ -55,11 +64,13 @@ impl GuestBundle {
 
     fn bind_all(&mut self, spec: &mut Value, bundle: &Path) -> Result<(), Refusal> {
         let root = spec.pointer("/root/path").and_then(Value::as_str).ok_or("the spec names no root path")?;
-        let root = bundle.join(root);
-        bind(&root, &self.dir.join("rootfs"))?;
+        // Writable for the guest even when the spec's root is read-only:
+        // its runtime makes the mount points first, then makes it
+        // read-only inside the container (as runc does on a host).
+        bind(&bundle.join(root), &self.dir.join("rootfs"), false)?;
         spec["root"]["path"] = Value::from(format!("{}/rootfs", self.guest_dir));
         if let Some(logs) = &self.logs {
-            bind(logs, &self.dir.join("logs"))?;
+            bind(logs, &self.dir.join("logs"), false)?;
         }
         if let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) {
             for (n, m) in mounts.iter_mut().enumerate() {
@@ -68,8 +79,9 @@ impl GuestBundle {
                         .and_then(Value::as_array)
                         .is_some_and(|o| o.iter().any(|o| o.as_str() == Some("bind") || o.as_str() == Some("rbind")));
                 let Some(source) = m.get("source").and_then(Value::as_str).filter(|_| binds) else { continue };
+                let readonly = m.get("options").and_then(Value::as_array).is_some_and(|o| o.iter().any(|o| o == "ro"));
                 let name = format!("m{n}");
-                bind(Path::new(source), &self.dir.join(&name))?;
+                bind(Path::new(source), &self.dir.join(&name), readonly)?;
                 m["source"] = Value::from(format!("{}/{name}", self.guest_dir));
             }
         }
@@ -136,58 +148,140 @@ fn refuse_host_only(spec: &Value) -> Result<(), Refusal> {
     Ok(())
 }
 
-/// Bind-mounts `source` (a directory or a file) on a new mount point `at`.
-fn bind(source: &Path, at: &Path) -> Result<(), Refusal> {
+/// Bind-mounts `source` (a directory or a file) on a new mount point
+/// `at`: nodev, nosuid, read-only if asked, propagating nowhere.
+fn bind(source: &Path, at: &Path, readonly: bool) -> Result<(), Refusal> {
     let meta = std::fs::metadata(source).map_err(|e| format!("{}: {e}", source.display()))?;
     let made = if meta.is_dir() { std::fs::create_dir(at) } else { std::fs::File::create(at).map(drop) };
     made.map_err(|e| format!("create {}: {e}", at.display()))?;
-    let flags = MsFlags::MS_BIND | MsFlags::MS_REC;
-    mount(Some(source), at, None::<&str>, flags, None::<&str>)
-        .map_err(|e| format!("bind {} for the guest: {e}", source.display()))?;
-    // Not shared back into the host's mounts, nor receiving theirs.
-    let _ = mount(None::<&str>, at, None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>);
-    Ok(())
+    let failed = |e: nix::Error| format!("bind {} for the guest: {e}", source.display());
+    mount(Some(source), at, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(failed)?;
+    mount(None::<&str>, at, None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).map_err(failed)?;
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+    if readonly {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    mount(None::<&str>, at, None::<&str>, flags, None::<&str>).map_err(failed)
 }
 
-/// Unmounts everything under `SHARE/ID` (`dir`) and removes it.
-pub fn release(dir: &Path) -> std::io::Result<()> {
-    if !dir.exists() {
-        return Ok(());
-    }
-    for entry in std::fs::read_dir(dir)?.flatten() {
-        let path = entry.path();
-        // Lazily: a guest may still hold a file open.
-        let _ = umount2(&path, MntFlags::MNT_DETACH);
-    }
-    for entry in std::fs::read_dir(dir)?.flatten() {
-        let path = entry.path();
-        // Never into anything still bound: only what the shims made here.
-        if is_mount_point(&path)? {
-            return Err(std::io::Error::other(format!("{} is still mounted", path.display())));
-        }
-        if entry.file_type()?.is_dir() {
-            std::fs::remove_dir_all(&path)?;
-        } else {
-            std::fs::remove_file(&path)?;
-        }
-    }
-    std::fs::remove_dir(dir)
+/// Moves this process into a mount namespace of its own (a slave of the
+/// host's: host mounts still arrive, its own never leave). Called before
+/// any thread or child exists.
+pub fn private_mounts() -> Result<(), String> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).map_err(|e| format!("own mount namespace: {e}"))?;
+    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
+        .map_err(|e| format!("own mount namespace: {e}"))
 }
 
-/// Whether `path` is the root of a mount (statx's STATX_ATTR_MOUNT_ROOT).
-fn is_mount_point(path: &Path) -> std::io::Result<bool> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: a zeroed statx is a valid out-buffer; `c` is NUL-terminated.
-    let mut st: libc::statx = unsafe { std::mem::zeroed() };
-    let flags = libc::AT_SYMLINK_NOFOLLOW | libc::AT_STATX_DONT_SYNC;
-    // SAFETY: as above.
-    if unsafe { libc::statx(libc::AT_FDCWD, c.as_ptr(), flags, 0, &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
+/// The share, made a mount of its own: nodev and nosuid, so nothing the
+/// guest creates in it is a device or a setuid program to QEMU.
+pub fn bind_share(share: &Path) -> Result<(), Refusal> {
+    let failed = |e: nix::Error| format!("mount the share {}: {e}", share.display());
+    mount(Some(share), share, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(failed)?;
+    mount(None::<&str>, share, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>).map_err(failed)?;
+    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+    mount(None::<&str>, share, None::<&str>, flags, None::<&str>).map_err(failed)
+}
+
+/// Unmounts, in this namespace, every mount at or under `dir`, deepest
+/// first, as /proc/self/mountinfo names them (wherever the guest moved
+/// them). True if none is left.
+pub fn unmount_under(dir: &Path) -> bool {
+    let mounts = |dir: &Path| -> Vec<String> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let (exact, under) = (dir.to_string_lossy().into_owned(), format!("{}/", dir.display()));
+        let mut points: Vec<String> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .map(unescape)
+            .filter(|p| *p == exact || p.starts_with(&under))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        points
+    };
+    for point in mounts(dir) {
+        let _ = umount2(point.as_str(), MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW);
     }
-    let known = st.stx_attributes_mask & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0;
-    if !known {
-        return Err(std::io::Error::other("this kernel does not tell mount roots (statx)"));
+    mounts(dir).is_empty()
+}
+
+/// A mountinfo path: spaces, tabs, newlines and backslashes come octal-escaped.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
     }
-    Ok(st.stx_attributes & libc::STATX_ATTR_MOUNT_ROOT as u64 != 0)
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Removes a VM's directory once its VM is dead: every mount under it
+/// first (refusing to remove anything if one stays), then the files,
+/// without following the guest's symlinks.
+pub fn remove_vm_dir(dir: &Path) -> std::io::Result<()> {
+    if !unmount_under(dir) {
+        return Err(std::io::Error::other(format!("{} is still mounted", dir.display())));
+    }
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        done => done,
+    }
+}
+
+/// The exit record the guest wrote at `path`, read as an untrusted file:
+/// a regular file (no symlink, no FIFO), at most 4 KiB, valid JSON.
+pub fn guest_exit(path: &Path) -> Option<ExitStatus> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut bytes = Vec::new();
+    file.take(4096).read_to_end(&mut bytes).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape("/a\\040b\\011c"), "/a b\tc");
+        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape("/odd\\9"), "/odd\\9");
+    }
+
+    #[test]
+    fn a_guest_exit_record_is_read_only_from_a_small_regular_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("exit.json");
+        std::fs::write(&good, br#"{"code":7,"exited_at_ns":5}"#).unwrap();
+        assert_eq!(guest_exit(&good).map(|e| e.code), Some(7));
+        let link = dir.path().join("link.json");
+        std::os::unix::fs::symlink(&good, &link).unwrap();
+        assert!(guest_exit(&link).is_none(), "never through a symlink");
+        let fifo = dir.path().join("fifo.json");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        assert!(guest_exit(&fifo).is_none(), "a FIFO neither blocks nor counts");
+        let big = dir.path().join("big.json");
+        std::fs::write(&big, vec![b' '; 8192]).unwrap();
+        assert!(guest_exit(&big).is_none());
+    }
 }

@@ -4,10 +4,10 @@
 //! at once, sized by berthd. Then it serves the Task API by forwarding
 //! each call over vsock to the guest's berth-shim (`task.rs`), with the
 //! bundle and output paths moved into the directory shared with the guest
-//! (`guest_spec.rs`). Exits are recorded in the host bundle before they are
-//! answered (SPEC B4). The VM's processes die with the shim
-//! (PR_SET_PDEATHSIG); the shim exits when the VM dies, so berthd cleans
-//! up as for any dead shim.
+//! (`guest_spec.rs`, whose binds live in this shim's own mount namespace).
+//! Exits are recorded in the host bundle before they are answered (SPEC
+//! B4). The VM's processes die with the shim (PR_SET_PDEATHSIG); the shim
+//! exits when any of them dies, so berthd cleans up as for any dead shim.
 
 pub mod guest_spec;
 mod task;
@@ -31,8 +31,9 @@ use guest_spec::GuestBundle;
 type TtrpcResult<T> = ttrpc::Result<T>;
 
 /// How long the guest may take from launch until its agent answers (TCG
-/// boots in 1.5–2.5 s here; a loaded host takes longer).
-const BOOT_TIMEOUT: Duration = Duration::from_secs(45);
+/// boots in 1.5–2.5 s here; a loaded host takes longer). Within berthd's
+/// 30 s for a whole create.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(25);
 /// How long a guest told to power off may take before it is killed.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(5);
 /// Guest memory beyond a container's limit: kernel, agent and page cache.
@@ -48,10 +49,12 @@ pub struct VmOptions {
     pub memory_mib: Option<u64>,
 }
 
-/// A booted guest.
+/// A booted guest, and its size.
 struct Guest {
     task: TaskClient,
     vm: Mutex<Option<Vm>>,
+    cpus: u32,
+    memory_mib: u64,
 }
 
 pub struct VmProxy {
@@ -64,15 +67,15 @@ pub struct VmProxy {
     guest: OnceCell<Arc<Guest>>,
     /// Each container's guest bundle and host bundle.
     bundles: Mutex<HashMap<String, (GuestBundle, PathBuf)>>,
+    /// Whether the share is mounted nodev, nosuid (`guest_spec::bind_share`).
+    share_ready: std::sync::atomic::AtomicBool,
     shutdown: Notify,
-    /// This proxy, for the VM's watcher.
-    me: std::sync::Weak<VmProxy>,
 }
 
 impl VmProxy {
     pub fn new(namespace: String, id: String, sandbox: bool, runtime_root: &Path, options: VmOptions) -> Arc<Self> {
         let dir = berth_vm::dir_of(runtime_root, &id);
-        Arc::new_cyclic(|me| VmProxy {
+        Arc::new(VmProxy {
             namespace,
             id,
             sandbox,
@@ -80,13 +83,25 @@ impl VmProxy {
             dir,
             guest: OnceCell::new(),
             bundles: Mutex::default(),
+            share_ready: Default::default(),
             shutdown: Notify::new(),
-            me: me.clone(),
         })
     }
 
     fn share(&self) -> PathBuf {
         self.dir.join("share")
+    }
+
+    /// Makes the share (once): a directory mounted on itself, nodev and nosuid.
+    fn ensure_share(&self) -> TtrpcResult<PathBuf> {
+        use std::sync::atomic::Ordering;
+        let share = self.share();
+        if !self.share_ready.load(Ordering::SeqCst) {
+            std::fs::create_dir_all(&share).map_err(|e| to_ttrpc(Code::Internal, format!("create the share: {e}")))?;
+            guest_spec::bind_share(&share).map_err(|e| to_ttrpc(Code::Internal, e))?;
+            self.share_ready.store(true, Ordering::SeqCst);
+        }
+        Ok(share)
     }
 
     /// The guest's size: a sandbox's from berthd, a lone container's from
@@ -134,51 +149,56 @@ impl VmProxy {
         // On this (the shim's only) thread: the VM's processes die with it.
         let mut vm = berth_vm::launch(&Microvm, &spec).map_err(failed)?;
         let stream = vm.wait_ready(BOOT_TIMEOUT).await.map_err(failed)?;
-        let vmm = *vm.pids().last().unwrap_or(&0);
-        let guest =
-            Arc::new(Guest { task: TaskClient::new(Client::new(Socket::new(stream))), vm: Mutex::new(Some(vm)) });
-        self.watch_vm(vmm, guest.clone());
+        let pids = vm.pids();
+        let task = TaskClient::new(Client::new(Socket::new(stream)));
+        let guest = Arc::new(Guest { task, vm: Mutex::new(Some(vm)), cpus, memory_mib });
+        for pid in pids {
+            self.watch_vm(pid, guest.clone());
+        }
         tracing::info!(id = %self.id, cpus, memory_mib, accel = spec.accel.as_str(), "the VM is up");
         Ok(guest)
     }
 
-    /// Exits the shim when the VMM dies unasked: its containers are gone,
-    /// and berthd cleans up after a dead shim.
-    fn watch_vm(&self, vmm: u32, guest: Arc<Guest>) {
-        let Ok(fd) = berth_shim::pidfd_open(vmm) else { return };
-        // SAFETY: the AsyncFd owns the pidfd for its whole life.
-        let Ok(fd) = (unsafe { tokio::io::unix::AsyncFd::register(fd) }) else { return };
-        let Some(proxy) = self.me.upgrade() else { return };
+    /// Exits the shim when one of the VM's processes dies unasked (QEMU,
+    /// or the vsock backend without which the guest is out of reach): the
+    /// containers are gone, and berthd cleans up after a dead shim. The
+    /// binds go with this process's mount namespace.
+    fn watch_vm(&self, pid: u32, guest: Arc<Guest>) {
+        let id = self.id.clone();
+        let watched = berth_shim::pidfd_open(pid).map_err(|e| e.to_string()).and_then(|fd| {
+            // SAFETY: the AsyncFd owns the pidfd for its whole life.
+            unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.to_string())
+        });
+        let fd = match watched {
+            Ok(fd) => fd,
+            Err(e) => {
+                eprintln!("berth-shim: cannot watch process {pid} of the VM of {id} ({e}): ending");
+                std::process::exit(1);
+            }
+        };
         tokio::spawn(async move {
             let _ = fd.readable().await;
             if let Some(vm) = guest.vm.lock().ok().and_then(|mut v| v.take()) {
-                eprintln!("berth-shim: the VM of {} exited: {}", proxy.id, vm.console_tail());
+                eprintln!("berth-shim: the VM of {id} ended: {}", vm.console_tail());
                 drop(vm);
-                proxy.release_all();
                 std::process::exit(1);
             }
         });
     }
 
-    /// Powers the guest off (its shim's Shutdown), then stops the VM.
+    /// Powers the guest off (its shim's Shutdown), stops the VM, then
+    /// removes the VM's directory (the guest can no longer touch it).
     async fn power_off(&self) {
-        let Some(guest) = self.guest.get() else { return };
-        let Some(vm) = guest.vm.lock().ok().and_then(|mut v| v.take()) else { return };
-        let req = api::ShutdownRequest { id: self.id.clone(), now: true, ..Default::default() };
-        let _ = tokio::time::timeout(POWER_OFF_GRACE, guest.task.shutdown(ctx(None), &req)).await;
-        if !vm.stop(POWER_OFF_GRACE).await {
-            tracing::warn!(id = %self.id, "the guest did not power off: killed");
+        let vm = self.guest.get().and_then(|g| g.vm.lock().ok().and_then(|mut v| v.take()).map(|vm| (g.clone(), vm)));
+        if let Some((guest, vm)) = vm {
+            let req = api::ShutdownRequest { id: self.id.clone(), now: true, ..Default::default() };
+            let _ = tokio::time::timeout(POWER_OFF_GRACE, guest.task.shutdown(ctx(None), &req)).await;
+            if !vm.stop(POWER_OFF_GRACE).await {
+                tracing::warn!(id = %self.id, "the guest did not power off: killed");
+            }
         }
-        self.release_all();
-        let _ = std::fs::remove_dir(self.share());
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-
-    fn release_all(&self) {
-        let bundles: Vec<PathBuf> =
-            self.bundles.lock().map(|b| b.values().map(|(g, _)| g.dir.clone()).collect()).unwrap_or_default();
-        for dir in bundles {
-            let _ = guest_spec::release(&dir);
+        if let Err(e) = guest_spec::remove_vm_dir(&self.dir) {
+            eprintln!("berth-shim: remove {}: {e}", self.dir.display());
         }
     }
 
@@ -195,18 +215,15 @@ fn ctx(timeout_nano: Option<i64>) -> ttrpc::context::Context {
     }
 }
 
-/// Cleans up after a dead VM shim (`--cleanup`): its VM died with it;
-/// what is left is the guest bundle's mounts. Returns the exit recorded in
-/// the host bundle, or else the one the guest recorded.
+/// Cleans up after a dead VM shim (`--cleanup`): its VM and its mount
+/// namespace (with every bind) died with it. Returns the exit recorded in
+/// the host bundle, or else the one the guest recorded, then removes the
+/// VM's directory.
 pub fn cleanup(runtime_root: &Path, shim_id: &str, bundle: &Path) -> Result<Option<berth_model::ExitStatus>, String> {
     let id = bundle.file_name().ok_or("the bundle has no name")?;
     let dir = berth_vm::dir_of(runtime_root, shim_id);
-    let guest = dir.join("share").join(id);
-    let recorded = crate::cleanup::recorded_exit(bundle).or_else(|| crate::cleanup::recorded_exit(&guest));
-    guest_spec::release(&guest).map_err(|e| format!("release {}: {e}", guest.display()))?;
-    // The last container of a dead VM's shim takes the VM's directory.
-    let _ = std::fs::remove_dir(dir.join("share"));
-    let _ = std::fs::remove_dir_all(dir.join("run"));
-    let _ = std::fs::remove_dir(&dir);
+    let guest = dir.join("share").join(id).join("exit.json");
+    let recorded = crate::cleanup::recorded_exit(bundle).or_else(|| guest_spec::guest_exit(&guest));
+    guest_spec::remove_vm_dir(&dir).map_err(|e| format!("remove {}: {e}", dir.display()))?;
     Ok(recorded)
 }

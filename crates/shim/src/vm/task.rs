@@ -80,24 +80,26 @@ impl Task for VmProxy {
         if !req.rootfs.is_empty() || !req.checkpoint.is_empty() {
             return Err(unsupported("a rootfs from mounts or a restore"));
         }
-        let host = PathBuf::from(&req.bundle);
-        let share = self.share();
-        std::fs::create_dir_all(&share).map_err(|e| to_ttrpc(Code::Internal, format!("create the share: {e}")))?;
-        let guest = GuestBundle::prepare(&share, &req.id, &host, &req.stdout, &req.stderr)
-            .map_err(|e| to_ttrpc(Code::InvalidArgument, e))?;
-        let fwd = api::CreateTaskRequest {
-            id: req.id.clone(),
-            bundle: guest.guest_dir.clone(),
-            stdout: guest.guest_output(&req.stdout).map_err(|e| to_ttrpc(Code::InvalidArgument, e))?,
-            stderr: guest.guest_output(&req.stderr).map_err(|e| to_ttrpc(Code::InvalidArgument, e))?,
-            options: req.options.clone(),
-            ..Default::default()
-        };
-        let guest_dir = guest.dir.clone();
-        if let Ok(mut b) = self.bundles.lock() {
-            b.insert(req.id.clone(), (guest, host.clone()));
+        if self.bundles.lock().is_ok_and(|b| b.contains_key(&req.id)) {
+            return Err(to_ttrpc(Code::AlreadyExists, format!("container {} exists", req.id)));
         }
+        let host = PathBuf::from(&req.bundle);
         let created = async {
+            let share = self.ensure_share()?;
+            let guest = GuestBundle::prepare(&share, &req.id, &host, &req.stdout, &req.stderr)
+                .map_err(|e| to_ttrpc(Code::InvalidArgument, e))?;
+            let outputs = guest.guest_output(&req.stdout).and_then(|o| Ok((o, guest.guest_output(&req.stderr)?)));
+            let fwd = api::CreateTaskRequest {
+                id: req.id.clone(),
+                bundle: guest.guest_dir.clone(),
+                options: req.options.clone(),
+                ..Default::default()
+            };
+            if let Ok(mut b) = self.bundles.lock() {
+                b.insert(req.id.clone(), (guest, host.clone()));
+            }
+            let (stdout, stderr) = outputs.map_err(|e| to_ttrpc(Code::InvalidArgument, e))?;
+            let fwd = api::CreateTaskRequest { stdout, stderr, ..fwd };
             let (cpus, memory) = self.size(&host);
             let booted = self.boot(cpus, memory).await?;
             booted.task.create(ctx(Some(c.timeout_nano)), &fwd).await
@@ -105,10 +107,10 @@ impl Task for VmProxy {
         match created.await {
             Ok(r) => Ok(api::CreateTaskResponse { pid: 0, ..r }),
             Err(e) => {
-                if let Ok(mut b) = self.bundles.lock() {
-                    b.remove(&req.id);
+                let removed = self.bundles.lock().ok().and_then(|mut b| b.remove(&req.id));
+                if let Some((guest, _)) = removed {
+                    super::guest_spec::unmount_under(&guest.dir);
                 }
-                let _ = super::guest_spec::release(&guest_dir);
                 if !self.sandbox {
                     self.power_off().await;
                 }
@@ -126,16 +128,19 @@ impl Task for VmProxy {
     async fn wait(&self, c: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
         self.check(&req.id)?;
         let r = self.booted()?.task.wait(ctx(Some(c.timeout_nano)), &req).await?;
-        if req.exec_id.is_empty() {
-            // The guest recorded the exit in the share; it is the host's
-            // record (in the host bundle) before anyone hears of it.
-            self.with_bundle(&req.id, |guest, host| {
-                let exit = std::fs::read(guest.dir.join("exit.json"))
-                    .map_err(|e| to_ttrpc(Code::Internal, format!("read the guest's exit record: {e}")))?;
-                berth_store::write_atomic(&host.join("exit.json"), &exit)
-                    .map_err(|e| to_ttrpc(Code::Internal, format!("record the exit: {e}")))
-            })?;
-        }
+        // The guest recorded the exit in the share; it is the host's record
+        // (in the host bundle) before anyone hears of it.
+        let name = match req.exec_id.as_str() {
+            "" => "exit.json".to_string(),
+            exec => format!("exec-{exec}.exit.json"),
+        };
+        self.with_bundle(&req.id, |guest, host| {
+            let exit = super::guest_spec::guest_exit(&guest.dir.join(&name))
+                .ok_or_else(|| to_ttrpc(Code::Internal, format!("the guest left no valid {name}")))?;
+            let bytes = serde_json::to_vec(&exit).map_err(|e| to_ttrpc(Code::Internal, e))?;
+            berth_store::write_atomic(&host.join(&name), &bytes)
+                .map_err(|e| to_ttrpc(Code::Internal, format!("record the exit: {e}")))
+        })?;
         Ok(r)
     }
 
@@ -145,8 +150,7 @@ impl Task for VmProxy {
         if req.exec_id.is_empty() {
             let removed = self.bundles.lock().ok().and_then(|mut b| b.remove(&req.id));
             if let Some((guest, _)) = removed {
-                super::guest_spec::release(&guest.dir)
-                    .map_err(|e| to_ttrpc(Code::Internal, format!("release the guest bundle: {e}")))?;
+                super::guest_spec::unmount_under(&guest.dir);
             }
             if !self.sandbox {
                 self.power_off().await;
@@ -198,7 +202,31 @@ impl Task for VmProxy {
 
     async fn update(&self, c: &TtrpcContext, req: api::UpdateTaskRequest) -> TtrpcResult<Empty> {
         self.check(&req.id)?;
-        self.booted()?.task.update(ctx(Some(c.timeout_nano)), &req).await
+        let guest = self.booted()?;
+        // microvm has no memory or CPU hotplug: limits must fit the VM.
+        if req.resources.type_url == berth_shim::LIMITS_TYPE_URL {
+            let limits: berth_cgroups::Limits = serde_json::from_slice(&req.resources.value)
+                .map_err(|e| to_ttrpc(Code::InvalidArgument, format!("limits: {e}")))?;
+            let memory_room = (guest.memory_mib - GUEST_OVERHEAD_MIB.min(guest.memory_mib / 2)) << 20;
+            if let Some(m) = limits.memory.filter(|m| *m as u64 > memory_room) {
+                return Err(to_ttrpc(
+                    Code::FailedPrecondition,
+                    format!(
+                        "the VM has {} MiB and cannot grow: a memory limit of {m} bytes does not fit",
+                        guest.memory_mib
+                    ),
+                ));
+            }
+            if let (Some(q), Some(p)) = (limits.cpu_quota, limits.cpu_period.filter(|p| *p > 0))
+                && q as u64 > guest.cpus as u64 * p
+            {
+                return Err(to_ttrpc(
+                    Code::FailedPrecondition,
+                    format!("the VM has {} vCPUs and cannot grow: a quota of {q}/{p} does not fit", guest.cpus),
+                ));
+            }
+        }
+        guest.task.update(ctx(Some(c.timeout_nano)), &req).await
     }
 
     async fn stats(&self, c: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {

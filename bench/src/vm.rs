@@ -1,0 +1,155 @@
+//! `--only vm` (issue 16): a container in a VM of its own. Times `berth
+//! run --rm --vm ROOTFS true` and the wait for a container's first output
+//! through berthd, then the same steps driven directly through the VMM
+//! layer and the guest's Task API (VMM launch, guest boot until the agent
+//! answers, the container's create/start/wait/delete in the guest, power
+//! off): what berthd's total leaves of those is berth's own host-side
+//! share. Also the PSS of one idle VM (QEMU, the vsock backend, the
+//! shim), and the accelerator.
+
+use std::io::Read;
+use std::time::{Duration, Instant};
+
+use berth_testing::Daemon;
+use berth_vm::{Assets, VmSpec, qemu::Microvm};
+use containerd_shim_protos::api;
+use containerd_shim_protos::shim_async::TaskClient;
+use containerd_shim_protos::ttrpc::r#async::transport::Socket;
+use containerd_shim_protos::ttrpc::asynchronous::Client;
+use containerd_shim_protos::ttrpc::context;
+
+use crate::measure::median;
+
+pub struct VmFigures {
+    pub accel: &'static str,
+    pub note: Option<String>,
+    pub run_rm: Option<Duration>,
+    pub first_output: Option<Duration>,
+    pub launch: Option<Duration>,
+    pub boot: Option<Duration>,
+    pub container: Option<Duration>,
+    pub power_off: Option<Duration>,
+    pub idle_pss_mb: Option<f64>,
+}
+
+impl VmFigures {
+    /// berthd's total less the guest's boot, work and power-off.
+    pub fn host_share(&self) -> Option<Duration> {
+        let guest = self.boot? + self.container? + self.power_off?;
+        self.run_rm?.checked_sub(guest)
+    }
+}
+
+fn collect(rounds: usize, mut f: impl FnMut() -> Option<Duration>) -> Option<Duration> {
+    let mut v: Vec<Duration> = (0..rounds).filter_map(|_| f()).collect();
+    median(&mut v)
+}
+
+/// Time until the first byte of `echo` arrives from a container in a VM.
+fn first_output(d: &Daemon, rootfs: &str) -> Option<Duration> {
+    let start = Instant::now();
+    let mut child = d.berth_spawn(&["run", "--rm", "--vm", rootfs, "echo", "x"]);
+    let mut byte = [0u8; 1];
+    let got = child.stdout.as_mut().and_then(|out| out.read(&mut byte).ok()) == Some(1);
+    let elapsed = start.elapsed();
+    let ok = child.wait().is_ok_and(|s| s.success());
+    (got && ok).then_some(elapsed)
+}
+
+/// Steps of one VM driven directly: (launch, boot, container, power off).
+async fn direct_round(spec: &VmSpec) -> Option<[Duration; 4]> {
+    let t = Instant::now();
+    let mut vm = berth_vm::launch(&Microvm, spec).ok()?;
+    let launch = t.elapsed();
+    let t = Instant::now();
+    let stream = vm.wait_ready(Duration::from_secs(60)).await.ok()?;
+    let boot = t.elapsed();
+    let task = TaskClient::new(Client::new(Socket::new(stream)));
+    let ctx = || context::with_timeout(Duration::from_secs(30).as_nanos() as i64);
+    let t = Instant::now();
+    let bundle = berth_testing::vm::guest_bundle(&spec.share, berth_model::vm::GUEST_SHARE, "c", &["true"]);
+    let id = || "c".to_string();
+    let create = api::CreateTaskRequest { id: id(), bundle, ..Default::default() };
+    task.create(ctx(), &create).await.ok()?;
+    task.start(ctx(), &api::StartRequest { id: id(), ..Default::default() }).await.ok()?;
+    task.wait(ctx(), &api::WaitRequest { id: id(), ..Default::default() }).await.ok()?;
+    task.delete(ctx(), &api::DeleteRequest { id: id(), ..Default::default() }).await.ok()?;
+    let container = t.elapsed();
+    let t = Instant::now();
+    let _ = task.shutdown(ctx(), &api::ShutdownRequest { id: spec.id.clone(), now: true, ..Default::default() }).await;
+    let clean = vm.stop(Duration::from_secs(20)).await;
+    let power_off = t.elapsed();
+    let _ = std::fs::remove_dir_all(spec.share.join("c"));
+    clean.then_some([launch, boot, container, power_off])
+}
+
+/// PSS of the shim of container `id` and of its children (QEMU, backend).
+fn idle_pss(d: &Daemon, id: &str) -> Option<f64> {
+    let ps: serde_json::Value = serde_json::from_str(d.berth(&["ps", "--json"]).ok()).ok()?;
+    let shim = ps.as_array()?.iter().find(|c| c["id"] == id)?["shim_pid"].as_u64()? as u32;
+    let mut pids = vec![shim];
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse().ok());
+        if ppid == Some(shim) {
+            pids.push(pid);
+        }
+    }
+    let mem = crate::measure::shim_memory(&pids)?;
+    Some(mem.pss_mb * pids.len() as f64)
+}
+
+pub fn run(rounds: usize) -> Option<VmFigures> {
+    let assets_dir = berth_testing::vm::assets_dir();
+    let d = Daemon::start_with(&["--vm-assets", &assets_dir.to_string_lossy()]);
+    let rootfs = d.rootfs.to_string_lossy().into_owned();
+    let (accel, note) = berth_vm::accel::resolve(berth_vm::AccelChoice::Auto).ok()?;
+    eprintln!("vm: {rounds} rounds of berth run --rm --vm ({}) …", accel.as_str());
+    let run_rm = collect(rounds, || {
+        let t = Instant::now();
+        (d.berth(&["run", "--rm", "--vm", &rootfs, "true"]).code == 0).then(|| t.elapsed())
+    });
+    let first_output = collect(rounds, || first_output(&d, &rootfs));
+
+    let assets = Assets::load(&assets_dir, env!("CARGO_PKG_VERSION")).ok()?;
+    let share = d.dir().join("bench-share");
+    std::fs::create_dir_all(&share).ok()?;
+    let spec = VmSpec {
+        id: "bench".into(),
+        cpus: 1,
+        memory_mib: berth_vm::DEFAULT_MEMORY_MIB,
+        share,
+        state: d.dir().join("bench-vm"),
+        accel,
+        assets,
+        guest_log: None,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
+    let mut steps: [Vec<Duration>; 4] = Default::default();
+    for _ in 0..rounds {
+        if let Some(round) = rt.block_on(direct_round(&spec)) {
+            for (v, t) in steps.iter_mut().zip(round) {
+                v.push(t);
+            }
+        }
+    }
+    let [launch, boot, container, power_off] = steps.map(|mut v| median(&mut v));
+
+    d.berth(&["run", "-d", "--vm", "--name", "idle", &rootfs, "sleep", "1000"]).ok();
+    // Idle: the guest has settled after its boot.
+    std::thread::sleep(Duration::from_secs(2));
+    let idle_pss_mb = idle_pss(&d, "idle");
+    d.berth(&["rm", "-f", "idle"]).ok();
+    Some(VmFigures {
+        accel: accel.as_str(),
+        note,
+        run_rm,
+        first_output,
+        launch,
+        boot,
+        container,
+        power_off,
+        idle_pss_mb,
+    })
+}
