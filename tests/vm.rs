@@ -97,7 +97,11 @@ async fn a_container_in_the_guest_runs_on_the_guests_kernel() {
     assert!(vm.stop(Duration::from_secs(20)).await, "the guest powered off");
     assert!(pids.iter().all(|p| !alive(*p)), "VM processes left: {pids:?}");
     assert!(!spec.state.exists(), "the VM's state directory is removed");
-    assert_eq!(spec.accel == Accel::Kvm, std::fs::read_to_string("/proc/cpuinfo").unwrap().contains(" vmx"));
+    // Without vmx/svm (this project's CI host) `auto` must pick TCG.
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+    if !cpuinfo.contains(" vmx") && !cpuinfo.contains(" svm") {
+        assert_eq!(spec.accel, Accel::Tcg);
+    }
 }
 
 #[tokio::test(flavor = "current_thread")]

@@ -25,21 +25,27 @@ fn release() -> String {
 }
 
 /// Processes whose arguments mention the test's directory and are not
-/// berthd: shims, QEMU, vsock backends.
-fn vm_processes(d: &Daemon) -> Vec<String> {
+/// berthd (shims, QEMU, vsock backends): pid and arguments.
+fn vm_processes(d: &Daemon) -> Vec<(u32, String)> {
     let marker = d.dir().to_string_lossy().into_owned();
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let args = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if args.contains(&marker) && !args.contains("berthd") && !args.is_empty() {
-            found.push(args);
+        if args.contains(&marker) && !args.contains("berthd") {
+            found.push((pid, args));
         }
     }
     found
 }
 
-/// Mounts under the test's directory other than pinned namespaces.
+fn qemu(d: &Daemon) -> Option<u32> {
+    vm_processes(d).into_iter().find(|(_, args)| args.contains("qemu-system")).map(|(pid, _)| pid)
+}
+
+/// Mounts under the test's directory other than pinned namespaces, in
+/// the host's (this test's) mount namespace.
 fn vm_mounts(d: &Daemon) -> Vec<String> {
     let under = d.dir().to_string_lossy().into_owned();
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -119,6 +125,12 @@ fn a_detached_container_in_a_vm_is_managed_like_any_other() {
     let stats: Value = serde_json::from_str(d.berth(&["stats", "--no-stream", "--json", "v"]).ok()).unwrap();
     let limit = stats[0]["memory"]["limit"].as_u64().or_else(|| stats[0]["memory_limit"].as_u64());
     assert_eq!(limit, Some(100 << 20), "{stats}");
+    // The guest's binds live in the VM shim's own mount namespace, where
+    // QEMU serves them, and never in the host's.
+    let qemu_pid = qemu(&d).expect("QEMU runs");
+    let theirs = std::fs::read_to_string(format!("/proc/{qemu_pid}/mountinfo")).unwrap();
+    assert!(theirs.lines().any(|l| l.contains(".vm/share/v/rootfs")), "{theirs}");
+    assert!(vm_mounts(&d).is_empty(), "{:?}", vm_mounts(&d));
     // top lists the guest's processes, with no host command line for them.
     let top = d.berth(&["top", "v"]).ok().to_string();
     assert_eq!(top.lines().count(), 2, "{top}");
@@ -129,6 +141,11 @@ fn a_detached_container_in_a_vm_is_managed_like_any_other() {
     d.berth(&["stop", "-t", "1", "v"]).ok();
     let ps: Value = serde_json::from_str(d.berth(&["ps", "-a", "--json"]).ok()).unwrap();
     assert_eq!((ps[0]["state"].as_str(), ps[0]["exit"]["code"].as_u64()), (Some("stopped"), Some(137)), "{ps}");
+    // A stopped container keeps no VM: QEMU went before the exit was told.
+    assert_eq!(qemu(&d), None, "{:?}", vm_processes(&d));
+    // … and its shim still answers for the stopped container.
+    assert_eq!(d.berth(&["wait", "v"]).code, 137);
+    assert!(d.berth(&["top", "v"]).code != 0, "a stopped container has no processes");
     d.berth(&["rm", "v"]).ok();
     assert_nothing_left(&d);
 }
@@ -139,10 +156,11 @@ fn a_killed_vm_shim_takes_its_vm_and_the_exit_is_recorded() {
     d.berth(&["run", "-d", "--name", "v", "--vm", &rootfs(&d), "sleep", "1000"]).ok();
     let ps: Value = serde_json::from_str(d.berth(&["ps", "--json"]).ok()).unwrap();
     let shim = ps[0]["shim_pid"].as_u64().unwrap() as i32;
-    assert!(vm_processes(&d).iter().any(|p| p.contains("qemu-system")), "{:?}", vm_processes(&d));
+    assert!(qemu(&d).is_some(), "{:?}", vm_processes(&d));
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(shim), nix::sys::signal::SIGKILL).unwrap();
+    // The guest's exit never came: the code of an exit nobody saw.
     let out = d.berth(&["wait", "v"]);
-    assert_ne!(out.code, 0, "a dead shim's container has no clean exit: {out:?}");
+    assert_eq!((out.code, out.stdout.trim()), (255, "255"), "{out:?}");
     let ps: Value = serde_json::from_str(d.berth(&["ps", "-a", "--json"]).ok()).unwrap();
     assert_eq!(ps[0]["state"], "stopped", "{ps}");
     d.berth(&["rm", "v"]).ok();
@@ -171,6 +189,11 @@ fn what_a_vm_container_cannot_have_is_refused_with_nothing_made() {
     assert!(e.contains("terminal"), "{e}");
     let e = d.berth(&["run", "--vm", "--network", "berth", &root, "true"]).fails_with("failed precondition");
     assert!(e.contains("network"), "{e}");
+    // A log path's directory would be shared with the guest.
+    let log = d.dir().join("kubelet/c.log");
+    let e =
+        d.berth(&["run", "--vm", "--log-path", log.to_str().unwrap(), &root, "true"]).fails_with("failed precondition");
+    assert!(e.contains("log path"), "{e}");
     let e = d.berth(&["run", "--vm", "--runtime", "runc", &root, "true"]).fails_with_any();
     assert!(e.contains("cannot be used with"), "{e}");
     assert_eq!(d.berth(&["ps", "-a", "--json"]).ok().trim(), "[]");

@@ -71,6 +71,10 @@ pub fn check_create(p: &mut CreateParams) -> Result<()> {
     if p.sandbox.is_some() {
         return refuse("joining a sandbox");
     }
+    // Its directory would be shared with the guest.
+    if p.log_path.is_some() {
+        return refuse("a log path of the caller's");
+    }
     if !p.net.publish.is_empty() || !matches!(p.net.mode.as_str(), "" | "none") {
         return refuse("a network other than none");
     }

@@ -201,11 +201,16 @@ fn spawn(command: &mut Command) -> Result<(Child, Output), VmError> {
     let (rx, tx) = std::io::pipe().map_err(io_err("output pipe"))?;
     let err = tx.try_clone().map_err(io_err("output pipe"))?;
     command.stdin(Stdio::null()).stdout(tx).stderr(err);
-    // SAFETY: prctl is async-signal-safe.
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: prctl and getppid are async-signal-safe.
     unsafe {
-        command.pre_exec(|| {
+        command.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before the prctl: nothing would end us.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("the VM's owner is gone"));
             }
             Ok(())
         });

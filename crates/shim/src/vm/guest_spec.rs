@@ -11,9 +11,9 @@
 //! link anything in it. So the binds exist only in the VM shim's own mount
 //! namespace ([`private_mounts`]; QEMU serves the share from there): they
 //! vanish with the shim, whatever kills it, and an unmount the guest
-//! misdirects through a symlink only ever touches that namespace. Bind
-//! mounts the spec makes read-only are read-only for the guest too; all
-//! are nodev and nosuid. Files are
+//! misdirects through a symlink only ever touches that namespace. The
+//! share itself is a small tmpfs there. Bind mounts the spec makes
+//! read-only are read-only for the guest too; all are nodev and nosuid. Files are
 //! removed only once the VM is dead, with `remove_dir_all`, which does not
 //! follow symlinks, after every mount under the directory is gone.
 
@@ -27,6 +27,10 @@ use serde_json::Value;
 
 /// Why a bundle cannot run in a VM.
 pub type Refusal = String;
+
+/// The share's own files: per container a config.json, exit records and
+/// mount points.
+const SHARE_TMPFS: &str = "size=8m,nr_inodes=4096,mode=0755";
 
 /// The guest's view of one container.
 pub struct GuestBundle {
@@ -149,14 +153,16 @@ fn refuse_host_only(spec: &Value) -> Result<(), Refusal> {
 }
 
 /// Bind-mounts `source` (a directory or a file) on a new mount point
-/// `at`: nodev, nosuid, read-only if asked, propagating nowhere.
+/// `at`: nodev, nosuid, read-only if asked, propagating nowhere. Not
+/// recursive: what is mounted below `source` stays out of the guest's
+/// reach (and out of reach of those flags).
 fn bind(source: &Path, at: &Path, readonly: bool) -> Result<(), Refusal> {
     let meta = std::fs::metadata(source).map_err(|e| format!("{}: {e}", source.display()))?;
     let made = if meta.is_dir() { std::fs::create_dir(at) } else { std::fs::File::create(at).map(drop) };
     made.map_err(|e| format!("create {}: {e}", at.display()))?;
     let failed = |e: nix::Error| format!("bind {} for the guest: {e}", source.display());
-    mount(Some(source), at, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>).map_err(failed)?;
-    mount(None::<&str>, at, None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>).map_err(failed)?;
+    mount(Some(source), at, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(failed)?;
+    mount(None::<&str>, at, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>).map_err(failed)?;
     let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
     if readonly {
         flags |= MsFlags::MS_RDONLY;
@@ -173,14 +179,15 @@ pub fn private_mounts() -> Result<(), String> {
         .map_err(|e| format!("own mount namespace: {e}"))
 }
 
-/// The share, made a mount of its own: nodev and nosuid, so nothing the
-/// guest creates in it is a device or a setuid program to QEMU.
-pub fn bind_share(share: &Path) -> Result<(), Refusal> {
-    let failed = |e: nix::Error| format!("mount the share {}: {e}", share.display());
-    mount(Some(share), share, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(failed)?;
-    mount(None::<&str>, share, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>).map_err(failed)?;
-    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
-    mount(None::<&str>, share, None::<&str>, flags, None::<&str>).map_err(failed)
+/// The share: a small tmpfs of its own (nodev, nosuid), so what the guest
+/// writes outside the binds neither fills the host's disk or memory nor
+/// becomes a device or a setuid program to QEMU.
+pub fn mount_share(share: &Path) -> Result<(), Refusal> {
+    let flags = MsFlags::MS_NODEV | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC;
+    mount(Some("berth-vm-share"), share, Some("tmpfs"), flags, Some(SHARE_TMPFS))
+        .map_err(|e| format!("mount the share {}: {e}", share.display()))?;
+    mount(None::<&str>, share, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(|e| format!("mount the share {}: {e}", share.display()))
 }
 
 /// Unmounts, in this namespace, every mount at or under `dir`, deepest

@@ -32,8 +32,8 @@ type TtrpcResult<T> = ttrpc::Result<T>;
 
 /// How long the guest may take from launch until its agent answers (TCG
 /// boots in 1.5–2.5 s here; a loaded host takes longer). Within berthd's
-/// 30 s for a whole create.
-const BOOT_TIMEOUT: Duration = Duration::from_secs(25);
+/// 30 s for a whole create, helpers' start included.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a guest told to power off may take before it is killed.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(5);
 /// Guest memory beyond a container's limit: kernel, agent and page cache.
@@ -67,8 +67,13 @@ pub struct VmProxy {
     guest: OnceCell<Arc<Guest>>,
     /// Each container's guest bundle and host bundle.
     bundles: Mutex<HashMap<String, (GuestBundle, PathBuf)>>,
-    /// Whether the share is mounted nodev, nosuid (`guest_spec::bind_share`).
+    /// Whether the share is mounted (`guest_spec::mount_share`).
     share_ready: std::sync::atomic::AtomicBool,
+    /// A lone container's exit, once recorded: its VM is then powered off
+    /// and the shim answers for the stopped container itself.
+    ended: Mutex<Option<berth_model::ExitStatus>>,
+    /// One power-off at a time; a second waits for the first.
+    powering: tokio::sync::Mutex<()>,
     shutdown: Notify,
 }
 
@@ -84,6 +89,8 @@ impl VmProxy {
             guest: OnceCell::new(),
             bundles: Mutex::default(),
             share_ready: Default::default(),
+            ended: Mutex::default(),
+            powering: tokio::sync::Mutex::new(()),
             shutdown: Notify::new(),
         })
     }
@@ -92,13 +99,13 @@ impl VmProxy {
         self.dir.join("share")
     }
 
-    /// Makes the share (once): a directory mounted on itself, nodev and nosuid.
+    /// Makes the share (once): a small tmpfs (`guest_spec::mount_share`).
     fn ensure_share(&self) -> TtrpcResult<PathBuf> {
         use std::sync::atomic::Ordering;
         let share = self.share();
         if !self.share_ready.load(Ordering::SeqCst) {
             std::fs::create_dir_all(&share).map_err(|e| to_ttrpc(Code::Internal, format!("create the share: {e}")))?;
-            guest_spec::bind_share(&share).map_err(|e| to_ttrpc(Code::Internal, e))?;
+            guest_spec::mount_share(&share).map_err(|e| to_ttrpc(Code::Internal, e))?;
             self.share_ready.store(true, Ordering::SeqCst);
         }
         Ok(share)
@@ -119,8 +126,17 @@ impl VmProxy {
         Ok(guest.clone())
     }
 
+    /// The running guest: not before the boot, nor after a lone
+    /// container's exit powered it off.
     fn booted(&self) -> TtrpcResult<Arc<Guest>> {
+        if self.ended().is_some() {
+            return Err(to_ttrpc(Code::FailedPrecondition, format!("container {} has exited; its VM is off", self.id)));
+        }
         self.guest.get().cloned().ok_or_else(|| to_ttrpc(Code::FailedPrecondition, "the VM has not booted"))
+    }
+
+    fn ended(&self) -> Option<berth_model::ExitStatus> {
+        self.ended.lock().ok().and_then(|e| *e)
     }
 
     async fn launch(&self, cpus: u32, memory_mib: u64) -> TtrpcResult<Arc<Guest>> {
@@ -189,6 +205,7 @@ impl VmProxy {
     /// Powers the guest off (its shim's Shutdown), stops the VM, then
     /// removes the VM's directory (the guest can no longer touch it).
     async fn power_off(&self) {
+        let _one = self.powering.lock().await;
         let vm = self.guest.get().and_then(|g| g.vm.lock().ok().and_then(|mut v| v.take()).map(|vm| (g.clone(), vm)));
         if let Some((guest, vm)) = vm {
             let req = api::ShutdownRequest { id: self.id.clone(), now: true, ..Default::default() };

@@ -9,13 +9,14 @@ use std::path::PathBuf;
 use async_trait::async_trait;
 use berth_model::Code;
 use berth_shim::to_ttrpc;
-use containerd_shim_protos::api;
+use containerd_shim_protos::api::{self, Status};
 use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 
 use super::guest_spec::GuestBundle;
 use super::{GUEST_OVERHEAD_MIB, TtrpcResult, VmProxy, ctx};
+use crate::service::exit_fields;
 
 fn unsupported(what: &str) -> containerd_shim_protos::ttrpc::Error {
     to_ttrpc(Code::FailedPrecondition, format!("{what} is not supported in a VM sandbox yet"))
@@ -127,7 +128,25 @@ impl Task for VmProxy {
 
     async fn wait(&self, c: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
         self.check(&req.id)?;
-        let r = self.booted()?.task.wait(ctx(Some(c.timeout_nano)), &req).await?;
+        // After the exit powered the VM off (also while this call was in
+        // flight, with another waiter first): the recorded exit.
+        let ended = || match (self.ended(), req.exec_id.is_empty()) {
+            (Some(exit), true) => {
+                let (exit_status, exited_at) = exit_fields(Some(exit));
+                Some(Ok(api::WaitResponse { exit_status, exited_at, ..Default::default() }))
+            }
+            (Some(_), false) => {
+                Some(Err(to_ttrpc(Code::NotFound, format!("exec {} is gone with its VM", req.exec_id))))
+            }
+            (None, _) => None,
+        };
+        if let Some(answer) = ended() {
+            return answer;
+        }
+        let r = match self.booted()?.task.wait(ctx(Some(c.timeout_nano)), &req).await {
+            Ok(r) => r,
+            Err(e) => return ended().unwrap_or(Err(e)),
+        };
         // The guest recorded the exit in the share; it is the host's record
         // (in the host bundle) before anyone hears of it.
         let name = match req.exec_id.as_str() {
@@ -139,14 +158,34 @@ impl Task for VmProxy {
                 .ok_or_else(|| to_ttrpc(Code::Internal, format!("the guest left no valid {name}")))?;
             let bytes = serde_json::to_vec(&exit).map_err(|e| to_ttrpc(Code::Internal, e))?;
             berth_store::write_atomic(&host.join(&name), &bytes)
-                .map_err(|e| to_ttrpc(Code::Internal, format!("record the exit: {e}")))
+                .map_err(|e| to_ttrpc(Code::Internal, format!("record the exit: {e}")))?;
+            Ok(exit)
+        })
+        .map(|exit| {
+            // A lone container's VM has nothing left to run: it goes now,
+            // not at the Delete (a stopped container costs no VM).
+            if req.exec_id.is_empty()
+                && !self.sandbox
+                && let Ok(mut ended) = self.ended.lock()
+            {
+                *ended = Some(exit);
+            }
         })?;
+        if req.exec_id.is_empty() && !self.sandbox {
+            self.power_off().await;
+        }
         Ok(r)
     }
 
     async fn delete(&self, c: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
         self.check(&req.id)?;
-        let r = self.booted()?.task.delete(ctx(Some(c.timeout_nano)), &req).await?;
+        let r = match (self.ended(), req.exec_id.is_empty()) {
+            (Some(exit), true) => {
+                let (exit_status, exited_at) = exit_fields(Some(exit));
+                api::DeleteResponse { exit_status, exited_at, ..Default::default() }
+            }
+            _ => self.booted()?.task.delete(ctx(Some(c.timeout_nano)), &req).await?,
+        };
         if req.exec_id.is_empty() {
             let removed = self.bundles.lock().ok().and_then(|mut b| b.remove(&req.id));
             if let Some((guest, _)) = removed {
@@ -175,18 +214,29 @@ impl Task for VmProxy {
 
     async fn state(&self, c: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
         self.check(&req.id)?;
-        let r = self.booted()?.task.state(ctx(Some(c.timeout_nano)), &req).await?;
         let bundle = self.with_bundle(&req.id, |_, host| Ok(host.to_string_lossy().into_owned()))?;
+        if let (Some(exit), true) = (self.ended(), req.exec_id.is_empty()) {
+            let (exit_status, exited_at) = exit_fields(Some(exit));
+            let status = Status::STOPPED.into();
+            return Ok(api::StateResponse { id: req.id, bundle, status, exit_status, exited_at, ..Default::default() });
+        }
+        let r = self.booted()?.task.state(ctx(Some(c.timeout_nano)), &req).await?;
         Ok(api::StateResponse { pid: 0, bundle, ..r })
     }
 
     async fn kill(&self, c: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<Empty> {
         self.check(&req.id)?;
+        if self.ended().is_some() {
+            return Err(to_ttrpc(Code::NotFound, format!("process of container {} already finished", req.id)));
+        }
         self.booted()?.task.kill(ctx(Some(c.timeout_nano)), &req).await
     }
 
     async fn pids(&self, c: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
         self.check(&req.id)?;
+        if self.ended().is_some() {
+            return Ok(api::PidsResponse::default());
+        }
         self.booted()?.task.pids(ctx(Some(c.timeout_nano)), &req).await
     }
 
