@@ -208,8 +208,25 @@ impl VmProxy {
         let _one = self.powering.lock().await;
         let vm = self.guest.get().and_then(|g| g.vm.lock().ok().and_then(|mut v| v.take()).map(|vm| (g.clone(), vm)));
         if let Some((guest, vm)) = vm {
-            let req = api::ShutdownRequest { id: self.id.clone(), now: true, ..Default::default() };
-            let _ = tokio::time::timeout(POWER_OFF_GRACE, guest.task.shutdown(ctx(None), &req)).await;
+            // The guest's shim shuts down only once it holds nothing: what
+            // it still holds (an exited container, or one a forced
+            // Shutdown leaves) is killed and deleted first.
+            let held: Vec<String> = self.bundles.lock().map(|b| b.keys().cloned().collect()).unwrap_or_default();
+            let goodbye = async {
+                for id in held {
+                    let kill = api::KillRequest {
+                        id: id.clone(),
+                        signal: libc::SIGKILL as u32,
+                        all: true,
+                        ..Default::default()
+                    };
+                    let _ = guest.task.kill(ctx(None), &kill).await;
+                    let _ = guest.task.delete(ctx(None), &api::DeleteRequest { id, ..Default::default() }).await;
+                }
+                let req = api::ShutdownRequest { id: self.id.clone(), now: true, ..Default::default() };
+                let _ = guest.task.shutdown(ctx(None), &req).await;
+            };
+            let _ = tokio::time::timeout(POWER_OFF_GRACE, goodbye).await;
             if !vm.stop(POWER_OFF_GRACE).await {
                 tracing::warn!(id = %self.id, "the guest did not power off: killed");
             }
