@@ -104,32 +104,34 @@ async fn a_container_in_the_guest_runs_on_the_guests_kernel() {
     }
 }
 
+/// Boots `spec`, which must fail; checks that nothing is left and
+/// returns the error.
+async fn failed_boot(spec: &VmSpec) -> String {
+    let mut vm = berth_vm::launch(&Microvm, spec).expect("the processes start");
+    let pids = vm.pids();
+    let err = vm.wait_ready(BOOT).await.unwrap_err().to_string();
+    drop(vm);
+    assert!(pids.iter().all(|p| !alive(*p)), "VM processes left: {pids:?}");
+    assert!(!spec.state.exists(), "state left behind");
+    err
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn a_boot_that_fails_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     // A kernel that is not one: QEMU exits at once.
     let mut bad = spec(&dir, 256);
     bad.assets.kernel = dir.path().join("share");
-    let mut vm = berth_vm::launch(&Microvm, &bad).expect("the processes start");
-    let pids = vm.pids();
-    let err = vm.wait_ready(BOOT).await.unwrap_err().to_string();
+    let err = failed_boot(&bad).await;
     assert!(err.contains("did not boot") && err.contains("qemu exited"), "{err}");
-    drop(vm);
-    assert!(pids.iter().all(|p| !alive(*p)), "VM processes left: {pids:?}");
-    assert!(!bad.state.exists(), "state left behind");
 
     // An initramfs that is not one: the guest kernel panics and QEMU,
     // which does not reboot it, exits.
     let mut panics = spec(&dir, 256);
     panics.assets.initramfs = dir.path().join("garbage");
     std::fs::write(&panics.assets.initramfs, vec![0x5a; 4096]).unwrap();
-    let mut vm = berth_vm::launch(&Microvm, &panics).expect("the processes start");
-    let pids = vm.pids();
-    let err = vm.wait_ready(BOOT).await.unwrap_err().to_string();
+    let err = failed_boot(&panics).await;
     assert!(err.contains("qemu exited") && err.contains("panic"), "{err}");
-    drop(vm);
-    assert!(pids.iter().all(|p| !alive(*p)), "VM processes left: {pids:?}");
-    assert!(!panics.state.exists(), "state left behind");
 
     // Too little memory for the kernel and the initramfs (96 MiB panics
     // unpacking it, 64 does not start): refused before anything starts.

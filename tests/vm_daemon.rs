@@ -220,3 +220,19 @@ fn stale_or_altered_assets_are_refused_and_roll_back() {
     assert_eq!(altered.berth(&["ps", "-a", "--json"]).ok().trim(), "[]");
     assert_nothing_left(&altered);
 }
+
+/// `berthd --shutdown-containers` (SPEC B26): the containers stop, and
+/// with their exits their VMs power off.
+#[test]
+fn shutting_berthd_down_with_its_containers_stops_their_vms() {
+    let d = Daemon::start_with(&["--vm-assets", &assets(), "--shutdown-containers"]);
+    d.berth(&["run", "-d", "--name", "v", "--vm", &rootfs(&d), "sleep", "1000"]).ok();
+    assert!(qemu(&d).is_some(), "{:?}", vm_processes(&d));
+    d.terminate();
+    assert_eq!(qemu(&d), None, "{:?}", vm_processes(&d));
+    d.spawn();
+    let ps: Value = serde_json::from_str(d.berth(&["ps", "-a", "--json"]).ok()).unwrap();
+    assert_eq!(ps[0]["state"], "stopped", "{ps}");
+    d.berth(&["rm", "v"]).ok();
+    assert_nothing_left(&d);
+}
