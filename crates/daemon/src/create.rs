@@ -7,7 +7,6 @@
 //! (SPEC B20, `recovery.rs`).
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -167,19 +166,10 @@ fn check_installed(runtime: &str) -> Result<()> {
     if runtime == "embedded" {
         return Ok(());
     }
-    if on_path(runtime).is_some() {
+    if berth_vm::on_path(runtime).is_some() {
         return Ok(());
     }
     Err(Error::FailedPrecondition(format!("runtime {runtime} is not installed (no {runtime} binary on berthd's PATH)")))
-}
-
-/// The executable file `name` in one of PATH's directories, as berthd and
-/// its shims find a runtime's binary (`system info` reports the same).
-pub(crate) fn on_path(name: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
 }
 
 /// A FIFO for interactive stdin.
@@ -237,9 +227,7 @@ impl Manager {
         let parsed = Runtime::parse(named)?;
         self.check_runtime(&parsed)?;
         let runtime = parsed.name();
-        if runtime == berth_model::VM_RUNTIME {
-            crate::vm::check_create(&mut p)?;
-        }
+        crate::vm::check_create(runtime, &mut p)?;
         check_labels(&p.labels)?;
         self.log_format(&p, &parsed)?;
         if p.auto_remove && p.restart != RestartPolicy::No {

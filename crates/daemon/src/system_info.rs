@@ -66,7 +66,7 @@ fn version_of(binary: &Path, flag: &str) -> (bool, String) {
 }
 
 fn runtime(name: &str, binary: &str, flag: &str) -> pb::RuntimeInfo {
-    match crate::create::on_path(binary) {
+    match berth_vm::on_path(binary) {
         Some(path) => {
             let (available, version) = version_of(&path, flag);
             pb::RuntimeInfo { name: name.into(), path: path.to_string_lossy().into_owned(), version, available }

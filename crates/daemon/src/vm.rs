@@ -56,10 +56,13 @@ impl VmConfig {
     }
 }
 
-/// Refuses what a container in a VM cannot have yet, and gives it no
-/// network of the host's: the guest's own namespace (`none`) is the one
-/// that works until VM networking lands.
-pub fn check_create(p: &mut CreateParams) -> Result<()> {
+/// For a container in a VM (`runtime` is `vm`): refuses what it cannot
+/// have yet, and gives it no network of the host's: the guest's own
+/// namespace (`none`) is the one that works until VM networking lands.
+pub fn check_create(runtime: &str, p: &mut CreateParams) -> Result<()> {
+    if runtime != berth_model::VM_RUNTIME {
+        return Ok(());
+    }
     let refuse =
         |what: &str| Err(Error::FailedPrecondition(format!("{what} is not supported for a container in a VM yet")));
     if p.tty || p.stdin {

@@ -318,7 +318,9 @@ fn last_lines(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join(" | ")
 }
 
-/// Whether `path` is a file that can be executed (for helpful errors).
+/// The executable file `program` in one of PATH's directories, as berthd
+/// and its shims find a runtime's or a VMM's binary (`system info`
+/// reports the same).
 pub fn on_path(program: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|d| d.join(program)).find(|p| is_executable(p))

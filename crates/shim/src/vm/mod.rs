@@ -250,14 +250,11 @@ fn ctx(timeout_nano: Option<i64>) -> ttrpc::context::Context {
 }
 
 /// Cleans up after a dead VM shim (`--cleanup`): its VM and its mount
-/// namespace (with every bind) died with it. Returns the exit recorded in
-/// the host bundle, or else the one the guest recorded, then removes the
-/// VM's directory.
+/// namespace (with every bind, and the share's tmpfs with the guest's own
+/// exit records) died with it. Returns the exit recorded in the host
+/// bundle, then removes the VM's directory.
 pub fn cleanup(runtime_root: &Path, shim_id: &str, bundle: &Path) -> Result<Option<berth_model::ExitStatus>, String> {
-    let id = bundle.file_name().ok_or("the bundle has no name")?;
     let dir = berth_vm::dir_of(runtime_root, shim_id);
-    let guest = dir.join("share").join(id).join("exit.json");
-    let recorded = crate::cleanup::recorded_exit(bundle).or_else(|| guest_spec::guest_exit(&guest));
     guest_spec::remove_vm_dir(&dir).map_err(|e| format!("remove {}: {e}", dir.display()))?;
-    Ok(recorded)
+    Ok(crate::cleanup::recorded_exit(bundle))
 }
