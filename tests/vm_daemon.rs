@@ -9,75 +9,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth_testing::Daemon;
+use berth_testing::vm::{assert_nothing_left, assets, daemon, qemu, release, vm_mounts, vm_processes};
 use serde_json::Value;
-
-fn assets() -> String {
-    berth_testing::vm::assets_dir().display().to_string()
-}
-
-fn daemon() -> Daemon {
-    Daemon::start_with(&["--vm-assets", &assets()])
-}
-
-fn release() -> String {
-    let manifest: Value = serde_json::from_slice(&std::fs::read(format!("{}/assets.json", assets())).unwrap()).unwrap();
-    manifest["kernel_release"].as_str().unwrap().to_string()
-}
-
-/// Processes whose arguments mention the test's directory and are not
-/// berthd (shims, QEMU, vsock backends): pid and arguments.
-fn vm_processes(d: &Daemon) -> Vec<(u32, String)> {
-    let marker = d.dir().to_string_lossy().into_owned();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
-        let args = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if args.contains(&marker) && !args.contains("berthd") {
-            found.push((pid, args));
-        }
-    }
-    found
-}
-
-fn qemu(d: &Daemon) -> Option<u32> {
-    vm_processes(d).into_iter().find(|(_, args)| args.contains("qemu-system")).map(|(pid, _)| pid)
-}
-
-/// Mounts under the test's directory other than pinned namespaces, in
-/// the host's (this test's) mount namespace.
-fn vm_mounts(d: &Daemon) -> Vec<String> {
-    let under = d.dir().to_string_lossy().into_owned();
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| p.starts_with(&under) && p.contains("/runtime/vm/"))
-        .map(String::from)
-        .collect()
-}
-
-/// Waits until nothing of the test's VMs is left.
-fn assert_nothing_left(d: &Daemon) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !(vm_processes(d).is_empty() && vm_mounts(d).is_empty()) {
-        assert!(Instant::now() < deadline, "left: {:?} {:?}\n{}", vm_processes(d), vm_mounts(d), d.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let vm_root = d.state.join("runtime/vm");
-    let left: Vec<_> = walk(&vm_root).into_iter().filter(|p| p.extension().is_some_and(|e| e == "vm")).collect();
-    assert!(left.is_empty(), "VM directories left: {left:?}");
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut all = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        all.push(e.path());
-        if e.file_type().is_ok_and(|t| t.is_dir()) {
-            all.extend(walk(&e.path()));
-        }
-    }
-    all
-}
 
 fn rootfs(d: &Daemon) -> String {
     d.rootfs.to_string_lossy().into_owned()

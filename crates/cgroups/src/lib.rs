@@ -8,7 +8,7 @@ mod oom;
 mod resources;
 mod v1stats;
 
-pub use oom::OomWatch;
+pub use oom::{OomWatch, oom_kills_in};
 
 pub use resources::{
     BlkioEntry, ContainerStats, CpuStats, HugetlbEntry, Limits, MemoryStats, PidsStats, ResourceError, parse_cpu_list,

@@ -29,6 +29,16 @@ fn oom_kills(events: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// How many OOM kills the kernel counted in the container's memory cgroup
+/// so far (0 if it has none, or is gone).
+pub fn oom_kills_in(h: &Hierarchies, cgroup: &str) -> u64 {
+    h.memory_dirs(cgroup)
+        .iter()
+        .flat_map(|d| [d.join("memory.oom_control"), d.join("memory.events")])
+        .find(|f| f.is_file())
+        .map_or(0, |f| oom_kills(&f))
+}
+
 fn owned(fd: i32) -> io::Result<OwnedFd> {
     if fd < 0 {
         return Err(io::Error::last_os_error());

@@ -78,7 +78,12 @@ pub fn container_json(c: &pb::Container) -> Value {
         "log_path": c.log_path,
         "log_max_size": c.log_max_size,
         "log_max_files": c.log_max_files,
+        "vm": c.vm.as_ref().map(vm_json),
     })
+}
+
+pub fn vm_json(v: &pb::VmInfo) -> Value {
+    json!({ "accel": v.accel, "cpus": v.cpus, "memory_mib": v.memory_mib })
 }
 
 pub fn attachment_json(n: &pb::NetworkAttachment) -> Value {
@@ -212,7 +217,7 @@ pub fn inspect_text(c: &pb::Container) -> String {
     let mut labels: Vec<String> = c.labels.iter().map(|(k, v)| format!("{}={}", escape(k), escape(v))).collect();
     labels.sort();
     format!(
-        "ID:         {}\nNamespace:  {}\nState:      {}\nPid:        {}\nExit:       {exit}\nOOMKilled:  {}\nRestart:    {} (restarted {} times)\nRuntime:    {}\nCommand:    {}\nImage:      {}\nRootfs:     {}\nBundle:     {}\nCgroup:     {}\nShim pid:   {}\nSandbox:    {}\nRestored:   {}\nCreated:    {}\nLabels:     {}\n{}",
+        "ID:         {}\nNamespace:  {}\nState:      {}\nPid:        {}\nExit:       {exit}\nOOMKilled:  {}\nRestart:    {} (restarted {} times)\nRuntime:    {}\nCommand:    {}\nImage:      {}\nRootfs:     {}\nBundle:     {}\nCgroup:     {}\nShim pid:   {}\nSandbox:    {}\nRestored:   {}\nCreated:    {}\nLabels:     {}\n{}{}",
         escape(&c.id),
         escape(&c.namespace),
         escape(&c.state),
@@ -232,6 +237,9 @@ pub fn inspect_text(c: &pb::Container) -> String {
         age(c.created_at_ns),
         labels.join(", "),
         network_text(c),
+        c.vm.as_ref()
+            .map(|v| format!("VM:         {} vCPUs, {} MiB, {}\n", v.cpus, v.memory_mib, v.accel))
+            .unwrap_or_default(),
     )
 }
 

@@ -36,6 +36,16 @@ pub enum SandboxCommand {
         /// or host.
         #[arg(long)]
         ipc: Option<String>,
+        /// Run its containers in one VM, on the guest's kernel (the
+        /// runtime `vm`; docs/vm.md).
+        #[arg(long, conflicts_with = "runtime")]
+        vm: bool,
+        /// With --vm: the VM's vCPUs [default: 1].
+        #[arg(long, requires = "vm")]
+        cpus: Option<u32>,
+        /// With --vm: the VM's memory, e.g. 512m [default: 256m; at least 128m].
+        #[arg(long, requires = "vm")]
+        memory: Option<String>,
     },
     /// List the sandboxes of the namespace (-n).
     #[command(alias = "list")]
@@ -74,6 +84,7 @@ fn sandbox_json(s: &pb::Sandbox) -> serde_json::Value {
         "containers": s.containers,
         "pid": s.pid,
         "ipc": s.ipc,
+        "vm": s.vm.as_ref().map(output::vm_json),
     })
 }
 
@@ -83,17 +94,23 @@ fn sref(c: &Client, id: String) -> pb::SandboxRef {
 
 pub async fn run(c: &mut Client, cmd: SandboxCommand) -> Result<i32, Failure> {
     match cmd {
-        SandboxCommand::Create { name, runtime, labels, network, publish, pid, ipc } => {
+        SandboxCommand::Create { name, runtime, labels, network, publish, pid, ipc, vm, cpus, memory } => {
             let labels = crate::commands::parse_labels(labels)?;
+            let memory = match memory.as_deref().map(crate::limits::parse_size).transpose()? {
+                Some(m) if m <= 0 => return Err(Failure::new(format!("invalid --memory {m}"))),
+                m => m.unwrap_or(0) as u64,
+            };
             let req = pb::SandboxCreateRequest {
                 namespace: c.namespace.clone(),
                 id: name.unwrap_or_default(),
-                runtime: runtime.unwrap_or_default(),
+                runtime: if vm { berth_model::VM_RUNTIME.into() } else { runtime.unwrap_or_default() },
                 labels,
                 network: network.unwrap_or_default(),
                 publish,
                 pid: pid.unwrap_or_default(),
                 ipc: ipc.unwrap_or_default(),
+                cpus: cpus.unwrap_or(0),
+                memory,
             };
             let s = c.sandboxes.create(req).await?.into_inner();
             println!("{}", s.id);

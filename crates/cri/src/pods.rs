@@ -182,6 +182,7 @@ impl<B: Backend> Cri<B> {
             publish,
             pid: pid.into(),
             ipc: ipc.into(),
+            ..Default::default()
         };
         let sb = Sandboxes::create(&*self.b, req(create)).await?.into_inner();
         Ok(cri::RunPodSandboxResponse { pod_sandbox_id: sb.id })

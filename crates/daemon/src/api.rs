@@ -114,7 +114,12 @@ pub(crate) fn container_pb(r: ContainerRecord) -> pb::Container {
         log_path: if r.cri_log { r.stdout.to_string_lossy().into_owned() } else { String::new() },
         log_max_size: r.log_rotation.map_or(0, |l| l.max_size),
         log_max_files: r.log_rotation.map_or(0, |l| l.max_files),
+        vm: r.vm.map(vm_pb),
     }
+}
+
+pub(crate) fn vm_pb(v: berth_model::vm::VmInfo) -> pb::VmInfo {
+    pb::VmInfo { accel: v.accel, cpus: v.cpus, memory_mib: v.memory_mib }
 }
 
 /// A terminal size, if both sides are given and plausible.

@@ -438,7 +438,7 @@ impl Manager {
         let (client, pid) = self.spawn_task(ns, id, runtime, &bundle, placed, &io, done).await?;
         crash_point("runtime create");
         let t = std::time::Instant::now();
-
+        let vm = self.cfg.vm.own_vm(runtime, p.sandbox.is_some(), &bundle);
         let rec = ContainerRecord {
             namespace: ns.clone(),
             id: id.clone(),
@@ -470,6 +470,7 @@ impl Manager {
             network: attachment,
             sandbox: p.sandbox.clone(),
             restored_from: p.restore.as_ref().map(|r| r.origin.clone()).unwrap_or_default(),
+            vm,
             cri_log: log != LogFormat::Plain,
             log_rotation: match log {
                 LogFormat::Berth(r) => Some(r),
@@ -542,7 +543,10 @@ impl Manager {
     /// child (`rec.pid`).
     pub(crate) fn watch(self: &Arc<Self>, key: Key, entry: Arc<Entry>, rec: &ContainerRecord) {
         self.insert_entry(key.clone(), entry.clone());
-        self.spawn_oom_watch(key.clone(), entry.clone(), rec.cgroup.clone());
+        // A VM's cgroups are the guest's: its shim counts OOM kills.
+        if rec.runtime != berth_model::VM_RUNTIME {
+            self.spawn_oom_watch(key.clone(), entry.clone(), rec.cgroup.clone());
+        }
         let init = match rec.exit.is_none() && !entry.shim.shared {
             true => crate::shim::child_pidfd(rec.pid, entry.shim.pid),
             false => None,

@@ -15,6 +15,10 @@ use tokio::sync::oneshot;
 use crate::events::{Kind, event};
 use crate::manager::{Entry, Key, Manager, lock};
 
+/// The most OOM kills one exit publishes as events (a count from a guest
+/// is the guest's word).
+const MAX_RECORDED: u64 = 100;
+
 /// A request for the watcher's last count; answered when it is published.
 pub type Drain = oneshot::Sender<oneshot::Sender<()>>;
 
@@ -83,9 +87,18 @@ impl Manager {
         }
     }
 
-    /// At exit: has the OOM watcher publish its last count and stop.
-    pub(crate) async fn drain_oom(&self, entry: &Entry) {
-        let Some(drain) = lock(&entry.oom_drain).take() else { return };
+    /// At exit: has the OOM watcher publish its last count and stop. A
+    /// container with no watcher (one in a VM, whose cgroup is the
+    /// guest's) has the count its shim recorded in the bundle published.
+    pub(crate) async fn drain_oom(&self, ns: &Namespace, id: &ContainerId, entry: &Entry) {
+        let Some(drain) = lock(&entry.oom_drain).take() else {
+            let file = self.cfg.bundle_dir(ns, id).join(berth_model::vm::OOM_KILLS_FILE);
+            if let Some(n) = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
+                let _ = std::fs::remove_file(&file);
+                self.record_oom(ns, id, n.min(MAX_RECORDED));
+            }
+            return;
+        };
         let (reply, done) = oneshot::channel();
         if drain.send(reply).is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(1), done).await;

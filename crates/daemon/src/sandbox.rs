@@ -34,6 +34,9 @@ pub struct SandboxParams {
     /// Whose PID and IPC namespaces its containers are in (`sandbox_ns.rs`).
     pub pid: NsShare,
     pub ipc: NsShare,
+    /// A VM sandbox's vCPUs and memory in bytes (0: the defaults).
+    pub cpus: u32,
+    pub memory: u64,
 }
 
 /// The live side of sandboxes: connected shims and who is busy with which.
@@ -108,14 +111,9 @@ impl Manager {
         Ok(recs.into_iter().filter(|r| r.sandbox.as_ref() == Some(id)).map(|r| r.id).collect())
     }
 
-    pub async fn sandbox_create(self: &Arc<Self>, p: SandboxParams) -> Result<SandboxRecord> {
+    pub async fn sandbox_create(self: &Arc<Self>, mut p: SandboxParams) -> Result<SandboxRecord> {
         let named = if p.runtime.is_empty() { &self.cfg.default_runtime } else { &p.runtime };
         let runtime = match Runtime::parse(named)? {
-            Runtime::Builtin(berth_model::VM_RUNTIME) => {
-                return Err(Error::FailedPrecondition(
-                    "a sandbox of several containers in one VM is not built yet; run a container in a VM of its own with --vm".into(),
-                ));
-            }
             Runtime::Builtin(name) => name,
             Runtime::Shim { .. } => {
                 return Err(Error::InvalidArgument(format!(
@@ -124,6 +122,7 @@ impl Manager {
             }
         };
         self.check_runtime(&Runtime::Builtin(runtime))?;
+        let vm = crate::vm::sandbox_vm(&self.cfg.vm, runtime, &mut p)?;
         crate::create::check_labels(&p.labels)?;
         let id = match p.id {
             Some(id) => id,
@@ -147,6 +146,7 @@ impl Manager {
             network: None,
             pid: p.pid,
             ipc: p.ipc,
+            vm,
         };
         self.store.put_sandbox(&rec)?;
         crash_point("sandbox record");
@@ -193,10 +193,13 @@ impl Manager {
     /// sandbox shares one) and records where the shim is (not its state).
     /// A shim whose namespace cannot be pinned is ended.
     async fn spawn_sandbox_shim(&self, rec: &mut SandboxRecord) -> Result<ShimClient> {
-        let args = ShimArgs {
+        let mut args = ShimArgs {
             pid_init: rec.pid == NsShare::Pod,
             ..self.sandbox_shim_args(&rec.namespace, &rec.id, &rec.runtime)
         };
+        if let Some(vm) = &rec.vm {
+            args.extra.extend(crate::vm::size_flags(vm));
+        }
         let dir = self.cfg.sandbox_dir(&rec.namespace, &rec.id);
         let mut client = shim::spawn(&args, &rec.shim.socket, &dir).await.map_err(|e| e.at("shim"))?;
         client.shared = true;

@@ -29,6 +29,7 @@ impl Api {
             containers: containers.into_iter().map(String::from).collect(),
             pid: r.pid.as_str().into(),
             ipc: r.ipc.as_str().into(),
+            vm: r.vm.map(crate::api::vm_pb),
         })
     }
 }
@@ -45,6 +46,8 @@ impl pb::sandboxes_server::Sandboxes for Api {
             net: crate::network::NetOptions { mode: r.network, publish: r.publish, ..Default::default() },
             pid: NsShare::parse(&r.pid, "pid", NsShare::Container).map_err(|e| status(e.into()))?,
             ipc: NsShare::parse(&r.ipc, "ipc", NsShare::Pod).map_err(|e| status(e.into()))?,
+            cpus: r.cpus,
+            memory: r.memory,
         };
         let rec = self.mgr.sandbox_create(params).await.map_err(status)?;
         Ok(Response::new(self.sandbox_pb(rec)?))

@@ -4,12 +4,18 @@
 //! VM cannot ask for yet. The VM itself is the shim's (crates/shim/src/vm).
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use berth_model::vm::VmInfo;
 
 use berth_vm::{Accel, AccelChoice};
 
+use berth_model::NsShare;
+
 use crate::create::CreateParams;
 use crate::error::{Error, Result};
+use crate::network::NetOptions;
+use crate::sandbox::SandboxParams;
 
 #[derive(Debug, Clone)]
 pub struct VmConfig {
@@ -56,31 +62,88 @@ impl VmConfig {
     }
 }
 
+impl VmConfig {
+    /// The VM a new container of `runtime` gets to itself (none in a
+    /// sandbox, or for another runtime): sized as its shim sizes it, from
+    /// the limits in its bundle.
+    pub fn own_vm(&self, runtime: &str, in_sandbox: bool, bundle: &Path) -> Option<VmInfo> {
+        if runtime != berth_model::VM_RUNTIME || in_sandbox {
+            return None;
+        }
+        let (cpus, memory_mib) = berth_vm::size_of_bundle(bundle);
+        Some(VmInfo { accel: self.accel.as_str().into(), cpus, memory_mib })
+    }
+}
+
 /// For a container in a VM (`runtime` is `vm`): refuses what it cannot
-/// have yet, and gives it no network of the host's: the guest's own
-/// namespace (`none`) is the one that works until VM networking lands.
+/// have yet, and gives a container of its own VM no network of the host's:
+/// the guest's own namespace (`none`) is the one that works until VM
+/// networking lands. A container joining a VM sandbox shares the
+/// sandbox's, checked when the sandbox was made.
 pub fn check_create(runtime: &str, p: &mut CreateParams) -> Result<()> {
     if runtime != berth_model::VM_RUNTIME {
         return Ok(());
     }
-    let refuse =
-        |what: &str| Err(Error::FailedPrecondition(format!("{what} is not supported for a container in a VM yet")));
     if p.tty || p.stdin {
-        return refuse("a terminal or interactive stdin");
+        return Err(unsupported("a terminal or interactive stdin"));
     }
     if p.restore.is_some() {
-        return refuse("a restore");
-    }
-    if p.sandbox.is_some() {
-        return refuse("joining a sandbox");
+        return Err(unsupported("a restore"));
     }
     // Its directory would be shared with the guest.
     if p.log_path.is_some() {
-        return refuse("a log path of the caller's");
+        return Err(unsupported("a log path of the caller's"));
     }
-    if !p.net.publish.is_empty() || !matches!(p.net.mode.as_str(), "" | "none") {
-        return refuse("a network other than none");
+    if p.sandbox.is_none() {
+        no_network(&mut p.net)?;
     }
-    p.net.mode = "none".into();
     Ok(())
+}
+
+fn unsupported(what: &str) -> Error {
+    Error::FailedPrecondition(format!("{what} is not supported for a container in a VM yet"))
+}
+
+fn no_network(net: &mut NetOptions) -> Result<()> {
+    if !net.publish.is_empty() || !matches!(net.mode.as_str(), "" | "none") {
+        return Err(unsupported("a network other than none"));
+    }
+    net.mode = "none".into();
+    Ok(())
+}
+
+/// For a new sandbox of `runtime`: the VM it gets (runtime `vm`), sized
+/// from `--cpus` and `--memory` (bytes; 0 for the defaults), with the
+/// namespaces a VM can give its containers: no network of the host's
+/// (`none`), each container its own PID and IPC namespace in the guest.
+/// A size for a sandbox of another runtime is refused.
+pub fn sandbox_vm(cfg: &VmConfig, runtime: &str, p: &mut SandboxParams) -> Result<Option<VmInfo>> {
+    if runtime != berth_model::VM_RUNTIME {
+        if p.cpus != 0 || p.memory != 0 {
+            return Err(Error::InvalidArgument("--cpus and --memory size the VM of a VM sandbox (--vm) only".into()));
+        }
+        return Ok(None);
+    }
+    cfg.check_installed()?;
+    if p.cpus > berth_vm::MAX_CPUS {
+        return Err(Error::InvalidArgument(format!("a VM has 1 to {} vCPUs, not {}", berth_vm::MAX_CPUS, p.cpus)));
+    }
+    if p.pid == NsShare::Pod {
+        return Err(Error::FailedPrecondition(
+            "a PID namespace shared by the containers of a VM sandbox is not supported yet".into(),
+        ));
+    }
+    no_network(&mut p.net)?;
+    p.pid = NsShare::Container;
+    p.ipc = NsShare::Container;
+    let memory_mib = match p.memory {
+        0 => berth_vm::DEFAULT_MEMORY_MIB,
+        bytes => berth_vm::memory_mib(bytes),
+    };
+    Ok(Some(VmInfo { accel: cfg.accel.as_str().into(), cpus: p.cpus.max(1), memory_mib }))
+}
+
+/// The flags that size a sandbox's VM, for its shim.
+pub fn size_flags(vm: &VmInfo) -> Vec<OsString> {
+    vec!["--vm-cpus".into(), vm.cpus.to_string().into(), "--vm-memory".into(), vm.memory_mib.to_string().into()]
 }

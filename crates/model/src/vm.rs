@@ -23,6 +23,12 @@ pub const CMDLINE_LOG: &str = "berth.log";
 /// end of the guest's boot in the VM start breakdown.
 pub const READY_LINE: &str = "berth-agent: ready";
 
+/// The file a guest's shim writes in a container's bundle when init exits
+/// after OOM kills in its cgroup (their count), before the exit is
+/// answered; the host's shim copies it to the host bundle, where berthd
+/// reads it at the exit (SPEC B15).
+pub const OOM_KILLS_FILE: &str = "oom-kills";
+
 /// The value of `key` on a kernel command line (`key=value` words).
 pub fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
     cmdline.split_ascii_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
@@ -39,4 +45,13 @@ mod tests {
         assert_eq!(cmdline_value(line, CMDLINE_LOG), None);
         assert_eq!(cmdline_value("berth.id", CMDLINE_ID), None);
     }
+}
+
+/// The VM a container or a sandbox runs in (runtime `vm`): the
+/// accelerator berthd gave it (`kvm` or `tcg`) and its size.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct VmInfo {
+    pub accel: String,
+    pub cpus: u32,
+    pub memory_mib: u64,
 }

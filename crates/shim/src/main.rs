@@ -189,7 +189,7 @@ fn main() {
 }
 
 async fn serve(args: Args, pod_init: Option<podinit::PodInit>) -> Result<(), String> {
-    let (listener, socket) = listener(&args)?;
+    let (listener, socket, guest) = listener(&args)?;
     let runtime = berth_runtime::open(&args.runtime, &args.runtime_root).map_err(|e| e.to_string())?;
     // The shim stays single-threaded, so runtime work can run in forked helpers.
     // It forks a helper per call and awaits its answer.
@@ -197,6 +197,7 @@ async fn serve(args: Args, pod_init: Option<podinit::PodInit>) -> Result<(), Str
     let events = args.ttrpc_address.as_deref().map(|a| Arc::new(events::Publisher::spawn(a, args.namespace.clone())));
     let mut shim = tasks::Shim::new(args.namespace, args.id, args.sandbox, socket.clone(), runtime, events.clone());
     shim.pod_init = pod_init.as_ref().map(|p| p.pid);
+    shim.guest = guest;
     let shim = Arc::new(shim);
     if let Some(init) = pod_init {
         podinit::watch(init, shim.clone()).map_err(|e| format!("watch the pod's init: {e}"))?;
@@ -219,7 +220,7 @@ async fn serve(args: Args, pod_init: Option<podinit::PodInit>) -> Result<(), Str
 
 /// Serves the containers of a VM (`--runtime vm`, see `vm/mod.rs`).
 async fn serve_vm(args: Args) -> Result<(), String> {
-    let (listener, _) = listener(&args)?;
+    let (listener, _, _) = listener(&args)?;
     let accel = match args.vm_accel.as_deref() {
         Some("kvm") => berth_vm::Accel::Kvm,
         Some("tcg") => berth_vm::Accel::Tcg,
@@ -243,9 +244,10 @@ async fn serve_vm(args: Args) -> Result<(), String> {
 }
 
 /// The listener berthd (a unix socket) or the guest agent (vsock, docs/vm.md)
-/// passes as LISTEN_FD, and the path the shim's terminal sockets are named
-/// after: the unix socket's own, or one in the runtime root.
-fn listener(args: &Args) -> Result<(Listener, PathBuf), String> {
+/// passes as LISTEN_FD, the path the shim's terminal sockets are named
+/// after (the unix socket's own, or one in the runtime root), and whether
+/// this shim is a VM guest's (vsock).
+fn listener(args: &Args) -> Result<(Listener, PathBuf, bool), String> {
     // Inherited without close-on-exec: no runtime helper or container
     // process may keep the shim's listener.
     nix::fcntl::fcntl(LISTEN_FD, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
@@ -260,7 +262,7 @@ fn listener(args: &Args) -> Result<(Listener, PathBuf), String> {
         // LISTEN_FD and nothing else in this process owns that descriptor.
         let listener =
             unsafe { Listener::from_raw_vsock_listener_fd(LISTEN_FD) }.map_err(|e| format!("listener: {e}"))?;
-        return Ok((listener, args.runtime_root.join("shim.sock")));
+        return Ok((listener, args.runtime_root.join("shim.sock"), true));
     }
     // SAFETY: berthd passes a bound, listening unix socket as LISTEN_FD and
     // nothing else in this process owns that descriptor.
@@ -272,7 +274,7 @@ fn listener(args: &Args) -> Result<(Listener, PathBuf), String> {
         .and_then(|a| a.as_pathname().map(PathBuf::from))
         .ok_or("listener on fd 3 has no path")?;
     let listener = tokio::net::UnixListener::from_std(std_listener).map_err(|e| format!("listener: {e}"))?;
-    Ok((Listener::from(listener), socket))
+    Ok((Listener::from(listener), socket, false))
 }
 
 /// The Task service under both names it is called by.

@@ -87,12 +87,27 @@ impl Shim {
         let cgroup = cgroup_of(bundle);
         let (leftover_cgroup, hierarchies) = (cgroup.clone(), self.cgroups.clone());
         let published = self.exit_event(&req.id, "", pid, self.watch_oom(&req.id, cgroup.as_deref()));
+        let oom_file = self.guest.then(|| bundle.join(berth_model::vm::OOM_KILLS_FILE));
         let exit = process::watch(pid, bundle.join("exit.json"), self.tracked.clone(), drained, move |status| {
             kill_leftovers(hierarchies.as_ref(), leftover_cgroup.as_deref());
+            if let (Some(file), Some(h), Some(cg)) = (oom_file, &hierarchies, &leftover_cgroup) {
+                count_oom_kills(h, cg, &file);
+            }
             published(status);
         });
         let exit = exit.map_err(|e| internal(format!("watch init {pid}: {e}")))?;
         Ok((pty, cgroup, exit))
+    }
+}
+
+/// In a guest: writes the OOM kills of an exited init's cgroup to `file`
+/// (none: no file) for the host's shim.
+fn count_oom_kills(h: &berth_cgroups::Hierarchies, cgroup: &str, file: &Path) {
+    let kills = berth_cgroups::oom_kills_in(h, cgroup);
+    if kills > 0
+        && let Err(e) = berth_store::write_atomic(file, kills.to_string().as_bytes())
+    {
+        tracing::warn!("record {kills} OOM kills in {}: {e}", file.display());
     }
 }
 

@@ -61,6 +61,9 @@ pub struct Shim {
     /// The init of the sandbox's shared PID namespace (`podinit.rs`); its
     /// pid is the sandbox's task pid in Connect.
     pub(crate) pod_init: Option<u32>,
+    /// A VM guest's shim (it listens on vsock): an init's OOM kills are
+    /// counted in its bundle at its exit (`berth_model::vm::OOM_KILLS_FILE`).
+    pub(crate) guest: bool,
     /// The shim's own socket: terminal sockets are named after it.
     pub(crate) socket: PathBuf,
     /// The host's cgroup mounts, read once.
@@ -117,6 +120,7 @@ impl Shim {
             id,
             sandbox,
             pod_init: None,
+            guest: false,
             socket,
             cgroups: Hierarchies::detect().ok(),
             runtime,

@@ -128,6 +128,9 @@ pub struct ContainerRecord {
     /// The checkpoint it was restored from (`NS/ID/NAME` or an archive).
     #[serde(default)]
     pub restored_from: String,
+    /// Its VM, for a container in a VM of its own (runtime `vm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<berth_model::vm::VmInfo>,
 }
 
 /// A create in progress, written before anything is allocated and removed
@@ -373,6 +376,7 @@ mod tests {
             network: None,
             sandbox: None,
             restored_from: String::new(),
+            vm: None,
             cri_log: false,
             log_rotation: None,
         }

@@ -33,6 +33,9 @@ pub struct SandboxRecord {
     pub pid: NsShare,
     #[serde(default)]
     pub ipc: NsShare,
+    /// Its VM, for a sandbox whose containers run in one (runtime `vm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<berth_model::vm::VmInfo>,
 }
 
 fn key(ns: &Namespace, id: &SandboxId) -> String {
@@ -99,6 +102,7 @@ mod tests {
             network: None,
             pid: NsShare::Pod,
             ipc: NsShare::Host,
+            vm: None,
         }
     }
 

@@ -112,6 +112,35 @@ pub fn memory_mib(bytes: u64) -> u64 {
     bytes.div_ceil(1 << 20).max(MIN_MEMORY_MIB)
 }
 
+/// Guest memory beyond a container's limit: kernel, agent and page cache.
+pub const GUEST_OVERHEAD_MIB: u64 = 64;
+
+/// The size of a VM of its own for a container's limits: vCPUs its CPU
+/// quota rounded up (1 without one), memory its limit plus the guest's
+/// overhead (`DEFAULT_MEMORY_MIB` without one).
+pub fn size_for(cpu_quota: Option<i64>, cpu_period: Option<i64>, memory_limit: Option<i64>) -> (u32, u64) {
+    let cpus = match (cpu_quota, cpu_period) {
+        (Some(q), Some(p)) if q > 0 && p > 0 => (q as u64).div_ceil(p as u64).clamp(1, MAX_CPUS as u64) as u32,
+        _ => 1,
+    };
+    let memory = match memory_limit {
+        Some(limit) if limit > 0 => memory_mib(limit as u64) + GUEST_OVERHEAD_MIB,
+        _ => DEFAULT_MEMORY_MIB,
+    };
+    (cpus, memory)
+}
+
+/// [`size_for`] the limits in a bundle's config.json (the defaults if it
+/// cannot be read).
+pub fn size_of_bundle(bundle: &Path) -> (u32, u64) {
+    let spec: serde_json::Value = std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let get = |k: &str| spec.pointer(&format!("/linux/resources/{k}")).and_then(serde_json::Value::as_i64);
+    size_for(get("cpu/quota"), get("cpu/period"), get("memory/limit"))
+}
+
 /// A helper process a VMM needs, and the socket it serves once ready.
 pub struct Helper {
     pub name: &'static str,
@@ -341,6 +370,10 @@ mod tests {
         assert_eq!(memory_mib(300 << 20), 300);
         assert_eq!(memory_mib(100 << 20), MIN_MEMORY_MIB);
         assert_eq!(memory_mib((300 << 20) + 1), 301);
+        assert_eq!(size_for(None, None, None), (1, DEFAULT_MEMORY_MIB));
+        assert_eq!(size_for(Some(150_000), Some(100_000), Some(200 << 20)), (2, 200 + GUEST_OVERHEAD_MIB));
+        assert_eq!(size_for(Some(-1), Some(100_000), Some(-1)), (1, DEFAULT_MEMORY_MIB));
+        assert_eq!(size_for(Some(i64::MAX), Some(1), Some(1)), (MAX_CPUS, MIN_MEMORY_MIB + GUEST_OVERHEAD_MIB));
     }
 
     #[test]

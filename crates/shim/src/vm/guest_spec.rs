@@ -8,20 +8,25 @@
 //! labels.
 //!
 //! The guest is not trusted with the share: it can rename, replace and
-//! link anything in it. So the binds exist only in the VM shim's own mount
-//! namespace ([`private_mounts`]; QEMU serves the share from there): they
-//! vanish with the shim, whatever kills it, and an unmount the guest
-//! misdirects through a symlink only ever touches that namespace. The
-//! share itself is a small tmpfs there. Bind mounts the spec makes
-//! read-only are read-only for the guest too; all are nodev and nosuid. Files are
-//! removed only once the VM is dead, with `remove_dir_all`, which does not
-//! follow symlinks, after every mount under the directory is gone.
+//! link anything in it, also while the host prepares a second container
+//! of a running VM. So every file in the share is reached through a held
+//! directory descriptor, one name at a time (`share.rs`), and the binds
+//! exist only in the VM shim's own mount namespace ([`private_mounts`];
+//! QEMU serves the share from there): they vanish with the shim, whatever
+//! kills it, and an unmount the guest misdirects through a symlink only
+//! ever touches that namespace. The share itself is a small tmpfs there.
+//! Bind mounts the spec makes read-only are read-only for the guest too;
+//! all are nodev and nosuid. A deleted container's files go at once, by a
+//! removal that stays on the share's file system; the rest goes once the
+//! VM is dead, after every mount under its directory is gone.
 
 use std::path::{Path, PathBuf};
 
 use berth_model::ExitStatus;
 use berth_model::vm::GUEST_SHARE;
 use berth_shim::crilog::{self, parse_target};
+
+use super::share::ShareDir;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use serde_json::Value;
 
@@ -34,8 +39,10 @@ const SHARE_TMPFS: &str = "size=8m,nr_inodes=4096,mode=0755";
 
 /// The guest's view of one container.
 pub struct GuestBundle {
-    /// `SHARE/ID` on the host.
+    /// `SHARE/ID` on the host, as it was named when made (for unmounting).
     pub dir: PathBuf,
+    /// That directory, held open: every file in it is reached through it.
+    pub files: ShareDir,
     /// The same directory in the guest.
     pub guest_dir: String,
     /// The host log directory bound at `dir/logs`, if any.
@@ -43,22 +50,28 @@ pub struct GuestBundle {
 }
 
 impl GuestBundle {
-    /// Prepares `SHARE/ID` for the bundle at `bundle` whose output goes to
-    /// `stdout` and `stderr` (log targets or paths). On error nothing is
-    /// left mounted or made.
-    pub fn prepare(share: &Path, id: &str, bundle: &Path, stdout: &str, stderr: &str) -> Result<Self, Refusal> {
-        let dir = share.join(id);
-        let guest_dir = format!("{GUEST_SHARE}/{id}");
+    /// Prepares `SHARE/ID` (`share` is the share, at `share_path`) for the
+    /// bundle at `bundle` whose output goes to `stdout` and `stderr` (log
+    /// targets or paths). On error nothing is left mounted; the directory
+    /// may stay, for [`ShareDir::remove`].
+    pub fn prepare(
+        share: &ShareDir,
+        share_path: &Path,
+        id: &str,
+        bundle: &Path,
+        outputs: [&str; 2],
+    ) -> Result<Self, Refusal> {
         let text = std::fs::read(bundle.join("config.json")).map_err(|e| format!("read config.json: {e}"))?;
         let mut spec: Value = serde_json::from_slice(&text).map_err(|e| format!("config.json: {e}"))?;
-        let logs =
-            [stdout, stderr].iter().filter(|s| !s.is_empty()).map(|s| log_dir(s)).collect::<Result<Vec<_>, _>>()?;
+        let logs = outputs.iter().filter(|s| !s.is_empty()).map(|s| log_dir(s)).collect::<Result<Vec<_>, _>>()?;
         if logs.windows(2).any(|w| w[0] != w[1]) {
             return Err("stdout and stderr must be in one directory in a VM".into());
         }
         refuse_host_only(&spec)?;
-        std::fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-        let mut g = GuestBundle { dir, guest_dir, logs: logs.first().cloned() };
+        let files = share.make_dir(id).map_err(|e| format!("create {id} in the share: {e}"))?;
+        let dir = share_path.join(id);
+        let guest_dir = format!("{GUEST_SHARE}/{id}");
+        let mut g = GuestBundle { dir, files, guest_dir, logs: logs.first().cloned() };
         if let Err(e) = g.bind_all(&mut spec, bundle) {
             unmount_under(&g.dir);
             return Err(e);
@@ -71,10 +84,10 @@ impl GuestBundle {
         // Writable for the guest even when the spec's root is read-only:
         // its runtime makes the mount points first, then makes it
         // read-only inside the container (as runc does on a host).
-        bind(&bundle.join(root), &self.dir.join("rootfs"), false)?;
+        self.files.bind("rootfs", &bundle.join(root), false)?;
         spec["root"]["path"] = Value::from(format!("{}/rootfs", self.guest_dir));
         if let Some(logs) = &self.logs {
-            bind(logs, &self.dir.join("logs"), false)?;
+            self.files.bind("logs", logs, false)?;
         }
         if let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) {
             for (n, m) in mounts.iter_mut().enumerate() {
@@ -85,7 +98,7 @@ impl GuestBundle {
                 let Some(source) = m.get("source").and_then(Value::as_str).filter(|_| binds) else { continue };
                 let readonly = m.get("options").and_then(Value::as_array).is_some_and(|o| o.iter().any(|o| o == "ro"));
                 let name = format!("m{n}");
-                bind(Path::new(source), &self.dir.join(&name), readonly)?;
+                self.files.bind(&name, Path::new(source), readonly)?;
                 m["source"] = Value::from(format!("{}/{name}", self.guest_dir));
             }
         }
@@ -102,7 +115,20 @@ impl GuestBundle {
             linux.remove("mountLabel");
         }
         let json = serde_json::to_vec(spec).map_err(|e| format!("encode the guest's config.json: {e}"))?;
-        std::fs::write(self.dir.join("config.json"), json).map_err(|e| format!("write the guest's config.json: {e}"))
+        self.files.write_new("config.json", &json).map_err(|e| format!("write the guest's config.json: {e}"))
+    }
+
+    /// The exit record the guest wrote as `name` in this directory, read as
+    /// an untrusted file (`ShareDir::read_small`): at most 4 KiB of JSON.
+    pub fn guest_exit(&self, name: &str) -> Option<ExitStatus> {
+        serde_json::from_slice(&self.files.read_small(name, 4096)?).ok()
+    }
+
+    /// The OOM kills the guest counted at init's exit, if any (a number
+    /// of at most 20 digits; anything else counts as none).
+    pub fn guest_oom_kills(&self) -> Option<u64> {
+        let bytes = self.files.read_small(berth_model::vm::OOM_KILLS_FILE, 20)?;
+        std::str::from_utf8(&bytes).ok()?.trim().parse().ok().filter(|n| *n > 0)
     }
 
     /// A log target or path of this container as the guest sees it: its
@@ -150,24 +176,6 @@ fn refuse_host_only(spec: &Value) -> Result<(), Refusal> {
         return Err("hooks run host programs; a container in a VM cannot have them".into());
     }
     Ok(())
-}
-
-/// Bind-mounts `source` (a directory or a file) on a new mount point
-/// `at`: nodev, nosuid, read-only if asked, propagating nowhere. Not
-/// recursive: what is mounted below `source` stays out of the guest's
-/// reach (and out of reach of those flags).
-fn bind(source: &Path, at: &Path, readonly: bool) -> Result<(), Refusal> {
-    let meta = std::fs::metadata(source).map_err(|e| format!("{}: {e}", source.display()))?;
-    let made = if meta.is_dir() { std::fs::create_dir(at) } else { std::fs::File::create(at).map(drop) };
-    made.map_err(|e| format!("create {}: {e}", at.display()))?;
-    let failed = |e: nix::Error| format!("bind {} for the guest: {e}", source.display());
-    mount(Some(source), at, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(failed)?;
-    mount(None::<&str>, at, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>).map_err(failed)?;
-    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
-    if readonly {
-        flags |= MsFlags::MS_RDONLY;
-    }
-    mount(None::<&str>, at, None::<&str>, flags, None::<&str>).map_err(failed)
 }
 
 /// Moves this process into a mount namespace of its own (a slave of the
@@ -249,21 +257,6 @@ pub fn remove_vm_dir(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// The exit record the guest wrote at `path`, read as an untrusted file:
-/// a regular file (no symlink, no FIFO), at most 4 KiB, valid JSON.
-pub fn guest_exit(path: &Path) -> Option<ExitStatus> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file =
-        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).ok()?;
-    if !file.metadata().ok()?.is_file() {
-        return None;
-    }
-    let mut bytes = Vec::new();
-    file.take(4096).read_to_end(&mut bytes).ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,22 +266,5 @@ mod tests {
         assert_eq!(unescape("/a\\040b\\011c"), "/a b\tc");
         assert_eq!(unescape("/plain"), "/plain");
         assert_eq!(unescape("/odd\\9"), "/odd\\9");
-    }
-
-    #[test]
-    fn a_guest_exit_record_is_read_only_from_a_small_regular_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let good = dir.path().join("exit.json");
-        std::fs::write(&good, br#"{"code":7,"exited_at_ns":5}"#).unwrap();
-        assert_eq!(guest_exit(&good).map(|e| e.code), Some(7));
-        let link = dir.path().join("link.json");
-        std::os::unix::fs::symlink(&good, &link).unwrap();
-        assert!(guest_exit(&link).is_none(), "never through a symlink");
-        let fifo = dir.path().join("fifo.json");
-        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-        assert!(guest_exit(&fifo).is_none(), "a FIFO neither blocks nor counts");
-        let big = dir.path().join("big.json");
-        std::fs::write(&big, vec![b' '; 8192]).unwrap();
-        assert!(guest_exit(&big).is_none());
     }
 }

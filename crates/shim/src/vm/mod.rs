@@ -10,6 +10,7 @@
 //! exits when any of them dies, so berthd cleans up as for any dead shim.
 
 pub mod guest_spec;
+mod share;
 mod task;
 
 use std::collections::HashMap;
@@ -27,6 +28,7 @@ use containerd_shim_protos::{api, ttrpc};
 use tokio::sync::{Notify, OnceCell};
 
 use guest_spec::GuestBundle;
+use share::ShareDir;
 
 type TtrpcResult<T> = ttrpc::Result<T>;
 
@@ -36,8 +38,6 @@ type TtrpcResult<T> = ttrpc::Result<T>;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long a guest told to power off may take before it is killed.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(5);
-/// Guest memory beyond a container's limit: kernel, agent and page cache.
-pub const GUEST_OVERHEAD_MIB: u64 = 64;
 
 /// How to run the VM, from berthd's flags.
 #[derive(Debug, Clone)]
@@ -67,8 +67,8 @@ pub struct VmProxy {
     guest: OnceCell<Arc<Guest>>,
     /// Each container's guest bundle and host bundle.
     bundles: Mutex<HashMap<String, (GuestBundle, PathBuf)>>,
-    /// Whether the share is mounted (`guest_spec::mount_share`).
-    share_ready: std::sync::atomic::AtomicBool,
+    /// The share, once mounted (`guest_spec::mount_share`) and opened.
+    share_root: Mutex<Option<Arc<ShareDir>>>,
     /// A lone container's exit, once recorded: its VM is then powered off
     /// and the shim answers for the stopped container itself.
     ended: Mutex<Option<berth_model::ExitStatus>>,
@@ -88,7 +88,7 @@ impl VmProxy {
             dir,
             guest: OnceCell::new(),
             bundles: Mutex::default(),
-            share_ready: Default::default(),
+            share_root: Mutex::default(),
             ended: Mutex::default(),
             powering: tokio::sync::Mutex::new(()),
             shutdown: Notify::new(),
@@ -99,16 +99,32 @@ impl VmProxy {
         self.dir.join("share")
     }
 
-    /// Makes the share (once): a small tmpfs (`guest_spec::mount_share`).
-    fn ensure_share(&self) -> TtrpcResult<PathBuf> {
-        use std::sync::atomic::Ordering;
-        let share = self.share();
-        if !self.share_ready.load(Ordering::SeqCst) {
-            std::fs::create_dir_all(&share).map_err(|e| to_ttrpc(Code::Internal, format!("create the share: {e}")))?;
-            guest_spec::mount_share(&share).map_err(|e| to_ttrpc(Code::Internal, e))?;
-            self.share_ready.store(true, Ordering::SeqCst);
+    /// The share, made once: a small tmpfs (`guest_spec::mount_share`),
+    /// held open before any guest can reach it.
+    fn ensure_share(&self) -> TtrpcResult<Arc<ShareDir>> {
+        let mut root = self.share_root.lock().map_err(|_| to_ttrpc(Code::Internal, "share lock poisoned"))?;
+        if let Some(share) = root.as_ref() {
+            return Ok(share.clone());
         }
-        Ok(share)
+        let share = self.share();
+        std::fs::create_dir_all(&share).map_err(|e| to_ttrpc(Code::Internal, format!("create the share: {e}")))?;
+        guest_spec::mount_share(&share).map_err(|e| to_ttrpc(Code::Internal, e))?;
+        let opened =
+            ShareDir::open_root(&share).map_err(|e| to_ttrpc(Code::Internal, format!("open the share: {e}")))?;
+        Ok(root.insert(Arc::new(opened)).clone())
+    }
+
+    /// Forgets container `id`'s guest bundle: unmounts what it bound and
+    /// removes its files from the share (`ShareDir::remove`), so the id
+    /// can be created again in a running VM.
+    fn forget(&self, id: &str) {
+        let removed = self.bundles.lock().ok().and_then(|mut b| b.remove(id));
+        let Some((guest, _)) = removed else { return };
+        guest_spec::unmount_under(&guest.dir);
+        let share = self.share_root.lock().ok().and_then(|s| s.clone());
+        if let Some(Err(e)) = share.map(|s| s.remove(id)) {
+            tracing::warn!(id, "remove the guest bundle from the share: {e}");
+        }
     }
 
     /// The guest's size: a sandbox's from berthd, a lone container's from
@@ -116,7 +132,7 @@ impl VmProxy {
     fn size(&self, bundle: &Path) -> (u32, u64) {
         match self.sandbox {
             true => (self.options.cpus.unwrap_or(1), self.options.memory_mib.unwrap_or(berth_vm::DEFAULT_MEMORY_MIB)),
-            false => task::size_of(bundle),
+            false => berth_vm::size_of_bundle(bundle),
         }
     }
 

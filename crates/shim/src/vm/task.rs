@@ -15,32 +15,11 @@ use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 
 use super::guest_spec::GuestBundle;
-use super::{GUEST_OVERHEAD_MIB, TtrpcResult, VmProxy, ctx};
+use super::{TtrpcResult, VmProxy, ctx};
 use crate::service::exit_fields;
 
 fn unsupported(what: &str) -> containerd_shim_protos::ttrpc::Error {
     to_ttrpc(Code::FailedPrecondition, format!("{what} is not supported in a VM sandbox yet"))
-}
-
-/// The guest's size for a lone container: its CPU quota rounded up (1 if
-/// none) and its memory limit plus the guest's own overhead.
-pub(super) fn size_of(bundle: &std::path::Path) -> (u32, u64) {
-    let spec: serde_json::Value = std::fs::read(bundle.join("config.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
-    let cpu = |k: &str| spec.pointer(&format!("/linux/resources/cpu/{k}")).and_then(serde_json::Value::as_i64);
-    let cpus = match (cpu("quota"), cpu("period")) {
-        (Some(q), Some(p)) if q > 0 && p > 0 => {
-            (q as u64).div_ceil(p as u64).clamp(1, berth_vm::MAX_CPUS as u64) as u32
-        }
-        _ => 1,
-    };
-    let memory = match spec.pointer("/linux/resources/memory/limit").and_then(serde_json::Value::as_i64) {
-        Some(limit) if limit > 0 => berth_vm::memory_mib(limit as u64) + GUEST_OVERHEAD_MIB,
-        _ => berth_vm::DEFAULT_MEMORY_MIB,
-    };
-    (cpus, memory)
 }
 
 impl VmProxy {
@@ -87,8 +66,14 @@ impl Task for VmProxy {
         let host = PathBuf::from(&req.bundle);
         let created = async {
             let share = self.ensure_share()?;
-            let guest = GuestBundle::prepare(&share, &req.id, &host, &req.stdout, &req.stderr)
-                .map_err(|e| to_ttrpc(Code::InvalidArgument, e))?;
+            let prepared = GuestBundle::prepare(&share, &self.share(), &req.id, &host, [&req.stdout, &req.stderr]);
+            let guest = match prepared {
+                Ok(guest) => guest,
+                Err(e) => {
+                    let _ = share.remove(&req.id);
+                    return Err(to_ttrpc(Code::InvalidArgument, e));
+                }
+            };
             let outputs = guest.guest_output(&req.stdout).and_then(|o| Ok((o, guest.guest_output(&req.stderr)?)));
             let fwd = api::CreateTaskRequest {
                 id: req.id.clone(),
@@ -108,10 +93,7 @@ impl Task for VmProxy {
         match created.await {
             Ok(r) => Ok(api::CreateTaskResponse { pid: 0, ..r }),
             Err(e) => {
-                let removed = self.bundles.lock().ok().and_then(|mut b| b.remove(&req.id));
-                if let Some((guest, _)) = removed {
-                    super::guest_spec::unmount_under(&guest.dir);
-                }
+                self.forget(&req.id);
                 if !self.sandbox {
                     self.power_off().await;
                 }
@@ -154,8 +136,14 @@ impl Task for VmProxy {
             exec => format!("exec-{exec}.exit.json"),
         };
         self.with_bundle(&req.id, |guest, host| {
-            let exit = super::guest_spec::guest_exit(&guest.dir.join(&name))
+            let exit = guest
+                .guest_exit(&name)
                 .ok_or_else(|| to_ttrpc(Code::Internal, format!("the guest left no valid {name}")))?;
+            let oom_file = berth_model::vm::OOM_KILLS_FILE;
+            if let Some(kills) = req.exec_id.is_empty().then(|| guest.guest_oom_kills()).flatten() {
+                berth_store::write_atomic(&host.join(oom_file), kills.to_string().as_bytes())
+                    .map_err(|e| to_ttrpc(Code::Internal, format!("record the OOM kills: {e}")))?;
+            }
             let bytes = serde_json::to_vec(&exit).map_err(|e| to_ttrpc(Code::Internal, e))?;
             berth_store::write_atomic(&host.join(&name), &bytes)
                 .map_err(|e| to_ttrpc(Code::Internal, format!("record the exit: {e}")))?;
@@ -187,10 +175,7 @@ impl Task for VmProxy {
             _ => self.booted()?.task.delete(ctx(Some(c.timeout_nano)), &req).await?,
         };
         if req.exec_id.is_empty() {
-            let removed = self.bundles.lock().ok().and_then(|mut b| b.remove(&req.id));
-            if let Some((guest, _)) = removed {
-                super::guest_spec::unmount_under(&guest.dir);
-            }
+            self.forget(&req.id);
             if !self.sandbox {
                 self.power_off().await;
                 self.shutdown.notify_one();
@@ -257,7 +242,7 @@ impl Task for VmProxy {
         if req.resources.type_url == berth_shim::LIMITS_TYPE_URL {
             let limits: berth_cgroups::Limits = serde_json::from_slice(&req.resources.value)
                 .map_err(|e| to_ttrpc(Code::InvalidArgument, format!("limits: {e}")))?;
-            let memory_room = (guest.memory_mib - GUEST_OVERHEAD_MIB.min(guest.memory_mib / 2)) << 20;
+            let memory_room = (guest.memory_mib - berth_vm::GUEST_OVERHEAD_MIB.min(guest.memory_mib / 2)) << 20;
             if let Some(m) = limits.memory.filter(|m| *m as u64 > memory_room) {
                 return Err(to_ttrpc(
                     Code::FailedPrecondition,

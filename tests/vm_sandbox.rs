@@ -1,0 +1,141 @@
+//! VM sandboxes and what runs in a VM beyond the basics (SPEC B26,
+//! docs/vm.md): two containers in one guest (`sandbox create --vm`), OOM
+//! kills inside the guest, `kill --all`, and an image as a VM container's
+//! root. Under TCG here. Run as root after `make vm-assets`.
+
+use std::time::{Duration, Instant};
+
+use berth_e2e::registry::{LAYER_TAR, Registry, await_no_containers, push_image, sha256, tar_of};
+use berth_testing::Daemon;
+use berth_testing::vm::{assert_nothing_left, daemon, release, vm_processes};
+use oci_client::secrets::RegistryAuth;
+use serde_json::Value;
+
+fn rootfs(d: &Daemon) -> String {
+    d.rootfs.to_string_lossy().into_owned()
+}
+
+fn qemus(d: &Daemon) -> usize {
+    vm_processes(d).iter().filter(|(_, args)| args.contains("qemu-system")).count()
+}
+
+fn json(d: &Daemon, args: &[&str]) -> Value {
+    serde_json::from_str(d.berth(args).ok()).unwrap()
+}
+
+/// Waits until container `id`'s log holds `text`.
+fn await_log(d: &Daemon, id: &str, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let logs = d.berth(&["logs", id]).stdout;
+        if logs.contains(text) {
+            return logs;
+        }
+        assert!(Instant::now() < deadline, "no {text:?} in the logs of {id}: {logs}\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_vm_sandbox_runs_its_containers_in_one_guest() {
+    let d = daemon();
+    let root = rootfs(&d);
+    let e = d.berth(&["sandbox", "create", "--vm", "--network", "berth"]).fails_with("failed precondition");
+    assert!(e.contains("network"), "{e}");
+    let e = d.berth(&["sandbox", "create", "--vm", "--pid", "pod"]).fails_with("failed precondition");
+    assert!(e.contains("PID"), "{e}");
+    d.berth(&["sandbox", "create", "--vm", "--cpus", "99"]).fails_with("invalid argument");
+    d.berth(&["sandbox", "create", "--cpus", "2"]).fails_with_any();
+    assert_eq!(d.berth(&["sandbox", "ls", "--json"]).ok().trim(), "[]");
+    assert_eq!(qemus(&d), 0);
+
+    d.berth(&["sandbox", "create", "--vm", "--name", "pod", "--cpus", "2", "--memory", "300m"]).ok();
+    let sb = json(&d, &["sandbox", "inspect", "pod"]);
+    assert_eq!((sb["runtime"].as_str(), sb["vm"]["cpus"].as_u64()), (Some("vm"), Some(2)), "{sb}");
+    assert_eq!(sb["vm"]["memory_mib"], 300, "{sb}");
+    assert!(["kvm", "tcg"].contains(&sb["vm"]["accel"].as_str().unwrap()), "{sb}");
+
+    let marker = "cat /proc/sys/kernel/random/boot_id; uname -r; nproc; echo up; exec sleep 1000";
+    for id in ["a", "b"] {
+        d.berth(&["run", "-d", "--name", id, "--sandbox", "pod", &root, "sh", "-c", marker]).ok();
+    }
+    let (a, b) = (await_log(&d, "a", "up"), await_log(&d, "b", "up"));
+    // One guest: one boot, its kernel, the sandbox's two vCPUs.
+    assert_eq!(a.lines().next(), b.lines().next(), "one boot id: {a} {b}");
+    assert_eq!(a.lines().nth(1), Some(release().as_str()), "{a}");
+    assert_eq!(a.lines().nth(2), Some("2"), "{a}");
+    assert_eq!(qemus(&d), 1, "{:?}", vm_processes(&d));
+    let inspect = json(&d, &["inspect", "--json", "a"]);
+    assert_eq!(inspect["sandbox"], "pod", "{inspect}");
+
+    // An attached run in the sandbox, with its exit code.
+    let out = d.berth(&["run", "--rm", "--sandbox", "pod", &root, "sh", "-c", "echo hi; exit 3"]);
+    assert_eq!((out.code, out.stdout.as_str()), (3, "hi\n"), "{out:?}");
+    // One container's end leaves the VM and the other container running.
+    d.berth(&["kill", "-s", "KILL", "b"]).ok();
+    assert_eq!(d.berth(&["wait", "b"]).code, 137);
+    assert_eq!(qemus(&d), 1);
+    assert_eq!(d.berth(&["exec", "a", "echo", "still"]).ok().trim(), "still");
+    // Its id can be used again in the running guest.
+    d.berth(&["rm", "b"]).ok();
+    d.berth(&["run", "-d", "--name", "b", "--sandbox", "pod", &root, "sh", "-c", marker]).ok();
+    await_log(&d, "b", "up");
+
+    d.berth(&["sandbox", "rm", "pod"]).fails_with("failed precondition");
+    d.berth(&["rm", "-f", "a", "b"]).ok();
+    assert_eq!(qemus(&d), 1, "the VM is the sandbox's, not its containers'");
+    d.berth(&["sandbox", "rm", "pod"]).ok();
+    assert_nothing_left(&d);
+}
+
+#[test]
+fn oom_kills_and_kill_all_inside_a_vm() {
+    let d = daemon();
+    let root = rootfs(&d);
+    // 100 MB in a shell variable does not fit a 32 MiB limit in the guest.
+    let hog = "x=$(head -c 100000000 /dev/zero | tr '\\0' a); echo ${#x}";
+    let out = d.berth(&["run", "--name", "o", "--vm", "--memory", "32m", &root, "sh", "-c", hog]);
+    assert_eq!(out.code, 137, "{out:?}\n{}", d.log());
+    let inspect = json(&d, &["inspect", "--json", "o"]);
+    assert_eq!(inspect["oom_killed"], true, "{inspect}");
+    assert_eq!(inspect["vm"]["memory_mib"], 128 + 64, "the minimum plus the guest's own: {inspect}");
+    let events = d.berth(&["events", "--since", "0", "--no-follow", "--id", "o", "--json"]).ok().to_string();
+    let kinds: Vec<String> = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok()?["type"].as_str().map(String::from))
+        .collect();
+    let (oom, exit) = (kinds.iter().position(|k| *k == "oom"), kinds.iter().position(|k| *k == "exit"));
+    assert!(oom.is_some() && oom < exit, "an oom event before the exit: {events}");
+    d.berth(&["rm", "o"]).ok();
+
+    d.berth(&["run", "-d", "--name", "k", "--vm", &root, "sh", "-c", "sleep 1000 & sleep 1000 & wait"]).ok();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while d.berth(&["top", "k"]).stdout.lines().count() < 4 {
+        assert!(Instant::now() < deadline, "{}", d.berth(&["top", "k"]).stdout);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    d.berth(&["kill", "-s", "KILL", "--all", "k"]).ok();
+    assert_eq!(d.berth(&["wait", "k"]).code, 137);
+    d.berth(&["rm", "k"]).ok();
+    assert_nothing_left(&d);
+}
+
+#[test]
+fn an_image_runs_in_a_vm() {
+    let d = daemon();
+    let reg = Registry::start();
+    let reference = format!("{}/vm/busybox:1", reg.addr);
+    let layer = tar_of(&[], Some(&d.rootfs));
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["uname", "-r"]},
+        "rootfs": {"type": "layers", "diff_ids": [sha256(&layer)]},
+    }))
+    .unwrap();
+    push_image(&reference, &RegistryAuth::Anonymous, &[(LAYER_TAR, &layer)], &config);
+    d.berth(&["pull", "--insecure", &reference]).ok();
+    let out = d.berth(&["run", "--rm", "--vm", &reference]);
+    assert_eq!(out.ok().trim(), release(), "{}", d.log());
+    await_no_containers(&d, "run --rm removes the container");
+    assert_nothing_left(&d);
+}
