@@ -35,6 +35,7 @@ fn spec(dir: &TempDir, memory_mib: u64) -> VmSpec {
         accel,
         assets: assets(),
         guest_log: std::env::var("BERTH_VM_GUEST_LOG").ok(),
+        net: None,
     }
 }
 

@@ -120,7 +120,7 @@ fn what_a_vm_container_cannot_have_is_refused_with_nothing_made() {
     let root = rootfs(&d);
     let e = d.berth(&["run", "--vm", "-t", &root, "true"]).fails_with("failed precondition");
     assert!(e.contains("terminal"), "{e}");
-    let e = d.berth(&["run", "--vm", "--network", "berth", &root, "true"]).fails_with("failed precondition");
+    let e = d.berth(&["run", "--vm", "--network", "host", &root, "true"]).fails_with("failed precondition");
     assert!(e.contains("network"), "{e}");
     // A log path's directory would be shared with the guest.
     let log = d.dir().join("kubelet/c.log");

@@ -1,13 +1,13 @@
 //! VM sandboxes and what runs in a VM beyond the basics (SPEC B26,
 //! docs/vm.md): two containers in one guest (`sandbox create --vm`), OOM
-//! kills inside the guest, `kill --all`, and an image as a VM container's
-//! root. Under TCG here. Run as root after `make vm-assets`.
+//! kills inside the guest, `kill --all`, an image as a VM container's
+//! root, and a VM on its container's network. Under TCG here. Run as root after `make vm-assets`.
 
 use std::time::{Duration, Instant};
 
 use berth_e2e::registry::{LAYER_TAR, Registry, await_no_containers, push_image, sha256, tar_of};
-use berth_testing::Daemon;
 use berth_testing::vm::{assert_nothing_left, daemon, release, vm_processes};
+use berth_testing::{Daemon, PortmapChains};
 use oci_client::secrets::RegistryAuth;
 use serde_json::Value;
 
@@ -40,7 +40,7 @@ fn await_log(d: &Daemon, id: &str, text: &str) -> String {
 fn a_vm_sandbox_runs_its_containers_in_one_guest() {
     let d = daemon();
     let root = rootfs(&d);
-    let e = d.berth(&["sandbox", "create", "--vm", "--network", "berth"]).fails_with("failed precondition");
+    let e = d.berth(&["sandbox", "create", "--vm", "--network", "host"]).fails_with("failed precondition");
     assert!(e.contains("network"), "{e}");
     let e = d.berth(&["sandbox", "create", "--vm", "--pid", "pod"]).fails_with("failed precondition");
     assert!(e.contains("PID"), "{e}");
@@ -49,7 +49,8 @@ fn a_vm_sandbox_runs_its_containers_in_one_guest() {
     assert_eq!(d.berth(&["sandbox", "ls", "--json"]).ok().trim(), "[]");
     assert_eq!(qemus(&d), 0);
 
-    d.berth(&["sandbox", "create", "--vm", "--name", "pod", "--cpus", "2", "--memory", "300m"]).ok();
+    d.berth(&["sandbox", "create", "--vm", "--name", "pod", "--network", "none", "--cpus", "2", "--memory", "300m"])
+        .ok();
     let sb = json(&d, &["sandbox", "inspect", "pod"]);
     assert_eq!((sb["runtime"].as_str(), sb["vm"]["cpus"].as_u64()), (Some("vm"), Some(2)), "{sb}");
     assert_eq!(sb["vm"]["memory_mib"], 300, "{sb}");
@@ -138,4 +139,63 @@ fn an_image_runs_in_a_vm() {
     assert_eq!(out.ok().trim(), release(), "{}", d.log());
     await_no_containers(&d, "run --rm removes the container");
     assert_nothing_left(&d);
+}
+
+/// Removes the test's containers, then its bridge, however the test ends.
+struct Bridged<'a>(&'a Daemon, String);
+
+impl Drop for Bridged<'_> {
+    fn drop(&mut self) {
+        if let Ok(list) = serde_json::from_str::<Value>(&self.0.berth(&["ps", "-a", "--json"]).stdout) {
+            for c in list.as_array().into_iter().flatten() {
+                self.0.berth(&["rm", "-f", c["id"].as_str().unwrap_or_default()]);
+            }
+        }
+        let _ = berth_network::delete_bridge(&self.1);
+    }
+}
+
+#[test]
+fn a_vm_is_on_its_containers_network() {
+    let _chains = PortmapChains::note();
+    let n = std::process::id() % 200;
+    let (bridge, prefix) = (format!("btvm{n}"), format!("10.217.{n}"));
+    let subnet = format!("{prefix}.0/24");
+    let net = ["--default-network", "berth", "--network-bridge", &bridge, "--network-subnet", &subnet];
+    let d = Daemon::start_with(&[&net[..], &["--vm-assets", &berth_testing::vm::assets()]].concat());
+    let _bridged = Bridged(&d, bridge.clone());
+    let root = rootfs(&d);
+    let e = d.berth(&["run", "--vm", "--network", "host", &root, "true"]).fails_with("failed precondition");
+    assert!(e.contains("network"), "{e}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port().to_string();
+    let script = "echo hello-from-the-guest > /www/index.html && exec httpd -f -p 80 -h /www";
+    let publish = format!("{port}:80");
+    d.berth(&["run", "-d", "--name", "web", "--vm", "--tmpfs", "/www", "-p", &publish, &root, "sh", "-c", script]).ok();
+    let web = json(&d, &["inspect", "--json", "web"]);
+    let cidr = web["network"]["ips"][0].as_str().unwrap_or_else(|| panic!("no address: {web}")).to_string();
+    let ip = cidr.split('/').next().unwrap().to_string();
+    assert!(ip.starts_with(&prefix), "{web}");
+    // The guest's eth0 has the container's address and MAC.
+    let addr = d.berth(&["exec", "web", "ip", "addr", "show", "eth0"]).ok().to_string();
+    assert!(addr.contains(&cidr) && addr.contains(web["network"]["mac"].as_str().unwrap()), "{addr}\n{web}");
+    // From the host, on loopback, through the published port.
+    assert!(berth_e2e::http_get(port.parse().unwrap()).ends_with("hello-from-the-guest\n"));
+    // From a plain container on the same network, by address.
+    let get = format!("wget -q -O - http://{ip}/ || (sleep 1; wget -q -O - http://{ip}/)");
+    assert_eq!(d.berth(&["run", "--rm", &root, "sh", "-c", &get]).ok(), "hello-from-the-guest\n");
+    d.berth(&["rm", "-f", "web"]).ok();
+
+    // A VM sandbox on the network: its containers share the guest's eth0.
+    d.berth(&["sandbox", "create", "--vm", "--name", "pod"]).ok();
+    d.berth(&["run", "-d", "--name", "a", "--sandbox", "pod", "--tmpfs", "/www", &root, "sh", "-c", script]).ok();
+    let pod = json(&d, &["sandbox", "inspect", "pod"]);
+    let ip = pod["network"]["ips"][0].as_str().unwrap_or_else(|| panic!("no address: {pod}")).split('/').next();
+    let get = format!("wget -q -O - http://{0}/ || (sleep 1; wget -q -O - http://{0}/)", ip.unwrap());
+    assert_eq!(d.berth(&["run", "--rm", &root, "sh", "-c", &get]).ok(), "hello-from-the-guest\n");
+    d.berth(&["rm", "-f", "a"]).ok();
+    d.berth(&["sandbox", "rm", "pod"]).ok();
+    await_no_containers(&d, "run --rm removals");
+    assert_nothing_left(&d);
+    assert!(d.network_leftovers().is_empty(), "{:?}", d.network_leftovers());
 }

@@ -124,6 +124,7 @@ pub fn run(rounds: usize) -> Option<VmFigures> {
         accel,
         assets,
         guest_log: None,
+        net: None,
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().ok()?;
     let mut steps: [Vec<Duration>; 4] = Default::default();

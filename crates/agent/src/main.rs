@@ -9,6 +9,7 @@
 //! the shim is gone (its Shutdown, or a crash), powers the guest off.
 
 mod init;
+mod net;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -39,6 +40,7 @@ fn run() -> Result<(), String> {
     init::prepare()?;
     let cmdline = std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("read /proc/cmdline: {e}"))?;
     let id = vm::cmdline_value(&cmdline, vm::CMDLINE_ID).ok_or("the kernel command line names no berth.id")?;
+    net::configure(&cmdline)?;
     let listener = vsock_listener(vm::AGENT_PORT)?;
     let mut shim = Command::new(SHIM);
     shim.args(["--namespace", "berth", "--id", id, "--runtime", "embedded", "--runtime-root", RUNTIME_ROOT]);

@@ -76,10 +76,9 @@ impl VmConfig {
 }
 
 /// For a container in a VM (`runtime` is `vm`): refuses what it cannot
-/// have yet, and gives a container of its own VM no network of the host's:
-/// the guest's own namespace (`none`) is the one that works until VM
-/// networking lands. A container joining a VM sandbox shares the
-/// sandbox's, checked when the sandbox was made.
+/// have yet. Its network is a namespace of its own that the VM's shim
+/// bridges into the guest (or, in a sandbox, the sandbox's); the host's
+/// or another container's namespace is refused.
 pub fn check_create(runtime: &str, p: &mut CreateParams) -> Result<()> {
     if runtime != berth_model::VM_RUNTIME {
         return Ok(());
@@ -94,28 +93,29 @@ pub fn check_create(runtime: &str, p: &mut CreateParams) -> Result<()> {
     if p.log_path.is_some() {
         return Err(unsupported("a log path of the caller's"));
     }
-    if p.sandbox.is_none() {
-        no_network(&mut p.net)?;
-    }
-    Ok(())
+    own_network(&p.net)
 }
 
 fn unsupported(what: &str) -> Error {
     Error::FailedPrecondition(format!("{what} is not supported for a container in a VM yet"))
 }
 
-fn no_network(net: &mut NetOptions) -> Result<()> {
-    if !net.publish.is_empty() || !matches!(net.mode.as_str(), "" | "none") {
-        return Err(unsupported("a network other than none"));
+/// A VM's network namespace must be one berthd makes for it: not the
+/// host's, not another container's.
+fn own_network(net: &NetOptions) -> Result<()> {
+    if net.mode == "host" || net.mode.starts_with("container:") {
+        return Err(Error::FailedPrecondition(format!(
+            "a VM cannot use --network {}: its network is a namespace of its own, bridged into the guest",
+            net.mode
+        )));
     }
-    net.mode = "none".into();
     Ok(())
 }
 
 /// For a new sandbox of `runtime`: the VM it gets (runtime `vm`), sized
 /// from `--cpus` and `--memory` (bytes; 0 for the defaults), with the
-/// namespaces a VM can give its containers: no network of the host's
-/// (`none`), each container its own PID and IPC namespace in the guest.
+/// namespaces a VM can give its containers: a network of its own (not
+/// the host's), each container its own PID and IPC namespace in the guest.
 /// A size for a sandbox of another runtime is refused.
 pub fn sandbox_vm(cfg: &VmConfig, runtime: &str, p: &mut SandboxParams) -> Result<Option<VmInfo>> {
     if runtime != berth_model::VM_RUNTIME {
@@ -133,7 +133,7 @@ pub fn sandbox_vm(cfg: &VmConfig, runtime: &str, p: &mut SandboxParams) -> Resul
             "a PID namespace shared by the containers of a VM sandbox is not supported yet".into(),
         ));
     }
-    no_network(&mut p.net)?;
+    own_network(&p.net)?;
     p.pid = NsShare::Container;
     p.ipc = NsShare::Container;
     let memory_mib = match p.memory {

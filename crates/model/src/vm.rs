@@ -19,6 +19,10 @@ pub const CMDLINE_ID: &str = "berth.id";
 /// Kernel command line key with the guest shim's log level (optional).
 pub const CMDLINE_LOG: &str = "berth.log";
 
+/// Kernel command line key with the guest's network: `CIDR,GATEWAY,MTU`
+/// for its `eth0` (the gateway may be empty). Absent: loopback only.
+pub const CMDLINE_NET: &str = "berth.net";
+
 /// The line the agent prints on the console once the shim listens: the
 /// end of the guest's boot in the VM start breakdown.
 pub const READY_LINE: &str = "berth-agent: ready";

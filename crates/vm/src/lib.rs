@@ -73,6 +73,20 @@ pub struct VmSpec {
     pub assets: Assets,
     /// The guest shim's log level (`BERTH_SHIM_LOG`), if any.
     pub guest_log: Option<String>,
+    /// The guest's network interface, if it has one besides loopback.
+    pub net: Option<GuestNet>,
+}
+
+/// The guest's `eth0`: a tap on the host side (its descriptor, which the
+/// VMM inherits), the MAC and address the guest takes, and its route.
+#[derive(Debug, Clone)]
+pub struct GuestNet {
+    pub tap: std::sync::Arc<std::os::fd::OwnedFd>,
+    pub mac: String,
+    /// `ADDRESS/PREFIX` (IPv4).
+    pub cidr: String,
+    pub gateway: Option<String>,
+    pub mtu: u32,
 }
 
 impl VmSpec {

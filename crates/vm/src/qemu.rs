@@ -6,9 +6,11 @@
 //! host's TSC frequency and legacy timers, without which it can hang after
 //! "Marking TSC unstable" (../shared/HOST-NOTES.md).
 
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use berth_model::vm::{CMDLINE_ID, CMDLINE_LOG, SHARE_TAG};
+use berth_model::vm::{CMDLINE_ID, CMDLINE_LOG, CMDLINE_NET, SHARE_TAG};
 
 use crate::{Accel, Helper, Plan, VmError, VmSpec, Vmm, on_path};
 
@@ -56,6 +58,24 @@ impl Vmm for Microvm {
         })?;
         vmm.args(["-fsdev", &format!("local,id=share,path={share},security_model=passthrough,multidevs=remap")]);
         vmm.args(["-device", &format!("virtio-9p-device,fsdev=share,mount_tag={SHARE_TAG}")]);
+        if let Some(net) = &spec.net {
+            let fd = net.tap.as_raw_fd();
+            if !net.mac.bytes().all(|b| b.is_ascii_hexdigit() || b == b':') {
+                return Err(VmError::InvalidArgument(format!("{:?} is not a MAC address", net.mac)));
+            }
+            vmm.args(["-netdev", &format!("tap,id=net0,fd={fd}")]);
+            vmm.args(["-device", &format!("virtio-net-device,netdev=net0,mac={}", net.mac)]);
+            // The VMM, and no helper, inherits the tap.
+            // SAFETY: fcntl on an open descriptor, in the child before exec.
+            unsafe {
+                vmm.pre_exec(move || {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         vmm.arg("-kernel").arg(&spec.assets.kernel).arg("-initrd").arg(&spec.assets.initramfs);
         vmm.args(["-append", &cmdline(spec)]);
         let helper = Helper { name: VSOCK_BACKEND, command: vsock, socket: control };
@@ -72,6 +92,10 @@ fn cmdline(spec: &VmSpec) -> String {
         line.push_str(&format!(" tsc_early_khz={khz}"));
     }
     line.push_str(&format!(" {CMDLINE_ID}={}", spec.id));
+    if let Some(net) = &spec.net {
+        let gateway = net.gateway.as_deref().unwrap_or_default();
+        line.push_str(&format!(" {CMDLINE_NET}={},{gateway},{}", net.cidr, net.mtu));
+    }
     if let Some(level) = &spec.guest_log {
         line.push_str(&format!(" {CMDLINE_LOG}={level}"));
     }

@@ -4,7 +4,8 @@
 //! `rootfs`, its log directory at `logs`, and each host bind mount of the
 //! spec at `m<N>`. The rewrite points the spec at those guest paths and
 //! drops what only makes sense on the host: namespace paths (the guest
-//! makes its own), hooks (host programs; refused), AppArmor and SELinux
+//! makes its own; its containers share the guest's network namespace),
+//! hooks (host programs; refused), AppArmor and SELinux
 //! labels.
 //!
 //! The guest is not trusted with the share: it can rename, replace and
@@ -102,7 +103,10 @@ impl GuestBundle {
                 m["source"] = Value::from(format!("{}/{name}", self.guest_dir));
             }
         }
+        // The guest makes its own namespaces, except the network's: the
+        // containers of a VM share the guest's, which holds its eth0.
         if let Some(ns) = spec.pointer_mut("/linux/namespaces").and_then(Value::as_array_mut) {
+            ns.retain(|n| n.get("type").and_then(Value::as_str) != Some("network"));
             for n in ns.iter_mut().filter_map(Value::as_object_mut) {
                 n.remove("path");
             }

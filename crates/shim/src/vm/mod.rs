@@ -10,6 +10,7 @@
 //! exits when any of them dies, so berthd cleans up as for any dead shim.
 
 pub mod guest_spec;
+mod net;
 mod share;
 mod task;
 
@@ -136,9 +137,11 @@ impl VmProxy {
         }
     }
 
-    /// The booted guest, booting it with this size if it is not yet.
-    async fn boot(&self, cpus: u32, memory_mib: u64) -> TtrpcResult<Arc<Guest>> {
-        let guest = self.guest.get_or_try_init(|| self.launch(cpus, memory_mib)).await?;
+    /// The booted guest, booting it if it is not yet: sized from the
+    /// container's bundle at `bundle` (a lone shim's) or the sandbox's
+    /// flags, on the network namespace that bundle joins.
+    async fn boot(&self, bundle: &Path) -> TtrpcResult<Arc<Guest>> {
+        let guest = self.guest.get_or_try_init(|| self.launch(bundle)).await?;
         Ok(guest.clone())
     }
 
@@ -155,7 +158,8 @@ impl VmProxy {
         self.ended.lock().ok().and_then(|e| *e)
     }
 
-    async fn launch(&self, cpus: u32, memory_mib: u64) -> TtrpcResult<Arc<Guest>> {
+    async fn launch(&self, bundle: &Path) -> TtrpcResult<Arc<Guest>> {
+        let (cpus, memory_mib) = self.size(bundle);
         let failed = |e: berth_vm::VmError| {
             let code = match &e {
                 berth_vm::VmError::InvalidArgument(_) => Code::InvalidArgument,
@@ -168,6 +172,12 @@ impl VmProxy {
         let assets = Assets::load(&self.options.assets, version).map_err(failed)?;
         std::fs::create_dir_all(self.share())
             .map_err(|e| to_ttrpc(Code::Internal, format!("create the share: {e}")))?;
+        let net = match net::netns_of(bundle) {
+            Some(netns) => {
+                net::attach(&netns).map_err(|e| to_ttrpc(Code::Internal, format!("the VM's network: {e}")))?
+            }
+            None => None,
+        };
         let spec = VmSpec {
             id: self.id.clone(),
             cpus,
@@ -177,6 +187,7 @@ impl VmProxy {
             accel: self.options.accel,
             assets,
             guest_log: std::env::var("BERTH_SHIM_LOG").ok(),
+            net,
         };
         // On this (the shim's only) thread: the VM's processes die with it.
         let mut vm = berth_vm::launch(&Microvm, &spec).map_err(failed)?;

@@ -86,8 +86,7 @@ impl Task for VmProxy {
             }
             let (stdout, stderr) = outputs.map_err(|e| to_ttrpc(Code::InvalidArgument, e))?;
             let fwd = api::CreateTaskRequest { stdout, stderr, ..fwd };
-            let (cpus, memory) = self.size(&host);
-            let booted = self.boot(cpus, memory).await?;
+            let booted = self.boot(&host).await?;
             booted.task.create(ctx(Some(c.timeout_nano)), &fwd).await
         };
         match created.await {
