@@ -45,6 +45,7 @@ fn a_vm_sandbox_runs_its_containers_in_one_guest() {
     let e = d.berth(&["sandbox", "create", "--vm", "--pid", "pod"]).fails_with("failed precondition");
     assert!(e.contains("PID"), "{e}");
     d.berth(&["sandbox", "create", "--vm", "--cpus", "99"]).fails_with("invalid argument");
+    d.berth(&["sandbox", "create", "--vm", "--memory", "2048g"]).fails_with("invalid argument");
     d.berth(&["sandbox", "create", "--cpus", "2"]).fails_with_any();
     assert_eq!(d.berth(&["sandbox", "ls", "--json"]).ok().trim(), "[]");
     assert_eq!(qemus(&d), 0);

@@ -128,6 +128,13 @@ pub fn sandbox_vm(cfg: &VmConfig, runtime: &str, p: &mut SandboxParams) -> Resul
     if p.cpus > berth_vm::MAX_CPUS {
         return Err(Error::InvalidArgument(format!("a VM has 1 to {} vCPUs, not {}", berth_vm::MAX_CPUS, p.cpus)));
     }
+    if p.memory > berth_vm::MAX_MEMORY_MIB << 20 {
+        return Err(Error::InvalidArgument(format!(
+            "a VM gets at most {} MiB of memory, not {} bytes",
+            berth_vm::MAX_MEMORY_MIB,
+            p.memory
+        )));
+    }
     if p.pid == NsShare::Pod {
         return Err(Error::FailedPrecondition(
             "a PID namespace shared by the containers of a VM sandbox is not supported yet".into(),

@@ -31,6 +31,8 @@ pub const MIN_MEMORY_MIB: u64 = 128;
 pub const DEFAULT_MEMORY_MIB: u64 = 256;
 /// The most vCPUs a guest gets.
 pub const MAX_CPUS: u32 = 64;
+/// The most memory a VM gets (1 TiB).
+pub const MAX_MEMORY_MIB: u64 = 1 << 20;
 /// How long a helper may take to create its socket.
 const HELPER_READY: Duration = Duration::from_secs(5);
 /// The console lines an error quotes.
@@ -94,6 +96,12 @@ impl VmSpec {
     pub fn check(&self) -> Result<(), VmError> {
         if self.cpus == 0 || self.cpus > MAX_CPUS {
             return Err(VmError::InvalidArgument(format!("a VM has 1 to {MAX_CPUS} vCPUs, not {}", self.cpus)));
+        }
+        if self.memory_mib > MAX_MEMORY_MIB {
+            return Err(VmError::InvalidArgument(format!(
+                "a VM gets at most {MAX_MEMORY_MIB} MiB of memory, not {} MiB",
+                self.memory_mib
+            )));
         }
         if self.memory_mib < MIN_MEMORY_MIB {
             return Err(VmError::InvalidArgument(format!(

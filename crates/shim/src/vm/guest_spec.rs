@@ -21,6 +21,7 @@
 //! removal that stays on the share's file system; the rest goes once the
 //! VM is dead, after every mount under its directory is gone.
 
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use berth_model::ExitStatus;
@@ -40,24 +41,26 @@ const SHARE_TMPFS: &str = "size=8m,nr_inodes=4096,mode=0755";
 
 /// The guest's view of one container.
 pub struct GuestBundle {
-    /// `SHARE/ID` on the host, as it was named when made (for unmounting).
-    pub dir: PathBuf,
     /// That directory, held open: every file in it is reached through it.
     pub files: ShareDir,
     /// The same directory in the guest.
     pub guest_dir: String,
     /// The host log directory bound at `dir/logs`, if any.
     logs: Option<PathBuf>,
+    /// The binds made for it, newest last (`share::unmount`).
+    mounts: Vec<OwnedFd>,
+    /// Where binds are staged (`ShareDir::bind`).
+    stage: PathBuf,
 }
 
 impl GuestBundle {
-    /// Prepares `SHARE/ID` (`share` is the share, at `share_path`) for the
-    /// bundle at `bundle` whose output goes to `stdout` and `stderr` (log
-    /// targets or paths). On error nothing is left mounted; the directory
-    /// may stay, for [`ShareDir::remove`].
+    /// Prepares `SHARE/ID` in `share` for the bundle at `bundle` whose
+    /// output goes to `stdout` and `stderr` (log targets or paths), its
+    /// binds staged in `stage`. On error nothing is left mounted; the
+    /// directory may stay, for [`ShareDir::remove`].
     pub fn prepare(
         share: &ShareDir,
-        share_path: &Path,
+        stage: &Path,
         id: &str,
         bundle: &Path,
         outputs: [&str; 2],
@@ -70,14 +73,28 @@ impl GuestBundle {
         }
         refuse_host_only(&spec)?;
         let files = share.make_dir(id).map_err(|e| format!("create {id} in the share: {e}"))?;
-        let dir = share_path.join(id);
         let guest_dir = format!("{GUEST_SHARE}/{id}");
-        let mut g = GuestBundle { dir, files, guest_dir, logs: logs.first().cloned() };
+        let logs = logs.first().cloned();
+        let mut g = GuestBundle { files, guest_dir, logs, mounts: Vec::new(), stage: stage.to_path_buf() };
         if let Err(e) = g.bind_all(&mut spec, bundle) {
-            unmount_under(&g.dir);
+            g.unmount();
             return Err(e);
         }
         Ok(g)
+    }
+
+    /// Detaches every bind made for this container, wherever the guest
+    /// has moved them.
+    pub fn unmount(&mut self) {
+        for mount in self.mounts.drain(..).rev() {
+            super::share::unmount(&mount);
+        }
+    }
+
+    fn bind(&mut self, name: &str, source: &Path, readonly: bool) -> Result<(), Refusal> {
+        let mount = self.files.bind(name, source, readonly, &self.stage)?;
+        self.mounts.push(mount);
+        Ok(())
     }
 
     fn bind_all(&mut self, spec: &mut Value, bundle: &Path) -> Result<(), Refusal> {
@@ -85,10 +102,11 @@ impl GuestBundle {
         // Writable for the guest even when the spec's root is read-only:
         // its runtime makes the mount points first, then makes it
         // read-only inside the container (as runc does on a host).
-        self.files.bind("rootfs", &bundle.join(root), false)?;
+        self.bind("rootfs", &bundle.join(root), false)?;
         spec["root"]["path"] = Value::from(format!("{}/rootfs", self.guest_dir));
         if let Some(logs) = &self.logs {
-            self.files.bind("logs", logs, false)?;
+            let logs = logs.clone();
+            self.bind("logs", &logs, false)?;
         }
         if let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) {
             for (n, m) in mounts.iter_mut().enumerate() {
@@ -99,7 +117,7 @@ impl GuestBundle {
                 let Some(source) = m.get("source").and_then(Value::as_str).filter(|_| binds) else { continue };
                 let readonly = m.get("options").and_then(Value::as_array).is_some_and(|o| o.iter().any(|o| o == "ro"));
                 let name = format!("m{n}");
-                self.files.bind(&name, Path::new(source), readonly)?;
+                self.bind(&name, Path::new(source), readonly)?;
                 m["source"] = Value::from(format!("{}/{name}", self.guest_dir));
             }
         }
@@ -218,10 +236,19 @@ pub fn unmount_under(dir: &Path) -> bool {
         points.sort_by_key(|p| std::cmp::Reverse(p.len()));
         points
     };
-    for point in mounts(dir) {
-        let _ = umount2(point.as_str(), MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW);
+    // Deepest first, again while that makes progress (a mount covered by
+    // another comes free once the upper one is gone).
+    let mut left = mounts(dir);
+    loop {
+        for point in &left {
+            let _ = umount2(point.as_str(), MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW);
+        }
+        let now = mounts(dir);
+        if now.is_empty() || now.len() >= left.len() {
+            return now.is_empty();
+        }
+        left = now;
     }
-    mounts(dir).is_empty()
 }
 
 /// A mountinfo path: spaces, tabs, newlines and backslashes come octal-escaped.

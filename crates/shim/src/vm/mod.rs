@@ -100,6 +100,11 @@ impl VmProxy {
         self.dir.join("share")
     }
 
+    /// Where binds for the guest are made before they move into the share.
+    fn stage(&self) -> PathBuf {
+        self.dir.join("stage")
+    }
+
     /// The share, made once: a small tmpfs (`guest_spec::mount_share`),
     /// held open before any guest can reach it.
     fn ensure_share(&self) -> TtrpcResult<Arc<ShareDir>> {
@@ -108,7 +113,9 @@ impl VmProxy {
             return Ok(share.clone());
         }
         let share = self.share();
-        std::fs::create_dir_all(&share).map_err(|e| to_ttrpc(Code::Internal, format!("create the share: {e}")))?;
+        for dir in [&share, &self.stage()] {
+            std::fs::create_dir_all(dir).map_err(|e| to_ttrpc(Code::Internal, format!("create the share: {e}")))?;
+        }
         guest_spec::mount_share(&share).map_err(|e| to_ttrpc(Code::Internal, e))?;
         let opened =
             ShareDir::open_root(&share).map_err(|e| to_ttrpc(Code::Internal, format!("open the share: {e}")))?;
@@ -120,8 +127,8 @@ impl VmProxy {
     /// can be created again in a running VM.
     fn forget(&self, id: &str) {
         let removed = self.bundles.lock().ok().and_then(|mut b| b.remove(id));
-        let Some((guest, _)) = removed else { return };
-        guest_spec::unmount_under(&guest.dir);
+        let Some((mut guest, _)) = removed else { return };
+        guest.unmount();
         let share = self.share_root.lock().ok().and_then(|s| s.clone());
         if let Some(Err(e)) = share.map(|s| s.remove(id)) {
             tracing::warn!(id, "remove the guest bundle from the share: {e}");

@@ -11,13 +11,14 @@
 //! (`/proc/self/fd/N`), removal that never descends into another file
 //! system (a bind the guest moved) or through a link.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::fcntl::{OFlag, openat};
-use nix::mount::{MsFlags, mount};
+use nix::mount::{MntFlags, MsFlags, mount};
 use nix::sys::stat::{FileStat, Mode, SFlag, fstat, mkdirat};
 use nix::unistd::{UnlinkatFlags, unlinkat};
 
@@ -107,12 +108,16 @@ impl ShareDir {
         (bytes.len() as u64 <= max).then_some(bytes)
     }
 
-    /// Bind-mounts `source` (a directory or a file) on a new entry `name`:
-    /// nodev, nosuid, read-only if asked, propagating nowhere. Not
+    /// Bind-mounts `source` (a directory or a file) on a new entry `name`
+    /// and returns the new mount (an O_PATH descriptor of its root, for
+    /// [`unmount`]): nodev, nosuid, read-only if asked, propagating
+    /// nowhere. The mount is made and its flags set at a fresh point in
+    /// `stage` (a directory of the host's, out of the guest's reach),
+    /// then moved onto the entry this call made, so the guest never sees
+    /// it without its flags, whatever it does to the name meanwhile. Not
     /// recursive: what is mounted below `source` stays out of the guest's
-    /// reach (and out of reach of those flags). The mount goes on the
-    /// entry this call made, whatever the guest does to the name meanwhile.
-    pub fn bind(&self, name: &str, source: &Path, readonly: bool) -> Result<(), String> {
+    /// reach (and out of reach of those flags).
+    pub fn bind(&self, name: &str, source: &Path, readonly: bool, stage: &Path) -> Result<OwnedFd, String> {
         let meta = std::fs::metadata(source).map_err(|e| format!("{}: {e}", source.display()))?;
         let made = match meta.is_dir() {
             true => mkdirat(self.raw(), name, Mode::from_bits_truncate(0o755)).map_err(io::Error::from),
@@ -122,49 +127,95 @@ impl ShareDir {
         let want = if meta.is_dir() { SFlag::S_IFDIR } else { SFlag::S_IFREG };
         let at = self.open_checked(name, OFlag::O_PATH, want).map_err(|e| format!("open {name} in the share: {e}"))?;
         let failed = |e: nix::Error| format!("bind {} for the guest: {e}", source.display());
-        let at = format!("/proc/self/fd/{}", at.as_raw_fd());
-        mount(Some(source), at.as_str(), None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(failed)?;
-        // The new mount, reached through the entry it now covers (a mount
-        // point cannot be renamed or replaced).
-        let mounted =
-            own(openat(self.raw(), name, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty())
-                .map_err(failed)?);
-        if fstat(mounted.as_raw_fd()).map_err(failed)?.st_dev == self.dev {
-            return Err(format!("bind {} for the guest: the mount went elsewhere", source.display()));
-        }
-        let at = format!("/proc/self/fd/{}", mounted.as_raw_fd());
-        mount(None::<&str>, at.as_str(), None::<&str>, MsFlags::MS_PRIVATE, None::<&str>).map_err(failed)?;
+        let staged = Staged::new(stage, meta.is_dir()).map_err(|e| format!("stage a bind for the guest: {e}"))?;
+        mount(Some(source), &staged.0, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(failed)?;
         let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
         if readonly {
             flags |= MsFlags::MS_RDONLY;
         }
-        mount(None::<&str>, at.as_str(), None::<&str>, flags, None::<&str>).map_err(failed)
+        mount(None::<&str>, &staged.0, None::<&str>, MsFlags::MS_PRIVATE, None::<&str>).map_err(failed)?;
+        mount(None::<&str>, &staged.0, None::<&str>, flags, None::<&str>).map_err(failed)?;
+        let target = format!("/proc/self/fd/{}", at.as_raw_fd());
+        mount(Some(&staged.0), target.as_str(), None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(failed)?;
+        // The new mount, reached through the entry it now covers (a mount
+        // point cannot be renamed or replaced).
+        let mounted = openat(self.raw(), name, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty());
+        let mounted = own(mounted.map_err(failed)?);
+        // Only if the guest renamed the entry before the move: the mount,
+        // with its flags, stays where the guest put it until the VM's end.
+        if fstat(mounted.as_raw_fd()).map_err(failed)?.st_dev == self.dev {
+            return Err(format!("bind {} for the guest: the mount went elsewhere", source.display()));
+        }
+        Ok(mounted)
     }
 
     /// Removes `name` and what is below it, on the share's file system
     /// only: a symlink is removed, not followed; a directory on another
-    /// file system (a mount the guest moved there) stops the removal.
+    /// file system (a mount the guest moved there) stops the removal,
+    /// which then renames what is left out of the way, so `name` can be
+    /// made again.
     pub fn remove(&self, name: &str) -> io::Result<()> {
-        self.remove_at(name, 0)
+        check_name(name)?;
+        let removed = self.remove_at(OsStr::new(name), 0);
+        if let Err(e) = &removed
+            && e.raw_os_error() != Some(libc::ENOENT)
+        {
+            let aside =
+                format!(".gone-{}", berth_model::random_hex(6).unwrap_or_else(|_| std::process::id().to_string()));
+            let _ = nix::fcntl::renameat(self.raw(), name, self.raw(), aside.as_str());
+        }
+        removed
     }
 
-    fn remove_at(&self, name: &str, depth: usize) -> io::Result<()> {
-        check_name(name)?;
+    fn remove_at(&self, name: &OsStr, depth: usize) -> io::Result<()> {
         let st = nix::sys::stat::fstatat(self.raw(), name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)?;
         if kind(&st) != SFlag::S_IFDIR {
             return Ok(unlinkat(self.raw(), name, UnlinkatFlags::NoRemoveDir)?);
         }
         if depth >= MAX_DEPTH {
-            return Err(io::Error::other(format!("{name} is nested too deep to remove")));
+            return Err(io::Error::other(format!("{} is nested too deep to remove", name.to_string_lossy())));
         }
-        let dir = self.open_dir(name)?;
-        let names: Vec<String> = std::fs::read_dir(format!("/proc/self/fd/{}", dir.fd.as_raw_fd()))?
-            .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = own(openat(self.raw(), name, flags, Mode::empty())?);
+        if fstat(fd.as_raw_fd())?.st_dev != self.dev {
+            return Err(io::Error::other(format!("{} is not on the share's file system", name.to_string_lossy())));
+        }
+        let dir = ShareDir { fd, dev: self.dev };
+        let names: Vec<OsString> = std::fs::read_dir(format!("/proc/self/fd/{}", dir.fd.as_raw_fd()))?
+            .filter_map(|e| e.ok().map(|e| e.file_name()))
             .collect();
         for entry in names {
             dir.remove_at(&entry, depth + 1)?;
         }
         Ok(unlinkat(self.raw(), name, UnlinkatFlags::RemoveDir)?)
+    }
+}
+
+/// Detaches the mount whose root `mount` is (from [`ShareDir::bind`]),
+/// wherever the guest has moved its name.
+pub fn unmount(mount: &OwnedFd) {
+    let _ = nix::mount::umount2(format!("/proc/self/fd/{}", mount.as_raw_fd()).as_str(), MntFlags::MNT_DETACH);
+}
+
+/// A fresh mount point in the host's staging directory, removed on drop.
+struct Staged(std::path::PathBuf);
+
+impl Staged {
+    fn new(stage: &Path, dir: bool) -> io::Result<Staged> {
+        let at = stage.join(berth_model::random_hex(8)?);
+        match dir {
+            true => std::fs::create_dir(&at)?,
+            false => drop(std::fs::OpenOptions::new().write(true).create_new(true).open(&at)?),
+        }
+        Ok(Staged(at))
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        // Still mounted only if the move failed.
+        let _ = nix::mount::umount2(&self.0, MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&self.0).or_else(|_| std::fs::remove_file(&self.0));
     }
 }
 

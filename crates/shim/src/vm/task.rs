@@ -66,7 +66,10 @@ impl Task for VmProxy {
         let host = PathBuf::from(&req.bundle);
         let created = async {
             let share = self.ensure_share()?;
-            let prepared = GuestBundle::prepare(&share, &self.share(), &req.id, &host, [&req.stdout, &req.stderr]);
+            // A count from an earlier run of the container is not this one's.
+            let _ = std::fs::remove_file(host.join(berth_model::vm::OOM_KILLS_FILE));
+            let stage = self.stage();
+            let prepared = GuestBundle::prepare(&share, &stage, &req.id, &host, [&req.stdout, &req.stderr]);
             let guest = match prepared {
                 Ok(guest) => guest,
                 Err(e) => {
