@@ -1,7 +1,7 @@
 //! VM sandboxes and what runs in a VM beyond the basics (SPEC B26,
 //! docs/vm.md): two containers in one guest (`sandbox create --vm`), OOM
-//! kills inside the guest, `kill --all`, an image as a VM container's
-//! root, and a VM on its container's network. Under TCG here. Run as root after `make vm-assets`.
+//! kills inside the guest, `kill --all`, restart policies, an image as a
+//! VM container's root, and a VM on its container's network. Under TCG here. Run as root after `make vm-assets`.
 
 use std::time::{Duration, Instant};
 
@@ -119,6 +119,29 @@ fn oom_kills_and_kill_all_inside_a_vm() {
     d.berth(&["kill", "-s", "KILL", "--all", "k"]).ok();
     assert_eq!(d.berth(&["wait", "k"]).code, 137);
     d.berth(&["rm", "k"]).ok();
+    assert_nothing_left(&d);
+}
+
+#[test]
+fn a_restart_policy_boots_a_new_vm_for_each_run() {
+    let d = daemon();
+    let root = rootfs(&d);
+    let script = "uname -r; exit 3";
+    d.berth(&["run", "-d", "--name", "r", "--vm", "--restart", "on-failure:2", &root, "sh", "-c", script]).ok();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let rec = loop {
+        let rec = json(&d, &["inspect", "--json", "r"]);
+        if rec["restart_count"] == 2 && rec["state"] == "stopped" {
+            break rec;
+        }
+        assert!(Instant::now() < deadline, "{rec}\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(rec["exit"]["code"], 3, "{rec}");
+    // Three runs, each on the guest's kernel.
+    let logs = d.berth(&["logs", "r"]).ok().to_string();
+    assert_eq!(logs.lines().filter(|l| *l == release()).count(), 3, "{logs}");
+    d.berth(&["rm", "r"]).ok();
     assert_nothing_left(&d);
 }
 

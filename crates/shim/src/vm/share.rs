@@ -83,11 +83,16 @@ impl ShareDir {
         Ok(ShareDir { fd, dev: self.dev })
     }
 
-    /// Makes the directory `name` (it must not exist) and opens it.
+    /// Makes the directory `name` (it must not exist) and opens it; it
+    /// must still be empty then (not another the guest swapped in).
     pub fn make_dir(&self, name: &str) -> io::Result<ShareDir> {
         check_name(name)?;
         mkdirat(self.raw(), name, Mode::from_bits_truncate(0o755))?;
-        self.open_dir(name)
+        let dir = self.open_dir(name)?;
+        if std::fs::read_dir(format!("/proc/self/fd/{}", dir.fd.as_raw_fd()))?.next().is_some() {
+            return Err(io::Error::other(format!("{name} is not the directory the host made")));
+        }
+        Ok(dir)
     }
 
     /// Writes a new file `name` (it must not exist).

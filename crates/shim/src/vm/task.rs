@@ -174,7 +174,16 @@ impl Task for VmProxy {
                 let (exit_status, exited_at) = exit_fields(Some(exit));
                 api::DeleteResponse { exit_status, exited_at, ..Default::default() }
             }
-            _ => self.booted()?.task.delete(ctx(Some(c.timeout_nano)), &req).await?,
+            _ => match self.booted()?.task.delete(ctx(Some(c.timeout_nano)), &req).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // The guest holds no such container: neither do we.
+                    if req.exec_id.is_empty() && berth_shim::from_ttrpc(&e).0 == Code::NotFound {
+                        self.forget(&req.id);
+                    }
+                    return Err(e);
+                }
+            },
         };
         if req.exec_id.is_empty() {
             self.forget(&req.id);
