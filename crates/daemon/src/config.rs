@@ -38,7 +38,12 @@ impl Config {
     }
 
     pub fn bundle_dir(&self, ns: &Namespace, id: &ContainerId) -> PathBuf {
-        self.state.join("bundles").join(ns.as_str()).join(id.as_str())
+        self.bundles_root().join(ns.as_str()).join(id.as_str())
+    }
+
+    /// Where every bundle is (and every image container's root mount).
+    pub fn bundles_root(&self) -> PathBuf {
+        self.state.join("bundles")
     }
 
     /// Unix socket paths are limited to 107 bytes, so sockets are named by

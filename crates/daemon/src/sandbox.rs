@@ -123,6 +123,13 @@ impl Manager {
         };
         self.check_runtime(&Runtime::Builtin(runtime))?;
         let vm = crate::vm::sandbox_vm(&self.cfg.vm, runtime, &mut p)?;
+        if vm.is_some() {
+            // The VM's shim has a mount namespace of its own from its start:
+            // the root filesystems of images mounted for its later
+            // containers must propagate into it, as they do on a host
+            // whose / is shared (systemd's default).
+            berth_network::pin::prepare_dir(&self.cfg.bundles_root())?;
+        }
         crate::create::check_labels(&p.labels)?;
         let id = match p.id {
             Some(id) => id,

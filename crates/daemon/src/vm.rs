@@ -89,10 +89,6 @@ pub fn check_create(runtime: &str, p: &mut CreateParams) -> Result<()> {
     if p.restore.is_some() {
         return Err(unsupported("a restore"));
     }
-    // Its directory would be shared with the guest.
-    if p.log_path.is_some() {
-        return Err(unsupported("a log path of the caller's"));
-    }
     own_network(&p.net)
 }
 

@@ -332,16 +332,22 @@ impl Daemon {
     /// Mount points under the test's directory, but for berthd's network
     /// namespaces (`<state>/netns`: a bind mount of itself that berthd
     /// keeps, as iproute2 keeps /run/netns, and one namespace per
-    /// container; see [`Daemon::network_leftovers`]) and the bind mount of
-    /// itself `<state>/sandbox-ns` is (the sandbox namespaces in it count):
-    /// what a container or a create left behind.
+    /// container; see [`Daemon::network_leftovers`]) and the bind mounts
+    /// of themselves `<state>/sandbox-ns` (the sandbox namespaces in it
+    /// count) and `<state>/bundles` (shared for VM sandboxes; the root
+    /// filesystems in it count) are: what a container or a create left
+    /// behind.
     pub fn leftover_mounts(&self) -> Vec<String> {
         let text = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
         let (dir, netns) = (self.dir().to_string_lossy().into_owned(), self.state.join("netns"));
         let (netns, pins) = (netns.to_string_lossy(), self.state.join("sandbox-ns"));
+        // berthd's own shared directories stay mounted: its bundles (made
+        // shared for VM sandboxes) and its namespace pins.
+        let bundles = self.state.join("bundles");
         text.lines()
             .filter_map(|l| l.split(' ').nth(4))
-            .filter(|m| m.starts_with(&dir) && !m.starts_with(netns.as_ref()) && Path::new(m) != pins)
+            .filter(|m| m.starts_with(&dir) && !m.starts_with(netns.as_ref()))
+            .filter(|m| Path::new(m) != pins && Path::new(m) != bundles)
             .map(str::to_string)
             .collect()
     }

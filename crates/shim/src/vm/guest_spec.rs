@@ -1,8 +1,9 @@
 //! A container's bundle as its guest sees it (docs/vm.md). The host
 //! shares one directory with the guest; each container gets `SHARE/ID/`
 //! holding a rewritten `config.json`, its root filesystem bind-mounted at
-//! `rootfs`, its log directory at `logs`, and each host bind mount of the
-//! spec at `m<N>`. The rewrite points the spec at those guest paths and
+//! `rootfs`, its outputs at `out<N>` (berth's log directory, or a
+//! caller's log file alone), and each host bind mount of the spec at
+//! `m<N>`. The rewrite points the spec at those guest paths and
 //! drops what only makes sense on the host: namespace paths (the guest
 //! makes its own; its containers share the guest's network namespace),
 //! hooks (host programs; refused), AppArmor and SELinux
@@ -45,8 +46,11 @@ pub struct GuestBundle {
     pub files: ShareDir,
     /// The same directory in the guest.
     pub guest_dir: String,
-    /// The host log directory bound at `dir/logs`, if any.
-    logs: Option<PathBuf>,
+    /// Where its output goes on the host, bound into its directory: a
+    /// directory of berth's (its own log with rotation, exec outputs) or
+    /// a caller's single log file (`--log-path`, kubelet's), and the name
+    /// it has there.
+    outputs: Vec<(PathBuf, String)>,
     /// The binds made for it, newest last (`share::unmount`).
     mounts: Vec<OwnedFd>,
     /// Where binds are staged (`ShareDir::bind`).
@@ -67,20 +71,81 @@ impl GuestBundle {
     ) -> Result<Self, Refusal> {
         let text = std::fs::read(bundle.join("config.json")).map_err(|e| format!("read config.json: {e}"))?;
         let mut spec: Value = serde_json::from_slice(&text).map_err(|e| format!("config.json: {e}"))?;
-        let logs = outputs.iter().filter(|s| !s.is_empty()).map(|s| log_dir(s)).collect::<Result<Vec<_>, _>>()?;
-        if logs.windows(2).any(|w| w[0] != w[1]) {
-            return Err("stdout and stderr must be in one directory in a VM".into());
+        for target in outputs.iter().filter(|t| !t.is_empty()) {
+            target_path(target)?;
         }
         refuse_host_only(&spec)?;
         let files = share.make_dir(id).map_err(|e| format!("create {id} in the share: {e}"))?;
         let guest_dir = format!("{GUEST_SHARE}/{id}");
-        let logs = logs.first().cloned();
-        let mut g = GuestBundle { files, guest_dir, logs, mounts: Vec::new(), stage: stage.to_path_buf() };
-        if let Err(e) = g.bind_all(&mut spec, bundle) {
+        let stage = stage.to_path_buf();
+        let mut g = GuestBundle { files, guest_dir, outputs: Vec::new(), mounts: Vec::new(), stage };
+        let bound = g.bind_all(&mut spec, bundle, outputs);
+        if let Err(e) = bound {
             g.unmount();
             return Err(e);
         }
         Ok(g)
+    }
+
+    /// Binds where `target` (an init's output) writes: berth's own log
+    /// (rotated by the guest's shim in its directory) by its directory, a
+    /// caller's log file by itself alone, made first if need be (the
+    /// guest gets no other file of the caller's directory).
+    fn bind_init_output(&mut self, target: &str) -> Result<(), Refusal> {
+        let path = target_path(target)?;
+        if self.place(&path).is_some() {
+            return Ok(());
+        }
+        if parse_target(target).is_some_and(|t| t.rotation.is_some()) {
+            return self.bind_output_dir(&path);
+        }
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o640)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(|e| format!("open the log {}: {e}", path.display()))?;
+        let name = format!("out{}", self.outputs.len());
+        self.bind(&name, &path, false)?;
+        self.outputs.push((path, name));
+        Ok(())
+    }
+
+    /// Binds the directory of `path` (one of berth's), once.
+    fn bind_output_dir(&mut self, path: &Path) -> Result<(), Refusal> {
+        let dir = path.parent().ok_or_else(|| format!("{} has no directory", path.display()))?.to_path_buf();
+        if self.outputs.iter().any(|(p, _)| *p == dir) {
+            return Ok(());
+        }
+        let name = format!("out{}", self.outputs.len());
+        self.bind(&name, &dir, false)?;
+        self.outputs.push((dir, name));
+        Ok(())
+    }
+
+    /// Makes an exec's output `target` (berthd's, in berth's log
+    /// directory of the container) reachable for the guest.
+    pub fn bind_exec_output(&mut self, target: &str) -> Result<(), Refusal> {
+        if target.is_empty() {
+            return Ok(());
+        }
+        let path = target_path(target)?;
+        match self.place(&path) {
+            Some(_) => Ok(()),
+            None => self.bind_output_dir(&path),
+        }
+    }
+
+    /// Where the host file `path` is in the guest, if it is bound.
+    fn place(&self, path: &Path) -> Option<PathBuf> {
+        let guest = |name: &str| PathBuf::from(format!("{}/{name}", self.guest_dir));
+        if let Some((_, name)) = self.outputs.iter().find(|(p, _)| p == path) {
+            return Some(guest(name));
+        }
+        let (dir, file) = (path.parent()?, path.file_name()?);
+        self.outputs.iter().find(|(p, _)| p == dir).map(|(_, name)| guest(name).join(file))
     }
 
     /// Detaches every bind made for this container, wherever the guest
@@ -97,16 +162,15 @@ impl GuestBundle {
         Ok(())
     }
 
-    fn bind_all(&mut self, spec: &mut Value, bundle: &Path) -> Result<(), Refusal> {
+    fn bind_all(&mut self, spec: &mut Value, bundle: &Path, outputs: [&str; 2]) -> Result<(), Refusal> {
         let root = spec.pointer("/root/path").and_then(Value::as_str).ok_or("the spec names no root path")?;
         // Writable for the guest even when the spec's root is read-only:
         // its runtime makes the mount points first, then makes it
         // read-only inside the container (as runc does on a host).
         self.bind("rootfs", &bundle.join(root), false)?;
         spec["root"]["path"] = Value::from(format!("{}/rootfs", self.guest_dir));
-        if let Some(logs) = &self.logs {
-            let logs = logs.clone();
-            self.bind("logs", &logs, false)?;
+        for target in outputs.iter().filter(|t| !t.is_empty()) {
+            self.bind_init_output(target)?;
         }
         if let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) {
             for (n, m) in mounts.iter_mut().enumerate() {
@@ -154,17 +218,13 @@ impl GuestBundle {
     }
 
     /// A log target or path of this container as the guest sees it: its
-    /// file in the bound log directory. Empty stays empty.
+    /// bound file, or its file in a bound directory. Empty stays empty.
     pub fn guest_output(&self, target: &str) -> Result<String, Refusal> {
         if target.is_empty() {
             return Ok(String::new());
         }
         let path = target_path(target)?;
-        let name = path.file_name().ok_or_else(|| format!("{target} names no file"))?;
-        if self.logs.as_deref() != path.parent() {
-            return Err(format!("{target} is outside the container's log directory"));
-        }
-        let guest = PathBuf::from(format!("{}/logs", self.guest_dir)).join(name);
+        let guest = self.place(&path).ok_or_else(|| format!("{target} is not an output of the container"))?;
         Ok(match parse_target(target) {
             Some(t) => match t.rotation {
                 Some(r) => crilog::berth_target(t.stream, &guest, r),
@@ -182,11 +242,6 @@ fn target_path(target: &str) -> Result<PathBuf, Refusal> {
         return Err(format!("output {target} is not an absolute path"));
     }
     Ok(path)
-}
-
-fn log_dir(target: &str) -> Result<PathBuf, Refusal> {
-    let path = target_path(target)?;
-    path.parent().map(Path::to_path_buf).ok_or_else(|| format!("{target} has no directory"))
 }
 
 fn refuse_host_only(spec: &Value) -> Result<(), Refusal> {
