@@ -9,6 +9,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use berth_model::vm;
 
+/// The guest's interface (virtio-net's first); `route` names it too.
 const GUEST_IF: &str = "eth0";
 
 /// glibc's `struct rtentry` (not in the libc crate for glibc).
@@ -103,24 +104,41 @@ pub fn configure(cmdline: &str) -> Result<(), String> {
     ioctl(&sock, libc::SIOCSIFMTU, &mut req, "set eth0's MTU")?;
     up(&sock, GUEST_IF)?;
     if let Some(gateway) = gateway {
-        let mut route = RtEntry {
-            pad1: 0,
-            dst: sockaddr(Ipv4Addr::UNSPECIFIED),
-            gateway: sockaddr(gateway),
-            genmask: sockaddr(Ipv4Addr::UNSPECIFIED),
-            flags: (libc::RTF_UP | libc::RTF_GATEWAY) as libc::c_ushort,
-            pad2: 0,
-            pad3: 0,
-            pad4: std::ptr::null_mut(),
-            metric: 0,
-            dev: std::ptr::null_mut(),
-            mtu: 0,
-            window: 0,
-            irtt: 0,
-        };
-        ioctl(&sock, libc::SIOCADDRT, &mut route, "add the default route")?;
+        // A gateway outside the subnet (a /32 address, as some CNI
+        // plugins give) is reached through eth0 directly.
+        let same = |ip: Ipv4Addr| u32::from(ip) & u32::from(mask);
+        let routed = match same(gateway) == same(addr) {
+            true => Ok(()),
+            false => route(&sock, gateway, Ipv4Addr::BROADCAST, None, libc::RTF_HOST),
+        }
+        .and_then(|()| route(&sock, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, Some(gateway), libc::RTF_GATEWAY));
+        // The guest still serves its containers, reachable on the subnet.
+        if let Err(e) = routed {
+            eprintln!("berth-agent: no default route via {gateway}: {e}");
+        }
     }
     Ok(())
+}
+
+/// Adds a route to `dst`/`mask` on eth0, through `gateway` if given.
+fn route(sock: &OwnedFd, dst: Ipv4Addr, mask: Ipv4Addr, gateway: Option<Ipv4Addr>, flags: u16) -> Result<(), String> {
+    let mut dev = *b"eth0\0";
+    let mut entry = RtEntry {
+        pad1: 0,
+        dst: sockaddr(dst),
+        gateway: sockaddr(gateway.unwrap_or(Ipv4Addr::UNSPECIFIED)),
+        genmask: sockaddr(mask),
+        flags: libc::RTF_UP | flags,
+        pad2: 0,
+        pad3: 0,
+        pad4: std::ptr::null_mut(),
+        metric: 0,
+        dev: dev.as_mut_ptr().cast(),
+        mtu: 0,
+        window: 0,
+        irtt: 0,
+    };
+    ioctl(sock, libc::SIOCADDRT, &mut entry, &format!("add the route to {dst}"))
 }
 
 #[cfg(test)]

@@ -246,6 +246,12 @@ impl Manager {
             .store
             .get(ns, other)?
             .ok_or_else(|| invalid(format!("--network container:{other}: no such container")))?;
+        // Its eth0 leads into a guest: a joiner's traffic would be the guest's.
+        if rec.runtime == berth_model::VM_RUNTIME {
+            return Err(Error::FailedPrecondition(format!(
+                "--network container:{other}: it runs in a VM, whose network is bridged into the guest"
+            )));
+        }
         match rec.network.as_ref() {
             Some(a) if !a.netns.is_empty() => Ok(rec),
             a if unpinned_none(a) => match rec.state {

@@ -123,13 +123,6 @@ impl Manager {
         };
         self.check_runtime(&Runtime::Builtin(runtime))?;
         let vm = crate::vm::sandbox_vm(&self.cfg.vm, runtime, &mut p)?;
-        if vm.is_some() {
-            // The VM's shim has a mount namespace of its own from its start:
-            // the root filesystems of images mounted for its later
-            // containers must propagate into it, as they do on a host
-            // whose / is shared (systemd's default).
-            berth_network::pin::prepare_dir(&self.cfg.bundles_root())?;
-        }
         crate::create::check_labels(&p.labels)?;
         let id = match p.id {
             Some(id) => id,
@@ -206,6 +199,9 @@ impl Manager {
         };
         if let Some(vm) = &rec.vm {
             args.extra.extend(crate::vm::size_flags(vm));
+            // Its own mount namespace must receive the root filesystems
+            // mounted for its later containers.
+            crate::vm::share_bundles(&self.cfg.bundles_root());
         }
         let dir = self.cfg.sandbox_dir(&rec.namespace, &rec.id);
         let mut client = shim::spawn(&args, &rec.shim.socket, &dir).await.map_err(|e| e.at("shim"))?;

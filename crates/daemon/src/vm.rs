@@ -89,6 +89,11 @@ pub fn check_create(runtime: &str, p: &mut CreateParams) -> Result<()> {
     if p.restore.is_some() {
         return Err(unsupported("a restore"));
     }
+    // Shared with the guest over 9p as root, the file could be made a
+    // setuid program on the host (docs/vm.md).
+    if p.log_path.is_some() {
+        return Err(unsupported("a log path of the caller's"));
+    }
     own_network(&p.net)
 }
 
@@ -149,4 +154,29 @@ pub fn sandbox_vm(cfg: &VmConfig, runtime: &str, p: &mut SandboxParams) -> Resul
 /// The flags that size a sandbox's VM, for its shim.
 pub fn size_flags(vm: &VmInfo) -> Vec<OsString> {
     vec!["--vm-cpus".into(), vm.cpus.to_string().into(), "--vm-memory".into(), vm.memory_mib.to_string().into()]
+}
+
+/// Makes sure root filesystems mounted under berthd's bundle directory
+/// (`root`) after a VM sandbox's shim made its own mount namespace reach
+/// that namespace: they do when the directory's mount is shared (a
+/// systemd host's `/`); else the directory becomes a shared bind mount of
+/// itself, as iproute2 does for /run/netns, but only while nothing is
+/// mounted below it (a bind over mounts would hide them). Otherwise a
+/// warning says what the operator can do.
+pub fn share_bundles(root: &Path) {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let (point, tags) = berth_cgroups::mountinfo::mount_of(&info, root).unwrap_or_default();
+    if tags.iter().any(|t| t.starts_with("shared:")) {
+        return;
+    }
+    if Path::new(&point) != root && !crate::doctor::mounts_under(root).is_empty() {
+        tracing::warn!(
+            "{} is on mount {point}, which is not shared, and holds mounts: images started in a VM sandbox after its VM may find an empty root (make it shared: mount --make-rshared {point})",
+            root.display()
+        );
+        return;
+    }
+    if let Err(e) = berth_network::pin::prepare_dir(root) {
+        tracing::warn!("make {} a shared mount for VM sandboxes: {e}", root.display());
+    }
 }

@@ -1,9 +1,8 @@
 //! A container's bundle as its guest sees it (docs/vm.md). The host
 //! shares one directory with the guest; each container gets `SHARE/ID/`
 //! holding a rewritten `config.json`, its root filesystem bind-mounted at
-//! `rootfs`, its outputs at `out<N>` (berth's log directory, or a
-//! caller's log file alone), and each host bind mount of the spec at
-//! `m<N>`. The rewrite points the spec at those guest paths and
+//! `rootfs`, its outputs at `out<N>` (berth's log directory of the
+//! container), and each host bind mount of the spec at `m<N>`. The rewrite points the spec at those guest paths and
 //! drops what only makes sense on the host: namespace paths (the guest
 //! makes its own; its containers share the guest's network namespace),
 //! hooks (host programs; refused), AppArmor and SELinux
@@ -47,12 +46,13 @@ pub struct GuestBundle {
     /// The same directory in the guest.
     pub guest_dir: String,
     /// Where its output goes on the host, bound into its directory: a
-    /// directory of berth's (its own log with rotation, exec outputs) or
-    /// a caller's single log file (`--log-path`, kubelet's), and the name
-    /// it has there.
+    /// directory of berth's (its own log with rotation, exec outputs),
+    /// and the name it has there.
     outputs: Vec<(PathBuf, String)>,
     /// The binds made for it, newest last (`share::unmount`).
     mounts: Vec<OwnedFd>,
+    /// Entries made for outputs so far.
+    made: usize,
     /// Where binds are staged (`ShareDir::bind`).
     stage: PathBuf,
 }
@@ -78,7 +78,7 @@ impl GuestBundle {
         let files = share.make_dir(id).map_err(|e| format!("create {id} in the share: {e}"))?;
         let guest_dir = format!("{GUEST_SHARE}/{id}");
         let stage = stage.to_path_buf();
-        let mut g = GuestBundle { files, guest_dir, outputs: Vec::new(), mounts: Vec::new(), stage };
+        let mut g = GuestBundle { files, guest_dir, outputs: Vec::new(), mounts: Vec::new(), made: 0, stage };
         let bound = g.bind_all(&mut spec, bundle, outputs);
         if let Err(e) = bound {
             g.unmount();
@@ -87,30 +87,20 @@ impl GuestBundle {
         Ok(g)
     }
 
-    /// Binds where `target` (an init's output) writes: berth's own log
-    /// (rotated by the guest's shim in its directory) by its directory, a
-    /// caller's log file by itself alone, made first if need be (the
-    /// guest gets no other file of the caller's directory).
+    /// Binds where `target` (an init's output) writes: berth's own log,
+    /// rotated by the guest's shim in its directory, by that directory.
+    /// A caller's log file (`--log-path`, kubelet's) is refused: bound
+    /// into a 9p share that QEMU serves as root, the guest could make it
+    /// a setuid program or give it capabilities on the host.
     fn bind_init_output(&mut self, target: &str) -> Result<(), Refusal> {
         let path = target_path(target)?;
         if self.place(&path).is_some() {
             return Ok(());
         }
-        if parse_target(target).is_some_and(|t| t.rotation.is_some()) {
-            return self.bind_output_dir(&path);
+        if parse_target(target).is_none_or(|t| t.rotation.is_none()) {
+            return Err(format!("{target}: a log file of the caller's cannot be shared with a VM"));
         }
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o640)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-            .open(&path)
-            .map_err(|e| format!("open the log {}: {e}", path.display()))?;
-        let name = format!("out{}", self.outputs.len());
-        self.bind(&name, &path, false)?;
-        self.outputs.push((path, name));
-        Ok(())
+        self.bind_output_dir(&path)
     }
 
     /// Binds the directory of `path` (one of berth's), once.
@@ -119,7 +109,7 @@ impl GuestBundle {
         if self.outputs.iter().any(|(p, _)| *p == dir) {
             return Ok(());
         }
-        let name = format!("out{}", self.outputs.len());
+        let name = self.next_name("out");
         self.bind(&name, &dir, false)?;
         self.outputs.push((dir, name));
         Ok(())
@@ -136,6 +126,13 @@ impl GuestBundle {
             Some(_) => Ok(()),
             None => self.bind_output_dir(&path),
         }
+    }
+
+    /// A name for a new entry: never one used before (a failed bind may
+    /// have left its entry).
+    fn next_name(&mut self, prefix: &str) -> String {
+        self.made += 1;
+        format!("{prefix}{}", self.made)
     }
 
     /// Where the host file `path` is in the guest, if it is bound.

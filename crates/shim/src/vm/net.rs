@@ -6,7 +6,8 @@
 //! tap into the guest and back. The guest's `eth0` takes the veth's MAC
 //! and address (kernel command line, set by berth-agent), so the bridge,
 //! ARP and NAT see the VM where they saw the container. The tap goes with
-//! QEMU, which holds its only descriptor.
+//! the VM (QEMU and this shim hold its descriptors); the redirect on
+//! `eth0` stays with the namespace until the next VM there replaces it.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -40,10 +41,9 @@ pub fn attach(netns: &Path) -> Result<Option<GuestNet>, String> {
     use std::os::unix::fs::MetadataExt;
     let ns = File::open(netns).map_err(|e| format!("open {}: {e}", netns.display()))?;
     // Never the host's own network (a bundle may name any namespace).
-    let (theirs, host) = (ns.metadata(), std::fs::metadata("/proc/self/ns/net"));
-    if let (Ok(t), Ok(h)) = (&theirs, &host)
-        && (t.dev(), t.ino()) == (h.dev(), h.ino())
-    {
+    let theirs = ns.metadata().map_err(|e| format!("{}: {e}", netns.display()))?;
+    let host = std::fs::metadata("/proc/self/ns/net").map_err(|e| format!("the host's network namespace: {e}"))?;
+    if (theirs.dev(), theirs.ino()) == (host.dev(), host.ino()) {
         return Err(format!("{} is the host's network namespace", netns.display()));
     }
     // setns applies to the calling thread only: a thread of its own joins
@@ -69,13 +69,19 @@ fn attach_in(ns: &File) -> Result<Option<GuestNet>, String> {
             .collect(),
         ]
     };
+    // An earlier VM of this namespace (a restart, a sandbox's new shim)
+    // left its redirect on eth0: it goes, with its filter.
+    let _ = run(&["tc", "qdisc", "del", "dev", IFNAME, "ingress"]);
     let steps: Vec<Vec<&str>> = [vec!["ip", "link", "set", TAP, "mtu", &mtu_s, "up"]]
         .into_iter()
         .chain(redirect(IFNAME, TAP))
         .chain(redirect(TAP, IFNAME))
         .collect();
     for step in steps {
-        run(&step)?;
+        if let Err(e) = run(&step) {
+            let _ = run(&["tc", "qdisc", "del", "dev", IFNAME, "ingress"]);
+            return Err(e);
+        }
     }
     Ok(Some(GuestNet { tap: std::sync::Arc::new(tap), mac, cidr, gateway, mtu }))
 }
@@ -94,7 +100,8 @@ fn run(args: &[&str]) -> Result<String, String> {
 fn interface() -> Result<Option<(String, String, u32)>, String> {
     let link: Value = match run(&["ip", "-j", "addr", "show", "dev", IFNAME]) {
         Ok(json) => serde_json::from_str(&json).map_err(|e| format!("ip addr: {e}"))?,
-        Err(_) => return Ok(None),
+        Err(e) if e.contains("does not exist") => return Ok(None),
+        Err(e) => return Err(e),
     };
     let link = &link[0];
     let v4 = link["addr_info"].as_array().into_iter().flatten().find(|a| a["family"] == "inet");
