@@ -45,9 +45,9 @@ pub struct GuestBundle {
     pub files: ShareDir,
     /// The same directory in the guest.
     pub guest_dir: String,
-    /// Where its output goes on the host, bound into its directory: a
-    /// directory of berth's (its own log with rotation, exec outputs),
-    /// and the name it has there.
+    /// The host directories its output goes to, bound into its directory
+    /// (berth's own log of the container, with rotation, and exec
+    /// outputs), and the name each has there.
     outputs: Vec<(PathBuf, String)>,
     /// The binds made for it, newest last (`share::unmount`).
     mounts: Vec<OwnedFd>,
@@ -135,14 +135,12 @@ impl GuestBundle {
         format!("{prefix}{}", self.made)
     }
 
-    /// Where the host file `path` is in the guest, if it is bound.
+    /// Where the host file `path` is in the guest, if its directory is
+    /// bound.
     fn place(&self, path: &Path) -> Option<PathBuf> {
-        let guest = |name: &str| PathBuf::from(format!("{}/{name}", self.guest_dir));
-        if let Some((_, name)) = self.outputs.iter().find(|(p, _)| p == path) {
-            return Some(guest(name));
-        }
         let (dir, file) = (path.parent()?, path.file_name()?);
-        self.outputs.iter().find(|(p, _)| p == dir).map(|(_, name)| guest(name).join(file))
+        let (_, name) = self.outputs.iter().find(|(p, _)| p == dir)?;
+        Some(PathBuf::from(format!("{}/{name}", self.guest_dir)).join(file))
     }
 
     /// Detaches every bind made for this container, wherever the guest
