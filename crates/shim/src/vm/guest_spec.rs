@@ -1,8 +1,8 @@
 //! A container's bundle as its guest sees it (docs/vm.md). The host
 //! shares one directory with the guest; each container gets `SHARE/ID/`
 //! holding a rewritten `config.json`, its root filesystem bind-mounted at
-//! `rootfs`, its outputs at `out<N>` (berth's log directory of the
-//! container), and each host bind mount of the spec at `m<N>`. The rewrite points the spec at those guest paths and
+//! `rootfs`, berth's log directory of the container at `logs`, and each
+//! host bind mount of the spec at `m<N>`. The rewrite points the spec at those guest paths and
 //! drops what only makes sense on the host: namespace paths (the guest
 //! makes its own; its containers share the guest's network namespace),
 //! hooks (host programs; refused), AppArmor and SELinux
@@ -45,14 +45,12 @@ pub struct GuestBundle {
     pub files: ShareDir,
     /// The same directory in the guest.
     pub guest_dir: String,
-    /// The host directories its output goes to, bound into its directory
-    /// (berth's own log of the container, with rotation, and exec
-    /// outputs), and the name each has there.
-    outputs: Vec<(PathBuf, String)>,
+    /// The host directory of its output, bound at `logs`: berth's own log
+    /// of the container (rotated by the guest's shim there), where exec
+    /// outputs go too.
+    logs: Option<PathBuf>,
     /// The binds made for it, newest last (`share::unmount`).
     mounts: Vec<OwnedFd>,
-    /// Entries made for outputs so far.
-    made: usize,
     /// Where binds are staged (`ShareDir::bind`).
     stage: PathBuf,
 }
@@ -71,76 +69,20 @@ impl GuestBundle {
     ) -> Result<Self, Refusal> {
         let text = std::fs::read(bundle.join("config.json")).map_err(|e| format!("read config.json: {e}"))?;
         let mut spec: Value = serde_json::from_slice(&text).map_err(|e| format!("config.json: {e}"))?;
-        for target in outputs.iter().filter(|t| !t.is_empty()) {
-            target_path(target)?;
+        let logs = outputs.iter().filter(|t| !t.is_empty()).map(|t| log_dir(t)).collect::<Result<Vec<_>, _>>()?;
+        if logs.windows(2).any(|w| w[0] != w[1]) {
+            return Err("stdout and stderr must be in one directory in a VM".into());
         }
         refuse_host_only(&spec)?;
         let files = share.make_dir(id).map_err(|e| format!("create {id} in the share: {e}"))?;
         let guest_dir = format!("{GUEST_SHARE}/{id}");
-        let stage = stage.to_path_buf();
-        let mut g = GuestBundle { files, guest_dir, outputs: Vec::new(), mounts: Vec::new(), made: 0, stage };
-        let bound = g.bind_all(&mut spec, bundle, outputs);
-        if let Err(e) = bound {
+        let (logs, stage) = (logs.first().cloned(), stage.to_path_buf());
+        let mut g = GuestBundle { files, guest_dir, logs, mounts: Vec::new(), stage };
+        if let Err(e) = g.bind_all(&mut spec, bundle) {
             g.unmount();
             return Err(e);
         }
         Ok(g)
-    }
-
-    /// Binds where `target` (an init's output) writes: berth's own log,
-    /// rotated by the guest's shim in its directory, by that directory.
-    /// A caller's log file (`--log-path`, kubelet's) is refused: bound
-    /// into a 9p share that QEMU serves as root, the guest could make it
-    /// a setuid program or give it capabilities on the host.
-    fn bind_init_output(&mut self, target: &str) -> Result<(), Refusal> {
-        let path = target_path(target)?;
-        if self.place(&path).is_some() {
-            return Ok(());
-        }
-        if parse_target(target).is_none_or(|t| t.rotation.is_none()) {
-            return Err(format!("{target}: a log file of the caller's cannot be shared with a VM"));
-        }
-        self.bind_output_dir(&path)
-    }
-
-    /// Binds the directory of `path` (one of berth's), once.
-    fn bind_output_dir(&mut self, path: &Path) -> Result<(), Refusal> {
-        let dir = path.parent().ok_or_else(|| format!("{} has no directory", path.display()))?.to_path_buf();
-        if self.outputs.iter().any(|(p, _)| *p == dir) {
-            return Ok(());
-        }
-        let name = self.next_name("out");
-        self.bind(&name, &dir, false)?;
-        self.outputs.push((dir, name));
-        Ok(())
-    }
-
-    /// Makes an exec's output `target` (berthd's, in berth's log
-    /// directory of the container) reachable for the guest.
-    pub fn bind_exec_output(&mut self, target: &str) -> Result<(), Refusal> {
-        if target.is_empty() {
-            return Ok(());
-        }
-        let path = target_path(target)?;
-        match self.place(&path) {
-            Some(_) => Ok(()),
-            None => self.bind_output_dir(&path),
-        }
-    }
-
-    /// A name for a new entry: never one used before (a failed bind may
-    /// have left its entry).
-    fn next_name(&mut self, prefix: &str) -> String {
-        self.made += 1;
-        format!("{prefix}{}", self.made)
-    }
-
-    /// Where the host file `path` is in the guest, if its directory is
-    /// bound.
-    fn place(&self, path: &Path) -> Option<PathBuf> {
-        let (dir, file) = (path.parent()?, path.file_name()?);
-        let (_, name) = self.outputs.iter().find(|(p, _)| p == dir)?;
-        Some(PathBuf::from(format!("{}/{name}", self.guest_dir)).join(file))
     }
 
     /// Detaches every bind made for this container, wherever the guest
@@ -157,15 +99,15 @@ impl GuestBundle {
         Ok(())
     }
 
-    fn bind_all(&mut self, spec: &mut Value, bundle: &Path, outputs: [&str; 2]) -> Result<(), Refusal> {
+    fn bind_all(&mut self, spec: &mut Value, bundle: &Path) -> Result<(), Refusal> {
         let root = spec.pointer("/root/path").and_then(Value::as_str).ok_or("the spec names no root path")?;
         // Writable for the guest even when the spec's root is read-only:
         // its runtime makes the mount points first, then makes it
         // read-only inside the container (as runc does on a host).
         self.bind("rootfs", &bundle.join(root), false)?;
         spec["root"]["path"] = Value::from(format!("{}/rootfs", self.guest_dir));
-        for target in outputs.iter().filter(|t| !t.is_empty()) {
-            self.bind_init_output(target)?;
+        if let Some(logs) = self.logs.clone() {
+            self.bind("logs", &logs, false)?;
         }
         if let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) {
             for (n, m) in mounts.iter_mut().enumerate() {
@@ -213,13 +155,17 @@ impl GuestBundle {
     }
 
     /// A log target or path of this container as the guest sees it: its
-    /// bound file, or its file in a bound directory. Empty stays empty.
+    /// file in the bound log directory. Empty stays empty.
     pub fn guest_output(&self, target: &str) -> Result<String, Refusal> {
         if target.is_empty() {
             return Ok(String::new());
         }
         let path = target_path(target)?;
-        let guest = self.place(&path).ok_or_else(|| format!("{target} is not an output of the container"))?;
+        let name = path.file_name().ok_or_else(|| format!("{target} names no file"))?;
+        if self.logs.as_deref() != path.parent() {
+            return Err(format!("{target} is outside the container's log directory"));
+        }
+        let guest = PathBuf::from(format!("{}/logs", self.guest_dir)).join(name);
         Ok(match parse_target(target) {
             Some(t) => match t.rotation {
                 Some(r) => crilog::berth_target(t.stream, &guest, r),
@@ -228,6 +174,18 @@ impl GuestBundle {
             None => guest.to_string_lossy().into_owned(),
         })
     }
+}
+
+/// The directory of an init's output `target`: berth's own log, rotated
+/// by the guest's shim. A caller's log file (`--log-path`, kubelet's) is
+/// refused: bound into a 9p share that QEMU serves as root, the guest
+/// could make it a setuid program or give it capabilities on the host.
+fn log_dir(target: &str) -> Result<PathBuf, Refusal> {
+    if parse_target(target).is_none_or(|t| t.rotation.is_none()) {
+        return Err(format!("{target}: a log file of the caller's cannot be shared with a VM"));
+    }
+    let path = target_path(target)?;
+    path.parent().map(Path::to_path_buf).ok_or_else(|| format!("{target} has no directory"))
 }
 
 /// The file a log target or a plain path writes to.

@@ -177,8 +177,6 @@ impl VmProxy {
         };
         let version = env!("CARGO_PKG_VERSION");
         let assets = Assets::load(&self.options.assets, version).map_err(failed)?;
-        std::fs::create_dir_all(self.share())
-            .map_err(|e| to_ttrpc(Code::Internal, format!("create the share: {e}")))?;
         let net = match net::netns_of(bundle) {
             Some(netns) => {
                 net::attach(&netns).map_err(|e| to_ttrpc(Code::Internal, format!("the VM's network: {e}")))?

@@ -37,12 +37,8 @@ impl VmProxy {
         f(guest, host)
     }
 
-    /// An exec's output `target` as the guest sees it (bound first).
-    fn exec_output(&self, id: &str, target: &str) -> TtrpcResult<String> {
-        let mut bundles = self.bundles.lock().map_err(|_| to_ttrpc(Code::Internal, "bundles lock poisoned"))?;
-        let (guest, _) = bundles.get_mut(id).ok_or_else(|| crate::tasks::not_served(id))?;
-        guest.bind_exec_output(target).map_err(|e| to_ttrpc(Code::Internal, e))?;
-        guest.guest_output(target).map_err(|e| to_ttrpc(Code::InvalidArgument, e))
+    fn output(&self, id: &str, target: &str) -> TtrpcResult<String> {
+        self.with_bundle(id, |g, _| g.guest_output(target).map_err(|e| to_ttrpc(Code::InvalidArgument, e)))
     }
 }
 
@@ -205,8 +201,8 @@ impl Task for VmProxy {
             return Err(unsupported("interactive stdin or a terminal"));
         }
         let fwd = api::ExecProcessRequest {
-            stdout: self.exec_output(&req.id, &req.stdout)?,
-            stderr: self.exec_output(&req.id, &req.stderr)?,
+            stdout: self.output(&req.id, &req.stdout)?,
+            stderr: self.output(&req.id, &req.stderr)?,
             ..req.clone()
         };
         self.booted()?.task.exec(ctx(Some(c.timeout_nano)), &fwd).await
