@@ -3,36 +3,12 @@
 //! For terminals the CLI runs inside `script`, which gives it a real pty,
 //! as a person's terminal would.
 
-use std::process::{Command, Stdio};
-
-use berth_testing::{Daemon, bin_path};
-
-/// Runs `shell` (which may call `berth`) under `script` with a pty;
-/// returns (exit code, output with CRs removed).
-fn in_pty(d: &Daemon, shell: &str, input: &str) -> (i32, String) {
-    let berth = bin_path("berth");
-    let cmd = shell.replace("berth ", &format!("{} ", berth.display()));
-    let mut child = Command::new("script")
-        .args(["-eqc", &cmd, "/dev/null"])
-        .env("BERTH_SOCKET", &d.socket)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("script (bsdutils) is installed");
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(input.as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).replace('\r', ""))
-}
+use berth_testing::Daemon;
 
 fn exec_and_run_get_a_real_terminal(shim: &[&str]) {
     let d = Daemon::start_with(shim);
     d.run_detached("term", &["sleep", "1000"]);
-    let (code, out) = in_pty(&d, "berth exec -t term sh -c 'tty; exit 6'", "");
+    let (code, out) = d.in_pty("berth exec -t term sh -c 'tty; exit 6'", "");
     assert_eq!(code, 6, "{out}");
     assert!(out.contains("/dev/pts/"), "{out}");
     // Without -t there is no terminal.
@@ -41,7 +17,7 @@ fn exec_and_run_get_a_real_terminal(shim: &[&str]) {
 
     let rootfs = d.rootfs.to_str().unwrap().to_string();
     let (code, out) =
-        in_pty(&d, &format!("stty cols 90 rows 20; berth run --rm -t {rootfs} sh -c 'tty; stty size; exit 5'"), "");
+        d.in_pty(&format!("stty cols 90 rows 20; berth run --rm -t {rootfs} sh -c 'tty; stty size; exit 5'"), "");
     assert_eq!(code, 5, "{out}");
     assert!(out.contains("/dev/pts/") && out.contains("20 90"), "init starts with our window size: {out}");
     d.berth(&["rm", "-f", "term"]).ok();
@@ -51,11 +27,11 @@ fn exec_and_run_get_a_real_terminal(shim: &[&str]) {
 fn window_size_follows_resizes(shim: &[&str]) {
     let d = Daemon::start_with(shim);
     d.run_detached("win", &["sleep", "1000"]);
-    let (_, out) = in_pty(&d, "stty cols 100 rows 30; berth exec -t win sh -c 'sleep 0.5; stty size'", "");
+    let (_, out) = d.in_pty("stty cols 100 rows 30; berth exec -t win sh -c 'sleep 0.5; stty size'", "");
     assert!(out.contains("30 100"), "{out}");
     // SIGWINCH after a resize of our terminal reaches the container.
     let script = "stty cols 80 rows 24; berth exec -t win sh -c 'sleep 1.5; stty size' & sleep 0.7; stty cols 120 rows 40; kill -WINCH $!; wait $!";
-    let (_, out) = in_pty(&d, script, "");
+    let (_, out) = d.in_pty(script, "");
     assert!(out.contains("40 120"), "{out}");
     d.berth(&["rm", "-f", "win"]).ok();
 }
@@ -63,11 +39,11 @@ fn window_size_follows_resizes(shim: &[&str]) {
 fn interactive_input_reaches_the_process(shim: &[&str]) {
     let d = Daemon::start_with(shim);
     d.run_detached("shell", &["sleep", "1000"]);
-    let (code, out) = in_pty(&d, "berth exec -it shell sh", "echo typed-$((6*7))\nexit 3\n");
+    let (code, out) = d.in_pty("berth exec -it shell sh", "echo typed-$((6*7))\nexit 3\n");
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("typed-42"), "{out}");
     let rootfs = d.rootfs.to_str().unwrap().to_string();
-    let (code, out) = in_pty(&d, &format!("berth run --rm -it {rootfs} sh"), "echo in-run-$((2+2))\nexit 4\n");
+    let (code, out) = d.in_pty(&format!("berth run --rm -it {rootfs} sh"), "echo in-run-$((2+2))\nexit 4\n");
     assert_eq!(code, 4, "{out}");
     assert!(out.contains("in-run-4"), "{out}");
     d.berth(&["rm", "-f", "shell"]).ok();

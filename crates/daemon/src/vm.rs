@@ -83,22 +83,10 @@ pub fn check_create(runtime: &str, p: &mut CreateParams) -> Result<()> {
     if runtime != berth_model::VM_RUNTIME {
         return Ok(());
     }
-    if p.tty || p.stdin {
-        return Err(unsupported("a terminal or interactive stdin"));
-    }
     if p.restore.is_some() {
-        return Err(unsupported("a restore"));
-    }
-    // Shared with the guest over 9p as root, the file could be made a
-    // setuid program on the host (docs/vm.md).
-    if p.log_path.is_some() {
-        return Err(unsupported("a log path of the caller's"));
+        return Err(Error::FailedPrecondition("a restore is not supported for a container in a VM yet".into()));
     }
     own_network(&p.net)
-}
-
-fn unsupported(what: &str) -> Error {
-    Error::FailedPrecondition(format!("{what} is not supported for a container in a VM yet"))
 }
 
 /// A VM's network namespace must be one berthd makes for it: not the

@@ -27,6 +27,7 @@ mod stdio;
 mod tasks;
 mod tty;
 mod vm;
+mod vsock_io;
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, FromRawFd};
@@ -220,7 +221,7 @@ async fn serve(args: Args, pod_init: Option<podinit::PodInit>) -> Result<(), Str
 
 /// Serves the containers of a VM (`--runtime vm`, see `vm/mod.rs`).
 async fn serve_vm(args: Args) -> Result<(), String> {
-    let (listener, _, _) = listener(&args)?;
+    let (listener, socket, _) = listener(&args)?;
     let accel = match args.vm_accel.as_deref() {
         Some("kvm") => berth_vm::Accel::Kvm,
         Some("tcg") => berth_vm::Accel::Tcg,
@@ -235,7 +236,7 @@ async fn serve_vm(args: Args) -> Result<(), String> {
         cpus: number("--vm-cpus", &args.vm_cpus)?,
         memory_mib: number("--vm-memory", &args.vm_memory)?,
     };
-    let proxy = vm::VmProxy::new(args.namespace, args.id, args.sandbox, &args.runtime_root, options);
+    let proxy = vm::VmProxy::new(args.namespace, args.id, args.sandbox, &args.runtime_root, socket, options);
     let mut server = Server::new().register_service(task_services(proxy.clone())).add_listener(listener);
     server.start().await.map_err(|e| format!("ttrpc: {e}"))?;
     proxy.shutdown_requested().await;

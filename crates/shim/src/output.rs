@@ -39,6 +39,14 @@ impl Drained {
         };
         let _ = tokio::time::timeout(DRAIN_LIMIT, all).await;
     }
+
+    /// One more output to wait for: drained once the sender says so or
+    /// is dropped.
+    pub fn reserve(&mut self) -> oneshot::Sender<()> {
+        let (done, rx) = oneshot::channel();
+        self.0.push(rx);
+        done
+    }
 }
 
 /// Where a process's output goes.
@@ -110,22 +118,23 @@ pub fn open_sink(path: &str) -> std::io::Result<Sink> {
     Ok(open_writer(path)?.map_or_else(|| Sink::Waiting(path.to_string()), Sink::Fifo))
 }
 
-/// Makes the pipe for the log file or FIFO at `path` (empty: no output,
-/// /dev/null) and starts copying; returns the write end for the process.
-pub fn pipe_to_log(path: &str, drained: &mut Drained) -> std::io::Result<Option<OwnedFd>> {
-    if path.is_empty() {
-        return Ok(None);
-    }
-    let mut sink = open_sink(path)?;
+/// Makes the pipe for the output `sink` and starts copying; returns the
+/// write end for the process.
+pub fn pipe_to(sink: Sink, drained: &mut Drained) -> std::io::Result<OwnedFd> {
     // Close-on-exec: only the process's own copy (dup'ed onto 1 or 2 by the
     // runtime) survives its exec.
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(std::io::Error::from)?;
     // The process gets an ordinary blocking pipe.
     nix::fcntl::fcntl(write.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()))
         .map_err(std::io::Error::from)?;
-    let read = register(read)?;
-    let (done, rx) = oneshot::channel();
-    drained.0.push(rx);
+    copy_into(read, sink, drained.reserve())?;
+    Ok(write)
+}
+
+/// Copies what `source` (non-blocking) carries into `sink` until it ends,
+/// then says so on `done`.
+pub fn copy_into(source: OwnedFd, mut sink: Sink, done: oneshot::Sender<()>) -> std::io::Result<()> {
+    let read = register(source)?;
     tokio::spawn(async move {
         let mut buf = Vec::new();
         while let Some(n) = read_some(&read, &mut buf).await {
@@ -134,7 +143,7 @@ pub fn pipe_to_log(path: &str, drained: &mut Drained) -> std::io::Result<Option<
         drop(sink);
         let _ = done.send(());
     });
-    Ok(Some(write))
+    Ok(())
 }
 
 /// Feeds a process's stdin from `source` (berthd's FIFO, opened without

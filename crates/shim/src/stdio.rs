@@ -13,7 +13,7 @@ use berth_runtime::Stdio;
 use berth_shim::{console_socket, to_ttrpc, tty_socket};
 use containerd_shim_protos::ttrpc;
 
-use crate::output::{Drained, open_sink, pipe_from, pipe_to_log};
+use crate::output::{Drained, Sink, open_sink, pipe_from, pipe_to, register};
 use crate::service::internal;
 use crate::tasks::Shim;
 use crate::tty::{self, ConsoleSocket, Pty};
@@ -50,6 +50,7 @@ impl Shim {
         if terminal {
             let (input, keeper) = match stdin {
                 "" => (None, None),
+                path if self.is_stream(path) => (Some(dial(path)?), None),
                 path => open_fifo(path, keep).map(|(reader, keeper)| (Some(reader), keeper))?,
             };
             let console =
@@ -57,9 +58,15 @@ impl Shim {
             let stdio = Stdio { console_socket: Some(console.path().to_path_buf()), ..Default::default() };
             return Ok((stdio, Some(Terminal { console, input }), keeper, drained));
         }
-        let (stdin, keeper) = open_stdin(stdin, keep)?;
-        let open = |path: &str, drained: &mut Drained| {
-            pipe_to_log(path, drained).map_err(|e| to_ttrpc(Code::InvalidArgument, format!("open {path}: {e}")))
+        let (stdin, keeper) = match self.is_stream(stdin) {
+            true => (Some(pipe_from(dial(stdin)?).map_err(internal)?), None),
+            false => open_stdin(stdin, keep)?,
+        };
+        let open = |path: &str, drained: &mut Drained| -> TtrpcResult<Option<OwnedFd>> {
+            if path.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(pipe_to(self.open_output(path)?, drained).map_err(internal)?))
         };
         let stdout = open(stdout, &mut drained)?;
         let stderr = open(stderr, &mut drained)?;
@@ -82,7 +89,7 @@ impl Shim {
         let master = console.receive_master().map_err(terminal_err)?;
         let sink = match log {
             "" => None,
-            path => Some(open_sink(path).map_err(|e| to_ttrpc(Code::InvalidArgument, format!("open {path}: {e}")))?),
+            path => Some(self.open_output(path)?),
         };
         let pty =
             tty::serve(master, sink, input, tty_socket(&self.socket, container_id, exec_id)).map_err(terminal_err)?;
@@ -91,6 +98,26 @@ impl Shim {
         }
         Ok(Some(pty))
     }
+
+    /// Whether `path` names a stream to the host's shim: only in a guest
+    /// (`vsock_io`).
+    fn is_stream(&self, path: &str) -> bool {
+        self.guest && crate::vsock_io::parse(path).is_some()
+    }
+
+    /// Opens a process's output `path`: a stream to the host's shim in a
+    /// guest, else a file, a FIFO or a CRI log target (`open_sink`).
+    fn open_output(&self, path: &str) -> TtrpcResult<Sink> {
+        if self.is_stream(path) {
+            return Ok(Sink::Fifo(register(dial(path)?).map_err(internal)?));
+        }
+        open_sink(path).map_err(|e| to_ttrpc(Code::InvalidArgument, format!("open {path}: {e}")))
+    }
+}
+
+/// Dials the host's end of a stream (`vsock_io::dial`).
+fn dial(path: &str) -> TtrpcResult<OwnedFd> {
+    crate::vsock_io::dial(path).map_err(|e| to_ttrpc(Code::Unavailable, format!("stream {path}: {e}")))
 }
 
 /// Opens a process's stdin. A FIFO (interactive stdin) is fed to the
@@ -111,7 +138,7 @@ fn open_stdin(path: &str, keep: bool) -> TtrpcResult<(Option<OwnedFd>, Option<Fi
 /// writer that keeps the input from ending while the shim holds it.
 /// Without one the input ends once a writer has come and gone (Linux
 /// reports no hang-up to a reader that has not seen a writer yet).
-fn open_fifo(path: &str, keep: bool) -> TtrpcResult<(OwnedFd, Option<File>)> {
+pub(crate) fn open_fifo(path: &str, keep: bool) -> TtrpcResult<(OwnedFd, Option<File>)> {
     let open_err = |e: std::io::Error| to_ttrpc(Code::InvalidArgument, format!("open {path}: {e}"));
     let reader = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(open_err)?;
     let keeper = keep

@@ -238,6 +238,28 @@ impl Daemon {
         }
     }
 
+    /// Runs `shell` (which may call `berth`) under `script`, which gives
+    /// it a real pty as a person's terminal would, with `input` typed into
+    /// it; returns (exit code, output with CRs removed).
+    pub fn in_pty(&self, shell: &str, input: &str) -> (i32, String) {
+        use std::io::Write;
+        let berth = bin_path("berth");
+        let cmd = shell.replace("berth ", &format!("{} ", berth.display()));
+        let mut child = Command::new("script")
+            .args(["-eqc", &cmd, "/dev/null"])
+            .env("BERTH_SOCKET", &self.socket)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("script (bsdutils) is installed");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).replace('\r', ""))
+    }
+
     /// Runs the CLI with `input` on its stdin.
     pub fn berth_with_input(&self, args: &[&str], input: &str) -> Output {
         self.berth_with_env_input(&[], args, input)

@@ -1,8 +1,9 @@
 //! A container's bundle as its guest sees it (docs/vm.md). The host
 //! shares one directory with the guest; each container gets `SHARE/ID/`
 //! holding a rewritten `config.json`, its root filesystem bind-mounted at
-//! `rootfs`, berth's log directory of the container at `logs`, and each
-//! host bind mount of the spec at `m<N>`. The rewrite points the spec at those guest paths and
+//! `rootfs`, and each host bind mount of the spec at `m<N>` (stdio is not
+//! shared: it is streamed, `stdio.rs`). The rewrite points the spec at
+//! those guest paths and
 //! drops what only makes sense on the host: namespace paths (the guest
 //! makes its own; its containers share the guest's network namespace),
 //! hooks (host programs; refused), AppArmor and SELinux
@@ -26,7 +27,6 @@ use std::path::{Path, PathBuf};
 
 use berth_model::ExitStatus;
 use berth_model::vm::GUEST_SHARE;
-use berth_shim::crilog::{self, parse_target};
 
 use super::share::ShareDir;
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -45,10 +45,6 @@ pub struct GuestBundle {
     pub files: ShareDir,
     /// The same directory in the guest.
     pub guest_dir: String,
-    /// The host directory of its output, bound at `logs`: berth's own log
-    /// of the container (rotated by the guest's shim there), where exec
-    /// outputs go too.
-    logs: Option<PathBuf>,
     /// The binds made for it, newest last (`share::unmount`).
     mounts: Vec<OwnedFd>,
     /// Where binds are staged (`ShareDir::bind`).
@@ -56,28 +52,16 @@ pub struct GuestBundle {
 }
 
 impl GuestBundle {
-    /// Prepares `SHARE/ID` in `share` for the bundle at `bundle` whose
-    /// output goes to `stdout` and `stderr` (log targets or paths), its
-    /// binds staged in `stage`. On error nothing is left mounted; the
-    /// directory may stay, for [`ShareDir::remove`].
-    pub fn prepare(
-        share: &ShareDir,
-        stage: &Path,
-        id: &str,
-        bundle: &Path,
-        outputs: [&str; 2],
-    ) -> Result<Self, Refusal> {
+    /// Prepares `SHARE/ID` in `share` for the bundle at `bundle`, its binds
+    /// staged in `stage`. On error nothing is left mounted; the directory
+    /// may stay, for [`ShareDir::remove`].
+    pub fn prepare(share: &ShareDir, stage: &Path, id: &str, bundle: &Path) -> Result<Self, Refusal> {
         let text = std::fs::read(bundle.join("config.json")).map_err(|e| format!("read config.json: {e}"))?;
         let mut spec: Value = serde_json::from_slice(&text).map_err(|e| format!("config.json: {e}"))?;
-        let logs = outputs.iter().filter(|t| !t.is_empty()).map(|t| log_dir(t)).collect::<Result<Vec<_>, _>>()?;
-        if logs.windows(2).any(|w| w[0] != w[1]) {
-            return Err("stdout and stderr must be in one directory in a VM".into());
-        }
         refuse_host_only(&spec)?;
         let files = share.make_dir(id).map_err(|e| format!("create {id} in the share: {e}"))?;
         let guest_dir = format!("{GUEST_SHARE}/{id}");
-        let (logs, stage) = (logs.first().cloned(), stage.to_path_buf());
-        let mut g = GuestBundle { files, guest_dir, logs, mounts: Vec::new(), stage };
+        let mut g = GuestBundle { files, guest_dir, mounts: Vec::new(), stage: stage.to_path_buf() };
         if let Err(e) = g.bind_all(&mut spec, bundle) {
             g.unmount();
             return Err(e);
@@ -106,9 +90,6 @@ impl GuestBundle {
         // read-only inside the container (as runc does on a host).
         self.bind("rootfs", &bundle.join(root), false)?;
         spec["root"]["path"] = Value::from(format!("{}/rootfs", self.guest_dir));
-        if let Some(logs) = self.logs.clone() {
-            self.bind("logs", &logs, false)?;
-        }
         if let Some(mounts) = spec.get_mut("mounts").and_then(Value::as_array_mut) {
             for (n, m) in mounts.iter_mut().enumerate() {
                 let binds = m.get("type").and_then(Value::as_str) == Some("bind")
@@ -153,48 +134,6 @@ impl GuestBundle {
         let bytes = self.files.read_small(berth_model::vm::OOM_KILLS_FILE, 20)?;
         std::str::from_utf8(&bytes).ok()?.trim().parse().ok().filter(|n| *n > 0)
     }
-
-    /// A log target or path of this container as the guest sees it: its
-    /// file in the bound log directory. Empty stays empty.
-    pub fn guest_output(&self, target: &str) -> Result<String, Refusal> {
-        if target.is_empty() {
-            return Ok(String::new());
-        }
-        let path = target_path(target)?;
-        let name = path.file_name().ok_or_else(|| format!("{target} names no file"))?;
-        if self.logs.as_deref() != path.parent() {
-            return Err(format!("{target} is outside the container's log directory"));
-        }
-        let guest = PathBuf::from(format!("{}/logs", self.guest_dir)).join(name);
-        Ok(match parse_target(target) {
-            Some(t) => match t.rotation {
-                Some(r) => crilog::berth_target(t.stream, &guest, r),
-                None => crilog::target(t.stream, &guest),
-            },
-            None => guest.to_string_lossy().into_owned(),
-        })
-    }
-}
-
-/// The directory of an init's output `target`: berth's own log, rotated
-/// by the guest's shim. A caller's log file (`--log-path`, kubelet's) is
-/// refused: bound into a 9p share that QEMU serves as root, the guest
-/// could make it a setuid program or give it capabilities on the host.
-fn log_dir(target: &str) -> Result<PathBuf, Refusal> {
-    if parse_target(target).is_none_or(|t| t.rotation.is_none()) {
-        return Err(format!("{target}: a log file of the caller's cannot be shared with a VM"));
-    }
-    let path = target_path(target)?;
-    path.parent().map(Path::to_path_buf).ok_or_else(|| format!("{target} has no directory"))
-}
-
-/// The file a log target or a plain path writes to.
-fn target_path(target: &str) -> Result<PathBuf, Refusal> {
-    let path = parse_target(target).map(|t| t.path.to_path_buf()).unwrap_or_else(|| PathBuf::from(target));
-    if !path.is_absolute() {
-        return Err(format!("output {target} is not an absolute path"));
-    }
-    Ok(path)
 }
 
 fn refuse_host_only(spec: &Value) -> Result<(), Refusal> {

@@ -12,10 +12,12 @@
 pub mod guest_spec;
 mod net;
 mod share;
+mod stdio;
 mod task;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -37,6 +39,9 @@ type TtrpcResult<T> = ttrpc::Result<T>;
 /// boots in 1.5–2.5 s here; a loaded host takes longer). Within berthd's
 /// 30 s for a whole create, helpers' start included.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(20);
+/// The host port of a VM's first stdio stream (`stdio.rs`); the guest's
+/// agent listens on its own ports, which are the guest's.
+const FIRST_STREAM_PORT: u32 = 10_000;
 /// How long a guest told to power off may take before it is killed.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(5);
 
@@ -62,12 +67,18 @@ pub struct VmProxy {
     namespace: String,
     id: String,
     sandbox: bool,
+    /// The shim's own socket, which terminal attach sockets are named after.
+    socket: PathBuf,
     options: VmOptions,
     /// The VM's own files: `share` (shared with the guest) and `run`.
     dir: PathBuf,
     guest: OnceCell<Arc<Guest>>,
     /// Each container's guest bundle and host bundle.
     bundles: Mutex<HashMap<String, (GuestBundle, PathBuf)>>,
+    /// Each process's stdio on the host, by container and exec id.
+    ios: Mutex<HashMap<(String, String), stdio::ProcessIo>>,
+    /// The host port of the next stream from the guest (`stdio.rs`).
+    next_port: AtomicU32,
     /// The share, once mounted (`guest_spec::mount_share`) and opened.
     share_root: Mutex<Option<Arc<ShareDir>>>,
     /// A lone container's exit, once recorded: its VM is then powered off
@@ -79,16 +90,26 @@ pub struct VmProxy {
 }
 
 impl VmProxy {
-    pub fn new(namespace: String, id: String, sandbox: bool, runtime_root: &Path, options: VmOptions) -> Arc<Self> {
+    pub fn new(
+        namespace: String,
+        id: String,
+        sandbox: bool,
+        runtime_root: &Path,
+        socket: PathBuf,
+        options: VmOptions,
+    ) -> Arc<Self> {
         let dir = berth_vm::dir_of(runtime_root, &id);
         Arc::new(VmProxy {
             namespace,
             id,
             sandbox,
+            socket,
             options,
             dir,
             guest: OnceCell::new(),
             bundles: Mutex::default(),
+            ios: Mutex::default(),
+            next_port: AtomicU32::new(FIRST_STREAM_PORT),
             share_root: Mutex::default(),
             ended: Mutex::default(),
             powering: tokio::sync::Mutex::new(()),
@@ -98,6 +119,11 @@ impl VmProxy {
 
     fn share(&self) -> PathBuf {
         self.dir.join("share")
+    }
+
+    /// The VM's runtime files: its helpers' sockets.
+    fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
     }
 
     /// Where binds for the guest are made before they move into the share.
@@ -126,6 +152,9 @@ impl VmProxy {
     /// removes its files from the share (`ShareDir::remove`), so the id
     /// can be created again in a running VM.
     fn forget(&self, id: &str) {
+        if let Ok(mut ios) = self.ios.lock() {
+            ios.retain(|(container, _), _| container != id);
+        }
         let removed = self.bundles.lock().ok().and_then(|mut b| b.remove(id));
         let Some((mut guest, _)) = removed else { return };
         guest.unmount();
@@ -188,7 +217,7 @@ impl VmProxy {
             cpus,
             memory_mib,
             share: self.share(),
-            state: self.dir.join("run"),
+            state: self.run_dir(),
             accel: self.options.accel,
             assets,
             guest_log: std::env::var("BERTH_SHIM_LOG").ok(),

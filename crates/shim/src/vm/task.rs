@@ -1,8 +1,9 @@
 //! The Task API of a VM shim: each call forwarded to the guest's shim.
 //! Paths move into the share (`guest_spec.rs`); guest pids are answered as
 //! 0, since they name no host process (berthd must never signal or read
-//! one); what a guest cannot do yet (stdin, terminals, checkpoints,
-//! containerd's rootfs mounts) is refused as FailedPrecondition.
+//! one); a process's stdio stays on the host, streamed over vsock
+//! (`stdio.rs`); what a guest cannot do yet (checkpoints, containerd's
+//! rootfs mounts) is refused as FailedPrecondition.
 
 use std::path::PathBuf;
 
@@ -36,10 +37,6 @@ impl VmProxy {
         let (guest, host) = bundles.get(id).ok_or_else(|| crate::tasks::not_served(id))?;
         f(guest, host)
     }
-
-    fn output(&self, id: &str, target: &str) -> TtrpcResult<String> {
-        self.with_bundle(id, |g, _| g.guest_output(target).map_err(|e| to_ttrpc(Code::InvalidArgument, e)))
-    }
 }
 
 #[async_trait]
@@ -54,9 +51,6 @@ impl Task for VmProxy {
 
     async fn create(&self, c: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
         self.check(&req.id)?;
-        if !req.stdin.is_empty() || req.terminal {
-            return Err(unsupported("interactive stdin or a terminal"));
-        }
         if !req.rootfs.is_empty() || !req.checkpoint.is_empty() {
             return Err(unsupported("a rootfs from mounts or a restore"));
         }
@@ -68,29 +62,35 @@ impl Task for VmProxy {
             let share = self.ensure_share()?;
             // A count from an earlier run of the container is not this one's.
             let _ = std::fs::remove_file(host.join(berth_model::vm::OOM_KILLS_FILE));
-            let stage = self.stage();
-            let prepared = GuestBundle::prepare(&share, &stage, &req.id, &host, [&req.stdout, &req.stderr]);
-            let guest = match prepared {
+            let guest = match GuestBundle::prepare(&share, &self.stage(), &req.id, &host) {
                 Ok(guest) => guest,
                 Err(e) => {
                     let _ = share.remove(&req.id);
                     return Err(to_ttrpc(Code::InvalidArgument, e));
                 }
             };
-            let outputs = guest.guest_output(&req.stdout).and_then(|o| Ok((o, guest.guest_output(&req.stderr)?)));
-            let fwd = api::CreateTaskRequest {
-                id: req.id.clone(),
-                bundle: guest.guest_dir.clone(),
-                options: req.options.clone(),
-                ..Default::default()
-            };
+            let bundle = guest.guest_dir.clone();
             if let Ok(mut b) = self.bundles.lock() {
                 b.insert(req.id.clone(), (guest, host.clone()));
             }
-            let (stdout, stderr) = outputs.map_err(|e| to_ttrpc(Code::InvalidArgument, e))?;
-            let fwd = api::CreateTaskRequest { stdout, stderr, ..fwd };
             let booted = self.boot(&host).await?;
-            booted.task.create(ctx(Some(c.timeout_nano)), &fwd).await
+            let (io, [stdin, stdout, stderr]) =
+                self.host_stdio(&req.id, "", req.terminal, [&req.stdin, &req.stdout, &req.stderr])?;
+            let fwd = api::CreateTaskRequest {
+                id: req.id.clone(),
+                bundle,
+                terminal: req.terminal,
+                stdin,
+                stdout,
+                stderr,
+                options: req.options.clone(),
+                ..Default::default()
+            };
+            let r = booted.task.create(ctx(Some(c.timeout_nano)), &fwd).await?;
+            if let Ok(mut ios) = self.ios.lock() {
+                ios.insert((req.id.clone(), String::new()), io);
+            }
+            Ok(r)
         };
         match created.await {
             Ok(r) => Ok(api::CreateTaskResponse { pid: 0, ..r }),
@@ -131,6 +131,12 @@ impl Task for VmProxy {
             Ok(r) => r,
             Err(e) => return ended().unwrap_or(Err(e)),
         };
+        // Its output is in its targets before anyone hears of the exit.
+        let drained =
+            self.ios.lock().ok().and_then(|ios| ios.get(&(req.id.clone(), req.exec_id.clone())).map(|io| io.drained()));
+        if let Some(drained) = drained {
+            drained.wait().await;
+        }
         // The guest recorded the exit in the share; it is the host's record
         // (in the host bundle) before anyone hears of it.
         let name = match req.exec_id.as_str() {
@@ -185,6 +191,11 @@ impl Task for VmProxy {
                 }
             },
         };
+        if !req.exec_id.is_empty()
+            && let Ok(mut ios) = self.ios.lock()
+        {
+            ios.remove(&(req.id.clone(), req.exec_id.clone()));
+        }
         if req.exec_id.is_empty() {
             self.forget(&req.id);
             if !self.sandbox {
@@ -197,15 +208,19 @@ impl Task for VmProxy {
 
     async fn exec(&self, c: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
         self.check(&req.id)?;
-        if !req.stdin.is_empty() || req.terminal {
-            return Err(unsupported("interactive stdin or a terminal"));
+        let guest = self.booted()?;
+        let key = (req.id.clone(), req.exec_id.clone());
+        if self.ios.lock().is_ok_and(|ios| ios.contains_key(&key)) {
+            return Err(to_ttrpc(Code::AlreadyExists, format!("exec {} exists", req.exec_id)));
         }
-        let fwd = api::ExecProcessRequest {
-            stdout: self.output(&req.id, &req.stdout)?,
-            stderr: self.output(&req.id, &req.stderr)?,
-            ..req.clone()
-        };
-        self.booted()?.task.exec(ctx(Some(c.timeout_nano)), &fwd).await
+        let (io, [stdin, stdout, stderr]) =
+            self.host_stdio(&req.id, &req.exec_id, req.terminal, [&req.stdin, &req.stdout, &req.stderr])?;
+        let fwd = api::ExecProcessRequest { stdin, stdout, stderr, ..req.clone() };
+        guest.task.exec(ctx(Some(c.timeout_nano)), &fwd).await?;
+        if let Ok(mut ios) = self.ios.lock() {
+            ios.insert(key, io);
+        }
+        Ok(Empty::new())
     }
 
     async fn state(&self, c: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
@@ -280,13 +295,23 @@ impl Task for VmProxy {
         self.booted()?.task.stats(ctx(Some(c.timeout_nano)), &req).await
     }
 
-    async fn close_io(&self, c: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<Empty> {
+    /// The host holds a process's stdin (`stdio.rs`): it ends here, and the
+    /// guest's once the host's stream closes.
+    async fn close_io(&self, _c: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<Empty> {
         self.check(&req.id)?;
-        self.booted()?.task.close_io(ctx(Some(c.timeout_nano)), &req).await
+        let mut ios = self.ios.lock().map_err(|_| to_ttrpc(Code::Internal, "stdio lock poisoned"))?;
+        let io = ios
+            .get_mut(&(req.id.clone(), req.exec_id.clone()))
+            .ok_or_else(|| to_ttrpc(Code::NotFound, format!("no process {:?} in container {}", req.exec_id, req.id)))?;
+        if req.stdin {
+            io.close_stdin();
+        }
+        Ok(Empty::new())
     }
 
-    async fn resize_pty(&self, _c: &TtrpcContext, _req: api::ResizePtyRequest) -> TtrpcResult<Empty> {
-        Err(unsupported("a terminal"))
+    async fn resize_pty(&self, c: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<Empty> {
+        self.check(&req.id)?;
+        self.booted()?.task.resize_pty(ctx(Some(c.timeout_nano)), &req).await
     }
 
     async fn checkpoint(&self, _c: &TtrpcContext, _req: api::CheckpointTaskRequest) -> TtrpcResult<Empty> {

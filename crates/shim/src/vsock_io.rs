@@ -1,0 +1,71 @@
+//! A process's stdio across a VM's vsock (docs/vm.md). The host's shim
+//! names each stream of a process in its guest `vsock:PORT:TOKEN`; the
+//! guest's shim dials the host (CID 2) at PORT, sends TOKEN and a newline,
+//! and then the stream's bytes. The host's shim (`vm/stdio.rs`) takes only
+//! a connection that proves the token (a container in the guest can dial
+//! the host too) and copies the stream to or from the process's real
+//! target on the host, so no host file is ever shared with the guest.
+
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+const SCHEME: &str = "vsock:";
+
+/// Random bytes in a token (sent as twice as many hex digits).
+const TOKEN_BYTES: usize = 16;
+
+/// The line a connection starts with: the token and a newline.
+pub const TOKEN_LINE: usize = 2 * TOKEN_BYTES + 1;
+
+/// The name a guest gets for the stream at `port` proved by `token`.
+pub fn name(port: u32, token: &str) -> String {
+    format!("{SCHEME}{port}:{token}")
+}
+
+/// The port and token of a stream's name; `None` for anything else.
+pub fn parse(path: &str) -> Option<(u32, &str)> {
+    let (port, token) = path.strip_prefix(SCHEME)?.split_once(':')?;
+    let hex = token.len() + 1 == TOKEN_LINE && token.bytes().all(|b| b.is_ascii_hexdigit());
+    Some((port.parse().ok()?, token)).filter(|_| hex)
+}
+
+/// A new random token.
+pub fn new_token() -> io::Result<String> {
+    let mut bytes = [0u8; TOKEN_BYTES];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// In the guest: the stream named `path`, dialled and proved, as a
+/// non-blocking descriptor.
+pub fn dial(path: &str) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, VsockAddr, connect, socket};
+    let (port, token) =
+        parse(path).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{path} names no stream")))?;
+    let fd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    connect(fd.as_raw_fd(), &VsockAddr::new(libc::VMADDR_CID_HOST, port))?;
+    let mut stream = std::fs::File::from(fd);
+    stream.write_all(format!("{token}\n").as_bytes())?;
+    let fd = OwnedFd::from(stream);
+    let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+    let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_back_and_nothing_else_does() {
+        let token = new_token().unwrap();
+        assert_eq!(token.len() + 1, TOKEN_LINE);
+        assert_ne!(token, new_token().unwrap());
+        assert_eq!(parse(&name(2049, &token)), Some((2049, token.as_str())));
+        for bad in ["", "/var/log/x", "vsock:", "vsock:1:", "vsock:x:00", "vsock:1:zz", "vsock:99999999999:00"] {
+            assert_eq!(parse(bad), None, "{bad}");
+        }
+        assert_eq!(parse(&format!("vsock:1:{}", "g".repeat(TOKEN_LINE - 1))), None);
+    }
+}
