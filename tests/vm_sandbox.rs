@@ -245,3 +245,61 @@ fn a_vm_is_on_its_containers_network() {
     assert_nothing_left(&d);
     assert!(d.network_leftovers().is_empty(), "{:?}", d.network_leftovers());
 }
+
+/// A pod through CRI with the runtime handler `vm` (kubelet's
+/// RuntimeClass): its containers run in the pod's VM, their output lands
+/// in kubelet's log files in the CRI format, written on the host (the
+/// guest gets no host file of the log directory) and followed across
+/// kubelet's rotation; exec into them works.
+#[test]
+fn a_cri_pod_with_the_vm_handler_runs_in_a_guest() {
+    use berth_e2e::cri_support::*;
+    use k8s_cri::v1 as cri;
+    let (d, _guard, _reg, _reference, image) = setup_with(&["--vm-assets", &berth_testing::vm::assets()]);
+    let logs = d.dir().join("pod-logs");
+    runtime().block_on(async {
+        let mut c = clients(&d).await;
+        let pod_cfg = kubelet_pod_config("vmpod", &logs);
+        let req = cri::RunPodSandboxRequest { config: Some(pod_cfg.clone()), runtime_handler: "vm".into() };
+        let pod = c.rt.run_pod_sandbox(req).await.expect("RunPodSandbox").into_inner().pod_sandbox_id;
+        let cfg = container_config("k", &image, &["sh", "-c", "uname -r; exec sleep 1000"]);
+        let id = create(&mut c, &pod, &pod_cfg, cfg).await;
+        c.rt.start_container(cri::StartContainerRequest { container_id: id.clone() }).await.expect("start");
+        assert_eq!(sh(&mut c, &id, "uname -r").await, (release(), 0));
+        let log = logs.join("k/0.log");
+        // kubelet's format: TIMESTAMP STREAM TAG LINE.
+        let text = logged(&log, &release()).await;
+        assert!(text.lines().next().unwrap().ends_with(&format!(" stdout F {}", release())), "{text}");
+        // kubelet's rotation: rename, then ReopenContainerLog; the next
+        // line of the container's init goes to the new file.
+        std::fs::rename(&log, logs.join("k/0.log.1")).unwrap();
+        c.rt.reopen_container_log(cri::ReopenContainerLogRequest { container_id: id.clone() }).await.expect("reopen");
+        assert_eq!(sh(&mut c, &id, "echo after-rotation > /proc/1/fd/1").await.1, 0);
+        let text = logged(&log, "after-rotation").await;
+        assert!(!text.contains(&release()), "{text}");
+        let qemu = vm_processes(&d).into_iter().find(|(_, a)| a.contains("qemu-system")).map(|(pid, _)| pid);
+        let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", qemu.expect("QEMU runs"))).unwrap();
+        assert!(!mounts.lines().any(|l| l.contains("pod-logs")), "{mounts}");
+        let e = c.rt.port_forward(cri::PortForwardRequest { pod_sandbox_id: pod.clone(), port: vec![80] }).await;
+        assert_eq!(e.unwrap_err().code(), tonic::Code::FailedPrecondition);
+        let stop = cri::StopPodSandboxRequest { pod_sandbox_id: pod.clone() };
+        c.rt.stop_pod_sandbox(stop).await.expect("StopPodSandbox");
+        let rm = cri::RemovePodSandboxRequest { pod_sandbox_id: pod.clone() };
+        c.rt.remove_pod_sandbox(rm).await.expect("RemovePodSandbox");
+        assert_clean(&d, &[id]);
+    });
+    assert_nothing_left(&d);
+}
+
+/// The text of `log` once it holds `what` (within 20 s).
+async fn logged(log: &std::path::Path, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(what) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{what} not in {text:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

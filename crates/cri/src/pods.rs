@@ -56,8 +56,8 @@ fn name_key(m: &cri::PodSandboxMetadata) -> String {
 /// berth's runtime for a CRI runtime handler (RuntimeClass).
 fn runtime(handler: &str) -> Result<String, Status> {
     match handler {
-        "" | "embedded" | "runc" | "crun" => Ok(handler.to_string()),
-        other => Err(invalid(format!("unknown runtime handler {other:?} (berth has embedded, runc and crun)"))),
+        "" | "embedded" | "runc" | "crun" | berth_model::VM_RUNTIME => Ok(handler.to_string()),
+        other => Err(invalid(format!("unknown runtime handler {other:?} (berth has embedded, runc, crun and vm)"))),
     }
 }
 

@@ -10,7 +10,7 @@ use crate::{Backend, Cri, cri, lock};
 /// CRI's API version.
 const API_VERSION: &str = "v1";
 /// The runtime handlers (RuntimeClass) berth serves; "" is berthd's default.
-const HANDLERS: [&str; 4] = ["", "embedded", "runc", "crun"];
+const HANDLERS: [&str; 5] = ["", "embedded", "runc", "crun", berth_model::VM_RUNTIME];
 
 /// Whether pods can get a network: a CNI config list written by an
 /// administrator, or the plugins berth's own default network is made of.

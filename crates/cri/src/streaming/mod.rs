@@ -123,6 +123,14 @@ impl<B: Backend> crate::Cri<B> {
         if pod.state() != crate::cri::PodSandboxState::SandboxReady {
             return Err(tonic::Status::failed_precondition(format!("pod sandbox {} is not ready", pod.sb.id)));
         }
+        // A VM pod's ports are the guest's: its namespace's loopback on the
+        // host does not reach them.
+        if pod.sb.vm.is_some() {
+            return Err(tonic::Status::failed_precondition(format!(
+                "pod sandbox {} runs in a VM: port forwarding into a VM is not supported yet",
+                pod.sb.id
+            )));
+        }
         let netns = pod.sb.network.map(|n| n.netns).unwrap_or_default();
         self.tokens.issue(Target::Ports { netns })
     }
