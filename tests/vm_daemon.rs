@@ -79,6 +79,14 @@ fn a_detached_container_in_a_vm_is_managed_like_any_other() {
     // … and its shim still answers for the stopped container.
     assert_eq!(d.berth(&["wait", "v"]).code, 137);
     assert!(d.berth(&["top", "v"]).code != 0, "a stopped container has no processes");
+    // Its create and start events name the accelerator berthd picked.
+    let events = d.berth(&["events", "--since", "0", "--no-follow", "--id", "v", "--json"]).ok().to_string();
+    let events: Vec<Value> = events.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for kind in ["create", "start"] {
+        let ev = events.iter().find(|e| e["type"] == kind).unwrap_or_else(|| panic!("no {kind}: {events:?}"));
+        assert_eq!((ev["vm"]["accel"].as_str(), ev["vm"]["cpus"].as_u64()), (Some("tcg"), Some(2)), "{ev}");
+    }
+    assert!(events.iter().filter(|e| e["type"] == "exit").all(|e| e["vm"].is_null()), "{events:?}");
     d.berth(&["rm", "v"]).ok();
     assert_nothing_left(&d);
 }

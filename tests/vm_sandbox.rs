@@ -69,6 +69,11 @@ fn a_vm_sandbox_runs_its_containers_in_one_guest() {
     assert_eq!(qemus(&d), 1, "{:?}", vm_processes(&d));
     let inspect = json(&d, &["inspect", "--json", "a"]);
     assert_eq!(inspect["sandbox"], "pod", "{inspect}");
+    // A container in a VM sandbox names the sandbox's VM, as its events do.
+    assert_eq!(inspect["vm"], sb["vm"], "{inspect}");
+    let events = d.berth(&["events", "--since", "0", "--no-follow", "--id", "a", "--json"]).ok().to_string();
+    let create: Value = serde_json::from_str(events.lines().next().unwrap()).unwrap();
+    assert_eq!((&create["type"], &create["vm"]), (&Value::from("create"), &sb["vm"]), "{events}");
 
     // An attached run in the sandbox, with its exit code.
     let out = d.berth(&["run", "--rm", "--sandbox", "pod", &root, "sh", "-c", "echo hi; exit 3"]);

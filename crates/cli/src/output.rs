@@ -140,13 +140,15 @@ pub fn event_json(e: &pb::Event) -> Value {
         "pid": e.pid,
         "exit": exit_json(&e.exit),
         "exec_id": e.exec_id,
+        "vm": e.vm.as_ref().map(vm_json),
     })
 }
 
 pub fn event_line(e: &pb::Event) -> String {
     let exit = e.exit.as_ref().map(|x| format!(" exit={}", x.code)).unwrap_or_default();
     let exec = if e.exec_id.is_empty() { String::new() } else { format!(" exec={}", e.exec_id) };
-    let line = format!("{:>6} {:<12} {}/{}{exec} pid={}{exit}", e.seq, e.r#type, e.namespace, e.id, e.pid);
+    let vm = e.vm.as_ref().map(|v| format!(" vm={}", v.accel)).unwrap_or_default();
+    let line = format!("{:>6} {:<12} {}/{}{exec} pid={}{exit}{vm}", e.seq, e.r#type, e.namespace, e.id, e.pid);
     escape(&line).into_owned()
 }
 

@@ -196,6 +196,7 @@ fn event_pb(e: Event) -> pb::Event {
         pid: e.pid,
         exit: e.exit.map(exit_pb),
         exec_id: e.exec_id,
+        vm: e.vm.map(vm_pb),
     }
 }
 

@@ -15,7 +15,7 @@ use berth_model::{ContainerId, Namespace, RestartPolicy, Runtime, SandboxId, Sta
 use berth_store::{ContainerRecord, Intent, ShimInfo, Write};
 
 use crate::error::{Error, Result};
-use crate::events::{Kind, event};
+use crate::events::Kind;
 use crate::logs::LogFormat;
 use crate::manager::{Entry, Key, Manager, crash_point};
 use crate::process_io::ProcessIo;
@@ -297,7 +297,8 @@ impl Manager {
         let _hold = self.volumes.hold(&p.run.volume_names());
         let plan = network.as_ref().map(|(plan, _claim)| plan);
         self.phases.end("create.check", t0);
-        match self.allocate(&p, runtime, prepared, image, plan, cgroup, &mut done).await {
+        let sandbox_vm = joining.as_ref().and_then(|j| j.record.vm.clone());
+        match self.allocate(&p, runtime, prepared, image, plan, cgroup, sandbox_vm, &mut done).await {
             Ok((rec, client)) => {
                 let entry = Arc::new(Entry::new(client, None));
                 self.watch(key, entry, &rec);
@@ -347,6 +348,7 @@ impl Manager {
         image: Option<FromImage>,
         network: Option<&crate::network::Plan>,
         cgroup: String,
+        sandbox_vm: Option<berth_model::vm::VmInfo>,
         done: &mut Vec<Step>,
     ) -> Result<(ContainerRecord, ShimClient)> {
         let (ns, id) = (&p.namespace, &p.id);
@@ -438,7 +440,8 @@ impl Manager {
         let (client, pid) = self.spawn_task(ns, id, runtime, &bundle, placed, &io, done).await?;
         crash_point("runtime create");
         let t = std::time::Instant::now();
-        let vm = self.cfg.vm.own_vm(runtime, p.sandbox.is_some(), &bundle);
+        // Its own VM, or its VM sandbox's.
+        let vm = sandbox_vm.or_else(|| self.cfg.vm.own_vm(runtime, p.sandbox.is_some(), &bundle));
         let rec = ContainerRecord {
             namespace: ns.clone(),
             id: id.clone(),
@@ -477,7 +480,7 @@ impl Manager {
                 _ => None,
             },
         };
-        let created = event(Kind::Create, ns, id, "", pid, None);
+        let created = crate::manager::record_event(Kind::Create, &rec);
         let w = Write { put: Some(&rec), clear_intent: Some((ns, id)), event: Some(created), ..Default::default() };
         self.write(w).map_err(|e| e.at("record"))?;
         self.phases.end("create.record", t);

@@ -59,6 +59,7 @@ pub fn event(
         timestamp_ns: crate::now_ns(),
         pid,
         exit,
+        vm: None,
     }
 }
 

@@ -94,10 +94,12 @@ pub struct Manager {
 /// before it is taken for alive but unreachable.
 const SHIM_EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// The event about a record's change: exits and deletes carry the exit.
-fn record_event(kind: Kind, rec: &ContainerRecord) -> Event {
+/// The event about a record's change: exits and deletes carry the exit;
+/// a create, start or restart in a VM carries the VM (its accelerator).
+pub(crate) fn record_event(kind: Kind, rec: &ContainerRecord) -> Event {
     let exit = if matches!(kind, Kind::Exit | Kind::Delete) { rec.exit } else { None };
-    event(kind, &rec.namespace, &rec.id, "", rec.pid, exit)
+    let vm = if matches!(kind, Kind::Create | Kind::Start | Kind::Restart) { rec.vm.clone() } else { None };
+    Event { vm, ..event(kind, &rec.namespace, &rec.id, "", rec.pid, exit) }
 }
 
 /// Test hook for SPEC B20: with `BERTH_TEST_CRASH_AT=<step>` in its

@@ -3,6 +3,7 @@
 //! log survives berthd crashes with no gap and no duplicate. The oldest
 //! events beyond [`RETAINED_EVENTS`] are pruned.
 
+use berth_model::vm::VmInfo;
 use berth_model::{ContainerId, EventKind, ExitStatus, Namespace};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,9 @@ pub struct Event {
     pub timestamp_ns: u64,
     pub pid: u32,
     pub exit: Option<ExitStatus>,
+    /// The VM of a create, start or restart in one (runtime `vm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm: Option<VmInfo>,
 }
 
 /// Appends `ev` with the next sequence number inside `tx`.
@@ -89,6 +93,7 @@ mod tests {
             timestamp_ns: 1,
             pid: 2,
             exit: Some(ExitStatus { code: 3, exited_at_ns: 4 }),
+            vm: None,
         }
     }
 
