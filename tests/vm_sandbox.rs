@@ -115,14 +115,29 @@ fn oom_kills_and_kill_all_inside_a_vm() {
     assert!(oom.is_some() && oom < exit, "an oom event before the exit: {events}");
     d.berth(&["rm", "o"]).ok();
 
-    d.berth(&["run", "-d", "--name", "k", "--vm", &root, "sh", "-c", "sleep 1000 & sleep 1000 & wait"]).ok();
+    let script = "sleep 1000 & sleep 1000 & wait";
+    d.berth(&["run", "-d", "--name", "k", "--vm", "--memory", "48m", &root, "sh", "-c", script]).ok();
     let deadline = Instant::now() + Duration::from_secs(30);
     while d.berth(&["top", "k"]).stdout.lines().count() < 4 {
         assert!(Instant::now() < deadline, "{}", d.berth(&["top", "k"]).stdout);
         std::thread::sleep(Duration::from_millis(50));
     }
+    // An OOM kill that leaves init running is told while it runs (from
+    // the guest's count, asked every second), and once.
+    assert_eq!(d.berth(&["exec", "k", "sh", "-c", hog]).code, 137);
+    let ooms = || {
+        let events = d.berth(&["events", "--since", "0", "--no-follow", "--id", "k", "--type", "oom"]).ok().to_string();
+        events.lines().count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ooms() == 0 {
+        assert!(Instant::now() < deadline, "no oom event: {}", d.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(json(&d, &["inspect", "--json", "k"])["state"], "running");
     d.berth(&["kill", "-s", "KILL", "--all", "k"]).ok();
     assert_eq!(d.berth(&["wait", "k"]).code, 137);
+    assert_eq!(ooms(), 1, "told once, not again at the exit");
     d.berth(&["rm", "k"]).ok();
     assert_nothing_left(&d);
 }

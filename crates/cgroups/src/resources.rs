@@ -62,6 +62,10 @@ pub struct MemoryStats {
     /// working set (kubelet's and cAdvisor's measure).
     #[serde(default)]
     pub inactive_file: u64,
+    /// Processes the OOM killer killed in the cgroup (`oom_kill`), where
+    /// the kernel counts them.
+    #[serde(default)]
+    pub oom_kills: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -252,10 +256,12 @@ pub fn stats(cgroup: &str) -> Result<ContainerStats, ResourceError> {
 /// [`stats`], reading the v1 controllers of hierarchies found once (see
 /// `v1stats.rs`); a pure v2 host goes through libcgroups.
 pub fn stats_in(h: &crate::Hierarchies, cgroup: &str) -> Result<ContainerStats, ResourceError> {
-    match crate::v1stats::read_v1(h, cgroup) {
-        Some(read) => read.map(|s| convert(&s)).map_err(|e| cg_err(cgroup, e)),
-        None => stats(cgroup),
-    }
+    let mut stats = match crate::v1stats::read_v1(h, cgroup) {
+        Some(read) => read.map(|s| convert(&s)).map_err(|e| cg_err(cgroup, e))?,
+        None => stats(cgroup)?,
+    };
+    stats.memory.oom_kills = crate::oom_kills_in(h, cgroup);
+    Ok(stats)
 }
 
 pub(crate) fn convert(s: &libcgroups::stats::Stats) -> ContainerStats {
@@ -282,6 +288,7 @@ pub(crate) fn convert(s: &libcgroups::stats::Stats) -> ContainerStats {
             swap_limit: mem.memswap.limit,
             fail_count: mem.memory.fail_count,
             inactive_file: stat("total_inactive_file").max(stat("inactive_file")),
+            oom_kills: 0,
         },
         pids: PidsStats { current: s.pids.current, limit: s.pids.limit },
         blkio: s

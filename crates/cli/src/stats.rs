@@ -39,7 +39,7 @@ fn json_of(s: &pb::ContainerStats) -> serde_json::Value {
                 "per_cpu": cpu.per_cpu, "throttling": {"periods": cpu.throttling_periods,
                 "throttled_periods": cpu.throttled_periods, "throttled_time": cpu.throttled_time}},
         "memory": {"usage": m.usage, "limit": m.limit, "max_usage": m.max_usage, "cache": m.cache, "rss": m.rss,
-                   "swap": m.swap_usage, "swap_limit": m.swap_limit, "fail_count": m.fail_count},
+                   "swap": m.swap_usage, "swap_limit": m.swap_limit, "fail_count": m.fail_count, "oom_kills": m.oom_kills},
         "pids": {"current": p.current, "limit": p.limit},
         "blkio": s.blkio.iter().map(|b| json!({"major": b.major, "minor": b.minor, "op": b.op, "bytes": b.bytes})).collect::<Vec<_>>(),
         "hugetlb": s.hugetlb.iter().map(|h| json!({"page_size": h.page_size, "usage": h.usage, "max_usage": h.max_usage, "fail_count": h.fail_count})).collect::<Vec<_>>(),

@@ -165,6 +165,7 @@ fn stats_pb(ns: &Namespace, id: &ContainerId, s: ContainerStats) -> pb::Containe
             swap_limit: m.swap_limit,
             fail_count: m.fail_count,
             inactive_file: m.inactive_file,
+            oom_kills: m.oom_kills,
         }),
         pids: Some(pb::PidsStats { current: s.pids.current, limit: s.pids.limit }),
         blkio: s

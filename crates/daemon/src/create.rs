@@ -301,7 +301,7 @@ impl Manager {
         match self.allocate(&p, runtime, prepared, image, plan, cgroup, sandbox_vm, &mut done).await {
             Ok((rec, client)) => {
                 let entry = Arc::new(Entry::new(client, None));
-                self.watch(key, entry, &rec);
+                self.watch(key, entry, &rec, false);
                 if p.start {
                     return self.start(&p.namespace, &p.id).await;
                 }
@@ -540,15 +540,16 @@ impl Manager {
         }
     }
 
-    /// Serves a container's new entry: exit monitor and OOM watcher. The
-    /// monitor of a container with a shim of its own watches its init's
-    /// pid rather than holding a call open, while the init is its shim's
-    /// child (`rec.pid`).
-    pub(crate) fn watch(self: &Arc<Self>, key: Key, entry: Arc<Entry>, rec: &ContainerRecord) {
+    /// Serves a container's new entry (`recovered`: one found again at
+    /// berthd's start): exit monitor and OOM watcher. The monitor of a
+    /// container with a shim of its own watches its init's pid rather than
+    /// holding a call open, while the init is its shim's child (`rec.pid`).
+    pub(crate) fn watch(self: &Arc<Self>, key: Key, entry: Arc<Entry>, rec: &ContainerRecord, recovered: bool) {
         self.insert_entry(key.clone(), entry.clone());
         // A VM's cgroups are the guest's: its shim counts OOM kills.
-        if rec.runtime != berth_model::VM_RUNTIME {
-            self.spawn_oom_watch(key.clone(), entry.clone(), rec.cgroup.clone());
+        match rec.runtime == berth_model::VM_RUNTIME {
+            true => self.spawn_guest_oom_poll(key.clone(), entry.clone(), recovered),
+            false => self.spawn_oom_watch(key.clone(), entry.clone(), rec.cgroup.clone()),
         }
         let init = match rec.exit.is_none() && !entry.shim.shared {
             true => crate::shim::child_pidfd(rec.pid, entry.shim.pid),

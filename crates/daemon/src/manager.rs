@@ -498,7 +498,7 @@ impl Manager {
         let status = {
             // A start still being recorded goes first.
             let _started = entry.starting.lock().await;
-            self.drain_oom(ns, id, &entry).await;
+            self.drain_oom(&entry).await;
             self.record_exit(ns, id, status).unwrap_or_else(|e| {
                 tracing::warn!(%ns, %id, "cannot record exit: {e}");
                 status

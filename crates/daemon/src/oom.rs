@@ -2,7 +2,9 @@
 //! cgroup; every OOM kill the kernel counts is published once as an `oom`
 //! event and marks the record `oom_killed`. When init exits, the exit
 //! monitor first asks the watcher for a final count, so the OOM kill that
-//! ended init is reported before the exit.
+//! ended init is reported before the exit. A container in a VM has its
+//! cgroup in the guest: its count comes from its shim's statistics,
+//! asked every second, and at exit from the count the guest recorded.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +20,9 @@ use crate::manager::{Entry, Key, Manager, lock};
 /// The most OOM kills one exit publishes as events (a count from a guest
 /// is the guest's word).
 const MAX_RECORDED: u64 = 100;
+
+/// How often the OOM kills of a container in a VM are asked for.
+const GUEST_POLL: Duration = Duration::from_secs(1);
 
 /// A request for the watcher's last count; answered when it is published.
 pub type Drain = oneshot::Sender<oneshot::Sender<()>>;
@@ -72,6 +77,53 @@ impl Manager {
         });
     }
 
+    /// The OOM watcher of a container in a VM: its shim's count (the
+    /// guest's cgroup), asked every [`GUEST_POLL`]; at exit, the count the
+    /// guest recorded in the bundle. Kills are told once: a new container
+    /// starts from none, one `recovered` from the count it has then.
+    pub(crate) fn spawn_guest_oom_poll(self: &Arc<Self>, key: Key, entry: Arc<Entry>, recovered: bool) {
+        let (drain_tx, mut drain) = oneshot::channel::<oneshot::Sender<()>>();
+        *lock(&entry.oom_drain) = Some(drain_tx);
+        // Not the entry: the watcher ends when the entry goes (its drain
+        // sender with it).
+        let (mgr, shim) = (self.clone(), entry.shim.clone());
+        tokio::spawn(async move {
+            let (ns, id) = &key;
+            let count = || async { shim.stats(id).await.ok().map(|s| s.memory.oom_kills) };
+            let mut told = match recovered {
+                true => count().await.unwrap_or(0),
+                false => 0,
+            };
+            let mut tell = |now: u64| {
+                if now > told {
+                    mgr.record_oom(ns, id, (now - told).min(MAX_RECORDED));
+                    told = now;
+                }
+            };
+            let mut tick = tokio::time::interval(GUEST_POLL);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Some(now) = count().await {
+                            tell(now);
+                        }
+                    }
+                    reply = &mut drain => {
+                        let file = mgr.cfg.bundle_dir(ns, id).join(berth_model::vm::OOM_KILLS_FILE);
+                        if let Some(now) = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse().ok()) {
+                            tell(now);
+                        }
+                        let _ = std::fs::remove_file(&file);
+                        if let Ok(reply) = reply {
+                            let _ = reply.send(());
+                        }
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
     /// Publishes `n` OOM kills and marks the record.
     fn record_oom(&self, ns: &Namespace, id: &ContainerId, n: u64) {
         let rec = self.update(ns, id, |r| {
@@ -87,18 +139,9 @@ impl Manager {
         }
     }
 
-    /// At exit: has the OOM watcher publish its last count and stop. A
-    /// container with no watcher (one in a VM, whose cgroup is the
-    /// guest's) has the count its shim recorded in the bundle published.
-    pub(crate) async fn drain_oom(&self, ns: &Namespace, id: &ContainerId, entry: &Entry) {
-        let Some(drain) = lock(&entry.oom_drain).take() else {
-            let file = self.cfg.bundle_dir(ns, id).join(berth_model::vm::OOM_KILLS_FILE);
-            if let Some(n) = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse::<u64>().ok()) {
-                let _ = std::fs::remove_file(&file);
-                self.record_oom(ns, id, n.min(MAX_RECORDED));
-            }
-            return;
-        };
+    /// At exit: has the OOM watcher publish its last count and stop.
+    pub(crate) async fn drain_oom(&self, entry: &Entry) {
+        let Some(drain) = lock(&entry.oom_drain).take() else { return };
         let (reply, done) = oneshot::channel();
         if drain.send(reply).is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(1), done).await;

@@ -221,7 +221,7 @@ impl Manager {
                         false
                     }
                 };
-                self.watch(key, entry, &rec);
+                self.watch(key, entry, &rec, true);
                 // A restart recorded just before berthd died still needs
                 // its start — if the shim says it has not started.
                 if caught_up {

@@ -173,7 +173,7 @@ impl Manager {
             }
         };
         tracing::info!(%ns, %id, count = rec.restart_count, "restarted");
-        self.watch((ns.clone(), id.clone()), Arc::new(Entry::new(client, None)), &rec);
+        self.watch((ns.clone(), id.clone()), Arc::new(Entry::new(client, None)), &rec, false);
         drop(op);
         self.start_restarted(ns, id).await;
         Ok(())

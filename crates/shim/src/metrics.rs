@@ -115,7 +115,7 @@ fn metrics_v2(s: &ContainerStats) -> v2::Metrics {
     };
     // v2 has no failcnt; memory.events "max" counts the same thing: the
     // times usage hit the limit.
-    let memory_events = v2::MemoryEvents { max: m.fail_count, ..Default::default() };
+    let memory_events = v2::MemoryEvents { max: m.fail_count, oom_kill: m.oom_kills, ..Default::default() };
     // berth's entries are per device and operation; v2 has one per device.
     let mut io: Vec<v2::IOEntry> = Vec::new();
     for b in &s.blkio {
@@ -201,6 +201,8 @@ fn stats_v1(m: &v1::Metrics) -> ContainerStats {
             swap_limit: mem.swap.limit,
             fail_count: mem.usage.failcnt,
             inactive_file: mem.inactive_file.max(mem.total_inactive_file),
+            // containerd's v1 Metrics carry no OOM kill count.
+            oom_kills: 0,
         },
         pids: PidsStats { current: m.pids.current, limit: m.pids.limit },
         blkio: m
@@ -247,6 +249,7 @@ fn stats_v2(m: &v2::Metrics) -> ContainerStats {
             swap_limit: mem.swap_limit,
             fail_count: m.memory_events.max,
             inactive_file: mem.inactive_file,
+            oom_kills: m.memory_events.oom_kill,
         },
         pids: PidsStats { current: m.pids.current, limit: m.pids.limit },
         blkio: m
@@ -336,6 +339,7 @@ mod tests {
                 swap_limit: 1 << 31,
                 fail_count: 4,
                 inactive_file: 50,
+                oom_kills: 0,
             },
             pids: PidsStats { current: 2, limit: 64 },
             blkio: sample().blkio,
