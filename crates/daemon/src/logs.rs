@@ -206,9 +206,9 @@ struct Open {
     offset: u64,
 }
 
-/// Opens a log file: only a regular file, never through a symlink (a VM's
-/// guest can write into its container's log directory, docs/vm.md), and
-/// without blocking on a FIFO planted there.
+/// Opens a log file: only a regular file, never through a symlink, and
+/// without blocking on a FIFO planted in the log directory (whoever could
+/// write there: berthd trusts no file it did not make for this).
 fn open(path: &Path) -> Option<Open> {
     use std::os::unix::fs::OpenOptionsExt;
     let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK;
@@ -506,8 +506,7 @@ fn spawn(
 
 #[cfg(test)]
 mod tests {
-    /// A VM's guest can write into its container's log directory: a
-    /// symlink or a FIFO planted there is no log file.
+    /// A symlink or a FIFO planted in a log directory is no log file.
     #[test]
     fn only_regular_files_are_opened_and_never_through_a_symlink() {
         let dir = tempfile::tempdir().unwrap();

@@ -91,8 +91,8 @@ impl Shim {
             "" => None,
             path => Some(self.open_output(path)?),
         };
-        let pty =
-            tty::serve(master, sink, input, tty_socket(&self.socket, container_id, exec_id)).map_err(terminal_err)?;
+        let pty = tty::serve(master, sink, input, tty_socket(&self.socket, container_id, exec_id), None)
+            .map_err(terminal_err)?;
         if let Some((width, height)) = size {
             pty.resize(width, height).map_err(terminal_err)?;
         }

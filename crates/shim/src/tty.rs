@@ -105,11 +105,18 @@ fn set_nonblocking(fd: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Serves `master`: output to `log` (closed when the process side is) and
-/// the attached client, client input and `input` (containerd's stdin FIFO)
-/// to the process. After the process side closes, output nobody has seen
-/// yet is still handed to the first client that attaches.
-pub fn serve(master: OwnedFd, mut log: Option<Sink>, input: Option<OwnedFd>, attach: PathBuf) -> io::Result<Pty> {
+/// Serves `master`: output to `log` (closed when the process side is, and
+/// then `ended` is dropped) and the attached client, client input and
+/// `input` (containerd's stdin FIFO) to the process. After the process
+/// side closes, output nobody has seen yet is still handed to the first
+/// client that attaches.
+pub fn serve(
+    master: OwnedFd,
+    mut log: Option<Sink>,
+    input: Option<OwnedFd>,
+    attach: PathBuf,
+    mut ended: Option<tokio::sync::oneshot::Sender<()>>,
+) -> io::Result<Pty> {
     set_nonblocking(&master)?;
     // SAFETY: the AsyncFd owns the master for its whole life.
     let master = Arc::new(unsafe { AsyncFd::register(File::from(master)) }.map_err(io::Error::from)?);
@@ -141,6 +148,7 @@ pub fn serve(master: OwnedFd, mut log: Option<Sink>, input: Option<OwnedFd>, att
                             closed = true;
                             client = None;
                             log = None;
+                            drop(ended.take());
                         }
                         Ok(Ok(n)) => {
                             if let Some(log) = log.as_mut() {

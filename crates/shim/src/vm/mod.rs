@@ -3,8 +3,9 @@
 //! container's Create, sized from the container's limits; a sandbox shim
 //! at once, sized by berthd. Then it serves the Task API by forwarding
 //! each call over vsock to the guest's berth-shim (`task.rs`), with the
-//! bundle and output paths moved into the directory shared with the guest
-//! (`guest_spec.rs`, whose binds live in this shim's own mount namespace).
+//! bundle moved into the directory shared with the guest (`guest_spec.rs`,
+//! whose binds live in this shim's own mount namespace) and each process's
+//! stdio kept on the host, streamed over vsock (`stdio.rs`).
 //! Exits are recorded in the host bundle before they are answered (SPEC
 //! B4). The VM's processes die with the shim (PR_SET_PDEATHSIG); the shim
 //! exits when any of them dies, so berthd cleans up as for any dead shim.
@@ -161,6 +162,13 @@ impl VmProxy {
         let share = self.share_root.lock().ok().and_then(|s| s.clone());
         if let Some(Err(e)) = share.map(|s| s.remove(id)) {
             tracing::warn!(id, "remove the guest bundle from the share: {e}");
+        }
+    }
+
+    /// Forgets exec `exec_id` of container `id`: ends its stdio.
+    fn forget_exec(&self, id: &str, exec_id: &str) {
+        if let Ok(mut ios) = self.ios.lock() {
+            ios.remove(&(id.to_string(), exec_id.to_string()));
         }
     }
 

@@ -6,38 +6,46 @@
 //! log, a caller's log file, a CRI log, a FIFO), stdin from the caller's
 //! FIFO. A terminal's output and input are two streams the shim serves
 //! like a local pty (`tty::serve`: log, attach socket, early output);
-//! its size is the guest's (ResizePty is forwarded).
+//! its size is the guest's (ResizePty is forwarded). Every copy belongs to
+//! its process's [`ProcessIo`] and ends with it: after a Delete the guest
+//! can write nothing more.
 
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_model::Code;
 use berth_shim::{to_ttrpc, tty_socket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::OnceCell;
-use tokio::task::JoinHandle;
+use tokio::sync::{oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
 
 use super::{TtrpcResult, VmProxy};
-use crate::output::{Drained, Sink, copy_into, open_sink};
+use crate::output::{Drained, Sink, open_sink};
 use crate::tty::{self, Pty};
 use crate::vsock_io::{self, TOKEN_LINE};
 
-/// How long a stream waits for the guest to dial it (its process is
-/// created or started meanwhile).
+/// How long a stream waits for the guest to dial it, from the Create or
+/// Exec that named it.
 const DIAL_LIMIT: Duration = Duration::from_secs(60);
-/// How long a connection may take to send its token.
-const PROOF_LIMIT: Duration = Duration::from_secs(2);
+/// How long a connection may take to send its token (the guest's shim
+/// sends it right after connecting).
+const PROOF_LIMIT: Duration = Duration::from_secs(1);
+/// Connections of one stream whose token is awaited at once; more are
+/// closed at once (a container in the guest can dial the host too).
+const PROVING: usize = 8;
+/// Bytes copied per read.
+const CHUNK: usize = 16 * 1024;
 
 /// One process's stdio on the host: what its exit waits for, the writer
 /// that keeps its stdin open until CloseIO, its terminal's service, and
-/// the streams not yet dialled (given up with it).
+/// its copies, all ended with it.
 pub(super) struct ProcessIo {
-    drained: std::sync::Arc<DrainOnce>,
+    drained: Arc<DrainOnce>,
     keeper: Option<File>,
     _pty: Option<Pty>,
     tasks: Vec<JoinHandle<()>>,
@@ -52,77 +60,94 @@ impl Drop for ProcessIo {
 }
 
 impl ProcessIo {
+    /// A place held for a process whose stdio is being set up.
+    pub(super) fn reserved() -> ProcessIo {
+        ProcessIo { drained: DrainOnce::new(None), keeper: None, _pty: None, tasks: Vec::new() }
+    }
+
     /// Ends the process's stdin once its caller's writers are gone.
     pub(super) fn close_stdin(&mut self) {
         self.keeper = None;
     }
 
-    pub(super) fn drained(&self) -> std::sync::Arc<DrainOnce> {
+    pub(super) fn drained(&self) -> Arc<DrainOnce> {
         self.drained.clone()
     }
 }
 
-/// A process's output copied to the end, waited for by every waiter of
-/// its exit (at most `output::DRAIN_LIMIT`).
-#[derive(Default)]
+/// A process's output copied to the end, awaited by every waiter of its
+/// exit (at most `output::DRAIN_LIMIT` after the first asked).
 pub(super) struct DrainOnce {
     drained: Mutex<Option<Drained>>,
-    done: OnceCell<()>,
+    done: watch::Sender<bool>,
 }
 
 impl DrainOnce {
-    pub(super) async fn wait(&self) {
-        self.done
-            .get_or_init(|| async {
-                let drained = self.drained.lock().ok().and_then(|mut d| d.take());
-                if let Some(drained) = drained {
-                    drained.wait().await;
-                }
-            })
-            .await;
+    /// Done once `drained` is (at once without one).
+    fn new(drained: Option<Drained>) -> Arc<DrainOnce> {
+        Arc::new(DrainOnce { done: watch::channel(drained.is_none()).0, drained: Mutex::new(drained) })
+    }
+
+    pub(super) async fn wait(self: Arc<Self>) {
+        let mut done = self.done.subscribe();
+        if let Some(drained) = self.drained.lock().ok().and_then(|mut d| d.take()) {
+            // Its own task: a waiter that goes away ends no one's wait.
+            let me = self.clone();
+            tokio::spawn(async move {
+                drained.wait().await;
+                me.done.send_replace(true);
+            });
+        }
+        let _ = done.wait_for(|d| *d).await;
     }
 }
 
-/// A stream's connection from the guest, once it came and proved itself.
-type Accept = std::pin::Pin<Box<dyn Future<Output = Option<UnixStream>> + Send>>;
+/// A process's stdio targets on the host, opened before anything is made
+/// for it (a bad one is refused before a VM boots).
+pub(super) struct Targets {
+    terminal: bool,
+    input: Option<OwnedFd>,
+    keeper: Option<File>,
+    outputs: [Option<Sink>; 2],
+}
 
-/// A listening stream: the name the guest gets, and its connection.
-struct Pending {
-    name: String,
-    accept: Accept,
+/// Opens the host's targets of a new process's stdio: `stdin` (a FIFO or
+/// none), `stdout` and `stderr` (as a host shim takes them), for a
+/// terminal or not.
+pub(super) fn open_targets(terminal: bool, [stdin, stdout, stderr]: [&str; 3]) -> TtrpcResult<Targets> {
+    let sink = |path: &str| {
+        (!path.is_empty())
+            .then(|| open_sink(path).map_err(|e| to_ttrpc(Code::InvalidArgument, format!("open {path}: {e}"))))
+            .transpose()
+    };
+    let fifo =
+        |path: &str| std::fs::metadata(path).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()));
+    let (input, keeper) = match stdin {
+        "" => (None, None),
+        path if fifo(path) => crate::stdio::open_fifo(path, true).map(|(reader, keeper)| (Some(reader), keeper))?,
+        path => return Err(to_ttrpc(Code::InvalidArgument, format!("stdin {path}: a VM takes stdin from a FIFO"))),
+    };
+    Ok(Targets { terminal, input, keeper, outputs: [sink(stdout)?, sink(stderr)?] })
 }
 
 impl VmProxy {
-    /// Sets up the host's ends of a new process's stdio: `stdin` (a FIFO or
-    /// none), `stdout` and `stderr` (targets as a host shim takes them) or
-    /// a terminal. Returns them and the names the guest's shim gets for
-    /// stdin, stdout and stderr. Nothing is left on error.
-    pub(super) fn host_stdio(
-        &self,
-        id: &str,
-        exec_id: &str,
-        terminal: bool,
-        [stdin, stdout, stderr]: [&str; 3],
-    ) -> TtrpcResult<(ProcessIo, [String; 3])> {
-        let invalid = |path: &str, e: std::io::Error| to_ttrpc(Code::InvalidArgument, format!("open {path}: {e}"));
-        let sink = |path: &str| (!path.is_empty()).then(|| open_sink(path).map_err(|e| invalid(path, e))).transpose();
-        let (input, keeper) = match stdin {
-            "" => (None, None),
-            path if std::fs::metadata(path).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type())) => {
-                crate::stdio::open_fifo(path, true).map(|(reader, keeper)| (Some(reader), keeper))?
-            }
-            path => return Err(to_ttrpc(Code::InvalidArgument, format!("stdin {path}: a VM takes stdin from a FIFO"))),
-        };
-        let mut io = ProcessIo { drained: Default::default(), keeper, _pty: None, tasks: Vec::new() };
+    /// Starts the host's ends of a process's stdio into `targets`: returns
+    /// them and the names the guest's shim gets for stdin, stdout and
+    /// stderr. Nothing is left on error.
+    pub(super) fn streams(&self, id: &str, exec_id: &str, targets: Targets) -> TtrpcResult<(ProcessIo, [String; 3])> {
+        let Targets { terminal, input, keeper, outputs: [stdout, stderr] } = targets;
+        let mut io = ProcessIo::reserved();
+        io.keeper = keeper;
         let mut drained = Drained::default();
         let names = if terminal {
             let (inside, outside) = std::os::unix::net::UnixStream::pair().map_err(internal)?;
             let attach = tty_socket(&self.socket, id, exec_id);
-            io._pty = Some(tty::serve(OwnedFd::from(inside), sink(stdout)?, input, attach).map_err(internal)?);
+            let ended = Some(drained.reserve());
+            io._pty = Some(tty::serve(OwnedFd::from(inside), stdout, input, attach, ended).map_err(internal)?);
             outside.set_nonblocking(true).map_err(internal)?;
             let (mut from_pty, mut to_pty) = UnixStream::from_std(outside).map_err(internal)?.into_split();
             let (out, into) = (self.listen()?, self.listen()?);
-            let (done, accept) = (drained.reserve(), out.accept);
+            let accept = out.accept;
             io.tasks.push(tokio::spawn(async move {
                 if let Some(mut guest) = accept.await {
                     let _ = tokio::io::copy(&mut guest, &mut to_pty).await;
@@ -130,7 +155,6 @@ impl VmProxy {
                 // The pty's end of output, as when a local one's processes
                 // are gone.
                 let _ = to_pty.shutdown().await;
-                drop(done);
             }));
             let accept = into.accept;
             io.tasks.push(tokio::spawn(async move {
@@ -152,41 +176,45 @@ impl VmProxy {
                     }
                 }));
             }
-            for (n, path) in [(1, stdout), (2, stderr)] {
-                let Some(sink) = sink(path)? else { continue };
+            for (n, sink) in [(1, stdout), (2, stderr)] {
+                let Some(sink) = sink else { continue };
                 let stream = self.listen()?;
                 names[n] = stream.name;
-                let (done, accept) = (drained.reserve(), stream.accept);
-                io.tasks.push(tokio::spawn(copy_output(accept, sink, done)));
+                io.tasks.push(tokio::spawn(copy_output(stream.accept, sink, drained.reserve())));
             }
             names
         };
-        io.drained = std::sync::Arc::new(DrainOnce { drained: Mutex::new(Some(drained)), done: OnceCell::new() });
+        io.drained = DrainOnce::new(Some(drained));
         Ok((io, names))
     }
 
     /// A new stream: listening where the vsock backend delivers the
-    /// guest's dial of its port, until the guest proves it (or
-    /// [`DIAL_LIMIT`]); the socket goes with it.
+    /// guest's dial of its port until the guest proves it (or
+    /// [`DIAL_LIMIT`]); the socket goes with it, also if it never runs.
     fn listen(&self) -> TtrpcResult<Pending> {
         let port = self.next_port.fetch_add(1, Ordering::Relaxed);
         let token = vsock_io::new_token().map_err(internal)?;
         let path = PathBuf::from(format!("{}_{port}", self.run_dir().join("vsock").display()));
         let _ = std::fs::remove_file(&path);
         let listener = UnixListener::bind(&path).map_err(internal)?;
+        let gone = Unlink(path);
         let name = vsock_io::name(port, &token);
         let accept = Box::pin(async move {
-            let _gone = Unlink(path);
+            let _gone = gone;
             let deadline = tokio::time::Instant::now() + DIAL_LIMIT;
+            let mut proving = JoinSet::new();
             loop {
-                let (mut stream, _) = tokio::time::timeout_at(deadline, listener.accept()).await.ok()?.ok()?;
-                let mut line = [0u8; TOKEN_LINE];
-                let read = tokio::time::timeout(PROOF_LIMIT, stream.read_exact(&mut line)).await;
-                if matches!(read, Ok(Ok(_)))
-                    && line[..TOKEN_LINE - 1] == *token.as_bytes()
-                    && line[TOKEN_LINE - 1] == b'\n'
-                {
-                    return Some(stream);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => return None,
+                    Some(Ok(Some(stream))) = proving.join_next(), if !proving.is_empty() => return Some(stream),
+                    conn = listener.accept() => match conn {
+                        Ok((stream, _)) if proving.len() < PROVING => {
+                            proving.spawn(prove(stream, token.clone()));
+                        }
+                        Ok(_) => {}
+                        // Out of descriptors, say: again in a moment.
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    },
                 }
             }
         });
@@ -194,14 +222,33 @@ impl VmProxy {
     }
 }
 
-/// Copies an output stream, once dialled, into `sink`; `done` says when
-/// it ended (or never came).
-async fn copy_output(accept: Accept, sink: Sink, done: tokio::sync::oneshot::Sender<()>) {
-    let Some(guest) = accept.await else { return };
-    let fd = guest.into_std().map(OwnedFd::from);
-    if let Ok(fd) = fd {
-        let _ = copy_into(fd, sink, done);
+/// A stream's connection from the guest, once it came and proved itself.
+type Accept = std::pin::Pin<Box<dyn Future<Output = Option<UnixStream>> + Send>>;
+
+/// A listening stream: the name the guest gets, and its connection.
+struct Pending {
+    name: String,
+    accept: Accept,
+}
+
+/// `stream` if it sends `token` and a newline within [`PROOF_LIMIT`].
+async fn prove(mut stream: UnixStream, token: String) -> Option<UnixStream> {
+    let mut line = [0u8; TOKEN_LINE];
+    tokio::time::timeout(PROOF_LIMIT, stream.read_exact(&mut line)).await.ok()?.ok()?;
+    let (sent, newline) = line.split_at(TOKEN_LINE - 1);
+    (sent == token.as_bytes() && newline == b"\n").then_some(stream)
+}
+
+/// Copies an output stream, once dialled, into `sink` until it ends (or
+/// its process's stdio does); `done` says when.
+async fn copy_output(accept: Accept, mut sink: Sink, done: oneshot::Sender<()>) {
+    let Some(mut guest) = accept.await else { return };
+    let mut buf = vec![0u8; CHUNK];
+    while let Ok(n @ 1..) = guest.read(&mut buf).await {
+        sink.write(&buf[..n]).await;
     }
+    drop(sink);
+    drop(done);
 }
 
 /// Removes a stream's socket when its listener goes.

@@ -16,6 +16,7 @@ use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 
 use super::guest_spec::GuestBundle;
+use super::stdio::{ProcessIo, open_targets};
 use super::{TtrpcResult, VmProxy, ctx};
 use crate::service::exit_fields;
 
@@ -73,9 +74,9 @@ impl Task for VmProxy {
             if let Ok(mut b) = self.bundles.lock() {
                 b.insert(req.id.clone(), (guest, host.clone()));
             }
+            let targets = open_targets(req.terminal, [&req.stdin, &req.stdout, &req.stderr])?;
             let booted = self.boot(&host).await?;
-            let (io, [stdin, stdout, stderr]) =
-                self.host_stdio(&req.id, "", req.terminal, [&req.stdin, &req.stdout, &req.stderr])?;
+            let (io, [stdin, stdout, stderr]) = self.streams(&req.id, "", targets)?;
             let fwd = api::CreateTaskRequest {
                 id: req.id.clone(),
                 bundle,
@@ -183,18 +184,19 @@ impl Task for VmProxy {
             _ => match self.booted()?.task.delete(ctx(Some(c.timeout_nano)), &req).await {
                 Ok(r) => r,
                 Err(e) => {
-                    // The guest holds no such container: neither do we.
-                    if req.exec_id.is_empty() && berth_shim::from_ttrpc(&e).0 == Code::NotFound {
-                        self.forget(&req.id);
+                    // The guest holds no such process: neither do we.
+                    if berth_shim::from_ttrpc(&e).0 == Code::NotFound {
+                        match req.exec_id.is_empty() {
+                            true => self.forget(&req.id),
+                            false => self.forget_exec(&req.id, &req.exec_id),
+                        }
                     }
                     return Err(e);
                 }
             },
         };
-        if !req.exec_id.is_empty()
-            && let Ok(mut ios) = self.ios.lock()
-        {
-            ios.remove(&(req.id.clone(), req.exec_id.clone()));
+        if !req.exec_id.is_empty() {
+            self.forget_exec(&req.id, &req.exec_id);
         }
         if req.exec_id.is_empty() {
             self.forget(&req.id);
@@ -210,17 +212,37 @@ impl Task for VmProxy {
         self.check(&req.id)?;
         let guest = self.booted()?;
         let key = (req.id.clone(), req.exec_id.clone());
-        if self.ios.lock().is_ok_and(|ios| ios.contains_key(&key)) {
-            return Err(to_ttrpc(Code::AlreadyExists, format!("exec {} exists", req.exec_id)));
+        // The id is held while its stdio is set up (a second Exec with it
+        // is refused, not let near the first one's attach socket).
+        {
+            let mut ios = self.ios.lock().map_err(|_| to_ttrpc(Code::Internal, "stdio lock poisoned"))?;
+            if ios.contains_key(&key) {
+                return Err(to_ttrpc(Code::AlreadyExists, format!("exec {} exists", req.exec_id)));
+            }
+            ios.insert(key.clone(), ProcessIo::reserved());
         }
-        let (io, [stdin, stdout, stderr]) =
-            self.host_stdio(&req.id, &req.exec_id, req.terminal, [&req.stdin, &req.stdout, &req.stderr])?;
-        let fwd = api::ExecProcessRequest { stdin, stdout, stderr, ..req.clone() };
-        guest.task.exec(ctx(Some(c.timeout_nano)), &fwd).await?;
-        if let Ok(mut ios) = self.ios.lock() {
-            ios.insert(key, io);
+        let made = async {
+            let targets = open_targets(req.terminal, [&req.stdin, &req.stdout, &req.stderr])?;
+            let (io, [stdin, stdout, stderr]) = self.streams(&req.id, &req.exec_id, targets)?;
+            let fwd = api::ExecProcessRequest { stdin, stdout, stderr, ..req.clone() };
+            guest.task.exec(ctx(Some(c.timeout_nano)), &fwd).await?;
+            Ok(io)
+        };
+        let made = made.await;
+        let mut ios = self.ios.lock().map_err(|_| to_ttrpc(Code::Internal, "stdio lock poisoned"))?;
+        match made {
+            // Unless its container was deleted meanwhile.
+            Ok(io) => {
+                if let Some(slot) = ios.get_mut(&key) {
+                    *slot = io;
+                }
+                Ok(Empty::new())
+            }
+            Err(e) => {
+                ios.remove(&key);
+                Err(e)
+            }
         }
-        Ok(Empty::new())
     }
 
     async fn state(&self, c: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
