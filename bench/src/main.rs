@@ -286,6 +286,13 @@ fn print_vm(runs: usize, f: &vm::VmFigures) {
     println!("| container create, start, wait, delete in the guest | {} |", fmt_ms(f.container));
     println!("| power off, until QEMU exits | {} |", fmt_ms(f.power_off));
     println!("| berth's host-side share (total less boot, guest work, power off) | {} |", fmt_ms(f.host_share()));
+    for (step, t) in &f.steps {
+        println!("| VM shim step `{step}` (run without --rm, then rm) | {} |", fmt_ms(Some(*t)));
+    }
+    println!(
+        "| berth's host-side share, same runs (run + rm less the `guest.*` steps) | {} |",
+        fmt_ms(f.measured_share)
+    );
     let pss = f.idle_pss_mb.map(|m| format!("{m:.1} MB")).unwrap_or_else(|| "n/a".into());
     println!("| PSS of one idle VM (QEMU, vsock backend, shim) | {pss} |");
     if let Some(note) = &f.note {

@@ -4,8 +4,10 @@
 //! layer and the guest's Task API (VMM launch, guest boot until the agent
 //! answers, the container's create/start/wait/delete in the guest, power
 //! off): what berthd's total leaves of those is berth's own host-side
-//! share. Also the PSS of one idle VM (QEMU, the vsock backend, the
-//! shim), and the accelerator.
+//! share. That difference mixes separate runs; so the share is also taken
+//! within each run, from the steps the VM shim records (`vm-steps.json`:
+//! the run's total, and its rm's, less the guest's steps). Also the PSS
+//! of one idle VM (QEMU, the vsock backend, the shim), and the accelerator.
 
 use std::io::Read;
 use std::time::{Duration, Instant};
@@ -22,6 +24,11 @@ use crate::measure::median;
 
 pub struct VmFigures {
     pub accel: &'static str,
+    /// The VM shim's steps through berthd (`vm-steps.json`): medians by
+    /// step, in the order they end.
+    pub steps: Vec<(String, Duration)>,
+    /// The same runs' total (run, then rm) less their `guest.*` steps.
+    pub measured_share: Option<Duration>,
     pub note: Option<String>,
     pub run_rm: Option<Duration>,
     pub first_output: Option<Duration>,
@@ -54,6 +61,47 @@ fn first_output(d: &Daemon, rootfs: &str) -> Option<Duration> {
     let elapsed = start.elapsed();
     let ok = child.wait().is_ok_and(|s| s.success());
     (got && ok).then_some(elapsed)
+}
+
+/// One `berth run --vm ROOTFS true` and its `rm`: their wall time and the
+/// steps its VM shim recorded.
+fn steps_round(d: &Daemon, rootfs: &str, n: usize) -> Option<(Duration, Vec<(String, u64)>)> {
+    let name = format!("steps{n}");
+    let t = Instant::now();
+    let ran = d.berth(&["run", "--vm", "--name", &name, rootfs, "true"]).code == 0;
+    let run = t.elapsed();
+    let rec: serde_json::Value = serde_json::from_str(&d.berth(&["inspect", "--json", &name]).stdout).ok()?;
+    let file = std::path::Path::new(rec["bundle"].as_str()?).join(berth_model::vm::STEPS_FILE);
+    let steps = std::fs::read(file).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let t = Instant::now();
+    let removed = d.berth(&["rm", &name]).code == 0;
+    (ran && removed).then_some((run + t.elapsed(), steps?))
+}
+
+/// Medians of the steps of `rounds`, and of each round's total less its
+/// guest steps.
+fn steps_figures(rounds: &[(Duration, Vec<(String, u64)>)]) -> (Vec<(String, Duration)>, Option<Duration>) {
+    let mut names: Vec<String> = Vec::new();
+    for (_, steps) in rounds {
+        for (name, _) in steps {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+    }
+    let us = |steps: &[(String, u64)], want: &dyn Fn(&str) -> bool| -> Duration {
+        Duration::from_micros(steps.iter().filter(|(n, _)| want(n)).map(|(_, us)| us).sum())
+    };
+    let steps = names
+        .into_iter()
+        .filter_map(|name| {
+            let mut v: Vec<Duration> = rounds.iter().map(|(_, s)| us(s, &|n| n == name)).collect();
+            Some((name, median(&mut v)?))
+        })
+        .collect();
+    let mut shares: Vec<Duration> =
+        rounds.iter().filter_map(|(total, s)| total.checked_sub(us(s, &|n| n.starts_with("guest.")))).collect();
+    (steps, median(&mut shares))
 }
 
 /// Steps of one VM driven directly: (launch, boot, container, power off).
@@ -111,6 +159,8 @@ pub fn run(rounds: usize) -> Option<VmFigures> {
         (d.berth(&["run", "--rm", "--vm", &rootfs, "true"]).code == 0).then(|| t.elapsed())
     });
     let first_output = collect(rounds, || first_output(&d, &rootfs));
+    let stepped: Vec<_> = (0..rounds).filter_map(|n| steps_round(&d, &rootfs, n)).collect();
+    let (shim_steps, measured_share) = steps_figures(&stepped);
 
     let assets = Assets::load(&assets_dir, env!("CARGO_PKG_VERSION")).ok()?;
     let share = d.dir().join("bench-share");
@@ -144,6 +194,8 @@ pub fn run(rounds: usize) -> Option<VmFigures> {
     d.berth(&["rm", "-f", "idle"]).ok();
     Some(VmFigures {
         accel: accel.as_str(),
+        steps: shim_steps,
+        measured_share,
         note,
         run_rm,
         first_output,

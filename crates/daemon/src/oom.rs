@@ -17,12 +17,36 @@ use tokio::sync::oneshot;
 use crate::events::{Kind, event};
 use crate::manager::{Entry, Key, Manager, lock};
 
-/// The most OOM kills one exit publishes as events (a count from a guest
-/// is the guest's word).
+/// The most OOM kills of one run of a container in a VM published as
+/// events (a count from a guest is the guest's word).
 const MAX_RECORDED: u64 = 100;
 
-/// How often the OOM kills of a container in a VM are asked for.
-const GUEST_POLL: Duration = Duration::from_secs(1);
+/// How often the OOM kills of a container in a VM are asked for: each ask
+/// is a Stats call the guest's shim answers with a forked helper.
+const GUEST_POLL: Duration = Duration::from_secs(2);
+/// How long one ask may take.
+const GUEST_POLL_CALL: Duration = Duration::from_millis(500);
+/// Failed asks in a row after which a VM's OOM watcher gives up (a shim
+/// gone or hung; the exit is still told by the exit monitor).
+const GUEST_POLL_FAILURES: u32 = 15;
+
+/// A guest's OOM kill count as told: the count it started from (unknown
+/// until the first answer for a container found again at recovery) and
+/// the kills told since, at most [`MAX_RECORDED`].
+struct GuestCount {
+    base: Option<u64>,
+    told: u64,
+}
+
+impl GuestCount {
+    /// The kills to tell for the guest's count `now`.
+    fn new_kills(&mut self, now: u64) -> u64 {
+        let base = *self.base.get_or_insert(now);
+        let new = now.saturating_sub(base).min(MAX_RECORDED).saturating_sub(self.told);
+        self.told += new;
+        new
+    }
+}
 
 /// A request for the watcher's last count; answered when it is published.
 pub type Drain = oneshot::Sender<oneshot::Sender<()>>;
@@ -79,8 +103,11 @@ impl Manager {
 
     /// The OOM watcher of a container in a VM: its shim's count (the
     /// guest's cgroup), asked every [`GUEST_POLL`]; at exit, the count the
-    /// guest recorded in the bundle. Kills are told once: a new container
-    /// starts from none, one `recovered` from the count it has then.
+    /// guest recorded in the bundle. Kills are told once, at most
+    /// [`MAX_RECORDED`] in all (the count is the guest's word): a new
+    /// container's from none, a `recovered` one's from the first count it
+    /// gives then. It stops at the exit, when the entry goes, or after the
+    /// shim failed to answer [`GUEST_POLL_FAILURES`] times in a row.
     pub(crate) fn spawn_guest_oom_poll(self: &Arc<Self>, key: Key, entry: Arc<Entry>, recovered: bool) {
         let (drain_tx, mut drain) = oneshot::channel::<oneshot::Sender<()>>();
         *lock(&entry.oom_drain) = Some(drain_tx);
@@ -89,43 +116,45 @@ impl Manager {
         let (mgr, shim) = (self.clone(), entry.shim.clone());
         tokio::spawn(async move {
             let (ns, id) = &key;
-            let count = || async { shim.stats(id).await.ok().map(|s| s.memory.oom_kills) };
-            let mut told = match recovered {
-                true => count().await.unwrap_or(0),
-                false => 0,
-            };
-            let mut tell = |now: u64| {
-                if now > told {
-                    mgr.record_oom(ns, id, (now - told).min(MAX_RECORDED));
-                    told = now;
-                }
-            };
+            let mut told = GuestCount { base: (!recovered).then_some(0), told: 0 };
             let mut tick = tokio::time::interval(GUEST_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failures = 0;
             loop {
-                tokio::select! {
+                let reply = tokio::select! {
+                    reply = &mut drain => reply,
                     _ = tick.tick() => {
-                        if let Some(now) = count().await {
-                            tell(now);
+                        // Never longer than a drain may wait (drain_oom).
+                        let count = tokio::time::timeout(GUEST_POLL_CALL, shim.stats(id)).await;
+                        match count {
+                            Ok(Ok(stats)) => {
+                                failures = 0;
+                                mgr.record_oom(ns, id, told.new_kills(stats.memory.oom_kills));
+                            }
+                            _ if failures + 1 >= GUEST_POLL_FAILURES => return,
+                            _ => failures += 1,
                         }
+                        continue;
                     }
-                    reply = &mut drain => {
-                        let file = mgr.cfg.bundle_dir(ns, id).join(berth_model::vm::OOM_KILLS_FILE);
-                        if let Some(now) = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse().ok()) {
-                            tell(now);
-                        }
-                        let _ = std::fs::remove_file(&file);
-                        if let Ok(reply) = reply {
-                            let _ = reply.send(());
-                        }
-                        return;
-                    }
+                };
+                let file = mgr.cfg.bundle_dir(ns, id).join(berth_model::vm::OOM_KILLS_FILE);
+                if let Some(now) = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse().ok()) {
+                    mgr.record_oom(ns, id, told.new_kills(now));
                 }
+                let _ = std::fs::remove_file(&file);
+                if let Ok(reply) = reply {
+                    let _ = reply.send(());
+                }
+                return;
             }
         });
     }
 
     /// Publishes `n` OOM kills and marks the record.
     fn record_oom(&self, ns: &Namespace, id: &ContainerId, n: u64) {
+        if n == 0 {
+            return;
+        }
         let rec = self.update(ns, id, |r| {
             r.oom_killed = true;
             Ok(())
@@ -146,5 +175,24 @@ impl Manager {
         if drain.send(reply).is_ok() {
             let _ = tokio::time::timeout(Duration::from_secs(1), done).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_guests_kills_are_told_once_and_at_most_the_cap() {
+        let mut fresh = GuestCount { base: Some(0), told: 0 };
+        assert_eq!((fresh.new_kills(0), fresh.new_kills(2), fresh.new_kills(2), fresh.new_kills(3)), (0, 2, 0, 1));
+        // A count that goes back (a lying guest) tells nothing.
+        assert_eq!(fresh.new_kills(1), 0);
+        // However often it grows, no more than the cap in all.
+        let told: u64 = (1..50).map(|n| fresh.new_kills(n * 1000)).sum();
+        assert_eq!(told + 3, MAX_RECORDED);
+        // Found again at recovery: what it had is not told again.
+        let mut found = GuestCount { base: None, told: 0 };
+        assert_eq!((found.new_kills(5), found.new_kills(5), found.new_kills(7)), (0, 0, 2));
     }
 }

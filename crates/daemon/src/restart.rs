@@ -157,6 +157,10 @@ impl Manager {
                 r.shim = ShimInfo { pid: client.pid, socket: client.socket.clone() };
                 r.restart_count += 1;
                 r.restart_streak = streak + 1;
+                // A new VM of its own, with this berthd's accelerator.
+                if let Some(vm) = self.cfg.vm.own_vm(&r.runtime, r.sandbox.is_some(), &r.bundle) {
+                    r.vm = Some(vm);
+                }
                 Ok(())
             })?;
             Ok((rec, client))

@@ -33,6 +33,11 @@ pub const READY_LINE: &str = "berth-agent: ready";
 /// reads it at the exit (SPEC B15).
 pub const OOM_KILLS_FILE: &str = "oom-kills";
 
+/// The file a lone VM's host shim writes in its container's bundle once
+/// the exit has powered the VM off: `[["step", microseconds], …]`, its own
+/// steps and its waits on the guest (`guest.*`), for the benchmark.
+pub const STEPS_FILE: &str = "vm-steps.json";
+
 /// The value of `key` on a kernel command line (`key=value` words).
 pub fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
     cmdline.split_ascii_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('='))

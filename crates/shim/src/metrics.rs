@@ -87,6 +87,7 @@ fn metrics_v1(s: &ContainerStats) -> v1::Metrics {
             .into(),
         memory: Some(memory).into(),
         blkio: Some(blkio).into(),
+        memory_oom_control: Some(v1::MemoryOomControl { oom_kill: s.memory.oom_kills, ..Default::default() }).into(),
         ..Default::default()
     }
 }
@@ -201,8 +202,7 @@ fn stats_v1(m: &v1::Metrics) -> ContainerStats {
             swap_limit: mem.swap.limit,
             fail_count: mem.usage.failcnt,
             inactive_file: mem.inactive_file.max(mem.total_inactive_file),
-            // containerd's v1 Metrics carry no OOM kill count.
-            oom_kills: 0,
+            oom_kills: m.memory_oom_control.oom_kill,
         },
         pids: PidsStats { current: m.pids.current, limit: m.pids.limit },
         blkio: m
@@ -339,7 +339,7 @@ mod tests {
                 swap_limit: 1 << 31,
                 fail_count: 4,
                 inactive_file: 50,
-                oom_kills: 0,
+                oom_kills: 2,
             },
             pids: PidsStats { current: 2, limit: 64 },
             blkio: sample().blkio,

@@ -31,9 +31,20 @@ pub fn parse(path: &str) -> Option<(u32, &str)> {
 
 /// A new random token.
 pub fn new_token() -> io::Result<String> {
-    let mut bytes = [0u8; TOKEN_BYTES];
+    Ok(random::<TOKEN_BYTES>()?.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A random host port for a stream: above the privileged ones, below
+/// `VMADDR_PORT_ANY`.
+pub fn random_port() -> io::Result<u32> {
+    let n = u32::from_ne_bytes(random::<4>()?);
+    Ok(1024 + n % (u32::MAX - 1024))
+}
+
+fn random<const N: usize>() -> io::Result<[u8; N]> {
+    let mut bytes = [0u8; N];
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(bytes)
 }
 
 /// In the guest: the stream named `path`, dialled and proved, as a
@@ -67,5 +78,8 @@ mod tests {
             assert_eq!(parse(bad), None, "{bad}");
         }
         assert_eq!(parse(&format!("vsock:1:{}", "g".repeat(TOKEN_LINE - 1))), None);
+        let ports: Vec<u32> = (0..64).map(|_| random_port().unwrap()).collect();
+        assert!(ports.iter().all(|p| (1024..u32::MAX).contains(p)), "{ports:?}");
+        assert!(ports.windows(2).any(|w| w[0] != w[1]));
     }
 }

@@ -14,11 +14,11 @@ pub mod guest_spec;
 mod net;
 mod share;
 mod stdio;
+mod steps;
 mod task;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,9 +40,6 @@ type TtrpcResult<T> = ttrpc::Result<T>;
 /// boots in 1.5–2.5 s here; a loaded host takes longer). Within berthd's
 /// 30 s for a whole create, helpers' start included.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(20);
-/// The host port of a VM's first stdio stream (`stdio.rs`); the guest's
-/// agent listens on its own ports, which are the guest's.
-const FIRST_STREAM_PORT: u32 = 10_000;
 /// How long a guest told to power off may take before it is killed.
 const POWER_OFF_GRACE: Duration = Duration::from_secs(5);
 
@@ -77,9 +74,9 @@ pub struct VmProxy {
     /// Each container's guest bundle and host bundle.
     bundles: Mutex<HashMap<String, (GuestBundle, PathBuf)>>,
     /// Each process's stdio on the host, by container and exec id.
-    ios: Mutex<HashMap<(String, String), stdio::ProcessIo>>,
-    /// The host port of the next stream from the guest (`stdio.rs`).
-    next_port: AtomicU32,
+    ios: stdio::Ios,
+    /// Where a lone VM's time goes (`steps.rs`).
+    steps: steps::Steps,
     /// The share, once mounted (`guest_spec::mount_share`) and opened.
     share_root: Mutex<Option<Arc<ShareDir>>>,
     /// A lone container's exit, once recorded: its VM is then powered off
@@ -110,7 +107,7 @@ impl VmProxy {
             guest: OnceCell::new(),
             bundles: Mutex::default(),
             ios: Mutex::default(),
-            next_port: AtomicU32::new(FIRST_STREAM_PORT),
+            steps: steps::Steps::default(),
             share_root: Mutex::default(),
             ended: Mutex::default(),
             powering: tokio::sync::Mutex::new(()),
@@ -232,8 +229,11 @@ impl VmProxy {
             net,
         };
         // On this (the shim's only) thread: the VM's processes die with it.
+        let t = std::time::Instant::now();
         let mut vm = berth_vm::launch(&Microvm, &spec).map_err(failed)?;
+        let t = self.steps.record("vmm.launch", t);
         let stream = vm.wait_ready(BOOT_TIMEOUT).await.map_err(failed)?;
+        self.steps.record("guest.boot", t);
         let pids = vm.pids();
         let task = TaskClient::new(Client::new(Socket::new(stream)));
         let guest = Arc::new(Guest { task, vm: Mutex::new(Some(vm)), cpus, memory_mib });
@@ -295,14 +295,18 @@ impl VmProxy {
                 let req = api::ShutdownRequest { id: self.id.clone(), now: true, ..Default::default() };
                 let _ = guest.task.shutdown(ctx(None), &req).await;
             };
+            let t = std::time::Instant::now();
             let _ = tokio::time::timeout(POWER_OFF_GRACE, goodbye).await;
             if !vm.stop(POWER_OFF_GRACE).await {
                 tracing::warn!(id = %self.id, "the guest did not power off: killed");
             }
+            self.steps.record("guest.power_off", t);
         }
+        let t = std::time::Instant::now();
         if let Err(e) = guest_spec::remove_vm_dir(&self.dir) {
             eprintln!("berth-shim: remove {}: {e}", self.dir.display());
         }
+        self.steps.record("host.cleanup", t);
     }
 
     pub async fn shutdown_requested(&self) {

@@ -13,7 +13,6 @@
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -72,6 +71,47 @@ impl ProcessIo {
 
     pub(super) fn drained(&self) -> Arc<DrainOnce> {
         self.drained.clone()
+    }
+}
+
+/// Each process's stdio, by container and exec id.
+pub(super) type Ios = Mutex<std::collections::HashMap<(String, String), ProcessIo>>;
+
+/// An exec id held in [`Ios`] while its stdio is set up (a second Exec
+/// with it is refused, not let near the first one's attach socket);
+/// released unless filled, also when the call is abandoned.
+pub(super) struct Reservation<'a> {
+    ios: &'a Ios,
+    key: Option<(String, String)>,
+}
+
+impl<'a> Reservation<'a> {
+    pub(super) fn take(ios: &'a Ios, key: (String, String)) -> TtrpcResult<Reservation<'a>> {
+        let mut held = ios.lock().map_err(|_| internal("lock poisoned"))?;
+        if held.contains_key(&key) {
+            return Err(to_ttrpc(Code::AlreadyExists, format!("exec {} exists", key.1)));
+        }
+        held.insert(key.clone(), ProcessIo::reserved());
+        Ok(Reservation { ios, key: Some(key) })
+    }
+
+    /// Puts the process's stdio in its place (unless its container was
+    /// deleted meanwhile).
+    pub(super) fn fill(mut self, io: ProcessIo) {
+        let key = self.key.take();
+        if let (Some(key), Ok(mut ios)) = (key, self.ios.lock())
+            && let Some(slot) = ios.get_mut(&key)
+        {
+            *slot = io;
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let (Some(key), Ok(mut ios)) = (self.key.take(), self.ios.lock()) {
+            ios.remove(&key);
+        }
     }
 }
 
@@ -192,11 +232,18 @@ impl VmProxy {
     /// guest's dial of its port until the guest proves it (or
     /// [`DIAL_LIMIT`]); the socket goes with it, also if it never runs.
     fn listen(&self) -> TtrpcResult<Pending> {
-        let port = self.next_port.fetch_add(1, Ordering::Relaxed);
         let token = vsock_io::new_token().map_err(internal)?;
-        let path = PathBuf::from(format!("{}_{port}", self.run_dir().join("vsock").display()));
-        let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path).map_err(internal)?;
+        // A random port: a container in the guest that can dial the host
+        // cannot tell which port a stream will have (and hold it early).
+        let (port, listener, path) = loop {
+            let port = vsock_io::random_port().map_err(internal)?;
+            let path = PathBuf::from(format!("{}_{port}", self.run_dir().join("vsock").display()));
+            match UnixListener::bind(&path) {
+                Ok(listener) => break (port, listener, path),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(internal(e)),
+            }
+        };
         let gone = Unlink(path);
         let name = vsock_io::name(port, &token);
         let accept = Box::pin(async move {
@@ -206,7 +253,11 @@ impl VmProxy {
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(deadline) => return None,
-                    Some(Ok(Some(stream))) = proving.join_next(), if !proving.is_empty() => return Some(stream),
+                    Some(proved) = proving.join_next(), if !proving.is_empty() => {
+                        if let Ok(Some(stream)) = proved {
+                            return Some(stream);
+                        }
+                    }
                     conn = listener.accept() => match conn {
                         Ok((stream, _)) if proving.len() < PROVING => {
                             proving.spawn(prove(stream, token.clone()));

@@ -16,7 +16,7 @@ use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 
 use super::guest_spec::GuestBundle;
-use super::stdio::{ProcessIo, open_targets};
+use super::stdio::{Reservation, open_targets};
 use super::{TtrpcResult, VmProxy, ctx};
 use crate::service::exit_fields;
 
@@ -60,6 +60,7 @@ impl Task for VmProxy {
         }
         let host = PathBuf::from(&req.bundle);
         let created = async {
+            let t = std::time::Instant::now();
             let share = self.ensure_share()?;
             // A count from an earlier run of the container is not this one's.
             let _ = std::fs::remove_file(host.join(berth_model::vm::OOM_KILLS_FILE));
@@ -75,8 +76,11 @@ impl Task for VmProxy {
                 b.insert(req.id.clone(), (guest, host.clone()));
             }
             let targets = open_targets(req.terminal, [&req.stdin, &req.stdout, &req.stderr])?;
+            self.steps.record("host.prepare", t);
             let booted = self.boot(&host).await?;
+            let t = std::time::Instant::now();
             let (io, [stdin, stdout, stderr]) = self.streams(&req.id, "", targets)?;
+            let t = self.steps.record("host.streams", t);
             let fwd = api::CreateTaskRequest {
                 id: req.id.clone(),
                 bundle,
@@ -88,6 +92,7 @@ impl Task for VmProxy {
                 ..Default::default()
             };
             let r = booted.task.create(ctx(Some(c.timeout_nano)), &fwd).await?;
+            self.steps.record("guest.create", t);
             if let Ok(mut ios) = self.ios.lock() {
                 ios.insert((req.id.clone(), String::new()), io);
             }
@@ -107,7 +112,9 @@ impl Task for VmProxy {
 
     async fn start(&self, c: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
         self.check(&req.id)?;
+        let t = std::time::Instant::now();
         let r = self.booted()?.task.start(ctx(Some(c.timeout_nano)), &req).await?;
+        self.steps.record("guest.start", t);
         Ok(api::StartResponse { pid: 0, ..r })
     }
 
@@ -128,9 +135,15 @@ impl Task for VmProxy {
         if let Some(answer) = ended() {
             return answer;
         }
+        let t = std::time::Instant::now();
         let r = match self.booted()?.task.wait(ctx(Some(c.timeout_nano)), &req).await {
             Ok(r) => r,
             Err(e) => return ended().unwrap_or(Err(e)),
+        };
+        let init = req.exec_id.is_empty();
+        let t = match init {
+            true => self.steps.record("guest.wait", t),
+            false => t,
         };
         // Its output is in its targets before anyone hears of the exit.
         let drained =
@@ -168,8 +181,12 @@ impl Task for VmProxy {
                 *ended = Some(exit);
             }
         })?;
-        if req.exec_id.is_empty() && !self.sandbox {
+        if init && !self.sandbox {
+            self.steps.record("host.exit", t);
             self.power_off().await;
+            if let Ok(host) = self.with_bundle(&req.id, |_, host| Ok(host.clone())) {
+                self.steps.write(&host);
+            }
         }
         Ok(r)
     }
@@ -211,38 +228,13 @@ impl Task for VmProxy {
     async fn exec(&self, c: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<Empty> {
         self.check(&req.id)?;
         let guest = self.booted()?;
-        let key = (req.id.clone(), req.exec_id.clone());
-        // The id is held while its stdio is set up (a second Exec with it
-        // is refused, not let near the first one's attach socket).
-        {
-            let mut ios = self.ios.lock().map_err(|_| to_ttrpc(Code::Internal, "stdio lock poisoned"))?;
-            if ios.contains_key(&key) {
-                return Err(to_ttrpc(Code::AlreadyExists, format!("exec {} exists", req.exec_id)));
-            }
-            ios.insert(key.clone(), ProcessIo::reserved());
-        }
-        let made = async {
-            let targets = open_targets(req.terminal, [&req.stdin, &req.stdout, &req.stderr])?;
-            let (io, [stdin, stdout, stderr]) = self.streams(&req.id, &req.exec_id, targets)?;
-            let fwd = api::ExecProcessRequest { stdin, stdout, stderr, ..req.clone() };
-            guest.task.exec(ctx(Some(c.timeout_nano)), &fwd).await?;
-            Ok(io)
-        };
-        let made = made.await;
-        let mut ios = self.ios.lock().map_err(|_| to_ttrpc(Code::Internal, "stdio lock poisoned"))?;
-        match made {
-            // Unless its container was deleted meanwhile.
-            Ok(io) => {
-                if let Some(slot) = ios.get_mut(&key) {
-                    *slot = io;
-                }
-                Ok(Empty::new())
-            }
-            Err(e) => {
-                ios.remove(&key);
-                Err(e)
-            }
-        }
+        let held = Reservation::take(&self.ios, (req.id.clone(), req.exec_id.clone()))?;
+        let targets = open_targets(req.terminal, [&req.stdin, &req.stdout, &req.stderr])?;
+        let (io, [stdin, stdout, stderr]) = self.streams(&req.id, &req.exec_id, targets)?;
+        let fwd = api::ExecProcessRequest { stdin, stdout, stderr, ..req.clone() };
+        guest.task.exec(ctx(Some(c.timeout_nano)), &fwd).await?;
+        held.fill(io);
+        Ok(Empty::new())
     }
 
     async fn state(&self, c: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
