@@ -290,7 +290,7 @@ fn print_vm(runs: usize, f: &vm::VmFigures) {
         println!("| VM shim step `{step}` (run without --rm, then rm) | {} |", fmt_ms(Some(*t)));
     }
     println!(
-        "| berth's host-side share, same runs (run + rm less the `guest.*` steps) | {} |",
+        "| berth's host-side share, same runs (run + rm less the time spent waiting on the guest) | {} |",
         fmt_ms(f.measured_share)
     );
     let pss = f.idle_pss_mb.map(|m| format!("{m:.1} MB")).unwrap_or_else(|| "n/a".into());

@@ -63,9 +63,12 @@ fn first_output(d: &Daemon, rootfs: &str) -> Option<Duration> {
     (got && ok).then_some(elapsed)
 }
 
+/// A VM shim's step: name, from, to (µs since the shim started).
+type Span = (String, u64, u64);
+
 /// One `berth run --vm ROOTFS true` and its `rm`: their wall time and the
 /// steps its VM shim recorded.
-fn steps_round(d: &Daemon, rootfs: &str, n: usize) -> Option<(Duration, Vec<(String, u64)>)> {
+fn steps_round(d: &Daemon, rootfs: &str, n: usize) -> Option<(Duration, Vec<Span>)> {
     let name = format!("steps{n}");
     let t = Instant::now();
     let ran = d.berth(&["run", "--vm", "--name", &name, rootfs, "true"]).code == 0;
@@ -78,29 +81,46 @@ fn steps_round(d: &Daemon, rootfs: &str, n: usize) -> Option<(Duration, Vec<(Str
     (ran && removed).then_some((run + t.elapsed(), steps?))
 }
 
-/// Medians of the steps of `rounds`, and of each round's total less its
-/// guest steps.
-fn steps_figures(rounds: &[(Duration, Vec<(String, u64)>)]) -> (Vec<(String, Duration)>, Option<Duration>) {
+/// How long the host waited on the guest: the union of the `guest.*`
+/// spans (a Wait overlaps the Start it was asked before).
+fn guest_time(spans: &[Span]) -> Duration {
+    let mut guest: Vec<(u64, u64)> =
+        spans.iter().filter(|(n, ..)| n.starts_with("guest.")).map(|(_, from, to)| (*from, *to)).collect();
+    guest.sort();
+    let (mut total, mut end) = (0, 0);
+    for (from, to) in guest {
+        let from = from.max(end);
+        if to > from {
+            total += to - from;
+            end = to;
+        }
+    }
+    Duration::from_micros(total)
+}
+
+/// Medians of the steps of `rounds`, and of each round's total less the
+/// time the host waited on the guest.
+fn steps_figures(rounds: &[(Duration, Vec<Span>)]) -> (Vec<(String, Duration)>, Option<Duration>) {
     let mut names: Vec<String> = Vec::new();
-    for (_, steps) in rounds {
-        for (name, _) in steps {
+    for (_, spans) in rounds {
+        for (name, ..) in spans {
             if !names.contains(name) {
                 names.push(name.clone());
             }
         }
     }
-    let us = |steps: &[(String, u64)], want: &dyn Fn(&str) -> bool| -> Duration {
-        Duration::from_micros(steps.iter().filter(|(n, _)| want(n)).map(|(_, us)| us).sum())
-    };
     let steps = names
         .into_iter()
         .filter_map(|name| {
-            let mut v: Vec<Duration> = rounds.iter().map(|(_, s)| us(s, &|n| n == name)).collect();
+            let mut v: Vec<Duration> = rounds
+                .iter()
+                .map(|(_, s)| Duration::from_micros(s.iter().filter(|(n, ..)| *n == name).map(|(_, f, t)| t - f).sum()))
+                .collect();
             Some((name, median(&mut v)?))
         })
         .collect();
     let mut shares: Vec<Duration> =
-        rounds.iter().filter_map(|(total, s)| total.checked_sub(us(s, &|n| n.starts_with("guest.")))).collect();
+        rounds.iter().filter_map(|(total, spans)| total.checked_sub(guest_time(spans))).collect();
     (steps, median(&mut shares))
 }
 
@@ -205,4 +225,20 @@ pub fn run(rounds: usize) -> Option<VmFigures> {
         power_off,
         idle_pss_mb,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guests_time_is_the_union_of_its_spans() {
+        let span = |n: &str, f, t| (n.to_string(), f, t);
+        let spans = vec![span("guest.boot", 10, 100), span("host.streams", 100, 110), span("guest.wait", 110, 300)];
+        let spans = [spans, vec![span("guest.start", 120, 150), span("guest.power_off", 400, 450)]].concat();
+        assert_eq!(guest_time(&spans), Duration::from_micros(90 + 190 + 50));
+        let (steps, share) = steps_figures(&[(Duration::from_micros(1000), spans)]);
+        assert_eq!(share, Some(Duration::from_micros(1000 - 330)));
+        assert_eq!(steps[0], ("guest.boot".to_string(), Duration::from_micros(90)));
+    }
 }

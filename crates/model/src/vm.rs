@@ -34,8 +34,9 @@ pub const READY_LINE: &str = "berth-agent: ready";
 pub const OOM_KILLS_FILE: &str = "oom-kills";
 
 /// The file a lone VM's host shim writes in its container's bundle once
-/// the exit has powered the VM off: `[["step", microseconds], …]`, its own
-/// steps and its waits on the guest (`guest.*`), for the benchmark.
+/// the exit has powered the VM off: `[["step", from, to], …]` in
+/// microseconds since the shim started, its own steps and its waits on
+/// the guest (`guest.*`), for the benchmark.
 pub const STEPS_FILE: &str = "vm-steps.json";
 
 /// The value of `key` on a kernel command line (`key=value` words).
