@@ -73,9 +73,12 @@ fn steps_round(d: &Daemon, rootfs: &str, n: usize) -> Option<(Duration, Vec<Span
     let t = Instant::now();
     let ran = d.berth(&["run", "--vm", "--name", &name, rootfs, "true"]).code == 0;
     let run = t.elapsed();
-    let rec: serde_json::Value = serde_json::from_str(&d.berth(&["inspect", "--json", &name]).stdout).ok()?;
-    let file = std::path::Path::new(rec["bundle"].as_str()?).join(berth_model::vm::STEPS_FILE);
-    let steps = std::fs::read(file).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let rec: Option<serde_json::Value> = serde_json::from_str(&d.berth(&["inspect", "--json", &name]).stdout).ok();
+    let file = rec
+        .as_ref()
+        .and_then(|r| r["bundle"].as_str())
+        .map(|b| std::path::Path::new(b).join(berth_model::vm::STEPS_FILE));
+    let steps = file.and_then(|f| std::fs::read(f).ok()).and_then(|b| serde_json::from_slice(&b).ok());
     let t = Instant::now();
     let removed = d.berth(&["rm", &name]).code == 0;
     (ran && removed).then_some((run + t.elapsed(), steps?))
@@ -114,7 +117,11 @@ fn steps_figures(rounds: &[(Duration, Vec<Span>)]) -> (Vec<(String, Duration)>, 
         .filter_map(|name| {
             let mut v: Vec<Duration> = rounds
                 .iter()
-                .map(|(_, s)| Duration::from_micros(s.iter().filter(|(n, ..)| *n == name).map(|(_, f, t)| t - f).sum()))
+                .map(|(_, s)| {
+                    Duration::from_micros(
+                        s.iter().filter(|(n, ..)| *n == name).map(|(_, f, t)| t.saturating_sub(*f)).sum(),
+                    )
+                })
                 .collect();
             Some((name, median(&mut v)?))
         })

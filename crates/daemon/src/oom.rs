@@ -26,8 +26,8 @@ const MAX_RECORDED: u64 = 100;
 const GUEST_POLL: Duration = Duration::from_secs(2);
 /// How long one ask may take.
 const GUEST_POLL_CALL: Duration = Duration::from_millis(500);
-/// Failed asks in a row after which a VM's OOM watcher gives up (a shim
-/// gone or hung; the exit is still told by the exit monitor).
+/// Failed asks in a row after which a VM's OOM watcher stops asking (a
+/// shim gone or hung); the count at the exit is still told.
 const GUEST_POLL_FAILURES: u32 = 15;
 
 /// A guest's OOM kill count as told: the count it started from (unknown
@@ -106,8 +106,9 @@ impl Manager {
     /// guest recorded in the bundle. Kills are told once, at most
     /// [`MAX_RECORDED`] in all (the count is the guest's word): a new
     /// container's from none, a `recovered` one's from the first count it
-    /// gives then. It stops at the exit, when the entry goes, or after the
-    /// shim failed to answer [`GUEST_POLL_FAILURES`] times in a row.
+    /// gives then. It stops asking after the shim failed to answer
+    /// [`GUEST_POLL_FAILURES`] times in a row, and ends at the exit or when
+    /// the entry goes.
     pub(crate) fn spawn_guest_oom_poll(self: &Arc<Self>, key: Key, entry: Arc<Entry>, recovered: bool) {
         let (drain_tx, mut drain) = oneshot::channel::<oneshot::Sender<()>>();
         *lock(&entry.oom_drain) = Some(drain_tx);
@@ -123,7 +124,7 @@ impl Manager {
             loop {
                 let reply = tokio::select! {
                     reply = &mut drain => reply,
-                    _ = tick.tick() => {
+                    _ = tick.tick(), if failures < GUEST_POLL_FAILURES => {
                         // Never longer than a drain may wait (drain_oom).
                         let count = tokio::time::timeout(GUEST_POLL_CALL, shim.stats(id)).await;
                         match count {
@@ -131,7 +132,6 @@ impl Manager {
                                 failures = 0;
                                 mgr.record_oom(ns, id, told.new_kills(stats.memory.oom_kills));
                             }
-                            _ if failures + 1 >= GUEST_POLL_FAILURES => return,
                             _ => failures += 1,
                         }
                         continue;

@@ -40,13 +40,22 @@ impl Steps {
         now
     }
 
+    /// Records step `name` from `since`, or from the end of the last step
+    /// named `after` if that is later (a Wait asked before the Start
+    /// waits on the guest only from the Start's end).
+    pub fn record_after(&self, name: &'static str, since: Instant, after: &'static str) -> Instant {
+        let started = self.spans.lock().ok().and_then(|s| s.iter().rev().find(|(n, ..)| *n == after).map(|s| s.2));
+        let since = started.map_or(since, |end| since.max(self.epoch + std::time::Duration::from_micros(end)));
+        self.record(name, since)
+    }
+
     /// Writes the steps into `bundle` as `[["step", from, to], …]` (best
     /// effort: a figure for a benchmark, never a reason to fail a
     /// container).
     pub fn write(&self, bundle: &Path) {
         let spans = self.spans.lock().map(|s| s.clone()).unwrap_or_default();
         if let Ok(json) = serde_json::to_vec(&spans) {
-            let _ = std::fs::write(bundle.join(berth_model::vm::STEPS_FILE), json);
+            let _ = berth_store::write_atomic(&bundle.join(berth_model::vm::STEPS_FILE), &json);
         }
     }
 }

@@ -114,7 +114,9 @@ impl Task for VmProxy {
         self.check(&req.id)?;
         let t = std::time::Instant::now();
         let r = self.booted()?.task.start(ctx(Some(c.timeout_nano)), &req).await?;
-        self.steps.record("guest.start", t);
+        if req.exec_id.is_empty() {
+            self.steps.record("guest.start", t);
+        }
         Ok(api::StartResponse { pid: 0, ..r })
     }
 
@@ -142,7 +144,7 @@ impl Task for VmProxy {
         };
         let init = req.exec_id.is_empty();
         let t = match init {
-            true => self.steps.record("guest.wait", t),
+            true => self.steps.record_after("guest.wait", t, "guest.start"),
             false => t,
         };
         // Its output is in its targets before anyone hears of the exit.
