@@ -53,7 +53,14 @@ fn exec_exits_during_downtime_are_reported_once(shim: &[&str]) {
     d.run_detached("doomed", &["sleep", "1000"]);
     let mut quick = d.berth_spawn(&["exec", "--exec-id", "quick", "host", "sh", "-c", "sleep 0.5; exit 5"]);
     let mut lost = d.berth_spawn(&["exec", "--exec-id", "lost", "doomed", "sleep", "1000"]);
-    std::thread::sleep(Duration::from_millis(300));
+    // Both execs started (a fixed pause lost the race on a loaded host:
+    // an exec berthd never recorded has no exit to report).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let started = |exec: &str| d.events_since(0).iter().any(|e| e["type"] == "exec-started" && e["exec_id"] == exec);
+    while !(started("quick") && started("lost")) {
+        assert!(std::time::Instant::now() < deadline, "the execs never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let doomed_shim = d.inspect("doomed")["shim_pid"].as_i64().unwrap() as i32;
     d.kill9();
     let _ = (quick.wait(), lost.wait());

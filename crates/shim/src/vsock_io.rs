@@ -34,11 +34,14 @@ pub fn new_token() -> io::Result<String> {
     Ok(random::<TOKEN_BYTES>()?.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// A random host port for a stream: above the privileged ones, below
-/// `VMADDR_PORT_ANY`.
+/// Host ports a stream may get: 2^26 above the privileged ones, so its
+/// socket's name (`vsock_<port>`) has at most 8 digits.
+const STREAM_PORTS: u32 = 1 << 26;
+
+/// A random host port for a stream.
 pub fn random_port() -> io::Result<u32> {
     let n = u32::from_ne_bytes(random::<4>()?);
-    Ok(1024 + n % (u32::MAX - 1024))
+    Ok(1024 + n % STREAM_PORTS)
 }
 
 fn random<const N: usize>() -> io::Result<[u8; N]> {
@@ -79,7 +82,7 @@ mod tests {
         }
         assert_eq!(parse(&format!("vsock:1:{}", "g".repeat(TOKEN_LINE - 1))), None);
         let ports: Vec<u32> = (0..64).map(|_| random_port().unwrap()).collect();
-        assert!(ports.iter().all(|p| (1024..u32::MAX).contains(p)), "{ports:?}");
+        assert!(ports.iter().all(|p| (1024..1024 + STREAM_PORTS).contains(p)), "{ports:?}");
         assert!(ports.windows(2).any(|w| w[0] != w[1]));
     }
 }

@@ -44,6 +44,8 @@ const CHUNK: usize = 16 * 1024;
 /// that keeps its stdin open until CloseIO, its terminal's service, and
 /// its copies, all ended with it.
 pub(super) struct ProcessIo {
+    /// Which reservation made it (`Reservation`).
+    slot: u64,
     drained: Arc<DrainOnce>,
     keeper: Option<File>,
     _pty: Option<Pty>,
@@ -61,7 +63,9 @@ impl Drop for ProcessIo {
 impl ProcessIo {
     /// A place held for a process whose stdio is being set up.
     pub(super) fn reserved() -> ProcessIo {
-        ProcessIo { drained: DrainOnce::new(None), keeper: None, _pty: None, tasks: Vec::new() }
+        static SLOTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let slot = SLOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ProcessIo { slot, drained: DrainOnce::new(None), keeper: None, _pty: None, tasks: Vec::new() }
     }
 
     /// Ends the process's stdin once its caller's writers are gone.
@@ -79,10 +83,13 @@ pub(super) type Ios = Mutex<std::collections::HashMap<(String, String), ProcessI
 
 /// An exec id held in [`Ios`] while its stdio is set up (a second Exec
 /// with it is refused, not let near the first one's attach socket);
-/// released unless filled, also when the call is abandoned.
+/// released unless filled, also when the call is abandoned. It touches
+/// only its own slot: not one a later Exec of the id took after this one
+/// was deleted.
 pub(super) struct Reservation<'a> {
     ios: &'a Ios,
     key: Option<(String, String)>,
+    slot: u64,
 }
 
 impl<'a> Reservation<'a> {
@@ -91,25 +98,31 @@ impl<'a> Reservation<'a> {
         if held.contains_key(&key) {
             return Err(to_ttrpc(Code::AlreadyExists, format!("exec {} exists", key.1)));
         }
-        held.insert(key.clone(), ProcessIo::reserved());
-        Ok(Reservation { ios, key: Some(key) })
+        let reserved = ProcessIo::reserved();
+        let slot = reserved.slot;
+        held.insert(key.clone(), reserved);
+        Ok(Reservation { ios, key: Some(key), slot })
     }
 
-    /// Puts the process's stdio in its place (unless its container was
-    /// deleted meanwhile).
-    pub(super) fn fill(mut self, io: ProcessIo) {
+    /// Puts the process's stdio in its place (unless its container or the
+    /// exec was deleted meanwhile).
+    pub(super) fn fill(mut self, mut io: ProcessIo) {
+        io.slot = self.slot;
         let key = self.key.take();
         if let (Some(key), Ok(mut ios)) = (key, self.ios.lock())
-            && let Some(slot) = ios.get_mut(&key)
+            && let Some(held) = ios.get_mut(&key).filter(|held| held.slot == self.slot)
         {
-            *slot = io;
+            *held = io;
         }
     }
 }
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        if let (Some(key), Ok(mut ios)) = (self.key.take(), self.ios.lock()) {
+        if let Some(key) = self.key.take()
+            && let Ok(mut ios) = self.ios.lock()
+            && ios.get(&key).is_some_and(|held| held.slot == self.slot)
+        {
             ios.remove(&key);
         }
     }
