@@ -51,9 +51,7 @@ if [ ! -s "$CACHE/$PKG/vmlinux" ]; then
 fi
 
 # The guest's agent and shim: static (glibc, crt-static; libseccomp linked in).
-RUSTFLAGS="-C target-feature=+crt-static" LIBSECCOMP_LINK_TYPE=static \
-    LIBSECCOMP_LIB_PATH=/usr/lib/x86_64-linux-gnu \
-    "$CARGO" build --locked --profile guest --target x86_64-unknown-linux-gnu \
+CARGO=$CARGO bash scripts/build-static.sh guest PIE \
     -p berth-agent -p berth-shim --bin berth-agent --bin berth-shim
 BIN=target/x86_64-unknown-linux-gnu/guest
 
