@@ -131,19 +131,22 @@ pub fn pipe_to(sink: Sink, drained: &mut Drained) -> std::io::Result<OwnedFd> {
     Ok(write)
 }
 
-/// Copies what `source` (non-blocking) carries into `sink` until it ends,
-/// then says so on `done`.
-pub fn copy_into(source: OwnedFd, mut sink: Sink, done: oneshot::Sender<()>) -> std::io::Result<()> {
-    let read = register(source)?;
-    tokio::spawn(async move {
-        let mut buf = Vec::new();
-        while let Some(n) = read_some(&read, &mut buf).await {
-            sink.write(&buf[..n]).await;
-        }
-        drop(sink);
-        let _ = done.send(());
-    });
+/// Copies what `source` (non-blocking) carries into `sink` in a task of
+/// its own until it ends, then says so on `done`.
+fn copy_into(source: OwnedFd, sink: Sink, done: oneshot::Sender<()>) -> std::io::Result<()> {
+    tokio::spawn(copy(register(source)?, sink, done));
     Ok(())
+}
+
+/// Copies what `read` carries into `sink` until it ends, then says so on
+/// `done`.
+pub async fn copy(read: AsyncFd<OwnedFd>, mut sink: Sink, done: oneshot::Sender<()>) {
+    let mut buf = Vec::new();
+    while let Some(n) = read_some(&read, &mut buf).await {
+        sink.write(&buf[..n]).await;
+    }
+    drop(sink);
+    let _ = done.send(());
 }
 
 /// Feeds a process's stdin from `source` (berthd's FIFO, opened without

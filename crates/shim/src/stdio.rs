@@ -106,13 +106,23 @@ impl Shim {
     }
 
     /// Opens a process's output `path`: a stream to the host's shim in a
-    /// guest, else a file, a FIFO or a CRI log target (`open_sink`).
+    /// guest, else [`output_at`].
     fn open_output(&self, path: &str) -> TtrpcResult<Sink> {
         if self.is_stream(path) {
             return Ok(Sink::Fifo(register(dial(path)?).map_err(internal)?));
         }
-        open_sink(path).map_err(|e| to_ttrpc(Code::InvalidArgument, format!("open {path}: {e}")))
+        output_at(path)
     }
+}
+
+/// The output at `path`: a file, a FIFO or a CRI log target (`open_sink`).
+pub(crate) fn output_at(path: &str) -> TtrpcResult<Sink> {
+    open_sink(path).map_err(|e| to_ttrpc(Code::InvalidArgument, format!("open {path}: {e}")))
+}
+
+/// Whether `path` names a FIFO (interactive stdin).
+pub(crate) fn is_fifo(path: &str) -> bool {
+    !path.is_empty() && std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo())
 }
 
 /// Dials the host's end of a stream (`vsock_io::dial`).
@@ -124,8 +134,7 @@ fn dial(path: &str) -> TtrpcResult<OwnedFd> {
 /// process through a pipe; with `keep` the shim keeps a writer open
 /// (returned) so the process sees no end of input until `CloseIO`.
 fn open_stdin(path: &str, keep: bool) -> TtrpcResult<(Option<OwnedFd>, Option<File>)> {
-    let is_fifo = !path.is_empty() && std::fs::metadata(path).is_ok_and(|m| m.file_type().is_fifo());
-    if !is_fifo {
+    if !is_fifo(path) {
         return Ok((open_input(path)?, None));
     }
     let (reader, keeper) = open_fifo(path, keep)?;

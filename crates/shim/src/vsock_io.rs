@@ -61,9 +61,7 @@ pub fn dial(path: &str) -> io::Result<OwnedFd> {
     let mut stream = std::fs::File::from(fd);
     stream.write_all(format!("{token}\n").as_bytes())?;
     let fd = OwnedFd::from(stream);
-    let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
-    let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-    nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
+    crate::tty::set_nonblocking(&fd)?;
     Ok(fd)
 }
 

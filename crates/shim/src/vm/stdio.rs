@@ -24,7 +24,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::{TtrpcResult, VmProxy};
-use crate::output::{Drained, Sink, open_sink};
+use crate::output::{Drained, Sink, copy, register};
+use crate::stdio::{is_fifo, open_fifo, output_at};
 use crate::tty::{self, Pty};
 use crate::vsock_io::{self, TOKEN_LINE};
 
@@ -37,8 +38,6 @@ const PROOF_LIMIT: Duration = Duration::from_secs(1);
 /// Connections of one stream whose token is awaited at once; more are
 /// closed at once (a container in the guest can dial the host too).
 const PROVING: usize = 8;
-/// Bytes copied per read.
-const CHUNK: usize = 16 * 1024;
 
 /// One process's stdio on the host: what its exit waits for, the writer
 /// that keeps its stdin open until CloseIO, its terminal's service, and
@@ -168,16 +167,10 @@ pub(super) struct Targets {
 /// none), `stdout` and `stderr` (as a host shim takes them), for a
 /// terminal or not.
 pub(super) fn open_targets(terminal: bool, [stdin, stdout, stderr]: [&str; 3]) -> TtrpcResult<Targets> {
-    let sink = |path: &str| {
-        (!path.is_empty())
-            .then(|| open_sink(path).map_err(|e| to_ttrpc(Code::InvalidArgument, format!("open {path}: {e}"))))
-            .transpose()
-    };
-    let fifo =
-        |path: &str| std::fs::metadata(path).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()));
+    let sink = |path: &str| (!path.is_empty()).then(|| output_at(path)).transpose();
     let (input, keeper) = match stdin {
         "" => (None, None),
-        path if fifo(path) => crate::stdio::open_fifo(path, true).map(|(reader, keeper)| (Some(reader), keeper))?,
+        path if is_fifo(path) => open_fifo(path, true).map(|(reader, keeper)| (Some(reader), keeper))?,
         path => return Err(to_ttrpc(Code::InvalidArgument, format!("stdin {path}: a VM takes stdin from a FIFO"))),
     };
     Ok(Targets { terminal, input, keeper, outputs: [sink(stdout)?, sink(stderr)?] })
@@ -305,14 +298,12 @@ async fn prove(mut stream: UnixStream, token: String) -> Option<UnixStream> {
 
 /// Copies an output stream, once dialled, into `sink` until it ends (or
 /// its process's stdio does); `done` says when.
-async fn copy_output(accept: Accept, mut sink: Sink, done: oneshot::Sender<()>) {
-    let Some(mut guest) = accept.await else { return };
-    let mut buf = vec![0u8; CHUNK];
-    while let Ok(n @ 1..) = guest.read(&mut buf).await {
-        sink.write(&buf[..n]).await;
+async fn copy_output(accept: Accept, sink: Sink, done: oneshot::Sender<()>) {
+    let Some(guest) = accept.await else { return };
+    // The copy a host process's output pipe gets, in this (tracked) task.
+    if let Ok(read) = guest.into_std().map(OwnedFd::from).and_then(register) {
+        copy(read, sink, done).await;
     }
-    drop(sink);
-    drop(done);
 }
 
 /// Removes a stream's socket when its listener goes.
