@@ -153,6 +153,42 @@ fn dead_shim_found_at_startup_is_cleaned_up(shim: &[&str]) {
     assert!(d.container_paths("default", "lost").is_empty());
 }
 
+/// A shim killed while its container is created but not started: the
+/// container's init, which waits for its start holding the descriptors of
+/// the runtime helper that made it, must not keep the shim's listener.
+/// Connections to the dead shim are then refused at once; kept, they would
+/// queue unanswered and berthd would wait out its timeouts on each one
+/// (a stall the chaos test hit) instead of cleaning up.
+/// (berth-shim's listener: containerd's shims keep theirs elsewhere.)
+#[test]
+fn a_killed_shim_of_a_created_container_refuses_connections() {
+    let d = Daemon::start();
+    let rootfs = d.rootfs.to_string_lossy().into_owned();
+    d.berth(&["create", "--name", "made", &rootfs, "sleep", "1000"]).ok();
+    let c = d.inspect("made");
+    assert_eq!(c["state"], "created");
+    let (shim, init) = (c["shim_pid"].as_i64().unwrap() as i32, c["pid"].as_i64().unwrap());
+    let socket = std::fs::read_dir(d.state.join("shims")).unwrap().flatten().map(|e| e.path()).next().unwrap();
+    unsafe { libc_kill(shim, 9) };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{shim}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
+        assert!(std::time::Instant::now() < deadline, "shim {shim} still alive");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Init, still waiting for its start, is alive at this point.
+    assert!(std::path::Path::new(&format!("/proc/{init}")).exists() || d.inspect("made")["state"] == "stopped");
+    match std::os::unix::net::UnixStream::connect(&socket) {
+        Ok(_) => panic!("a process other than the dead shim keeps its listener {}", socket.display()),
+        Err(e) => assert!(
+            matches!(e.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound),
+            "connect to the dead shim's socket: {e}"
+        ),
+    }
+    d.berth(&["rm", "-f", "made"]).ok();
+    assert!(d.cgroup_procs("default", "made").is_empty());
+    assert!(d.container_paths("default", "made").is_empty(), "{:?}", d.container_paths("default", "made"));
+}
+
 berth_testing::on_both_shims!(
     kill9_daemon_keeps_running_containers_and_records,
     container_of_a_killed_shim_is_cleaned_up_with_unknown_exit,

@@ -15,8 +15,9 @@
 
 use std::future::Future;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use berth_model::Code;
 use nix::errno::Errno;
@@ -29,6 +30,19 @@ use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
 use crate::{Runtime, RuntimeError, Stdio};
+
+/// The caller's descriptor no helper may hold (-1: none).
+static NOT_FOR_HELPERS: AtomicI32 = AtomicI32::new(-1);
+
+/// Names a descriptor of the caller that every helper closes as soon as
+/// it is forked: a shim's listener. Close-on-exec is not enough: a helper
+/// never execs, and the container's init it clones holds the helper's
+/// descriptors until the container starts. A listener held there outlives
+/// a killed shim, and connections to it then queue unanswered instead of
+/// being refused.
+pub fn close_in_helpers(fd: RawFd) {
+    NOT_FOR_HELPERS.store(fd, Ordering::SeqCst);
+}
 
 /// A runtime whose every operation runs in a forked helper.
 pub struct Isolated {
@@ -157,6 +171,11 @@ fn fork_helper<T: Serialize>(
     match unsafe { fork() }.map_err(io)? {
         ForkResult::Child => {
             drop(rx);
+            let shared = NOT_FOR_HELPERS.load(Ordering::SeqCst);
+            if shared >= 0 {
+                // SAFETY: the helper's copy of a descriptor it never uses.
+                unsafe { libc::close(shared) };
+            }
             let helper = std::process::id();
             // The helper never returns into the caller, whatever `f` does:
             // a panic (in the helper, or in a process the runtime cloned

@@ -14,7 +14,7 @@ use std::path::Path;
 
 pub use criu::{CRIU_ENV, Checkpoint, criu_path};
 pub use error::RuntimeError;
-pub use isolate::{Isolated, in_child, pidfd_open};
+pub use isolate::{Isolated, close_in_helpers, in_child, pidfd_open};
 
 /// The stdio a container process gets. `None` means /dev/null. With a
 /// console socket the process gets a terminal instead, whose master the

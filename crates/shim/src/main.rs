@@ -250,9 +250,11 @@ async fn serve_vm(args: Args) -> Result<(), String> {
 /// this shim is a VM guest's (vsock).
 fn listener(args: &Args) -> Result<(Listener, PathBuf, bool), String> {
     // Inherited without close-on-exec: no runtime helper or container
-    // process may keep the shim's listener.
+    // process may keep the shim's listener (helpers, which never exec,
+    // close it when forked).
     nix::fcntl::fcntl(LISTEN_FD, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
         .map_err(|e| format!("listener: {e}"))?;
+    berth_runtime::close_in_helpers(LISTEN_FD);
     use nix::sys::socket::{AddressFamily, SockaddrLike, SockaddrStorage, getsockname};
     let family = getsockname::<SockaddrStorage>(LISTEN_FD).map_err(|e| format!("listener: {e}"))?.family();
     if family == Some(AddressFamily::Vsock) {
