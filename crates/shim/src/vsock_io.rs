@@ -57,12 +57,35 @@ pub fn dial(path: &str) -> io::Result<OwnedFd> {
     let (port, token) =
         parse(path).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, format!("{path} names no stream")))?;
     let fd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    connect(fd.as_raw_fd(), &VsockAddr::new(libc::VMADDR_CID_HOST, port))?;
+    match connect(fd.as_raw_fd(), &VsockAddr::new(libc::VMADDR_CID_HOST, port)) {
+        // A signal (the shim's SIGCHLD) cut the wait short; the connect
+        // goes on: wait for it to finish and take its outcome.
+        Err(nix::errno::Errno::EINTR) => finish_connect(&fd)?,
+        other => other?,
+    }
     let mut stream = std::fs::File::from(fd);
     stream.write_all(format!("{token}\n").as_bytes())?;
     let fd = OwnedFd::from(stream);
     crate::tty::set_nonblocking(&fd)?;
     Ok(fd)
+}
+
+/// Waits for an interrupted connect of `fd` to finish; its error, if any.
+fn finish_connect(fd: &OwnedFd) -> io::Result<()> {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd;
+    loop {
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+            Ok(_) => break,
+        }
+    }
+    match nix::sys::socket::getsockopt(fd, nix::sys::socket::sockopt::SocketError)? {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
 }
 
 #[cfg(test)]
