@@ -212,11 +212,8 @@ impl Hierarchies {
     /// first, keeping the cgroup itself (for a runtime that removes it).
     pub fn remove_children(&self, cgroup: &str) -> io::Result<()> {
         for dir in self.existing(cgroup) {
-            for entry in fs::read_dir(&dir)? {
-                let entry = entry?;
-                if entry.file_type()?.is_dir() {
-                    remove_tree(&entry.path())?;
-                }
+            for sub in subdirs(&dir)? {
+                remove_tree(&sub)?;
             }
         }
         Ok(())
@@ -296,13 +293,27 @@ fn thaw_below(dir: &Path) {
 }
 
 fn remove_tree(dir: &Path) -> io::Result<()> {
-    for entry in fs::read_dir(dir)? {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            remove_tree(&entry.path())?;
-        }
+    for sub in subdirs(dir)? {
+        remove_tree(&sub)?;
     }
     remove_dir(dir)
+}
+
+/// The directories in a directory; none if it is gone (removed since it
+/// was seen, by a cleanup that went first).
+fn subdirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        entries => entries?,
+    };
+    let mut dirs = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            dirs.push(entry.path());
+        }
+    }
+    Ok(dirs)
 }
 
 fn unescape(s: &str) -> String {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use berth_cgroups::Hierarchies;
 use berth_model::ExitStatus;
 use berth_runtime::Runtime;
+use nix::fcntl::{Flock, FlockArg};
 
 /// How long cleanup waits for killed processes to leave the cgroup.
 const DRAIN: Duration = Duration::from_secs(5);
@@ -35,8 +36,14 @@ pub fn recorded_exit(bundle: &Path) -> Option<ExitStatus> {
 
 /// Cleans up after a dead shim: kills what is left in the container's
 /// cgroup, waits for it to drain, and deletes the runtime's state. Returns
-/// the exit the shim recorded, if any.
+/// the exit the shim recorded, if any. Two cleanups of one bundle (berthd's
+/// exit monitor and an `rm -f` of the same dead shim) take turns on a lock
+/// of the bundle: run together, the runtime's delete of one would fail on
+/// what the other just removed; in turn, the second finds nothing left.
 pub fn run(id: &str, bundle: &Path, runtime: &dyn Runtime) -> Result<Option<ExitStatus>, String> {
+    let dir = std::fs::File::open(bundle).map_err(|e| format!("open {}: {e}", bundle.display()))?;
+    let _turn =
+        Flock::lock(dir, FlockArg::LockExclusive).map_err(|(_, e)| format!("lock {}: {e}", bundle.display()))?;
     let cgroup = cgroup_of(bundle);
     let hierarchies = Hierarchies::detect().ok();
     let deadline = Instant::now() + DRAIN;
