@@ -47,8 +47,6 @@ pub enum Error {
     SandboxExists(String),
     #[error("volume {0} not found")]
     VolumeNotFound(String),
-    #[error("subscriber too slow: events after {0} were dropped; resume with since={0}")]
-    Lagged(u64),
 }
 
 impl Error {
@@ -70,7 +68,6 @@ impl Error {
             Error::CreateStep { cause, .. } => cause.code(),
             Error::Io { .. } => Code::Internal,
             Error::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            Error::Lagged(_) => Code::Unavailable,
         }
     }
 

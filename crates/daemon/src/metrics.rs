@@ -111,19 +111,18 @@ fn gauge(value: u64) -> Gauge {
 impl Manager {
     /// Counts events as they are published, and samples shims' memory.
     pub(crate) fn start_metrics(self: &Arc<Self>) {
-        let mut rx = self.events.subscribe();
-        let mgr = self.clone();
-        tokio::spawn(async move {
-            loop {
-                match rx.recv().await {
-                    Ok(ev) => {
+        // Live events from now on, caught up from the log after a burst.
+        match crate::events::stream(self, crate::events::Filter::default(), None, true) {
+            Ok(mut rx) => {
+                let mgr = self.clone();
+                tokio::spawn(async move {
+                    while let Some(Ok(ev)) = rx.recv().await {
                         mgr.metrics.events.get_or_create(&vec![("type", ev.kind.as_str().to_string())]).inc();
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(_) => return,
-                }
+                });
             }
-        });
+            Err(e) => tracing::warn!("events are not counted: {e}"),
+        }
         let mgr = self.clone();
         tokio::spawn(async move {
             loop {
