@@ -27,7 +27,19 @@ impl Embedded {
         if !dir.exists() {
             return Ok(None);
         }
-        Container::load(dir).map(Some).map_err(|e| failed(op, e))
+        let mut c = Container::load(dir).map_err(|e| failed(op, e))?;
+        // libcontainer takes a live process with the recorded pid for the
+        // container's init. Once init is gone, its pid may be reused (at
+        // 1,000 containers on a host with pid_max 32768 an `rm -f` of them
+        // all met one); the container would look running, and could not be
+        // deleted or be signalled through a stranger. A process outside the
+        // container's cgroup is not its init.
+        if let Some(pid) = c.state.pid
+            && !init_in_cgroup(&c.root, pid)
+        {
+            c.state.pid = None;
+        }
+        Ok(Some(c))
     }
 
     fn builder(&self, id: &str, stdio: Stdio) -> Result<ContainerBuilder, RuntimeError> {
@@ -127,6 +139,23 @@ fn failed_msg(op: &'static str, message: impl Into<String>) -> RuntimeError {
 }
 
 /// A bundle's spec and its rootfs (relative to the bundle if not absolute).
+/// Whether the process `pid` is in the container's cgroup (or one below
+/// it) in some hierarchy. True when that cannot be told (the process or
+/// the runtime's config is gone): only a process seen elsewhere is a
+/// stranger.
+fn init_in_cgroup(root: &Path, pid: i32) -> bool {
+    let (Ok(config), Ok(groups)) = (YoukiConfig::load(root), std::fs::read_to_string(format!("/proc/{pid}/cgroup")))
+    else {
+        return true;
+    };
+    let cgroup = config.cgroup_path.to_string_lossy().into_owned();
+    let cgroup = format!("/{}", cgroup.trim_matches('/'));
+    groups
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(2))
+        .any(|path| path == cgroup || path.strip_prefix(cgroup.as_str()).is_some_and(|rest| rest.starts_with('/')))
+}
+
 fn load_spec(bundle: &Path, op: &'static str) -> Result<(Spec, PathBuf), RuntimeError> {
     let spec = Spec::load(bundle.join("config.json")).map_err(|e| failed(op, e))?;
     let root = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| "rootfs".into());
@@ -353,5 +382,35 @@ impl Runtime for Embedded {
                 std::fs::remove_dir_all(self.root.join(id)).map_err(|e| RuntimeError::io("remove runtime state", e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runtime state whose recorded init pid now names another process
+    /// (the test itself, outside the container's cgroup): the container
+    /// is taken for stopped, so it is deleted, not refused as running.
+    #[test]
+    fn a_reused_init_pid_does_not_keep_a_stopped_container_running() {
+        let root = tempfile::tempdir().unwrap();
+        let (id, dir) = ("reused", root.path().join("reused"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut spec = Spec::default();
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        linux.set_cgroups_path(Some("/berth-test-no-such/reused".into()));
+        spec.set_linux(Some(linux));
+        YoukiConfig::from_spec(&spec, id).unwrap().save(&dir).unwrap();
+        let stranger = std::process::id() as i32;
+        Container::new(id, ContainerStatus::Running, Some(stranger), root.path(), &dir)
+            .unwrap()
+            .set_systemd(false)
+            .save()
+            .unwrap();
+        let rt = Embedded::new(root.path());
+        assert_eq!(rt.load(id, "state").unwrap().unwrap().state.pid, None);
+        rt.delete(id, false).unwrap();
+        assert!(!dir.exists());
     }
 }
