@@ -19,15 +19,18 @@ deps:
 build: deps
 	$(CARGO) build --workspace --bins --locked
 
-# berth-shim's binaries (one shim runs per container) are linked static
-# and at a fixed address: no shared libraries to map or relocate, so each
-# shim keeps fewer private pages (docs/benchmarks.md). They are built apart
-# and linked into target/release beside the rest.
+# The long-lived binaries are linked static and at a fixed address: no
+# shared libraries to map or relocate, so each berth-shim (one per
+# container) and berthd keep fewer private pages (docs/benchmarks.md). The
+# shim is built alone (its own dependency set), berthd apart from the rest;
+# both are linked into target/release beside the other binaries.
 SHIM_BINS := berth-shim containerd-shim-berth-v1 berth-logger
+STATIC_DIR := target/x86_64-unknown-linux-gnu/release
 release: deps
-	$(CARGO) build --workspace --exclude berth-shim --bins --release --locked
+	$(CARGO) build --workspace --exclude berth-shim --exclude berth-daemon --bins --release --locked
 	CARGO=$(CARGO) bash scripts/build-static.sh release NOPIE -p berth-shim --bins
-	for b in $(SHIM_BINS); do ln -f target/x86_64-unknown-linux-gnu/release/$$b target/release/$$b; done
+	CARGO=$(CARGO) bash scripts/build-static.sh release NOPIE -p berth-daemon --bins
+	for b in $(SHIM_BINS) berthd; do ln -f $(STATIC_DIR)/$$b target/release/$$b; done
 
 demo: release
 	bash scripts/demo.sh
