@@ -149,6 +149,11 @@ impl<L: Fn(u64, usize) -> Result<Vec<Event>>> Follower<L> {
                     }
                     Err(_) => return,
                 };
+                // A gap (an event committed after `last` was read but sent
+                // before the feed was joined): the log has what it missed.
+                if ev.seq > self.last + 1 && !self.replay().await {
+                    return;
+                }
                 if ev.seq > self.last && !self.send(ev).await {
                     return;
                 }

@@ -11,6 +11,8 @@ use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
 use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 
+use berth_cgroups::Hierarchies;
+
 use crate::{Checkpoint, Runtime, RuntimeError, Stdio};
 
 pub struct Embedded {
@@ -138,24 +140,27 @@ fn failed_msg(op: &'static str, message: impl Into<String>) -> RuntimeError {
     RuntimeError::Failed { runtime: "embedded", op, message: message.into() }
 }
 
-/// A bundle's spec and its rootfs (relative to the bundle if not absolute).
 /// Whether the process `pid` is in the container's cgroup (or one below
-/// it) in some hierarchy. True when that cannot be told (the process or
-/// the runtime's config is gone): only a process seen elsewhere is a
+/// it), looked up through the cgroup mounts libcontainer uses. True when
+/// that cannot be told (the process, the runtime's config, the mounts or
+/// the cgroup's directory are not there, e.g. a systemd-style cgroup
+/// path): only a live process missing from an existing cgroup is a
 /// stranger.
 fn init_in_cgroup(root: &Path, pid: i32) -> bool {
-    let (Ok(config), Ok(groups)) = (YoukiConfig::load(root), std::fs::read_to_string(format!("/proc/{pid}/cgroup")))
-    else {
+    if !Path::new(&format!("/proc/{pid}")).exists() {
+        return true;
+    }
+    let (Ok(config), Ok(hierarchies)) = (YoukiConfig::load(root), Hierarchies::detect()) else {
         return true;
     };
     let cgroup = config.cgroup_path.to_string_lossy().into_owned();
-    let cgroup = format!("/{}", cgroup.trim_matches('/'));
-    groups
-        .lines()
-        .filter_map(|l| l.splitn(3, ':').nth(2))
-        .any(|path| path == cgroup || path.strip_prefix(cgroup.as_str()).is_some_and(|rest| rest.starts_with('/')))
+    if hierarchies.existing(&cgroup).is_empty() {
+        return true;
+    }
+    hierarchies.procs(&cgroup).map_or(true, |procs| procs.contains(&(pid as u32)))
 }
 
+/// A bundle's spec and its rootfs (relative to the bundle if not absolute).
 fn load_spec(bundle: &Path, op: &'static str) -> Result<(Spec, PathBuf), RuntimeError> {
     let spec = Spec::load(bundle.join("config.json")).map_err(|e| failed(op, e))?;
     let root = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| "rootfs".into());
@@ -389,17 +394,33 @@ impl Runtime for Embedded {
 mod tests {
     use super::*;
 
+    /// Removes the test's cgroup from every hierarchy, even on failure.
+    struct CgroupGuard(Hierarchies, String);
+
+    impl Drop for CgroupGuard {
+        fn drop(&mut self) {
+            let _ = self.0.remove_tree(&self.1);
+        }
+    }
+
     /// Runtime state whose recorded init pid now names another process
-    /// (the test itself, outside the container's cgroup): the container
-    /// is taken for stopped, so it is deleted, not refused as running.
+    /// (the test itself, outside the container's existing, empty cgroup):
+    /// the container is taken for stopped, so it is deleted, not refused
+    /// as running.
     #[test]
     fn a_reused_init_pid_does_not_keep_a_stopped_container_running() {
+        let cgroup = format!("/berth-test-reused-{}", std::process::id());
+        let hierarchies = Hierarchies::detect().unwrap();
+        for mount in hierarchies.mount_points() {
+            std::fs::create_dir_all(mount.join(&cgroup[1..])).unwrap();
+        }
+        let _guard = CgroupGuard(Hierarchies::detect().unwrap(), cgroup.clone());
         let root = tempfile::tempdir().unwrap();
         let (id, dir) = ("reused", root.path().join("reused"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut spec = Spec::default();
         let mut linux = spec.linux().clone().unwrap_or_default();
-        linux.set_cgroups_path(Some("/berth-test-no-such/reused".into()));
+        linux.set_cgroups_path(Some(cgroup.clone().into()));
         spec.set_linux(Some(linux));
         YoukiConfig::from_spec(&spec, id).unwrap().save(&dir).unwrap();
         let stranger = std::process::id() as i32;

@@ -41,9 +41,15 @@ pub fn recorded_exit(bundle: &Path) -> Option<ExitStatus> {
 /// of the bundle: run together, the runtime's delete of one would fail on
 /// what the other just removed; in turn, the second finds nothing left.
 pub fn run(id: &str, bundle: &Path, runtime: &dyn Runtime) -> Result<Option<ExitStatus>, String> {
-    let dir = std::fs::File::open(bundle).map_err(|e| format!("open {}: {e}", bundle.display()))?;
-    let _turn =
-        Flock::lock(dir, FlockArg::LockExclusive).map_err(|(_, e)| format!("lock {}: {e}", bundle.display()))?;
+    // A bundle already removed (by a delete that failed after it) leaves
+    // nothing to take turns on.
+    let _turn = match std::fs::File::open(bundle) {
+        Ok(dir) => Some(
+            Flock::lock(dir, FlockArg::LockExclusive).map_err(|(_, e)| format!("lock {}: {e}", bundle.display()))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(format!("open {}: {e}", bundle.display())),
+    };
     let cgroup = cgroup_of(bundle);
     let hierarchies = Hierarchies::detect().ok();
     let deadline = Instant::now() + DRAIN;
