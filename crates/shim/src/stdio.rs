@@ -25,6 +25,10 @@ type TtrpcResult<T> = ttrpc::Result<T>;
 pub(crate) struct Terminal {
     console: ConsoleSocket,
     input: Option<OwnedFd>,
+    /// Dropped when the terminal's output has all been copied: the exit is
+    /// reported after it, as for pipes (a shell's last line could
+    /// otherwise be lost when a client deletes the process at its exit).
+    ended: tokio::sync::oneshot::Sender<()>,
 }
 
 /// What the runtime gets, the terminal to serve once the process exists,
@@ -56,7 +60,8 @@ impl Shim {
             let console =
                 ConsoleSocket::bind(&console_socket(&self.socket, container_id, exec_id)).map_err(internal)?;
             let stdio = Stdio { console_socket: Some(console.path().to_path_buf()), ..Default::default() };
-            return Ok((stdio, Some(Terminal { console, input }), keeper, drained));
+            let ended = drained.reserve();
+            return Ok((stdio, Some(Terminal { console, input, ended }), keeper, drained));
         }
         let (stdin, keeper) = match self.is_stream(stdin) {
             true => (Some(pipe_from(dial(stdin)?).map_err(internal)?), None),
@@ -84,14 +89,14 @@ impl Shim {
         log: &str,
         size: Option<(u32, u32)>,
     ) -> TtrpcResult<Option<Pty>> {
-        let Some(Terminal { console, input }) = terminal else { return Ok(None) };
+        let Some(Terminal { console, input, ended }) = terminal else { return Ok(None) };
         let terminal_err = |e: std::io::Error| internal(format!("terminal: {e}"));
         let master = console.receive_master().map_err(terminal_err)?;
         let sink = match log {
             "" => None,
             path => Some(self.open_output(path)?),
         };
-        let pty = tty::serve(master, sink, input, tty_socket(&self.socket, container_id, exec_id), None)
+        let pty = tty::serve(master, sink, input, tty_socket(&self.socket, container_id, exec_id), Some(ended))
             .map_err(terminal_err)?;
         if let Some((width, height)) = size {
             pty.resize(width, height).map_err(terminal_err)?;
