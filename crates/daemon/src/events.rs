@@ -113,8 +113,8 @@ pub fn stream(
         None => mgr.store.last_seq()?,
     };
     let live = follow.then(|| mgr.events.subscribe());
-    let store = mgr.clone();
-    let log = move |after, n| store.store.events_since(after, n).map_err(Error::from);
+    let mgr = mgr.clone();
+    let log = move |after, n| mgr.store.events_since(after, n).map_err(Error::from);
     tokio::spawn(Follower { log, filter, last, tx }.run(since.is_some(), live));
     Ok(out)
 }
@@ -130,35 +130,32 @@ struct Follower<L> {
 }
 
 impl<L: Fn(u64, usize) -> Result<Vec<Event>>> Follower<L> {
-    /// The log is read first if `replay`, and again from the last event
-    /// sent whenever the live feed ran past this reader: every event on
-    /// the feed was committed to the log first, so a slow reader misses
-    /// nothing and the feed can stay small.
-    async fn run(mut self, mut replay: bool, mut live: Option<broadcast::Receiver<Event>>) {
+    /// The log first if `replay`, then the live feed. Every event on the
+    /// feed was committed to the log first, so a gap in the feed's
+    /// sequence numbers is read from the log: after the feed ran past this
+    /// reader (a slow reader misses nothing, and the feed can stay small),
+    /// or for an event committed after `last` was read but sent before the
+    /// feed was joined.
+    async fn run(mut self, replay: bool, live: Option<broadcast::Receiver<Event>>) {
+        if replay && !self.replay().await {
+            return;
+        }
+        let Some(mut live) = live else { return };
         loop {
-            if replay && !self.replay().await {
+            let ev = match live.recv().await {
+                Ok(ev) => ev,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::info!(after = self.last, missed, "a slow event subscriber catches up from the log");
+                    continue;
+                }
+                Err(_) => return,
+            };
+            if ev.seq > self.last + 1 && !self.replay().await {
                 return;
             }
-            let Some(live) = live.as_mut() else { return };
-            loop {
-                let ev = match live.recv().await {
-                    Ok(ev) => ev,
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::info!(after = self.last, missed, "a slow event subscriber catches up from the log");
-                        break;
-                    }
-                    Err(_) => return,
-                };
-                // A gap (an event committed after `last` was read but sent
-                // before the feed was joined): the log has what it missed.
-                if ev.seq > self.last + 1 && !self.replay().await {
-                    return;
-                }
-                if ev.seq > self.last && !self.send(ev).await {
-                    return;
-                }
+            if ev.seq > self.last && !self.send(ev).await {
+                return;
             }
-            replay = true;
         }
     }
 

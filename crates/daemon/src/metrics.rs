@@ -116,12 +116,13 @@ impl Manager {
             Ok(mut rx) => {
                 let mgr = self.clone();
                 tokio::spawn(async move {
-                    while let Some(ev) = rx.recv().await {
-                        match ev {
-                            Ok(ev) => {
+                    loop {
+                        match rx.recv().await {
+                            Some(Ok(ev)) => {
                                 mgr.metrics.events.get_or_create(&vec![("type", ev.kind.as_str().to_string())]).inc();
                             }
-                            Err(e) => return tracing::warn!("events are no longer counted: {e}"),
+                            Some(Err(e)) => return tracing::warn!("events are no longer counted: {e}"),
+                            None => return,
                         }
                     }
                 });

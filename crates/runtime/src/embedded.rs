@@ -1,6 +1,7 @@
 //! The embedded runtime: youki's libcontainer, in the calling process.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use libcontainer::config::YoukiConfig;
 use libcontainer::container::builder::ContainerBuilder;
@@ -17,11 +18,14 @@ use crate::{Checkpoint, Runtime, RuntimeError, Stdio};
 
 pub struct Embedded {
     root: PathBuf,
+    /// The host's cgroup mounts, read at the first check of a recorded
+    /// init (`init_in_cgroup`), not at every operation.
+    hierarchies: OnceLock<Option<Hierarchies>>,
 }
 
 impl Embedded {
     pub fn new(root: &Path) -> Self {
-        Embedded { root: root.to_path_buf() }
+        Embedded { root: root.to_path_buf(), hierarchies: OnceLock::new() }
     }
 
     fn load(&self, id: &str, op: &'static str) -> Result<Option<Container>, RuntimeError> {
@@ -37,11 +41,32 @@ impl Embedded {
         // deleted or be signalled through a stranger. A process outside the
         // container's cgroup is not its init.
         if let Some(pid) = c.state.pid
-            && !init_in_cgroup(&c.root, pid)
+            && !self.init_in_cgroup(&c.root, pid)
         {
             c.state.pid = None;
         }
         Ok(Some(c))
+    }
+
+    /// Whether the process `pid` is in the container's cgroup (or one
+    /// below it), looked up through the cgroup mounts libcontainer uses.
+    /// True when that cannot be told (the process, the runtime's config,
+    /// the mounts or the cgroup's directory are not there, e.g. a
+    /// systemd-style cgroup path): only a live process missing from an
+    /// existing cgroup is a stranger.
+    fn init_in_cgroup(&self, root: &Path, pid: i32) -> bool {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            return true;
+        }
+        let hierarchies = self.hierarchies.get_or_init(|| Hierarchies::detect().ok());
+        let (Ok(config), Some(hierarchies)) = (YoukiConfig::load(root), hierarchies) else {
+            return true;
+        };
+        let cgroup = config.cgroup_path.to_string_lossy().into_owned();
+        if hierarchies.existing(&cgroup).is_empty() {
+            return true;
+        }
+        hierarchies.procs(&cgroup).map_or(true, |procs| procs.contains(&(pid as u32)))
     }
 
     fn builder(&self, id: &str, stdio: Stdio) -> Result<ContainerBuilder, RuntimeError> {
@@ -138,26 +163,6 @@ fn container_seccomp(bundle: &Path) -> Result<Option<LinuxSeccomp>, RuntimeError
 /// Flattens libcontainer's error chain into one line.
 fn failed_msg(op: &'static str, message: impl Into<String>) -> RuntimeError {
     RuntimeError::Failed { runtime: "embedded", op, message: message.into() }
-}
-
-/// Whether the process `pid` is in the container's cgroup (or one below
-/// it), looked up through the cgroup mounts libcontainer uses. True when
-/// that cannot be told (the process, the runtime's config, the mounts or
-/// the cgroup's directory are not there, e.g. a systemd-style cgroup
-/// path): only a live process missing from an existing cgroup is a
-/// stranger.
-fn init_in_cgroup(root: &Path, pid: i32) -> bool {
-    if !Path::new(&format!("/proc/{pid}")).exists() {
-        return true;
-    }
-    let (Ok(config), Ok(hierarchies)) = (YoukiConfig::load(root), Hierarchies::detect()) else {
-        return true;
-    };
-    let cgroup = config.cgroup_path.to_string_lossy().into_owned();
-    if hierarchies.existing(&cgroup).is_empty() {
-        return true;
-    }
-    hierarchies.procs(&cgroup).map_or(true, |procs| procs.contains(&(pid as u32)))
 }
 
 /// A bundle's spec and its rootfs (relative to the bundle if not absolute).
