@@ -229,6 +229,31 @@ fn start_completed_while_daemon_was_down_is_recorded_once(shim: &[&str]) {
     assert_no_leftovers(&d, &["late"]);
 }
 
+/// A pause, then a resume, that the shim carried out after berthd died are
+/// each recorded (once) when berthd comes back: recovery that adopts a
+/// shim without asking it reads the cgroup's freezer, which says so.
+fn pause_and_resume_completed_while_daemon_was_down_are_recorded_once(shim: &[&str]) {
+    let d = Daemon::start_with(shim);
+    d.run_detached("frozen", &["sleep", "1000"]);
+    for (op, state) in [("pause", "paused"), ("resume", "running")] {
+        d.kill9();
+        d.spawn_with_env(&[("BERTH_TEST_CRASH_AT", op)]);
+        d.wait_serving();
+        assert_ne!(d.berth(&[op, "frozen"]).code, 0, "berthd died in the middle of the {op}");
+        d.await_crash(op);
+        d.spawn();
+        let c = d.inspect("frozen");
+        assert_eq!(c["state"], state, "{c}");
+        let types: Vec<String> = d.events_since(0).iter().map(|e| e["type"].as_str().unwrap().to_string()).collect();
+        assert_eq!(types.iter().filter(|t| *t == op).count(), 1, "{types:?}");
+    }
+    // The adopted shim still serves its container.
+    d.berth(&["pause", "frozen"]).ok();
+    assert_eq!(d.inspect("frozen")["state"], "paused");
+    d.berth(&["rm", "-f", "frozen"]).ok();
+    assert_no_leftovers(&d, &["frozen"]);
+}
+
 /// SPEC B20: berthd killed right after each step of create leaves nothing
 /// behind once it is back: no shim, process, mount, cgroup, file or record.
 fn daemon_killed_at_each_create_step_leaves_no_trace(shim: &[&str]) {
@@ -290,5 +315,6 @@ berth_testing::on_both_shims!(
     containerd_10390_11579_no_exit_event_lost_or_repeated_across_restarts,
     containerd_12600_daemon_killed_during_stop,
     start_completed_while_daemon_was_down_is_recorded_once,
+    pause_and_resume_completed_while_daemon_was_down_are_recorded_once,
     daemon_killed_at_each_create_step_leaves_no_trace
 );

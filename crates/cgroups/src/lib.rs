@@ -199,6 +199,26 @@ impl Hierarchies {
         pids.len()
     }
 
+    /// Whether the cgroup is frozen (v1 freezer.state FROZEN, v2
+    /// cgroup.events `frozen 1`) or thawed; `None` while it is changing
+    /// (v1 FREEZING) or if that cannot be read.
+    pub fn frozen(&self, cgroup: &str) -> Option<bool> {
+        if self.is_v2() {
+            let dir = self.unified.as_ref()?.join(cgroup.trim_start_matches('/'));
+            let events = fs::read_to_string(dir.join("cgroup.events")).ok()?;
+            return match events.lines().find_map(|l| l.strip_prefix("frozen "))?.trim() {
+                "1" => Some(true),
+                "0" => Some(false),
+                _ => None,
+            };
+        }
+        match fs::read_to_string(self.v1_dir("freezer", cgroup)?.join("freezer.state")).ok()?.trim() {
+            "FROZEN" => Some(true),
+            "THAWED" => Some(false),
+            _ => None,
+        }
+    }
+
     /// Thaws the cgroup and every cgroup below it (v1 freezer, v2
     /// cgroup.freeze): a frozen process can neither die nor leave, so
     /// killing what is left of a container thaws it too.
@@ -353,6 +373,31 @@ mod tests {
         write("unified/b/c/cpu.stat", "usage_usec 7\nuser_usec 5\n");
         write("unified/b/c/memory.current", "8192\n");
         assert_eq!(v2.usage("b/c"), Some(Usage { cpu_ns: 7000, memory: 8192, pids: 0 }));
+    }
+
+    #[test]
+    fn frozen_reads_the_freezer_per_layout() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path().display();
+        let write = |path: &str, text: &str| {
+            let p = root.path().join(path);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        let v1 = Hierarchies::parse_for_tests(&format!("1 0 0:1 / {r}/freezer rw - cgroup cgroup rw,freezer"));
+        for (state, frozen) in [("FROZEN\n", Some(true)), ("THAWED\n", Some(false)), ("FREEZING\n", None)] {
+            write("freezer/b/c/freezer.state", state);
+            assert_eq!(v1.frozen("/b/c"), frozen, "{state}");
+        }
+        assert_eq!(v1.frozen("/b/gone"), None);
+        let v2 = Hierarchies::parse_for_tests(&format!("1 0 0:1 / {r}/unified rw - cgroup2 cgroup2 rw"));
+        write("unified/b/c/cgroup.events", "populated 1\nfrozen 1\n");
+        assert_eq!(v2.frozen("/b/c"), Some(true));
+        write("unified/b/c/cgroup.events", "populated 1\nfrozen 0\n");
+        assert_eq!(v2.frozen("/b/c"), Some(false));
+        // A kernel without the freezer in cgroup.events.
+        write("unified/b/c/cgroup.events", "populated 1\n");
+        assert_eq!(v2.frozen("/b/c"), None);
     }
 
     #[test]

@@ -90,6 +90,7 @@ impl Manager {
             Op::Pause => entry.shim.pause(id).await?,
             _ => entry.shim.resume(id).await?,
         }
+        crate::manager::crash_point(kind.as_str());
         self.change(ns, id, Some(kind), |r| {
             r.state = r.state.apply(op)?;
             Ok(())

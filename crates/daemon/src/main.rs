@@ -42,6 +42,7 @@ mod sandbox_api;
 mod sandbox_ns;
 mod seccomp;
 mod shim;
+mod shim_args;
 mod shim_v2;
 mod spec;
 mod stop;

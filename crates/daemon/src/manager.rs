@@ -105,7 +105,8 @@ pub(crate) fn record_event(kind: Kind, rec: &ContainerRecord) -> Event {
 /// Test hook for SPEC B20: with `BERTH_TEST_CRASH_AT=<step>` in its
 /// environment, berthd SIGKILLs itself right after that create step
 /// (intent, logs, snapshot, network, bundle, shim, runtime create), after the shim started
-/// init but before the start is recorded (start), or after a restart's new
+/// init but before the start is recorded (start), after the shim paused or
+/// resumed the container but before that is recorded (pause, resume), or after a restart's new
 /// shim created the container but before the restart is recorded (restart
 /// shim), as a crash would.
 pub(crate) fn crash_point(step: &str) {

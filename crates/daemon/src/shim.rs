@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_model::{ContainerId, ExitStatus, Namespace, State};
+use berth_model::{ContainerId, ExitStatus, State};
 use berth_shim::{LISTEN_FD, from_timestamp, from_ttrpc, pidfd_open};
 use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
@@ -17,7 +17,7 @@ use tokio::io::unix::AsyncFd;
 
 use crate::error::{Error, Result};
 use crate::process_io::ProcessIo;
-use crate::shim_v2::V2;
+pub use crate::shim_args::{ShimArgs, cleanup};
 use crate::task::Task;
 
 /// Calls that should answer promptly get this deadline; Wait gets none.
@@ -72,105 +72,6 @@ fn exit_of(
     at: Option<&containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp>,
 ) -> ExitStatus {
     ExitStatus { code, exited_at_ns: at.map(from_timestamp).unwrap_or(0) }
-}
-
-/// Who a shim serves and how it runs containers (see `Manager::shim_args`).
-pub struct ShimArgs {
-    pub binary: PathBuf,
-    pub namespace: Namespace,
-    pub id: ContainerId,
-    pub runtime: String,
-    pub runtime_root: PathBuf,
-    /// Set for a containerd v2 shim; berth-shim otherwise.
-    pub v2: Option<V2>,
-    /// A sandbox's berth-shim (`--sandbox`): `id` is the sandbox's.
-    pub sandbox: bool,
-    /// It also holds the sandbox's PID namespace (`--pid-init`; not part
-    /// of what `matches` compares).
-    pub pid_init: bool,
-    /// More flags: a VM shim's (`vm.rs`; not compared either).
-    pub extra: Vec<std::ffi::OsString>,
-}
-
-impl ShimArgs {
-    pub fn dialect(&self) -> Dialect {
-        match &self.v2 {
-            None => Dialect::Berth,
-            Some(v2) => Dialect::V2 { logger: v2.logger.clone(), options: v2.options(self) },
-        }
-    }
-
-    /// Whether process `pid` is a shim started with these arguments (so a
-    /// recycled pid is never taken for a shim).
-    pub fn matches(&self, pid: u32) -> bool {
-        let args = crate::control::cmdline(pid);
-        if let Some(v2) = &self.v2 {
-            return v2.matches(self, &args);
-        }
-        let has = |flag: &str, value: &str| args.windows(2).any(|w| w[0] == flag && w[1] == value);
-        args.first().is_some_and(|a| a.ends_with("berth-shim"))
-            && args.iter().any(|a| a == "--sandbox") == self.sandbox
-            && has("--namespace", self.namespace.as_str())
-            && has("--id", self.id.as_str())
-            && has("--runtime-root", &self.runtime_root.to_string_lossy())
-    }
-
-    /// Pids of the shim processes started with these arguments.
-    pub fn processes(&self) -> Vec<u32> {
-        let pids = std::fs::read_dir("/proc").into_iter().flatten().flatten();
-        pids.filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-            .filter(|pid| self.matches(*pid))
-            .collect()
-    }
-
-    fn command(&self) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(&self.binary);
-        cmd.arg("--namespace")
-            .arg(self.namespace.as_str())
-            .arg("--id")
-            .arg(self.id.as_str())
-            .arg("--runtime")
-            .arg(&self.runtime)
-            .arg("--runtime-root")
-            .arg(&self.runtime_root)
-            .env(berth_shim::MALLOC_TUNABLES_VAR, berth_shim::malloc_tunables())
-            .stdin(Stdio::null());
-        if self.sandbox {
-            cmd.arg("--sandbox");
-        }
-        if self.pid_init {
-            cmd.arg("--pid-init");
-        }
-        cmd.args(&self.extra);
-        cmd
-    }
-}
-
-/// How long a cleanup of a dead shim's container may take.
-const CLEANUP_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Cleans up a container whose shim is gone (SPEC B19): runs
-/// `berth-shim --cleanup BUNDLE`, which kills what is left in the
-/// container's cgroup and deletes the runtime's state. Returns the exit the
-/// shim had recorded, if any.
-pub async fn cleanup(a: &ShimArgs, bundle: &Path) -> Result<Option<ExitStatus>> {
-    if let Some(v2) = &a.v2 {
-        return v2.delete(a, bundle).await;
-    }
-    let mut cmd = a.command();
-    cmd.arg("--cleanup").arg(bundle).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-    let out = tokio::time::timeout(CLEANUP_TIMEOUT, cmd.output())
-        .await
-        .map_err(|_| Error::DeadlineExceeded(format!("cleanup of {} took longer than {CLEANUP_TIMEOUT:?}", a.id)))?
-        .map_err(|e| Error::io(format!("run {}", a.binary.display()), e))?;
-    if !out.status.success() {
-        let msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        return Err(Error::Shim { code: berth_model::Code::Internal, message: msg });
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| Error::Shim {
-        code: berth_model::Code::Internal,
-        message: format!("cleanup of {} answered badly: {e}", a.id),
-    })
 }
 
 /// Starts the shim for one container and connects to it: berth-shim
@@ -289,6 +190,28 @@ pub async fn connect_probing(
     client.pid = serving;
     client.pidfd = watch_pidfd(pidfd_open(serving).ok());
     Ok((client, state))
+}
+
+/// A client of the live berth-shim `pid` serving `socket`, known from
+/// outside rather than asked (recovery's common case, see
+/// `Manager::recover`): the process is the shim these arguments start and
+/// runs this very binary. No connection is made until a call needs one.
+pub fn adopt(a: &ShimArgs, socket: &Path, pid: u32) -> Option<ShimClient> {
+    // A shim whose socket is gone cannot be reached: the full path marks it.
+    if a.v2.is_some() || a.sandbox || !socket.exists() {
+        return None;
+    }
+    // Taken before the checks, so the pidfd names the process checked.
+    let pidfd = pidfd_open(pid).ok()?;
+    (a.matches(pid) && a.runs_binary(pid)).then(|| ShimClient {
+        task: Task::idle(socket, true),
+        dialect: Arc::new(Dialect::Berth),
+        pid,
+        socket: socket.to_path_buf(),
+        pidfd: watch_pidfd(Some(pidfd)),
+        shared: false,
+        berth_logs: true,
+    })
 }
 
 /// A pidfd on process `pid` if it is a child of `parent`: a container's

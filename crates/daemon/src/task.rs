@@ -34,12 +34,18 @@ impl Task {
     /// A client connected to the shim at `socket` that calls `v3` or, for
     /// a containerd 1.x shim, `v2`.
     pub async fn open(socket: &Path, v3: bool) -> std::io::Result<Task> {
-        let kept = Kept { client: Some(dial(socket).await?), released: false };
-        Ok(Task {
+        let task = Task::idle(socket, v3);
+        task.kept().client = Some(dial(socket).await?);
+        Ok(task)
+    }
+
+    /// A client of the shim at `socket` that connects at its first call.
+    pub fn idle(socket: &Path, v3: bool) -> Task {
+        Task {
             socket: socket.into(),
-            kept: Arc::new(Mutex::new(kept)),
+            kept: Arc::new(Mutex::new(Kept { client: None, released: false })),
             service: if v3 { TASK_V3 } else { TASK_V2 },
-        })
+        }
     }
 
     fn kept(&self) -> MutexGuard<'_, Kept> {
