@@ -199,24 +199,40 @@ impl Hierarchies {
         pids.len()
     }
 
-    /// Whether the cgroup is frozen (v1 freezer.state FROZEN, v2
-    /// cgroup.events `frozen 1`) or thawed; `None` while it is changing
-    /// (v1 FREEZING) or if that cannot be read.
+    /// Whether the cgroup itself was frozen (paused) or thawed, as far as
+    /// its freezer says for sure: `None` while it is changing, when a
+    /// parent's freezing decides it (systemd freezing a slice, say), or if
+    /// that cannot be read. v1: freezer.state with self_freezing and
+    /// parent_freezing; v2: cgroup.freeze agreeing with cgroup.events'
+    /// `frozen`.
     pub fn frozen(&self, cgroup: &str) -> Option<bool> {
-        if self.is_v2() {
-            let dir = self.unified.as_ref()?.join(cgroup.trim_start_matches('/'));
-            let events = fs::read_to_string(dir.join("cgroup.events")).ok()?;
-            return match events.lines().find_map(|l| l.strip_prefix("frozen "))?.trim() {
+        let flag = |dir: &Path, file: &str| -> Option<bool> {
+            match fs::read_to_string(dir.join(file)).ok()?.trim() {
                 "1" => Some(true),
                 "0" => Some(false),
                 _ => None,
+            }
+        };
+        if self.is_v2() {
+            let dir = self.unified.as_ref()?.join(cgroup.trim_start_matches('/'));
+            let events = fs::read_to_string(dir.join("cgroup.events")).ok()?;
+            let frozen = match events.lines().find_map(|l| l.strip_prefix("frozen "))?.trim() {
+                "1" => true,
+                "0" => false,
+                _ => return None,
             };
+            return (flag(&dir, "cgroup.freeze")? == frozen).then_some(frozen);
         }
-        match fs::read_to_string(self.v1_dir("freezer", cgroup)?.join("freezer.state")).ok()?.trim() {
-            "FROZEN" => Some(true),
-            "THAWED" => Some(false),
-            _ => None,
+        let dir = self.v1_dir("freezer", cgroup)?;
+        if flag(&dir, "freezer.parent_freezing")? {
+            return None;
         }
+        let frozen = match fs::read_to_string(dir.join("freezer.state")).ok()?.trim() {
+            "FROZEN" => true,
+            "THAWED" => false,
+            _ => return None,
+        };
+        (flag(&dir, "freezer.self_freezing")? == frozen).then_some(frozen)
     }
 
     /// Thaws the cgroup and every cgroup below it (v1 freezer, v2
@@ -385,19 +401,36 @@ mod tests {
             std::fs::write(p, text).unwrap();
         };
         let v1 = Hierarchies::parse_for_tests(&format!("1 0 0:1 / {r}/freezer rw - cgroup cgroup rw,freezer"));
-        for (state, frozen) in [("FROZEN\n", Some(true)), ("THAWED\n", Some(false)), ("FREEZING\n", None)] {
+        write("freezer/b/c/freezer.parent_freezing", "0\n");
+        for (state, own, frozen) in [
+            ("FROZEN\n", "1\n", Some(true)),
+            ("THAWED\n", "0\n", Some(false)),
+            ("FREEZING\n", "1\n", None),
+            // Frozen by a parent, not paused itself.
+            ("FROZEN\n", "0\n", None),
+        ] {
             write("freezer/b/c/freezer.state", state);
-            assert_eq!(v1.frozen("/b/c"), frozen, "{state}");
+            write("freezer/b/c/freezer.self_freezing", own);
+            assert_eq!(v1.frozen("/b/c"), frozen, "{state} {own}");
         }
+        write("freezer/b/c/freezer.parent_freezing", "1\n");
+        assert_eq!(v1.frozen("/b/c"), None, "a parent freezing decides");
         assert_eq!(v1.frozen("/b/gone"), None);
         let v2 = Hierarchies::parse_for_tests(&format!("1 0 0:1 / {r}/unified rw - cgroup2 cgroup2 rw"));
-        write("unified/b/c/cgroup.events", "populated 1\nfrozen 1\n");
-        assert_eq!(v2.frozen("/b/c"), Some(true));
-        write("unified/b/c/cgroup.events", "populated 1\nfrozen 0\n");
-        assert_eq!(v2.frozen("/b/c"), Some(false));
-        // A kernel without the freezer in cgroup.events.
-        write("unified/b/c/cgroup.events", "populated 1\n");
-        assert_eq!(v2.frozen("/b/c"), None);
+        for (freeze, events, frozen) in [
+            ("1\n", "populated 1\nfrozen 1\n", Some(true)),
+            ("0\n", "populated 1\nfrozen 0\n", Some(false)),
+            // Freezing, not frozen yet.
+            ("1\n", "populated 1\nfrozen 0\n", None),
+            // Frozen by a parent.
+            ("0\n", "populated 1\nfrozen 1\n", None),
+            // A kernel without the freezer in cgroup.events.
+            ("0\n", "populated 1\n", None),
+        ] {
+            write("unified/b/c/cgroup.freeze", freeze);
+            write("unified/b/c/cgroup.events", events);
+            assert_eq!(v2.frozen("/b/c"), frozen, "{freeze} {events}");
+        }
     }
 
     #[test]

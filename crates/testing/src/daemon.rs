@@ -337,6 +337,21 @@ impl Daemon {
         h.procs(&format!("{}/{ns}/{id}", self.cgroup_parent)).unwrap_or_default()
     }
 
+    /// Freezes (or thaws) namespace `ns`'s parent cgroup by hand, as
+    /// systemd freezing a slice would: its containers are frozen without
+    /// being paused themselves.
+    pub fn freeze_namespace_cgroup(&self, ns: &str, frozen: bool) {
+        let h = Hierarchies::detect().expect("cgroups");
+        for dir in h.existing(&format!("{}/{ns}", self.cgroup_parent)) {
+            let values = [("freezer.state", ["THAWED", "FROZEN"]), ("cgroup.freeze", ["0", "1"])];
+            for (file, value) in values {
+                if dir.join(file).exists() {
+                    fs::write(dir.join(file), value[frozen as usize]).expect("write the freezer");
+                }
+            }
+        }
+    }
+
     /// Every file or directory this daemon keeps for one container.
     pub fn container_paths(&self, ns: &str, id: &str) -> Vec<PathBuf> {
         [
