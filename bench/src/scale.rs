@@ -5,7 +5,8 @@
 //! all of them running (interleaved); kill -9 of berthd and restart until
 //! `berth ps --json` lists all N running again; a metrics scrape with each
 //! container's figures; `berth rm -f` of all in
-//! one command. Then the peer: a private containerd 1.6 with N tasks
+//! one command, and its floor, `runc delete -f` of as many runc containers
+//! (`scale_floor.rs`). Then the peer: a private containerd 1.6 with N tasks
 //! (`ctr run -d` one at a time, its shims' PSS total, kill -9 and restart
 //! until `ctr task ls` lists them all).
 
@@ -35,6 +36,8 @@ pub struct Scale {
     pub berthd_rss_mb: Option<f64>,
     pub stats: Option<Duration>,
     pub rm_all: Option<Duration>,
+    /// The same removal's floor: `runc delete -f` of N runc containers.
+    pub rm_runc: Option<Duration>,
     /// `berth run --rm` and `runc run` of /bin/true, all N running.
     pub start_berth: Option<Duration>,
     pub start_runc: Option<Duration>,
@@ -118,8 +121,9 @@ pub fn run(d: &Daemon, n: usize, bundle: &Path, metrics: &Path) -> Scale {
     let mut args = vec!["rm", "-f"];
     args.extend(ids.iter().map(String::as_str));
     let rm_all = timed(|| d.berth(&args).code == 0);
+    let rm_runc = crate::scale_floor::runc_rm(d, n);
     let containerd = Containerd::start(d.dir()).map(|c| peer(c, &d.rootfs, n)).unwrap_or_default();
-    Scale { containers: n, berth, containerd, berthd_rss_mb, stats, rm_all, start_berth, start_runc, scrape }
+    Scale { containers: n, berth, containerd, berthd_rss_mb, stats, rm_all, rm_runc, start_berth, start_runc, scrape }
 }
 
 /// containerd 1.6 with `n` tasks through containerd-shim-runc-v2; its
