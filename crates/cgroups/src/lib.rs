@@ -224,15 +224,14 @@ impl Hierarchies {
             return (flag(&dir, "cgroup.freeze")? == frozen).then_some(frozen);
         }
         let dir = self.v1_dir("freezer", cgroup)?;
-        if flag(&dir, "freezer.parent_freezing")? {
-            return None;
+        match fs::read_to_string(dir.join("freezer.state")).ok()?.trim() {
+            // Neither it nor a parent is freezing it: no more to read.
+            "THAWED" => Some(false),
+            "FROZEN" => {
+                (flag(&dir, "freezer.self_freezing")? && !flag(&dir, "freezer.parent_freezing")?).then_some(true)
+            }
+            _ => None,
         }
-        let frozen = match fs::read_to_string(dir.join("freezer.state")).ok()?.trim() {
-            "FROZEN" => true,
-            "THAWED" => false,
-            _ => return None,
-        };
-        (flag(&dir, "freezer.self_freezing")? == frozen).then_some(frozen)
     }
 
     /// Thaws the cgroup and every cgroup below it (v1 freezer, v2

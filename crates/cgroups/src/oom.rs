@@ -22,11 +22,21 @@ pub struct OomWatch {
 }
 
 fn oom_kills(events: &Path) -> u64 {
-    fs::read_to_string(events)
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok()))
-        .unwrap_or(0)
+    kills_in(&fs::read_to_string(events).unwrap_or_default())
+}
+
+/// The `oom_kill` count of memory.oom_control or memory.events text.
+fn kills_in(text: &str) -> u64 {
+    text.lines().find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+}
+
+/// [`oom_kills`] of a file already open (one open fewer per container
+/// when berthd starts watching all of them).
+fn oom_kills_of(file: &File) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 512];
+    let n = file.read_at(&mut buf, 0).unwrap_or(0);
+    kills_in(&String::from_utf8_lossy(&buf[..n]))
 }
 
 /// How many OOM kills the kernel counted in the container's memory cgroup
@@ -60,7 +70,7 @@ impl OomWatch {
                     let efd = owned(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
                     let register = format!("{} {}", efd.as_raw_fd(), file.as_raw_fd());
                     fs::write(dir.join("cgroup.event_control"), register)?;
-                    let last = oom_kills(&control);
+                    let last = oom_kills_of(&file);
                     return Ok(OomWatch { fd: File::from(efd), counter: control, _control: Some(file), last });
                 }
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
