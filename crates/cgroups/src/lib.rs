@@ -366,15 +366,18 @@ mod tests {
 34 30 0:30 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
 40 23 0:40 / /proc rw - proc proc rw";
 
+    /// Writes `text` to `path` under `root`, making its directories.
+    fn write_under(root: &Path, path: &str, text: &str) {
+        let p = root.join(path);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
     #[test]
     fn usage_reads_three_files_per_layout() {
         let root = tempfile::tempdir().unwrap();
         let r = root.path().display();
-        let write = |path: &str, text: &str| {
-            let p = root.path().join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, text).unwrap();
-        };
+        let write = |path: &str, text: &str| write_under(root.path(), path, text);
         let v1 = Hierarchies::parse_for_tests(&format!(
             "1 0 0:1 / {r}/cpuacct rw - cgroup cgroup rw,cpuacct\n2 0 0:2 / {r}/memory rw - cgroup cgroup rw,memory\n\
              3 0 0:3 / {r}/pids rw - cgroup cgroup rw,pids"
@@ -394,11 +397,7 @@ mod tests {
     fn frozen_reads_the_freezer_per_layout() {
         let root = tempfile::tempdir().unwrap();
         let r = root.path().display();
-        let write = |path: &str, text: &str| {
-            let p = root.path().join(path);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, text).unwrap();
-        };
+        let write = |path: &str, text: &str| write_under(root.path(), path, text);
         let v1 = Hierarchies::parse_for_tests(&format!("1 0 0:1 / {r}/freezer rw - cgroup cgroup rw,freezer"));
         write("freezer/b/c/freezer.parent_freezing", "0\n");
         for (state, own, frozen) in [
