@@ -274,6 +274,8 @@ fn print_scale(s: &scale::Scale) {
     timed_row("kill -9 + restart until all listed / ctr task ls", b.recovery, c.recovery, "≤ 300 ms");
     println!("| metrics scrape, each container's included (median of 3) | {} | | | ≤ 200 ms |", fmt_ms(s.scrape));
     timed_row("rm -f of all, one command / runc delete -f of as many (16 at a time)", s.rm_all, s.rm_runc, "≤ 5 s");
+    let floor = "rm -f of all / the kernel's share alone: kill -9, wait, rmdir (16 at a time)";
+    timed_row(floor, s.rm_all, s.rm_kernel, "≤ 5 s");
 }
 
 /// The checkpoint table (issue 13): berth vs runc with the same CRIU.

@@ -5,8 +5,8 @@
 //! all of them running (interleaved); kill -9 of berthd and restart until
 //! `berth ps --json` lists all N running again; a metrics scrape with each
 //! container's figures; `berth rm -f` of all in
-//! one command, and its floor, `runc delete -f` of as many runc containers
-//! (`scale_floor.rs`). Then the peer: a private containerd 1.6 with N tasks
+//! one command, next to `runc delete -f` of as many runc containers and to
+//! the kernel's share of that removal alone (`scale_floor.rs`). Then the peer: a private containerd 1.6 with N tasks
 //! (`ctr run -d` one at a time, its shims' PSS total, kill -9 and restart
 //! until `ctr task ls` lists them all).
 
@@ -36,8 +36,10 @@ pub struct Scale {
     pub berthd_rss_mb: Option<f64>,
     pub stats: Option<Duration>,
     pub rm_all: Option<Duration>,
-    /// The same removal's floor: `runc delete -f` of N runc containers.
+    /// The same removal by runc: `runc delete -f` of N runc containers.
     pub rm_runc: Option<Duration>,
+    /// Its floor: the kernel's share alone (kill -9, rmdir), no runtime.
+    pub rm_kernel: Option<Duration>,
     /// `berth run --rm` and `runc run` of /bin/true, all N running.
     pub start_berth: Option<Duration>,
     pub start_runc: Option<Duration>,
@@ -122,8 +124,21 @@ pub fn run(d: &Daemon, n: usize, bundle: &Path, metrics: &Path) -> Scale {
     args.extend(ids.iter().map(String::as_str));
     let rm_all = timed(|| d.berth(&args).code == 0);
     let rm_runc = crate::scale_floor::runc_rm(d, n);
+    let rm_kernel = crate::scale_floor::kernel_rm(d, n);
     let containerd = Containerd::start(d.dir()).map(|c| peer(c, &d.rootfs, n)).unwrap_or_default();
-    Scale { containers: n, berth, containerd, berthd_rss_mb, stats, rm_all, rm_runc, start_berth, start_runc, scrape }
+    Scale {
+        containers: n,
+        berth,
+        containerd,
+        berthd_rss_mb,
+        stats,
+        rm_all,
+        rm_runc,
+        rm_kernel,
+        start_berth,
+        start_runc,
+        scrape,
+    }
 }
 
 /// containerd 1.6 with `n` tasks through containerd-shim-runc-v2; its

@@ -1,8 +1,11 @@
-//! The kernel's share of `berth rm -f` of N containers, which runc pays
-//! too: N runc containers of `sleep`, each with its cgroup where berth's
-//! were (beside the others, under the same parent), then `runc delete -f`
-//! of all of them, as many at a time as one `berth rm -f` asks of berthd.
+//! What `berth rm -f` of N containers is compared with: N runc containers
+//! of `sleep`, each with its cgroup where berth's were (beside the others,
+//! under the same parent), removed as many at a time as one `berth rm -f`
+//! asks of berthd — by `runc delete -f`, and, on a second such fleet, by
+//! the kernel operations alone that any runtime's delete comes down to
+//! (the floor: kill -9, wait for the exit, rmdir the cgroups).
 
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -56,41 +59,120 @@ impl Drop for Leftovers {
     }
 }
 
+/// `n` running runc containers of `sleep`, each with its cgroup where
+/// berth's were; `None` if they could not all be started.
+struct Fleet {
+    left: Leftovers,
+    parent: String,
+    n: usize,
+}
+
+impl Fleet {
+    fn start(d: &Daemon, n: usize, what: &str) -> Option<Fleet> {
+        let dir = d.dir().join("rm-floor");
+        let left = Leftovers { root: dir.join("runc-root"), bundles: dir.join("bundles") };
+        let parent = format!("{}/default", d.cgroup_parent);
+        eprintln!("scale: runc, {n} run -d, then {what} of all …");
+        let base = crate::make_bundle(&left.bundles, &d.rootfs, "base", &["sleep", "100000"]);
+        let bundles: Vec<PathBuf> = (0..n)
+            .map(|i| {
+                let bundle = left.bundles.join(format!("f{i}"));
+                std::fs::create_dir_all(&bundle).expect("bundle dir");
+                std::fs::copy(base.join("config.json"), bundle.join("config.json")).expect("copy spec");
+                crate::edit_spec(&bundle, |spec| spec["linux"]["cgroupsPath"] = format!("{parent}/f{i}").into());
+                bundle
+            })
+            .collect();
+        let started = AtomicUsize::new(0);
+        on_threads(n, 2, |i| {
+            let run =
+                runc(&left.root).arg("run").arg("-d").arg("--bundle").arg(&bundles[i]).arg(format!("f{i}")).status();
+            if run.is_ok_and(|s| s.success()) {
+                started.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let started = started.load(Ordering::Relaxed);
+        if started != n {
+            eprintln!("scale: only {started} of {n} runc containers started");
+            return None;
+        }
+        Some(Fleet { left, parent, n })
+    }
+
+    /// Runs `remove(i)` for every container, [`IN_FLIGHT`] at a time; how
+    /// long that took if every one succeeded.
+    fn remove_all(&self, remove: impl Fn(usize) -> bool + Sync) -> Option<Duration> {
+        let removed = AtomicUsize::new(0);
+        let t = Instant::now();
+        on_threads(self.n, IN_FLIGHT, |i| {
+            if remove(i) {
+                removed.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let took = t.elapsed();
+        (removed.load(Ordering::Relaxed) == self.n).then_some(took)
+    }
+}
+
 /// `runc delete -f` of `n` running runc containers, [`IN_FLIGHT`] at a
 /// time; `None` if they could not all be started or removed.
 pub fn runc_rm(d: &Daemon, n: usize) -> Option<Duration> {
-    let dir = d.dir().join("rm-floor");
-    let left = Leftovers { root: dir.join("runc-root"), bundles: dir.join("bundles") };
-    let parent = format!("{}/default", d.cgroup_parent);
-    eprintln!("scale: runc, {n} run -d, then delete -f of all …");
-    let base = crate::make_bundle(&left.bundles, &d.rootfs, "base", &["sleep", "100000"]);
-    let bundles: Vec<PathBuf> = (0..n)
-        .map(|i| {
-            let bundle = left.bundles.join(format!("f{i}"));
-            std::fs::create_dir_all(&bundle).expect("bundle dir");
-            std::fs::copy(base.join("config.json"), bundle.join("config.json")).expect("copy spec");
-            crate::edit_spec(&bundle, |spec| spec["linux"]["cgroupsPath"] = format!("{parent}/f{i}").into());
-            bundle
-        })
-        .collect();
-    let started = AtomicUsize::new(0);
-    on_threads(n, 2, |i| {
-        let ok = runc(&left.root).arg("run").arg("-d").arg("--bundle").arg(&bundles[i]).arg(format!("f{i}")).status();
-        if ok.is_ok_and(|s| s.success()) {
-            started.fetch_add(1, Ordering::Relaxed);
+    let fleet = Fleet::start(d, n, "delete -f")?;
+    fleet.remove_all(|i| {
+        runc(&fleet.left.root).args(["delete", "-f", &format!("f{i}")]).status().is_ok_and(|s| s.success())
+    })
+}
+
+/// The kernel's share alone: of `n` running runc containers, each one's
+/// init is killed (SIGKILL through a pidfd opened beforehand), its exit
+/// awaited, its cgroup removed from every hierarchy and runc's state
+/// directory with it, [`IN_FLIGHT`] at a time — what any runtime's delete
+/// does, with no runtime process, shim or daemon in the way.
+pub fn kernel_rm(d: &Daemon, n: usize) -> Option<Duration> {
+    let fleet = Fleet::start(d, n, "kill -9 and rmdir")?;
+    let hierarchies = berth_cgroups::Hierarchies::detect().ok()?;
+    let pidfds: Vec<OwnedFd> =
+        (0..n).map(|i| init_pidfd(&fleet.left.root.join(format!("f{i}")))).collect::<Option<_>>()?;
+    fleet.remove_all(|i| {
+        let cgroup = format!("{}/f{i}", fleet.parent);
+        kill_and_wait(&pidfds[i])
+            && hierarchies.mount_points().iter().all(|m| rmdir_when_empty(&m.join(cgroup.trim_start_matches('/'))))
+            && std::fs::remove_dir_all(fleet.left.root.join(format!("f{i}"))).is_ok()
+    })
+}
+
+/// A pidfd for the init named in runc's `state.json` in `dir`.
+fn init_pidfd(dir: &Path) -> Option<OwnedFd> {
+    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("state.json")).ok()?).ok()?;
+    let pid = state["init_process_pid"].as_i64()?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    // SAFETY: a descriptor pidfd_open just returned, owned by nothing else.
+    (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// SIGKILLs the process and waits (up to 10 s) until it has exited.
+fn kill_and_wait(pidfd: &OwnedFd) -> bool {
+    let fd = pidfd.as_raw_fd();
+    // SAFETY: plain syscalls on a pidfd this process holds.
+    let sent = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, fd, libc::SIGKILL, std::ptr::null::<u8>(), 0) };
+    let mut poll = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd, on the stack, for the duration of the call.
+    sent == 0 && unsafe { libc::poll(&mut poll, 1, 10_000) } == 1
+}
+
+/// `rmdir` of a cgroup, retried while the kernel still counts a task in
+/// it; one that is not there (a hierarchy runc does not use) is fine.
+fn rmdir_when_empty(dir: &Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return true,
+            Err(e) if berth_cgroups::in_use(&e) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(_) => return false,
         }
-    });
-    if started.load(Ordering::Relaxed) != n {
-        eprintln!("scale: only {} of {n} runc containers started", started.load(Ordering::Relaxed));
-        return None;
     }
-    let removed = AtomicUsize::new(0);
-    let t = Instant::now();
-    on_threads(n, IN_FLIGHT, |i| {
-        if runc(&left.root).args(["delete", "-f", &format!("f{i}")]).status().is_ok_and(|s| s.success()) {
-            removed.fetch_add(1, Ordering::Relaxed);
-        }
-    });
-    let took = t.elapsed();
-    (removed.load(Ordering::Relaxed) == n).then_some(took)
 }
