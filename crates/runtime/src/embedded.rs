@@ -19,7 +19,7 @@ use crate::{Checkpoint, Runtime, RuntimeError, Stdio};
 pub struct Embedded {
     root: PathBuf,
     /// The host's cgroup mounts, read at the first check of a recorded
-    /// init (`init_in_cgroup`), not at every operation.
+    /// init (`init_in_cgroup`) or delete, not at every operation.
     hierarchies: OnceLock<Option<Hierarchies>>,
 }
 
@@ -382,6 +382,32 @@ impl Runtime for Embedded {
         Ok(pid)
     }
 
+    /// What libcontainer's delete comes to for an exited container with no
+    /// poststop hook, no Intel RDT group and a cgroupfs path: its cgroup in
+    /// every hierarchy, then its state directory — without the cgroup
+    /// manager libcontainer builds (a mountinfo read per controller and a
+    /// procfs instance of its own, ~650 syscalls per delete). A cgroup that
+    /// still holds a process is left to [`Runtime::delete`], which kills it.
+    fn delete_exited(&self, id: &str) -> Option<Result<(), RuntimeError>> {
+        let dir = self.root.join(id);
+        let state = libcontainer::container::State::load(&dir).ok()?;
+        let config = YoukiConfig::load(&dir).ok()?;
+        let poststop = config.hooks.as_ref().and_then(|h| h.poststop().as_ref()).is_some_and(|p| !p.is_empty());
+        let rdt = state.intel_rdt_dir.is_some()
+            || state.intel_rdt_monitoring_dir.is_some()
+            || state.clean_up_intel_rdt_subdirectory == Some(true);
+        if poststop || rdt || state.use_systemd || !config.cgroup_path.is_absolute() {
+            return None;
+        }
+        let hierarchies = self.hierarchies.get_or_init(|| Hierarchies::detect().ok()).as_ref()?;
+        match hierarchies.remove_tree(&config.cgroup_path.to_string_lossy()) {
+            Err(e) if berth_cgroups::in_use(&e) => return None,
+            Err(e) => return Some(Err(RuntimeError::io("remove the container's cgroup", e))),
+            Ok(()) => {}
+        }
+        Some(std::fs::remove_dir_all(&dir).map_err(|e| RuntimeError::io("remove runtime state", e)))
+    }
+
     fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
         match self.load(id, "delete") {
             Ok(Some(mut c)) => c.delete(force).map_err(|e| failed("delete", e)),
@@ -406,6 +432,84 @@ mod tests {
         fn drop(&mut self) {
             let _ = self.0.remove_tree(&self.1);
         }
+    }
+
+    /// A container's runtime state in `root` and its cgroup in every
+    /// hierarchy (with a cgroup made below it), as an exited container
+    /// leaves them; the spec is `edit`ed first.
+    fn exited_container(root: &Path, id: &str, edit: impl FnOnce(&mut Spec)) -> (PathBuf, CgroupGuard) {
+        let cgroup = format!("/berth-test-{id}-{}", std::process::id());
+        let hierarchies = Hierarchies::detect().unwrap();
+        for mount in hierarchies.mount_points() {
+            std::fs::create_dir_all(mount.join(&cgroup[1..]).join("made-inside")).unwrap();
+        }
+        let guard = CgroupGuard(hierarchies, cgroup.clone());
+        let dir = root.join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut spec = Spec::default();
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        linux.set_cgroups_path(Some(cgroup.into()));
+        spec.set_linux(Some(linux));
+        edit(&mut spec);
+        YoukiConfig::from_spec(&spec, id).unwrap().save(&dir).unwrap();
+        Container::new(id, ContainerStatus::Stopped, None, root, &dir).unwrap().set_systemd(false).save().unwrap();
+        (dir, guard)
+    }
+
+    #[test]
+    fn an_exited_container_is_deleted_at_once() {
+        let root = tempfile::tempdir().unwrap();
+        let (dir, guard) = exited_container(root.path(), "exited", |_| {});
+        assert!(!guard.0.existing(&guard.1).is_empty());
+        let rt = Embedded::new(root.path());
+        assert!(matches!(rt.delete_exited("exited"), Some(Ok(()))));
+        assert!(guard.0.existing(&guard.1).is_empty(), "the cgroup and the one below it are gone everywhere");
+        assert!(!dir.exists());
+        // Nothing there: left to the full delete, which takes that for done.
+        assert!(rt.delete_exited("exited").is_none());
+        rt.delete("exited", false).unwrap();
+    }
+
+    /// A poststop hook may block: the container is left, untouched, to the
+    /// full delete (in a helper), which runs the hook.
+    #[test]
+    fn an_exited_container_with_a_poststop_hook_is_left_to_the_full_delete() {
+        let root = tempfile::tempdir().unwrap();
+        let marker = root.path().join("poststop-ran");
+        let (dir, guard) = exited_container(root.path(), "hooked", |spec| {
+            let hook = libcontainer::oci_spec::runtime::HookBuilder::default()
+                .path("/bin/sh")
+                .args(vec!["sh".to_string(), "-c".to_string(), format!("touch {}", marker.display())])
+                .build()
+                .unwrap();
+            let hooks = libcontainer::oci_spec::runtime::HooksBuilder::default().poststop(vec![hook]).build().unwrap();
+            spec.set_hooks(Some(hooks));
+        });
+        let rt = Embedded::new(root.path());
+        assert!(rt.delete_exited("hooked").is_none());
+        assert!(dir.exists() && !guard.0.existing(&guard.1).is_empty(), "nothing was removed");
+        // As the shim does before a delete: libcontainer's keeps to its own.
+        guard.0.remove_children(&guard.1).unwrap();
+        rt.delete("hooked", false).unwrap();
+        assert!(marker.exists(), "the full delete ran the hook");
+        assert!(!dir.exists());
+    }
+
+    /// A process still in the cgroup: nothing is removed by the quick
+    /// delete (the full one kills it first).
+    #[test]
+    fn an_exited_container_whose_cgroup_is_busy_is_left_to_the_full_delete() {
+        let root = tempfile::tempdir().unwrap();
+        let (dir, guard) = exited_container(root.path(), "busy", |_| {});
+        let mut child = std::process::Command::new("sleep").arg("100").spawn().unwrap();
+        let procs = guard.0.existing(&guard.1)[0].join("cgroup.procs");
+        std::fs::write(&procs, child.id().to_string()).unwrap();
+        let rt = Embedded::new(root.path());
+        let quick = rt.delete_exited("busy");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(quick.is_none());
+        assert!(dir.exists(), "the runtime state stays for the full delete");
     }
 
     /// Runtime state whose recorded init pid now names another process

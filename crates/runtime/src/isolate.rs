@@ -96,8 +96,12 @@ impl Isolated {
     }
 
     // A sandbox shim lives on after a delete, and a hung poststop hook
-    // must not stall it: delete runs in a helper too.
+    // must not stall it: delete runs in a helper too, unless the container
+    // has exited and the runtime can remove it at once (no hook).
     pub async fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
+        if !force && let Some(deleted) = self.inner.delete_exited(id) {
+            return deleted;
+        }
         in_child("delete", || unit(self.inner.delete(id, force))).await.map(drop)
     }
 }

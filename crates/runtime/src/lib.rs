@@ -52,6 +52,13 @@ pub trait Runtime: Send + Sync {
     /// Removes the container's runtime state and cgroup. Deleting a
     /// container the runtime does not know is not an error.
     fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError>;
+    /// The delete of a container whose init has exited, when it can be
+    /// done at once, with nothing that may block or linger (no hook to
+    /// run, no process left in its cgroup); `None` when it cannot, and
+    /// [`Runtime::delete`] is to do it.
+    fn delete_exited(&self, _id: &str) -> Option<Result<(), RuntimeError>> {
+        None
+    }
 }
 
 /// Opens the runtime `name`, keeping its state under `root`.
