@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use berth_model::{Code, ContainerId, ExitStatus, Namespace, Op, State};
+use berth_model::{Code, ContainerId, ExitStatus, Namespace, Op, RestartPolicy, State};
 use berth_store::{ContainerRecord, Write};
 
 use crate::error::{Error, Result};
@@ -90,8 +90,10 @@ impl Manager {
             rec.state.apply(Op::Delete)?;
         }
         // No restart policy brings back what is being removed, even if this
-        // delete fails half way.
-        self.mark_stopped_by_user(ns, id)?;
+        // delete fails half way. Without a policy nothing would: no commit.
+        if rec.restart_policy != RestartPolicy::No {
+            self.mark_stopped_by_user(ns, id)?;
+        }
         let t = std::time::Instant::now();
         let by_shim = match &entry {
             Some(e) => {
