@@ -96,13 +96,15 @@ impl Isolated {
     }
 
     // A sandbox shim lives on after a delete, and a hung poststop hook
-    // must not stall it: delete runs in a helper too, unless the container
-    // has exited and the runtime can remove it at once (no hook).
+    // must not stall it: delete runs in a helper too.
     pub async fn delete(&self, id: &str, force: bool) -> Result<(), RuntimeError> {
-        if !force && let Some(deleted) = self.inner.delete_exited(id) {
-            return deleted;
-        }
         in_child("delete", || unit(self.inner.delete(id, force))).await.map(drop)
+    }
+
+    /// [`Runtime::delete_exited`], in place: it runs no hook and waits for
+    /// nothing, so it needs no helper.
+    pub fn delete_exited(&self, id: &str) -> Option<Result<(), RuntimeError>> {
+        self.inner.delete_exited(id)
     }
 }
 

@@ -417,15 +417,24 @@ impl Task for Shim {
         if exited.is_none() && started {
             return Err(to_ttrpc(Code::FailedPrecondition, format!("container {} is running; stop it first", req.id)));
         }
-        // Cgroups the container made below its own would make the
-        // runtime's removal of its cgroup fail for good.
-        if let (Some(cg), Some(h)) = (cgroup, &self.cgroups)
-            && let Err(e) = h.remove_children(&cg)
-        {
-            tracing::warn!(id = %req.id, "remove the container's sub-cgroups: {e}");
-        }
-        // A created container is killed by the runtime's delete.
-        self.runtime.delete(&req.id, exited.is_none()).await.map_err(|e| to_ttrpc(e.code(), e))?;
+        // An exited container, if the runtime can remove it at once (its
+        // cgroup with those made below it); else the runtime's full delete,
+        // which also kills a created container.
+        let quick = if exited.is_some() { self.runtime.delete_exited(&req.id) } else { None };
+        let deleted = match quick {
+            Some(deleted) => deleted,
+            None => {
+                // Cgroups the container made below its own would make the
+                // runtime's removal of its cgroup fail for good.
+                if let (Some(cg), Some(h)) = (cgroup, &self.cgroups)
+                    && let Err(e) = h.remove_children(&cg)
+                {
+                    tracing::warn!(id = %req.id, "remove the container's sub-cgroups: {e}");
+                }
+                self.runtime.delete(&req.id, exited.is_none()).await
+            }
+        };
+        deleted.map_err(|e| to_ttrpc(e.code(), e))?;
         let status = match tokio::time::timeout(Duration::from_secs(10), process::wait(rx)).await {
             Ok(s) => s,
             Err(_) => return Err(to_ttrpc(Code::DeadlineExceeded, format!("init {pid} did not exit"))),
