@@ -167,7 +167,9 @@ impl Hierarchies {
     /// Processes in the cgroup and the cgroups a container made below it
     /// (from the first hierarchy that has it).
     pub fn procs(&self, cgroup: &str) -> io::Result<Vec<u32>> {
-        for dir in self.existing(cgroup) {
+        // One lookup per hierarchy tried (a missing directory fails it
+        // too), not one for every hierarchy first.
+        for dir in self.candidates(cgroup) {
             if fs::metadata(dir.join("cgroup.procs")).is_ok() {
                 let mut pids = Vec::new();
                 procs_below(&dir, &mut pids);
@@ -238,7 +240,10 @@ impl Hierarchies {
     /// cgroup.freeze): a frozen process can neither die nor leave, so
     /// killing what is left of a container thaws it too.
     pub fn thaw_tree(&self, cgroup: &str) {
-        for dir in self.existing(cgroup) {
+        // Only the hierarchies that can freeze: the v1 freezer's and the
+        // v2 one (cgroup.freeze); the others hold nothing to thaw.
+        let v2 = self.unified.as_ref().map(|m| m.join(cgroup.trim_start_matches('/')));
+        for dir in self.v1_dir("freezer", cgroup).into_iter().chain(v2).filter(|d| d.is_dir()) {
             thaw_below(&dir);
         }
     }
@@ -429,6 +434,33 @@ mod tests {
             write("unified/b/c/cgroup.events", events);
             assert_eq!(v2.frozen("/b/c"), frozen, "{freeze} {events}");
         }
+    }
+
+    /// Thawing writes the freezer files of the cgroup and of those below
+    /// it in the hierarchies that can freeze, and nothing elsewhere.
+    #[test]
+    fn thaw_tree_thaws_every_freezer_below() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path().display();
+        let read = |path: &str| std::fs::read_to_string(root.path().join(path)).unwrap();
+        let hybrid = Hierarchies::parse_for_tests(&format!(
+            "1 0 0:1 / {r}/freezer rw - cgroup cgroup rw,freezer
+2 0 0:2 / {r}/memory rw - cgroup cgroup rw,memory
+\
+             3 0 0:3 / {r}/unified rw - cgroup2 cgroup2 rw"
+        ));
+        for path in ["freezer/b/c/freezer.state", "freezer/b/c/made/freezer.state", "memory/b/c/freezer.state"] {
+            write_under(root.path(), path, "FROZEN");
+        }
+        write_under(root.path(), "unified/b/c/made/cgroup.freeze", "1");
+        write_under(root.path(), "unified/b/c/cgroup.freeze", "1");
+        hybrid.thaw_tree("/b/c");
+        assert_eq!(read("freezer/b/c/freezer.state"), "THAWED");
+        assert_eq!(read("freezer/b/c/made/freezer.state"), "THAWED");
+        assert_eq!(read("unified/b/c/cgroup.freeze"), "0");
+        assert_eq!(read("unified/b/c/made/cgroup.freeze"), "0");
+        assert_eq!(read("memory/b/c/freezer.state"), "FROZEN", "no freezer there: left alone");
+        hybrid.thaw_tree("/b/gone");
     }
 
     #[test]
