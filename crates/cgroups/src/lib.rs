@@ -444,9 +444,7 @@ mod tests {
         let r = root.path().display();
         let read = |path: &str| std::fs::read_to_string(root.path().join(path)).unwrap();
         let hybrid = Hierarchies::parse_for_tests(&format!(
-            "1 0 0:1 / {r}/freezer rw - cgroup cgroup rw,freezer
-2 0 0:2 / {r}/memory rw - cgroup cgroup rw,memory
-\
+            "1 0 0:1 / {r}/freezer rw - cgroup cgroup rw,freezer\n2 0 0:2 / {r}/memory rw - cgroup cgroup rw,memory\n\
              3 0 0:3 / {r}/unified rw - cgroup2 cgroup2 rw"
         ));
         for path in ["freezer/b/c/freezer.state", "freezer/b/c/made/freezer.state", "memory/b/c/freezer.state"] {
