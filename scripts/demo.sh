@@ -51,6 +51,8 @@ cleanup() {
     # berthd's network namespaces are bind mounts under its state dir.
     for ns in "$DEMO"/state/netns/*; do [ -e "$ns" ] && umount -l "$ns"; done
     mountpoint -q "$DEMO/state/netns" && umount -l "$DEMO/state/netns"
+    # And its bundle directory, a shared bind mount of itself (docs/vm.md).
+    mountpoint -q "$DEMO/state/bundles" && umount -l "$DEMO/state/bundles"
     remove_hostport_chains
     rmdir /sys/fs/cgroup/*/berth-demo/default /sys/fs/cgroup/*/berth-demo 2>/dev/null
     rmdir /sys/fs/cgroup/berth-demo/default /sys/fs/cgroup/berth-demo 2>/dev/null

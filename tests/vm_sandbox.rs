@@ -183,10 +183,14 @@ fn an_image_runs_in_a_vm() {
     let out = d.berth(&["run", "--rm", "--vm", &reference]);
     assert_eq!(out.ok().trim(), release(), "{}", d.log());
     // In a VM sandbox, whose shim made its mount namespace before the
-    // image's root was mounted: the mount reaches it.
+    // image's root was mounted: the mount reaches it, also when another
+    // container's root is mounted while the sandbox starts (which once
+    // kept berthd from sharing the bundle directory).
+    d.berth(&["run", "-d", "--name", "held", &reference, "sleep", "600"]).ok();
     d.berth(&["sandbox", "create", "--vm", "--name", "pod"]).ok();
     let out = d.berth(&["run", "--rm", "--sandbox", "pod", &reference]);
     assert_eq!(out.ok().trim(), release(), "{}", d.log());
+    d.berth(&["rm", "-f", "held"]).ok();
     await_no_containers(&d, "run --rm removes the container");
     d.berth(&["sandbox", "rm", "pod"]).ok();
     assert_nothing_left(&d);

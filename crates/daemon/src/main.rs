@@ -389,6 +389,9 @@ async fn run(args: Args) -> Result<(), String> {
     // socket, and a damaged or lost store (guard.rs).
     let _locks = guard::lock_dirs(&[&cfg.root, &cfg.state]).map_err(|e| e.to_string())?;
     guard::check_socket(&cfg.socket).await.map_err(|e| e.to_string())?;
+    // Before any root filesystem is mounted below it, so a VM sandbox
+    // started later receives them (vm.rs); a later start finds it shared.
+    vm::share_bundles(&cfg.bundles_root());
     let store = guard::open_store(&cfg).map_err(|e| e.to_string())?;
     let cgroups = berth_cgroups::Hierarchies::detect().map_err(|e| format!("read cgroup mounts: {e}"))?;
     let socket = cfg.socket.clone();

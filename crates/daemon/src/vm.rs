@@ -150,7 +150,9 @@ pub fn size_flags(vm: &VmInfo) -> Vec<OsString> {
 /// systemd host's `/`); else the directory becomes a shared bind mount of
 /// itself, as iproute2 does for /run/netns, but only while nothing is
 /// mounted below it (a bind over mounts would hide them). Otherwise a
-/// warning says what the operator can do.
+/// warning says what the operator can do. Called at berthd's start (the
+/// first after a boot finds nothing mounted there; the self-bind outlives
+/// berthd) and again when a VM sandbox's shim starts.
 pub fn share_bundles(root: &Path) {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let (point, tags) = berth_cgroups::mountinfo::mount_of(&info, root).unwrap_or_default();
