@@ -38,6 +38,8 @@ pub struct Scale {
     pub rm_all: Option<Duration>,
     /// The same removal by runc: `runc delete -f` of N runc containers.
     pub rm_runc: Option<Duration>,
+    /// Those N runc containers started by `runc run -d`, one at a time.
+    pub run_runc: Option<Duration>,
     /// Its floor: the kernel's share alone (kill -9, rmdir), no runtime.
     pub rm_kernel: Option<Duration>,
     /// `berth run --rm` and `runc run` of /bin/true, all N running.
@@ -120,11 +122,17 @@ pub fn run(d: &Daemon, n: usize, bundle: &Path, metrics: &Path) -> Scale {
         };
         time_recovery(1, &expected, restart, || berth_listing(d))
     });
+    // runc's containers get the same seccomp profile: compiling it is a
+    // part of each create.
+    let seccomp = crate::scale_floor::berth_seccomp(&d.state.join("bundles/default").join(&ids[0]).join("config.json"));
     let mut args = vec!["rm", "-f"];
     args.extend(ids.iter().map(String::as_str));
     let rm_all = timed(|| d.berth(&args).code == 0);
-    let rm_runc = crate::scale_floor::runc_rm(d, n);
-    let rm_kernel = crate::scale_floor::kernel_rm(d, n);
+    if seccomp.is_none() {
+        eprintln!("scale: no seccomp profile found in berth's first container; runc's run without one");
+    }
+    let (run_runc, rm_runc) = crate::scale_floor::runc_run_and_rm(d, n, seccomp.as_ref());
+    let rm_kernel = crate::scale_floor::kernel_rm(d, n, seccomp.as_ref());
     let containerd = Containerd::start(d.dir()).map(|c| peer(c, &d.rootfs, n)).unwrap_or_default();
     Scale {
         containers: n,
@@ -134,6 +142,7 @@ pub fn run(d: &Daemon, n: usize, bundle: &Path, metrics: &Path) -> Scale {
         stats,
         rm_all,
         rm_runc,
+        run_runc,
         rm_kernel,
         start_berth,
         start_runc,

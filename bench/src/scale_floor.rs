@@ -1,6 +1,7 @@
 //! What `berth rm -f` of N containers is compared with: N runc containers
 //! of `sleep`, each with its cgroup where berth's were (beside the others,
-//! under the same parent), removed as many at a time as one `berth rm -f`
+//! under the same parent; the first fleet started one at a time, as
+//! berth's, and timed), removed as many at a time as one `berth rm -f`
 //! asks of berthd — by `runc delete -f`, and, on a second such fleet, by
 //! the kernel operations alone that any runtime's delete comes down to
 //! (the floor: kill -9, wait for the exit, rmdir the cgroups).
@@ -12,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_testing::Daemon;
+use serde_json::Value;
 
 /// Deletes in flight, as `berth rm -f` has (the CLI's `RM_IN_FLIGHT`).
 const IN_FLIGHT: usize = 16;
@@ -68,12 +70,19 @@ struct Fleet {
 }
 
 impl Fleet {
-    fn start(d: &Daemon, n: usize, what: &str) -> Option<Fleet> {
+    /// Starts the fleet by `runc run -d`, on `threads` threads; with how
+    /// long that took.
+    /// `seccomp`, if given, is the containers' profile (berth's, as runc
+    /// reads it: [`berth_seccomp`]).
+    fn start(d: &Daemon, n: usize, what: &str, threads: usize, seccomp: Option<&Value>) -> Option<(Fleet, Duration)> {
         let dir = d.dir().join("rm-floor");
         let left = Leftovers { root: dir.join("runc-root"), bundles: dir.join("bundles") };
         let parent = format!("{}/default", d.cgroup_parent);
         eprintln!("scale: runc, {n} run -d, then {what} of all …");
         let base = crate::make_bundle(&left.bundles, &d.rootfs, "base", &["sleep", "100000"]);
+        if let Some(profile) = seccomp {
+            crate::edit_spec(&base, |spec| spec["linux"]["seccomp"] = profile.clone());
+        }
         let bundles: Vec<PathBuf> = (0..n)
             .map(|i| {
                 let bundle = left.bundles.join(format!("f{i}"));
@@ -84,19 +93,21 @@ impl Fleet {
             })
             .collect();
         let started = AtomicUsize::new(0);
-        on_threads(n, 2, |i| {
+        let t = Instant::now();
+        on_threads(n, threads, |i| {
             let run =
                 runc(&left.root).arg("run").arg("-d").arg("--bundle").arg(&bundles[i]).arg(format!("f{i}")).status();
             if run.is_ok_and(|s| s.success()) {
                 started.fetch_add(1, Ordering::Relaxed);
             }
         });
+        let took = t.elapsed();
         let started = started.load(Ordering::Relaxed);
         if started != n {
             eprintln!("scale: only {started} of {n} runc containers started");
             return None;
         }
-        Some(Fleet { left, parent, n })
+        Some((Fleet { left, parent, n }, took))
     }
 
     /// Runs `remove(i)` for every container, [`IN_FLIGHT`] at a time; how
@@ -114,13 +125,15 @@ impl Fleet {
     }
 }
 
-/// `runc delete -f` of `n` running runc containers, [`IN_FLIGHT`] at a
-/// time; `None` if they could not all be started or removed.
-pub fn runc_rm(d: &Daemon, n: usize) -> Option<Duration> {
-    let fleet = Fleet::start(d, n, "delete -f")?;
-    fleet.remove_all(|i| {
+/// runc's side of two rows: `runc run -d` of `n` containers one at a
+/// time (as the scale test's `run -d`), then `runc delete -f` of all,
+/// [`IN_FLIGHT`] at a time. `None` for what did not all succeed.
+pub fn runc_run_and_rm(d: &Daemon, n: usize, seccomp: Option<&Value>) -> (Option<Duration>, Option<Duration>) {
+    let Some((fleet, run_all)) = Fleet::start(d, n, "delete -f", 1, seccomp) else { return (None, None) };
+    let rm = fleet.remove_all(|i| {
         runc(&fleet.left.root).args(["delete", "-f", &format!("f{i}")]).status().is_ok_and(|s| s.success())
-    })
+    });
+    (Some(run_all), rm)
 }
 
 /// The kernel's share alone: of `n` running runc containers, each one's
@@ -128,8 +141,8 @@ pub fn runc_rm(d: &Daemon, n: usize) -> Option<Duration> {
 /// awaited, its cgroup removed from every hierarchy and runc's state
 /// directory with it, [`IN_FLIGHT`] at a time — what any runtime's delete
 /// does, with no runtime process, shim or daemon in the way.
-pub fn kernel_rm(d: &Daemon, n: usize) -> Option<Duration> {
-    let fleet = Fleet::start(d, n, "kill -9 and rmdir")?;
+pub fn kernel_rm(d: &Daemon, n: usize, seccomp: Option<&Value>) -> Option<Duration> {
+    let (fleet, _) = Fleet::start(d, n, "kill -9 and rmdir", 2, seccomp)?;
     let hierarchies = berth_cgroups::Hierarchies::detect().ok()?;
     let pidfds: Vec<OwnedFd> =
         (0..n).map(|i| init_pidfd(&fleet.left.root.join(format!("f{i}")))).collect::<Option<_>>()?;
@@ -139,6 +152,24 @@ pub fn kernel_rm(d: &Daemon, n: usize) -> Option<Duration> {
             && hierarchies.mount_points().iter().all(|m| rmdir_when_empty(&m.join(cgroup.trim_start_matches('/'))))
             && std::fs::remove_dir_all(fleet.left.root.join(format!("f{i}"))).is_ok()
     })
+}
+
+/// The seccomp profile in the config.json of one of berth's containers,
+/// as runc reads it: berth's embedded runtime swaps the two values of each
+/// masked-equal argument for libcontainer (`io.berth.embedded.adapted`),
+/// so they are swapped back. `None` if there is none to read.
+pub fn berth_seccomp(config: &Path) -> Option<Value> {
+    let spec: Value = serde_json::from_slice(&std::fs::read(config).ok()?).ok()?;
+    let mut profile = spec.pointer("/linux/seccomp")?.clone();
+    if spec.pointer("/annotations/io.berth.embedded.adapted").is_some() {
+        let args = profile["syscalls"].as_array_mut().into_iter().flatten().filter_map(|s| s["args"].as_array_mut());
+        for arg in args.flatten().filter(|a| a["op"] == "SCMP_CMP_MASKED_EQ") {
+            let mask = arg["value"].take();
+            arg["value"] = arg["valueTwo"].take();
+            arg["valueTwo"] = mask;
+        }
+    }
+    Some(profile)
 }
 
 /// A pidfd for the init named in runc's `state.json` in `dir`.
