@@ -44,6 +44,7 @@ mod seccomp;
 mod shim;
 mod shim_args;
 mod shim_v2;
+mod spawn;
 mod spec;
 mod stop;
 mod sysctl;

@@ -4,12 +4,11 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use berth_model::{ContainerId, ExitStatus, State};
-use berth_shim::{LISTEN_FD, from_timestamp, from_ttrpc, pidfd_open};
+use berth_shim::{from_timestamp, from_ttrpc, pidfd_open};
 use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::ttrpc::{self, context};
@@ -109,46 +108,40 @@ pub async fn spawn(a: &ShimArgs, socket: &Path, bundle: &Path) -> Result<ShimCli
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create shim socket dir", e))?;
     }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(|e| Error::io(format!("open {}", log.display()), e))?;
     let _ = std::fs::remove_file(socket);
-    let listener = std::os::unix::net::UnixListener::bind(socket)
-        .map_err(|e| Error::io(format!("bind {}", socket.display()), e))?;
-    let fd = listener.as_raw_fd();
-    let mut cmd = a.command();
-    cmd.stdout(Stdio::null()).stderr(log).kill_on_drop(false);
-    // SAFETY: only async-signal-safe calls (setsid, dup2) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Own session and process group: the shim outlives berthd (SPEC B19).
-            nix::unistd::setsid().map_err(std::io::Error::from)?;
-            if libc::dup2(fd, LISTEN_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().map_err(|e| {
-        let _ = std::fs::remove_file(socket);
-        Error::io(format!("spawn {}", a.binary.display()), e)
-    })?;
-    drop(listener);
-    let pid = child.id().unwrap_or(0);
-    // The pidfd is taken while the shim is still our unreaped child, so it
-    // can never name a recycled pid.
-    let pidfd = pidfd_open(pid).ok();
-    // Reap the shim when it exits; berthd is its parent until berthd dies.
-    tokio::spawn(async move {
-        let _ = child.wait().await;
-    });
+    // Not a fork of berthd: none of its descriptors reach the shim, and
+    // none are copied and closed on the way (spawn.rs).
+    let cmd = a.command();
+    let spawned = crate::spawn::spawn_listening(cmd.as_std(), log, socket)
+        .map_err(|e| Error::io(format!("spawn {}", a.binary.display()), e))?;
+    let pid = spawned.pid;
+    reap_when_exited(pid, &spawned.pidfd);
+    let pidfd = Some(spawned.pidfd);
     let client = connect_with(socket, pid, pidfd, Dialect::Berth, true).await;
     if client.is_err() {
         let _ = std::fs::remove_file(socket);
     }
     client
+}
+
+/// Reaps a shim berthd started, once it has exited: berthd is its parent
+/// until berthd dies.
+fn reap_when_exited(pid: u32, pidfd: &OwnedFd) {
+    let reap = move || nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), None);
+    // SAFETY: the AsyncFd owns the copy of the pidfd for its whole life.
+    let watched = pidfd.try_clone().and_then(|fd| unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1));
+    match watched {
+        Ok(exited) => {
+            tokio::spawn(async move {
+                let _ = exited.readable().await;
+                let _ = reap();
+            });
+        }
+        Err(e) => {
+            tracing::warn!(pid, "watch shim {pid} for its exit: {e}; a thread waits for it instead");
+            tokio::task::spawn_blocking(reap);
+        }
+    }
 }
 
 /// How long a reconnected shim may take to say who it is.
