@@ -83,7 +83,7 @@ impl Manager {
         if created_at_ns.is_some_and(|at| at != rec.created_at_ns) {
             return Err(Error::NotFound(format!("{id} (created at {})", rec.created_at_ns)));
         }
-        self.check_no_joiners(ns, id)?;
+        self.check_no_joiners(&rec)?;
         // An unknown container may still have processes: it needs force too.
         let live = matches!(rec.state, State::Created | State::Running | State::Paused | State::Unknown);
         if live && !force {

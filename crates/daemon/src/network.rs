@@ -412,9 +412,17 @@ impl Manager {
         Ok(self.net.networks.check(&attach_key(ns, id)).await?)
     }
 
-    /// Containers that joined `id`'s namespace (`--network container:ID`):
-    /// it cannot go while they exist.
-    pub(crate) fn check_no_joiners(&self, ns: &Namespace, id: &ContainerId) -> Result<()> {
+    /// Containers that joined `rec`'s namespace (`--network container:ID`):
+    /// it cannot go while they exist. Only a namespace berth pinned can
+    /// have joiners: the first join pins it and records the pin under the
+    /// container's operation lock, before the joiner's record exists
+    /// (`joined_netns`). So a record without a pin, read under that lock,
+    /// needs no look through the other records.
+    pub(crate) fn check_no_joiners(&self, rec: &ContainerRecord) -> Result<()> {
+        if rec.network.as_ref().is_none_or(|a| a.netns.is_empty()) {
+            return Ok(());
+        }
+        let (ns, id) = (&rec.namespace, &rec.id);
         let mode = NetworkMode::Container(id.clone()).to_string();
         let joiners: Vec<String> = self
             .store
