@@ -390,9 +390,6 @@ async fn run(args: Args) -> Result<(), String> {
     // socket, and a damaged or lost store (guard.rs).
     let _locks = guard::lock_dirs(&[&cfg.root, &cfg.state]).map_err(|e| e.to_string())?;
     guard::check_socket(&cfg.socket).await.map_err(|e| e.to_string())?;
-    // Before any root filesystem is mounted below it, so a VM sandbox
-    // started later receives them (vm.rs); a later start finds it shared.
-    vm::share_bundles(&cfg.bundles_root());
     let store = guard::open_store(&cfg).map_err(|e| e.to_string())?;
     let cgroups = berth_cgroups::Hierarchies::detect().map_err(|e| format!("read cgroup mounts: {e}"))?;
     let socket = cfg.socket.clone();
@@ -409,6 +406,11 @@ async fn run(args: Args) -> Result<(), String> {
     let mgr = Arc::new(mgr);
     let default_runtime = berth_model::Runtime::parse(&mgr.cfg.default_runtime).map_err(|e| e.to_string())?;
     mgr.check_runtime(&default_runtime).map_err(|e| format!("--default-runtime: {e}"))?;
+    // Once the checks that refuse a start have passed (a refused start
+    // leaves no mount), and before any root filesystem is mounted below it
+    // (a restart policy at reload may mount one): a VM sandbox started
+    // later receives them (vm.rs). A later start finds it shared.
+    vm::share_bundles(&mgr.cfg.bundles_root());
     mgr.reload().await.map_err(|e| format!("reload containers: {e}"))?;
     mgr.remove_unused_namespaces();
 
