@@ -159,17 +159,12 @@ pub fn kernel_rm(d: &Daemon, n: usize, seccomp: Option<&Value>) -> Option<Durati
 /// masked-equal argument for libcontainer (`io.berth.embedded.adapted`),
 /// so they are swapped back. `None` if there is none to read.
 pub fn berth_seccomp(config: &Path) -> Option<Value> {
-    let spec: Value = serde_json::from_slice(&std::fs::read(config).ok()?).ok()?;
-    let mut profile = spec.pointer("/linux/seccomp")?.clone();
-    if spec.pointer("/annotations/io.berth.embedded.adapted").is_some() {
-        let args = profile["syscalls"].as_array_mut().into_iter().flatten().filter_map(|s| s["args"].as_array_mut());
-        for arg in args.flatten().filter(|a| a["op"] == "SCMP_CMP_MASKED_EQ") {
-            let mask = arg["value"].take();
-            arg["value"] = arg["valueTwo"].take();
-            arg["valueTwo"] = mask;
-        }
+    use berth_model::{ADAPTED_KEY, swap_masked_eq};
+    let mut spec: Value = serde_json::from_slice(&std::fs::read(config).ok()?).ok()?;
+    if spec["annotations"].get(ADAPTED_KEY).is_some() {
+        swap_masked_eq(&mut spec);
     }
-    Some(profile)
+    spec.pointer("/linux/seccomp").cloned()
 }
 
 /// A pidfd for the init named in runc's `state.json` in `dir`.

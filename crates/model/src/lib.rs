@@ -21,7 +21,10 @@ pub use id::{ContainerId, DEFAULT_NAMESPACE, ExecId, Namespace, NetworkName, San
 pub use logs::{LogRotation, parse_size};
 pub use network::{DEFAULT_NETWORK, NetworkAttachment, NetworkMode, PortMapping, Protocol};
 pub use restart::{BACKOFF_RESET, RestartPolicy, backoff};
-pub use runtime::{BERTH_SHIM_RUNTIME, BERTH_VM_RUNTIME, DEFAULT_RUNTIME, RUNTIMES, Runtime, VM_RUNTIME, runtime_name};
+pub use runtime::{
+    ADAPTED_KEY, BERTH_SHIM_RUNTIME, BERTH_VM_RUNTIME, DEFAULT_RUNTIME, RUNTIMES, Runtime, VM_RUNTIME, runtime_name,
+    swap_masked_eq,
+};
 pub use sandbox::{NsShare, SandboxOp, SandboxState};
 pub use signal::signal_number;
 pub use state::{Op, State};

@@ -87,6 +87,35 @@ impl Runtime {
     }
 }
 
+/// The annotation berth's embedded runtime puts on a config.json it has
+/// adapted for libcontainer (`berth_runtime`'s embedded.rs), masked-equal
+/// seccomp arguments swapped among other things.
+pub const ADAPTED_KEY: &str = "io.berth.embedded.adapted";
+
+/// Swaps value and valueTwo of every masked-equal seccomp argument filter
+/// of an OCI spec; returns whether there was one. libcontainer 0.7 reads
+/// the mask from `valueTwo`, runc from `value`: the swap turns either
+/// order into the other.
+pub fn swap_masked_eq(spec: &mut serde_json::Value) -> bool {
+    let Some(syscalls) = spec.pointer_mut("/linux/seccomp/syscalls").and_then(|s| s.as_array_mut()) else {
+        return false;
+    };
+    let mut changed = false;
+    for arg in syscalls.iter_mut().filter_map(|s| s.get_mut("args")?.as_array_mut()).flatten() {
+        let Some(a) =
+            arg.as_object_mut().filter(|a| a.get("op").and_then(|o| o.as_str()) == Some("SCMP_CMP_MASKED_EQ"))
+        else {
+            continue;
+        };
+        let mask = a.get("value").cloned().unwrap_or(serde_json::json!(0));
+        let datum = a.get("valueTwo").cloned().unwrap_or(serde_json::json!(0));
+        a.insert("value".into(), datum);
+        a.insert("valueTwo".into(), mask);
+        changed = true;
+    }
+    changed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use berth_model::{ADAPTED_KEY, swap_masked_eq};
 use libcontainer::config::YoukiConfig;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::{Container, ContainerStatus};
@@ -196,16 +197,13 @@ fn failed(op: &'static str, err: impl std::error::Error) -> RuntimeError {
 /// - it reads seccomp's `SCMP_CMP_MASKED_EQ` the other way round from runc
 ///   (mask in `valueTwo`, not `value`), which turns the default profile's
 ///   clone-flags filter into "allow": value and valueTwo are swapped.
-const ADAPTED_KEY: &str = "io.berth.embedded.adapted";
-const ADAPTED: &str = "/annotations/io.berth.embedded.adapted";
-
 fn adapt_spec(bundle: &Path) -> Result<(), RuntimeError> {
     let path = bundle.join("config.json");
     let io = |e: std::io::Error| RuntimeError::io("read config.json", e);
     let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).map_err(io)?)
         .map_err(|e| RuntimeError::io("parse config.json", std::io::Error::other(e)))?;
     // A restart creates from the same bundle: adapt once.
-    if spec.pointer(ADAPTED).is_some() {
+    if spec["annotations"].get(ADAPTED_KEY).is_some() {
         return Ok(());
     }
     let readonly = readonly_cgroup_paths(&spec).map_err(io)?;
@@ -249,28 +247,6 @@ fn readonly_cgroup_paths(spec: &serde_json::Value) -> std::io::Result<Vec<String
         }
     }
     Ok(paths)
-}
-
-/// Swaps value and valueTwo of every masked-equal seccomp argument filter;
-/// returns whether there was one.
-fn swap_masked_eq(spec: &mut serde_json::Value) -> bool {
-    let Some(syscalls) = spec.pointer_mut("/linux/seccomp/syscalls").and_then(|s| s.as_array_mut()) else {
-        return false;
-    };
-    let mut changed = false;
-    for arg in syscalls.iter_mut().filter_map(|s| s.get_mut("args")?.as_array_mut()).flatten() {
-        let Some(a) =
-            arg.as_object_mut().filter(|a| a.get("op").and_then(|o| o.as_str()) == Some("SCMP_CMP_MASKED_EQ"))
-        else {
-            continue;
-        };
-        let mask = a.get("value").cloned().unwrap_or(serde_json::json!(0));
-        let datum = a.get("valueTwo").cloned().unwrap_or(serde_json::json!(0));
-        a.insert("value".into(), datum);
-        a.insert("valueTwo".into(), mask);
-        changed = true;
-    }
-    changed
 }
 
 /// The destination of the spec's cgroup mount, if it asks for read-only.
