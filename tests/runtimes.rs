@@ -97,13 +97,7 @@ fn an_unusable_default_runtime_keeps_berthd_from_starting() {
     assert!(err.contains("--default-runtime") && err.contains("containerd-shim-nosuchshim-v1"), "{err}");
     assert!(!dir.path().join("b.sock").exists(), "berthd never served");
     // Nor did it leave a mount (its bundle directory's shared bind).
-    let under = format!("{}/", dir.path().display());
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let left: Vec<&str> =
-        mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&under)).collect();
-    for m in &left {
-        let _ = nix::mount::umount2(*m, nix::mount::MntFlags::MNT_DETACH);
-    }
+    let left = berth_testing::unmount_under(dir.path());
     assert!(left.is_empty(), "a refused start left mounts: {left:?}");
 }
 

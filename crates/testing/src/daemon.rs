@@ -408,15 +408,22 @@ impl Daemon {
     /// (pinned namespaces, a killed VM shim's guest bundles), deepest
     /// first, so removing the directory never reaches through a mount.
     fn unmount_all(&self) {
-        let under = self.dir().to_string_lossy().into_owned() + "/";
-        let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut points: Vec<&str> =
-            info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(&under)).collect();
-        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-        for p in points {
-            let _ = nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH);
-        }
+        unmount_under(self.dir());
     }
+}
+
+/// Lazily unmounts every mount point below `dir`, deepest first; returns
+/// the points it found.
+pub fn unmount_under(dir: &Path) -> Vec<String> {
+    let under = dir.to_string_lossy().into_owned() + "/";
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<String> =
+        info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(&under)).map(String::from).collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in &points {
+        let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+    points
 }
 
 /// berth-shim processes with an argument starting with `marker`, with

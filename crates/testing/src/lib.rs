@@ -14,7 +14,7 @@ mod rootfs;
 pub mod vm;
 
 pub use containerd::Containerd;
-pub use daemon::{DAEMON_LOG_ENV, Daemon, Output, sweep_cgroup};
+pub use daemon::{DAEMON_LOG_ENV, Daemon, Output, sweep_cgroup, unmount_under};
 pub use events::EventLog;
 pub use iptables::{PortmapChains, nat_rules};
 pub use rootfs::{bin_path, busybox_rootfs};
