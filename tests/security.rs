@@ -314,16 +314,48 @@ fn errors_say_what_is_wrong() {
     d.berth(&["rm", "-f", "c"]).ok();
 }
 
-/// Builds the clone probe (a static C program) into the test's rootfs.
-fn clone_probe(d: &Daemon) {
-    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/cloneprobe.c");
+/// Builds a probe (a static C program from tests/fixtures) into the test's
+/// rootfs as /bin/NAME; returns its path there.
+fn probe(d: &Daemon, name: &str) -> std::path::PathBuf {
+    let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/{name}.c"));
+    let bin = d.rootfs.join("bin").join(name);
     let out = std::process::Command::new("gcc")
         .args(["-static", "-O", "-o"])
-        .arg(d.rootfs.join("bin/cloneprobe"))
+        .arg(&bin)
         .arg(&src)
         .output()
         .expect("gcc (apt-get install -y gcc libc6-dev)");
     assert!(out.status.success(), "gcc: {}", String::from_utf8_lossy(&out.stderr));
+    bin
+}
+
+fn clone_probe(d: &Daemon) {
+    probe(d, "cloneprobe");
+}
+
+/// The default filter lets i386 syscalls through to their rules, and x32
+/// ones only where the kernel runs x32: elsewhere an x32 syscall is killed
+/// by the filter (SIGSYS, 128 + 31) instead of reaching the kernel's ENOSYS.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn x32_is_in_the_filter_only_where_the_kernel_runs_it() {
+    let d = Daemon::start();
+    let host = std::process::Command::new(probe(&d, "archprobe")).arg("x32").output().expect("run archprobe");
+    let host_x32 = String::from_utf8_lossy(&host.stdout).contains("answered");
+    for rt in RUNTIMES {
+        let out = sh(&d, rt, &[], "archprobe i386");
+        assert!(out.contains("i386 getpid: answered"), "{rt}: {out}");
+        let out = sh(&d, rt, &[], "archprobe x32; echo status $?");
+        if host_x32 {
+            assert!(out.contains("x32 getpid: answered"), "{rt}: {out}");
+        } else {
+            assert!(out.contains("status 159"), "{rt}: {out}");
+        }
+        // Without a filter the kernel answers for itself.
+        let out = sh(&d, rt, &["--security-opt", "seccomp=unconfined"], "archprobe x32");
+        let expected = if host_x32 { "answered" } else { "Function not implemented" };
+        assert!(out.contains(&format!("x32 getpid: {expected}")), "{rt}: {out}");
+    }
 }
 
 #[test]

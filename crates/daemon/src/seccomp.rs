@@ -172,10 +172,21 @@ fn condition(index: usize, op: LinuxSeccompOperator, value: u64, value_two: Opti
 }
 
 /// Docker's archMap: the native architecture plus the ones its kernel can
-/// also run. `None` means "native only" for the runtime.
+/// also run. `None` means "native only" for the runtime. One difference:
+/// x32 is listed only where the kernel runs x32 programs. Most kernels do
+/// not (built without it, or Debian's, which has it off unless booted with
+/// `syscall.x32=y`), and each listed architecture is compiled into every
+/// container's filter: x32 is about half of that work. Left out, an x32
+/// syscall meets the filter's bad-architecture action (the process is
+/// killed) instead of the kernel's ENOSYS: stricter, and no x32 program
+/// runs on such a kernel anyway.
 fn architectures() -> Option<Vec<Arch>> {
     let arches = if cfg!(target_arch = "x86_64") {
-        vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32]
+        let mut arches = vec![Arch::ScmpArchX86_64, Arch::ScmpArchX86];
+        if kernel_runs_x32() {
+            arches.push(Arch::ScmpArchX32);
+        }
+        arches
     } else if cfg!(target_arch = "aarch64") {
         vec![Arch::ScmpArchAarch64, Arch::ScmpArchArm]
     } else if cfg!(target_arch = "s390x") {
@@ -186,6 +197,35 @@ fn architectures() -> Option<Vec<Arch>> {
         return None;
     };
     Some(arches)
+}
+
+/// Whether this kernel runs x32 programs: an x32 `getpid` (x86_64's
+/// number with the x32 bit) answers, rather than failing with ENOSYS. Asked
+/// once, in a child that does nothing else: where berthd itself runs under
+/// a filter without x32, the child is the one killed, and the answer is no
+/// (nothing berthd starts could make x32 calls either).
+fn kernel_runs_x32() -> bool {
+    static RUNS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *RUNS.get_or_init(|| {
+        if !cfg!(target_arch = "x86_64") {
+            return false;
+        }
+        const X32_SYSCALL_BIT: libc::c_long = 0x4000_0000;
+        // SAFETY: the child makes one raw syscall and _exits, both
+        // async-signal-safe, so forking a threaded process is sound.
+        match unsafe { libc::fork() } {
+            0 => {
+                // SAFETY: getpid takes no arguments; _exit ends the child.
+                let answered = unsafe { libc::syscall(libc::SYS_getpid | X32_SYSCALL_BIT) } > 0;
+                unsafe { libc::_exit(if answered { 0 } else { 1 }) }
+            }
+            -1 => false,
+            child => {
+                let child = nix::unistd::Pid::from_raw(child);
+                matches!(nix::sys::wait::waitpid(child, None), Ok(nix::sys::wait::WaitStatus::Exited(_, 0)))
+            }
+        }
+    })
 }
 
 /// The argument holding `clone`'s flags: s390 swaps the first two.
@@ -497,7 +537,25 @@ mod tests {
         assert!(json.contains(r#""errnoRet":38"#), "{json}");
         assert!(json.contains(r#""value":2114060288,"valueTwo":0,"op":"SCMP_CMP_MASKED_EQ""#));
         #[cfg(target_arch = "x86_64")]
-        assert!(json.contains(r#""architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_X86","SCMP_ARCH_X32"]"#));
+        {
+            let x32 = if kernel_runs_x32() { r#","SCMP_ARCH_X32""# } else { "" };
+            assert!(json.contains(&format!(r#""architectures":["SCMP_ARCH_X86_64","SCMP_ARCH_X86"{x32}]"#)));
+        }
         Ok(())
+    }
+
+    /// The probe agrees with the kernel's own configuration where that is
+    /// readable: a kernel built without x32 never runs it (one built with it
+    /// may still have it off, Debian's `syscall.x32`).
+    #[test]
+    fn the_x32_probe_agrees_with_the_kernel_config() {
+        let Ok(out) = std::process::Command::new("zcat").arg("/proc/config.gz").output() else { return };
+        let config = String::from_utf8_lossy(&out.stdout);
+        let x86_64 = config.lines().any(|l| l == "CONFIG_X86_64=y");
+        if x86_64 && !config.lines().any(|l| l == "CONFIG_X86_X32_ABI=y") {
+            assert!(!kernel_runs_x32(), "the kernel has no x32 ABI, yet the probe says it runs x32");
+        }
+        // Asked twice, answered once and the same.
+        assert_eq!(kernel_runs_x32(), kernel_runs_x32());
     }
 }
