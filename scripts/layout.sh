@@ -45,6 +45,10 @@ cleanup() {
         stop_daemon -TERM
     fi
     mountpoint -q "$MNT" && umount "$MNT"
+    # berthd's bundle directory is a bind mount of itself, left by design.
+    awk -v w="$WORK/" 'index($5, w) == 1 { print $5 }' /proc/self/mountinfo | sort -r | while read -r m; do
+        umount -l "$m"
+    done
     [ -n "$LOOP" ] && losetup -d "$LOOP"
     rm -rf "$WORK"
     for d in /sys/fs/cgroup/*/"$PARENT" /sys/fs/cgroup/"$PARENT"; do
