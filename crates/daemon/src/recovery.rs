@@ -115,9 +115,9 @@ impl Manager {
             while tasks.try_join_next().is_some() {}
         }
         while tasks.join_next().await.is_some() {}
-        // Give back what recovery's connections and records freed.
-        // SAFETY: plain libc call.
-        unsafe { libc::malloc_trim(0) };
+        // Give back what recovery's connections and records freed, and
+        // the mapping of the start-up code.
+        berth_shim::release_memory();
         Ok(())
     }
 

@@ -212,6 +212,7 @@ impl Task for Shim {
     async fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
         if !req.exec_id.is_empty() {
             let pid = self.exec_start(&req.id, &req.exec_id).await?;
+            berth_shim::release_memory();
             return Ok(api::StartResponse { pid, ..Default::default() });
         }
         let (pid, restored) = self.with_task(&req.id, |t| {
@@ -229,10 +230,9 @@ impl Task for Shim {
         })?;
         self.publish(TASK_START_EVENT_TOPIC, &TaskStart { container_id: req.id, pid, ..Default::default() });
         // The container runs from here on and the shim mostly waits: give
-        // back the heap pages the create and start freed (a shim per
-        // container makes every private page count).
-        // SAFETY: plain libc call.
-        unsafe { libc::malloc_trim(0) };
+        // back what the create and start left resident (a shim per
+        // container makes every page count).
+        berth_shim::release_memory();
         Ok(api::StartResponse { pid, ..Default::default() })
     }
 
