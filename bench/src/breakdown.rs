@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use berth_testing::Daemon;
 
-use crate::measure::{Runner, median, time_interleaved};
+use crate::measure::{Runner, median, time_interleaved_settled};
 
 /// runc's steps of one round, in order; the process exits between start
 /// and delete.
@@ -52,7 +52,7 @@ pub fn run(d: &Daemon, bundle: &Path, rounds: usize) {
     d.berth(&["system", "phases", "--reset"]).ok();
     eprintln!("breakdown: berth run --rm and runc create/start/delete, {rounds} rounds …");
     let mut runners: Vec<Runner<'_>> = vec![
-        Box::new(|i| d.berth(&["run", "--rm", "--name", &format!("p{i}"), &bundle_s]).code == 0),
+        Box::new(|i| d.berth(&["run", "--rm", "--name", &format!("pb{i}"), &bundle_s]).code == 0),
         Box::new(|i| {
             let id = format!("rb{i}");
             let mut ok = true;
@@ -71,7 +71,7 @@ pub fn run(d: &Daemon, bundle: &Path, rounds: usize) {
             ok
         }),
     ];
-    let totals = time_interleaved(rounds, &mut runners);
+    let totals = time_interleaved_settled(rounds, &mut runners, crate::measure::settle_removal(d, "p"));
     drop(runners);
     // run --rm returns before berthd's removal: let it finish.
     std::thread::sleep(Duration::from_millis(500));

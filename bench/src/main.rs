@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use berth_testing::Daemon;
 
-use crate::measure::{Mem, shim_memory, time_interleaved};
+use crate::measure::{Mem, shim_memory, time_interleaved_settled};
 
 /// Cgroup parent of the runc containers (removed at the end).
 pub const RUNC_CGROUP_PARENT: &str = "/berth-bench-runc";
@@ -402,7 +402,7 @@ fn main() {
     if let Some(c) = &ctr {
         runners.push(Box::new(|i| c.run_rm(containerd::RUNC_V2, &d.rootfs, &format!("c{i}"))));
     }
-    let times = time_interleaved(o.runs, &mut runners);
+    let times = time_interleaved_settled(o.runs, &mut runners, measure::settle_removal(&d, ""));
     drop(runners);
     let (berth, runc, ctr_time) = (times[0], times[1], times.get(2).copied().flatten());
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use berth_testing::Daemon;
 
 use crate::containerd::{Containerd, RUNC_V2};
-use crate::measure::{shim_memory, time_interleaved, timed};
+use crate::measure::{shim_memory, time_interleaved_settled, timed};
 use crate::recovery::{berth_listing, time_recovery};
 
 /// Rounds of the start-path comparison with everything running.
@@ -92,7 +92,7 @@ fn start_path(d: &Daemon, bundle: &Path) -> (Option<Duration>, Option<Duration>)
     let bundle = bundle.to_string_lossy().into_owned();
     let runc_root = d.dir().join("runc-root");
     let mut runners = crate::measure::run_rm_and_runc(d, &bundle, &runc_root, "s");
-    let t = time_interleaved(START_ROUNDS, &mut runners);
+    let t = time_interleaved_settled(START_ROUNDS, &mut runners, crate::measure::settle_removal(d, "s"));
     (t[0], t[1])
 }
 
