@@ -189,6 +189,33 @@ fn a_killed_shim_of_a_created_container_refuses_connections() {
     assert!(d.container_paths("default", "made").is_empty(), "{:?}", d.container_paths("default", "made"));
 }
 
+/// A shim that dies while it is asked to start its container fails the
+/// start at once, not after the start timeout (30 s), although the init it
+/// cloned has not exec'd yet. The shim is stopped before the start so
+/// that it dies with the request unanswered.
+#[test]
+fn a_start_fails_as_soon_as_its_shim_dies() {
+    let d = Daemon::start();
+    let rootfs = d.rootfs.to_string_lossy().into_owned();
+    d.berth(&["create", "--name", "held", &rootfs, "sleep", "1000"]).ok();
+    let shim = d.inspect("held")["shim_pid"].as_i64().unwrap() as i32;
+    unsafe { libc_kill(shim, 19) }; // SIGSTOP
+    let started = std::time::Instant::now();
+    let start = std::thread::scope(|s| {
+        let start = s.spawn(|| d.berth(&["start", "held"]));
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        unsafe { libc_kill(shim, 9) };
+        start.join().unwrap()
+    });
+    let took = started.elapsed();
+    assert_ne!(start.code, 0, "{start:?}");
+    assert!(took < std::time::Duration::from_secs(10), "the start took {took:?}: {start:?}");
+    assert!(start.stderr.contains("unavailable"), "{start:?}");
+    d.berth(&["rm", "-f", "held"]).ok();
+    assert!(d.cgroup_procs("default", "held").is_empty());
+    assert!(d.container_paths("default", "held").is_empty(), "{:?}", d.container_paths("default", "held"));
+}
+
 berth_testing::on_both_shims!(
     kill9_daemon_keeps_running_containers_and_records,
     container_of_a_killed_shim_is_cleaned_up_with_unknown_exit,
