@@ -5,9 +5,10 @@
 # They land in target/x86_64-unknown-linux-gnu/PROFILE. PIE gives a
 # static-pie (it relocates itself when it starts); NOPIE a fixed-address
 # executable, whose data needs no relocation at all. Users:
-#   - `make release`: berth-shim's binaries and berthd, NOPIE: one shim
-#     runs per container, and without shared libraries to map and relocate
-#     each (and berthd) keeps fewer pages (docs/benchmarks.md);
+#   - `make release`: berth-shim's binaries, berthd and the berth CLI,
+#     NOPIE: one shim runs per container, and without shared libraries to
+#     map and relocate each (and berthd) keeps fewer pages; the CLI, run
+#     once per command, starts 0.26 ms sooner (docs/benchmarks.md);
 #   - scripts/vm-assets.sh: the VM guest's agent and shim, PIE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
