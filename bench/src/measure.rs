@@ -29,9 +29,9 @@ pub fn run_rm_and_runc<'a>(
 }
 
 /// After runner 0's `berth run --rm --name <prefix>b<i>`: waits, untimed,
-/// until berthd has removed that container (its bundle directory is gone;
-/// the record follows at once). `run --rm` returns once the exit is
-/// durable and berthd removes the container behind it. Interleaved with no
+/// until berthd has removed that container (none of its files and
+/// directories is left; the record follows at once). `run --rm` returns
+/// once the exit is durable and berthd removes the container behind it. Interleaved with no
 /// wait, that removal ran during the next command, and kept the CPUs awake
 /// for it: a `runc run` started right after a berth run took 24 ms, one
 /// started once the removal was done 31 ms (30 rounds each, 2026-12-04).
@@ -40,9 +40,9 @@ pub fn settle_removal<'a>(d: &'a berth_testing::Daemon, prefix: &'a str) -> impl
         if runner != 0 {
             return;
         }
-        let bundle = d.state.join("bundles/default").join(format!("{prefix}b{i}"));
+        let id = format!("{prefix}b{i}");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while bundle.exists() && Instant::now() < deadline {
+        while !d.container_paths("default", &id).is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
