@@ -14,22 +14,13 @@ use k8s_cri::v1 as cri;
 const BRIDGE: &str = "btcri0";
 const PREFIX: &str = "10.216.240";
 
-/// Deletes the test's bridge at the end, even on failure.
-struct Bridge;
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = berth_network::delete_bridge(BRIDGE);
-    }
-}
-
 #[test]
 fn a_pod_on_a_cni_network_publishes_its_port_and_takes_its_dns() {
     let _chains = PortmapChains::note();
-    let _bridge = Bridge;
     let subnet = format!("{PREFIX}.0/24");
     let (d, _guard, _reg, _reference, image) =
         setup_with(&["--default-network", "berth", "--network-bridge", BRIDGE, "--network-subnet", &subnet]);
+    let _cleanup = berth_e2e::NetworkCleanup(&d, BRIDGE.to_string());
     let logs = d.dir().join("pod-logs");
     let host_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     runtime().block_on(async {
@@ -85,4 +76,6 @@ fn a_pod_on_a_cni_network_publishes_its_port_and_takes_its_dns() {
         nat_rules().into_iter().filter(|r| r.contains(&format!("{PREFIX}.")) && !r.contains("berth network")).collect();
     assert!(mine.is_empty(), "nat rules left: {mine:?}");
     d.berth(&["network", "rm", "berth"]).ok();
+    let left: Vec<String> = nat_rules().into_iter().filter(|r| r.contains(&format!("{PREFIX}."))).collect();
+    assert!(left.is_empty(), "nat rules left: {left:?}");
 }

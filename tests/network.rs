@@ -91,21 +91,7 @@ impl Net {
 
 impl Drop for Net {
     fn drop(&mut self) {
-        if let Ok(list) = serde_json::from_str::<Value>(&self.d.berth(&["ps", "-a", "--json"]).stdout) {
-            for c in list.as_array().into_iter().flatten() {
-                self.d.berth(&["rm", "-f", c["id"].as_str().unwrap_or_default()]);
-            }
-        }
-        let mut bridges = vec![self.bridge.clone()];
-        if let Ok(list) = serde_json::from_str::<Value>(&self.d.berth(&["network", "ls", "--json"]).stdout) {
-            for n in list.as_array().into_iter().flatten().filter(|n| n["managed"] == true) {
-                bridges.extend(n["bridge"].as_str().map(str::to_string));
-                self.d.berth(&["network", "rm", n["name"].as_str().unwrap_or_default()]);
-            }
-        }
-        for b in bridges {
-            let _ = berth_network::delete_bridge(&b);
-        }
+        berth_e2e::remove_networks(&self.d, &self.bridge);
     }
 }
 

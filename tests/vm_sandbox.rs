@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use berth_e2e::registry::{LAYER_TAR, Registry, await_no_containers, push_image, sha256, tar_of};
 use berth_testing::vm::{assert_nothing_left, daemon, release, vm_processes};
-use berth_testing::{Daemon, PortmapChains};
+use berth_testing::{Daemon, PortmapChains, nat_rules};
 use oci_client::secrets::RegistryAuth;
 use serde_json::Value;
 
@@ -196,29 +196,15 @@ fn an_image_runs_in_a_vm() {
     assert_nothing_left(&d);
 }
 
-/// Removes the test's containers, then its bridge, however the test ends.
-struct Bridged<'a>(&'a Daemon, String);
-
-impl Drop for Bridged<'_> {
-    fn drop(&mut self) {
-        if let Ok(list) = serde_json::from_str::<Value>(&self.0.berth(&["ps", "-a", "--json"]).stdout) {
-            for c in list.as_array().into_iter().flatten() {
-                self.0.berth(&["rm", "-f", c["id"].as_str().unwrap_or_default()]);
-            }
-        }
-        let _ = berth_network::delete_bridge(&self.1);
-    }
-}
-
 #[test]
 fn a_vm_is_on_its_containers_network() {
     let _chains = PortmapChains::note();
     let n = std::process::id() % 200;
-    let (bridge, prefix) = (format!("btvm{n}"), format!("10.217.{n}"));
+    let (bridge, prefix) = (format!("btvm{n}"), format!("10.220.{n}"));
     let subnet = format!("{prefix}.0/24");
     let net = ["--default-network", "berth", "--network-bridge", &bridge, "--network-subnet", &subnet];
     let d = Daemon::start_with(&[&net[..], &["--vm-assets", &berth_testing::vm::assets()]].concat());
-    let _bridged = Bridged(&d, bridge.clone());
+    let _cleanup = berth_e2e::NetworkCleanup(&d, bridge.clone());
     let root = rootfs(&d);
     let e = d.berth(&["run", "--vm", "--network", "host", &root, "true"]).fails_with("failed precondition");
     assert!(e.contains("network"), "{e}");
@@ -269,6 +255,11 @@ fn a_vm_is_on_its_containers_network() {
     await_no_containers(&d, "run --rm removals");
     assert_nothing_left(&d);
     assert!(d.network_leftovers().is_empty(), "{:?}", d.network_leftovers());
+    // The network's removal takes its bridge and masquerade rule.
+    d.berth(&["network", "rm", "berth"]).ok();
+    let left: Vec<String> = nat_rules().into_iter().filter(|r| r.contains(&format!("{prefix}."))).collect();
+    assert!(left.is_empty(), "nat rules left: {left:?}");
+    assert!(!std::path::Path::new("/sys/class/net").join(&bridge).exists(), "bridge {bridge} left");
 }
 
 /// A pod through CRI with the runtime handler `vm` (kubelet's

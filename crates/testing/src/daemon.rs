@@ -399,11 +399,6 @@ impl Daemon {
             .collect()
     }
 
-    /// The network namespaces berthd held (bind mounts under
-    /// `<state>/netns`) and that directory's own bind mount, so the temp
-    /// dir can go.
-    /// Unmounts the namespaces berthd holds by bind mounts (network, and
-    /// sandboxes' IPC and PID) and their directories.
     /// Lazily unmounts whatever is mounted under the test's directory
     /// (pinned namespaces, a killed VM shim's guest bundles), deepest
     /// first, so removing the directory never reaches through a mount.
