@@ -51,9 +51,11 @@ unit: build
 
 # The chaos test prints its counts (containers, kills, unknown exits, events).
 # The checkpoint tests need CRIU (`make criu`, a no-op once installed).
+# scripts/host-leaks.sh fails the run if the tests left nat rules, interfaces,
+# mounts, cgroups or processes on the host.
 e2e: build criu vm-assets
-	$(CARGO) test --locked -p berth-e2e -- --skip chaos
-	$(CARGO) test --locked -p berth-e2e --test chaos -- --nocapture
+	bash scripts/host-leaks.sh $(CARGO) test --locked -p berth-e2e -- --skip chaos
+	bash scripts/host-leaks.sh $(CARGO) test --locked -p berth-e2e --test chaos -- --nocapture
 
 test: lint unit e2e
 

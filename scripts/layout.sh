@@ -51,8 +51,14 @@ cleanup() {
     done
     [ -n "$LOOP" ] && losetup -d "$LOOP"
     rm -rf "$WORK"
-    for d in /sys/fs/cgroup/*/"$PARENT" /sys/fs/cgroup/"$PARENT"; do
-        [ -d "$d" ] && find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
+    # A killed container's cgroup can stay busy for a moment after rm -f.
+    for _ in $(seq 50); do
+        local left=0
+        for d in /sys/fs/cgroup/*/"$PARENT" /sys/fs/cgroup/"$PARENT"; do
+            [ -d "$d" ] && { find "$d" -depth -type d -exec rmdir {} + 2>/dev/null || left=1; }
+        done
+        [ "$left" = 0 ] && break
+        sleep 0.1
     done
     true
 }
