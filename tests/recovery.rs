@@ -242,6 +242,62 @@ fn start_completed_while_daemon_was_down_is_recorded_once(shim: &[&str]) {
     assert_no_leftovers(&d, &["late"]);
 }
 
+/// berthd killed while its shim's runtime is still starting, then pausing,
+/// the container (a `runc` that takes a second over each): the shim sees
+/// its connection go in the middle of the call and carries the call out
+/// all the same, so the berthd that comes back finds the container as it
+/// is — running, then paused. ttrpc drops the calls of a connection that
+/// goes: before, the shim went on calling the started container created
+/// and the frozen one running, and recovery recorded that.
+#[test]
+fn a_start_or_pause_cut_off_in_the_shim_is_carried_out_and_recorded() {
+    let d = Daemon::start();
+    let rootfs = d.rootfs.to_string_lossy().into_owned();
+    let bin = d.dir().join("slow-runc");
+    std::fs::create_dir(&bin).unwrap();
+    let runc = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|p| p.join("runc"))
+        .find(|p| p.exists())
+        .expect("runc on PATH");
+    let marks = d.dir().display().to_string();
+    let script = format!(
+        "#!/bin/sh\nfor a; do case $a in start|pause) touch {marks}/in-$a; sleep 1;; esac; done\nexec {} \"$@\"\n",
+        runc.display()
+    );
+    std::fs::write(bin.join("runc"), script).unwrap();
+    std::fs::set_permissions(bin.join("runc"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let respawn = || {
+        d.spawn_with_env(&[("PATH", &path)]);
+        d.wait_serving();
+    };
+    d.kill9();
+    respawn();
+    d.berth(&["create", "--name", "slow", "--runtime", "runc", &rootfs, "sleep", "1000"]).ok();
+    for (op, state) in [("start", "running"), ("pause", "paused")] {
+        let mut client = d.berth_spawn(&[op, "slow"]);
+        let mark = d.dir().join(format!("in-{op}"));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !mark.exists() {
+            assert!(std::time::Instant::now() < deadline, "the runtime's {op} never began\n{}", d.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        d.kill9();
+        let _ = client.wait();
+        // The runtime's call ends a second after it began.
+        std::thread::sleep(Duration::from_millis(1500));
+        respawn();
+        let c = d.inspect("slow");
+        assert_eq!(c["state"], state, "after a {op} cut off: {c}");
+    }
+    let c = d.inspect("slow");
+    assert!(d.cgroup_procs("default", "slow").contains(&(c["pid"].as_u64().unwrap() as u32)), "{c}");
+    let types: Vec<String> = d.events_since(0).iter().map(|e| e["type"].as_str().unwrap().to_string()).collect();
+    assert_eq!(types, ["create", "start", "pause"]);
+    d.berth(&["rm", "-f", "slow"]).ok();
+    assert_no_leftovers(&d, &["slow"]);
+}
+
 /// A pause, then a resume, that the shim carried out after berthd died are
 /// each recorded (once) when berthd comes back: recovery that adopts a
 /// shim without asking it reads the cgroup's freezer, which says so.

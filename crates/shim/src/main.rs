@@ -25,6 +25,7 @@ mod rootfs;
 mod service;
 mod stdio;
 mod tasks;
+mod to_the_end;
 mod tty;
 mod vm;
 mod vsock_io;
@@ -206,7 +207,9 @@ async fn serve(args: Args, pod_init: Option<podinit::PodInit>) -> Result<(), Str
     let (tracked, spawning) = shim.processes();
     reaper::spawn(tracked, spawning).map_err(|e| format!("reaper: {e}"))?;
 
-    let mut server = Server::new().register_service(task_services(shim.clone())).add_listener(listener);
+    let mut server = Server::new()
+        .register_service(task_services(Arc::new(to_the_end::ToTheEnd(shim.clone()))))
+        .add_listener(listener);
     server.start().await.map_err(|e| format!("ttrpc: {e}"))?;
     shim.shutdown_requested().await;
     let _ = server.shutdown().await;
@@ -237,7 +240,9 @@ async fn serve_vm(args: Args) -> Result<(), String> {
         memory_mib: number("--vm-memory", &args.vm_memory)?,
     };
     let proxy = vm::VmProxy::new(args.namespace, args.id, args.sandbox, &args.runtime_root, socket, options);
-    let mut server = Server::new().register_service(task_services(proxy.clone())).add_listener(listener);
+    let mut server = Server::new()
+        .register_service(task_services(Arc::new(to_the_end::ToTheEnd(proxy.clone()))))
+        .add_listener(listener);
     server.start().await.map_err(|e| format!("ttrpc: {e}"))?;
     proxy.shutdown_requested().await;
     let _ = server.shutdown().await;
