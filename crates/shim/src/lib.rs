@@ -43,34 +43,62 @@ pub fn malloc_tunables() -> std::ffi::OsString {
 
 /// Gives back what a burst of work (a create and start, berthd's recovery)
 /// left resident and the quiet time after it does not need: the heap pages
-/// it freed (`malloc_trim`), and this process's mapping of its own code.
-/// The code's pages stay in the page cache, shared with every other shim;
-/// only this process's page table entries go (`MADV_DONTNEED` on the
-/// executable's `r-x` mapping), and the code that runs next faults its
-/// pages back in. With fault-around mapping 16 neighbours per fault, a
-/// started shim otherwise keeps its whole create path counted in its RSS.
-/// Only the text: a written page (a relocated GOT, data) would be reset.
-/// A debugger's breakpoints in the text go with it.
+/// it freed (`malloc_trim`), and this process's mappings of its own
+/// executable that hold no page of their own — the code and the read-only
+/// data, all of it still the file's. Their pages stay in the page cache,
+/// shared with every other shim; only this process's page table entries go
+/// (`MADV_DONTNEED`), and what runs next faults its pages back in. With
+/// fault-around mapping 16 neighbours per fault, a started shim otherwise
+/// keeps its whole create path counted in its RSS. A mapping with an
+/// anonymous page (a relocated GOT, written data) is left alone: dropping
+/// it would reset that page to the file's contents. A debugger's
+/// breakpoints in the text go with it.
 pub fn release_memory() {
     // SAFETY: plain libc call.
     unsafe { libc::malloc_trim(0) };
+    let maps = own_mappings();
     let here = release_memory as *const () as usize;
-    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return };
-    for line in maps.lines() {
+    let Some(exe) = maps.iter().find(|m| m.range.contains(&here) && !m.path.is_empty()) else { return };
+    for m in maps.iter().filter(|m| m.path == exe.path && !m.writable && m.anonymous_kb == 0) {
+        // SAFETY: a read-only private mapping of the executable with no
+        // page of its own: dropping its entries loses nothing the file
+        // does not hold, and the next access faults the page back in.
+        unsafe { libc::madvise(m.range.start as *mut libc::c_void, m.range.len(), libc::MADV_DONTNEED) };
+    }
+}
+
+/// One mapping of this process, as /proc/self/smaps gives it.
+#[derive(Debug)]
+pub struct Mapping {
+    pub range: std::ops::Range<usize>,
+    pub writable: bool,
+    pub path: String,
+    pub rss_kb: u64,
+    pub anonymous_kb: u64,
+}
+
+/// This process's mappings (none if /proc cannot be read).
+pub fn own_mappings() -> Vec<Mapping> {
+    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
+    let mut out: Vec<Mapping> = Vec::new();
+    for line in smaps.lines() {
         let mut fields = line.split_ascii_whitespace();
-        let (Some(range), Some("r-xp")) = (fields.next(), fields.next()) else { continue };
-        let Some((start, end)) = range.split_once('-') else { continue };
-        let (Ok(start), Ok(end)) = (usize::from_str_radix(start, 16), usize::from_str_radix(end, 16)) else {
-            continue;
-        };
-        if (start..end).contains(&here) {
-            // SAFETY: the range is this executable's text mapping, read-only
-            // and private: dropping its entries loses nothing the file does
-            // not hold, and the next instruction fetched faults back in.
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
-            return;
+        let first = fields.next().unwrap_or_default();
+        let kb = || fields.clone().next().and_then(|v| v.parse().ok()).unwrap_or(0);
+        match (first, out.last_mut()) {
+            ("Rss:", Some(m)) => m.rss_kb = kb(),
+            ("Anonymous:", Some(m)) => m.anonymous_kb = kb(),
+            (range, _) if !range.ends_with(':') => {
+                let Some((a, b)) = range.split_once('-') else { continue };
+                let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16)) else { continue };
+                let perms = fields.next().unwrap_or_default();
+                let path = fields.nth(3).unwrap_or_default().to_string();
+                out.push(Mapping { range: a..b, writable: perms.contains('w'), path, rss_kb: 0, anonymous_kb: 0 });
+            }
+            _ => {}
         }
     }
+    out
 }
 
 /// In the version a berth-shim answers Connect with when it writes berth's
@@ -239,18 +267,7 @@ mod tests {
     /// The resident size of this process's mapping of its own code.
     fn text_rss_kb() -> u64 {
         let here = release_memory as *const () as usize;
-        let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
-        let mut inside = false;
-        for line in smaps.lines() {
-            if let Some((range, _)) = line.split_once(' ').filter(|(r, _)| r.contains('-') && !r.ends_with(':')) {
-                let (a, b) = range.split_once('-').expect("range");
-                let (a, b) = (usize::from_str_radix(a, 16).unwrap(), usize::from_str_radix(b, 16).unwrap());
-                inside = (a..b).contains(&here);
-            } else if inside && let Some(kb) = line.strip_prefix("Rss:") {
-                return kb.trim().trim_end_matches(" kB").parse().expect("Rss");
-            }
-        }
-        panic!("no mapping holds release_memory");
+        own_mappings().iter().find(|m| m.range.contains(&here)).expect("the code's mapping").rss_kb
     }
 
     #[test]
