@@ -270,3 +270,43 @@ fn the_cli_says_berthd_is_not_answering() {
     d.spawn();
     d.berth(&["ps"]).ok();
 }
+
+/// The soft and hard "Max open files" of process `pid`.
+fn open_files_limit(pid: u32) -> (String, String) {
+    let limits = fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap().to_string();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    (fields[3].to_string(), fields[4].to_string())
+}
+
+/// berthd started with a low soft limit on open files (256 here; a
+/// systemd service gets 1,024 by default) raises it to its hard limit: it
+/// holds a few descriptors per container, and used to stop creating
+/// containers at about 50 under 256. Its shims get the limit berthd was
+/// started with, and its containers their spec's (1,024, as containerd's
+/// default spec), whatever berthd's.
+#[test]
+fn a_low_open_files_limit_does_not_cap_the_containers_and_is_what_containers_get() {
+    let d = Daemon::start();
+    d.kill9();
+    d.spawn_with_soft_nofile(256);
+    let berthd = d.pid().unwrap();
+    let (soft, hard) = open_files_limit(berthd);
+    assert_eq!(soft, hard, "berthd raised its soft limit to its hard one");
+    let n = 80;
+    for i in 0..n {
+        d.run_detached(&format!("c{i}"), &["sleep", "1000"]);
+    }
+    let held = fs::read_dir(format!("/proc/{berthd}/fd")).unwrap().count();
+    assert!(held > 256, "berthd holds {held} descriptors for {n} containers");
+    let c = d.inspect("c0");
+    assert_eq!(open_files_limit(c["shim_pid"].as_u64().unwrap() as u32).0, "256", "the shim's limit");
+    let spec = ("1024".to_string(), "1024".to_string());
+    assert_eq!(open_files_limit(c["pid"].as_u64().unwrap() as u32), spec, "the container's limit");
+    assert_eq!(d.berth(&["exec", "c0", "sh", "-c", "ulimit -n"]).ok().trim(), "1024");
+    let all: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    let mut args = vec!["rm", "-f"];
+    args.extend(all.iter().map(String::as_str));
+    d.berth(&args).ok();
+    assert!(d.shim_pids().is_empty(), "shims left");
+}

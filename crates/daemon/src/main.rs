@@ -29,6 +29,7 @@ mod metrics;
 mod mounts;
 mod network;
 mod network_api;
+mod nofile;
 mod oom;
 mod paging;
 mod phases;
@@ -255,6 +256,12 @@ fn main() {
     if let Err(e) = init_logging(&level, args.log_format) {
         eprintln!("berthd: {e}");
         std::process::exit(2);
+    }
+    // Before any thread or descriptor: what berthd starts gets the old
+    // limit back (nofile.rs).
+    match nofile::raise() {
+        Ok(limit) => tracing::debug!("open-files limit {limit}"),
+        Err(e) => tracing::warn!("cannot raise the open-files limit: {e}"),
     }
     // Two malloc arenas, not eight per core: berthd's threads are tokio's
     // two workers and short-lived blocking threads, and each arena keeps

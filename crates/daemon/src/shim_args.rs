@@ -91,6 +91,8 @@ impl ShimArgs {
             cmd.arg("--pid-init");
         }
         cmd.args(&self.extra);
+        // spawn.rs does the same for a shim it starts (it runs no hooks).
+        crate::nofile::restore_in(&mut cmd);
         cmd
     }
 }

@@ -108,6 +108,7 @@ impl V2 {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        crate::nofile::restore_in(&mut cmd);
         cmd
     }
 

@@ -47,7 +47,7 @@ pub struct Spawned {
 }
 
 /// The steps of the child, in order; a failure names its step.
-const STEPS: [&str; 9] = [
+const STEPS: [&str; 10] = [
     "drop berthd's descriptors",
     "open /dev/null",
     "open /dev/null",
@@ -56,6 +56,7 @@ const STEPS: [&str; 9] = [
     "bind the socket",
     "listen on the socket",
     "start a session",
+    "restore the open-files limit",
     "execve",
 ];
 
@@ -68,6 +69,8 @@ struct Plan {
     log: CString,
     addr: libc::sockaddr_un,
     addr_len: libc::socklen_t,
+    /// The open-files limit berthd was started with (nofile.rs).
+    nofile: Option<libc::rlimit>,
     /// The failed step (1-based; 0: none) and its errno.
     failed_step: AtomicI32,
     errno: AtomicI32,
@@ -107,6 +110,7 @@ impl Plan {
             log: cstring(log.as_os_str().as_bytes())?,
             addr,
             addr_len,
+            nofile: crate::nofile::started_with(),
             failed_step: AtomicI32::new(0),
             errno: AtomicI32::new(0),
             _strings: strings,
@@ -191,6 +195,11 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
         if libc::setsid() < 0 {
             return fail(8);
         }
+        if let Some(limit) = &plan.nofile
+            && libc::setrlimit(libc::RLIMIT_NOFILE, limit) != 0
+        {
+            return fail(9);
+        }
         // This child has its own copy of the signal actions (no
         // CLONE_SIGHAND): berthd's handlers must not run here, and an
         // ignored signal must not stay ignored in the shim.
@@ -202,7 +211,7 @@ extern "C" fn child(arg: *mut c_void) -> c_int {
         set_mask(&KERNEL_SIGSET_NONE, None);
         libc::execve(plan.program.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
     }
-    fail(9)
+    fail(10)
 }
 
 /// Starts `cmd`'s program with its arguments and berthd's environment as

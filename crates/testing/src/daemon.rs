@@ -108,9 +108,40 @@ impl Daemon {
 
     /// Starts berthd with extra environment, without waiting for it.
     pub fn spawn_with_env(&self, env: &[(&str, &str)]) {
+        self.spawn_command(self.command(env));
+    }
+
+    /// Starts berthd with a soft open-files limit of `soft` (the hard one
+    /// as this process has it), as a service manager's default would give.
+    pub fn spawn_with_soft_nofile(&self, soft: u64) {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = self.command(&[]);
+        // SAFETY: getrlimit/setrlimit only, in the child before exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+                l.rlim_cur = soft.min(l.rlim_max);
+                match libc::setrlimit(libc::RLIMIT_NOFILE, &l) {
+                    0 => Ok(()),
+                    _ => Err(std::io::Error::last_os_error()),
+                }
+            });
+        }
+        self.spawn_command(cmd);
+        self.wait_serving();
+    }
+
+    fn spawn_command(&self, mut cmd: Command) {
+        let child = cmd.spawn().expect("spawn berthd");
+        *self.child() = Some(child);
+    }
+
+    /// berthd's command line and environment, its stderr to its log.
+    fn command(&self, env: &[(&str, &str)]) -> Command {
         let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
-        let child = Command::new(bin_path("berthd"))
-            .arg("--root")
+        let mut cmd = Command::new(bin_path("berthd"));
+        cmd.arg("--root")
             .arg(&self.root)
             .arg("--state")
             .arg(&self.state)
@@ -124,10 +155,8 @@ impl Daemon {
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn berthd");
-        *self.child() = Some(child);
+            .stderr(log);
+        cmd
     }
 
     /// Unless a test names them: containers get only loopback (many test
