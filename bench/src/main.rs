@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use berth_testing::Daemon;
 
-use crate::measure::{Mem, shim_memory, time_interleaved_settled};
+use crate::measure::{Mem, settled_memory, time_interleaved_settled};
 
 /// Cgroup parent of the runc containers (removed at the end).
 pub const RUNC_CGROUP_PARENT: &str = "/berth-bench-runc";
@@ -420,9 +420,9 @@ fn main() {
         let c: serde_json::Value = serde_json::from_str(d.berth(&["inspect", "--json", &id]).ok()).expect("inspect");
         berth_shims.push(c["shim_pid"].as_u64().unwrap_or(0) as u32);
     }
-    let berth_mem = shim_memory(&berth_shims);
+    let berth_mem = settled_memory(&berth_shims);
     let ctr_mem =
-        ctr.as_ref().and_then(|c| shim_memory(&c.run_detached(containerd::RUNC_V2, &d.rootfs, "cm", o.containers)));
+        ctr.as_ref().and_then(|c| settled_memory(&c.run_detached(containerd::RUNC_V2, &d.rootfs, "cm", o.containers)));
     for i in 0..o.containers {
         d.berth(&["rm", "-f", &format!("m{i}")]);
     }

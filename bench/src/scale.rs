@@ -16,7 +16,7 @@ use std::time::Duration;
 use berth_testing::Daemon;
 
 use crate::containerd::{Containerd, RUNC_V2};
-use crate::measure::{shim_memory, time_interleaved_settled, timed};
+use crate::measure::{settled_memory, time_interleaved_settled, timed};
 use crate::recovery::{berth_listing, time_recovery};
 
 /// Rounds of the start-path comparison with everything running.
@@ -80,7 +80,7 @@ fn rss_mb(pid: u32) -> Option<f64> {
 }
 
 fn pss_total(shims: &[u32]) -> Option<f64> {
-    shim_memory(shims).map(|m| m.pss_mb * shims.len() as f64)
+    settled_memory(shims).map(|m| m.pss_mb * shims.len() as f64)
 }
 
 /// `berth run --rm BUNDLE` against `runc run --bundle BUNDLE`, interleaved.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use berth_testing::Daemon;
 
 use crate::containerd::{BERTH_V1, Containerd, RUNC_V2};
-use crate::measure::{Mem, Runner, shim_memory, time_interleaved};
+use crate::measure::{Mem, Runner, settled_memory, time_interleaved};
 
 pub struct ShimFigures {
     pub runc_v2: Option<Duration>,
@@ -26,18 +26,12 @@ pub struct ShimFigures {
     pub mem_sandbox: Option<Mem>,
 }
 
-/// Waits until `pid`'s memory has settled after its last container started.
-fn settled(pids: &[u32]) -> Option<Mem> {
-    std::thread::sleep(Duration::from_millis(500));
-    shim_memory(pids)
-}
-
 /// The PSS of berthd's shim for one lone sleeping container, then of one
 /// sandbox shim with `containers` sleeping containers.
 fn sandbox_memory(d: &Daemon, containers: usize) -> (Option<Mem>, Option<Mem>) {
     let pid_of = |v: &str| serde_json::from_str::<serde_json::Value>(v).ok()?["shim_pid"].as_u64().map(|p| p as u32);
     d.run_detached("lone", &["sleep", "1000"]);
-    let lone = pid_of(d.berth(&["inspect", "--json", "lone"]).ok()).and_then(|pid| settled(&[pid]));
+    let lone = pid_of(d.berth(&["inspect", "--json", "lone"]).ok()).and_then(|pid| settled_memory(&[pid]));
     d.berth(&["rm", "-f", "lone"]).ok();
     d.berth(&["sandbox", "create", "--name", "bench-pod"]).ok();
     let rootfs = d.rootfs.to_string_lossy().into_owned();
@@ -45,7 +39,7 @@ fn sandbox_memory(d: &Daemon, containers: usize) -> (Option<Mem>, Option<Mem>) {
         let id = format!("p{i}");
         d.berth(&["run", "-d", "--sandbox", "bench-pod", "--name", &id, &rootfs, "sleep", "1000"]).ok();
     }
-    let pod = pid_of(d.berth(&["sandbox", "inspect", "bench-pod"]).ok()).and_then(|pid| settled(&[pid]));
+    let pod = pid_of(d.berth(&["sandbox", "inspect", "bench-pod"]).ok()).and_then(|pid| settled_memory(&[pid]));
     for i in 0..containers {
         d.berth(&["rm", "-f", &format!("p{i}")]).ok();
     }
@@ -77,8 +71,8 @@ pub fn run(d: &Daemon, rounds: usize, containers: usize) -> Option<ShimFigures> 
     let times = time_interleaved(rounds, &mut runners);
     drop(runners);
     eprintln!("shims: {containers} detached containers each …");
-    let mem_runc_v2 = shim_memory(&c.run_detached(RUNC_V2, rootfs, "mr", containers));
-    let mem_berth = shim_memory(&c.run_detached(BERTH_V1, rootfs, "mb", containers));
+    let mem_runc_v2 = settled_memory(&c.run_detached(RUNC_V2, rootfs, "mr", containers));
+    let mem_berth = settled_memory(&c.run_detached(BERTH_V1, rootfs, "mb", containers));
     Some(ShimFigures {
         runc_v2: times[0],
         berth: times[1],
