@@ -22,6 +22,10 @@ fn exec_and_run_get_a_real_terminal(shim: &[&str]) {
     assert!(out.contains("/dev/pts/") && out.contains("20 90"), "init starts with our window size: {out}");
     d.berth(&["rm", "-f", "term"]).ok();
     assert_eq!(d.berth(&["ps", "-a", "--json"]).ok().trim(), "[]");
+    // The shim took its terminal sockets down with the processes.
+    let sockets: Vec<_> =
+        std::fs::read_dir(d.state.join("shims")).into_iter().flatten().flatten().map(|e| e.file_name()).collect();
+    assert!(sockets.is_empty(), "sockets left: {sockets:?}");
 }
 
 fn window_size_follows_resizes(shim: &[&str]) {

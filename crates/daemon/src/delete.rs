@@ -33,10 +33,24 @@ pub(crate) fn remove_path(path: &std::path::Path) -> Result<()> {
 /// socket dir (`<state>/shims`): a containerd shim's socket is wherever the
 /// shim said, so it is left to that shim and to its `delete` (shim_v2.rs).
 pub(crate) fn remove_shim_sockets(socket: &std::path::Path) -> Result<()> {
-    if socket.parent().and_then(|d| d.file_name()) != Some(std::ffi::OsStr::new("shims")) {
+    if !in_shims_dir(socket) {
         return Ok(());
     }
     remove_socket_family(socket)
+}
+
+/// berth-shim's own socket, after a delete the shim carried out: it took
+/// its terminal sockets down with the processes, so the shared socket
+/// directory (one entry per container) is not listed for them.
+fn remove_shim_socket(socket: &std::path::Path) -> Result<()> {
+    if !in_shims_dir(socket) {
+        return Ok(());
+    }
+    remove_path(socket)
+}
+
+fn in_shims_dir(socket: &std::path::Path) -> bool {
+    socket.parent().and_then(|d| d.file_name()) == Some(std::ffi::OsStr::new("shims"))
 }
 
 /// A shim's socket and the terminal/console sockets named after it.
@@ -116,7 +130,10 @@ impl Manager {
         }
         // Execs whose shim went away with the container.
         self.report_pending_execs(ns, id, &rec.bundle)?;
-        remove_shim_sockets(&rec.shim.socket)?;
+        match by_shim {
+            true => remove_shim_socket(&rec.shim.socket)?,
+            false => remove_shim_sockets(&rec.shim.socket)?,
+        }
         let t = self.phases.end("delete.runtime", t);
         // The runtime container is gone: its rootfs snapshot goes, before
         // the bundle that holds its mount point.

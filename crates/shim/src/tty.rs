@@ -77,10 +77,19 @@ impl Drop for ConsoleSocket {
 }
 
 /// A served terminal; resize goes straight to the master. Dropping it
-/// stops the service and removes the attach socket.
+/// stops the service and removes the attach socket at once: the shim's
+/// delete of a process drops its terminal before it answers, so berthd
+/// looks for leftover terminal sockets only when a shim died.
 pub struct Pty {
     master: Arc<AsyncFd<File>>,
+    attach: PathBuf,
     _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.attach);
+    }
 }
 
 impl Pty {
@@ -193,7 +202,6 @@ pub fn serve(
                 }
             }
         }
-        let _ = std::fs::remove_file(&attach);
     });
-    Ok(Pty { master, _stop: stop })
+    Ok(Pty { master, attach, _stop: stop })
 }
