@@ -142,6 +142,7 @@ pub fn runc_run_and_rm(d: &Daemon, n: usize, seccomp: Option<&Value>) -> (Option
 /// directory with it, [`IN_FLIGHT`] at a time — what any runtime's delete
 /// does, with no runtime process, shim or daemon in the way.
 pub fn kernel_rm(d: &Daemon, n: usize, seccomp: Option<&Value>) -> Option<Duration> {
+    room_for_descriptors(n + 256);
     let (fleet, _) = Fleet::start(d, n, "kill -9 and rmdir", 2, seccomp)?;
     let hierarchies = berth_cgroups::Hierarchies::detect().ok()?;
     let pidfds: Vec<OwnedFd> =
@@ -165,6 +166,20 @@ pub fn berth_seccomp(config: &Path) -> Option<Value> {
         swap_masked_eq(&mut spec);
     }
     spec.pointer("/linux/seccomp").cloned()
+}
+
+/// Raises this process's soft open-files limit (within the hard one) to
+/// at least `n`: [`kernel_rm`] holds a pidfd per container, more than a
+/// login shell's default 1,024 at `--scale 1000`.
+fn room_for_descriptors(n: usize) {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit on a struct on the stack.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < n as u64 {
+            limit.rlim_cur = limit.rlim_max.min(n as u64);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// A pidfd for the init named in runc's `state.json` in `dir`.
