@@ -3,6 +3,8 @@
 //! reconnects to live shims (SPEC B18, B19 — the part issue 3 covers).
 
 use berth_testing::Daemon;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use serde_json::Value;
 
 fn kill9_daemon_keeps_running_containers_and_records(shim: &[&str]) {
@@ -66,7 +68,7 @@ fn container_of_a_killed_shim_is_cleaned_up_with_unknown_exit(shim: &[&str]) {
     let events = d.record_events(Some("orphan"));
     let waiter = d.berth_spawn(&["wait", "orphan"]);
     std::thread::sleep(std::time::Duration::from_millis(200));
-    unsafe { libc_kill(shim as i32, 9) };
+    signal(shim as i32, Signal::SIGKILL);
     let c = d.inspect_until("orphan", |c| c["state"] == "stopped");
     assert_eq!(c["exit"]["code"], 255, "{c}");
     assert_eq!(waiter.wait_with_output().unwrap().status.code(), Some(255), "the waiter got the unknown exit");
@@ -88,9 +90,9 @@ fn container_of_a_killed_shim_is_cleaned_up_with_unknown_exit(shim: &[&str]) {
     assert_eq!(evs[0]["exit"]["code"], 255, "no exit was recorded: unknown exit");
 }
 
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
+/// Sends `sig` to process `pid` (a shim), whatever becomes of it.
+fn signal(pid: i32, sig: Signal) {
+    let _ = kill(Pid::from_raw(pid), sig);
 }
 
 fn shutdown_containers_flag_stops_them(shim: &[&str]) {
@@ -140,7 +142,7 @@ fn dead_shim_found_at_startup_is_cleaned_up(shim: &[&str]) {
     let c: Value = serde_json::from_str(d.berth(&["inspect", "--json", "lost"]).ok()).unwrap();
     let shim = c["shim_pid"].as_i64().unwrap() as i32;
     d.kill9();
-    unsafe { libc_kill(shim, 9) };
+    signal(shim, Signal::SIGKILL);
     std::thread::sleep(std::time::Duration::from_millis(300));
     d.spawn();
     let c: Value = serde_json::from_str(d.berth(&["inspect", "--json", "lost"]).ok()).unwrap();
@@ -169,7 +171,7 @@ fn a_killed_shim_of_a_created_container_refuses_connections() {
     assert_eq!(c["state"], "created");
     let (shim, init) = (c["shim_pid"].as_i64().unwrap() as i32, c["pid"].as_i64().unwrap());
     let socket = std::fs::read_dir(d.state.join("shims")).unwrap().flatten().map(|e| e.path()).next().unwrap();
-    unsafe { libc_kill(shim, 9) };
+    signal(shim, Signal::SIGKILL);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::fs::read_to_string(format!("/proc/{shim}/stat")).is_ok_and(|s| !s.contains(") Z ")) {
         assert!(std::time::Instant::now() < deadline, "shim {shim} still alive");
@@ -199,12 +201,12 @@ fn a_start_fails_as_soon_as_its_shim_dies() {
     let rootfs = d.rootfs.to_string_lossy().into_owned();
     d.berth(&["create", "--name", "held", &rootfs, "sleep", "1000"]).ok();
     let shim = d.inspect("held")["shim_pid"].as_i64().unwrap() as i32;
-    unsafe { libc_kill(shim, 19) }; // SIGSTOP
+    signal(shim, Signal::SIGSTOP);
     let started = std::time::Instant::now();
     let start = std::thread::scope(|s| {
         let start = s.spawn(|| d.berth(&["start", "held"]));
         std::thread::sleep(std::time::Duration::from_millis(500));
-        unsafe { libc_kill(shim, 9) };
+        signal(shim, Signal::SIGKILL);
         start.join().unwrap()
     });
     let took = started.elapsed();
