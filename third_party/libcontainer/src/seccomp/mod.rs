@@ -48,6 +48,17 @@ pub enum SeccompError {
     SetCtlNnp {
         source: libseccomp::error::SeccompError,
     },
+    // berth: the errors of CompiledSeccomp.
+    #[error("failed to export the seccomp program")]
+    ExportProgram {
+        source: libseccomp::error::SeccompError,
+    },
+    #[error("failed to read the exported seccomp program")]
+    ReadProgram { source: std::io::Error },
+    #[error("not a seccomp program: {0}")]
+    BadProgram(String),
+    #[error("failed to load the compiled seccomp program")]
+    LoadProgram { source: std::io::Error },
 }
 
 type Result<T> = std::result::Result<T, SeccompError>;
@@ -148,6 +159,30 @@ fn check_seccomp(seccomp: &LinuxSeccomp) -> Result<()> {
 
 #[tracing::instrument(level = "trace", skip(seccomp))]
 pub fn initialize_seccomp(seccomp: &LinuxSeccomp) -> Result<Option<io::RawFd>> {
+    let ctx = filter_context(seccomp)?;
+
+    // In order to use the SECCOMP_SET_MODE_FILTER operation, either the calling
+    // thread must have the CAP_SYS_ADMIN capability in its user namespace, or
+    // the thread must already have the no_new_privs bit set.
+    // Ref: https://man7.org/linux/man-pages/man2/seccomp.2.html
+    ctx.load()
+        .map_err(|err| SeccompError::LoadContext { source: err })?;
+
+    let fd = if is_notify(seccomp) {
+        Some(
+            ctx.get_notify_fd()
+                .map_err(|err| SeccompError::GetNotifyId { source: err })?,
+        )
+    } else {
+        None
+    };
+
+    Ok(fd)
+}
+
+/// The libseccomp filter of a profile, ready to load or export (berth:
+/// split out of `initialize_seccomp`, for `CompiledSeccomp`).
+fn filter_context(seccomp: &LinuxSeccomp) -> Result<ScmpFilterContext> {
     check_seccomp(seccomp)?;
 
     tracing::trace!(default_action = ?seccomp.default_action(), errno = ?seccomp.default_errno_ret(), "initializing seccomp");
@@ -297,24 +332,11 @@ pub fn initialize_seccomp(seccomp: &LinuxSeccomp) -> Result<Option<io::RawFd>> {
         }
     }
 
-    // In order to use the SECCOMP_SET_MODE_FILTER operation, either the calling
-    // thread must have the CAP_SYS_ADMIN capability in its user namespace, or
-    // the thread must already have the no_new_privs bit set.
-    // Ref: https://man7.org/linux/man-pages/man2/seccomp.2.html
-    ctx.load()
-        .map_err(|err| SeccompError::LoadContext { source: err })?;
-
-    let fd = if is_notify(seccomp) {
-        Some(
-            ctx.get_notify_fd()
-                .map_err(|err| SeccompError::GetNotifyId { source: err })?,
-        )
-    } else {
-        None
-    };
-
-    Ok(fd)
+    Ok(ctx)
 }
+
+mod compiled;
+pub use compiled::{CompiledSeccomp, initialize_seccomp_compiled};
 
 pub fn is_notify(seccomp: &LinuxSeccomp) -> bool {
     seccomp

@@ -72,6 +72,14 @@ pub trait Executor: CloneBoxExecutor {
     /// runs before waiting for the container start signal.
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError>;
 
+    /// berth: a seccomp program compiled ahead of the init, which the init
+    /// loads instead of compiling the spec's profile when it was compiled
+    /// from that very profile (see `seccomp::CompiledSeccomp`).
+    #[cfg(feature = "libseccomp")]
+    fn compiled_seccomp(&self) -> Option<&crate::seccomp::CompiledSeccomp> {
+        None
+    }
+
     /// Set environment variables for the container process to be executed.
     /// This step runs after the container init process is created, entered
     /// into the correct namespace and cgroups, and pivot_root into the rootfs.

@@ -354,7 +354,7 @@ pub fn container_init_process(
     #[cfg(feature = "libseccomp")]
     if let Some(seccomp) = ctx.linux.seccomp() {
         if ctx.process.no_new_privileges().is_none() {
-            let notify_fd = seccomp::initialize_seccomp(seccomp).map_err(|err| {
+            let notify_fd = seccomp::initialize_seccomp_compiled(seccomp, args.executor.compiled_seccomp()).map_err(|err| {
                 tracing::error!(?err, "failed to initialize seccomp");
                 err
             })?;
@@ -401,7 +401,7 @@ pub fn container_init_process(
     #[cfg(feature = "libseccomp")]
     if let Some(seccomp) = ctx.linux.seccomp() {
         if ctx.process.no_new_privileges().is_some() {
-            let notify_fd = seccomp::initialize_seccomp(seccomp).map_err(|err| {
+            let notify_fd = seccomp::initialize_seccomp_compiled(seccomp, args.executor.compiled_seccomp()).map_err(|err| {
                 tracing::error!(?err, "failed to initialize seccomp");
                 err
             })?;
