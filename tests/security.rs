@@ -394,3 +394,41 @@ fn clone_cannot_make_namespaces_without_sys_admin() {
         d.berth(&["rm", &id]).ok();
     }
 }
+
+/// The programs berthd's shims keep: one per seccomp profile.
+fn kept_programs(d: &Daemon) -> usize {
+    std::fs::read_dir(d.state.join("seccomp")).map_or(0, |e| e.count())
+}
+
+/// The default profile is compiled once, by the first create, and every
+/// later container and exec loads that program (the embedded runtime's
+/// `seccomp.rs`) and is filtered the same; a profile of one's own gets a
+/// program of its own, and a missing program is compiled again.
+#[test]
+fn a_profile_is_compiled_once_and_filters_every_container_and_exec() {
+    let d = Daemon::start();
+    let rootfs = d.rootfs.to_str().unwrap();
+    for _ in 0..2 {
+        let out = sh(&d, "embedded", &[], PROBE);
+        assert!(out.contains("Seccomp:\t2") && !out.contains("UNSHARE-OK") && !out.contains("MOUNT-OK"), "{out}");
+        assert_eq!(kept_programs(&d), 1, "one program for the default profile");
+    }
+    sh(&d, "embedded", &["--security-opt", "seccomp=unconfined"], "true");
+    assert_eq!(kept_programs(&d), 1, "none for no profile");
+    d.berth(&["run", "-d", "--name", "box", rootfs, "sleep", "1000"]).ok();
+    std::fs::remove_dir_all(d.state.join("seccomp")).unwrap();
+    let probe = "unshare -U -r true 2>/dev/null && echo UNSHARE-OK; grep Seccomp: /proc/self/status";
+    let out = d.berth(&["exec", "box", "sh", "-c", probe]);
+    assert!(out.ok().contains("Seccomp:\t2") && !out.stdout.contains("UNSHARE-OK"), "{out:?}");
+    assert_eq!(kept_programs(&d), 1, "the exec compiled the profile again and kept it");
+
+    let profile = d.dir().join("no-mkdir.json");
+    let json = r#"{"defaultAction":"SCMP_ACT_ALLOW",
+        "syscalls":[{"names":["mkdir","mkdirat"],"action":"SCMP_ACT_ERRNO","errnoRet":1}]}"#;
+    std::fs::write(&profile, json).unwrap();
+    let opt = format!("seccomp={}", profile.display());
+    let out = sh(&d, "embedded", &["--security-opt", &opt], "mkdir /tmp/x 2>&1; echo done");
+    assert!(out.contains("Operation not permitted") && out.contains("done"), "{out}");
+    assert_eq!(kept_programs(&d), 2, "a program for the profile of one's own");
+    d.berth(&["rm", "-f", "box"]).ok();
+}

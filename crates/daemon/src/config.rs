@@ -104,6 +104,12 @@ impl Config {
         self.state.join("runtime").join(runtime).join(ns.as_str())
     }
 
+    /// Seccomp programs the shims of this daemon compiled, one per profile
+    /// (berth_runtime's `seccomp.rs`).
+    pub fn seccomp_cache(&self) -> PathBuf {
+        self.state.join("seccomp")
+    }
+
     pub fn cgroup_path(&self, ns: &Namespace, id: &ContainerId) -> String {
         format!("{}/{id}", self.namespace_cgroup(ns))
     }

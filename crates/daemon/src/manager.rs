@@ -234,6 +234,7 @@ impl Manager {
             pid_init: false,
             extra: match parsed {
                 Runtime::Builtin(berth_model::VM_RUNTIME) => self.cfg.vm.shim_flags(),
+                Runtime::Builtin(_) => vec!["--seccomp-cache".into(), self.cfg.seccomp_cache().into()],
                 _ => Vec::new(),
             },
         }

@@ -8,6 +8,7 @@ use libcontainer::config::YoukiConfig;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::{Container, ContainerStatus};
 use libcontainer::oci_spec::runtime::{LinuxSeccomp, Spec};
+use libcontainer::seccomp::{CompiledSeccomp, initialize_seccomp_compiled};
 use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
 use libcontainer::workload::default::DefaultExecutor;
@@ -22,11 +23,23 @@ pub struct Embedded {
     /// The host's cgroup mounts, read at the first check of a recorded
     /// init (`init_in_cgroup`) or delete, not at every operation.
     hierarchies: OnceLock<Option<Hierarchies>>,
+    /// Where compiled seccomp programs are kept (`seccomp.rs`); none:
+    /// each create compiles its profile.
+    seccomp_cache: Option<PathBuf>,
 }
 
 impl Embedded {
-    pub fn new(root: &Path) -> Self {
-        Embedded { root: root.to_path_buf(), hierarchies: OnceLock::new() }
+    pub fn new(root: &Path, seccomp_cache: Option<&Path>) -> Self {
+        Embedded {
+            root: root.to_path_buf(),
+            hierarchies: OnceLock::new(),
+            seccomp_cache: seccomp_cache.map(Path::to_path_buf),
+        }
+    }
+
+    /// The compiled program of a container's profile, if it has one.
+    fn compiled(&self, profile: Option<&LinuxSeccomp>) -> Result<Option<CompiledSeccomp>, RuntimeError> {
+        profile.map_or(Ok(None), |p| crate::seccomp::compiled(self.seccomp_cache.as_deref(), p))
     }
 
     fn load(&self, id: &str, op: &'static str) -> Result<Option<Container>, RuntimeError> {
@@ -118,20 +131,28 @@ impl Embedded {
 /// before its execve. Capabilities are already dropped there, so the kernel
 /// needs no_new_privs for the filter: embedded execs of a filtered
 /// container run with it (setuid binaries gain nothing in them).
+/// It carries the profile compiled ahead, for the init and for an exec.
 #[derive(Clone)]
 struct ProcessExecutor {
-    seccomp: Option<LinuxSeccomp>,
+    /// An exec's filter: its container's profile.
+    exec_seccomp: Option<LinuxSeccomp>,
+    compiled: Option<CompiledSeccomp>,
 }
 
 impl Executor for ProcessExecutor {
     fn exec(&self, spec: &Spec) -> Result<(), ExecutorError> {
         crate::default_signals();
-        if let Some(seccomp) = &self.seccomp {
+        if let Some(seccomp) = &self.exec_seccomp {
             let fail = |what: &str, e: &dyn std::fmt::Display| ExecutorError::Other(format!("{what}: {e}"));
             nix::sys::prctl::set_no_new_privs().map_err(|e| fail("set no_new_privs", &e))?;
-            libcontainer::seccomp::initialize_seccomp(seccomp).map_err(|e| fail("install the seccomp filter", &e))?;
+            initialize_seccomp_compiled(seccomp, self.compiled.as_ref())
+                .map_err(|e| fail("install the seccomp filter", &e))?;
         }
         DefaultExecutor {}.exec(spec)
+    }
+
+    fn compiled_seccomp(&self) -> Option<&CompiledSeccomp> {
+        self.compiled.as_ref()
     }
 
     fn validate(&self, spec: &Spec) -> Result<(), ExecutorValidationError> {
@@ -153,12 +174,19 @@ impl Executor for ProcessExecutor {
     }
 }
 
-/// The seccomp profile of the container whose bundle this is (as adapted
-/// by [`adapt_spec`] at create).
-fn container_seccomp(bundle: &Path) -> Result<Option<LinuxSeccomp>, RuntimeError> {
-    let spec = Spec::load(bundle.join("config.json"))
-        .map_err(|e| RuntimeError::io("read the container's spec", std::io::Error::other(e)))?;
-    Ok(spec.linux().as_ref().and_then(|l| l.seccomp().clone()))
+/// A bundle's config.json, as JSON.
+fn spec_json(bundle: &Path) -> Result<serde_json::Value, RuntimeError> {
+    let io = |e: std::io::Error| RuntimeError::io("read config.json", e);
+    serde_json::from_slice(&std::fs::read(bundle.join("config.json")).map_err(io)?).map_err(|e| io(e.into()))
+}
+
+/// The seccomp profile of a spec.
+fn seccomp_of(spec: &serde_json::Value) -> Result<Option<LinuxSeccomp>, RuntimeError> {
+    let profile = spec.get("linux").and_then(|l| l.get("seccomp")).filter(|p| !p.is_null());
+    profile
+        .map(|p| serde_json::from_value(p.clone()))
+        .transpose()
+        .map_err(|e| RuntimeError::io("read config.json", e.into()))
 }
 
 /// Flattens libcontainer's error chain into one line.
@@ -197,17 +225,23 @@ fn failed(op: &'static str, err: impl std::error::Error) -> RuntimeError {
 /// - it reads seccomp's `SCMP_CMP_MASKED_EQ` the other way round from runc
 ///   (mask in `valueTwo`, not `value`), which turns the default profile's
 ///   clone-flags filter into "allow": value and valueTwo are swapped.
-fn adapt_spec(bundle: &Path) -> Result<(), RuntimeError> {
-    let path = bundle.join("config.json");
-    let io = |e: std::io::Error| RuntimeError::io("read config.json", e);
-    let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).map_err(io)?)
-        .map_err(|e| RuntimeError::io("parse config.json", std::io::Error::other(e)))?;
+///
+/// Returns the seccomp profile libcontainer will then read.
+fn adapt_spec(bundle: &Path) -> Result<Option<LinuxSeccomp>, RuntimeError> {
+    let mut spec = spec_json(bundle)?;
     // A restart creates from the same bundle: adapt once.
-    if spec["annotations"].get(ADAPTED_KEY).is_some() {
-        return Ok(());
+    if spec["annotations"].get(ADAPTED_KEY).is_none() && adapt(&mut spec)? {
+        let text =
+            serde_json::to_vec(&spec).map_err(|e| RuntimeError::io("write config.json", std::io::Error::other(e)))?;
+        std::fs::write(bundle.join("config.json"), text).map_err(|e| RuntimeError::io("write config.json", e))?;
     }
-    let readonly = readonly_cgroup_paths(&spec).map_err(io)?;
-    let mut changed = swap_masked_eq(&mut spec);
+    seccomp_of(&spec)
+}
+
+/// [`adapt_spec`]'s changes; whether it made any.
+fn adapt(spec: &mut serde_json::Value) -> Result<bool, RuntimeError> {
+    let readonly = readonly_cgroup_paths(spec).map_err(|e| RuntimeError::io("read config.json", e))?;
+    let mut changed = swap_masked_eq(spec);
     if let Some(list) = spec
         .get_mut("linux")
         .and_then(|l| l.as_object_mut())
@@ -222,7 +256,7 @@ fn adapt_spec(bundle: &Path) -> Result<(), RuntimeError> {
         }
     }
     if !changed {
-        return Ok(());
+        return Ok(false);
     }
     if let Some(obj) = spec.as_object_mut() {
         let notes = obj.entry("annotations").or_insert_with(|| serde_json::json!({}));
@@ -230,9 +264,7 @@ fn adapt_spec(bundle: &Path) -> Result<(), RuntimeError> {
             notes.insert(ADAPTED_KEY.into(), "true".into());
         }
     }
-    let text =
-        serde_json::to_vec(&spec).map_err(|e| RuntimeError::io("write config.json", std::io::Error::other(e)))?;
-    std::fs::write(&path, text).map_err(|e| RuntimeError::io("write config.json", e))
+    Ok(true)
 }
 
 /// The cgroup mount and each controller below it, if the spec's cgroup
@@ -263,10 +295,10 @@ impl Runtime for Embedded {
     }
 
     fn create(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<u32, RuntimeError> {
-        adapt_spec(bundle)?;
+        let compiled = self.compiled(adapt_spec(bundle)?.as_ref())?;
         let result = self
             .builder(id, stdio)?
-            .with_executor(ProcessExecutor { seccomp: None })
+            .with_executor(ProcessExecutor { exec_seccomp: None, compiled })
             .validate_id()
             .and_then(|b| b.as_init(bundle).with_systemd(false).with_detach(true).build());
         match result {
@@ -293,10 +325,11 @@ impl Runtime for Embedded {
 
     fn exec(&self, id: &str, process: &Path, stdio: Stdio) -> Result<u32, RuntimeError> {
         // The process JSON lies in the container's bundle, next to its spec.
-        let seccomp = container_seccomp(process.parent().unwrap_or(Path::new("/")))?;
+        let seccomp = seccomp_of(&spec_json(process.parent().unwrap_or(Path::new("/")))?)?;
+        let compiled = self.compiled(seccomp.as_ref())?;
         let pid = self
             .builder(id, stdio)?
-            .with_executor(ProcessExecutor { seccomp })
+            .with_executor(ProcessExecutor { exec_seccomp: seccomp, compiled })
             .as_tenant()
             .with_process(Some(process))
             .with_detach(true)
@@ -437,7 +470,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let (dir, guard) = exited_container(root.path(), "exited", |_| {});
         assert!(!guard.0.existing(&guard.1).is_empty());
-        let rt = Embedded::new(root.path());
+        let rt = Embedded::new(root.path(), None);
         assert!(matches!(rt.delete_exited("exited"), Some(Ok(()))));
         assert!(guard.0.existing(&guard.1).is_empty(), "the cgroup and the one below it are gone everywhere");
         assert!(!dir.exists());
@@ -461,7 +494,7 @@ mod tests {
             let hooks = libcontainer::oci_spec::runtime::HooksBuilder::default().poststop(vec![hook]).build().unwrap();
             spec.set_hooks(Some(hooks));
         });
-        let rt = Embedded::new(root.path());
+        let rt = Embedded::new(root.path(), None);
         assert!(rt.delete_exited("hooked").is_none());
         assert!(dir.exists() && !guard.0.existing(&guard.1).is_empty(), "nothing was removed");
         // As the shim does before a delete: libcontainer's keeps to its own.
@@ -480,7 +513,7 @@ mod tests {
         let mut child = std::process::Command::new("sleep").arg("100").spawn().unwrap();
         let procs = guard.0.existing(&guard.1)[0].join("cgroup.procs");
         std::fs::write(&procs, child.id().to_string()).unwrap();
-        let rt = Embedded::new(root.path());
+        let rt = Embedded::new(root.path(), None);
         let quick = rt.delete_exited("busy");
         let _ = child.kill();
         let _ = child.wait();
@@ -514,7 +547,7 @@ mod tests {
             .set_systemd(false)
             .save()
             .unwrap();
-        let rt = Embedded::new(root.path());
+        let rt = Embedded::new(root.path(), None);
         assert_eq!(rt.load(id, "state").unwrap().unwrap().state.pid, None);
         rt.delete(id, false).unwrap();
         assert!(!dir.exists());

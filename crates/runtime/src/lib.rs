@@ -8,6 +8,7 @@ mod embedded;
 mod error;
 mod isolate;
 mod propagation;
+mod seccomp;
 
 use std::os::fd::OwnedFd;
 use std::path::Path;
@@ -61,12 +62,13 @@ pub trait Runtime: Send + Sync {
     }
 }
 
-/// Opens the runtime `name`, keeping its state under `root`.
-pub fn open(name: &str, root: &Path) -> Result<Box<dyn Runtime>, RuntimeError> {
+/// Opens the runtime `name`, keeping its state under `root` (and the
+/// embedded runtime's compiled seccomp programs in `seccomp_cache`).
+pub fn open(name: &str, root: &Path, seccomp_cache: Option<&Path>) -> Result<Box<dyn Runtime>, RuntimeError> {
     let name = berth_model::runtime_name(name).map_err(|e| RuntimeError::UnknownRuntime(e.to_string()))?;
     std::fs::create_dir_all(root).map_err(|e| RuntimeError::io("create runtime root", e))?;
     match name {
-        "embedded" => Ok(Box::new(embedded::Embedded::new(root))),
+        "embedded" => Ok(Box::new(embedded::Embedded::new(root, seccomp_cache))),
         "runc" => Ok(Box::new(cli::CliRuntime::new("runc", root)?)),
         "crun" => Ok(Box::new(cli::CliRuntime::new("crun", root)?)),
         other => Err(RuntimeError::UnknownRuntime(format!("{other} is not an OCI runtime"))),

@@ -31,6 +31,9 @@ use crate::{cleanup, rootfs};
 /// Where shims started by containerd keep their sockets and runtime state
 /// (short: unix socket paths are limited to 107 bytes).
 pub const SOCKET_DIR: &str = "/run/berth-shim";
+/// Below [`SOCKET_DIR`]: the compiled seccomp programs every shim of
+/// every containerd shares (berth_runtime's `seccomp.rs`).
+const SECCOMP_CACHE: &str = "seccomp";
 
 /// Annotations that put a task in a group served by one shim, as
 /// containerd's runc shim reads them (first found wins).
@@ -219,6 +222,8 @@ fn spawn(f: &Flags, bundle: &Path, paths: &Paths) -> Result<(), ContainerdError>
         .arg("embedded")
         .arg("--runtime-root")
         .arg(&paths.runtime_root)
+        .arg("--seccomp-cache")
+        .arg(Path::new(SOCKET_DIR).join(SECCOMP_CACHE))
         .arg("--ttrpc-address")
         .arg(ttrpc)
         .current_dir(bundle)
@@ -284,7 +289,7 @@ fn delete(f: &Flags) -> Result<(), ContainerdError> {
 /// Kills what is left of a dead shim's task and deletes its runtime state;
 /// returns the exit the shim recorded.
 fn dead_shim_cleanup(f: &Flags, bundle: &Path, paths: &Paths) -> Option<berth_model::ExitStatus> {
-    match berth_runtime::open("embedded", &paths.runtime_root) {
+    match berth_runtime::open("embedded", &paths.runtime_root, None) {
         Ok(rt) => cleanup::run(&f.id, bundle, rt.as_ref()).unwrap_or_else(|e| {
             eprintln!("{NAME}: cleanup of {}: {e}", f.id);
             cleanup::recorded_exit(bundle)

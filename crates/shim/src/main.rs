@@ -5,6 +5,7 @@
 //!
 //! Usage (started by berthd, listener on fd 3):
 //!   berth-shim --namespace NS --id ID --runtime NAME --runtime-root DIR [--sandbox [--pid-init]]
+//!              [--seccomp-cache DIR]
 //! A lone shim exits after the Delete of its container; a sandbox shim
 //! (ID names the sandbox) serves any number of containers until Shutdown.
 //! After a shim died, berthd cleans up with the same flags plus
@@ -45,6 +46,9 @@ struct Args {
     id: String,
     runtime: String,
     runtime_root: PathBuf,
+    /// Where the embedded runtime keeps compiled seccomp programs, shared
+    /// with the daemon's other shims.
+    seccomp_cache: Option<PathBuf>,
     cleanup: Option<PathBuf>,
     /// Serve the containers of the sandbox `id` (see `tasks.rs`).
     sandbox: bool,
@@ -62,6 +66,7 @@ struct Args {
 fn parse_args(args: Vec<String>) -> Result<Args, String> {
     let mut it = args.into_iter();
     let (mut namespace, mut id, mut runtime, mut root, mut cleanup) = (None, None, None, None, None);
+    let mut seccomp_cache = None;
     let (mut ttrpc_address, mut sandbox, mut pid_init) = (None, false, false);
     let (mut vm_assets, mut vm_accel, mut vm_cpus, mut vm_memory) = (None, None, None, None);
     while let Some(flag) = it.next() {
@@ -82,6 +87,7 @@ fn parse_args(args: Vec<String>) -> Result<Args, String> {
             "--id" => id = Some(value),
             "--runtime" => runtime = Some(value),
             "--runtime-root" => root = Some(PathBuf::from(value)),
+            "--seccomp-cache" => seccomp_cache = Some(PathBuf::from(value)),
             "--cleanup" => cleanup = Some(PathBuf::from(value)),
             "--ttrpc-address" => ttrpc_address = Some(value),
             "--vm-assets" => vm_assets = Some(PathBuf::from(value)),
@@ -96,6 +102,7 @@ fn parse_args(args: Vec<String>) -> Result<Args, String> {
         id: id.ok_or("--id is required")?,
         runtime: runtime.ok_or("--runtime is required")?,
         runtime_root: root.ok_or("--runtime-root is required")?,
+        seccomp_cache,
         cleanup,
         sandbox,
         pid_init,
@@ -138,7 +145,7 @@ fn main() {
     if let Some(bundle) = &args.cleanup {
         let result = match args.runtime.as_str() {
             berth_model::VM_RUNTIME => vm::cleanup(&args.runtime_root, &args.id, bundle),
-            _ => berth_runtime::open(&args.runtime, &args.runtime_root)
+            _ => berth_runtime::open(&args.runtime, &args.runtime_root, args.seccomp_cache.as_deref())
                 .map_err(|e| e.to_string())
                 .and_then(|rt| cleanup::run(&args.id, bundle, rt.as_ref())),
         }
@@ -192,7 +199,8 @@ fn main() {
 
 async fn serve(args: Args, pod_init: Option<podinit::PodInit>) -> Result<(), String> {
     let (listener, socket, guest) = listener(&args)?;
-    let runtime = berth_runtime::open(&args.runtime, &args.runtime_root).map_err(|e| e.to_string())?;
+    let runtime = berth_runtime::open(&args.runtime, &args.runtime_root, args.seccomp_cache.as_deref())
+        .map_err(|e| e.to_string())?;
     // The shim stays single-threaded, so runtime work can run in forked helpers.
     // It forks a helper per call and awaits its answer.
     let runtime = berth_runtime::Isolated::new(runtime);

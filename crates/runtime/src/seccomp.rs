@@ -1,0 +1,105 @@
+//! Seccomp programs compiled once per profile. libcontainer compiles a
+//! container's seccomp profile inside the container's init, on every
+//! create: with the default profile that is about a quarter of a create.
+//! The embedded runtime instead hands the init a program libseccomp
+//! compiled earlier (libcontainer's `CompiledSeccomp`, a berth patch, see
+//! third_party/README.md) and keeps it in a directory that all shims of a
+//! daemon share (`--seccomp-cache`), so a profile is compiled once.
+//!
+//! A kept program is `<dir>/<SHA-256 of the profile>`: a SHA-256 over this
+//! executable's identity, the profile and the program, then the program.
+//! A file whose digest does not match (written by another build of the
+//! shim, torn by a crash, or not a program at all) is compiled again and
+//! replaced, so only what this very binary compiled from this very profile
+//! is ever loaded.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use libcontainer::oci_spec::runtime::LinuxSeccomp;
+use libcontainer::seccomp::{CompiledSeccomp, is_notify};
+use sha2::{Digest, Sha256};
+
+use crate::RuntimeError;
+
+/// The program for `profile`: kept in `dir` if it is there, else compiled
+/// (and kept when `dir` is given). `None` for a profile libcontainer must
+/// load itself (one with `SCMP_ACT_NOTIFY`).
+pub(crate) fn compiled(dir: Option<&Path>, profile: &LinuxSeccomp) -> Result<Option<CompiledSeccomp>, RuntimeError> {
+    if is_notify(profile) {
+        return Ok(None);
+    }
+    let json = serde_json::to_vec(profile).map_err(|e| compile_error(&e))?;
+    let Some((dir, identity)) = dir.zip(identity()) else { return compile(profile) };
+    let path = dir.join(hex(&Sha256::digest(&json)));
+    if let Ok(file) = std::fs::read(&path)
+        && let Some((digest, program)) = file.split_at_checked(32)
+        && digest == seal(&identity, &json, program).as_slice()
+        && let Ok(kept) = CompiledSeccomp::from_parts(profile.clone(), program.to_vec())
+    {
+        return Ok(Some(kept));
+    }
+    let compiled = compile(profile)?;
+    if let Some(c) = &compiled {
+        // Only a cache: a program that cannot be kept is compiled again
+        // next time.
+        let _ = keep(dir, &path, &seal(&identity, &json, c.program()), c.program());
+    }
+    Ok(compiled)
+}
+
+fn compile(profile: &LinuxSeccomp) -> Result<Option<CompiledSeccomp>, RuntimeError> {
+    CompiledSeccomp::compile(profile).map_err(|e| compile_error(&e))
+}
+
+fn compile_error(e: &dyn std::error::Error) -> RuntimeError {
+    let mut message = e.to_string();
+    if let Some(source) = e.source() {
+        message = format!("{message}: {source}");
+    }
+    RuntimeError::Failed { runtime: "embedded", op: "compile the seccomp profile", message }
+}
+
+/// The running executable (device, inode, size, modification time): a
+/// program compiled by another build of it is not taken.
+fn identity() -> Option<Vec<u8>> {
+    let m = std::fs::metadata("/proc/self/exe").ok()?;
+    let fields = [m.dev(), m.ino(), m.size(), m.mtime() as u64, m.mtime_nsec() as u64];
+    Some(fields.iter().flat_map(|f| f.to_le_bytes()).collect())
+}
+
+fn seal(identity: &[u8], profile: &[u8], program: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [identity, profile, program] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
+/// Writes the kept program atomically (temp file, fsync, rename): a
+/// reader sees a whole file or none.
+fn keep(dir: &Path, path: &Path, digest: &[u8], program: &[u8]) -> std::io::Result<()> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(digest).and_then(|()| f.write_all(program)).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests;
