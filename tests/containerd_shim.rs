@@ -140,6 +140,18 @@ fn attached_run_prints_output_and_returns_the_exit_code() {
     drop(keyboard);
     let out = finish(cat);
     assert_eq!((out.status.code(), String::from_utf8_lossy(&out.stdout).as_ref()), (Some(0), "piped line\n"));
+
+    // containerd's default seccomp profile (ctr --seccomp) filters the
+    // task; the shim keeps its compiled program for the next task.
+    let script = "grep Seccomp: /proc/self/status; unshare -U true 2>/dev/null && echo UNSHARE-OK; true";
+    for id in ["sec1", "sec2"] {
+        let args = ["--rm", "--seccomp", "--runtime", RUNTIME, "--rootfs", &rootfs, id, "/bin/sh", "-c", script];
+        let out = c.ctr_io(&["run"], &args);
+        assert_eq!(out.code, 0, "{out:?}\n{}", c.log());
+        assert!(out.stdout.contains("Seccomp:\t2") && !out.stdout.contains("UNSHARE-OK"), "{out:?}");
+    }
+    let kept = fs::read_dir("/run/berth-shim/seccomp").map_or(0, |d| d.count());
+    assert!(kept >= 1, "the program of containerd's profile is kept");
 }
 
 #[test]
