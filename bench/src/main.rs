@@ -152,7 +152,7 @@ pub fn with_cgroups_path(bundle: &Path, path: &str) -> PathBuf {
 }
 
 /// Changes the spec (`config.json`) of `bundle` in place.
-fn edit_spec(bundle: &Path, change: impl FnOnce(&mut serde_json::Value)) {
+pub fn edit_spec(bundle: &Path, change: impl FnOnce(&mut serde_json::Value)) {
     let path = bundle.join("config.json");
     let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("read spec")).expect("spec");
     change(&mut spec);
@@ -398,7 +398,8 @@ fn main() {
     let runc_root = d.dir().join("runc-root");
     let mut ctr = containerd::Containerd::start(d.dir());
     eprintln!("berth run --rm, runc run, ctr run --rm: {} rounds …", o.runs);
-    let mut runners = measure::run_rm_and_runc(&d, &bundle_s, &runc_root, "");
+    let target = [bundle_s.as_str()];
+    let mut runners = measure::run_rm_and_runc(&d, &target, &bundle_s, &runc_root, "");
     if let Some(c) = &ctr {
         runners.push(Box::new(|i| c.run_rm(containerd::RUNC_V2, &d.rootfs, &format!("c{i}"))));
     }
@@ -406,6 +407,7 @@ fn main() {
     drop(runners);
     let (berth, runc, ctr_time) = (times[0], times[1], times.get(2).copied().flatten());
 
+    let (confined, confined_runc) = scenarios::confined_run(&d, o.runs);
     let exec = scenarios::exec(&d, o.runs);
     let stats = scenarios::stats(&d, o.stats_containers);
     let image = image::run(&d, ctr.as_ref(), o.runs);
@@ -443,6 +445,12 @@ fn main() {
     println!("| ctr run --rm --rootfs (containerd 1.6) | {} |", fmt_ms(ctr_time));
     println!("| ratio berth / runc | {} |", ratio(berth, runc));
     println!("| ratio berth / ctr | {} |", ratio(berth, ctr_time));
+    println!();
+    println!("| run /bin/true to completion, berth's default confinement | wall time |");
+    println!("|---|---|");
+    println!("| berth run --rm ROOTFS /bin/true | {} |", fmt_ms(confined));
+    println!("| runc run, runc's spec with berth's seccomp profile | {} |", fmt_ms(confined_runc));
+    println!("| ratio berth / runc | {} |", ratio(confined, confined_runc));
     println!();
     println!("| exec /bin/true in a running container | wall time |");
     println!("|---|---|");

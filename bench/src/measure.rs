@@ -5,26 +5,25 @@ use std::time::{Duration, Instant};
 /// A command to time, by name.
 pub type Runner<'a> = Box<dyn FnMut(usize) -> bool + 'a>;
 
-/// `berth run --rm BUNDLE` and `runc run --bundle BUNDLE` (ids
-/// `<prefix>b<i>`, `<prefix>r<i>`), the start path's pair of runners, and
-/// their settling: see [`settle_removal`].
+/// `berth run --rm TARGET…` (a bundle, or a root filesystem and a
+/// command) and `runc run --bundle BUNDLE` (ids `<prefix>b<i>`,
+/// `<prefix>r<i>`), the start path's pair of runners, and their settling:
+/// see [`settle_removal`].
 pub fn run_rm_and_runc<'a>(
     d: &'a berth_testing::Daemon,
+    target: &'a [&'a str],
     bundle: &'a str,
     runc_root: &'a std::path::Path,
     prefix: &'a str,
 ) -> Vec<Runner<'a>> {
     vec![
-        Box::new(move |i| d.berth(&["run", "--rm", "--name", &format!("{prefix}b{i}"), bundle]).code == 0),
         Box::new(move |i| {
-            std::process::Command::new("runc")
-                .arg("--root")
-                .arg(runc_root)
-                .args(["run", "--bundle", bundle, &format!("{prefix}r{i}")])
-                .stdin(std::process::Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
+            let name = format!("{prefix}b{i}");
+            let mut args = vec!["run", "--rm", "--name", &name];
+            args.extend_from_slice(target);
+            d.berth(&args).code == 0
         }),
+        Box::new(move |i| runc(runc_root, &[], &["run", "--bundle", bundle, &format!("{prefix}r{i}")])),
     ]
 }
 

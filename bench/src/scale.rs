@@ -91,7 +91,8 @@ fn start_path(d: &Daemon, bundle: &Path) -> (Option<Duration>, Option<Duration>)
     let bundle = crate::with_cgroups_path(bundle, &format!("{}/default/runc-true", d.cgroup_parent));
     let bundle = bundle.to_string_lossy().into_owned();
     let runc_root = d.dir().join("runc-root");
-    let mut runners = crate::measure::run_rm_and_runc(d, &bundle, &runc_root, "s");
+    let target = [bundle.as_str()];
+    let mut runners = crate::measure::run_rm_and_runc(d, &target, &bundle, &runc_root, "s");
     let t = time_interleaved_settled(START_ROUNDS, &mut runners, crate::measure::settle_removal(d, "s"));
     (t[0], t[1])
 }

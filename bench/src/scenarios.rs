@@ -61,3 +61,25 @@ pub fn stats(d: &Daemon, n: usize) -> Option<Duration> {
     times.sort();
     (started && times.len() == 5).then(|| times[2])
 }
+
+/// `berth run --rm ROOTFS /bin/true` under berth's default confinement
+/// against `runc run` of runc's spec given berth's seccomp profile (read
+/// from a container berth created), interleaved: each run with the same
+/// filter to install. `None`s when berth's profile cannot be read.
+pub fn confined_run(d: &Daemon, rounds: usize) -> (Option<Duration>, Option<Duration>) {
+    eprintln!("berth run --rm ROOTFS, runc run with berth's seccomp profile: {rounds} rounds …");
+    let rootfs = d.rootfs.to_string_lossy().into_owned();
+    let created = d.berth(&["create", "--name", "profile-source", &rootfs, "/bin/true"]).code == 0;
+    let config = d.state.join("bundles/default/profile-source/config.json");
+    let seccomp = created.then(|| crate::scale_floor::berth_seccomp(&config)).flatten();
+    d.berth(&["rm", "-f", "profile-source"]);
+    let Some(seccomp) = seccomp else { return (None, None) };
+    let bundle = make_bundle(d.dir(), &d.rootfs, "confined", &["/bin/true"]);
+    crate::edit_spec(&bundle, |spec| spec["linux"]["seccomp"] = seccomp);
+    let bundle = bundle.to_string_lossy().into_owned();
+    let runc_root = d.dir().join("runc-root");
+    let target = [rootfs.as_str(), "/bin/true"];
+    let mut runners = crate::measure::run_rm_and_runc(d, &target, &bundle, &runc_root, "c");
+    let t = crate::measure::time_interleaved_settled(rounds, &mut runners, crate::measure::settle_removal(d, "c"));
+    (t[0], t[1])
+}
