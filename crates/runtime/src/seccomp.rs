@@ -13,7 +13,7 @@
 //! replaced, so only what this very binary compiled from this very profile
 //! is ever loaded.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -33,7 +33,7 @@ pub(crate) fn compiled(dir: Option<&Path>, profile: &LinuxSeccomp) -> Result<Opt
     let json = serde_json::to_vec(profile).map_err(|e| compile_error(&e))?;
     let Some((dir, identity)) = dir.zip(identity()) else { return compile(profile) };
     let path = dir.join(hex(&Sha256::digest(&json)));
-    if let Ok(file) = std::fs::read(&path)
+    if let Some(file) = read_kept(&path)
         && let Some((digest, program)) = file.split_at_checked(32)
         && digest == seal(&identity, &json, program).as_slice()
         && let Ok(kept) = CompiledSeccomp::from_parts(profile.clone(), program.to_vec())
@@ -47,6 +47,30 @@ pub(crate) fn compiled(dir: Option<&Path>, profile: &LinuxSeccomp) -> Result<Opt
         let _ = keep(dir, &path, &seal(&identity, &json, c.program()), c.program());
     }
     Ok(compiled)
+}
+
+/// The largest kept file: a digest and the kernel's longest program.
+const MAX_KEPT: u64 = 32 + 8 * 4096;
+
+/// A kept file's bytes, if it is a regular file (not a link, a FIFO or a
+/// device, which a read could follow or block on) of at most [`MAX_KEPT`],
+/// and only this user can have written it or its directory. The digest
+/// guards against a torn or stale file, not against a forger: whoever may
+/// write there could seal a program of their own.
+fn read_kept(path: &Path) -> Option<Vec<u8>> {
+    let ours = |m: &std::fs::Metadata| m.uid() == nix::unistd::geteuid().as_raw() && m.mode() & 0o022 == 0;
+    if !ours(&std::fs::metadata(path.parent()?).ok()?) {
+        return None;
+    }
+    let mut file =
+        std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path).ok()?;
+    let meta = file.metadata().ok()?;
+    if !meta.is_file() || meta.len() > MAX_KEPT || !ours(&meta) {
+        return None;
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.read_to_end(&mut bytes).ok()?;
+    Some(bytes)
 }
 
 fn compile(profile: &LinuxSeccomp) -> Result<Option<CompiledSeccomp>, RuntimeError> {

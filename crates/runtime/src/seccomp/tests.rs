@@ -73,6 +73,57 @@ fn a_kept_program_that_does_not_match_is_compiled_again() {
     }
 }
 
+/// Whatever sits at a kept file's path that is no regular file of a
+/// program's size is not read (a FIFO would block the create): the
+/// profile is compiled, and nothing is kept over it.
+#[test]
+fn a_link_a_fifo_or_a_huge_file_in_the_way_is_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = denying(&["sethostname"]);
+    let file = kept_file(dir.path(), &profile);
+    let good = CompiledSeccomp::compile(&profile).unwrap().unwrap();
+    nix::unistd::mkfifo(&file, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    assert_eq!(compiled(Some(dir.path()), &profile).unwrap().unwrap().program(), good.program());
+    std::fs::remove_file(&file).unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    compiled(Some(dir.path()), &profile).unwrap();
+    std::fs::rename(&file, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &file).unwrap();
+    assert_eq!(compiled(Some(dir.path()), &profile).unwrap().unwrap().program(), good.program());
+    std::fs::remove_file(&file).unwrap();
+    std::fs::write(&file, vec![0u8; 64 * 1024]).unwrap();
+    assert_eq!(compiled(Some(dir.path()), &profile).unwrap().unwrap().program(), good.program());
+}
+
+/// A kept program that others could have written is not taken, however
+/// well sealed (the seal is no signature): not from a file others may
+/// write, in a directory others may write, or owned by another user.
+#[test]
+fn a_program_others_could_have_written_is_not_taken() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let profile = denying(&["sethostname"]);
+    let file = kept_file(dir.path(), &profile);
+    let denies_mkdir = CompiledSeccomp::compile(&denying(MKDIR)).unwrap().unwrap().program().to_vec();
+    let taken = |what: &str| {
+        let got = compiled(Some(dir.path()), &profile).unwrap().unwrap();
+        assert_ne!(got.program(), &denies_mkdir[..], "{what}: taken");
+    };
+    keep_as(dir.path(), &profile, &denies_mkdir);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o622)).unwrap();
+    taken("a file others may write");
+    keep_as(dir.path(), &profile, &denies_mkdir);
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    taken("in a directory others may write");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    keep_as(dir.path(), &profile, &denies_mkdir);
+    std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
+    taken("owned by another user");
+    // Kept by this user, sealed: taken (the check above is not vacuous).
+    keep_as(dir.path(), &profile, &denies_mkdir);
+    assert_eq!(compiled(Some(dir.path()), &profile).unwrap().unwrap().program(), &denies_mkdir[..]);
+}
+
 #[test]
 fn without_a_directory_or_for_a_notify_profile_nothing_is_kept() {
     let profile = denying(&["sethostname"]);
