@@ -226,8 +226,8 @@ fn failed(op: &'static str, err: impl std::error::Error) -> RuntimeError {
 ///   (mask in `valueTwo`, not `value`), which turns the default profile's
 ///   clone-flags filter into "allow": value and valueTwo are swapped.
 ///
-/// Returns the seccomp profile libcontainer will then read.
-fn adapt_spec(bundle: &Path) -> Result<Option<LinuxSeccomp>, RuntimeError> {
+/// Returns the spec as libcontainer will then read it.
+fn adapt_spec(bundle: &Path) -> Result<serde_json::Value, RuntimeError> {
     let mut spec = spec_json(bundle)?;
     // A restart creates from the same bundle: adapt once.
     if spec["annotations"].get(ADAPTED_KEY).is_none() && adapt(&mut spec)? {
@@ -235,7 +235,7 @@ fn adapt_spec(bundle: &Path) -> Result<Option<LinuxSeccomp>, RuntimeError> {
             serde_json::to_vec(&spec).map_err(|e| RuntimeError::io("write config.json", std::io::Error::other(e)))?;
         std::fs::write(bundle.join("config.json"), text).map_err(|e| RuntimeError::io("write config.json", e))?;
     }
-    seccomp_of(&spec)
+    Ok(spec)
 }
 
 /// [`adapt_spec`]'s changes; whether it made any.
@@ -295,7 +295,8 @@ impl Runtime for Embedded {
     }
 
     fn create(&self, id: &str, bundle: &Path, stdio: Stdio) -> Result<u32, RuntimeError> {
-        let compiled = self.compiled(adapt_spec(bundle)?.as_ref())?;
+        let spec = adapt_spec(bundle)?;
+        let compiled = self.compiled(seccomp_of(&spec)?.as_ref())?;
         let result = self
             .builder(id, stdio)?
             .with_executor(ProcessExecutor { exec_seccomp: None, compiled })
@@ -308,7 +309,7 @@ impl Runtime for Embedded {
                     op: "create",
                     message: "container has no init pid".into(),
                 });
-                let set = pid.and_then(|pid| crate::propagation::apply(bundle, pid).map(|()| pid));
+                let set = pid.and_then(|pid| crate::propagation::apply(&spec, pid).map(|()| pid));
                 if set.is_err() {
                     let _ = self.delete(id, true);
                 }

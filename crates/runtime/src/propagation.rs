@@ -135,15 +135,12 @@ fn set_all(targets: &[(CString, MsFlags)]) -> i32 {
     0
 }
 
-/// Sets the propagation the spec in `bundle` asks for on the bind mounts
-/// of the container whose init is `pid`.
-pub(crate) fn apply(bundle: &Path, pid: u32) -> Result<(), RuntimeError> {
+/// Sets the propagation `spec` (the container's config.json) asks for on
+/// the bind mounts of the container whose init is `pid`.
+pub(crate) fn apply(spec: &Value, pid: u32) -> Result<(), RuntimeError> {
     let io = |what: &'static str, e: std::io::Error| RuntimeError::io(what, e);
-    let spec: Value =
-        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).map_err(|e| io("read config.json", e))?)
-            .map_err(|e| io("parse config.json", std::io::Error::other(e)))?;
     let host = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| io("read mountinfo", e))?;
-    let wanted = wanted(&spec, &host);
+    let wanted = wanted(spec, &host);
     if wanted.is_empty() {
         return Ok(());
     }
