@@ -57,7 +57,8 @@ fn a_vm_sandbox_runs_its_containers_in_one_guest() {
     assert_eq!(sb["vm"]["memory_mib"], 300, "{sb}");
     assert!(["kvm", "tcg"].contains(&sb["vm"]["accel"].as_str().unwrap()), "{sb}");
 
-    let marker = "cat /proc/sys/kernel/random/boot_id; uname -r; nproc; echo up; exec sleep 1000";
+    let marker = "cat /proc/sys/kernel/random/boot_id; uname -r; nproc; grep Seccomp: /proc/self/status; \
+                  echo up; exec sleep 1000";
     for id in ["a", "b"] {
         d.berth(&["run", "-d", "--name", id, "--sandbox", "pod", &root, "sh", "-c", marker]).ok();
     }
@@ -66,6 +67,11 @@ fn a_vm_sandbox_runs_its_containers_in_one_guest() {
     assert_eq!(a.lines().next(), b.lines().next(), "one boot id: {a} {b}");
     assert_eq!(a.lines().nth(1), Some(release().as_str()), "{a}");
     assert_eq!(a.lines().nth(2), Some("2"), "{a}");
+    // Both filtered: the second container loads the program the guest's
+    // shim compiled for the first.
+    for out in [&a, &b] {
+        assert_eq!(out.lines().nth(3), Some("Seccomp:\t2"), "{out}");
+    }
     assert_eq!(qemus(&d), 1, "{:?}", vm_processes(&d));
     let inspect = json(&d, &["inspect", "--json", "a"]);
     assert_eq!(inspect["sandbox"], "pod", "{inspect}");
@@ -83,6 +89,8 @@ fn a_vm_sandbox_runs_its_containers_in_one_guest() {
     assert_eq!(d.berth(&["wait", "b"]).code, 137);
     assert_eq!(qemus(&d), 1);
     assert_eq!(d.berth(&["exec", "a", "echo", "still"]).ok().trim(), "still");
+    let filtered = d.berth(&["exec", "a", "grep", "Seccomp:", "/proc/self/status"]).ok().trim().to_string();
+    assert_eq!(filtered, "Seccomp:\t2", "an exec in the VM is filtered too");
     // Its id can be used again in the running guest.
     d.berth(&["rm", "b"]).ok();
     d.berth(&["run", "-d", "--name", "b", "--sandbox", "pod", &root, "sh", "-c", marker]).ok();

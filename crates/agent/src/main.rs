@@ -24,6 +24,8 @@ use nix::unistd::Pid;
 const SHIM: &str = "/bin/berth-shim";
 /// The shim's runtime state in the guest.
 const RUNTIME_ROOT: &str = "/run/berth/runtime";
+/// Compiled seccomp programs, one per profile, for the VM's containers.
+const SECCOMP_CACHE: &str = "/run/berth/seccomp";
 
 fn main() {
     if std::process::id() != 1 {
@@ -44,7 +46,10 @@ fn run() -> Result<(), String> {
     let listener = vsock_listener(vm::AGENT_PORT)?;
     let mut shim = Command::new(SHIM);
     shim.args(["--namespace", "berth", "--id", id, "--runtime", "embedded", "--runtime-root", RUNTIME_ROOT]);
-    shim.arg("--sandbox").env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    shim.args(["--seccomp-cache", SECCOMP_CACHE])
+        .arg("--sandbox")
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     if let Some(level) = vm::cmdline_value(&cmdline, vm::CMDLINE_LOG) {
         shim.env("BERTH_SHIM_LOG", level);
     }
