@@ -13,7 +13,7 @@
 //! replaced, so only what this very binary compiled from this very profile
 //! is ever loaded.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
@@ -30,8 +30,8 @@ pub(crate) fn compiled(dir: Option<&Path>, profile: &LinuxSeccomp) -> Result<Opt
     if is_notify(profile) {
         return Ok(None);
     }
-    let json = serde_json::to_vec(profile).map_err(|e| compile_error(&e))?;
     let Some((dir, identity)) = dir.zip(identity()) else { return compile(profile) };
+    let json = serde_json::to_vec(profile).map_err(|e| compile_error(&e))?;
     let path = dir.join(hex(&Sha256::digest(&json)));
     if let Some(file) = read_kept(&path)
         && let Some((digest, program)) = file.split_at_checked(32)
@@ -102,23 +102,13 @@ fn seal(identity: &[u8], profile: &[u8], program: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// Writes the kept program atomically (temp file, fsync, rename): a
-/// reader sees a whole file or none.
+/// Writes the kept program atomically (`berth_store::write_atomic`): a
+/// reader sees a whole file or none. Two shims keeping the same profile at
+/// once share the temporary file; what a reader may then see is not
+/// sealed, and is compiled again.
 fn keep(dir: &Path, path: &Path, digest: &[u8], program: &[u8]) -> std::io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let written = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(digest).and_then(|()| f.write_all(program)).and_then(|()| f.sync_all()))
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    berth_store::write_atomic(path, &[digest, program].concat())
 }
 
 fn hex(bytes: &[u8]) -> String {
