@@ -51,6 +51,17 @@ fn limits_at_run_and_live_update(shim: &[&str]) {
     // 512 shares on v1; weight 1 + (512-2)*9999/262142 = 20 on v2.
     let shares = cg(&d, "lim", "cpu.shares", "cpu.weight");
     assert!(shares == "512" || shares == "20", "{shares}");
+    // v1: the namespace's cpuset cgroup hands the host's CPUs and nodes
+    // to each new container cgroup (cpuset.rs in berth-cgroups), so no
+    // runtime writes them.
+    let h = berth_cgroups::Hierarchies::detect().unwrap();
+    if let Some(root) = h.v1_dir("cpuset", "") {
+        let read = |dir: &std::path::Path, f: &str| std::fs::read_to_string(dir.join(f)).unwrap().trim().to_string();
+        let ns = h.v1_dir("cpuset", &format!("{}/default", d.cgroup_parent)).unwrap();
+        assert_eq!(read(&ns, "cgroup.clone_children"), "1");
+        assert_eq!(cg(&d, "lim", "cpuset.cpus", "cpuset.cpus"), read(&root, "cpuset.cpus"));
+        assert_eq!(cg(&d, "lim", "cpuset.mems", "cpuset.mems"), read(&root, "cpuset.mems"));
+    }
 
     d.berth(&[
         "update",

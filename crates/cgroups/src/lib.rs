@@ -3,6 +3,7 @@
 //! unified mount, or pure v2 — and lists or removes it there; reads its
 //! statistics and updates its limits (`resources`).
 
+mod cpuset;
 pub mod mountinfo;
 mod oom;
 mod resources;
