@@ -22,6 +22,7 @@ mod breakdown;
 mod checkpoint;
 mod cnihost;
 mod containerd;
+mod create_floor;
 mod cri;
 mod image;
 mod measure;
@@ -279,6 +280,27 @@ fn print_scale(s: &scale::Scale) {
     timed_row("rm -f of all, one command / runc delete -f of as many (16 at a time)", s.rm_all, s.rm_runc, "≤ 5 s");
     let floor = "rm -f of all / the kernel's share alone: kill -9, wait, rmdir (16 at a time)";
     timed_row(floor, s.rm_all, s.rm_kernel, "≤ 5 s");
+    print_create_floor(n, s.create_floor);
+}
+
+/// The kernel's steps of a create whose cost grows with the count, with
+/// none running and with all: the floor under the run -d row.
+fn print_create_floor(n: usize, (none, all): (Option<create_floor::Floor>, Option<create_floor::Floor>)) {
+    println!();
+    println!(
+        "| the kernel's share of a create that grows with the count, no runtime (median of {}) | {n} running | none running | difference |",
+        scale::FLOOR_ROUNDS
+    );
+    println!("|---|---|---|---|");
+    let step = |what: &str, f: fn(&create_floor::Floor) -> Duration| {
+        let (a, b) = (all.as_ref().map(f), none.as_ref().map(f));
+        let diff = a.zip(b).map(|(a, b)| format!("{:+.2} ms", (a.as_secs_f64() - b.as_secs_f64()) * 1000.0));
+        println!("| {what} | {} | {} | {} |", fmt_ms(a), fmt_ms(b), diff.unwrap_or_else(|| "n/a".into()));
+    };
+    step("unshare of a mount and a network namespace", |f| f.unshare);
+    step("mount of sysfs in the new network namespace", |f| f.sysfs);
+    step("pivot_root", |f| f.pivot_root);
+    step("all three", create_floor::Floor::total);
 }
 
 /// The checkpoint table (issue 13): berth vs runc with the same CRIU.
@@ -323,6 +345,10 @@ fn print_checkpoint(runs: usize, f: &checkpoint::CheckpointFigures) {
 }
 
 fn main() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.len() == 3 && args[1] == create_floor::PROBE_ARG {
+        create_floor::probe(std::path::Path::new(&args[2]));
+    }
     let o = parse_opts();
     // berthd logs as in production (tests keep `debug`): every request
     // traced at debug would be timed too.

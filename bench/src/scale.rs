@@ -16,11 +16,14 @@ use std::time::Duration;
 use berth_testing::Daemon;
 
 use crate::containerd::{Containerd, RUNC_V2};
+use crate::create_floor::Floor;
 use crate::measure::{settled_memory, time_interleaved_settled, timed};
 use crate::recovery::{berth_listing, time_recovery};
 
 /// Rounds of the start-path comparison with everything running.
 pub const START_ROUNDS: usize = 10;
+/// Runs of the create floor's probe, with none and with all running.
+pub const FLOOR_ROUNDS: usize = 30;
 
 #[derive(Default)]
 pub struct Side {
@@ -47,6 +50,9 @@ pub struct Scale {
     pub start_runc: Option<Duration>,
     /// GET /metrics with `--metrics-per-container`, all N running.
     pub scrape: Option<Duration>,
+    /// The kernel's steps of a create that grow with the count, with no
+    /// container running and with all N (`create_floor.rs`).
+    pub create_floor: (Option<Floor>, Option<Floor>),
 }
 
 /// The median of three scrapes of the metrics socket (each more than the
@@ -100,6 +106,9 @@ fn start_path(d: &Daemon, bundle: &Path) -> (Option<Duration>, Option<Duration>)
 pub fn run(d: &Daemon, n: usize, bundle: &Path, metrics: &Path) -> Scale {
     let rootfs = d.rootfs.to_string_lossy().into_owned();
     let ids: Vec<String> = (0..n).map(|i| format!("s{i}")).collect();
+    let floor_dir = d.dir().join("create-floor");
+    eprintln!("scale: the kernel's share of a create, none running …");
+    let floor_none = crate::create_floor::measure(&floor_dir, FLOOR_ROUNDS);
     eprintln!("scale: {n} sequential run -d …");
     let mut berth = Side {
         run_all: timed(|| {
@@ -110,6 +119,8 @@ pub fn run(d: &Daemon, n: usize, bundle: &Path, metrics: &Path) -> Scale {
     std::thread::sleep(Duration::from_secs(1));
     let berthd_rss_mb = d.pid().and_then(rss_mb);
     berth.shims_pss_mb = pss_total(&d.shim_pids());
+    eprintln!("scale: the kernel's share of a create, all running …");
+    let floor_all = crate::create_floor::measure(&floor_dir, FLOOR_ROUNDS);
     eprintln!("scale: stats, start path, recovery, rm -f …");
     let stats = timed(|| d.berth(&["stats", "--no-stream", "--json"]).code == 0);
     let scrape = scrape(metrics, n);
@@ -148,6 +159,7 @@ pub fn run(d: &Daemon, n: usize, bundle: &Path, metrics: &Path) -> Scale {
         start_berth,
         start_runc,
         scrape,
+        create_floor: (floor_none, floor_all),
     }
 }
 
