@@ -47,7 +47,7 @@ fn ms(d: Option<Duration>) -> String {
 
 pub fn run(d: &Daemon, bundle: &Path, rounds: usize) {
     let bundle_s = bundle.to_string_lossy().into_owned();
-    let root = d.dir().join("runc-breakdown");
+    let root = d.run_dir().join("runc-breakdown");
     let mut steps: Vec<Vec<Duration>> = vec![Vec::new(); RUNC_STEPS.len()];
     d.berth(&["system", "phases", "--reset"]).ok();
     eprintln!("breakdown: berth run --rm and runc create/start/delete, {rounds} rounds …");

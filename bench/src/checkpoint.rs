@@ -39,7 +39,7 @@ pub fn run(d: &Daemon, rounds: usize) -> Option<CheckpointFigures> {
     let rootfs = d.rootfs.to_string_lossy().into_owned();
     let bundle = crate::make_bundle(d.dir(), &d.rootfs, "ckpt", &["sh", "-c", COUNTER]);
     let bundle_s = bundle.to_string_lossy().into_owned();
-    let root = d.dir().join("runc-ckpt");
+    let root = d.run_dir().join("runc-ckpt");
     let (mut bd, mut br, mut rd, mut rr) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     eprintln!("checkpoint: berth and runc, checkpoint and restore of a counter, {rounds} rounds …");
     for i in 0..rounds {
@@ -83,7 +83,7 @@ pub fn run(d: &Daemon, rounds: usize) -> Option<CheckpointFigures> {
 /// A 256 MB container holding ~100 MB, moved to a second daemon.
 fn migrate(d: &Daemon) -> Option<(Option<Duration>, f64)> {
     eprintln!("checkpoint: migrating a 256 MB container to a second berthd …");
-    let two = Daemon::start();
+    let two = Daemon::start_with_run_tmpfs(&[]);
     let rootfs = d.rootfs.to_string_lossy().into_owned();
     d.berth(&["run", "-d", "--memory", "256m", "--name", "big", &rootfs, "sh", "-c", HOLDER]).ok();
     std::thread::sleep(Duration::from_secs(3));

@@ -23,11 +23,13 @@ pub struct Containerd {
 }
 
 impl Containerd {
-    /// Starts containerd, or returns None (with a note) if it is missing.
-    pub fn start(dir: &Path) -> Option<Containerd> {
-        let base = dir.join("containerd");
+    /// Starts containerd with its root under `dir` and its state under
+    /// `run`, or returns None (with a note) if it is missing.
+    pub fn start(dir: &Path, run: &Path) -> Option<Containerd> {
+        let (base, state) = (dir.join("containerd"), run.join("containerd"));
         std::fs::create_dir_all(&base).ok()?;
-        let setup = Setup::write(&base).ok()?;
+        std::fs::create_dir_all(&state).ok()?;
+        let setup = Setup::write(&base, &state).ok()?;
         let log = base.join("containerd.log");
         let child = match setup.spawn(&log) {
             Ok(c) => c,

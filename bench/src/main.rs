@@ -388,7 +388,8 @@ fn main() {
     if let Some(n) = o.scale {
         // Metrics on a socket of the run's own, each container's included.
         let metrics = std::env::temp_dir().join(format!("berth-bench-metrics-{}.sock", std::process::id()));
-        let d = Daemon::start_with(&["--metrics-address", &metrics.to_string_lossy(), "--metrics-per-container"]);
+        let d =
+            Daemon::start_with_run_tmpfs(&["--metrics-address", &metrics.to_string_lossy(), "--metrics-per-container"]);
         let bundle = make_bundle(d.dir(), &d.rootfs, "true", &["/bin/true"]);
         print_scale(&scale::run(&d, n, &bundle, &metrics));
         if let Ok(h) = berth_cgroups::Hierarchies::detect() {
@@ -398,7 +399,7 @@ fn main() {
         let _ = std::fs::remove_file(&metrics);
         return;
     }
-    let d = Daemon::start();
+    let d = Daemon::start_with_run_tmpfs(&[]);
     if o.only_shim {
         if let Some(f) = shim::run(&d, o.runs, o.containers) {
             print_shim(o.runs, o.containers, &f);
@@ -421,8 +422,8 @@ fn main() {
     }
     let bundle_s = bundle.to_string_lossy().into_owned();
 
-    let runc_root = d.dir().join("runc-root");
-    let mut ctr = containerd::Containerd::start(d.dir());
+    let runc_root = d.run_dir().join("runc-root");
+    let mut ctr = containerd::Containerd::start(d.dir(), d.run_dir());
     eprintln!("berth run --rm, runc run, ctr run --rm: {} rounds …", o.runs);
     let target = [bundle_s.as_str()];
     let mut runners = measure::run_rm_and_runc(&d, &target, &bundle_s, &runc_root, "");

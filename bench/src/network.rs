@@ -72,7 +72,7 @@ pub fn run(rounds: usize) -> NetworkTimes {
     };
     let _network = RemoveNetwork(&d);
     let rootfs = d.rootfs.to_string_lossy().into_owned();
-    let ctr = Containerd::start(d.dir());
+    let ctr = Containerd::start(d.dir(), d.run_dir());
     let cni = ctr.as_ref().and_then(|_| CtrCni::setup(d.dir(), CTR_NETWORK, CTR_BRIDGE, CTR_SUBNET, CTR_GATEWAY));
 
     // Each side really networked: an address on eth0 from its subnet.

@@ -96,7 +96,7 @@ fn pss_total(shims: &[u32]) -> Option<f64> {
 fn start_path(d: &Daemon, bundle: &Path) -> (Option<Duration>, Option<Duration>) {
     let bundle = crate::with_cgroups_path(bundle, &format!("{}/default/runc-true", d.cgroup_parent));
     let bundle = bundle.to_string_lossy().into_owned();
-    let runc_root = d.dir().join("runc-root");
+    let runc_root = d.run_dir().join("runc-root");
     let target = [bundle.as_str()];
     let mut runners = crate::measure::run_rm_and_runc(d, &target, &bundle, &runc_root, "s");
     let t = time_interleaved_settled(START_ROUNDS, &mut runners, crate::measure::settle_removal(d, "s"));
@@ -145,7 +145,7 @@ pub fn run(d: &Daemon, n: usize, bundle: &Path, metrics: &Path) -> Scale {
     }
     let (run_runc, rm_runc) = crate::scale_floor::runc_run_and_rm(d, n, seccomp.as_ref());
     let rm_kernel = crate::scale_floor::kernel_rm(d, n, seccomp.as_ref());
-    let containerd = Containerd::start(d.dir()).map(|c| peer(c, &d.rootfs, n)).unwrap_or_default();
+    let containerd = Containerd::start(d.dir(), d.run_dir()).map(|c| peer(c, &d.rootfs, n)).unwrap_or_default();
     Scale {
         containers: n,
         berth,

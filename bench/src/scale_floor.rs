@@ -75,7 +75,7 @@ impl Fleet {
     /// `seccomp`, if given, is the containers' profile (berth's, as runc
     /// reads it: [`berth_seccomp`]).
     fn start(d: &Daemon, n: usize, what: &str, threads: usize, seccomp: Option<&Value>) -> Option<(Fleet, Duration)> {
-        let dir = d.dir().join("rm-floor");
+        let dir = d.run_dir().join("rm-floor");
         let left = Leftovers { root: dir.join("runc-root"), bundles: dir.join("bundles") };
         let parent = format!("{}/default", d.cgroup_parent);
         eprintln!("scale: runc, {n} run -d, then {what} of all …");

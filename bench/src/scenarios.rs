@@ -14,7 +14,7 @@ pub struct ExecTimes {
 }
 
 fn runc(d: &Daemon, args: &[&str]) -> bool {
-    crate::measure::runc(&d.dir().join("runc-root"), &[], args)
+    crate::measure::runc(&d.run_dir().join("runc-root"), &[], args)
 }
 
 /// Median of `berth exec ID /bin/true` and `runc exec ID /bin/true` against
@@ -77,7 +77,7 @@ pub fn confined_run(d: &Daemon, rounds: usize) -> (Option<Duration>, Option<Dura
     let bundle = make_bundle(d.dir(), &d.rootfs, "confined", &["/bin/true"]);
     crate::edit_spec(&bundle, |spec| spec["linux"]["seccomp"] = seccomp);
     let bundle = bundle.to_string_lossy().into_owned();
-    let runc_root = d.dir().join("runc-root");
+    let runc_root = d.run_dir().join("runc-root");
     let target = [rootfs.as_str(), "/bin/true"];
     let mut runners = crate::measure::run_rm_and_runc(d, &target, &bundle, &runc_root, "c");
     let t = crate::measure::time_interleaved_settled(rounds, &mut runners, crate::measure::settle_removal(d, "c"));

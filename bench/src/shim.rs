@@ -62,7 +62,7 @@ pub fn run(d: &Daemon, rounds: usize, containers: usize) -> Option<ShimFigures> 
     drop(runners);
     eprintln!("shims: a lone container's shim, then a sandbox shim with {containers} containers …");
     let (mem_lone, mem_sandbox) = sandbox_memory(d, containers);
-    let c = Containerd::start(&dir.join("shim-bench"))?;
+    let c = Containerd::start(&dir.join("shim-bench"), &d.run_dir().join("shim-bench"))?;
     eprintln!("shims: ctr run --rm through runc-v2 and berth-shim, {rounds} rounds …");
     let mut runners: Vec<Runner<'_>> = vec![
         Box::new(|i| c.run_rm(RUNC_V2, rootfs, &format!("sr{i}"))),

@@ -19,8 +19,9 @@ use crate::rootfs::{bin_path, busybox_rootfs};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// A private containerd's files under `base`: its config (own root, state,
-/// gRPC and ttrpc sockets, CRI disabled), written.
+/// A private containerd's files under `base`: its config (own root,
+/// state, gRPC and ttrpc sockets, CRI disabled), written. Its state
+/// (`/run/containerd` on a host) goes in `run`.
 pub struct Setup {
     pub config: PathBuf,
     pub address: PathBuf,
@@ -28,14 +29,14 @@ pub struct Setup {
 }
 
 impl Setup {
-    pub fn write(base: &Path) -> std::io::Result<Setup> {
+    pub fn write(base: &Path, run: &Path) -> std::io::Result<Setup> {
         let (address, ttrpc_address) = (base.join("c.sock"), base.join("c.sock.ttrpc"));
         let config = base.join("config.toml");
         let toml = format!(
             "version = 2\nroot = \"{}\"\nstate = \"{}\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
              [grpc]\n  address = \"{}\"\n[ttrpc]\n  address = \"{}\"\n",
             base.join("root").display(),
-            base.join("state").display(),
+            run.join("state").display(),
             address.display(),
             ttrpc_address.display()
         );
@@ -75,7 +76,7 @@ impl Containerd {
     pub fn start() -> Containerd {
         let dir = tempfile::tempdir().expect("temp dir");
         let base = dir.path();
-        let setup = Setup::write(base).expect("write containerd config");
+        let setup = Setup::write(base, base).expect("write containerd config");
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let mut c = Containerd {
             rootfs: busybox_rootfs(base),

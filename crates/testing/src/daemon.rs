@@ -60,6 +60,10 @@ pub struct Daemon {
     dir: tempfile::TempDir,
     pub root: PathBuf,
     pub state: PathBuf,
+    /// Where runtime state goes, berthd's `--state` and a benchmark's
+    /// peers' (runc's root, containerd's state): the temp root itself, or
+    /// a tmpfs of its own below it ([`Daemon::start_with_run_tmpfs`]).
+    run: PathBuf,
     pub socket: PathBuf,
     pub cgroup_parent: String,
     pub rootfs: PathBuf,
@@ -78,12 +82,35 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with extra berthd flags.
     pub fn start_with(extra_args: &[&str]) -> Daemon {
+        Self::start_in(extra_args, false)
+    }
+
+    /// Like [`Daemon::start_with`], with berthd's `--state` on a tmpfs
+    /// mounted for it, as `/run/berth` (its default) is on a production
+    /// host; [`Daemon::run_dir`] is on the same tmpfs. `--root` stays on
+    /// disk. The benchmarks run so: where the temp root's disk is slow
+    /// to create files on (an ext4 without a journal looks through every
+    /// inode freed in the last half minute for each new one), berthd
+    /// and its peers would be timed on a layout no host runs them on.
+    pub fn start_with_run_tmpfs(extra_args: &[&str]) -> Daemon {
+        Self::start_in(extra_args, true)
+    }
+
+    fn start_in(extra_args: &[&str], run_tmpfs: bool) -> Daemon {
         let dir = tempfile::Builder::new().prefix("berth-test-").tempdir().expect("tempdir");
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let rootfs = busybox_rootfs(dir.path());
+        let run = if run_tmpfs { dir.path().join("run") } else { dir.path().to_path_buf() };
+        if run_tmpfs {
+            fs::create_dir(&run).expect("run dir");
+            let opts = Some("mode=0700");
+            nix::mount::mount(Some("tmpfs"), &run, Some("tmpfs"), nix::mount::MsFlags::empty(), opts)
+                .expect("mount a tmpfs for the run dir");
+        }
         let d = Daemon {
             root: dir.path().join("root"),
-            state: dir.path().join("state"),
+            state: run.join("state"),
+            run,
             socket: dir.path().join("berth.sock"),
             cgroup_parent: format!("/berth-test-{}-{n}", std::process::id()),
             rootfs,
@@ -98,6 +125,12 @@ impl Daemon {
 
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Where a peer's runtime state goes to be timed beside berthd's:
+    /// on the filesystem of berthd's `--state`.
+    pub fn run_dir(&self) -> &Path {
+        &self.run
     }
 
     /// Starts berthd and waits until its socket accepts connections.
