@@ -68,7 +68,7 @@ fn doctor_finds_and_fixes_every_kind_of_leftover() {
     d.run_detached("keep", &["sleep", "600"]);
     let (code, v) = doctor(&d, &[]);
     assert_eq!((code, v["healthy"].as_bool()), (0, Some(true)), "{v}");
-    for check in ["store", "runtime embedded", "cgroup layout", "cgroup favordynmods", "disk"] {
+    for check in ["store", "runtime embedded", "cgroup layout", "cgroup favordynmods", "disk", "state filesystem"] {
         assert!(v["checks"].as_array().unwrap().iter().any(|c| c["name"] == check), "{check}: {v}");
     }
 
@@ -193,4 +193,33 @@ fn doctor_finds_and_fixes_every_kind_of_leftover() {
         .unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("--cgroup-parent"), "{out:?}");
     assert!(!dir.exists());
+}
+
+/// The check named `name` of a doctor report.
+fn check<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v["checks"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("{name}: {v}"))
+}
+
+/// `--state` on a tmpfs passes; on another filesystem it is a note (not
+/// a finding: the report stays healthy) that names the directory and
+/// says what to do.
+#[test]
+fn doctor_says_whether_state_is_on_a_tmpfs() {
+    let d = Daemon::start_with_run_tmpfs(&[]);
+    let (code, v) = doctor(&d, &[]);
+    let state = check(&v, "state filesystem");
+    assert_eq!((code, state["status"].as_str()), (0, Some("ok")), "{v}");
+    assert!(state["detail"].as_str().unwrap().contains("tmpfs"), "{state}");
+
+    let on_disk = Daemon::start();
+    let fs = nix::sys::statfs::statfs(&on_disk.state).unwrap();
+    if fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC {
+        eprintln!("the temp dir is a tmpfs here: the note is not tested");
+        return;
+    }
+    let (code, v) = doctor(&on_disk, &[]);
+    let state = check(&v, "state filesystem");
+    assert_eq!((code, v["healthy"].as_bool(), state["status"].as_str()), (0, Some(true), Some("note")), "{v}");
+    let detail = state["detail"].as_str().unwrap();
+    assert!(detail.contains(&*on_disk.state.to_string_lossy()) && detail.contains("mount a tmpfs there"), "{detail}");
 }

@@ -1,5 +1,6 @@
 //! The host checks of `berth doctor` (`doctor.rs`): the store, runtimes
-//! and CRIU, the cgroup layout and its start-latency knobs, free disk.
+//! and CRIU, the cgroup layout and its start-latency knobs, free disk,
+//! the filesystem under `--state`.
 
 use berth_api::v1 as pb;
 
@@ -33,6 +34,29 @@ fn without_favordynmods(mountinfo: &str) -> (usize, Vec<String>) {
         }
     }
     (total, without)
+}
+
+/// The filesystem type and source of the mount of device `dev`
+/// ("major:minor"), from mountinfo.
+fn mount_of(mountinfo: &str, dev: &str) -> Option<(String, String)> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if left.split(' ').nth(2)? != dev {
+            return None;
+        }
+        let mut r = right.split(' ');
+        Some((r.next()?.to_string(), r.next()?.to_string()))
+    })
+}
+
+/// Whether the ext4 on block device `source` runs without a journal (its
+/// sysfs directory names no journal thread). Without one, ext4 passes
+/// over every inode freed in the last half minute when it allocates one.
+fn ext4_without_journal(source: &str) -> bool {
+    let device = std::fs::canonicalize(source).unwrap_or_else(|_| source.into());
+    let Some(name) = device.file_name() else { return false };
+    let task = std::path::Path::new("/sys/fs/ext4").join(name).join("journal_task");
+    std::fs::read_to_string(task).is_ok_and(|t| t.trim() == "<none>")
 }
 
 impl Manager {
@@ -79,7 +103,35 @@ impl Manager {
             ),
         });
         checks.push(self.disk_check());
+        checks.push(self.state_check());
         checks
+    }
+
+    /// `--state` belongs on a tmpfs (docs/operations.md, "Where `--state`
+    /// should live"): each create writes files there, and a reboot must
+    /// take them with the containers.
+    fn state_check(&self) -> pb::Check {
+        const NAME: &str = "state filesystem";
+        let state = &self.cfg.state;
+        let dev = match nix::sys::stat::stat(state) {
+            Ok(st) => format!("{}:{}", nix::sys::stat::major(st.st_dev), nix::sys::stat::minor(st.st_dev)),
+            Err(e) => return check(NAME, "error", format!("stat {}: {e}", state.display())),
+        };
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        match mount_of(&mountinfo, &dev) {
+            Some((fstype, _)) if fstype == "tmpfs" => check(NAME, "ok", format!("{} is on a tmpfs", state.display())),
+            Some((fstype, source)) => {
+                let mut detail = format!(
+                    "{} is on {fstype} ({source}), not a tmpfs: it outlives a reboot and every create writes its files to it; mount a tmpfs there",
+                    state.display()
+                );
+                if fstype == "ext4" && ext4_without_journal(&source) {
+                    detail.push_str(" (this ext4 has no journal: creating files there slows down after deletes)");
+                }
+                check(NAME, "note", detail)
+            }
+            None => check(NAME, "error", format!("no mount of device {dev} (under {}) in mountinfo", state.display())),
+        }
     }
 
     fn store_check(&self) -> pb::Check {
@@ -125,5 +177,17 @@ mod tests {
 31 25 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw,nsdelegate,favordynmods\n\
 32 25 0:28 / /proc rw - proc proc rw\n";
         assert_eq!(without_favordynmods(info), (2, vec!["/sys/fs/cgroup/memory".to_string()]));
+    }
+
+    #[test]
+    fn the_mount_of_a_device_is_found_by_its_number() {
+        let info = "22 1 254:0 / / rw,relatime - ext4 /dev/vda rw
+40 22 0:45 / /run/berth rw - tmpfs tmpfs rw,mode=700
+41 22 254:0 /srv /mnt/srv rw - ext4 /dev/vda rw
+";
+        assert_eq!(mount_of(info, "0:45"), Some(("tmpfs".into(), "tmpfs".into())));
+        assert_eq!(mount_of(info, "254:0"), Some(("ext4".into(), "/dev/vda".into())));
+        assert_eq!(mount_of(info, "0:4"), None);
+        assert_eq!(mount_of("garbage\n- -\n", "0:45"), None);
     }
 }
