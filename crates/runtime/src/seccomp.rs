@@ -6,16 +6,18 @@
 //! third_party/README.md) and keeps it in a directory that all shims of a
 //! daemon share (`--seccomp-cache`), so a profile is compiled once.
 //!
-//! A kept program is `<dir>/<SHA-256 of the profile>`: a SHA-256 over this
-//! executable's identity, the profile and the program, then the program.
-//! A file whose digest does not match (written by another build of the
-//! shim, torn by a crash, or not a program at all) is compiled again and
+//! A kept program is `<dir>/<SHA-256 of this executable's identity and the
+//! profile>`: a SHA-256 over the identity, the profile and the program,
+//! then the program. Each build of the shim keeps its own file, so after
+//! an upgrade old shims (a sandbox's, still creating containers) and new
+//! ones do not replace each other's. A file whose digest does not match
+//! (torn by a crash, or not a program at all) is compiled again and
 //! replaced, so only what this very binary compiled from this very profile
 //! is ever loaded.
 
 use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use libcontainer::oci_spec::runtime::LinuxSeccomp;
 use libcontainer::seccomp::{CompiledSeccomp, is_notify};
@@ -32,7 +34,7 @@ pub(crate) fn compiled(dir: Option<&Path>, profile: &LinuxSeccomp) -> Result<Opt
     }
     let Some((dir, identity)) = dir.zip(identity()) else { return compile(profile) };
     let json = serde_json::to_vec(profile).map_err(|e| compile_error(&e))?;
-    let path = dir.join(hex(&Sha256::digest(&json)));
+    let path = kept_path(dir, &identity, &json);
     if let Some(file) = read_kept(&path)
         && let Some((digest, program)) = file.split_at_checked(32)
         && digest == seal(&identity, &json, program).as_slice()
@@ -93,9 +95,20 @@ fn identity() -> Option<Vec<u8>> {
     Some(fields.iter().flat_map(|f| f.to_le_bytes()).collect())
 }
 
+/// Where this executable (`identity`) keeps the program of `profile` (its
+/// JSON).
+fn kept_path(dir: &Path, identity: &[u8], profile: &[u8]) -> PathBuf {
+    dir.join(hex(&digest(&[identity, profile])))
+}
+
 fn seal(identity: &[u8], profile: &[u8], program: &[u8]) -> [u8; 32] {
+    digest(&[identity, profile, program])
+}
+
+/// A SHA-256 over `parts`, each prefixed with its length.
+fn digest(parts: &[&[u8]]) -> [u8; 32] {
     let mut h = Sha256::new();
-    for part in [identity, profile, program] {
+    for part in parts {
         h.update((part.len() as u64).to_le_bytes());
         h.update(part);
     }

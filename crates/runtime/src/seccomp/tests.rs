@@ -25,7 +25,7 @@ fn denying(denied: &[&str]) -> LinuxSeccomp {
 const MKDIR: &[&str] = &["mkdir", "mkdirat"];
 
 fn kept_file(dir: &Path, profile: &LinuxSeccomp) -> std::path::PathBuf {
-    dir.join(hex(&Sha256::digest(serde_json::to_vec(profile).unwrap())))
+    kept_path(dir, &identity().unwrap(), &serde_json::to_vec(profile).unwrap())
 }
 
 /// Keeps `program` as the program of `profile`, sealed as this binary
@@ -50,6 +50,25 @@ fn a_profile_is_compiled_once_and_kept() {
     // Another profile has a program of its own.
     let other = compiled(Some(dir.path()), &denying(&["uname"])).unwrap().unwrap();
     assert_ne!(other.program(), first.program());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+}
+
+/// Another build of the shim (an old one after an upgrade) keeps its
+/// program in a file of its own: this build neither reads nor replaces it.
+#[test]
+fn each_build_of_the_shim_keeps_its_own_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = denying(&["sethostname"]);
+    let json = serde_json::to_vec(&profile).unwrap();
+    let other_build = [identity().unwrap(), b"another build".to_vec()].concat();
+    let theirs = kept_path(dir.path(), &other_build, &json);
+    assert_ne!(theirs, kept_file(dir.path(), &profile));
+    let program = CompiledSeccomp::compile(&profile).unwrap().unwrap();
+    let sealed = [&seal(&other_build, &json, program.program())[..], program.program()].concat();
+    std::fs::write(&theirs, &sealed).unwrap();
+    compiled(Some(dir.path()), &profile).unwrap().unwrap();
+    assert_eq!(std::fs::read(&theirs).unwrap(), sealed, "the other build's file is left as it was");
+    assert!(kept_file(dir.path(), &profile).exists(), "this build kept its own");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
 }
 
