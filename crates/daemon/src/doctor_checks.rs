@@ -113,25 +113,32 @@ impl Manager {
     fn state_check(&self) -> pb::Check {
         const NAME: &str = "state filesystem";
         let state = &self.cfg.state;
-        let dev = match nix::sys::stat::stat(state) {
-            Ok(st) => format!("{}:{}", nix::sys::stat::major(st.st_dev), nix::sys::stat::minor(st.st_dev)),
-            Err(e) => return check(NAME, "error", format!("stat {}: {e}", state.display())),
-        };
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        match mount_of(&mountinfo, &dev) {
-            Some((fstype, _)) if fstype == "tmpfs" => check(NAME, "ok", format!("{} is on a tmpfs", state.display())),
-            Some((fstype, source)) => {
-                let mut detail = format!(
-                    "{} is on {fstype} ({source}), not a tmpfs: it outlives a reboot and every create writes its files to it; mount a tmpfs there",
-                    state.display()
-                );
-                if fstype == "ext4" && ext4_without_journal(&source) {
-                    detail.push_str(" (this ext4 has no journal: creating files there slows down after deletes)");
-                }
-                check(NAME, "note", detail)
+        match nix::sys::statfs::statfs(state) {
+            Ok(fs) if fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC => {
+                return check(NAME, "ok", format!("{} is on a tmpfs", state.display()));
             }
-            None => check(NAME, "error", format!("no mount of device {dev} (under {}) in mountinfo", state.display())),
+            Ok(_) => {}
+            Err(e) => return check(NAME, "error", format!("statfs {}: {e}", state.display())),
         }
+        // Which filesystem, for the note: the mount of the directory's
+        // device (not found for, e.g., a btrfs subvolume's own device).
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mount = nix::sys::stat::stat(state).ok().and_then(|st| {
+            let dev = format!("{}:{}", nix::sys::stat::major(st.st_dev), nix::sys::stat::minor(st.st_dev));
+            mount_of(&mountinfo, &dev)
+        });
+        let on = mount.as_ref().map_or("a filesystem".to_string(), |(fstype, source)| format!("{fstype} ({source})"));
+        let mut detail = format!(
+            "{} is on {on}, not a tmpfs: it outlives a reboot and every create writes its files to it; mount a tmpfs there",
+            state.display()
+        );
+        if let Some((fstype, source)) = &mount
+            && fstype == "ext4"
+            && ext4_without_journal(source)
+        {
+            detail.push_str(" (this ext4 has no journal: creating files there slows down after deletes)");
+        }
+        check(NAME, "note", detail)
     }
 
     fn store_check(&self) -> pb::Check {
@@ -181,10 +188,9 @@ mod tests {
 
     #[test]
     fn the_mount_of_a_device_is_found_by_its_number() {
-        let info = "22 1 254:0 / / rw,relatime - ext4 /dev/vda rw
-40 22 0:45 / /run/berth rw - tmpfs tmpfs rw,mode=700
-41 22 254:0 /srv /mnt/srv rw - ext4 /dev/vda rw
-";
+        let info = "22 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n\
+40 22 0:45 / /run/berth rw - tmpfs tmpfs rw,mode=700\n\
+41 22 254:0 /srv /mnt/srv rw - ext4 /dev/vda rw\n";
         assert_eq!(mount_of(info, "0:45"), Some(("tmpfs".into(), "tmpfs".into())));
         assert_eq!(mount_of(info, "254:0"), Some(("ext4".into(), "/dev/vda".into())));
         assert_eq!(mount_of(info, "0:4"), None);
