@@ -428,13 +428,7 @@ impl Manager {
         crash_point("bundle");
         self.phases.end("create.bundle", t);
         let socket = self.cfg.shim_socket(ns, id);
-        if cgroup == self.cfg.cgroup_path(ns, id) {
-            // A cgroup in berthd's own layout starts with its CPUs (v1
-            // cpuset); if this fails, the runtime writes them as before.
-            if let Err(e) = self.cgroups.inherit_cpuset(&self.cfg.namespace_cgroup(ns)) {
-                tracing::debug!(namespace = %ns, "cpuset parent not prepared: {e}");
-            }
-        }
+        self.prepare_cgroup_parent(ns, id, &cgroup);
         // The cgroup may appear as soon as the runtime starts working; it is
         // released after the shim (and what it may have started) is gone.
         done.push(Step::Cgroup(cgroup.clone()));

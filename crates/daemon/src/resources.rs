@@ -173,6 +173,17 @@ pub(crate) fn container_cgroup(
 }
 
 impl Manager {
+    /// Makes a container cgroup in berthd's own layout start with its
+    /// CPUs and memory nodes (v1 cpuset: `Hierarchies::inherit_cpuset`);
+    /// if that fails, the runtime writes them as before.
+    pub(crate) fn prepare_cgroup_parent(&self, ns: &Namespace, id: &ContainerId, cgroup: &str) {
+        if cgroup == self.cfg.cgroup_path(ns, id)
+            && let Err(e) = self.cgroups.inherit_cpuset(&self.cfg.namespace_cgroup(ns))
+        {
+            tracing::debug!(namespace = %ns, "cpuset parent not prepared: {e}");
+        }
+    }
+
     /// A live container's statistics, read by berthd from the container's
     /// cgroup (berthd names every container's cgroup and knows the
     /// hierarchies); through its shim's Stats if that fails. Reading here
