@@ -20,6 +20,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::measure::median;
+
 /// The argument that makes this binary the probe: `PROBE_ARG DIR`.
 pub const PROBE_ARG: &str = "--create-floor-probe";
 
@@ -58,12 +60,8 @@ pub fn measure(dir: &Path, rounds: usize) -> Option<Floor> {
         }
     }
     let _ = std::fs::remove_dir_all(dir);
-    let median = |v: &mut Vec<Duration>| {
-        v.sort();
-        v[v.len() / 2]
-    };
     let [a, b, c] = &mut steps;
-    Some(Floor { unshare: median(a), sysfs: median(b), pivot_root: median(c) })
+    Some(Floor { unshare: median(a)?, sysfs: median(b)?, pivot_root: median(c)? })
 }
 
 /// The probe's body: prints the microseconds each step took, on one line.

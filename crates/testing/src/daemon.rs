@@ -100,13 +100,16 @@ impl Daemon {
         let dir = tempfile::Builder::new().prefix("berth-test-").tempdir().expect("tempdir");
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let rootfs = busybox_rootfs(dir.path());
-        let run = if run_tmpfs { dir.path().join("run") } else { dir.path().to_path_buf() };
-        if run_tmpfs {
+        let run = if run_tmpfs {
+            let run = dir.path().join("run");
             fs::create_dir(&run).expect("run dir");
             let opts = Some("mode=0700");
             nix::mount::mount(Some("tmpfs"), &run, Some("tmpfs"), nix::mount::MsFlags::empty(), opts)
                 .expect("mount a tmpfs for the run dir");
-        }
+            run
+        } else {
+            dir.path().to_path_buf()
+        };
         let d = Daemon {
             root: dir.path().join("root"),
             state: run.join("state"),
