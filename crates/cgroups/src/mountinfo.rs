@@ -3,18 +3,32 @@
 
 use std::path::Path;
 
-/// The mount point `path` is on and that mount's propagation tags
-/// (`shared:N`, `master:N`), from mountinfo text: the longest mount point
+/// One line of mountinfo, the fields berth reads.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Where it is mounted.
+    pub point: String,
+    /// Its propagation tags (`shared:N`, `master:N`).
+    pub tags: Vec<String>,
+    /// The filesystem type (`ext4`, `tmpfs`, …).
+    pub fstype: String,
+    /// The mount source (`/dev/vda`, `tmpfs`, …).
+    pub source: String,
+}
+
+/// The mount `path` is on, from mountinfo text: the longest mount point
 /// above it, the last one listed if several are stacked.
-pub fn mount_of(mountinfo: &str, path: &Path) -> Option<(String, Vec<String>)> {
-    let mut best: Option<(String, Vec<String>)> = None;
+pub fn mount_of(mountinfo: &str, path: &Path) -> Option<Mount> {
+    let mut best: Option<Mount> = None;
     for line in mountinfo.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
         let Some(point) = fields.get(4).map(|p| crate::unescape(p)) else { continue };
-        let tags = fields.iter().skip(6).take_while(|f| **f != "-").map(|f| f.to_string()).collect();
-        let longer = best.as_ref().is_none_or(|(b, _)| point.len() >= b.len());
+        let tags: Vec<String> = fields.iter().skip(6).take_while(|f| **f != "-").map(|f| f.to_string()).collect();
+        let after = fields.iter().skip(6 + tags.len() + 1).map(|f| crate::unescape(f));
+        let [fstype, source] = after.take(2).collect::<Vec<_>>().try_into().unwrap_or_default();
+        let longer = best.as_ref().is_none_or(|b| point.len() >= b.point.len());
         if path.starts_with(&point) && longer {
-            best = Some((point, tags));
+            best = Some(Mount { point, tags, fstype, source });
         }
     }
     best
@@ -31,11 +45,25 @@ mod tests {
 
     #[test]
     fn the_mount_of_a_path_and_its_propagation() {
-        let of = |p: &str| mount_of(HOST, Path::new(p)).unwrap();
+        let of = |p: &str| {
+            let m = mount_of(HOST, Path::new(p)).unwrap();
+            (m.point, m.tags)
+        };
         assert_eq!(of("/srv/data/x"), ("/srv/data".to_string(), vec!["master:7".to_string()]));
         assert_eq!(of("/srv/other"), ("/srv".to_string(), vec!["shared:4".to_string()]));
         assert_eq!(of("/srv/database"), ("/srv".to_string(), vec!["shared:4".to_string()]), "a prefix is not a parent");
         assert_eq!(of("/mnt/my dir/f"), ("/mnt/my dir".to_string(), vec!["shared:9".to_string()]));
         assert_eq!(of("/etc"), ("/".to_string(), vec![]));
+    }
+
+    #[test]
+    fn the_filesystem_and_source_of_a_mount() {
+        let of = |p: &str| {
+            let m = mount_of(HOST, Path::new(p)).unwrap();
+            (m.fstype, m.source)
+        };
+        assert_eq!(of("/etc"), ("ext4".to_string(), "/dev/sda1".to_string()));
+        assert_eq!(of("/srv/data/x"), ("tmpfs".to_string(), "tmpfs".to_string()), "after the optional fields");
+        assert_eq!(mount_of("1 2 0:1 / / rw -\n", Path::new("/")).unwrap().fstype, "", "a cut line");
     }
 }

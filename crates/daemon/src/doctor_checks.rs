@@ -36,19 +36,6 @@ fn without_favordynmods(mountinfo: &str) -> (usize, Vec<String>) {
     (total, without)
 }
 
-/// The filesystem type and source of the mount of device `dev`
-/// ("major:minor"), from mountinfo.
-fn mount_of(mountinfo: &str, dev: &str) -> Option<(String, String)> {
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        if left.split(' ').nth(2)? != dev {
-            return None;
-        }
-        let mut r = right.split(' ');
-        Some((r.next()?.to_string(), r.next()?.to_string()))
-    })
-}
-
 /// Whether the ext4 on block device `source` runs without a journal (its
 /// sysfs directory names no journal thread). Without one, ext4 passes
 /// over every inode freed in the last half minute when it allocates one.
@@ -120,21 +107,18 @@ impl Manager {
             Ok(_) => {}
             Err(e) => return check(NAME, "error", format!("statfs {}: {e}", state.display())),
         }
-        // Which filesystem, for the note: the mount of the directory's
-        // device (not found for, e.g., a btrfs subvolume's own device).
+        // Which filesystem, for the note.
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mount = nix::sys::stat::stat(state).ok().and_then(|st| {
-            let dev = format!("{}:{}", nix::sys::stat::major(st.st_dev), nix::sys::stat::minor(st.st_dev));
-            mount_of(&mountinfo, &dev)
-        });
-        let on = mount.as_ref().map_or("a filesystem".to_string(), |(fstype, source)| format!("{fstype} ({source})"));
+        let path = std::fs::canonicalize(state).unwrap_or_else(|_| state.clone());
+        let mount = berth_cgroups::mountinfo::mount_of(&mountinfo, &path).filter(|m| !m.fstype.is_empty());
+        let on = mount.as_ref().map_or("a filesystem".to_string(), |m| format!("{} ({})", m.fstype, m.source));
         let mut detail = format!(
             "{} is on {on}, not a tmpfs: it outlives a reboot and every create writes its files to it; mount a tmpfs there",
             state.display()
         );
-        if let Some((fstype, source)) = &mount
-            && fstype == "ext4"
-            && ext4_without_journal(source)
+        if let Some(m) = &mount
+            && m.fstype == "ext4"
+            && ext4_without_journal(&m.source)
         {
             detail.push_str(" (this ext4 has no journal: creating files there slows down after deletes)");
         }
@@ -184,16 +168,5 @@ mod tests {
 31 25 0:27 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw,nsdelegate,favordynmods\n\
 32 25 0:28 / /proc rw - proc proc rw\n";
         assert_eq!(without_favordynmods(info), (2, vec!["/sys/fs/cgroup/memory".to_string()]));
-    }
-
-    #[test]
-    fn the_mount_of_a_device_is_found_by_its_number() {
-        let info = "22 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n\
-40 22 0:45 / /run/berth rw - tmpfs tmpfs rw,mode=700\n\
-41 22 254:0 /srv /mnt/srv rw - ext4 /dev/vda rw\n";
-        assert_eq!(mount_of(info, "0:45"), Some(("tmpfs".into(), "tmpfs".into())));
-        assert_eq!(mount_of(info, "254:0"), Some(("ext4".into(), "/dev/vda".into())));
-        assert_eq!(mount_of(info, "0:4"), None);
-        assert_eq!(mount_of("garbage\n- -\n", "0:45"), None);
     }
 }

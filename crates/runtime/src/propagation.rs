@@ -58,7 +58,7 @@ fn wanted(spec: &Value, host_mountinfo: &str) -> Vec<(PathBuf, MsFlags)> {
         };
         let Some(flags) = options.iter().rev().find_map(|o| flags(o)).filter(|_| bind) else { continue };
         // A private source makes a private bind: nothing to change.
-        let source_private = mount_of(host_mountinfo, Path::new(source)).is_some_and(|(_, tags)| tags.is_empty());
+        let source_private = mount_of(host_mountinfo, Path::new(source)).is_some_and(|m| m.tags.is_empty());
         if flags.contains(MsFlags::MS_PRIVATE) && source_private {
             continue;
         }
