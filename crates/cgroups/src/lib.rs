@@ -4,6 +4,8 @@
 //! statistics and updates its limits (`resources`).
 
 mod cpuset;
+#[cfg(test)]
+mod join_tests;
 pub mod mountinfo;
 mod oom;
 mod resources;

