@@ -15,9 +15,10 @@ fn check(name: &str, status: &str, detail: String) -> pb::Check {
 }
 
 /// The cgroup mounts (v1 hierarchies and cgroup2) without `favordynmods`:
-/// without it every fork and cgroup migration takes the cgroup threadgroup
-/// lock for reading and each container create for writing, which shows in
-/// start latency under load.
+/// without it a process moved through `cgroup.procs` (a join on cgroup v2,
+/// or by runc) takes the cgroup threadgroup lock for writing and may wait
+/// for an RCU grace period. On v1 the embedded runtime's joins skip that
+/// lock (third_party/README.md, libcgroups).
 fn without_favordynmods(mountinfo: &str) -> (usize, Vec<String>) {
     let mut total = 0;
     let mut without = Vec::new();
@@ -84,7 +85,7 @@ impl Manager {
                 "cgroup favordynmods",
                 "note",
                 format!(
-                    "off on {n} of {total} cgroup mounts ({}): remounting with -o favordynmods lowers create latency under load",
+                    "off on {n} of {total} cgroup mounts ({}): remounting with -o favordynmods spares joins through cgroup.procs (cgroup v2, runc) a wait",
                     without.join(", ")
                 ),
             ),
