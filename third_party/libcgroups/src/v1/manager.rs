@@ -85,9 +85,18 @@ pub enum V1ManagerError {
 impl Manager {
     /// Constructs a new cgroup manager with cgroups_path being relative to the root of the subsystem
     pub fn new(cgroup_path: &Path) -> Result<Self, V1ManagerError> {
+        // berth: the mount table and the process's own cgroups are read
+        // once for all subsystems, not once each (two procfs opens and
+        // parses per subsystem, in every container's create).
+        let mounts = util::list_subsystem_mount_points().ok();
+        let own = Self::own_cgroups().ok();
         let mut subsystems = HashMap::new();
         for subsystem in CONTROLLERS {
-            if let Ok(subsystem_path) = Self::get_subsystem_path(cgroup_path, subsystem) {
+            let path = match (&mounts, &own) {
+                (Some(mounts), Some(own)) => Self::get_subsystem_path(cgroup_path, subsystem, mounts, own),
+                _ => Err(V1ManagerError::SubsystemDoesNotExist),
+            };
+            if let Ok(subsystem_path) = path {
                 subsystems.insert(*subsystem, subsystem_path);
             } else {
                 tracing::warn!("cgroup {} not supported on this system", subsystem);
@@ -97,21 +106,29 @@ impl Manager {
         Ok(Manager { subsystems })
     }
 
-    fn get_subsystem_path(
-        cgroup_path: &Path,
-        subsystem: &CtrlType,
-    ) -> Result<PathBuf, V1ManagerError> {
-        tracing::debug!("Get path for subsystem: {}", subsystem);
-        let mount_point = util::get_subsystem_mount_point(subsystem)?;
-
-        let cgroup = ProcessCGroups::from_read(ProcfsHandle::new()?.open(
+    /// berth: the calling process's cgroups (`/proc/self/cgroup`).
+    fn own_cgroups() -> Result<ProcessCGroups, V1ManagerError> {
+        Ok(ProcessCGroups::from_read(ProcfsHandle::new()?.open(
             ProcfsBase::ProcSelf,
             "cgroup",
             OpenFlags::O_RDONLY | OpenFlags::O_CLOEXEC,
-        )?)?
-        .into_iter()
-        .find(|c| c.controllers.contains(&subsystem.to_string()))
-        .ok_or(V1ManagerError::SubsystemDoesNotExist)?;
+        )?)?)
+    }
+
+    fn get_subsystem_path(
+        cgroup_path: &Path,
+        subsystem: &CtrlType,
+        mounts: &[PathBuf],
+        own: &ProcessCGroups,
+    ) -> Result<PathBuf, V1ManagerError> {
+        tracing::debug!("Get path for subsystem: {}", subsystem);
+        let mount_point = util::find_subsystem_mount_point(subsystem, mounts)?;
+
+        let cgroup = own
+            .0
+            .iter()
+            .find(|c| c.controllers.contains(&subsystem.to_string()))
+            .ok_or(V1ManagerError::SubsystemDoesNotExist)?;
 
         let p = if cgroup_path.as_os_str().is_empty() {
             mount_point.join_safely(Path::new(&cgroup.pathname))?
