@@ -1,12 +1,10 @@
 use std::fs;
 use std::path::{Path, PathBuf, StripPrefixError};
 
-use nix::unistd;
 use oci_spec::runtime::LinuxCpu;
-use unistd::Pid;
 
 use super::ControllerType;
-use super::controller::Controller;
+use super::controller::{Controller, Member};
 use super::util::{self, V1MountPointError};
 use crate::common::{self, ControllerOpt, WrapIoResult, WrappedIoError};
 
@@ -34,13 +32,13 @@ impl Controller for CpuSet {
     type Error = V1CpuSetControllerError;
     type Resource = LinuxCpu;
 
-    fn add_task(pid: Pid, cgroup_path: &Path) -> Result<(), Self::Error> {
+    fn add_member(member: Member, cgroup_path: &Path) -> Result<(), Self::Error> {
         fs::create_dir_all(cgroup_path).wrap_create_dir(cgroup_path)?;
 
         Self::ensure_not_empty(cgroup_path, CGROUP_CPUSET_CPUS)?;
         Self::ensure_not_empty(cgroup_path, CGROUP_CPUSET_MEMS)?;
 
-        super::controller::join(pid, cgroup_path)?;
+        super::controller::join(member, cgroup_path)?;
         Ok(())
     }
 

@@ -9,7 +9,7 @@ use pathrs::procfs::{ProcfsBase, ProcfsHandle};
 use procfs::{FromRead, ProcError, ProcessCGroups};
 
 use super::blkio::{Blkio, V1BlkioStatsError};
-use super::controller::Controller;
+use super::controller::{Controller, Member};
 use super::controller_type::CONTROLLERS;
 use super::cpu::{Cpu, V1CpuStatsError};
 use super::cpuacct::{CpuAcct, V1CpuAcctStatsError};
@@ -195,20 +195,22 @@ impl CgroupManager for Manager {
     }
 
     fn add_task(&self, pid: Pid) -> Result<(), Self::Error> {
+        // berth: how the process joins, decided once (controller::Member).
+        let member = Member::of(pid);
         for (ctrl_type, cgroup_path) in &self.subsystems {
             match ctrl_type {
-                CtrlType::Cpu => Cpu::add_task(pid, cgroup_path)?,
-                CtrlType::CpuAcct => CpuAcct::add_task(pid, cgroup_path)?,
-                CtrlType::CpuSet => CpuSet::add_task(pid, cgroup_path)?,
-                CtrlType::Devices => Devices::add_task(pid, cgroup_path)?,
-                CtrlType::HugeTlb => HugeTlb::add_task(pid, cgroup_path)?,
-                CtrlType::Memory => Memory::add_task(pid, cgroup_path)?,
-                CtrlType::Pids => Pids::add_task(pid, cgroup_path)?,
-                CtrlType::PerfEvent => PerfEvent::add_task(pid, cgroup_path)?,
-                CtrlType::Blkio => Blkio::add_task(pid, cgroup_path)?,
-                CtrlType::NetworkPriority => NetworkPriority::add_task(pid, cgroup_path)?,
-                CtrlType::NetworkClassifier => NetworkClassifier::add_task(pid, cgroup_path)?,
-                CtrlType::Freezer => Freezer::add_task(pid, cgroup_path)?,
+                CtrlType::Cpu => Cpu::add_member(member, cgroup_path)?,
+                CtrlType::CpuAcct => CpuAcct::add_member(member, cgroup_path)?,
+                CtrlType::CpuSet => CpuSet::add_member(member, cgroup_path)?,
+                CtrlType::Devices => Devices::add_member(member, cgroup_path)?,
+                CtrlType::HugeTlb => HugeTlb::add_member(member, cgroup_path)?,
+                CtrlType::Memory => Memory::add_member(member, cgroup_path)?,
+                CtrlType::Pids => Pids::add_member(member, cgroup_path)?,
+                CtrlType::PerfEvent => PerfEvent::add_member(member, cgroup_path)?,
+                CtrlType::Blkio => Blkio::add_member(member, cgroup_path)?,
+                CtrlType::NetworkPriority => NetworkPriority::add_member(member, cgroup_path)?,
+                CtrlType::NetworkClassifier => NetworkClassifier::add_member(member, cgroup_path)?,
+                CtrlType::Freezer => Freezer::add_member(member, cgroup_path)?,
             }
         }
 
