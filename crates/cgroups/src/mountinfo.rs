@@ -14,21 +14,33 @@ pub struct Mount {
     pub fstype: String,
     /// The mount source (`/dev/vda`, `tmpfs`, …).
     pub source: String,
+    /// The filesystem's own options (`rw,memory`, `rw,favordynmods`, …).
+    pub options: String,
+}
+
+/// Every mount of mountinfo text, in the order listed (proc(5): `id parent
+/// maj:min root mount-point opts [optional...] - fstype source
+/// super-opts`); a line without a mount point is passed over.
+pub fn mounts(mountinfo: &str) -> impl Iterator<Item = Mount> + '_ {
+    mountinfo.lines().filter_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let point = crate::unescape(fields.get(4)?);
+        let tags: Vec<String> = fields.iter().skip(6).take_while(|f| **f != "-").map(|f| f.to_string()).collect();
+        let mut after = fields.iter().skip(6 + tags.len() + 1).map(|f| crate::unescape(f));
+        let (fstype, source, options) =
+            (after.next().unwrap_or_default(), after.next().unwrap_or_default(), after.next().unwrap_or_default());
+        Some(Mount { point, tags, fstype, source, options })
+    })
 }
 
 /// The mount `path` is on, from mountinfo text: the longest mount point
 /// above it, the last one listed if several are stacked.
 pub fn mount_of(mountinfo: &str, path: &Path) -> Option<Mount> {
     let mut best: Option<Mount> = None;
-    for line in mountinfo.lines() {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let Some(point) = fields.get(4).map(|p| crate::unescape(p)) else { continue };
-        let tags: Vec<String> = fields.iter().skip(6).take_while(|f| **f != "-").map(|f| f.to_string()).collect();
-        let after = fields.iter().skip(6 + tags.len() + 1).map(|f| crate::unescape(f));
-        let [fstype, source] = after.take(2).collect::<Vec<_>>().try_into().unwrap_or_default();
-        let longer = best.as_ref().is_none_or(|b| point.len() >= b.point.len());
-        if path.starts_with(&point) && longer {
-            best = Some(Mount { point, tags, fstype, source });
+    for mount in mounts(mountinfo) {
+        let longer = best.as_ref().is_none_or(|b| mount.point.len() >= b.point.len());
+        if path.starts_with(&mount.point) && longer {
+            best = Some(mount);
         }
     }
     best
@@ -65,5 +77,6 @@ mod tests {
         assert_eq!(of("/etc"), ("ext4".to_string(), "/dev/sda1".to_string()));
         assert_eq!(of("/srv/data/x"), ("tmpfs".to_string(), "tmpfs".to_string()), "after the optional fields");
         assert_eq!(mount_of("1 2 0:1 / / rw -\n", Path::new("/")).unwrap().fstype, "", "a cut line");
+        assert_eq!(mount_of(HOST, Path::new("/srv")).unwrap().options, "rw");
     }
 }

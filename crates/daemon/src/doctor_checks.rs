@@ -3,6 +3,7 @@
 //! the filesystem under `--state`.
 
 use berth_api::v1 as pb;
+use berth_cgroups::mountinfo::{Mount, mount_of, mounts};
 
 use crate::manager::Manager;
 
@@ -20,21 +21,9 @@ fn check(name: &str, status: &str, detail: String) -> pb::Check {
 /// for an RCU grace period. On v1 the embedded runtime's joins skip that
 /// lock (third_party/README.md, libcgroups).
 fn without_favordynmods(mountinfo: &str) -> (usize, Vec<String>) {
-    let mut total = 0;
-    let mut without = Vec::new();
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
-        let mut r = right.split(' ');
-        let (Some(fstype), Some(_source), Some(options)) = (r.next(), r.next(), r.next()) else { continue };
-        if fstype != "cgroup" && fstype != "cgroup2" {
-            continue;
-        }
-        total += 1;
-        if !options.split(',').any(|o| o == "favordynmods") {
-            without.push(left.split(' ').nth(4).unwrap_or("?").to_string());
-        }
-    }
-    (total, without)
+    let cgroups: Vec<Mount> = mounts(mountinfo).filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2").collect();
+    let without = cgroups.iter().filter(|m| !m.options.split(',').any(|o| o == "favordynmods"));
+    (cgroups.len(), without.map(|m| m.point.clone()).collect())
 }
 
 /// Whether the ext4 on block device `source` runs without a journal (its
@@ -77,8 +66,8 @@ impl Manager {
             }
             Err(e) => checks.push(check("runtimes", "error", e.to_string())),
         }
-        let (total, without) =
-            without_favordynmods(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default());
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let (total, without) = without_favordynmods(&mountinfo);
         checks.push(match without.len() {
             0 => check("cgroup favordynmods", "ok", format!("set on all {total} cgroup mounts")),
             n => check(
@@ -91,14 +80,14 @@ impl Manager {
             ),
         });
         checks.push(self.disk_check());
-        checks.push(self.state_check());
+        checks.push(self.state_check(&mountinfo));
         checks
     }
 
     /// `--state` belongs on a tmpfs (docs/operations.md, "Where `--state`
     /// should live"): each create writes files there, and a reboot must
     /// take them with the containers.
-    fn state_check(&self) -> pb::Check {
+    fn state_check(&self, mountinfo: &str) -> pb::Check {
         const NAME: &str = "state filesystem";
         let state = &self.cfg.state;
         match nix::sys::statfs::statfs(state) {
@@ -109,9 +98,8 @@ impl Manager {
             Err(e) => return check(NAME, "error", format!("statfs {}: {e}", state.display())),
         }
         // Which filesystem, for the note.
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let path = std::fs::canonicalize(state).unwrap_or_else(|_| state.clone());
-        let mount = berth_cgroups::mountinfo::mount_of(&mountinfo, &path).filter(|m| !m.fstype.is_empty());
+        let mount = mount_of(mountinfo, &path).filter(|m| !m.fstype.is_empty());
         let on = mount.as_ref().map_or("a filesystem".to_string(), |m| format!("{} ({})", m.fstype, m.source));
         let mut detail = format!(
             "{} is on {on}, not a tmpfs: it outlives a reboot and every create writes its files to it; mount a tmpfs there",
