@@ -6,7 +6,6 @@
 mod cpuset;
 #[cfg(test)]
 mod join_tests;
-pub mod mountinfo;
 mod oom;
 mod resources;
 mod v1stats;
@@ -66,24 +65,14 @@ impl Hierarchies {
 
     fn parse(mountinfo: &str) -> Hierarchies {
         let (mut mounts, mut v1, mut unified) = (Vec::new(), Vec::new(), None);
-        for line in mountinfo.lines() {
-            // mountinfo: ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [TAGS] - FSTYPE SOURCE SUPER
-            let Some((left, right)) = line.split_once(" - ") else { continue };
-            let mut fields = right.split_whitespace();
-            let fstype = fields.next().unwrap_or("");
-            if fstype != "cgroup" && fstype != "cgroup2" {
-                continue;
+        for m in berth_model::mountinfo::mounts(mountinfo) {
+            let mp = PathBuf::from(&m.point);
+            match m.fstype.as_str() {
+                "cgroup" => v1.push((mp.clone(), m.options.split(',').map(str::to_string).collect())),
+                "cgroup2" => unified = Some(mp.clone()),
+                _ => continue,
             }
-            if let Some(mp) = left.split_whitespace().nth(4) {
-                let mp = PathBuf::from(unescape(mp));
-                if fstype == "cgroup" {
-                    let options = fields.nth(1).unwrap_or("");
-                    v1.push((mp.clone(), options.split(',').map(str::to_string).collect()));
-                } else {
-                    unified = Some(mp.clone());
-                }
-                mounts.push(mp);
-            }
+            mounts.push(mp);
         }
         mounts.sort();
         mounts.dedup();
@@ -357,10 +346,6 @@ fn subdirs(dir: &Path) -> io::Result<Vec<PathBuf>> {
         }
     }
     Ok(dirs)
-}
-
-fn unescape(s: &str) -> String {
-    s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 
 #[cfg(test)]

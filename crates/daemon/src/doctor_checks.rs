@@ -3,7 +3,7 @@
 //! the filesystem under `--state`.
 
 use berth_api::v1 as pb;
-use berth_cgroups::mountinfo::{Mount, mount_of, mounts};
+use berth_model::mountinfo::{Mount, mount_of, mounts};
 
 use crate::manager::Manager;
 

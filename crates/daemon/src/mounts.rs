@@ -236,8 +236,8 @@ fn check_source_propagation(path: &Path, propagation: &str) -> Result<()> {
         return Ok(());
     };
     let info = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| Error::io("read mountinfo", e))?;
-    let berth_cgroups::mountinfo::Mount { point, tags, .. } =
-        berth_cgroups::mountinfo::mount_of(&info, path).unwrap_or_default();
+    let berth_model::mountinfo::Mount { point, tags, .. } =
+        berth_model::mountinfo::mount_of(&info, path).unwrap_or_default();
     if tags.iter().any(|t| wanted.iter().any(|w| t.starts_with(w))) {
         return Ok(());
     }

@@ -155,8 +155,8 @@ pub fn size_flags(vm: &VmInfo) -> Vec<OsString> {
 /// berthd) and again when a VM sandbox's shim starts.
 pub fn share_bundles(root: &Path) {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let berth_cgroups::mountinfo::Mount { point, tags, .. } =
-        berth_cgroups::mountinfo::mount_of(&info, root).unwrap_or_default();
+    let berth_model::mountinfo::Mount { point, tags, .. } =
+        berth_model::mountinfo::mount_of(&info, root).unwrap_or_default();
     if tags.iter().any(|t| t.starts_with("shared:")) {
         return;
     }

@@ -6,6 +6,7 @@ mod event;
 mod exit;
 mod id;
 mod logs;
+pub mod mountinfo;
 mod network;
 mod restart;
 mod runtime;

@@ -21,7 +21,7 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, fork};
 use serde_json::Value;
 
-use berth_cgroups::mountinfo::mount_of;
+use berth_model::mountinfo::mount_of;
 
 use crate::error::RuntimeError;
 

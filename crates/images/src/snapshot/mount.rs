@@ -16,6 +16,8 @@ use nix::errno::Errno;
 use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 
+use berth_model::mountinfo::{mounts, unescape};
+
 use super::Mounts;
 use crate::ImageError;
 
@@ -195,40 +197,14 @@ pub fn overlay_mounts() -> Result<Vec<OverlayMount>, ImageError> {
     Ok(parse_mountinfo(&text))
 }
 
-/// Parses mountinfo text, keeping overlay mounts (fields per proc(5):
-/// `id parent maj:min root mount-point opts [optional...] - fstype source super-opts`).
+/// The overlay mounts of mountinfo text.
 pub(super) fn parse_mountinfo(text: &str) -> Vec<OverlayMount> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let Some((left, right)) = line.split_once(" - ") else { continue };
-        let Some(mount_point) = left.split(' ').nth(4) else { continue };
-        let mut right = right.split(' ');
-        if right.next() != Some("overlay") {
-            continue;
-        }
-        let super_opts = right.nth(1).unwrap_or("");
-        let upperdir =
-            super_opts.split(',').find_map(|o| o.strip_prefix("upperdir=")).map(|u| PathBuf::from(unescape(u)));
-        out.push(OverlayMount { mount_point: PathBuf::from(unescape(mount_point)), upperdir });
-    }
-    out
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space and so on).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        if let (b'\\', Some(d)) = (b[i], octal) {
-            let v = u32::from(d[0] - b'0') * 64 + u32::from(d[1] - b'0') * 8 + u32::from(d[2] - b'0');
-            out.push(u8::try_from(v).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    mounts(text)
+        .filter(|m| m.fstype == "overlay")
+        .map(|m| {
+            let upperdir =
+                m.options.split(',').find_map(|o| o.strip_prefix("upperdir=")).map(|u| PathBuf::from(unescape(u)));
+            OverlayMount { mount_point: PathBuf::from(m.point), upperdir }
+        })
+        .collect()
 }

@@ -26,6 +26,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use berth_model::ExitStatus;
+use berth_model::mountinfo::mounts;
 use berth_model::vm::GUEST_SHARE;
 
 use super::share::ShareDir;
@@ -174,12 +175,8 @@ pub fn unmount_under(dir: &Path) -> bool {
     let mounts = |dir: &Path| -> Vec<String> {
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let (exact, under) = (dir.to_string_lossy().into_owned(), format!("{}/", dir.display()));
-        let mut points: Vec<String> = info
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .map(unescape)
-            .filter(|p| *p == exact || p.starts_with(&under))
-            .collect();
+        let mut points: Vec<String> =
+            mounts(&info).map(|m| m.point).filter(|p| *p == exact || p.starts_with(&under)).collect();
         points.sort_by_key(|p| std::cmp::Reverse(p.len()));
         points
     };
@@ -198,30 +195,6 @@ pub fn unmount_under(dir: &Path) -> bool {
     }
 }
 
-/// A mountinfo path: spaces, tabs, newlines and backslashes come octal-escaped.
-fn unescape(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .and_then(|d| std::str::from_utf8(d).ok())
-            .and_then(|d| u8::from_str_radix(d, 8).ok());
-        match (bytes[i], octal) {
-            (b'\\', Some(b)) => {
-                out.push(b);
-                i += 4;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Removes a VM's directory once its VM is dead: every mount under it
 /// first (refusing to remove anything if one stays), then the files,
 /// without following the guest's symlinks.
@@ -232,17 +205,5 @@ pub fn remove_vm_dir(dir: &Path) -> std::io::Result<()> {
     match std::fs::remove_dir_all(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         done => done,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mountinfo_paths_are_unescaped() {
-        assert_eq!(unescape("/a\\040b\\011c"), "/a b\tc");
-        assert_eq!(unescape("/plain"), "/plain");
-        assert_eq!(unescape("/odd\\9"), "/odd\\9");
     }
 }

@@ -1,5 +1,7 @@
-//! The host's mount table, read for more than cgroups: which mount a path
-//! is on and how that mount propagates.
+//! The mount table's text (/proc/PID/mountinfo), parsed in one place for
+//! every crate that reads it: cgroup hierarchies, overlay snapshots, which
+//! mount a path is on and how that mount propagates. No I/O here: callers
+//! read the file.
 
 use std::path::Path;
 
@@ -14,7 +16,8 @@ pub struct Mount {
     pub fstype: String,
     /// The mount source (`/dev/vda`, `tmpfs`, …).
     pub source: String,
-    /// The filesystem's own options (`rw,memory`, `rw,favordynmods`, …).
+    /// The filesystem's own options (`rw,memory`, `rw,favordynmods`, …),
+    /// as listed: split them on `,`, then [`unescape`] a value.
     pub options: String,
 }
 
@@ -24,12 +27,12 @@ pub struct Mount {
 pub fn mounts(mountinfo: &str) -> impl Iterator<Item = Mount> + '_ {
     mountinfo.lines().filter_map(|line| {
         let fields: Vec<&str> = line.split(' ').collect();
-        let point = crate::unescape(fields.get(4)?);
+        let point = unescape(fields.get(4)?);
         let tags: Vec<String> = fields.iter().skip(6).take_while(|f| **f != "-").map(|f| f.to_string()).collect();
-        let mut after = fields.iter().skip(6 + tags.len() + 1).map(|f| crate::unescape(f));
+        let mut after = fields.iter().skip(6 + tags.len() + 1).map(|f| f.to_string());
         let (fstype, source, options) =
             (after.next().unwrap_or_default(), after.next().unwrap_or_default(), after.next().unwrap_or_default());
-        Some(Mount { point, tags, fstype, source, options })
+        Some(Mount { point, tags, fstype, source: unescape(&source), options })
     })
 }
 
@@ -44,6 +47,26 @@ pub fn mount_of(mountinfo: &str, path: &Path) -> Option<Mount> {
         }
     }
     best
+}
+
+/// Undoes mountinfo's octal escapes (`\\040` for a space, `\\054` for a
+/// comma in an option's value, and so on).
+pub fn unescape(field: &str) -> String {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        if let (b'\\', Some(d)) = (b[i], octal) {
+            let v = u32::from(d[0] - b'0') * 64 + u32::from(d[1] - b'0') * 8 + u32::from(d[2] - b'0');
+            out.push(u8::try_from(v).unwrap_or(b'?'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -78,5 +101,23 @@ mod tests {
         assert_eq!(of("/srv/data/x"), ("tmpfs".to_string(), "tmpfs".to_string()), "after the optional fields");
         assert_eq!(mount_of("1 2 0:1 / / rw -\n", Path::new("/")).unwrap().fstype, "", "a cut line");
         assert_eq!(mount_of(HOST, Path::new("/srv")).unwrap().options, "rw");
+    }
+
+    #[test]
+    fn escapes_are_undone() {
+        assert_eq!(unescape("/a\\040b\\011c\\134d"), "/a b\tc\\d");
+        assert_eq!(unescape("/plain"), "/plain");
+        assert_eq!(unescape("/odd\\9"), "/odd\\9", "not an octal escape");
+        assert_eq!(unescape("/end\\04"), "/end\\04", "cut short");
+    }
+
+    #[test]
+    fn options_stay_escaped_until_split() {
+        let text = "41 35 0:51 / /x rw - overlay over\\040lay rw,upperdir=/s/a\\054b,workdir=/w\n";
+        let m = mounts(text).next().unwrap();
+        assert_eq!(m.source, "over lay");
+        let upper: Vec<String> =
+            m.options.split(',').filter_map(|o| o.strip_prefix("upperdir=")).map(unescape).collect();
+        assert_eq!(upper, ["/s/a,b"], "a comma inside a value is not a separator");
     }
 }
