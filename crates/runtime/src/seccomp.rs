@@ -98,7 +98,7 @@ fn identity() -> Option<Vec<u8>> {
 /// Where this executable (`identity`) keeps the program of `profile` (its
 /// JSON).
 fn kept_path(dir: &Path, identity: &[u8], profile: &[u8]) -> PathBuf {
-    dir.join(hex(&digest(&[identity, profile])))
+    dir.join(hex::encode(digest(&[identity, profile])))
 }
 
 fn seal(identity: &[u8], profile: &[u8], program: &[u8]) -> [u8; 32] {
@@ -122,10 +122,6 @@ fn digest(parts: &[&[u8]]) -> [u8; 32] {
 fn keep(dir: &Path, path: &Path, digest: &[u8], program: &[u8]) -> std::io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     berth_store::write_atomic(path, &[digest, program].concat())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

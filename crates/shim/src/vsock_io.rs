@@ -31,7 +31,7 @@ pub fn parse(path: &str) -> Option<(u32, &str)> {
 
 /// A new random token.
 pub fn new_token() -> io::Result<String> {
-    Ok(random::<TOKEN_BYTES>()?.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(random::<TOKEN_BYTES>()?))
 }
 
 /// Host ports a stream may get: 2^26 above the privileged ones, so its

@@ -95,7 +95,7 @@ fn sha256(path: &Path) -> std::io::Result<String> {
             n => hash.update(&buf[..n]),
         }
     }
-    Ok(hash.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(hash.finalize()))
 }
 
 #[cfg(test)]

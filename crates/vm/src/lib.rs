@@ -124,7 +124,7 @@ impl VmSpec {
 pub fn dir_of(runtime_root: &Path, shim_id: &str) -> PathBuf {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(shim_id.as_bytes());
-    let name: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let name = hex::encode(&digest[..8]);
     runtime_root.join(format!("{name}.vm"))
 }
 
