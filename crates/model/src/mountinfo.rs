@@ -49,7 +49,7 @@ pub fn mount_of(mountinfo: &str, path: &Path) -> Option<Mount> {
     best
 }
 
-/// Undoes mountinfo's octal escapes (`\\040` for a space, `\\054` for a
+/// Undoes mountinfo's octal escapes (`\040` for a space, `\054` for a
 /// comma in an option's value, and so on).
 pub fn unescape(field: &str) -> String {
     let b = field.as_bytes();
