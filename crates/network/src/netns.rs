@@ -38,7 +38,11 @@ pub fn prepare_dir(dir: &Path) -> Result<()> {
     }
     mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
         .map_err(|e| Error::io(format!("bind {} onto itself", dir.display()), e.into()))?;
-    shared().map_err(|e| Error::io(format!("make {} shared", dir.display()), e.into()))
+    shared().map_err(|e| {
+        // Nothing half-made: the bind goes if it cannot be shared.
+        let _ = umount2(dir, MntFlags::MNT_DETACH);
+        Error::io(format!("make {} shared", dir.display()), e.into())
+    })
 }
 
 /// Kinds of namespace berth holds by bind mounts.
