@@ -13,7 +13,8 @@
 //! ones do not replace each other's. A file whose digest does not match
 //! (torn by a crash, or not a program at all) is compiled again and
 //! replaced, so only what this very binary compiled from this very profile
-//! is ever loaded.
+//! is ever loaded. The directory holds at most [`MAX_FILES`] programs; the
+//! ones written longest ago make room.
 
 use std::io::Read;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
@@ -121,7 +122,33 @@ fn digest(parts: &[&[u8]]) -> [u8; 32] {
 /// sealed, and is compiled again.
 fn keep(dir: &Path, path: &Path, digest: &[u8], program: &[u8]) -> std::io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    berth_store::write_atomic(path, &[digest, program].concat())
+    berth_store::write_atomic(path, &[digest, program].concat())?;
+    prune(dir, path);
+    Ok(())
+}
+
+/// Kept programs at most, over every build and profile (about 8.4 MB).
+const MAX_FILES: usize = 256;
+
+/// Bounds the directory to [`MAX_FILES`] kept programs: past it, the ones
+/// written longest ago go, never `newest`. A program still in use is
+/// compiled and kept again at its next create. Other files (a shim's
+/// temporary file) are left alone.
+fn prune(dir: &Path, newest: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let kept_name =
+        |name: &std::ffi::OsStr| name.len() == 64 && name.as_encoded_bytes().iter().all(u8::is_ascii_hexdigit);
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| kept_name(&e.file_name()))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    let Some(excess) = files.len().checked_sub(MAX_FILES).filter(|n| *n > 0) else { return };
+    files.sort();
+    for (_, path) in files.into_iter().filter(|(_, p)| p != newest).take(excess) {
+        // Another shim may have removed it first.
+        let _ = std::fs::remove_file(path);
+    }
 }
 
 #[cfg(test)]

@@ -72,6 +72,31 @@ fn each_build_of_the_shim_keeps_its_own_file() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
 }
 
+/// Old builds' and old profiles' programs do not pile up: past
+/// MAX_FILES, the ones written longest ago go.
+#[test]
+fn the_directory_keeps_at_most_max_files_programs() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let stale = |i: usize| dir.path().join(format!("{i:064x}"));
+    for i in 0..MAX_FILES + 10 {
+        let f = std::fs::File::create(stale(i)).unwrap();
+        f.set_modified(old + std::time::Duration::from_secs(i as u64)).unwrap();
+    }
+    std::fs::write(dir.path().join(".in-flight.tmp"), b"x").unwrap();
+    let profile = denying(&["sethostname"]);
+    compiled(Some(dir.path()), &profile).unwrap().unwrap();
+    assert!(kept_file(dir.path(), &profile).exists(), "the new program stays");
+    for i in 0..=10 {
+        assert!(!stale(i).exists(), "the oldest programs went ({i})");
+    }
+    for i in 11..MAX_FILES + 10 {
+        assert!(stale(i).exists(), "the newer programs stay ({i})");
+    }
+    assert!(dir.path().join(".in-flight.tmp").exists(), "a temporary file is not a program");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), MAX_FILES + 1);
+}
+
 #[test]
 fn a_kept_program_that_does_not_match_is_compiled_again() {
     let dir = tempfile::tempdir().unwrap();
