@@ -234,7 +234,7 @@ pub fn launch(vmm: &dyn Vmm, spec: &VmSpec) -> Result<Vm, VmError> {
         let (child, output) = spawn(&mut helper.command)?;
         vm.children.push((helper.name, child, output.clone()));
         let deadline = Instant::now() + HELPER_READY;
-        while !helper.socket.exists() {
+        while !listening(&helper.socket) {
             if vm.exited().is_some() || Instant::now() > deadline {
                 return Err(VmError::Boot(format!("{} did not start: {}", helper.name, last_lines(&output.text(), 3))));
             }
@@ -245,6 +245,20 @@ pub fn launch(vmm: &dyn Vmm, spec: &VmSpec) -> Result<Vm, VmError> {
     let (child, output) = spawn(&mut command)?;
     vm.children.push((vmm.name(), child, output));
     Ok(vm)
+}
+
+/// Whether a unix socket listens at `path`, from /proc/net/unix (this
+/// network namespace's, which is the helper's). The file appears at bind,
+/// before listen: a VMM that connects in between is refused.
+fn listening(path: &Path) -> bool {
+    /// `__SO_ACCEPTCON`, in the Flags column: the socket listens.
+    const ACCEPTCON: u32 = 0x10000;
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else { return path.exists() };
+    let tail = format!(" {}", path.display());
+    table.lines().skip(1).filter(|l| l.ends_with(&tail)).any(|l| {
+        let flags = l.split_whitespace().nth(3).and_then(|f| u32::from_str_radix(f, 16).ok());
+        flags.is_some_and(|f| f & ACCEPTCON != 0)
+    })
 }
 
 /// Starts a child that dies with us, its stdout and stderr captured.
@@ -396,6 +410,21 @@ mod tests {
         assert_eq!(size_for(Some(150_000), Some(100_000), Some(200 << 20)), (2, 200 + GUEST_OVERHEAD_MIB));
         assert_eq!(size_for(Some(-1), Some(100_000), Some(-1)), (1, DEFAULT_MEMORY_MIB));
         assert_eq!(size_for(Some(i64::MAX), Some(1), Some(1)), (MAX_CPUS, MIN_MEMORY_MIB + GUEST_OVERHEAD_MIB));
+    }
+
+    #[test]
+    fn a_socket_is_ready_once_it_listens_not_once_it_is_bound() {
+        use nix::sys::socket::{AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctl");
+        assert!(!listening(&path), "no socket yet");
+        let fd = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+        bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &UnixAddr::new(&path).unwrap()).unwrap();
+        assert!(path.exists());
+        assert!(!listening(&path), "bound, not listening");
+        assert!(!listening(&dir.path().join("ct")), "a prefix is not the path");
+        listen(&fd, Backlog::new(1).unwrap()).unwrap();
+        assert!(listening(&path));
     }
 
     #[test]
