@@ -115,10 +115,8 @@ fn trim(cgroup: &str) -> String {
 /// The mount points under `dir`.
 pub(crate) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut found: Vec<PathBuf> = info
-        .lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+    let mut found: Vec<PathBuf> = berth_model::mountinfo::mounts(&info)
+        .map(|m| PathBuf::from(m.point))
         .filter(|p| p.starts_with(dir) && p != dir)
         .collect();
     // A path mounted on twice is one leftover.

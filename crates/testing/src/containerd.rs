@@ -189,9 +189,8 @@ impl Containerd {
 
     /// Mount points under the test's directory (tasks' rootfs mounts).
     pub fn leftover_mounts(&self) -> Vec<String> {
-        let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let dir = self.dir().to_string_lossy().into_owned();
-        text.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir)).map(str::to_string).collect()
+        crate::mount_points().into_iter().filter(|m| m.starts_with(&dir)).collect()
     }
 }
 

@@ -440,17 +440,15 @@ impl Daemon {
     /// filesystems in it count) are: what a container or a create left
     /// behind.
     pub fn leftover_mounts(&self) -> Vec<String> {
-        let text = fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
         let (dir, netns) = (self.dir().to_string_lossy().into_owned(), self.state.join("netns"));
         let (netns, pins) = (netns.to_string_lossy(), self.state.join("sandbox-ns"));
         // berthd's own shared directories stay mounted: its bundles (made
         // shared for VM sandboxes) and its namespace pins.
         let bundles = self.state.join("bundles");
-        text.lines()
-            .filter_map(|l| l.split(' ').nth(4))
+        crate::mount_points()
+            .into_iter()
             .filter(|m| m.starts_with(&dir) && !m.starts_with(netns.as_ref()))
             .filter(|m| Path::new(m) != pins && Path::new(m) != bundles)
-            .map(str::to_string)
             .collect()
     }
 
@@ -476,9 +474,7 @@ impl Daemon {
 /// the points it found.
 pub fn unmount_under(dir: &Path) -> Vec<String> {
     let under = dir.to_string_lossy().into_owned() + "/";
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<String> =
-        info.lines().filter_map(|l| l.split(' ').nth(4)).filter(|p| p.starts_with(&under)).map(String::from).collect();
+    let mut points: Vec<String> = crate::mount_points().into_iter().filter(|p| p.starts_with(&under)).collect();
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for p in &points {
         let _ = nix::mount::umount2(p.as_str(), nix::mount::MntFlags::MNT_DETACH);

@@ -19,6 +19,13 @@ pub use events::EventLog;
 pub use iptables::{PortmapChains, nat_rules};
 pub use rootfs::{bin_path, busybox_rootfs};
 
+/// Every mount point of this process's mount namespace, in mountinfo's
+/// order, unescaped.
+pub fn mount_points() -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
+    berth_model::mountinfo::mounts(&text).map(|m| m.point).collect()
+}
+
 /// berthd flags for each shim the shared suites run against (issue 12):
 /// berth's own shim, and Debian's containerd-shim-runc-v2 — a shim nobody
 /// here wrote — as the daemon's default runtime.

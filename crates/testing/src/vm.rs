@@ -84,12 +84,7 @@ pub fn qemu(d: &Daemon) -> Option<u32> {
 /// the host's (this test's) mount namespace.
 pub fn vm_mounts(d: &Daemon) -> Vec<String> {
     let under = d.dir().to_string_lossy().into_owned();
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| p.starts_with(&under) && p.contains("/runtime/vm/"))
-        .map(String::from)
-        .collect()
+    crate::mount_points().into_iter().filter(|p| p.starts_with(&under) && p.contains("/runtime/vm/")).collect()
 }
 
 /// Waits until nothing of the test's VMs is left.
