@@ -247,13 +247,14 @@ pub fn launch(vmm: &dyn Vmm, spec: &VmSpec) -> Result<Vm, VmError> {
     Ok(vm)
 }
 
-/// Whether a unix socket listens at `path`, from /proc/net/unix (this
-/// network namespace's, which is the helper's). The file appears at bind,
-/// before listen: a VMM that connects in between is refused.
+/// Whether a unix socket listens at `path`, from the unix socket table of
+/// the calling thread's network namespace (the helper it spawned is in
+/// it). The file appears at bind, before listen: a VMM that connects in
+/// between is refused.
 fn listening(path: &Path) -> bool {
     /// `__SO_ACCEPTCON`, in the Flags column: the socket listens.
     const ACCEPTCON: u32 = 0x10000;
-    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else { return path.exists() };
+    let Ok(table) = std::fs::read_to_string("/proc/thread-self/net/unix") else { return path.exists() };
     let tail = format!(" {}", path.display());
     table.lines().skip(1).filter(|l| l.ends_with(&tail)).any(|l| {
         let flags = l.split_whitespace().nth(3).and_then(|f| u32::from_str_radix(f, 16).ok());
