@@ -66,8 +66,8 @@ impl Hierarchies {
     fn parse(mountinfo: &str) -> Hierarchies {
         let (mut mounts, mut v1, mut unified) = (Vec::new(), Vec::new(), None);
         for m in berth_model::mountinfo::mounts(mountinfo) {
-            let mp = PathBuf::from(&m.point);
-            match m.fstype.as_str() {
+            let mp = PathBuf::from(m.point.as_ref());
+            match m.fstype {
                 "cgroup" => v1.push((mp.clone(), m.options.split(',').map(str::to_string).collect())),
                 "cgroup2" => unified = Some(mp.clone()),
                 _ => continue,

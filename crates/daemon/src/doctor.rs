@@ -116,7 +116,7 @@ fn trim(cgroup: &str) -> String {
 pub(crate) fn mounts_under(dir: &Path) -> Vec<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mut found: Vec<PathBuf> = berth_model::mountinfo::mounts(&info)
-        .map(|m| PathBuf::from(m.point))
+        .map(|m| PathBuf::from(m.point.as_ref()))
         .filter(|p| p.starts_with(dir) && p != dir)
         .collect();
     // A path mounted on twice is one leftover.

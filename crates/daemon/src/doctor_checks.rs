@@ -23,7 +23,7 @@ fn check(name: &str, status: &str, detail: String) -> pb::Check {
 fn without_favordynmods(mountinfo: &str) -> (usize, Vec<String>) {
     let cgroups: Vec<Mount> = mounts(mountinfo).filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2").collect();
     let without = cgroups.iter().filter(|m| !m.options.split(',').any(|o| o == "favordynmods"));
-    (cgroups.len(), without.map(|m| m.point.clone()).collect())
+    (cgroups.len(), without.map(|m| m.point.to_string()).collect())
 }
 
 /// Whether the ext4 on block device `source` runs without a journal (its

@@ -160,7 +160,7 @@ pub fn share_bundles(root: &Path) {
     if tags.iter().any(|t| t.starts_with("shared:")) {
         return;
     }
-    if Path::new(&point) != root && !crate::doctor::mounts_under(root).is_empty() {
+    if Path::new(point.as_ref()) != root && !crate::doctor::mounts_under(root).is_empty() {
         tracing::warn!(
             "{} is on mount {point}, which is not shared, and holds mounts: images started in a VM sandbox after its VM may find an empty root (make it shared: mount --make-rshared {point})",
             root.display()

@@ -3,46 +3,50 @@
 //! mount a path is on and how that mount propagates. No I/O here: callers
 //! read the file.
 
+use std::borrow::Cow;
 use std::path::Path;
 
-/// One line of mountinfo, the fields berth reads.
+/// One line of mountinfo, the fields berth reads, borrowed from the text
+/// (a field is copied only when it has escapes to undo): a caller that
+/// keeps one line of hundreds pays for that line alone.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Mount {
+pub struct Mount<'a> {
     /// Where it is mounted.
-    pub point: String,
+    pub point: Cow<'a, str>,
     /// Its propagation tags (`shared:N`, `master:N`).
-    pub tags: Vec<String>,
+    pub tags: Vec<&'a str>,
     /// The filesystem type (`ext4`, `tmpfs`, …).
-    pub fstype: String,
+    pub fstype: &'a str,
     /// The mount source (`/dev/vda`, `tmpfs`, …).
-    pub source: String,
+    pub source: Cow<'a, str>,
     /// The filesystem's own options (`rw,memory`, `rw,favordynmods`, …),
     /// as listed: split them on `,`, then [`unescape`] a value.
-    pub options: String,
+    pub options: &'a str,
 }
 
 /// Every mount of mountinfo text, in the order listed (proc(5): `id parent
 /// maj:min root mount-point opts [optional...] - fstype source
 /// super-opts`); a line without a mount point is passed over.
-pub fn mounts(mountinfo: &str) -> impl Iterator<Item = Mount> + '_ {
+pub fn mounts(mountinfo: &str) -> impl Iterator<Item = Mount<'_>> + '_ {
     mountinfo.lines().filter_map(|line| {
-        let fields: Vec<&str> = line.split(' ').collect();
-        let point = unescape(fields.get(4)?);
-        let tags: Vec<String> = fields.iter().skip(6).take_while(|f| **f != "-").map(|f| f.to_string()).collect();
-        let mut after = fields.iter().skip(6 + tags.len() + 1).map(|f| f.to_string());
+        let mut fields = line.split(' ');
+        let point = unescape(fields.nth(4)?);
+        fields.next(); // the mount's options
+        // The optional fields, up to and with the separator.
+        let tags: Vec<&str> = fields.by_ref().take_while(|f| *f != "-").collect();
         let (fstype, source, options) =
-            (after.next().unwrap_or_default(), after.next().unwrap_or_default(), after.next().unwrap_or_default());
-        Some(Mount { point, tags, fstype, source: unescape(&source), options })
+            (fields.next().unwrap_or_default(), fields.next().unwrap_or_default(), fields.next().unwrap_or_default());
+        Some(Mount { point, tags, fstype, source: unescape(source), options })
     })
 }
 
 /// The mount `path` is on, from mountinfo text: the longest mount point
 /// above it, the last one listed if several are stacked.
-pub fn mount_of(mountinfo: &str, path: &Path) -> Option<Mount> {
+pub fn mount_of<'a>(mountinfo: &'a str, path: &Path) -> Option<Mount<'a>> {
     let mut best: Option<Mount> = None;
     for mount in mounts(mountinfo) {
         let longer = best.as_ref().is_none_or(|b| mount.point.len() >= b.point.len());
-        if path.starts_with(&mount.point) && longer {
+        if path.starts_with(mount.point.as_ref()) && longer {
             best = Some(mount);
         }
     }
@@ -51,7 +55,10 @@ pub fn mount_of(mountinfo: &str, path: &Path) -> Option<Mount> {
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, `\054` for a
 /// comma in an option's value, and so on).
-pub fn unescape(field: &str) -> String {
+pub fn unescape(field: &str) -> Cow<'_, str> {
+    if !field.contains('\\') {
+        return Cow::Borrowed(field);
+    }
     let b = field.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -66,7 +73,7 @@ pub fn unescape(field: &str) -> String {
             i += 1;
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
 }
 
 #[cfg(test)]
@@ -82,7 +89,7 @@ mod tests {
     fn the_mount_of_a_path_and_its_propagation() {
         let of = |p: &str| {
             let m = mount_of(HOST, Path::new(p)).unwrap();
-            (m.point, m.tags)
+            (m.point.into_owned(), m.tags.iter().map(|t| t.to_string()).collect::<Vec<_>>())
         };
         assert_eq!(of("/srv/data/x"), ("/srv/data".to_string(), vec!["master:7".to_string()]));
         assert_eq!(of("/srv/other"), ("/srv".to_string(), vec!["shared:4".to_string()]));
@@ -95,7 +102,7 @@ mod tests {
     fn the_filesystem_and_source_of_a_mount() {
         let of = |p: &str| {
             let m = mount_of(HOST, Path::new(p)).unwrap();
-            (m.fstype, m.source)
+            (m.fstype.to_string(), m.source.into_owned())
         };
         assert_eq!(of("/etc"), ("ext4".to_string(), "/dev/sda1".to_string()));
         assert_eq!(of("/srv/data/x"), ("tmpfs".to_string(), "tmpfs".to_string()), "after the optional fields");
@@ -116,8 +123,12 @@ mod tests {
         let text = "41 35 0:51 / /x rw - overlay over\\040lay rw,upperdir=/s/a\\054b,workdir=/w\n";
         let m = mounts(text).next().unwrap();
         assert_eq!(m.source, "over lay");
-        let upper: Vec<String> =
-            m.options.split(',').filter_map(|o| o.strip_prefix("upperdir=")).map(unescape).collect();
+        let upper: Vec<String> = m
+            .options
+            .split(',')
+            .filter_map(|o| o.strip_prefix("upperdir="))
+            .map(|u| unescape(u).into_owned())
+            .collect();
         assert_eq!(upper, ["/s/a,b"], "a comma inside a value is not a separator");
     }
 }

@@ -113,7 +113,7 @@ fn is_bind(m: &libcontainer::oci_spec::runtime::Mount) -> bool {
 /// The cgroup v1 hierarchies' mount points (a v2-only host has none).
 fn cgroup_v1_mounts() -> Vec<String> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    berth_model::mountinfo::mounts(&text).filter(|m| m.fstype == "cgroup").map(|m| m.point).collect()
+    berth_model::mountinfo::mounts(&text).filter(|m| m.fstype == "cgroup").map(|m| m.point.into_owned()).collect()
 }
 
 /// The container's own network namespace: the path the spec names, or,

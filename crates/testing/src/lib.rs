@@ -23,7 +23,7 @@ pub use rootfs::{bin_path, busybox_rootfs};
 /// order, unescaped.
 pub fn mount_points() -> Vec<String> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
-    berth_model::mountinfo::mounts(&text).map(|m| m.point).collect()
+    berth_model::mountinfo::mounts(&text).map(|m| m.point.into_owned()).collect()
 }
 
 /// berthd flags for each shim the shared suites run against (issue 12):

@@ -202,9 +202,12 @@ pub(super) fn parse_mountinfo(text: &str) -> Vec<OverlayMount> {
     mounts(text)
         .filter(|m| m.fstype == "overlay")
         .map(|m| {
-            let upperdir =
-                m.options.split(',').find_map(|o| o.strip_prefix("upperdir=")).map(|u| PathBuf::from(unescape(u)));
-            OverlayMount { mount_point: PathBuf::from(m.point), upperdir }
+            let upperdir = m
+                .options
+                .split(',')
+                .find_map(|o| o.strip_prefix("upperdir="))
+                .map(|u| PathBuf::from(unescape(u).as_ref()));
+            OverlayMount { mount_point: PathBuf::from(m.point.as_ref()), upperdir }
         })
         .collect()
 }

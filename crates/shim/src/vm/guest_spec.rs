@@ -176,7 +176,7 @@ pub fn unmount_under(dir: &Path) -> bool {
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let (exact, under) = (dir.to_string_lossy().into_owned(), format!("{}/", dir.display()));
         let mut points: Vec<String> =
-            mounts(&info).map(|m| m.point).filter(|p| *p == exact || p.starts_with(&under)).collect();
+            mounts(&info).map(|m| m.point.into_owned()).filter(|p| *p == exact || p.starts_with(&under)).collect();
         points.sort_by_key(|p| std::cmp::Reverse(p.len()));
         points
     };
